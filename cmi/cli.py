@@ -1,0 +1,197 @@
+"""The `slb` command.
+
+cmi's own commands are defined here; each tier adds its commands through the
+`openslb.commands` entry point group (see pyproject.toml), the way Flask's CLI takes
+plugins, so cmi never imports a tier. A command whose issue has not landed says so and
+exits with status 2; none is a silent no-op.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from importlib.metadata import entry_points, version
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from cmi import config
+
+NOT_IMPLEMENTED_EXIT = 2
+
+
+def not_implemented(what: str, issue: int) -> NoReturn:
+    """Fail clearly for a command whose work is tracked by `issue`."""
+    click.echo(f"slb {what}: not implemented yet (tracked in issue #{issue})", err=True)
+    sys.exit(NOT_IMPLEMENTED_EXIT)
+
+
+class PluginGroup(click.Group):
+    """A group that also offers the commands other packages register by entry point."""
+
+    def _plugins(self) -> dict[str, Any]:
+        return {ep.name: ep for ep in entry_points(group="openslb.commands")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugins()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and (ep := self._plugins().get(cmd_name)) is not None:
+            loaded: click.Command = ep.load()
+            return loaded
+        return command
+
+
+@click.group(cls=PluginGroup)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML configuration file (default: $OPENSLB_CONFIG or /etc/openslb/openslb.toml).",
+)
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
+    """openslb: a self-hosted cloud load balancer for Kubernetes."""
+    try:
+        ctx.obj = config.load(config_path)
+    except config.ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command("version")
+def version_cmd() -> None:
+    """Print the openslb version."""
+    click.echo(f"openslb {version('openslb')}")
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect configuration."""
+
+
+@config_group.command("show")
+@click.pass_obj
+def config_show(settings: config.Settings) -> None:
+    """Print the settings in force, after the file and environment are applied."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    for section, values in asdict(settings).items():
+        click.echo(f"[{section}]")
+        for key, value in values.items():
+            click.echo(f"{key} = {value!r}")
+        click.echo()
+
+
+@config_group.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference as a Markdown table."""
+    click.echo(config.reference())
+
+
+@main.command("cmi")
+def cmi_cmd() -> None:
+    """Run the controller: watch labelled Services, write desired state."""
+    not_implemented("cmi", 3)
+
+
+@main.command("worker")
+@click.option("--node", help="The LB node this worker programs.")
+def worker_cmd(node: str | None) -> None:
+    """Run a Celery worker that brings a node or tier to the desired revision."""
+    not_implemented("worker", 5)
+
+
+@main.group("dev")
+def dev_group() -> None:
+    """The local platform: real Redis, kube-apiserver and Envoy on loopback."""
+
+
+def _platform(settings: config.Settings) -> Any:
+    from cmi.devbed.platform import DevPlatform  # noqa: PLC0415 - only dev commands need it
+
+    return DevPlatform(Path(settings.dev.state_dir))
+
+
+def _progress(message: str) -> None:
+    click.echo(f"  {message}", err=True)
+
+
+@dev_group.command("up")
+@click.pass_obj
+def dev_up(settings: config.Settings) -> None:
+    """Start every component that is not running yet (idempotent)."""
+    platform = _platform(settings)
+    click.echo(f"openslb dev platform, state in {platform.state_dir}", err=True)
+    platform.up(_progress)
+    _print_status(platform)
+    click.echo(f"Point slb at it:  export OPENSLB_CONFIG={platform.config_file}")
+    click.echo("Stop it with:     slb dev down   (or make demo-down)")
+
+
+@dev_group.command("down")
+@click.pass_obj
+def dev_down(settings: config.Settings) -> None:
+    """Stop every component and forget its state."""
+    _platform(settings).down(_progress)
+
+
+@dev_group.command("status")
+@click.pass_obj
+def dev_status(settings: config.Settings) -> None:
+    """Show what runs, where, and its log; exit 1 if something is down."""
+    if not _print_status(_platform(settings)):
+        sys.exit(1)
+
+
+def _print_status(platform: Any) -> bool:
+    components = platform.components()
+    if not components:
+        click.echo("nothing is running (slb dev up starts it)")
+        return False
+    healthy = True
+    for name, component in components.items():
+        alive = component.alive()
+        healthy &= alive
+        state = click.style("up", fg="green") if alive else click.style("DOWN", fg="red")
+        click.echo(f"{name:16} {state:13} {component.address:32} log: {component.log}")
+        if component.detail:
+            click.echo(f"{'':16} {component.detail}")
+    return healthy
+
+
+@main.group("lab")
+def lab_group() -> None:
+    """The throwaway lab VM with a real IPVS kernel."""
+
+
+@lab_group.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--memory", default=1024, show_default=True, help="Guest memory in MiB.")
+@click.option(
+    "--timeout", default=900.0, show_default=True, help="Seconds before the VM is killed."
+)
+@click.option("--no-network", is_flag=True, help="No NIC (by default the guest reaches the host).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def lab_run(memory: int, timeout: float, no_network: bool, command: tuple[str, ...]) -> None:
+    """Boot the lab VM, run COMMAND as root inside, power off; exit with its status.
+
+    The guest sees the host's files read-only with a writable layer on top, starts in the
+    current directory, and reaches the host's loopback at 198.18.255.2.
+    """
+    from cmi.devbed.labvm import LabVM  # noqa: PLC0415 - only lab commands need it
+
+    click.echo("lab VM: booting", err=True)
+    result = LabVM(memory_mb=memory, network=not no_network).run(
+        shlex.join(command), timeout=timeout, echo=True
+    )
+    click.echo(
+        f"lab VM: command exited {result.returncode} "
+        f"(boot {result.boot_s:.1f} s, total {result.total_s:.1f} s)",
+        err=True,
+    )
+    sys.exit(result.returncode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Debian's redis-server on a free loopback port, with AOF on.
+
+`appendfsync everysec` is the default here and in deploy/: at most one second of writes
+can be lost on a host crash (not on a process crash), at a fraction of the cost of
+`always`, which fsyncs every write. The store's revisions make that loss visible and
+self-healing: cmi's periodic resync rewrites whatever went missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import redis
+
+from cmi.devbed.process import Process, StartError, free_port, wait_until
+
+
+class RedisServer:
+    """A private redis-server: its own port, directory and append-only file."""
+
+    def __init__(self, state_dir: Path, port: int | None = None, fsync: str = "everysec") -> None:
+        self.state_dir = state_dir
+        self.port = port or free_port()
+        self.fsync = fsync
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise StartError("redis-server not found: run deploy/testbed/install.sh")
+        self.process = Process(
+            f"redis-{self.port}",
+            [
+                binary,
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                "--dir", str(state_dir),
+                "--appendonly", "yes",
+                "--appendfsync", fsync,
+                "--save", "",
+                "--protected-mode", "yes",
+                "--daemonize", "no",
+            ],
+            state_dir,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis[bytes]:
+        return redis.Redis.from_url(self.url)
+
+    def start(self, timeout: float = 20.0) -> RedisServer:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.process.start()
+        client = self.client()
+
+        def ready() -> bool:
+            self.process.check_alive()
+            try:
+                return bool(client.ping()) and client.info("persistence")["loading"] == 0
+            except redis.ConnectionError:
+                return False
+
+        wait_until(ready, timeout, f"redis on port {self.port}")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def restart(self) -> None:
+        """Stop and start on the same port and files: the AOF is replayed."""
+        self.stop()
+        self.start()

@@ -1,0 +1,292 @@
+"""The desired state in Redis: revisioned, atomic, and followable.
+
+Every write is one Lua script, so it is atomic: it checks each object's expected
+revision, bumps one global revision that only grows, stores the documents with that
+revision, and appends one entry to the change stream whose ID is the revision. A write
+that changes nothing bumps nothing, so consumers are never woken for no reason.
+
+Readers take a consistent snapshot (one MULTI/EXEC over every kind) tagged with its
+revision, then follow the change stream from that revision onward, like a Kubernetes
+list + watch. The stream is trimmed; a consumer that fell behind the trim point gets
+`CompactedError` and takes a new snapshot, as a watcher relists on 410 Gone.
+
+Layout under the prefix `P` (one Redis, not Cluster: the script builds its key names):
+  P:revision        the global revision
+  P:doc:KIND        hash, key -> document (see `cmi.model.dump_document`)
+  P:rev:KIND        hash, key -> revision at which the object last changed
+  P:changes         stream, ID "REV-0", fields: changes (JSON [[op, kind, key], ...]), meta
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar, cast
+
+import redis
+
+from cmi.model import KINDS, StoredObject, dump_document, load_document
+
+T = TypeVar("T", bound=StoredObject)
+
+DEFAULT_PREFIX = "openslb"
+DEFAULT_STREAM_LENGTH = 100_000
+
+
+class StoreError(Exception):
+    """Base of the store's own errors."""
+
+
+class ConflictError(StoreError):
+    """An optimistic-concurrency check failed: someone changed the object first."""
+
+    def __init__(self, kind: str, key: str, expected: int, actual: int) -> None:
+        self.kind, self.key, self.expected, self.actual = kind, key, expected, actual
+        state = "does not exist" if actual == 0 else f"is at revision {actual}"
+        want = "not to exist" if expected == 0 else f"at revision {expected}"
+        super().__init__(f"{kind} {key!r} {state}; the write expected it {want}")
+
+
+class CompactedError(StoreError):
+    """The change stream no longer holds the revisions asked for: take a new snapshot."""
+
+    def __init__(self, since: int, oldest: int) -> None:
+        self.since, self.oldest = since, oldest
+        super().__init__(f"changes after revision {since} were trimmed (oldest kept: {oldest})")
+
+
+@dataclass(frozen=True)
+class Stored(Generic[T]):
+    """An object as stored, with the revision at which it last changed."""
+
+    obj: T
+    revision: int
+
+
+@dataclass(frozen=True)
+class Put:
+    obj: StoredObject
+    expect: int | None = None
+    """None: write regardless; 0: the object must not exist; N: it must be at revision N."""
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: str
+    key: str
+    expect: int | None = None
+
+
+Op = Put | Delete
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed write: its revision and what it touched."""
+
+    revision: int
+    ops: tuple[tuple[Literal["put", "delete"], str, str], ...]
+    meta: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole desired state at one revision."""
+
+    revision: int
+    objects: Mapping[str, Mapping[str, Stored[StoredObject]]] = field(default_factory=dict)
+
+    def of(self, cls: type[T]) -> dict[str, Stored[T]]:
+        """Every stored object of one kind, by key."""
+        return cast(dict[str, Stored[T]], dict(self.objects.get(cls.kind, {})))
+
+    def get(self, cls: type[T], key: str) -> T | None:
+        stored = self.objects.get(cls.kind, {}).get(key)
+        return cast(T, stored.obj) if stored else None
+
+
+_WRITE = """
+local prefix, maxlen = ARGV[1], tonumber(ARGV[2])
+local ops = cjson.decode(ARGV[3])
+for _, op in ipairs(ops) do
+  if op.expect ~= cjson.null then
+    local current = tonumber(redis.call('HGET', prefix .. ':rev:' .. op.kind, op.key) or '0')
+    if current ~= op.expect then
+      return {'conflict', op.kind, op.key, tostring(op.expect), tostring(current)}
+    end
+  end
+end
+local changed = {}
+for _, op in ipairs(ops) do
+  local doc_key = prefix .. ':doc:' .. op.kind
+  local old = redis.call('HGET', doc_key, op.key)
+  if op.op == 'put' and old ~= op.doc then
+    changed[#changed + 1] = op
+  elseif op.op == 'delete' and old then
+    changed[#changed + 1] = op
+  end
+end
+if #changed == 0 then
+  return {'unchanged', redis.call('GET', prefix .. ':revision') or '0'}
+end
+local revision = redis.call('INCR', prefix .. ':revision')
+local summary = {}
+for _, op in ipairs(changed) do
+  local doc_key, rev_key = prefix .. ':doc:' .. op.kind, prefix .. ':rev:' .. op.kind
+  if op.op == 'put' then
+    redis.call('HSET', doc_key, op.key, op.doc)
+    redis.call('HSET', rev_key, op.key, revision)
+  else
+    redis.call('HDEL', doc_key, op.key)
+    redis.call('HDEL', rev_key, op.key)
+  end
+  summary[#summary + 1] = {op.op, op.kind, op.key}
+end
+redis.call('XADD', prefix .. ':changes', 'MAXLEN', '~', maxlen, revision .. '-0',
+           'changes', cjson.encode(summary), 'meta', ARGV[4])
+return {'ok', tostring(revision)}
+"""
+
+
+class Store:
+    """Revisioned desired state in one Redis database, under a key prefix."""
+
+    def __init__(
+        self,
+        client: redis.Redis[bytes],
+        prefix: str = DEFAULT_PREFIX,
+        stream_length: int = DEFAULT_STREAM_LENGTH,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.stream_length = stream_length
+        self._write = client.register_script(_WRITE)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = DEFAULT_PREFIX) -> Store:
+        return cls(redis.Redis.from_url(url, health_check_interval=30), prefix)
+
+    def key(self, *parts: str) -> str:
+        """A Redis key under this store's prefix (other cmi modules keep theirs here too)."""
+        return ":".join((self.prefix, *parts))
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def apply(self, ops: Iterable[Op], **meta: str) -> int:
+        """Commit every op or none; return the revision that holds them.
+
+        Ops that would not change anything are dropped; if none is left, no revision is
+        made and the current one is returned. `meta` (who, why) rides on the change.
+        """
+        encoded = [self._encode(op) for op in ops]
+        if not encoded:
+            return self.revision()
+        reply = self._write(
+            args=[self.prefix, self.stream_length, json.dumps(encoded), json.dumps(meta)]
+        )
+        status = reply[0].decode()
+        if status == "conflict":
+            kind, key, expected, actual = (part.decode() for part in reply[1:])
+            raise ConflictError(kind, key, int(expected), int(actual))
+        return int(reply[1])
+
+    def put(self, obj: StoredObject, expect: int | None = None, **meta: str) -> int:
+        return self.apply([Put(obj, expect)], **meta)
+
+    def delete(self, kind: str, key: str, expect: int | None = None, **meta: str) -> int:
+        return self.apply([Delete(kind, key, expect)], **meta)
+
+    @staticmethod
+    def _encode(op: Op) -> dict[str, Any]:
+        expect = op.expect
+        if isinstance(op, Put):
+            return {
+                "op": "put",
+                "kind": op.obj.kind,
+                "key": op.obj.key,
+                "doc": dump_document(op.obj),
+                "expect": expect,
+            }
+        if op.kind not in KINDS:
+            raise StoreError(f"unknown kind {op.kind!r}")
+        return {"op": "delete", "kind": op.kind, "key": op.key, "expect": expect}
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def revision(self) -> int:
+        return int(self.redis.get(self.key("revision")) or 0)
+
+    def get(self, cls: type[T], key: str) -> Stored[T] | None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(self.key("doc", cls.kind), key)
+        pipe.hget(self.key("rev", cls.kind), key)
+        doc, rev = pipe.execute()
+        if doc is None:
+            return None
+        return Stored(cast(T, load_document(doc)), int(rev))
+
+    def all(self, cls: type[T]) -> dict[str, Stored[T]]:
+        """Every object of one kind, by key."""
+        return self.snapshot(kinds=[cls.kind]).of(cls)
+
+    def snapshot(self, kinds: Iterable[str] = KINDS) -> Snapshot:
+        """Every object of `kinds` and the revision they belong to, read atomically."""
+        kinds = list(kinds)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(self.key("revision"))
+        for kind in kinds:
+            pipe.hgetall(self.key("doc", kind))
+            pipe.hgetall(self.key("rev", kind))
+        replies = pipe.execute()
+        objects: dict[str, dict[str, Stored[StoredObject]]] = {}
+        for i, kind in enumerate(kinds):
+            docs, revs = replies[1 + 2 * i], replies[2 + 2 * i]
+            objects[kind] = {
+                key.decode(): Stored(load_document(doc), int(revs[key]))
+                for key, doc in docs.items()
+            }
+        return Snapshot(int(replies[0] or 0), objects)
+
+    # -- the change stream ----------------------------------------------------------------
+
+    def changes(self, since: int, limit: int = 10_000) -> list[Change]:
+        """Committed changes after revision `since`, oldest first."""
+        entries = self.redis.xrange(self.key("changes"), min=f"{since + 1}-0", count=limit)
+        changes = [self._decode(entry) for entry in entries]
+        self._check_contiguous(since, changes)
+        return changes
+
+    def follow(self, since: int, block_ms: int = 5_000) -> Iterator[list[Change]]:
+        """Yield batches of changes after `since` as they are committed, forever.
+
+        Yields an empty batch when `block_ms` passes without a change, so a caller can
+        check for shutdown.
+        """
+        while True:
+            reply = self.redis.xread({self.key("changes"): f"{since}-0"}, block=block_ms)
+            batch = [self._decode(entry) for _, entries in reply for entry in entries]
+            self._check_contiguous(since, batch)
+            if batch:
+                since = batch[-1].revision
+            yield batch
+
+    def _check_contiguous(self, since: int, changes: list[Change]) -> None:
+        """Every revision has one stream entry, so a gap can only mean trimming."""
+        if changes and changes[0].revision != since + 1:
+            raise CompactedError(since, changes[0].revision)
+        if not changes and since < self.revision():
+            first = self.redis.xrange(self.key("changes"), count=1)
+            oldest = self._decode(first[0]).revision if first else self.revision() + 1
+            if oldest > since + 1:
+                raise CompactedError(since, oldest)
+
+    @staticmethod
+    def _decode(entry: tuple[bytes, dict[bytes, bytes]]) -> Change:
+        entry_id, fields = entry
+        ops = tuple((op, kind, key) for op, kind, key in json.loads(fields[b"changes"]))
+        return Change(
+            revision=int(entry_id.split(b"-")[0]),
+            ops=cast(tuple[tuple[Literal["put", "delete"], str, str], ...], ops),
+            meta=json.loads(fields.get(b"meta", b"{}")),
+        )

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install everything the platform and its tests need, idempotently and without questions:
+# Debian packages, the Python environment (.venv), and the kube-apiserver/etcd binaries.
+# A second run only checks and returns in seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+APT_PACKAGES=(
+  redis-server            # the store and the Celery broker
+  qemu-system-x86         # the lab VM
+  linux-image-amd64       # Debian's kernel, with IPVS as modules, booted by the lab VM
+  busybox-static          # the lab VM's initramfs
+  ipvsadm                 # the second IPVS driver, and for looking at IPVS by hand
+  cpio kmod iproute2 procps
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  step "apt: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  step "apt: all packages present"
+fi
+
+PYTHON="${PYTHON:-python3}"
+stamp=".venv/.openslb-installed"
+want="$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -x .venv/bin/python ]; then
+  step "python: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  step "python: installing openslb and its dependencies into .venv"
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -e '.[dev]'
+  echo "$want" > "$stamp"
+else
+  step "python: .venv is up to date"
+fi
+
+step "kubernetes: kube-apiserver and etcd (built once, cached in ${OPENSLB_CACHE:-$HOME/.cache/openslb})"
+"$ROOT/deploy/testbed/build-kube-binaries.sh"

@@ -1,0 +1,1 @@
+"""The L4 tier: every VIP:port is an IPVS virtual service, programmed on each LB node."""

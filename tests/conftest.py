@@ -1,0 +1,74 @@
+"""Fixtures that start the real components: Redis, kube-apiserver + etcd, Envoy.
+
+Each starts once per test session on free loopback ports, with its state under the
+session's temporary directory; tests isolate themselves by key prefix or namespace.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kubernetes.client import ApiClient
+
+from cmi.devbed.envoy import EnvoyProxy
+from cmi.devbed.kube import KubeAPI
+from cmi.devbed.redis import RedisServer
+from cmi.store import Store
+
+pytest_plugins = ["tests.labplugin"]
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis[bytes]]:
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis[bytes], request: pytest.FixtureRequest) -> Store:
+    """A store under a prefix of its own, so tests share one Redis without interfering."""
+    return Store(redis_client, prefix=f"test{next(_prefixes)}-{request.node.name[:40]}")
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
+    api = KubeAPI(tmp_path_factory.mktemp("kube")).start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def kube_client(kube: KubeAPI) -> Iterator[ApiClient]:
+    """An admin client of the real API server."""
+    with kube.client() as client:
+        yield client
+
+
+@pytest.fixture
+def envoy_factory(tmp_path: Path) -> Iterator[Callable[..., EnvoyProxy]]:
+    """Start Envoys from a bootstrap; every one is stopped after the test."""
+    started: list[EnvoyProxy] = []
+
+    def start(bootstrap: dict[str, Any], **kwargs: Any) -> EnvoyProxy:
+        proxy = EnvoyProxy(tmp_path / f"envoy{len(started)}", bootstrap, **kwargs)
+        started.append(proxy)
+        return proxy.start()
+
+    yield start
+    for proxy in started:
+        proxy.stop()
