@@ -253,7 +253,12 @@ class Owner(_Model):
 
 
 class Listener(StoredObject):
-    """A protocol and port on a load balancer, forwarding to the Services it selects."""
+    """A protocol and port on a load balancer, forwarding to Services.
+
+    An operator's listener selects among exposed Services with a label selector; a
+    listener generated from a Service's port (owner kind Service) has no selector and
+    forwards to that Service alone.
+    """
 
     kind: ClassVar[str] = "Listener"
 
@@ -269,21 +274,26 @@ class Listener(StoredObject):
     request_timeout_s: int = Field(default=0, ge=0, le=86400, description="0: no limit")
     certificates: tuple[Name, ...] = ()
     backend_protocol: BackendProtocol | None = None
-    selector: LabelSelector
+    selector: LabelSelector | None = None
     target_port: PortRef
     owner: Owner
     created_at: float = Field(default=0.0, ge=0, description="unix time; older wins conflicts")
 
     @field_validator("selector")
     @classmethod
-    def _selector_not_empty(cls, selector: LabelSelector) -> LabelSelector:
-        if selector.empty:
+    def _selector_not_empty(cls, selector: LabelSelector | None) -> LabelSelector | None:
+        if selector is not None and selector.empty:
             raise ValueError("must select at least one label; an empty selector matches nothing")
         return selector
 
     @model_validator(mode="after")
     def _fields_fit_protocol(self) -> Self:
         l7, problems = self.protocol.is_l7, []
+        by_service = self.owner.kind is OwnerKind.SERVICE
+        if by_service and self.selector is not None:
+            problems.append(("selector", "a Service's own listener forwards to that Service only"))
+        if not by_service and self.selector is None:
+            problems.append(("selector", "required: which exposed Services to forward to"))
         if self.protocol is Protocol.HTTPS and not self.certificates:
             problems.append(("certificates", "HTTPS listeners need at least one certificate"))
         if self.protocol is not Protocol.HTTPS and self.certificates:
@@ -310,6 +320,30 @@ class Listener(StoredObject):
         if self.backend_protocol is not None:
             return self.backend_protocol
         return BackendProtocol.H2C if self.protocol is Protocol.GRPC else BackendProtocol.HTTP1
+
+
+class LBNode(_Model):
+    """One LB node: it runs IPVS (the l4 agent) and an Envoy."""
+
+    name: Name
+    address: IPAddress
+
+
+class NodeGroup(StoredObject):
+    """LB nodes that serve the same load balancers; Envoys join it by their xDS cluster name."""
+
+    kind: ClassVar[str] = "NodeGroup"
+
+    name: Name
+    nodes: tuple[LBNode, ...] = ()
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_names(cls, nodes: tuple[LBNode, ...]) -> tuple[LBNode, ...]:
+        names = [node.name for node in nodes]
+        if len(set(names)) != len(names):
+            raise ValueError("node names must be unique within the group")
+        return nodes
 
 
 class LoadBalancer(StoredObject):
@@ -438,7 +472,7 @@ class AddressPool(StoredObject):
 
 
 KINDS: Mapping[str, type[StoredObject]] = {
-    cls.kind: cls for cls in (LoadBalancer, Listener, Service, Certificate, AddressPool)
+    cls.kind: cls for cls in (LoadBalancer, Listener, Service, Certificate, AddressPool, NodeGroup)
 }
 """Every kind the store holds, by name."""
 

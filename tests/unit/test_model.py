@@ -76,6 +76,13 @@ GOOD: dict[str, dict[str, Any]] = {
         },
     },
     "AddressPool": {"name": "default", "cidrs": ["198.18.0.0/24", "2001:db8::/120"]},
+    "NodeGroup": {
+        "name": "default",
+        "nodes": [
+            {"name": "lb1", "address": "198.18.255.15"},
+            {"name": "lb2", "address": "198.18.255.16"},
+        ],
+    },
 }
 
 
@@ -142,6 +149,8 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
          ["scheduler"]),
         ("Listener", {"protocol": "UDP"}, ["health_check"]),
         ("Listener", {"selector": {}}, ["selector"]),
+        ("Listener", {"selector": None}, ["selector"]),
+        ("Listener", {"owner": {"kind": "Service", "name": "shop/cart"}}, ["selector"]),
         ("Listener", {"selector": {"match_labels": {"bad key!": "x"}}}, ["selector.match_labels"]),
         ("Listener", {"selector": {"match_expressions": [{"key": "env", "operator": "In"}]}},
          ["selector.match_expressions.0"]),
@@ -163,6 +172,8 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
          ["backends.grpc.0.address"]),
         ("Service", {"backends": {"grpc": [{"address": "198.18.0.1", "port": 80, "weight": -1}]}},
          ["backends.grpc.0.weight"]),
+        ("NodeGroup", {"nodes": [{"name": "lb1", "address": "198.18.0.1"}] * 2}, ["nodes"]),
+        ("NodeGroup", {"nodes": [{"name": "lb1", "address": "lb1.example"}]}, ["nodes.0.address"]),
         ("AddressPool", {"cidrs": []}, ["cidrs"]),
         ("AddressPool", {"cidrs": ["198.18.0.1/24"]}, ["cidrs"]),
     ],
@@ -231,8 +242,8 @@ def test_equal_objects_give_equal_bytes_whatever_the_input_order() -> None:
 
 def test_missing_required_fields_are_named() -> None:
     doc = copy.deepcopy(GOOD["Listener"])
-    del doc["port"], doc["selector"]
+    del doc["port"], doc["target_port"]
     with pytest.raises(ModelError) as raised:
         model.parse("Listener", doc)
-    assert {e.field for e in raised.value.errors} == {"port", "selector"}
+    assert {e.field for e in raised.value.errors} == {"port", "target_port"}
     assert all("required" in e.message for e in raised.value.errors)

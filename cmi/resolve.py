@@ -1,0 +1,151 @@
+"""Resolve a snapshot of the desired state into what the data planes must serve.
+
+Pure: both tiers and the console call it on the same snapshot and get the same answer,
+so they agree on which listener owns a port and which backends it forwards to. The
+rules, in order:
+
+- a listener whose load balancer is missing or has no VIP yet is pending, not served;
+- two listeners on the same VIP, port and transport (TCP or UDP) conflict: the older
+  one (`created_at`, then name) keeps the port, the newer is rejected with a reason;
+- an operator's listener forwards to every exposed Service its selector matches; a
+  Service's own listener forwards to that Service;
+- backends are the selected Services' endpoints on the listener's target port, deduplicated
+  by address and port, in a stable order; not-ready endpoints are left out, and
+  terminating-but-serving ones are kept with weight 0 so their connections drain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cmi.model import (
+    Backend,
+    Certificate,
+    IPAddress,
+    Listener,
+    LoadBalancer,
+    NodeGroup,
+    OwnerKind,
+    Service,
+)
+from cmi.store import Snapshot
+
+
+@dataclass(frozen=True)
+class ResolvedListener:
+    """A listener the data planes serve, with everything they need to program it."""
+
+    listener: Listener
+    load_balancer: LoadBalancer
+    vip: IPAddress
+    services: tuple[str, ...]
+    """Keys (namespace/name) of the Services it forwards to."""
+    backends: tuple[Backend, ...]
+
+    @property
+    def node_group(self) -> str:
+        return self.load_balancer.node_group
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A listener that is not served, and why."""
+
+    listener: str
+    reason: str
+    pending: bool = False
+    """True when it only waits (e.g. for a VIP); False when it is in error."""
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    revision: int
+    listeners: tuple[ResolvedListener, ...] = ()
+    rejected: tuple[Rejected, ...] = ()
+    certificates: dict[str, Certificate] = field(default_factory=dict)
+    node_groups: dict[str, NodeGroup] = field(default_factory=dict)
+
+    def for_node_group(self, group: str) -> tuple[ResolvedListener, ...]:
+        return tuple(r for r in self.listeners if r.node_group == group)
+
+
+def resolve(snapshot: Snapshot) -> DesiredState:
+    balancers = {k: s.obj for k, s in snapshot.of(LoadBalancer).items()}
+    services = [s.obj for _, s in sorted(snapshot.of(Service).items())]
+    served: list[ResolvedListener] = []
+    rejected: list[Rejected] = []
+    claimed: dict[tuple[IPAddress, int, str], str] = {}
+    listeners = sorted(
+        (s.obj for s in snapshot.of(Listener).values()), key=lambda li: (li.created_at, li.name)
+    )
+    for listener in listeners:
+        balancer = balancers.get(listener.load_balancer)
+        if balancer is None:
+            rejected.append(
+                Rejected(listener.name, f"load balancer {listener.load_balancer!r} does not exist")
+            )
+            continue
+        if balancer.vip is None:
+            reason = f"load balancer {balancer.name!r} waits for a VIP from pool {balancer.pool!r}"
+            rejected.append(Rejected(listener.name, reason, pending=True))
+            continue
+        port_key = (balancer.vip, listener.port, listener.protocol.transport)
+        if (holder := claimed.get(port_key)) is not None:
+            rejected.append(
+                Rejected(
+                    listener.name,
+                    f"{balancer.vip}:{listener.port}/{listener.protocol.transport} "
+                    f"is already taken by the older listener {holder!r}",
+                )
+            )
+            continue
+        claimed[port_key] = listener.name
+        chosen = _selected_services(listener, services)
+        served.append(
+            ResolvedListener(
+                listener=listener,
+                load_balancer=balancer,
+                vip=balancer.vip,
+                services=tuple(s.key for s in chosen),
+                backends=backends_for(listener, chosen),
+            )
+        )
+    return DesiredState(
+        revision=snapshot.revision,
+        listeners=tuple(sorted(served, key=lambda r: r.listener.name)),
+        rejected=tuple(rejected),
+        certificates={k: s.obj for k, s in snapshot.of(Certificate).items()},
+        node_groups={k: s.obj for k, s in snapshot.of(NodeGroup).items()},
+    )
+
+
+def _selected_services(listener: Listener, services: Iterable[Service]) -> list[Service]:
+    if listener.owner.kind is OwnerKind.SERVICE:
+        return [s for s in services if s.key == listener.owner.name]
+    assert listener.selector is not None  # the model requires it for operators' listeners
+    return [s for s in services if listener.selector.matches(s.labels)]
+
+
+def backends_for(listener: Listener, services: Iterable[Service]) -> tuple[Backend, ...]:
+    """The endpoints of `services` on the listener's target port, ready to program."""
+    chosen: dict[tuple[IPAddress, int], Backend] = {}
+    for service in services:
+        port = service.port_named(listener.target_port)
+        if port is None:
+            continue
+        for backend in service.backends.get(port.name, ()):
+            conditions = backend.conditions
+            if conditions.terminating and conditions.serving:
+                backend = backend.model_copy(update={"weight": 0})  # noqa: PLW2901 - drain it
+            elif not conditions.ready:
+                continue
+            key = (backend.address, backend.port)
+            if key not in chosen or backend.weight > chosen[key].weight:
+                chosen[key] = backend
+    return tuple(chosen[k] for k in sorted(chosen, key=_address_order))
+
+
+def _address_order(key: tuple[IPAddress, int]) -> tuple[int, int, int]:
+    address, port = key
+    return (address.version, int(address), port)
