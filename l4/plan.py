@@ -1,0 +1,158 @@
+"""Plan: the desired state -> the IPVS virtual services one LB node must hold. Pure.
+
+Every node of a node group computes the same plan from the same revision, so the group's
+IPVS tables agree. The rules:
+
+- A node programs the listeners whose load balancer's `node_group` lists it.
+- TCP and UDP listeners forward straight to their backends with the listener's method
+  (NAT by default). DR and TUN deliver the packet unchanged, so a backend whose port
+  differs from the listener's cannot be reached by them and is left out (reported);
+  neither can a backend of the other address family.
+- HTTP, HTTPS and GRPC listeners forward to the group's Envoys: one real server per node,
+  at the node's address and the listener's port, by direct routing. Envoy binds VIP:port
+  (freebind) and every node holds the VIP on its dummy interface, so the packet must keep
+  the VIP as its destination, which NAT would rewrite. Their scheduler is `mh` with
+  `mh-port` (Maglev hashing over source address and port): every node that builds the
+  same table picks the same Envoy for a flow, so a flow survives ECMP moving it to another
+  LB node. The listener's own scheduler is Envoy's business, per request.
+- `sh` and `mh` get their `-fallback` flag: a real server at weight 0 (draining, or
+  failing its health check) would otherwise keep its share of the hash and black-hole it.
+- Source-IP persistence becomes the IPVS persistence timeout (TCP/UDP listeners; at L7 it
+  is Envoy's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmi.model import Forwarding, HealthCheck, PersistenceMode, Scheduler
+from cmi.resolve import DesiredState, ResolvedListener
+from l4.ipvs import Dest, ServiceKey, VirtualService, address_order, sort_dests
+
+L7_SCHEDULER = "mh"
+L7_FLAGS = ("mh-fallback", "mh-port")
+
+
+@dataclass(frozen=True)
+class IPVSPlan:
+    """What one LB node must program, by virtual service."""
+
+    node: str
+    group: str | None
+    revision: int
+    services: dict[ServiceKey, VirtualService] = field(default_factory=dict)
+    listeners: dict[ServiceKey, str] = field(default_factory=dict)
+    """The listener each virtual service serves, for reports."""
+    health_checks: dict[ServiceKey, HealthCheck] = field(default_factory=dict)
+    """Checks of TCP listeners' backends, run from this node."""
+    vips: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+    """What the plan had to leave out, and why."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as the golden files hold it."""
+        services = []
+        for key, service in self.services.items():
+            check = self.health_checks.get(key)
+            services.append(
+                {
+                    "listener": self.listeners[key],
+                    "protocol": key.protocol,
+                    "vip": key.address,
+                    "port": key.port,
+                    "scheduler": service.scheduler,
+                    "flags": list(service.flags),
+                    "persistence_timeout": service.timeout,
+                    "health_check": check.model_dump(mode="json") if check else None,
+                    "real_servers": [d._asdict() for d in service.dests],
+                }
+            )
+        return {
+            "node": self.node,
+            "group": self.group,
+            "revision": self.revision,
+            "vips": list(self.vips),
+            "services": services,
+            "problems": list(self.problems),
+        }
+
+
+def node_group_of(state: DesiredState, node: str) -> list[str]:
+    """The node groups that list `node` (normally one)."""
+    return sorted(
+        name
+        for name, group in state.node_groups.items()
+        if any(n.name == node for n in group.nodes)
+    )
+
+
+def plan(state: DesiredState, node: str, group: str | None) -> IPVSPlan:
+    """This node's IPVS plan. With no group (the node belongs to none), it holds nothing."""
+    node_group = state.node_groups.get(group) if group else None
+    if node_group is None or not any(n.name == node for n in node_group.nodes):
+        where = f"node group {group!r}" if group else "any node group"
+        return IPVSPlan(node, group, state.revision, problems=(f"node {node!r} is not in {where}",))
+    services: dict[ServiceKey, VirtualService] = {}
+    listeners: dict[ServiceKey, str] = {}
+    checks: dict[ServiceKey, HealthCheck] = {}
+    problems: list[str] = []
+    resolved = sorted(state.for_node_group(group or ""), key=_service_order)
+    for item in resolved:
+        listener = item.listener
+        key = ServiceKey(listener.protocol.transport, str(item.vip), listener.port)
+        if listener.protocol.is_l7:
+            service = VirtualService(
+                key,
+                L7_SCHEDULER,
+                L7_FLAGS,
+                0,
+                sort_dests(
+                    Dest(str(n.address), listener.port, 1, "dr")
+                    for n in node_group.nodes
+                    if n.address.version == item.vip.version
+                ),
+            )
+        else:
+            service = _l4_service(key, item, problems)
+            if listener.health_check is not None:
+                checks[key] = listener.health_check
+        services[key] = service
+        listeners[key] = listener.name
+    vips = sorted({key.address for key in services}, key=address_order)
+    return IPVSPlan(
+        node, group, state.revision, services, listeners, checks, tuple(vips), tuple(problems)
+    )
+
+
+def _service_order(item: ResolvedListener) -> tuple[tuple[int, bytes], int, str]:
+    return (address_order(str(item.vip)), item.listener.port, item.listener.protocol.transport)
+
+
+def _l4_service(key: ServiceKey, item: ResolvedListener, problems: list[str]) -> VirtualService:
+    listener = item.listener
+    forwarding = listener.forwarding
+    scheduler = listener.scheduler
+    flags: tuple[str, ...] = ()
+    if scheduler in (Scheduler.SH, Scheduler.MH):
+        flags = (f"{scheduler.value}-fallback",)
+    timeout = 0
+    if listener.persistence.mode is PersistenceMode.SOURCE_IP:
+        timeout = listener.persistence.timeout_s
+    dests = []
+    for backend in item.backends:
+        where = f"listener {listener.name!r}: backend {backend.address}:{backend.port}"
+        if backend.address.version != item.vip.version:
+            problems.append(f"{where} is IPv{backend.address.version}, the VIP is not")
+            continue
+        port = backend.port
+        if forwarding is not Forwarding.NAT:
+            if backend.port != listener.port:
+                problems.append(
+                    f"{where} left out: {forwarding.value} forwarding keeps the port "
+                    f"({listener.port}); only nat can change it"
+                )
+                continue
+            port = listener.port
+        dests.append(Dest(str(backend.address), port, backend.weight, forwarding.value))
+    return VirtualService(key, scheduler.value, flags, timeout, sort_dests(dests))
