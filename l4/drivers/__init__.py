@@ -30,7 +30,7 @@ class Driver(Protocol):
 
     @property
     def operations(self) -> int:
-        """Requests made to the kernel so far (netlink messages, or ipvsadm rule lines)."""
+        """Changes requested of the kernel so far: netlink messages, or ipvsadm rule lines."""
 
     def dump(self, keys: Collection[ServiceKey] | None = None) -> KernelState:
         """Every virtual service with its real servers and their connection counts; with

@@ -234,7 +234,8 @@ class IpvsadmDriver:
             text=True,
             check=False,
         )
-        # -R reports a refused line on stderr; which line it was, it does not say.
+        # -R carries on past a refused line and exits 0; it names the refusal on stderr,
+        # not the line, so the caller re-reads what it touched.
         if result.returncode != 0 or result.stderr.strip():
             detail = result.stderr.strip() or f"exit status {result.returncode}"
             return [ApplyError(None, f"ipvsadm -R: {detail}")]

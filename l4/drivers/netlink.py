@@ -366,8 +366,10 @@ class BatchSocket:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self._buffer = bytearray(256 * 1024)
         self._seq = 0
-        self.messages_sent = 0
-        """Requests written to the kernel since the socket opened (tests count them)."""
+        self.changes = 0
+        """Change requests (add, set, delete) sent since the socket opened."""
+        self.queries = 0
+        """Read requests (get, dump) sent since the socket opened."""
 
     def close(self) -> None:
         self.sock.close()
@@ -389,7 +391,7 @@ class BatchSocket:
                 seqs.append(seq)
             _U16.pack_into(chunk, last_offset + 6, NLM_F_REQUEST | NLM_F_ACK)
             self.sock.send(chunk)
-            self.messages_sent += len(seqs)
+            self.changes += len(seqs)
             pending = set(seqs)
             done = False
             while not done:
@@ -437,7 +439,7 @@ class BatchSocket:
     def _send_one(self, request: Request, flags: int) -> int:
         seq = self._next_seq()
         self.sock.send(encode(self.family_id, request, seq, flags))
-        self.messages_sent += 1
+        self.queries += 1
         return seq
 
     def _receive(self) -> Iterator[tuple[int, int, memoryview]]:

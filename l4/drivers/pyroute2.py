@@ -51,7 +51,7 @@ class Pyroute2Driver:
 
     @property
     def operations(self) -> int:
-        return self.nl.messages_sent
+        return self.nl.changes
 
     def close(self) -> None:
         self.nl.close()

@@ -1,0 +1,90 @@
+"""Plan golden files: each testdata/CASE/in.json (a node and the desired state as stored
+documents) must plan to testdata/CASE/plan.json. `pytest --update-golden` rewrites the
+outputs and deletes stale files; review the diff like code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cmi.model import StoredObject, load_document
+from cmi.resolve import resolve
+from cmi.store import Snapshot, Stored
+from l4.plan import node_group_of, plan
+
+TESTDATA = Path(__file__).parent / "testdata"
+CASES = sorted(p.name for p in TESTDATA.iterdir() if (p / "in.json").is_file())
+INPUT_FIELDS = {"node", "group", "revision", "documents"}
+DOCUMENT_FIELDS = {"schema", "kind", "spec"}
+OUTPUTS = {"in.json", "plan.json"}
+
+
+class GoldenInputError(ValueError):
+    pass
+
+
+def load_case(path: Path) -> tuple[str, str | None, Snapshot]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    if unknown := set(data) - INPUT_FIELDS:
+        raise GoldenInputError(f"{path}: unknown field(s) {sorted(unknown)}")
+    revision = int(data.get("revision", 1))
+    objects: dict[str, dict[str, Stored[StoredObject]]] = {}
+    for index, doc in enumerate(data["documents"]):
+        if unknown := set(doc) - DOCUMENT_FIELDS:
+            raise GoldenInputError(f"{path}: documents.{index}: unknown field(s) {sorted(unknown)}")
+        obj = load_document(json.dumps(doc))
+        objects.setdefault(obj.kind, {})[obj.key] = Stored(obj, revision)
+    return data["node"], data.get("group"), Snapshot(revision, objects)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_plan_matches_golden(case: str, update_golden: bool) -> None:
+    node, group, snapshot = load_case(TESTDATA / case / "in.json")
+    state = resolve(snapshot)
+    if group is None:
+        groups = node_group_of(state, node)
+        group = groups[0] if groups else None
+    got = plan(state, node, group).to_json()
+    golden = TESTDATA / case / "plan.json"
+    if update_golden:
+        golden.write_text(json.dumps(got, indent=2) + "\n")
+    assert golden.exists(), f"{golden} is missing: run pytest --update-golden"
+    assert got == json.loads(golden.read_text())
+
+
+def stale_files() -> list[Path]:
+    """Anything under testdata that is neither a case's input nor its expected output."""
+    stale = []
+    for entry in sorted(TESTDATA.iterdir()):
+        if not (entry / "in.json").is_file():
+            stale.append(entry)
+        else:
+            stale += [p for p in sorted(entry.iterdir()) if p.name not in OUTPUTS]
+    return stale
+
+
+def test_no_stale_golden_files(update_golden: bool) -> None:
+    if update_golden:
+        for path in stale_files():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert stale_files() == [], "stale golden files: pytest --update-golden deletes them"
+
+
+def test_unknown_input_fields_are_rejected(tmp_path: Path) -> None:
+    case = json.loads((TESTDATA / CASES[0] / "in.json").read_text())
+    (tmp_path / "extra.json").write_text(json.dumps({**case, "nodes": ["lb-a"]}))
+    with pytest.raises(GoldenInputError, match="nodes"):
+        load_case(tmp_path / "extra.json")
+    case["documents"][0]["metadata"] = {}
+    (tmp_path / "doc.json").write_text(json.dumps(case))
+    with pytest.raises(GoldenInputError, match=r"documents\.0.*metadata"):
+        load_case(tmp_path / "doc.json")
+    case["documents"][0].pop("metadata")
+    case["documents"][0]["spec"]["colour"] = "red"
+    (tmp_path / "spec.json").write_text(json.dumps(case))
+    with pytest.raises(ValueError, match="colour"):
+        load_case(tmp_path / "spec.json")
