@@ -27,7 +27,7 @@ from l4.ipvs import (
     SetDest,
     SetService,
     VirtualService,
-    sort_dests,
+    dest_order,
 )
 
 
@@ -90,7 +90,8 @@ class Pyroute2Driver:
                 dest_span = nl.message_attr(reply, nl.ATTR_DEST)
                 if dest_span is not None:
                     dest_stats.append(DestStats(*nl.decode_dest(reply, dest_span, family, stats)))
-            service = service._replace(dests=sort_dests(d.dest for d in dest_stats))
+            dest_stats.sort(key=lambda d: dest_order(d.dest))
+            service = service._replace(dests=tuple(d.dest for d in dest_stats))
             state.services[service.key] = service
             for entry in dest_stats:
                 state.counters[(service.key, entry.dest.key)] = entry.counters
