@@ -91,9 +91,16 @@ def config_reference() -> None:
 
 
 @main.command("cmi")
-def cmi_cmd() -> None:
-    """Run the controller: watch labelled Services, write desired state."""
-    not_implemented("cmi", 3)
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_obj
+def cmi_cmd(settings: config.Settings, log_level: str) -> None:
+    """Run the controller: watch labelled Services, write desired state (leader-elected)."""
+    import logging  # noqa: PLC0415
+
+    from cmi import daemon  # noqa: PLC0415 - only this command needs the controller
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon.run(settings)
 
 
 @main.command("worker")

@@ -16,7 +16,7 @@ rules, in order:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cmi.model import (
@@ -73,13 +73,35 @@ class DesiredState:
 def resolve(snapshot: Snapshot) -> DesiredState:
     balancers = {k: s.obj for k, s in snapshot.of(LoadBalancer).items()}
     services = [s.obj for _, s in sorted(snapshot.of(Service).items())]
-    served: list[ResolvedListener] = []
+    winners, rejected = claim_ports(balancers, (s.obj for s in snapshot.of(Listener).values()))
+    served = [
+        ResolvedListener(
+            listener=listener,
+            load_balancer=balancers[listener.load_balancer],
+            vip=vip,
+            services=tuple(s.key for s in chosen),
+            backends=backends_for(listener, chosen),
+        )
+        for listener, vip in winners
+        for chosen in [_selected_services(listener, services)]
+    ]
+    return DesiredState(
+        revision=snapshot.revision,
+        listeners=tuple(sorted(served, key=lambda r: r.listener.name)),
+        rejected=tuple(rejected),
+        certificates={k: s.obj for k, s in snapshot.of(Certificate).items()},
+        node_groups={k: s.obj for k, s in snapshot.of(NodeGroup).items()},
+    )
+
+
+def claim_ports(
+    balancers: Mapping[str, LoadBalancer], listeners: Iterable[Listener]
+) -> tuple[list[tuple[Listener, IPAddress]], list[Rejected]]:
+    """Which listeners hold their VIP:port/transport (with the VIP), and which are rejected."""
+    winners: list[tuple[Listener, IPAddress]] = []
     rejected: list[Rejected] = []
     claimed: dict[tuple[IPAddress, int, str], str] = {}
-    listeners = sorted(
-        (s.obj for s in snapshot.of(Listener).values()), key=lambda li: (li.created_at, li.name)
-    )
-    for listener in listeners:
+    for listener in sorted(listeners, key=lambda li: (li.created_at, li.name)):
         balancer = balancers.get(listener.load_balancer)
         if balancer is None:
             rejected.append(
@@ -101,23 +123,8 @@ def resolve(snapshot: Snapshot) -> DesiredState:
             )
             continue
         claimed[port_key] = listener.name
-        chosen = _selected_services(listener, services)
-        served.append(
-            ResolvedListener(
-                listener=listener,
-                load_balancer=balancer,
-                vip=balancer.vip,
-                services=tuple(s.key for s in chosen),
-                backends=backends_for(listener, chosen),
-            )
-        )
-    return DesiredState(
-        revision=snapshot.revision,
-        listeners=tuple(sorted(served, key=lambda r: r.listener.name)),
-        rejected=tuple(rejected),
-        certificates={k: s.obj for k, s in snapshot.of(Certificate).items()},
-        node_groups={k: s.obj for k, s in snapshot.of(NodeGroup).items()},
-    )
+        winners.append((listener, balancer.vip))
+    return winners, rejected
 
 
 def _selected_services(listener: Listener, services: Iterable[Service]) -> list[Service]:

@@ -249,3 +249,14 @@ current-context: {user}@devbed
         return self.write_kubeconfig(
             path, token.status.token, f"system:serviceaccount:{namespace}:{name}"
         )
+
+    def apply_manifest(self, path: Path) -> None:
+        """Create every object in a YAML manifest as admin; objects that exist are left alone."""
+        from kubernetes.utils import FailToCreateError, create_from_yaml  # noqa: PLC0415
+
+        with self.client() as api:
+            try:
+                create_from_yaml(api, str(path))  # type: ignore[no-untyped-call]
+            except FailToCreateError as exc:
+                if any(e.status != 409 for e in exc.api_exceptions):
+                    raise
