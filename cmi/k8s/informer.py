@@ -81,6 +81,8 @@ class Informer:
     # -- running ---------------------------------------------------------------------------
 
     def start(self) -> Informer:
+        """Start (or, after `stop`, resume from the last resourceVersion) in a thread."""
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"informer{self.path}", daemon=True)
         self._thread.start()
         return self
@@ -91,10 +93,6 @@ class Informer:
             self._watch.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
-
-    def forget_resource_version(self, version: str) -> None:
-        """Resume the next watch from `version` (tests force a 410 this way)."""
-        self.resource_version = version
 
     def _run(self) -> None:
         backoff, need_list = 0.2, True
