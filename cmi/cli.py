@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from cmi import config
+from cmi.cli_objects import COMMANDS
 
 NOT_IMPLEMENTED_EXIT = 2
 
@@ -198,6 +199,10 @@ def lab_run(memory: int, timeout: float, no_network: bool, command: tuple[str, .
         err=True,
     )
     sys.exit(result.returncode)
+
+
+for _command in COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":
