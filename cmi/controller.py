@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from cmi import build as builder
@@ -38,6 +39,7 @@ from cmi.model import (
 )
 from cmi.resolve import claim_ports
 from cmi.store import Change, CompactedError, ConflictError, Delete, Fence, Put, Store
+from cmi.workqueue import KeyedQueue
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +179,9 @@ class Controller:
         self.revision = 0
         self.writes = 0
         self._lock = threading.RLock()  # the mirror is shared with the store follower
+        # Finalizers, status and Events go to the API server from a queue of their own,
+        # so a thousand status writes never hold up the next change to the data plane.
+        self.reports = KeyedQueue(workers=8, name="report")
         self.reconciles = 0
         self.last_sync_s = 0.0
         self._listener_status: dict[str, str] = {}
@@ -225,6 +230,7 @@ class Controller:
             for informer in informers:
                 informer.stop()
             follower.join(timeout=5)
+            self.reports.close()
 
     def _follow_store(self, stop: threading.Event) -> None:
         """Operators write too (instances, listeners): keep the mirror current and react."""
@@ -302,11 +308,7 @@ class Controller:
                     instances=instances,
                 )
             results.append((key, body, *self._desired(built, previous)))
-        ops = []
-        for key, body, built, desired in results:
-            if built.exposed and body is not None:
-                self._hold(body)  # before anything is exposed, so deletion always comes by us
-            ops += self._diff(key, desired)
+        ops = [op for key, _, _, desired in results for op in self._diff(key, desired)]
         if ops:
             self.revision = self.store.apply(
                 ops, fence=self.fence, who=self.identity, why=f"{len(results)} Service(s)"
@@ -318,9 +320,8 @@ class Controller:
                 else:
                     self.mirror.delete((op.kind, op.key))
         conflicts = self._conflicts()
-        for key, body, built, _ in results:
-            if body is not None:
-                self._report(body, built, conflicts.get(key, {}))
+        for key, _, built, _ in results:
+            self.reports.submit(key, partial(self._report, key, built, conflicts.get(key, {})))
         return self.revision
 
     # -- steps -----------------------------------------------------------------------------
@@ -446,14 +447,11 @@ class Controller:
         pipe.execute()
         self._listener_status = dict(status)
 
-    def _hold(self, body: Body) -> None:
-        try:
-            self.writer.set_finalizer(body, present=True)
-        except KubeError as exc:
-            log.warning("finalizer on %s not set: %s", builder.service_key(body), exc)
-
-    def _report(self, body: Body, built: Built, conflicts: Mapping[str, str]) -> None:
-        """Status, finalizer and Events for one Service."""
+    def _report(self, key: str, built: Built, conflicts: Mapping[str, str]) -> None:
+        """Finalizer, status and Events for one Service, from its newest cached state."""
+        body = self.services.get(key)
+        if body is None:
+            return
         for event in built.events:
             self.events.record(body, event.type, event.reason, event.message)
         for listener, reason in conflicts.items():
@@ -462,6 +460,7 @@ class Controller:
             )
         try:
             if built.exposed and built.instance is not None:
+                self.writer.set_finalizer(body, present=True)
                 self._write_exposure(body, built, conflicts)
             else:
                 self.writer.set_finalizer(body, present=False)

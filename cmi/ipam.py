@@ -93,6 +93,9 @@ class IPAM:
         ]
         self._claim = self.redis.register_script(_CLAIM)
         self._expire = self.redis.register_script(_EXPIRE)
+        self._held: set[tuple[int, int]] | None = None
+        """Addresses known to be held: a hint for picking candidates, never trusted (the
+        script is); refreshed whenever a claim finds the hint stale."""
 
     def allocate(
         self, instance: str, pools: Iterable[AddressPool], requested: IPAddress | None = None
@@ -105,10 +108,13 @@ class IPAM:
         if requested is not None and not any(requested in net for p in pools for net in p.cidrs):
             names = ", ".join(p.name for p in pools) or "none"
             raise IPAMError(f"{requested} is outside every address pool (pools: {names})")
-        for _ in range(TRIES):
-            held = {a.decode() for a in self.redis.hkeys(self.keys[1])}
+        for attempt in range(TRIES):
+            if self._held is None or attempt > 0:
+                self._held = {_number(a.decode()) for a in self.redis.hkeys(self.keys[1])}
             candidates = (
-                [] if requested else list(itertools.islice(_free(pools, held), CANDIDATES_PER_TRY))
+                []
+                if requested
+                else list(itertools.islice(_free(pools, self._held), CANDIDATES_PER_TRY))
             )
             status, value = (
                 part.decode()
@@ -118,6 +124,7 @@ class IPAM:
                 )
             )
             if status == "ok":
+                self._held.add(_number(value))
                 return ipaddress.ip_address(value)
             if status == "taken":
                 raise IPAMError(f"{requested} is already the VIP of instance {value!r}")
@@ -140,6 +147,8 @@ class IPAM:
     def expire(self, grace_s: float) -> list[tuple[str, IPAddress]]:
         """Free every address released more than `grace_s` ago; return (instance, address)."""
         freed = json.loads(self._expire(keys=self.keys, args=[time.time() - grace_s]))
+        if freed:
+            self._held = None
         return [(instance, ipaddress.ip_address(address)) for instance, address in freed]
 
     def allocations(self) -> dict[str, IPAddress]:
@@ -148,16 +157,29 @@ class IPAM:
         return {k.decode(): ipaddress.ip_address(v.decode()) for k, v in raw.items()}
 
 
-def _free(pools: Iterable[AddressPool], held: set[str]) -> Iterator[str]:
+def _number(text: str) -> tuple[int, int]:
+    address = ipaddress.ip_address(text)
+    return address.version, int(address)
+
+
+def _free(pools: Iterable[AddressPool], held: set[tuple[int, int]]) -> Iterator[str]:
+    """Unheld host addresses of the pools, in order (integers until one is chosen: fast)."""
     for pool in pools:
         for network in pool.cidrs:
-            for address in _hosts(network):
-                text = str(address)
-                if text not in held:
-                    yield text
+            first, last = _host_range(network)
+            make = ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address
+            for number in range(first, last + 1):
+                if (network.version, number) not in held:
+                    yield str(make(number))
 
 
-def _hosts(network: IPNetwork) -> Iterator[IPAddress]:
+def _host_range(network: IPNetwork) -> tuple[int, int]:
+    """First and last usable host of a network, as integers (like `hosts()`)."""
+    start, end = int(network.network_address), int(network.broadcast_address)
     if network.num_addresses == 1:
-        return iter([network.network_address])
-    return network.hosts()
+        return start, end
+    if network.version == 4 and network.prefixlen >= 31:
+        return start, end
+    if network.version == 4:
+        return start + 1, end - 1
+    return start + 1, end  # IPv6: skip the subnet-router anycast address

@@ -309,14 +309,18 @@ class Store:
         self._check_contiguous(since, changes)
         return changes
 
-    def follow(self, since: int, block_ms: int = 5_000) -> Iterator[list[Change]]:
+    def follow(self, since: int, block_ms: int = 1_000) -> Iterator[list[Change]]:
         """Yield batches of changes after `since` as they are committed, forever.
 
         Yields an empty batch when `block_ms` passes without a change, so a caller can
-        check for shutdown.
+        check for shutdown. Keep `block_ms` below the client's socket timeout (redis-py's
+        default is 5 s); a read that times out anyway counts as a quiet period.
         """
         while True:
-            reply = self.redis.xread({self.key("changes"): f"{since}-0"}, block=block_ms)
+            try:
+                reply = self.redis.xread({self.key("changes"): f"{since}-0"}, block=block_ms)
+            except redis.TimeoutError:
+                reply = []
             batch = [self._decode(entry) for _, entries in reply for entry in entries]
             self._check_contiguous(since, batch)
             if batch:
