@@ -30,27 +30,38 @@ POOL = "198.18.0.0/21"
 
 
 def service(index: int) -> dict[str, Any]:
+    labels = {"openslb.io/expose": "true", "app": f"a{index % 50}"}
     return {
-        "metadata": {"name": f"svc-{index}", "labels": {"openslb.io/expose": "true", "app": f"a{index % 50}"}},
+        "metadata": {"name": f"svc-{index}", "labels": labels},
         "spec": {
-            "type": "LoadBalancer", "allocateLoadBalancerNodePorts": False,
+            "type": "LoadBalancer",
+            "allocateLoadBalancerNodePorts": False,
             "ports": [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}],
         },
-    }  # fmt: skip
+    }
+
+
+def endpoint_address(index: int, endpoint: int) -> str:
+    """A distinct pod address for every endpoint, from 198.18.32.1 on."""
+    n = index * 10 + endpoint
+    return f"198.18.{32 + n // 250}.{n % 250 + 1}"
 
 
 def endpoint_slice(index: int, count: int) -> dict[str, Any]:
     return {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": f"svc-{index}-1", "labels": {"kubernetes.io/service-name": f"svc-{index}"}},
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"svc-{index}-1",
+            "labels": {"kubernetes.io/service-name": f"svc-{index}"},
+        },
         "addressType": "IPv4",
         "ports": [{"name": "grpc", "port": 8080, "protocol": "TCP"}],
         "endpoints": [
-            {"addresses": [f"198.19.{index // 250}.{(index % 250) * 0 + 1 + e + 20 * (index % 12)}"],
-             "conditions": {"ready": True}}
+            {"addresses": [endpoint_address(index, e)], "conditions": {"ready": True}}
             for e in range(count)
         ],
-    }  # fmt: skip
+    }
 
 
 def populate(admin: KubeClient, services: int) -> None:
@@ -89,14 +100,17 @@ def main() -> None:
         admin = KubeClient.from_kubeconfig(str(kube.kubeconfig))
         began = time.monotonic()
         populate(admin, args.services)
-        print(f"created {args.services} Services x 10 endpoints in {time.monotonic() - began:.1f} s",
-              file=sys.stderr)  # fmt: skip
+        took = time.monotonic() - began
+        print(f"created {args.services} Services x 10 endpoints in {took:.1f} s", file=sys.stderr)
         store = Store(redis_server.client(), prefix="bench")
         env = {
-            "OPENSLB_CONFIG": "", "OPENSLB_REDIS_URL": redis_server.url, "OPENSLB_REDIS_PREFIX": "bench",
-            "OPENSLB_KUBE_KUBECONFIG": str(kubeconfig), "OPENSLB_CMI_POOL_CIDRS": POOL,
+            "OPENSLB_CONFIG": "",
+            "OPENSLB_REDIS_URL": redis_server.url,
+            "OPENSLB_REDIS_PREFIX": "bench",
+            "OPENSLB_KUBE_KUBECONFIG": str(kubeconfig),
+            "OPENSLB_CMI_POOL_CIDRS": POOL,
             "OPENSLB_CMI_IDENTITY": "bench",
-        }  # fmt: skip
+        }
         cmi = Process(
             "cmi", [sys.executable, "-m", "cmi.cli", "cmi", "--log-level", "WARNING"], work, env=env
         )
@@ -139,10 +153,16 @@ def main() -> None:
                 "cmi_change_p99_ms": {"value": round(p99, 1), "unit": "ms", "target": 150.0},
                 "cmi_rss_mb": {"value": round(rss, 1), "unit": "MiB", "target": 200.0},
             },
-            setup={"services": args.services, "endpoints_per_service": 10, "changes": len(latencies),
-                   "status_written_back_s": round(status_s, 1),
-                   "rss_peak_mb": round(peak, 1), "holdoff_ms": 75, "max_holdoff_ms": 500},
-        )  # fmt: skip
+            setup={
+                "services": args.services,
+                "endpoints_per_service": 10,
+                "changes": len(latencies),
+                "status_written_back_s": round(status_s, 1),
+                "rss_peak_mb": round(peak, 1),
+                "holdoff_ms": 75,
+                "max_holdoff_ms": 500,
+            },
+        )
         print(f"wrote {path}", file=sys.stderr)
     finally:
         kube.stop()
@@ -156,7 +176,7 @@ def measure_changes(admin: KubeClient, store: Store, count: int, services: int) 
     for n in range(count):
         index = (n * 37) % services
         body = admin.get(f"{slices}/svc-{index}-1")
-        address = f"198.19.200.{n + 1}"
+        address = f"198.18.100.{n + 1}"
         body["endpoints"].append({"addresses": [address], "conditions": {"ready": True}})
         since = store.revision()
         began = time.monotonic()
