@@ -162,7 +162,10 @@ def test_deleting_a_service_cleans_up_before_it_disappears(
     create(admin, namespace, service_body("cart", labels=EXPOSE))
     key = f"{namespace}/cart"
     eventually(lambda: running.owned(key)["Listener"], "exposed")
-    assert FINALIZER in svc(admin, namespace, "cart")["metadata"]["finalizers"]
+    eventually(
+        lambda: FINALIZER in (svc(admin, namespace, "cart")["metadata"].get("finalizers") or []),
+        "finalizer set",
+    )
     admin.request("DELETE", f"/api/v1/namespaces/{namespace}/services/cart")
 
     def gone() -> bool:
