@@ -25,25 +25,31 @@ from cmi.config import CmiSettings
 from cmi.ipam import IPAM, IPAMError
 from cmi.k8s.client import Body, KubeClient, KubeError
 from cmi.k8s.informer import Informer
-from cmi.k8s.writer import EventRecorder, ServiceWriter
+from cmi.k8s.writer import CONDITION, PROGRAMMED, Condition, EventRecorder, ServiceWriter
 from cmi.model import (
     KINDS,
     AddressPool,
     IPAddress,
     Listener,
     LoadBalancer,
+    NodeGroup,
     OwnerKind,
+    Protocol,
     Service,
     StoredObject,
     dump_document,
 )
+from cmi.readiness import Readiness, readiness
 from cmi.resolve import claim_ports
+from cmi.status import StatusBoard
 from cmi.store import Change, CompactedError, ConflictError, Delete, Fence, Put, Store
 from cmi.workqueue import KeyedQueue
 
 log = logging.getLogger(__name__)
 
 ObjectKey = tuple[str, str]  # (kind, key)
+READINESS_PERIOD_S = 1.0
+"""How often the data planes' reports are compared with what each Service needs."""
 OWNED_KINDS = (Listener, LoadBalancer, Service)
 
 
@@ -87,27 +93,30 @@ class Mirror:
 
     objects: dict[ObjectKey, StoredObject] = field(default_factory=dict)
     owned: dict[str, set[ObjectKey]] = field(default_factory=dict)
+    revisions: dict[ObjectKey, int] = field(default_factory=dict)
 
     def load(self, store: Store) -> int:
         snapshot = store.snapshot()
-        self.objects = {
-            (kind, key): stored.obj
-            for kind, objs in snapshot.objects.items()
-            for key, stored in objs.items()
-        }
+        self.objects, self.revisions = {}, {}
+        for kind, objs in snapshot.objects.items():
+            for key, stored in objs.items():
+                self.objects[(kind, key)] = stored.obj
+                self.revisions[(kind, key)] = stored.revision
         self.owned = {}
         for ref, obj in self.objects.items():
             self._own(ref, obj)
         return snapshot.revision
 
-    def put(self, obj: StoredObject) -> None:
+    def put(self, obj: StoredObject, revision: int) -> None:
         ref = (obj.kind, obj.key)
         self.delete(ref)
         self.objects[ref] = obj
+        self.revisions[ref] = revision
         self._own(ref, obj)
 
     def delete(self, ref: ObjectKey) -> None:
         old = self.objects.pop(ref, None)
+        self.revisions.pop(ref, None)
         owner = _service_owner(old) if old is not None else None
         if owner is not None:
             self.owned.get(owner, set()).discard(ref)
@@ -185,6 +194,7 @@ class Controller:
         self.reconciles = 0
         self.last_sync_s = 0.0
         self._listener_status: dict[str, str] = {}
+        self._readiness: dict[str, Readiness] = {}
 
     # -- informer callbacks: mark Services dirty -------------------------------------------
 
@@ -217,13 +227,17 @@ class Controller:
                 while not informer.synced.wait(0.5):
                     if stop.is_set():
                         return
-            next_resync = 0.0
+            next_resync = next_readiness = 0.0
             while not stop.is_set():
-                if time.monotonic() >= next_resync:
+                now = time.monotonic()
+                if now >= next_resync:
                     self.resync()
                     next_resync = time.monotonic() + self.settings.resync_s
                     continue
-                keys = self.dirty.take(timeout=min(1.0, next_resync - time.monotonic()))
+                if now >= next_readiness:
+                    self.check_readiness()
+                    next_readiness = now + READINESS_PERIOD_S
+                keys = self.dirty.take(timeout=min(READINESS_PERIOD_S, next_resync - now))
                 if keys and not stop.is_set():
                     self.reconcile(keys)
         finally:
@@ -265,7 +279,7 @@ class Controller:
                 if stored is None:
                     self.mirror.delete((kind, key))
                 else:
-                    self.mirror.put(stored.obj)
+                    self.mirror.put(stored.obj, stored.revision)
                 if kind == LoadBalancer.kind:  # Services sharing it by name
                     affected.update(
                         k for k, body in self.services.items()
@@ -316,7 +330,7 @@ class Controller:
             self.writes += 1
             for op in ops:
                 if isinstance(op, Put):
-                    self.mirror.put(op.obj)
+                    self.mirror.put(op.obj, self.revision)
                 else:
                     self.mirror.delete((op.kind, op.key))
         conflicts = self._conflicts()
@@ -416,7 +430,7 @@ class Controller:
                     )
                 except ConflictError:  # changed meanwhile; the next reconcile tries again
                     continue
-                self.mirror.put(updated)
+                self.mirror.put(updated, self.revision)
 
     def _conflicts(self) -> dict[str, dict[str, str]]:
         """Why each Service's rejected listeners are not served: Service -> listener -> why."""
@@ -464,7 +478,7 @@ class Controller:
                 self._write_exposure(body, built, conflicts)
             else:
                 self.writer.set_finalizer(body, present=False)
-                self.writer.set_status(body, [], None, "", "")
+                self.writer.set_status(body, [], {CONDITION: None, PROGRAMMED: None})
         except KubeError as exc:
             log.warning("status of %s not written: %s", builder.service_key(body), exc)
 
@@ -474,8 +488,8 @@ class Controller:
         vip: IPAddress | None = getattr(balancer, "vip", None)
         served = [li for li in built.listeners if li.name not in conflicts]
         if vip is None:
-            self.writer.set_status(body, [], False, "WaitingForVIP",
-                                   f"instance {built.instance} waits for a VIP")  # fmt: skip
+            waiting = ("False", "WaitingForVIP", f"instance {built.instance} waits for a VIP")
+            self.writer.set_status(body, [], {CONDITION: waiting, PROGRAMMED: None})
             return
         where = ", ".join(f"{vip}:{li.port}/{li.protocol.value}" for li in served) or "no port"
         message = f"exposed at {where} (instance {built.instance})"
@@ -485,9 +499,55 @@ class Controller:
             "ip": str(vip), "ipMode": "VIP",
             "ports": [{"port": li.port, "protocol": li.protocol.transport} for li in served],
         }]  # fmt: skip
-        if self.writer.set_status(body, ingress, not conflicts, "Exposed" if not conflicts
-                                  else "ListenerConflict", message):  # fmt: skip
+        exposed = ("True", "Exposed", message) if not conflicts else (
+            "False", "ListenerConflict", message
+        )  # fmt: skip
+        old = _condition(body, CONDITION)
+        programmed = self._readiness.get(built.key)
+        conditions: dict[str, Condition | None] = {CONDITION: exposed}
+        if programmed is not None:
+            conditions[PROGRAMMED] = _programmed_condition(programmed)
+        if self.writer.set_status(body, ingress, conditions) and old != exposed:
             self.events.record(body, "Normal", "Exposed", message)
+
+    def check_readiness(self) -> None:
+        """Compare what the data planes report with what each Service needs; tell it."""
+        board = StatusBoard(self.store)
+        l4, l7 = board.all("l4"), board.all("l7")
+        with self._lock:
+            groups: dict[str, NodeGroup] = self.mirror.of(NodeGroup)
+            jobs = []
+            for key, service in self.mirror.of(Service).items():
+                owned = self.mirror.owned.get(key, set())
+                listeners = [self.mirror.objects[r] for r in owned if r[0] == Listener.kind]
+                balancer = self.mirror.objects.get((LoadBalancer.kind, service.load_balancer))
+                if not listeners or balancer is None:
+                    continue
+                group = getattr(balancer, "node_group", "default")
+                changed_at = max(self.mirror.revisions.get(r, 0) for r in owned | {
+                    (LoadBalancer.kind, service.load_balancer)})  # fmt: skip
+                needs_l7 = any(getattr(li, "protocol", Protocol.TCP).is_l7 for li in listeners)
+                now = readiness(
+                    changed_at, group_name=group, group=groups.get(group), needs_l7=needs_l7,
+                    l4=l4, l7=l7,
+                )  # fmt: skip
+                if self._readiness.get(key) != now:
+                    self._readiness[key] = now
+                    jobs.append((key, now))
+        for key, now in jobs:
+            self.reports.submit(f"ready:{key}", partial(self._report_readiness, key, now))
+
+    def _report_readiness(self, key: str, now: Readiness) -> None:
+        body = self.services.get(key)
+        if body is None or _condition(body, CONDITION) is None:
+            return  # not exposed (yet): the exposure report writes both conditions
+        try:
+            self.writer.set_status(body, None, {PROGRAMMED: _programmed_condition(now)})
+        except KubeError as exc:
+            log.warning("status of %s not written: %s", key, exc)
+            return
+        if now.state == "error":
+            self.events.record(body, "Warning", "ProgrammingFailed", now.message)
 
     def _ensure_default_pool(self) -> None:
         if not self.settings.pool_cidrs:
@@ -495,6 +555,18 @@ class Controller:
         cidrs = [c.strip() for c in self.settings.pool_cidrs.split(",") if c.strip()]
         pool = AddressPool.model_validate({"name": self.settings.pool, "cidrs": cidrs})
         self.store.put(pool, who=self.identity, why="pool from cmi settings")
+
+
+def _condition(body: Body, type_: str) -> Condition | None:
+    for c in (body.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return (c["status"], c["reason"], c["message"])
+    return None
+
+
+def _programmed_condition(now: Readiness) -> Condition:
+    reason = {"programmed": "Programmed", "pending": "Pending", "error": "Error"}[now.state]
+    return ("True" if now.state == "programmed" else "False", reason, now.message)
 
 
 def _slice_service(body: Body) -> str | None:

@@ -2,8 +2,10 @@
 
 Status goes through the status subresource and only when it differs from what the
 Service already shows. `status.loadBalancer.ingress` is only accepted on Services of type
-LoadBalancer; every exposed Service also gets the condition `openslb.io/Exposed`, so
-`kubectl describe svc` tells the operator where it is served whatever its type.
+LoadBalancer; every exposed Service also gets the conditions `openslb.io/Exposed` (where
+it is served) and `openslb.io/Programmed` (whether every LB node and Envoy of its group
+serves the revision that last changed it), so `kubectl describe svc` tells the operator
+whether the load balancer is ready, whatever the Service's type.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ log = logging.getLogger(__name__)
 
 FINALIZER = "openslb.io/cleanup"
 CONDITION = "openslb.io/Exposed"
+PROGRAMMED = "openslb.io/Programmed"
+Condition = tuple[str, str, str]
+"""(status "True"/"False", reason, message)"""
 COMPONENT = "openslb-cmi"
 
 
@@ -39,32 +44,38 @@ class ServiceWriter:
     def set_status(
         self,
         body: Body,
-        ingress: Sequence[Mapping[str, Any]],
-        ready: bool | None,
-        reason: str,
-        message: str,
+        ingress: Sequence[Mapping[str, Any]] | None = None,
+        conditions: Mapping[str, Condition | None] | None = None,
     ) -> bool:
-        """Write ingress and the Exposed condition (None: remove it) if they changed."""
+        """Write ingress (None: leave it) and our conditions (None: remove one), if changed.
+
+        Conditions that are not ours, and ours not named, are kept as they are; a condition
+        whose status, reason and message are unchanged keeps its transition time.
+        """
         meta, status = body["metadata"], body.get("status") or {}
-        wants_ingress = body.get("spec", {}).get("type") == "LoadBalancer"
+        wants_ingress = ingress is not None and body.get("spec", {}).get("type") == "LoadBalancer"
         current_ingress = (status.get("loadBalancer") or {}).get("ingress") or []
-        new_ingress = list(ingress) if wants_ingress else current_ingress
-        conditions = [c for c in status.get("conditions") or [] if c.get("type") != CONDITION]
-        old = next((c for c in status.get("conditions") or [] if c.get("type") == CONDITION), None)
-        if ready is not None:
-            state = "True" if ready else "False"
-            if old is not None and (old["status"], old["reason"], old["message"]) == (
-                state, reason, message,
-            ):  # fmt: skip
-                conditions.append(old)
-            else:
-                conditions.append({
-                    "type": CONDITION, "status": state, "reason": reason, "message": message,
-                    "lastTransitionTime": _now(), "observedGeneration": meta.get("generation", 0),
-                })  # fmt: skip
-        if new_ingress == current_ingress and conditions == (status.get("conditions") or []):
+        new_ingress = list(ingress or []) if wants_ingress else current_ingress
+        current = list(status.get("conditions") or [])
+        new = [c for c in current if c.get("type") not in (conditions or {})]
+        for type_, wanted in (conditions or {}).items():
+            if wanted is None:
+                continue
+            old = next((c for c in current if c.get("type") == type_), None)
+            if old is not None and (old["status"], old["reason"], old["message"]) == wanted:
+                new.append(old)
+                continue
+            state, reason, message = wanted
+            new.append({
+                "type": type_, "status": state, "reason": reason, "message": message[:32768],
+                "lastTransitionTime": _now(), "observedGeneration": meta.get("generation", 0),
+            })  # fmt: skip
+        new.sort(key=lambda c: str(c.get("type")))
+        if new_ingress == current_ingress and new == sorted(
+            current, key=lambda c: str(c.get("type"))
+        ):
             return False
-        patch: dict[str, Any] = {"status": {"conditions": conditions or None}}
+        patch: dict[str, Any] = {"status": {"conditions": new or None}}
         if wants_ingress:
             patch["status"]["loadBalancer"] = {"ingress": new_ingress or None}
         self.client.request(

@@ -12,8 +12,9 @@ import pytest
 from cmi.build import dedicated_name
 from cmi.devbed.process import wait_until
 from cmi.k8s.client import KubeClient, KubeError
-from cmi.k8s.writer import CONDITION, FINALIZER
-from cmi.model import LoadBalancer, Owner, OwnerKind, Protocol
+from cmi.k8s.writer import CONDITION, FINALIZER, PROGRAMMED
+from cmi.model import LoadBalancer, NodeGroup, Owner, OwnerKind, Protocol
+from cmi.status import StatusBoard
 from cmi.store import Store
 from tests.cmi.conftest import Running, service_body, slice_body
 
@@ -58,7 +59,7 @@ def events(admin: KubeClient, namespace: str, name: str) -> list[tuple[str, str]
     return [(e["reason"], e["message"]) for e in items]
 
 
-def eventually(check: Callable[[], Any], what: str, timeout: float = 15) -> None:
+def eventually(check: Callable[[], Any], what: str, timeout: float = 30) -> None:
     wait_until(lambda: bool(check()), timeout, what, interval=0.05)
 
 
@@ -378,3 +379,36 @@ def test_the_service_account_can_do_no_more_than_its_role(
     with pytest.raises(KubeError) as no_secrets:
         client.get(f"/api/v1/namespaces/{namespace}/secrets")
     assert no_secrets.value.status == 403
+
+
+def test_the_service_says_when_every_node_serves_it(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """The data planes report through the status board; cmi turns that into a condition."""
+    store.put(NodeGroup.model_validate(
+        {"name": "default", "nodes": [{"name": "lb1", "address": "198.18.255.15"}]}))  # fmt: skip
+    cmi()
+    create(admin, namespace, service_body("cart", labels=EXPOSE))
+
+    def programmed() -> tuple[str, str, str] | None:
+        for c in svc(admin, namespace, "cart").get("status", {}).get("conditions") or []:
+            if c["type"] == PROGRAMMED:
+                return c["status"], c["reason"], c["message"]
+        return None
+
+    eventually(lambda: (programmed() or ("",))[0] == "False", "pending")
+    assert "LB node lb1 has not reported" in programmed()[2]  # type: ignore[index]
+    board = StatusBoard(store)
+    revision = store.revision()
+    board.report("l4", "lb1", "default", revision)
+    eventually(lambda: "no Envoy of group 'default'" in (programmed() or ("", "", ""))[2], "L7 too")
+    board.report("l7", "envoy-1", "default", revision)
+    eventually(lambda: (programmed() or ("",))[0] == "True", "programmed")
+    board.report("l7", "envoy-1", "default", revision, error="malformed certificate",
+                 error_revision=revision)  # fmt: skip
+    eventually(lambda: (programmed() or ("", ""))[1] == "Error", "error shown")
+    assert "Envoy envoy-1 rejected revision" in programmed()[2]  # type: ignore[index]
+    eventually(
+        lambda: any(r == "ProgrammingFailed" for r, _ in events(admin, namespace, "cart")),
+        "an Event for the failure",
+    )
