@@ -397,7 +397,7 @@ def test_the_service_says_when_every_node_serves_it(
         return None
 
     eventually(lambda: (programmed() or ("",))[0] == "False", "pending")
-    assert "LB node lb1 has not reported" in programmed()[2]  # type: ignore[index]
+    assert "LB node lb1 has not reported" in programmed()[2]
     board = StatusBoard(store)
     revision = store.revision()
     board.report("l4", "lb1", "default", revision)
@@ -407,7 +407,7 @@ def test_the_service_says_when_every_node_serves_it(
     board.report("l7", "envoy-1", "default", revision, error="malformed certificate",
                  error_revision=revision)  # fmt: skip
     eventually(lambda: (programmed() or ("", ""))[1] == "Error", "error shown")
-    assert "Envoy envoy-1 rejected revision" in programmed()[2]  # type: ignore[index]
+    assert "Envoy envoy-1 rejected revision" in programmed()[2]
     eventually(
         lambda: any(r == "ProgrammingFailed" for r, _ in events(admin, namespace, "cart")),
         "an Event for the failure",
