@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from cmi import config
+from cmi.cli_objects import COMMANDS
 
 NOT_IMPLEMENTED_EXIT = 2
 
@@ -91,9 +92,16 @@ def config_reference() -> None:
 
 
 @main.command("cmi")
-def cmi_cmd() -> None:
-    """Run the controller: watch labelled Services, write desired state."""
-    not_implemented("cmi", 3)
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_obj
+def cmi_cmd(settings: config.Settings, log_level: str) -> None:
+    """Run the controller: watch labelled Services, write desired state (leader-elected)."""
+    import logging  # noqa: PLC0415
+
+    from cmi import daemon  # noqa: PLC0415 - only this command needs the controller
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon.run(settings)
 
 
 @main.command("worker")
@@ -191,6 +199,10 @@ def lab_run(memory: int, timeout: float, no_network: bool, command: tuple[str, .
         err=True,
     )
     sys.exit(result.returncode)
+
+
+for _command in COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

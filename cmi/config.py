@@ -40,6 +40,46 @@ class KubeSettings:
 
 
 @dataclass(frozen=True)
+class CmiSettings:
+    namespace: str = setting("", "Watch Services in this namespace only; empty: every namespace")
+    backend_mode: str = setting(
+        "pod", "Default backends: pod (pod IPs) or node (node IPs on the NodePort)"
+    )
+    exclude_unschedulable: bool = setting(
+        True, "Node mode leaves out cordoned (unschedulable) nodes"
+    )
+    node_group: str = setting("default", "LB node group of the instances that Services get")
+    pool: str = setting("default", "Address pool that Services' VIPs come from")
+    pool_cidrs: str = setting(
+        "", "If set, cmi creates or updates that pool with these CIDRs (comma-separated)"
+    )
+    holdoff_ms: int = setting(
+        75, "Wait this long for more changes before writing (Contour-style hold-off)"
+    )
+    max_holdoff_ms: int = setting(500, "Never hold a change back longer than this")
+    resync_s: int = setting(300, "Full level-triggered resync period: repairs any drift in Redis")
+    release_grace_s: int = setting(
+        60, "A withdrawn instance keeps its VIP this long before it is freed"
+    )
+    lease_namespace: str = setting("openslb-system", "Namespace of the leader-election Lease")
+    lease_name: str = setting("openslb-cmi", "Name of the leader-election Lease")
+    lease_duration_s: int = setting(15, "A leader that stops renewing is replaced after this long")
+    renew_deadline_s: int = setting(10, "A leader that cannot renew for this long steps down")
+    retry_period_s: int = setting(2, "How often candidates try the Lease and leaders renew it")
+    identity: str = setting("", "This process's identity in the Lease; empty: hostname and pid")
+
+
+@dataclass(frozen=True)
+class XdsSettings:
+    bind: str = setting(
+        "127.0.0.1:18000", "Where `slb xds` serves ADS (gRPC) to Envoys; the bootstrap's default"
+    )
+    metrics_bind: str = setting(
+        "127.0.0.1:18001", "Where `slb xds` serves Prometheus metrics; empty: not served"
+    )
+
+
+@dataclass(frozen=True)
 class DevSettings:
     state_dir: str = setting(
         ".state/dev", "Where `slb dev up` keeps the local platform's state and logs"
@@ -66,6 +106,8 @@ class L4Settings:
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
+    cmi: CmiSettings = field(default_factory=CmiSettings)
+    xds: XdsSettings = field(default_factory=XdsSettings)
     dev: DevSettings = field(default_factory=DevSettings)
     l4: L4Settings = field(default_factory=L4Settings)
 
