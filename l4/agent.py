@@ -40,9 +40,9 @@ from cmi.resolve import DesiredState, resolve
 from cmi.status import StatusBoard
 from cmi.store import CompactedError, Store
 from l4 import health
-from l4.drivers import Driver
+from l4.drivers import Driver, DriverError
 from l4.health import HealthChecker, Target
-from l4.ipvs import KernelState, ServiceKey, VirtualService, op_key
+from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
 from l4.plan import IPVSPlan, node_group_of, plan
 from l4.reconcile import DrainKey, reconcile, update_view
 from l4.stats import IPVSCollector, StatsWriter
@@ -174,22 +174,34 @@ class L4Agent:
             wanted_vips = new_plan.vips
             added: list[str] = []
             removed: list[str] = []
+            vip_errors: list[str] = []
+            served = self.revision
             if wanted_vips != self.bound_vips:
-                added = sorted(set(wanted_vips) - self.vips.bound())
-                self.vips.add(added)
+                added = sorted(set(wanted_vips) - self.vips.bound(), key=address_order)
+                vip_errors += self.vips.add(added)
             report = self.apply_plan(new_plan)
             if wanted_vips != self.bound_vips:
-                removed = sorted(self.vips.bound() - set(wanted_vips))
-                self.vips.remove(removed)
-                self.bound_vips = wanted_vips
+                removed = sorted(self.vips.bound() - set(wanted_vips), key=address_order)
+                vip_errors += self.vips.remove(removed)
+                self.bound_vips = None if vip_errors else wanted_vips
             report.vips_added, report.vips_removed = added, removed
+            if vip_errors:
+                report.errors += vip_errors
+                self.failed_revision = state.revision
+                self._last_failure = time.monotonic()
+                report.revision = self.revision = served
             self._record(report)
             return report
 
-    def apply_plan(self, new_plan: IPVSPlan) -> SyncReport:
-        """Program IPVS for a plan: health weights applied, then reconcile and apply."""
+    def apply_plan(self, new_plan: IPVSPlan, *, full: bool = False) -> SyncReport:
+        """Program IPVS for a plan: health weights applied, then reconcile and apply.
+
+        `full`: read the whole kernel first instead of trusting the agent's view of it.
+        """
         started = time.monotonic()
         with self._lock:
+            if full:
+                self.view = None
             self.plan = new_plan
             self.targets = health.targets(new_plan.services, new_plan.health_checks)
             self.health.set_targets(self.targets.keys())
@@ -200,6 +212,10 @@ class L4Agent:
                 self.settings.healthy_floor,
             )
             ops, errors = self._converge()
+            errors += [
+                f"{key} is held by a virtual service openslb does not own: not programmed"
+                for key in sorted(self.blocked)
+            ]
         report = SyncReport(
             node=self.node,
             group=new_plan.group,
@@ -252,9 +268,8 @@ class L4Agent:
             self._last_resync = time.monotonic()
         else:
             view = self.view.services
-            scope = {
-                k for k in self.desired.keys() | self.owned if self.desired.get(k) != view.get(k)
-            }
+            scope = {k for k, want in self.desired.items() if view.get(k) != want}
+            scope.update(k for k in self.owned - self.desired.keys() if k in view)
             scope.update(force)
             if not scope:
                 return [], []
@@ -315,8 +330,6 @@ class L4Agent:
         else:
             self.foreign = (self.foreign - scope) | set(foreign)
             self.blocked = (self.blocked - scope) | set(blocked)
-        for key in sorted(self.blocked):
-            log.warning("%s is wanted but someone else's service holds it: not touched", key)
 
     def _health_changed(self, target: Target, healthy: bool) -> None:
         with self._lock:
@@ -379,6 +392,15 @@ class L4Agent:
                 log.warning("Redis unavailable (%s); retrying in %.0f s", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+            except (OSError, DriverError) as exc:
+                log.exception("cannot read or program the kernel")
+                with self._lock:
+                    self.view = None
+                self.status.report(
+                    "l4", self.node, "", self.revision, error=f"kernel: {exc}",
+                    error_revision=self.store.revision(),
+                )  # fmt: skip
+                stop.wait(RETRY_S)
             except AgentError as exc:
                 log.error("%s", exc)
                 self.status.report(

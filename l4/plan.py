@@ -28,10 +28,11 @@ from typing import Any
 
 from cmi.model import Forwarding, HealthCheck, PersistenceMode, Scheduler
 from cmi.resolve import DesiredState, ResolvedListener
-from l4.ipvs import Dest, ServiceKey, VirtualService, address_order, sort_dests
+from l4.ipvs import Dest, ServiceKey, VirtualService, address_order, address_text, sort_dests
 
 L7_SCHEDULER = "mh"
 L7_FLAGS = ("mh-fallback", "mh-port")
+_FALLBACK = {Scheduler.SH: ("sh-fallback",), Scheduler.MH: ("mh-fallback",)}
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def plan(state: DesiredState, node: str, group: str | None) -> IPVSPlan:
     resolved = sorted(state.for_node_group(group or ""), key=_service_order)
     for item in resolved:
         listener = item.listener
-        key = ServiceKey(listener.protocol.transport, str(item.vip), listener.port)
+        key = ServiceKey(listener.protocol.transport, address_text(item.vip), listener.port)
         if listener.protocol.is_l7:
             service = VirtualService(
                 key,
@@ -108,7 +109,7 @@ def plan(state: DesiredState, node: str, group: str | None) -> IPVSPlan:
                 L7_FLAGS,
                 0,
                 sort_dests(
-                    Dest(str(n.address), listener.port, 1, "dr")
+                    Dest(address_text(n.address), listener.port, 1, "dr")
                     for n in node_group.nodes
                     if n.address.version == item.vip.version
                 ),
@@ -133,9 +134,7 @@ def _l4_service(key: ServiceKey, item: ResolvedListener, problems: list[str]) ->
     listener = item.listener
     forwarding = listener.forwarding
     scheduler = listener.scheduler
-    flags: tuple[str, ...] = ()
-    if scheduler in (Scheduler.SH, Scheduler.MH):
-        flags = (f"{scheduler.value}-fallback",)
+    flags = _FALLBACK.get(scheduler, ())
     timeout = 0
     if listener.persistence.mode is PersistenceMode.SOURCE_IP:
         timeout = listener.persistence.timeout_s
@@ -154,5 +153,5 @@ def _l4_service(key: ServiceKey, item: ResolvedListener, problems: list[str]) ->
                 )
                 continue
             port = listener.port
-        dests.append(Dest(str(backend.address), port, backend.weight, forwarding.value))
+        dests.append(Dest(address_text(backend.address), port, backend.weight, forwarding.value))
     return VirtualService(key, scheduler.value, flags, timeout, sort_dests(dests))

@@ -28,6 +28,7 @@ holds them by design.
 
 from __future__ import annotations
 
+import errno
 import subprocess
 from collections.abc import Collection
 from pathlib import Path
@@ -100,19 +101,29 @@ class VIPs:
             addresses.add(message.get_attr("IFA_ADDRESS"))
         return addresses
 
-    def add(self, addresses: Collection[str]) -> None:
-        index = self.index()
-        for address in addresses:
-            v6 = ":" in address
-            flags = IFA_F_NODAD if v6 else 0
-            self.ipr.addr(
-                "add", index=index, address=address, prefixlen=_prefix(address), flags=flags
-            )
+    def add(self, addresses: Collection[str]) -> list[str]:
+        """Bind these VIPs; return what failed (one already bound is no failure)."""
+        return self._change("add", addresses, errno.EEXIST)
 
-    def remove(self, addresses: Collection[str]) -> None:
+    def remove(self, addresses: Collection[str]) -> list[str]:
+        """Unbind these VIPs; return what failed (one already gone is no failure)."""
+        return self._change("del", addresses, errno.EADDRNOTAVAIL)
+
+    def _change(self, command: str, addresses: Collection[str], harmless: int) -> list[str]:
+        from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
+        errors = []
         index = self.index()
         for address in addresses:
-            self.ipr.addr("del", index=index, address=address, prefixlen=_prefix(address))
+            flags = IFA_F_NODAD if ":" in address else 0
+            try:
+                self.ipr.addr(
+                    command, index=index, address=address, prefixlen=_prefix(address), flags=flags
+                )
+            except NetlinkError as exc:
+                if exc.code != harmless:
+                    errors.append(f"VIP {address} on {self.interface}: {command}: {exc}")
+        return errors
 
     def remove_interface(self) -> None:
         """Delete the interface and every VIP on it (tests; decommissioning a node)."""

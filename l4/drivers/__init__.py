@@ -15,6 +15,10 @@ from l4.ipvs import KernelState, Op, ServiceKey, ServiceStats
 DRIVERS = ("pyroute2", "ipvsadm")
 
 
+class DriverError(RuntimeError):
+    """The driver could not read the kernel's IPVS (writes report ApplyError instead)."""
+
+
 class ApplyError(NamedTuple):
     """An operation the kernel refused (op None: the driver cannot tell which)."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Collection, Iterator, Sequence
 
-from l4.drivers import ApplyError
+from l4.drivers import ApplyError, DriverError
 from l4.ipvs import (
     AddDest,
     AddService,
@@ -30,7 +30,7 @@ from l4.ipvs import (
     Stats,
     Transport,
     VirtualService,
-    canonical_address,
+    address_text,
     join_host_port,
     sort_dests,
 )
@@ -43,7 +43,7 @@ _FORWARD_NAME: dict[str, Forwarding] = {"Masq": "nat", "Route": "dr", "Tunnel": 
 _PROTOCOLS: tuple[Transport, ...] = ("TCP", "UDP", "SCTP", "FWM")
 
 
-class IpvsadmError(RuntimeError):
+class IpvsadmError(DriverError):
     pass
 
 
@@ -95,7 +95,7 @@ def _split_host_port(text: str) -> tuple[str, int]:
         host, _, port = text[1:].partition("]:")
     else:
         host, _, port = text.rpartition(":")
-    return canonical_address(host), int(port)
+    return address_text(host), int(port)
 
 
 def _service_line(tokens: list[str]) -> tuple[VirtualService, list[str]]:

@@ -269,7 +269,7 @@ def message_attr(message: Buffer, kind: int) -> tuple[int, int] | None:
 def _address(data: Buffer, span: tuple[int, int], family: int) -> str:
     start = span[0]
     size = 16 if family == socket.AF_INET6 else 4
-    return socket.inet_ntop(family, bytes(data[start : start + size]))
+    return sys.intern(socket.inet_ntop(family, bytes(data[start : start + size])))
 
 
 def _u32(data: Buffer, offsets: dict[int, tuple[int, int]], kind: int) -> int:
