@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 10.0
 """After a failed apply, how long before the agent tries again on its own."""
+OPERATIONS_SHOWN = 100
+"""A report lists this many operations at most: a full apply can make 11,000."""
 
 
 class AgentError(RuntimeError):
@@ -67,6 +69,8 @@ class SyncReport:
     revision: int
     """The revision this node now serves (unchanged if the apply failed)."""
     operations: list[str] = field(default_factory=list)
+    """The operations applied, in order (the first OPERATIONS_SHOWN of them)."""
+    operation_count: int = 0
     errors: list[str] = field(default_factory=list)
     vips_added: list[str] = field(default_factory=list)
     vips_removed: list[str] = field(default_factory=list)
@@ -132,7 +136,6 @@ class L4Agent:
         self.desired: dict[ServiceKey, VirtualService] = {}
         self.revision = 0
         self.failed_revision: int | None = None
-        self.last_errors: list[str] = []
         self.bound_vips: tuple[str, ...] | None = None
         self._last_resync = 0.0
         self._last_stats = 0.0
@@ -141,7 +144,7 @@ class L4Agent:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> L4Agent:
-        """Prepare the kernel, load the ownership record, read the kernel's IPVS in full."""
+        """Prepare the kernel and load the ownership record; the first sync reads IPVS in full."""
         prepare_kernel()
         with self._lock:
             self.owned = self.ownership.load()
@@ -169,7 +172,14 @@ class L4Agent:
     def apply_state(self, state: DesiredState) -> SyncReport:
         """Program this node for `state`: VIPs, IPVS, status report."""
         with self._lock:
-            group = self._group(state)
+            try:
+                group = self._group(state)
+            except AgentError as exc:
+                report = SyncReport(self.node, None, self.revision, errors=[str(exc)])
+                self.failed_revision = state.revision
+                self._last_failure = time.monotonic()
+                self._record(report)
+                return report
             new_plan = plan(state, self.node, group)
             wanted_vips = new_plan.vips
             added: list[str] = []
@@ -220,7 +230,8 @@ class L4Agent:
             node=self.node,
             group=new_plan.group,
             revision=new_plan.revision,
-            operations=[str(op) for op in ops],
+            operations=[str(op) for op in ops[:OPERATIONS_SHOWN]],
+            operation_count=len(ops),
             errors=errors,
             problems=list(new_plan.problems),
             seconds=time.monotonic() - started,
@@ -233,7 +244,6 @@ class L4Agent:
             else:
                 self.revision = new_plan.revision
                 self.failed_revision = None
-            self.last_errors = errors
         return report
 
     def resync(self) -> SyncReport:
@@ -299,8 +309,10 @@ class L4Agent:
         self.owned = kept
         self.draining = result.draining
         self._note_foreign(scope, result.foreign, result.blocked)
-        for op in result.ops:
-            log.info("%s", op)
+        if result.ops:
+            log.info("applied %d IPVS operations (%d failed)", len(result.ops), len(failures))
+            for op in result.ops:
+                log.debug("%s", op)
         for error in errors:
             log.error("IPVS: %s", error)
         return list(result.ops), errors
@@ -309,15 +321,14 @@ class L4Agent:
         """Re-read these services from the kernel into the view."""
         assert self.view is not None
         fresh = self.driver.dump(keys)
+        services, counters = self.view.services, self.view.counters
         for key in keys:
+            old = services.pop(key, None)
+            for dest in old.dests if old else ():
+                counters.pop((key, dest.key), None)
             if key in fresh.services:
-                self.view.services[key] = fresh.services[key]
-            else:
-                self.view.services.pop(key, None)
-        stale = [c for c in self.view.counters if c[0] in keys]
-        for counter_key in stale:
-            del self.view.counters[counter_key]
-        self.view.counters.update(fresh.counters)
+                services[key] = fresh.services[key]
+        counters.update(fresh.counters)
 
     def _note_foreign(
         self,
@@ -398,13 +409,6 @@ class L4Agent:
                     self.view = None
                 self.status.report(
                     "l4", self.node, "", self.revision, error=f"kernel: {exc}",
-                    error_revision=self.store.revision(),
-                )  # fmt: skip
-                stop.wait(RETRY_S)
-            except AgentError as exc:
-                log.error("%s", exc)
-                self.status.report(
-                    "l4", self.node, "", self.revision, error=str(exc),
                     error_revision=self.store.revision(),
                 )  # fmt: skip
                 stop.wait(RETRY_S)

@@ -65,19 +65,14 @@ def effective(
     checks: Mapping[ServiceKey, HealthCheck],
     down: Mapping[Target, float],
     floor: float,
-    keys: Collection[ServiceKey] | None = None,
 ) -> dict[ServiceKey, VirtualService]:
     """The planned services with failing servers at weight 0, within the floor.
 
-    `down` maps each failing target to when it started failing. With `keys`, only those
-    services are recomputed (the others are returned as planned). Pure.
+    `down` maps each failing target to when it started failing. Pure.
     """
-    if not down:
-        return dict(services)
     result = dict(services)
-    for key in checks if keys is None else keys:
-        check = checks.get(key)
-        if check is not None and key in services:
+    if down:
+        for key, check in checks.items():
             result[key] = _depool(services[key], check, down, floor)
     return result
 

@@ -166,7 +166,6 @@ def update_view(kernel: KernelState, ops: Iterable[Op]) -> None:
     """
     services, counters = kernel.services, kernel.counters
     touched: dict[ServiceKey, dict[tuple[str, int], Dest]] = {}
-    deleted: set[ServiceKey] = set()
 
     def dests_of(key: ServiceKey) -> dict[tuple[str, int], Dest]:
         if key not in touched:
@@ -176,9 +175,10 @@ def update_view(kernel: KernelState, ops: Iterable[Op]) -> None:
     for op in ops:
         match op:
             case DeleteService(key):
-                services.pop(key, None)
+                gone = services.pop(key, None)
                 touched.pop(key, None)
-                deleted.add(key)
+                for dest in gone.dests if gone else ():
+                    counters.pop((key, dest.key), None)
             case AddService(service) | SetService(service):
                 old = services.get(service.key)
                 services[service.key] = service._replace(dests=old.dests if old else ())
@@ -190,6 +190,3 @@ def update_view(kernel: KernelState, ops: Iterable[Op]) -> None:
                 counters.pop((key, dest.key), None)
     for key, dests in touched.items():
         services[key] = services[key]._replace(dests=sort_dests(dests.values()))
-    if deleted:
-        for counter_key in [k for k in counters if k[0] in deleted and k[0] not in services]:
-            del counters[counter_key]

@@ -55,16 +55,13 @@ def test_servers_already_at_weight_zero_do_not_count_towards_the_floor() -> None
     assert weights(got[WEB]) == [0, 0, 1, 1]
 
 
-def test_unchecked_services_and_keys_outside_the_scope_are_left_as_planned() -> None:
+def test_unchecked_services_are_left_as_planned() -> None:
     other = pool(1, 1)._replace(key=API)
     services = {WEB: pool(1, 1), API: other}
     down = down_at((1, 1.0))
     got = effective(services, {WEB: TCP}, down, floor=0.0)
     assert got[API] is other
     assert weights(got[WEB]) == [0, 1]
-    assert (
-        effective(services, {WEB: TCP, API: TCP}, down, floor=0.0, keys=[API])[WEB] is services[WEB]
-    )
 
 
 def test_a_server_in_two_services_with_the_same_check_is_one_target() -> None:
