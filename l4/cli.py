@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -28,6 +29,8 @@ def check_settings(settings: L4Settings) -> None:
     for name in ("resync_interval_s", "stats_interval_s", "stats_history"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"l4.{name}: must be at least 1")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", settings.interface):
+        raise ConfigError(f"l4.interface: {settings.interface!r} is not an interface name")
     if settings.metrics_listen:
         metrics_address(settings.metrics_listen)
 

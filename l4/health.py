@@ -190,7 +190,8 @@ class HealthChecker:
         with self._lock:
             self._stopped = True
             self._lock.notify_all()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def set_targets(self, wanted: Collection[Target]) -> None:

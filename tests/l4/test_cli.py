@@ -22,6 +22,7 @@ def test_the_node_is_required() -> None:
         ({"OPENSLB_L4_DRAIN_TIMEOUT_S": "-1"}, "l4.drain_timeout_s"),
         ({"OPENSLB_L4_STATS_HISTORY": "0"}, "l4.stats_history"),
         ({"OPENSLB_L4_METRICS_LISTEN": "9641"}, "l4.metrics_listen"),
+        ({"OPENSLB_L4_INTERFACE": "a-very-long-interface"}, "l4.interface"),
     ],
 )
 def test_bad_settings_are_refused_by_name(env: dict[str, str], named: str) -> None:
