@@ -34,7 +34,6 @@ from l4.ipvs import (
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 SOL_NETLINK = 270
@@ -86,7 +85,7 @@ DEST_STATS64 = 12
 
 # IP_VS_SVC_F_*
 F_PERSISTENT = 0x1
-F_HASHED = 0x2
+F_HASHED = 0x2  # the kernel sets it on every service; flag_names leaves it out
 F_ONEPACKET = 0x4
 F_SCHED1 = 0x8
 F_SCHED2 = 0x10
@@ -101,14 +100,12 @@ PROTOCOL_NAMES: dict[int, Transport] = {6: "TCP", 17: "UDP", 132: "SCTP"}
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 _NLMSGHDR = struct.Struct("=IHHII")
-_GENLHDR = struct.Struct("=BBH")
 _HEADERS = struct.Struct("=IHHIIBBH")
 """nlmsghdr and genlmsghdr together."""
 _NLA = struct.Struct("=HH")
 _U16 = struct.Struct("=H")
 _BE16 = struct.Struct(">H")
 _U32 = struct.Struct("=I")
-_U64 = struct.Struct("=Q")
 _FLAGS = struct.Struct("=II")
 _ERR = struct.Struct("=i")
 
@@ -122,10 +119,8 @@ _DEST_KEY: dict[int, struct.Struct] = {
     af: struct.Struct(f"=HHHH{n}sHHH2xHHH2x")
     for af, n in ((socket.AF_INET, 4), (socket.AF_INET6, 16))
 }
-_DEST_FULL: dict[int, struct.Struct] = {
-    af: struct.Struct(f"=HHHH{n}sHHH2xHHH2xHHIHHIHHIHHI")
-    for af, n in ((socket.AF_INET, 4), (socket.AF_INET6, 16))
-}
+_DEST_SETTINGS = struct.Struct("=HHIHHIHHIHHI")
+"""Forwarding method, weight, upper and lower connection thresholds."""
 
 _SCHED_FLAG_BITS = {"fallback": F_SCHED1, "port": F_SCHED2}
 
@@ -200,25 +195,21 @@ def dest_attr(dest: Dest, full: bool = True) -> bytes:
     which add and set need and delete does not."""
     family = _family(dest.address)
     packed = socket.inet_pton(family, dest.address)
-    if not full:
-        layout = _DEST_KEY[family]
-        return layout.pack(
-            layout.size, ATTR_DEST,
-            4 + len(packed), DEST_ADDR, packed,
-            6, DEST_PORT, socket.htons(dest.port),
-            6, DEST_ADDR_FAMILY, family,
+    settings = b""
+    if full:
+        settings = _DEST_SETTINGS.pack(
+            8, DEST_FWD_METHOD, FWD_METHODS[dest.forwarding],
+            8, DEST_WEIGHT, dest.weight,
+            8, DEST_U_THRESH, 0,
+            8, DEST_L_THRESH, 0,
         )  # fmt: skip
-    layout = _DEST_FULL[family]
+    layout = _DEST_KEY[family]
     return layout.pack(
-        layout.size, ATTR_DEST,
+        layout.size + len(settings), ATTR_DEST,
         4 + len(packed), DEST_ADDR, packed,
         6, DEST_PORT, socket.htons(dest.port),
         6, DEST_ADDR_FAMILY, family,
-        8, DEST_FWD_METHOD, FWD_METHODS[dest.forwarding],
-        8, DEST_WEIGHT, dest.weight,
-        8, DEST_U_THRESH, 0,
-        8, DEST_L_THRESH, 0,
-    )  # fmt: skip
+    ) + settings  # fmt: skip
 
 
 class Request(NamedTuple):
