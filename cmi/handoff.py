@@ -19,7 +19,7 @@ from celery import Celery
 
 from cmi.celeryapp import L4_APPLY, L7_APPLY, L7_QUEUE, l4_queue
 from cmi.model import NodeGroup
-from cmi.store import CompactedError, Store
+from cmi.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,15 @@ class Handoff:
         """Announce the current revision, then each batch of new ones, until `stop`."""
         since = self.store.revision()
         self.announce(since)
-        while not stop.is_set():
-            try:
-                for batch in self.store.follow(since, block_ms=1000):
-                    if stop.is_set():
-                        return
-                    if batch:
-                        since = batch[-1].revision
-                        self.announce(since)
-            except CompactedError:
-                since = self.store.revision()
-                self.announce(since)
-            except Exception:
-                log.warning("handing revisions on failed; retrying", exc_info=True)
-                stop.wait(1.0)
+
+        def announce_newest() -> int:
+            newest = self.store.revision()
+            self.announce(newest)
+            return newest
+
+        self.store.tail(
+            since,
+            stop,
+            on_batch=lambda batch: self.announce(batch[-1].revision),
+            on_trimmed=announce_newest,
+        )
