@@ -12,7 +12,6 @@ in one batch from the change stream is announced once, for the newest.
 
 from __future__ import annotations
 
-import logging
 import threading
 
 from celery import Celery
@@ -20,8 +19,6 @@ from celery import Celery
 from cmi.celeryapp import L4_APPLY, L7_APPLY, L7_QUEUE, l4_queue
 from cmi.model import NodeGroup
 from cmi.store import Store
-
-log = logging.getLogger(__name__)
 
 
 class Handoff:
