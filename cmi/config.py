@@ -80,6 +80,16 @@ class XdsSettings:
 
 
 @dataclass(frozen=True)
+class CelerySettings:
+    visibility_timeout_s: int = setting(
+        300, "An unacknowledged task is delivered again after this; must exceed the slowest apply"
+    )
+    reassert_s: int = setting(
+        30, "Every this often every node is told to re-assert its revision (repairs drift)"
+    )
+
+
+@dataclass(frozen=True)
 class DevSettings:
     state_dir: str = setting(
         ".state/dev", "Where `slb dev up` keeps the local platform's state and logs"
@@ -108,6 +118,7 @@ class Settings:
     kube: KubeSettings = field(default_factory=KubeSettings)
     cmi: CmiSettings = field(default_factory=CmiSettings)
     xds: XdsSettings = field(default_factory=XdsSettings)
+    celery: CelerySettings = field(default_factory=CelerySettings)
     dev: DevSettings = field(default_factory=DevSettings)
     l4: L4Settings = field(default_factory=L4Settings)
 

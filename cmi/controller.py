@@ -42,7 +42,7 @@ from cmi.model import (
 from cmi.readiness import Readiness, readiness
 from cmi.resolve import claim_ports
 from cmi.status import StatusBoard
-from cmi.store import Change, CompactedError, ConflictError, Delete, Fence, Put, Store
+from cmi.store import Change, ConflictError, Delete, Fence, Put, Store
 from cmi.workqueue import KeyedQueue
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,7 @@ class Controller:
         self.revision = 0
         self.writes = 0
         self._lock = threading.RLock()  # the mirror is shared with the store follower
+        self._resync_requested = threading.Event()
         # Finalizers, status and Events go to the API server from a queue of their own,
         # so a thousand status writes never hold up the next change to the data plane.
         self.reports = KeyedQueue(workers=8, name="report")
@@ -230,7 +231,8 @@ class Controller:
             next_resync = next_readiness = 0.0
             while not stop.is_set():
                 now = time.monotonic()
-                if now >= next_resync:
+                if now >= next_resync or self._resync_requested.is_set():
+                    self._resync_requested.clear()
                     self.resync()
                     next_resync = time.monotonic() + self.settings.resync_s
                     continue
@@ -248,21 +250,12 @@ class Controller:
 
     def _follow_store(self, stop: threading.Event) -> None:
         """Operators write too (instances, listeners): keep the mirror current and react."""
-        since = self.revision
-        while not stop.is_set():
-            try:
-                for batch in self.store.follow(since, block_ms=1000):
-                    if stop.is_set():
-                        return
-                    if batch:
-                        since = batch[-1].revision
-                        self._absorb(batch)
-            except CompactedError:
-                self.dirty.add(self.mirror.owned)
-                since = self.store.revision()
-            except Exception:
-                log.warning("following the store failed; retrying", exc_info=True)
-                stop.wait(1.0)
+
+        def resync_soon() -> int:
+            self._resync_requested.set()
+            return self.store.revision()
+
+        self.store.tail(self.revision, stop, on_batch=self._absorb, on_trimmed=resync_soon)
 
     def _absorb(self, batch: list[Change]) -> None:
         touched: set[tuple[str, str]] = set()

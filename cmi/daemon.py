@@ -1,4 +1,4 @@
-"""`slb cmi`: campaign for the Lease, run the controller while leading.
+"""`slb cmi`: campaign for the Lease; while leading, run the controller and the handoff.
 
 Two or more of these can run; only the holder of the Lease writes, and its fencing token
 (the Lease's transition count) makes sure a deposed leader that has not noticed yet
@@ -14,8 +14,10 @@ import socket
 import threading
 import uuid
 
+from cmi.celeryapp import make_app
 from cmi.config import Settings
 from cmi.controller import Controller
+from cmi.handoff import Handoff
 from cmi.k8s.client import KubeClient
 from cmi.k8s.lease import LeaderElector
 from cmi.store import Fence, Store
@@ -33,22 +35,30 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     store = Store.from_url(settings.redis.url, settings.redis.prefix)
     cmi = settings.cmi
     identity = cmi.identity or default_identity()
-    leading: dict[str, tuple[threading.Thread, threading.Event]] = {}
+    leading: dict[str, tuple[list[threading.Thread], threading.Event]] = {}
+
+    handoff = Handoff(store, make_app(settings, include_tasks=False))
 
     def started(epoch: int) -> None:
-        controller_stop = threading.Event()
+        leader_stop = threading.Event()
         controller = Controller(kube, store, cmi, identity)
-        thread = threading.Thread(
-            target=controller.run, args=(controller_stop, Fence("cmi", epoch)), name="controller"
-        )
-        leading["current"] = (thread, controller_stop)
-        thread.start()
+        threads = [
+            threading.Thread(
+                target=controller.run, args=(leader_stop, Fence("cmi", epoch)), name="controller"
+            ),
+            threading.Thread(target=handoff.run, args=(leader_stop,), name="handoff"),
+        ]
+        leading["current"] = (threads, leader_stop)
+        for thread in threads:
+            thread.start()
 
     def stopped() -> None:
         current = leading.pop("current", None)
         if current is not None:
-            current[1].set()
-            current[0].join(timeout=30)
+            threads, leader_stop = current
+            leader_stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
 
     elector = LeaderElector(
         kube,

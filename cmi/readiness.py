@@ -34,12 +34,18 @@ def readiness(
     l4: Mapping[str, TierStatus],
     l7: Mapping[str, TierStatus],
 ) -> Readiness:
-    """Whether revision `changed_at` is live on every node of the group that must serve it."""
-    if group is None or not group.nodes:
-        return Readiness("pending", f"node group {group_name!r} has no LB nodes")
+    """Whether revision `changed_at` is live on every node of the group that must serve it.
+
+    A group without LB nodes is an Envoy-only group (its Envoys are reached directly, e.g.
+    behind an external L4 or anycast): it can serve layer-7 listeners, not layer-4 ones.
+    """
+    if group is None and not needs_l7:
+        return Readiness("pending", f"node group {group_name!r} does not exist")
+    if (group is None or not group.nodes) and not needs_l7:
+        return Readiness("pending", f"node group {group_name!r} has no LB nodes for IPVS")
     waiting: list[str] = []
     errors: list[str] = []
-    for node in group.nodes:
+    for node in group.nodes if group is not None else ():
         _check(f"LB node {node.name}", l4.get(node.name), changed_at, waiting, errors)
     envoys = sorted((s for s in l7.values() if s.group == group_name), key=lambda s: s.node)
     if needs_l7:
@@ -51,9 +57,9 @@ def readiness(
         return Readiness("error", "; ".join(errors))
     if waiting:
         return Readiness("pending", f"waiting for revision {changed_at}: " + "; ".join(waiting))
-    served_by = f"{len(group.nodes)} LB node(s)" + (
-        f" and {len(envoys)} Envoy(s)" if needs_l7 else ""
-    )
+    nodes = len(group.nodes) if group is not None else 0
+    parts = [f"{nodes} LB node(s)" if nodes else "", f"{len(envoys)} Envoy(s)" if needs_l7 else ""]
+    served_by = " and ".join(part for part in parts if part)
     return Readiness("programmed", f"revision {changed_at} is live on {served_by}")
 
 

@@ -20,7 +20,9 @@ Layout under the prefix `P` (one Redis, not Cluster: the script builds its key n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, cast
 
@@ -29,6 +31,7 @@ import redis
 from cmi.model import KINDS, StoredObject, dump_document, load_document
 
 T = TypeVar("T", bound=StoredObject)
+log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "openslb"
 DEFAULT_STREAM_LENGTH = 100_000
@@ -326,6 +329,35 @@ class Store:
             if batch:
                 since = batch[-1].revision
             yield batch
+
+    def tail(
+        self,
+        since: int,
+        stop: threading.Event,
+        on_batch: Callable[[list[Change]], object],
+        on_trimmed: Callable[[], int],
+        retry_s: float = 1.0,
+    ) -> None:
+        """Hand every batch of changes after `since` to `on_batch` until `stop` is set.
+
+        For consumers that live as long as their process. If the stream was trimmed past
+        them, `on_trimmed` catches up some other way (a fresh snapshot) and returns the
+        revision to go on from; Redis going away is waited out.
+        """
+        while not stop.is_set():
+            try:
+                for batch in self.follow(since):
+                    if stop.is_set():
+                        return
+                    if batch:
+                        on_batch(batch)
+                        since = batch[-1].revision
+            except CompactedError as exc:
+                log.warning("%s; catching up from a snapshot", exc)
+                since = on_trimmed()
+            except redis.RedisError as exc:
+                log.warning("following changes failed (%s); retrying in %.0f s", exc, retry_s)
+                stop.wait(retry_s)
 
     def _check_contiguous(self, since: int, changes: list[Change]) -> None:
         """Every revision has one stream entry, so a gap can only mean trimming."""

@@ -42,6 +42,15 @@ def test_pending_names_who_is_behind() -> None:
     assert (
         readiness(7, group_name="edge", group=None, needs_l7=False, l4={}, l7={}).state == "pending"
     )
+    envoy_only = NodeGroup(name="edge")
+    assert (
+        readiness(7, group_name="edge", group=envoy_only, needs_l7=False, l4={}, l7={}).message
+        == "node group 'edge' has no LB nodes for IPVS"
+    )
+    served = readiness(
+        7, group_name="edge", group=envoy_only, needs_l7=True, l4={}, l7={"e1": l7("e1", 7)}
+    )
+    assert (served.state, served.message) == ("programmed", "revision 7 is live on 1 Envoy(s)")
     no_envoy = readiness(
         7,
         group_name="edge",
