@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -52,6 +55,8 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 10.0
 """After a failed apply, how long before the agent tries again on its own."""
+LOCK_TTL_S = 30.0
+"""A dead agent's node lock expires after this long."""
 OPERATIONS_SHOWN = 100
 """A report lists this many operations at most: a full apply can make 11,000."""
 
@@ -102,6 +107,41 @@ class Ownership:
             self.store.redis.srem(self.key, *(k.encode() for k in keys))
 
 
+class NodeLock:
+    """One agent per LB node: a Redis lock with an owner token and an expiry.
+
+    `slb l4-agent` and a node's Celery worker must not both program one kernel (drains and
+    health checks live in the agent). The holder renews the lock on every tick; a holder
+    that dies loses it after `ttl_s`; only the holder can renew or release it.
+    """
+
+    _RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"""
+    _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1]) end return 0"""
+
+    def __init__(self, store: Store, node: str, ttl_s: float = LOCK_TTL_S) -> None:
+        self.redis = store.redis
+        self.key = store.key("l4", node, "lock")
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.ttl_ms = int(ttl_s * 1000)
+        self._renew = self.redis.register_script(self._RENEW)
+        self._release = self.redis.register_script(self._RELEASE)
+
+    def acquire(self) -> None:
+        """Take the lock, or raise AgentError naming who holds it."""
+        if self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms) or self.renew():
+            return
+        holder = (self.redis.get(self.key) or b"?").decode()
+        raise AgentError(f"another l4 agent programs this node ({holder}); not starting")
+
+    def renew(self) -> bool:
+        return bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
+
+    def release(self) -> None:
+        self._release(keys=[self.key], args=[self.token])
+
+
 class L4Agent:
     def __init__(
         self,
@@ -119,6 +159,7 @@ class L4Agent:
         self.driver = driver
         self.vips = vips
         self.ownership = Ownership(store, node)
+        self.lock = NodeLock(store, node)
         self.status = StatusBoard(store)
         self.report_key = store.key("l4", node, "report")
         self.health = HealthChecker(self._health_changed)
@@ -144,7 +185,11 @@ class L4Agent:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> L4Agent:
-        """Prepare the kernel and load the ownership record; the first sync reads IPVS in full."""
+        """Take the node's lock, prepare the kernel, load the ownership record.
+
+        The first sync reads the kernel's IPVS in full.
+        """
+        self.lock.acquire()
         prepare_kernel()
         with self._lock:
             self.owned = self.ownership.load()
@@ -154,12 +199,19 @@ class L4Agent:
 
     def stop(self) -> None:
         self.health.stop()
+        self.lock.release()
 
     # -- the ways in -----------------------------------------------------------------------
 
-    def sync_to(self, revision: int) -> SyncReport:
-        """Bring this node to at least `revision`; nothing is read if it is there already."""
+    def sync_to(self, revision: int, *, force: bool = False) -> SyncReport:
+        """Bring this node to at least `revision`; nothing is read if it is there already.
+
+        `force` (the pipeline's periodic re-assertion): read the kernel in full and repair it
+        even if the node believes it is up to date.
+        """
         with self._lock:
+            if force:
+                return self.resync()
             if self.revision >= revision and self.failed_revision is None and self.plan:
                 return SyncReport(self.node, self.plan.group, self.revision, already=True)
             return self.sync()
@@ -361,6 +413,8 @@ class L4Agent:
     def tick(self) -> None:
         """Drains, retry after failure, periodic resync, statistics: call about every second."""
         now = time.monotonic()
+        if not self.lock.renew():
+            self.lock.acquire()  # expired (a long pause): take it back, unless another has
         with self._lock:
             if self.failed_revision is not None and now - self._last_failure >= RETRY_S:
                 log.info("retrying revision %s", self.failed_revision)
@@ -384,6 +438,14 @@ class L4Agent:
         self.collector.update(entries)
         self.stats_writer.write(entries, time.time())
 
+    def keep_house(self, stop: threading.Event, every_s: float = 1.0) -> None:
+        """`tick` until `stop`: for an agent hosted by a worker, which has no follow loop."""
+        while not stop.wait(every_s):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("l4 housekeeping failed; trying again")
+
     def run(self, stop: threading.Event, block_ms: int = 1000) -> None:
         """Follow the desired state until `stop` is set."""
         backoff = 1.0
@@ -403,6 +465,13 @@ class L4Agent:
                 log.warning("Redis unavailable (%s); retrying in %.0f s", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+            except AgentError as exc:
+                log.error("%s", exc)
+                self.status.report(
+                    "l4", self.node, "", self.revision, error=str(exc),
+                    error_revision=self.store.revision(),
+                )  # fmt: skip
+                stop.wait(RETRY_S)
             except (OSError, DriverError) as exc:
                 log.exception("cannot read or program the kernel")
                 with self._lock:

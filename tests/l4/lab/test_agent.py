@@ -14,6 +14,7 @@ from cmi.devbed.process import wait_until
 from cmi.devbed.redis import RedisServer
 from cmi.status import StatusBoard
 from cmi.store import Delete, Store
+from l4.agent import AgentError
 from l4.drivers import Driver
 from l4.ipvs import ServiceKey
 from tests.l4.desired import listener, load_balancer, node_group, put, service
@@ -101,6 +102,30 @@ def test_a_restarted_agent_repairs_the_kernel_and_removes_what_is_gone(
     assert set(observer.dump().services) == {ServiceKey("TCP", "198.18.0.99", 22)}
     assert owned(store) == set()
     assert "198.18.0.10" not in vips_on_interface()
+
+
+def test_forced_sync_repairs_what_the_agent_believes_is_fine(
+    store: Store, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    """The pipeline's periodic re-assertion: a rule deleted by hand comes back."""
+    agent = agent_factory()
+    revision = desired_state(store)
+    agent.sync_to(revision)
+    subprocess.run(["ipvsadm", "-D", "-u", "198.18.0.10:53"], check=True)
+    assert agent.sync_to(revision).already
+    assert DNS not in observer.dump().services
+    repaired = agent.sync_to(revision, force=True)
+    assert repaired.operations == [
+        "add-service UDP 198.18.0.10:53 rr",
+        "add-dest UDP 198.18.0.10:53 -> 198.18.1.1:53 nat w1",
+    ]
+    assert DNS in observer.dump().services
+
+
+def test_one_agent_per_node(store: Store, agent_factory: AgentFactory) -> None:
+    agent_factory()
+    with pytest.raises(AgentError, match="another l4 agent programs this node"):
+        agent_factory()
 
 
 def test_a_node_in_no_group_holds_nothing_and_says_why(
