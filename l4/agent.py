@@ -41,12 +41,12 @@ import redis
 from cmi.config import L4Settings
 from cmi.resolve import DesiredState, resolve
 from cmi.status import StatusBoard
-from cmi.store import CompactedError, Store
+from cmi.store import CompactedError, Snapshot, Store
 from l4 import health
 from l4.drivers import Driver, DriverError
 from l4.health import HealthChecker, Target
 from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
-from l4.plan import IPVSPlan, node_group_of, plan
+from l4.plan import Changed, IPVSPlan, node_group_of, plan
 from l4.reconcile import DrainKey, reconcile, update_view
 from l4.stats import IPVSCollector, StatsWriter
 from l4.vip import VIPs, prepare_kernel
@@ -57,6 +57,8 @@ RETRY_S = 10.0
 """After a failed apply, how long before the agent tries again on its own."""
 LOCK_TTL_S = 30.0
 """A dead agent's node lock expires after this long."""
+CHANGES_READ = 10_000
+"""Read at most this many change-stream entries to plan incrementally; more: plan it all."""
 OPERATIONS_SHOWN = 100
 """A report lists this many operations at most: a full apply can make 11,000."""
 
@@ -175,6 +177,8 @@ class L4Agent:
         self.plan: IPVSPlan | None = None
         self.targets: dict[Target, list[ServiceKey]] = {}
         self.desired: dict[ServiceKey, VirtualService] = {}
+        self._consistent = False
+        """The view equals `desired` (the last converge applied everything)."""
         self.revision = 0
         self.failed_revision: int | None = None
         self.bound_vips: tuple[str, ...] | None = None
@@ -216,13 +220,31 @@ class L4Agent:
                 return SyncReport(self.node, self.plan.group, self.revision, already=True)
             return self.sync()
 
-    def sync(self) -> SyncReport:
-        """Apply the newest desired state."""
-        snapshot = self.store.snapshot()
-        return self.apply_state(resolve(snapshot))
+    def sync(self, *, full: bool = False) -> SyncReport:
+        """Apply the newest desired state; re-plan only what changed since the last plan
+        (`full`: everything)."""
+        with self._lock:
+            snapshot = self.store.snapshot()
+            changed = None if full else self._changed_since(snapshot)
+            return self.apply_state(resolve(snapshot), changed)
 
-    def apply_state(self, state: DesiredState) -> SyncReport:
-        """Program this node for `state`: VIPs, IPVS, status report."""
+    def _changed_since(self, snapshot: Snapshot) -> Changed | None:
+        """What the change stream says changed since the last plan; None: unknown."""
+        if self.plan is None or self.plan.revision > snapshot.revision:
+            return None
+        try:
+            entries = self.store.changes(self.plan.revision, limit=CHANGES_READ)
+        except CompactedError:
+            return None
+        if len(entries) >= CHANGES_READ:
+            return None
+        return Changed.from_ops(op for entry in entries for op in entry.ops)
+
+    def apply_state(self, state: DesiredState, changed: Changed | None = None) -> SyncReport:
+        """Program this node for `state`: VIPs, IPVS, status report.
+
+        With `changed` (what changed since the previous plan), only that is re-planned.
+        """
         with self._lock:
             try:
                 group = self._group(state)
@@ -232,7 +254,7 @@ class L4Agent:
                 self._last_failure = time.monotonic()
                 self._record(report)
                 return report
-            new_plan = plan(state, self.node, group)
+            new_plan = plan(state, self.node, group, previous=self.plan, changed=changed)
             wanted_vips = new_plan.vips
             added: list[str] = []
             removed: list[str] = []
@@ -267,13 +289,16 @@ class L4Agent:
             self.plan = new_plan
             self.targets = health.targets(new_plan.services, new_plan.health_checks)
             self.health.set_targets(self.targets.keys())
-            self.desired = health.effective(
-                new_plan.services,
-                new_plan.health_checks,
-                self.health.down(),
-                self.settings.healthy_floor,
+            before, self.desired = (
+                self.desired,
+                health.effective(
+                    new_plan.services,
+                    new_plan.health_checks,
+                    self.health.down(),
+                    self.settings.healthy_floor,
+                ),
             )
-            ops, errors = self._converge()
+            ops, errors = self._converge(before)
             errors += [
                 f"{key} is held by a virtual service openslb does not own: not programmed"
                 for key in sorted(self.blocked)
@@ -303,7 +328,7 @@ class L4Agent:
         with self._lock:
             self.view = None
             self.bound_vips = None
-            return self.sync()
+            return self.sync(full=True)
 
     # -- the engine ------------------------------------------------------------------------
 
@@ -318,22 +343,36 @@ class L4Agent:
             )
         return groups[0] if groups else None
 
-    def _converge(self, force: Iterable[ServiceKey] = ()) -> tuple[list[Any], list[str]]:
-        """Reconcile the kernel with `self.desired`; return (operations, errors).
+    def _converge(
+        self, before: dict[ServiceKey, VirtualService], force: Iterable[ServiceKey] = ()
+    ) -> tuple[list[Any], list[str]]:
+        """Reconcile the kernel with `self.desired` (it was `before`); return (operations,
+        errors).
 
         With a view of the kernel, only services that differ from it (and `force`) are
-        re-read and reconciled; without one, everything is.
+        re-read and reconciled; without one, everything is. After a converge that fully
+        succeeded, the view equals what was desired then (but for drains and blocked
+        services), so only services whose desired object is not the same object as
+        before can differ: the check is by identity, not a comparison of every service.
         """
         scope: set[ServiceKey] | None = None
+        consistent, self._consistent = self._consistent, False  # until this one succeeds
         if self.view is None:
             self.view = self.driver.dump()
             self._last_resync = time.monotonic()
         else:
-            view = self.view.services
-            scope = {k for k, want in self.desired.items() if view.get(k) != want}
-            scope.update(k for k in self.owned - self.desired.keys() if k in view)
+            view, desired = self.view.services, self.desired
+            if consistent:
+                candidates = {k for k, want in desired.items() if want is not before.get(k)}
+                candidates.update(k for k in before if k not in desired)
+                candidates |= self.blocked
+                candidates.update(key for key, _ in self.draining)
+            else:
+                candidates = desired.keys() | self.owned
+            scope = {k for k in candidates if view.get(k) != desired.get(k)}
             scope.update(force)
             if not scope:
+                self._consistent = consistent
                 return [], []
             self._refresh(scope)
         result = reconcile(
@@ -350,6 +389,7 @@ class L4Agent:
             self.owned |= result.claimed
         failures = self.driver.apply(result.ops) if result.ops else []
         errors = [str(f) for f in failures]
+        self._consistent = not failures
         if failures:
             touched = {op_key(op) for op in result.ops}
             self._refresh(touched)
@@ -399,13 +439,16 @@ class L4Agent:
             keys = self.targets.get(target)
             if not keys or self.plan is None:
                 return
-            self.desired = health.effective(
-                self.plan.services,
-                self.plan.health_checks,
-                self.health.down(),
-                self.settings.healthy_floor,
+            before, self.desired = (
+                self.desired,
+                health.effective(
+                    self.plan.services,
+                    self.plan.health_checks,
+                    self.health.down(),
+                    self.settings.healthy_floor,
+                ),
             )
-            _, errors = self._converge()
+            _, errors = self._converge(before)
             self._publish(errors)
 
     # -- housekeeping ----------------------------------------------------------------------
@@ -422,7 +465,8 @@ class L4Agent:
             elif now - self._last_resync >= self.settings.resync_interval_s:
                 self.resync()
             elif self.draining:
-                _, errors = self._converge(force={key for key, _ in self.draining})
+                force = {key for key, _ in self.draining}
+                _, errors = self._converge(self.desired, force)
                 self._publish(errors)
         if (
             self.stats_driver is not None

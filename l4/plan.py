@@ -23,6 +23,7 @@ IPVS tables agree. The rules:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,51 @@ L7_FLAGS = ("mh-fallback", "mh-port")
 _FALLBACK = {Scheduler.SH: ("sh-fallback",), Scheduler.MH: ("mh-fallback",)}
 
 
+Sources = tuple[str, str, tuple[str, ...]]
+"""What a virtual service was planned from: listener, load balancer, Service keys."""
+
+
+@dataclass(frozen=True)
+class Changed:
+    """What the store's change stream says changed since a previous plan was made.
+
+    With it, `plan` re-plans only the listeners it touches and hands the others over as
+    the very same objects, so the agent spots what to reconcile by identity: a change at
+    1,000 listeners costs what it costs at ten.
+    """
+
+    listeners: frozenset[str] = frozenset()
+    load_balancers: frozenset[str] = frozenset()
+    services: frozenset[str] = frozenset()
+    node_groups: bool = False
+    """Membership and node addresses feed every plan: any node group change re-plans all."""
+
+    @classmethod
+    def from_ops(cls, ops: Iterable[tuple[str, str, str]]) -> Changed:
+        """From change-stream entries (op, kind, key)."""
+        keys: dict[str, set[str]] = {"Listener": set(), "LoadBalancer": set(), "Service": set()}
+        node_groups = False
+        for _, kind, key in ops:
+            if kind == "NodeGroup":
+                node_groups = True
+            elif kind in keys:
+                keys[kind].add(key)
+        return cls(
+            frozenset(keys["Listener"]),
+            frozenset(keys["LoadBalancer"]),
+            frozenset(keys["Service"]),
+            node_groups,
+        )
+
+    def touches(self, sources: Sources) -> bool:
+        listener, balancer, services = sources
+        return (
+            listener in self.listeners
+            or balancer in self.load_balancers
+            or not self.services.isdisjoint(services)
+        )
+
+
 @dataclass(frozen=True)
 class IPVSPlan:
     """What one LB node must program, by virtual service."""
@@ -43,13 +89,18 @@ class IPVSPlan:
     group: str | None
     revision: int
     services: dict[ServiceKey, VirtualService] = field(default_factory=dict)
-    listeners: dict[ServiceKey, str] = field(default_factory=dict)
-    """The listener each virtual service serves, for reports."""
+    sources: dict[ServiceKey, Sources] = field(default_factory=dict)
     health_checks: dict[ServiceKey, HealthCheck] = field(default_factory=dict)
     """Checks of TCP listeners' backends, run from this node."""
+    notes: dict[ServiceKey, tuple[str, ...]] = field(default_factory=dict)
+    """What planning a virtual service had to leave out, and why."""
     vips: tuple[str, ...] = ()
-    problems: tuple[str, ...] = ()
-    """What the plan had to leave out, and why."""
+    node_problem: str | None = None
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        own = (self.node_problem,) if self.node_problem else ()
+        return own + tuple(note for notes in self.notes.values() for note in notes)
 
     def to_json(self) -> dict[str, Any]:
         """The plan as the golden files hold it."""
@@ -58,7 +109,7 @@ class IPVSPlan:
             check = self.health_checks.get(key)
             services.append(
                 {
-                    "listener": self.listeners[key],
+                    "listener": self.sources[key][0],
                     "protocol": key.protocol,
                     "vip": key.address,
                     "port": key.port,
@@ -88,22 +139,51 @@ def node_group_of(state: DesiredState, node: str) -> list[str]:
     )
 
 
-def plan(state: DesiredState, node: str, group: str | None) -> IPVSPlan:
-    """This node's IPVS plan. With no group (the node belongs to none), it holds nothing."""
+def plan(
+    state: DesiredState,
+    node: str,
+    group: str | None,
+    *,
+    previous: IPVSPlan | None = None,
+    changed: Changed | None = None,
+) -> IPVSPlan:
+    """This node's IPVS plan. With no group (the node belongs to none), it holds nothing.
+
+    Given the `previous` plan and what `changed` since, listeners untouched by the change
+    keep their previous virtual services (the same objects); the result equals a full plan.
+    """
     node_group = state.node_groups.get(group) if group else None
     if node_group is None or not any(n.name == node for n in node_group.nodes):
         where = f"node group {group!r}" if group else "any node group"
-        return IPVSPlan(node, group, state.revision, problems=(f"node {node!r} is not in {where}",))
+        return IPVSPlan(
+            node, group, state.revision, node_problem=f"node {node!r} is not in {where}"
+        )
+    if changed is None or changed.node_groups or not _same_node(previous, node, group):
+        previous = None
     services: dict[ServiceKey, VirtualService] = {}
-    listeners: dict[ServiceKey, str] = {}
+    sources: dict[ServiceKey, Sources] = {}
     checks: dict[ServiceKey, HealthCheck] = {}
-    problems: list[str] = []
-    resolved = sorted(state.for_node_group(group or ""), key=_service_order)
-    for item in resolved:
+    notes: dict[ServiceKey, tuple[str, ...]] = {}
+    for item in sorted(state.for_node_group(group or ""), key=_service_order):
         listener = item.listener
         key = ServiceKey(listener.protocol.transport, address_text(item.vip), listener.port)
+        sources[key] = (listener.name, listener.load_balancer, item.services)
+        if previous is not None and changed is not None:
+            before = previous.sources.get(key)
+            if (
+                before is not None
+                and before[0] == listener.name
+                and not changed.touches(before)
+                and not changed.touches(sources[key])
+            ):
+                services[key] = previous.services[key]
+                if key in previous.health_checks:
+                    checks[key] = previous.health_checks[key]
+                if key in previous.notes:
+                    notes[key] = previous.notes[key]
+                continue
         if listener.protocol.is_l7:
-            service = VirtualService(
+            services[key] = VirtualService(
                 key,
                 L7_SCHEDULER,
                 L7_FLAGS,
@@ -114,16 +194,19 @@ def plan(state: DesiredState, node: str, group: str | None) -> IPVSPlan:
                     if n.address.version == item.vip.version
                 ),
             )
-        else:
-            service = _l4_service(key, item, problems)
-            if listener.health_check is not None:
-                checks[key] = listener.health_check
-        services[key] = service
-        listeners[key] = listener.name
+            continue
+        found: list[str] = []
+        services[key] = _l4_service(key, item, found)
+        if found:
+            notes[key] = tuple(found)
+        if listener.health_check is not None:
+            checks[key] = listener.health_check
     vips = sorted({key.address for key in services}, key=address_order)
-    return IPVSPlan(
-        node, group, state.revision, services, listeners, checks, tuple(vips), tuple(problems)
-    )
+    return IPVSPlan(node, group, state.revision, services, sources, checks, notes, tuple(vips))
+
+
+def _same_node(previous: IPVSPlan | None, node: str, group: str | None) -> bool:
+    return previous is not None and (previous.node, previous.group) == (node, group)
 
 
 def _service_order(item: ResolvedListener) -> tuple[tuple[int, bytes], int, str]:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from cmi.model import StoredObject, load_document
+from cmi.model import Service, StoredObject, load_document
 from cmi.resolve import resolve
 from cmi.store import Snapshot, Stored
-from l4.plan import node_group_of, plan
+from l4.plan import Changed, node_group_of, plan
 
 TESTDATA = Path(__file__).parent / "testdata"
 CASES = sorted(p.name for p in TESTDATA.iterdir() if (p / "in.json").is_file())
@@ -88,3 +88,56 @@ def test_unknown_input_fields_are_rejected(tmp_path: Path) -> None:
     (tmp_path / "spec.json").write_text(json.dumps(case))
     with pytest.raises(ValueError, match="colour"):
         load_case(tmp_path / "spec.json")
+
+
+def _without_last_backend(snapshot: Snapshot, key: str) -> Snapshot:
+    services = dict(snapshot.objects["Service"])
+    service = services[key].obj
+    assert isinstance(service, Service)
+    backends = {name: tuple(found[:-1]) for name, found in service.backends.items()}
+    services[key] = Stored(service.model_copy(update={"backends": backends}), snapshot.revision + 1)
+    return Snapshot(snapshot.revision + 1, {**snapshot.objects, "Service": services})
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_re_planning_what_changed_equals_planning_everything(case: str) -> None:
+    """Each Service of each case loses a backend; planned from the previous plan and the
+    change, the result equals a full plan, and untouched services are the same objects."""
+    node, group, snapshot = load_case(TESTDATA / case / "in.json")
+    state = resolve(snapshot)
+    group = group or next(iter(node_group_of(state, node)), None)
+    before = plan(state, node, group)
+    for key in snapshot.objects.get("Service", {}):
+        changed_state = resolve(_without_last_backend(snapshot, key))
+        full = plan(changed_state, node, group)
+        partial = plan(
+            changed_state, node, group, previous=before, changed=Changed(services=frozenset([key]))
+        )
+        assert partial.to_json() == full.to_json()
+        for vip_port, service in partial.services.items():
+            untouched = key not in partial.sources[vip_port][2]
+            assert (service is before.services.get(vip_port)) == untouched, vip_port
+
+
+def test_a_node_group_change_re_plans_everything() -> None:
+    node, group, snapshot = load_case(TESTDATA / "tcp-nat-rr" / "in.json")
+    state = resolve(snapshot)
+    before = plan(state, node, group or "default")
+    after = plan(state, node, "default", previous=before, changed=Changed(node_groups=True))
+    assert after.to_json() == before.to_json()
+    assert all(after.services[k] is not before.services[k] for k in before.services)
+
+
+def test_changes_are_read_from_change_stream_entries() -> None:
+    changed = Changed.from_ops(
+        [("put", "Service", "shop/web"), ("delete", "Listener", "old"),
+         ("put", "LoadBalancer", "public"), ("put", "Certificate", "tls")]
+    )  # fmt: skip
+    assert changed == Changed(
+        listeners=frozenset({"old"}),
+        load_balancers=frozenset({"public"}),
+        services=frozenset({"shop/web"}),
+    )
+    assert Changed.from_ops([("put", "NodeGroup", "default")]).node_groups
+    assert changed.touches(("web", "other-lb", ("shop/web",)))
+    assert not changed.touches(("web", "other-lb", ("shop/api",)))
