@@ -1,15 +1,18 @@
 """The l4 agent: snapshot -> resolve -> plan -> reconcile -> apply -> report, on one LB node.
 
 Two ways in, one engine:
-- `sync_to(revision)`: bring this node to at least that revision of the desired state and
-  say what was done. Idempotent; the pipeline's Celery task calls it.
-- `run(stop)`: what `slb l4-agent` does: a full sync, then follow the store's change
-  stream, with the housekeeping below on each tick.
+- `sync_to(revision, force=False)`: bring this node to at least that revision of the
+  desired state and say what was done. Idempotent; the pipeline's Celery task calls it
+  (and `keep_house` in a thread does the housekeeping below).
+- `run(stop)`: what `slb l4-agent` does: a sync, then follow the store's change stream,
+  with the housekeeping below on each tick.
+One agent per node: `start` takes the node's lock in Redis.
 
 The agent keeps a view of the kernel's IPVS (read in full at start and every
-`resync_interval_s`, which repairs anything, weights left at 0 by a crash included). A
-change re-reads only the services it touches, just before touching them, so a single
-real-server change costs a few netlink round trips, not a dump of every service.
+`resync_interval_s`, which repairs anything, weights left at 0 by a crash included). Per
+revision it re-plans only what the change stream says changed, spots the virtual services
+to reconcile by identity, and re-reads just those from the kernel before touching them,
+so a single real-server change costs a few netlink round trips at any scale.
 
 Health-check results and drains change weights in the kernel, never the desired state.
 Housekeeping per tick: drains (delete real servers whose connections ended or whose
@@ -180,6 +183,9 @@ class L4Agent:
         self._consistent = False
         """The view equals `desired` (the last converge applied everything)."""
         self.revision = 0
+        """The newest revision this node serves."""
+        self.seen_revision = 0
+        """The newest revision the agent has read (served, or failed and to be retried)."""
         self.failed_revision: int | None = None
         self.bound_vips: tuple[str, ...] | None = None
         self._last_resync = 0.0
@@ -225,6 +231,7 @@ class L4Agent:
         (`full`: everything)."""
         with self._lock:
             snapshot = self.store.snapshot()
+            self.seen_revision = snapshot.revision
             changed = None if full else self._changed_since(snapshot)
             return self.apply_state(resolve(snapshot), changed)
 
@@ -496,10 +503,10 @@ class L4Agent:
         while not stop.is_set():
             try:
                 self.sync()
-                for batch in self.store.follow(self.revision, block_ms=block_ms):
+                for batch in self.store.follow(self.seen_revision, block_ms=block_ms):
                     if stop.is_set():
                         return
-                    if batch and batch[-1].revision > self.revision:
+                    if batch and batch[-1].revision > self.seen_revision:
                         self.sync()
                     self.tick()
                     backoff = 1.0
