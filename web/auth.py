@@ -51,9 +51,7 @@ R = TypeVar("R")
 
 _USER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.@]{0,62}[a-z0-9])?$")
 MIN_PASSWORD = 10
-_hasher = argon2.PasswordHasher()
-_DUMMY_HASH = _hasher.hash("openslb: a password nobody has")
-"""Verified against when the user does not exist, so timing does not tell who exists."""
+_HASHER = "openslb.password_hasher"
 
 
 class Role(IntEnum):
@@ -112,8 +110,9 @@ class Token:
 class Accounts:
     """Users and API tokens in Redis."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, hasher: argon2.PasswordHasher | None = None) -> None:
         self.store = store
+        self.hasher = hasher or argon2.PasswordHasher()
         self.users_key = store.key("console", "users")
         self.tokens_key = store.key("console", "tokens")
 
@@ -126,7 +125,7 @@ class Accounts:
         record = {
             "name": name,
             "role": role.label,
-            "password_hash": _hasher.hash(password),
+            "password_hash": self.hasher.hash(password),
             "created_at": time.time(),
         }
         if not self.store.redis.hsetnx(self.users_key, name, json.dumps(record)):
@@ -154,13 +153,16 @@ class Accounts:
     def verify(self, name: str, password: str) -> User | None:
         record = self._record(name)
         try:
-            _hasher.verify(record["password_hash"] if record else _DUMMY_HASH, password)
+            # Verify against a throwaway hash when the user does not exist, so the time
+            # taken does not tell who exists.
+            stored = record["password_hash"] if record else self.hasher.hash(secrets.token_hex())
+            self.hasher.verify(stored, password)
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
             return None
         if record is None:
             return None
-        if _hasher.check_needs_rehash(record["password_hash"]):
-            record["password_hash"] = _hasher.hash(password)
+        if self.hasher.check_needs_rehash(record["password_hash"]):
+            record["password_hash"] = self.hasher.hash(password)
             self.store.redis.hset(self.users_key, name, json.dumps(record))
         return User(name, Role.named(record["role"]))
 
@@ -172,7 +174,7 @@ class Accounts:
             record["role"] = role.label
         if password is not None:
             _check_password(password)
-            record["password_hash"] = _hasher.hash(password)
+            record["password_hash"] = self.hasher.hash(password)
         self.store.redis.hset(self.users_key, name, json.dumps(record))
         if role is not None:
             self._retire_tokens_above(name, role)
@@ -291,7 +293,8 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def accounts() -> Accounts:
-    return Accounts(get_store())
+    hasher: argon2.PasswordHasher = current_app.extensions[_HASHER]
+    return Accounts(get_store(), hasher)
 
 
 def limiter() -> LoginLimiter:
@@ -308,6 +311,9 @@ def audit(action: str, kind: str, key: str, before: Any, after: Any) -> None:
 
 
 def init_app(app: Flask) -> None:
+    # Argon2id with argon2-cffi's defaults (RFC 9106's low-memory profile) unless the
+    # config says otherwise (tests use cheaper parameters to stay fast).
+    app.extensions[_HASHER] = argon2.PasswordHasher(**app.config.get("PASSWORD_HASH_PARAMS", {}))
     app.before_request(_load_user)
     app.before_request(_require_login_and_csrf)
     # Globals, not a context processor, so imported macros see them too.

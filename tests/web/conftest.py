@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import argon2
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
@@ -23,6 +24,8 @@ from web.app import create_app
 from web.auth import Accounts, Role
 
 PASSWORD = "correct horse battery"
+CHEAP_HASH = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
+"""Argon2id parameters that keep tests fast; the product uses argon2-cffi's defaults."""
 USERS = {"admin": Role.ADMIN, "alice": Role.OPERATOR, "victor": Role.VIEWER}
 
 
@@ -33,6 +36,7 @@ def make_app(redis_server: RedisServer, store: Store, tmp_path: Path, **extra: A
             "REDIS_URL": redis_server.url,
             "REDIS_PREFIX": store.prefix,
             "SECRET_KEY_FILE": str(tmp_path / "secret-key"),
+            "PASSWORD_HASH_PARAMS": CHEAP_HASH,
             **extra,
         }
     )
@@ -40,7 +44,7 @@ def make_app(redis_server: RedisServer, store: Store, tmp_path: Path, **extra: A
 
 @pytest.fixture
 def app(redis_server: RedisServer, store: Store, tmp_path: Path) -> Flask:
-    accounts = Accounts(store)
+    accounts = Accounts(store, argon2.PasswordHasher(**CHEAP_HASH))
     for name, role in USERS.items():
         accounts.create_user(name, PASSWORD, role)
     return make_app(redis_server, store, tmp_path)
