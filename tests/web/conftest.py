@@ -7,7 +7,6 @@ in through the real login form (so every test also goes through CSRF and the ses
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from web.app import create_app
 from web.auth import Accounts, Role
 
 PASSWORD = "correct horse battery"
-CHEAP_HASH = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
+CHEAP_HASH: dict[str, Any] = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
 """Argon2id parameters that keep tests fast; the product uses argon2-cffi's defaults."""
 USERS = {"admin": Role.ADMIN, "alice": Role.OPERATOR, "victor": Role.VIEWER}
 
@@ -101,7 +100,7 @@ def ops(store: Store) -> Operations:
 
 
 @pytest.fixture
-def token(store: Store) -> Iterator[Any]:
+def token(store: Store) -> Any:
     """Bearer headers for each role, as automation would send them."""
     accounts = Accounts(store)
 
@@ -111,4 +110,4 @@ def token(store: Store) -> Iterator[Any]:
         _, secret = accounts.create_token(owner, f"{user}-test")
         return {"Authorization": f"Bearer {secret}"}
 
-    yield headers
+    return headers

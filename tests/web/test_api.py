@@ -17,9 +17,13 @@ from tests.web.certs import chain, other_key_pem
 
 Headers = Callable[..., dict[str, str]]
 LISTENER = {
-    "name": "web", "load_balancer": "public", "protocol": "HTTP", "port": 80,
-    "selector": "app=shop", "target_port": "http",
-}  # fmt: skip
+    "name": "web",
+    "load_balancer": "public",
+    "protocol": "HTTP",
+    "port": 80,
+    "selector": "app=shop",
+    "target_port": "http",
+}
 
 
 def service(name: str, labels: dict[str, str], ready: int, not_ready: int = 0) -> Service:
@@ -28,9 +32,15 @@ def service(name: str, labels: dict[str, str], ready: int, not_ready: int = 0) -
         for i in range(ready + not_ready)
     ]
     return Service.model_validate(
-        {"namespace": "shop", "name": name, "labels": labels, "load_balancer": "public",
-         "ports": [{"name": "http", "port": 80}], "backends": {"http": backends}}
-    )  # fmt: skip
+        {
+            "namespace": "shop",
+            "name": name,
+            "labels": labels,
+            "load_balancer": "public",
+            "ports": [{"name": "http", "port": 80}],
+            "backends": {"http": backends},
+        }
+    )
 
 
 def fields(response: Any) -> list[str]:
@@ -126,22 +136,45 @@ def test_listener_lifecycle_with_versions(
         ({"port": "eighty"}, 422, ["port"]),
         ({"name": "web2", "protocol": "TCP"}, 422, ["port"]),  # 198.18.0.10:80/TCP is taken
         ({"name": "web3", "selector": "app in (shop"}, 422, ["selector"]),
-        ({"name": "web4", "selector": {"match_labels": {"-bad": "x"}}}, 422, ["selector.match_labels"]),
+        (
+            {"name": "web4", "selector": {"match_labels": {"-bad": "x"}}},
+            422,
+            ["selector.match_labels"],
+        ),
         ({"name": "Not_A_Name"}, 422, ["name"]),
         ({"name": "web5", "load_balancer": "nosuch"}, 422, ["load_balancer"]),
         ({"name": "web6", "protocol": "HTTPS"}, 422, ["certificates"]),
         ({"name": "web7", "owner": {"kind": "Service", "name": "x"}}, 422, ["owner"]),
         ({"name": "web8", "colour": "blue"}, 422, ["colour"]),
-        ({"name": "web9", "port": 0, "health_check": {"interval_s": 99}}, 422,
-         ["port", "health_check.interval_s"]),
+        (
+            {"name": "web9", "port": 0, "health_check": {"interval_s": 99}},
+            422,
+            ["port", "health_check.interval_s"],
+        ),
     ],
-    ids=["port-range", "port-type", "vip-port-conflict", "selector-syntax", "label-key", "name",
-         "no-instance", "https-needs-cert", "owner-is-server-set", "unknown-field", "every-field"],
-)  # fmt: skip
+    ids=[
+        "port-range",
+        "port-type",
+        "vip-port-conflict",
+        "selector-syntax",
+        "label-key",
+        "name",
+        "no-instance",
+        "https-needs-cert",
+        "owner-is-server-set",
+        "unknown-field",
+        "every-field",
+    ],
+)
 def test_bad_listeners_are_refused_naming_each_field_and_save_nothing(
-    client: FlaskClient, token: Headers, ops: Operations, store: Store,
-    change: dict[str, Any], status: int, named: list[str],
-) -> None:  # fmt: skip
+    client: FlaskClient,
+    token: Headers,
+    ops: Operations,
+    store: Store,
+    change: dict[str, Any],
+    status: int,
+    named: list[str],
+) -> None:
     h = token("alice")
     assert client.post("/api/v1/listeners", headers=h, json=LISTENER).status_code == 201
     before = store.revision()
@@ -158,9 +191,10 @@ def test_bad_listeners_are_refused_naming_each_field_and_save_nothing(
 )
 def test_malformed_json_is_a_400(client: FlaskClient, token: Headers, body: bytes) -> None:
     response = client.post(
-        "/api/v1/listeners", headers={**token("alice"), "Content-Type": "application/json"},
+        "/api/v1/listeners",
+        headers={**token("alice"), "Content-Type": "application/json"},
         data=body,
-    )  # fmt: skip
+    )
     assert response.status_code == 400
     assert "malformed JSON" in response.get_json()["errors"][0]["message"]
 
@@ -170,9 +204,14 @@ def test_service_owned_listeners_are_shown_and_read_only(
 ) -> None:
     store.put(service("cart", {"app": "shop"}, ready=2))
     owned = Listener.model_validate(
-        {**LISTENER, "name": "shop-cart-http", "selector": None, "port": 8080,
-         "owner": {"kind": "Service", "name": "shop/cart"}}
-    )  # fmt: skip
+        {
+            **LISTENER,
+            "name": "shop-cart-http",
+            "selector": None,
+            "port": 8080,
+            "owner": {"kind": "Service", "name": "shop/cart"},
+        }
+    )
     version = store.put(owned)
     h = token("alice")
     listed = client.get("/api/v1/listeners?owner=Service", headers=h).get_json()
@@ -184,16 +223,20 @@ def test_service_owned_listeners_are_shown_and_read_only(
     assert "belongs to Service shop/cart" in refused.get_json()["errors"][0]["message"]
     backends = client.get("/api/v1/listeners/shop-cart-http/backends", headers=h).get_json()
     assert [(b["address"], b["health"]) for b in backends["items"]] == [
-        ("198.18.10.1", "ready"), ("198.18.10.2", "ready"),
-    ]  # fmt: skip
+        ("198.18.10.1", "ready"),
+        ("198.18.10.2", "ready"),
+    ]
 
 
 def test_instances_pools_and_deletes_are_guarded(
     client: FlaskClient, token: Headers, ops: Operations, store: Store
 ) -> None:
     h = token("alice")
-    made = client.post("/api/v1/load-balancers", headers=h,
-                       json={"name": "edge", "vip": "198.18.0.20", "node_group": "default"})  # fmt: skip
+    made = client.post(
+        "/api/v1/load-balancers",
+        headers=h,
+        json={"name": "edge", "vip": "198.18.0.20", "node_group": "default"},
+    )
     assert made.status_code == 201
     again = client.post(
         "/api/v1/load-balancers", headers=h, json={"name": "edge", "vip": "198.18.0.21"}
@@ -223,8 +266,11 @@ def test_instances_pools_and_deletes_are_guarded(
         client.put("/api/v1/pools/extra", headers=h, json={"cidrs": ["198.18.5.0/24"]}).status_code
         == 409
     )
-    replaced = client.put("/api/v1/pools/extra", headers=h,
-                          json={"cidrs": ["198.18.5.0/24"], "version": pool.get_json()["version"]})  # fmt: skip
+    replaced = client.put(
+        "/api/v1/pools/extra",
+        headers=h,
+        json={"cidrs": ["198.18.5.0/24"], "version": pool.get_json()["version"]},
+    )
     assert replaced.get_json()["cidrs"] == ["198.18.5.0/24"]
     bad = client.put("/api/v1/pools/bad", headers=h, json={"cidrs": ["198.18.5.1/24"]})
     assert fields(bad) == ["cidrs"]
@@ -237,38 +283,48 @@ def test_certificates_are_checked_and_the_key_never_returned(
 ) -> None:
     h = token("alice")
     pair = chain("shop.example.test", "www.example.test", days=90)
-    created = client.post("/api/v1/certificates", headers=h,
-                          json={"name": "shop", "chain_pem": pair.chain_pem, "key_pem": pair.key_pem})  # fmt: skip
+    created = client.post(
+        "/api/v1/certificates",
+        headers=h,
+        json={"name": "shop", "chain_pem": pair.chain_pem, "key_pem": pair.key_pem},
+    )
     assert created.status_code == 201
     body = created.get_json()
     assert body["subject"] == "CN=shop.example.test"
     assert body["sans"] == ["shop.example.test", "www.example.test"]
     assert 88 <= body["days_left"] <= 90
     assert body["expires_soon"] is False
-    for response in (created, client.get("/api/v1/certificates", headers=h),
-                     client.get("/api/v1/certificates/shop", headers=h),
-                     client.get("/api/v1/audit", headers=h)):  # fmt: skip
+    for response in (
+        created,
+        client.get("/api/v1/certificates", headers=h),
+        client.get("/api/v1/certificates/shop", headers=h),
+        client.get("/api/v1/audit", headers=h),
+    ):
         assert "PRIVATE KEY" not in response.get_data(as_text=True)
         assert "key_pem" not in response.get_data(as_text=True)
 
     soon = chain(days=10)
-    warned = client.post("/api/v1/certificates", headers=h,
-                         json={"name": "soon", "chain_pem": soon.chain_pem, "key_pem": soon.key_pem})  # fmt: skip
+    warned = client.post(
+        "/api/v1/certificates",
+        headers=h,
+        json={"name": "soon", "chain_pem": soon.chain_pem, "key_pem": soon.key_pem},
+    )
     assert warned.get_json()["expires_soon"] is True
 
     before = store.revision()
+    expired = chain(days=-2)
     for name, chain_pem, key_pem, field in [
         ("wrongkey", pair.chain_pem, other_key_pem(), "key_pem"),
-        ("expired", chain(days=-2).chain_pem, None, "chain_pem"),
+        ("expired", expired.chain_pem, expired.key_pem, "chain_pem"),
         ("order", pair.intermediate_pem + pair.leaf_pem, pair.key_pem, "chain_pem"),
         ("Bad_Name", pair.chain_pem, pair.key_pem, "name"),
         ("nokey", pair.chain_pem, "", "key_pem"),
     ]:
-        if key_pem is None:
-            expired = chain(days=-2)
-            chain_pem, key_pem = expired.chain_pem, expired.key_pem
-        refused = client.post("/api/v1/certificates", headers=h,
-                              json={"name": name, "chain_pem": chain_pem, "key_pem": key_pem})  # fmt: skip
+        refused = client.post(
+            "/api/v1/certificates",
+            headers=h,
+            json={"name": name, "chain_pem": chain_pem, "key_pem": key_pem},
+        )
         assert refused.status_code == 422, name
         assert field in fields(refused), name
         assert "PRIVATE KEY" not in refused.get_data(as_text=True)
@@ -276,10 +332,19 @@ def test_certificates_are_checked_and_the_key_never_returned(
 
     version = body["version"]
     rotated = chain("shop.example.test")
-    assert client.put("/api/v1/certificates/shop", headers=h,
-                      json={"chain_pem": rotated.chain_pem, "key_pem": rotated.key_pem}).status_code == 428  # fmt: skip
-    new = client.put("/api/v1/certificates/shop", headers=h,
-                     json={"chain_pem": rotated.chain_pem, "key_pem": rotated.key_pem, "version": version})  # fmt: skip
+    assert (
+        client.put(
+            "/api/v1/certificates/shop",
+            headers=h,
+            json={"chain_pem": rotated.chain_pem, "key_pem": rotated.key_pem},
+        ).status_code
+        == 428
+    )
+    new = client.put(
+        "/api/v1/certificates/shop",
+        headers=h,
+        json={"chain_pem": rotated.chain_pem, "key_pem": rotated.key_pem, "version": version},
+    )
     assert new.status_code == 200
     assert new.get_json()["key_ref"] != body["key_ref"]
 
@@ -292,8 +357,9 @@ def test_selector_preview(client: FlaskClient, token: Headers, store: Store) -> 
     found = client.get("/api/v1/selector-preview?selector=app%3Dshop&target_port=http", headers=h)
     body = found.get_json()
     assert [(s["key"], s["ready_endpoints"], s["endpoints"]) for s in body["services"]] == [
-        ("shop/cart", 3, 4), ("shop/ui", 2, 2),
-    ]  # fmt: skip
+        ("shop/cart", 3, 4),
+        ("shop/ui", 2, 2),
+    ]
     assert body["ready_endpoints"] == 5
     narrowed = client.get("/api/v1/selector-preview?selector=app=shop,tier notin (web)", headers=h)
     assert [s["key"] for s in narrowed.get_json()["services"]] == ["shop/cart"]
@@ -321,8 +387,14 @@ def test_status_follows_what_the_nodes_report(
     board.report("l7", "envoy-lb1", "default", version - 1)
     assert state()["state"] == "pending"
     assert "1 of 2 nodes" in state()["reason"]
-    board.report("l7", "envoy-lb1", "default", version - 1,
-                 error="NACK: cluster web: invalid health check", error_revision=version)  # fmt: skip
+    board.report(
+        "l7",
+        "envoy-lb1",
+        "default",
+        version - 1,
+        error="NACK: cluster web: invalid health check",
+        error_revision=version,
+    )
     failed = state()
     assert failed["state"] == "error"
     assert "NACK: cluster web" in failed["reason"]
@@ -330,8 +402,9 @@ def test_status_follows_what_the_nodes_report(
     served = state()
     assert served["state"] == "served"
     assert [(n["node"], n["state"]) for n in served["nodes"]] == [
-        ("lb1", "served"), ("envoy-lb1", "served"),
-    ]  # fmt: skip
+        ("lb1", "served"),
+        ("envoy-lb1", "served"),
+    ]
     summary = client.get("/api/v1/status", headers=h).get_json()
     assert summary["listeners"] == {"served": 1, "pending": 0, "error": 0}
     assert {n["node"] for n in summary["nodes"]} == {"lb1", "envoy-lb1"}
@@ -339,10 +412,18 @@ def test_status_follows_what_the_nodes_report(
 
     # A listener that loses its port to an older one is in error, with cmi's reason.
     ops.add_load_balancer({"name": "twin", "vip": "198.18.0.10"})
-    store.put(Listener.model_validate(
-        {**LISTENER, "name": "older", "load_balancer": "twin", "created_at": 1.0,
-         "selector": {"match_labels": {"app": "x"}}, "owner": {"kind": "Operator", "name": "bob"}}
-    ))  # fmt: skip
+    store.put(
+        Listener.model_validate(
+            {
+                **LISTENER,
+                "name": "older",
+                "load_balancer": "twin",
+                "created_at": 1.0,
+                "selector": {"match_labels": {"app": "x"}},
+                "owner": {"kind": "Operator", "name": "bob"},
+            }
+        )
+    )
     lost = state()
     assert lost["state"] == "error"
     assert "already taken by the older listener 'older'" in lost["reason"]
