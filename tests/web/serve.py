@@ -29,6 +29,6 @@ class ServedApp:
     ) -> None:
         self.server.task_dispatcher.shutdown(timeout=5)
         self.server.close()
-        for channel in list(self.server._map.values()):  # noqa: SLF001 - waitress has no stop()
+        for channel in list(self.server._map.values()):
             channel.close()
         self.thread.join(timeout=10)
