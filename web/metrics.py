@@ -76,7 +76,10 @@ def _finish(response: Response) -> Response:
     endpoint = request.endpoint or "unknown"
     metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
     if "started" in g:
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - g.started)
+        elapsed = time.perf_counter() - g.started
+        metrics.latency.labels(endpoint).observe(elapsed)
+        # The time spent in the app, for browsers' dev tools and the benchmark.
+        response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.2f}"
     return response
 
 

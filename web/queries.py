@@ -13,7 +13,7 @@ from cmi.selector import LabelSelector
 from cmi.status import StatusBoard
 from cmi.store import Snapshot, Stored
 from web.db import get_store, read_model
-from web.state import Boards, ListenerState, listener_states
+from web.state import Boards, ListenerState, listener_states, placements
 
 PROTOCOLS = ("TCP", "UDP", "HTTP", "HTTPS", "GRPC")
 STATES = ("served", "pending", "error")
@@ -34,10 +34,20 @@ class View:
 
 def current() -> View:
     store = get_store()
-    snapshot = read_model().snapshot(store)
+    model = read_model()
+    snapshot = model.snapshot(store)
     board = StatusBoard(store)
     boards = Boards(l4=board.all("l4"), l7=board.all("l7"))
-    return View(snapshot, boards, listener_states(snapshot, boards))
+    # Both depend only on their inputs, which change far less often than pages are viewed.
+    placed = model.derived("placements", snapshot.revision, lambda: placements(snapshot))
+    reports = tuple(
+        sorted((s.tier, s.node, s.group, s.revision, s.error, s.error_revision)
+               for b in (boards.l4, boards.l7) for s in b.values())
+    )  # fmt: skip
+    states = model.derived(
+        "states", (snapshot.revision, reports), lambda: listener_states(snapshot, boards, placed)
+    )
+    return View(snapshot, boards, states)
 
 
 def as_json(stored: Stored[Any]) -> dict[str, Any]:
@@ -72,9 +82,7 @@ def listeners(view: View, which: ListenerFilter) -> list[Stored[Listener]]:
 
 
 def listener_json(view: View, stored: Stored[Listener], nodes: bool = False) -> dict[str, Any]:
-    status = view.states[stored.obj.name].as_json()
-    if not nodes:
-        del status["nodes"]
+    status = view.states[stored.obj.name].as_json(nodes=nodes)
     return {**as_json(stored), "version": stored.revision, "status": status}
 
 

@@ -11,11 +11,13 @@ objects, keyed by their revision, so API lists do not re-serialise unchanged obj
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, TypeVar
 
 from cmi.model import KINDS, StoredObject, load_document
 from cmi.store import CompactedError, Snapshot, Store, Stored
+
+T = TypeVar("T")
 
 
 class ReadModel:
@@ -23,6 +25,7 @@ class ReadModel:
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._json: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self._derived: dict[str, tuple[Hashable, Any]] = {}
 
     def snapshot(self, store: Store) -> Snapshot:
         """The desired state at least as new as the store's revision when this was called."""
@@ -64,6 +67,16 @@ class ReadModel:
             **objects,
         }
         return Snapshot(revision, merged)
+
+    def derived(self, name: str, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()`, remembered while `key` (e.g. the snapshot's revision) stays the same."""
+        cached = self._derived.get(name)
+        if cached is not None and cached[0] == key:
+            value: T = cached[1]
+            return value
+        value = compute()
+        self._derived[name] = (key, value)
+        return value
 
     def as_json(self, stored: Stored[StoredObject]) -> dict[str, Any]:
         """The object's JSON form, serialised once per revision."""

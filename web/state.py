@@ -15,12 +15,13 @@ the API show exactly the same thing and the rules are tested without a browser:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cmi.model import Backend, Certificate, Listener, LoadBalancer, OwnerKind, Service
-from cmi.resolve import claim_ports
+from cmi.resolve import Rejected, claim_ports
 from cmi.selector import LabelSelector
 from cmi.status import TierStatus
 from cmi.store import Snapshot, Stored
@@ -53,15 +54,23 @@ class ListenerState:
     state: State
     reason: str
     needed_revision: int
-    nodes: tuple[NodeState, ...] = ()
+    reports: tuple[TierStatus, ...] = ()
+    """The reports of the nodes that must program the listener, in display order."""
 
-    def as_json(self) -> dict[str, Any]:
-        return {
+    @functools.cached_property
+    def nodes(self) -> tuple[NodeState, ...]:
+        """Each node's state; built only when shown (a list page needs the summary only)."""
+        return tuple(node_state(r, self.needed_revision) for r in self.reports)
+
+    def as_json(self, nodes: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "state": self.state,
             "reason": self.reason,
             "needed_revision": self.needed_revision,
-            "nodes": [n.as_json() for n in self.nodes],
         }
+        if nodes:
+            out["nodes"] = [n.as_json() for n in self.nodes]
+        return out
 
 
 @dataclass(frozen=True)
@@ -71,9 +80,27 @@ class Boards:
     l4: Mapping[str, TierStatus] = field(default_factory=dict)
     l7: Mapping[str, TierStatus] = field(default_factory=dict)
 
+    def by_group(self) -> dict[tuple[str, str], tuple[TierStatus, ...]]:
+        """(tier, group) -> its nodes' reports, by node name."""
+        out: dict[tuple[str, str], list[TierStatus]] = {}
+        for tier, board in (("l4", self.l4), ("l7", self.l7)):
+            for status in board.values():
+                out.setdefault((tier, status.group), []).append(status)
+        return {k: tuple(sorted(v, key=lambda s: s.node)) for k, v in out.items()}
 
-def listener_states(snapshot: Snapshot, boards: Boards) -> dict[str, ListenerState]:
-    """The state of every listener in the snapshot."""
+
+@dataclass(frozen=True)
+class Placement:
+    """What the snapshot alone says about a listener: computed once per revision."""
+
+    needed: int
+    """The newest revision among the listener's, its instance's and its certificates'."""
+    group: str
+    tiers: tuple[str, ...]
+    rejection: Rejected | None
+
+
+def placements(snapshot: Snapshot) -> dict[str, Placement]:
     balancers = snapshot.of(LoadBalancer)
     certificates = snapshot.of(Certificate)
     listeners = snapshot.of(Listener)
@@ -81,10 +108,6 @@ def listener_states(snapshot: Snapshot, boards: Boards) -> dict[str, ListenerSta
         {k: s.obj for k, s in balancers.items()}, (s.obj for s in listeners.values())
     )
     not_served = {r.listener: r for r in rejected}
-    by_group: dict[str, dict[str, list[TierStatus]]] = {"l4": {}, "l7": {}}
-    for tier, board in (("l4", boards.l4), ("l7", boards.l7)):
-        for status in board.values():
-            by_group[tier].setdefault(status.group, []).append(status)
     out = {}
     for name, stored in listeners.items():
         listener = stored.obj
@@ -93,40 +116,57 @@ def listener_states(snapshot: Snapshot, boards: Boards) -> dict[str, ListenerSta
             [stored.revision, balancer.revision if balancer else 0]
             + [certificates[c].revision for c in listener.certificates if c in certificates]
         )
-        if (rejection := not_served.get(name)) is not None:
-            out[name] = ListenerState(
-                "pending" if rejection.pending else "error", rejection.reason, needed
-            )
-            continue
-        assert balancer is not None
-        group = balancer.obj.node_group
-        tiers = ("l4", "l7") if listener.protocol.is_l7 else ("l4",)
-        out[name] = _from_nodes(needed, group, [(t, by_group[t].get(group, [])) for t in tiers])
+        out[name] = Placement(
+            needed=needed,
+            group=balancer.obj.node_group if balancer else "",
+            tiers=("l4", "l7") if listener.protocol.is_l7 else ("l4",),
+            rejection=not_served.get(name),
+        )
     return out
 
 
-def _from_nodes(
-    needed: int, group: str, tiers: Iterable[tuple[str, list[TierStatus]]]
+def listener_states(
+    snapshot: Snapshot, boards: Boards, placed: Mapping[str, Placement] | None = None
+) -> dict[str, ListenerState]:
+    """The state of every listener in the snapshot (`placed`: its placements, if known)."""
+    placed = placements(snapshot) if placed is None else placed
+    groups = boards.by_group()
+    return {name: listener_state(place, groups) for name, place in placed.items()}
+
+
+def listener_state(
+    place: Placement, groups: Mapping[tuple[str, str], tuple[TierStatus, ...]]
 ) -> ListenerState:
-    nodes: list[NodeState] = []
+    if place.rejection is not None:
+        state: State = "pending" if place.rejection.pending else "error"
+        return ListenerState(state, place.rejection.reason, place.needed)
+    needed = place.needed
+    reports: list[TierStatus] = []
     missing = []
-    for tier, statuses in tiers:
+    first_error: TierStatus | None = None
+    behind = 0
+    for tier in place.tiers:
+        statuses = groups.get((tier, place.group), ())
         if not statuses:
             missing.append(tier.upper())
-        for status in sorted(statuses, key=lambda s: s.node):
-            nodes.append(node_state(status, needed))
-    errors = [n for n in nodes if n.state == "error"]
-    if errors:
-        first = errors[0]
-        return ListenerState("error", f"{first.node}: {first.detail}", needed, tuple(nodes))
+        for status in statuses:
+            reports.append(status)
+            if status.revision >= needed:
+                continue
+            if status.error and (status.error_revision or status.revision) >= needed:
+                first_error = first_error or status
+            else:
+                behind += 1
+    if first_error is not None:
+        reason = f"{first_error.node}: {first_error.error}"
+        return ListenerState("error", reason, needed, tuple(reports))
     if missing:
-        reason = f"no {' or '.join(missing)} node of group {group!r} has reported yet"
-        return ListenerState("pending", reason, needed, tuple(nodes))
-    behind = [n for n in nodes if n.state == "pending"]
+        reason = f"no {' or '.join(missing)} node of group {place.group!r} has reported yet"
+        return ListenerState("pending", reason, needed, tuple(reports))
     if behind:
-        reason = f"{len(behind)} of {len(nodes)} nodes have not programmed revision {needed} yet"
-        return ListenerState("pending", reason, needed, tuple(nodes))
-    return ListenerState("served", f"programmed on {len(nodes)} nodes", needed, tuple(nodes))
+        reason = f"{behind} of {len(reports)} nodes have not programmed revision {needed} yet"
+        return ListenerState("pending", reason, needed, tuple(reports))
+    return ListenerState("served", f"programmed on {len(reports)} nodes", needed, tuple(reports))
 
 
 def node_state(status: TierStatus, needed: int) -> NodeState:
