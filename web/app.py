@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, has_request_context, request
+from flask import Flask, Response, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -49,6 +49,24 @@ def load_secret_key(path: Path) -> str:
     return key
 
 
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'"
+)
+"""Scripts only from the console itself (no inline script), and no framing."""
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.path != "/login" and not request.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
 def create_app(
     test_config: Mapping[str, Any] | None = None, settings: config.Settings | None = None
 ) -> Flask:
@@ -82,6 +100,7 @@ def create_app(
     from web.api import bp as api_bp  # noqa: PLC0415
     from web.views import bp as pages_bp  # noqa: PLC0415
 
+    app.after_request(_security_headers)
     db.init_app(app)
     metrics.init_app(app)
     auth.init_app(app)

@@ -63,6 +63,19 @@ def shot(page: Page, name: str) -> None:
 
 def login(context: BrowserContext, console: str, user: str) -> Page:
     page = context.new_page()
+    # Scripts that fail or that the Content-Security-Policy refuses fail the test (a 4xx
+    # page is logged as an error too, and some are expected: those are not counted).
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda m: (
+            refused.append(m.text)
+            if m.type == "error" and "Failed to load resource" not in m.text
+            else None
+        ),
+    )
+    page.on("pageerror", lambda e: refused.append(str(e)))
+    setattr(page, "refused", refused)  # noqa: B010 - read back by the tests
     page.goto(f"{console}/listeners")
     expect(page).to_have_url(f"{console}/login?next=/listeners")
     page.fill("input[name=username]", user)
@@ -167,6 +180,7 @@ def test_create_a_listener_and_watch_it_come_alive(
     shot(page, "audit")
     page.goto(f"{console}/instances")
     shot(page, "instances")
+    assert page.refused == []  # type: ignore[attr-defined]
 
 
 def test_a_viewer_cannot_edit(
@@ -215,3 +229,14 @@ def test_an_expired_certificate_is_refused_with_a_visible_message(
     expect(page.locator('[data-certificate="old"]')).to_have_count(0)
     assert "PRIVATE KEY" not in page.content()
     shot(page, "certificates")
+
+    # Deleting asks first (a script under the page's Content-Security-Policy).
+    delete = page.locator('[data-certificate="shop"] button')
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    delete.click()
+    expect(page.locator('[data-certificate="shop"]')).to_have_count(1)
+    page.once("dialog", lambda dialog: dialog.accept())
+    delete.click()
+    expect(page.locator(".flash")).to_contain_text("Certificate shop deleted")
+    expect(page.locator('[data-certificate="shop"]')).to_have_count(0)
+    assert page.refused == []  # type: ignore[attr-defined]

@@ -39,6 +39,17 @@ def test_login_sets_a_safe_session_cookie(client: FlaskClient, auth: Auth) -> No
     assert "alice · operator" in client.get("/").get_data(as_text=True)
 
 
+def test_security_headers(client: FlaskClient, auth: Auth) -> None:
+    auth.login("alice")
+    page = client.get("/listeners")
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["Cache-Control"] == "no-store"
+    assert "<script>" not in page.get_data(as_text=True)
+    assert "onsubmit" not in client.get("/certificates").get_data(as_text=True)
+
+
 def test_session_cookie_is_secure_over_tls(app: Flask) -> None:
     client = app.test_client()
     page = client.get("/login", base_url="https://console.test")
@@ -177,6 +188,26 @@ def test_edit_with_a_stale_version_is_refused(
     saved = auth.post("/listeners/web/edit", {**FORM, "scheduler": "wrr", "version": str(fresh)})
     assert saved.status_code == 302
     assert store.get(Listener, "web").obj.scheduler.value == "wrr"
+
+
+def test_service_owned_listeners_cannot_be_edited_from_the_form(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    store.put(
+        Listener.model_validate(
+            {"name": "shop-cart-http", "load_balancer": "public", "protocol": "HTTP",
+             "port": 8080, "target_port": "http", "owner": {"kind": "Service", "name": "shop/cart"}}
+        )
+    )  # fmt: skip
+    auth.login("alice")
+    detail = client.get("/listeners/shop-cart-http").get_data(as_text=True)
+    assert "From Service shop/cart: read-only here" in detail
+    assert 'id="edit"' not in detail
+    edit = client.get("/listeners/shop-cart-http/edit", follow_redirects=True)
+    assert "belongs to Service shop/cart" in edit.get_data(as_text=True)
+    before = store.revision()
+    assert auth.post("/listeners/shop-cart-http/edit", FORM).status_code == 302
+    assert store.revision() == before
 
 
 def test_viewers_cannot_edit(

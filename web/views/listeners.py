@@ -7,7 +7,7 @@ from typing import Any
 from flask import abort, flash, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from cmi.model import Certificate, Listener, LoadBalancer, ModelError, Scheduler
+from cmi.model import Certificate, Listener, LoadBalancer, ModelError, OwnerKind, Scheduler
 from cmi.store import ConflictError
 from web import queries
 from web.auth import Role, require
@@ -160,6 +160,10 @@ def listener_edit(name: str) -> PageResult:
     stored = view.snapshot.of(Listener).get(name)
     if stored is None:
         abort(404)
+    if stored.obj.owner.kind is OwnerKind.SERVICE:
+        flash(f"Listener {name} belongs to Service {stored.obj.owner.name}: change the Service.",
+              "error")  # fmt: skip
+        return redirect(url_for("pages.listener_detail", name=name))
     if request.method == "GET":
         return _render_form(listener_to_form(stored.obj), {}, name, stored.revision)
     form = {k: v for k, v in request.form.items() if k != "csrf_token"}
