@@ -47,6 +47,28 @@ class AuditLog:
         after: StoredObject | None,
         revision: int,
     ) -> None:
+        self.record_document(
+            who=who,
+            action=action,
+            kind=kind,
+            key=key,
+            before=before.model_dump(mode="json") if before else None,
+            after=after.model_dump(mode="json") if after else None,
+            revision=revision,
+        )
+
+    def record_document(
+        self,
+        *,
+        who: str,
+        action: str,
+        kind: str,
+        key: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        revision: int,
+    ) -> None:
+        """Record a write of something outside the desired state (console users, tokens)."""
         fields = {
             "at": repr(time.time()),
             "who": who,
@@ -54,8 +76,8 @@ class AuditLog:
             "kind": kind,
             "key": key,
             "revision": str(revision),
-            "before": json.dumps(before.model_dump(mode="json") if before else None),
-            "after": json.dumps(after.model_dump(mode="json") if after else None),
+            "before": json.dumps(before),
+            "after": json.dumps(after),
         }
         self.store.redis.xadd(self.key, fields, maxlen=MAX_ENTRIES, approximate=True)
 

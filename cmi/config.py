@@ -90,6 +90,27 @@ class CelerySettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    bind: str = setting("127.0.0.1:8080", "Where `slb console` serves the console and REST API")
+    secret_key_file: str = setting(
+        "",
+        "Key that signs session cookies; created (0600) on first start if missing; "
+        "empty: ~/.local/state/openslb/console-secret-key",
+    )
+    secure_cookies: bool = setting(
+        False, "Mark session cookies Secure even on plain HTTP (behind a TLS proxy)"
+    )
+    trusted_proxies: int = setting(
+        0, "Proxies in front that set X-Forwarded-For/-Proto (0: trust none)"
+    )
+    threads: int = setting(8, "Worker threads of the WSGI server")
+    login_attempts: int = setting(
+        5, "Failed logins allowed per client address and per user within the window"
+    )
+    login_window_s: int = setting(300, "The failed-login window, in seconds")
+
+
+@dataclass(frozen=True)
 class DevSettings:
     state_dir: str = setting(
         ".state/dev", "Where `slb dev up` keeps the local platform's state and logs"
@@ -119,6 +140,7 @@ class Settings:
     cmi: CmiSettings = field(default_factory=CmiSettings)
     xds: XdsSettings = field(default_factory=XdsSettings)
     celery: CelerySettings = field(default_factory=CelerySettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     dev: DevSettings = field(default_factory=DevSettings)
     l4: L4Settings = field(default_factory=L4Settings)
 

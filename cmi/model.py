@@ -95,7 +95,8 @@ class ModelError(ValueError):
     def from_validation(cls, kind: str, exc: ValidationError) -> ModelError:
         errors = []
         for err in exc.errors():
-            field = ".".join(str(part) for part in err["loc"])
+            # Union members add tags such as "lax-or-strict[...]" to the path: not fields.
+            field = ".".join(str(part) for part in err["loc"] if "[" not in str(part))
             cause = err.get("ctx", {}).get("error")
             if isinstance(cause, CrossFieldError):
                 prefix = f"{field}." if field else ""

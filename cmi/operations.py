@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cmi.audit import AuditLog
+from cmi.certificates import CertificateInfo, check_pair
 from cmi.model import (
     AddressPool,
+    Certificate,
     FieldError,
     Listener,
     LoadBalancer,
@@ -25,6 +27,7 @@ from cmi.model import (
     StoredObject,
     parse,
 )
+from cmi.secrets import SecretStore
 from cmi.store import Delete, Store, Stored
 
 T = TypeVar("T", bound=StoredObject)
@@ -136,6 +139,40 @@ class Operations:
         self, data: Mapping[str, Any], expect: int | None = None
     ) -> Stored[NodeGroup]:
         return self._write(_parse(NodeGroup, data), expect=expect, action="put")
+
+    # -- certificates ----------------------------------------------------------------------
+
+    def put_certificate(
+        self, name: str, chain_pem: str, key_pem: str, expect: int | None = None
+    ) -> tuple[Stored[Certificate], CertificateInfo]:
+        """Upload or rotate a certificate: the chain into the store, the key into secrets.
+
+        The pair is checked first (key matches, chain in order, not expired), so nothing
+        is written for a bad upload. The key goes in under a ref derived from it before
+        the Certificate names that ref, so no tier ever sees a ref without its key.
+        """
+        checked = check_pair(chain_pem, key_pem)
+        certificate = _parse(
+            Certificate, {"name": name, "chain_pem": chain_pem, "key_ref": checked.key_ref}
+        )
+        SecretStore(self.store).put_key(checked.key_ref, checked.key_pem)
+        action = "create" if expect == 0 else "put"
+        return self._write(certificate, expect=expect, action=action), checked.info
+
+    def remove_certificate(self, name: str, expect: int | None = None) -> int:
+        """Delete a certificate no listener uses; its key goes too unless another shares it."""
+        current = self.store.get(Certificate, name)
+        if current is None:
+            raise _error(Certificate, "name", f"no certificate named {name!r}")
+        snapshot = self.store.snapshot(kinds=[Listener.kind, Certificate.kind])
+        users = sorted(n for n, s in snapshot.of(Listener).items() if name in s.obj.certificates)
+        if users:
+            raise _error(Certificate, "name", f"still used by listeners: {', '.join(users)}")
+        revision = self._delete(current, expect)
+        ref = current.obj.key_ref
+        if not any(s.obj.key_ref == ref for n, s in snapshot.of(Certificate).items() if n != name):
+            SecretStore(self.store).delete_key(ref)
+        return revision
 
     # -- shared ----------------------------------------------------------------------------
 
