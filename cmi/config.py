@@ -129,7 +129,6 @@ class L4Settings:
     )
     resync_interval_s: int = setting(300, "Seconds between full re-reads of the kernel's IPVS")
     stats_interval_s: int = setting(10, "Seconds between traffic statistics samples")
-    stats_history: int = setting(60, "Samples kept per virtual service in Redis")
     metrics_listen: str = setting("127.0.0.1:9641", "Prometheus metrics address; empty: off")
 
 

@@ -41,12 +41,12 @@ from typing import Any
 
 import redis
 
-from cmi.config import L4Settings
+from cmi.config import L4Settings, Settings
 from cmi.resolve import DesiredState, resolve
 from cmi.status import StatusBoard
 from cmi.store import CompactedError, Snapshot, Store
 from l4 import health
-from l4.drivers import Driver, DriverError
+from l4.drivers import Driver, DriverError, open_driver
 from l4.health import HealthChecker, Target
 from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
 from l4.plan import Changed, IPVSPlan, node_group_of, plan
@@ -169,7 +169,7 @@ class L4Agent:
         self.report_key = store.key("l4", node, "report")
         self.health = HealthChecker(self._health_changed)
         self.collector = IPVSCollector(node)
-        self.stats_writer = StatsWriter(store, node, settings.stats_history)
+        self.stats_writer = StatsWriter(store, node)
         self.stats_driver = stats_driver
         self._lock = threading.RLock()
         self.view: KernelState | None = None
@@ -487,7 +487,9 @@ class L4Agent:
         assert self.stats_driver is not None
         entries = self.stats_driver.stats()
         self.collector.update(entries)
-        self.stats_writer.write(entries, time.time())
+        with self._lock:
+            charted = self.plan.charted() if self.plan else {}
+        self.stats_writer.write(entries, time.time(), charted)
 
     def keep_house(self, stop: threading.Event, every_s: float = 1.0) -> None:
         """`tick` until `stop`: for an agent hosted by a worker, which has no follow loop."""
@@ -571,3 +573,19 @@ class L4Agent:
             "errors": errors,
         }
         self.store.redis.set(self.report_key, json.dumps(report))
+
+
+def build_agent(settings: Settings, node: str, *, stats: bool = True) -> L4Agent:
+    """The agent of `node` as the settings describe it: `slb l4-agent`, or a node's worker.
+
+    Not started: call `start()` (which takes the node's lock) before syncing.
+    """
+    store = Store.from_url(settings.redis.url, settings.redis.prefix)
+    return L4Agent(
+        store,
+        settings.l4,
+        node,
+        driver=open_driver(settings.l4.driver),
+        vips=VIPs(settings.l4.interface),
+        stats_driver=open_driver(settings.l4.driver) if stats else None,
+    )

@@ -13,8 +13,7 @@ from types import FrameType
 import click
 
 from cmi.config import ConfigError, L4Settings, Settings
-from cmi.store import Store
-from l4.drivers import DRIVERS, open_driver
+from l4.drivers import DRIVERS
 
 
 def check_settings(settings: L4Settings) -> None:
@@ -26,7 +25,7 @@ def check_settings(settings: L4Settings) -> None:
     for name in ("drain_timeout_s",):
         if getattr(settings, name) < 0:
             raise ConfigError(f"l4.{name}: must not be negative")
-    for name in ("resync_interval_s", "stats_interval_s", "stats_history"):
+    for name in ("resync_interval_s", "stats_interval_s"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"l4.{name}: must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", settings.interface):
@@ -50,8 +49,7 @@ def metrics_address(listen: str) -> tuple[str, int]:
 @click.pass_obj
 def l4_agent(settings: Settings, node: str | None, once: bool) -> None:
     """Program this node's IPVS and VIPs from the desired state."""
-    from l4.agent import L4Agent  # noqa: PLC0415 - keep `slb --help` light
-    from l4.vip import VIPs  # noqa: PLC0415
+    from l4.agent import build_agent  # noqa: PLC0415 - keep `slb --help` light
 
     node = node or settings.l4.node
     if not node:
@@ -63,15 +61,7 @@ def l4_agent(settings: Settings, node: str | None, once: bool) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    store = Store.from_url(settings.redis.url, settings.redis.prefix)
-    agent = L4Agent(
-        store,
-        settings.l4,
-        node,
-        driver=open_driver(settings.l4.driver),
-        vips=VIPs(settings.l4.interface),
-        stats_driver=None if once else open_driver(settings.l4.driver),
-    )
+    agent = build_agent(settings, node, stats=not once)
     agent.start()
     try:
         if once:

@@ -94,8 +94,14 @@ class IPVSPlan:
     """Checks of TCP listeners' backends, run from this node."""
     notes: dict[ServiceKey, tuple[str, ...]] = field(default_factory=dict)
     """What planning a virtual service had to leave out, and why."""
+    layer7: frozenset[ServiceKey] = frozenset()
+    """Services that forward to the group's Envoys (HTTP, HTTPS and GRPC listeners)."""
     vips: tuple[str, ...] = ()
     node_problem: str | None = None
+
+    def charted(self) -> dict[ServiceKey, str]:
+        """The TCP and UDP listeners' services, by listener: those the L4 tier charts."""
+        return {k: src[0] for k, src in self.sources.items() if k not in self.layer7}
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -164,6 +170,7 @@ def plan(
     sources: dict[ServiceKey, Sources] = {}
     checks: dict[ServiceKey, HealthCheck] = {}
     notes: dict[ServiceKey, tuple[str, ...]] = {}
+    layer7: set[ServiceKey] = set()
     for item in sorted(state.for_node_group(group or ""), key=_service_order):
         listener = item.listener
         key = ServiceKey(listener.protocol.transport, address_text(item.vip), listener.port)
@@ -177,12 +184,15 @@ def plan(
                 and not changed.touches(sources[key])
             ):
                 services[key] = previous.services[key]
+                if key in previous.layer7:
+                    layer7.add(key)
                 if key in previous.health_checks:
                     checks[key] = previous.health_checks[key]
                 if key in previous.notes:
                     notes[key] = previous.notes[key]
                 continue
         if listener.protocol.is_l7:
+            layer7.add(key)
             services[key] = VirtualService(
                 key,
                 L7_SCHEDULER,
@@ -202,7 +212,17 @@ def plan(
         if listener.health_check is not None:
             checks[key] = listener.health_check
     vips = sorted({key.address for key in services}, key=address_order)
-    return IPVSPlan(node, group, state.revision, services, sources, checks, notes, tuple(vips))
+    return IPVSPlan(
+        node,
+        group,
+        state.revision,
+        services,
+        sources,
+        checks,
+        notes,
+        frozenset(layer7),
+        tuple(vips),
+    )
 
 
 def _same_node(previous: IPVSPlan | None, node: str, group: str | None) -> bool:

@@ -3,27 +3,28 @@
 Per virtual service and per real server: connections, packets and bytes in and out
 (counters since the service was made) and the kernel's rate estimates (per second).
 
-Redis, under `P:l4:NODE:`:
-  stats              hash, service key -> JSON of the latest sample: the service's numbers
-                     and each real server's (weight, forwarding, connections, counters)
-  series:SERVICEKEY  list, newest first, at most `history` samples of
-                     [time, conns, inpkts, outpkts, inbytes, outbytes, cps, inpps, outpps,
-                     inbps, outbps]: what the console charts; bounded, so a node's memory
-                     in Redis is too
-Services that disappear lose their entries at the next write.
+Redis:
+  P:l4:NODE:stats    hash, service key -> JSON of the latest sample: the service's numbers
+                     and each real server's (weight, forwarding, connections, counters);
+                     services that disappear lose their entry at the next write
+  cmi.timeseries     per TCP/UDP listener and node (labels tier=l4, listener, node): active
+                     connections and bytes per second, the console's charts, bounded there.
+                     HTTP, HTTPS and GRPC listeners are charted from Envoy (tier l7), which
+                     sees the same connections and the requests too.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cmi.store import Store
-from l4.ipvs import ServiceStats, Stats
+from cmi.timeseries import BYTES_PER_SECOND, CONNECTIONS, TimeSeries
+from l4.ipvs import ServiceKey, ServiceStats, Stats
 
 COUNTERS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
 RATES = ("cps", "inpps", "outpps", "inbps", "outbps")
@@ -53,33 +54,35 @@ def sample_json(entry: ServiceStats, now: float) -> str:
 
 
 class StatsWriter:
-    def __init__(self, store: Store, node: str, history: int) -> None:
+    def __init__(self, store: Store, node: str) -> None:
         self.store = store
-        self.history = history
+        self.node = node
         self.latest_key = store.key("l4", node, "stats")
-        self.series_prefix = store.key("l4", node, "series") + ":"
+        self.timeseries = TimeSeries(store)
 
-    def write(self, entries: Sequence[ServiceStats], now: float) -> None:
-        """One sample of every service, in one round trip."""
+    def write(
+        self, entries: Sequence[ServiceStats], now: float, listeners: Mapping[ServiceKey, str]
+    ) -> None:
+        """One sample of every service; chart points for the TCP/UDP listeners in `listeners`."""
         names = {e.service.key.encode(): e for e in entries}
-        stale = set(self._known()) - names.keys()
+        known = {k.decode() for k in self.store.redis.hkeys(self.latest_key)}
         pipe = self.store.redis.pipeline(transaction=False)
         for name, entry in names.items():
             pipe.hset(self.latest_key, name, sample_json(entry, now))
-            series = self.series_prefix + name
-            pipe.lpush(series, json.dumps([round(now, 3), *entry.stats], separators=(",", ":")))
-            pipe.ltrim(series, 0, self.history - 1)
-        for name in stale:
+        for name in known - names.keys():
             pipe.hdel(self.latest_key, name)
-            pipe.delete(self.series_prefix + name)
         pipe.execute()
-
-    def _known(self) -> list[str]:
-        return [k.decode() for k in self.store.redis.hkeys(self.latest_key)]
-
-    def series(self, service_key: str) -> list[list[float]]:
-        raw = self.store.redis.lrange(self.series_prefix + service_key, 0, -1)
-        return [json.loads(item) for item in raw]
+        points = []
+        for entry in entries:
+            listener = listeners.get(entry.service.key)
+            if listener is None:
+                continue
+            labels = {"tier": "l4", "listener": listener, "node": self.node}
+            active = sum(d.counters.active for d in entry.dests)
+            points.append((CONNECTIONS, labels, float(active)))
+            points.append((BYTES_PER_SECOND, labels, float(entry.stats.inbps + entry.stats.outbps)))
+        if points:
+            self.timeseries.append_many(points, now)
 
 
 class IPVSCollector(Collector):

@@ -20,7 +20,7 @@ def test_the_node_is_required() -> None:
         ({"OPENSLB_L4_DRIVER": "iptables"}, "l4.driver"),
         ({"OPENSLB_L4_HEALTHY_FLOOR": "1.5"}, "l4.healthy_floor"),
         ({"OPENSLB_L4_DRAIN_TIMEOUT_S": "-1"}, "l4.drain_timeout_s"),
-        ({"OPENSLB_L4_STATS_HISTORY": "0"}, "l4.stats_history"),
+        ({"OPENSLB_L4_STATS_INTERVAL_S": "0"}, "l4.stats_interval_s"),
         ({"OPENSLB_L4_METRICS_LISTEN": "9641"}, "l4.metrics_listen"),
         ({"OPENSLB_L4_INTERFACE": "a-very-long-interface"}, "l4.interface"),
     ],

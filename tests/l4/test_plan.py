@@ -114,6 +114,7 @@ def test_re_planning_what_changed_equals_planning_everything(case: str) -> None:
             changed_state, node, group, previous=before, changed=Changed(services=frozenset([key]))
         )
         assert partial.to_json() == full.to_json()
+        assert partial.layer7 == full.layer7
         for vip_port, service in partial.services.items():
             untouched = key not in partial.sources[vip_port][2]
             assert (service is before.services.get(vip_port)) == untouched, vip_port
@@ -141,3 +142,11 @@ def test_changes_are_read_from_change_stream_entries() -> None:
     assert Changed.from_ops([("put", "NodeGroup", "default")]).node_groups
     assert changed.touches(("web", "other-lb", ("shop/web",)))
     assert not changed.touches(("web", "other-lb", ("shop/api",)))
+
+
+def test_only_tcp_and_udp_listeners_are_charted_by_the_l4_tier() -> None:
+    node, group, snapshot = load_case(TESTDATA / "l7-to-envoys" / "in.json")
+    assert plan(resolve(snapshot), node, group or "default").charted() == {}
+    node, group, snapshot = load_case(TESTDATA / "udp-dr-persistence" / "in.json")
+    charted = plan(resolve(snapshot), node, group or "default").charted()
+    assert [(str(key), name) for key, name in charted.items()] == [("UDP 198.18.0.53:53", "dns")]

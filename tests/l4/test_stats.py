@@ -1,4 +1,4 @@
-"""Statistics into a real Redis (bounded series) and out as Prometheus metrics."""
+"""Statistics into a real Redis (latest samples, the console's charts) and out as Prometheus."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from prometheus_client import CollectorRegistry, generate_latest
 
 from cmi.store import Store
+from cmi.timeseries import BYTES_PER_SECOND, CONNECTIONS, TimeSeries
 from l4.ipvs import (
     Counters,
     Dest,
@@ -31,21 +32,26 @@ def sample(key: ServiceKey, conns: int) -> ServiceStats:
     )
 
 
-def test_samples_go_to_redis_bounded_and_stale_services_are_dropped(store: Store) -> None:
-    writer = StatsWriter(store, "lb-a", history=3)
+def test_samples_go_to_redis_and_tcp_udp_listeners_to_the_console_charts(store: Store) -> None:
+    writer = StatsWriter(store, "lb-a")
+    charted = {WEB: "web"}  # DNS stands for an L7 listener's service: Envoy charts those
     for i in range(5):
-        writer.write([sample(WEB, i), sample(DNS, 10 + i)], now=100.0 + i)
-    series = writer.series(WEB.encode())
-    assert [point[:2] for point in series] == [[104.0, 4], [103.0, 3], [102.0, 2]]
+        writer.write([sample(WEB, i), sample(DNS, 10 + i)], now=100.0 + i, listeners=charted)
     latest = json.loads(store.redis.hget(writer.latest_key, DNS.encode()) or b"")
     assert latest["conns"] == 14
     assert latest["dests"]["198.18.1.1/8080"]["active"] == 3
     assert latest["dests"]["198.18.1.1/8080"]["weight"] == 2
 
-    writer.write([sample(WEB, 9)], now=200.0)
+    charts = TimeSeries(store)
+    (connections,) = charts.range(CONNECTIONS, 0, 200, match={"listener": "web"})
+    assert connections.labels == {"tier": "l4", "listener": "web", "node": "lb-a"}
+    assert [(p.t, p.value) for p in connections.points] == [(100.0 + i, 3.0) for i in range(5)]
+    (throughput,) = charts.range(BYTES_PER_SECOND, 0, 200, match={"listener": "web"})
+    assert throughput.points[-1].value == 4 + 5  # inbps + outbps
+    assert charts.labels(CONNECTIONS) == [{"listener": "web", "node": "lb-a", "tier": "l4"}]
+
+    writer.write([sample(WEB, 9)], now=200.0, listeners=charted)
     assert store.redis.hget(writer.latest_key, DNS.encode()) is None
-    assert writer.series(DNS.encode()) == []
-    assert len(writer.series(WEB.encode())) == 3
 
 
 def test_prometheus_exposition_has_service_and_real_server_metrics() -> None:

@@ -63,7 +63,7 @@ def topology(kernel: None) -> Topology:
 def lab_settings(**overrides: Any) -> L4Settings:
     base = L4Settings(
         node="lb-a", interface=INTERFACE, drain_timeout_s=60, healthy_floor=0.5,
-        resync_interval_s=3600, stats_interval_s=1, stats_history=10, metrics_listen="",
+        resync_interval_s=3600, stats_interval_s=1, metrics_listen="",
     )  # fmt: skip
     return dataclasses.replace(base, **overrides)
 

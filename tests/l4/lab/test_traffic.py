@@ -12,6 +12,7 @@ import pytest
 
 from cmi.devbed.process import wait_until
 from cmi.store import Store
+from cmi.timeseries import CONNECTIONS, TimeSeries
 from l4.drivers import Driver
 from l4.ipvs import ServiceKey
 from tests.l4.desired import listener, load_balancer, node_group, put, service
@@ -286,16 +287,17 @@ def test_traffic_shows_in_stats(
     topology.client.call(tally_tcp, VIP, 80, 9)
     key = ServiceKey("TCP", VIP, 80).encode()
 
-    def counted() -> bool:
-        """The kernel folds per-CPU counters into what it reports every 2 s (estimator)."""
+    def latest() -> dict[str, Any]:
         agent.sample_stats()
-        return agent.stats_writer.series(key)[0][1] == 9
+        raw = store.redis.hget(agent.stats_writer.latest_key, key)
+        return dict(json.loads(raw or b"{}"))
 
-    wait_until(counted, timeout=10, what="9 connections counted", interval=1.0)
-    series = agent.stats_writer.series(key)
-    assert series[0][1] == 9
-    assert len(series) <= 10, "bounded by stats_history"
-    latest = json.loads(store.redis.hget(agent.stats_writer.latest_key, key) or b"{}")
-    assert sorted(d["conns"] for d in latest["dests"].values()) == [3, 3, 3]
-    assert latest["inpkts"] > 0
-    assert latest["outbytes"] > 0
+    # the kernel folds its per-CPU counters into what it reports every 2 s (estimator)
+    wait_until(lambda: latest().get("conns") == 9, timeout=10, what="9 counted", interval=1.0)
+    charts = TimeSeries(store).range(CONNECTIONS, 0, time.time() + 1, match={"listener": "web"})
+    assert [series.labels["tier"] for series in charts] == ["l4"]
+    assert charts[0].points, "a point per sample"
+    counted = latest()
+    assert sorted(d["conns"] for d in counted["dests"].values()) == [3, 3, 3]
+    assert counted["inpkts"] > 0
+    assert counted["outbytes"] > 0
