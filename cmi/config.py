@@ -118,6 +118,21 @@ class DevSettings:
 
 
 @dataclass(frozen=True)
+class L4Settings:
+    node: str = setting("", "This LB node's name, as its node group lists it (`--node` overrides)")
+    node_group: str = setting("", "Node group to serve; empty: the group that lists this node")
+    driver: str = setting("pyroute2", "How IPVS is programmed: `pyroute2` (netlink) or `ipvsadm`")
+    interface: str = setting("slb0", "Dummy interface that holds the VIPs (created if missing)")
+    drain_timeout_s: int = setting(300, "Longest wait for a removed real server's connections")
+    healthy_floor: float = setting(
+        0.5, "Share of a virtual service's real servers health checks never take out"
+    )
+    resync_interval_s: int = setting(300, "Seconds between full re-reads of the kernel's IPVS")
+    stats_interval_s: int = setting(10, "Seconds between traffic statistics samples")
+    metrics_listen: str = setting("127.0.0.1:9641", "Prometheus metrics address; empty: off")
+
+
+@dataclass(frozen=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
@@ -126,6 +141,7 @@ class Settings:
     celery: CelerySettings = field(default_factory=CelerySettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     dev: DevSettings = field(default_factory=DevSettings)
+    l4: L4Settings = field(default_factory=L4Settings)
 
 
 def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

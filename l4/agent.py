@@ -1,0 +1,591 @@
+"""The l4 agent: snapshot -> resolve -> plan -> reconcile -> apply -> report, on one LB node.
+
+Two ways in, one engine:
+- `sync_to(revision, force=False)`: bring this node to at least that revision of the
+  desired state and say what was done. Idempotent; the pipeline's Celery task calls it
+  (and `keep_house` in a thread does the housekeeping below).
+- `run(stop)`: what `slb l4-agent` does: a sync, then follow the store's change stream,
+  with the housekeeping below on each tick.
+One agent per node: `start` takes the node's lock in Redis.
+
+The agent keeps a view of the kernel's IPVS (read in full at start and every
+`resync_interval_s`, which repairs anything, weights left at 0 by a crash included). Per
+revision it re-plans only what the change stream says changed, spots the virtual services
+to reconcile by identity, and re-reads just those from the kernel before touching them,
+so a single real-server change costs a few netlink round trips at any scale.
+
+Health-check results and drains change weights in the kernel, never the desired state.
+Housekeeping per tick: drains (delete real servers whose connections ended or whose
+timeout passed), retry after a failed apply, periodic full resync, statistics.
+
+Ownership record: Redis set `P:l4:NODE:owned` of service keys (`TCP/198.18.0.10/80`).
+Redis rather than a state file because it survives the node's disk as well as an agent
+restart, the console can show it, and the agent needs Redis anyway; it is written ahead
+of creating services, so a crash never leaves a service openslb made but does not own.
+The agent's findings (foreign and blocked services, drains, failing servers, plan
+problems, last errors) are in `P:l4:NODE:report` as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Collection, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from cmi.config import L4Settings, Settings
+from cmi.resolve import DesiredState, resolve
+from cmi.status import StatusBoard
+from cmi.store import CompactedError, Snapshot, Store
+from l4 import health
+from l4.drivers import Driver, DriverError, open_driver
+from l4.health import HealthChecker, Target
+from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
+from l4.plan import Changed, IPVSPlan, node_group_of, plan
+from l4.reconcile import DrainKey, reconcile, update_view
+from l4.stats import IPVSCollector, StatsWriter
+from l4.vip import VIPs, prepare_kernel
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 10.0
+"""After a failed apply, how long before the agent tries again on its own."""
+LOCK_TTL_S = 30.0
+"""A dead agent's node lock expires after this long."""
+CHANGES_READ = 10_000
+"""Read at most this many change-stream entries to plan incrementally; more: plan it all."""
+OPERATIONS_SHOWN = 100
+"""A report lists this many operations at most: a full apply can make 11,000."""
+
+
+class AgentError(RuntimeError):
+    """The agent cannot decide what to program (e.g. which node group it serves)."""
+
+
+@dataclass
+class SyncReport:
+    """What one sync did: JSON-able, for the Celery task's result and for logs."""
+
+    node: str
+    group: str | None
+    revision: int
+    """The revision this node now serves (unchanged if the apply failed)."""
+    operations: list[str] = field(default_factory=list)
+    """The operations applied, in order (the first OPERATIONS_SHOWN of them)."""
+    operation_count: int = 0
+    errors: list[str] = field(default_factory=list)
+    vips_added: list[str] = field(default_factory=list)
+    vips_removed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    already: bool = False
+    """True when the node was at the revision already and nothing was read or done."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Ownership:
+    """Which virtual services openslb made on this node, kept in Redis."""
+
+    def __init__(self, store: Store, node: str) -> None:
+        self.store = store
+        self.key = store.key("l4", node, "owned")
+
+    def load(self) -> set[ServiceKey]:
+        return {ServiceKey.decode(m.decode()) for m in self.store.redis.smembers(self.key)}
+
+    def add(self, keys: Collection[ServiceKey]) -> None:
+        if keys:
+            self.store.redis.sadd(self.key, *(k.encode() for k in keys))
+
+    def remove(self, keys: Collection[ServiceKey]) -> None:
+        if keys:
+            self.store.redis.srem(self.key, *(k.encode() for k in keys))
+
+
+class NodeLock:
+    """One agent per LB node: a Redis lock with an owner token and an expiry.
+
+    `slb l4-agent` and a node's Celery worker must not both program one kernel (drains and
+    health checks live in the agent). The holder renews the lock on every tick; a holder
+    that dies loses it after `ttl_s`; only the holder can renew or release it.
+    """
+
+    _RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"""
+    _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1]) end return 0"""
+
+    def __init__(self, store: Store, node: str, ttl_s: float = LOCK_TTL_S) -> None:
+        self.redis = store.redis
+        self.key = store.key("l4", node, "lock")
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.ttl_ms = int(ttl_s * 1000)
+        self._renew = self.redis.register_script(self._RENEW)
+        self._release = self.redis.register_script(self._RELEASE)
+
+    def acquire(self) -> None:
+        """Take the lock, or raise AgentError naming who holds it."""
+        if self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms) or self.renew():
+            return
+        holder = (self.redis.get(self.key) or b"?").decode()
+        raise AgentError(f"another l4 agent programs this node ({holder}); not starting")
+
+    def renew(self) -> bool:
+        return bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
+
+    def release(self) -> None:
+        self._release(keys=[self.key], args=[self.token])
+
+
+class L4Agent:
+    def __init__(
+        self,
+        store: Store,
+        settings: L4Settings,
+        node: str,
+        *,
+        driver: Driver,
+        vips: VIPs,
+        stats_driver: Driver | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.node = node
+        self.driver = driver
+        self.vips = vips
+        self.ownership = Ownership(store, node)
+        self.lock = NodeLock(store, node)
+        self.status = StatusBoard(store)
+        self.report_key = store.key("l4", node, "report")
+        self.health = HealthChecker(self._health_changed)
+        self.collector = IPVSCollector(node)
+        self.stats_writer = StatsWriter(store, node)
+        self.stats_driver = stats_driver
+        self._lock = threading.RLock()
+        self.view: KernelState | None = None
+        self.owned: set[ServiceKey] = set()
+        self.draining: dict[DrainKey, float] = {}
+        self.foreign: set[ServiceKey] = set()
+        self.blocked: set[ServiceKey] = set()
+        self.plan: IPVSPlan | None = None
+        self.targets: dict[Target, list[ServiceKey]] = {}
+        self.desired: dict[ServiceKey, VirtualService] = {}
+        self._consistent = False
+        """The view equals `desired` (the last converge applied everything)."""
+        self.revision = 0
+        """The newest revision this node serves."""
+        self.seen_revision = 0
+        """The newest revision the agent has read (served, or failed and to be retried)."""
+        self.failed_revision: int | None = None
+        self.bound_vips: tuple[str, ...] | None = None
+        self._last_resync = 0.0
+        self._last_stats = 0.0
+        self._last_failure = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> L4Agent:
+        """Take the node's lock, prepare the kernel, load the ownership record.
+
+        The first sync reads the kernel's IPVS in full.
+        """
+        self.lock.acquire()
+        prepare_kernel()
+        with self._lock:
+            self.owned = self.ownership.load()
+            self.view = None
+        self.health.start()
+        return self
+
+    def stop(self) -> None:
+        self.health.stop()
+        self.lock.release()
+
+    # -- the ways in -----------------------------------------------------------------------
+
+    def sync_to(self, revision: int, *, force: bool = False) -> SyncReport:
+        """Bring this node to at least `revision`; nothing is read if it is there already.
+
+        `force` (the pipeline's periodic re-assertion): read the kernel in full and repair it
+        even if the node believes it is up to date.
+        """
+        with self._lock:
+            if force:
+                return self.resync()
+            if self.revision >= revision and self.failed_revision is None and self.plan:
+                return SyncReport(self.node, self.plan.group, self.revision, already=True)
+            return self.sync()
+
+    def sync(self, *, full: bool = False) -> SyncReport:
+        """Apply the newest desired state; re-plan only what changed since the last plan
+        (`full`: everything)."""
+        with self._lock:
+            snapshot = self.store.snapshot()
+            self.seen_revision = snapshot.revision
+            changed = None if full else self._changed_since(snapshot)
+            return self.apply_state(resolve(snapshot), changed)
+
+    def _changed_since(self, snapshot: Snapshot) -> Changed | None:
+        """What the change stream says changed since the last plan; None: unknown."""
+        if self.plan is None or self.plan.revision > snapshot.revision:
+            return None
+        try:
+            entries = self.store.changes(self.plan.revision, limit=CHANGES_READ)
+        except CompactedError:
+            return None
+        if len(entries) >= CHANGES_READ:
+            return None
+        return Changed.from_ops(op for entry in entries for op in entry.ops)
+
+    def apply_state(self, state: DesiredState, changed: Changed | None = None) -> SyncReport:
+        """Program this node for `state`: VIPs, IPVS, status report.
+
+        With `changed` (what changed since the previous plan), only that is re-planned.
+        """
+        with self._lock:
+            try:
+                group = self._group(state)
+            except AgentError as exc:
+                report = SyncReport(self.node, None, self.revision, errors=[str(exc)])
+                self.failed_revision = state.revision
+                self._last_failure = time.monotonic()
+                self._record(report)
+                return report
+            new_plan = plan(state, self.node, group, previous=self.plan, changed=changed)
+            wanted_vips = new_plan.vips
+            added: list[str] = []
+            removed: list[str] = []
+            vip_errors: list[str] = []
+            served = self.revision
+            if wanted_vips != self.bound_vips:
+                added = sorted(set(wanted_vips) - self.vips.bound(), key=address_order)
+                vip_errors += self.vips.add(added)
+            report = self.apply_plan(new_plan)
+            if wanted_vips != self.bound_vips:
+                removed = sorted(self.vips.bound() - set(wanted_vips), key=address_order)
+                vip_errors += self.vips.remove(removed)
+                self.bound_vips = None if vip_errors else wanted_vips
+            report.vips_added, report.vips_removed = added, removed
+            if vip_errors:
+                report.errors += vip_errors
+                self.failed_revision = state.revision
+                self._last_failure = time.monotonic()
+                report.revision = self.revision = served
+            self._record(report)
+            return report
+
+    def apply_plan(self, new_plan: IPVSPlan, *, full: bool = False) -> SyncReport:
+        """Program IPVS for a plan: health weights applied, then reconcile and apply.
+
+        `full`: read the whole kernel first instead of trusting the agent's view of it.
+        """
+        started = time.monotonic()
+        with self._lock:
+            if full:
+                self.view = None
+            self.plan = new_plan
+            self.targets = health.targets(new_plan.services, new_plan.health_checks)
+            self.health.set_targets(self.targets.keys())
+            before, self.desired = (
+                self.desired,
+                health.effective(
+                    new_plan.services,
+                    new_plan.health_checks,
+                    self.health.down(),
+                    self.settings.healthy_floor,
+                ),
+            )
+            ops, errors = self._converge(before)
+            errors += [
+                f"{key} is held by a virtual service openslb does not own: not programmed"
+                for key in sorted(self.blocked)
+            ]
+        report = SyncReport(
+            node=self.node,
+            group=new_plan.group,
+            revision=new_plan.revision,
+            operations=[str(op) for op in ops[:OPERATIONS_SHOWN]],
+            operation_count=len(ops),
+            errors=errors,
+            problems=list(new_plan.problems),
+            seconds=time.monotonic() - started,
+        )
+        with self._lock:
+            if errors:
+                self.failed_revision = new_plan.revision
+                self._last_failure = time.monotonic()
+                report.revision = self.revision
+            else:
+                self.revision = new_plan.revision
+                self.failed_revision = None
+        return report
+
+    def resync(self) -> SyncReport:
+        """Read the kernel in full and repair it to the current plan."""
+        with self._lock:
+            self.view = None
+            self.bound_vips = None
+            return self.sync(full=True)
+
+    # -- the engine ------------------------------------------------------------------------
+
+    def _group(self, state: DesiredState) -> str | None:
+        if self.settings.node_group:
+            return self.settings.node_group
+        groups = node_group_of(state, self.node)
+        if len(groups) > 1:
+            raise AgentError(
+                f"node {self.node!r} is in several node groups ({', '.join(groups)}): "
+                "set l4.node_group"
+            )
+        return groups[0] if groups else None
+
+    def _converge(
+        self, before: dict[ServiceKey, VirtualService], force: Iterable[ServiceKey] = ()
+    ) -> tuple[list[Any], list[str]]:
+        """Reconcile the kernel with `self.desired` (it was `before`); return (operations,
+        errors).
+
+        With a view of the kernel, only services that differ from it (and `force`) are
+        re-read and reconciled; without one, everything is. After a converge that fully
+        succeeded, the view equals what was desired then (but for drains and blocked
+        services), so only services whose desired object is not the same object as
+        before can differ: the check is by identity, not a comparison of every service.
+        """
+        scope: set[ServiceKey] | None = None
+        consistent, self._consistent = self._consistent, False  # until this one succeeds
+        if self.view is None:
+            self.view = self.driver.dump()
+            self._last_resync = time.monotonic()
+        else:
+            view, desired = self.view.services, self.desired
+            if consistent:
+                candidates = {k for k, want in desired.items() if want is not before.get(k)}
+                candidates.update(k for k in before if k not in desired)
+                candidates |= self.blocked
+                candidates.update(key for key, _ in self.draining)
+            else:
+                candidates = desired.keys() | self.owned
+            scope = {k for k in candidates if view.get(k) != desired.get(k)}
+            scope.update(force)
+            if not scope:
+                self._consistent = consistent
+                return [], []
+            self._refresh(scope)
+        result = reconcile(
+            self.desired,
+            self.view,
+            self.owned,
+            draining=self.draining,
+            now=time.time(),
+            drain_timeout=self.settings.drain_timeout_s,
+            scope=scope,
+        )
+        if result.claimed:
+            self.ownership.add(result.claimed)
+            self.owned |= result.claimed
+        failures = self.driver.apply(result.ops) if result.ops else []
+        errors = [str(f) for f in failures]
+        self._consistent = not failures
+        if failures:
+            touched = {op_key(op) for op in result.ops}
+            self._refresh(touched)
+            kept = {k for k in self.owned if k in result.owned or k in self.view.services}
+        else:
+            update_view(self.view, result.ops)
+            kept = set(result.owned)
+        self.ownership.remove(self.owned - kept)
+        self.owned = kept
+        self.draining = result.draining
+        self._note_foreign(scope, result.foreign, result.blocked)
+        if result.ops:
+            log.info("applied %d IPVS operations (%d failed)", len(result.ops), len(failures))
+            for op in result.ops:
+                log.debug("%s", op)
+        for error in errors:
+            log.error("IPVS: %s", error)
+        return list(result.ops), errors
+
+    def _refresh(self, keys: Collection[ServiceKey]) -> None:
+        """Re-read these services from the kernel into the view."""
+        assert self.view is not None
+        fresh = self.driver.dump(keys)
+        services, counters = self.view.services, self.view.counters
+        for key in keys:
+            old = services.pop(key, None)
+            for dest in old.dests if old else ():
+                counters.pop((key, dest.key), None)
+            if key in fresh.services:
+                services[key] = fresh.services[key]
+        counters.update(fresh.counters)
+
+    def _note_foreign(
+        self,
+        scope: set[ServiceKey] | None,
+        foreign: Iterable[ServiceKey],
+        blocked: Iterable[ServiceKey],
+    ) -> None:
+        if scope is None:
+            self.foreign, self.blocked = set(foreign), set(blocked)
+        else:
+            self.foreign = (self.foreign - scope) | set(foreign)
+            self.blocked = (self.blocked - scope) | set(blocked)
+
+    def _health_changed(self, target: Target, healthy: bool) -> None:
+        with self._lock:
+            keys = self.targets.get(target)
+            if not keys or self.plan is None:
+                return
+            before, self.desired = (
+                self.desired,
+                health.effective(
+                    self.plan.services,
+                    self.plan.health_checks,
+                    self.health.down(),
+                    self.settings.healthy_floor,
+                ),
+            )
+            _, errors = self._converge(before)
+            self._publish(errors)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Drains, retry after failure, periodic resync, statistics: call about every second."""
+        now = time.monotonic()
+        if not self.lock.renew():
+            self.lock.acquire()  # expired (a long pause): take it back, unless another has
+        with self._lock:
+            if self.failed_revision is not None and now - self._last_failure >= RETRY_S:
+                log.info("retrying revision %s", self.failed_revision)
+                self.sync()
+            elif now - self._last_resync >= self.settings.resync_interval_s:
+                self.resync()
+            elif self.draining:
+                force = {key for key, _ in self.draining}
+                _, errors = self._converge(self.desired, force)
+                self._publish(errors)
+        if (
+            self.stats_driver is not None
+            and now - self._last_stats >= self.settings.stats_interval_s
+        ):
+            self._last_stats = now
+            self.sample_stats()
+
+    def sample_stats(self) -> None:
+        """One statistics sample: to Redis and to the Prometheus collector."""
+        assert self.stats_driver is not None
+        entries = self.stats_driver.stats()
+        self.collector.update(entries)
+        with self._lock:
+            charted = self.plan.charted() if self.plan else {}
+        self.stats_writer.write(entries, time.time(), charted)
+
+    def keep_house(self, stop: threading.Event, every_s: float = 1.0) -> None:
+        """`tick` until `stop`: for an agent hosted by a worker, which has no follow loop."""
+        while not stop.wait(every_s):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("l4 housekeeping failed; trying again")
+
+    def run(self, stop: threading.Event, block_ms: int = 1000) -> None:
+        """Follow the desired state until `stop` is set."""
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                self.sync()
+                for batch in self.store.follow(self.seen_revision, block_ms=block_ms):
+                    if stop.is_set():
+                        return
+                    if batch and batch[-1].revision > self.seen_revision:
+                        self.sync()
+                    self.tick()
+                    backoff = 1.0
+            except CompactedError:
+                continue
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("Redis unavailable (%s); retrying in %.0f s", exc, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+            except AgentError as exc:
+                log.error("%s", exc)
+                self.status.report(
+                    "l4", self.node, "", self.revision, error=str(exc),
+                    error_revision=self.store.revision(),
+                )  # fmt: skip
+                stop.wait(RETRY_S)
+            except (OSError, DriverError) as exc:
+                log.exception("cannot read or program the kernel")
+                with self._lock:
+                    self.view = None
+                self.status.report(
+                    "l4", self.node, "", self.revision, error=f"kernel: {exc}",
+                    error_revision=self.store.revision(),
+                )  # fmt: skip
+                stop.wait(RETRY_S)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def _record(self, report: SyncReport) -> None:
+        """Status board entry and the node's report, after a sync."""
+        group = report.group or ""
+        if report.errors:
+            self.status.report(
+                "l4", self.node, group, self.revision,
+                error="; ".join(report.errors)[:2000], error_revision=self.failed_revision,
+            )  # fmt: skip
+        else:
+            self.status.report("l4", self.node, group, self.revision)
+        self._publish(report.errors, report.problems)
+
+    def _publish(self, errors: list[str], problems: list[str] | None = None) -> None:
+        down = self.health.down()
+        depooled = []
+        for key, service in self.desired.items():
+            planned = self.plan.services.get(key) if self.plan else None
+            if planned is not None and planned.dests != service.dests:
+                depooled += [
+                    f"{key} -> {d.address}:{d.port}" for d in service.dests if d.weight == 0
+                ]
+        errors_by_target = self.health.errors()
+        report = {
+            "revision": self.revision,
+            "updated_at": time.time(),
+            "foreign": sorted(str(k) for k in self.foreign),
+            "blocked": sorted(str(k) for k in self.blocked),
+            "draining": sorted(f"{key} -> {dest[0]}:{dest[1]}" for key, dest in self.draining),
+            "failing": sorted(f"{t} ({errors_by_target.get(t, '')})" for t in down),
+            "depooled": sorted(depooled),
+            "problems": problems
+            if problems is not None
+            else list(self.plan.problems if self.plan else ()),
+            "errors": errors,
+        }
+        self.store.redis.set(self.report_key, json.dumps(report))
+
+
+def build_agent(settings: Settings, node: str, *, stats: bool = True) -> L4Agent:
+    """The agent of `node` as the settings describe it: `slb l4-agent`, or a node's worker.
+
+    Not started: call `start()` (which takes the node's lock) before syncing.
+    """
+    store = Store.from_url(settings.redis.url, settings.redis.prefix)
+    return L4Agent(
+        store,
+        settings.l4,
+        node,
+        driver=open_driver(settings.l4.driver),
+        vips=VIPs(settings.l4.interface),
+        stats_driver=open_driver(settings.l4.driver) if stats else None,
+    )

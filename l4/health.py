@@ -1,0 +1,269 @@
+"""Health checks of real servers from the LB node, and what they do to weights.
+
+Results change weights in the kernel, never the desired state: a failing server goes to
+weight 0 (no new connections; established ones carry on), a recovered one gets its
+planned weight back. As Wikimedia's PyBal does with its depool threshold, checks may never
+take a virtual service below a floor: at least `ceil(floor x servers)` of its servers stay
+in, even failing ones, because a check that fails everywhere at once (the checker's own
+network, an overloaded fleet) must not turn into a full outage. The earliest failures are
+taken out first.
+
+Every server starts healthy (so a restart restores weights a crash left at 0) and changes
+state after `unhealthy_threshold` consecutive failures or `healthy_threshold` consecutive
+successes, probed every `interval_s` with `timeout_s` per probe. A server of several
+services with the same check is probed once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import http.client
+import itertools
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from cmi.model import HealthCheck, HealthCheckType
+from l4.ipvs import ServiceKey, VirtualService, join_host_port
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPECTED_CODES = "200-399"
+
+
+class Target(NamedTuple):
+    """One probe: a real server's address and port, and how to check it."""
+
+    address: str
+    port: int
+    check: HealthCheck
+
+    def __str__(self) -> str:
+        return f"{self.check.type.value}://{join_host_port(self.address, self.port)}"
+
+
+def targets(
+    services: Mapping[ServiceKey, VirtualService], checks: Mapping[ServiceKey, HealthCheck]
+) -> dict[Target, list[ServiceKey]]:
+    """Every target to probe, with the services whose weights it decides."""
+    found: dict[Target, list[ServiceKey]] = {}
+    for key, check in checks.items():
+        for dest in services[key].dests:
+            if dest.weight > 0:
+                found.setdefault(Target(dest.address, dest.port, check), []).append(key)
+    return found
+
+
+def effective(
+    services: Mapping[ServiceKey, VirtualService],
+    checks: Mapping[ServiceKey, HealthCheck],
+    down: Mapping[Target, float],
+    floor: float,
+) -> dict[ServiceKey, VirtualService]:
+    """The planned services with failing servers at weight 0, within the floor.
+
+    `down` maps each failing target to when it started failing. Pure.
+    """
+    result = dict(services)
+    if down:
+        for key, check in checks.items():
+            result[key] = _depool(services[key], check, down, floor)
+    return result
+
+
+def _depool(
+    service: VirtualService, check: HealthCheck, down: Mapping[Target, float], floor: float
+) -> VirtualService:
+    pooled = [d for d in service.dests if d.weight > 0]
+    failing = sorted(
+        (since, d.key)
+        for d in pooled
+        if (since := down.get(Target(d.address, d.port, check))) is not None
+    )
+    if not failing:
+        return service
+    allowed = len(pooled) - math.ceil(floor * len(pooled))
+    out = {dest_key for _, dest_key in failing[: max(allowed, 0)]}
+    if not out:
+        return service
+    return service._replace(
+        dests=tuple(d._replace(weight=0) if d.key in out else d for d in service.dests)
+    )
+
+
+# -- probes ----------------------------------------------------------------------------------
+
+
+def _codes(expected: str | None) -> Callable[[int], bool]:
+    ranges = []
+    for part in (expected or DEFAULT_EXPECTED_CODES).split(","):
+        low, _, high = part.partition("-")
+        ranges.append((int(low), int(high or low)))
+    return lambda status: any(low <= status <= high for low, high in ranges)
+
+
+def probe_tcp(address: str, port: int, timeout: float) -> None:
+    with socket.create_connection((address, port), timeout=timeout):
+        pass
+
+
+def probe_http(address: str, port: int, check: HealthCheck) -> None:
+    connection = http.client.HTTPConnection(address, port, timeout=check.timeout_s)
+    try:
+        connection.request("GET", check.path or "/", headers={"User-Agent": "openslb-health"})
+        status = connection.getresponse().status
+    finally:
+        connection.close()
+    if not _codes(check.expected_codes)(status):
+        raise ConnectionError(f"HTTP status {status}")
+
+
+def probe_grpc(address: str, port: int, check: HealthCheck) -> None:
+    """The gRPC health protocol (grpc.health.v1.Health/Check) must answer SERVING."""
+    import grpc  # noqa: PLC0415 - only gRPC checks need it
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    with grpc.insecure_channel(join_host_port(address, port)) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service=check.grpc_service or "")
+        reply = stub.Check(request, timeout=check.timeout_s)
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        raise ConnectionError(f"gRPC health status {name}")
+
+
+def probe(target: Target) -> None:
+    """Raise if `target` fails its check; return if it passes."""
+    check = target.check
+    if check.type is HealthCheckType.TCP:
+        probe_tcp(target.address, target.port, check.timeout_s)
+    elif check.type is HealthCheckType.HTTP:
+        probe_http(target.address, target.port, check)
+    else:
+        probe_grpc(target.address, target.port, check)
+
+
+# -- the checker -----------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    healthy: bool = True
+    since: float = 0.0
+    streak: int = 0
+    """Consecutive results against the current state."""
+    in_flight: bool = False
+    last_error: str = ""
+
+
+class HealthChecker:
+    """Probes every target on its interval from a small thread pool; reports transitions.
+
+    `on_change(target, healthy)` runs in a pool thread after a target changes state.
+    """
+
+    def __init__(
+        self,
+        on_change: Callable[[Target, bool], None],
+        workers: int = 16,
+    ) -> None:
+        self._on_change = on_change
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="l4-health")
+        self._lock = threading.Condition()
+        self._states: dict[Target, _State] = {}
+        self._queue: list[tuple[float, int, Target]] = []
+        self._order = itertools.count()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="l4-health", daemon=True)
+
+    def start(self) -> HealthChecker:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._lock.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def set_targets(self, wanted: Collection[Target]) -> None:
+        """Probe exactly these from now on; known targets keep their state."""
+        with self._lock:
+            wanted_set = set(wanted)
+            for target in list(self._states):
+                if target not in wanted_set:
+                    del self._states[target]
+            now = time.monotonic()
+            for target in wanted_set:
+                if target not in self._states:
+                    self._states[target] = _State(since=time.time())
+                    heapq.heappush(self._queue, (now, next(self._order), target))
+            self._lock.notify_all()
+
+    def down(self) -> dict[Target, float]:
+        """Failing targets, each with the wall-clock time it was declared down."""
+        with self._lock:
+            return {t: s.since for t, s in self._states.items() if not s.healthy}
+
+    def errors(self) -> dict[Target, str]:
+        with self._lock:
+            return {t: s.last_error for t, s in self._states.items() if not s.healthy}
+
+    def _run(self) -> None:
+        with self._lock:
+            while not self._stopped:
+                if not self._queue:
+                    self._lock.wait()
+                    continue
+                due, _, target = self._queue[0]
+                delay = due - time.monotonic()
+                if delay > 0:
+                    self._lock.wait(delay)
+                    continue
+                heapq.heappop(self._queue)
+                state = self._states.get(target)
+                if state is None or state.in_flight:
+                    continue  # no longer wanted, or its last probe is still running
+                state.in_flight = True
+                self._pool.submit(self._check, target, time.monotonic())
+
+    def _check(self, target: Target, started: float) -> None:
+        error = ""
+        try:
+            probe(target)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        changed = False
+        with self._lock:
+            state = self._states.get(target)
+            if state is None:
+                return
+            state.in_flight = False
+            ok = not error
+            if ok == state.healthy:
+                state.streak = 0
+            else:
+                state.streak += 1
+                check = target.check
+                needed = check.healthy_threshold if ok else check.unhealthy_threshold
+                if state.streak >= needed:
+                    state.healthy, state.since, state.streak = ok, time.time(), 0
+                    state.last_error = error
+                    changed = True
+            next_due = max(started + target.check.interval_s, time.monotonic())
+            heapq.heappush(self._queue, (next_due, next(self._order), target))
+            self._lock.notify_all()
+        if changed:
+            log.info("%s is now %s%s", target, "up" if ok else "down", f" ({error})" * bool(error))
+            try:
+                self._on_change(target, ok)
+            except Exception:
+                log.exception("health change handler failed for %s", target)

@@ -1,0 +1,260 @@
+"""Plan: the desired state -> the IPVS virtual services one LB node must hold. Pure.
+
+Every node of a node group computes the same plan from the same revision, so the group's
+IPVS tables agree. The rules:
+
+- A node programs the listeners whose load balancer's `node_group` lists it.
+- TCP and UDP listeners forward straight to their backends with the listener's method
+  (NAT by default). DR and TUN deliver the packet unchanged, so a backend whose port
+  differs from the listener's cannot be reached by them and is left out (reported);
+  neither can a backend of the other address family.
+- HTTP, HTTPS and GRPC listeners forward to the group's Envoys: one real server per node,
+  at the node's address and the listener's port, by direct routing. Envoy binds VIP:port
+  (freebind) and every node holds the VIP on its dummy interface, so the packet must keep
+  the VIP as its destination, which NAT would rewrite. Their scheduler is `mh` with
+  `mh-port` (Maglev hashing over source address and port): every node that builds the
+  same table picks the same Envoy for a flow, so a flow survives ECMP moving it to another
+  LB node. The listener's own scheduler is Envoy's business, per request.
+- `sh` and `mh` get their `-fallback` flag: a real server at weight 0 (draining, or
+  failing its health check) would otherwise keep its share of the hash and black-hole it.
+- Source-IP persistence becomes the IPVS persistence timeout (TCP/UDP listeners; at L7 it
+  is Envoy's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmi.model import Forwarding, HealthCheck, PersistenceMode, Scheduler
+from cmi.resolve import DesiredState, ResolvedListener
+from l4.ipvs import Dest, ServiceKey, VirtualService, address_order, address_text, sort_dests
+
+L7_SCHEDULER = "mh"
+L7_FLAGS = ("mh-fallback", "mh-port")
+_FALLBACK = {Scheduler.SH: ("sh-fallback",), Scheduler.MH: ("mh-fallback",)}
+
+
+Sources = tuple[str, str, tuple[str, ...]]
+"""What a virtual service was planned from: listener, load balancer, Service keys."""
+
+
+@dataclass(frozen=True)
+class Changed:
+    """What the store's change stream says changed since a previous plan was made.
+
+    With it, `plan` re-plans only the listeners it touches and hands the others over as
+    the very same objects, so the agent spots what to reconcile by identity: a change at
+    1,000 listeners costs what it costs at ten.
+    """
+
+    listeners: frozenset[str] = frozenset()
+    load_balancers: frozenset[str] = frozenset()
+    services: frozenset[str] = frozenset()
+    node_groups: bool = False
+    """Membership and node addresses feed every plan: any node group change re-plans all."""
+
+    @classmethod
+    def from_ops(cls, ops: Iterable[tuple[str, str, str]]) -> Changed:
+        """From change-stream entries (op, kind, key)."""
+        keys: dict[str, set[str]] = {"Listener": set(), "LoadBalancer": set(), "Service": set()}
+        node_groups = False
+        for _, kind, key in ops:
+            if kind == "NodeGroup":
+                node_groups = True
+            elif kind in keys:
+                keys[kind].add(key)
+        return cls(
+            frozenset(keys["Listener"]),
+            frozenset(keys["LoadBalancer"]),
+            frozenset(keys["Service"]),
+            node_groups,
+        )
+
+    def touches(self, sources: Sources) -> bool:
+        listener, balancer, services = sources
+        return (
+            listener in self.listeners
+            or balancer in self.load_balancers
+            or not self.services.isdisjoint(services)
+        )
+
+
+@dataclass(frozen=True)
+class IPVSPlan:
+    """What one LB node must program, by virtual service."""
+
+    node: str
+    group: str | None
+    revision: int
+    services: dict[ServiceKey, VirtualService] = field(default_factory=dict)
+    sources: dict[ServiceKey, Sources] = field(default_factory=dict)
+    health_checks: dict[ServiceKey, HealthCheck] = field(default_factory=dict)
+    """Checks of TCP listeners' backends, run from this node."""
+    notes: dict[ServiceKey, tuple[str, ...]] = field(default_factory=dict)
+    """What planning a virtual service had to leave out, and why."""
+    layer7: frozenset[ServiceKey] = frozenset()
+    """Services that forward to the group's Envoys (HTTP, HTTPS and GRPC listeners)."""
+    vips: tuple[str, ...] = ()
+    node_problem: str | None = None
+
+    def charted(self) -> dict[ServiceKey, str]:
+        """The TCP and UDP listeners' services, by listener: those the L4 tier charts."""
+        return {k: src[0] for k, src in self.sources.items() if k not in self.layer7}
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        own = (self.node_problem,) if self.node_problem else ()
+        return own + tuple(note for notes in self.notes.values() for note in notes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as the golden files hold it."""
+        services = []
+        for key, service in self.services.items():
+            check = self.health_checks.get(key)
+            services.append(
+                {
+                    "listener": self.sources[key][0],
+                    "protocol": key.protocol,
+                    "vip": key.address,
+                    "port": key.port,
+                    "scheduler": service.scheduler,
+                    "flags": list(service.flags),
+                    "persistence_timeout": service.timeout,
+                    "health_check": check.model_dump(mode="json") if check else None,
+                    "real_servers": [d._asdict() for d in service.dests],
+                }
+            )
+        return {
+            "node": self.node,
+            "group": self.group,
+            "revision": self.revision,
+            "vips": list(self.vips),
+            "services": services,
+            "problems": list(self.problems),
+        }
+
+
+def node_group_of(state: DesiredState, node: str) -> list[str]:
+    """The node groups that list `node` (normally one)."""
+    return sorted(
+        name
+        for name, group in state.node_groups.items()
+        if any(n.name == node for n in group.nodes)
+    )
+
+
+def plan(
+    state: DesiredState,
+    node: str,
+    group: str | None,
+    *,
+    previous: IPVSPlan | None = None,
+    changed: Changed | None = None,
+) -> IPVSPlan:
+    """This node's IPVS plan. With no group (the node belongs to none), it holds nothing.
+
+    Given the `previous` plan and what `changed` since, listeners untouched by the change
+    keep their previous virtual services (the same objects); the result equals a full plan.
+    """
+    node_group = state.node_groups.get(group) if group else None
+    if node_group is None or not any(n.name == node for n in node_group.nodes):
+        where = f"node group {group!r}" if group else "any node group"
+        return IPVSPlan(
+            node, group, state.revision, node_problem=f"node {node!r} is not in {where}"
+        )
+    if changed is None or changed.node_groups or not _same_node(previous, node, group):
+        previous = None
+    services: dict[ServiceKey, VirtualService] = {}
+    sources: dict[ServiceKey, Sources] = {}
+    checks: dict[ServiceKey, HealthCheck] = {}
+    notes: dict[ServiceKey, tuple[str, ...]] = {}
+    layer7: set[ServiceKey] = set()
+    for item in sorted(state.for_node_group(group or ""), key=_service_order):
+        listener = item.listener
+        key = ServiceKey(listener.protocol.transport, address_text(item.vip), listener.port)
+        sources[key] = (listener.name, listener.load_balancer, item.services)
+        if previous is not None and changed is not None:
+            before = previous.sources.get(key)
+            if (
+                before is not None
+                and before[0] == listener.name
+                and not changed.touches(before)
+                and not changed.touches(sources[key])
+            ):
+                services[key] = previous.services[key]
+                if key in previous.layer7:
+                    layer7.add(key)
+                if key in previous.health_checks:
+                    checks[key] = previous.health_checks[key]
+                if key in previous.notes:
+                    notes[key] = previous.notes[key]
+                continue
+        if listener.protocol.is_l7:
+            layer7.add(key)
+            services[key] = VirtualService(
+                key,
+                L7_SCHEDULER,
+                L7_FLAGS,
+                0,
+                sort_dests(
+                    Dest(address_text(n.address), listener.port, 1, "dr")
+                    for n in node_group.nodes
+                    if n.address.version == item.vip.version
+                ),
+            )
+            continue
+        found: list[str] = []
+        services[key] = _l4_service(key, item, found)
+        if found:
+            notes[key] = tuple(found)
+        if listener.health_check is not None:
+            checks[key] = listener.health_check
+    vips = sorted({key.address for key in services}, key=address_order)
+    return IPVSPlan(
+        node,
+        group,
+        state.revision,
+        services,
+        sources,
+        checks,
+        notes,
+        frozenset(layer7),
+        tuple(vips),
+    )
+
+
+def _same_node(previous: IPVSPlan | None, node: str, group: str | None) -> bool:
+    return previous is not None and (previous.node, previous.group) == (node, group)
+
+
+def _service_order(item: ResolvedListener) -> tuple[tuple[int, bytes], int, str]:
+    return (address_order(str(item.vip)), item.listener.port, item.listener.protocol.transport)
+
+
+def _l4_service(key: ServiceKey, item: ResolvedListener, problems: list[str]) -> VirtualService:
+    listener = item.listener
+    forwarding = listener.forwarding
+    scheduler = listener.scheduler
+    flags = _FALLBACK.get(scheduler, ())
+    timeout = 0
+    if listener.persistence.mode is PersistenceMode.SOURCE_IP:
+        timeout = listener.persistence.timeout_s
+    dests = []
+    for backend in item.backends:
+        where = f"listener {listener.name!r}: backend {backend.address}:{backend.port}"
+        if backend.address.version != item.vip.version:
+            problems.append(f"{where} is IPv{backend.address.version}, the VIP is not")
+            continue
+        port = backend.port
+        if forwarding is not Forwarding.NAT:
+            if backend.port != listener.port:
+                problems.append(
+                    f"{where} left out: {forwarding.value} forwarding keeps the port "
+                    f"({listener.port}); only nat can change it"
+                )
+                continue
+            port = listener.port
+        dests.append(Dest(address_text(backend.address), port, backend.weight, forwarding.value))
+    return VirtualService(key, scheduler.value, flags, timeout, sort_dests(dests))

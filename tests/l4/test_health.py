@@ -1,0 +1,183 @@
+"""Health checks: the floor arithmetic (pure), and real probes against real servers on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from cmi.devbed.process import wait_until
+from cmi.model import HealthCheck
+from l4.health import HealthChecker, Target, effective, probe, targets
+from l4.ipvs import Dest, ServiceKey, VirtualService
+
+WEB = ServiceKey("TCP", "198.18.0.10", 80)
+API = ServiceKey("TCP", "198.18.0.10", 81)
+TCP = HealthCheck(type="tcp", interval_s=1, timeout_s=1, healthy_threshold=2, unhealthy_threshold=2)
+
+
+def pool(*weights: int) -> VirtualService:
+    dests = tuple(Dest(f"198.18.1.{i + 1}", 8080, w, "nat") for i, w in enumerate(weights))
+    return VirtualService(WEB, "rr", (), 0, dests)
+
+
+def down_at(*lasts_and_times: tuple[int, float]) -> dict[Target, float]:
+    return {Target(f"198.18.1.{last}", 8080, TCP): t for last, t in lasts_and_times}
+
+
+def weights(service: VirtualService) -> list[int]:
+    return [d.weight for d in service.dests]
+
+
+def test_a_failing_server_goes_to_weight_zero() -> None:
+    got = effective({WEB: pool(1, 2, 3, 4)}, {WEB: TCP}, down_at((2, 5.0)), floor=0.5)
+    assert weights(got[WEB]) == [1, 0, 3, 4]
+
+
+def test_the_floor_keeps_servers_in_even_when_they_fail_earliest_out_first() -> None:
+    down = down_at((3, 30.0), (1, 10.0), (2, 20.0))
+    services, checks = {WEB: pool(1, 1, 1)}, {WEB: TCP}
+    assert weights(effective(services, checks, down, floor=0.5)[WEB]) == [0, 1, 1]
+    assert weights(effective(services, checks, down, floor=0.0)[WEB]) == [0, 0, 0]
+    assert weights(effective(services, checks, down, floor=1.0)[WEB]) == [1, 1, 1]
+    assert weights(effective({WEB: pool(1)}, checks, down, floor=0.5)[WEB]) == [1]
+
+
+def test_servers_already_at_weight_zero_do_not_count_towards_the_floor() -> None:
+    got = effective({WEB: pool(0, 1, 1, 1)}, {WEB: TCP}, down_at((2, 1.0), (3, 2.0)), floor=0.5)
+    assert weights(got[WEB]) == [0, 0, 1, 1]
+
+
+def test_unchecked_services_are_left_as_planned() -> None:
+    other = pool(1, 1)._replace(key=API)
+    services = {WEB: pool(1, 1), API: other}
+    down = down_at((1, 1.0))
+    got = effective(services, {WEB: TCP}, down, floor=0.0)
+    assert got[API] is other
+    assert weights(got[WEB]) == [0, 1]
+
+
+def test_a_server_in_two_services_with_the_same_check_is_one_target() -> None:
+    found = targets({WEB: pool(1, 0), API: pool(1)._replace(key=API)}, {WEB: TCP, API: TCP})
+    assert found == {Target("198.18.1.1", 8080, TCP): [WEB, API]}
+
+
+# -- probes against real servers -----------------------------------------------------------
+
+
+@pytest.fixture
+def tcp_listener() -> Iterator[socket.socket]:
+    sock = socket.create_server(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+def port_of(sock: socket.socket) -> int:
+    port: int = sock.getsockname()[1]
+    return port
+
+
+def test_tcp_probe(tcp_listener: socket.socket) -> None:
+    port = port_of(tcp_listener)
+    probe(Target("127.0.0.1", port, TCP))
+    tcp_listener.close()
+    with pytest.raises(ConnectionRefusedError):
+        probe(Target("127.0.0.1", port, TCP))
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        status = int(self.path.strip("/") or 200)
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("path", "codes", "passes"),
+    [("/200", None, True), ("/302", None, True), ("/503", None, False),
+     ("/404", "200,404", True), ("/204", "200", False), ("/250", "200-299", True)],
+)  # fmt: skip
+def test_http_probe_expects_the_listed_codes(
+    http_port: int, path: str, codes: str | None, passes: bool
+) -> None:
+    check = HealthCheck(type="http", path=path, expected_codes=codes, timeout_s=2)
+    if passes:
+        probe(Target("127.0.0.1", http_port, check))
+    else:
+        with pytest.raises(ConnectionError, match="HTTP status"):
+            probe(Target("127.0.0.1", http_port, check))
+
+
+@pytest.fixture
+def grpc_health() -> Iterator[tuple[int, health.HealthServicer]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield port, servicer
+    server.stop(grace=None)
+
+
+def test_grpc_probe_follows_the_serving_status(
+    grpc_health: tuple[int, health.HealthServicer],
+) -> None:
+    port, servicer = grpc_health
+    check = HealthCheck(type="grpc", grpc_service="shop.Cart", timeout_s=2)
+    servicer.set("shop.Cart", health_pb2.HealthCheckResponse.SERVING)
+    probe(Target("127.0.0.1", port, check))
+    servicer.set("shop.Cart", health_pb2.HealthCheckResponse.NOT_SERVING)
+    with pytest.raises(ConnectionError, match="NOT_SERVING"):
+        probe(Target("127.0.0.1", port, check))
+    with pytest.raises(grpc.RpcError):
+        probe(Target("127.0.0.1", port, check.model_copy(update={"grpc_service": "unknown"})))
+
+
+def test_the_checker_reports_down_after_the_threshold_and_up_after_recovery() -> None:
+    """interval 1 s, 2 failures to go down, 2 successes to come back."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = port_of(listener)
+    target = Target("127.0.0.1", port, TCP)
+    changes: list[tuple[bool, float]] = []
+    checker = HealthChecker(lambda t, ok: changes.append((ok, time.monotonic()))).start()
+    try:
+        checker.set_targets([target])
+        time.sleep(1.5)
+        assert changes == []
+        assert checker.down() == {}
+        listener.close()
+        stopped = time.monotonic()
+        wait_until(lambda: bool(changes), timeout=5, what="down")
+        assert changes[0][0] is False
+        assert changes[0][1] - stopped <= TCP.interval_s * TCP.unhealthy_threshold + 0.5
+        assert target in checker.down()
+        listener = socket.create_server(("127.0.0.1", port))
+        wait_until(lambda: len(changes) == 2, timeout=5, what="up again")
+        assert changes[1][0] is True
+        assert checker.down() == {}
+        checker.set_targets([])
+        assert checker.down() == {}
+    finally:
+        checker.stop()
+        listener.close()

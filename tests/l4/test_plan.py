@@ -1,0 +1,152 @@
+"""Plan golden files: each testdata/CASE/in.json (a node and the desired state as stored
+documents) must plan to testdata/CASE/plan.json. `pytest --update-golden` rewrites the
+outputs and deletes stale files; review the diff like code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cmi.model import Service, StoredObject, load_document
+from cmi.resolve import resolve
+from cmi.store import Snapshot, Stored
+from l4.plan import Changed, node_group_of, plan
+
+TESTDATA = Path(__file__).parent / "testdata"
+CASES = sorted(p.name for p in TESTDATA.iterdir() if (p / "in.json").is_file())
+INPUT_FIELDS = {"node", "group", "revision", "documents"}
+DOCUMENT_FIELDS = {"schema", "kind", "spec"}
+OUTPUTS = {"in.json", "plan.json"}
+
+
+class GoldenInputError(ValueError):
+    pass
+
+
+def load_case(path: Path) -> tuple[str, str | None, Snapshot]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    if unknown := set(data) - INPUT_FIELDS:
+        raise GoldenInputError(f"{path}: unknown field(s) {sorted(unknown)}")
+    revision = int(data.get("revision", 1))
+    objects: dict[str, dict[str, Stored[StoredObject]]] = {}
+    for index, doc in enumerate(data["documents"]):
+        if unknown := set(doc) - DOCUMENT_FIELDS:
+            raise GoldenInputError(f"{path}: documents.{index}: unknown field(s) {sorted(unknown)}")
+        obj = load_document(json.dumps(doc))
+        objects.setdefault(obj.kind, {})[obj.key] = Stored(obj, revision)
+    return data["node"], data.get("group"), Snapshot(revision, objects)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_plan_matches_golden(case: str, update_golden: bool) -> None:
+    node, group, snapshot = load_case(TESTDATA / case / "in.json")
+    state = resolve(snapshot)
+    if group is None:
+        groups = node_group_of(state, node)
+        group = groups[0] if groups else None
+    got = plan(state, node, group).to_json()
+    golden = TESTDATA / case / "plan.json"
+    if update_golden:
+        golden.write_text(json.dumps(got, indent=2) + "\n")
+    assert golden.exists(), f"{golden} is missing: run pytest --update-golden"
+    assert got == json.loads(golden.read_text())
+
+
+def stale_files() -> list[Path]:
+    """Anything under testdata that is neither a case's input nor its expected output."""
+    stale = []
+    for entry in sorted(TESTDATA.iterdir()):
+        if not (entry / "in.json").is_file():
+            stale.append(entry)
+        else:
+            stale += [p for p in sorted(entry.iterdir()) if p.name not in OUTPUTS]
+    return stale
+
+
+def test_no_stale_golden_files(update_golden: bool) -> None:
+    if update_golden:
+        for path in stale_files():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert stale_files() == [], "stale golden files: pytest --update-golden deletes them"
+
+
+def test_unknown_input_fields_are_rejected(tmp_path: Path) -> None:
+    case = json.loads((TESTDATA / CASES[0] / "in.json").read_text())
+    (tmp_path / "extra.json").write_text(json.dumps({**case, "nodes": ["lb-a"]}))
+    with pytest.raises(GoldenInputError, match="nodes"):
+        load_case(tmp_path / "extra.json")
+    case["documents"][0]["metadata"] = {}
+    (tmp_path / "doc.json").write_text(json.dumps(case))
+    with pytest.raises(GoldenInputError, match=r"documents\.0.*metadata"):
+        load_case(tmp_path / "doc.json")
+    case["documents"][0].pop("metadata")
+    case["documents"][0]["spec"]["colour"] = "red"
+    (tmp_path / "spec.json").write_text(json.dumps(case))
+    with pytest.raises(ValueError, match="colour"):
+        load_case(tmp_path / "spec.json")
+
+
+def _without_last_backend(snapshot: Snapshot, key: str) -> Snapshot:
+    services = dict(snapshot.objects["Service"])
+    service = services[key].obj
+    assert isinstance(service, Service)
+    backends = {name: tuple(found[:-1]) for name, found in service.backends.items()}
+    services[key] = Stored(service.model_copy(update={"backends": backends}), snapshot.revision + 1)
+    return Snapshot(snapshot.revision + 1, {**snapshot.objects, "Service": services})
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_re_planning_what_changed_equals_planning_everything(case: str) -> None:
+    """Each Service of each case loses a backend; planned from the previous plan and the
+    change, the result equals a full plan, and untouched services are the same objects."""
+    node, group, snapshot = load_case(TESTDATA / case / "in.json")
+    state = resolve(snapshot)
+    group = group or next(iter(node_group_of(state, node)), None)
+    before = plan(state, node, group)
+    for key in snapshot.objects.get("Service", {}):
+        changed_state = resolve(_without_last_backend(snapshot, key))
+        full = plan(changed_state, node, group)
+        partial = plan(
+            changed_state, node, group, previous=before, changed=Changed(services=frozenset([key]))
+        )
+        assert partial.to_json() == full.to_json()
+        assert partial.layer7 == full.layer7
+        for vip_port, service in partial.services.items():
+            untouched = key not in partial.sources[vip_port][2]
+            assert (service is before.services.get(vip_port)) == untouched, vip_port
+
+
+def test_a_node_group_change_re_plans_everything() -> None:
+    node, group, snapshot = load_case(TESTDATA / "tcp-nat-rr" / "in.json")
+    state = resolve(snapshot)
+    before = plan(state, node, group or "default")
+    after = plan(state, node, "default", previous=before, changed=Changed(node_groups=True))
+    assert after.to_json() == before.to_json()
+    assert all(after.services[k] is not before.services[k] for k in before.services)
+
+
+def test_changes_are_read_from_change_stream_entries() -> None:
+    changed = Changed.from_ops(
+        [("put", "Service", "shop/web"), ("delete", "Listener", "old"),
+         ("put", "LoadBalancer", "public"), ("put", "Certificate", "tls")]
+    )  # fmt: skip
+    assert changed == Changed(
+        listeners=frozenset({"old"}),
+        load_balancers=frozenset({"public"}),
+        services=frozenset({"shop/web"}),
+    )
+    assert Changed.from_ops([("put", "NodeGroup", "default")]).node_groups
+    assert changed.touches(("web", "other-lb", ("shop/web",)))
+    assert not changed.touches(("web", "other-lb", ("shop/api",)))
+
+
+def test_only_tcp_and_udp_listeners_are_charted_by_the_l4_tier() -> None:
+    node, group, snapshot = load_case(TESTDATA / "l7-to-envoys" / "in.json")
+    assert plan(resolve(snapshot), node, group or "default").charted() == {}
+    node, group, snapshot = load_case(TESTDATA / "udp-dr-persistence" / "in.json")
+    charted = plan(resolve(snapshot), node, group or "default").charted()
+    assert [(str(key), name) for key, name in charted.items()] == [("UDP 198.18.0.53:53", "dns")]
