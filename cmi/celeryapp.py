@@ -63,5 +63,12 @@ def make_app(settings: Settings, *, include_tasks: bool = True) -> Celery:
         },
         worker_hijack_root_logger=False,
     )
-    app.settings = settings  # type: ignore[attr-defined]  # for tasks: one source of config
+    app.conf.openslb_settings = settings
     return app
+
+
+def settings_of(app: Celery) -> Settings:
+    """The settings the app was made with: tasks read their configuration here."""
+    settings = app.conf.openslb_settings
+    assert isinstance(settings, Settings)
+    return settings

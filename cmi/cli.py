@@ -109,6 +109,7 @@ def cmi_cmd(settings: config.Settings, log_level: str) -> None:
 @click.option("--l7", "l7", is_flag=True, help="Consume the L7 tier's queue (beside `slb xds`).")
 @click.option("--control", is_flag=True, help="Consume openslb's own queue (drift re-assertion).")
 @click.option("--beat", is_flag=True, help="Also run Celery beat, the re-assertion's clock.")
+@click.option("--metrics-listen", default="", help="Serve Prometheus metrics on HOST:PORT.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.pass_obj
 def worker_cmd(
@@ -119,6 +120,7 @@ def worker_cmd(
     l7: bool,
     control: bool,
     beat: bool,
+    metrics_listen: str,
     log_level: str,
 ) -> None:
     """Run a Celery worker that brings a node or tier to the desired revision.
@@ -134,6 +136,16 @@ def worker_cmd(
         raise click.UsageError("say what to work for: --node NAME, --l7 or --control")
     app = make_app(settings)
     app.conf.update(openslb_node=node)
+    if metrics_listen:
+        from prometheus_client import REGISTRY, start_http_server  # noqa: PLC0415
+
+        from cmi.store import Store  # noqa: PLC0415
+        from cmi.taskmetrics import QueueDepth  # noqa: PLC0415
+
+        if control or beat:
+            REGISTRY.register(QueueDepth(Store.from_url(settings.redis.url, settings.redis.prefix)))
+        host, _, port = metrics_listen.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
     role = node or ("l7" if l7 else "control")
     argv = ["worker", "--queues", ",".join(queues), "--pool", "solo", "--concurrency", "1",
             "--hostname", f"{role}@%h", "--loglevel", log_level, "--without-mingle",

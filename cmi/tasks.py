@@ -12,12 +12,13 @@ from typing import Any
 
 from celery import shared_task
 
+from cmi.celeryapp import settings_of
 from cmi.handoff import Handoff
 from cmi.store import Store
 
 
 @shared_task(name="openslb.reassert", bind=True, ignore_result=True)
 def reassert(self: Any) -> list[str]:
-    settings = self.app.settings
+    settings = settings_of(self.app)
     store = Store.from_url(settings.redis.url, settings.redis.prefix)
     return Handoff(store, self.app).announce(store.revision(), force=True)
