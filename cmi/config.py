@@ -40,6 +40,16 @@ class KubeSettings:
 
 
 @dataclass(frozen=True)
+class XdsSettings:
+    bind: str = setting(
+        "127.0.0.1:18000", "Where `slb xds` serves ADS (gRPC) to Envoys; the bootstrap's default"
+    )
+    metrics_bind: str = setting(
+        "127.0.0.1:18001", "Where `slb xds` serves Prometheus metrics; empty: not served"
+    )
+
+
+@dataclass(frozen=True)
 class DevSettings:
     state_dir: str = setting(
         ".state/dev", "Where `slb dev up` keeps the local platform's state and logs"
@@ -50,6 +60,7 @@ class DevSettings:
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
+    xds: XdsSettings = field(default_factory=XdsSettings)
     dev: DevSettings = field(default_factory=DevSettings)
 
 

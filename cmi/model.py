@@ -252,6 +252,76 @@ class Owner(_Model):
     name: str = Field(min_length=1, max_length=253)
 
 
+_HOST = re.compile(
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+)
+_GRPC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _host(value: str) -> str:
+    if len(value) > 253 or not _HOST.match(value):
+        raise ValueError(
+            f"{value!r} is not a host name: lowercase DNS labels joined by '.', "
+            "optionally starting with '*.' to match every subdomain"
+        )
+    return value
+
+
+def _grpc_service(value: str) -> str:
+    if len(value) > 256 or not all(_GRPC_NAME.match(part) for part in value.split(".")):
+        raise ValueError(
+            f"{value!r} is not a fully qualified gRPC service name such as 'shop.v1.Cart'"
+        )
+    return value
+
+
+def _grpc_method(value: str) -> str:
+    if len(value) > 128 or not _GRPC_NAME.match(value):
+        raise ValueError(f"{value!r} is not a gRPC method name such as 'GetCart'")
+    return value
+
+
+Host = Annotated[str, AfterValidator(_host)]
+
+
+class Route(_Model):
+    """An L7 routing rule: requests it matches go to its own backends.
+
+    A route matches on hosts (any of them; none: every host) and on either a path prefix
+    or a gRPC service and optional method. Its backends are the Services its selector
+    picks on its target port; both default to the listener's. Routes are tried in order,
+    and a request no route matches goes to the listener's own backends.
+    """
+
+    name: Name
+    hosts: tuple[Host, ...] = Field(default=(), max_length=64)
+    path_prefix: str | None = Field(default=None, min_length=1, max_length=1024)
+    grpc_service: Annotated[str, AfterValidator(_grpc_service)] | None = None
+    grpc_method: Annotated[str, AfterValidator(_grpc_method)] | None = None
+    selector: LabelSelector | None = None
+    target_port: PortRef | None = None
+
+    @field_validator("selector")
+    @classmethod
+    def _selector_not_empty(cls, selector: LabelSelector | None) -> LabelSelector | None:
+        if selector is not None and selector.empty:
+            raise ValueError("must select at least one label; leave it out to use the listener's")
+        return selector
+
+    @model_validator(mode="after")
+    def _one_kind_of_match(self) -> Self:
+        problems = []
+        if self.path_prefix is not None and not self.path_prefix.startswith("/"):
+            problems.append(("path_prefix", "must start with '/'"))
+        if self.path_prefix is not None and self.grpc_service is not None:
+            problems.append(("grpc_service", "a route matches a path prefix or a gRPC service"))
+        if self.grpc_method is not None and self.grpc_service is None:
+            problems.append(("grpc_method", "needs grpc_service"))
+        if problems:
+            raise CrossFieldError(problems)
+        return self
+
+
 class Listener(StoredObject):
     """A protocol and port on a load balancer, forwarding to Services.
 
@@ -276,6 +346,8 @@ class Listener(StoredObject):
     backend_protocol: BackendProtocol | None = None
     selector: LabelSelector | None = None
     target_port: PortRef
+    routes: tuple[Route, ...] = Field(default=(), max_length=256)
+    """L7 routing rules, tried in order; none: every request goes to the listener's backends."""
     owner: Owner
     created_at: float = Field(default=0.0, ge=0, description="unix time; older wins conflicts")
 
@@ -310,9 +382,45 @@ class Listener(StoredObject):
             problems.append(("health_check", "UDP listeners cannot be health-checked; use null"))
         if self.protocol is Protocol.GRPC and self.backend_protocol is BackendProtocol.HTTP1:
             problems.append(("backend_protocol", "gRPC needs HTTP/2 to its backends: h2c or tls"))
+        if (
+            l7
+            and self.health_check is not None
+            and self.health_check.type is HealthCheckType.GRPC
+            and not self.upstream_is_http2
+        ):
+            problems.append(
+                ("health_check.type", "grpc health checks need HTTP/2 backends (h2c or GRPC)")
+            )
+        problems += self._route_problems()
         if problems:
             raise CrossFieldError(problems)
         return self
+
+    def _route_problems(self) -> list[tuple[str, str]]:
+        if not self.routes:
+            return []
+        if not self.protocol.is_l7:
+            return [("routes", "only HTTP, HTTPS and GRPC listeners route requests")]
+        problems, seen = [], set()
+        for i, route in enumerate(self.routes):
+            if route.name in seen:
+                problems.append((f"routes.{i}.name", f"{route.name!r} is used twice"))
+            seen.add(route.name)
+            if self.owner.kind is OwnerKind.SERVICE and route.selector is not None:
+                problems.append(
+                    (f"routes.{i}.selector", "a Service's own listener forwards to it only")
+                )
+            if self.protocol is Protocol.GRPC and route.path_prefix is not None:
+                problems.append((f"routes.{i}.path_prefix", "GRPC listeners route by grpc_service"))
+        return problems
+
+    @property
+    def upstream_is_http2(self) -> bool:
+        """Whether L7 speaks HTTP/2 to the backends (h2c, or TLS for gRPC)."""
+        upstream = self.upstream_protocol
+        return upstream is BackendProtocol.H2C or (
+            upstream is BackendProtocol.TLS and self.protocol is Protocol.GRPC
+        )
 
     @property
     def upstream_protocol(self) -> BackendProtocol:

@@ -11,7 +11,9 @@ rules, in order:
   Service's own listener forwards to that Service;
 - backends are the selected Services' endpoints on the listener's target port, deduplicated
   by address and port, in a stable order; not-ready endpoints are left out, and
-  terminating-but-serving ones are kept with weight 0 so their connections drain.
+  terminating-but-serving ones are kept with weight 0 so their connections drain;
+- an L7 route forwards to the Services its own selector picks (default: the listener's) on
+  its own target port (default: the listener's), resolved by the same rules.
 """
 
 from __future__ import annotations
@@ -27,9 +29,20 @@ from cmi.model import (
     LoadBalancer,
     NodeGroup,
     OwnerKind,
+    PortRef,
+    Route,
     Service,
 )
 from cmi.store import Snapshot
+
+
+@dataclass(frozen=True)
+class ResolvedRoute:
+    """An L7 route with the backends it forwards to."""
+
+    route: Route
+    services: tuple[str, ...]
+    backends: tuple[Backend, ...]
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,8 @@ class ResolvedListener:
     services: tuple[str, ...]
     """Keys (namespace/name) of the Services it forwards to."""
     backends: tuple[Backend, ...]
+    routes: tuple[ResolvedRoute, ...] = ()
+    """The listener's L7 routes in order, each with its own backends."""
 
     @property
     def node_group(self) -> str:
@@ -73,6 +88,7 @@ class DesiredState:
 def resolve(snapshot: Snapshot) -> DesiredState:
     balancers = {k: s.obj for k, s in snapshot.of(LoadBalancer).items()}
     services = [s.obj for _, s in sorted(snapshot.of(Service).items())]
+    by_key = {s.key: s for s in services}
     served: list[ResolvedListener] = []
     rejected: list[Rejected] = []
     claimed: dict[tuple[IPAddress, int, str], str] = {}
@@ -101,7 +117,7 @@ def resolve(snapshot: Snapshot) -> DesiredState:
             )
             continue
         claimed[port_key] = listener.name
-        chosen = _selected_services(listener, services)
+        chosen = _selected_services(listener, services, by_key)
         served.append(
             ResolvedListener(
                 listener=listener,
@@ -109,6 +125,9 @@ def resolve(snapshot: Snapshot) -> DesiredState:
                 vip=balancer.vip,
                 services=tuple(s.key for s in chosen),
                 backends=backends_for(listener, chosen),
+                routes=tuple(
+                    _resolve_route(listener, route, chosen, services) for route in listener.routes
+                ),
             )
         )
     return DesiredState(
@@ -120,18 +139,36 @@ def resolve(snapshot: Snapshot) -> DesiredState:
     )
 
 
-def _selected_services(listener: Listener, services: Iterable[Service]) -> list[Service]:
+def _selected_services(
+    listener: Listener, services: Iterable[Service], by_key: dict[str, Service]
+) -> list[Service]:
     if listener.owner.kind is OwnerKind.SERVICE:
-        return [s for s in services if s.key == listener.owner.name]
+        own = by_key.get(listener.owner.name)
+        return [own] if own is not None else []
     assert listener.selector is not None  # the model requires it for operators' listeners
     return [s for s in services if listener.selector.matches(s.labels)]
 
 
-def backends_for(listener: Listener, services: Iterable[Service]) -> tuple[Backend, ...]:
-    """The endpoints of `services` on the listener's target port, ready to program."""
+def _resolve_route(
+    listener: Listener, route: Route, chosen: list[Service], services: Iterable[Service]
+) -> ResolvedRoute:
+    if route.selector is not None:
+        chosen = [s for s in services if route.selector.matches(s.labels)]
+    return ResolvedRoute(
+        route=route,
+        services=tuple(s.key for s in chosen),
+        backends=backends_for(listener, chosen, target_port=route.target_port),
+    )
+
+
+def backends_for(
+    listener: Listener, services: Iterable[Service], target_port: PortRef | None = None
+) -> tuple[Backend, ...]:
+    """The endpoints of `services` on `target_port` (default: the listener's), ready to program."""
     chosen: dict[tuple[IPAddress, int], Backend] = {}
+    port_ref = listener.target_port if target_port is None else target_port
     for service in services:
-        port = service.port_named(listener.target_port)
+        port = service.port_named(port_ref)
         if port is None:
             continue
         for backend in service.backends.get(port.name, ()):

@@ -163,6 +163,27 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
         ("Listener", {"colour": "blue"}, ["colour"]),
         ("Listener", {"port": "eighty", "name": "", "load_balancer": None},
          ["port", "name", "load_balancer"]),
+        ("Listener", {"protocol": "HTTP", "backend_protocol": "http1"}, ["health_check.type"]),
+        ("Listener", {"protocol": "TCP", "health_check": None, "routes": [{"name": "a"}]},
+         ["routes"]),
+        ("Listener", {"routes": [{"name": "a"}, {"name": "a"}]}, ["routes.1.name"]),
+        ("Listener", {"routes": [{"name": "a", "path_prefix": "/api"}]}, ["routes.0.path_prefix"]),
+        ("Listener", {"protocol": "HTTP", "health_check": None,
+                      "routes": [{"name": "a", "path_prefix": "api"}]}, ["routes.0.path_prefix"]),
+        ("Listener", {"routes": [{"name": "a", "grpc_method": "Get"}]}, ["routes.0.grpc_method"]),
+        ("Listener", {"routes": [{"name": "a", "grpc_service": "shop..Cart"}]},
+         ["routes.0.grpc_service"]),
+        ("Listener", {"routes": [{"name": "a", "grpc_service": "shop.Cart", "grpc_method": "a/b"}]},
+         ["routes.0.grpc_method"]),
+        ("Listener", {"routes": [{"name": "a", "hosts": ["Shop.Example"]}]}, ["routes.0.hosts.0"]),
+        ("Listener", {"routes": [{"name": "a", "hosts": ["shop.*.example"]}]},
+         ["routes.0.hosts.0"]),
+        ("Listener", {"routes": [{"name": "a", "selector": {}}]}, ["routes.0.selector"]),
+        ("Listener", {"routes": [{"name": "a", "target_port": 0}]}, ["routes.0.target_port"]),
+        ("Listener", {"routes": [{"name": "a", "colour": "red"}]}, ["routes.0.colour"]),
+        ("Listener", {"selector": None, "owner": {"kind": "Service", "name": "shop/cart"},
+                      "routes": [{"name": "a", "selector": {"match_labels": {"a": "b"}}}]},
+         ["routes.0.selector"]),
         ("LoadBalancer", {"pool": None}, ["vip"]),
         ("LoadBalancer", {"vip": "198.18.0.300"}, ["vip"]),
         ("LoadBalancer", {"node_group": "Edge_1"}, ["node_group"]),
@@ -218,6 +239,30 @@ def test_listener_derives_what_the_tiers_need() -> None:
     udp = model.Listener.model_validate(_doc("Listener", protocol="UDP", health_check=None))
     assert not udp.protocol.is_l7
     assert udp.protocol.transport == "UDP"
+
+
+def test_routes_match_hosts_paths_and_grpc_services() -> None:
+    grpc = model.Listener.model_validate(
+        _doc(
+            "Listener",
+            routes=[
+                {"name": "cart", "grpc_service": "shop.v1.Cart", "grpc_method": "Get"},
+                {"name": "any-cart", "hosts": ["*.shop.example"], "grpc_service": "shop.v1.Cart"},
+                {"name": "other", "selector": {"match_labels": {"app": "other"}},
+                 "target_port": 9090},
+            ],
+        )
+    )  # fmt: skip
+    assert [r.name for r in grpc.routes] == ["cart", "any-cart", "other"]
+    assert grpc.routes[1].hosts == ("*.shop.example",)
+    assert model.load_document(model.dump_document(grpc)) == grpc
+    http = model.Listener.model_validate(
+        _doc("Listener", protocol="HTTP", health_check=None,
+             routes=[{"name": "api", "path_prefix": "/api/"}])
+    )  # fmt: skip
+    assert http.routes[0].path_prefix == "/api/"
+    assert not http.upstream_is_http2
+    assert grpc.upstream_is_http2
 
 
 def test_service_finds_its_port_by_name_or_number() -> None:

@@ -135,3 +135,37 @@ def test_node_groups_partition_listeners() -> None:
     )  # fmt: skip
     assert [r.listener.name for r in state.for_node_group("edge")] == ["edge-web"]
     assert [r.listener.name for r in state.for_node_group("default")] == ["web"]
+
+
+def test_routes_resolve_their_own_services_and_ports() -> None:
+    routes = [
+        {"name": "api", "path_prefix": "/api", "selector": {"match_labels": {"app": "api"}}},
+        {"name": "admin", "hosts": ["admin.example"], "target_port": "admin"},
+        {"name": "nothing", "path_prefix": "/x", "selector": {"match_labels": {"app": "none"}}},
+    ]
+    admin_service = service("a", {"app": "web"}, [ep(1)])
+    admin_service[1]["ports"].append({"name": "admin", "port": 81, "target_port": 9090})
+    admin_service[1]["backends"]["admin"] = [{"address": "198.18.1.1", "port": 9090}]
+    state = resolve(
+        snapshot(
+            lb(),
+            listener("web", protocol="HTTP", routes=routes),
+            admin_service,
+            service("api", {"app": "api"}, [ep(5), ep(6)]),
+        )
+    )
+    (served,) = state.listeners
+    assert served.services == ("shop/a",)
+    api, admin, nothing = served.routes
+    assert api.route.name == "api"
+    assert api.services == ("shop/api",)
+    assert [str(b.address) for b in api.backends] == ["198.18.1.5", "198.18.1.6"]
+    assert admin.services == ("shop/a",)
+    assert [(str(b.address), b.port) for b in admin.backends] == [("198.18.1.1", 9090)]
+    assert nothing.services == ()
+    assert nothing.backends == ()
+
+
+def test_a_listener_without_routes_resolves_none() -> None:
+    state = resolve(snapshot(lb(), listener("web"), service("a", {"app": "web"}, [ep(1)])))
+    assert state.listeners[0].routes == ()
