@@ -20,7 +20,7 @@ from cmi.devbed.kube import KubeAPI
 from cmi.devbed.redis import RedisServer
 from cmi.store import Store
 
-pytest_plugins = ["tests.labplugin"]
+pytest_plugins = ["tests.labplugin", "tests.golden"]
 
 _prefixes = itertools.count()
 

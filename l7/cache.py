@@ -1,0 +1,187 @@
+"""Per-node-group snapshots of Envoy resources, each resource packed and hashed once.
+
+A resource's version is a hash of its deterministic serialization, so equal
+configuration has equal versions whatever the revision: Delta streams never re-send an
+unchanged resource, and SotW streams skip a type whose hashes did not change.
+
+Translation is the pure `l7.translate`; this cache only avoids repeating it. A
+listener's configuration (listener, routes, clusters) is rebuilt only when the listener,
+its VIP or its certificates change, and its endpoints only when its backends change;
+everything else is reused from the previous build, compared by value (unchanged objects
+are usually the very same objects, which makes the comparison cheap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from cmi.model import Backend, Certificate, IPAddress, Listener
+from cmi.resolve import DesiredState, ResolvedListener
+from l7.translate import servable
+from l7.translate.cluster import clusters
+from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES
+from l7.translate.endpoint import load_assignments
+from l7.translate.listener import listener as translate_listener
+from l7.translate.route import route_configuration
+from l7.translate.secret import secret
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One named resource: its content hash, packed once and shared by every stream."""
+
+    name: str
+    version: str
+    body: any_pb2.Any
+    delta: discovery_pb2.Resource
+
+    @classmethod
+    def of(cls, name: str, message: Message) -> Resource:
+        raw = message.SerializeToString(deterministic=True)
+        version = hashlib.blake2b(raw, digest_size=8).hexdigest()
+        body = any_pb2.Any(type_url=_type_url(message), value=raw)
+        delta = discovery_pb2.Resource(name=name, version=version, resource=body)
+        return cls(name, version, body, delta)
+
+
+def _type_url(message: Message) -> str:
+    return "type.googleapis.com/" + message.DESCRIPTOR.full_name
+
+
+@dataclass(frozen=True)
+class GroupSnapshot:
+    """Everything the Envoys of one node group serve at one revision."""
+
+    group: str
+    revision: int
+    resources: Mapping[str, Mapping[str, Resource]]
+    """Type URL -> name -> resource; every type in `TYPES` is present."""
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def empty(cls, group: str, revision: int) -> GroupSnapshot:
+        return cls(group, revision, {t: {} for t in TYPES})
+
+    def versions(self, type_url: str) -> dict[str, str]:
+        return {name: r.version for name, r in self.resources[type_url].items()}
+
+
+def changed(old: GroupSnapshot | None, new: GroupSnapshot) -> dict[str, tuple[int, int]]:
+    """Per type: how many resources were added or changed, and how many removed."""
+    out = {}
+    for type_url in TYPES:
+        before = old.versions(type_url) if old else {}
+        after = new.versions(type_url)
+        updated = sum(1 for n, v in after.items() if before.get(n) != v)
+        removed = sum(1 for n in before if n not in after)
+        if updated or removed:
+            out[type_url] = (updated, removed)
+    return out
+
+
+@dataclass
+class _ConfigEntry:
+    listener: Listener
+    vip: IPAddress
+    certificates: tuple[Certificate, ...]
+    resources: tuple[tuple[str, Resource], ...]
+
+
+@dataclass
+class _EndpointEntry:
+    weighted_by: Listener
+    backends: tuple[tuple[Backend, ...], ...]
+    resources: tuple[Resource, ...]
+
+
+@dataclass
+class SnapshotCache:
+    """Builds every node group's snapshot from a desired state, reusing unchanged parts."""
+
+    _config: dict[str, _ConfigEntry] = field(default_factory=dict)
+    _endpoints: dict[str, _EndpointEntry] = field(default_factory=dict)
+    _secrets: dict[str, tuple[Certificate, str, Resource]] = field(default_factory=dict)
+
+    def build(self, state: DesiredState, keys: Mapping[str, str]) -> dict[str, GroupSnapshot]:
+        """Snapshots of every node group that has L7 listeners or is declared."""
+        groups: dict[str, dict[str, dict[str, Resource]]] = {
+            g: {t: {} for t in TYPES} for g in state.node_groups
+        }
+        problems: dict[str, list[str]] = {g: [] for g in groups}
+        seen: set[str] = set()
+        secrets_used: dict[str, set[str]] = {}
+        for resolved in state.listeners:
+            if not resolved.listener.protocol.is_l7:
+                continue
+            group = resolved.node_group
+            by_type = groups.setdefault(group, {t: {} for t in TYPES})
+            group_problems = problems.setdefault(group, [])
+            usable, listener_problems = servable(resolved, state.certificates, keys)
+            group_problems += listener_problems
+            if usable is None:
+                continue
+            seen.add(resolved.listener.name)
+            for type_url, resource in self._configuration(resolved, usable):
+                by_type[type_url][resource.name] = resource
+            for resource in self._load_assignments(resolved):
+                by_type[ENDPOINT][resource.name] = resource
+            secrets_used.setdefault(group, set()).update(usable)
+        for name in set(self._config) - seen:
+            del self._config[name]
+            self._endpoints.pop(name, None)
+        all_secrets: set[str] = set()
+        for group, names in secrets_used.items():
+            for name in sorted(names):
+                cert = state.certificates[name]
+                groups[group][SECRET][name] = self._secret(cert, keys[cert.key_ref])
+            all_secrets |= names
+        for name in set(self._secrets) - all_secrets:
+            del self._secrets[name]
+        return {
+            group: GroupSnapshot(group, state.revision, by_type, tuple(problems.get(group, ())))
+            for group, by_type in groups.items()
+        }
+
+    def _configuration(
+        self, resolved: ResolvedListener, usable: dict[str, Certificate]
+    ) -> tuple[tuple[str, Resource], ...]:
+        model, certs = resolved.listener, tuple(usable.values())
+        entry = self._config.get(model.name)
+        if (
+            entry is not None
+            and entry.listener == model
+            and entry.vip == resolved.vip
+            and entry.certificates == certs
+        ):
+            return entry.resources
+        out: list[tuple[str, Resource]] = [
+            (CLUSTER, Resource.of(c.name, c)) for c in clusters(resolved)
+        ]
+        out.append((LISTENER, Resource.of(model.name, translate_listener(resolved, usable))))
+        out.append((ROUTE, Resource.of(model.name, route_configuration(resolved))))
+        self._config[model.name] = _ConfigEntry(model, resolved.vip, certs, tuple(out))
+        return tuple(out)
+
+    def _load_assignments(self, resolved: ResolvedListener) -> tuple[Resource, ...]:
+        model = resolved.listener
+        backends = (resolved.backends, *(r.backends for r in resolved.routes))
+        entry = self._endpoints.get(model.name)
+        if entry is not None and entry.backends == backends and entry.weighted_by == model:
+            return entry.resources
+        resources = tuple(Resource.of(a.cluster_name, a) for a in load_assignments(resolved))
+        self._endpoints[model.name] = _EndpointEntry(model, backends, resources)
+        return resources
+
+    def _secret(self, cert: Certificate, key_pem: str) -> Resource:
+        cached = self._secrets.get(cert.name)
+        if cached is not None and cached[0] == cert and cached[1] == key_pem:
+            return cached[2]
+        resource = Resource.of(cert.name, secret(cert, key_pem))
+        self._secrets[cert.name] = (cert, key_pem, resource)
+        return resource

@@ -1,0 +1,80 @@
+"""Route configurations (RDS): one per listener, matching hosts, path prefixes, gRPC names.
+
+Envoy picks a virtual host by the request's host, then the first route that matches. So
+every host a route names gets a virtual host holding, in the listener's order, the routes
+for that host and the routes for any host; the `*` virtual host holds the host-less
+routes. Each ends with a catch-all to the listener's own cluster.
+
+There is no default timeout: Envoy's 15 s would cut long gRPC streams. A listener's
+`request_timeout_s` (0: none) is the only limit, and gRPC deadlines sent by clients
+(`grpc-timeout`) are honoured as they are.
+"""
+
+from __future__ import annotations
+
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+
+from cmi.model import Listener, PersistenceMode, Protocol, Route
+from cmi.resolve import ResolvedListener
+from l7.translate import policy
+from l7.translate.common import cluster_name, pack, seconds
+
+ANY_HOST = "*"
+DEFAULT_ROUTE = "default"
+COOKIE_NAME = "openslb-affinity"
+
+
+def route_configuration(resolved: ResolvedListener) -> route_pb2.RouteConfiguration:
+    listener = resolved.listener
+    config = route_pb2.RouteConfiguration(name=listener.name)
+    routes = listener.routes
+    retry = _retry_policy()
+    hosts = list(dict.fromkeys(h for r in routes for h in r.hosts))
+    for host in [*hosts, ANY_HOST]:
+        vhost = config.virtual_hosts.add(name=host, domains=[host])
+        vhost.retry_policy.CopyFrom(retry)
+        for r in routes:
+            if host in r.hosts or not r.hosts:
+                vhost.routes.append(_route(listener, r))
+        vhost.routes.append(_route(listener, None))
+    return config
+
+
+def _route(listener: Listener, r: Route | None) -> route_components_pb2.Route:
+    route = route_components_pb2.Route(name=r.name if r else DEFAULT_ROUTE)
+    match = route.match
+    if r is not None and r.grpc_service is not None:
+        if r.grpc_method is not None:
+            match.path = f"/{r.grpc_service}/{r.grpc_method}"
+        else:
+            match.prefix = f"/{r.grpc_service}/"
+    else:
+        match.prefix = (r.path_prefix if r else None) or "/"
+    action = route.route
+    action.cluster = cluster_name(listener.name, r.name if r else None)
+    action.timeout.CopyFrom(seconds(listener.request_timeout_s))  # 0s: no limit
+    grpc = listener.protocol is Protocol.GRPC or (r is not None and r.grpc_service is not None)
+    if grpc:
+        # Honour the client's grpc-timeout header uncapped instead of the route timeout.
+        action.max_stream_duration.grpc_timeout_header_max.SetInParent()
+    if listener.persistence.mode is PersistenceMode.COOKIE:
+        cookie = action.hash_policy.add().cookie
+        cookie.name = listener.persistence.cookie_name or COOKIE_NAME
+        cookie.ttl.CopyFrom(seconds(listener.persistence.timeout_s))
+        cookie.path = "/"
+    elif policy.hashes_source_ip(listener):
+        action.hash_policy.add().connection_properties.source_ip = True
+    return route
+
+
+def _retry_policy() -> route_components_pb2.RetryPolicy:
+    """One policy per virtual host; the gRPC conditions read grpc-status, absent elsewhere."""
+    retry = route_components_pb2.RetryPolicy(
+        retry_on=policy.RETRY_ON,
+        num_retries={"value": policy.NUM_RETRIES},
+        host_selection_retry_max_attempts=3,
+    )
+    predicate = retry.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts")
+    predicate.typed_config.CopyFrom(pack(previous_hosts_pb2.PreviousHostsPredicate()))
+    return retry
