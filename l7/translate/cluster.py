@@ -117,6 +117,7 @@ def _http_options(listener: Listener) -> http_protocol_options_pb2.HttpProtocolO
     explicit = options.explicit_http_config
     if listener.upstream_is_http2:
         h2 = explicit.http2_protocol_options
+        h2.max_concurrent_streams.value = policy.UPSTREAM_MAX_STREAMS
         h2.connection_keepalive.CopyFrom(
             protocol_pb2.KeepaliveSettings(interval=seconds(30), timeout=seconds(10))
         )

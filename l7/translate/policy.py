@@ -72,13 +72,18 @@ def weighted(listener: Listener) -> bool:
 # connections, each with at most DOWNSTREAM_MAX_STREAMS concurrent HTTP/2 streams. Every
 # circuit breaker of the listener's clusters is sized to carry all of that, so a burst the
 # listener admitted is never failed by a breaker behind it (Envoy's default of 1,024
-# requests per cluster fails most calls of 5,000 concurrent gRPC streams). Upstream HTTP/2
-# connections follow the backends' own SETTINGS_MAX_CONCURRENT_STREAMS: Envoy opens a new
-# connection only when the open ones are full, so a backend gets about in-flight / its
-# stream limit connections per Envoy worker.
+# requests per cluster fails most calls of 5,000 concurrent gRPC streams).
+#
+# Upstream, Envoy opens a new HTTP/2 connection only when the open ones are full, so a
+# backend gets about in-flight / UPSTREAM_MAX_STREAMS connections per Envoy worker (fewer if
+# it advertises a lower SETTINGS_MAX_CONCURRENT_STREAMS). 100 is the least RFC 9113 asks
+# every server to allow; Envoy's own default (2^31 - 1) is unsafe: until a new
+# connection's SETTINGS frame arrives Envoy assumes no limit, and a burst opens hundreds of
+# streams that a server with a limit then resets.
 
 LISTENER_MAX_CONNECTIONS = 10_000
 DOWNSTREAM_MAX_STREAMS = 1_000
+UPSTREAM_MAX_STREAMS = 100
 IN_FLIGHT_CEILING = LISTENER_MAX_CONNECTIONS * DOWNSTREAM_MAX_STREAMS
 RETRY_BUDGET_PERCENT = 20.0
 RETRY_MIN_CONCURRENCY = 10

@@ -1,0 +1,126 @@
+"""A backend for the L7 tests: a real grpcio server and an HTTP server that say who they are.
+
+Run as `python -m tests.l7.backend --name b1 --grpc ADDR:PORT [--http ADDR:PORT]`. gRPC
+methods take and return raw bytes (no generated stubs), under `/openslb.test.Echo/`:
+
+- `Who`: answers the backend's name;
+- `Hold`: waits the milliseconds given in the request, then answers the name (keeps a call
+  in flight);
+- `Stream`: request `COUNT,INTERVAL_MS`, answers COUNT messages `NAME I` that far apart.
+
+It also serves the standard gRPC health protocol (SERVING) and, on HTTP/1.1, answers
+every GET with its name. SIGTERM stops it gracefully: in-flight calls finish first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.server
+import signal
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+SERVICE = "openslb.test.Echo"
+
+
+def split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+class Echo(grpc.GenericRpcHandler):
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = details.method
+        if method == f"/{SERVICE}/Who":
+            return grpc.unary_unary_rpc_method_handler(self.who)
+        if method == f"/{SERVICE}/Hold":
+            return grpc.unary_unary_rpc_method_handler(self.hold)
+        if method == f"/{SERVICE}/Stream":
+            return grpc.unary_stream_rpc_method_handler(self.stream)
+        return None
+
+    async def who(self, request: bytes, context: Any) -> bytes:
+        return self.name
+
+    async def hold(self, request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(int(request or b"0") / 1000)
+        return self.name
+
+    async def stream(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
+        count, interval_ms = (int(x) for x in request.split(b","))
+        for i in range(count):
+            if i:
+                await asyncio.sleep(interval_ms / 1000)
+            yield self.name + f" {i}".encode()
+
+
+def http_server(name: str, address: str) -> http.server.ThreadingHTTPServer:
+    body = name.encode()
+
+    class Who(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(split(address), Who)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+async def serve(name: str, grpc_address: str, http_address: str | None, max_streams: int) -> None:
+    options = [("grpc.so_reuseport", 0)]
+    if max_streams:
+        options.append(("grpc.max_concurrent_streams", max_streams))
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((Echo(name),))
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for service in ("", SERVICE):
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if not server.add_insecure_port(grpc_address):
+        raise SystemExit(f"cannot listen on {grpc_address}")
+    await server.start()
+    web = http_server(name, http_address) if http_address else None
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    print(f"ready {name}", flush=True)
+    await stopped.wait()
+    for service in ("", SERVICE):
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(grace=30)
+    if web is not None:
+        web.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--grpc", required=True)
+    parser.add_argument("--http")
+    parser.add_argument("--max-streams", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(serve(args.name, args.grpc, args.http, args.max_streams))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,510 @@
+"""The L7 test bed: addresses on a dummy interface, real gRPC/HTTP backends, the xDS
+server as `slb xds`, Envoys bootstrapped for ADS, and the load scenarios that the tests
+and `bench/l7.py` share.
+
+Every address comes from 198.19.N.0/24 (inside the benchmarking range 198.18.0.0/15),
+with N picked per session so that parallel sessions on one machine do not collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from cmi.devbed.envoy import EnvoyProxy
+from cmi.devbed.process import Process, free_port, wait_until
+from cmi.model import (
+    Backend,
+    LoadBalancer,
+    Owner,
+    OwnerKind,
+    Protocol,
+    Service,
+    ServicePort,
+    parse,
+)
+from cmi.model import Listener as ListenerModel
+from l7.bootstrap import bootstrap
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+SLB = str(Path(sys.executable).parent / "slb")
+ECHO = "/openslb.test.Echo/"
+OPERATOR = Owner(kind=OwnerKind.OPERATOR, name="tests")
+RAW: dict[str, Any] = {"request_serializer": None, "response_deserializer": None}
+
+
+# -- addresses ----------------------------------------------------------------------------
+
+
+class TestNet:
+    """A dummy interface holding this session's VIPs and backend addresses.
+
+    On a kernel without the dummy driver (this project's development machines have none)
+    a bridge with no ports stands in: it holds local addresses the same way.
+    """
+
+    __test__ = False  # not a test class, whatever its name
+
+    def __init__(self) -> None:
+        self.name = f"slb7t{os.getpid() % 100000}"[:15]
+        self.octet = self._free_octet()
+        self.added: set[str] = set()
+
+    @staticmethod
+    def _free_octet() -> int:
+        taken = "".join(
+            subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            for cmd in (["ip", "-o", "addr"], ["ip", "route", "show", "table", "all"])
+        )
+        used = {int(m) for m in re.findall(r"198\.19\.(\d+)\.", taken)}
+        return random.choice([n for n in range(100, 250) if n not in used])  # noqa: S311
+
+    def create(self) -> TestNet:
+        for kind in ("dummy", "bridge"):
+            added = subprocess.run(
+                ["ip", "link", "add", self.name, "type", kind],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if added.returncode == 0:
+                break
+        else:
+            raise RuntimeError(f"cannot create {self.name}: {added.stderr.strip()}")
+        subprocess.run(["ip", "link", "set", self.name, "up"], check=True)
+        return self
+
+    def delete(self) -> None:
+        subprocess.run(["ip", "link", "del", self.name], check=False, capture_output=True)
+
+    def address(self, host: int) -> str:
+        """198.19.N.host, added to the interface on first use."""
+        address = f"198.19.{self.octet}.{host}"
+        if address not in self.added:
+            subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", self.name], check=True)
+            self.added.add(address)
+        return address
+
+
+# -- the desired state --------------------------------------------------------------------
+
+
+def load_balancer(name: str, vip: str, group: str = "default") -> LoadBalancer:
+    return LoadBalancer(name=name, vip=vip, node_group=group, owner=OPERATOR)
+
+
+def service(
+    name: str, backends: Iterable[tuple[str, int]], port_name: str = "grpc", lb: str = "lb"
+) -> Service:
+    return Service(
+        namespace="tests",
+        name=name,
+        labels={"app": name},
+        load_balancer=lb,
+        ports=(ServicePort(name=port_name, port=80),),
+        backends={port_name: tuple(Backend(address=a, port=p) for a, p in backends)},
+    )
+
+
+def listener(
+    name: str, protocol: Protocol | str, port: int, lb: str = "lb", **extra: Any
+) -> ListenerModel:
+    data = {
+        "name": name,
+        "load_balancer": lb,
+        "protocol": str(protocol),
+        "port": port,
+        "selector": {"match_labels": {"app": extra.pop("app", name)}},
+        "target_port": extra.pop("target_port", "grpc"),
+        "owner": {"kind": "Operator", "name": "tests"},
+        **extra,
+    }
+    obj = parse("Listener", data)
+    assert isinstance(obj, ListenerModel)
+    return obj
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+@dataclass
+class BackendServer:
+    name: str
+    address: str
+    grpc_port: int
+    http_port: int
+    process: Process
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.address}:{self.grpc_port}"
+
+    def stop(self, timeout: float = 40.0) -> None:
+        self.process.stop(timeout=timeout)
+
+
+def start_backends(
+    directory: Path,
+    net: TestNet,
+    names: Iterable[str],
+    *,
+    first_host: int = 101,
+    max_streams: int = 0,
+    grpc_port: int = 50051,
+    http_port: int = 8080,
+) -> list[BackendServer]:
+    servers = []
+    for i, name in enumerate(names):
+        address = net.address(first_host + i)
+        argv = [
+            PYTHON, "-m", "tests.l7.backend", "--name", name,
+            "--grpc", f"{address}:{grpc_port}", "--http", f"{address}:{http_port}",
+        ]  # fmt: skip
+        if max_streams:
+            argv += ["--max-streams", str(max_streams)]
+        process = Process(f"backend-{name}", argv, directory, env={"PYTHONPATH": str(REPO)})
+        servers.append(BackendServer(name, address, grpc_port, http_port, process.start()))
+    for server in servers:
+        wait_until(
+            lambda s=server: s.process.check_alive() and _connects(s.address, s.grpc_port),  # type: ignore[misc]
+            30,
+            f"backend {server.name}",
+        )
+    return servers
+
+
+def _connects(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+class XdsProcess:
+    """`slb xds` as its own process, as it runs on a control node."""
+
+    def __init__(self, directory: Path, redis_url: str, prefix: str) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.env = {"OPENSLB_REDIS_URL": redis_url, "OPENSLB_REDIS_PREFIX": prefix}
+        self.process: Process | None = None
+        self.starts = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> XdsProcess:
+        self.starts += 1
+        argv = [
+            SLB, "xds", "-v", "--bind", self.address,
+            "--metrics-bind", f"127.0.0.1:{self.metrics_port}",
+        ]  # fmt: skip
+        self.process = Process(f"xds-{self.starts}", argv, self.directory, env=self.env).start()
+        wait_until(self._serving, 30, "slb xds")
+        return self
+
+    def _serving(self) -> bool:
+        assert self.process is not None
+        self.process.check_alive()
+        return self.metric("openslb_xds_revision") >= 0
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def metrics(self) -> dict[str, float]:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def metric(self, prefix: str) -> float:
+        """The sum of every sample whose name (with labels) starts with `prefix`."""
+        return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
+
+    def log(self) -> str:
+        assert self.process is not None
+        return self.process.log_path.read_text(errors="replace")
+
+
+def start_envoy(
+    directory: Path,
+    xds: XdsProcess,
+    node_id: str,
+    *,
+    group: str = "default",
+    delta: bool = True,
+    concurrency: int = 1,
+) -> EnvoyProxy:
+    config = bootstrap(group, node_id, xds.address, delta=delta, stats_port=None)
+    return EnvoyProxy(directory / node_id, config, concurrency=concurrency, name=node_id).start()
+
+
+def l4_envoy(directory: Path, listen: tuple[str, int], backends: list[BackendServer]) -> EnvoyProxy:
+    """A plain TCP proxy balancing connections (as an L4 balancer does), for contrast."""
+    tcp = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+    endpoints = [{"endpoint": {"address": _socket(b.address, b.grpc_port)}} for b in backends]
+    config = {
+        "node": {"id": "l4", "cluster": "l4"},
+        "static_resources": {
+            "listeners": [{
+                "name": "l4",
+                "address": _socket(*listen),
+                "freebind": True,
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.tcp_proxy",
+                    "typed_config": {"@type": tcp, "stat_prefix": "l4", "cluster": "l4"},
+                }]}],
+            }],
+            "clusters": [{
+                "name": "l4", "type": "STATIC", "lb_policy": "ROUND_ROBIN",
+                "load_assignment": {
+                    "cluster_name": "l4", "endpoints": [{"lb_endpoints": endpoints}],
+                },
+            }],
+        },
+    }  # fmt: skip
+    return EnvoyProxy(directory / "l4", config, name="l4").start()
+
+
+def _socket(address: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+# -- Envoy's view -------------------------------------------------------------------------
+
+
+def host_stats(envoy: EnvoyProxy, cluster: str, stat: str) -> dict[str, int]:
+    """A per-host statistic of one cluster, from the admin /clusters page, by host:port."""
+    out = {}
+    prefix = f"{cluster}::"
+    for line in envoy.admin("clusters").splitlines():
+        if not line.startswith(prefix):
+            continue
+        parts = line[len(prefix) :].split("::")
+        if len(parts) == 3 and parts[1] == stat:
+            out[parts[0]] = int(parts[2])
+    return out
+
+
+def workers(envoy: EnvoyProxy) -> int:
+    info = json.loads(envoy.admin("server_info"))
+    return int(info["command_line_options"]["concurrency"])
+
+
+def config_dump(envoy: EnvoyProxy) -> dict[str, Any]:
+    return json.loads(envoy.admin("config_dump?include_eds"))  # type: ignore[no-any-return]
+
+
+def dynamic_names(envoy: EnvoyProxy) -> dict[str, list[str]]:
+    """Names of the dynamic listeners, clusters, routes, endpoints and secrets Envoy holds."""
+    out: dict[str, list[str]] = collections.defaultdict(list)
+    for section in config_dump(envoy)["configs"]:
+        kind = section["@type"].rsplit(".", 1)[-1]
+        for key, entries in section.items():
+            if not key.startswith("dynamic_") or not isinstance(entries, list):
+                continue
+            for entry in entries:
+                name = _entry_name(entry)
+                if name:
+                    out[f"{kind}.{key}"].append(name)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _entry_name(entry: dict[str, Any]) -> str | None:
+    for key in ("active_state", "warming_state"):
+        if key in entry:
+            return entry[key]["listener"]["name"]  # type: ignore[no-any-return]
+    for key in ("cluster", "route_config", "endpoint_config", "secret"):
+        if key in entry:
+            value = entry[key]
+            return value.get("name") or value.get("cluster_name")  # type: ignore[no-any-return]
+    return entry.get("name")
+
+
+# -- gRPC clients -------------------------------------------------------------------------
+
+
+def channel(target: str, **options: Any) -> grpc.Channel:
+    """A channel with a connection of its own (not shared with other channels)."""
+    opts = [("grpc.use_local_subchannel_pool", 1), *options.items()]
+    return grpc.insecure_channel(target, options=opts)
+
+
+def aio_channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def who(chan: grpc.Channel, timeout: float = 5.0) -> str:
+    reply: bytes = chan.unary_unary(ECHO + "Who", **RAW)(b"", timeout=timeout)
+    return reply.decode()
+
+
+def wait_for_answer(target: str, expect: set[str] | None = None, timeout: float = 30.0) -> float:
+    """Poll until a gRPC call through `target` succeeds (answered by one of `expect`)."""
+
+    def answered() -> bool:
+        with channel(target) as chan:
+            try:
+                name = who(chan, timeout=1)
+            except grpc.RpcError:
+                return False
+            return expect is None or name in expect
+
+    return wait_until(answered, timeout, f"a gRPC answer through {target}", interval=0.05)
+
+
+def balance(target: str, calls: int, window: int = 50) -> collections.Counter[str]:
+    """Unary calls over ONE client connection, `window` in flight; who answered each."""
+    counts: collections.Counter[str] = collections.Counter()
+    with channel(target) as chan:
+        method = chan.unary_unary(ECHO + "Who", **RAW)
+        done = 0
+        while done < calls:
+            batch = [method.future(b"", timeout=10) for _ in range(min(window, calls - done))]
+            for future in batch:
+                counts[future.result().decode()] += 1
+            done += len(batch)
+    return counts
+
+
+class PeakSampler:
+    """The highest value an Envoy statistic reaches while the block runs (sampled)."""
+
+    def __init__(self, envoy: EnvoyProxy, stat: str, interval: float = 0.1) -> None:
+        self.envoy, self.stat, self.interval = envoy, stat, interval
+        self.value = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(OSError):
+                value = self.envoy.stats(f"^{re.escape(self.stat)}$").get(self.stat, 0)
+                self.value = max(self.value, value)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class LoadResult:
+    ok: int = 0
+    failed: int = 0
+    by_backend: collections.Counter[str] = field(default_factory=collections.Counter)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    seconds: float = 0.0
+
+
+async def _load(
+    target: str,
+    *,
+    connections: int,
+    streams: int,
+    method: str,
+    payload: bytes,
+    rounds: int,
+    deadline_s: float,
+) -> LoadResult:
+    result = LoadResult()
+    channels = [aio_channel(target) for _ in range(connections)]
+    started = time.monotonic()
+    try:
+        await asyncio.gather(*(c.channel_ready() for c in channels))
+
+        async def worker(chan: grpc.aio.Channel) -> None:
+            call = chan.unary_unary(ECHO + method, **RAW)
+            for _ in range(rounds):
+                try:
+                    reply = await call(payload, timeout=deadline_s)
+                    result.ok += 1
+                    result.by_backend[reply.decode()] += 1
+                except grpc.aio.AioRpcError as exc:
+                    result.failed += 1
+                    result.errors[f"{exc.code().name}: {exc.details()}"] += 1
+
+        await asyncio.gather(*(worker(c) for c in channels for _ in range(streams)))
+    finally:
+        result.seconds = time.monotonic() - started
+        await asyncio.gather(*(c.close() for c in channels))
+    return result
+
+
+def load(
+    target: str,
+    *,
+    connections: int,
+    streams: int = 1,
+    rounds: int = 1,
+    hold_ms: int = 0,
+    deadline_s: float = 60.0,
+) -> LoadResult:
+    """`connections` client connections x `streams` concurrent calls each, `rounds` times.
+
+    With `hold_ms`, each call stays in flight that long at the backend, so all
+    connections x streams calls are in flight together.
+    """
+    method, payload = ("Hold", str(hold_ms).encode()) if hold_ms else ("Who", b"")
+    return asyncio.run(
+        _load(
+            target,
+            connections=connections,
+            streams=streams,
+            method=method,
+            payload=payload,
+            rounds=rounds,
+            deadline_s=deadline_s,
+        )
+    )
+
+
+@contextlib.contextmanager
+def background_load(target: str, connections: int = 4, window: int = 8) -> Iterator[LoadResult]:
+    """Steady unary calls from another process while the block runs; the result fills in
+    when the block exits. Run in a subprocess so the test's own work cannot stall it."""
+    out = Path(f"/tmp/openslb-load-{os.getpid()}-{time.monotonic_ns()}.json")  # noqa: S108
+    argv = [PYTHON, "-m", "tests.l7.loadgen", target, str(out), str(connections), str(window)]
+    proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = LoadResult()
+    try:
+        wait_until(lambda: out.with_suffix(".started").exists(), 30, "the load generator")
+        yield result
+    finally:
+        proc.send_signal(2)
+        proc.wait(60)
+        data = json.loads(out.read_text())
+        out.unlink()
+        out.with_suffix(".started").unlink()
+        result.ok, result.failed = data["ok"], data["failed"]
+        result.by_backend.update(data["by_backend"])
+        result.errors.update(data["errors"])
+        result.seconds = data["seconds"]

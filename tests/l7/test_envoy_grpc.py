@@ -1,0 +1,120 @@
+"""gRPC through a real Envoy programmed by `slb xds`: per-request balancing, connection
+folding, and the contrast with an L4 proxy."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cmi.store import Put, Store
+from tests.l7.harness import (
+    ECHO,
+    RAW,
+    BackendServer,
+    PeakSampler,
+    TestNet,
+    XdsProcess,
+    balance,
+    channel,
+    host_stats,
+    l4_envoy,
+    listener,
+    load,
+    load_balancer,
+    service,
+    start_backends,
+    start_envoy,
+    wait_for_answer,
+    workers,
+)
+
+
+def grpc_world(
+    store: Store, net: TestNet, tmp_path: Path, max_streams: int = 0
+) -> tuple[str, list[BackendServer]]:
+    """Three gRPC backends behind a GRPC listener on VIP:50051."""
+    backends = start_backends(tmp_path, net, ["b1", "b2", "b3"], max_streams=max_streams)
+    vip = net.address(1)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("echo", [(b.address, b.grpc_port) for b in backends])),
+        Put(listener("echo", "GRPC", 50051, app="echo")),
+    ])  # fmt: skip
+    return vip, backends
+
+
+def test_one_connection_is_balanced_per_request_unlike_l4(
+    store: Store, net: TestNet, xds: XdsProcess, tmp_path: Path
+) -> None:
+    vip, backends = grpc_world(store, net, tmp_path)
+    xds.start()
+    start_envoy(tmp_path, xds, "n1")
+    target = f"{vip}:50051"
+    wait_for_answer(target)
+    counts = balance(target, 3000)
+    assert sum(counts.values()) == 3000
+    assert set(counts) == {"b1", "b2", "b3"}
+    for name, n in counts.items():
+        assert abs(n / 3000 * 100 - 100 / 3) <= 5, (name, counts)
+
+    l4_target = (vip, 50052)
+    l4_envoy(tmp_path, l4_target, backends)
+    l4_counts = balance(f"{vip}:50052", 3000)
+    assert len(l4_counts) == 1, l4_counts
+    assert sum(l4_counts.values()) == 3000
+
+
+def test_many_client_connections_fold_into_one_upstream_connection_per_worker(
+    store: Store, net: TestNet, xds: XdsProcess, tmp_path: Path
+) -> None:
+    vip, backends = grpc_world(store, net, tmp_path)
+    xds.start()
+    envoy = start_envoy(tmp_path, xds, "n1", concurrency=2)
+    target = f"{vip}:50051"
+    wait_for_answer(target)
+    result = load(target, connections=500, streams=1, rounds=6)
+    assert result.failed == 0, result.errors
+    assert result.ok == 3000
+    per_backend = host_stats(envoy, "echo", "cx_total")
+    assert set(per_backend) == {b.grpc_target for b in backends}
+    assert all(1 <= n <= workers(envoy) for n in per_backend.values()), per_backend
+
+
+def test_5000_streams_in_flight_through_one_worker_all_succeed(
+    store: Store, net: TestNet, xds: XdsProcess, tmp_path: Path
+) -> None:
+    """Envoy's default circuit breakers (1,024 requests) would fail most of these calls."""
+    vip, _ = grpc_world(store, net, tmp_path, max_streams=100)
+    xds.start()
+    envoy = start_envoy(tmp_path, xds, "n1", concurrency=1)
+    target = f"{vip}:50051"
+    wait_for_answer(target)
+    with PeakSampler(envoy, "cluster.echo.upstream_rq_active") as peak:
+        result = load(target, connections=500, streams=10, rounds=2, hold_ms=3000)
+    assert result.failed == 0, result.errors
+    assert result.ok == 10_000
+    assert peak.value >= 4_750, peak.value  # (nearly) all 5,000 were in flight together
+    per_backend = host_stats(envoy, "echo", "cx_total")
+    # about in-flight / 100 (the upstream stream limit) connections per backend
+    in_flight_per_backend = 5000 / 3
+    for n in per_backend.values():
+        assert in_flight_per_backend / 100 <= n <= in_flight_per_backend / 100 + 3, per_backend
+
+
+def test_a_30_second_stream_and_a_30_second_silent_call_complete(
+    store: Store, net: TestNet, xds: XdsProcess, tmp_path: Path
+) -> None:
+    """No default timeout cuts long gRPC calls (Envoy's route default is 15 s)."""
+    vip, _ = grpc_world(store, net, tmp_path)
+    xds.start()
+    start_envoy(tmp_path, xds, "n1")
+    target = f"{vip}:50051"
+    wait_for_answer(target)
+    with channel(target) as chan:
+        silent = chan.unary_unary(ECHO + "Hold", **RAW).future(b"30000", timeout=60)
+        started = time.monotonic()
+        messages = [m.decode() for m in chan.unary_stream(ECHO + "Stream", **RAW)(b"31,1000")]
+        assert time.monotonic() - started >= 30
+        assert len(messages) == 31
+        assert messages[-1].endswith(" 30")
+        assert silent.result(timeout=10).decode() in {"b1", "b2", "b3"}
