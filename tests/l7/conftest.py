@@ -1,4 +1,4 @@
-"""Fixtures of the L7 tests: this session's addresses, and the xDS server as a process."""
+"""Fixtures of the L7 tests: this session's addresses, and a bed owning every process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from cmi.devbed.redis import RedisServer
 from cmi.store import Store
-from tests.l7.harness import TestNet, XdsProcess
+from tests.l7.harness import Bed, TestNet
 
 
 @pytest.fixture(scope="session")
@@ -21,8 +21,8 @@ def net() -> Iterator[TestNet]:
 
 
 @pytest.fixture
-def xds(tmp_path: Path, redis_server: RedisServer, store: Store) -> Iterator[XdsProcess]:
-    """`slb xds` on the test's store (not started: write the desired state first, or not)."""
-    server = XdsProcess(tmp_path / "xds", redis_server.url, store.prefix)
-    yield server
-    server.stop()
+def bed(tmp_path: Path, net: TestNet, redis_server: RedisServer, store: Store) -> Iterator[Bed]:
+    """Backends, Envoys and `slb xds` (on this test's store), all stopped after the test."""
+    test_bed = Bed(tmp_path, net, redis_server.url, store.prefix)
+    yield test_bed
+    test_bed.close()

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import http.client
 import json
 import os
 import random
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -161,36 +163,6 @@ class BackendServer:
         self.process.stop(timeout=timeout)
 
 
-def start_backends(
-    directory: Path,
-    net: TestNet,
-    names: Iterable[str],
-    *,
-    first_host: int = 101,
-    max_streams: int = 0,
-    grpc_port: int = 50051,
-    http_port: int = 8080,
-) -> list[BackendServer]:
-    servers = []
-    for i, name in enumerate(names):
-        address = net.address(first_host + i)
-        argv = [
-            PYTHON, "-m", "tests.l7.backend", "--name", name,
-            "--grpc", f"{address}:{grpc_port}", "--http", f"{address}:{http_port}",
-        ]  # fmt: skip
-        if max_streams:
-            argv += ["--max-streams", str(max_streams)]
-        process = Process(f"backend-{name}", argv, directory, env={"PYTHONPATH": str(REPO)})
-        servers.append(BackendServer(name, address, grpc_port, http_port, process.start()))
-    for server in servers:
-        wait_until(
-            lambda s=server: s.process.check_alive() and _connects(s.address, s.grpc_port),  # type: ignore[misc]
-            30,
-            f"backend {server.name}",
-        )
-    return servers
-
-
 def _connects(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
         return True
@@ -251,44 +223,94 @@ class XdsProcess:
         return self.process.log_path.read_text(errors="replace")
 
 
-def start_envoy(
-    directory: Path,
-    xds: XdsProcess,
-    node_id: str,
-    *,
-    group: str = "default",
-    delta: bool = True,
-    concurrency: int = 1,
-) -> EnvoyProxy:
-    config = bootstrap(group, node_id, xds.address, delta=delta, stats_port=None)
-    return EnvoyProxy(directory / node_id, config, concurrency=concurrency, name=node_id).start()
+class Bed:
+    """Everything one test starts (backends, Envoys, the xDS server), stopped at the end."""
 
+    def __init__(self, directory: Path, net: TestNet, redis_url: str, prefix: str) -> None:
+        self.directory = directory
+        self.net = net
+        self.xds = XdsProcess(directory / "xds", redis_url, prefix)
+        self.envoys: list[EnvoyProxy] = []
+        self.servers: list[BackendServer] = []
 
-def l4_envoy(directory: Path, listen: tuple[str, int], backends: list[BackendServer]) -> EnvoyProxy:
-    """A plain TCP proxy balancing connections (as an L4 balancer does), for contrast."""
-    tcp = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-    endpoints = [{"endpoint": {"address": _socket(b.address, b.grpc_port)}} for b in backends]
-    config = {
-        "node": {"id": "l4", "cluster": "l4"},
-        "static_resources": {
-            "listeners": [{
-                "name": "l4",
-                "address": _socket(*listen),
-                "freebind": True,
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.tcp_proxy",
-                    "typed_config": {"@type": tcp, "stat_prefix": "l4", "cluster": "l4"},
-                }]}],
-            }],
-            "clusters": [{
-                "name": "l4", "type": "STATIC", "lb_policy": "ROUND_ROBIN",
-                "load_assignment": {
-                    "cluster_name": "l4", "endpoints": [{"lb_endpoints": endpoints}],
-                },
-            }],
-        },
-    }  # fmt: skip
-    return EnvoyProxy(directory / "l4", config, name="l4").start()
+    def backends(
+        self,
+        names: Iterable[str],
+        *,
+        first_host: int = 101,
+        max_streams: int = 0,
+        grpc_port: int = 50051,
+        http_port: int = 8080,
+    ) -> list[BackendServer]:
+        servers = []
+        for i, name in enumerate(names):
+            address = self.net.address(first_host + i)
+            argv = [
+                PYTHON, "-m", "tests.l7.backend", "--name", name,
+                "--grpc", f"{address}:{grpc_port}", "--http", f"{address}:{http_port}",
+            ]  # fmt: skip
+            if max_streams:
+                argv += ["--max-streams", str(max_streams)]
+            process = Process(
+                f"backend-{name}", argv, self.directory, env={"PYTHONPATH": str(REPO)}
+            )
+            server = BackendServer(name, address, grpc_port, http_port, process)
+            self.servers.append(server)
+            servers.append(server)
+            process.start()
+        for server in servers:
+            wait_until(
+                lambda s=server: s.process.check_alive() and _connects(s.address, s.grpc_port),  # type: ignore[misc]
+                30,
+                f"backend {server.name}",
+            )
+        return servers
+
+    def envoy(
+        self, node_id: str, *, group: str = "default", delta: bool = True, concurrency: int = 1
+    ) -> EnvoyProxy:
+        """An Envoy bootstrapped for ADS from this bed's xDS server; returns once LIVE."""
+        config = bootstrap(group, node_id, self.xds.address, delta=delta, stats_port=None)
+        proxy = EnvoyProxy(
+            self.directory / node_id, config, concurrency=concurrency, name=node_id
+        )
+        self.envoys.append(proxy)
+        return proxy.start()
+
+    def close(self) -> None:
+        for proxy in self.envoys:
+            proxy.stop()
+        self.xds.stop()
+        for server in self.servers:
+            server.process.stop(timeout=5)
+
+    def l4_envoy(self, listen: tuple[str, int], backends: list[BackendServer]) -> EnvoyProxy:
+        """A plain TCP proxy balancing connections (as an L4 balancer does), for contrast."""
+        tcp = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+        endpoints = [{"endpoint": {"address": _socket(b.address, b.grpc_port)}} for b in backends]
+        config = {
+            "node": {"id": "l4", "cluster": "l4"},
+            "static_resources": {
+                "listeners": [{
+                    "name": "l4",
+                    "address": _socket(*listen),
+                    "freebind": True,
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {"@type": tcp, "stat_prefix": "l4", "cluster": "l4"},
+                    }]}],
+                }],
+                "clusters": [{
+                    "name": "l4", "type": "STATIC", "lb_policy": "ROUND_ROBIN",
+                    "load_assignment": {
+                        "cluster_name": "l4", "endpoints": [{"lb_endpoints": endpoints}],
+                    },
+                }],
+            },
+        }  # fmt: skip
+        proxy = EnvoyProxy(self.directory / "l4", config, name="l4")
+        self.envoys.append(proxy)
+        return proxy.start()
 
 
 def _socket(address: str, port: int) -> dict[str, Any]:
@@ -320,30 +342,25 @@ def config_dump(envoy: EnvoyProxy) -> dict[str, Any]:
     return json.loads(envoy.admin("config_dump?include_eds"))  # type: ignore[no-any-return]
 
 
-def dynamic_names(envoy: EnvoyProxy) -> dict[str, list[str]]:
-    """Names of the dynamic listeners, clusters, routes, endpoints and secrets Envoy holds."""
-    out: dict[str, list[str]] = collections.defaultdict(list)
+def dynamic_resources(envoy: EnvoyProxy) -> dict[str, dict[str, Any]]:
+    """The listeners, clusters, routes, endpoints and secrets Envoy got over xDS and put
+    in force (warming ones left out), by kind and name, without versions or timestamps."""
+    out: dict[str, dict[str, Any]] = collections.defaultdict(dict)
     for section in config_dump(envoy)["configs"]:
-        kind = section["@type"].rsplit(".", 1)[-1]
-        for key, entries in section.items():
-            if not key.startswith("dynamic_") or not isinstance(entries, list):
-                continue
-            for entry in entries:
-                name = _entry_name(entry)
-                if name:
-                    out[f"{kind}.{key}"].append(name)
-    return {k: sorted(v) for k, v in out.items()}
-
-
-def _entry_name(entry: dict[str, Any]) -> str | None:
-    for key in ("active_state", "warming_state"):
-        if key in entry:
-            return entry[key]["listener"]["name"]  # type: ignore[no-any-return]
-    for key in ("cluster", "route_config", "endpoint_config", "secret"):
-        if key in entry:
-            value = entry[key]
-            return value.get("name") or value.get("cluster_name")  # type: ignore[no-any-return]
-    return entry.get("name")
+        for entry in section.get("dynamic_listeners", []):
+            if "active_state" in entry:
+                listener = entry["active_state"]["listener"]
+                out["listeners"][listener["name"]] = listener
+        for entry in section.get("dynamic_active_clusters", []):
+            out["clusters"][entry["cluster"]["name"]] = entry["cluster"]
+        for entry in section.get("dynamic_route_configs", []):
+            out["routes"][entry["route_config"]["name"]] = entry["route_config"]
+        for entry in section.get("dynamic_endpoint_configs", []):
+            config = entry["endpoint_config"]
+            out["endpoints"][config["cluster_name"]] = config
+        for entry in section.get("dynamic_active_secrets", []):
+            out["secrets"][entry["name"]] = entry["secret"]
+    return dict(out)
 
 
 # -- gRPC clients -------------------------------------------------------------------------
@@ -508,3 +525,55 @@ def background_load(target: str, connections: int = 4, window: int = 8) -> Itera
         result.by_backend.update(data["by_backend"])
         result.errors.update(data["errors"])
         result.seconds = data["seconds"]
+
+
+# -- TLS clients --------------------------------------------------------------------------
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the tests compare the served certificate itself
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    return context
+
+
+def served_certificate(address: str, port: int, sni: str | None) -> tuple[bytes, str | None]:
+    """The DER certificate a TLS listener presents for `sni`, and the ALPN it picked."""
+    with (
+        socket.create_connection((address, port), timeout=5) as raw,
+        _tls_context().wrap_socket(raw, server_hostname=sni) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der, tls.selected_alpn_protocol()
+
+
+def https_get(address: str, port: int, host: str, path: str = "/") -> tuple[int, str]:
+    """GET over TLS (HTTP/1.1) with SNI and Host `host`, connecting to `address`."""
+    context = _tls_context()
+    context.set_alpn_protocols(["http/1.1"])
+    conn = http.client.HTTPSConnection(address, port, timeout=5, context=context)
+    conn.sock = context.wrap_socket(
+        socket.create_connection((address, port), timeout=5), server_hostname=host
+    )
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def http_get(address: str, port: int, host: str, path: str = "/") -> tuple[int, str]:
+    conn = http.client.HTTPConnection(address, port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def der(pem: str) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem)
