@@ -17,17 +17,17 @@ from cmi.store import Store
 @click.command("xds")
 @click.option("--bind", help="Serve ADS here (default: xds.bind).")
 @click.option("--metrics-bind", help="Serve Prometheus metrics here (default: xds.metrics_bind).")
-@click.option("-v", "--verbose", is_flag=True, help="Log every change and connection.")
+@click.option(
+    "-v", "--verbose", count=True, help="-v: log changes and connections; -vv: every message."
+)
 @click.pass_obj
-def xds(settings: Settings, bind: str | None, metrics_bind: str | None, verbose: bool) -> None:
+def xds(settings: Settings, bind: str | None, metrics_bind: str | None, verbose: int) -> None:
     """Serve Envoy configuration over ADS (gRPC), State of the World and Delta."""
     from l7.server import XdsServer  # noqa: PLC0415 - keep `slb --help` fast
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
-    logging.getLogger("openslb.xds").setLevel(logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    levels = {0: logging.WARNING, 1: logging.INFO}
+    logging.getLogger("openslb.xds").setLevel(levels.get(verbose, logging.DEBUG))
     store = Store.from_url(settings.redis.url, settings.redis.prefix)
     server = XdsServer(
         store,

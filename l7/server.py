@@ -50,6 +50,8 @@ class Stream:
 
     def send(self, responses: list[Response]) -> None:
         for response in responses:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("xds: %s -> %s", self.session.node_id, _describe_response(response))
             self.queue.put_nowait(response)
 
 
@@ -93,6 +95,8 @@ class Hub:
                 self.after(stream)
 
     def on_request(self, stream: Stream, request: Request) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("xds: %s <- %s", stream.session.node_id, _describe_request(request))
         stream.send(stream.session.on_request(request))
         self.after(stream)
 
@@ -119,6 +123,33 @@ class Hub:
         if state != stream.reported and (session.synced or error):
             stream.reported = state
             self.report(stream)
+
+
+def _short(type_url: str) -> str:
+    return KIND_NAMES.get(type_url, type_url)
+
+
+def _describe_request(request: Request) -> str:
+    parts = [_short(request.type_url), f"nonce={request.response_nonce!r}"]
+    if request.HasField("error_detail"):
+        parts.append(f"NACK={request.error_detail.message!r}")
+    if hasattr(request, "resource_names_subscribe"):
+        parts += [
+            f"+{sorted(request.resource_names_subscribe)}",
+            f"-{sorted(request.resource_names_unsubscribe)}",
+            f"initial={dict(request.initial_resource_versions)}",
+        ]
+    else:
+        parts += [f"version={request.version_info!r}", f"names={sorted(request.resource_names)}"]
+    return " ".join(parts)
+
+
+def _describe_response(response: Response) -> str:
+    if hasattr(response, "removed_resources"):
+        names = [r.name for r in response.resources]
+        removed = list(response.removed_resources)
+        return f"{_short(response.type_url)} nonce={response.nonce} +{names} -{removed}"
+    return f"{_short(response.type_url)} nonce={response.nonce} n={len(response.resources)}"
 
 
 def _mode(session: Session) -> str:

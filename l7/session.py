@@ -3,25 +3,28 @@
 Plain logic, no gRPC: the server feeds it Envoy's requests and new snapshots, and sends
 whatever it returns. It follows Envoy's xDS protocol:
 
-- every response carries a fresh nonce; a request whose nonce is not the latest one sent
-  for its type is stale and ignored (Delta still applies its subscription changes);
-- one response is in flight at a time and the next waits for its ACK or NACK, which gives
-  make-before-break ordering: clusters (kept alongside the ones they replace), then their
-  endpoints (waiting until Envoy has subscribed to every new cluster's), then secrets,
-  listeners and routes, and only then the removal of clusters nothing routes to;
-- a NACK (`error_detail`) leaves Envoy on its last good configuration; the rejected content
-  counts as sent, so it is not sent again until the desired state changes;
+- every response carries a fresh nonce; a SotW request whose nonce is not the latest one
+  sent for its type is stale and ignored (a Delta one still changes subscriptions);
+- at most one response per type is in flight; the next one of that type waits for the
+  ACK or NACK;
+- make-before-break: new and changed clusters go first (the ones they replace stay);
+  endpoints and secrets are answered as Envoy asks for them (it asks while new clusters
+  warm, and ACKs the clusters only once they are warm); listeners and routes wait until
+  the clusters are ACKed and every one of them has its endpoints; removals of clusters
+  wait until nothing else is in flight, so no route points at a cluster being removed;
+- a NACK (`error_detail`) leaves Envoy on its last good configuration; the rejected
+  content counts as sent, so it is not sent again until the desired state changes;
 - only what changed is sent: Delta sends changed resources by hash (and skips what Envoy
   already holds on reconnect, from `initial_resource_versions`); SotW sends a type only
-  when its hashes changed, all of it for listeners and clusters, the changed ones for the
-  others.
+  when its hashes changed: all of it for listeners and clusters, the changed resources
+  for the others.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -33,22 +36,22 @@ from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE
 WILDCARD = frozenset({LISTENER, CLUSTER})
 """Types Envoy subscribes to as a whole; the others by name."""
 
+# xds-protos has no type stubs, so Envoy's messages are typed Any.
+Response: TypeAlias = Any
+"""A DiscoveryResponse (SotW) or DeltaDiscoveryResponse."""
+Request: TypeAlias = Any
+"""A DiscoveryRequest (SotW) or DeltaDiscoveryRequest."""
+
 Step = tuple[str, list[Resource], list[str]]
 """A response to send: type URL, resources to add or update, names to remove."""
 
 
 class Wait(enum.Enum):
     WAIT = "wait"
-    """Nothing can be sent until Envoy asks for more (the endpoints of a new cluster)."""
+    """Nothing further can be sent until Envoy answers."""
 
 
 WAIT = Wait.WAIT
-
-# xds-protos has no type stubs, so Envoy's messages are typed Any.
-Response: TypeAlias = Any
-"""A DiscoveryResponse (SotW) or DeltaDiscoveryResponse."""
-Request: TypeAlias = Any
-"""A DiscoveryRequest (SotW) or DeltaDiscoveryRequest."""
 
 
 @dataclass
@@ -62,15 +65,15 @@ class TypeState:
     sent: dict[str, str] = field(default_factory=dict)
     """Name -> version Envoy was last sent (and holds, unless it NACKed)."""
     held: dict[str, Resource] = field(default_factory=dict)
-    """The resources behind `sent` (SotW re-sends kept clusters whole)."""
+    """The resources behind `sent` (SotW re-sends listeners and clusters whole)."""
     nonce: str = ""
+    inflight: InFlight | None = None
     error: str | None = None
     """The last NACK's message, until a later response of this type is ACKed."""
 
 
 @dataclass(frozen=True)
 class InFlight:
-    type_url: str
     nonce: str
     revision: int
 
@@ -91,7 +94,6 @@ class Session:
     delta: bool
     types: dict[str, TypeState] = field(default_factory=lambda: {t: TypeState() for t in TYPES})
     target: GroupSnapshot | None = None
-    inflight: InFlight | None = None
     acks: list[Ack] = field(default_factory=list)
     """ACKs and NACKs since the server last looked (it drains the list)."""
     _nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -111,13 +113,13 @@ class Session:
         if isinstance(request, discovery_pb2.DeltaDiscoveryRequest):
             self._subscribe_delta(state, type_url, request)
         elif nonce and nonce != state.nonce:
-            return []  # stale: Envoy will repeat its subscription with the newer nonce
+            return []  # stale: Envoy repeats its subscription with the newer nonce
         else:
             self._subscribe_sotw(state, type_url, request)
         state.requested = True
-        inflight = self.inflight
-        if inflight is not None and nonce == inflight.nonce and inflight.type_url == type_url:
-            self.inflight = None
+        inflight = state.inflight
+        if inflight is not None and nonce == inflight.nonce:
+            state.inflight = None
             state.error = None
             if request.HasField("error_detail"):
                 detail = request.error_detail
@@ -125,8 +127,9 @@ class Session:
             self.acks.append(Ack(type_url, inflight.revision, state.error))
         return self._advance()
 
+    @staticmethod
     def _subscribe_sotw(
-        self, state: TypeState, type_url: str, request: discovery_pb2.DiscoveryRequest
+        state: TypeState, type_url: str, request: discovery_pb2.DiscoveryRequest
     ) -> None:
         names = set(request.resource_names)
         if type_url in WILDCARD and (not names or "*" in names):
@@ -137,8 +140,9 @@ class Session:
             state.held.pop(gone, None)
         state.names = names
 
+    @staticmethod
     def _subscribe_delta(
-        self, state: TypeState, type_url: str, request: discovery_pb2.DeltaDiscoveryRequest
+        state: TypeState, type_url: str, request: discovery_pb2.DeltaDiscoveryRequest
     ) -> None:
         subscribe = set(request.resource_names_subscribe)
         if not state.requested:
@@ -160,7 +164,11 @@ class Session:
     @property
     def synced(self) -> bool:
         """Envoy holds the whole target (or rejected part of it): nothing left to send."""
-        return self.target is not None and self.inflight is None and not self._pending()
+        return (
+            self.target is not None
+            and not any(s.inflight for s in self.types.values())
+            and self._next() is None
+        )
 
     @property
     def error(self) -> str | None:
@@ -168,29 +176,29 @@ class Session:
         return "; ".join(errors) or None
 
     def _advance(self) -> list[Response]:
-        if self.inflight is not None or self.target is None:
-            return []
-        step = self._next()
-        if step is None or step is WAIT:
-            return []
-        type_url, updates, removals = step
-        return [self._respond(type_url, updates, removals)]
-
-    def _pending(self) -> bool:
-        return self._next() is not None
+        out: list[Response] = []
+        if self.target is None:
+            return out
+        while True:
+            step = self._next()
+            if step is None or step is WAIT:
+                return out
+            out.append(self._respond(*step))
 
     def _next(self) -> Step | Wait | None:
         """The next response in make-before-break order; WAIT for Envoy; None: all sent."""
-        for phase in (
+        phases: tuple[Callable[[], Step | Wait | None], ...] = (
             self._add_clusters,
             lambda: self._by_name(ENDPOINT),
             lambda: self._by_name(SECRET),
-            self._endpoints_ready,
+            self._clusters_warm,
             self._listeners,
             lambda: self._by_name(ROUTE),
+            self._quiet,
             self._remove_clusters,
             self._remove_by_name,
-        ):
+        )
+        for phase in phases:
             step = phase()
             if step is not None:
                 return step
@@ -200,50 +208,43 @@ class Session:
         assert self.target is not None
         return self.target.resources[type_url]
 
+    def _open(self, type_url: str) -> TypeState | None:
+        """The type's state if a response of it may be sent now."""
+        state = self.types[type_url]
+        return state if state.requested and state.inflight is None else None
+
     def _add_clusters(self) -> Step | None:
         """New and changed clusters; the ones they replace stay until routes move off them."""
-        cds = self.types[CLUSTER]
-        if not cds.requested:
+        cds = self._open(CLUSTER)
+        if cds is None:
             return None
         updates = _changed(cds, self._want(CLUSTER))
         return (CLUSTER, updates, []) if updates or not cds.responded else None
 
-    def _endpoints_ready(self) -> Wait | None:
-        """A new cluster warms until its endpoints arrive: wait for Envoy to ask for them
-        rather than send routes to a cluster that is not ready (unless CDS was rejected)."""
+    def _clusters_warm(self) -> Wait | None:
+        """Listeners and routes wait until Envoy ACKed the clusters (it does once they are
+        warm) and every cluster has its endpoints (unless Envoy rejected the clusters)."""
         cds, eds = self.types[CLUSTER], self.types[ENDPOINT]
-        ready = not cds.requested or cds.error is not None
-        if not ready and any(n not in eds.sent for n in self._want(CLUSTER)):
+        if not cds.requested:
+            return None
+        if cds.inflight is not None or _changed(cds, self._want(CLUSTER)):
+            return WAIT
+        if cds.error is None and any(n not in eds.sent for n in self._want(CLUSTER)):
             return WAIT
         return None
 
     def _listeners(self) -> Step | None:
-        lds, want = self.types[LISTENER], self._want(LISTENER)
-        if not lds.requested:
+        lds = self._open(LISTENER)
+        if lds is None:
             return None
+        want = self._want(LISTENER)
         updates = _changed(lds, want)
         removals = [n for n in lds.sent if n not in want]
         return (LISTENER, updates, removals) if updates or removals or not lds.responded else None
 
-    def _remove_clusters(self) -> Step | None:
-        cds, want = self.types[CLUSTER], self._want(CLUSTER)
-        removals = [n for n in cds.sent if n not in want] if cds.requested else []
-        return (CLUSTER, [], removals) if removals else None
-
-    def _remove_by_name(self) -> Step | None:
-        """Delta only: a subscribed resource gone from the desired state is removed."""
-        if not self.delta:
-            return None
-        for type_url in (ENDPOINT, SECRET, ROUTE):
-            state, want = self.types[type_url], self._want(type_url)
-            gone = [n for n in state.sent if n in state.names and n not in want]
-            if gone:
-                return type_url, [], gone
-        return None
-
     def _by_name(self, type_url: str) -> Step | None:
-        state = self.types[type_url]
-        if not state.requested:
+        state = self._open(type_url)
+        if state is None:
             return None
         available = self._want(type_url)
         updates = [
@@ -251,8 +252,32 @@ class Session:
             for n in sorted(state.names)
             if n in available and state.sent.get(n) != available[n].version
         ]
-        if updates:
-            return type_url, updates, []
+        return (type_url, updates, []) if updates else None
+
+    def _quiet(self) -> Wait | None:
+        """Removals wait until every update is ACKed."""
+        return WAIT if any(s.inflight for s in self.types.values()) else None
+
+    def _remove_clusters(self) -> Step | None:
+        cds = self._open(CLUSTER)
+        if cds is None:
+            return None
+        want = self._want(CLUSTER)
+        removals = [n for n in cds.sent if n not in want]
+        return (CLUSTER, [], removals) if removals else None
+
+    def _remove_by_name(self) -> Step | None:
+        """Delta only: a subscribed resource gone from the desired state is removed."""
+        if not self.delta:
+            return None
+        for type_url in (ENDPOINT, SECRET, ROUTE):
+            state = self._open(type_url)
+            if state is None:
+                continue
+            want = self._want(type_url)
+            gone = [n for n in state.sent if n in state.names and n not in want]
+            if gone:
+                return type_url, [], gone
         return None
 
     def _respond(self, type_url: str, updates: list[Resource], removals: list[str]) -> Response:
@@ -273,7 +298,7 @@ class Session:
                 eds.sent.pop(resource.name, None)
         state.nonce = nonce
         state.responded = True
-        self.inflight = InFlight(type_url, nonce, revision)
+        state.inflight = InFlight(nonce, revision)
         if self.delta:
             return discovery_pb2.DeltaDiscoveryResponse(
                 system_version_info=str(revision),

@@ -63,6 +63,11 @@ def listener(
     socket.port_value = model.port
     out.freebind.value = True
     out.per_connection_buffer_limit_bytes.value = policy.BUFFER_LIMIT_BYTES
+    if model.protocol is Protocol.GRPC:
+        # gRPC clients hold few, long-lived connections: spread them evenly over the
+        # workers (the kernel's hashing can leave one worker with far more), at a small
+        # cost per accept that such listeners rarely pay.
+        out.connection_balance_config.exact_balance.SetInParent()
     filters = _network_filters(model)
     if model.protocol is not Protocol.HTTPS:
         out.filter_chains.add(filters=filters)

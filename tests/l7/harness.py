@@ -43,6 +43,8 @@ from cmi.model import (
     parse,
 )
 from cmi.model import Listener as ListenerModel
+from cmi.status import StatusBoard
+from cmi.store import Store
 from l7.bootstrap import bootstrap
 
 REPO = Path(__file__).resolve().parents[2]
@@ -187,7 +189,8 @@ class XdsProcess:
     def start(self) -> XdsProcess:
         self.starts += 1
         argv = [
-            SLB, "xds", "-v", "--bind", self.address,
+            SLB, "xds", "-vv" if os.environ.get("OPENSLB_XDS_DEBUG") else "-v",
+            "--bind", self.address,
             "--metrics-bind", f"127.0.0.1:{self.metrics_port}",
         ]  # fmt: skip
         self.process = Process(f"xds-{self.starts}", argv, self.directory, env=self.env).start()
@@ -271,9 +274,7 @@ class Bed:
     ) -> EnvoyProxy:
         """An Envoy bootstrapped for ADS from this bed's xDS server; returns once LIVE."""
         config = bootstrap(group, node_id, self.xds.address, delta=delta, stats_port=None)
-        proxy = EnvoyProxy(
-            self.directory / node_id, config, concurrency=concurrency, name=node_id
-        )
+        proxy = EnvoyProxy(self.directory / node_id, config, concurrency=concurrency, name=node_id)
         self.envoys.append(proxy)
         return proxy.start()
 
@@ -577,3 +578,20 @@ def http_get(address: str, port: int, host: str, path: str = "/") -> tuple[int, 
 
 def der(pem: str) -> bytes:
     return ssl.PEM_cert_to_DER_cert(pem)
+
+
+def wait_programmed(
+    store: Store, nodes: Iterable[str], revision: int, timeout: float = 30.0
+) -> float:
+    """Wait until every Envoy in `nodes` reports `revision` (or newer) programmed, no error."""
+    board = StatusBoard(store)
+    nodes = list(nodes)
+
+    def programmed() -> bool:
+        status = board.all("l7")
+        return all(
+            n in status and status[n].revision >= revision and status[n].error is None
+            for n in nodes
+        )
+
+    return wait_until(programmed, timeout, f"{nodes} at revision {revision}", interval=0.02)

@@ -36,9 +36,7 @@ def grpc_world(store: Store, bed: Bed, max_streams: int = 0) -> tuple[str, list[
     return vip, backends
 
 
-def test_one_connection_is_balanced_per_request_unlike_l4(
-    store: Store, bed: Bed
-) -> None:
+def test_one_connection_is_balanced_per_request_unlike_l4(store: Store, bed: Bed) -> None:
     vip, backends = grpc_world(store, bed)
     bed.xds.start()
     bed.envoy("n1")
@@ -73,9 +71,7 @@ def test_many_client_connections_fold_into_one_upstream_connection_per_worker(
     assert all(1 <= n <= workers(envoy) for n in per_backend.values()), per_backend
 
 
-def test_5000_streams_in_flight_through_one_worker_all_succeed(
-    store: Store, bed: Bed
-) -> None:
+def test_5000_streams_in_flight_through_one_worker_all_succeed(store: Store, bed: Bed) -> None:
     """Envoy's default circuit breakers (1,024 requests) would fail most of these calls."""
     vip, _ = grpc_world(store, bed, max_streams=100)
     bed.xds.start()
@@ -94,9 +90,7 @@ def test_5000_streams_in_flight_through_one_worker_all_succeed(
         assert in_flight_per_backend / 100 <= n <= in_flight_per_backend / 100 + 3, per_backend
 
 
-def test_a_30_second_stream_and_a_30_second_silent_call_complete(
-    store: Store, bed: Bed
-) -> None:
+def test_a_30_second_stream_and_a_30_second_silent_call_complete(store: Store, bed: Bed) -> None:
     """No default timeout cuts long gRPC calls (Envoy's route default is 15 s)."""
     vip, _ = grpc_world(store, bed)
     bed.xds.start()

@@ -39,9 +39,7 @@ def https_world(store: Store, bed: Bed, certs: list[Certificate]) -> tuple[str, 
     return vip, 8443
 
 
-def test_sni_picks_the_certificate_and_alpn_offers_h2(
-    store: Store, bed: Bed
-) -> None:
+def test_sni_picks_the_certificate_and_alpn_offers_h2(store: Store, bed: Bed) -> None:
     a = self_signed("a.shop.test", "www.a.shop.test")
     b = self_signed("b.shop.test", "*.b.shop.test")
     vip, port = https_world(
