@@ -32,26 +32,43 @@ from l7.translate.route import route_configuration
 from l7.translate.secret import secret
 
 
-@dataclass(frozen=True)
 class Resource:
-    """One named resource: its content hash, packed once and shared by every stream."""
+    """One named resource: its content hash, serialized once and shared by every stream.
 
-    name: str
-    version: str
-    body: any_pb2.Any
-    delta: discovery_pb2.Resource
+    The packed forms SotW and Delta responses carry are made on first use and kept.
+    """
+
+    __slots__ = ("_body", "_delta", "name", "raw", "type_url", "version")
+
+    def __init__(self, name: str, type_url: str, raw: bytes) -> None:
+        self.name = name
+        self.type_url = type_url
+        self.raw = raw
+        self.version = hashlib.blake2b(raw, digest_size=8).hexdigest()
+        self._body: any_pb2.Any | None = None
+        self._delta: discovery_pb2.Resource | None = None
 
     @classmethod
     def of(cls, name: str, message: Message) -> Resource:
-        raw = message.SerializeToString(deterministic=True)
-        version = hashlib.blake2b(raw, digest_size=8).hexdigest()
-        body = any_pb2.Any(type_url=_type_url(message), value=raw)
-        delta = discovery_pb2.Resource(name=name, version=version, resource=body)
-        return cls(name, version, body, delta)
+        type_url = "type.googleapis.com/" + message.DESCRIPTOR.full_name
+        return cls(name, type_url, message.SerializeToString(deterministic=True))
 
+    @property
+    def body(self) -> any_pb2.Any:
+        if self._body is None:
+            self._body = any_pb2.Any(type_url=self.type_url, value=self.raw)
+        return self._body
 
-def _type_url(message: Message) -> str:
-    return "type.googleapis.com/" + message.DESCRIPTOR.full_name
+    @property
+    def delta(self) -> discovery_pb2.Resource:
+        if self._delta is None:
+            self._delta = discovery_pb2.Resource(
+                name=self.name, version=self.version, resource=self.body
+            )
+        return self._delta
+
+    def __repr__(self) -> str:
+        return f"Resource({self.name!r}, {self.version})"
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,12 @@ written to the status board for cmi and the console.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -311,9 +313,10 @@ class XdsServer:
     def _publish(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()
         try:
-            state = resolve(snapshot)
-            keys = self._keys_for(state)
-            groups = self.cache.build(state, keys)
+            with gc_paused():
+                state = resolve(snapshot)
+                keys = self._keys_for(state)
+                groups = self.cache.build(state, keys)
         except Exception:
             log.exception("xds: cannot translate revision %d; serving the last good one",
                           snapshot.revision)  # fmt: skip
@@ -387,6 +390,23 @@ class XdsServer:
             self.board.report(
                 "l7", node, group, revision, error=error, error_revision=error_revision
             )
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while translating.
+
+    Translation allocates many short-lived objects (freed by reference counting) while
+    the desired state holds hundreds of thousands of long-lived ones; each full
+    collection walks all of them, which tripled the time to translate 10,000 Services.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _used_certificates(state: DesiredState) -> list[Certificate]:

@@ -36,9 +36,8 @@ class Golden:
 
         `inputs` are the file names in `directory` that are not outputs.
         """
-        stale = {
-            p.name for p in directory.glob("*.json") if p.name not in inputs and p.name not in outputs
-        }
+        known = set(inputs) | set(outputs)
+        stale = {p.name for p in directory.glob("*.json") if p.name not in known}
         if self.update:
             for name in stale:
                 (directory / name).unlink()

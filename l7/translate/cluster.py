@@ -1,10 +1,15 @@
 """Clusters: one per listener (its default backends) and one per route.
 
 Everything here depends on the listener's settings only, never on its backends, so an
-endpoint change leaves every cluster byte-identical and only EDS is sent.
+endpoint change leaves every cluster byte-identical and only EDS is sent. Those settings
+are gathered in a `ClusterShape`; listeners of the same shape share one prototype that
+only needs its name filled in, which keeps translating 10,000 listeners fast.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import base_pb2, health_check_pb2, protocol_pb2
@@ -28,11 +33,40 @@ def clusters(resolved: ResolvedListener) -> list[cluster_pb2.Cluster]:
     return [cluster(listener, name) for name in names]
 
 
+@dataclass(frozen=True)
+class ClusterShape:
+    """Every listener setting a cluster depends on, its name aside."""
+
+    lb_policy: int
+    health_check: HealthCheck | None
+    http2: bool
+    tls: bool
+    idle_timeout_s: int
+
+    @classmethod
+    def of(cls, listener: Listener) -> ClusterShape:
+        return cls(
+            lb_policy=policy.lb_policy(listener),
+            health_check=listener.health_check,
+            http2=listener.upstream_is_http2,
+            tls=listener.upstream_protocol is BackendProtocol.TLS,
+            idle_timeout_s=listener.idle_timeout_s,
+        )
+
+
 def cluster(listener: Listener, name: str) -> cluster_pb2.Cluster:
+    c = cluster_pb2.Cluster()
+    c.CopyFrom(_prototype(ClusterShape.of(listener)))
+    c.name = name
+    return c
+
+
+@functools.lru_cache(maxsize=1024)
+def _prototype(shape: ClusterShape) -> cluster_pb2.Cluster:
+    """A cluster without a name; shared, so only ever copied from."""
     c = cluster_pb2.Cluster(
-        name=name,
         type=cluster_pb2.Cluster.EDS,
-        lb_policy=policy.lb_policy(listener),
+        lb_policy=shape.lb_policy,
         connect_timeout=seconds(policy.CONNECT_TIMEOUT_S),
         # An endpoint gone from EDS is gone now, not when its health check next fails.
         ignore_health_on_host_removal=True,
@@ -41,14 +75,12 @@ def cluster(listener: Listener, name: str) -> cluster_pb2.Cluster:
     c.per_connection_buffer_limit_bytes.value = policy.BUFFER_LIMIT_BYTES
     c.circuit_breakers.CopyFrom(_circuit_breakers())
     c.outlier_detection.CopyFrom(_outlier_detection())
-    if listener.health_check is not None:
-        c.health_checks.append(_health_check(listener.health_check, listener.upstream_is_http2))
-    c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(
-        pack(_http_options(listener))
-    )
-    if listener.upstream_protocol is BackendProtocol.TLS:
+    if shape.health_check is not None:
+        c.health_checks.append(_health_check(shape.health_check, shape.http2))
+    c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(_http_options(shape)))
+    if shape.tls:
         tls = tls_pb2.UpstreamTlsContext()
-        if listener.upstream_is_http2:
+        if shape.http2:
             tls.common_tls_context.alpn_protocols.append("h2")
         c.transport_socket.name = TLS_SOCKET
         c.transport_socket.typed_config.CopyFrom(pack(tls))
@@ -111,11 +143,11 @@ def _code_ranges(expected: str | None) -> list[tuple[int, int]]:
     return ranges
 
 
-def _http_options(listener: Listener) -> http_protocol_options_pb2.HttpProtocolOptions:
+def _http_options(shape: ClusterShape) -> http_protocol_options_pb2.HttpProtocolOptions:
     options = http_protocol_options_pb2.HttpProtocolOptions()
-    options.common_http_protocol_options.idle_timeout.CopyFrom(seconds(listener.idle_timeout_s))
+    options.common_http_protocol_options.idle_timeout.CopyFrom(seconds(shape.idle_timeout_s))
     explicit = options.explicit_http_config
-    if listener.upstream_is_http2:
+    if shape.http2:
         h2 = explicit.http2_protocol_options
         h2.max_concurrent_streams.value = policy.UPSTREAM_MAX_STREAMS
         h2.connection_keepalive.CopyFrom(

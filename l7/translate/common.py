@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address, IPv6Address
+
 from envoy.config.core.v3 import config_source_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
@@ -38,6 +40,14 @@ def ads() -> config_source_pb2.ConfigSource:
     source = config_source_pb2.ConfigSource(resource_api_version=config_source_pb2.V3)
     source.ads.SetInParent()
     return source
+
+
+def ip_text(address: IPv4Address | IPv6Address) -> str:
+    """`str(address)`, several times faster for IPv4 (100,000 backends at 10,000 Services)."""
+    if address.version == 4:
+        n = int(address)
+        return f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+    return str(address)
 
 
 def seconds(value: float) -> duration_pb2.Duration:

@@ -14,7 +14,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from cmi.model import Backend, Listener
 from cmi.resolve import ResolvedListener
 from l7.translate import policy
-from l7.translate.common import cluster_name
+from l7.translate.common import cluster_name, ip_text
 
 
 def load_assignments(resolved: ResolvedListener) -> list[endpoint_pb2.ClusterLoadAssignment]:
@@ -37,7 +37,7 @@ def load_assignment(
     for backend in serving:
         lb_endpoint: endpoint_components_pb2.LbEndpoint = add()
         socket = lb_endpoint.endpoint.address.socket_address
-        socket.address = str(backend.address)
+        socket.address = ip_text(backend.address)
         socket.port_value = backend.port
         if weighted:
             lb_endpoint.load_balancing_weight.value = backend.weight

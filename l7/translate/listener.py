@@ -11,6 +11,7 @@ send no known name.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -29,7 +30,7 @@ from google.protobuf import struct_pb2
 from cmi.model import Certificate, Listener, Protocol
 from cmi.resolve import ResolvedListener
 from l7.translate import policy
-from l7.translate.common import ads, pack, seconds
+from l7.translate.common import ads, ip_text, pack, seconds
 from l7.translate.secret import server_names
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -59,7 +60,7 @@ def listener(
     model = resolved.listener
     out = listener_pb2.Listener(name=model.name)
     socket = out.address.socket_address
-    socket.address = str(resolved.vip)
+    socket.address = ip_text(resolved.vip)
     socket.port_value = model.port
     out.freebind.value = True
     out.per_connection_buffer_limit_bytes.value = policy.BUFFER_LIMIT_BYTES
@@ -115,21 +116,29 @@ def _network_filters(model: Listener) -> list[listener_components_pb2.Filter]:
 
 
 def _http_connection_manager(model: Listener) -> hcm_pb2.HttpConnectionManager:
+    hcm = HCM()
+    hcm.CopyFrom(_hcm_prototype(model.protocol, model.idle_timeout_s))
+    hcm.stat_prefix = model.name
+    hcm.rds.route_config_name = model.name
+    return hcm
+
+
+@functools.lru_cache(maxsize=256)
+def _hcm_prototype(protocol: Protocol, idle_timeout_s: int) -> hcm_pb2.HttpConnectionManager:
+    """Everything but the names; shared, so only ever copied from."""
     hcm = HCM(
-        stat_prefix=model.name,
         codec_type=HCM.AUTO,
         use_remote_address={"value": True},
         normalize_path={"value": True},
         merge_slashes=True,
         strip_any_host_port=True,
-        stream_idle_timeout=seconds(model.idle_timeout_s),
+        stream_idle_timeout=seconds(idle_timeout_s),
         request_headers_timeout=seconds(10),
     )
-    hcm.rds.route_config_name = model.name
     hcm.rds.config_source.CopyFrom(ads())
-    hcm.common_http_protocol_options.idle_timeout.CopyFrom(seconds(model.idle_timeout_s))
+    hcm.common_http_protocol_options.idle_timeout.CopyFrom(seconds(idle_timeout_s))
     hcm.http2_protocol_options.max_concurrent_streams.value = policy.DOWNSTREAM_MAX_STREAMS
-    if model.protocol is not Protocol.GRPC:
+    if protocol is not Protocol.GRPC:
         hcm.upgrade_configs.add(upgrade_type="websocket")
     router = hcm.http_filters.add(name="envoy.filters.http.router")
     router.typed_config.CopyFrom(pack(router_pb2.Router()))
@@ -137,6 +146,7 @@ def _http_connection_manager(model: Listener) -> hcm_pb2.HttpConnectionManager:
     return hcm
 
 
+@functools.lru_cache(maxsize=1)
 def _access_log() -> accesslog_pb2.AccessLog:
     stdout = stream_pb2.StdoutAccessLog()
     fmt = struct_pb2.Struct()

@@ -12,10 +12,12 @@ There is no default timeout: Envoy's 15 s would cut long gRPC streams. A listene
 
 from __future__ import annotations
 
+import functools
+
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 
-from cmi.model import Listener, PersistenceMode, Protocol, Route
+from cmi.model import Listener, Persistence, PersistenceMode, Protocol, Route
 from cmi.resolve import ResolvedListener
 from l7.translate import policy
 from l7.translate.common import cluster_name, pack, seconds
@@ -29,6 +31,12 @@ def route_configuration(resolved: ResolvedListener) -> route_pb2.RouteConfigurat
     listener = resolved.listener
     config = route_pb2.RouteConfiguration(name=listener.name)
     routes = listener.routes
+    if not routes:
+        # The common case, fast: a shared prototype with the names filled in.
+        config.CopyFrom(_catch_all(*_action_key(listener, None)))
+        config.name = listener.name
+        config.virtual_hosts[0].routes[0].route.cluster = cluster_name(listener.name)
+        return config
     retry = _retry_policy()
     hosts = list(dict.fromkeys(h for r in routes for h in r.hosts))
     for host in [*hosts, ANY_HOST]:
@@ -51,23 +59,56 @@ def _route(listener: Listener, r: Route | None) -> route_components_pb2.Route:
             match.prefix = f"/{r.grpc_service}/"
     else:
         match.prefix = (r.path_prefix if r else None) or "/"
-    action = route.route
-    action.cluster = cluster_name(listener.name, r.name if r else None)
-    action.timeout.CopyFrom(seconds(listener.request_timeout_s))  # 0s: no limit
-    grpc = listener.protocol is Protocol.GRPC or (r is not None and r.grpc_service is not None)
-    if grpc:
-        # Honour the client's grpc-timeout header uncapped instead of the route timeout.
-        action.max_stream_duration.grpc_timeout_header_max.SetInParent()
-    if listener.persistence.mode is PersistenceMode.COOKIE:
-        cookie = action.hash_policy.add().cookie
-        cookie.name = listener.persistence.cookie_name or COOKIE_NAME
-        cookie.ttl.CopyFrom(seconds(listener.persistence.timeout_s))
-        cookie.path = "/"
-    elif policy.hashes_source_ip(listener):
-        action.hash_policy.add().connection_properties.source_ip = True
+    route.route.CopyFrom(_action(*_action_key(listener, r)))
+    route.route.cluster = cluster_name(listener.name, r.name if r else None)
     return route
 
 
+def _action_key(listener: Listener, r: Route | None) -> tuple[int, bool, Persistence, bool]:
+    """Everything a route's action depends on, its cluster aside."""
+    grpc = listener.protocol is Protocol.GRPC or (r is not None and r.grpc_service is not None)
+    return (
+        listener.request_timeout_s,
+        grpc,
+        listener.persistence,
+        policy.hashes_source_ip(listener),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _catch_all(
+    timeout_s: int, grpc: bool, persistence: Persistence, source_ip: bool
+) -> route_pb2.RouteConfiguration:
+    """A route configuration without names: any host, any path, to one cluster."""
+    config = route_pb2.RouteConfiguration()
+    vhost = config.virtual_hosts.add(name=ANY_HOST, domains=[ANY_HOST])
+    vhost.retry_policy.CopyFrom(_retry_policy())
+    route = vhost.routes.add(name=DEFAULT_ROUTE)
+    route.match.prefix = "/"
+    route.route.CopyFrom(_action(timeout_s, grpc, persistence, source_ip))
+    return config
+
+
+@functools.lru_cache(maxsize=1024)
+def _action(
+    timeout_s: int, grpc: bool, persistence: Persistence, source_ip: bool
+) -> route_components_pb2.RouteAction:
+    """A route action without its cluster; shared, so only ever copied from."""
+    action = route_components_pb2.RouteAction(timeout=seconds(timeout_s))  # 0s: no limit
+    if grpc:
+        # Honour the client's grpc-timeout header uncapped instead of the route timeout.
+        action.max_stream_duration.grpc_timeout_header_max.SetInParent()
+    if persistence.mode is PersistenceMode.COOKIE:
+        cookie = action.hash_policy.add().cookie
+        cookie.name = persistence.cookie_name or COOKIE_NAME
+        cookie.ttl.CopyFrom(seconds(persistence.timeout_s))
+        cookie.path = "/"
+    elif source_ip:
+        action.hash_policy.add().connection_properties.source_ip = True
+    return action
+
+
+@functools.lru_cache(maxsize=1)
 def _retry_policy() -> route_components_pb2.RetryPolicy:
     """One policy per virtual host; the gRPC conditions read grpc-status, absent elsewhere."""
     retry = route_components_pb2.RetryPolicy(
