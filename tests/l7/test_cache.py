@@ -1,0 +1,75 @@
+"""The snapshot cache gives exactly what the pure translation gives, and reuses what did
+not change."""
+
+from __future__ import annotations
+
+import pytest
+
+from cmi.model import Backend, Service
+from cmi.resolve import resolve
+from cmi.store import Snapshot, Stored
+from l7.cache import GroupSnapshot, Resource, SnapshotCache, changed
+from l7.translate import translate
+from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPES
+from tests.l7.test_translate import CASES, load_case
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_cache_serves_what_the_translation_says(name: str) -> None:
+    case = load_case(name)
+    state = resolve(case.snapshot())
+    expected = translate(state, case.node_group, case.keys)
+    built = SnapshotCache().build(state, case.keys)
+    group = built.get(case.node_group) or GroupSnapshot.empty(case.node_group, state.revision)
+    for type_url in TYPES:
+        assert group.versions(type_url) == {
+            n: Resource.of(n, m).version for n, m in expected.by_type[type_url].items()
+        }, type_url
+    assert list(group.problems) == expected.problems
+
+
+def with_backends(snapshot: Snapshot, key: str, port: str, backends: list[Backend]) -> Snapshot:
+    objects = {kind: dict(by_key) for kind, by_key in snapshot.objects.items()}
+    service = objects["Service"][key].obj
+    assert isinstance(service, Service)
+    updated = service.model_copy(update={"backends": {**service.backends, port: tuple(backends)}})
+    objects["Service"][key] = Stored(updated, snapshot.revision + 1)
+    return Snapshot(snapshot.revision + 1, objects)
+
+
+def test_an_endpoint_change_rebuilds_and_changes_endpoints_only() -> None:
+    case = load_case("grpc-methods")
+    before = case.snapshot()
+    cache = SnapshotCache()
+    first = cache.build(resolve(before), case.keys)["default"]
+    after = with_backends(
+        before,
+        "shop/cart",
+        "grpc",
+        [Backend(address="198.18.3.9", port=50051)],  # type: ignore[arg-type]
+    )
+    second = cache.build(resolve(after), case.keys)["default"]
+    assert second.revision == before.revision + 1
+    for type_url in (LISTENER, ROUTE, CLUSTER):
+        for name, resource in second.resources[type_url].items():
+            assert resource is first.resources[type_url][name]  # reused, not rebuilt
+    # The listener's own cluster and its route without a selector forward to shop/cart.
+    assert changed(first, second) == {ENDPOINT: (2, 0)}
+    for name in ("cart", "cart/internal"):
+        assert second.resources[ENDPOINT][name].version != first.resources[ENDPOINT][name].version
+    assert second.resources[ENDPOINT]["cart/checkout"].version == (
+        first.resources[ENDPOINT]["cart/checkout"].version
+    )
+
+
+def test_removed_listeners_leave_the_cache() -> None:
+    case = load_case("node-groups")
+    cache = SnapshotCache()
+    built = cache.build(resolve(case.snapshot()), case.keys)
+    assert set(built) == {"default", "edge"}
+    assert sorted(built["edge"].resources[LISTENER]) == ["edge-owned", "edge-web"]
+    assert sorted(built["default"].resources[LISTENER]) == ["web"]
+    emptied = Snapshot(9, {"LoadBalancer": case.snapshot().objects["LoadBalancer"]})
+    rebuilt = cache.build(resolve(emptied), case.keys)
+    assert rebuilt == {}  # no listeners and no declared node groups
+    assert changed(built["edge"], GroupSnapshot.empty("edge", 9))[LISTENER] == (0, 2)
