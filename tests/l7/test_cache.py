@@ -46,7 +46,7 @@ def test_an_endpoint_change_rebuilds_and_changes_endpoints_only() -> None:
         before,
         "shop/cart",
         "grpc",
-        [Backend(address="198.18.3.9", port=50051)],  # type: ignore[arg-type]
+        [Backend(address="198.18.3.9", port=50051)],
     )
     second = cache.build(resolve(after), case.keys)["default"]
     assert second.revision == before.revision + 1
