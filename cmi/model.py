@@ -118,6 +118,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
 
+_shared: dict[object, object] = {}
+
+
+def _share(value: Any) -> Any:
+    """Equal frozen values share one instance (bounded): 100,000 backends mostly carry the
+    same conditions and listeners the same health check, which saves a tier's memory."""
+    if len(_shared) < 4096:
+        return _shared.setdefault(value, value)
+    return _shared.get(value, value)
+
+
+Shared = AfterValidator(_share)
+
+
 class StoredObject(_Model):
     """A top-level object of the desired state, stored under (kind, key)."""
 
@@ -338,8 +352,8 @@ class Listener(StoredObject):
     port: Port
     scheduler: Scheduler = Scheduler.RR
     forwarding: Forwarding = Forwarding.NAT
-    health_check: HealthCheck | None = Field(default_factory=HealthCheck)
-    persistence: Persistence = Field(default_factory=Persistence)
+    health_check: Annotated[HealthCheck | None, Shared] = HealthCheck()
+    persistence: Annotated[Persistence, Shared] = Persistence()
     idle_timeout_s: int = Field(default=900, ge=1, le=86400)
     request_timeout_s: int = Field(default=0, ge=0, le=86400, description="0: no limit")
     certificates: tuple[Name, ...] = ()
@@ -488,7 +502,7 @@ class Backend(_Model):
     weight: int = Field(default=1, ge=0, le=65535, description="0: drain, no new connections")
     node: str | None = Field(default=None, max_length=253)
     zone: str | None = Field(default=None, max_length=253)
-    conditions: Conditions = Field(default_factory=Conditions)
+    conditions: Annotated[Conditions, Shared] = Conditions()
 
 
 class ServicePort(_Model):

@@ -35,17 +35,17 @@ from l7.translate.secret import secret
 class Resource:
     """One named resource: its content hash, serialized once and shared by every stream.
 
-    The packed forms SotW and Delta responses carry are made on first use and kept.
+    The packed form responses carry is made on first use and then holds the only copy of
+    the bytes (a SotW response takes the Any inside the Delta one).
     """
 
-    __slots__ = ("_body", "_delta", "name", "raw", "type_url", "version")
+    __slots__ = ("_delta", "_raw", "name", "type_url", "version")
 
     def __init__(self, name: str, type_url: str, raw: bytes) -> None:
         self.name = name
         self.type_url = type_url
-        self.raw = raw
         self.version = hashlib.blake2b(raw, digest_size=8).hexdigest()
-        self._body: any_pb2.Any | None = None
+        self._raw: bytes | None = raw
         self._delta: discovery_pb2.Resource | None = None
 
     @classmethod
@@ -54,18 +54,21 @@ class Resource:
         return cls(name, type_url, message.SerializeToString(deterministic=True))
 
     @property
-    def body(self) -> any_pb2.Any:
-        if self._body is None:
-            self._body = any_pb2.Any(type_url=self.type_url, value=self.raw)
-        return self._body
+    def delta(self) -> discovery_pb2.Resource:
+        """The resource as a Delta response carries it."""
+        if self._delta is None:
+            body = any_pb2.Any(type_url=self.type_url, value=self._raw)
+            self._delta = discovery_pb2.Resource(
+                name=self.name, version=self.version, resource=body
+            )
+            self._raw = None
+        return self._delta
 
     @property
-    def delta(self) -> discovery_pb2.Resource:
-        if self._delta is None:
-            self._delta = discovery_pb2.Resource(
-                name=self.name, version=self.version, resource=self.body
-            )
-        return self._delta
+    def body(self) -> any_pb2.Any:
+        """The resource as a SotW response carries it."""
+        body: any_pb2.Any = self.delta.resource
+        return body
 
     def __repr__(self) -> str:
         return f"Resource({self.name!r}, {self.version})"

@@ -313,6 +313,53 @@ class Bed:
         self.envoys.append(proxy)
         return proxy.start()
 
+    def default_envoy(self, listen: tuple[str, int], backends: list[BackendServer]) -> EnvoyProxy:
+        """An HTTP/2 proxy to the backends with Envoy's defaults (circuit breakers of 1,024
+        requests, no limit on streams per upstream connection), for contrast."""
+        hcm = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        endpoints = [{"endpoint": {"address": _socket(b.address, b.grpc_port)}} for b in backends]
+        config = {
+            "node": {"id": "defaults", "cluster": "defaults"},
+            "static_resources": {
+                "listeners": [{
+                    "name": "defaults",
+                    "address": _socket(*listen),
+                    "freebind": True,
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": f"type.googleapis.com/{hcm}",
+                            "stat_prefix": "defaults",
+                            "route_config": {"virtual_hosts": [{
+                                "name": "any", "domains": ["*"],
+                                "routes": [{"match": {"prefix": "/"},
+                                            "route": {"cluster": "echo", "timeout": "0s"}}],
+                            }]},
+                            "http_filters": [{
+                                "name": "envoy.filters.http.router",
+                                "typed_config": {"@type": "type.googleapis.com/"
+                                                 "envoy.extensions.filters.http.router.v3.Router"},
+                            }],
+                        },
+                    }]}],
+                }],
+                "clusters": [{
+                    "name": "echo", "type": "STATIC",
+                    "typed_extension_protocol_options": {options: {
+                        "@type": f"type.googleapis.com/{options}",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    }},
+                    "load_assignment": {
+                        "cluster_name": "echo", "endpoints": [{"lb_endpoints": endpoints}],
+                    },
+                }],
+            },
+        }  # fmt: skip
+        proxy = EnvoyProxy(self.directory / "defaults", config, name="defaults")
+        self.envoys.append(proxy)
+        return proxy.start()
+
 
 def _socket(address: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
