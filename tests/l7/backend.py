@@ -8,8 +8,10 @@ methods take and return raw bytes (no generated stubs), under `/openslb.test.Ech
   in flight);
 - `Stream`: request `COUNT,INTERVAL_MS`, answers COUNT messages `NAME I` that far apart.
 
-It also serves the standard gRPC health protocol (SERVING) and, on HTTP/1.1, answers
-every GET with its name. SIGTERM stops it gracefully: in-flight calls finish first.
+It also serves the standard gRPC health protocol and, on HTTP/1.1, answers every GET with
+its name, except `/healthz` (200, or 503 with `--unhealthy`, which also makes the gRPC
+health service say NOT_SERVING). `--tls-port` serves the same gRPC methods over TLS with a
+throwaway certificate. SIGTERM stops it gracefully: in-flight calls finish first.
 """
 
 from __future__ import annotations
@@ -63,14 +65,14 @@ class Echo(grpc.GenericRpcHandler):
             yield self.name + f" {i}".encode()
 
 
-def http_server(name: str, address: str) -> http.server.ThreadingHTTPServer:
+def http_server(name: str, address: str, healthy: bool) -> http.server.ThreadingHTTPServer:
     body = name.encode()
 
     class Who(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
-            self.send_response(200)
+            self.send_response(503 if self.path == "/healthz" and not healthy else 200)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Content-Type", "text/plain")
             self.end_headers()
@@ -85,7 +87,22 @@ def http_server(name: str, address: str) -> http.server.ThreadingHTTPServer:
     return server
 
 
-async def serve(name: str, grpc_address: str, http_address: str | None, max_streams: int) -> None:
+def tls_credentials(name: str) -> grpc.ServerCredentials:
+    from tests.l7.pki import self_signed
+
+    pair = self_signed(f"{name}.backend.test")
+    return grpc.ssl_server_credentials([(pair.key_pem.encode(), pair.chain_pem.encode())])
+
+
+async def serve(
+    name: str,
+    grpc_address: str,
+    http_address: str | None,
+    *,
+    max_streams: int,
+    healthy: bool,
+    tls_port: int,
+) -> None:
     options = [("grpc.so_reuseport", 0)]
     if max_streams:
         options.append(("grpc.max_concurrent_streams", max_streams))
@@ -93,12 +110,20 @@ async def serve(name: str, grpc_address: str, http_address: str | None, max_stre
     server.add_generic_rpc_handlers((Echo(name),))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if healthy
+        else (health_pb2.HealthCheckResponse.NOT_SERVING)
+    )
     for service in ("", SERVICE):
-        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await health.set(service, status)
     if not server.add_insecure_port(grpc_address):
         raise SystemExit(f"cannot listen on {grpc_address}")
+    if tls_port:
+        host = grpc_address.rpartition(":")[0]
+        server.add_secure_port(f"{host}:{tls_port}", tls_credentials(name))
     await server.start()
-    web = http_server(name, http_address) if http_address else None
+    web = http_server(name, http_address, healthy) if http_address else None
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -118,8 +143,19 @@ def main() -> None:
     parser.add_argument("--grpc", required=True)
     parser.add_argument("--http")
     parser.add_argument("--max-streams", type=int, default=0)
+    parser.add_argument("--unhealthy", action="store_true")
+    parser.add_argument("--tls-port", type=int, default=0)
     args = parser.parse_args()
-    asyncio.run(serve(args.name, args.grpc, args.http, args.max_streams))
+    asyncio.run(
+        serve(
+            args.name,
+            args.grpc,
+            args.http,
+            max_streams=args.max_streams,
+            healthy=not args.unhealthy,
+            tls_port=args.tls_port,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -244,8 +244,12 @@ class Bed:
         max_streams: int = 0,
         grpc_port: int = 50051,
         http_port: int = 8080,
+        tls_port: int = 0,
+        unhealthy: Iterable[str] = (),
     ) -> list[BackendServer]:
+        """Backend processes on 198.19.N.first_host and up; `unhealthy` ones fail checks."""
         servers = []
+        unhealthy = set(unhealthy)
         for i, name in enumerate(names):
             address = self.net.address(first_host + i)
             argv = [
@@ -254,6 +258,10 @@ class Bed:
             ]  # fmt: skip
             if max_streams:
                 argv += ["--max-streams", str(max_streams)]
+            if tls_port:
+                argv += ["--tls-port", str(tls_port)]
+            if name in unhealthy:
+                argv.append("--unhealthy")
             process = Process(
                 f"backend-{name}", argv, self.directory, env={"PYTHONPATH": str(REPO)}
             )

@@ -15,6 +15,7 @@ from tests.l7.harness import (
     balance,
     channel,
     host_stats,
+    http_get,
     listener,
     load,
     load_balancer,
@@ -105,3 +106,42 @@ def test_a_30_second_stream_and_a_30_second_silent_call_complete(store: Store, b
         assert len(messages) == 31
         assert messages[-1].endswith(" 30")
         assert silent.result(timeout=10).decode() in {"b1", "b2", "b3"}
+
+
+def test_active_health_checks_take_failing_backends_out(store: Store, bed: Bed) -> None:
+    b1, b2, b3 = bed.backends(["b1", "b2", "b3"], unhealthy=["b2"])
+    vip = bed.net.address(7)
+    fast = {"interval_s": 1, "timeout_s": 1, "healthy_threshold": 2, "unhealthy_threshold": 2}
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("echo", [(b.address, b.grpc_port) for b in (b1, b2, b3)])),
+        Put(service("web", [(b.address, b.http_port) for b in (b1, b2, b3)], port_name="http")),
+        Put(listener("echo", "GRPC", 50051, health_check={"type": "grpc", **fast})),
+        Put(listener("web", "HTTP", 8080, target_port="http",
+                     health_check={"type": "http", "path": "/healthz", **fast})),
+        Put(listener("tcp", "GRPC", 50052, app="echo", health_check={"type": "tcp", **fast})),
+    ])  # fmt: skip
+    bed.xds.start()
+    envoy = bed.envoy("n1")
+    wait_for_answer(f"{vip}:50051")
+    assert set(balance(f"{vip}:50051", 300)) == {"b1", "b3"}  # gRPC health: b2 NOT_SERVING
+    assert {http_get(vip, 8080, "shop.test")[1] for _ in range(30)} == {"b1", "b3"}
+    # A TCP check only sees that b2 accepts connections: it stays in.
+    assert set(balance(f"{vip}:50052", 300)) == {"b1", "b2", "b3"}
+    assert envoy.stats("cluster.echo.health_check.failure")["cluster.echo.health_check.failure"] > 0
+
+
+def test_tls_to_the_backends(store: Store, bed: Bed) -> None:
+    backends = bed.backends(["s1", "s2"], tls_port=50443)
+    vip = bed.net.address(8)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("secure", [(b.address, 50443) for b in backends])),
+        Put(listener("secure", "GRPC", 50051, backend_protocol="tls")),
+    ])  # fmt: skip
+    bed.xds.start()
+    envoy = bed.envoy("n1")
+    wait_for_answer(f"{vip}:50051")
+    assert set(balance(f"{vip}:50051", 100)) == {"s1", "s2"}
+    stats = envoy.stats("cluster.secure.ssl.handshake")
+    assert stats["cluster.secure.ssl.handshake"] >= 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import grpc
+
 from cmi.model import Certificate
 from cmi.secrets import SecretStore
 from cmi.status import StatusBoard
@@ -17,6 +19,7 @@ from tests.l7.harness import (
     load_balancer,
     served_certificate,
     service,
+    who,
 )
 from tests.l7.pki import Pair, key_pem, self_signed
 
@@ -112,3 +115,25 @@ def test_a_rejected_certificate_is_nacked_recorded_and_the_old_one_keeps_serving
     final = board.all("l7")["n1"]
     assert final.revision == fixed
     assert final.error is None
+
+
+def test_grpc_over_tls_h2_end_to_end(store: Store, bed: Bed) -> None:
+    """HTTPS listeners speak h2 (ALPN) downstream and gRPC passes through to h2c backends."""
+    pair = self_signed("grpc.shop.test")
+    backends = bed.backends(["g1", "g2"])
+    vip = bed.net.address(9)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("echo", [(b.address, b.grpc_port) for b in backends])),
+        Put(certificate("grpc", pair, "grpc-1", store)),
+        Put(listener("echo", "HTTPS", 443, backend_protocol="h2c", certificates=["grpc"],
+                     health_check={"type": "grpc"})),
+    ])  # fmt: skip
+    bed.xds.start()
+    bed.envoy("n1")
+    credentials = grpc.ssl_channel_credentials(root_certificates=pair.chain_pem.encode())
+    options = [("grpc.ssl_target_name_override", "grpc.shop.test")]
+    with grpc.secure_channel(f"{vip}:443", credentials, options=options) as chan:
+        grpc.channel_ready_future(chan).result(timeout=20)
+        answers = {who(chan) for _ in range(20)}
+    assert answers == {"g1", "g2"}
