@@ -237,6 +237,8 @@ class XdsServer:
         self.hub = Hub(self.metrics, self._queue_report)
         self.port = 0
         self._keys: dict[str, str] = {}
+        self._missing_keys: set[str] = set()
+        self._published: dict[str, GroupSnapshot] = {}
         self._stop = threading.Event()
         self._reports: dict[str, tuple[str, int, str | None, int | None]] = {}
         self._report_ready: asyncio.Event | None = None
@@ -300,12 +302,20 @@ class XdsServer:
     # -- the desired state ------------------------------------------------------------------
 
     def _watch(self) -> None:
-        """Thread: follow the store, translate, hand snapshots to the loop."""
+        """Thread: follow the store, translate, hand snapshots to the loop; never dies."""
+        while not self._stop.is_set():
+            try:
+                self._follow()
+            except Exception:
+                log.exception("xds: following the store failed; starting over in 1 s")
+                self._stop.wait(1)
+
+    def _follow(self) -> None:
         last: Snapshot | None = None
         for snapshot in follow(self.store, self._stop, block_ms=self.block_ms):
             if snapshot is None:
-                if last is not None and self._fetch_missing_keys(last):
-                    self._publish(last)  # a key arrived after its certificate
+                if last is not None and self._fetch_missing_keys():
+                    self._publish(last)  # a key was stored after its certificate
                 continue
             last = snapshot
             self._publish(snapshot)
@@ -327,7 +337,7 @@ class XdsServer:
         self.metrics.problems.set(len(problems))
         for problem in problems:
             log.warning("xds: revision %d: %s", snapshot.revision, problem)
-        previous = dict(self.hub.latest)
+        previous, self._published = self._published, groups
         for group, snap in groups.items():
             summary = changed(previous.get(group), snap)
             if summary:
@@ -340,19 +350,21 @@ class XdsServer:
         self._loop.call_soon_threadsafe(self.hub.publish, snapshot.revision, groups)
 
     def _keys_for(self, state: DesiredState) -> dict[str, str]:
+        """The keys the certificates in use name; refs are immutable, so each is read once."""
         refs = {c.key_ref for c in _used_certificates(state)}
         missing = refs - set(self._keys)
         if missing:
             self._keys.update(self.secrets.get_keys(missing))
+        self._missing_keys = refs - set(self._keys)
         return {ref: self._keys[ref] for ref in refs if ref in self._keys}
 
-    def _fetch_missing_keys(self, snapshot: Snapshot) -> bool:
-        state = resolve(snapshot)
-        refs = {c.key_ref for c in _used_certificates(state)} - set(self._keys)
-        if not refs:
+    def _fetch_missing_keys(self) -> bool:
+        """Whether a key missing at the last translation has been stored since."""
+        if not self._missing_keys:
             return False
-        found = self.secrets.get_keys(refs)
+        found = self.secrets.get_keys(self._missing_keys)
         self._keys.update(found)
+        self._missing_keys -= set(found)
         return bool(found)
 
     # -- status -----------------------------------------------------------------------------

@@ -12,12 +12,15 @@ from typing import Any
 import grpc
 import pytest
 
+from cmi.model import Certificate
+from cmi.secrets import SecretStore
 from cmi.status import StatusBoard
 from cmi.store import Put, Store
 from l7.server import XdsServer
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER
 from tests.l7.adsclient import AdsClient
 from tests.l7.harness import listener, load_balancer, service
+from tests.l7.pki import self_signed
 
 
 class ServerThread:
@@ -170,3 +173,28 @@ def test_one_change_reaches_every_connected_client(store: Store, server: ServerT
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_key_stored_after_its_certificate_is_picked_up(
+    store: Store, server: ServerThread
+) -> None:
+    pair = self_signed("late.shop.test")
+    revision = store.apply([
+        Put(load_balancer("a", "198.18.0.1", group="blue")),
+        Put(service("svc-a", [("198.18.1.1", 80)], lb="a")),
+        Put(Certificate(name="late", chain_pem=pair.chain_pem, key_ref="late-1")),
+        Put(listener("tls", "HTTPS", 443, lb="a", app="svc-a", certificates=["late"])),
+    ])  # fmt: skip
+    server.wait_revision(revision)
+    assert server.server.metrics.registry.get_sample_value("openslb_xds_problems") == 2
+    client = AdsClient(server.target, "n1", "blue")
+    try:
+        client.subscribe(CLUSTER)
+        first = client.receive()
+        assert names(first) == []  # an HTTPS listener without its key: not served
+        client.ack(first)
+        SecretStore(store).put_key("late-1", pair.key_pem)  # no store revision for keys
+        cds = client.receive(timeout=10)
+        assert names(cds) == ["tls"]
+    finally:
+        client.close()
