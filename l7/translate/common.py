@@ -55,6 +55,24 @@ def seconds(value: float) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=whole, nanos=round((value - whole) * 1e9))
 
 
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL = [varint(n) for n in range(1 << 14)]
+
+
+def wire(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (string, bytes or message) as it goes on the wire."""
+    size = len(payload)
+    return _SMALL[number << 3 | 2] + (_SMALL[size] if size < 1 << 14 else varint(size)) + payload
+
+
 def pack(message: Message) -> any_pb2.Any:
     """Pack deterministically, so equal configuration gives equal bytes and equal hashes."""
     packed = any_pb2.Any()
