@@ -24,11 +24,11 @@ from google.protobuf.message import Message
 from cmi.model import Backend, Certificate, IPAddress, Listener
 from cmi.resolve import DesiredState, ResolvedListener
 from l7.translate import servable
-from l7.translate.cluster import clusters
+from l7.translate.cluster import serialized as clusters
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES
-from l7.translate.endpoint import load_assignments
-from l7.translate.listener import listener as translate_listener
-from l7.translate.route import route_configuration
+from l7.translate.endpoint import serialized
+from l7.translate.listener import serialized as listener
+from l7.translate.route import serialized as route_configuration
 from l7.translate.secret import secret
 
 
@@ -181,10 +181,10 @@ class SnapshotCache:
         ):
             return entry.resources
         out: list[tuple[str, Resource]] = [
-            (CLUSTER, Resource.of(c.name, c)) for c in clusters(resolved)
+            (CLUSTER, Resource(name, CLUSTER, raw)) for name, raw in clusters(resolved)
         ]
-        out.append((LISTENER, Resource.of(model.name, translate_listener(resolved, usable))))
-        out.append((ROUTE, Resource.of(model.name, route_configuration(resolved))))
+        out.append((LISTENER, Resource(model.name, LISTENER, listener(resolved, usable))))
+        out.append((ROUTE, Resource(model.name, ROUTE, route_configuration(resolved))))
         self._config[model.name] = _ConfigEntry(model, resolved.vip, certs, tuple(out))
         return tuple(out)
 
@@ -194,7 +194,7 @@ class SnapshotCache:
         entry = self._endpoints.get(model.name)
         if entry is not None and entry.backends == backends and entry.weighted_by == model:
             return entry.resources
-        resources = tuple(Resource.of(a.cluster_name, a) for a in load_assignments(resolved))
+        resources = tuple(Resource(name, ENDPOINT, raw) for name, raw in serialized(resolved))
         self._endpoints[model.name] = _EndpointEntry(model, backends, resources)
         return resources
 

@@ -20,17 +20,27 @@ from envoy.type.v3 import http_pb2, range_pb2
 from cmi.model import BackendProtocol, HealthCheck, HealthCheckType, Listener
 from cmi.resolve import ResolvedListener
 from l7.translate import policy
-from l7.translate.common import ads, cluster_name, pack, seconds
+from l7.translate.common import ads, cluster_name, pack, seconds, wire
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_SOCKET = "envoy.transport_sockets.tls"
 
 
 def clusters(resolved: ResolvedListener) -> list[cluster_pb2.Cluster]:
+    return [cluster_pb2.Cluster.FromString(raw) for _, raw in serialized(resolved)]
+
+
+def serialized(resolved: ResolvedListener) -> list[tuple[str, bytes]]:
+    """(name, serialized Cluster) for the listener's own cluster and each route's.
+
+    The name is a cluster's field 1 and a shape's prototype holds every other field, so
+    the name's bytes followed by the prototype's are the canonical serialization.
+    """
     listener = resolved.listener
+    rest = _serialized_prototype(ClusterShape.of(listener))
     names = [cluster_name(listener.name)]
     names += [cluster_name(listener.name, r.route.name) for r in resolved.routes]
-    return [cluster(listener, name) for name in names]
+    return [(name, wire(1, name.encode()) + rest) for name in names]
 
 
 @dataclass(frozen=True)
@@ -54,11 +64,10 @@ class ClusterShape:
         )
 
 
-def cluster(listener: Listener, name: str) -> cluster_pb2.Cluster:
-    c = cluster_pb2.Cluster()
-    c.CopyFrom(_prototype(ClusterShape.of(listener)))
-    c.name = name
-    return c
+@functools.lru_cache(maxsize=1024)
+def _serialized_prototype(shape: ClusterShape) -> bytes:
+    raw: bytes = _prototype(shape).SerializeToString(deterministic=True)
+    return raw
 
 
 @functools.lru_cache(maxsize=1024)

@@ -64,13 +64,14 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-_SMALL = [varint(n) for n in range(1 << 14)]
+VARINTS = [varint(n) for n in range(1 << 14)]
+"""Varints of 0..16383, looked up rather than computed on hot paths."""
 
 
 def wire(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field (string, bytes or message) as it goes on the wire."""
     size = len(payload)
-    return _SMALL[number << 3 | 2] + (_SMALL[size] if size < 1 << 14 else varint(size)) + payload
+    return VARINTS[number << 3 | 2] + (VARINTS[size] if size < 1 << 14 else varint(size)) + payload
 
 
 def pack(message: Message) -> any_pb2.Any:

@@ -5,40 +5,66 @@ out rather than sent with health status DRAINING. Either way Envoy sends it no n
 requests while requests already on its connections finish; but a DRAINING host still
 counts in Envoy's panic threshold, and with half the backends draining Envoy would
 spread new requests over all of them again. Leaving it out drains it for sure.
+
+There are ten times more endpoints than anything else (100,000 at 10,000 Services), so
+they are encoded straight to protobuf's wire format, in canonical field order: the very
+bytes serializing a ClusterLoadAssignment gives (tests/l7/test_translate.py checks), in
+less than half the time of building the messages.
 """
 
 from __future__ import annotations
 
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 
 from cmi.model import Backend, Listener
 from cmi.resolve import ResolvedListener
 from l7.translate import policy
-from l7.translate.common import cluster_name, ip_text
+from l7.translate.common import VARINTS, cluster_name, ip_text, varint
+
+ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
 
 
 def load_assignments(resolved: ResolvedListener) -> list[endpoint_pb2.ClusterLoadAssignment]:
+    return [ClusterLoadAssignment.FromString(raw) for _, raw in serialized(resolved)]
+
+
+def serialized(resolved: ResolvedListener) -> list[tuple[str, bytes]]:
+    """(cluster name, serialized ClusterLoadAssignment) for the listener and each route."""
     listener = resolved.listener
-    out = [load_assignment(listener, cluster_name(listener.name), resolved.backends)]
+    out = [(cluster_name(listener.name), encode(listener, cluster_name(listener.name),
+                                                resolved.backends))]  # fmt: skip
     for r in resolved.routes:
-        out.append(load_assignment(listener, cluster_name(listener.name, r.route.name), r.backends))
+        name = cluster_name(listener.name, r.route.name)
+        out.append((name, encode(listener, name, r.backends)))
     return out
 
 
-def load_assignment(
-    listener: Listener, name: str, backends: tuple[Backend, ...]
-) -> endpoint_pb2.ClusterLoadAssignment:
-    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    serving = [b for b in backends if b.weight > 0]
-    if not serving:
-        return assignment
+def _v(n: int) -> bytes:
+    return VARINTS[n] if n < 1 << 14 else varint(n)
+
+
+def encode(listener: Listener, name: str, backends: tuple[Backend, ...]) -> bytes:
+    """ClusterLoadAssignment {cluster_name: 1, endpoints: 2 [LocalityLbEndpoints {
+    lb_endpoints: 2 [LbEndpoint {endpoint: 1 {address: 1 {socket_address: 1 {address: 2,
+    port_value: 3}}}, load_balancing_weight: 4 {value: 1}}]}]}"""
     weighted = policy.weighted(listener)
-    add = assignment.endpoints.add().lb_endpoints.add
-    for backend in serving:
-        lb_endpoint: endpoint_components_pb2.LbEndpoint = add()
-        socket = lb_endpoint.endpoint.address.socket_address
-        socket.address = ip_text(backend.address)
-        socket.port_value = backend.port
+    parts = []
+    for backend in backends:
+        weight = backend.weight
+        if weight == 0:
+            continue
+        address = ip_text(backend.address).encode()
+        socket = b"\x12" + _v(len(address)) + address + b"\x18" + _v(backend.port)
+        wrapped = b"\x0a" + _v(len(socket)) + socket  # Address.socket_address
+        endpoint = b"\x0a" + _v(len(wrapped)) + wrapped  # Endpoint.address
+        lb_endpoint = b"\x0a" + _v(len(endpoint)) + endpoint  # LbEndpoint.endpoint
         if weighted:
-            lb_endpoint.load_balancing_weight.value = backend.weight
-    return assignment
+            value = b"\x08" + _v(weight)
+            lb_endpoint += b"\x22" + _v(len(value)) + value  # load_balancing_weight
+        parts.append(b"\x12" + _v(len(lb_endpoint)) + lb_endpoint)  # lb_endpoints
+    encoded_name = name.encode()
+    out = b"\x0a" + _v(len(encoded_name)) + encoded_name
+    if parts:
+        locality = b"".join(parts)
+        out += b"\x12" + _v(len(locality)) + locality
+    return out

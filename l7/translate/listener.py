@@ -30,7 +30,7 @@ from google.protobuf import struct_pb2
 from cmi.model import Certificate, Listener, Protocol
 from cmi.resolve import ResolvedListener
 from l7.translate import policy
-from l7.translate.common import PREFIX, ads, ip_text, pack, seconds, wire
+from l7.translate.common import PREFIX, ads, ip_text, pack, seconds, varint, wire
 from l7.translate.secret import server_names
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -59,22 +59,56 @@ def listener(
     resolved: ResolvedListener, certificates: Mapping[str, Certificate]
 ) -> listener_pb2.Listener:
     """The Envoy listener; `certificates` holds the usable ones (they exist, with a key)."""
+    return listener_pb2.Listener.FromString(serialized(resolved, certificates))
+
+
+def serialized(resolved: ResolvedListener, certificates: Mapping[str, Certificate]) -> bytes:
+    """The serialized listener. Plain-text ones (most) are assembled from bytes in canonical
+    field order: Listener {name: 1, address: 2 {socket_address: 1 {address: 2, port_value:
+    3}}, filter_chains: 3 {filters: 3}, then the shape's other fields (5 and up)}."""
     model = resolved.listener
-    out = listener_pb2.Listener(name=model.name)
-    socket = out.address.socket_address
-    socket.address = ip_text(resolved.vip)
-    socket.port_value = model.port
+    filters = _network_filters(model)
+    if model.protocol is Protocol.HTTPS:
+        raw: bytes = _https(resolved, certificates, filters).SerializeToString(deterministic=True)
+        return raw
+    socket = wire(2, ip_text(resolved.vip).encode()) + b"\x18" + varint(model.port)
+    address = wire(1, socket)
+    return (
+        wire(1, model.name.encode())
+        + wire(2, address)
+        + wire(3, filters)
+        + _shape_fields(model.protocol)
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _shape_fields(protocol: Protocol) -> bytes:
+    raw: bytes = _shape(protocol).SerializeToString(deterministic=True)
+    return raw
+
+
+def _shape(protocol: Protocol) -> listener_pb2.Listener:
+    """The fields every listener of a protocol shares."""
+    out = listener_pb2.Listener()
     out.freebind.value = True
     out.per_connection_buffer_limit_bytes.value = policy.BUFFER_LIMIT_BYTES
-    if model.protocol is Protocol.GRPC:
+    if protocol is Protocol.GRPC:
         # gRPC clients hold few, long-lived connections: spread them evenly over the
         # workers (the kernel's hashing can leave one worker with far more), at a small
         # cost per accept that such listeners rarely pay.
         out.connection_balance_config.exact_balance.SetInParent()
-    filters = _network_filters(model)
-    if model.protocol is not Protocol.HTTPS:
-        out.filter_chains.add().MergeFromString(filters)
-        return out
+    return out
+
+
+def _https(
+    resolved: ResolvedListener, certificates: Mapping[str, Certificate], filters: bytes
+) -> listener_pb2.Listener:
+    model = resolved.listener
+    out = _shape(model.protocol)
+    out.name = model.name
+    socket = out.address.socket_address
+    socket.address = ip_text(resolved.vip)
+    socket.port_value = model.port
     inspector = out.listener_filters.add(name="envoy.filters.listener.tls_inspector")
     inspector.typed_config.CopyFrom(pack(tls_inspector_pb2.TlsInspector()))
     claimed: set[str] = set()
@@ -105,7 +139,7 @@ def _tls(cert: Certificate) -> base_pb2.TransportSocket:
 
 
 def _network_filters(model: Listener) -> bytes:
-    """The filter chain's filters (field 3, repeated), serialized: the connection limit,
+    """A filter chain's filters (its field 3, repeated), serialized: the connection limit,
     then the HTTP connection manager.
 
     Their packed configurations differ between listeners only by the listener's name, so

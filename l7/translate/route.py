@@ -20,7 +20,7 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from cmi.model import Listener, Persistence, PersistenceMode, Protocol, Route
 from cmi.resolve import ResolvedListener
 from l7.translate import policy
-from l7.translate.common import cluster_name, pack, seconds
+from l7.translate.common import cluster_name, pack, seconds, wire
 
 ANY_HOST = "*"
 DEFAULT_ROUTE = "default"
@@ -28,15 +28,49 @@ COOKIE_NAME = "openslb-affinity"
 
 
 def route_configuration(resolved: ResolvedListener) -> route_pb2.RouteConfiguration:
+    return route_pb2.RouteConfiguration.FromString(serialized(resolved))
+
+
+def serialized(resolved: ResolvedListener) -> bytes:
+    """The serialized route configuration. For a listener without routes (the common case)
+    it is assembled from bytes made once per shape, in canonical field order:
+    RouteConfiguration {name: 1, virtual_hosts: 2 {name: 1, domains: 2, routes: 3 {match: 1,
+    route: 2 {cluster: 1, ...}, name: 14}, retry_policy: 16}}."""
+    listener = resolved.listener
+    if listener.routes:
+        raw: bytes = _build(resolved).SerializeToString(deterministic=True)
+        return raw
+    head, action_rest, tail = _catch_all_parts(*_action_key(listener, None))
+    action = wire(1, cluster_name(listener.name).encode()) + action_rest
+    route = _MATCH_ANY + wire(2, action) + _DEFAULT_NAME
+    return wire(1, listener.name.encode()) + wire(2, head + wire(3, route) + tail)
+
+
+_MATCH_ANY = wire(1, wire(1, b"/"))  # Route.match {prefix: "/"}
+_DEFAULT_NAME = wire(14, DEFAULT_ROUTE.encode())  # Route.name
+
+
+@functools.lru_cache(maxsize=1024)
+def _catch_all_parts(
+    timeout_s: int, grpc: bool, persistence: Persistence, source_ip: bool
+) -> tuple[bytes, bytes, bytes]:
+    """The virtual host before its routes; the route action after its cluster; the virtual
+    host after its routes."""
+    head = route_components_pb2.VirtualHost(name=ANY_HOST, domains=[ANY_HOST])
+    tail = route_components_pb2.VirtualHost()
+    tail.retry_policy.CopyFrom(_retry_policy())
+    action = _action(timeout_s, grpc, persistence, source_ip)
+    return (
+        head.SerializeToString(deterministic=True),
+        action.SerializeToString(deterministic=True),
+        tail.SerializeToString(deterministic=True),
+    )
+
+
+def _build(resolved: ResolvedListener) -> route_pb2.RouteConfiguration:
     listener = resolved.listener
     config = route_pb2.RouteConfiguration(name=listener.name)
     routes = listener.routes
-    if not routes:
-        # The common case, fast: a shared prototype with the names filled in.
-        config.CopyFrom(_catch_all(*_action_key(listener, None)))
-        config.name = listener.name
-        config.virtual_hosts[0].routes[0].route.cluster = cluster_name(listener.name)
-        return config
     retry = _retry_policy()
     hosts = list(dict.fromkeys(h for r in routes for h in r.hosts))
     for host in [*hosts, ANY_HOST]:
@@ -73,20 +107,6 @@ def _action_key(listener: Listener, r: Route | None) -> tuple[int, bool, Persist
         listener.persistence,
         policy.hashes_source_ip(listener),
     )
-
-
-@functools.lru_cache(maxsize=1024)
-def _catch_all(
-    timeout_s: int, grpc: bool, persistence: Persistence, source_ip: bool
-) -> route_pb2.RouteConfiguration:
-    """A route configuration without names: any host, any path, to one cluster."""
-    config = route_pb2.RouteConfiguration()
-    vhost = config.virtual_hosts.add(name=ANY_HOST, domains=[ANY_HOST])
-    vhost.retry_policy.CopyFrom(_retry_policy())
-    route = vhost.routes.add(name=DEFAULT_ROUTE)
-    route.match.prefix = "/"
-    route.route.CopyFrom(_action(timeout_s, grpc, persistence, source_ip))
-    return config
 
 
 @functools.lru_cache(maxsize=1024)

@@ -4,13 +4,18 @@ not change."""
 from __future__ import annotations
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from cmi.model import Backend, Service
 from cmi.resolve import resolve
 from cmi.store import Snapshot, Stored
 from l7.cache import GroupSnapshot, Resource, SnapshotCache, changed
 from l7.translate import translate
-from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPES
+from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES
 from tests.l7.test_translate import CASES, load_case
 
 
@@ -73,3 +78,27 @@ def test_removed_listeners_leave_the_cache() -> None:
     rebuilt = cache.build(resolve(emptied), case.keys)
     assert rebuilt == {}  # no listeners and no declared node groups
     assert changed(built["edge"], GroupSnapshot.empty("edge", 9))[LISTENER] == (0, 2)
+
+
+MESSAGES = {
+    LISTENER: listener_pb2.Listener,
+    ROUTE: route_pb2.RouteConfiguration,
+    CLUSTER: cluster_pb2.Cluster,
+    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    SECRET: secret_pb2.Secret,
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_every_served_resource_is_in_canonical_form(name: str) -> None:
+    """Most resources are assembled from bytes for speed: each must be exactly what
+    serializing its message gives, or equal configurations could hash differently."""
+    case = load_case(name)
+    built = SnapshotCache().build(resolve(case.snapshot()), case.keys)
+    for group in built.values():
+        for type_url, resources in group.resources.items():
+            for resource in resources.values():
+                raw = resource.body.value
+                assert resource.body.type_url == type_url
+                message = MESSAGES[type_url].FromString(raw)
+                assert message.SerializeToString(deterministic=True) == raw, resource

@@ -124,3 +124,39 @@ def test_every_packed_config_is_in_canonical_form(name: str) -> None:
         assert inner.SerializeToString(deterministic=True) == item.value, item.TypeName()
     if resources.by_type[LISTENER]:
         assert packed
+
+
+@pytest.mark.parametrize("scheduler", ["rr", "wrr"])
+def test_endpoints_encoded_to_the_wire_equal_the_messages(scheduler: str) -> None:
+    """The endpoint encoder gives exactly the bytes of the ClusterLoadAssignment message."""
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    from cmi.model import Backend, Listener
+    from l7.translate.endpoint import encode
+
+    listener = Listener.model_validate({
+        "name": "web", "load_balancer": "lb", "protocol": "HTTP", "port": 80,
+        "scheduler": scheduler, "selector": {"match_labels": {"a": "b"}}, "target_port": 80,
+        "owner": {"kind": "Operator", "name": "t"},
+    })  # fmt: skip
+    backends = tuple(
+        Backend.model_validate({"address": a, "port": p, "weight": w})
+        for a, p, w in [
+            ("198.18.0.1", 80, 1), ("198.18.255.254", 65535, 65535), ("2001:db8::1", 16384, 7),
+            ("198.18.0.2", 8080, 0), ("::ffff:198.18.0.3", 1, 16383),
+        ]
+    )  # fmt: skip
+    expected = endpoint_pb2.ClusterLoadAssignment(cluster_name="web/" + "x" * 200)
+    locality = expected.endpoints.add()
+    for b in backends:
+        if b.weight == 0:
+            continue
+        e = locality.lb_endpoints.add()
+        e.endpoint.address.socket_address.address = str(b.address)
+        e.endpoint.address.socket_address.port_value = b.port
+        if scheduler == "wrr":
+            e.load_balancing_weight.value = b.weight
+    raw = encode(listener, "web/" + "x" * 200, backends)
+    assert raw == expected.SerializeToString(deterministic=True)
+    empty = endpoint_pb2.ClusterLoadAssignment(cluster_name="none")
+    assert encode(listener, "none", ()) == empty.SerializeToString(deterministic=True)
