@@ -314,7 +314,7 @@ def bench_grpc(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
         bed.xds.start()
         envoy = bed.envoy("g2", concurrency=2)
         harness.wait_for_answer(f"{vip}:50051")
-        result = harness.load(f"{vip}:50051", connections=500, streams=1, rounds=6)
+        result = harness.load(f"{vip}:50051", connections=500, streams=1, rounds=6, pause_ms=20)
         per_backend = harness.host_stats(envoy, "echo", "cx_total")
         workers = harness.workers(envoy)
     metrics["upstream_cx_per_backend_500"] = metric(max(per_backend.values()), "connections",
@@ -326,11 +326,11 @@ def bench_grpc(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
 
     store = store_for(redis, "bench-grpc3")
     with real_bed(redis, net, "bench-grpc3") as bed:
-        vip, backends = grpc_bed(store, bed, 35, max_streams=100)
+        vip, backends = grpc_bed(store, bed, 35, max_streams=128)
         bed.xds.start()
         envoy = bed.envoy("g3", concurrency=1)
         harness.wait_for_answer(f"{vip}:50051")
-        with harness.PeakSampler(envoy, "cluster.echo.upstream_rq_active") as peak:
+        with harness.PeakSampler(envoy, "cluster.echo.upstream_rq_active", "echo") as peak:
             result = harness.load(
                 f"{vip}:50051", connections=500, streams=10, rounds=2, hold_ms=6000
             )
@@ -343,6 +343,7 @@ def bench_grpc(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
     metrics["upstream_cx_5000_streams"] = metric(sum(upstream.values()), "connections")
     notes["peak_upstream_rq_active_5000_streams"] = peak.value
     notes["upstream_cx_5000_streams_per_backend"] = upstream
+    notes["peak_in_flight_5000_streams_per_backend"] = peak.hosts
     notes["default_breakers_failed_calls_5000_streams"] = defaults.failed
     notes["default_breakers_calls_5000_streams"] = defaults.ok + defaults.failed
     notes["default_breakers_upstream_cx"] = default_cx

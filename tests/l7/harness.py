@@ -466,11 +466,21 @@ def balance(target: str, calls: int, window: int = 50) -> collections.Counter[st
 
 
 class PeakSampler:
-    """The highest value an Envoy statistic reaches while the block runs (sampled)."""
+    """The highest values Envoy statistics reach while the block runs (sampled): `stat`
+    overall, and per host of `cluster` its `host_stat` (from /clusters)."""
 
-    def __init__(self, envoy: EnvoyProxy, stat: str, interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        envoy: EnvoyProxy,
+        stat: str,
+        cluster: str = "",
+        host_stat: str = "rq_active",
+        interval: float = 0.1,
+    ) -> None:
         self.envoy, self.stat, self.interval = envoy, stat, interval
+        self.cluster, self.host_stat = cluster, host_stat
         self.value = 0
+        self.hosts: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -479,6 +489,9 @@ class PeakSampler:
             with contextlib.suppress(OSError):
                 value = self.envoy.stats(f"^{re.escape(self.stat)}$").get(self.stat, 0)
                 self.value = max(self.value, value)
+                if self.cluster:
+                    for host, n in host_stats(self.envoy, self.cluster, self.host_stat).items():
+                        self.hosts[host] = max(self.hosts.get(host, 0), n)
 
     def __enter__(self) -> PeakSampler:
         self._thread.start()
@@ -507,6 +520,7 @@ async def _load(
     payload: bytes,
     rounds: int,
     deadline_s: float,
+    pause_ms: int,
 ) -> LoadResult:
     result = LoadResult()
     channels = [aio_channel(target) for _ in range(connections)]
@@ -516,6 +530,8 @@ async def _load(
 
         async def worker(chan: grpc.aio.Channel) -> None:
             call = chan.unary_unary(ECHO + method, **RAW)
+            if pause_ms:
+                await asyncio.sleep(random.uniform(0, pause_ms) / 1000)  # noqa: S311
             for _ in range(rounds):
                 try:
                     reply = await call(payload, timeout=deadline_s)
@@ -524,6 +540,8 @@ async def _load(
                 except grpc.aio.AioRpcError as exc:
                     result.failed += 1
                     result.errors[f"{exc.code().name}: {exc.details()}"] += 1
+                if pause_ms:
+                    await asyncio.sleep(pause_ms / 1000)
 
         await asyncio.gather(*(worker(c) for c in channels for _ in range(streams)))
     finally:
@@ -540,11 +558,13 @@ def load(
     rounds: int = 1,
     hold_ms: int = 0,
     deadline_s: float = 60.0,
+    pause_ms: int = 0,
 ) -> LoadResult:
     """`connections` client connections x `streams` concurrent calls each, `rounds` times.
 
     With `hold_ms`, each call stays in flight that long at the backend, so all
-    connections x streams calls are in flight together.
+    connections x streams calls are in flight together; with `pause_ms`, each stream
+    pauses that long between its calls, as clients with something else to do would.
     """
     method, payload = ("Hold", str(hold_ms).encode()) if hold_ms else ("Who", b"")
     return asyncio.run(
@@ -556,6 +576,7 @@ def load(
             payload=payload,
             rounds=rounds,
             deadline_s=deadline_s,
+            pause_ms=pause_ms,
         )
     )
 

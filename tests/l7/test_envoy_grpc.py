@@ -3,6 +3,7 @@ folding, and the contrast with an L4 proxy."""
 
 from __future__ import annotations
 
+import math
 import time
 
 from cmi.store import Put, Store
@@ -59,12 +60,17 @@ def test_one_connection_is_balanced_per_request_unlike_l4(store: Store, bed: Bed
 def test_many_client_connections_fold_into_one_upstream_connection_per_worker(
     store: Store, bed: Bed
 ) -> None:
+    """500 clients, each calling now and then: one upstream connection per worker.
+
+    (A worker opens another connection to a backend only when that backend has more than
+    100 calls in flight from it, the per-connection stream cap: the 5,000-stream test.)
+    """
     vip, backends = grpc_world(store, bed)
     bed.xds.start()
     envoy = bed.envoy("n1", concurrency=2)
     target = f"{vip}:50051"
     wait_for_answer(target)
-    result = load(target, connections=500, streams=1, rounds=6)
+    result = load(target, connections=500, streams=1, rounds=6, pause_ms=20)
     assert result.failed == 0, result.errors
     assert result.ok == 3000
     per_backend = host_stats(envoy, "echo", "cx_total")
@@ -73,22 +79,26 @@ def test_many_client_connections_fold_into_one_upstream_connection_per_worker(
 
 
 def test_5000_streams_in_flight_through_one_worker_all_succeed(store: Store, bed: Bed) -> None:
-    """Envoy's default circuit breakers (1,024 requests) would fail most of these calls."""
-    vip, _ = grpc_world(store, bed, max_streams=100)
+    """Envoy's default circuit breakers (1,024 requests) would fail most of these calls.
+
+    The backends allow 128 concurrent streams per connection (nginx's default); Envoy opens
+    another upstream connection every 100 streams, so it never runs into their limit.
+    """
+    vip, _ = grpc_world(store, bed, max_streams=128)
     bed.xds.start()
     envoy = bed.envoy("n1", concurrency=1)
     target = f"{vip}:50051"
     wait_for_answer(target)
-    with PeakSampler(envoy, "cluster.echo.upstream_rq_active") as peak:
+    with PeakSampler(envoy, "cluster.echo.upstream_rq_active", cluster="echo") as peak:
         result = load(target, connections=500, streams=10, rounds=2, hold_ms=6000)
     assert result.failed == 0, result.errors
     assert result.ok == 10_000
     assert peak.value >= 4_750, peak.value  # (nearly) all 5,000 were in flight together
+    # About (in flight at the backend) / 100 (the upstream stream limit) connections each.
     per_backend = host_stats(envoy, "echo", "cx_total")
-    # about in-flight / 100 (the upstream stream limit) connections per backend
-    in_flight_per_backend = 5000 / 3
-    for n in per_backend.values():
-        assert in_flight_per_backend / 100 <= n <= in_flight_per_backend / 100 + 3, per_backend
+    for host, n in per_backend.items():
+        assert n <= math.ceil(peak.hosts[host] / 100) + 1, (per_backend, peak.hosts)
+    assert sum(per_backend.values()) >= 50
 
 
 def test_a_30_second_stream_and_a_30_second_silent_call_complete(store: Store, bed: Bed) -> None:
