@@ -342,6 +342,7 @@ def bench_grpc(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
     metrics["failed_calls_5000_streams"] = metric(result.failed, "calls", 0)
     metrics["upstream_cx_5000_streams"] = metric(sum(upstream.values()), "connections")
     notes["peak_upstream_rq_active_5000_streams"] = peak.value
+    notes["errors_5000_streams"] = dict(result.errors)
     notes["upstream_cx_5000_streams_per_backend"] = upstream
     notes["peak_in_flight_5000_streams_per_backend"] = peak.hosts
     notes["default_breakers_failed_calls_5000_streams"] = defaults.failed

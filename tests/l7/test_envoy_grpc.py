@@ -94,11 +94,17 @@ def test_5000_streams_in_flight_through_one_worker_all_succeed(store: Store, bed
     assert result.failed == 0, result.errors
     assert result.ok == 10_000
     assert peak.value >= 4_750, peak.value  # (nearly) all 5,000 were in flight together
-    # About (in flight at the backend) / 100 (the upstream stream limit) connections each.
+    # Near (in flight at the backend) / 100 (the upstream stream limit) connections each;
+    # the in-flight peaks are sampled, and a burst can open a few more than they show.
     per_backend = host_stats(envoy, "echo", "cx_total")
+    churn = {
+        k: v
+        for k, v in envoy.stats("cluster.echo.").items()
+        if v and ("destroy" in k or "protocol_error" in k or "reset" in k or "pending" in k)
+    }
     for host, n in per_backend.items():
-        assert n <= math.ceil(peak.hosts[host] / 100) + 1, (per_backend, peak.hosts)
-    assert sum(per_backend.values()) >= 50
+        assert n <= 1.5 * math.ceil(peak.hosts[host] / 100) + 2, (per_backend, peak.hosts, churn)
+    assert 50 <= sum(per_backend.values()) <= 75, (per_backend, churn)
 
 
 def test_a_30_second_stream_and_a_30_second_silent_call_complete(store: Store, bed: Bed) -> None:
