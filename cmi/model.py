@@ -303,8 +303,9 @@ class Route(_Model):
 
     A route matches on hosts (any of them; none: every host) and on either a path prefix
     or a gRPC service and optional method. Its backends are the Services its selector
-    picks on its target port; both default to the listener's. Routes are tried in order,
-    and a request no route matches goes to the listener's own backends.
+    picks on its target port, and its timeout bounds each request; all three default to
+    the listener's. Routes are tried in order, and a request no route matches goes to the
+    listener's own backends.
     """
 
     name: Name
@@ -314,6 +315,9 @@ class Route(_Model):
     grpc_method: Annotated[str, AfterValidator(_grpc_method)] | None = None
     selector: LabelSelector | None = None
     target_port: PortRef | None = None
+    timeout_s: int | None = Field(
+        default=None, ge=0, le=86400, description="0: no limit; none: the listener's"
+    )
 
     @field_validator("selector")
     @classmethod

@@ -5,9 +5,9 @@ every host a route names gets a virtual host holding, in the listener's order, t
 for that host and the routes for any host; the `*` virtual host holds the host-less
 routes. Each ends with a catch-all to the listener's own cluster.
 
-There is no default timeout: Envoy's 15 s would cut long gRPC streams. A listener's
-`request_timeout_s` (0: none) is the only limit, and gRPC deadlines sent by clients
-(`grpc-timeout`) are honoured as they are.
+There is no default timeout: Envoy's 15 s would cut long gRPC streams. A route's
+`timeout_s`, else its listener's `request_timeout_s` (0: none), is the only limit, and gRPC
+deadlines sent by clients (`grpc-timeout`) are honoured as they are.
 """
 
 from __future__ import annotations
@@ -101,8 +101,11 @@ def _route(listener: Listener, r: Route | None) -> route_components_pb2.Route:
 def _action_key(listener: Listener, r: Route | None) -> tuple[int, bool, Persistence, bool]:
     """Everything a route's action depends on, its cluster aside."""
     grpc = listener.protocol is Protocol.GRPC or (r is not None and r.grpc_service is not None)
+    timeout = listener.request_timeout_s
+    if r is not None and r.timeout_s is not None:
+        timeout = r.timeout_s
     return (
-        listener.request_timeout_s,
+        timeout,
         grpc,
         listener.persistence,
         policy.hashes_source_ip(listener),
