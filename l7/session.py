@@ -97,6 +97,8 @@ class Session:
     acks: list[Ack] = field(default_factory=list)
     """ACKs and NACKs since the server last looked (it drains the list)."""
     _nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _done: bool = False
+    """The last look found nothing left to send (only inputs change that, and each looks)."""
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -166,8 +168,8 @@ class Session:
         """Envoy holds the whole target (or rejected part of it): nothing left to send."""
         return (
             self.target is not None
+            and self._done
             and not any(s.inflight for s in self.types.values())
-            and self._next() is None
         )
 
     @property
@@ -177,11 +179,13 @@ class Session:
 
     def _advance(self) -> list[Response]:
         out: list[Response] = []
+        self._done = False
         if self.target is None:
             return out
         while True:
             step = self._next()
             if step is None or step is WAIT:
+                self._done = step is None
                 return out
             out.append(self._respond(*step))
 

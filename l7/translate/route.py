@@ -119,8 +119,12 @@ def _action(
     """A route action without its cluster; shared, so only ever copied from."""
     action = route_components_pb2.RouteAction(timeout=seconds(timeout_s))  # 0s: no limit
     if grpc:
-        # Honour the client's grpc-timeout header uncapped instead of the route timeout.
-        action.max_stream_duration.grpc_timeout_header_max.SetInParent()
+        # Envoy then bounds gRPC calls by the client's deadline (grpc-timeout), capped at
+        # the timeout if there is one, rather than by the route timeout.
+        duration = action.max_stream_duration
+        duration.grpc_timeout_header_max.CopyFrom(seconds(timeout_s))  # 0s: uncapped
+        if timeout_s:
+            duration.max_stream_duration.CopyFrom(seconds(timeout_s))
     if persistence.mode is PersistenceMode.COOKIE:
         cookie = action.hash_policy.add().cookie
         cookie.name = persistence.cookie_name or COOKIE_NAME

@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 import time
 
+import grpc
+import pytest
+
 from cmi.store import Put, Store
 from tests.l7.harness import (
     ECHO,
@@ -161,3 +164,24 @@ def test_tls_to_the_backends(store: Store, bed: Bed) -> None:
     assert set(balance(f"{vip}:50051", 100)) == {"s1", "s2"}
     stats = envoy.stats("cluster.secure.ssl.handshake")
     assert stats["cluster.secure.ssl.handshake"] >= 2
+
+
+def test_a_request_timeout_bounds_grpc_calls(store: Store, bed: Bed) -> None:
+    backends = bed.backends(["b1"])
+    vip = bed.net.address(10)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("echo", [(b.address, b.grpc_port) for b in backends])),
+        Put(listener("echo", "GRPC", 50051, request_timeout_s=2)),
+    ])  # fmt: skip
+    bed.xds.start()
+    bed.envoy("n1")
+    wait_for_answer(f"{vip}:50051")
+    with channel(f"{vip}:50051") as chan:
+        hold = chan.unary_unary(ECHO + "Hold", **RAW)
+        assert hold(b"500", timeout=30).decode() == "b1"
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            hold(b"5000")  # no deadline of its own: the listener's 2 s apply
+        assert 1.5 < time.monotonic() - started < 4.5
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
