@@ -308,22 +308,33 @@ def bench_grpc(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
     log(f"balance: {dict(counts)} (max deviation {deviation:.2f} pts); "
         f"through an L4 proxy: {dict(l4_counts)}")  # fmt: skip
 
+
+def bench_convergence(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
+                      net: harness.TestNet) -> None:  # fmt: skip
     store = store_for(redis, "bench-grpc2")
     with real_bed(redis, net, "bench-grpc2") as bed:
         vip, backends = grpc_bed(store, bed, 34)
         bed.xds.start()
         envoy = bed.envoy("g2", concurrency=2)
         harness.wait_for_answer(f"{vip}:50051")
-        result = harness.load(f"{vip}:50051", connections=500, streams=1, rounds=6, pause_ms=20)
+        sampler = harness.PeakSampler(
+            envoy, "cluster.echo.upstream_rq_active", "echo", interval=0.05
+        )
+        with sampler as peak2:
+            result = harness.load(f"{vip}:50051", connections=500, streams=1, rounds=6, pause_ms=20)
         per_backend = harness.host_stats(envoy, "echo", "cx_total")
         workers = harness.workers(envoy)
     metrics["upstream_cx_per_backend_500"] = metric(max(per_backend.values()), "connections",
                                                     workers)  # fmt: skip
     metrics["envoy_workers"] = metric(workers, "workers")
     notes["convergence_failed_calls"] = result.failed
+    notes["convergence_peak_in_flight_per_backend"] = peak2.hosts
     log(f"500 client connections, {result.ok} calls ({result.failed} failed): upstream "
         f"connections per backend {per_backend}, {workers} workers")  # fmt: skip
 
+
+def bench_streams(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
+                  net: harness.TestNet) -> None:  # fmt: skip
     store = store_for(redis, "bench-grpc3")
     with real_bed(redis, net, "bench-grpc3") as bed:
         vip, backends = grpc_bed(store, bed, 35, max_streams=128)
@@ -375,6 +386,8 @@ def main() -> None:
             bench_fanout(metrics, notes, redis, net)
         if "grpc" not in args.skip:
             bench_grpc(metrics, notes, redis, net)
+            bench_convergence(metrics, notes, redis, net)
+            bench_streams(metrics, notes, redis, net)
     finally:
         redis.stop()
         net.delete()

@@ -65,20 +65,28 @@ def test_many_client_connections_fold_into_one_upstream_connection_per_worker(
 ) -> None:
     """500 clients, each calling now and then: one upstream connection per worker.
 
-    (A worker opens another connection to a backend only when that backend has more than
-    100 calls in flight from it, the per-connection stream cap: the 5,000-stream test.)
+    A worker opens another connection to a backend only when that backend has more than
+    100 of its calls in flight (the per-connection stream cap: the 5,000-stream test). On
+    a loaded machine one backend process can stall long enough to collect that many; the
+    sampled in-flight peaks tell such a run apart from a failure to fold.
     """
     vip, backends = grpc_world(store, bed)
     bed.xds.start()
     envoy = bed.envoy("n1", concurrency=2)
     target = f"{vip}:50051"
     wait_for_answer(target)
-    result = load(target, connections=500, streams=1, rounds=6, pause_ms=20)
+    sampler = PeakSampler(envoy, "cluster.echo.upstream_rq_active", cluster="echo", interval=0.05)
+    with sampler as peak:
+        result = load(target, connections=500, streams=1, rounds=6, pause_ms=20)
     assert result.failed == 0, result.errors
     assert result.ok == 3000
     per_backend = host_stats(envoy, "echo", "cx_total")
     assert set(per_backend) == {b.grpc_target for b in backends}
-    assert all(1 <= n <= workers(envoy) for n in per_backend.values()), per_backend
+    workers_n = workers(envoy)
+    for host, n in per_backend.items():
+        allowed = workers_n * max(1, math.ceil(peak.hosts[host] / 100))
+        assert 1 <= n <= allowed, (per_backend, peak.hosts)
+    assert sum(per_backend.values()) < 10  # 500 client connections folded
 
 
 def test_5000_streams_in_flight_through_one_worker_all_succeed(store: Store, bed: Bed) -> None:
