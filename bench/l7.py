@@ -313,7 +313,7 @@ def bench_convergence(metrics: Metrics, notes: dict[str, Any], redis: RedisServe
                       net: harness.TestNet) -> None:  # fmt: skip
     store = store_for(redis, "bench-grpc2")
     with real_bed(redis, net, "bench-grpc2") as bed:
-        vip, backends = grpc_bed(store, bed, 34)
+        vip, _ = grpc_bed(store, bed, 34)
         bed.xds.start()
         envoy = bed.envoy("g2", concurrency=2)
         harness.wait_for_answer(f"{vip}:50051")
