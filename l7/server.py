@@ -287,7 +287,7 @@ class XdsServer:
             task.cancel()
         await self._flush_reports()
         if self._watcher is not None:
-            await asyncio.to_thread(self._watcher.join, 5)
+            await asyncio.to_thread(self._watcher.join, 30)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -50,7 +50,8 @@ class ServerThread:
         assert self._loop is not None
         assert self._stopped is not None
         self._loop.call_soon_threadsafe(self._stopped.set)
-        self._thread.join(10)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the server did not stop"
 
     @property
     def target(self) -> str:
