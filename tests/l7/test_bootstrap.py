@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,8 +24,11 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.json_format import ParseDict
 
 from cmi.cli import main
-from cmi.devbed.envoy import envoy_binary
+from cmi.devbed.envoy import EnvoyProxy, envoy_binary
+from cmi.devbed.process import free_port
+from cmi.store import Store
 from l7.bootstrap import bootstrap
+from tests.l7.test_server import ServerThread
 
 # The messages the bootstrap packs in Any fields, so that ParseDict can find them.
 PACKED = (router_pb2, http_connection_manager_pb2, downstream_connections_pb2,
@@ -74,3 +81,18 @@ def test_slb_xds_explains_itself() -> None:
     result = CliRunner().invoke(main, ["xds", "--help"])
     assert result.exit_code == 0
     assert "ADS" in result.output
+
+
+def test_an_envoy_from_the_bootstrap_serves_prometheus_stats_but_not_its_admin_api(
+    store: Store, envoy_factory: Callable[..., EnvoyProxy]
+) -> None:
+    with ServerThread(store) as server:
+        admin, stats = free_port(), free_port()
+        config = bootstrap("default", "n1", server.target, admin_port=admin, stats_port=stats)
+        envoy_factory(config, admin_port=admin)
+        with urllib.request.urlopen(f"http://127.0.0.1:{stats}/stats/prometheus") as resp:
+            text = resp.read().decode()
+        assert re.search(r"^envoy_server_live\{?\}? 1$", text, re.MULTILINE), text[-500:]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{stats}/config_dump")
+        assert refused.value.code == 404
