@@ -28,6 +28,7 @@ from l7.translate.cluster import serialized as clusters
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES
 from l7.translate.endpoint import serialized
 from l7.translate.listener import serialized as listener
+from l7.translate.policy import weighted
 from l7.translate.route import serialized as route_configuration
 from l7.translate.secret import secret
 
@@ -115,8 +116,8 @@ class _ConfigEntry:
 
 @dataclass
 class _EndpointEntry:
-    weighted_by: Listener
-    backends: tuple[tuple[Backend, ...], ...]
+    key: tuple[bool, tuple[str | None, ...], tuple[tuple[Backend, ...], ...]]
+    """Everything the endpoints depend on: weights used, route names, backends."""
     resources: tuple[Resource, ...]
 
 
@@ -190,12 +191,16 @@ class SnapshotCache:
 
     def _load_assignments(self, resolved: ResolvedListener) -> tuple[Resource, ...]:
         model = resolved.listener
-        backends = (resolved.backends, *(r.backends for r in resolved.routes))
+        key = (
+            weighted(model),
+            (None, *(r.route.name for r in resolved.routes)),
+            (resolved.backends, *(r.backends for r in resolved.routes)),
+        )
         entry = self._endpoints.get(model.name)
-        if entry is not None and entry.backends == backends and entry.weighted_by == model:
+        if entry is not None and entry.key == key:
             return entry.resources
         resources = tuple(Resource(name, ENDPOINT, raw) for name, raw in serialized(resolved))
-        self._endpoints[model.name] = _EndpointEntry(model, backends, resources)
+        self._endpoints[model.name] = _EndpointEntry(key, resources)
         return resources
 
     def _secret(self, cert: Certificate, key_pem: str) -> Resource:

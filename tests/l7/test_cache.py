@@ -102,3 +102,20 @@ def test_every_served_resource_is_in_canonical_form(name: str) -> None:
                 assert resource.body.type_url == type_url
                 message = MESSAGES[type_url].FromString(raw)
                 assert message.SerializeToString(deterministic=True) == raw, resource
+
+
+def test_a_renamed_route_gets_endpoints_under_its_new_name() -> None:
+    case = load_case("http-routes")
+    cache = SnapshotCache()
+    before = case.snapshot()
+    first = cache.build(resolve(before), case.keys)["default"]
+    assert "web/api" in first.resources[ENDPOINT]
+    objects = {kind: dict(by_key) for kind, by_key in before.objects.items()}
+    web = objects["Listener"]["web"].obj
+    routes = [r.model_copy(update={"name": "api2"}) if r.name == "api" else r
+              for r in web.routes]  # type: ignore[attr-defined]  # fmt: skip
+    objects["Listener"]["web"] = Stored(web.model_copy(update={"routes": tuple(routes)}), 2)
+    second = cache.build(resolve(Snapshot(2, objects)), case.keys)["default"]
+    assert "web/api2" in second.resources[ENDPOINT]
+    assert "web/api" not in second.resources[ENDPOINT]
+    assert set(second.resources[ENDPOINT]) == set(second.resources[CLUSTER])
