@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from cmi import config
+from cmi.cli_objects import COMMANDS
 
 NOT_IMPLEMENTED_EXIT = 2
 
@@ -91,16 +92,57 @@ def config_reference() -> None:
 
 
 @main.command("cmi")
-def cmi_cmd() -> None:
-    """Run the controller: watch labelled Services, write desired state."""
-    not_implemented("cmi", 3)
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_obj
+def cmi_cmd(settings: config.Settings, log_level: str) -> None:
+    """Run the controller: watch labelled Services, write desired state (leader-elected)."""
+    import logging  # noqa: PLC0415
+
+    from cmi import daemon  # noqa: PLC0415 - only this command needs the controller
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon.run(settings)
 
 
 @main.command("worker")
-@click.option("--node", help="The LB node this worker programs.")
-def worker_cmd(node: str | None) -> None:
-    """Run a Celery worker that brings a node or tier to the desired revision."""
-    not_implemented("worker", 5)
+@click.option("--node", help="Program this LB node: consume l4.NODE with its l4 agent inside.")
+@click.option("--l7", "l7", is_flag=True, help="Consume the L7 tier's queue (beside `slb xds`).")
+@click.option("--control", is_flag=True, help="Consume openslb's own queue (drift re-assertion).")
+@click.option("--beat", is_flag=True, help="Also run Celery beat, the re-assertion's clock.")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_obj
+def worker_cmd(
+    settings: config.Settings,
+    /,
+    *,
+    node: str | None,
+    l7: bool,
+    control: bool,
+    beat: bool,
+    log_level: str,
+) -> None:
+    """Run a Celery worker that brings a node or tier to the desired revision.
+
+    One task at a time (the solo pool): an LB node applies one revision after another,
+    never two at once; the agent's lock guards against a second worker for the same node.
+    """
+    from cmi.celeryapp import CONTROL_QUEUE, L7_QUEUE, l4_queue, make_app  # noqa: PLC0415
+
+    queues = [q for q, wanted in ((l4_queue(node or ""), node), (L7_QUEUE, l7),
+                                  (CONTROL_QUEUE, control or beat)) if wanted]  # fmt: skip
+    if not queues:
+        raise click.UsageError("say what to work for: --node NAME, --l7 or --control")
+    app = make_app(settings)
+    app.conf.update(openslb_node=node)
+    role = node or ("l7" if l7 else "control")
+    argv = ["worker", "--queues", ",".join(queues), "--pool", "solo", "--concurrency", "1",
+            "--hostname", f"{role}@%h", "--loglevel", log_level, "--without-mingle",
+            "--without-gossip"]  # fmt: skip
+    if beat:
+        schedule = Path(settings.dev.state_dir) / "celerybeat-schedule"
+        schedule.parent.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", "--schedule", str(schedule)]
+    app.worker_main(argv)
 
 
 @main.group("dev")
@@ -191,6 +233,10 @@ def lab_run(memory: int, timeout: float, no_network: bool, command: tuple[str, .
         err=True,
     )
     sys.exit(result.returncode)
+
+
+for _command in COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

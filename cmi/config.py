@@ -40,6 +40,36 @@ class KubeSettings:
 
 
 @dataclass(frozen=True)
+class CmiSettings:
+    namespace: str = setting("", "Watch Services in this namespace only; empty: every namespace")
+    backend_mode: str = setting(
+        "pod", "Default backends: pod (pod IPs) or node (node IPs on the NodePort)"
+    )
+    exclude_unschedulable: bool = setting(
+        True, "Node mode leaves out cordoned (unschedulable) nodes"
+    )
+    node_group: str = setting("default", "LB node group of the instances that Services get")
+    pool: str = setting("default", "Address pool that Services' VIPs come from")
+    pool_cidrs: str = setting(
+        "", "If set, cmi creates or updates that pool with these CIDRs (comma-separated)"
+    )
+    holdoff_ms: int = setting(
+        75, "Wait this long for more changes before writing (Contour-style hold-off)"
+    )
+    max_holdoff_ms: int = setting(500, "Never hold a change back longer than this")
+    resync_s: int = setting(300, "Full level-triggered resync period: repairs any drift in Redis")
+    release_grace_s: int = setting(
+        60, "A withdrawn instance keeps its VIP this long before it is freed"
+    )
+    lease_namespace: str = setting("openslb-system", "Namespace of the leader-election Lease")
+    lease_name: str = setting("openslb-cmi", "Name of the leader-election Lease")
+    lease_duration_s: int = setting(15, "A leader that stops renewing is replaced after this long")
+    renew_deadline_s: int = setting(10, "A leader that cannot renew for this long steps down")
+    retry_period_s: int = setting(2, "How often candidates try the Lease and leaders renew it")
+    identity: str = setting("", "This process's identity in the Lease; empty: hostname and pid")
+
+
+@dataclass(frozen=True)
 class XdsSettings:
     bind: str = setting(
         "127.0.0.1:18000", "Where `slb xds` serves ADS (gRPC) to Envoys; the bootstrap's default"
@@ -47,6 +77,37 @@ class XdsSettings:
     metrics_bind: str = setting(
         "127.0.0.1:18001", "Where `slb xds` serves Prometheus metrics; empty: not served"
     )
+
+
+@dataclass(frozen=True)
+class CelerySettings:
+    visibility_timeout_s: int = setting(
+        300, "An unacknowledged task is delivered again after this; must exceed the slowest apply"
+    )
+    reassert_s: int = setting(
+        30, "Every this often every node is told to re-assert its revision (repairs drift)"
+    )
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    bind: str = setting("127.0.0.1:8080", "Where `slb console` serves the console and REST API")
+    secret_key_file: str = setting(
+        "",
+        "Key that signs session cookies; created (0600) on first start if missing; "
+        "empty: ~/.local/state/openslb/console-secret-key",
+    )
+    secure_cookies: bool = setting(
+        False, "Mark session cookies Secure even on plain HTTP (behind a TLS proxy)"
+    )
+    trusted_proxies: int = setting(
+        0, "Proxies in front that set X-Forwarded-For/-Proto (0: trust none)"
+    )
+    threads: int = setting(8, "Worker threads of the WSGI server")
+    login_attempts: int = setting(
+        5, "Failed logins allowed per client address and per user within the window"
+    )
+    login_window_s: int = setting(300, "The failed-login window, in seconds")
 
 
 @dataclass(frozen=True)
@@ -60,7 +121,10 @@ class DevSettings:
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
+    cmi: CmiSettings = field(default_factory=CmiSettings)
     xds: XdsSettings = field(default_factory=XdsSettings)
+    celery: CelerySettings = field(default_factory=CelerySettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     dev: DevSettings = field(default_factory=DevSettings)
 
 

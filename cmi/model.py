@@ -35,8 +35,12 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
 
 
+def is_dns_label(value: str) -> bool:
+    return bool(_DNS_LABEL.match(value))
+
+
 def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.match(value):
+    if not is_dns_label(value):
         raise ValueError(
             f"{value!r} is not a DNS label: 1-63 lowercase letters, digits or '-', "
             "starting and ending with a letter or digit"
@@ -91,7 +95,8 @@ class ModelError(ValueError):
     def from_validation(cls, kind: str, exc: ValidationError) -> ModelError:
         errors = []
         for err in exc.errors():
-            field = ".".join(str(part) for part in err["loc"])
+            # Union members add tags such as "lax-or-strict[...]" to the path: not fields.
+            field = ".".join(str(part) for part in err["loc"] if "[" not in str(part))
             cause = err.get("ctx", {}).get("error")
             if isinstance(cause, CrossFieldError):
                 prefix = f"{field}." if field else ""
@@ -529,6 +534,8 @@ class Service(StoredObject):
     load_balancer: Name
     ports: tuple[ServicePort, ...] = ()
     backends: dict[str, tuple[Backend, ...]] = Field(default_factory=dict)
+    backend_mode: Literal["pod", "node"] = "pod"
+    """pod: the endpoints' pod IPs on the target port; node: node IPs on the NodePort."""
 
     @field_validator("labels")
     @classmethod

@@ -18,7 +18,7 @@ rules, in order:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cmi.model import (
@@ -89,13 +89,39 @@ def resolve(snapshot: Snapshot) -> DesiredState:
     balancers = {k: s.obj for k, s in snapshot.of(LoadBalancer).items()}
     services = [s.obj for _, s in sorted(snapshot.of(Service).items())]
     by_key = {s.key: s for s in services}
-    served: list[ResolvedListener] = []
+    winners, rejected = claim_ports(balancers, (s.obj for s in snapshot.of(Listener).values()))
+    served = []
+    for listener, vip in winners:
+        chosen = _selected_services(listener, services, by_key)
+        served.append(
+            ResolvedListener(
+                listener=listener,
+                load_balancer=balancers[listener.load_balancer],
+                vip=vip,
+                services=tuple(s.key for s in chosen),
+                backends=backends_for(listener, chosen),
+                routes=tuple(
+                    _resolve_route(listener, route, chosen, services) for route in listener.routes
+                ),
+            )
+        )
+    return DesiredState(
+        revision=snapshot.revision,
+        listeners=tuple(sorted(served, key=lambda r: r.listener.name)),
+        rejected=tuple(rejected),
+        certificates={k: s.obj for k, s in snapshot.of(Certificate).items()},
+        node_groups={k: s.obj for k, s in snapshot.of(NodeGroup).items()},
+    )
+
+
+def claim_ports(
+    balancers: Mapping[str, LoadBalancer], listeners: Iterable[Listener]
+) -> tuple[list[tuple[Listener, IPAddress]], list[Rejected]]:
+    """Which listeners hold their VIP:port/transport (with the VIP), and which are rejected."""
+    winners: list[tuple[Listener, IPAddress]] = []
     rejected: list[Rejected] = []
     claimed: dict[tuple[IPAddress, int, str], str] = {}
-    listeners = sorted(
-        (s.obj for s in snapshot.of(Listener).values()), key=lambda li: (li.created_at, li.name)
-    )
-    for listener in listeners:
+    for listener in sorted(listeners, key=lambda li: (li.created_at, li.name)):
         balancer = balancers.get(listener.load_balancer)
         if balancer is None:
             rejected.append(
@@ -117,26 +143,8 @@ def resolve(snapshot: Snapshot) -> DesiredState:
             )
             continue
         claimed[port_key] = listener.name
-        chosen = _selected_services(listener, services, by_key)
-        served.append(
-            ResolvedListener(
-                listener=listener,
-                load_balancer=balancer,
-                vip=balancer.vip,
-                services=tuple(s.key for s in chosen),
-                backends=backends_for(listener, chosen),
-                routes=tuple(
-                    _resolve_route(listener, route, chosen, services) for route in listener.routes
-                ),
-            )
-        )
-    return DesiredState(
-        revision=snapshot.revision,
-        listeners=tuple(sorted(served, key=lambda r: r.listener.name)),
-        rejected=tuple(rejected),
-        certificates={k: s.obj for k, s in snapshot.of(Certificate).items()},
-        node_groups={k: s.obj for k, s in snapshot.of(NodeGroup).items()},
-    )
+        winners.append((listener, balancer.vip))
+    return winners, rejected
 
 
 def _selected_services(

@@ -20,7 +20,9 @@ Layout under the prefix `P` (one Redis, not Cluster: the script builds its key n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, cast
 
@@ -29,6 +31,7 @@ import redis
 from cmi.model import KINDS, StoredObject, dump_document, load_document
 
 T = TypeVar("T", bound=StoredObject)
+log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "openslb"
 DEFAULT_STREAM_LENGTH = 100_000
@@ -46,6 +49,22 @@ class ConflictError(StoreError):
         state = "does not exist" if actual == 0 else f"is at revision {actual}"
         want = "not to exist" if expected == 0 else f"at revision {expected}"
         super().__init__(f"{kind} {key!r} {state}; the write expected it {want}")
+
+
+class FencedError(StoreError):
+    """A writer holding an older fencing token than the newest one seen: it was deposed."""
+
+    def __init__(self, name: str, token: int, current: int) -> None:
+        self.name, self.token, self.current = name, token, current
+        super().__init__(f"{name} token {token} is older than {current}: another leader writes now")
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A leader's fencing token: writes with an older token than one already seen fail."""
+
+    name: str
+    token: int
 
 
 class CompactedError(StoreError):
@@ -109,6 +128,16 @@ class Snapshot:
 _WRITE = """
 local prefix, maxlen = ARGV[1], tonumber(ARGV[2])
 local ops = cjson.decode(ARGV[3])
+if ARGV[5] ~= '' then
+  local fence_key, token = prefix .. ':fence:' .. ARGV[5], tonumber(ARGV[6])
+  local current = tonumber(redis.call('GET', fence_key) or '-1')
+  if token < current then
+    return {'fenced', tostring(current)}
+  end
+  if token > current then
+    redis.call('SET', fence_key, token)
+  end
+end
 for _, op in ipairs(ops) do
   if op.expect ~= cjson.null then
     local current = tonumber(redis.call('HGET', prefix .. ':rev:' .. op.kind, op.key) or '0')
@@ -173,29 +202,55 @@ class Store:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def apply(self, ops: Iterable[Op], **meta: str) -> int:
+    def apply(self, ops: Iterable[Op], *, fence: Fence | None = None, **meta: str) -> int:
         """Commit every op or none; return the revision that holds them.
 
         Ops that would not change anything are dropped; if none is left, no revision is
-        made and the current one is returned. `meta` (who, why) rides on the change.
+        made and the current one is returned. `meta` (who, why) rides on the change. With a
+        `fence`, the write fails (FencedError) if a newer token of that name was seen.
         """
         encoded = [self._encode(op) for op in ops]
         if not encoded:
             return self.revision()
         reply = self._write(
-            args=[self.prefix, self.stream_length, json.dumps(encoded), json.dumps(meta)]
+            args=[
+                self.prefix,
+                self.stream_length,
+                json.dumps(encoded),
+                json.dumps(meta),
+                fence.name if fence else "",
+                fence.token if fence else 0,
+            ]
         )
         status = reply[0].decode()
+        if status == "fenced":
+            assert fence is not None
+            raise FencedError(fence.name, fence.token, int(reply[1]))
         if status == "conflict":
             kind, key, expected, actual = (part.decode() for part in reply[1:])
             raise ConflictError(kind, key, int(expected), int(actual))
         return int(reply[1])
 
-    def put(self, obj: StoredObject, expect: int | None = None, **meta: str) -> int:
-        return self.apply([Put(obj, expect)], **meta)
+    def put(
+        self,
+        obj: StoredObject,
+        expect: int | None = None,
+        *,
+        fence: Fence | None = None,
+        **meta: str,
+    ) -> int:
+        return self.apply([Put(obj, expect)], fence=fence, **meta)
 
-    def delete(self, kind: str, key: str, expect: int | None = None, **meta: str) -> int:
-        return self.apply([Delete(kind, key, expect)], **meta)
+    def delete(
+        self,
+        kind: str,
+        key: str,
+        expect: int | None = None,
+        *,
+        fence: Fence | None = None,
+        **meta: str,
+    ) -> int:
+        return self.apply([Delete(kind, key, expect)], fence=fence, **meta)
 
     @staticmethod
     def _encode(op: Op) -> dict[str, Any]:
@@ -257,19 +312,52 @@ class Store:
         self._check_contiguous(since, changes)
         return changes
 
-    def follow(self, since: int, block_ms: int = 5_000) -> Iterator[list[Change]]:
+    def follow(self, since: int, block_ms: int = 1_000) -> Iterator[list[Change]]:
         """Yield batches of changes after `since` as they are committed, forever.
 
         Yields an empty batch when `block_ms` passes without a change, so a caller can
-        check for shutdown.
+        check for shutdown. Keep `block_ms` below the client's socket timeout (redis-py's
+        default is 5 s); a read that times out anyway counts as a quiet period.
         """
         while True:
-            reply = self.redis.xread({self.key("changes"): f"{since}-0"}, block=block_ms)
+            try:
+                reply = self.redis.xread({self.key("changes"): f"{since}-0"}, block=block_ms)
+            except redis.TimeoutError:
+                reply = []
             batch = [self._decode(entry) for _, entries in reply for entry in entries]
             self._check_contiguous(since, batch)
             if batch:
                 since = batch[-1].revision
             yield batch
+
+    def tail(
+        self,
+        since: int,
+        stop: threading.Event,
+        on_batch: Callable[[list[Change]], object],
+        on_trimmed: Callable[[], int],
+        retry_s: float = 1.0,
+    ) -> None:
+        """Hand every batch of changes after `since` to `on_batch` until `stop` is set.
+
+        For consumers that live as long as their process. If the stream was trimmed past
+        them, `on_trimmed` catches up some other way (a fresh snapshot) and returns the
+        revision to go on from; Redis going away is waited out.
+        """
+        while not stop.is_set():
+            try:
+                for batch in self.follow(since):
+                    if stop.is_set():
+                        return
+                    if batch:
+                        on_batch(batch)
+                        since = batch[-1].revision
+            except CompactedError as exc:
+                log.warning("%s; catching up from a snapshot", exc)
+                since = on_trimmed()
+            except redis.RedisError as exc:
+                log.warning("following changes failed (%s); retrying in %.0f s", exc, retry_s)
+                stop.wait(retry_s)
 
     def _check_contiguous(self, since: int, changes: list[Change]) -> None:
         """Every revision has one stream entry, so a gap can only mean trimming."""

@@ -11,12 +11,14 @@ TokenRequest API, so the least-privilege role in deploy/ is tested for real.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import ssl
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -68,8 +70,14 @@ class KubeBinaries:
 class KubeAPI:
     """etcd + kube-apiserver with their state under `state_dir`."""
 
-    def __init__(self, state_dir: Path, binaries: KubeBinaries | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        binaries: KubeBinaries | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.state_dir = state_dir
+        self.extra_args = extra_args
         self.binaries = binaries or KubeBinaries.cached()
         self.etcd_port, self.etcd_peer_port, self.port = free_port(), free_port(), free_port()
         self.admin_token = secrets.token_urlsafe(32)
@@ -147,6 +155,7 @@ class KubeAPI:
                 "--allow-privileged=false",
                 "--profiling=false",
                 "--v", "1",
+                *self.extra_args,
             ],
             self.state_dir,
         ).start()  # fmt: skip
@@ -188,6 +197,22 @@ class KubeAPI:
                 )
             )
         return key_path, pub_path
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to now, so older resourceVersions answer 410 Gone."""
+        base = f"http://127.0.0.1:{self.etcd_port}/v3/kv"
+
+        def post(path: str, body: dict[str, object]) -> dict[str, Any]:
+            request = urllib.request.Request(  # noqa: S310 - our own loopback etcd
+                f"{base}/{path}", data=json.dumps(body).encode(), method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+                result: dict[str, Any] = json.loads(resp.read())
+                return result
+
+        revision = int(post("range", {"key": "AA=="})["header"]["revision"])
+        post("compaction", {"revision": str(revision), "physical": True})
+        return revision
 
     def write_kubeconfig(self, path: Path, token: str, user: str) -> Path:
         """A kubeconfig for this server that authenticates with a bearer token."""
@@ -249,3 +274,14 @@ current-context: {user}@devbed
         return self.write_kubeconfig(
             path, token.status.token, f"system:serviceaccount:{namespace}:{name}"
         )
+
+    def apply_manifest(self, path: Path) -> None:
+        """Create every object in a YAML manifest as admin; objects that exist are left alone."""
+        from kubernetes.utils import FailToCreateError, create_from_yaml  # noqa: PLC0415
+
+        with self.client() as api:
+            try:
+                create_from_yaml(api, str(path))  # type: ignore[no-untyped-call]
+            except FailToCreateError as exc:
+                if any(e.status != 409 for e in exc.api_exceptions):
+                    raise

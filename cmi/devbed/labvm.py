@@ -184,37 +184,55 @@ class LabVM:
         With `echo`, the guest's stdout and stderr are copied to ours while it runs (or to
         the streams given for "stdout" and "stderr").
         """
-        initrd = build_initramfs(self.version)
         with tempfile.TemporaryDirectory(prefix="openslb-lab-") as tmp:
             job = Path(tmp)
-            passed = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
-            passed.update(env or {})
-            passed["OPENSLB_LAB_GUEST"] = "1"
-            passed["OPENSLB_HOST_ADDRESS"] = HOST_FROM_GUEST
-            passed["OPENSLB_LAB_OUT"] = "/openslb-job/out"
-            (job / "out").mkdir()
-            (job / "env.sh").write_text(
-                "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(passed.items()))
-            )
-            (job / "command.sh").write_text(command + "\n")
-            (job / "stage2.sh").write_text(
-                _STAGE2.format(
-                    network=_NETWORK if self.network else "",
-                    cwd=shlex.quote(str(cwd or Path.cwd())),
-                )
-            )
-            return self._boot(job, initrd, timeout, echo)
+            self.prepare(job, command, env, cwd)
+            start = time.monotonic()
+            qemu = self.launch(job)
+            return self._wait(job, qemu, start, timeout, echo)
 
-    def _boot(
-        self, job: Path, initrd: Path, timeout: float, echo: bool | Mapping[str, Writer]
-    ) -> LabResult:
+    def prepare(
+        self,
+        job: Path,
+        command: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        """Write the job directory the guest boots with: its command, environment, stage 2."""
+        job.mkdir(parents=True, exist_ok=True)
+        passed = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+        passed.update(env or {})
+        passed["OPENSLB_LAB_GUEST"] = "1"
+        passed["OPENSLB_HOST_ADDRESS"] = HOST_FROM_GUEST
+        passed["OPENSLB_LAB_OUT"] = "/openslb-job/out"
+        for stale in ("started", "rc", "stdout", "stderr"):
+            (job / stale).unlink(missing_ok=True)
+        (job / "out").mkdir(exist_ok=True)
+        (job / "env.sh").write_text(
+            "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(passed.items()))
+        )
+        (job / "command.sh").write_text(command + "\n")
+        (job / "stage2.sh").write_text(
+            _STAGE2.format(
+                network=_NETWORK if self.network else "",
+                cwd=shlex.quote(str(cwd or Path.cwd())),
+            )
+        )
+
+    def launch(self, job: Path, detach: bool = False) -> subprocess.Popen[bytes]:
+        """Start qemu on a prepared job directory; the console goes to job/console.log.
+
+        With `detach`, the VM runs in a session of its own and outlives its starter (the
+        local platform's LB node).
+        """
         assert self.qemu is not None
         argv = [
             self.qemu,
             "-accel", "tcg,thread=multi", "-cpu", "max",  # kvm hangs on these hosts
             "-smp", str(self.cpus), "-m", str(self.memory_mb),
             "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-            "-kernel", f"/boot/vmlinuz-{self.version}", "-initrd", str(initrd),
+            "-kernel", f"/boot/vmlinuz-{self.version}",
+            "-initrd", str(build_initramfs(self.version)),
             "-append", "console=ttyS0 panic=-1 quiet loglevel=3",
             "-virtfs", f"local,path=/,mount_tag=host,{_SHARE},readonly=on",
             "-virtfs", f"local,path={job},mount_tag=job,{_SHARE}",
@@ -226,12 +244,24 @@ class LabVM:
             ]
         else:
             argv += ["-nic", "none"]
-        start = time.monotonic()
-        console = job / "console.log"
-        with console.open("wb") as log:
-            qemu = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        with (job / "console.log").open("wb") as log:
+            return subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=detach,
             )
+
+    def _wait(
+        self,
+        job: Path,
+        qemu: subprocess.Popen[bytes],
+        start: float,
+        timeout: float,
+        echo: bool | Mapping[str, Writer],
+    ) -> LabResult:
+        console = job / "console.log"
         if echo is True:
             echo = {"stdout": sys.stdout, "stderr": sys.stderr}
         tail = _Tail(job, echo) if echo else None

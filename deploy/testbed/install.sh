@@ -14,6 +14,8 @@ APT_PACKAGES=(
   linux-image-amd64       # Debian's kernel, with IPVS as modules, booted by the lab VM
   busybox-static          # the lab VM's initramfs
   ipvsadm                 # the second IPVS driver, and for looking at IPVS by hand
+  chromium                # the console's browser tests (driven by Playwright, headless)
+  nodejs                  # npm installs the console's browser libraries (Chart.js, htmx)
   cpio kmod iproute2 procps
 )
 
@@ -45,6 +47,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 else
   step "python: .venv is up to date"
+fi
+
+step "console: Chart.js and htmx from npm into web/static/vendor (git-ignored)"
+vendor="web/static/vendor"
+lock_stamp="$vendor/.installed"
+lock_want="$(sha256sum web/package-lock.json | cut -c1-16)"
+if [ "$(cat "$lock_stamp" 2>/dev/null)" != "$lock_want" ]; then
+  command -v npm >/dev/null || { SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"; $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+  (cd web && npm ci --no-audit --no-fund --silent)
+  mkdir -p "$vendor"
+  cp web/node_modules/chart.js/dist/chart.umd.min.js web/node_modules/htmx.org/dist/htmx.min.js "$vendor/"
+  echo "$lock_want" > "$lock_stamp"
 fi
 
 step "kubernetes: kube-apiserver and etcd (built once, cached in ${OPENSLB_CACHE:-$HOME/.cache/openslb})"

@@ -12,7 +12,7 @@ import redis
 
 from cmi.devbed.redis import RedisServer
 from cmi.model import AddressPool, LoadBalancer, Owner, OwnerKind, Service
-from cmi.store import CompactedError, ConflictError, Delete, Put, Store
+from cmi.store import CompactedError, ConflictError, Delete, Fence, FencedError, Put, Store
 
 OPERATOR = Owner(kind=OwnerKind.OPERATOR, name="alice")
 
@@ -211,3 +211,14 @@ def test_keys_stay_under_the_prefix(store: Store, redis_client: redis.Redis[byte
         f"{store.prefix}:rev:AddressPool",
         f"{store.prefix}:changes",
     }
+
+
+def test_a_deposed_leader_cannot_write(store: Store) -> None:
+    old, new = Fence("cmi", 3), Fence("cmi", 4)
+    store.apply([Put(pool("a"))], fence=old)
+    store.apply([Put(pool("b"))], fence=new)
+    with pytest.raises(FencedError, match="token 3 is older than 4"):
+        store.apply([Put(pool("c"))], fence=old)
+    assert store.get(AddressPool, "c") is None
+    store.apply([Put(pool("c"))], fence=new)
+    store.apply([Put(pool("d"))])  # unfenced writers (operators) are not affected

@@ -24,7 +24,7 @@ def test_tier_commands_arrive_by_entry_point() -> None:
 
 @pytest.mark.parametrize(
     ("argv", "issue"),
-    [(["l4-agent"], 4), (["console"], 6)],
+    [(["l4-agent"], 4)],
 )
 def test_unfinished_commands_fail_clearly(argv: list[str], issue: int) -> None:
     result = CliRunner().invoke(main, argv)

@@ -1,0 +1,399 @@
+"""Pure: one labelled Kubernetes Service (with its EndpointSlices and the Nodes) -> desired state.
+
+The steps run in order, each small (Contour's processors): exposure (which instance),
+settings (annotations, or what the Service was served with if they are bad), backends
+(pod or node mode), listeners (one per port). The result says which objects this Service
+should own in the store and which Events to tell its owner. Allocating VIPs is I/O and
+happens in the controller; here a dedicated instance asks for its pool and any explicit VIP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from cmi import annotation
+from cmi.annotation import EXPOSE_LABEL, BackendMode, Parsed, ServiceSettings
+from cmi.model import (
+    Backend,
+    Conditions,
+    IPAddress,
+    Listener,
+    LoadBalancer,
+    ModelError,
+    Owner,
+    OwnerKind,
+    Protocol,
+    Service,
+    ServicePort,
+)
+
+Body = Mapping[str, Any]
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+EXCLUDE_LB_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Cluster-wide defaults from cmi's settings."""
+
+    backend_mode: BackendMode = "pod"
+    node_group: str = "default"
+    pool: str = "default"
+    exclude_unschedulable: bool = True
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What the store holds for this Service now: the fallback when annotations are bad."""
+
+    service: Service | None = None
+    listeners: Mapping[str, Listener] = field(default_factory=dict)
+    load_balancer: LoadBalancer | None = None
+
+
+@dataclass(frozen=True)
+class Built:
+    key: str
+    exposed: bool
+    instance: str | None = None
+    dedicated: LoadBalancer | None = None
+    """The instance this Service owns, if it asked for one (`expose=true`); VIP may be unset."""
+    service: Service | None = None
+    listeners: tuple[Listener, ...] = ()
+    events: tuple[Event, ...] = ()
+
+
+def service_key(body: Body) -> str:
+    meta = body["metadata"]
+    return f"{meta['namespace']}/{meta['name']}"
+
+
+def short_name(*parts: str) -> str:
+    """A DNS label from parts, with a short hash so distinct parts never collide."""
+    digest = hashlib.sha256("/".join(parts).encode()).hexdigest()[:5]
+    base = "-".join(parts)[: 63 - 6].rstrip("-")
+    return f"{base}-{digest}"
+
+
+def dedicated_name(namespace: str, name: str) -> str:
+    """The name of the instance a Service labelled `openslb.io/expose=true` gets."""
+    return short_name(namespace, name)
+
+
+def build(
+    body: Body,
+    *,
+    slices: Sequence[Body],
+    nodes: Mapping[str, Body],
+    defaults: Defaults,
+    previous: Previous,
+    instances: Mapping[str, LoadBalancer],
+) -> Built:
+    """What this Service should own in the store, and what to tell its owner."""
+    key = service_key(body)
+    meta, spec = body["metadata"], body.get("spec") or {}
+    expose = (meta.get("labels") or {}).get(EXPOSE_LABEL)
+    if expose is None or meta.get("deletionTimestamp"):
+        return Built(key, exposed=False)
+    events: list[Event] = []
+    parsed = annotation.parse(meta.get("annotations") or {})
+    settings = _settings(parsed, previous, events)
+
+    dedicated: LoadBalancer | None = None
+    if expose == "true":
+        instance = dedicated_name(meta["namespace"], meta["name"])
+        vip = settings.vip
+        if vip is None and parsed.settings is None and previous.load_balancer is not None:
+            vip = previous.load_balancer.vip
+        dedicated = LoadBalancer(
+            name=instance,
+            vip=vip,
+            pool=settings.pool or defaults.pool,
+            node_group=settings.node_group or defaults.node_group,
+            owner=Owner(kind=OwnerKind.SERVICE, name=key),
+        )
+    else:
+        instance = expose
+        if instance not in instances:
+            events.append(
+                Event("Warning", "InstanceNotFound",
+                      f"label {EXPOSE_LABEL}={expose}: no load balancer instance named {expose!r}")
+            )  # fmt: skip
+            return Built(key, exposed=False, events=tuple(events))
+        if settings.vip is not None:
+            events.append(
+                Event("Warning", "InvalidAnnotation",
+                      f"openslb.io/vip: ignored: the Service shares {instance!r} and its VIP")
+            )  # fmt: skip
+
+    ports = _ports(spec)
+    mode = settings.backend_mode or defaults.backend_mode
+    if mode == "node" and not any(p.node_port for p in ports):
+        events.append(
+            Event("Warning", "InvalidAnnotation",
+                  "openslb.io/backend-mode: node mode needs NodePorts (type NodePort or "
+                  "LoadBalancer); using pod mode")
+        )  # fmt: skip
+        mode = "pod"
+    backends = (
+        _node_backends(spec, ports, slices, nodes, defaults)
+        if mode == "node"
+        else _pod_backends(slices)
+    )
+    service = Service(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        labels=meta.get("labels") or {},
+        load_balancer=instance,
+        ports=tuple(ports),
+        backends=backends,
+        backend_mode=mode,
+    )
+    listeners = _listeners(
+        key, instance, ports,
+        settings=settings, served=previous.listeners, keep_served=parsed.settings is None,
+        created_at=_created_at(meta), events=events,
+    )  # fmt: skip
+    return Built(
+        key,
+        exposed=True,
+        instance=instance,
+        dedicated=dedicated,
+        service=service,
+        listeners=tuple(listeners),
+        events=tuple(events),
+    )
+
+
+def _settings(parsed: Parsed, previous: Previous, events: list[Event]) -> ServiceSettings:
+    """The annotations' settings; if any is bad, what the Service was served with.
+
+    Listener fields fall back per port, in `_listeners`, to the listener served before.
+    """
+    for name in parsed.unknown:
+        events.append(
+            Event("Warning", "UnknownAnnotation", f"{name}: not an openslb annotation; ignored")
+        )
+    if parsed.settings is not None:
+        return parsed.settings
+    served = "the settings it was served with" if previous.service else "defaults"
+    for problem in parsed.problems:
+        events.append(Event("Warning", "InvalidAnnotation", f"{problem}; keeping {served}"))
+    return ServiceSettings(
+        backend_mode=previous.service.backend_mode if previous.service else None,
+        pool=previous.load_balancer.pool if previous.load_balancer else None,
+        node_group=previous.load_balancer.node_group if previous.load_balancer else None,
+    )
+
+
+def _annotated_fields(listener: Listener) -> dict[str, Any]:
+    """The fields of a served listener that annotations control, to serve them again."""
+    dumped = listener.model_dump(mode="json")
+    keep = {path.split(".")[0] for path in annotation.LISTENER_ANNOTATIONS.values()}
+    return {k: v for k, v in dumped.items() if k in keep}
+
+
+def _ports(spec: Body) -> list[ServicePort]:
+    return [
+        ServicePort(
+            name=port.get("name") or "",
+            port=port["port"],
+            protocol=port.get("protocol", "TCP"),
+            app_protocol=port.get("appProtocol"),
+            target_port=port.get("targetPort"),
+            node_port=port.get("nodePort"),
+        )
+        for port in spec.get("ports") or []
+    ]
+
+
+def _conditions(raw: Body) -> Conditions:
+    # EndpointSlice semantics: an unknown `ready` means ready; unknown `serving` follows it.
+    ready = raw.get("ready")
+    ready = True if ready is None else bool(ready)
+    serving = raw.get("serving")
+    return Conditions(
+        ready=ready,
+        serving=ready if serving is None else bool(serving),
+        terminating=bool(raw.get("terminating")),
+    )
+
+
+def _address_order(key: tuple[IPAddress, int]) -> tuple[int, int, int]:
+    return (key[0].version, int(key[0]), key[1])
+
+
+def _pod_backends(slices: Iterable[Body]) -> dict[str, tuple[Backend, ...]]:
+    by_port: dict[str, dict[tuple[IPAddress, int], Backend]] = {}
+    for slice_ in slices:
+        if slice_.get("addressType") not in ("IPv4", "IPv6"):
+            continue
+        for port in slice_.get("ports") or []:
+            if port.get("port") is None:
+                continue
+            bucket = by_port.setdefault(port.get("name") or "", {})
+            for endpoint in slice_.get("endpoints") or []:
+                conditions = _conditions(endpoint.get("conditions") or {})
+                for address in endpoint.get("addresses") or []:
+                    ip = ipaddress.ip_address(address)
+                    bucket[(ip, port["port"])] = Backend(
+                        address=ip,
+                        port=port["port"],
+                        node=endpoint.get("nodeName"),
+                        zone=endpoint.get("zone"),
+                        conditions=conditions,
+                    )
+    return {
+        name: tuple(bucket[k] for k in sorted(bucket, key=_address_order))
+        for name, bucket in sorted(by_port.items())
+    }
+
+
+def _node_backends(
+    spec: Body,
+    ports: Sequence[ServicePort],
+    slices: Iterable[Body],
+    nodes: Mapping[str, Body],
+    defaults: Defaults,
+) -> dict[str, tuple[Backend, ...]]:
+    """Node IPs on the NodePort: every eligible node, or with `externalTrafficPolicy: Local`
+    only nodes hosting ready endpoints, weighted by how many they host."""
+    local = spec.get("externalTrafficPolicy") == "Local"
+    ready_per_node: dict[str, int] = {}
+    for slice_ in slices:
+        for endpoint in slice_.get("endpoints") or []:
+            node_name = endpoint.get("nodeName")
+            if node_name and _conditions(endpoint.get("conditions") or {}).ready:
+                ready_per_node[node_name] = ready_per_node.get(node_name, 0) + 1
+    eligible = []
+    for name, node in sorted(nodes.items()):
+        labels = node["metadata"].get("labels") or {}
+        if not _node_ready(node) or EXCLUDE_LB_LABEL in labels:
+            continue
+        if defaults.exclude_unschedulable and (node.get("spec") or {}).get("unschedulable"):
+            continue
+        weight = ready_per_node.get(name, 0) if local else 1
+        if weight:
+            eligible.append((name, labels.get(ZONE_LABEL), _internal_ips(node), weight))
+    return {
+        port.name: tuple(
+            Backend(
+                address=ipaddress.ip_address(address),
+                port=port.node_port,
+                weight=weight,
+                node=name,
+                zone=zone,
+            )
+            for name, zone, addresses, weight in eligible
+            for address in addresses
+        )
+        for port in ports
+        if port.node_port is not None
+    }
+
+
+def _node_ready(node: Body) -> bool:
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return False
+
+
+def _internal_ips(node: Body) -> list[str]:
+    return [
+        a["address"]
+        for a in (node.get("status") or {}).get("addresses") or []
+        if a.get("type") == "InternalIP"
+    ]
+
+
+def _created_at(meta: Body) -> float:
+    stamp = meta.get("creationTimestamp")
+    if not stamp:
+        return 0.0
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _listeners(
+    key: str,
+    instance: str,
+    ports: Sequence[ServicePort],
+    *,
+    settings: ServiceSettings,
+    served: Mapping[str, Listener],
+    keep_served: bool,
+    created_at: float,
+    events: list[Event],
+) -> list[Listener]:
+    """One listener per port. A port whose settings do not fit it keeps the listener it
+    was served with, if any; with `keep_served` (bad annotations) every port does."""
+    namespace, name = key.split("/", 1)
+    owner = Owner(kind=OwnerKind.SERVICE, name=key)
+    listeners = []
+    for port in ports:
+        listener_name = short_name(namespace, name, port.name or str(port.port))
+        before = served.get(listener_name)
+        fields = (
+            _annotated_fields(before) if keep_served and before else dict(settings.listener_fields)
+        )
+        if port.protocol == "SCTP":
+            events.append(Event("Warning", "UnsupportedPort", f"port {port.port}/SCTP: not served"))
+            continue
+        protocol, backend_protocol = annotation.protocol_for(
+            port.app_protocol, port.name, port.protocol
+        )
+        if protocol is Protocol.HTTPS and not fields.get("certificates"):
+            protocol, backend_protocol = Protocol.TCP, None  # TLS passes through to the pods
+        data: dict[str, Any] = {
+            "name": listener_name,
+            "load_balancer": instance,
+            "protocol": protocol,
+            "port": port.port,
+            "target_port": port.name or port.port,
+            "owner": owner,
+            "created_at": created_at,
+            **{k: v for k, v in fields.items() if _applies(k, protocol)},
+        }
+        if protocol.is_l7 and data.get("backend_protocol") is None:
+            data["backend_protocol"] = backend_protocol
+        if protocol is Protocol.UDP:
+            data["health_check"] = None
+        try:
+            listeners.append(Listener.model_validate(data))
+        except ValidationError as exc:
+            keeping = "keeping the listener it was served with" if before else "port not served"
+            for error in ModelError.from_validation("Listener", exc).errors:
+                events.append(
+                    Event("Warning", "InvalidAnnotation",
+                          f"{annotation.annotation_for_field(error.field)}: port {port.port}: "
+                          f"{error.message}; {keeping}")
+                )  # fmt: skip
+            if before is not None:
+                listeners.append(before)
+    return listeners
+
+
+_L7_ONLY = {"backend_protocol", "request_timeout_s"}
+
+
+def _applies(field_name: str, protocol: Protocol) -> bool:
+    """Layer-7 settings do not apply to a Service's TCP or UDP ports, nor certificates to
+    ports that do not terminate TLS."""
+    if field_name in _L7_ONLY and not protocol.is_l7:
+        return False
+    return not (field_name == "certificates" and protocol is not Protocol.HTTPS)

@@ -1,0 +1,89 @@
+"""`slb cmi`: campaign for the Lease; while leading, run the controller and the handoff.
+
+Two or more of these can run; only the holder of the Lease writes, and its fencing token
+(the Lease's transition count) makes sure a deposed leader that has not noticed yet
+cannot write either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+
+from cmi.celeryapp import make_app
+from cmi.config import Settings
+from cmi.controller import Controller
+from cmi.handoff import Handoff
+from cmi.k8s.client import KubeClient
+from cmi.k8s.lease import LeaderElector
+from cmi.store import Fence, Store
+
+log = logging.getLogger(__name__)
+
+
+def default_identity() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def run(settings: Settings, stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+    kube = KubeClient.from_kubeconfig(settings.kube.kubeconfig)
+    store = Store.from_url(settings.redis.url, settings.redis.prefix)
+    cmi = settings.cmi
+    identity = cmi.identity or default_identity()
+    leading: dict[str, tuple[list[threading.Thread], threading.Event]] = {}
+
+    handoff = Handoff(store, make_app(settings, include_tasks=False))
+
+    def started(epoch: int) -> None:
+        leader_stop = threading.Event()
+        controller = Controller(kube, store, cmi, identity)
+        threads = [
+            threading.Thread(
+                target=controller.run, args=(leader_stop, Fence("cmi", epoch)), name="controller"
+            ),
+            threading.Thread(target=handoff.run, args=(leader_stop,), name="handoff"),
+        ]
+        leading["current"] = (threads, leader_stop)
+        for thread in threads:
+            thread.start()
+
+    def stopped() -> None:
+        current = leading.pop("current", None)
+        if current is not None:
+            threads, leader_stop = current
+            leader_stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+
+    elector = LeaderElector(
+        kube,
+        cmi.lease_namespace,
+        cmi.lease_name,
+        identity,
+        lease_duration_s=cmi.lease_duration_s,
+        renew_deadline_s=cmi.renew_deadline_s,
+        retry_period_s=cmi.retry_period_s,
+        on_started=started,
+        on_stopped=stopped,
+    )
+
+    def shut_down(*_: object) -> None:
+        stop.set()
+        elector.stop()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, shut_down)
+
+    def watch_stop() -> None:
+        stop.wait()
+        elector.stop()
+
+    threading.Thread(target=watch_stop, daemon=True).start()
+    log.info("cmi %s campaigning for lease %s/%s", identity, cmi.lease_namespace, cmi.lease_name)
+    elector.run()

@@ -1,0 +1,63 @@
+"""Handing work on: every new revision becomes "bring X to revision R" tasks.
+
+The contract with the tiers, whoever wrote the revision (cmi, the console, `slb`):
+- `openslb.l4.apply(node, revision, force=False)` on queue `l4.<node>`, for every node of
+  every node group: that node's l4 agent brings its IPVS to at least `revision`;
+- `openslb.l7.apply(revision, force=False)` on queue `l7`: the xDS server serves at least
+  `revision` to every Envoy.
+A task never carries a diff: the worker reads the desired state itself. Tasks for a
+revision older than what a node already serves do nothing, and a burst of revisions read
+in one batch from the change stream is announced once, for the newest.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from celery import Celery
+
+from cmi.celeryapp import L4_APPLY, L7_APPLY, L7_QUEUE, l4_queue
+from cmi.model import NodeGroup
+from cmi.store import Store
+
+
+class Handoff:
+    def __init__(self, store: Store, app: Celery) -> None:
+        self.store = store
+        self.app = app
+        self.announced = 0
+        """The newest revision announced."""
+
+    def announce(self, revision: int, *, force: bool = False) -> list[str]:
+        """Send the apply tasks for `revision`; return the queues they went to."""
+        queues = []
+        for group in self.store.all(NodeGroup).values():
+            for node in group.obj.nodes:
+                queue = l4_queue(node.name)
+                self.app.send_task(
+                    L4_APPLY,
+                    kwargs={"node": node.name, "revision": revision, "force": force},
+                    queue=queue,
+                )
+                queues.append(queue)
+        self.app.send_task(L7_APPLY, kwargs={"revision": revision, "force": force}, queue=L7_QUEUE)
+        queues.append(L7_QUEUE)
+        self.announced = max(self.announced, revision)
+        return queues
+
+    def run(self, stop: threading.Event) -> None:
+        """Announce the current revision, then each batch of new ones, until `stop`."""
+        since = self.store.revision()
+        self.announce(since)
+
+        def announce_newest() -> int:
+            newest = self.store.revision()
+            self.announce(newest)
+            return newest
+
+        self.store.tail(
+            since,
+            stop,
+            on_batch=lambda batch: self.announce(batch[-1].revision),
+            on_trimmed=announce_newest,
+        )

@@ -1,0 +1,172 @@
+"""What cmi writes back to Kubernetes: Service status, its finalizer, and Events.
+
+Status goes through the status subresource and only when it differs from what the
+Service already shows. `status.loadBalancer.ingress` is only accepted on Services of type
+LoadBalancer; every exposed Service also gets the conditions `openslb.io/Exposed` (where
+it is served) and `openslb.io/Programmed` (whether every LB node and Envoy of its group
+serves the revision that last changed it), so `kubectl describe svc` tells the operator
+whether the load balancer is ready, whatever the Service's type.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cmi.k8s.client import Body, KubeClient, KubeError
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "openslb.io/cleanup"
+CONDITION = "openslb.io/Exposed"
+PROGRAMMED = "openslb.io/Programmed"
+Condition = tuple[str, str, str]
+"""(status "True"/"False", reason, message)"""
+COMPONENT = "openslb-cmi"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _service_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/services/{name}"
+
+
+class ServiceWriter:
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    def set_status(
+        self,
+        body: Body,
+        ingress: Sequence[Mapping[str, Any]] | None = None,
+        conditions: Mapping[str, Condition | None] | None = None,
+    ) -> bool:
+        """Write ingress (None: leave it) and our conditions (None: remove one), if changed.
+
+        Conditions that are not ours, and ours not named, are kept as they are; a condition
+        whose status, reason and message are unchanged keeps its transition time.
+        """
+        meta, status = body["metadata"], body.get("status") or {}
+        wants_ingress = ingress is not None and body.get("spec", {}).get("type") == "LoadBalancer"
+        current_ingress = (status.get("loadBalancer") or {}).get("ingress") or []
+        new_ingress = list(ingress or []) if wants_ingress else current_ingress
+        current = list(status.get("conditions") or [])
+        new = [c for c in current if c.get("type") not in (conditions or {})]
+        for type_, wanted in (conditions or {}).items():
+            if wanted is None:
+                continue
+            old = next((c for c in current if c.get("type") == type_), None)
+            if old is not None and (old["status"], old["reason"], old["message"]) == wanted:
+                new.append(old)
+                continue
+            state, reason, message = wanted
+            new.append({
+                "type": type_, "status": state, "reason": reason, "message": message[:32768],
+                "lastTransitionTime": _now(), "observedGeneration": meta.get("generation", 0),
+            })  # fmt: skip
+        new.sort(key=lambda c: str(c.get("type")))
+        if new_ingress == current_ingress and new == sorted(
+            current, key=lambda c: str(c.get("type"))
+        ):
+            return False
+        patch: dict[str, Any] = {"status": {"conditions": new or None}}
+        if wants_ingress:
+            patch["status"]["loadBalancer"] = {"ingress": new_ingress or None}
+        self.client.request(
+            "PATCH",
+            _service_path(meta["namespace"], meta["name"]) + "/status",
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+        return True
+
+    def set_finalizer(self, body: Body, present: bool) -> bool:
+        """Add or remove our finalizer.
+
+        A JSON patch that first tests the list it read: others' finalizers are never lost,
+        and unrelated changes to the Service (our own status writes) do not make it fail.
+        """
+        meta = body["metadata"]
+        old = meta.get("finalizers")
+        finalizers = list(old or [])
+        if (FINALIZER in finalizers) == present:
+            return False
+        new = [*finalizers, FINALIZER] if present else [f for f in finalizers if f != FINALIZER]
+        ops: list[dict[str, Any]] = (
+            [{"op": "test", "path": "/metadata/finalizers", "value": old},
+             {"op": "replace", "path": "/metadata/finalizers", "value": new}]
+            if old is not None
+            else [{"op": "add", "path": "/metadata/finalizers", "value": new}]
+        )  # fmt: skip
+        try:
+            self.client.request(
+                "PATCH",
+                _service_path(meta["namespace"], meta["name"]),
+                body=ops,
+                content_type="application/json-patch+json",
+            )
+        except KubeError as exc:
+            if exc.status in (404, 409, 422):
+                return False  # gone, or changed meanwhile: the next reconcile sees it again
+            raise
+        return True
+
+
+class EventRecorder:
+    """core/v1 Events on Services; a repeat within `dedupe_s` bumps the count of the first."""
+
+    def __init__(self, client: KubeClient, dedupe_s: float = 600.0) -> None:
+        self.client = client
+        self.dedupe_s = dedupe_s
+        self._seen: dict[tuple[str, str, str, str], tuple[str, int, float]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, body: Body, type_: str, reason: str, message: str) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        key = (f"{namespace}/{name}", type_, reason, message)
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(key)
+        try:
+            if seen is not None and now - seen[2] < self.dedupe_s:
+                event_name, count, first = seen
+                self.client.request(
+                    "PATCH",
+                    f"/api/v1/namespaces/{namespace}/events/{event_name}",
+                    body={"count": count + 1, "lastTimestamp": _now()},
+                    content_type="application/merge-patch+json",
+                )
+                with self._lock:
+                    self._seen[key] = (event_name, count + 1, first)
+                return
+            stamp = _now()
+            created = self.client.request(
+                "POST",
+                f"/api/v1/namespaces/{namespace}/events",
+                body={
+                    "metadata": {"generateName": f"{name}.", "namespace": namespace},
+                    "involvedObject": {
+                        "apiVersion": "v1", "kind": "Service", "namespace": namespace,
+                        "name": name, "uid": meta.get("uid"),
+                        "resourceVersion": meta.get("resourceVersion"),
+                    },
+                    "type": type_, "reason": reason, "message": message[:1024],
+                    "source": {"component": COMPONENT},
+                    "reportingComponent": COMPONENT,
+                    "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+                },
+            )  # fmt: skip
+            with self._lock:
+                self._seen[key] = (created["metadata"]["name"], 1, now)
+                if len(self._seen) > 10_000:
+                    cutoff = now - self.dedupe_s
+                    self._seen = {k: v for k, v in self._seen.items() if v[2] > cutoff}
+        except KubeError as exc:
+            log.warning("event %s on %s/%s not recorded: %s", reason, namespace, name, exc)

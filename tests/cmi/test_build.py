@@ -1,0 +1,288 @@
+"""cmi's pure build step: a labelled Service, its EndpointSlices and the Nodes -> desired state."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from cmi import annotation
+from cmi.build import Defaults, Previous, build, dedicated_name, short_name
+from cmi.model import LoadBalancer, Owner, OwnerKind, Protocol
+
+DEFAULTS = Defaults()
+EXPOSED = {"app": "cart", annotation.EXPOSE_LABEL: "true"}
+SHARED = LoadBalancer(
+    name="public",
+    vip="198.18.0.10",
+    pool="default",
+    owner=Owner(kind=OwnerKind.OPERATOR, name="ops"),
+)
+
+
+def service(
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    ports: list[dict[str, Any]] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "namespace": "shop", "name": "cart", "creationTimestamp": "2026-01-02T03:04:05Z",
+            "labels": EXPOSED if labels is None else labels,
+            "annotations": annotations or {},
+        },
+        "spec": {
+            "ports": ports if ports is not None else [
+                {"name": "grpc", "port": 50051, "protocol": "TCP", "appProtocol": "grpc",
+                 "targetPort": 8080, "nodePort": 30051},
+                {"name": "metrics", "port": 9090, "protocol": "TCP", "nodePort": 30090},
+                {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
+            ],
+            **spec,
+        },
+    }  # fmt: skip
+
+
+def endpoint_slice(
+    endpoints: list[tuple[str, str, dict[str, bool]]], address_type: str = "IPv4"
+) -> dict[str, Any]:
+    return {
+        "addressType": address_type,
+        "ports": [{"name": "grpc", "port": 8080}, {"name": "metrics", "port": 9090},
+                  {"name": "dns", "port": 5353, "protocol": "UDP"}],
+        "endpoints": [
+            {"addresses": [ip], "nodeName": name, "conditions": cond}
+            for ip, name, cond in endpoints
+        ],
+    }  # fmt: skip
+
+
+def node(name: str, ip: str, ready: bool = True, **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": "z1"}},
+        "spec": spec,
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "addresses": [
+                {"type": "InternalIP", "address": ip},
+                {"type": "Hostname", "address": name},
+            ],
+        },
+    }
+
+
+READY = {"ready": True}
+
+
+def run(body: dict[str, Any], slices: list[dict[str, Any]] | None = None, **kw: Any):  # type: ignore[no-untyped-def]
+    return build(
+        body,
+        slices=slices or [],
+        nodes=kw.pop("nodes", {}),
+        defaults=kw.pop("defaults", DEFAULTS),
+        previous=kw.pop("previous", Previous()),
+        instances=kw.pop("instances", {"public": SHARED}),
+    )
+
+
+def test_expose_true_gets_a_dedicated_instance_and_a_listener_per_port() -> None:
+    built = run(
+        service(), [endpoint_slice([("198.18.1.1", "n1", READY), ("198.18.1.2", "n2", READY)])]
+    )
+    assert built.exposed
+    assert built.instance == dedicated_name("shop", "cart")
+    assert built.dedicated is not None
+    assert built.dedicated.vip is None
+    assert built.dedicated.pool == "default"
+    assert built.dedicated.owner == Owner(kind=OwnerKind.SERVICE, name="shop/cart")
+    protocols = {li.port: (li.protocol, li.target_port) for li in built.listeners}
+    assert protocols == {
+        50051: (Protocol.GRPC, "grpc"),
+        9090: (Protocol.TCP, "metrics"),
+        53: (Protocol.UDP, "dns"),
+    }
+    assert built.service is not None
+    assert [str(b.address) for b in built.service.backends["grpc"]] == ["198.18.1.1", "198.18.1.2"]
+    assert all(li.created_at == 1767323045.0 for li in built.listeners)
+    assert built.events == ()
+
+
+def test_another_value_shares_an_existing_instance() -> None:
+    built = run(service(labels={annotation.EXPOSE_LABEL: "public"}))
+    assert built.exposed
+    assert built.instance == "public"
+    assert built.dedicated is None
+    assert {li.load_balancer for li in built.listeners} == {"public"}
+    missing = run(service(labels={annotation.EXPOSE_LABEL: "nosuch"}))
+    assert not missing.exposed
+    assert [e.reason for e in missing.events] == ["InstanceNotFound"]
+
+
+def test_unlabelled_or_deleted_services_own_nothing() -> None:
+    assert not run(service(labels={"app": "cart"})).exposed
+    deleting = service()
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-02T03:04:05Z"
+    assert not run(deleting).exposed
+
+
+@pytest.mark.parametrize(
+    ("port", "expected"),
+    [
+        ({"name": "web", "port": 80, "appProtocol": "http"}, (Protocol.HTTP, "http1")),
+        ({"name": "web", "port": 80, "appProtocol": "kubernetes.io/h2c"}, (Protocol.HTTP, "h2c")),
+        ({"name": "web", "port": 80, "appProtocol": "kubernetes.io/ws"}, (Protocol.HTTP, "http1")),
+        ({"name": "grpc-api", "port": 80}, (Protocol.GRPC, "h2c")),
+        ({"name": "http-web", "port": 80}, (Protocol.HTTP, "http1")),
+        ({"name": "https", "port": 443}, (Protocol.TCP, None)),  # TLS passes through
+        ({"name": "db", "port": 5432}, (Protocol.TCP, None)),
+        ({"name": "grpc", "port": 53, "protocol": "UDP"}, (Protocol.UDP, None)),
+    ],
+)
+def test_protocol_from_app_protocol_then_port_name_then_transport(
+    port: dict[str, Any], expected: tuple[Protocol, str | None]
+) -> None:
+    (listener,) = run(service(ports=[port])).listeners
+    backend = listener.backend_protocol.value if listener.backend_protocol else None
+    assert (listener.protocol, backend) == expected
+
+
+def test_https_with_certificates_terminates_tls() -> None:
+    body = service(
+        annotations={"openslb.io/certificates": "shop-tls"},
+        ports=[{"name": "web", "port": 443, "appProtocol": "https"}],
+    )
+    (listener,) = run(body).listeners
+    assert listener.protocol is Protocol.HTTPS
+    assert listener.certificates == ("shop-tls",)
+    assert listener.upstream_protocol.value == "tls"
+
+
+def test_annotations_tune_every_listener() -> None:
+    body = service(
+        annotations={
+            "openslb.io/scheduler": "wlc",
+            "openslb.io/health-check-type": "http",
+            "openslb.io/health-check-path": "/healthz",
+            "openslb.io/health-check-interval": "5s",
+            "openslb.io/persistence": "source_ip",
+            "openslb.io/request-timeout": "30",
+        }
+    )
+    built = run(body)
+    tcp_ports = [li for li in built.listeners if li.protocol is not Protocol.UDP]
+    assert {li.scheduler.value for li in built.listeners} == {"wlc"}
+    assert all(li.health_check and li.health_check.path == "/healthz" for li in tcp_ports)
+    assert all(li.health_check and li.health_check.interval_s == 5 for li in tcp_ports)
+    grpc = next(li for li in built.listeners if li.protocol is Protocol.GRPC)
+    metrics = next(li for li in built.listeners if li.port == 9090)
+    assert grpc.request_timeout_s == 30
+    assert metrics.request_timeout_s == 0  # a layer-7 setting does not reach TCP ports
+    assert built.events == ()
+
+
+def test_bad_annotations_keep_what_was_served_and_name_the_annotation() -> None:
+    good = run(service(annotations={"openslb.io/scheduler": "wlc"}))
+    previous = Previous(
+        service=good.service,
+        listeners={li.name: li for li in good.listeners},
+        load_balancer=good.dedicated,
+    )
+    body = service(
+        annotations={
+            "openslb.io/scheduler": "fastest",
+            "openslb.io/health-check-interval": "99",
+            "openslb.io/idle-timeout": "10",
+        },
+        ports=[*service()["spec"]["ports"], {"name": "extra", "port": 7000}],
+    )
+    built = run(body, previous=previous)
+    messages = [e.message for e in built.events]
+    assert any(m.startswith("openslb.io/scheduler:") for m in messages)
+    assert any(m.startswith("openslb.io/health-check-interval:") for m in messages)
+    assert all(e.reason == "InvalidAnnotation" for e in built.events)
+    # Nothing half-applied: the valid idle-timeout change waits with the rest.
+    served = {li.name: li for li in good.listeners}
+    for listener in built.listeners:
+        if listener.name in served:
+            assert listener == served[listener.name]
+    # ... while the Service itself (its new port) is still served.
+    assert {li.port for li in built.listeners} == {50051, 9090, 53, 7000}
+
+
+def test_an_annotation_that_does_not_fit_a_port_keeps_that_port_as_served() -> None:
+    body = service(annotations={"openslb.io/scheduler": "random"})
+    built = run(body)
+    assert [li.protocol for li in built.listeners] == [Protocol.GRPC]  # random is L7-only
+    assert any("openslb.io/scheduler: port 9090" in e.message for e in built.events)
+
+
+def test_unknown_annotations_are_reported_but_do_not_block() -> None:
+    built = run(service(annotations={"openslb.io/schedular": "wlc"}))
+    assert [e.reason for e in built.events] == ["UnknownAnnotation"]
+    assert len(built.listeners) == 3
+
+
+def test_terminating_endpoints_are_kept_for_drain() -> None:
+    terminating = {"ready": False, "serving": True, "terminating": True}
+    slices = [
+        endpoint_slice([("198.18.1.1", "n1", READY), ("198.18.1.2", "n1", terminating)]),
+        endpoint_slice([("2001:db8::1", "n2", READY)], address_type="IPv6"),
+        endpoint_slice([("cart.example", "n3", READY)], address_type="FQDN"),
+    ]
+    built = run(service(), slices)
+    assert built.service is not None
+    grpc = built.service.backends["grpc"]
+    assert [(str(b.address), b.conditions.terminating) for b in grpc] == [
+        ("198.18.1.1", False),
+        ("198.18.1.2", True),
+        ("2001:db8::1", False),
+    ]
+
+
+def test_node_mode_with_local_policy() -> None:
+    nodes = {
+        "n1": node("n1", "198.18.2.1"),
+        "n2": node("n2", "198.18.2.2"),
+        "n3": node("n3", "198.18.2.3", ready=False),
+        "n4": node("n4", "198.18.2.4", unschedulable=True),
+        "n5": node("n5", "198.18.2.5"),
+    }
+    slices = [
+        endpoint_slice(
+            [("198.18.1.1", "n1", READY), ("198.18.1.2", "n1", READY), ("198.18.1.3", "n2", READY),
+             ("198.18.1.4", "n3", READY), ("198.18.1.5", "n4", READY),
+             ("198.18.1.6", "n5", {"ready": False})]
+        )
+    ]  # fmt: skip
+    local = service(annotations={"openslb.io/backend-mode": "node"}, externalTrafficPolicy="Local")
+    built = run(local, slices, nodes=nodes)
+    assert built.service is not None
+    assert built.service.backend_mode == "node"
+    assert [(str(b.address), b.port, b.weight) for b in built.service.backends["grpc"]] == [
+        ("198.18.2.1", 30051, 2),
+        ("198.18.2.2", 30051, 1),
+    ]
+    cluster = copy.deepcopy(local)
+    cluster["spec"]["externalTrafficPolicy"] = "Cluster"
+    built = run(cluster, slices, nodes=nodes)
+    assert built.service is not None
+    assert [str(b.address) for b in built.service.backends["grpc"]] == [
+        "198.18.2.1", "198.18.2.2", "198.18.2.5",
+    ]  # fmt: skip
+    keep_unschedulable = Defaults(exclude_unschedulable=False)
+    built = run(cluster, slices, nodes=nodes, defaults=keep_unschedulable)
+    assert built.service is not None
+    assert "198.18.2.4" in [str(b.address) for b in built.service.backends["grpc"]]
+
+
+def test_explicit_vip_and_names() -> None:
+    built = run(service(annotations={"openslb.io/vip": "198.18.0.77"}))
+    assert built.dedicated is not None
+    assert str(built.dedicated.vip) == "198.18.0.77"
+    bad = run(service(annotations={"openslb.io/vip": "not-an-ip"}))
+    assert [e.reason for e in bad.events] == ["InvalidAnnotation"]
+    assert "openslb.io/vip" in bad.events[0].message
+    assert short_name("a-b", "c") != short_name("a", "b-c")
+    assert len(short_name("x" * 60, "y" * 60)) <= 63

@@ -1,0 +1,414 @@
+"""cmi against a real kube-apiserver and Redis, running as its least-privilege ServiceAccount."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cmi.build import dedicated_name
+from cmi.devbed.process import wait_until
+from cmi.k8s.client import KubeClient, KubeError
+from cmi.k8s.writer import CONDITION, FINALIZER, PROGRAMMED
+from cmi.model import LoadBalancer, NodeGroup, Owner, OwnerKind, Protocol
+from cmi.status import StatusBoard
+from cmi.store import Store
+from tests.cmi.conftest import Running, service_body, slice_body
+
+EXPOSE = {"openslb.io/expose": "true", "app": "cart"}
+Start = Callable[..., Running]
+
+
+def create(admin: KubeClient, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    return admin.request("POST", f"/api/v1/namespaces/{namespace}/services", body=body)
+
+
+def patch(admin: KubeClient, namespace: str, name: str, body: dict[str, Any]) -> None:
+    admin.request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/services/{name}",
+        body=body,
+        content_type="application/merge-patch+json",
+    )
+
+
+def put_slice(admin: KubeClient, namespace: str, body: dict[str, Any]) -> None:
+    base = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+    try:
+        current = admin.get(f"{base}/{body['metadata']['name']}")
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        admin.request("PUT", f"{base}/{body['metadata']['name']}", body=body)
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+        admin.request("POST", base, body=body)
+
+
+def svc(admin: KubeClient, namespace: str, name: str) -> dict[str, Any]:
+    return admin.get(f"/api/v1/namespaces/{namespace}/services/{name}")
+
+
+def events(admin: KubeClient, namespace: str, name: str) -> list[tuple[str, str]]:
+    items = admin.get(
+        f"/api/v1/namespaces/{namespace}/events",
+        fieldSelector=f"involvedObject.name={name}",
+    )["items"]
+    return [(e["reason"], e["message"]) for e in items]
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 30) -> None:
+    wait_until(lambda: bool(check()), timeout, what, interval=0.05)
+
+
+def ingress_ip(admin: KubeClient, namespace: str, name: str) -> str | None:
+    ingress = (svc(admin, namespace, name).get("status", {}).get("loadBalancer") or {}).get(
+        "ingress"
+    ) or []
+    return ingress[0]["ip"] if ingress else None
+
+
+def test_labelling_exposes_with_a_vip_status_finalizer_and_event(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    running = cmi()
+    create(admin, namespace, service_body("cart", labels=EXPOSE))
+    put_slice(admin, namespace, slice_body("cart", "cart-1", ["198.18.1.1", "198.18.1.2"]))
+    key = f"{namespace}/cart"
+    eventually(lambda: ingress_ip(admin, namespace, "cart"), "status ingress")
+    owned = running.owned(key)
+    (balancer,) = owned["LoadBalancer"].values()
+    assert balancer.name == dedicated_name(namespace, "cart")
+    assert ipaddress.ip_address(str(ingress_ip(admin, namespace, "cart"))) == balancer.vip
+    assert balancer.vip in ipaddress.ip_network("198.18.0.0/24")
+    (listener,) = owned["Listener"].values()
+    assert (listener.protocol, listener.port) == (Protocol.GRPC, 50051)
+    eventually(
+        lambda: len(running.owned(key)["Service"][key].backends.get("grpc", ())) == 2, "backends"
+    )
+    body = svc(admin, namespace, "cart")
+    assert FINALIZER in body["metadata"]["finalizers"]
+    (condition,) = [c for c in body["status"]["conditions"] if c["type"] == CONDITION]
+    assert condition["status"] == "True"
+    assert f"{balancer.vip}:50051/GRPC" in condition["message"]
+    eventually(lambda: any(r == "Exposed" for r, _ in events(admin, namespace, "cart")), "event")
+    # Every write is a revision with its entry in the change stream: the tiers' notification.
+    changes = store.changes(0)
+    assert [c.revision for c in changes] == list(range(1, store.revision() + 1))
+    assert all(c.meta.get("who") == "test-cmi" for c in changes)
+
+
+def test_unlabel_withdraws_and_relabel_within_grace_keeps_the_vip(
+    cmi: Start, admin: KubeClient, namespace: str
+) -> None:
+    running = cmi(release_grace_s=2)
+    create(admin, namespace, service_body("cart", labels=EXPOSE))
+    key = f"{namespace}/cart"
+    eventually(lambda: ingress_ip(admin, namespace, "cart"), "exposed")
+    vip = ingress_ip(admin, namespace, "cart")
+
+    patch(admin, namespace, "cart", {"metadata": {"labels": {"openslb.io/expose": None}}})
+    eventually(lambda: not running.owned(key)["Listener"], "listeners withdrawn")
+    eventually(lambda: ingress_ip(admin, namespace, "cart") is None, "status cleared")
+    eventually(
+        lambda: (
+            FINALIZER not in (svc(admin, namespace, "cart")["metadata"].get("finalizers") or [])
+        ),
+        "finalizer removed",
+    )
+    body = svc(admin, namespace, "cart")
+    assert not any(c["type"] == CONDITION for c in body["status"].get("conditions") or [])
+    assert running.owned(key)["LoadBalancer"], "the instance and its VIP are held for the grace"
+
+    patch(admin, namespace, "cart", {"metadata": {"labels": {"openslb.io/expose": "true"}}})
+    eventually(lambda: ingress_ip(admin, namespace, "cart") == vip, "same VIP again")
+
+    patch(admin, namespace, "cart", {"metadata": {"labels": {"openslb.io/expose": None}}})
+    eventually(lambda: not running.owned(key)["Listener"], "withdrawn again")
+    time.sleep(2.2)
+    patch(admin, namespace, "cart", {"metadata": {"annotations": {"poke": "1"}}})
+    eventually(lambda: not running.owned(key)["LoadBalancer"], "instance freed after the grace")
+
+
+def test_relabel_to_a_shared_instance(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    running = cmi()
+    shared = LoadBalancer(
+        name="public", vip="198.18.0.200", pool="default",
+        owner=Owner(kind=OwnerKind.OPERATOR, name="ops"),
+    )  # fmt: skip
+    store.put(shared)
+    create(admin, namespace, service_body("cart", labels=EXPOSE))
+    eventually(lambda: ingress_ip(admin, namespace, "cart"), "exposed on its own")
+    patch(admin, namespace, "cart", {"metadata": {"labels": {"openslb.io/expose": "public"}}})
+    eventually(lambda: ingress_ip(admin, namespace, "cart") == "198.18.0.200", "moved to public")
+    key = f"{namespace}/cart"
+    (listener,) = running.owned(key)["Listener"].values()
+    assert listener.load_balancer == "public"
+    patch(admin, namespace, "cart", {"metadata": {"labels": {"openslb.io/expose": "nosuch"}}})
+    eventually(
+        lambda: any(r == "InstanceNotFound" for r, _ in events(admin, namespace, "cart")),
+        "missing instance reported",
+    )
+    eventually(lambda: not running.owned(key)["Listener"], "withdrawn")
+
+
+def test_deleting_a_service_cleans_up_before_it_disappears(
+    cmi: Start, admin: KubeClient, namespace: str
+) -> None:
+    running = cmi()
+    create(admin, namespace, service_body("cart", labels=EXPOSE))
+    key = f"{namespace}/cart"
+    eventually(lambda: running.owned(key)["Listener"], "exposed")
+    eventually(
+        lambda: FINALIZER in (svc(admin, namespace, "cart")["metadata"].get("finalizers") or []),
+        "finalizer set",
+    )
+    admin.request("DELETE", f"/api/v1/namespaces/{namespace}/services/cart")
+
+    def gone() -> bool:
+        try:
+            svc(admin, namespace, "cart")
+        except KubeError as exc:
+            return exc.status == 404
+        return False
+
+    eventually(gone, "deleted once cmi removed its finalizer")
+    assert not running.owned(key)["Listener"]
+    assert not running.owned(key)["Service"]
+
+
+def test_ports_added_renamed_removed_and_protocol_changes(
+    cmi: Start, admin: KubeClient, namespace: str
+) -> None:
+    running = cmi()
+    create(admin, namespace, service_body("cart", labels=EXPOSE))
+    key = f"{namespace}/cart"
+
+    def ports() -> dict[int, Protocol]:
+        return {li.port: li.protocol for li in running.owned(key)["Listener"].values()}
+
+    eventually(lambda: ports() == {50051: Protocol.GRPC}, "one port")
+    two = [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}, {"name": "db", "port": 5432}]
+    patch(admin, namespace, "cart", {"spec": {"ports": two}})
+    eventually(lambda: ports() == {50051: Protocol.GRPC, 5432: Protocol.TCP}, "port added")
+    renamed = [{"name": "grpc", "port": 50051}, {"name": "http-web", "port": 5432}]
+    patch(admin, namespace, "cart", {"spec": {"ports": renamed}})
+    eventually(lambda: ports() == {50051: Protocol.GRPC, 5432: Protocol.HTTP}, "renamed: now L7")
+    plain = [{"name": "grpc", "port": 50051, "appProtocol": "kubernetes.io/h2c"}]
+    patch(admin, namespace, "cart", {"spec": {"ports": plain}})
+    eventually(lambda: ports() == {50051: Protocol.HTTP}, "port removed, appProtocol changed")
+
+
+def test_endpoints_scale_up_down_and_terminating_ones_drain(
+    cmi: Start, admin: KubeClient, namespace: str
+) -> None:
+    running = cmi()
+    create(admin, namespace, service_body("cart", labels=EXPOSE))
+    key = f"{namespace}/cart"
+
+    def backends() -> list[tuple[str, bool]]:
+        service = running.owned(key)["Service"].get(key)
+        if service is None:
+            return []
+        return [
+            (str(b.address), b.conditions.terminating) for b in service.backends.get("grpc", ())
+        ]
+
+    eventually(lambda: running.owned(key)["Service"], "exposed")
+    assert backends() == []
+    ten = [f"198.18.1.{i}" for i in range(1, 11)]
+    put_slice(admin, namespace, slice_body("cart", "cart-a", ten[:6]))
+    put_slice(admin, namespace, slice_body("cart", "cart-b", ten[6:]))
+    eventually(lambda: len(backends()) == 10, "10 endpoints")
+    put_slice(
+        admin,
+        namespace,
+        slice_body("cart", "cart-b", ten[6:], ready=False, serving=True, terminating=True),
+    )
+    eventually(lambda: sum(t for _, t in backends()) == 4, "4 terminating, kept for drain")
+    for name in ("cart-a", "cart-b"):
+        admin.request(
+            "DELETE", f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}"
+        )
+    eventually(lambda: backends() == [], "scaled to 0")
+
+
+def test_node_mode_with_local_policy_and_a_not_ready_node(
+    cmi: Start, admin: KubeClient, namespace: str
+) -> None:
+    prefix = namespace  # node names are cluster-wide: keep ours apart
+    for index, ready in ((1, "True"), (2, "True"), (3, "False")):
+        name = f"{prefix}-n{index}"
+        admin.request("POST", "/api/v1/nodes", body={"metadata": {"name": name}})
+        admin.request(
+            "PATCH",
+            f"/api/v1/nodes/{name}/status",
+            body={"status": {
+                "conditions": [{"type": "Ready", "status": ready, "reason": "Test",
+                                "lastHeartbeatTime": None, "lastTransitionTime": None}],
+                "addresses": [{"type": "InternalIP", "address": f"198.18.3.{index}"}],
+            }},
+            content_type="application/merge-patch+json",
+        )  # fmt: skip
+    running = cmi()
+    create(admin, namespace, service_body(
+        "cart", labels=EXPOSE, annotations={"openslb.io/backend-mode": "node"},
+        ports=[{"name": "grpc", "port": 50051, "nodePort": 31051}],
+        externalTrafficPolicy="Local", allocateLoadBalancerNodePorts=True,
+    ))  # fmt: skip
+    endpoints = slice_body(
+        "cart", "cart-1", ["198.18.1.1", "198.18.1.2", "198.18.1.3", "198.18.1.4"]
+    )
+    for endpoint, node in zip(endpoints["endpoints"], ("n1", "n1", "n2", "n3"), strict=True):
+        endpoint["nodeName"] = f"{prefix}-{node}"
+    put_slice(admin, namespace, endpoints)
+    key = f"{namespace}/cart"
+
+    def backends() -> list[tuple[str, int, int]]:
+        service = running.owned(key)["Service"].get(key)
+        if service is None:
+            return []
+        return [(str(b.address), b.port, b.weight) for b in service.backends.get("grpc", ())]
+
+    eventually(
+        lambda: backends() == [("198.18.3.1", 31051, 2), ("198.18.3.2", 31051, 1)], "node mode"
+    )
+    admin.request("PATCH", f"/api/v1/nodes/{prefix}-n2",
+                  body={"spec": {"unschedulable": True}},
+                  content_type="application/merge-patch+json")  # fmt: skip
+    eventually(lambda: backends() == [("198.18.3.1", 31051, 2)], "cordoned node left out")
+
+
+def test_two_services_colliding_on_a_port(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    store.put(LoadBalancer(name="public", vip="198.18.0.201", pool="default",
+                           owner=Owner(kind=OwnerKind.OPERATOR, name="ops")))  # fmt: skip
+    running = cmi()
+    shared = {"openslb.io/expose": "public"}
+    create(admin, namespace, service_body("first", labels=shared))
+    eventually(lambda: ingress_ip(admin, namespace, "first"), "first exposed")
+    time.sleep(1.1)  # creationTimestamp has one-second resolution: make 'second' newer
+    create(admin, namespace, service_body("second", labels=shared))
+    eventually(
+        lambda: any(r == "ListenerConflict" for r, _ in events(admin, namespace, "second")),
+        "conflict reported on the newer Service",
+    )
+    assert not any(r == "ListenerConflict" for r, _ in events(admin, namespace, "first"))
+    (listener,) = running.owned(f"{namespace}/second")["Listener"]
+    status = store.redis.hget(store.key("listener-status"), listener)
+    assert status is not None
+    assert b"already taken by the older listener" in status
+    (cond,) = [
+        c for c in svc(admin, namespace, "second")["status"]["conditions"] if c["type"] == CONDITION
+    ]
+    assert cond["status"] == "False"
+    assert cond["reason"] == "ListenerConflict"
+
+
+def test_bad_annotations_report_and_keep_serving_as_before(
+    cmi: Start, admin: KubeClient, namespace: str
+) -> None:
+    running = cmi()
+    create(admin, namespace, service_body("cart", labels=EXPOSE,
+                                          annotations={"openslb.io/scheduler": "wlc"}))  # fmt: skip
+    key = f"{namespace}/cart"
+    eventually(lambda: running.owned(key)["Listener"], "exposed")
+    (before,) = running.owned(key)["Listener"].values()
+    patch(admin, namespace, "cart", {"metadata": {"annotations": {
+        "openslb.io/scheduler": "fastest", "openslb.io/idle-timeout": "30",
+    }}})  # fmt: skip
+    eventually(
+        lambda: any("openslb.io/scheduler" in m for _, m in events(admin, namespace, "cart")),
+        "the bad annotation is named in an Event",
+    )
+    (after,) = running.owned(key)["Listener"].values()
+    assert after == before  # neither the bad scheduler nor the good idle-timeout applied
+    patch(admin, namespace, "cart", {"metadata": {"annotations": {"openslb.io/scheduler": "sh"}}})
+    eventually(
+        lambda: [li.idle_timeout_s for li in running.owned(key)["Listener"].values()] == [30],
+        "all applied once valid",
+    )
+
+
+def test_explicit_vip_outside_every_pool_is_rejected(
+    cmi: Start, admin: KubeClient, namespace: str
+) -> None:
+    running = cmi()
+    create(admin, namespace, service_body(
+        "cart", labels=EXPOSE, annotations={"openslb.io/vip": "198.19.250.1"}))  # fmt: skip
+    eventually(
+        lambda: any(r == "VIPUnavailable" and "outside every address pool" in m
+                    for r, m in events(admin, namespace, "cart")),
+        "rejection event",
+    )  # fmt: skip
+    assert not running.owned(f"{namespace}/cart")["Listener"]
+    assert ingress_ip(admin, namespace, "cart") is None
+    patch(
+        admin, namespace, "cart", {"metadata": {"annotations": {"openslb.io/vip": "198.18.0.99"}}}
+    )
+    eventually(lambda: ingress_ip(admin, namespace, "cart") == "198.18.0.99", "a good VIP applies")
+
+
+def test_restart_keeps_every_vip(cmi: Start, admin: KubeClient, namespace: str) -> None:
+    first = cmi()
+    for name in ("a", "b", "c"):
+        create(admin, namespace, service_body(name, labels={"openslb.io/expose": "true"}))
+    eventually(lambda: all(ingress_ip(admin, namespace, n) for n in "abc"), "three exposed")
+    vips = {n: ingress_ip(admin, namespace, n) for n in "abc"}
+    first.stop()
+    second = cmi()
+    create(admin, namespace, service_body("d", labels={"openslb.io/expose": "true"}))
+    eventually(lambda: ingress_ip(admin, namespace, "d"), "a fourth exposed")
+    assert {n: ingress_ip(admin, namespace, n) for n in "abc"} == vips
+    assert ingress_ip(admin, namespace, "d") not in vips.values()
+    assert second.controller.writes >= 1
+
+
+def test_the_service_account_can_do_no_more_than_its_role(
+    cmi_kubeconfig: Any, namespace: str
+) -> None:
+    client = KubeClient.from_kubeconfig(str(cmi_kubeconfig))
+    with pytest.raises(KubeError) as denied:
+        client.request("DELETE", f"/api/v1/namespaces/{namespace}/services/anything")
+    assert denied.value.status == 403
+    with pytest.raises(KubeError) as no_secrets:
+        client.get(f"/api/v1/namespaces/{namespace}/secrets")
+    assert no_secrets.value.status == 403
+
+
+def test_the_service_says_when_every_node_serves_it(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """The data planes report through the status board; cmi turns that into a condition."""
+    store.put(NodeGroup.model_validate(
+        {"name": "default", "nodes": [{"name": "lb1", "address": "198.18.255.15"}]}))  # fmt: skip
+    cmi()
+    create(admin, namespace, service_body("cart", labels=EXPOSE))
+
+    def programmed() -> tuple[str, str, str] | None:
+        for c in svc(admin, namespace, "cart").get("status", {}).get("conditions") or []:
+            if c["type"] == PROGRAMMED:
+                return c["status"], c["reason"], c["message"]
+        return None
+
+    eventually(lambda: (programmed() or ("",))[0] == "False", "pending")
+    assert "LB node lb1 has not reported" in programmed()[2]
+    board = StatusBoard(store)
+    revision = store.revision()
+    board.report("l4", "lb1", "default", revision)
+    eventually(lambda: "no Envoy of group 'default'" in (programmed() or ("", "", ""))[2], "L7 too")
+    board.report("l7", "envoy-1", "default", revision)
+    eventually(lambda: (programmed() or ("",))[0] == "True", "programmed")
+    board.report("l7", "envoy-1", "default", revision, error="malformed certificate",
+                 error_revision=revision)  # fmt: skip
+    eventually(lambda: (programmed() or ("", ""))[1] == "Error", "error shown")
+    assert "Envoy envoy-1 rejected revision" in programmed()[2]
+    eventually(
+        lambda: any(r == "ProgrammingFailed" for r, _ in events(admin, namespace, "cart")),
+        "an Event for the failure",
+    )

@@ -1,0 +1,57 @@
+"""Every revision, whoever wrote it, is announced to each LB node's queue and the L7 queue."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from dataclasses import replace
+from typing import Any
+
+from cmi import config
+from cmi.celeryapp import make_app
+from cmi.devbed.process import wait_until
+from cmi.devbed.redis import RedisServer
+from cmi.handoff import Handoff
+from cmi.model import AddressPool, NodeGroup
+from cmi.store import Store
+
+
+def queued(store: Store, queue: str) -> list[dict[str, Any]]:
+    """The apply tasks waiting in a Celery queue on the Redis broker, oldest first."""
+    raw = store.redis.lrange(f"{store.prefix}:celery:{queue}", 0, -1)
+    messages = [json.loads(m) for m in reversed(raw)]
+    return [json.loads(base64.b64decode(m["body"]))[1] for m in messages]
+
+
+def test_revisions_become_apply_tasks_per_node(redis_server: RedisServer, store: Store) -> None:
+    settings = config.load(environ={})
+    settings = replace(
+        settings, redis=replace(settings.redis, url=redis_server.url, prefix=store.prefix)
+    )
+    app = make_app(settings, include_tasks=False)
+    nodes = [
+        {"name": "lb1", "address": "198.18.255.15"},
+        {"name": "lb2", "address": "198.18.255.16"},
+    ]
+    group = NodeGroup.model_validate({"name": "edge", "nodes": nodes})
+    store.put(group)
+    handoff = Handoff(store, app)
+    stop = threading.Event()
+    thread = threading.Thread(target=handoff.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: len(queued(store, "l4.lb1")) == 1, 10, "the current revision announced")
+        for i in range(50):  # a burst: announced in a few batches, not 50 times
+            store.put(AddressPool.model_validate({"name": f"p{i}", "cidrs": ["198.18.0.0/24"]}))
+        final = store.revision()
+        wait_until(lambda: handoff.announced == final, 10, "the burst announced")
+    finally:
+        stop.set()
+        thread.join()
+    lb1, lb2, l7 = (queued(store, q) for q in ("l4.lb1", "l4.lb2", "l7"))
+    assert lb1[-1] == {"node": "lb1", "revision": final, "force": False}
+    assert lb2[-1]["node"] == "lb2"
+    assert l7[-1] == {"revision": final, "force": False}
+    assert [m["revision"] for m in lb1] == sorted(m["revision"] for m in lb1)
+    assert len(lb1) < 20, f"{len(lb1)} announcements for 50 revisions"

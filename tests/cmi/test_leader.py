@@ -1,0 +1,86 @@
+"""Two `slb cmi` processes: one writes; when it dies, the other takes over within the lease."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from cmi.devbed.process import Process, wait_until
+from cmi.devbed.redis import RedisServer
+from cmi.k8s.client import KubeClient, KubeError
+from cmi.store import Store
+from tests.cmi.conftest import POOL, service_body
+
+LEASE_S = 3
+
+
+def test_leader_failover_between_processes(
+    redis_server: RedisServer,
+    store: Store,
+    admin: KubeClient,
+    cmi_kubeconfig: Path,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    lease = f"cmi-{uuid.uuid4().hex[:6]}"
+    env = {
+        "OPENSLB_CONFIG": "",
+        "OPENSLB_REDIS_URL": redis_server.url,
+        "OPENSLB_REDIS_PREFIX": store.prefix,
+        "OPENSLB_KUBE_KUBECONFIG": str(cmi_kubeconfig),
+        "OPENSLB_CMI_NAMESPACE": namespace,
+        "OPENSLB_CMI_POOL_CIDRS": POOL,
+        "OPENSLB_CMI_LEASE_NAME": lease,
+        "OPENSLB_CMI_LEASE_DURATION_S": str(LEASE_S),
+        "OPENSLB_CMI_RENEW_DEADLINE_S": "2",
+        "OPENSLB_CMI_RETRY_PERIOD_S": "1",
+        "OPENSLB_CMI_HOLDOFF_MS": "20",
+    }
+    processes = {
+        who: Process(f"cmi-{who}", [sys.executable, "-m", "cmi.cli", "cmi"], tmp_path,
+                     env={**env, "OPENSLB_CMI_IDENTITY": who}).start()
+        for who in ("a", "b")
+    }  # fmt: skip
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/openslb-system/leases/{lease}"
+
+    def holder() -> str:
+        try:
+            return str(admin.get(lease_path)["spec"].get("holderIdentity") or "")
+        except KubeError:
+            return ""
+
+    try:
+        wait_until(lambda: holder() in ("a", "b"), 30, "a leader")
+        leader = holder()
+        other = "b" if leader == "a" else "a"
+        expose(admin, namespace, "first")
+        wait_until(lambda: _exposed(store, namespace, "first"), 30, "exposed by the leader")
+
+        processes[leader].kill()
+        killed = time.monotonic()
+        wait_until(lambda: holder() == other, 3 * LEASE_S, "the other takes over")
+        takeover = time.monotonic() - killed
+        expose(admin, namespace, "second")
+        wait_until(lambda: _exposed(store, namespace, "second"), 30, "exposed by the new leader")
+
+        writers = [c.meta.get("who") for c in store.changes(0)]
+        switch = writers.index(other)
+        assert set(writers[:switch]) == {leader}, writers
+        assert set(writers[switch:]) == {other}, writers  # never both
+        assert takeover <= LEASE_S + 2, f"took over after {takeover:.1f} s"
+        assert int(store.redis.get(store.key("fence", "cmi")) or 0) >= 1
+    finally:
+        for process in processes.values():
+            process.stop()
+    print(f"takeover {takeover:.2f} s", file=sys.stderr)
+
+
+def expose(admin: KubeClient, namespace: str, name: str) -> None:
+    body = service_body(name, labels={"openslb.io/expose": "true"})
+    admin.request("POST", f"/api/v1/namespaces/{namespace}/services", body=body)
+
+
+def _exposed(store: Store, namespace: str, name: str) -> bool:
+    return store.redis.hexists(store.key("doc", "Service"), f"{namespace}/{name}") == 1

@@ -1,0 +1,34 @@
+"""The console served by its production WSGI server (waitress) on a free loopback port."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+
+from flask import Flask
+from waitress.server import create_server
+
+
+class ServedApp:
+    """Serve `app` from a background thread while the `with` block runs."""
+
+    def __init__(self, app: Flask, threads: int = 4) -> None:
+        self.server = create_server(app, host="127.0.0.1", port=0, threads=threads)
+        self.thread = threading.Thread(target=self.server.run, name="console", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.effective_port}"
+
+    def __enter__(self) -> ServedApp:
+        self.thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.server.task_dispatcher.shutdown(timeout=5)
+        self.server.close()
+        for channel in list(self.server._map.values()):
+            channel.close()
+        self.thread.join(timeout=10)

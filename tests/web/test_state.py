@@ -1,0 +1,105 @@
+"""Pure rules of what the console shows: a listener's state from the nodes' reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cmi.model import Listener, LoadBalancer, Service, StoredObject
+from cmi.status import TierStatus
+from cmi.store import Snapshot, Stored
+from web.state import Boards, listener_states, node_state, preview
+
+
+def snapshot(*objects: tuple[StoredObject, int], revision: int = 100) -> Snapshot:
+    by_kind: dict[str, dict[str, Stored[StoredObject]]] = {}
+    for obj, rev in objects:
+        by_kind.setdefault(obj.kind, {})[obj.key] = Stored(obj, rev)
+    return Snapshot(revision, by_kind)
+
+
+def listener(
+    name: str = "web", protocol: str = "HTTP", lb: str = "public", **extra: Any
+) -> Listener:
+    return Listener.model_validate(
+        {"name": name, "load_balancer": lb, "protocol": protocol, "port": 80,
+         "selector": {"match_labels": {"app": "shop"}}, "target_port": "http",
+         "owner": {"kind": "Operator", "name": "alice"},
+         **({"health_check": None} if protocol == "UDP" else {}), **extra}
+    )  # fmt: skip
+
+
+def balancer(
+    name: str = "public", group: str = "default", vip: str | None = "198.18.0.10"
+) -> LoadBalancer:
+    return LoadBalancer.model_validate(
+        {"name": name, "vip": vip, "pool": None if vip else "default", "node_group": group,
+         "owner": {"kind": "Operator", "name": "alice"}}
+    )  # fmt: skip
+
+
+def report(tier: str, node: str, revision: int, group: str = "default", **kw: Any) -> TierStatus:
+    return TierStatus(tier, node, group, revision, 0.0, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("status", "needed", "state"),
+    [
+        (report("l4", "n", 10), 10, "served"),
+        (report("l4", "n", 12), 10, "served"),
+        (report("l4", "n", 9), 10, "pending"),
+        (report("l7", "n", 9, error="NACK", error_revision=10), 10, "error"),
+        (report("l7", "n", 9, error="NACK", error_revision=8), 10, "pending"),  # an old error
+        (report("l7", "n", 10, error="NACK", error_revision=11), 10, "served"),
+    ],
+)
+def test_node_state(status: TierStatus, needed: int, state: str) -> None:
+    assert node_state(status, needed).state == state
+
+
+def test_needed_revision_is_the_newest_of_listener_and_instance() -> None:
+    snap = snapshot((listener(), 7), (balancer(), 9))
+    boards = Boards(l4={"n1": report("l4", "n1", 8)}, l7={"e1": report("l7", "e1", 9)})
+    state = listener_states(snap, boards)["web"]
+    assert state.needed_revision == 9
+    assert state.state == "pending"
+    assert [n.state for n in state.nodes] == ["pending", "served"]
+
+
+def test_l4_listeners_wait_for_l4_nodes_only_and_other_groups_do_not_count() -> None:
+    snap = snapshot((listener(protocol="TCP"), 5), (balancer(group="edge"), 1))
+    boards = Boards(l4={"n1": report("l4", "n1", 5, group="edge"),
+                        "n2": report("l4", "n2", 1, group="default")})  # fmt: skip
+    state = listener_states(snap, boards)["web"]
+    assert state.state == "served"
+    assert [n.node for n in state.nodes] == ["n1"]
+
+
+def test_missing_instance_is_an_error_and_a_vip_wait_is_pending() -> None:
+    gone = listener_states(snapshot((listener(lb="nosuch"), 5)), Boards())["web"]
+    assert (gone.state, gone.reason) == ("error", "load balancer 'nosuch' does not exist")
+    waiting = listener_states(snapshot((listener(), 5), (balancer(vip=None), 1)), Boards())["web"]
+    assert waiting.state == "pending"
+    assert "waits for a VIP" in waiting.reason
+
+
+def test_preview_counts_ready_endpoints_on_the_target_port() -> None:
+    svc = Service.model_validate(
+        {"namespace": "shop", "name": "cart", "labels": {"app": "shop"}, "load_balancer": "public",
+         "ports": [{"name": "http", "port": 80}, {"name": "admin", "port": 9000}],
+         "backends": {
+             "http": [{"address": "198.18.10.1", "port": 8080},
+                      {"address": "198.18.10.2", "port": 8080, "conditions": {"ready": False}},
+                      {"address": "198.18.10.3", "port": 8080,
+                       "conditions": {"ready": False, "serving": True, "terminating": True}}],
+             "admin": [{"address": "198.18.10.1", "port": 9000}]}}
+    )  # fmt: skip
+    snap = snapshot((svc, 3))
+    (row,) = preview(snap, "app=shop", "http").services
+    assert (row.ready, row.total) == (1, 3)
+    (row,) = preview(snap, "app=shop").services
+    assert (row.ready, row.total) == (2, 4)
+    assert preview(snap, "app=other").services == ()
+    assert preview(snap, "").error is None
+    assert "unbalanced" in (preview(snap, "app in (x").error or "")

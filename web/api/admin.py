@@ -1,0 +1,189 @@
+"""Status at a glance, the audit trail, users and API tokens over the API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from flask import Response, abort, g, jsonify, request
+
+from cmi.audit import AuditLog
+from web import queries
+from web.api import Param, field_error, int_arg, json_body, operation
+from web.auth import Accounts, AuthError, Role, accounts, audit
+from web.db import get_store
+
+
+def _auth_error(exc: AuthError) -> Any:
+    return field_error("User", exc.field, exc.message)
+
+
+@operation(
+    "/status", "GET", summary="Desired revision, every node's report, listeners by state",
+    tag="status", role=Role.VIEWER, ok=(200, "Status"),
+)  # fmt: skip
+def status() -> Response:
+    view = queries.current()
+    counts = {"served": 0, "pending": 0, "error": 0}
+    for state in view.states.values():
+        counts[state.state] += 1
+    nodes = []
+    for tier, board in (("l4", view.boards.l4), ("l7", view.boards.l7)):
+        for name, report in sorted(board.items()):
+            nodes.append({**asdict(report), "tier": tier, "node": name})
+    return jsonify({"revision": view.revision, "listeners": counts, "nodes": nodes})
+
+
+AUDIT_FILTERS = ("who", "action", "kind", "key")
+
+
+@operation(
+    "/audit", "GET", summary="The audit trail, newest first, filtered by exact fields",
+    tag="audit", role=Role.VIEWER, ok=(200, "AuditList"), errors=(422,),
+    query=(
+        *(Param(f, {"type": "string"}, f"Only entries with this {f}") for f in AUDIT_FILTERS),
+        Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+              "At most this many"),
+    ),
+)  # fmt: skip
+def audit_trail() -> Response:
+    limit = int_arg("limit", 100, 1, 1000)
+    match = {f: request.args[f] for f in AUDIT_FILTERS if request.args.get(f)}
+    entries = AuditLog(get_store()).entries(limit=limit, **match)
+    return jsonify({"items": [asdict(e) for e in entries]})
+
+
+@operation(
+    "/me", "GET", summary="Who this request is authenticated as", tag="access",
+    role=Role.VIEWER, ok=(200, "Me"),
+)  # fmt: skip
+def me() -> Response:
+    return jsonify({"name": g.user.name, "role": g.user.role.label, "token": g.user.token})
+
+
+@operation(
+    "/users", "GET", summary="Console users", tag="access", role=Role.ADMIN, ok=(200, "UserList")
+)
+def list_users() -> Response:
+    return jsonify({"items": accounts().users()})
+
+
+@operation(
+    "/users", "POST", summary="Create a user", tag="access", role=Role.ADMIN,
+    ok=(201, "User"), body="UserCreate", errors=(409,),
+)  # fmt: skip
+def create_user() -> Response:
+    data = json_body()
+    _only(data, {"name", "password", "role"})
+    try:
+        role = Role.named(_string(data, "role"))
+        accounts().create_user(_string(data, "name"), _string(data, "password"), role)
+    except AuthError as exc:
+        if exc.field == "name" and "exists" in exc.message:
+            abort(409, description=str(exc))
+        raise _auth_error(exc) from None
+    audit("create", "User", data["name"], None, {"name": data["name"], "role": role.label})
+    user = next(u for u in accounts().users() if u["name"] == data["name"])
+    response = jsonify(user)
+    response.status_code = 201
+    return response
+
+
+@operation(
+    "/users/<name>", "PATCH", summary="Change a user's role or password", tag="access",
+    role=Role.ADMIN, ok=(200, "User"), body="UserPatch",
+)  # fmt: skip
+def patch_user(name: str) -> Response:
+    data = json_body()
+    _only(data, {"password", "role"})
+    store = accounts()
+    before = next((u for u in store.users() if u["name"] == name), None)
+    if before is None:
+        abort(404, description=f"no user named {name!r}")
+    try:
+        role = Role.named(_string(data, "role")) if "role" in data else None
+        password = _string(data, "password") if "password" in data else None
+        _keep_an_admin(store, name, role)
+        store.update_user(name, role=role, password=password)
+    except AuthError as exc:
+        raise _auth_error(exc) from None
+    after = next(u for u in store.users() if u["name"] == name)
+    audit("update", "User", name, before, {**after, "password_changed": password is not None})
+    return jsonify(after)
+
+
+@operation(
+    "/users/<name>", "DELETE", summary="Delete a user and their tokens", tag="access",
+    role=Role.ADMIN, ok=(204, None), errors=(422,),
+)  # fmt: skip
+def delete_user(name: str) -> Response:
+    store = accounts()
+    before = next((u for u in store.users() if u["name"] == name), None)
+    if before is None:
+        abort(404, description=f"no user named {name!r}")
+    try:
+        _keep_an_admin(store, name, Role.VIEWER)
+        store.delete_user(name)
+    except AuthError as exc:
+        raise _auth_error(exc) from None
+    audit("delete", "User", name, before, None)
+    return Response(status=204)
+
+
+def _keep_an_admin(store: Accounts, name: str, new_role: Role | None) -> None:
+    if new_role is not None and new_role < Role.ADMIN and store.admins() == [name]:
+        raise AuthError("role", "the last admin cannot stop being one")
+
+
+@operation(
+    "/tokens", "GET", summary="API tokens: your own (admins: everyone's)", tag="access",
+    role=Role.VIEWER, ok=(200, "TokenList"),
+)  # fmt: skip
+def list_tokens() -> Response:
+    user = None if g.user.can(Role.ADMIN) else g.user.name
+    return jsonify({"items": [asdict(t) for t in accounts().tokens(user=user)]})
+
+
+@operation(
+    "/tokens", "POST",
+    summary="Create an API token for yourself; its secret is shown only in this response",
+    tag="access", role=Role.VIEWER, ok=(201, "TokenCreated"), body="TokenCreate",
+)  # fmt: skip
+def create_token() -> Response:
+    data = json_body()
+    _only(data, {"name", "role"})
+    try:
+        role = Role.named(_string(data, "role")) if "role" in data else None
+        token, secret = accounts().create_token(g.user, _string(data, "name"), role)
+    except AuthError as exc:
+        raise _auth_error(exc) from None
+    audit("create", "Token", token.id, None, asdict(token))
+    response = jsonify({**asdict(token), "secret": secret})
+    response.status_code = 201
+    return response
+
+
+@operation(
+    "/tokens/<token_id>", "DELETE", summary="Revoke a token (yours; admins: anyone's)",
+    tag="access", role=Role.VIEWER, ok=(204, None),
+)  # fmt: skip
+def revoke_token(token_id: str) -> Response:
+    store = accounts()
+    token = next((t for t in store.tokens() if t.id == token_id), None)
+    if token is None or (token.user != g.user.name and not g.user.can(Role.ADMIN)):
+        abort(404, description=f"no token {token_id!r}")
+    store.revoke(token_id)
+    audit("delete", "Token", token_id, asdict(token), None)
+    return Response(status=204)
+
+
+def _only(data: dict[str, Any], allowed: set[str]) -> None:
+    for extra in sorted(set(data) - allowed):
+        raise field_error("User", extra, "unknown field")
+
+
+def _string(data: dict[str, Any], field: str) -> str:
+    value = data.get(field)
+    if not isinstance(value, str) or not value:
+        raise field_error("User", field, "required: a non-empty string")
+    return value

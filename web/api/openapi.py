@@ -1,0 +1,288 @@
+"""The OpenAPI 3.1 document, built from the model's JSON schemas and the route table.
+
+Objects of the desired state are described by the pydantic models themselves (response
+schemas in serialization mode, request bodies in validation mode, suffixed `_In`), so the
+document cannot drift from what the API validates; the API's own envelopes (lists,
+status, errors) are written out here.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+from flask import Response, jsonify
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from cmi.model import (
+    AddressPool,
+    Backend,
+    Listener,
+    LoadBalancer,
+    NodeGroup,
+    Service,
+)
+from cmi.selector import LabelSelector
+from web.api import OPERATIONS, Operation, bp
+from web.auth import Role, require
+
+_MODELS: tuple[type[BaseModel], ...] = (
+    Listener, LoadBalancer, AddressPool, NodeGroup, Service, Backend, LabelSelector,
+)  # fmt: skip
+REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF + name}
+
+
+def _model_schemas() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mode, suffix in (("serialization", ""), ("validation", "_In")):
+        _, defs = models_json_schema(
+            [(m, mode) for m in _MODELS],  # type: ignore[misc]
+            ref_template=REF + "{model}" + suffix,
+        )
+        for name, schema in defs.get("$defs", {}).items():
+            out[name + suffix] = schema
+    return out
+
+
+def _without(schema: dict[str, Any], *fields: str) -> dict[str, Any]:
+    schema = copy.deepcopy(schema)
+    for name in fields:
+        schema["properties"].pop(name, None)
+    schema["required"] = [r for r in schema.get("required", []) if r not in fields]
+    return schema
+
+
+def _extended(schema: dict[str, Any], required: bool = True, **props: Any) -> dict[str, Any]:
+    schema = copy.deepcopy(schema)
+    schema["properties"].update(props)
+    if required:
+        schema["required"] = [*schema.get("required", []), *props]
+    return schema
+
+
+def _list_of(item: dict[str, Any], paged: bool = False) -> dict[str, Any]:
+    props: dict[str, Any] = {"items": {"type": "array", "items": item}}
+    if paged:
+        props.update(
+            revision={"type": "integer"}, total={"type": "integer"},
+            offset={"type": "integer"}, limit={"type": "integer"},
+        )  # fmt: skip
+    return {"type": "object", "properties": props, "required": list(props)}
+
+
+def _obj(required: bool = True, **props: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": list(props) if required else []}
+
+
+STRING, INTEGER, NUMBER, BOOLEAN = (
+    {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"},
+)  # fmt: skip
+NULLABLE_STRING = {"type": ["string", "null"]}
+VERSION_IN = {"type": "integer", "minimum": 1, "description": "The version read (revision)"}
+STATE = {"type": "string", "enum": ["served", "pending", "error"]}
+
+
+def _schemas() -> dict[str, Any]:  # noqa: PLR0915 - one line per schema
+    models = _model_schemas()
+    s: dict[str, Any] = dict(models)
+    s["Errors"] = _obj(errors={"type": "array", "items": _obj(field=STRING, message=STRING)})
+    s["NodeState"] = _obj(
+        tier=STRING, node=STRING, group=STRING, state=STATE, revision=INTEGER, detail=STRING
+    )
+    status = _obj(state=STATE, reason=STRING, needed_revision=INTEGER)
+    status["properties"]["nodes"] = {"type": "array", "items": _ref("NodeState")}
+    s["ListenerStatus"] = status
+    s["ListenerItem"] = _extended(
+        models["Listener"], version=INTEGER, status=_ref("ListenerStatus")
+    )
+    s["ListenerList"] = _list_of(_ref("ListenerItem"), paged=True)
+    selector_in = {
+        "anyOf": [STRING, _ref("LabelSelector_In"), {"type": "null"}],
+        "description": "A LabelSelector, or its kubectl -l form: app=cart,env in (prod)",
+    }
+    create = _without(models["Listener_In"], "owner", "created_at")
+    create["properties"]["selector"] = selector_in
+    s["ListenerCreate"] = create
+    patch = _extended(create, required=False, version=VERSION_IN)
+    patch["required"] = []
+    s["ListenerPatch"] = patch
+    s["BackendList"] = _list_of(
+        _extended(models["Backend"], service=STRING,
+                  health={"type": "string", "enum": ["ready", "draining", "not ready"]})
+    )  # fmt: skip
+    point = _obj(t=NUMBER, value=NUMBER)
+    series = {"type": "array", "items": point}
+    s["Metrics"] = _obj(
+        listener=STRING, since=NUMBER, until=NUMBER, step=INTEGER,
+        series=_obj(connections=series, requests_per_second=series, bytes_per_second=series),
+    )  # fmt: skip
+    names = {"type": "array", "items": STRING}
+    s["LoadBalancerItem"] = _extended(
+        models["LoadBalancer"], version=INTEGER, listeners=names, services=names
+    )
+    s["LoadBalancerList"] = _list_of(_ref("LoadBalancerItem"), paged=True)
+    s["LoadBalancerCreate"] = _without(models["LoadBalancer_In"], "owner")
+    for kind in ("AddressPool", "NodeGroup"):
+        s[f"{kind}Item"] = _extended(models[kind], version=INTEGER)
+        s[f"{kind}List"] = _list_of(_ref(f"{kind}Item"))
+        put = _extended(_without(models[f"{kind}_In"], "name"), required=False, version=VERSION_IN)
+        put["properties"]["name"] = STRING
+        s[f"{kind}Put"] = put
+    row = _obj(
+        key=STRING, namespace=STRING, name=STRING,
+        labels={"type": "object", "additionalProperties": STRING},
+        load_balancer=STRING, ports=names, ready_endpoints=INTEGER, endpoints=INTEGER,
+        version=INTEGER,
+    )  # fmt: skip
+    s["ServiceRow"] = row
+    s["ServiceList"] = _list_of(_ref("ServiceRow"), paged=True)
+    s["ServiceItem"] = _extended(row, service=_ref("Service"))
+    s["Preview"] = _obj(
+        selector=STRING, error=NULLABLE_STRING,
+        services={"type": "array", "items": _ref("ServiceRow")}, ready_endpoints=INTEGER,
+    )  # fmt: skip
+    s["CertificateItem"] = _obj(
+        name=STRING, key_ref=STRING, chain_pem=STRING, version=INTEGER, subject=STRING,
+        issuer=STRING, sans=names, serial=STRING, not_before=STRING, not_after=STRING,
+        days_left=INTEGER, expires_soon=BOOLEAN, chain_length=INTEGER,
+        fingerprint_sha256=STRING,
+    )  # fmt: skip
+    s["CertificateList"] = _list_of(_ref("CertificateItem"))
+    pem = {"type": "string", "minLength": 1}
+    s["CertificateCreate"] = _obj(name=STRING, chain_pem=pem, key_pem=pem)
+    s["CertificateRotate"] = _obj(required=False, chain_pem=pem, key_pem=pem, version=VERSION_IN)
+    s["CertificateRotate"]["required"] = ["chain_pem", "key_pem"]
+    report = _obj(
+        tier=STRING, node=STRING, group=STRING, revision=INTEGER, updated_at=NUMBER,
+        error=NULLABLE_STRING, error_revision={"type": ["integer", "null"]},
+    )  # fmt: skip
+    s["Status"] = _obj(
+        revision=INTEGER,
+        listeners=_obj(served=INTEGER, pending=INTEGER, error=INTEGER),
+        nodes={"type": "array", "items": report},
+    )
+    anything = {"type": ["object", "null"]}
+    s["AuditList"] = _list_of(
+        _obj(id=STRING, at=NUMBER, who=STRING, action=STRING, kind=STRING, key=STRING,
+             revision=INTEGER, before=anything, after=anything)
+    )  # fmt: skip
+    role = {"type": "string", "enum": [r.label for r in Role]}
+    s["Me"] = _obj(name=STRING, role=role, token=NULLABLE_STRING)
+    s["User"] = _obj(name=STRING, role=role, created_at=NUMBER)
+    s["UserList"] = _list_of(_ref("User"))
+    s["UserCreate"] = _obj(name=STRING, password=STRING, role=role)
+    s["UserPatch"] = _obj(required=False, password=STRING, role=role)
+    token = _obj(id=STRING, user=STRING, role=role, name=STRING, created_at=NUMBER)
+    s["Token"] = token
+    s["TokenList"] = _list_of(_ref("Token"))
+    s["TokenCreated"] = _extended(token, secret=STRING)
+    s["TokenCreate"] = _obj(required=False, name=STRING, role=role)
+    s["TokenCreate"]["required"] = ["name"]
+    return s
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": STRING}
+        for name in _path_params(op.rule)
+    ]
+    params += [
+        {"name": p.name, "in": "query", "required": p.required, "schema": p.schema,
+         "description": p.description}
+        for p in op.query
+    ]  # fmt: skip
+    responses: dict[str, Any] = {}
+    for code, schema in sorted(op.responses.items()):
+        entry: dict[str, Any] = {"description": _DESCRIPTIONS.get(code, "OK")}
+        if schema is not None:
+            entry["content"] = {"application/json": {"schema": _ref(schema)}}
+        responses[str(code)] = entry
+    doc: dict[str, Any] = {
+        "operationId": op.endpoint,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "description": f"Needs the {op.role.label} role.",
+        "parameters": params,
+        "responses": responses,
+    }
+    if op.body is not None:
+        doc["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(op.body)}},
+        }
+    return doc
+
+
+def _path_params(rule: str) -> list[str]:
+    import re  # noqa: PLC0415
+
+    return re.findall(r"<(?:[a-z]+:)?([a-z_]+)>", rule)
+
+
+_DESCRIPTIONS = {
+    200: "OK", 201: "Created", 204: "Done",
+    400: "Malformed request (e.g. not a JSON object)",
+    401: "Not authenticated: send Authorization: Bearer TOKEN",
+    403: "The role does not allow it",
+    404: "No such object",
+    409: "Stale version or name taken: read the object again and retry",
+    413: "Body too large",
+    422: "Invalid input: every error names its field",
+    428: "The version read is required",
+}  # fmt: skip
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    paths["/openapi.json"] = {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "tags": ["meta"],
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "401": {
+                    "description": _DESCRIPTIONS[401],
+                    "content": {"application/json": {"schema": _ref("Errors")}},
+                },
+            },
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "openslb console API",
+            "version": "1",
+            "description": (
+                "Listeners, LB instances, VIP pools, certificates and status of openslb. "
+                "Authenticate with `Authorization: Bearer TOKEN` (tokens: POST /api/v1/tokens "
+                "or the console's Tokens page). Updates and deletes need the version you "
+                "read; a stale one gets 409."
+            ),
+        },
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": _schemas(),
+        },
+        "paths": paths,
+    }
+
+
+@bp.get("/openapi.json")
+@require(Role.VIEWER)
+def openapi() -> Response:
+    return jsonify(document())

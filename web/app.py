@@ -1,0 +1,110 @@
+"""The console's application factory: pages, the REST API, login, metrics.
+
+`create_app()` reads the same settings as every other `slb` command; tests pass
+`test_config` (Flask's own keys and REDIS_URL, REDIS_PREFIX, ...) to override them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, has_request_context, request
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from cmi import config
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Session cookies are Secure whenever the request came over TLS, not only when told."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        configured = super().get_cookie_secure(app)
+        return configured or (has_request_context() and request.is_secure)
+
+
+def default_secret_key_file() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "openslb" / "console-secret-key"
+
+
+def load_secret_key(path: Path) -> str:
+    """The session signing key from `path`, created (mode 0600) on first start."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another worker made it first
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(48) + "\n")
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise config.ConfigError(f"{path}: the console's secret key is shorter than 32 characters")
+    return key
+
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'"
+)
+"""Scripts only from the console itself (no inline script), and no framing."""
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.path != "/login" and not request.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def create_app(
+    test_config: Mapping[str, Any] | None = None, settings: config.Settings | None = None
+) -> Flask:
+    settings = settings or config.load()
+    console = settings.console
+    app = Flask(__name__)
+    app.config.from_mapping(
+        REDIS_URL=settings.redis.url,
+        REDIS_PREFIX=settings.redis.prefix,
+        SECRET_KEY_FILE=console.secret_key_file or str(default_secret_key_file()),
+        SESSION_COOKIE_NAME="openslb_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=console.secure_cookies,
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        LOGIN_ATTEMPTS=console.login_attempts,
+        LOGIN_WINDOW_S=console.login_window_s,
+        PAGE_SIZE=50,
+    )
+    if test_config is not None:
+        app.config.update(test_config)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = load_secret_key(Path(app.config["SECRET_KEY_FILE"]))
+    app.session_interface = _SessionInterface()
+    if console.trusted_proxies:
+        hops = console.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+
+    from web import auth, db, errors, metrics  # noqa: PLC0415 - they need the app's config
+    from web.api import bp as api_bp  # noqa: PLC0415
+    from web.views import bp as pages_bp  # noqa: PLC0415
+
+    app.after_request(_security_headers)
+    db.init_app(app)
+    metrics.init_app(app)
+    auth.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(pages_bp)
+    app.register_blueprint(api_bp)
+    return app

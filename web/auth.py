@@ -1,0 +1,425 @@
+"""Who may do what: users, roles, API tokens, login with a rate limit, and CSRF.
+
+Users and tokens live in Redis under the store prefix, next to the state they guard:
+  P:console:users            hash, name -> JSON {name, role, password_hash, created_at}
+  P:console:tokens           hash, sha256(token) -> JSON {id, user, role, name, created_at}
+  P:console:login-fail:...   counters of failed logins per client address and per user
+
+Passwords are hashed with Argon2id (argon2-cffi); tokens are random and stored only as
+their SHA-256, so a Redis dump gives away neither. A browser signs in with a password and
+gets an HttpOnly, SameSite=Lax session cookie; every form and every cookie-authenticated
+write must carry the session's CSRF token. Automation sends `Authorization: Bearer TOKEN`
+and needs no CSRF token, since a browser never adds that header by itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+from typing import Any, ParamSpec, TypeVar
+
+import argon2
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from werkzeug.wrappers import Response
+
+from cmi.audit import AuditLog
+from cmi.store import Store
+from web.db import get_store
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_USER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.@]{0,62}[a-z0-9])?$")
+MIN_PASSWORD = 10
+_HASHER = "openslb.password_hasher"
+
+
+class Role(IntEnum):
+    """Each role may do everything the ones below it may."""
+
+    VIEWER = 1
+    OPERATOR = 2
+    ADMIN = 3
+
+    @classmethod
+    def named(cls, name: str) -> Role:
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise AuthError("role", "must be viewer, operator or admin") from None
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class AuthError(ValueError):
+    """Bad input about users or tokens, naming the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: Role
+    token: str | None = None
+    """The id of the API token this request came with, if any."""
+
+    @property
+    def actor(self) -> str:
+        """How the audit trail names this user."""
+        return f"{self.name} (token {self.token})" if self.token else self.name
+
+    def can(self, role: Role) -> bool:
+        return self.role >= role
+
+
+@dataclass(frozen=True)
+class Token:
+    id: str
+    user: str
+    role: str
+    name: str
+    created_at: float
+
+
+class Accounts:
+    """Users and API tokens in Redis."""
+
+    def __init__(self, store: Store, hasher: argon2.PasswordHasher | None = None) -> None:
+        self.store = store
+        self.hasher = hasher or argon2.PasswordHasher()
+        self.users_key = store.key("console", "users")
+        self.tokens_key = store.key("console", "tokens")
+
+    # -- users ------------------------------------------------------------------------------
+
+    def create_user(self, name: str, password: str, role: Role) -> None:
+        if not _USER_NAME.match(name):
+            raise AuthError("name", "1-64 lowercase letters, digits, '-', '_', '.' or '@'")
+        _check_password(password)
+        record = {
+            "name": name,
+            "role": role.label,
+            "password_hash": self.hasher.hash(password),
+            "created_at": time.time(),
+        }
+        if not self.store.redis.hsetnx(self.users_key, name, json.dumps(record)):
+            raise AuthError("name", f"a user named {name!r} exists")
+
+    def _record(self, name: str) -> dict[str, Any] | None:
+        raw = self.store.redis.hget(self.users_key, name)
+        return json.loads(raw) if raw is not None else None
+
+    def user(self, name: str) -> User | None:
+        record = self._record(name)
+        return User(name, Role.named(record["role"])) if record else None
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user without the password hash."""
+        raw = self.store.redis.hgetall(self.users_key)
+        out = []
+        for value in raw.values():
+            record = json.loads(value)
+            out.append(
+                {"name": record["name"], "role": record["role"], "created_at": record["created_at"]}
+            )
+        return sorted(out, key=lambda u: u["name"])
+
+    def verify(self, name: str, password: str) -> User | None:
+        record = self._record(name)
+        try:
+            # Verify against a throwaway hash when the user does not exist, so the time
+            # taken does not tell who exists.
+            stored = record["password_hash"] if record else self.hasher.hash(secrets.token_hex())
+            self.hasher.verify(stored, password)
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return None
+        if record is None:
+            return None
+        if self.hasher.check_needs_rehash(record["password_hash"]):
+            record["password_hash"] = self.hasher.hash(password)
+            self.store.redis.hset(self.users_key, name, json.dumps(record))
+        return User(name, Role.named(record["role"]))
+
+    def update_user(self, name: str, role: Role | None = None, password: str | None = None) -> None:
+        record = self._record(name)
+        if record is None:
+            raise AuthError("name", f"no user named {name!r}")
+        if role is not None:
+            record["role"] = role.label
+        if password is not None:
+            _check_password(password)
+            record["password_hash"] = self.hasher.hash(password)
+        self.store.redis.hset(self.users_key, name, json.dumps(record))
+        if role is not None:
+            self._retire_tokens_above(name, role)
+
+    def delete_user(self, name: str) -> None:
+        if not self.store.redis.hdel(self.users_key, name):
+            raise AuthError("name", f"no user named {name!r}")
+        for token in self.tokens(user=name):
+            self.revoke(token.id)
+
+    def admins(self) -> list[str]:
+        return [u["name"] for u in self.users() if u["role"] == Role.ADMIN.label]
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    def create_token(self, user: User, name: str, role: Role | None = None) -> tuple[Token, str]:
+        """A new token for `user`, with at most the user's role; returns it and its secret."""
+        role = role or user.role
+        if role > user.role:
+            raise AuthError("role", f"cannot exceed your own role ({user.role.label})")
+        if not 1 <= len(name) <= 64 or not name.isprintable():
+            raise AuthError("name", "1-64 printable characters")
+        secret = "slb_" + secrets.token_urlsafe(32)
+        token = Token(secrets.token_hex(6), user.name, role.label, name, time.time())
+        self.store.redis.hset(self.tokens_key, _digest(secret), json.dumps(asdict(token)))
+        return token, secret
+
+    def tokens(self, user: str | None = None) -> list[Token]:
+        raw = self.store.redis.hgetall(self.tokens_key)
+        found = [Token(**json.loads(v)) for v in raw.values()]
+        return sorted(
+            (t for t in found if user is None or t.user == user), key=lambda t: t.created_at
+        )
+
+    def token_user(self, secret: str) -> User | None:
+        raw = self.store.redis.hget(self.tokens_key, _digest(secret))
+        if raw is None:
+            return None
+        token = Token(**json.loads(raw))
+        owner = self.user(token.user)
+        if owner is None:
+            return None
+        # A token never does more than its owner may do now.
+        return User(owner.name, min(owner.role, Role.named(token.role)), token=token.id)
+
+    def revoke(self, token_id: str) -> Token:
+        for digest, raw in self.store.redis.hgetall(self.tokens_key).items():
+            token = Token(**json.loads(raw))
+            if token.id == token_id:
+                self.store.redis.hdel(self.tokens_key, digest)
+                return token
+        raise AuthError("id", f"no token {token_id!r}")
+
+    def _retire_tokens_above(self, name: str, role: Role) -> None:
+        for token in self.tokens(user=name):
+            if Role.named(token.role) > role:
+                self.revoke(token.id)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise AuthError("password", f"at least {MIN_PASSWORD} characters")
+    if len(password) > 1024:
+        raise AuthError("password", "at most 1024 characters")
+
+
+class LoginLimiter:
+    """Failed logins counted per client address and per user name in a fixed window."""
+
+    def __init__(self, store: Store, attempts: int, window_s: int) -> None:
+        self.store = store
+        self.attempts = attempts
+        self.window_s = window_s
+
+    def _keys(self, address: str, user: str) -> tuple[str, str]:
+        return (
+            self.store.key("console", "login-fail", "ip", address),
+            self.store.key("console", "login-fail", "user", _digest(user)[:32]),
+        )
+
+    def retry_after(self, address: str, user: str) -> int | None:
+        """Seconds until another attempt is allowed, or None if one is allowed now."""
+        pipe = self.store.redis.pipeline()
+        for key in self._keys(address, user):
+            pipe.get(key)
+            pipe.ttl(key)
+        ip_count, ip_ttl, user_count, user_ttl = pipe.execute()
+        waits = [
+            max(int(ttl), 1)
+            for count, ttl in ((ip_count, ip_ttl), (user_count, user_ttl))
+            if count is not None and int(count) >= self.attempts
+        ]
+        return max(waits) if waits else None
+
+    def failed(self, address: str, user: str) -> None:
+        pipe = self.store.redis.pipeline()
+        for key in self._keys(address, user):
+            pipe.incr(key)
+            pipe.expire(key, self.window_s, nx=True)
+        pipe.execute()
+
+    def succeeded(self, user: str) -> None:
+        self.store.redis.delete(self._keys("", user)[1])
+
+
+# -- wiring into Flask ----------------------------------------------------------------------
+
+bp = Blueprint("auth", __name__)
+
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "static"})
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def accounts() -> Accounts:
+    hasher: argon2.PasswordHasher = current_app.extensions[_HASHER]
+    return Accounts(get_store(), hasher)
+
+
+def limiter() -> LoginLimiter:
+    cfg = current_app.config
+    return LoginLimiter(get_store(), cfg["LOGIN_ATTEMPTS"], cfg["LOGIN_WINDOW_S"])
+
+
+def audit(action: str, kind: str, key: str, before: Any, after: Any) -> None:
+    store = get_store()
+    AuditLog(store).record_document(
+        who=g.user.actor, action=action, kind=kind, key=key,
+        before=before, after=after, revision=store.revision(),
+    )  # fmt: skip
+
+
+def init_app(app: Flask) -> None:
+    # Argon2id with argon2-cffi's defaults (RFC 9106's low-memory profile) unless the
+    # config says otherwise (tests use cheaper parameters to stay fast).
+    app.extensions[_HASHER] = argon2.PasswordHasher(**app.config.get("PASSWORD_HASH_PARAMS", {}))
+    app.before_request(_load_user)
+    app.before_request(_require_login_and_csrf)
+    # Globals, not a context processor, so imported macros see them too.
+    app.jinja_env.globals.update(csrf_token=csrf_token, Role=Role)
+    app.register_blueprint(bp)
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    token: str = session["csrf"]
+    return token
+
+
+def _is_api() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _load_user() -> None:
+    g.user = None
+    header = request.headers.get("Authorization", "")
+    g.via_token = bool(header)
+    if header:
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() == "bearer" and secret.strip():
+            g.user = accounts().token_user(secret.strip())
+        return
+    name = session.get("user")
+    if isinstance(name, str):
+        user = accounts().user(name)
+        if user is not None and session.get("role") == user.role.label:
+            g.user = user
+        else:
+            # Deleted, or the role changed: sign in again.
+            session.clear()
+
+
+def _require_login_and_csrf() -> Response | None:
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        if request.method in UNSAFE_METHODS and not g.via_token:
+            _check_csrf()
+        return None
+    if g.user is None:
+        if _is_api() or request.path == "/metrics" or request.headers.get("HX-Request"):
+            abort(401)
+        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+    if request.method in UNSAFE_METHODS and not g.via_token:
+        _check_csrf()
+    return None
+
+
+def _check_csrf() -> None:
+    sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
+    expected = session.get("csrf")
+    if not expected or not sent or not hmac.compare_digest(str(sent), str(expected)):
+        abort(403, description="missing or wrong CSRF token: reload the page and try again")
+
+
+def require(role: Role) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Refuse the view (403) to users below `role`."""
+
+    def decorator(view: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(view)
+        def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+            if g.user is None or not g.user.can(role):
+                abort(403, description=f"needs the {role.label} role")
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+def client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response | str | tuple[str, int, dict[str, str]]:
+    if request.method == "GET":
+        return render_template("login.html")
+    name = request.form.get("username", "").strip().lower()
+    password = request.form.get("password", "")
+    address = client_address()
+    wait = limiter().retry_after(address, name)
+    if wait is not None:
+        message = f"Too many failed logins. Try again in {wait} seconds."
+        return render_template("login.html", error=message), 429, {"Retry-After": str(wait)}
+    user = accounts().verify(name, password)
+    if user is None:
+        limiter().failed(address, name)
+        return render_template("login.html", error="Wrong user name or password."), 401, {}
+    limiter().succeeded(name)
+    session.clear()  # a new session on login: no fixation
+    session.permanent = True
+    session["user"] = user.name
+    session["role"] = user.role.label
+    csrf_token()
+    target = request.args.get("next", "")
+    if not target.startswith("/") or target.startswith("//"):
+        target = url_for("pages.index")
+    return redirect(target)
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    session.clear()
+    flash("Signed out.")
+    return redirect(url_for("auth.login"))

@@ -1,0 +1,139 @@
+"""Reads shared by the pages and the API: the current snapshot, statuses, filtered lists."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cmi.certificates import CertificateInfo, inspect
+from cmi.model import Certificate, FieldError, Listener, LoadBalancer, ModelError, Service
+from cmi.selector import LabelSelector
+from cmi.status import StatusBoard
+from cmi.store import Snapshot, Stored
+from web.db import get_store, read_model
+from web.state import Boards, ListenerState, listener_states, placements
+
+PROTOCOLS = ("TCP", "UDP", "HTTP", "HTTPS", "GRPC")
+STATES = ("served", "pending", "error")
+
+
+@dataclass(frozen=True)
+class View:
+    """One consistent look at the desired state and at what the tiers report."""
+
+    snapshot: Snapshot
+    boards: Boards
+    states: Mapping[str, ListenerState]
+
+    @property
+    def revision(self) -> int:
+        return self.snapshot.revision
+
+
+def current() -> View:
+    store = get_store()
+    model = read_model()
+    snapshot = model.snapshot(store)
+    board = StatusBoard(store)
+    boards = Boards(l4=board.all("l4"), l7=board.all("l7"))
+    # Both depend only on their inputs, which change far less often than pages are viewed.
+    placed = model.derived("placements", snapshot.revision, lambda: placements(snapshot))
+    reports = tuple(
+        sorted((s.tier, s.node, s.group, s.revision, s.error, s.error_revision)
+               for b in (boards.l4, boards.l7) for s in b.values())
+    )  # fmt: skip
+    states = model.derived(
+        "states", (snapshot.revision, reports), lambda: listener_states(snapshot, boards, placed)
+    )
+    return View(snapshot, boards, states)
+
+
+def as_json(stored: Stored[Any]) -> dict[str, Any]:
+    return read_model().as_json(stored)
+
+
+@dataclass(frozen=True)
+class ListenerFilter:
+    q: str = ""
+    load_balancer: str = ""
+    protocol: str = ""
+    owner: str = ""
+    state: str = ""
+
+    def keeps(self, listener: Listener, state: ListenerState) -> bool:
+        return (
+            (not self.q or self.q.lower() in listener.name)
+            and (not self.load_balancer or listener.load_balancer == self.load_balancer)
+            and (not self.protocol or listener.protocol.value == self.protocol)
+            and (not self.owner or listener.owner.kind.value == self.owner)
+            and (not self.state or state.state == self.state)
+        )
+
+
+def listeners(view: View, which: ListenerFilter) -> list[Stored[Listener]]:
+    """The listeners `which` keeps, by name."""
+    return [
+        stored
+        for _, stored in sorted(view.snapshot.of(Listener).items())
+        if which.keeps(stored.obj, view.states[stored.obj.name])
+    ]
+
+
+def listener_json(view: View, stored: Stored[Listener], nodes: bool = False) -> dict[str, Any]:
+    status = view.states[stored.obj.name].as_json(nodes=nodes)
+    return {**as_json(stored), "version": stored.revision, "status": status}
+
+
+def load_balancer_json(view: View, stored: Stored[LoadBalancer]) -> dict[str, Any]:
+    name = stored.obj.name
+    return {
+        **as_json(stored),
+        "version": stored.revision,
+        "listeners": sorted(
+            k for k, s in view.snapshot.of(Listener).items() if s.obj.load_balancer == name
+        ),
+        "services": sorted(
+            k for k, s in view.snapshot.of(Service).items() if s.obj.load_balancer == name
+        ),
+    }
+
+
+def certificate_info(stored: Stored[Certificate]) -> CertificateInfo:
+    return inspect(stored.obj.chain_pem)
+
+
+def certificate_json(
+    stored: Stored[Certificate], info: CertificateInfo | None = None
+) -> dict[str, Any]:
+    """A certificate as shown: its chain and what is in it; never its key."""
+    info = info or certificate_info(stored)
+    now = datetime.datetime.now(datetime.UTC)
+    return {
+        "name": stored.obj.name,
+        "key_ref": stored.obj.key_ref,
+        "chain_pem": stored.obj.chain_pem,
+        "version": stored.revision,
+        "subject": info.subject,
+        "issuer": info.issuer,
+        "sans": list(info.sans),
+        "serial": info.serial,
+        "not_before": info.not_before.isoformat(),
+        "not_after": info.not_after.isoformat(),
+        "days_left": info.days_left(now),
+        "expires_soon": info.expires_soon(now),
+        "chain_length": info.chain_length,
+        "fingerprint_sha256": info.fingerprint_sha256,
+    }
+
+
+def parse_selector(value: Any) -> Any:
+    """Selectors may be given in the `kubectl -l` form; the model takes the structured one."""
+    if isinstance(value, str):
+        try:
+            return LabelSelector.parse(value).model_dump(mode="json")
+        except ValueError as exc:
+            message = str(exc).splitlines()[0]
+            raise ModelError("Listener", [FieldError(field="selector", message=message)]) from None
+    return value

@@ -1,0 +1,302 @@
+"""What the console shows, computed from a snapshot and the tiers' reports.
+
+Pure functions over plain inputs (a `Snapshot`, the `StatusBoard`'s reports), so pages and
+the API show exactly the same thing and the rules are tested without a browser:
+
+- a listener must reach every node of its instance's node group: the L4 tier (IPVS) for
+  every listener, and the L7 tier (Envoy) too for HTTP, HTTPS and GRPC;
+- the revision a node must have programmed is the newest of the revisions that last
+  changed the listener, its instance and its certificates;
+- a node is green at or past that revision, red if its newest attempt at or past it
+  failed (e.g. an Envoy NACK, with the reason), pending otherwise;
+- a listener that does not hold its port (a conflict, a missing instance) is red with the
+  reason cmi's resolution gives; one whose instance waits for a VIP is pending.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cmi.model import Backend, Certificate, Listener, LoadBalancer, OwnerKind, Service
+from cmi.resolve import Rejected, claim_ports
+from cmi.selector import LabelSelector
+from cmi.status import TierStatus
+from cmi.store import Snapshot, Stored
+
+State = Literal["served", "pending", "error"]
+
+
+@dataclass(frozen=True)
+class NodeState:
+    tier: str
+    node: str
+    group: str
+    state: State
+    revision: int
+    detail: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "node": self.node,
+            "group": self.group,
+            "state": self.state,
+            "revision": self.revision,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class ListenerState:
+    state: State
+    reason: str
+    needed_revision: int
+    reports: tuple[TierStatus, ...] = ()
+    """The reports of the nodes that must program the listener, in display order."""
+
+    @functools.cached_property
+    def nodes(self) -> tuple[NodeState, ...]:
+        """Each node's state; built only when shown (a list page needs the summary only)."""
+        return tuple(node_state(r, self.needed_revision) for r in self.reports)
+
+    def as_json(self, nodes: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "state": self.state,
+            "reason": self.reason,
+            "needed_revision": self.needed_revision,
+        }
+        if nodes:
+            out["nodes"] = [n.as_json() for n in self.nodes]
+        return out
+
+
+@dataclass(frozen=True)
+class Boards:
+    """Every node's report, per tier."""
+
+    l4: Mapping[str, TierStatus] = field(default_factory=dict)
+    l7: Mapping[str, TierStatus] = field(default_factory=dict)
+
+    def by_group(self) -> dict[tuple[str, str], tuple[TierStatus, ...]]:
+        """(tier, group) -> its nodes' reports, by node name."""
+        out: dict[tuple[str, str], list[TierStatus]] = {}
+        for tier, board in (("l4", self.l4), ("l7", self.l7)):
+            for status in board.values():
+                out.setdefault((tier, status.group), []).append(status)
+        return {k: tuple(sorted(v, key=lambda s: s.node)) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What the snapshot alone says about a listener: computed once per revision."""
+
+    needed: int
+    """The newest revision among the listener's, its instance's and its certificates'."""
+    group: str
+    tiers: tuple[str, ...]
+    rejection: Rejected | None
+
+
+def placements(snapshot: Snapshot) -> dict[str, Placement]:
+    balancers = snapshot.of(LoadBalancer)
+    certificates = snapshot.of(Certificate)
+    listeners = snapshot.of(Listener)
+    _, rejected = claim_ports(
+        {k: s.obj for k, s in balancers.items()}, (s.obj for s in listeners.values())
+    )
+    not_served = {r.listener: r for r in rejected}
+    out = {}
+    for name, stored in listeners.items():
+        listener = stored.obj
+        balancer = balancers.get(listener.load_balancer)
+        needed = max(
+            [stored.revision, balancer.revision if balancer else 0]
+            + [certificates[c].revision for c in listener.certificates if c in certificates]
+        )
+        out[name] = Placement(
+            needed=needed,
+            group=balancer.obj.node_group if balancer else "",
+            tiers=("l4", "l7") if listener.protocol.is_l7 else ("l4",),
+            rejection=not_served.get(name),
+        )
+    return out
+
+
+def listener_states(
+    snapshot: Snapshot, boards: Boards, placed: Mapping[str, Placement] | None = None
+) -> dict[str, ListenerState]:
+    """The state of every listener in the snapshot (`placed`: its placements, if known)."""
+    placed = placements(snapshot) if placed is None else placed
+    groups = boards.by_group()
+    return {name: listener_state(place, groups) for name, place in placed.items()}
+
+
+def listener_state(
+    place: Placement, groups: Mapping[tuple[str, str], tuple[TierStatus, ...]]
+) -> ListenerState:
+    if place.rejection is not None:
+        state: State = "pending" if place.rejection.pending else "error"
+        return ListenerState(state, place.rejection.reason, place.needed)
+    needed = place.needed
+    reports: list[TierStatus] = []
+    missing = []
+    first_error: TierStatus | None = None
+    behind = 0
+    for tier in place.tiers:
+        statuses = groups.get((tier, place.group), ())
+        if not statuses:
+            missing.append(tier.upper())
+        for status in statuses:
+            reports.append(status)
+            if status.revision >= needed:
+                continue
+            if status.error and (status.error_revision or status.revision) >= needed:
+                first_error = first_error or status
+            else:
+                behind += 1
+    if first_error is not None:
+        reason = f"{first_error.node}: {first_error.error}"
+        return ListenerState("error", reason, needed, tuple(reports))
+    if missing:
+        reason = f"no {' or '.join(missing)} node of group {place.group!r} has reported yet"
+        return ListenerState("pending", reason, needed, tuple(reports))
+    if behind:
+        reason = f"{behind} of {len(reports)} nodes have not programmed revision {needed} yet"
+        return ListenerState("pending", reason, needed, tuple(reports))
+    return ListenerState("served", f"programmed on {len(reports)} nodes", needed, tuple(reports))
+
+
+def node_state(status: TierStatus, needed: int) -> NodeState:
+    if status.revision >= needed:
+        return NodeState(
+            status.tier, status.node, status.group, "served", status.revision,
+            f"at revision {status.revision}",
+        )  # fmt: skip
+    if status.error and (status.error_revision or status.revision) >= needed:
+        return NodeState(
+            status.tier, status.node, status.group, "error", status.revision, status.error
+        )
+    return NodeState(
+        status.tier, status.node, status.group, "pending", status.revision,
+        f"at revision {status.revision}, needs {needed}",
+    )  # fmt: skip
+
+
+# -- Services and the selector preview -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceRow:
+    key: str
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    load_balancer: str
+    ports: tuple[str, ...]
+    ready: int
+    total: int
+    revision: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "namespace": self.namespace,
+            "name": self.name,
+            "labels": dict(self.labels),
+            "load_balancer": self.load_balancer,
+            "ports": list(self.ports),
+            "ready_endpoints": self.ready,
+            "endpoints": self.total,
+            "version": self.revision,
+        }
+
+
+def _ready(backends: Iterable[Backend]) -> int:
+    return sum(1 for b in backends if b.conditions.ready and not b.conditions.terminating)
+
+
+def service_row(stored: Stored[Service], port: int | str | None = None) -> ServiceRow:
+    """A Service with its endpoints counted: on one port if given, else on all of them."""
+    service = stored.obj
+    if port is not None:
+        chosen = service.port_named(port)
+        lists = [service.backends.get(chosen.name, ())] if chosen else []
+    else:
+        lists = list(service.backends.values())
+    return ServiceRow(
+        key=service.key,
+        namespace=service.namespace,
+        name=service.name,
+        labels=service.labels,
+        load_balancer=service.load_balancer,
+        ports=tuple(f"{p.name or p.port}:{p.port}/{p.protocol}" for p in service.ports),
+        ready=sum(_ready(b) for b in lists),
+        total=sum(len(b) for b in lists),
+        revision=stored.revision,
+    )
+
+
+@dataclass(frozen=True)
+class Preview:
+    selector: str
+    error: str | None
+    services: tuple[ServiceRow, ...] = ()
+
+    @property
+    def ready(self) -> int:
+        return sum(s.ready for s in self.services)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "selector": self.selector,
+            "error": self.error,
+            "services": [s.as_json() for s in self.services],
+            "ready_endpoints": self.ready,
+        }
+
+
+def preview(snapshot: Snapshot, text: str, target_port: int | str | None = None) -> Preview:
+    """Which exposed Services a selector typed so far matches, with their ready endpoints."""
+    if not text.strip():
+        return Preview(text, None)
+    try:
+        selector = LabelSelector.parse(text)
+    except ValueError as exc:
+        return Preview(text, str(exc).splitlines()[0])
+    rows = tuple(
+        service_row(stored, target_port)
+        for _, stored in sorted(snapshot.of(Service).items())
+        if selector.matches(stored.obj.labels)
+    )
+    return Preview(str(selector), None, rows)
+
+
+def listener_backends(snapshot: Snapshot, listener: Listener) -> list[tuple[str, Backend, str]]:
+    """Every endpoint of the Services a listener selects, with its Service and health.
+
+    Health is what Kubernetes says of the endpoint: ready (gets traffic), draining
+    (terminating but serving: weight 0, connections finish) or not ready (left out).
+    """
+    services = snapshot.of(Service)
+    if listener.owner.kind is OwnerKind.SERVICE:
+        chosen = [services[listener.owner.name].obj] if listener.owner.name in services else []
+    else:
+        assert listener.selector is not None
+        selector = listener.selector
+        chosen = [s.obj for _, s in sorted(services.items()) if selector.matches(s.obj.labels)]
+    out = []
+    for service in chosen:
+        port = service.port_named(listener.target_port)
+        if port is None:
+            continue
+        for backend in service.backends.get(port.name, ()):
+            conditions = backend.conditions
+            if conditions.terminating:
+                health = "draining" if conditions.serving else "not ready"
+            else:
+                health = "ready" if conditions.ready else "not ready"
+            out.append((service.key, backend, health))
+    return out

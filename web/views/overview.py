@@ -1,0 +1,72 @@
+"""Status at a glance, and the audit trail."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from flask import render_template, request
+
+from cmi.audit import AuditLog
+from cmi.model import Listener
+from web import queries
+from web.db import get_store
+from web.views import bp
+
+AUDIT_FILTERS = ("who", "action", "kind", "key")
+
+
+@bp.get("/")
+def index() -> str:
+    view = queries.current()
+    counts = {"served": 0, "pending": 0, "error": 0}
+    for state in view.states.values():
+        counts[state.state] += 1
+    attention = [
+        (view.snapshot.of(Listener)[name], state)
+        for name, state in sorted(view.states.items())
+        if state.state != "served"
+    ][:25]
+    nodes = [
+        (tier, report)
+        for tier, board in (("l4", view.boards.l4), ("l7", view.boards.l7))
+        for _, report in sorted(board.items())
+    ]
+    return render_template(
+        "index.html", revision=view.revision, counts=counts, attention=attention, nodes=nodes
+    )
+
+
+@bp.get("/status/nodes")
+def nodes_fragment() -> str:
+    """The htmx fragment of every node's report, refreshed on the status page."""
+    view = queries.current()
+    nodes = [
+        (tier, report)
+        for tier, board in (("l4", view.boards.l4), ("l7", view.boards.l7))
+        for _, report in sorted(board.items())
+    ]
+    return render_template("_nodes.html", revision=view.revision, nodes=nodes)
+
+
+@bp.get("/audit")
+def audit() -> str:
+    match = {f: request.args[f].strip() for f in AUDIT_FILTERS if request.args.get(f, "").strip()}
+    entries = AuditLog(get_store()).entries(limit=200, **match)
+    rows = [
+        {
+            **asdict(e),
+            "before_json": json.dumps(e.before, indent=1, sort_keys=True) if e.before else "",
+            "after_json": json.dumps(e.after, indent=1, sort_keys=True) if e.after else "",
+            "changed": _changed(e.before, e.after),
+        }
+        for e in entries
+    ]
+    return render_template("audit.html", rows=rows, match=match, filters=AUDIT_FILTERS)
+
+
+def _changed(before: dict[str, object] | None, after: dict[str, object] | None) -> list[str]:
+    """Top-level fields that differ, for a one-line summary."""
+    if before is None or after is None:
+        return []
+    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
