@@ -25,20 +25,19 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import results_file  # noqa: E402
 from cmi.devbed.process import wait_until  # noqa: E402
 from cmi.devbed.redis import RedisServer  # noqa: E402
 from cmi.model import (  # noqa: E402
@@ -63,22 +62,6 @@ Metrics = dict[str, dict[str, Any]]
 
 def metric(value: float, unit: str, target: float | None = None) -> dict[str, Any]:
     return {"value": round(value, 3), "unit": unit, "target": target}
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest rank."""
-    ordered = sorted(values)
-    return ordered[max(1, min(len(ordered), math.ceil(p / 100 * len(ordered)))) - 1]
-
-
-def machine() -> str:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        "unknown CPU",
-    )  # fmt: skip
-    gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.node()}: {os.cpu_count()} x {cpu}, {gib:.0f} GiB, {platform.platform()}"
 
 
 def log(message: str) -> None:
@@ -240,7 +223,7 @@ def bench_change_to_live(metrics: Metrics, notes: dict[str, Any], redis: RedisSe
             latencies.append((time.perf_counter() - started) * 1000)
             time.sleep(0.05)
         conn.close()
-    p50, p99 = statistics.median(latencies), percentile(latencies, 99)
+    p50, p99 = statistics.median(latencies), results_file.percentile(latencies, 99)
     metrics["xds_change_to_live_p50_ms"] = metric(p50, "ms")
     metrics["xds_change_to_live_p99_ms"] = metric(p99, "ms", 200)
     notes["change_to_live_max_ms"] = round(max(latencies), 1)
@@ -391,21 +374,13 @@ def main() -> None:
     finally:
         redis.stop()
         net.delete()
-    load = os.getloadavg()
-    document = {
-        "command": " ".join([".venv/bin/python", "-m", "bench.l7", *sys.argv[1:]]),
-        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine(),
-        "metrics": metrics,
-        "notes": {**notes, "load_average_at_end": [round(x, 2) for x in load]},
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if RESULTS.exists() and args.skip:
+    notes["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if RESULTS.exists() and args.skip:  # a partial run keeps the other figures
         previous = json.loads(RESULTS.read_text())
-        document["metrics"] = {**previous.get("metrics", {}), **metrics}
-        document["notes"] = {**previous.get("notes", {}), **document["notes"]}
-    RESULTS.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(document, indent=2))
+        metrics = {**previous.get("metrics", {}), **metrics}
+        notes = {**previous.get("notes", {}), **notes}
+    path = results_file.write("l7", metrics, notes=notes)
+    print(path.read_text())
 
 
 if __name__ == "__main__":
