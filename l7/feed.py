@@ -1,5 +1,8 @@
 """The desired state as the xDS server sees it: a snapshot kept current from the change stream.
 
+(And the one thing the server writes back beside status reports: the newest revision it
+has published, `P:xds:published`, which the pipeline's `openslb.l7.apply` task checks.)
+
 Re-reading the whole store on every change would cost seconds at 10,000 Services, so the
 feed reads one snapshot, then for each batch of changes re-reads only the objects the
 batch touched. Objects that did not change stay the very same Python objects, which is
@@ -19,6 +22,17 @@ from cmi.model import KINDS, StoredObject, load_document
 from cmi.store import Change, CompactedError, Snapshot, Store, Stored
 
 log = logging.getLogger("openslb.xds")
+
+
+def record_published(store: Store, revision: int) -> None:
+    """Note that the xDS server now serves `revision` (to every Envoy that is connected)."""
+    store.redis.set(store.key("xds", "published"), revision)
+
+
+def published_revision(store: Store) -> int:
+    """The newest revision an xDS server has published; -1 if none has yet."""
+    raw = store.redis.get(store.key("xds", "published"))
+    return int(raw) if raw is not None else -1
 
 
 def apply_changes(store: Store, snapshot: Snapshot, batch: list[Change]) -> Snapshot:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import redis
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import start_http_server
 
@@ -30,7 +31,7 @@ from cmi.secrets import SecretStore
 from cmi.status import StatusBoard
 from cmi.store import Snapshot, Store
 from l7.cache import GroupSnapshot, SnapshotCache, changed
-from l7.feed import follow
+from l7.feed import follow, record_published
 from l7.metrics import Metrics
 from l7.session import Request, Response, Session
 from l7.translate.common import KIND_NAMES
@@ -348,6 +349,10 @@ class XdsServer:
                 )  # fmt: skip
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self.hub.publish, snapshot.revision, groups)
+        try:
+            record_published(self.store, snapshot.revision)
+        except redis.RedisError as exc:  # serving goes on; the next revision records again
+            log.warning("xds: cannot record the published revision: %s", exc)
 
     def _keys_for(self, state: DesiredState) -> dict[str, str]:
         """The keys the certificates in use name; refs are immutable, so each is read once."""
