@@ -61,9 +61,17 @@ class Stream:
 class Hub:
     """The latest snapshot of every node group and the streams that serve it (loop-bound)."""
 
-    def __init__(self, metrics: Metrics, report: Callable[[Stream], None]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        report: Callable[[Stream], None],
+        gone: Callable[[str], None],
+    ) -> None:
         self.metrics = metrics
         self.report = report
+        self.gone = gone
+        self.stopping = False
+        """Set while the server shuts down: its Envoys go on serving, so they stay listed."""
         self.revision = -1
         self.latest: dict[str, GroupSnapshot] = {}
         self.streams: dict[str, set[Stream]] = {}
@@ -82,9 +90,16 @@ class Hub:
             stream.send(session.on_snapshot(snapshot))
 
     def detach(self, stream: Stream) -> None:
+        """An Envoy went away: unless it is already back on another stream, its status goes,
+        so that cmi does not wait for an Envoy that no longer serves anything."""
         session = stream.session
         self.streams.get(session.group, set()).discard(stream)
         self.metrics.streams.labels(session.group, _mode(session)).dec()
+        connected = any(
+            s.session.node_id == session.node_id for group in self.streams.values() for s in group
+        )
+        if not connected and not self.stopping:
+            self.gone(session.node_id)
 
     def publish(self, revision: int, snapshots: dict[str, GroupSnapshot]) -> None:
         self.revision = revision
@@ -235,13 +250,14 @@ class XdsServer:
         self.cache = SnapshotCache()
         self.secrets = SecretStore(store)
         self.board = StatusBoard(store)
-        self.hub = Hub(self.metrics, self._queue_report)
+        self.hub = Hub(self.metrics, self._queue_report, self._queue_forget)
         self.port = 0
         self._keys: dict[str, str] = {}
         self._missing_keys: set[str] = set()
         self._published: dict[str, GroupSnapshot] = {}
         self._stop = threading.Event()
-        self._reports: dict[str, tuple[str, int, str | None, int | None]] = {}
+        self._reports: dict[str, tuple[str, int, str | None, int | None] | None] = {}
+        """Node -> its status to write, or None to forget it (it disconnected)."""
         self._report_ready: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
@@ -282,6 +298,7 @@ class XdsServer:
 
     async def stop(self, grace: float = 1.0) -> None:
         self._stop.set()
+        self.hub.stopping = True
         if self._server is not None:
             await self._server.stop(grace)
         for task in self._tasks:
@@ -382,6 +399,11 @@ class XdsServer:
         assert self._report_ready is not None
         self._report_ready.set()
 
+    def _queue_forget(self, node_id: str) -> None:
+        self._reports[node_id] = None
+        assert self._report_ready is not None
+        self._report_ready.set()
+
     async def _reporter(self) -> None:
         """Write status reports in order, coalescing bursts per Envoy."""
         assert self._report_ready is not None
@@ -402,8 +424,14 @@ class XdsServer:
                 assert self._report_ready is not None
                 self._report_ready.set()
 
-    def _write_reports(self, reports: dict[str, tuple[str, int, str | None, int | None]]) -> None:
-        for node, (group, revision, error, error_revision) in reports.items():
+    def _write_reports(
+        self, reports: dict[str, tuple[str, int, str | None, int | None] | None]
+    ) -> None:
+        for node, report in reports.items():
+            if report is None:
+                self.board.forget("l7", node)
+                continue
+            group, revision, error, error_revision = report
             self.board.report(
                 "l7", node, group, revision, error=error, error_revision=error_revision
             )

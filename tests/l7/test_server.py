@@ -199,3 +199,27 @@ def test_a_key_stored_after_its_certificate_is_picked_up(
         assert names(cds) == ["tls"]
     finally:
         client.close()
+
+
+def test_an_envoy_that_disconnects_leaves_the_status_board(
+    store: Store, server: ServerThread
+) -> None:
+    server.wait_revision(world(store))
+    board = StatusBoard(store)
+    client = AdsClient(server.target, "n-gone", "blue")
+    client.subscribe(CLUSTER)
+    client.subscribe(LISTENER)
+    cds = client.receive()
+    client.subscribe(ENDPOINT, ["web-a"])
+    client.ack(client.receive())
+    client.ack(cds)
+    client.ack(client.receive())  # listeners
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "n-gone" not in board.all("l7"):
+        time.sleep(0.02)
+    assert "n-gone" in board.all("l7")
+    client.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "n-gone" in board.all("l7"):
+        time.sleep(0.02)
+    assert "n-gone" not in board.all("l7")  # cmi no longer waits for it
