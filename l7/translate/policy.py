@@ -92,9 +92,13 @@ CONNECT_TIMEOUT_S = 5
 BUFFER_LIMIT_BYTES = 1 << 20
 
 # -- retries ------------------------------------------------------------------------------
-# Only conditions where the backend cannot have acted on the request, plus gRPC's
-# UNAVAILABLE and RESOURCE_EXHAUSTED (which gRPC defines as safe to retry elsewhere).
-RETRY_ON = "connect-failure,refused-stream,reset-before-request,unavailable,resource-exhausted"
+# Only conditions where the backend cannot have acted on the request, plus the gRPC
+# statuses that say the call did not go through: UNAVAILABLE, RESOURCE_EXHAUSTED, and
+# CANCELLED (which grpc-core servers answer for calls caught in a connection's shutdown,
+# e.g. a backend Envoy just stopped using). Istio retries the same gRPC statuses.
+RETRY_ON = (
+    "connect-failure,refused-stream,reset-before-request,unavailable,resource-exhausted,cancelled"
+)
 
 # -- outlier detection --------------------------------------------------------------------
 OUTLIER_CONSECUTIVE_5XX = 5
