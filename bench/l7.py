@@ -4,7 +4,7 @@
 
 - translation: the desired state of 1,000 and 10,000 Services (10 endpoints each, one
   listener each, half HTTP and half GRPC, on 100 VIPs) -> every Envoy resource, packed
-  and hashed as served; the median of three cold runs, in process;
+  and hashed as served; the median of five cold runs, in process;
 - memory: `slb xds` serving those 10,000 Services from Redis: its resident set (VmRSS,
   and the peak VmHWM) once it has published them;
 - change to live: a store write that adds a route -> the first successful request on it
@@ -111,7 +111,7 @@ def bench_translation(metrics: Metrics, notes: dict[str, Any]) -> None:
     for count, name in ((1_000, "xds_translate_1k_s"), (10_000, "xds_translate_10k_s")):
         snapshot = snapshot_of(services_world(count))
         resolve_s, translate_s = [], []
-        for _ in range(3):
+        for _ in range(5):
             with gc_paused():
                 started = time.perf_counter()
                 state = resolve(snapshot)
@@ -124,6 +124,7 @@ def bench_translation(metrics: Metrics, notes: dict[str, Any]) -> None:
         target = 1.0 if count == 10_000 else None
         metrics[name] = metric(statistics.median(translate_s), "s", target)
         notes[f"resolve_{count}_s"] = round(statistics.median(resolve_s), 3)
+        notes[f"translate_{count}_runs_s"] = [round(x, 3) for x in translate_s]
         log(f"translate {count}: {statistics.median(translate_s):.3f} s "
             f"(resolve {statistics.median(resolve_s):.3f} s)")  # fmt: skip
 

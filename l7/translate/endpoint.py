@@ -19,7 +19,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from cmi.model import Backend, Listener
 from cmi.resolve import ResolvedListener
 from l7.translate import policy
-from l7.translate.common import VARINTS, cluster_name, ip_text, varint
+from l7.translate.common import VARINTS, cluster_name, ip_text, varint, wire
 
 ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
 
@@ -39,8 +39,15 @@ def serialized(resolved: ResolvedListener) -> list[tuple[str, bytes]]:
     return out
 
 
-def _v(n: int) -> bytes:
-    return VARINTS[n] if n < 1 << 14 else varint(n)
+def _port_field(port: int) -> bytes:
+    """SocketAddress.port_value (field 3, varint), looked up: ports repeat."""
+    field = _PORTS.get(port)
+    if field is None:
+        field = _PORTS[port] = b"\x18" + varint(port)
+    return field
+
+
+_PORTS: dict[int, bytes] = {}
 
 
 def encode(listener: Listener, name: str, backends: tuple[Backend, ...]) -> bytes:
@@ -48,23 +55,22 @@ def encode(listener: Listener, name: str, backends: tuple[Backend, ...]) -> byte
     lb_endpoints: 2 [LbEndpoint {endpoint: 1 {address: 1 {socket_address: 1 {address: 2,
     port_value: 3}}}, load_balancing_weight: 4 {value: 1}}]}]}"""
     weighted = policy.weighted(listener)
+    small = VARINTS  # every length inside one endpoint is below 128, a single byte
     parts = []
     for backend in backends:
         weight = backend.weight
-        if weight == 0:
+        if not weight:
             continue
         address = ip_text(backend.address).encode()
-        socket = b"\x12" + _v(len(address)) + address + b"\x18" + _v(backend.port)
-        wrapped = b"\x0a" + _v(len(socket)) + socket  # Address.socket_address
-        endpoint = b"\x0a" + _v(len(wrapped)) + wrapped  # Endpoint.address
-        lb_endpoint = b"\x0a" + _v(len(endpoint)) + endpoint  # LbEndpoint.endpoint
+        socket = b"\x12" + small[len(address)] + address + _port_field(backend.port)
+        wrapped = b"\x0a" + small[len(socket)] + socket  # Address.socket_address
+        endpoint = b"\x0a" + small[len(wrapped)] + wrapped  # Endpoint.address
+        lb_endpoint = b"\x0a" + small[len(endpoint)] + endpoint  # LbEndpoint.endpoint
         if weighted:
-            value = b"\x08" + _v(weight)
-            lb_endpoint += b"\x22" + _v(len(value)) + value  # load_balancing_weight
-        parts.append(b"\x12" + _v(len(lb_endpoint)) + lb_endpoint)  # lb_endpoints
-    encoded_name = name.encode()
-    out = b"\x0a" + _v(len(encoded_name)) + encoded_name
+            value = b"\x08" + varint(weight)
+            lb_endpoint += b"\x22" + small[len(value)] + value  # load_balancing_weight
+        parts.append(b"\x12" + small[len(lb_endpoint)] + lb_endpoint)  # lb_endpoints
+    out = wire(1, name.encode())
     if parts:
-        locality = b"".join(parts)
-        out += b"\x12" + _v(len(locality)) + locality
+        out += wire(2, b"".join(parts))
     return out
