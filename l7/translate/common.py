@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from ipaddress import IPv4Address, IPv6Address
 
 from envoy.config.core.v3 import config_source_pb2
@@ -45,8 +46,7 @@ def ads() -> config_source_pb2.ConfigSource:
 def ip_text(address: IPv4Address | IPv6Address) -> str:
     """`str(address)`, several times faster for IPv4 (100,000 backends at 10,000 Services)."""
     if address.version == 4:
-        n = int(address)
-        return f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+        return socket.inet_ntoa(address.packed)
     return str(address)
 
 

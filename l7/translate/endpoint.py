@@ -19,7 +19,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from cmi.model import Backend, Listener
 from cmi.resolve import ResolvedListener
 from l7.translate import policy
-from l7.translate.common import VARINTS, cluster_name, ip_text, varint, wire
+from l7.translate.common import cluster_name, ip_text, varint, wire
 
 ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
 
@@ -47,29 +47,38 @@ def _port_field(port: int) -> bytes:
     return field
 
 
+def _weight_field(weight: int) -> bytes:
+    """LbEndpoint.load_balancing_weight (field 4) {value: 1}, looked up: weights repeat."""
+    field = _WEIGHTS.get(weight)
+    if field is None:
+        value = b"\x08" + varint(weight)
+        field = _WEIGHTS[weight] = b"\x22" + varint(len(value)) + value
+    return field
+
+
 _PORTS: dict[int, bytes] = {}
+_WEIGHTS: dict[int, bytes] = {}
 
 
 def encode(listener: Listener, name: str, backends: tuple[Backend, ...]) -> bytes:
     """ClusterLoadAssignment {cluster_name: 1, endpoints: 2 [LocalityLbEndpoints {
     lb_endpoints: 2 [LbEndpoint {endpoint: 1 {address: 1 {socket_address: 1 {address: 2,
-    port_value: 3}}}, load_balancing_weight: 4 {value: 1}}]}]}"""
+    port_value: 3}}}, load_balancing_weight: 4 {value: 1}}]}]}
+
+    Every length inside one endpoint is below 128 (an address has at most 39 characters),
+    so each is a single byte and an endpoint's header is one `bytes` of ten."""
     weighted = policy.weighted(listener)
-    small = VARINTS  # every length inside one endpoint is below 128, a single byte
     parts = []
     for backend in backends:
         weight = backend.weight
         if not weight:
             continue
         address = ip_text(backend.address).encode()
-        socket = b"\x12" + small[len(address)] + address + _port_field(backend.port)
-        wrapped = b"\x0a" + small[len(socket)] + socket  # Address.socket_address
-        endpoint = b"\x0a" + small[len(wrapped)] + wrapped  # Endpoint.address
-        lb_endpoint = b"\x0a" + small[len(endpoint)] + endpoint  # LbEndpoint.endpoint
-        if weighted:
-            value = b"\x08" + varint(weight)
-            lb_endpoint += b"\x22" + small[len(value)] + value  # load_balancing_weight
-        parts.append(b"\x12" + small[len(lb_endpoint)] + lb_endpoint)  # lb_endpoints
+        port = _port_field(backend.port)
+        tail = _weight_field(weight) if weighted else b""
+        size = 2 + len(address) + len(port)  # the SocketAddress
+        header = (0x12, size + 6 + len(tail), 0x0A, size + 4, 0x0A, size + 2, 0x0A, size, 0x12)
+        parts.append(bytes((*header, len(address))) + address + port + tail)
     out = wire(1, name.encode())
     if parts:
         out += wire(2, b"".join(parts))
