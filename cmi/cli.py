@@ -2,8 +2,7 @@
 
 cmi's own commands are defined here; each tier adds its commands through the
 `openslb.commands` entry point group (see pyproject.toml), the way Flask's CLI takes
-plugins, so cmi never imports a tier. A command whose issue has not landed says so and
-exits with status 2; none is a silent no-op.
+plugins, so cmi never imports a tier.
 """
 
 from __future__ import annotations
@@ -12,20 +11,12 @@ import shlex
 import sys
 from importlib.metadata import entry_points, version
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from cmi import config
 from cmi.cli_objects import COMMANDS
-
-NOT_IMPLEMENTED_EXIT = 2
-
-
-def not_implemented(what: str, issue: int) -> NoReturn:
-    """Fail clearly for a command whose work is tracked by `issue`."""
-    click.echo(f"slb {what}: not implemented yet (tracked in issue #{issue})", err=True)
-    sys.exit(NOT_IMPLEMENTED_EXIT)
 
 
 class PluginGroup(click.Group):

@@ -123,6 +123,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
 
+_shared: dict[object, object] = {}
+
+
+def _share(value: Any) -> Any:
+    """Equal frozen values share one instance (bounded): 100,000 backends mostly carry the
+    same conditions and listeners the same health check, which saves a tier's memory."""
+    if len(_shared) < 4096:
+        return _shared.setdefault(value, value)
+    return _shared.get(value, value)
+
+
+Shared = AfterValidator(_share)
+
+
 class StoredObject(_Model):
     """A top-level object of the desired state, stored under (kind, key)."""
 
@@ -294,8 +308,9 @@ class Route(_Model):
 
     A route matches on hosts (any of them; none: every host) and on either a path prefix
     or a gRPC service and optional method. Its backends are the Services its selector
-    picks on its target port; both default to the listener's. Routes are tried in order,
-    and a request no route matches goes to the listener's own backends.
+    picks on its target port, and its timeout bounds each request; all three default to
+    the listener's. Routes are tried in order, and a request no route matches goes to the
+    listener's own backends.
     """
 
     name: Name
@@ -305,6 +320,9 @@ class Route(_Model):
     grpc_method: Annotated[str, AfterValidator(_grpc_method)] | None = None
     selector: LabelSelector | None = None
     target_port: PortRef | None = None
+    timeout_s: int | None = Field(
+        default=None, ge=0, le=86400, description="0: no limit; none: the listener's"
+    )
 
     @field_validator("selector")
     @classmethod
@@ -343,8 +361,8 @@ class Listener(StoredObject):
     port: Port
     scheduler: Scheduler = Scheduler.RR
     forwarding: Forwarding = Forwarding.NAT
-    health_check: HealthCheck | None = Field(default_factory=HealthCheck)
-    persistence: Persistence = Field(default_factory=Persistence)
+    health_check: Annotated[HealthCheck | None, Shared] = HealthCheck()
+    persistence: Annotated[Persistence, Shared] = Persistence()
     idle_timeout_s: int = Field(default=900, ge=1, le=86400)
     request_timeout_s: int = Field(default=0, ge=0, le=86400, description="0: no limit")
     certificates: tuple[Name, ...] = ()
@@ -493,7 +511,7 @@ class Backend(_Model):
     weight: int = Field(default=1, ge=0, le=65535, description="0: drain, no new connections")
     node: str | None = Field(default=None, max_length=253)
     zone: str | None = Field(default=None, max_length=253)
-    conditions: Conditions = Field(default_factory=Conditions)
+    conditions: Annotated[Conditions, Shared] = Conditions()
 
 
 class ServicePort(_Model):

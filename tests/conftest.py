@@ -20,23 +20,9 @@ from cmi.devbed.kube import KubeAPI
 from cmi.devbed.redis import RedisServer
 from cmi.store import Store
 
-pytest_plugins = ["tests.labplugin"]
+pytest_plugins = ["tests.labplugin", "tests.golden"]
 
 _prefixes = itertools.count()
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--update-golden",
-        action="store_true",
-        help="rewrite golden files from the code's output, deleting stale ones",
-    )
-
-
-@pytest.fixture
-def update_golden(request: pytest.FixtureRequest) -> bool:
-    """True under --update-golden: tests write expected outputs instead of comparing."""
-    return bool(request.config.getoption("--update-golden"))
 
 
 @pytest.fixture(scope="session")

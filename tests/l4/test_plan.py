@@ -5,7 +5,6 @@ outputs and deletes stale files; review the diff like code."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,12 @@ from cmi.model import Service, StoredObject, load_document
 from cmi.resolve import resolve
 from cmi.store import Snapshot, Stored
 from l4.plan import Changed, node_group_of, plan
+from tests.golden import Golden
 
 TESTDATA = Path(__file__).parent / "testdata"
 CASES = sorted(p.name for p in TESTDATA.iterdir() if (p / "in.json").is_file())
 INPUT_FIELDS = {"node", "group", "revision", "documents"}
 DOCUMENT_FIELDS = {"schema", "kind", "spec"}
-OUTPUTS = {"in.json", "plan.json"}
 
 
 class GoldenInputError(ValueError):
@@ -42,36 +41,17 @@ def load_case(path: Path) -> tuple[str, str | None, Snapshot]:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_plan_matches_golden(case: str, update_golden: bool) -> None:
+def test_plan_matches_golden(case: str, golden: Golden) -> None:
     node, group, snapshot = load_case(TESTDATA / case / "in.json")
     state = resolve(snapshot)
     if group is None:
         groups = node_group_of(state, node)
         group = groups[0] if groups else None
-    got = plan(state, node, group).to_json()
-    golden = TESTDATA / case / "plan.json"
-    if update_golden:
-        golden.write_text(json.dumps(got, indent=2) + "\n")
-    assert golden.exists(), f"{golden} is missing: run pytest --update-golden"
-    assert got == json.loads(golden.read_text())
+    golden.check(TESTDATA / case, {"plan.json": plan(state, node, group).to_json()}, ("in.json",))
 
 
-def stale_files() -> list[Path]:
-    """Anything under testdata that is neither a case's input nor its expected output."""
-    stale = []
-    for entry in sorted(TESTDATA.iterdir()):
-        if not (entry / "in.json").is_file():
-            stale.append(entry)
-        else:
-            stale += [p for p in sorted(entry.iterdir()) if p.name not in OUTPUTS]
-    return stale
-
-
-def test_no_stale_golden_files(update_golden: bool) -> None:
-    if update_golden:
-        for path in stale_files():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    assert stale_files() == [], "stale golden files: pytest --update-golden deletes them"
+def test_every_case_directory_has_an_input() -> None:
+    assert [e.name for e in TESTDATA.iterdir() if not (e / "in.json").is_file()] == []
 
 
 def test_unknown_input_fields_are_rejected(tmp_path: Path) -> None:

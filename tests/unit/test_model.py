@@ -181,6 +181,7 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
         ("Listener", {"routes": [{"name": "a", "selector": {}}]}, ["routes.0.selector"]),
         ("Listener", {"routes": [{"name": "a", "target_port": 0}]}, ["routes.0.target_port"]),
         ("Listener", {"routes": [{"name": "a", "colour": "red"}]}, ["routes.0.colour"]),
+        ("Listener", {"routes": [{"name": "a", "timeout_s": -1}]}, ["routes.0.timeout_s"]),
         ("Listener", {"selector": None, "owner": {"kind": "Service", "name": "shop/cart"},
                       "routes": [{"name": "a", "selector": {"match_labels": {"a": "b"}}}]},
          ["routes.0.selector"]),

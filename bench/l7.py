@@ -1,0 +1,388 @@
+"""L7 benchmarks: the xDS server and real Envoys, figures written to bench/results/l7.json.
+
+    .venv/bin/python -m bench.l7 [--changes 120] [--skip NAME ...]
+
+- translation: the desired state of 1,000 and 10,000 Services (10 endpoints each, one
+  listener each, half HTTP and half GRPC, on 100 VIPs) -> every Envoy resource, packed
+  and hashed as served; the median of five cold runs, in process;
+- memory: `slb xds` serving those 10,000 Services from Redis: its resident set (VmRSS,
+  and the peak VmHWM) once it has published them;
+- change to live: a store write that adds a route -> the first successful request on it
+  through a real Envoy (Delta ADS), over --changes changes;
+- fan-out: one change -> every one of 20 real Envoys has ACKed it (their status reports
+  in Redis), over 20 changes;
+- the scenarios of tests 1, 2 and 9 (tests/l7/test_envoy_grpc.py): per-request balance of
+  3,000 calls on one connection, upstream connections for 500 client connections, and
+  5,000 streams in flight through one Envoy worker; beside the last, the same load
+  through an Envoy with default circuit breakers, for contrast.
+
+Needs root (VIPs and backends live on a dummy interface, or a port-less bridge).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import results_file  # noqa: E402
+from cmi.devbed.process import wait_until  # noqa: E402
+from cmi.devbed.redis import RedisServer  # noqa: E402
+from cmi.model import (  # noqa: E402
+    Backend,
+    Listener,
+    LoadBalancer,
+    Owner,
+    OwnerKind,
+    Protocol,
+    Service,
+    ServicePort,
+)
+from cmi.resolve import resolve  # noqa: E402
+from cmi.store import Put, Snapshot, Store, Stored  # noqa: E402
+from l7.cache import SnapshotCache  # noqa: E402
+from l7.server import gc_paused  # noqa: E402
+from tests.l7 import harness  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "l7.json"
+Metrics = dict[str, dict[str, Any]]
+
+
+def metric(value: float, unit: str, target: float | None = None) -> dict[str, Any]:
+    return {"value": round(value, 3), "unit": unit, "target": target}
+
+
+def log(message: str) -> None:
+    print(f"[bench.l7] {message}", file=sys.stderr, flush=True)
+
+
+# -- the desired state at scale -----------------------------------------------------------
+
+OPERATOR = Owner(kind=OwnerKind.OPERATOR, name="bench")
+
+
+def services_world(count: int, endpoints: int = 10) -> list[Any]:
+    """`count` Services with their own L7 listener (half HTTP, half GRPC) on count/100 VIPs."""
+    objects: list[Any] = []
+    for i in range(math.ceil(count / 100)):
+        vip = f"198.18.{100 + i // 250}.{i % 250 + 1}"
+        objects.append(LoadBalancer(name=f"lb{i}", vip=vip, owner=OPERATOR))  # type: ignore[arg-type]
+    for i in range(count):
+        backends = tuple(
+            Backend(address=f"198.19.{i // 250 % 256}.{i % 250 + 1}", port=8000 + j)  # type: ignore[arg-type]
+            for j in range(endpoints)
+        )
+        service = Service(
+            namespace="bench", name=f"svc{i}", labels={"app": f"svc{i}"},
+            load_balancer=f"lb{i // 100}", ports=(ServicePort(name="http", port=80),),
+            backends={"http": backends},
+        )  # fmt: skip
+        objects.append(service)
+        objects.append(
+            Listener(
+                name=f"svc{i}-http", load_balancer=f"lb{i // 100}",
+                protocol=Protocol.GRPC if i % 2 else Protocol.HTTP, port=10000 + i % 100,
+                target_port="http", owner=Owner(kind=OwnerKind.SERVICE, name=service.key),
+            )
+        )  # fmt: skip
+    return objects
+
+
+def snapshot_of(objects: list[Any]) -> Snapshot:
+    by_kind: dict[str, dict[str, Stored[Any]]] = {}
+    for obj in objects:
+        by_kind.setdefault(obj.kind, {})[obj.key] = Stored(obj, 1)
+    return Snapshot(1, by_kind)
+
+
+def bench_translation(metrics: Metrics, notes: dict[str, Any]) -> None:
+    for count, name in ((1_000, "xds_translate_1k_s"), (10_000, "xds_translate_10k_s")):
+        snapshot = snapshot_of(services_world(count))
+        resolve_s, translate_s = [], []
+        for _ in range(5):
+            with gc_paused():
+                started = time.perf_counter()
+                state = resolve(snapshot)
+                resolved = time.perf_counter()
+                groups = SnapshotCache().build(state, {})
+                done = time.perf_counter()
+            resolve_s.append(resolved - started)
+            translate_s.append(done - resolved)
+            del state, groups
+        target = 1.0 if count == 10_000 else None
+        metrics[name] = metric(statistics.median(translate_s), "s", target)
+        notes[f"resolve_{count}_s"] = round(statistics.median(resolve_s), 3)
+        notes[f"translate_{count}_runs_s"] = [round(x, 3) for x in translate_s]
+        log(f"translate {count}: {statistics.median(translate_s):.3f} s "
+            f"(resolve {statistics.median(resolve_s):.3f} s)")  # fmt: skip
+
+
+# -- the real thing -----------------------------------------------------------------------
+
+
+@contextmanager
+def real_bed(redis: RedisServer, net: harness.TestNet, prefix: str) -> Iterator[harness.Bed]:
+    directory = Path(tempfile.mkdtemp(prefix=f"bench-l7-{prefix}-"))
+    bed = harness.Bed(directory, net, redis.url, prefix)
+    try:
+        yield bed
+    finally:
+        bed.close()
+
+
+def store_for(redis: RedisServer, prefix: str) -> Store:
+    return Store(redis.client(), prefix=prefix)
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def bench_memory(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
+                 net: harness.TestNet) -> None:  # fmt: skip
+    store = store_for(redis, "bench-rss")
+    objects = services_world(10_000)
+    for i in range(0, len(objects), 2_000):
+        revision = store.apply([Put(o) for o in objects[i : i + 2_000]])
+    log(f"10,000 Services in Redis at revision {revision}")
+    with real_bed(redis, net, "bench-rss") as bed:
+        started = time.monotonic()
+        bed.xds.start()
+        wait_until(lambda: bed.xds.metric("openslb_xds_revision") >= revision, 300, "publish")
+        ready_s = time.monotonic() - started
+        time.sleep(2)
+        assert bed.xds.process is not None
+        rss, peak = rss_kib(bed.xds.process.pid)
+    metrics["xds_rss_10k_mb"] = metric(rss / 1024, "MiB", 300)
+    notes["xds_peak_rss_10k_mb"] = round(peak / 1024, 1)
+    notes["xds_cold_start_10k_s"] = round(ready_s, 2)
+    log(f"slb xds with 10,000 Services: RSS {rss / 1024:.0f} MiB (peak {peak / 1024:.0f}), "
+        f"serving after {ready_s:.1f} s")  # fmt: skip
+    store.redis.delete(*store.redis.keys(f"{store.prefix}:*"))
+
+
+def bench_change_to_live(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
+                         net: harness.TestNet, changes: int) -> None:  # fmt: skip
+    import http.client  # noqa: PLC0415
+
+    store = store_for(redis, "bench-live")
+    with real_bed(redis, net, "bench-live") as bed:
+        web = bed.backends(["w1", "w2"], first_host=151)
+        vip = net.address(31)
+        base = harness.listener("live", "HTTP", 8090, app="nothing", target_port="http")
+        store.apply([
+            Put(harness.load_balancer("lb", vip)),
+            Put(harness.service("web", [(b.address, b.http_port) for b in web], port_name="http")),
+            Put(base),
+        ])  # fmt: skip
+        bed.xds.start()
+        bed.envoy("live1")
+        conn = http.client.HTTPConnection(vip, 8090, timeout=5)
+
+        def status(path: str) -> int:
+            nonlocal conn
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                return response.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(vip, 8090, timeout=5)
+                return 0
+
+        assert status("/") == 503  # no route yet, and no backends by default
+        latencies = []
+        routes: list[dict[str, Any]] = []
+        for i in range(changes):
+            routes = [*routes[-4:], {"name": f"r{i}", "path_prefix": f"/r{i}/",
+                                     "selector": {"match_labels": {"app": "web"}}}]  # fmt: skip
+            updated = harness.listener(
+                "live", "HTTP", 8090, app="nothing", target_port="http", routes=routes
+            )
+            started = time.perf_counter()
+            store.put(updated)
+            deadline = started + 10
+            while status(f"/r{i}/x") != 200:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"route r{i} never went live")
+            latencies.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.05)
+        conn.close()
+    p50, p99 = statistics.median(latencies), results_file.percentile(latencies, 99)
+    metrics["xds_change_to_live_p50_ms"] = metric(p50, "ms")
+    metrics["xds_change_to_live_p99_ms"] = metric(p99, "ms", 200)
+    notes["change_to_live_max_ms"] = round(max(latencies), 1)
+    log(f"change to live over {changes}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+        f"max {max(latencies):.1f} ms")  # fmt: skip
+
+
+def bench_fanout(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
+                 net: harness.TestNet, *, envoys: int = 20, changes: int = 20) -> None:  # fmt: skip
+    store = store_for(redis, "bench-fanout")
+    with real_bed(redis, net, "bench-fanout") as bed:
+        web = bed.backends(["f1"], first_host=161)
+        vip = net.address(32)
+        store.apply([
+            Put(harness.load_balancer("lb", vip)),
+            Put(harness.service("web", [(web[0].address, web[0].http_port)], port_name="http")),
+            Put(harness.listener("web", "HTTP", 8091, target_port="http")),
+        ])  # fmt: skip
+        bed.xds.start()
+        nodes = [f"fan{i}" for i in range(envoys)]
+        for node in nodes:
+            bed.envoy(node)
+        harness.wait_programmed(store, nodes, store.revision(), timeout=60)
+        times = []
+        for i in range(changes):
+            backends = [(web[0].address, web[0].http_port), (f"198.18.250.{i + 1}", 8080)]
+            started = time.perf_counter()
+            revision = store.put(harness.service("web", backends, port_name="http"))
+            harness.wait_programmed(store, nodes, revision, timeout=30)
+            times.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.1)
+    metrics["xds_fanout_20_ms"] = metric(statistics.median(times), "ms", 500)
+    notes["fanout_20_max_ms"] = round(max(times), 1)
+    log(f"fan-out to {envoys} Envoys over {changes} changes: median "
+        f"{statistics.median(times):.1f} ms, max {max(times):.1f} ms")  # fmt: skip
+
+
+def grpc_bed(store: Store, bed: harness.Bed, host: int, max_streams: int = 0
+             ) -> tuple[str, list[harness.BackendServer]]:  # fmt: skip
+    backends = bed.backends(["b1", "b2", "b3"], first_host=171, max_streams=max_streams)
+    vip = bed.net.address(host)
+    store.apply([
+        Put(harness.load_balancer("lb", vip)),
+        Put(harness.service("echo", [(b.address, b.grpc_port) for b in backends])),
+        Put(harness.listener("echo", "GRPC", 50051)),
+    ])  # fmt: skip
+    return vip, backends
+
+
+def bench_grpc(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
+               net: harness.TestNet) -> None:  # fmt: skip
+    store = store_for(redis, "bench-grpc1")
+    with real_bed(redis, net, "bench-grpc1") as bed:
+        vip, backends = grpc_bed(store, bed, 33)
+        bed.xds.start()
+        bed.envoy("g1")
+        harness.wait_for_answer(f"{vip}:50051")
+        counts = harness.balance(f"{vip}:50051", 3000)
+        deviation = max(abs(counts[b.name] / 3000 * 100 - 100 / 3) for b in backends)
+        bed.l4_envoy((vip, 50052), backends)
+        l4_counts = harness.balance(f"{vip}:50052", 3000)
+    metrics["grpc_balance_max_dev_pts"] = metric(deviation, "pts", 5)
+    notes["balance_3000_calls"] = dict(counts)
+    notes["l4_proxy_3000_calls"] = dict(l4_counts)
+    log(f"balance: {dict(counts)} (max deviation {deviation:.2f} pts); "
+        f"through an L4 proxy: {dict(l4_counts)}")  # fmt: skip
+
+
+def bench_convergence(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
+                      net: harness.TestNet) -> None:  # fmt: skip
+    store = store_for(redis, "bench-grpc2")
+    with real_bed(redis, net, "bench-grpc2") as bed:
+        vip, _ = grpc_bed(store, bed, 34)
+        bed.xds.start()
+        envoy = bed.envoy("g2", concurrency=2)
+        harness.wait_for_answer(f"{vip}:50051")
+        sampler = harness.PeakSampler(
+            envoy, "cluster.echo.upstream_rq_active", "echo", interval=0.05
+        )
+        with sampler as peak2:
+            result = harness.load(f"{vip}:50051", connections=500, streams=1, rounds=6, pause_ms=20)
+        per_backend = harness.host_stats(envoy, "echo", "cx_total")
+        workers = harness.workers(envoy)
+    metrics["upstream_cx_per_backend_500"] = metric(max(per_backend.values()), "connections",
+                                                    workers)  # fmt: skip
+    metrics["envoy_workers"] = metric(workers, "workers")
+    notes["convergence_failed_calls"] = result.failed
+    notes["convergence_peak_in_flight_per_backend"] = peak2.hosts
+    log(f"500 client connections, {result.ok} calls ({result.failed} failed): upstream "
+        f"connections per backend {per_backend}, {workers} workers")  # fmt: skip
+
+
+def bench_streams(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
+                  net: harness.TestNet) -> None:  # fmt: skip
+    store = store_for(redis, "bench-grpc3")
+    with real_bed(redis, net, "bench-grpc3") as bed:
+        vip, backends = grpc_bed(store, bed, 35, max_streams=128)
+        bed.xds.start()
+        envoy = bed.envoy("g3", concurrency=1)
+        harness.wait_for_answer(f"{vip}:50051")
+        with harness.PeakSampler(envoy, "cluster.echo.upstream_rq_active", "echo") as peak:
+            result = harness.load(
+                f"{vip}:50051", connections=500, streams=10, rounds=2, hold_ms=6000
+            )
+        upstream = harness.host_stats(envoy, "echo", "cx_total")
+        contrast = bed.default_envoy((vip, 50053), backends)
+        harness.wait_for_answer(f"{vip}:50053")
+        defaults = harness.load(f"{vip}:50053", connections=500, streams=10, rounds=1, hold_ms=6000)
+        default_cx = harness.host_stats(contrast, "echo", "cx_total")
+    metrics["failed_calls_5000_streams"] = metric(result.failed, "calls", 0)
+    metrics["upstream_cx_5000_streams"] = metric(sum(upstream.values()), "connections")
+    notes["peak_upstream_rq_active_5000_streams"] = peak.value
+    notes["errors_5000_streams"] = dict(result.errors)
+    notes["upstream_cx_5000_streams_per_backend"] = upstream
+    notes["peak_in_flight_5000_streams_per_backend"] = peak.hosts
+    notes["default_breakers_failed_calls_5000_streams"] = defaults.failed
+    notes["default_breakers_calls_5000_streams"] = defaults.ok + defaults.failed
+    notes["default_breakers_upstream_cx"] = default_cx
+    log(f"5,000 streams through one worker: {result.ok} ok, {result.failed} failed, peak "
+        f"{peak.value} in flight, upstream connections {upstream}; with Envoy's default "
+        f"breakers: {defaults.failed} of {defaults.ok + defaults.failed} failed, "
+        f"upstream {default_cx}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--changes", type=int, default=120)
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["translate", "memory", "live", "fanout", "grpc"])  # fmt: skip
+    args = parser.parse_args()
+    metrics: Metrics = {}
+    notes: dict[str, Any] = {}
+    if "translate" not in args.skip:
+        bench_translation(metrics, notes)
+    net = harness.TestNet().create()
+    redis = RedisServer(Path(tempfile.mkdtemp(prefix="bench-l7-redis-"))).start()
+    try:
+        if "memory" not in args.skip:
+            bench_memory(metrics, notes, redis, net)
+        if "live" not in args.skip:
+            bench_change_to_live(metrics, notes, redis, net, args.changes)
+        if "fanout" not in args.skip:
+            bench_fanout(metrics, notes, redis, net)
+        if "grpc" not in args.skip:
+            bench_grpc(metrics, notes, redis, net)
+            bench_convergence(metrics, notes, redis, net)
+            bench_streams(metrics, notes, redis, net)
+    finally:
+        redis.stop()
+        net.delete()
+    notes["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if RESULTS.exists() and args.skip:  # a partial run keeps the other figures
+        previous = json.loads(RESULTS.read_text())
+        metrics = {**previous.get("metrics", {}), **metrics}
+        notes = {**previous.get("notes", {}), **notes}
+    path = results_file.write("l7", metrics, notes=notes)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The bootstrap of an Envoy in an LB node group: everything else comes over ADS.
+
+Delta ADS by default (only changes travel; after a reconnect Envoy tells the server what
+it holds); State of the World on request. The admin API listens on loopback only;
+Prometheus scrapes a separate stats listener that exposes nothing but
+`/stats/prometheus` and `/ready`. The overload manager caps downstream connections for
+the whole node, above the per-listener limit the translation sets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+XDS_CLUSTER = "openslb-xds"
+ADMIN_CLUSTER = "openslb-admin"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+TYPE = "type.googleapis.com/"
+
+
+def split_host_port(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{what}: expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _socket(address: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def _cluster(name: str, host: str, port: int, http2: bool) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, port)}}]}],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            HTTP_OPTIONS: {
+                "@type": TYPE + HTTP_OPTIONS,
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "15s", "timeout": "5s"}
+                    }
+                },
+            }
+        }
+        cluster["upstream_connection_options"] = {"tcp_keepalive": {}}
+    return cluster
+
+
+def _stats_listener(address: str, port: int) -> dict[str, Any]:
+    hcm = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    routes = [
+        {"match": {"path": path}, "route": {"cluster": ADMIN_CLUSTER}}
+        for path in ("/stats/prometheus", "/ready")
+    ]
+    return {
+        "name": "openslb-stats",
+        "address": _socket(address, port),
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": TYPE + hcm,
+                "stat_prefix": "openslb-stats",
+                "route_config": {"virtual_hosts": [{
+                    "name": "stats", "domains": ["*"], "routes": routes,
+                }]},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"
+                    },
+                }],
+            },
+        }]}],
+    }  # fmt: skip
+
+
+def bootstrap(
+    node_group: str,
+    node_id: str,
+    xds: str = "127.0.0.1:18000",
+    *,
+    delta: bool = True,
+    admin_port: int = 9901,
+    stats_address: str = "127.0.0.1",
+    stats_port: int | None = 9902,
+    max_connections: int = 100_000,
+) -> dict[str, Any]:
+    """An Envoy bootstrap (as a JSON-ready dict) for node `node_id` of group `node_group`."""
+    xds_host, xds_port = split_host_port(xds, "xds")
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    static: dict[str, Any] = {"clusters": [_cluster(XDS_CLUSTER, xds_host, xds_port, True)]}
+    if stats_port is not None:
+        static["clusters"].append(_cluster(ADMIN_CLUSTER, "127.0.0.1", admin_port, False))
+        static["listeners"] = [_stats_listener(stats_address, stats_port)]
+    monitor = "envoy.extensions.resource_monitors.downstream_connections.v3"
+    return {
+        "node": {"id": node_id, "cluster": node_group},
+        "admin": {"address": _socket("127.0.0.1", admin_port)},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "set_node_on_first_message_only": True,
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": static,
+        "overload_manager": {
+            "refresh_interval": "0.25s",
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": TYPE + monitor + ".DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": max_connections,
+                },
+            }],
+        },
+    }  # fmt: skip

@@ -1,0 +1,50 @@
+"""The L7 tier's Celery task: `openslb.l7.apply(revision, force=False)` on queue `l7`.
+
+`slb xds` follows the change stream itself and pushes each revision to every Envoy, so
+this task carries no configuration: it is the pipeline's check that the revision was
+taken up. It waits, bounded, until an xDS server has published `revision` or a newer one
+(retrying later if none is running or it is behind), then returns what every Envoy
+reports on the status board. `force` changes nothing at L7: an Envoy cannot drift from
+what it was sent, and one that restarts resyncs as soon as it reconnects.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import shared_task
+
+from cmi.celeryapp import L7_APPLY
+from cmi.status import StatusBoard
+from cmi.store import Store
+from l7.feed import published_revision
+
+WAIT_S = 30.0
+RETRY_S = 5
+
+
+def wait_published(store: Store, revision: int, timeout_s: float = WAIT_S) -> int:
+    """The newest published revision once it is `revision` or newer, or when time is up."""
+    deadline = time.monotonic() + timeout_s
+    while (published := published_revision(store)) < revision and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return published
+
+
+@shared_task(name=L7_APPLY, bind=True, max_retries=None)
+def apply(self: Any, revision: int, force: bool = False) -> dict[str, Any]:
+    settings = self.app.settings
+    store = Store.from_url(settings.redis.url, settings.redis.prefix)
+    published = wait_published(store, revision, WAIT_S)
+    if published < revision:
+        raise self.retry(countdown=RETRY_S)
+    envoys = StatusBoard(store).all("l7")
+    return {
+        "revision": revision,
+        "published": published,
+        "envoys": {
+            node: {"group": s.group, "revision": s.revision, "error": s.error}
+            for node, s in sorted(envoys.items())
+        },
+    }

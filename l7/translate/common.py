@@ -1,0 +1,81 @@
+"""Small pieces every resource kind shares: type URLs, names, the ADS config source."""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Address, IPv6Address
+
+from envoy.config.core.v3 import config_source_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+
+PREFIX = "type.googleapis.com/"
+LISTENER = PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE = PREFIX + "envoy.config.route.v3.RouteConfiguration"
+CLUSTER = PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+
+TYPES = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE)
+"""Every type the xDS server serves, in make-before-break order."""
+
+KIND_NAMES = {
+    LISTENER: "listeners",
+    ROUTE: "routes",
+    CLUSTER: "clusters",
+    ENDPOINT: "endpoints",
+    SECRET: "secrets",
+}
+
+
+def cluster_name(listener: str, route: str | None = None) -> str:
+    """A listener's own cluster is named after it; a route's is `listener/route`.
+
+    Both parts are DNS labels, so the '/' cannot be ambiguous.
+    """
+    return listener if route is None else f"{listener}/{route}"
+
+
+def ads() -> config_source_pb2.ConfigSource:
+    """Fetch over the same ADS stream (so ordering across types holds), API v3."""
+    source = config_source_pb2.ConfigSource(resource_api_version=config_source_pb2.V3)
+    source.ads.SetInParent()
+    return source
+
+
+def ip_text(address: IPv4Address | IPv6Address) -> str:
+    """`str(address)`, several times faster for IPv4 (100,000 backends at 10,000 Services)."""
+    if address.version == 4:
+        return socket.inet_ntoa(address.packed)
+    return str(address)
+
+
+def seconds(value: float) -> duration_pb2.Duration:
+    whole = int(value)
+    return duration_pb2.Duration(seconds=whole, nanos=round((value - whole) * 1e9))
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+VARINTS = [varint(n) for n in range(1 << 14)]
+"""Varints of 0..16383, looked up rather than computed on hot paths."""
+
+
+def wire(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (string, bytes or message) as it goes on the wire."""
+    size = len(payload)
+    return VARINTS[number << 3 | 2] + (VARINTS[size] if size < 1 << 14 else varint(size)) + payload
+
+
+def pack(message: Message) -> any_pb2.Any:
+    """Pack deterministically, so equal configuration gives equal bytes and equal hashes."""
+    packed = any_pb2.Any()
+    packed.Pack(message, deterministic=True)
+    return packed

@@ -1,0 +1,195 @@
+"""gRPC through a real Envoy programmed by `slb xds`: per-request balancing, connection
+folding, and the contrast with an L4 proxy."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import grpc
+import pytest
+
+from cmi.store import Put, Store
+from tests.l7.harness import (
+    ECHO,
+    RAW,
+    BackendServer,
+    Bed,
+    PeakSampler,
+    balance,
+    channel,
+    host_stats,
+    http_get,
+    listener,
+    load,
+    load_balancer,
+    service,
+    wait_for_answer,
+    workers,
+)
+
+
+def grpc_world(store: Store, bed: Bed, max_streams: int = 0) -> tuple[str, list[BackendServer]]:
+    """Three gRPC backends behind a GRPC listener on VIP:50051."""
+    backends = bed.backends(["b1", "b2", "b3"], max_streams=max_streams)
+    vip = bed.net.address(1)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("echo", [(b.address, b.grpc_port) for b in backends])),
+        Put(listener("echo", "GRPC", 50051, app="echo")),
+    ])  # fmt: skip
+    return vip, backends
+
+
+def test_one_connection_is_balanced_per_request_unlike_l4(store: Store, bed: Bed) -> None:
+    vip, backends = grpc_world(store, bed)
+    bed.xds.start()
+    bed.envoy("n1")
+    target = f"{vip}:50051"
+    wait_for_answer(target)
+    counts = balance(target, 3000)
+    assert sum(counts.values()) == 3000
+    assert set(counts) == {"b1", "b2", "b3"}
+    for name, n in counts.items():
+        assert abs(n / 3000 * 100 - 100 / 3) <= 5, (name, counts)
+
+    l4_target = (vip, 50052)
+    bed.l4_envoy(l4_target, backends)
+    l4_counts = balance(f"{vip}:50052", 3000)
+    assert len(l4_counts) == 1, l4_counts
+    assert sum(l4_counts.values()) == 3000
+
+
+def test_many_client_connections_fold_into_one_upstream_connection_per_worker(
+    store: Store, bed: Bed
+) -> None:
+    """500 clients, each calling now and then: one upstream connection per worker.
+
+    A worker opens another connection to a backend only when that backend has more than
+    100 of its calls in flight (the per-connection stream cap: the 5,000-stream test). On
+    a loaded machine one backend process can stall long enough to collect that many; the
+    sampled in-flight peaks tell such a run apart from a failure to fold.
+    """
+    vip, backends = grpc_world(store, bed)
+    bed.xds.start()
+    envoy = bed.envoy("n1", concurrency=2)
+    target = f"{vip}:50051"
+    wait_for_answer(target)
+    sampler = PeakSampler(envoy, "cluster.echo.upstream_rq_active", cluster="echo", interval=0.05)
+    with sampler as peak:
+        result = load(target, connections=500, streams=1, rounds=6, pause_ms=20)
+    assert result.failed == 0, result.errors
+    assert result.ok == 3000
+    per_backend = host_stats(envoy, "echo", "cx_total")
+    assert set(per_backend) == {b.grpc_target for b in backends}
+    workers_n = workers(envoy)
+    for host, n in per_backend.items():
+        allowed = workers_n * max(1, math.ceil(peak.hosts[host] / 100))
+        assert 1 <= n <= allowed, (per_backend, peak.hosts)
+    assert sum(per_backend.values()) < 10  # 500 client connections folded
+
+
+def test_5000_streams_in_flight_through_one_worker_all_succeed(store: Store, bed: Bed) -> None:
+    """Envoy's default circuit breakers (1,024 requests) would fail most of these calls.
+
+    The backends allow 128 concurrent streams per connection (nginx's default); Envoy opens
+    another upstream connection every 100 streams, so it never runs into their limit.
+    """
+    vip, _ = grpc_world(store, bed, max_streams=128)
+    bed.xds.start()
+    envoy = bed.envoy("n1", concurrency=1)
+    target = f"{vip}:50051"
+    wait_for_answer(target)
+    with PeakSampler(envoy, "cluster.echo.upstream_rq_active", cluster="echo") as peak:
+        result = load(target, connections=500, streams=10, rounds=2, hold_ms=6000)
+    assert result.failed == 0, result.errors
+    assert result.ok == 10_000
+    assert peak.value >= 4_750, peak.value  # (nearly) all 5,000 were in flight together
+    # Near (in flight at the backend) / 100 (the upstream stream limit) connections each;
+    # the in-flight peaks are sampled, and a burst can open a few more than they show.
+    per_backend = host_stats(envoy, "echo", "cx_total")
+    churn = {
+        k: v
+        for k, v in envoy.stats("cluster.echo.").items()
+        if v and ("destroy" in k or "protocol_error" in k or "reset" in k or "pending" in k)
+    }
+    for host, n in per_backend.items():
+        assert n <= 1.5 * math.ceil(peak.hosts[host] / 100) + 2, (per_backend, peak.hosts, churn)
+    assert 50 <= sum(per_backend.values()) <= 75, (per_backend, churn)
+
+
+def test_a_30_second_stream_and_a_30_second_silent_call_complete(store: Store, bed: Bed) -> None:
+    """No default timeout cuts long gRPC calls (Envoy's route default is 15 s)."""
+    vip, _ = grpc_world(store, bed)
+    bed.xds.start()
+    bed.envoy("n1")
+    target = f"{vip}:50051"
+    wait_for_answer(target)
+    with channel(target) as chan:
+        silent = chan.unary_unary(ECHO + "Hold", **RAW).future(b"30000", timeout=60)
+        started = time.monotonic()
+        messages = [m.decode() for m in chan.unary_stream(ECHO + "Stream", **RAW)(b"31,1000")]
+        assert time.monotonic() - started >= 30
+        assert len(messages) == 31
+        assert messages[-1].endswith(" 30")
+        assert silent.result(timeout=10).decode() in {"b1", "b2", "b3"}
+
+
+def test_active_health_checks_take_failing_backends_out(store: Store, bed: Bed) -> None:
+    b1, b2, b3 = bed.backends(["b1", "b2", "b3"], unhealthy=["b2"])
+    vip = bed.net.address(7)
+    fast = {"interval_s": 1, "timeout_s": 1, "healthy_threshold": 2, "unhealthy_threshold": 2}
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("echo", [(b.address, b.grpc_port) for b in (b1, b2, b3)])),
+        Put(service("web", [(b.address, b.http_port) for b in (b1, b2, b3)], port_name="http")),
+        Put(listener("echo", "GRPC", 50051, health_check={"type": "grpc", **fast})),
+        Put(listener("web", "HTTP", 8080, target_port="http",
+                     health_check={"type": "http", "path": "/healthz", **fast})),
+        Put(listener("tcp", "GRPC", 50052, app="echo", health_check={"type": "tcp", **fast})),
+    ])  # fmt: skip
+    bed.xds.start()
+    envoy = bed.envoy("n1")
+    wait_for_answer(f"{vip}:50051")
+    assert set(balance(f"{vip}:50051", 300)) == {"b1", "b3"}  # gRPC health: b2 NOT_SERVING
+    assert {http_get(vip, 8080, "shop.test")[1] for _ in range(30)} == {"b1", "b3"}
+    # A TCP check only sees that b2 accepts connections: it stays in.
+    assert set(balance(f"{vip}:50052", 300)) == {"b1", "b2", "b3"}
+    assert envoy.stats("cluster.echo.health_check.failure")["cluster.echo.health_check.failure"] > 0
+
+
+def test_tls_to_the_backends(store: Store, bed: Bed) -> None:
+    backends = bed.backends(["s1", "s2"], tls_port=50443)
+    vip = bed.net.address(8)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("secure", [(b.address, 50443) for b in backends])),
+        Put(listener("secure", "GRPC", 50051, backend_protocol="tls")),
+    ])  # fmt: skip
+    bed.xds.start()
+    envoy = bed.envoy("n1")
+    wait_for_answer(f"{vip}:50051")
+    assert set(balance(f"{vip}:50051", 100)) == {"s1", "s2"}
+    stats = envoy.stats("cluster.secure.ssl.handshake")
+    assert stats["cluster.secure.ssl.handshake"] >= 2
+
+
+def test_a_request_timeout_bounds_grpc_calls(store: Store, bed: Bed) -> None:
+    backends = bed.backends(["b1"])
+    vip = bed.net.address(10)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("echo", [(b.address, b.grpc_port) for b in backends])),
+        Put(listener("echo", "GRPC", 50051, request_timeout_s=2)),
+    ])  # fmt: skip
+    bed.xds.start()
+    bed.envoy("n1")
+    wait_for_answer(f"{vip}:50051")
+    with channel(f"{vip}:50051") as chan:
+        hold = chan.unary_unary(ECHO + "Hold", **RAW)
+        assert hold(b"500", timeout=30).decode() == "b1"
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            hold(b"5000")  # no deadline of its own: the listener's 2 s apply
+        assert 1.5 < time.monotonic() - started < 4.5
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED

@@ -1,0 +1,139 @@
+"""HTTPS through a real Envoy: SNI picks the certificate; a certificate Envoy rejects is
+NACKed, recorded, and leaves the last good one in force until a valid change arrives."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from cmi.model import Certificate
+from cmi.secrets import SecretStore
+from cmi.status import StatusBoard
+from cmi.store import Put, Store
+from tests.l7.harness import (
+    Bed,
+    der,
+    https_get,
+    listener,
+    load_balancer,
+    served_certificate,
+    service,
+    who,
+)
+from tests.l7.pki import Pair, key_pem, self_signed
+
+
+def certificate(name: str, pair: Pair, key_ref: str, store: Store) -> Certificate:
+    SecretStore(store).put_key(key_ref, pair.key_pem)
+    return Certificate(name=name, chain_pem=pair.chain_pem, key_ref=key_ref)
+
+
+def https_world(store: Store, bed: Bed, certs: list[Certificate]) -> tuple[str, int]:
+    backends = bed.backends(["web1", "web2"])
+    vip = bed.net.address(2)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("web", [(b.address, b.http_port) for b in backends], port_name="http")),
+        *(Put(c) for c in certs),
+        Put(listener("web", "HTTPS", 8443, app="web", target_port="http",
+                     certificates=[c.name for c in certs])),
+    ])  # fmt: skip
+    return vip, 8443
+
+
+def test_sni_picks_the_certificate_and_alpn_offers_h2(store: Store, bed: Bed) -> None:
+    a = self_signed("a.shop.test", "www.a.shop.test")
+    b = self_signed("b.shop.test", "*.b.shop.test")
+    vip, port = https_world(
+        store, bed,
+        [certificate("site-a", a, "site-a-1", store), certificate("site-b", b, "site-b-1", store)],
+    )  # fmt: skip
+    bed.xds.start()
+    bed.envoy("n1")
+    for sni, expected in [
+        ("a.shop.test", a), ("www.a.shop.test", a), ("b.shop.test", b),
+        ("api.b.shop.test", b), ("unknown.test", a), (None, a),
+    ]:  # fmt: skip
+        served, alpn = served_certificate(vip, port, sni)
+        assert served == der(expected.chain_pem), sni
+        assert alpn == "h2"
+    status, body = https_get(vip, port, "b.shop.test")
+    assert status == 200
+    assert body in {"web1", "web2"}
+
+
+def test_a_rejected_certificate_is_nacked_recorded_and_the_old_one_keeps_serving(
+    store: Store, bed: Bed
+) -> None:
+    good = self_signed("shop.test")
+    vip, port = https_world(store, bed, [certificate("shop", good, "shop-1", store)])
+    bed.xds.start()
+    bed.envoy("n1")
+    assert served_certificate(vip, port, "shop.test")[0] == der(good.chain_pem)
+    board = StatusBoard(store)
+
+    # A renewed certificate whose key does not match it: Envoy must reject it.
+    renewed = self_signed("shop.test")
+    SecretStore(store).put_key("shop-2-wrong", key_pem())
+    bad_revision = store.put(Certificate(name="shop", chain_pem=renewed.chain_pem,
+                                         key_ref="shop-2-wrong"))  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status = board.all("l7").get("n1")
+        if status is not None and status.error:
+            break
+        time.sleep(0.1)
+    assert status is not None
+    assert status.error is not None
+    assert status.error_revision == bad_revision
+    assert status.revision < bad_revision  # it still serves the last good revision
+    assert status.error.startswith("Secret: ")
+    assert "KEY_VALUES_MISMATCH" in status.error  # Envoy's own words
+    assert bed.xds.metric('openslb_xds_nacks_total{group="default",type="secrets"}') == 1
+    assert served_certificate(vip, port, "shop.test")[0] == der(good.chain_pem)
+    assert https_get(vip, port, "shop.test")[0] == 200
+
+    # Not re-sent in a loop: nothing more goes out while the desired state stays the same.
+    sent = bed.xds.metric('openslb_xds_responses_total{mode="delta",type="secrets"}')
+    time.sleep(3)
+    assert bed.xds.metric('openslb_xds_responses_total{mode="delta",type="secrets"}') == sent
+    assert bed.xds.metric("openslb_xds_nacks_total") == 1
+
+    # The next valid change applies, and the error clears.
+    SecretStore(store).put_key("shop-2", renewed.key_pem)
+    fixed = store.put(Certificate(name="shop", chain_pem=renewed.chain_pem, key_ref="shop-2"))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if served_certificate(vip, port, "shop.test")[0] == der(renewed.chain_pem):
+            break
+        time.sleep(0.1)
+    assert served_certificate(vip, port, "shop.test")[0] == der(renewed.chain_pem)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and board.all("l7")["n1"].revision < fixed:
+        time.sleep(0.1)
+    final = board.all("l7")["n1"]
+    assert final.revision == fixed
+    assert final.error is None
+
+
+def test_grpc_over_tls_h2_end_to_end(store: Store, bed: Bed) -> None:
+    """HTTPS listeners speak h2 (ALPN) downstream and gRPC passes through to h2c backends."""
+    pair = self_signed("grpc.shop.test")
+    backends = bed.backends(["g1", "g2"])
+    vip = bed.net.address(9)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("echo", [(b.address, b.grpc_port) for b in backends])),
+        Put(certificate("grpc", pair, "grpc-1", store)),
+        Put(listener("echo", "HTTPS", 443, backend_protocol="h2c", certificates=["grpc"],
+                     health_check={"type": "grpc"})),
+    ])  # fmt: skip
+    bed.xds.start()
+    bed.envoy("n1")
+    credentials = grpc.ssl_channel_credentials(root_certificates=pair.chain_pem.encode())
+    options = [("grpc.ssl_target_name_override", "grpc.shop.test")]
+    with grpc.secure_channel(f"{vip}:443", credentials, options=options) as chan:
+        grpc.channel_ready_future(chan).result(timeout=20)
+        answers = {who(chan) for _ in range(20)}
+    assert answers == {"g1", "g2"}

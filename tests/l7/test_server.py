@@ -1,0 +1,225 @@
+"""The xDS server in-process with real Redis and clients that speak ADS like Envoy."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from cmi.model import Certificate
+from cmi.secrets import SecretStore
+from cmi.status import StatusBoard
+from cmi.store import Put, Store
+from l7.server import XdsServer
+from l7.translate.common import CLUSTER, ENDPOINT, LISTENER
+from tests.l7.adsclient import AdsClient
+from tests.l7.harness import listener, load_balancer, service
+from tests.l7.pki import self_signed
+
+
+class ServerThread:
+    """An XdsServer on its own event loop in a thread, on a free loopback port."""
+
+    def __init__(self, store: Store) -> None:
+        self.server = XdsServer(store, bind="127.0.0.1:0", block_ms=100)
+        self._stopped: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        await self.server.start()
+        self._ready.set()
+        await self._stopped.wait()
+        await self.server.stop(grace=0.1)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        assert self._stopped is not None
+        self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the server did not stop"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def wait_revision(self, revision: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.server.hub.revision < revision:
+            assert time.monotonic() < deadline, "the server never published the revision"
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def server(store: Store) -> Iterator[ServerThread]:
+    with ServerThread(store) as running:
+        yield running
+
+
+def world(store: Store) -> int:
+    return store.apply([
+        Put(load_balancer("a", "198.18.0.1", group="blue")),
+        Put(load_balancer("b", "198.18.0.2", group="green")),
+        Put(service("svc-a", [("198.18.1.1", 80)], lb="a")),
+        Put(service("svc-b", [("198.18.1.2", 80)], lb="b")),
+        Put(listener("web-a", "HTTP", 80, lb="a", app="svc-a")),
+        Put(listener("web-b", "HTTP", 80, lb="b", app="svc-b")),
+    ])  # fmt: skip
+
+
+def names(response: Any) -> list[str]:
+    return sorted(r.name for r in response.resources)
+
+
+def test_each_node_group_gets_only_its_own_listeners(store: Store, server: ServerThread) -> None:
+    server.wait_revision(world(store))
+    blue = AdsClient(server.target, "n-blue", "blue")
+    green = AdsClient(server.target, "n-green", "green")
+    lonely = AdsClient(server.target, "n-none", "nobody")
+    try:
+        for client in (blue, green, lonely):
+            client.subscribe(CLUSTER)
+        assert names(blue.receive()) == ["web-a"]
+        assert names(green.receive()) == ["web-b"]
+        assert names(lonely.receive()) == []
+    finally:
+        for client in (blue, green, lonely):
+            client.close()
+
+
+def test_a_node_must_say_who_it_is(store: Store, server: ServerThread) -> None:
+    client = AdsClient(server.target, "n1", "")
+    try:
+        client.subscribe(CLUSTER)
+        with pytest.raises(AssertionError, match=r"node\.cluster"):
+            client.receive()
+        assert client.error is not None
+        assert client.error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+def test_a_nack_is_counted_reported_and_not_answered_with_a_resend(
+    store: Store, server: ServerThread, delta: bool
+) -> None:
+    revision = world(store)
+    server.wait_revision(revision)
+    client = AdsClient(server.target, "n1", "blue", delta=delta)
+    try:
+        client.subscribe(CLUSTER)
+        response = client.receive()
+        client.ack(response, nack="pretend the cluster is bad")
+        board = StatusBoard(store)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "n1" not in board.all("l7"):
+            time.sleep(0.01)
+        status = board.all("l7")["n1"]
+        assert status.error == "Cluster: pretend the cluster is bad"
+        assert status.error_revision == revision
+        assert status.group == "blue"
+        registry = server.server.metrics.registry
+        labels = {"group": "blue", "type": "clusters"}
+        assert registry.get_sample_value("openslb_xds_nacks_total", labels) == 1
+        with pytest.raises(queue.Empty):
+            client.receive(timeout=1)  # nothing is re-sent
+    finally:
+        client.close()
+
+
+def test_one_change_reaches_every_connected_client(store: Store, server: ServerThread) -> None:
+    server.wait_revision(world(store))
+    clients = [AdsClient(server.target, f"n{i}", "blue") for i in range(20)]
+    try:
+        for client in clients:
+            client.subscribe(CLUSTER)
+            client.subscribe(LISTENER)
+        for client in clients:
+            cds = client.receive()
+            client.subscribe(ENDPOINT, ["web-a"])
+            eds = client.receive()
+            client.ack(eds)
+            client.ack(cds)
+            client.ack(client.receive())  # listeners
+        revision = store.put(service("svc-a", [("198.18.1.1", 80), ("198.18.1.3", 80)], lb="a"))
+        for client in clients:
+            response = client.receive()
+            assert response.type_url == ENDPOINT
+            assert names(response) == ["web-a"]
+            assert response.system_version_info == str(revision)
+            client.ack(response)
+        board = StatusBoard(store)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            statuses = board.all("l7")
+            if all(statuses.get(f"n{i}") and statuses[f"n{i}"].revision == revision
+                   for i in range(20)):  # fmt: skip
+                break
+            time.sleep(0.02)
+        assert {s.revision for s in board.all("l7").values()} == {revision}
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_key_stored_after_its_certificate_is_picked_up(
+    store: Store, server: ServerThread
+) -> None:
+    pair = self_signed("late.shop.test")
+    revision = store.apply([
+        Put(load_balancer("a", "198.18.0.1", group="blue")),
+        Put(service("svc-a", [("198.18.1.1", 80)], lb="a")),
+        Put(Certificate(name="late", chain_pem=pair.chain_pem, key_ref="late-1")),
+        Put(listener("tls", "HTTPS", 443, lb="a", app="svc-a", certificates=["late"])),
+    ])  # fmt: skip
+    server.wait_revision(revision)
+    assert server.server.metrics.registry.get_sample_value("openslb_xds_problems") == 2
+    client = AdsClient(server.target, "n1", "blue")
+    try:
+        client.subscribe(CLUSTER)
+        first = client.receive()
+        assert names(first) == []  # an HTTPS listener without its key: not served
+        client.ack(first)
+        SecretStore(store).put_key("late-1", pair.key_pem)  # no store revision for keys
+        cds = client.receive(timeout=10)
+        assert names(cds) == ["tls"]
+    finally:
+        client.close()
+
+
+def test_an_envoy_that_disconnects_leaves_the_status_board(
+    store: Store, server: ServerThread
+) -> None:
+    server.wait_revision(world(store))
+    board = StatusBoard(store)
+    client = AdsClient(server.target, "n-gone", "blue")
+    client.subscribe(CLUSTER)
+    client.subscribe(LISTENER)
+    cds = client.receive()
+    client.subscribe(ENDPOINT, ["web-a"])
+    client.ack(client.receive())
+    client.ack(cds)
+    client.ack(client.receive())  # listeners
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "n-gone" not in board.all("l7"):
+        time.sleep(0.02)
+    assert "n-gone" in board.all("l7")
+    client.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "n-gone" in board.all("l7"):
+        time.sleep(0.02)
+    assert "n-gone" not in board.all("l7")  # cmi no longer waits for it
