@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 
-from cmi.celeryapp import L7_APPLY
+from cmi.celeryapp import L7_APPLY, settings_of
 from cmi.status import StatusBoard
 from cmi.store import Store
 from l7.feed import published_revision
@@ -33,8 +33,9 @@ def wait_published(store: Store, revision: int, timeout_s: float = WAIT_S) -> in
 
 
 @shared_task(name=L7_APPLY, bind=True, max_retries=None)
-def apply(self: Any, revision: int, force: bool = False) -> dict[str, Any]:
-    settings = self.app.settings
+def apply(self: Task[Any, Any], revision: int, force: bool = False) -> dict[str, Any]:
+    """Return once an xDS server has published `revision`; retry later if none has."""
+    settings = settings_of(self.app)
     store = Store.from_url(settings.redis.url, settings.redis.prefix)
     published = wait_published(store, revision, WAIT_S)
     if published < revision:
