@@ -150,13 +150,15 @@ def worker_cmd(
 
 @main.group("dev")
 def dev_group() -> None:
-    """The local platform: real Redis, kube-apiserver and Envoy on loopback."""
+    """The local platform: every component on loopback, the lab VM as an LB node."""
 
 
 def _platform(settings: config.Settings) -> Any:
     from cmi.devbed.platform import DevPlatform  # noqa: PLC0415 - only dev commands need it
 
-    return DevPlatform(Path(settings.dev.state_dir))
+    dev = settings.dev
+    return DevPlatform(Path(dev.state_dir), vip_cidr=dev.vip_cidr, sample_cidr=dev.sample_cidr,
+                       lab=dev.lab)  # fmt: skip
 
 
 def _progress(message: str) -> None:
@@ -170,7 +172,15 @@ def dev_up(settings: config.Settings) -> None:
     platform = _platform(settings)
     click.echo(f"openslb dev platform, state in {platform.state_dir}", err=True)
     platform.up(_progress)
+    report = platform.show_traffic(_progress)
     _print_status(platform)
+    click.echo("")
+    for line in report:
+        click.echo(line)
+    click.echo("")
+    click.echo(f"Console:          {platform.components()['console'].address} "
+               f"(user admin, password in {platform.console_password_file})")  # fmt: skip
+    click.echo(f"kubectl:          KUBECONFIG={platform.admin_kubeconfig} kubectl -n demo get svc")
     click.echo(f"Point slb at it:  export OPENSLB_CONFIG={platform.config_file}")
     click.echo("Stop it with:     slb dev down   (or make demo-down)")
 

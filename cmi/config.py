@@ -115,6 +115,13 @@ class DevSettings:
     state_dir: str = setting(
         ".state/dev", "Where `slb dev up` keeps the local platform's state and logs"
     )
+    vip_cidr: str = setting(
+        "198.18.200.0/24", "The local platform's VIP pool, made local on the host's loopback"
+    )
+    sample_cidr: str = setting(
+        "198.18.201.0/24", "Where the local platform's gRPC sample backends listen"
+    )
+    lab: bool = setting(True, "Start the lab VM as LB node lb1 (IPVS), serving node group lab")
 
 
 @dataclass(frozen=True)

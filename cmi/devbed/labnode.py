@@ -154,6 +154,11 @@ class LabNode:
         return GUEST_ADDRESS
 
     @property
+    def pod_addresses(self) -> list[str]:
+        """Where the sample TCP pods listen, inside the VM."""
+        return [f"{pod_address(i)}:{POD_PORT}" for i in range(1, self.pods + 1)]
+
+    @property
     def console_log(self) -> Path:
         return self.state_dir / "console.log"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cmi.devbed.pki import key_pem
 from cmi.secrets import SecretError, SecretStore
 from cmi.store import Store
-from tests.l7.pki import key_pem
 
 
 def test_keys_are_stored_once_per_ref_apart_from_the_desired_state(store: Store) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 
 from cmi.devbed.envoy import EnvoyProxy
-from cmi.devbed.process import Process, free_port, wait_until
+from cmi.devbed.process import Process, connects, free_port, wait_until
 from cmi.model import (
     Backend,
     LoadBalancer,
@@ -165,12 +165,6 @@ class BackendServer:
         self.process.stop(timeout=timeout)
 
 
-def _connects(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-        return True
-    return False
-
-
 class XdsProcess:
     """`slb xds` as its own process, as it runs on a control node."""
 
@@ -271,7 +265,7 @@ class Bed:
             process.start()
         for server in servers:
             wait_until(
-                lambda s=server: s.process.check_alive() and _connects(s.address, s.grpc_port),  # type: ignore[misc]
+                lambda s=server: s.process.check_alive() and connects(s.address, s.grpc_port),  # type: ignore[misc]
                 30,
                 f"backend {server.name}",
             )

@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+from cmi.devbed.pki import self_signed
 from cmi.devbed.process import wait_until
 from cmi.model import Backend, Certificate, Conditions, Service
 from cmi.secrets import SecretStore
@@ -29,7 +30,6 @@ from tests.l7.harness import (
     wait_programmed,
     who,
 )
-from tests.l7.pki import self_signed
 
 
 def echo_service(backends: list[BackendServer], draining: tuple[str, ...] = ()) -> Service:

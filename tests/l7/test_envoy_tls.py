@@ -7,6 +7,7 @@ import time
 
 import grpc
 
+from cmi.devbed.pki import Pair, key_pem, self_signed
 from cmi.model import Certificate
 from cmi.secrets import SecretStore
 from cmi.status import StatusBoard
@@ -21,7 +22,6 @@ from tests.l7.harness import (
     service,
     who,
 )
-from tests.l7.pki import Pair, key_pem, self_signed
 
 
 def certificate(name: str, pair: Pair, key_ref: str, store: Store) -> Certificate:

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from cmi.devbed.pki import self_signed
 from cmi.model import Certificate
 from cmi.secrets import SecretStore
 from cmi.status import StatusBoard
@@ -20,7 +21,6 @@ from l7.server import XdsServer
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER
 from tests.l7.adsclient import AdsClient
 from tests.l7.harness import listener, load_balancer, service
-from tests.l7.pki import self_signed
 
 
 class ServerThread:

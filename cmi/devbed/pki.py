@@ -1,4 +1,4 @@
-"""Throwaway certificates and keys for TLS tests, made on the spot."""
+"""Throwaway certificates and keys (TLS tests, the demo's TLS samples), made on the spot."""
 
 from __future__ import annotations
 
