@@ -33,16 +33,18 @@ class SampleApp:
     endpoints: Sequence[str]  # addresses
     app_protocol: str | None = None
     node_group: str | None = None
+    expose: str | None = "true"  # the label's value; None: not exposed (yet)
 
     def manifests(self) -> list[dict[str, Any]]:
         annotations = {"openslb.io/node-group": self.node_group} if self.node_group else {}
+        labels = {"app": self.name, **({EXPOSE_LABEL: self.expose} if self.expose else {})}
         port: dict[str, Any] = {"name": "main", "port": self.port, "protocol": "TCP"}
         if self.app_protocol:
             port["appProtocol"] = self.app_protocol
         service = {
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": self.name, "namespace": NAMESPACE,
-                         "labels": {EXPOSE_LABEL: "true"}, "annotations": annotations},
+                         "labels": labels, "annotations": annotations},
             # No selector: the slice below says where the pods are. Type LoadBalancer, as
             # for a cloud LB: only such a Service carries status.loadBalancer.ingress.
             "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": False,
@@ -91,6 +93,15 @@ def _path(body: dict[str, Any]) -> str:
     base = "/api/v1" if body["apiVersion"] == "v1" else f"/apis/{body['apiVersion']}"
     scope = f"/namespaces/{namespace}" if namespace else ""
     return f"{base}{scope}/{plural[body['kind']]}/{name}"
+
+
+def label(kube: KubeClient, name: str, expose: str | None) -> None:
+    """Set (or with None, remove) a Service's `openslb.io/expose` label."""
+    kube.request(
+        "PATCH", f"/api/v1/namespaces/{NAMESPACE}/services/{name}",
+        body={"metadata": {"labels": {EXPOSE_LABEL: expose}}},
+        content_type="application/merge-patch+json",
+    )  # fmt: skip
 
 
 def exposure(kube: KubeClient, name: str) -> Exposure:

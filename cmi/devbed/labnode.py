@@ -98,30 +98,42 @@ def guest_main(node: str, pods: int) -> None:
             time.sleep(0.5)
     client.set(keys["ready"], json.dumps({"pods": pods, "at": time.time()}))
     while True:
-        popped = client.blpop([keys["tcp"], keys["exec"]], timeout=2)
-        if popped is None:
-            continue
-        queue, raw = popped
-        probe = json.loads(raw)
-        result = _tcp_probe(probe) if queue.decode() == keys["tcp"] else _exec_probe(probe)
-        client.set(keys["result"] + probe["id"], json.dumps(result), ex=600)
+        try:
+            popped = client.blpop([keys["tcp"], keys["exec"]], timeout=2)
+            if popped is None:
+                continue
+            queue, raw = popped
+            probe = json.loads(raw)
+            result = _tcp_probe(probe) if queue.decode() == keys["tcp"] else _exec_probe(probe)
+            client.set(keys["result"] + probe["id"], json.dumps(result), ex=600)
+        except redis.ConnectionError:  # Redis restarts: wait for it, as the worker does
+            time.sleep(1)
 
 
 def _tcp_probe(probe: dict[str, Any]) -> dict[str, Any]:
     """From the client namespace: connect, read the greeting line, close; `count` times.
 
+    With `until_s`, the first attempt is repeated until it is answered or that many
+    seconds pass (how the benchmark sees the first connection through a new VIP).
     busybox nc, not Python: under emulation a Python start costs seconds per probe.
     """
     host, _, port = probe["target"].rpartition(":")
-    answers = []
+    deadline = time.monotonic() + float(probe.get("until_s", 0))
+    answers: list[str] = []
+    attempts = 0
     for _ in range(int(probe.get("count", 1))):
-        done = subprocess.run(
-            ["ip", "netns", "exec", "client", "busybox", "nc", "-w", "2", host, port],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
-        line = done.stdout.splitlines()[0].strip() if done.stdout.strip() else ""
+        while True:
+            attempts += 1
+            done = subprocess.run(
+                ["ip", "netns", "exec", "client", "busybox", "nc", "-w", "2", host, port],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10,
+                check=False,
+            )  # fmt: skip
+            line = done.stdout.splitlines()[0].strip() if done.stdout.strip() else ""
+            if line or answers or time.monotonic() > deadline:
+                break
         answers.append(line or f"error: {done.stderr.strip() or 'no answer'}")
-    return {"answers": answers}
+    return {"answers": answers, "attempts": attempts}
 
 
 def _exec_probe(probe: dict[str, Any]) -> dict[str, Any]:
@@ -189,10 +201,13 @@ class LabNode:
             self.qemu.kill()
             self.qemu.wait()
 
-    def _ask(self, queue: str, probe: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _send(self, queue: str, probe: dict[str, Any]) -> str:
         probe_id = uuid.uuid4().hex
         self.redis.rpush(self.keys[queue], json.dumps({**probe, "id": probe_id}))
-        key = self.keys["result"] + probe_id
+        return probe_id
+
+    def _ask(self, queue: str, probe: dict[str, Any], timeout: float) -> dict[str, Any]:
+        key = self.keys["result"] + self._send(queue, probe)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             raw = self.redis.get(key)
@@ -204,12 +219,25 @@ class LabNode:
             f"lab node {self.node} did not answer a {queue} probe in {timeout:.0f} s"
         )
 
-    def tcp(self, target: str, count: int = 1, timeout: float = 60.0) -> list[str]:
-        """Connect `count` times from the client namespace; who answered, or the error."""
-        answers: list[str] = self._ask("tcp", {"target": target, "count": count}, timeout)[
-            "answers"
-        ]
+    def tcp(
+        self, target: str, count: int = 1, timeout: float = 60.0, until_s: float = 0.0
+    ) -> list[str]:
+        """Connect `count` times from the client namespace; who answered, or the error.
+
+        `until_s`: keep trying the first connection until it is answered, that long.
+        """
+        probe = {"target": target, "count": count, "until_s": until_s}
+        answers: list[str] = self._ask("tcp", probe, max(timeout, until_s + 30))["answers"]
         return answers
+
+    def ask_tcp(self, target: str, until_s: float) -> str:
+        """Send a probe that retries until answered; `answer(id)` collects it later."""
+        return self._send("tcp", {"target": target, "count": 1, "until_s": until_s})
+
+    def answer(self, probe_id: str) -> list[str] | None:
+        """The answers of a probe sent with `ask_tcp`, or None while it runs."""
+        raw = self.redis.get(self.keys["result"] + probe_id)
+        return None if raw is None else list(json.loads(raw)["answers"])
 
     def run(self, command: str, timeout: float = 60.0) -> dict[str, Any]:
         """Run a shell command as root in the guest's root namespace."""

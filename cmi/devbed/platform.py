@@ -92,10 +92,12 @@ class DevPlatform:
         vip_cidr: str = "198.18.200.0/24",
         sample_cidr: str = "198.18.201.0/24",
         lab: bool = True,
+        tuning: dict[str, dict[str, str | int | bool]] | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.state_file = self.state_dir / "state.json"
         self.vip_cidr, self.sample_cidr, self.lab = vip_cidr, sample_cidr, lab
+        self.tuning = tuning or {}  # settings over the platform's own, e.g. for tests
 
     # -- recorded state -------------------------------------------------------------------
 
@@ -236,6 +238,13 @@ class DevPlatform:
         )
         return answers, "gRPC through Envoy, 6 calls on one HTTP/2 connection"
 
+    def restart_redis(self) -> None:
+        """Stop Redis and start it again on its port and files: it replays its AOF."""
+        components = self.components()
+        _terminate(components["redis"].pids)
+        components["redis"] = self._start_redis()
+        self._save(components)
+
     def down(self, progress: Progress) -> None:
         self._stop_all(self.components(), progress)
         self._routes(add=False)
@@ -299,18 +308,26 @@ class DevPlatform:
 
     def _write_config(self, cmi_kubeconfig: Path) -> None:
         ports = self.ports()
+        tables: dict[str, dict[str, str | int | bool]] = {
+            "redis": {"url": self.redis_url, "prefix": PREFIX},
+            "kube": {"kubeconfig": str(cmi_kubeconfig)},
+            "cmi": {"pool_cidrs": self.vip_cidr, "release_grace_s": 5, "lease_duration_s": 6,
+                    "renew_deadline_s": 4, "retry_period_s": 1},
+            "xds": {"bind": f"127.0.0.1:{ports['xds']}",
+                    "metrics_bind": f"127.0.0.1:{ports['xds_metrics']}"},
+            "console": {"bind": f"127.0.0.1:{ports['console']}",
+                        "secret_key_file": str(self.state_dir / "console-secret-key")},
+            "dev": {"state_dir": str(self.state_dir), "vip_cidr": self.vip_cidr,
+                    "sample_cidr": self.sample_cidr, "lab": self.lab},
+            "l4": {"metrics_listen": ""},
+        }  # fmt: skip
+        for table, values in self.tuning.items():
+            tables.setdefault(table, {}).update(values)
         self.config_file.write_text(
-            f'[redis]\nurl = "{self.redis_url}"\nprefix = "{PREFIX}"\n\n'
-            f'[kube]\nkubeconfig = "{cmi_kubeconfig}"\n\n'
-            f'[cmi]\npool_cidrs = "{self.vip_cidr}"\nrelease_grace_s = 5\n'
-            "lease_duration_s = 6\nrenew_deadline_s = 4\nretry_period_s = 1\n\n"
-            f'[xds]\nbind = "127.0.0.1:{ports["xds"]}"\n'
-            f'metrics_bind = "127.0.0.1:{ports["xds_metrics"]}"\n\n'
-            f'[console]\nbind = "127.0.0.1:{ports["console"]}"\n'
-            f'secret_key_file = "{self.state_dir / "console-secret-key"}"\n\n'
-            f'[dev]\nstate_dir = "{self.state_dir}"\nvip_cidr = "{self.vip_cidr}"\n'
-            f'sample_cidr = "{self.sample_cidr}"\nlab = {str(self.lab).lower()}\n\n'
-            '[l4]\nmetrics_listen = ""\n'
+            "\n".join(
+                f"[{table}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+                for table, values in tables.items()
+            )
         )
 
     def _start_samples(self) -> Component:

@@ -58,6 +58,16 @@ RAW: dict[str, Any] = {"request_serializer": None, "response_deserializer": None
 # -- addresses ----------------------------------------------------------------------------
 
 
+def free_octet() -> int:
+    """An N whose 198.19.N.0/24 no address or route on this host uses yet."""
+    taken = "".join(
+        subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        for cmd in (["ip", "-o", "addr"], ["ip", "route", "show", "table", "all"])
+    )
+    used = {int(m) for m in re.findall(r"198\.19\.(\d+)\.", taken)}
+    return random.choice([n for n in range(100, 250) if n not in used])  # noqa: S311
+
+
 class TestNet:
     """A dummy interface holding this session's VIPs and backend addresses.
 
@@ -69,17 +79,8 @@ class TestNet:
 
     def __init__(self) -> None:
         self.name = f"slb7t{os.getpid() % 100000}"[:15]
-        self.octet = self._free_octet()
+        self.octet = free_octet()
         self.added: set[str] = set()
-
-    @staticmethod
-    def _free_octet() -> int:
-        taken = "".join(
-            subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            for cmd in (["ip", "-o", "addr"], ["ip", "route", "show", "table", "all"])
-        )
-        used = {int(m) for m in re.findall(r"198\.19\.(\d+)\.", taken)}
-        return random.choice([n for n in range(100, 250) if n not in used])  # noqa: S311
 
     def create(self) -> TestNet:
         for kind in ("dummy", "bridge"):

@@ -1,0 +1,202 @@
+"""Label -> first successful call, through the whole platform as `slb dev up` runs it.
+
+Each trial creates a selector-less Service with its EndpointSlice, unlabelled, then sets
+`openslb.io/expose` and times how long until a client first gets an answer through the
+VIP. The trial Services share an operator's instance with a fixed VIP (the label names
+it), so the client knows where to call before the status says so; each trial has a port
+of its own. Everything in between is real: the API server's watch, cmi's hold-off and
+Redis write, the Celery hand-off, the xDS push to Envoy or the l4 agent's netlink apply in
+the lab VM.
+
+- L7: a new channel per attempt (no reconnect backoff), `Who` with a 0.25 s deadline,
+  every 5 ms, from the host to the Envoy of node group `default`.
+- L4: the client in the VM's client namespace retries `nc` until answered (busybox, no
+  Python start per attempt); the host sees the answer through Redis (polled every 5 ms).
+  The VM is emulated (TCG), so these figures are an upper bound for a real LB node.
+- Then the L7 trials again with `--others` (1,000) more exposed gRPC Services, each with
+  its own VIP and Envoy listener.
+- And a burst: 1,000 revisions in a row for node lb1; how many applies it costs.
+
+    .venv/bin/python -m bench.pipeline [--trials 50] [--others 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+
+from bench import results_file
+from cmi.devbed import demo
+from cmi.devbed.platform import LAB_GROUP, DevPlatform
+from cmi.devbed.process import wait_until
+from cmi.model import parse
+from cmi.status import StatusBoard
+from tests.e2e import scenarios
+
+VIP_CIDR, SAMPLE_CIDR = "198.18.32.0/20", "198.18.48.0/24"
+OWNER = {"kind": "Operator", "name": "bench"}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def first_grpc_answer(target: str, timeout: float = 30.0) -> float:
+    """Monotonic time of the first successful `Who` call to `target`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            demo.grpc_who(target, 1, timeout=0.25)
+            return time.monotonic()
+        except grpc.RpcError:
+            time.sleep(0.005)
+    raise TimeoutError(f"{target} did not answer in {timeout:.0f} s")
+
+
+def trials(
+    platform: DevPlatform, kind: str, count: int, first_port: int, progress: str
+) -> list[float]:
+    """`count` label -> first answer latencies (ms) for new Services on instance bench-KIND."""
+    kube = platform.kube()
+    grpc_app = platform.apps()[0]
+    tcp_app = platform.apps()[1]
+    vip = _fixed_vip(platform, kind)
+    latencies = []
+    node = platform.lab_node()
+    for i in range(count):
+        port = first_port + i
+        base = grpc_app if kind == "l7" else tcp_app
+        app = replace(base, name=f"{progress}-{i}", port=port, expose=None, node_group=None)
+        demo.apply(kube, [app])
+        target = f"{vip}:{port}"
+        if kind == "l7":
+            began = time.monotonic()
+            demo.label(kube, app.name, f"bench-{kind}")
+            answered = first_grpc_answer(target)
+        else:
+            probe = node.ask_tcp(target, until_s=30)
+            time.sleep(0.05)  # the guest has taken the probe and is trying
+            began = time.monotonic()
+            demo.label(kube, app.name, f"bench-{kind}")
+            answered = _wait_answer(node.answer, probe)
+        latencies.append((answered - began) * 1000)
+        if (i + 1) % 10 == 0:
+            log(f"  {progress}: {i + 1}/{count}, median so far "
+                f"{results_file.median(latencies):.0f} ms")  # fmt: skip
+    return latencies
+
+
+def _wait_answer(
+    answer: Callable[[str], list[str] | None], probe: str, timeout: float = 60.0
+) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = answer(probe)
+        if got is not None:
+            if got[0].startswith("error"):
+                raise RuntimeError(f"the VM's client got no answer: {got}")
+            return time.monotonic()
+        time.sleep(0.005)
+    raise TimeoutError("no answer from the lab VM")
+
+
+def _fixed_vip(platform: DevPlatform, kind: str) -> str:
+    """bench-l7 and bench-l4 live on the samples' network, made local like the pool."""
+    network = ipaddress.ip_network(platform.sample_cidr)
+    return str(network.network_address + (200 if kind == "l7" else 201))
+
+
+def create_instances(platform: DevPlatform) -> None:
+    store = platform.store()
+    for kind, group in (("l7", "default"), ("l4", LAB_GROUP)):
+        store.put(parse("LoadBalancer", {"name": f"bench-{kind}", "vip": _fixed_vip(platform, kind),
+                                         "node_group": group, "owner": OWNER}))  # fmt: skip
+
+
+def expose_others(platform: DevPlatform, count: int) -> None:
+    """`count` more gRPC Services, each exposed with its own VIP; wait until Envoy serves all."""
+    kube = platform.kube()
+    base = platform.apps()[0]
+    began = time.monotonic()
+    for i in range(count):
+        demo.apply(kube, [replace(base, name=f"other-{i}")])
+        if (i + 1) % 200 == 0:
+            log(f"  others: {i + 1}/{count} created")
+    store = platform.store()
+
+    def all_served() -> bool:
+        listeners = store.snapshot(["Listener"]).objects.get("Listener", {})
+        others = sum(1 for key in listeners if "other-" in key)
+        envoys = StatusBoard(store).all("l7")
+        return others >= count and all(s.revision >= store.revision() for s in envoys.values())
+
+    wait_until(all_served, 600, f"{count} other Services on Envoy", interval=1.0)
+    log(f"  others: {count} exposed and on Envoy in {time.monotonic() - began:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--others", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="openslb-bench-") as tmp:
+        platform = DevPlatform(Path(tmp) / "platform", vip_cidr=VIP_CIDR, sample_cidr=SAMPLE_CIDR)
+        try:
+            log("bringing the platform up (with the lab VM)")
+            platform.up(lambda m: log(f"  {m}"))
+            platform.show_traffic(lambda m: log(f"  {m}"))
+            create_instances(platform)
+            log(f"label -> first call, L7, {args.trials} trials")
+            l7 = trials(platform, "l7", args.trials, 51000, "l7")
+            log(f"label -> first connection, L4 (lab VM), {args.trials} trials")
+            l4 = trials(platform, "l4", args.trials, 31000, "l4")
+            log(f"burst: 1,000 revisions for {LAB_GROUP}")
+            burst = scenarios.burst_of_revisions(platform, 1000)
+            scenarios.remove_burst(platform)
+            log(f"  {burst.applies} applies, lb1 at the last revision after {burst.seconds:.1f} s")
+            log(f"{args.others} other exposed Services")
+            expose_others(platform, args.others)
+            log(f"label -> first call, L7 with {args.others} others, {args.trials} trials")
+            l7_crowd = trials(platform, "l7", args.trials, 52000, "l7crowd")
+        finally:
+            platform.down(lambda m: None)
+    figures = {
+        "label_to_l7_p50_ms": (results_file.median(l7), 1000.0),
+        "label_to_l7_p99_ms": (results_file.percentile(l7, 99), 1000.0),
+        "label_to_l4_p50_ms": (results_file.median(l4), 2000.0),
+        "label_to_l4_p99_ms": (results_file.percentile(l4, 99), 2000.0),
+        "label_to_l7_p50_ms_with_1000": (results_file.median(l7_crowd), 2000.0),
+        "label_to_l7_p99_ms_with_1000": (results_file.percentile(l7_crowd, 99), 2000.0),
+    }
+    metrics = {
+        name: {"value": round(value, 1), "unit": "ms", "target": target}
+        for name, (value, target) in figures.items()
+    }
+    metrics["burst_1000_applies"] = {"value": burst.applies, "unit": "applies", "target": 50}
+    for name, metric in metrics.items():
+        log(f"{name}: {metric['value']} {metric['unit']} (target {metric['target']})")
+    path = results_file.write(
+        "pipeline",
+        metrics,
+        setup={
+            "trials": args.trials,
+            "others": args.others,
+            "burst_seconds_to_last_revision": round(burst.seconds, 1),
+            "l7_ms": [round(v, 1) for v in l7],
+            "l4_ms": [round(v, 1) for v in l4],
+            "l7_with_others_ms": [round(v, 1) for v in l7_crowd],
+        },
+    )
+    log(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
