@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from cmi import config
 from cmi.config import Settings
 
 TASK_MODULES = ("cmi.tasks", "l4.tasks", "l7.tasks")
@@ -72,3 +73,11 @@ def settings_of(app: Celery) -> Settings:
     settings = app.conf.openslb_settings
     assert isinstance(settings, Settings)
     return settings
+
+
+def __getattr__(name: str) -> Celery:
+    """`celery -A cmi.celeryapp:app flower` (or `inspect`, `events`): the app made from
+    the settings in force ($OPENSLB_CONFIG), so its broker and key prefix are openslb's."""
+    if name == "app":
+        return make_app(config.load(), include_tasks=False)
+    raise AttributeError(name)
