@@ -74,7 +74,8 @@ def trials(
     for i in range(count):
         port = first_port + i
         base = grpc_app if kind == "l7" else tcp_app
-        app = replace(base, name=f"{progress}-{i}", port=port, expose=None, node_group=None)
+        app = replace(base, name=f"{progress}-{i}", port=port, target_port=base.port,
+                      expose=None, node_group=None)  # fmt: skip
         demo.apply(kube, [app])
         target = f"{vip}:{port}"
         if kind == "l7":

@@ -34,6 +34,7 @@ class SampleApp:
     app_protocol: str | None = None
     node_group: str | None = None
     expose: str | None = "true"  # the label's value; None: not exposed (yet)
+    target_port: int | None = None  # where the endpoints listen, if not on `port`
 
     def manifests(self) -> list[dict[str, Any]]:
         annotations = {"openslb.io/node-group": self.node_group} if self.node_group else {}
@@ -56,7 +57,7 @@ class SampleApp:
                          "labels": {"kubernetes.io/service-name": self.name,
                                     "endpointslice.kubernetes.io/managed-by": FIELD_MANAGER}},
             "addressType": "IPv4",
-            "ports": [{"name": "main", "port": self.port, "protocol": "TCP",
+            "ports": [{"name": "main", "port": self.target_port or self.port, "protocol": "TCP",
                        **({"appProtocol": self.app_protocol} if self.app_protocol else {})}],
             "endpoints": [{"addresses": [a], "conditions": {"ready": True}}
                           for a in self.endpoints],

@@ -7,11 +7,12 @@ from collections.abc import Callable
 import pytest
 
 from cmi.certificates import check_pair, inspect
+from cmi.devbed.pki import Chain, chain
+from cmi.devbed.pki import key_pem as other_key_pem
 from cmi.model import Certificate, ModelError
 from cmi.operations import Operations
 from cmi.secrets import SecretStore
 from cmi.store import ConflictError, Store
-from tests.web.certs import Chain, chain, other_key_pem
 
 
 def fields(exc: pytest.ExceptionInfo[ModelError]) -> list[str]:

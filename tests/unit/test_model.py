@@ -10,32 +10,13 @@ from typing import Any
 import pytest
 
 from cmi import model
+from cmi.devbed.pki import self_signed
 from cmi.model import ModelError
 
 
 def _certificate_pem() -> str:
     """A real self-signed certificate, made on the spot."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openslb.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    return self_signed("openslb.test").chain_pem
 
 
 OPERATOR = {"kind": "Operator", "name": "alice"}

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from cmi.devbed.pki import chain
+from cmi.devbed.pki import key_pem as other_key_pem
 from cmi.model import Listener, Service
 from cmi.operations import Operations
 from cmi.status import StatusBoard
 from cmi.store import Store
 from cmi.timeseries import CONNECTIONS, REQUESTS_PER_SECOND, TimeSeries
-from tests.web.certs import chain, other_key_pem
 
 Headers = Callable[..., dict[str, str]]
 LISTENER = {

@@ -13,11 +13,11 @@ from flask.testing import FlaskClient
 
 from cmi.audit import AuditLog
 from cmi.cli import main
+from cmi.devbed.pki import chain
 from cmi.devbed.redis import RedisServer
 from cmi.model import Listener, Service
 from cmi.operations import Operations
 from cmi.store import Store
-from tests.web.certs import chain
 from tests.web.conftest import PASSWORD, Auth, csrf_of, make_app
 
 FORM = {
