@@ -33,6 +33,7 @@ from cmi.model import (
     Route,
     Service,
 )
+from cmi.selector import LabelSelector
 from cmi.store import Snapshot
 
 
@@ -87,12 +88,11 @@ class DesiredState:
 
 def resolve(snapshot: Snapshot) -> DesiredState:
     balancers = {k: s.obj for k, s in snapshot.of(LoadBalancer).items()}
-    services = [s.obj for _, s in sorted(snapshot.of(Service).items())]
-    by_key = {s.key: s for s in services}
+    services = ExposedServices([s.obj for _, s in sorted(snapshot.of(Service).items())])
     winners, rejected = claim_ports(balancers, (s.obj for s in snapshot.of(Listener).values()))
     served = []
     for listener, vip in winners:
-        chosen = _selected_services(listener, services, by_key)
+        chosen = _selected_services(listener, services)
         served.append(
             ResolvedListener(
                 listener=listener,
@@ -147,21 +147,40 @@ def claim_ports(
     return winners, rejected
 
 
-def _selected_services(
-    listener: Listener, services: Iterable[Service], by_key: dict[str, Service]
-) -> list[Service]:
+class ExposedServices:
+    """The exposed Services, in key order, indexed by label: a selector with `match_labels`
+    looks only at the Services carrying its rarest pair, not at every Service."""
+
+    def __init__(self, services: list[Service]) -> None:
+        self.all = services
+        self.by_key = {s.key: s for s in services}
+        self.by_label: dict[tuple[str, str], list[Service]] = {}
+        for service in services:
+            for pair in service.labels.items():
+                self.by_label.setdefault(pair, []).append(service)
+
+    def matching(self, selector: LabelSelector) -> list[Service]:
+        candidates = self.all
+        if selector.match_labels:
+            candidates = min(
+                (self.by_label.get(pair, []) for pair in selector.match_labels.items()), key=len
+            )
+        return [s for s in candidates if selector.matches(s.labels)]
+
+
+def _selected_services(listener: Listener, services: ExposedServices) -> list[Service]:
     if listener.owner.kind is OwnerKind.SERVICE:
-        own = by_key.get(listener.owner.name)
+        own = services.by_key.get(listener.owner.name)
         return [own] if own is not None else []
     assert listener.selector is not None  # the model requires it for operators' listeners
-    return [s for s in services if listener.selector.matches(s.labels)]
+    return services.matching(listener.selector)
 
 
 def _resolve_route(
-    listener: Listener, route: Route, chosen: list[Service], services: Iterable[Service]
+    listener: Listener, route: Route, chosen: list[Service], services: ExposedServices
 ) -> ResolvedRoute:
     if route.selector is not None:
-        chosen = [s for s in services if route.selector.matches(s.labels)]
+        chosen = services.matching(route.selector)
     return ResolvedRoute(
         route=route,
         services=tuple(s.key for s in chosen),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, cast
 
@@ -302,6 +302,34 @@ class Store:
                 for key, doc in docs.items()
             }
         return Snapshot(int(replies[0] or 0), objects)
+
+    def advance(self, snapshot: Snapshot, batch: Sequence[Change]) -> Snapshot:
+        """`snapshot` moved forward past `batch`, reading only the objects the batch touched.
+
+        Objects that did not change stay the very same Python objects (cheap comparisons
+        downstream), and a consumer pays for what changed, not for the whole store.
+        """
+        if not batch:
+            return snapshot
+        touched = sorted({(kind, key) for change in batch for _, kind, key in change.ops})
+        touched = [(kind, key) for kind, key in touched if kind in KINDS]
+        pipe = self.redis.pipeline(transaction=True)
+        for kind, key in touched:
+            pipe.hget(self.key("doc", kind), key)
+            pipe.hget(self.key("rev", kind), key)
+        replies = pipe.execute() if touched else []
+        objects = {kind: dict(by_key) for kind, by_key in snapshot.objects.items()}
+        for i, (kind, key) in enumerate(touched):
+            doc, rev = replies[2 * i], replies[2 * i + 1]
+            by_key: dict[str, Stored[StoredObject]] = objects.setdefault(kind, {})
+            if doc is None:
+                by_key.pop(key, None)
+            else:
+                by_key[key] = Stored(load_document(doc), int(rev))
+        # An object may already be read at a newer revision than the batch's last; the
+        # snapshot still claims only that one, so the next batch re-reads everything a
+        # newer revision touched (claiming more would skip the rest of that revision).
+        return Snapshot(batch[-1].revision, objects)
 
     # -- the change stream ----------------------------------------------------------------
 

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 
 import redis
 
-from cmi.model import KINDS, StoredObject, load_document
-from cmi.store import Change, CompactedError, Snapshot, Store, Stored
+from cmi.store import CompactedError, Snapshot, Store
 
 log = logging.getLogger("openslb.xds")
 
@@ -33,28 +32,6 @@ def published_revision(store: Store) -> int:
     """The newest revision an xDS server has published; -1 if none has yet."""
     raw = store.redis.get(store.key("xds", "published"))
     return int(raw) if raw is not None else -1
-
-
-def apply_changes(store: Store, snapshot: Snapshot, batch: list[Change]) -> Snapshot:
-    """`snapshot` moved forward past `batch`, reading only the objects the batch touched."""
-    touched = sorted({(kind, key) for change in batch for _, kind, key in change.ops})
-    touched = [(kind, key) for kind, key in touched if kind in KINDS]
-    pipe = store.redis.pipeline(transaction=True)
-    for kind, key in touched:
-        pipe.hget(store.key("doc", kind), key)
-        pipe.hget(store.key("rev", kind), key)
-    replies = pipe.execute() if touched else []
-    objects = {kind: dict(by_key) for kind, by_key in snapshot.objects.items()}
-    revision = batch[-1].revision
-    for i, (kind, key) in enumerate(touched):
-        doc, rev = replies[2 * i], replies[2 * i + 1]
-        by_key: dict[str, Stored[StoredObject]] = objects.setdefault(kind, {})
-        if doc is None:
-            by_key.pop(key, None)
-        else:
-            by_key[key] = Stored(load_document(doc), int(rev))
-            revision = max(revision, int(rev))
-    return Snapshot(revision, objects)
 
 
 def follow(
@@ -78,7 +55,7 @@ def follow(
                 if not batch:
                     yield None
                     continue
-                snapshot = apply_changes(store, snapshot, batch)
+                snapshot = store.advance(snapshot, batch)
                 yield snapshot
         except CompactedError as exc:
             log.warning("xds: %s; reading a fresh snapshot", exc)

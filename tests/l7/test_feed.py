@@ -6,7 +6,7 @@ import threading
 
 from cmi.model import Backend
 from cmi.store import Delete, Put, Snapshot, Store
-from l7.feed import apply_changes, follow
+from l7.feed import follow
 from tests.l7.harness import listener, load_balancer, service
 
 
@@ -26,7 +26,7 @@ def test_applying_a_batch_gives_the_same_state_as_a_new_snapshot(store: Store) -
     store.apply([Delete("Service", "tests/a"), Put(service("b", [("198.18.1.3", 80)]))])
     batch = store.changes(start.revision)
     assert len(batch) == 3
-    moved = apply_changes(store, start, batch)
+    moved = store.advance(start, batch)
     assert moved.revision == store.revision()
     assert documents(moved) == documents(store.snapshot())
     # Objects the batch did not touch are the very same objects.
