@@ -86,10 +86,21 @@ class DesiredState:
         return tuple(r for r in self.listeners if r.node_group == group)
 
 
-def resolve(snapshot: Snapshot) -> DesiredState:
-    balancers = {k: s.obj for k, s in snapshot.of(LoadBalancer).items()}
+def resolve(snapshot: Snapshot, node_group: str | None = None) -> DesiredState:
+    """The desired state, resolved; with `node_group`, only the listeners on its instances
+    (what an LB node of that group serves: its work grows with its own share)."""
+    balancers = {
+        k: s.obj
+        for k, s in snapshot.of(LoadBalancer).items()
+        if node_group is None or s.obj.node_group == node_group
+    }
     services = ExposedServices([s.obj for _, s in sorted(snapshot.of(Service).items())])
-    winners, rejected = claim_ports(balancers, (s.obj for s in snapshot.of(Listener).values()))
+    listeners = (
+        s.obj
+        for s in snapshot.of(Listener).values()
+        if node_group is None or s.obj.load_balancer in balancers
+    )
+    winners, rejected = claim_ports(balancers, listeners)
     served = []
     for listener, vip in winners:
         chosen = _selected_services(listener, services)

@@ -35,13 +35,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
 
 from cmi.config import L4Settings, Settings
+from cmi.model import NodeGroup
 from cmi.resolve import DesiredState, resolve
 from cmi.status import StatusBoard
 from cmi.store import CompactedError, Snapshot, Store
@@ -223,7 +224,7 @@ class L4Agent:
         """
         with self._lock:
             if force:
-                return self.resync()
+                return self.resync(reread_store=False)
             if self.revision >= revision and self.failed_revision is None and self.plan:
                 return SyncReport(self.node, self.plan.group, self.revision, already=True)
             return self.sync()
@@ -234,7 +235,11 @@ class L4Agent:
         with self._lock:
             snapshot, changed = self._read(full)
             self.seen_revision = snapshot.revision
-            return self.apply_state(resolve(snapshot), changed)
+            try:  # resolve only this node's group: a node's work grows with what it serves
+                scope = self._group({k: s.obj for k, s in snapshot.of(NodeGroup).items()})
+            except AgentError:
+                scope = None  # apply_state reports it
+            return self.apply_state(resolve(snapshot, node_group=scope), changed)
 
     def _read(self, full: bool) -> tuple[Snapshot, Changed | None]:
         """The newest desired state and what changed since the last plan (None: unknown).
@@ -286,7 +291,7 @@ class L4Agent:
         """
         with self._lock:
             try:
-                group = self._group(state)
+                group = self._group(state.node_groups)
             except AgentError as exc:
                 report = SyncReport(self.node, None, self.revision, errors=[str(exc)])
                 self.failed_revision = state.revision
@@ -362,19 +367,24 @@ class L4Agent:
                 self.failed_revision = None
         return report
 
-    def resync(self) -> SyncReport:
-        """Read the kernel in full and repair it to the current plan."""
+    def resync(self, *, reread_store: bool = True) -> SyncReport:
+        """Read the kernel in full and repair it to the current plan.
+
+        `reread_store=False` (the pipeline's frequent re-assertion) keeps the desired state
+        that the change stream keeps current and re-reads only the kernel, where drift
+        happens; the agent's own periodic resync re-reads and re-plans everything.
+        """
         with self._lock:
             self.view = None
             self.bound_vips = None
-            return self.sync(full=True)
+            return self.sync(full=reread_store)
 
     # -- the engine ------------------------------------------------------------------------
 
-    def _group(self, state: DesiredState) -> str | None:
+    def _group(self, node_groups: Mapping[str, NodeGroup]) -> str | None:
         if self.settings.node_group:
             return self.settings.node_group
-        groups = node_group_of(state, self.node)
+        groups = node_group_of(node_groups, self.node)
         if len(groups) > 1:
             raise AgentError(
                 f"node {self.node!r} is in several node groups ({', '.join(groups)}): "

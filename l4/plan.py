@@ -23,11 +23,11 @@ IPVS tables agree. The rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cmi.model import Forwarding, HealthCheck, PersistenceMode, Scheduler
+from cmi.model import Forwarding, HealthCheck, NodeGroup, PersistenceMode, Scheduler
 from cmi.resolve import DesiredState, ResolvedListener
 from l4.ipvs import Dest, ServiceKey, VirtualService, address_order, address_text, sort_dests
 
@@ -136,12 +136,10 @@ class IPVSPlan:
         }
 
 
-def node_group_of(state: DesiredState, node: str) -> list[str]:
+def node_group_of(node_groups: Mapping[str, NodeGroup], node: str) -> list[str]:
     """The node groups that list `node` (normally one)."""
     return sorted(
-        name
-        for name, group in state.node_groups.items()
-        if any(n.name == node for n in group.nodes)
+        name for name, group in node_groups.items() if any(n.name == node for n in group.nodes)
     )
 
 

@@ -45,7 +45,7 @@ def test_plan_matches_golden(case: str, golden: Golden) -> None:
     node, group, snapshot = load_case(TESTDATA / case / "in.json")
     state = resolve(snapshot)
     if group is None:
-        groups = node_group_of(state, node)
+        groups = node_group_of(state.node_groups, node)
         group = groups[0] if groups else None
     golden.check(TESTDATA / case, {"plan.json": plan(state, node, group).to_json()}, ("in.json",))
 
@@ -85,7 +85,7 @@ def test_re_planning_what_changed_equals_planning_everything(case: str) -> None:
     change, the result equals a full plan, and untouched services are the same objects."""
     node, group, snapshot = load_case(TESTDATA / case / "in.json")
     state = resolve(snapshot)
-    group = group or next(iter(node_group_of(state, node)), None)
+    group = group or next(iter(node_group_of(state.node_groups, node)), None)
     before = plan(state, node, group)
     for key in snapshot.objects.get("Service", {}):
         changed_state = resolve(_without_last_backend(snapshot, key))
