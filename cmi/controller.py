@@ -53,6 +53,10 @@ READINESS_PERIOD_S = 1.0
 OWNED_KINDS = (Listener, LoadBalancer, Service)
 
 
+RESYNC_SLICE = 100
+"""Services rebuilt per step of a periodic resync, changes handled between steps."""
+
+
 class Debouncer:
     """Collects dirty keys; hands them out after a quiet hold-off, or at the latest after max."""
 
@@ -189,6 +193,10 @@ class Controller:
         self.writes = 0
         self._lock = threading.RLock()  # the mirror is shared with the store follower
         self._resync_requested = threading.Event()
+        self._resync_keys: list[str] = []
+        """Services still to rebuild in the running periodic resync."""
+        self._resync_began = 0.0
+        self._resyncing = False
         # Finalizers, status and Events go to the API server from a queue of their own,
         # so a thousand status writes never hold up the next change to the data plane.
         self.reports = KeyedQueue(workers=8, name="report")
@@ -233,8 +241,11 @@ class Controller:
                 now = time.monotonic()
                 if now >= next_resync or self._resync_requested.is_set():
                     self._resync_requested.clear()
-                    self.resync()
-                    next_resync = time.monotonic() + self.settings.resync_s
+                    self._resync_began, self._resync_keys = now, self._begin_resync()
+                    self._resyncing = True
+                    next_resync = now + self.settings.resync_s
+                if self._resyncing:
+                    self._resync_step()
                     continue
                 if now >= next_readiness:
                     self.check_readiness()
@@ -283,11 +294,26 @@ class Controller:
     def resync(self) -> None:
         """Rebuild everything from the caches against a fresh read of the store."""
         began = time.monotonic()
+        self.reconcile(self._begin_resync())
+        self.last_sync_s = time.monotonic() - began
+
+    def _resync_step(self) -> None:
+        """One slice of a periodic resync, after the changes that came in meanwhile: at
+        1,000s of Services a resync must not hold a change up for seconds."""
+        if keys := self.dirty.take(timeout=0):
+            self.reconcile(keys)
+        chunk = self._resync_keys[:RESYNC_SLICE]
+        self._resync_keys = self._resync_keys[RESYNC_SLICE:]
+        self.reconcile(chunk)
+        if not self._resync_keys:
+            self._resyncing = False
+            self.last_sync_s = time.monotonic() - self._resync_began
+
+    def _begin_resync(self) -> list[str]:
+        """Re-read the store into the mirror; every Service key that must be rebuilt."""
         with self._lock:
             self.revision = self.mirror.load(self.store)
-        keys = set(self.services.keys()) | set(self.mirror.owned)
-        self.reconcile(keys)
-        self.last_sync_s = time.monotonic() - began
+            return sorted(set(self.services.keys()) | set(self.mirror.owned))
 
     def reconcile(self, keys: Iterable[str]) -> int:
         """Bring the store in line with these Services, then tell each one how it went."""

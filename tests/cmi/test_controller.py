@@ -303,9 +303,14 @@ def test_two_services_colliding_on_a_port(
     status = store.redis.hget(store.key("listener-status"), listener)
     assert status is not None
     assert b"already taken by the older listener" in status
-    (cond,) = [
-        c for c in svc(admin, namespace, "second")["status"]["conditions"] if c["type"] == CONDITION
-    ]
+
+    def condition() -> dict[str, str] | None:  # the Event and the status go out separately
+        conditions = svc(admin, namespace, "second").get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == CONDITION), None)
+
+    eventually(condition, "the newer Service's status written")
+    cond = condition()
+    assert cond is not None
     assert cond["status"] == "False"
     assert cond["reason"] == "ListenerConflict"
 
