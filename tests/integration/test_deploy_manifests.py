@@ -1,0 +1,90 @@
+"""deploy/k8s: every object the kustomization lists is accepted by a real API server
+(server-side dry run, as `kubectl apply --dry-run=server` does), and every container runs
+an `slb` command that exists."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cmi.devbed.kube import KubeAPI
+from cmi.k8s.client import KubeClient, KubeError
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+PLURALS = {
+    "Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "ConfigMap": "configmaps",
+    "Service": "services", "Secret": "secrets", "StatefulSet": "statefulsets",
+    "Deployment": "deployments", "ClusterRole": "clusterroles",
+    "ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings",
+    "NetworkPolicy": "networkpolicies",
+}  # fmt: skip
+
+
+def documents() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    docs = []
+    for resource in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((DEPLOY / resource).read_text()) if d]
+    return docs
+
+
+def collection(body: dict[str, Any]) -> str:
+    group_version = body["apiVersion"]
+    base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    namespace = body["metadata"].get("namespace")
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{base}{scope}/{PLURALS[body['kind']]}"
+
+
+def test_the_kustomization_lists_every_manifest() -> None:
+    listed = set(yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+@pytest.fixture
+def admin(kube: KubeAPI) -> KubeClient:
+    return KubeClient.from_kubeconfig(str(kube.kubeconfig))
+
+
+def test_the_api_server_accepts_every_object(admin: KubeClient) -> None:
+    docs = documents()
+    namespaces = [d for d in docs if d["kind"] == "Namespace"]
+    assert [n["metadata"]["name"] for n in namespaces] == ["openslb-system"]
+    for namespace in namespaces:  # a dry run cannot create into a namespace that is not there
+        try:
+            admin.request("POST", collection(namespace), body=namespace)
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+    refused = []
+    for body in docs:
+        if body["kind"] == "Namespace":
+            continue
+        try:
+            admin.request("POST", collection(body), body=body, query={"dryRun": "All"})
+        except KubeError as exc:
+            if exc.status != 409:  # already there (cmi's RBAC, applied by other tests)
+                refused.append(f"{body['kind']}/{body['metadata']['name']}: {exc}")
+    assert not refused, refused
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "StatefulSet", "NetworkPolicy", "ClusterRole"} <= kinds
+
+
+def test_every_container_runs_an_slb_command_that_exists() -> None:
+    commands = [
+        c["command"]
+        for d in documents()
+        if d["kind"] in ("Deployment", "StatefulSet")
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if c["command"][0] == "slb"
+    ]
+    assert len(commands) == 5
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "cmi.cli", *command[1:], "--help"],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0, (command, done.stderr)
