@@ -47,6 +47,7 @@ PREFIX = "openslb"
 LAB_NODE, LAB_GROUP = "lb1", "lab"
 SAMPLES = ("echo-1", "echo-2", "echo-3")
 SAMPLE_PORT = 50051
+SLOW_STARTS = {"lab-node": " (the emulated VM boots and starts its worker: about 90 s)"}
 PORTS = ("redis", "etcd", "etcd_peer", "kube", "xds", "xds_metrics", "envoy_admin", "console")
 
 
@@ -182,7 +183,7 @@ class DevPlatform:
             if current is not None:
                 _terminate(current.pids)
             began = time.monotonic()
-            progress(f"{name}: starting")
+            progress(f"{name}: starting{SLOW_STARTS.get(name, '')}")
             components[name] = start()
             self._save(components)
             progress(f"{name}: up at {components[name].address} ({time.monotonic() - began:.1f} s)")
@@ -218,8 +219,8 @@ class DevPlatform:
             if any(x.startswith("error") for x in answers):
                 raise RuntimeError(f"{demo.NAMESPACE}/{app.name} at {target}: {answers}")
             seconds = time.monotonic() - began
-            report.append(f"{demo.NAMESPACE}/{app.name}: VIP {target} ({how}), programmed "
-                          f"in {seconds:.1f} s")  # fmt: skip
+            report.append(f"{demo.NAMESPACE}/{app.name}: VIP {target} ({how}), answering "
+                          f"{seconds:.1f} s after the apply")  # fmt: skip
             report.append(f"    answered by: {' '.join(answers)}")
             report.append(f"    status: {exposed.conditions[demo.PROGRAMMED][2]}")
         return report
