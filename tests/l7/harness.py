@@ -248,7 +248,7 @@ class Bed:
         for i, name in enumerate(names):
             address = self.net.address(first_host + i)
             argv = [
-                PYTHON, "-m", "tests.l7.backend", "--name", name,
+                PYTHON, "-m", "cmi.devbed.samples", "grpc", "--name", name,
                 "--grpc", f"{address}:{grpc_port}", "--http", f"{address}:{http_port}",
             ]  # fmt: skip
             if max_streams:
