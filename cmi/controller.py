@@ -241,9 +241,12 @@ class Controller:
                 now = time.monotonic()
                 if now >= next_resync or self._resync_requested.is_set():
                     self._resync_requested.clear()
+                    next_resync = now + self.settings.resync_s
+                    if not self.reconciles:  # the first sync: nothing is served yet
+                        self.resync()
+                        continue
                     self._resync_began, self._resync_keys = now, self._begin_resync()
                     self._resyncing = True
-                    next_resync = now + self.settings.resync_s
                 if self._resyncing:
                     self._resync_step()
                     continue
