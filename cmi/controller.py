@@ -193,10 +193,9 @@ class Controller:
         self.writes = 0
         self._lock = threading.RLock()  # the mirror is shared with the store follower
         self._resync_requested = threading.Event()
-        self._resync_keys: list[str] = []
-        """Services still to rebuild in the running periodic resync."""
+        self._resync_keys: list[str] | None = None
+        """Services still to rebuild in the running periodic resync; None: none runs."""
         self._resync_began = 0.0
-        self._resyncing = False
         # Finalizers, status and Events go to the API server from a queue of their own,
         # so a thousand status writes never hold up the next change to the data plane.
         self.reports = KeyedQueue(workers=8, name="report")
@@ -246,8 +245,7 @@ class Controller:
                         self.resync()
                         continue
                     self._resync_began, self._resync_keys = now, self._begin_resync()
-                    self._resyncing = True
-                if self._resyncing:
+                if self._resync_keys is not None:
                     self._resync_step()
                     continue
                 if now >= next_readiness:
@@ -305,11 +303,10 @@ class Controller:
         1,000s of Services a resync must not hold a change up for seconds."""
         if keys := self.dirty.take(timeout=0):
             self.reconcile(keys)
-        chunk = self._resync_keys[:RESYNC_SLICE]
-        self._resync_keys = self._resync_keys[RESYNC_SLICE:]
-        self.reconcile(chunk)
-        if not self._resync_keys:
-            self._resyncing = False
+        pending = self._resync_keys or []
+        self.reconcile(pending[:RESYNC_SLICE])
+        self._resync_keys = pending[RESYNC_SLICE:] or None
+        if self._resync_keys is None:
             self.last_sync_s = time.monotonic() - self._resync_began
 
     def _begin_resync(self) -> list[str]:

@@ -45,7 +45,7 @@ from cmi.config import L4Settings, Settings
 from cmi.model import NodeGroup
 from cmi.resolve import DesiredState, resolve
 from cmi.status import StatusBoard
-from cmi.store import CompactedError, Snapshot, Store
+from cmi.store import Change, CompactedError, Snapshot, Store
 from l4 import health
 from l4.drivers import Driver, DriverError, open_driver
 from l4.health import HealthChecker, Target
@@ -257,12 +257,7 @@ class L4Agent:
             and last_plan is not None
             and last_plan.revision == previous.revision
         ):
-            try:
-                entries = self.store.changes(previous.revision, limit=CHANGES_READ)
-            except CompactedError:
-                entries = None
-            if entries is not None and len(entries) >= CHANGES_READ:
-                entries = None
+            entries = self._changes_since(previous.revision)
         if previous is None or entries is None:
             snapshot = self.store.snapshot()
             changed = None if full else self._changed_since(snapshot)
@@ -272,15 +267,20 @@ class L4Agent:
         self._snapshot = snapshot
         return snapshot, changed
 
+    def _changes_since(self, revision: int) -> list[Change] | None:
+        """The change stream after `revision`; None if it cannot say (trimmed, too long)."""
+        try:
+            entries = self.store.changes(revision, limit=CHANGES_READ)
+        except CompactedError:
+            return None
+        return entries if len(entries) < CHANGES_READ else None
+
     def _changed_since(self, snapshot: Snapshot) -> Changed | None:
         """What the change stream says changed since the last plan; None: unknown."""
         if self.plan is None or self.plan.revision > snapshot.revision:
             return None
-        try:
-            entries = self.store.changes(self.plan.revision, limit=CHANGES_READ)
-        except CompactedError:
-            return None
-        if len(entries) >= CHANGES_READ:
+        entries = self._changes_since(self.plan.revision)
+        if entries is None:
             return None
         return Changed.from_ops(op for entry in entries for op in entry.ops)
 

@@ -277,6 +277,14 @@ class DevPlatform:
                           env=env)  # fmt: skip
         return process.start()
 
+    def _run_slb(self, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """A short `slb` command against this platform, run to completion."""
+        return subprocess.run(
+            [sys.executable, "-m", "cmi.cli", *argv], input=stdin,
+            env={**os.environ, "OPENSLB_CONFIG": str(self.config_file)},
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
     def _component(self, process: Process, address: str, detail: str = "") -> Component:
         return Component(process.name, [process.pid], address, str(process.log_path), detail)
 
@@ -365,12 +373,10 @@ class DevPlatform:
         directory = self.state_dir / "envoy"
         directory.mkdir(parents=True, exist_ok=True)
         bootstrap_file = directory / "bootstrap.json"
-        made = subprocess.run(
-            [sys.executable, "-m", "cmi.cli", "envoy-bootstrap", "--node-group", "default",
-             "--node-id", "dev-envoy-1", "--admin-port", str(ports["envoy_admin"]),
-             "--stats-port", "0", "--out", str(bootstrap_file)],
-            env={**os.environ, "OPENSLB_CONFIG": str(self.config_file)},
-            capture_output=True, text=True, check=False,
+        made = self._run_slb(
+            "envoy-bootstrap", "--node-group", "default", "--node-id", "dev-envoy-1",
+            "--admin-port", str(ports["envoy_admin"]), "--stats-port", "0",
+            "--out", str(bootstrap_file),
         )  # fmt: skip
         if made.returncode != 0:
             raise RuntimeError(f"slb envoy-bootstrap: {made.stderr.strip()}")
@@ -424,12 +430,9 @@ class DevPlatform:
         port = self.ports()["console"]
         if not self.console_password_file.exists():
             password = secrets.token_urlsafe(12)
-            created = subprocess.run(
-                [sys.executable, "-m", "cmi.cli", "console", "create-admin", "admin",
-                 "--password-stdin"],
-                input=password + "\n", env={**os.environ, "OPENSLB_CONFIG": str(self.config_file)},
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
+            created = self._run_slb(
+                "console", "create-admin", "admin", "--password-stdin", stdin=password + "\n"
+            )
             if created.returncode != 0 and "exists" not in created.stderr:
                 raise RuntimeError(f"slb console create-admin: {created.stderr.strip()}")
             self.console_password_file.write_text(password + "\n")
