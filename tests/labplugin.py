@@ -53,6 +53,10 @@ class _Terminal:
         pass
 
 
+GUEST_RUN_TIMEOUT_S = 1800
+"""Boot plus every lab test; the stand-in that waits for it gets this and a minute more."""
+
+
 class LabRunner:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -74,14 +78,14 @@ class LabRunner:
         root = Path(str(self.config.rootpath))
         command = shlex.join(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--tb=short",
-             "--junitxml=/openslb-job/out/junit.xml", *self.nodeids]
+             "--durations=10", "--junitxml=/openslb-job/out/junit.xml", *self.nodeids]
         )  # fmt: skip
         terminal = _Terminal(self.config)
         try:
             result = LabVM(memory_mb=2048).run(
                 command,
                 cwd=root,
-                timeout=1800,
+                timeout=GUEST_RUN_TIMEOUT_S,
                 env={"PYTHONUNBUFFERED": "1"},
                 echo={"stdout": terminal, "stderr": terminal},
             )
@@ -124,6 +128,8 @@ class LabItem(pytest.Item):
         self.runner = runner
         self.original_location = original.location
         self.own_markers.extend(original.own_markers)
+        # whichever stand-in runs first waits for the whole guest run, not for one test
+        self.own_markers.insert(0, pytest.mark.timeout(GUEST_RUN_TIMEOUT_S + 60).mark)
 
     def runtest(self) -> None:
         classname, name = _nodeid_key(self.nodeid)

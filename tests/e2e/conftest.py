@@ -19,8 +19,10 @@ REASSERT_S = 5
 VISIBILITY_TIMEOUT_S = 15
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevPlatform]:
+    """The whole platform, down as soon as tests/e2e is done: its emulated VM and workers
+    would otherwise slow every test that runs after it (the lab VM's run above all)."""
     octet = free_octet()
     platform = DevPlatform(
         tmp_path_factory.mktemp("platform"),
