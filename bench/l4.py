@@ -23,18 +23,15 @@ import dataclasses
 import gc
 import ipaddress
 import json
-import os
-import shlex
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import results_file
+from bench.guest import measure_in_lab_vm
 
-REPO = Path(__file__).resolve().parents[1]
 NODE = "lb-a"
 
 
@@ -270,18 +267,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.guest:
-        out = Path(os.environ["OPENSLB_LAB_OUT"]) / "l4.json"
-        out.write_text(json.dumps(guest(args)))
+    measured = measure_in_lab_vm("l4", args, guest)
+    if measured is None:
         return
+    figures, boot_s = measured
+    from cmi.devbed.labvm import kernel_version  # noqa: PLC0415
 
-    from cmi.devbed.labvm import LabVM, kernel_version  # noqa: PLC0415
-
-    command = shlex.join([sys.executable, "-m", "bench.l4", "--guest", *sys.argv[1:]])
-    result = LabVM(memory_mb=2048).run(command, cwd=REPO, timeout=3600, echo=True)
-    if result.returncode != 0 or "l4.json" not in result.files:
-        sys.exit(f"bench.l4 failed in the lab VM (exit {result.returncode})")
-    figures = json.loads(result.files["l4.json"])
     full = results_file.median(figures["openslb_s"])
     restore = results_file.median(figures["restore_s"])
     p50 = results_file.percentile(figures["change_ms"], 50)
@@ -316,7 +307,7 @@ def main() -> None:
         "full_dump_s": round(figures["dump_s"], 2),
         "vips_bound": figures["vips"],
         "vip_binding_s": round(figures["vips_s"], 2),
-        "vm_boot_s": round(result.boot_s, 1),
+        "vm_boot_s": round(boot_s, 1),
     }
     path = results_file.write("l4", metrics, setup=setup)
     print(json.dumps(metrics, indent=2))

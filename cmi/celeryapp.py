@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from cmi import config
+from cmi import config, redisconn
 from cmi.config import Settings
 
 TASK_MODULES = ("cmi.tasks", "l4.tasks", "l7.tasks")
@@ -37,6 +37,15 @@ def make_app(settings: Settings, *, include_tasks: bool = True) -> Celery:
         broker=settings.redis.url,
         backend=settings.redis.url,
         include=list(TASK_MODULES) if include_tasks else [],
+    )
+    # The ACL user and password go to the broker and the result backend in memory, never
+    # in a URL that could be printed (Celery masks passwords and censors *PASS* settings).
+    auth = redisconn.credentials(settings.redis)
+    app.conf.update(
+        broker_user=auth.get("username"),
+        broker_password=auth.get("password"),
+        redis_username=auth.get("username"),
+        redis_password=auth.get("password"),
     )
     app.conf.update(
         task_acks_late=True,

@@ -17,6 +17,7 @@ import click
 
 from cmi import config
 from cmi.cli_objects import COMMANDS
+from cmi.cli_security import COMMANDS as SECURITY_COMMANDS
 
 
 class PluginGroup(click.Group):
@@ -27,6 +28,14 @@ class PluginGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._plugins()})
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """A setting found unusable while a command runs (a missing certificate or password
+        file) is reported like one found while loading: by name, without a traceback."""
+        try:
+            return super().invoke(ctx)
+        except config.ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
@@ -134,7 +143,7 @@ def worker_cmd(
         from cmi.taskmetrics import QueueDepth  # noqa: PLC0415
 
         if control or beat:
-            REGISTRY.register(QueueDepth(Store.from_url(settings.redis.url, settings.redis.prefix)))
+            REGISTRY.register(QueueDepth(Store.connect(settings.redis)))
         host, _, port = metrics_listen.rpartition(":")
         start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
     role = node or ("l7" if l7 else "control")
@@ -248,7 +257,7 @@ def lab_run(memory: int, timeout: float, no_network: bool, command: tuple[str, .
     sys.exit(result.returncode)
 
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, *SECURITY_COMMANDS):
     main.add_command(_command)
 
 

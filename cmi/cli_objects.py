@@ -23,7 +23,7 @@ from cmi.store import ConflictError, Store
 
 
 def _operations(settings: config.Settings) -> Operations:
-    store = Store.from_url(settings.redis.url, settings.redis.prefix)
+    store = Store.connect(settings.redis)
     return Operations(store, actor=f"cli:{getpass.getuser()}")
 
 

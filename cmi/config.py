@@ -32,6 +32,10 @@ class RedisSettings:
         "redis://127.0.0.1:6379/0", "Redis holding the desired state and the task queues"
     )
     prefix: str = setting("openslb", "Prefix of every key openslb writes")
+    username: str = setting("", "Redis ACL user (`slb redis-acl`); empty: the URL's, else default")
+    password_file: str = setting(
+        "", "File holding the Redis password (0600), so it is in no config, env or log"
+    )
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,18 @@ class XdsSettings:
     metrics_bind: str = setting(
         "127.0.0.1:18001", "Where `slb xds` serves Prometheus metrics; empty: not served"
     )
+    tls_cert: str = setting("", "PEM certificate chain `slb xds` serves with; empty: plaintext")
+    tls_key: str = setting("", "PEM private key of `xds.tls_cert`")
+    tls_client_ca: str = setting(
+        "", "PEM CA(s) Envoys' client certificates must chain to (mutual TLS, required)"
+    )
+    client_cert: str = setting(
+        "", "The bootstrap's default Envoy client certificate for mTLS to xDS (`--tls-cert`)"
+    )
+    client_key: str = setting("", "Its PEM private key (`--tls-key`)")
+    server_ca: str = setting(
+        "", "PEM CA that the xDS server's certificate must chain to (`--tls-ca`)"
+    )
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,10 @@ class ConsoleSettings:
         0, "Proxies in front that set X-Forwarded-For/-Proto (0: trust none)"
     )
     threads: int = setting(8, "Worker threads of the WSGI server")
+    tls_cert: str = setting(
+        "", "PEM certificate chain: serve HTTPS (cheroot), cookies Secure; empty: HTTP (waitress)"
+    )
+    tls_key: str = setting("", "PEM private key of `console.tls_cert`")
     login_attempts: int = setting(
         5, "Failed logins allowed per client address and per user within the window"
     )
@@ -137,6 +157,26 @@ class L4Settings:
     resync_interval_s: int = setting(300, "Seconds between full re-reads of the kernel's IPVS")
     stats_interval_s: int = setting(10, "Seconds between traffic statistics samples")
     metrics_listen: str = setting("127.0.0.1:9641", "Prometheus metrics address; empty: off")
+    vrrp_config: str = setting(
+        "", "File the agent writes keepalived's VRRP instance to (included); empty: no VRRP"
+    )
+    vrrp_interface: str = setting("eth1", "Interface the VRRP MASTER holds the VIPs on")
+    vrrp_router_id: int = setting(51, "VRRP virtual router id of the node group (1-255)")
+    vrrp_priority: int = setting(100, "This node's VRRP priority (1-254); highest is MASTER")
+    vrrp_advert_ms: int = setting(
+        500, "VRRPv3 advert interval; a BACKUP takes over after about 3.5 of them"
+    )
+    vrrp_peers: str = setting("", "Unicast VRRP peers (comma-separated); empty: multicast")
+    vrrp_check: str = setting(
+        "", "Command keepalived runs to judge this node (e.g. Envoy's /ready); empty: none"
+    )
+    vrrp_gateway: str = setting(
+        "", "`ADDR/LEN [dev IFACE]`, comma-separated: move with the VIPs (NAT gateway)"
+    )
+    vrrp_pidfile: str = setting("/run/keepalived.pid", "keepalived's pid file, for its reload")
+    conn_sync_interface: str = setting(
+        "", "Interface of IPVS connection sync between the group's nodes; empty: off"
+    )
 
 
 @dataclass(frozen=True)

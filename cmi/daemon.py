@@ -32,7 +32,7 @@ def default_identity() -> str:
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
     kube = KubeClient.from_kubeconfig(settings.kube.kubeconfig)
-    store = Store.from_url(settings.redis.url, settings.redis.prefix)
+    store = Store.connect(settings.redis)
     cmi = settings.cmi
     identity = cmi.identity or default_identity()
     leading: dict[str, tuple[list[threading.Thread], threading.Event]] = {}

@@ -28,6 +28,8 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 import redis
 
+from cmi import redisconn
+from cmi.config import RedisSettings
 from cmi.model import KINDS, StoredObject, dump_document, load_document
 
 T = TypeVar("T", bound=StoredObject)
@@ -195,6 +197,11 @@ class Store:
     @classmethod
     def from_url(cls, url: str, prefix: str = DEFAULT_PREFIX) -> Store:
         return cls(redis.Redis.from_url(url, health_check_interval=30), prefix)
+
+    @classmethod
+    def connect(cls, settings: RedisSettings) -> Store:
+        """The store of `settings`, authenticated as configured (ACL user, password file)."""
+        return cls(redisconn.client(settings), settings.prefix)
 
     def key(self, *parts: str) -> str:
         """A Redis key under this store's prefix (other cmi modules keep theirs here too)."""

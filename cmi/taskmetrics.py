@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import redis
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cmi import redisconn
 from cmi.config import Settings
 from cmi.model import NodeGroup
 from cmi.store import Store
@@ -35,7 +35,7 @@ def count_apply(tier: str, node: str, settings: Settings, seconds: float, *, ok:
     APPLY_SECONDS.labels(tier).observe(seconds)
     if not ok:
         APPLY_FAILURES.labels(tier, node).inc()
-    client = redis.Redis.from_url(settings.redis.url)
+    client = redisconn.client(settings.redis)
     client.incr(applies_key(settings.redis.prefix, tier, node))
     client.close()
 

@@ -20,5 +20,5 @@ from cmi.store import Store
 @shared_task(name="openslb.reassert", bind=True, ignore_result=True)
 def reassert(self: Any) -> list[str]:
     settings = settings_of(self.app)
-    store = Store.from_url(settings.redis.url, settings.redis.prefix)
+    store = Store.connect(settings.redis)
     return Handoff(store, self.app).announce(store.revision(), force=True)

@@ -54,6 +54,7 @@ from l4.plan import Changed, IPVSPlan, node_group_of, plan
 from l4.reconcile import DrainKey, reconcile, update_view
 from l4.stats import IPVSCollector, StatsWriter
 from l4.vip import VIPs, prepare_kernel
+from l4.vrrp import VRRP, Keepalived, compile_instance, start_connection_sync
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,14 @@ class L4Agent:
         driver: Driver,
         vips: VIPs,
         stats_driver: Driver | None = None,
+        keepalived: Keepalived | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.node = node
         self.driver = driver
         self.vips = vips
+        self.keepalived = keepalived
         self.ownership = Ownership(store, node)
         self.lock = NodeLock(store, node)
         self.status = StatusBoard(store)
@@ -204,6 +207,11 @@ class L4Agent:
         """
         self.lock.acquire()
         prepare_kernel()
+        if self.settings.conn_sync_interface:
+            for error in start_connection_sync(
+                self.settings.conn_sync_interface, self.settings.vrrp_router_id
+            ):
+                log.error("%s: established connections will not survive a failover", error)
         with self._lock:
             self.owned = self.ownership.load()
             self.view = None
@@ -311,6 +319,7 @@ class L4Agent:
             if wanted_vips != self.bound_vips:
                 removed = sorted(self.vips.bound() - set(wanted_vips), key=address_order)
                 vip_errors += self.vips.remove(removed)
+                vip_errors += self._announce(new_plan.group, wanted_vips)
                 self.bound_vips = None if vip_errors else wanted_vips
             report.vips_added, report.vips_removed = added, removed
             if vip_errors:
@@ -320,6 +329,13 @@ class L4Agent:
                 report.revision = self.revision = served
             self._record(report)
             return report
+
+    def _announce(self, group: str | None, vips: tuple[str, ...]) -> list[str]:
+        """Hand the VIPs to keepalived, whose VRRP MASTER answers for them (l4.vrrp)."""
+        if self.keepalived is None:
+            return []
+        vrrp = self.keepalived.vrrp
+        return self.keepalived.update(compile_instance(group, vips, vrrp, self.node))
 
     def apply_plan(self, new_plan: IPVSPlan, *, full: bool = False) -> SyncReport:
         """Program IPVS for a plan: health weights applied, then reconcile and apply.
@@ -622,7 +638,8 @@ def build_agent(settings: Settings, node: str, *, stats: bool = True) -> L4Agent
 
     Not started: call `start()` (which takes the node's lock) before syncing.
     """
-    store = Store.from_url(settings.redis.url, settings.redis.prefix)
+    store = Store.connect(settings.redis)
+    vrrp = VRRP.from_settings(settings.l4)
     return L4Agent(
         store,
         settings.l4,
@@ -630,4 +647,5 @@ def build_agent(settings: Settings, node: str, *, stats: bool = True) -> L4Agent
         driver=open_driver(settings.l4.driver),
         vips=VIPs(settings.l4.interface),
         stats_driver=open_driver(settings.l4.driver) if stats else None,
+        keepalived=Keepalived(vrrp) if vrrp else None,
     )

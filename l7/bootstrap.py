@@ -10,12 +10,49 @@ the whole node, above the per-listener limit the translation sets.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
 XDS_CLUSTER = "openslb-xds"
 ADMIN_CLUSTER = "openslb-admin"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 TYPE = "type.googleapis.com/"
+
+
+@dataclass(frozen=True)
+class XdsTls:
+    """Mutual TLS to the xDS server: files Envoy reads (the key never enters the bootstrap),
+    and the name the server's certificate must carry (a DNS name or an IP address SAN)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    server_name: str
+
+    def transport_socket(self) -> dict[str, Any]:
+        is_ip = _is_ip(self.server_name)
+        context: dict[str, Any] = {
+            "@type": TYPE + UPSTREAM_TLS,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": self.cert_file},
+                    "private_key": {"filename": self.key_file},
+                }],
+                "validation_context": {
+                    "trusted_ca": {"filename": self.ca_file},
+                    "match_typed_subject_alt_names": [{
+                        "san_type": "IP_ADDRESS" if is_ip else "DNS",
+                        "matcher": {"exact": self.server_name},
+                    }],
+                },
+            },
+        }  # fmt: skip
+        if not is_ip:  # SNI carries host names only (RFC 6066)
+            context["sni"] = self.server_name
+        return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 def split_host_port(value: str, what: str) -> tuple[str, int]:
@@ -101,11 +138,16 @@ def bootstrap(
     stats_address: str = "127.0.0.1",
     stats_port: int | None = 9902,
     max_connections: int = 100_000,
+    tls: XdsTls | None = None,
 ) -> dict[str, Any]:
-    """An Envoy bootstrap (as a JSON-ready dict) for node `node_id` of group `node_group`."""
+    """An Envoy bootstrap (as a JSON-ready dict) for node `node_id` of group `node_group`;
+    with `tls`, it reaches the xDS server over mutual TLS."""
     xds_host, xds_port = split_host_port(xds, "xds")
     ads = {"ads": {}, "resource_api_version": "V3"}
-    static: dict[str, Any] = {"clusters": [_cluster(XDS_CLUSTER, xds_host, xds_port, True)]}
+    xds_cluster = _cluster(XDS_CLUSTER, xds_host, xds_port, True)
+    if tls is not None:
+        xds_cluster["transport_socket"] = tls.transport_socket()
+    static: dict[str, Any] = {"clusters": [xds_cluster]}
     if stats_port is not None:
         static["clusters"].append(_cluster(ADMIN_CLUSTER, "127.0.0.1", admin_port, False))
         static["listeners"] = [_stats_listener(stats_address, stats_port)]

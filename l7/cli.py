@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from cmi.config import Settings
+from cmi import pki
+from cmi.config import Settings, XdsSettings
 from cmi.store import Store
+
+if TYPE_CHECKING:
+    from l7.server import ServerTls
 
 
 @click.command("xds")
@@ -22,17 +28,26 @@ from cmi.store import Store
 )
 @click.pass_obj
 def xds(settings: Settings, bind: str | None, metrics_bind: str | None, verbose: int) -> None:
-    """Serve Envoy configuration over ADS (gRPC), State of the World and Delta."""
+    """Serve Envoy configuration over ADS (gRPC), State of the World and Delta.
+
+    With `xds.tls_cert`, `xds.tls_key` and `xds.tls_client_ca` set, only over mutual TLS.
+    """
     from l7.server import XdsServer  # noqa: PLC0415 - keep `slb --help` fast
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     levels = {0: logging.WARNING, 1: logging.INFO}
-    logging.getLogger("openslb.xds").setLevel(levels.get(verbose, logging.DEBUG))
-    store = Store.from_url(settings.redis.url, settings.redis.prefix)
+    log = logging.getLogger("openslb.xds")
+    log.setLevel(levels.get(verbose, logging.DEBUG))
+    tls = server_tls(settings.xds)
+    bind = bind or settings.xds.bind
+    if tls is None and not _loopback(bind):
+        log.warning("xds: serving plaintext on %s: set xds.tls_cert, tls_key, tls_client_ca", bind)
+    store = Store.connect(settings.redis)
     server = XdsServer(
         store,
-        bind=bind or settings.xds.bind,
+        bind=bind,
         metrics_bind=settings.xds.metrics_bind if metrics_bind is None else metrics_bind,
+        tls=tls,
     )
 
     async def run() -> None:
@@ -43,6 +58,25 @@ def xds(settings: Settings, bind: str | None, metrics_bind: str | None, verbose:
         await server.serve(stopped)
 
     asyncio.run(run())
+
+
+def server_tls(xds: XdsSettings) -> ServerTls | None:
+    """The server's mutual TLS from the settings (all three or none), files checked."""
+    from l7.server import ServerTls  # noqa: PLC0415
+
+    if not pki.tls_settings({"xds.tls_cert": xds.tls_cert, "xds.tls_key": xds.tls_key,
+                             "xds.tls_client_ca": xds.tls_client_ca}):  # fmt: skip
+        return None
+    chain, key = pki.load_identity("xds.tls_cert", xds.tls_cert, "xds.tls_key", xds.tls_key)
+    return ServerTls(chain, key, pki.load_certificates("xds.tls_client_ca", xds.tls_client_ca))
+
+
+def _loopback(bind: str) -> bool:
+    host = bind.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @click.command("envoy-bootstrap")
@@ -56,6 +90,12 @@ def xds(settings: Settings, bind: str | None, metrics_bind: str | None, verbose:
     "--stats-port", default=9902, show_default=True, help="/stats/prometheus; 0: no listener."
 )
 @click.option("--max-connections", default=100_000, show_default=True, help="Per Envoy.")
+@click.option("--tls-cert", help="Client certificate for mTLS to xDS (default: xds.client_cert).")
+@click.option("--tls-key", help="Its private key file (default: xds.client_key).")
+@click.option("--tls-ca", help="CA of the xDS server's certificate (default: xds.server_ca).")
+@click.option(
+    "--tls-server-name", help="Name the xDS server's certificate must carry (default: its host)."
+)
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="File (default: stdout)."
 )
@@ -71,21 +111,47 @@ def envoy_bootstrap(
     stats_address: str,
     stats_port: int,
     max_connections: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    tls_server_name: str | None,
     out: Path | None,
 ) -> None:
-    """Write the bootstrap of an Envoy in a node group (JSON, which Envoy reads as YAML)."""
-    from l7.bootstrap import bootstrap  # noqa: PLC0415
+    """Write the bootstrap of an Envoy in a node group (JSON, which Envoy reads as YAML).
 
+    With a client certificate, its key and the server's CA, Envoy reaches xDS over mutual
+    TLS, checking the server's certificate for the xDS host name (or --tls-server-name).
+    """
+    from l7.bootstrap import XdsTls, bootstrap, split_host_port  # noqa: PLC0415
+
+    xds_address = xds_address or settings.xds.bind
+    files = {
+        "--tls-cert (xds.client_cert)": tls_cert or settings.xds.client_cert,
+        "--tls-key (xds.client_key)": tls_key or settings.xds.client_key,
+        "--tls-ca (xds.server_ca)": tls_ca or settings.xds.server_ca,
+    }
+    tls = None
+    try:
+        if pki.tls_settings(files):
+            (cert_field, cert), (key_field, key), (ca_field, ca) = files.items()
+            pki.load_identity(cert_field, cert, key_field, key)
+            pki.load_certificates(ca_field, ca)
+            host = split_host_port(xds_address, "xds")[0]
+            cert, key, ca = (str(Path(f).resolve()) for f in (cert, key, ca))
+            tls = XdsTls(cert, key, ca, server_name=tls_server_name or host)
+    except ValueError as exc:  # a ConfigError names the option, a bad --xds the address
+        raise click.BadParameter(str(exc)) from None
     try:
         config = bootstrap(
             node_group,
             node_id,
-            xds_address or settings.xds.bind,
+            xds_address,
             delta=not sotw,
             admin_port=admin_port,
             stats_address=stats_address,
             stats_port=stats_port or None,
             max_connections=max_connections,
+            tls=tls,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

@@ -232,6 +232,22 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             stream.queue.put_nowait(_END)
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """Mutual TLS for ADS: the server's chain and key, and the CA(s) every Envoy's client
+    certificate must chain to. An Envoy without one never gets a stream (nor a config)."""
+
+    cert_chain: bytes
+    key: bytes = field(repr=False)
+    client_ca: bytes
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert_chain)], root_certificates=self.client_ca,
+            require_client_auth=True,
+        )  # fmt: skip
+
+
 class XdsServer:
     """The ADS server, its watcher thread, its status reporter and its metrics endpoint."""
 
@@ -241,9 +257,11 @@ class XdsServer:
         bind: str = "127.0.0.1:18000",
         metrics_bind: str = "",
         block_ms: int = 1_000,
+        tls: ServerTls | None = None,
     ) -> None:
         self.store = store
         self.bind = bind
+        self.tls = tls
         self.metrics_bind = metrics_bind
         self.block_ms = block_ms
         self.metrics = Metrics()
@@ -281,7 +299,10 @@ class XdsServer:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AggregatedDiscoveryService(self.hub), server
         )
-        self.port = server.add_insecure_port(self.bind)
+        if self.tls is None:
+            self.port = server.add_insecure_port(self.bind)
+        else:
+            self.port = server.add_secure_port(self.bind, self.tls.credentials())
         if not self.port:
             raise OSError(f"xds: cannot listen on {self.bind}")
         await server.start()
@@ -294,7 +315,8 @@ class XdsServer:
         self._tasks.append(asyncio.create_task(self._reporter()))
         self._watcher = threading.Thread(target=self._watch, name="xds-watch", daemon=True)
         self._watcher.start()
-        log.info("xds: serving ADS on %s", self.bind.rpartition(":")[0] + f":{self.port}")
+        log.info("xds: serving ADS on %s (%s)", self.bind.rpartition(":")[0] + f":{self.port}",
+                 "mutual TLS" if self.tls else "plaintext")  # fmt: skip
 
     async def stop(self, grace: float = 1.0) -> None:
         self._stop.set()

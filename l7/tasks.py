@@ -36,7 +36,7 @@ def wait_published(store: Store, revision: int, timeout_s: float = WAIT_S) -> in
 def apply(self: Task[Any, Any], revision: int, force: bool = False) -> dict[str, Any]:
     """Return once an xDS server has published `revision`; retry later if none has."""
     settings = settings_of(self.app)
-    store = Store.from_url(settings.redis.url, settings.redis.prefix)
+    store = Store.connect(settings.redis)
     published = wait_published(store, revision, WAIT_S)
     if published < revision:
         raise self.retry(countdown=RETRY_S)

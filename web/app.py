@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ def _security_headers(response: Response) -> Response:
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.is_secure:  # served over TLS (console.tls_cert, or a trusted proxy said so)
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if request.path != "/login" and not request.path.startswith("/static/"):
         response.headers.setdefault("Cache-Control", "no-store")
     return response
@@ -80,7 +83,7 @@ def create_app(
         SESSION_COOKIE_NAME="openslb_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=console.secure_cookies,
+        SESSION_COOKIE_SECURE=console.secure_cookies or bool(console.tls_cert),
         PERMANENT_SESSION_LIFETIME=12 * 3600,
         MAX_CONTENT_LENGTH=1024 * 1024,
         LOGIN_ATTEMPTS=console.login_attempts,
@@ -101,7 +104,7 @@ def create_app(
     from web.views import bp as pages_bp  # noqa: PLC0415
 
     app.after_request(_security_headers)
-    db.init_app(app)
+    db.init_app(app, replace(settings.redis, url=app.config["REDIS_URL"]))
     metrics.init_app(app)
     auth.init_app(app)
     errors.init_app(app)

@@ -1,22 +1,28 @@
-"""`slb console`: serve the console (waitress), and `slb console create-admin`.
+"""`slb console`: serve the console (waitress; HTTPS: cheroot), and `slb console create-admin`.
 
 Registered through the `openslb.commands` entry point, so cmi never imports the console.
 """
 
 from __future__ import annotations
 
+import signal
+import ssl
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from cmi import config
+from cmi import config, pki
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 
 @click.group("console", invoke_without_command=True)
 @click.option("--bind", help="HOST:PORT to serve on (default: console.bind, 127.0.0.1:8080).")
 @click.pass_context
 def console(ctx: click.Context, bind: str | None) -> None:
-    """Serve the operator console and REST API (production WSGI server: waitress)."""
+    """Serve the operator console and REST API (waitress; with console.tls_cert, HTTPS)."""
     if ctx.invoked_subcommand is not None:
         return
     import logging  # noqa: PLC0415
@@ -30,14 +36,48 @@ def console(ctx: click.Context, bind: str | None) -> None:
     host, _, port = (bind or settings.console.bind).rpartition(":")
     if not host or not port.isdigit():
         raise click.UsageError(f"console.bind: expected HOST:PORT, got {bind!r}")
-    app = create_app(settings=settings)
-    click.echo(
-        f"openslb console on http://{host}:{port}/ (API: /api/v1, metrics: /metrics)", err=True
+    console_settings = settings.console
+    tls = pki.tls_settings(
+        {"console.tls_cert": console_settings.tls_cert, "console.tls_key": console_settings.tls_key}
     )
+    if tls:  # checked here, so a bad file is named before anything listens
+        pki.load_identity("console.tls_cert", console_settings.tls_cert,
+                          "console.tls_key", console_settings.tls_key)  # fmt: skip
+    app = create_app(settings=settings)
+    scheme = "https" if tls else "http"
+    click.echo(
+        f"openslb console on {scheme}://{host}:{port}/ (API: /api/v1, metrics: /metrics)", err=True
+    )
+    if tls:
+        _serve_tls(app, host.strip("[]"), int(port), console_settings)
+        return
     waitress.serve(
-        app, host=host.strip("[]"), port=int(port), threads=settings.console.threads,
+        app, host=host.strip("[]"), port=int(port), threads=console_settings.threads,
         ident="openslb", clear_untrusted_proxy_headers=True,
     )  # fmt: skip
+
+
+def _serve_tls(app: WSGIApplication, host: str, port: int, console: config.ConsoleSettings) -> None:
+    """HTTPS with cheroot, CherryPy's WSGI server: waitress speaks no TLS itself.
+
+    Python's `ssl` does the TLS (TLS 1.2 and up, the system's ciphers); a plain-HTTP
+    request on the port gets an error or a closed connection, never a page.
+    """
+    from cheroot import wsgi  # noqa: PLC0415
+    from cheroot.ssl.builtin import BuiltinSSLAdapter  # noqa: PLC0415
+
+    server = wsgi.Server((host, port), app, numthreads=console.threads, server_name="openslb")
+    server.ssl_adapter = BuiltinSSLAdapter(console.tls_cert, console.tls_key)
+    server.ssl_adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.start()
+    finally:
+        server.stop()
 
 
 @console.command("create-admin")
@@ -53,7 +93,7 @@ def create_admin(settings: config.Settings, name: str, password_stdin: bool) -> 
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    store = Store.from_url(settings.redis.url, settings.redis.prefix)
+    store = Store.connect(settings.redis)
     try:
         Accounts(store).create_user(name, password, Role.ADMIN)
     except AuthError as exc:

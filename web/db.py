@@ -5,6 +5,8 @@ from __future__ import annotations
 import redis
 from flask import Flask, current_app, g
 
+from cmi import redisconn
+from cmi.config import RedisSettings
 from cmi.operations import Operations
 from cmi.store import Store
 from web.readmodel import ReadModel
@@ -13,10 +15,9 @@ _POOL = "openslb.redis_pool"
 _READ_MODEL = "openslb.read_model"
 
 
-def init_app(app: Flask) -> None:
-    app.extensions[_POOL] = redis.ConnectionPool.from_url(
-        app.config["REDIS_URL"], health_check_interval=30
-    )
+def init_app(app: Flask, settings: RedisSettings) -> None:
+    """One pool for the app, authenticated as configured (`redis.username`, password file)."""
+    app.extensions[_POOL] = redisconn.pool(settings)
     app.extensions[_READ_MODEL] = ReadModel()
 
 

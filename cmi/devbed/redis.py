@@ -19,10 +19,21 @@ from cmi.devbed.process import Process, StartError, free_port, wait_until
 class RedisServer:
     """A private redis-server: its own port, directory and append-only file."""
 
-    def __init__(self, state_dir: Path, port: int | None = None, fsync: str = "everysec") -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        port: int | None = None,
+        fsync: str = "everysec",
+        *,
+        aclfile: Path | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
+        """With `aclfile` (from `slb redis-acl`), Redis knows only its users; `auth` is the
+        (user, password) this harness checks readiness with."""
         self.state_dir = state_dir
         self.port = port or free_port()
         self.fsync = fsync
+        self.auth = auth
         binary = shutil.which("redis-server")
         if binary is None:
             raise StartError("redis-server not found: run deploy/testbed/install.sh")
@@ -32,12 +43,15 @@ class RedisServer:
                 binary,
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
+                "--unixsocket", str(self.socket),
+                "--unixsocketperm", "700",
                 "--dir", str(state_dir),
                 "--appendonly", "yes",
                 "--appendfsync", fsync,
                 "--save", "",
                 "--protected-mode", "yes",
                 "--daemonize", "no",
+                *(["--aclfile", str(aclfile.resolve())] if aclfile else []),
             ],
             state_dir,
         )  # fmt: skip
@@ -46,7 +60,18 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def socket(self) -> Path:
+        """Its Unix socket too: reachable from every network namespace on the machine."""
+        return self.state_dir / "redis.sock"
+
+    @property
+    def socket_url(self) -> str:
+        return f"unix://{self.socket}?db=0"
+
     def client(self) -> redis.Redis[bytes]:
+        if self.auth is not None:
+            return redis.Redis.from_url(self.url, username=self.auth[0], password=self.auth[1])
         return redis.Redis.from_url(self.url)
 
     def start(self, timeout: float = 20.0) -> RedisServer:
@@ -57,6 +82,8 @@ class RedisServer:
         def ready() -> bool:
             self.process.check_alive()
             try:
+                if self.auth is not None:  # a role without INFO: PING answers LOADING meanwhile
+                    return bool(client.ping())
                 return bool(client.ping()) and client.info("persistence")["loading"] == 0
             except redis.ConnectionError:
                 return False

@@ -14,6 +14,10 @@ APT_PACKAGES=(
   linux-image-amd64       # Debian's kernel, with IPVS as modules, booted by the lab VM
   busybox-static          # the lab VM's initramfs
   ipvsadm                 # the second IPVS driver, and for looking at IPVS by hand
+  keepalived              # VRRP between LB nodes (the lab VM's failover tests)
+  curl                    # keepalived's Envoy health check on LB nodes
+  shellcheck              # lints deploy/'s shell scripts
+  ruby vagrant            # `ruby -c` and `vagrant validate` check the Vagrantfile
   chromium                # the console's browser tests (driven by Playwright, headless)
   nodejs                  # npm installs the console's browser libraries (Chart.js, htmx)
   cpio kmod iproute2 procps

@@ -1,4 +1,5 @@
-"""`slb console` as operators run it: waitress on loopback, a private secret key file."""
+"""`slb console` as operators run it: waitress on loopback, a private secret key file;
+HTTPS (cheroot) with a certificate from `slb pki`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import stat
 import sys
 from pathlib import Path
 
+import certifi
+import pytest
 import requests
+from click.testing import CliRunner
 
+from cmi.cli import main
 from cmi.devbed.process import Process, free_port, wait_until
 from cmi.devbed.redis import RedisServer
 from cmi.store import Store
@@ -43,3 +48,78 @@ def test_slb_console_serves_with_waitress(
         assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
     finally:
         console.stop()
+
+
+def test_slb_console_serves_https_with_a_certificate_from_slb_pki(
+    redis_server: RedisServer, store: Store, tmp_path: Path
+) -> None:
+    ca_dir = tmp_path / "ca"
+    for args in (["init", "--dir", str(ca_dir)],
+                 ["issue", "--dir", str(ca_dir), "--name", "console", "--kind", "server",
+                  "--san", "127.0.0.1", "--san", "console.openslb.test"]):  # fmt: skip
+        made = CliRunner().invoke(main, ["pki", *args], env={"OPENSLB_CONFIG": ""})
+        assert made.exit_code == 0, made.output
+    port = free_port()
+    env = {
+        "OPENSLB_CONFIG": "",
+        "OPENSLB_REDIS_URL": redis_server.url,
+        "OPENSLB_REDIS_PREFIX": store.prefix,
+        "OPENSLB_CONSOLE_BIND": f"127.0.0.1:{port}",
+        "OPENSLB_CONSOLE_SECRET_KEY_FILE": str(tmp_path / "console-secret-key"),
+        "OPENSLB_CONSOLE_TLS_CERT": str(ca_dir / "console.crt"),
+        "OPENSLB_CONSOLE_TLS_KEY": str(ca_dir / "console.key"),
+    }
+    console = Process("console", [sys.executable, "-m", "cmi.cli", "console"], tmp_path, env=env)
+    console.start()
+    ca = str(ca_dir / "ca.crt")
+    try:
+        url = f"https://127.0.0.1:{port}"
+
+        def up() -> bool:
+            console.check_alive()
+            try:
+                return requests.get(f"{url}/login", timeout=2, verify=ca).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(up, 30, "slb console over HTTPS")
+        response = requests.get(f"{url}/login", timeout=5, verify=ca)  # the CA verifies it
+        assert "<form" in response.text
+        assert response.headers["Server"] == "openslb"
+        cookie = response.headers["Set-Cookie"]
+        assert "openslb_session" in cookie
+        assert "Secure" in cookie
+        assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+        assert requests.get(f"{url}/api/v1/listeners", timeout=5, verify=ca).status_code == 401
+        with pytest.raises(requests.exceptions.SSLError):  # a client trusting another CA
+            requests.get(f"{url}/login", timeout=5, verify=certifi.where())
+
+        try:  # plain HTTP to the same port gets no page
+            plain = requests.get(f"http://127.0.0.1:{port}/login", timeout=5)
+        except requests.ConnectionError:
+            pass
+        else:
+            assert plain.status_code == 400
+            assert "<form" not in plain.text
+        console.check_alive()  # and the server carries on
+        assert requests.get(f"{url}/login", timeout=5, verify=ca).status_code == 200
+    finally:
+        console.stop()
+    assert "https://127.0.0.1" in console.log_path.read_text()
+    assert "PRIVATE KEY" not in console.log_path.read_text()
+
+
+def test_slb_console_names_an_unusable_certificate(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["console"],
+        env={"OPENSLB_CONFIG": "", "OPENSLB_CONSOLE_TLS_CERT": str(tmp_path / "missing.crt"),
+             "OPENSLB_CONSOLE_TLS_KEY": str(tmp_path / "missing.key")},
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "console.tls_cert: cannot read" in result.output
+    half = CliRunner().invoke(
+        main, ["console"],
+        env={"OPENSLB_CONFIG": "", "OPENSLB_CONSOLE_TLS_KEY": str(tmp_path / "k")},
+    )  # fmt: skip
+    assert half.exit_code == 2
+    assert "console.tls_cert: required with console.tls_key" in half.output

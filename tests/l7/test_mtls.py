@@ -1,0 +1,197 @@
+"""Mutual TLS between Envoy and `slb xds`: real Envoys, the real server, certificates from
+`slb pki`. An Envoy with a client certificate of the right CA gets its configuration; one
+without a certificate, with another CA's, speaking plaintext, or expecting another server
+name never gets a stream: the server counts none for it and Envoy stays disconnected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from google.protobuf.json_format import ParseDict
+
+from cmi.cli import main
+from cmi.devbed.envoy import EnvoyProxy
+from cmi.devbed.process import wait_until
+from cmi.store import Put, Store
+from l7.bootstrap import XdsTls, bootstrap
+from tests.l7.harness import (
+    Bed,
+    dynamic_resources,
+    listener,
+    load_balancer,
+    service,
+    wait_programmed,
+)
+from tests.l7.test_bootstrap import PACKED, validate
+
+PACKED_MESSAGES = (*PACKED, tls_pb2)  # for ParseDict: tls_pb2 is the transport socket's
+SERVER_NAME = "xds.openslb.test"
+CONNECTED = "control_plane.connected_state"
+ATTEMPTS = "cluster.openslb-xds.upstream_cx_total"
+
+
+def slb(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(main, list(args), env={"OPENSLB_CONFIG": "", **(env or {})})
+
+
+def make_pki(directory: Path) -> dict[str, Path]:
+    """Two CAs: ours (the xDS server, Envoy n1) and another (an Envoy it never issued)."""
+    ours, other = directory / "ca", directory / "other-ca"
+    for args in (
+        ["init", "--dir", str(ours)],
+        ["issue", "--dir", str(ours), "--name", "xds", "--kind", "server",
+         "--san", SERVER_NAME, "--san", "127.0.0.1"],
+        ["issue", "--dir", str(ours), "--name", "n1", "--kind", "client"],
+        ["init", "--dir", str(other)],
+        ["issue", "--dir", str(other), "--name", "rogue", "--kind", "client"],
+    ):  # fmt: skip
+        result = slb("pki", *args)
+        assert result.exit_code == 0, result.output
+    return {"ca": ours / "ca.crt", "dir": ours, "other": other}
+
+
+def envoy_bootstrap(tmp_path: Path, node: str, xds: str, *options: str) -> dict[str, Any]:
+    """The bootstrap `slb envoy-bootstrap` writes for an Envoy of group default."""
+    out = tmp_path / f"{node}.json"
+    result = slb("envoy-bootstrap", "--node-id", node, "--xds", xds, "--stats-port", "0",
+                 "--out", str(out), *options)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config: dict[str, Any] = json.loads(out.read_text())
+    return config
+
+
+def start(bed: Bed, node: str, config: dict[str, Any], *, live: bool) -> EnvoyProxy:
+    proxy = EnvoyProxy(bed.directory / node, config, name=node)
+    bed.envoys.append(proxy)
+    return proxy.start(live=live)
+
+
+def test_only_envoys_with_a_client_certificate_of_the_ca_get_configuration(
+    store: Store, bed: Bed, tmp_path: Path
+) -> None:
+    files = make_pki(tmp_path / "pki")
+    ours, other, ca = files["dir"], files["other"], str(files["ca"])
+    vip = bed.net.address(2)
+    revision = store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("web", [(bed.net.address(101), 8080)], port_name="http")),
+        Put(listener("web", "HTTP", 8080, app="web", target_port="http")),
+    ])  # fmt: skip
+    bed.xds.env.update({
+        "OPENSLB_XDS_TLS_CERT": str(ours / "xds.crt"),
+        "OPENSLB_XDS_TLS_KEY": str(ours / "xds.key"),
+        "OPENSLB_XDS_TLS_CLIENT_CA": ca,
+    })  # fmt: skip
+    bed.xds.start()
+    assert "mutual TLS" in bed.xds.log()
+    xds = bed.xds.address
+
+    # Envoy n1 checks the server's certificate for xds.openslb.test (SAN and SNI).
+    good = envoy_bootstrap(
+        tmp_path, "n1", xds, "--tls-cert", str(ours / "n1.crt"), "--tls-key",
+        str(ours / "n1.key"), "--tls-ca", ca, "--tls-server-name", SERVER_NAME,
+    )  # fmt: skip
+    n1 = start(bed, "n1", good, live=True)
+    wait_programmed(store, ["n1"], revision)
+    assert "web" in str(dynamic_resources(n1)["listeners"])
+    stats = n1.stats("openslb-xds.ssl.handshake|control_plane.connected_state")
+    assert stats[CONNECTED] == 1
+    assert stats["cluster.openslb-xds.ssl.handshake"] >= 1
+
+    no_cert = json.loads(json.dumps(good))
+    socket = no_cert["static_resources"]["clusters"][0]["transport_socket"]
+    del socket["typed_config"]["common_tls_context"]["tls_certificates"]
+    rogues = {
+        "no-cert": no_cert,
+        "other-ca": envoy_bootstrap(
+            tmp_path, "other-ca", xds, "--tls-cert", str(other / "rogue.crt"),
+            "--tls-key", str(other / "rogue.key"), "--tls-ca", ca,
+            "--tls-server-name", SERVER_NAME,
+        ),
+        "plaintext": envoy_bootstrap(tmp_path, "plaintext", xds),
+        # A valid client whose idea of the server's name the certificate does not carry.
+        "wrong-name": envoy_bootstrap(
+            tmp_path, "wrong-name", xds, "--tls-cert", str(ours / "n1.crt"),
+            "--tls-key", str(ours / "n1.key"), "--tls-ca", ca,
+            "--tls-server-name", "other.openslb.test",
+        ),
+    }  # fmt: skip
+    proxies = {node: start(bed, node, config, live=False) for node, config in rogues.items()}
+    for node, proxy in proxies.items():
+        wait_until(
+            lambda p=proxy: p.stats(ATTEMPTS).get(ATTEMPTS, 0) >= 3,  # type: ignore[misc]
+            30,
+            f"{node} trying the xDS server three times",
+        )
+    for node, proxy in proxies.items():
+        assert proxy.stats(CONNECTED)[CONNECTED] == 0, node
+        assert "listeners" not in dynamic_resources(proxy), node
+    assert bed.xds.metric("openslb_xds_streams") == 1  # n1's only
+    log = bed.xds.log()
+    assert "n1 connected" in log
+    assert not any(f"{node} connected" in log for node in rogues)
+    assert n1.stats(CONNECTED)[CONNECTED] == 1
+
+
+def test_the_bootstrap_carries_the_client_certificate_and_checks_the_server(
+    tmp_path: Path,
+) -> None:
+    files = make_pki(tmp_path / "pki")
+    ours, ca = files["dir"], str(files["ca"])
+    config = envoy_bootstrap(
+        tmp_path, "lb1", "127.0.0.1:18000", "--tls-cert", str(ours / "n1.crt"),
+        "--tls-key", str(ours / "n1.key"), "--tls-ca", ca,
+    )  # fmt: skip
+    ParseDict(config, bootstrap_pb2.Bootstrap())  # every field name and type is Envoy's
+    result = validate(config, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    context = config["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+    assert "sni" not in context  # an IP address is checked as an IP SAN, sent as no SNI
+    common = context["common_tls_context"]
+    assert common["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}
+    ]
+    assert common["tls_certificates"] == [{
+        "certificate_chain": {"filename": str((ours / "n1.crt").resolve())},
+        "private_key": {"filename": str((ours / "n1.key").resolve())},
+    }]  # fmt: skip
+    assert "PRIVATE KEY" not in json.dumps(config)  # Envoy reads the key file itself
+    by_name = bootstrap("g", "n", "xds.openslb.test:18000", tls=XdsTls("c", "k", "a", SERVER_NAME))
+    typed = by_name["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+    assert typed["sni"] == SERVER_NAME
+
+
+def test_incomplete_or_unusable_tls_settings_are_named(tmp_path: Path) -> None:
+    files = make_pki(tmp_path / "pki")
+    ours, ca = files["dir"], str(files["ca"])
+    env = {
+        "OPENSLB_XDS_TLS_CERT": str(ours / "xds.crt"),
+        "OPENSLB_XDS_TLS_KEY": str(ours / "xds.key"),
+        "OPENSLB_XDS_TLS_CLIENT_CA": ca,
+    }
+    for change, named in [
+        ({"OPENSLB_XDS_TLS_CERT": str(tmp_path / "missing.crt")}, "xds.tls_cert: cannot read"),
+        ({"OPENSLB_XDS_TLS_CLIENT_CA": ""}, "xds.tls_client_ca: required with xds.tls_cert"),
+        ({"OPENSLB_XDS_TLS_KEY": str(ours / "n1.key")}, "xds.tls_key: "),
+    ]:
+        result = slb("xds", env={**env, **change})
+        assert result.exit_code == 2, result.output
+        assert named in result.output
+        assert "PRIVATE KEY" not in result.output
+    missing_ca = slb("envoy-bootstrap", "--node-id", "n", "--tls-cert", str(ours / "n1.crt"),
+                     "--tls-key", str(ours / "n1.key"))  # fmt: skip
+    assert missing_ca.exit_code == 2
+    assert "--tls-ca (xds.server_ca): required with --tls-cert" in missing_ca.output
+    from_settings = slb(
+        "envoy-bootstrap", "--node-id", "n", "--xds", "127.0.0.1:1",
+        env={"OPENSLB_XDS_CLIENT_CERT": str(ours / "n1.crt"),
+             "OPENSLB_XDS_CLIENT_KEY": str(tmp_path / "gone.key"),
+             "OPENSLB_XDS_SERVER_CA": ca},
+    )  # fmt: skip
+    assert from_settings.exit_code == 2
+    assert "--tls-key (xds.client_key): cannot read" in from_settings.output
