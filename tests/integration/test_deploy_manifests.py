@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from cmi.config import ENV_PREFIX, Settings
 from cmi.devbed.kube import KubeAPI
 from cmi.k8s.client import KubeClient, KubeError
 
@@ -88,3 +90,23 @@ def test_every_container_runs_an_slb_command_that_exists() -> None:
         done = subprocess.run([sys.executable, "-m", "cmi.cli", *command[1:], "--help"],
                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert done.returncode == 0, (command, done.stderr)
+
+
+def test_every_openslb_variable_names_a_setting() -> None:
+    """A misspelt OPENSLB_ variable would be ignored silently: each must be a setting."""
+    defaults = Settings()
+    known = {
+        f"{ENV_PREFIX}{section.name}_{f.name}".upper()
+        for section in fields(Settings)
+        for f in fields(getattr(defaults, section.name))
+    }
+    used = {
+        env["name"]
+        for doc in documents()
+        if doc["kind"] in ("Deployment", "StatefulSet")
+        for c in doc["spec"]["template"]["spec"]["containers"]
+        for env in c.get("env", [])
+        if env["name"].startswith(ENV_PREFIX)
+    }
+    assert "OPENSLB_REDIS_PASSWORD_FILE" in used
+    assert used - known == set()
