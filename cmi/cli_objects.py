@@ -273,15 +273,29 @@ def node_group_group() -> None:
 @node_group_group.command("set")
 @click.argument("name")
 @click.argument("nodes", nargs=-1, required=True)
+@click.option(
+    "--envoy-ready-port", type=int, default=0, show_default=True,
+    help="Check each node's Envoy at http://ADDRESS:PORT/ready (the bootstrap's stats "
+    "listener, reachable from the other nodes) every second; a node failing twice gets no "
+    "new L7 flows. 0: no check.",
+)  # fmt: skip
 @click.pass_obj
-def node_group_set(settings: config.Settings, name: str, nodes: tuple[str, ...]) -> None:
+def node_group_set(
+    settings: config.Settings, name: str, nodes: tuple[str, ...], envoy_ready_port: int
+) -> None:
     """Create or replace group NAME with NODES given as NAME=ADDRESS."""
     with _reported():
         members = []
         for node in nodes:
             node_name, _, address = node.partition("=")
             members.append({"name": node_name, "address": address})
-        stored = _operations(settings).put_node_group({"name": name, "nodes": members})
+        group: dict[str, object] = {"name": name, "nodes": members}
+        if envoy_ready_port:
+            group["envoy_check"] = {
+                "type": "http", "path": "/ready", "port": envoy_ready_port, "interval_s": 1,
+                "timeout_s": 1, "healthy_threshold": 2, "unhealthy_threshold": 2,
+            }  # fmt: skip
+        stored = _operations(settings).put_node_group(group)
     click.echo(f"node group {name} written at revision {stored.revision}")
 
 

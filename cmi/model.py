@@ -220,6 +220,8 @@ class HealthCheck(_Model):
     timeout_s: int = Field(default=5, ge=1, le=300)
     healthy_threshold: int = Field(default=3, ge=2, le=10)
     unhealthy_threshold: int = Field(default=3, ge=2, le=10)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """Probe this port instead of the real server's (like Alibaba SLB's connect port)."""
 
     @model_validator(mode="after")
     def _fields_fit_type(self) -> Self:
@@ -382,6 +384,13 @@ class Listener(StoredObject):
         return selector
 
     @model_validator(mode="after")
+    def _no_check_port(self) -> Self:
+        # Envoy takes a check port per endpoint, not per check: not translated for listeners
+        if self.health_check is not None and self.health_check.port is not None:
+            raise CrossFieldError([("health_check.port", "only a node group's envoy_check")])
+        return self
+
+    @model_validator(mode="after")
     def _fields_fit_protocol(self) -> Self:
         l7, problems = self.protocol.is_l7, []
         by_service = self.owner.kind is OwnerKind.SERVICE
@@ -467,6 +476,10 @@ class NodeGroup(StoredObject):
 
     name: Name
     nodes: tuple[LBNode, ...] = ()
+    envoy_check: HealthCheck | None = None
+    """How the IPVS tier checks the group's Envoys, the real servers of L7 listeners (e.g.
+    http /ready on the bootstrap's stats port, 9902). Without it, a dead node's Envoy keeps
+    its share of new L7 flows until the node leaves the group."""
 
     @field_validator("nodes")
     @classmethod

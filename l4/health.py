@@ -56,8 +56,13 @@ def targets(
     for key, check in checks.items():
         for dest in services[key].dests:
             if dest.weight > 0:
-                found.setdefault(Target(dest.address, dest.port, check), []).append(key)
+                found.setdefault(target_of(dest.address, dest.port, check), []).append(key)
     return found
+
+
+def target_of(address: str, port: int, check: HealthCheck) -> Target:
+    """The probe of a real server: its port, or the check's own."""
+    return Target(address, check.port or port, check)
 
 
 def effective(
@@ -84,7 +89,7 @@ def _depool(
     failing = sorted(
         (since, d.key)
         for d in pooled
-        if (since := down.get(Target(d.address, d.port, check))) is not None
+        if (since := down.get(target_of(d.address, d.port, check))) is not None
     )
     if not failing:
         return service

@@ -14,7 +14,8 @@ IPVS tables agree. The rules:
   the VIP as its destination, which NAT would rewrite. Their scheduler is `mh` with
   `mh-port` (Maglev hashing over source address and port): every node that builds the
   same table picks the same Envoy for a flow, so a flow survives ECMP moving it to another
-  LB node. The listener's own scheduler is Envoy's business, per request.
+  LB node. The listener's own scheduler is Envoy's business, per request. The group's
+  `envoy_check` checks each Envoy (e.g. its /ready), so a dead node's share is rehashed.
 - `sh` and `mh` get their `-fallback` flag: a real server at weight 0 (draining, or
   failing its health check) would otherwise keep its share of the hash and black-hole it.
 - Source-IP persistence becomes the IPVS persistence timeout (TCP/UDP listeners; at L7 it
@@ -202,6 +203,8 @@ def plan(
                     if n.address.version == item.vip.version
                 ),
             )
+            if node_group.envoy_check is not None:
+                checks[key] = node_group.envoy_check
             continue
         found: list[str] = []
         services[key] = _l4_service(key, item, found)

@@ -55,6 +55,10 @@ tls_client_ca = "/etc/openslb/pki/ca.crt"
 [console]
 bind = "$LAB_CTL_IP:8080"
 secret_key_file = "/var/lib/openslb/console-secret-key"
+# HTTPS only, with a certificate of the lab's CA (.lab-state/pki/ca.crt: trust it, or
+# accept the browser's warning once).
+tls_cert = "/etc/openslb/pki/console.crt"
+tls_key = "/etc/openslb/pki/console.key"
 
 [dev]
 # Where slb worker --beat keeps its schedule.
@@ -69,6 +73,8 @@ pki="$STATE/pki"
 [ -f "$pki/ca.crt" ] || "${slb[@]}" pki init --dir "$pki" --name "openslb lab CA"
 [ -f "$pki/xds.crt" ] \
   || "${slb[@]}" pki issue --dir "$pki" --name xds --kind server --san "$LAB_CTL_IP" --san ctl
+[ -f "$pki/console.crt" ] \
+  || "${slb[@]}" pki issue --dir "$pki" --name console --kind server --san "$LAB_CTL_IP" --san ctl
 for entry in $LAB_LB_NODES; do
   node="${entry%%=*}"
   [ -f "$pki/$node.crt" ] || "${slb[@]}" pki issue --dir "$pki" --name "$node" --kind client
@@ -80,6 +86,8 @@ done
 put_copy "$pki/ca.crt" /etc/openslb/pki/ca.crt 644
 put_copy "$pki/xds.crt" /etc/openslb/pki/xds.crt 644
 put_copy "$pki/xds.key" /etc/openslb/pki/xds.key 640 openslb
+put_copy "$pki/console.crt" /etc/openslb/pki/console.crt 644
+put_copy "$pki/console.key" /etc/openslb/pki/console.key 640 openslb
 
 # Redis: reachable from the LB nodes, the `default` user off (slb redis-acl's file), AOF.
 before=${#CHANGED[@]}
@@ -117,9 +125,10 @@ wait_until 60 "answer from Redis as user cmi" redis_ping
 wait_for_file "$STATE/kubeconfig"
 put_copy "$STATE/kubeconfig" /etc/openslb/kubeconfig 640 openslb
 
-# The LB nodes of the node group, by the addresses their Envoys are reached at.
+# The LB nodes of the node group, by the addresses their Envoys are reached at; IPVS
+# checks each Envoy's /ready (stats listener, :9902) so a dead node gets no new L7 flows.
 read -ra lb_nodes <<< "$LAB_LB_NODES"
-"${slb[@]}" node-group set "$LAB_NODE_GROUP" "${lb_nodes[@]}" >/dev/null
+"${slb[@]}" node-group set "$LAB_NODE_GROUP" "${lb_nodes[@]}" --envoy-ready-port 9902 >/dev/null
 log "node group $LAB_NODE_GROUP: ${lb_nodes[*]}"
 
 before=${#CHANGED[@]}
@@ -138,4 +147,4 @@ elif ! grep -q "exists" <<< "$out"; then
   echo "$out" >&2
   exit 1
 fi
-log "console: http://$LAB_CTL_IP:8080/ (user admin, password in .lab-state/console-admin-password)"
+log "console: https://$LAB_CTL_IP:8080/ (user admin, password in .lab-state/console-admin-password)"

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from cmi.cli import main
 from cmi.devbed.redis import RedisServer
-from cmi.model import Listener, ModelError, Owner, OwnerKind
+from cmi.model import Listener, ModelError, NodeGroup, Owner, OwnerKind
 from cmi.operations import Operations
 from cmi.store import Store
 
@@ -115,3 +115,23 @@ def test_the_slb_command(redis_server: RedisServer, store: Store) -> None:
     assert slb("lb", "rm", "public")[0] == 1
     assert slb("listener", "rm", "web")[0] == 0
     assert slb("lb", "rm", "public")[0] == 0
+
+
+def test_a_node_group_can_have_its_envoys_checked(redis_server: RedisServer, store: Store) -> None:
+    env = {"OPENSLB_REDIS_URL": redis_server.url, "OPENSLB_REDIS_PREFIX": store.prefix,
+           "OPENSLB_CONFIG": ""}  # fmt: skip
+    runner = CliRunner()
+    argv = ["node-group", "set", "edge", "lb1=198.18.0.1", "lb2=198.18.0.2"]
+    result = runner.invoke(main, [*argv, "--envoy-ready-port", "9902"], env=env)
+    assert result.exit_code == 0, result.output
+    stored = store.get(NodeGroup, "edge")
+    assert stored is not None
+    check = stored.obj.envoy_check
+    assert check is not None
+    assert (check.type.value, check.path, check.port) == ("http", "/ready", 9902)
+    result = runner.invoke(main, [*argv, "--envoy-ready-port", "70000"], env=env)
+    assert result.exit_code == 1
+    assert "envoy_check.port" in result.output
+    again = store.get(NodeGroup, "edge")
+    assert again is not None
+    assert again.obj.envoy_check == check  # nothing half-applied

@@ -69,6 +69,18 @@ def test_a_server_in_two_services_with_the_same_check_is_one_target() -> None:
     assert found == {Target("198.18.1.1", 8080, TCP): [WEB, API]}
 
 
+def test_a_check_with_its_own_port_probes_that_port_and_depools_the_server() -> None:
+    """L7 listeners' real servers are Envoys: probed on their /ready port, not the VIP's."""
+    ready = HealthCheck(type="http", path="/ready", port=9902, interval_s=1, timeout_s=1,
+                        healthy_threshold=2, unhealthy_threshold=2)  # fmt: skip
+    envoys = VirtualService(WEB, "mh", (), 0, (Dest("198.18.100.1", 80, 1, "dr"),
+                                               Dest("198.18.100.2", 80, 1, "dr")))  # fmt: skip
+    found = targets({WEB: envoys}, {WEB: ready})
+    assert set(found) == {Target("198.18.100.1", 9902, ready), Target("198.18.100.2", 9902, ready)}
+    got = effective({WEB: envoys}, {WEB: ready}, {Target("198.18.100.1", 9902, ready): 1.0}, 0.5)
+    assert weights(got[WEB]) == [0, 1]
+
+
 # -- probes against real servers -----------------------------------------------------------
 
 

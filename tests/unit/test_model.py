@@ -177,6 +177,8 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
          ["backends.grpc.0.weight"]),
         ("NodeGroup", {"nodes": [{"name": "lb1", "address": "198.18.0.1"}] * 2}, ["nodes"]),
         ("NodeGroup", {"nodes": [{"name": "lb1", "address": "lb1.example"}]}, ["nodes.0.address"]),
+        ("NodeGroup", {"envoy_check": {"type": "http", "port": 0}}, ["envoy_check.port"]),
+        ("Listener", {"health_check": {"type": "tcp", "port": 9902}}, ["health_check.port"]),
         ("AddressPool", {"cidrs": []}, ["cidrs"]),
         ("AddressPool", {"cidrs": ["198.18.0.1/24"]}, ["cidrs"]),
     ],

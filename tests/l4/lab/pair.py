@@ -11,23 +11,30 @@ every namespace sees.
     lb2 eth0 198.18.30.12 -+    fo-back -----+-- lb1 eth1 198.18.32.11, lb2 eth1 .12
     VIP 198.18.30.10 and the real servers' gateway 198.18.32.1 live on the MASTER.
 
+The TCP listener (port 8080, NAT) reaches the real servers; the HTTP listener (port 80)
+goes, as every L7 listener does, by direct routing to the group's Envoys: stand-ins here
+(a server on :80 answering its node's name, /ready on :9902 for the group's envoy_check),
+since what is measured is the IPVS tier's side of a failover.
+
 A node "dies" as a machine does: its keepalived and agent are killed and its links go
 down. It "boots" again with clean interfaces, and a new agent and keepalived.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cmi.devbed.process import Process, wait_until
-from cmi.model import StoredObject
+from cmi.model import HealthCheck, StoredObject
 from cmi.store import Store
 from tests.l4.desired import listener, load_balancer, node_group, put, service
 from tests.l4.lab.netns import NameServer, Netns, sh
@@ -38,6 +45,10 @@ SLB = str(Path(sys.executable).with_name("slb"))
 
 VIP = "198.18.30.10"
 PORT = 8080
+L7_PORT = 80
+READY_PORT = 9902
+ENVOY_CHECK = {"type": "http", "path": "/ready", "port": READY_PORT, "interval_s": 1,
+               "timeout_s": 1, "healthy_threshold": 2, "unhealthy_threshold": 2}  # fmt: skip
 GATEWAY = "198.18.32.1"
 GROUP = "lab"
 CLIENT = "198.18.30.100"
@@ -46,8 +57,13 @@ SERVERS = {"rs1": "198.18.32.21", "rs2": "198.18.32.22"}
 
 
 def desired_state(store: Store, vips: tuple[str, ...] = (VIP,)) -> int:
-    """The pair's node group, and a TCP listener on each VIP across the real servers."""
-    objects: list[StoredObject] = [node_group(*((n, a[0]) for n, a in NODES.items()), name=GROUP)]
+    """The pair's node group (its Envoys checked), a TCP listener on each VIP across the real
+    servers, and an HTTP listener on the first."""
+    group = node_group(*((n, a[0]) for n, a in NODES.items()), name=GROUP)
+    objects: list[StoredObject] = [
+        group.model_copy(update={"envoy_check": HealthCheck.model_validate(ENVOY_CHECK)}),
+        listener("site", L7_PORT, protocol="HTTP", lb="lb0", app="app0"),
+    ]
     for index, vip in enumerate(vips):
         lb, app = f"lb{index}", f"app{index}"
         objects += [
@@ -91,6 +107,8 @@ class LBPair:
             netns.ip("route", "add", "default", "via", GATEWAY)
             self.servers[name] = NameServer(netns, name, (PORT,)).start()
         self.nodes: dict[str, LBNode] = {}
+        self.envoys: dict[str, NameServer] = {}  # stand-ins: each answers its node's name
+        self.ready: dict[str, http.server.HTTPServer] = {}
         for name, (front, back, _) in NODES.items():
             netns = Netns(f"fo-{name}")
             self._attach(netns, f"fo-{name}f", "fo-front", "eth0", f"{front}/24")
@@ -98,6 +116,8 @@ class LBPair:
             sh("ip", "netns", "exec", netns.name, "sysctl", "-q", "-p",
                str(LB_NODE / "sysctl.d" / "90-openslb.conf"))  # fmt: skip
             self.nodes[name] = LBNode(name, netns, state_dir / name)
+            self.envoys[name] = NameServer(netns, name, (L7_PORT,)).start()
+            self.ready[name] = netns.call(_serve_ready)
 
     @staticmethod
     def _attach(netns: Netns, root_side: str, bridge: str, inside: str, address: str) -> None:
@@ -245,7 +265,10 @@ class LBPair:
         return "\n".join(parts)
 
     def close(self) -> None:
-        for node in self.nodes.values():
+        for name, node in self.nodes.items():
+            self.envoys[name].stop()
+            self.ready[name].shutdown()
+            self.ready[name].server_close()
             for process in (node.keepalived, node.agent):
                 if process is not None:
                     process.stop()
@@ -259,14 +282,21 @@ class LBPair:
 
     # -- the client ------------------------------------------------------------------------
 
-    def ask(self, vip: str = VIP, timeout: float = 0.5) -> str:
-        """One call through the VIP from the client: the real server's name."""
-        return self.client.call(_ask, vip, timeout)
+    def ask(self, vip: str = VIP, timeout: float = 0.5, port: int = PORT) -> str:
+        """One call through the VIP from the client: the name of who answered."""
+        return self.client.call(_ask, vip, timeout, port)
 
     def answers(self, vip: str = VIP) -> bool:
         """Whether a call through `vip` gets a real server's answer now."""
         try:
             return self.ask(vip, timeout=1.0) in SERVERS
+        except OSError:
+            return False
+
+    def l7_answered_by_only(self, node: str) -> bool:
+        """Whether 8 HTTP calls through the VIP are all answered by `node`'s Envoy."""
+        try:
+            return {self.ask(VIP, 1.0, L7_PORT) for _ in range(8)} == {node}
         except OSError:
             return False
 
@@ -286,8 +316,24 @@ class LBPair:
         return self.client.call(_open, VIP)
 
 
-def _ask(vip: str, timeout: float) -> str:
-    with socket.create_connection((vip, PORT), timeout=timeout) as sock:
+class _Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/ready" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve_ready() -> http.server.HTTPServer:
+    """Envoy's /ready on the stats port, for the group's envoy_check (in the node's netns)."""
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", READY_PORT), _Ready)  # noqa: S104
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _ask(vip: str, timeout: float, port: int = PORT) -> str:
+    with socket.create_connection((vip, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
         return sock.makefile().readline().strip()
 

@@ -10,7 +10,7 @@ import pytest
 from cmi.devbed.process import wait_until
 from cmi.devbed.redis import RedisServer
 from cmi.store import Delete, Store
-from tests.l4.lab.pair import NODES, SERVERS, VIP, LBPair, desired_state, echoes
+from tests.l4.lab.pair import L7_PORT, NODES, SERVERS, VIP, LBPair, desired_state, echoes
 
 pytestmark = pytest.mark.lab
 
@@ -44,6 +44,8 @@ def test_one_node_holds_the_vip_and_the_gateway_and_serves(pair: LBPair) -> None
     assert f"{VIP}/32 dev eth0" in include
     wait_until(pair.answers, 60, "an answer through the VIP")
     assert {pair.ask() for _ in range(8)} == set(SERVERS)
+    # HTTP (L7): by direct routing to both nodes' Envoys, flows spread by Maglev hashing
+    assert {pair.ask(VIP, 1.0, L7_PORT) for _ in range(16)} == set(NODES)
 
 
 def test_the_backup_takes_over_when_the_master_dies_and_connections_survive(
@@ -70,6 +72,8 @@ def test_the_backup_takes_over_when_the_master_dies_and_connections_survive(
     # IPVS connection sync gave the backup the connection: it carries on
     assert echoes(established)
     established.close()
+    # L7: the dead node's Envoy fails the group's envoy_check and its flows rehash
+    wait_until(lambda: pair.l7_answered_by_only(backup), 30, f"HTTP answered by {backup} alone")
 
     booted = time.time()
     pair.revive(master)
