@@ -49,11 +49,7 @@ def read_password(path: str) -> str:
 
 def client(settings: RedisSettings) -> redis.Redis[bytes]:
     """A client of the Redis in `settings`, authenticated as configured."""
-    auth = credentials(settings)
-    return redis.Redis.from_url(
-        settings.url, username=auth.get("username"), password=auth.get("password"),
-        health_check_interval=30,
-    )  # fmt: skip
+    return redis.Redis(connection_pool=pool(settings))
 
 
 def pool(settings: RedisSettings) -> redis.ConnectionPool:

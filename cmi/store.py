@@ -195,10 +195,6 @@ class Store:
         self._write = client.register_script(_WRITE)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = DEFAULT_PREFIX) -> Store:
-        return cls(redis.Redis.from_url(url, health_check_interval=30), prefix)
-
-    @classmethod
     def connect(cls, settings: RedisSettings) -> Store:
         """The store of `settings`, authenticated as configured (ACL user, password file)."""
         return cls(redisconn.client(settings), settings.prefix)

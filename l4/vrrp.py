@@ -127,11 +127,11 @@ def compile_instance(group: str | None, vips: Sequence[str], vrrp: VRRP, node: s
         f"# Written by the openslb l4 agent of node {node}; it is rewritten on every change.",
         "",
     ]
-    addresses = [f"{vip}/{128 if ':' in vip else 32} dev {vrrp.interface}" for vip in vips]
-    addresses += [f"{address} dev {device}" for address, device in vrrp.gateway]
+    held = [(f"{vip}/{128 if ':' in vip else 32}", vrrp.interface) for vip in vips]
+    held += vrrp.gateway
     # the adverts' family: the peers' (unicast), else IPv4's if there is one
-    v6 = (bool(vrrp.peers) and ":" in vrrp.peers[0]) or all(":" in a.split()[0] for a in addresses)
-    primary = next((a for a in addresses if (":" in a.split()[0]) == v6), None)
+    v6 = ":" in vrrp.peers[0] if vrrp.peers else all(":" in a for a, _ in held)
+    primary = next((h for h in held if (":" in h[0]) == v6), None)
     if group is None or primary is None:
         lines.append(f"# No VIPs to hold ({'no node group' if group is None else 'none planned'}).")
         return "\n".join(lines) + "\n"
@@ -159,10 +159,10 @@ def compile_instance(group: str | None, vips: Sequence[str], vrrp: VRRP, node: s
     ]
     if vrrp.peers:
         lines += ["    unicast_peer {", *(f"        {peer}" for peer in vrrp.peers), "    }"]
-    lines += ["    virtual_ipaddress {", f"        {primary}", "    }"]
-    excluded = [a for a in addresses if a != primary]
+    lines += ["    virtual_ipaddress {", f"        {primary[0]} dev {primary[1]}", "    }"]
+    excluded = [f"        {a} dev {device}" for a, device in held if (a, device) != primary]
     if excluded:
-        lines += ["    virtual_ipaddress_excluded {", *(f"        {a}" for a in excluded), "    }"]
+        lines += ["    virtual_ipaddress_excluded {", *excluded, "    }"]
     if vrrp.check:
         lines += ["    track_script {", f"        {name}_check", "    }"]
     lines += ["}"]

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cmi.config import RedisSettings
 from cmi.devbed import demo
 from cmi.devbed.envoy import EnvoyProxy
 from cmi.devbed.kube import KubeAPI
@@ -135,7 +136,7 @@ class DevPlatform:
         return f"redis://127.0.0.1:{self.ports()['redis']}/0"
 
     def store(self) -> Store:
-        return Store.from_url(self.redis_url, PREFIX)
+        return Store.connect(RedisSettings(url=self.redis_url, prefix=PREFIX))
 
     @property
     def admin_kubeconfig(self) -> Path:

@@ -70,9 +70,8 @@ class RedisServer:
         return f"unix://{self.socket}?db=0"
 
     def client(self) -> redis.Redis[bytes]:
-        if self.auth is not None:
-            return redis.Redis.from_url(self.url, username=self.auth[0], password=self.auth[1])
-        return redis.Redis.from_url(self.url)
+        username, password = self.auth or (None, None)
+        return redis.Redis.from_url(self.url, username=username, password=password)
 
     def start(self, timeout: float = 20.0) -> RedisServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)

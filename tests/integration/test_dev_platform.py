@@ -66,7 +66,7 @@ def test_up_shows_traffic_is_idempotent_and_down_stops_everything(
 
         # The written config points slb at this platform's Redis, where cmi wrote the VIP.
         settings = config.load(platform.config_file, environ={})
-        store = Store.from_url(settings.redis.url, settings.redis.prefix)
+        store = Store.connect(settings.redis)
         assert store.revision() > 0
         vip = demo.exposure(platform.kube(), "grpc-echo").vip
         assert vip is not None

@@ -223,6 +223,18 @@ class LBPair:
             subprocess.run(["ip", "netns", "exec", self.nodes[name].netns.name, "ipvsadm",
                             "--stop-daemon", role], capture_output=True, check=False)  # fmt: skip
 
+    def l7_weights(self, name: str) -> dict[str, int]:
+        """The node's IPVS weights of the HTTP listener's real servers (the Envoys)."""
+        shown = subprocess.run(
+            ["ip", "netns", "exec", self.nodes[name].netns.name, "ipvsadm", "-Ln", "-t",
+             f"{VIP}:{L7_PORT}"], capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return {
+            fields[1].rpartition(":")[0]: int(fields[3])
+            for line in shown.splitlines()
+            if (fields := line.split())[:1] == ["->"] and fields[1][0].isdigit()
+        }
+
     def connections(self, name: str) -> str:
         """The node's IPVS connection table and sync daemons, as ipvsadm shows them."""
         netns = self.nodes[name].netns.name

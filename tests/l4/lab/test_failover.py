@@ -74,6 +74,7 @@ def test_the_backup_takes_over_when_the_master_dies_and_connections_survive(
     established.close()
     # L7: the dead node's Envoy fails the group's envoy_check and its flows rehash
     wait_until(lambda: pair.l7_answered_by_only(backup), 30, f"HTTP answered by {backup} alone")
+    assert pair.l7_weights(backup) == {NODES[master][0]: 0, NODES[backup][0]: 1}
 
     booted = time.time()
     pair.revive(master)
