@@ -15,9 +15,9 @@ Choices, and why:
   keepalived requires (an instance without one is a fatal configuration error, so a group
   with no VIPs gets no instance); every other is `virtual_ipaddress_excluded`: not listed
   in the adverts, so there is no limit of 20 and IPv4 and IPv6 VIPs share one instance.
-- Every node starts BACKUP with `nopreempt`: the highest priority wins the first
-  election, and a node that comes back stays BACKUP, since moving the VIPs back would cut
-  connections a second time for nothing.
+- Every node starts BACKUP with `nopreempt`: of nodes that start together the highest
+  priority wins the first election; a node that starts later, or comes back, stays BACKUP,
+  since moving the VIPs back would cut connections a second time for nothing.
 - `vrrp_check` (e.g. a request to Envoy's /ready): failing twice puts the node in FAULT,
   which gives the VIPs up; passing twice brings it back.
 - `vrrp_gateway`: addresses that move with the VIPs, e.g. the real servers' default

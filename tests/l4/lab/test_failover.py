@@ -22,9 +22,13 @@ def pair(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) ->
     lbs = LBPair(tmp_path_factory.mktemp("pair"), store, redis_server.socket_url)
     try:
         desired_state(store)
-        for name in NODES:
-            lbs.boot(name)
+        # one after the other, as a rollout does: with nopreempt, the node whose agent
+        # configures keepalived first becomes MASTER, whatever the priorities
+        booted = time.time()
+        lbs.boot("lb1")
         lbs.wait_master()
+        lbs.boot("lb2")
+        wait_until(lambda: lbs.synced_since("lb2", booted), 90, "lb2's agent synced")
         yield lbs
     finally:
         lbs.close()
@@ -37,7 +41,7 @@ def other(name: str) -> str:
 
 def test_one_node_holds_the_vip_and_the_gateway_and_serves(pair: LBPair) -> None:
     master = pair.wait_master()
-    assert master == "lb1"  # the higher priority wins the first election
+    assert master == "lb1"  # up first; lb2 (lower priority, nopreempt) stays BACKUP
     assert pair.nodes[master].holds("198.18.32.1", "eth1")
     assert not pair.nodes["lb2"].holds(VIP)
     include = (pair.nodes["lb1"].state_dir / "openslb.conf").read_text()
