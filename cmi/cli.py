@@ -101,7 +101,10 @@ def cmi_cmd(settings: config.Settings, log_level: str) -> None:
     from cmi import daemon  # noqa: PLC0415 - only this command needs the controller
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    daemon.run(settings)
+    try:
+        daemon.run(settings)
+    except daemon.LeaderThreadError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command("worker")

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import redis
+
 from cmi import build as builder
+from cmi import redisconn
 from cmi.annotation import EXPOSE_LABEL
 from cmi.build import Built, Defaults, Event, Previous
 from cmi.config import CmiSettings
@@ -200,6 +203,7 @@ class Controller:
         # so a thousand status writes never hold up the next change to the data plane.
         self.reports = KeyedQueue(workers=8, name="report")
         self.reconciles = 0
+        self._synced = False
         self.last_sync_s = 0.0
         self._listener_status: dict[str, str] = {}
         self._readiness: dict[str, Readiness] = {}
@@ -223,8 +227,8 @@ class Controller:
 
     def run(self, stop: threading.Event, fence: Fence) -> None:
         self.fence = fence
-        self._ensure_default_pool()
-        self.revision = self.mirror.load(self.store)
+        if not redisconn.until_done(stop, self._load):
+            return
         informers = (self.nodes, self.slices, self.services)
         for informer in informers:
             informer.start()
@@ -235,30 +239,41 @@ class Controller:
                 while not informer.synced.wait(0.5):
                     if stop.is_set():
                         return
-            next_resync = next_readiness = 0.0
+            schedule = {"resync": 0.0, "readiness": 0.0}
             while not stop.is_set():
-                now = time.monotonic()
-                if now >= next_resync or self._resync_requested.is_set():
-                    self._resync_requested.clear()
-                    next_resync = now + self.settings.resync_s
-                    if not self.reconciles:  # the first sync: nothing is served yet
-                        self.resync()
-                        continue
-                    self._resync_began, self._resync_keys = now, self._begin_resync()
-                if self._resync_keys is not None:
-                    self._resync_step()
-                    continue
-                if now >= next_readiness:
-                    self.check_readiness()
-                    next_readiness = now + READINESS_PERIOD_S
-                keys = self.dirty.take(timeout=min(READINESS_PERIOD_S, next_resync - now))
-                if keys and not stop.is_set():
-                    self.reconcile(keys)
+                redisconn.until_done(stop, partial(self._step, stop, schedule))
         finally:
             for informer in informers:
                 informer.stop()
             follower.join(timeout=5)
             self.reports.close()
+
+    def _load(self) -> None:
+        self._ensure_default_pool()
+        self.revision = self.mirror.load(self.store)
+
+    def _step(self, stop: threading.Event, schedule: dict[str, float]) -> None:
+        """One turn of the loop: a resync (or a slice of one), the readiness check, or
+        the changes that came in; `schedule` holds when the periodic ones are due."""
+        now = time.monotonic()
+        if now >= schedule["resync"] or self._resync_requested.is_set():
+            self._resync_requested.clear()
+            if not self._synced:  # the first sync: nothing is served yet
+                self.resync()
+                self._synced = True
+                schedule["resync"] = now + self.settings.resync_s
+                return
+            schedule["resync"] = now + self.settings.resync_s
+            self._resync_began, self._resync_keys = now, self._begin_resync()
+        if self._resync_keys is not None:
+            self._resync_step()
+            return
+        if now >= schedule["readiness"]:
+            self.check_readiness()
+            schedule["readiness"] = now + READINESS_PERIOD_S
+        keys = self.dirty.take(timeout=min(READINESS_PERIOD_S, schedule["resync"] - now))
+        if keys and not stop.is_set():
+            self.reconcile(keys)
 
     def _follow_store(self, stop: threading.Event) -> None:
         """Operators write too (instances, listeners): keep the mirror current and react."""
@@ -316,9 +331,15 @@ class Controller:
             return sorted(set(self.services.keys()) | set(self.mirror.owned))
 
     def reconcile(self, keys: Iterable[str]) -> int:
-        """Bring the store in line with these Services, then tell each one how it went."""
+        """Bring the store in line with these Services, then tell each one how it went.
+        If the store cannot be written, the Services stay dirty for the next turn."""
+        wanted = {k for k in keys if k}
         with self._lock:
-            return self._reconcile({k for k in keys if k})
+            try:
+                return self._reconcile(wanted)
+            except redis.RedisError:
+                self.dirty.add(wanted | {""})
+                raise
 
     def _reconcile(self, keys: set[str]) -> int:
         self.reconciles += 1

@@ -2,7 +2,9 @@
 
 Two or more of these can run; only the holder of the Lease writes, and its fencing token
 (the Lease's transition count) makes sure a deposed leader that has not noticed yet
-cannot write either.
+cannot write either. A leader whose controller or handoff dies of an unexpected error
+does not sit on the Lease serving nothing: it releases the Lease and exits non-zero, so
+another replica takes over at once and the supervisor restarts this one (crash-only).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import signal
 import socket
 import threading
 import uuid
+from collections.abc import Callable
+from functools import partial
 
 from cmi.celeryapp import make_app
 from cmi.config import Settings
@@ -29,8 +33,13 @@ def default_identity() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+class LeaderThreadError(RuntimeError):
+    """A leader's controller or handoff thread ended with an unexpected error."""
+
+
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
+    died: list[str] = []
     kube = KubeClient.from_kubeconfig(settings.kube.kubeconfig)
     store = Store.connect(settings.redis)
     cmi = settings.cmi
@@ -39,14 +48,27 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
 
     handoff = Handoff(store, make_app(settings, include_tasks=False))
 
+    def guarded(work: Callable[[], None]) -> Callable[[], None]:
+        def body() -> None:
+            try:
+                work()
+            except Exception:
+                name = threading.current_thread().name
+                log.exception("%s died; releasing the lease and exiting", name)
+                died.append(name)
+                shut_down()
+
+        return body
+
     def started(epoch: int) -> None:
         leader_stop = threading.Event()
         controller = Controller(kube, store, cmi, identity)
         threads = [
             threading.Thread(
-                target=controller.run, args=(leader_stop, Fence("cmi", epoch)), name="controller"
+                target=guarded(partial(controller.run, leader_stop, Fence("cmi", epoch))),
+                name="controller",
             ),
-            threading.Thread(target=handoff.run, args=(leader_stop,), name="handoff"),
+            threading.Thread(target=guarded(partial(handoff.run, leader_stop)), name="handoff"),
         ]
         leading["current"] = (threads, leader_stop)
         for thread in threads:
@@ -87,3 +109,5 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     threading.Thread(target=watch_stop, daemon=True).start()
     log.info("cmi %s campaigning for lease %s/%s", identity, cmi.lease_namespace, cmi.lease_name)
     elector.run()
+    if died:
+        raise LeaderThreadError(f"cmi {identity}: {', '.join(died)} died (see the log above)")

@@ -13,12 +13,19 @@ in one batch from the change stream is announced once, for the newest.
 from __future__ import annotations
 
 import threading
+from functools import partial
 
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
+from cmi import redisconn
 from cmi.celeryapp import L4_APPLY, L7_APPLY, L7_QUEUE, l4_queue
 from cmi.model import NodeGroup
 from cmi.store import Store
+
+OUTAGES = (redis.RedisError, OperationalError)
+"""What a broker or store outage raises: waited out, never fatal to the handoff."""
 
 
 class Handoff:
@@ -46,18 +53,19 @@ class Handoff:
         return queues
 
     def run(self, stop: threading.Event) -> None:
-        """Announce the current revision, then each batch of new ones, until `stop`."""
-        since = self.store.revision()
-        self.announce(since)
-
-        def announce_newest() -> int:
-            newest = self.store.revision()
-            self.announce(newest)
-            return newest
-
+        """Announce the current revision, then each batch of new ones, until `stop`.
+        A Redis outage (store or broker) is waited out, and what it held up is announced
+        once Redis is back."""
         self.store.tail(
-            since,
+            self._announce_newest(stop),
             stop,
-            on_batch=lambda batch: self.announce(batch[-1].revision),
-            on_trimmed=announce_newest,
+            on_batch=lambda batch: redisconn.until_done(
+                stop, partial(self.announce, batch[-1].revision), outages=OUTAGES
+            ),
+            on_trimmed=lambda: self._announce_newest(stop),
         )
+
+    def _announce_newest(self, stop: threading.Event) -> int:
+        """Announce the store's revision as it is now; return the newest announced."""
+        redisconn.until_done(stop, lambda: self.announce(self.store.revision()), outages=OUTAGES)
+        return self.announced

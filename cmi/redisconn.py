@@ -8,12 +8,17 @@ no environment variable, no command line and no log line (Celery prints URLs mas
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
 
 from cmi.config import ConfigError, RedisSettings
+
+log = logging.getLogger(__name__)
 
 
 def credentials(settings: RedisSettings) -> dict[str, str]:
@@ -59,3 +64,23 @@ def pool(settings: RedisSettings) -> redis.ConnectionPool:
         settings.url, username=auth.get("username"), password=auth.get("password"),
         health_check_interval=30,
     )  # fmt: skip
+
+
+def until_done(
+    stop: threading.Event,
+    work: Callable[[], object],
+    *,
+    outages: tuple[type[Exception], ...] = (redis.RedisError,),
+    retry_s: float = 1.0,
+) -> bool:
+    """Run `work`, waiting out a Redis outage (a restart, a failover) until it succeeds
+    or `stop` is set; return whether it ran. For the loops of long-lived threads, which
+    must outlive the outage rather than die of it (`outages`: what to wait out)."""
+    while not stop.is_set():
+        try:
+            work()
+            return True
+        except outages as exc:
+            log.warning("Redis unreachable (%s); retrying in %.0f s", exc, retry_s)
+            stop.wait(retry_s)
+    return False

@@ -375,8 +375,11 @@ class Store:
         them, `on_trimmed` catches up some other way (a fresh snapshot) and returns the
         revision to go on from; Redis going away is waited out.
         """
+        trimmed = False
         while not stop.is_set():
             try:
+                if trimmed:
+                    since, trimmed = on_trimmed(), False
                 for batch in self.follow(since):
                     if stop.is_set():
                         return
@@ -385,7 +388,7 @@ class Store:
                         since = batch[-1].revision
             except CompactedError as exc:
                 log.warning("%s; catching up from a snapshot", exc)
-                since = on_trimmed()
+                trimmed = True
             except redis.RedisError as exc:
                 log.warning("following changes failed (%s); retrying in %.0f s", exc, retry_s)
                 stop.wait(retry_s)

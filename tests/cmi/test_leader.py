@@ -46,10 +46,7 @@ def test_leader_failover_between_processes(
     lease_path = f"/apis/coordination.k8s.io/v1/namespaces/openslb-system/leases/{lease}"
 
     def holder() -> str:
-        try:
-            return str(admin.get(lease_path)["spec"].get("holderIdentity") or "")
-        except KubeError:
-            return ""
+        return _holder(admin, lease_path)
 
     try:
         wait_until(lambda: holder() in ("a", "b"), 30, "a leader")
@@ -82,5 +79,52 @@ def expose(admin: KubeClient, namespace: str, name: str) -> None:
     admin.request("POST", f"/api/v1/namespaces/{namespace}/services", body=body)
 
 
+def _holder(admin: KubeClient, lease_path: str) -> str:
+    try:
+        return str(admin.get(lease_path)["spec"].get("holderIdentity") or "")
+    except KubeError:
+        return ""
+
+
 def _exposed(store: Store, namespace: str, name: str) -> bool:
     return store.redis.hexists(store.key("doc", "Service"), f"{namespace}/{name}") == 1
+
+
+def test_a_leader_whose_controller_dies_gives_up_the_lease_and_exits(
+    redis_server: RedisServer,
+    store: Store,
+    admin: KubeClient,
+    cmi_kubeconfig: Path,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """A newer leader's fencing token in the store (as after a partition) makes the
+    controller's next write fail: the process must not sit on the Lease serving nothing."""
+    lease = f"cmi-{uuid.uuid4().hex[:6]}"
+    env = {
+        "OPENSLB_CONFIG": "",
+        "OPENSLB_REDIS_URL": redis_server.url,
+        "OPENSLB_REDIS_PREFIX": store.prefix,
+        "OPENSLB_KUBE_KUBECONFIG": str(cmi_kubeconfig),
+        "OPENSLB_CMI_NAMESPACE": namespace,
+        "OPENSLB_CMI_POOL_CIDRS": POOL,
+        "OPENSLB_CMI_LEASE_NAME": lease,
+        "OPENSLB_CMI_IDENTITY": "fenced",
+    }
+    process = Process("cmi-fenced", [sys.executable, "-m", "cmi.cli", "cmi"], tmp_path,
+                      env=env).start()  # fmt: skip
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/openslb-system/leases/{lease}"
+    try:
+        wait_until(lambda: _holder(admin, lease_path) == "fenced", 30, "it leads")
+        store.redis.set(store.key("fence", "cmi"), 1_000_000)
+        expose(admin, namespace, "first")
+        wait_until(lambda: not process.alive(), 30, "the fenced leader exits")
+        assert process.popen is not None
+        assert process.popen.returncode == 1
+        assert _holder(admin, lease_path) == ""
+        log = process.log_path.read_text()
+        assert "controller died; releasing the lease and exiting" in log
+        assert "FencedError" in log
+        assert not _exposed(store, namespace, "first")
+    finally:
+        process.stop()

@@ -7,7 +7,8 @@ unacknowledged task comes back after 15 s, so the tests see both within their ti
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,24 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevPlatform]:
         yield platform
     finally:
         platform.down(print)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed end-to-end test shows the last lines of every component's log: the cause
+    (a thread that died, a refused config) is usually there, not in the assertion."""
+    report = yield
+    platform = getattr(item, "funcargs", {}).get("platform")
+    if report.failed and call.when == "call" and isinstance(platform, DevPlatform):
+        for name, component in platform.components().items():
+            report.sections.append((f"log of {name}", _tail(Path(component.log), 40)))
+    return report
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"({exc.strerror})"
