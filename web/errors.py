@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+import redis
+from flask import Flask, Response, current_app, jsonify, make_response, render_template, request
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from cmi.model import ModelError
 from cmi.store import ConflictError
@@ -29,6 +30,23 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ModelError, model_error_response)
     app.register_error_handler(ConflictError, conflict_response)
+    app.register_error_handler(redis.RedisError, _store_unreachable)
+
+
+RETRY_AFTER_S = 5
+"""What a client hears while Redis restarts or fails over (seconds, not minutes)."""
+
+
+def _store_unreachable(exc: redis.RedisError) -> Response:
+    """Redis down is the operator's first question, so the answer names it (503, not 500)."""
+    current_app.logger.warning("%s %s: the store is unreachable: %s", request.method,
+                               request.path, exc)  # fmt: skip
+    message = "the store (Redis) is unreachable; try again in a few seconds"
+    if request.method not in ("GET", "HEAD"):
+        message += " (read it first: a change sent just before may have landed)"
+    response = make_response(_http_error(ServiceUnavailable(message)))
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 def _http_error(exc: HTTPException) -> Any:
