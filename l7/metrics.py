@@ -36,6 +36,12 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        self.refused = Counter(
+            "openslb_xds_refused_streams",
+            "Streams refused: the client certificate or node group does not match the node",
+            ["reason"],
+            registry=r,
+        )
         self.problems = Gauge(
             "openslb_xds_problems", "Listeners that cannot be served as desired", registry=r
         )

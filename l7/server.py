@@ -75,6 +75,10 @@ class Hub:
         self.revision = -1
         self.latest: dict[str, GroupSnapshot] = {}
         self.streams: dict[str, set[Stream]] = {}
+        self.members: dict[str, frozenset[str]] = {}
+        """Node group -> the names of its LB nodes, as of the latest publish."""
+        self.verify_members = False
+        """Under mutual TLS: only a node of the group gets the group's configuration."""
 
     def snapshot_for(self, group: str) -> GroupSnapshot | None:
         if self.revision < 0:
@@ -101,14 +105,41 @@ class Hub:
         if not connected and not self.stopping:
             self.gone(session.node_id)
 
-    def publish(self, revision: int, snapshots: dict[str, GroupSnapshot]) -> None:
+    def refusal(self, node_id: str, group: str, names: set[str]) -> Refusal | None:
+        """Why a verified Envoy may not have a stream (None: it may). `names` are its client
+        certificate's; it must be one of them, and a node of the group it asks for."""
+        if node_id not in names:
+            shown = ", ".join(sorted(names)) or "none"
+            return Refusal("certificate", grpc.StatusCode.PERMISSION_DENIED,
+                           f"node.id {node_id!r} is not a name of its client certificate "
+                           f"({shown})")  # fmt: skip
+        if self.revision < 0:
+            return Refusal("starting", grpc.StatusCode.UNAVAILABLE,
+                           "no desired state read yet: retry")  # fmt: skip
+        if node_id not in self.members.get(group, ()):
+            return Refusal("group", grpc.StatusCode.PERMISSION_DENIED,
+                           f"node {node_id!r} is not a node of node group {group!r}")  # fmt: skip
+        return None
+
+    def publish(
+        self,
+        revision: int,
+        snapshots: dict[str, GroupSnapshot],
+        members: dict[str, frozenset[str]],
+    ) -> None:
         self.revision = revision
         self.latest = snapshots
+        self.members = members
         self.metrics.revision.set(revision)
         for group, streams in self.streams.items():
             snapshot = self.snapshot_for(group)
             assert snapshot is not None
-            for stream in streams:
+            for stream in list(streams):
+                if self.verify_members and stream.session.node_id not in members.get(group, ()):
+                    log.warning("xds: %s left node group %s: closing its stream",
+                                stream.session.node_id, group)  # fmt: skip
+                    stream.queue.put_nowait(_END)
+                    continue
                 stream.send(stream.session.on_snapshot(snapshot))
                 self.after(stream)
 
@@ -206,6 +237,13 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the first request must name the node: node.id and node.cluster (its node group)",
             )
+        if self.hub.verify_members:
+            refusal = self.hub.refusal(node.id, node.cluster, _certificate_names(context))
+            if refusal is not None:
+                log.warning("xds: refused %s (group %s): %s", node.id, node.cluster,
+                            refusal.message)  # fmt: skip
+                self.hub.metrics.refused.labels(refusal.reason).inc()
+                await context.abort(refusal.code, refusal.message)
         stream = Stream(Session(node.id, node.cluster, delta))
         log.info("xds: %s connected (group %s, %s)", node.id, node.cluster, _mode(stream.session))
         self.hub.attach(stream)
@@ -230,6 +268,21 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             pass
         finally:
             stream.queue.put_nowait(_END)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    """The metric's label: certificate, group or starting."""
+    code: grpc.StatusCode
+    message: str
+
+
+def _certificate_names(context: grpc.aio.ServicerContext[Any, Any]) -> set[str]:
+    """The client certificate's common name and subject alternative names."""
+    auth = context.auth_context()
+    raw = [*auth.get("x509_common_name", []), *auth.get("x509_subject_alternative_name", [])]
+    return {name.decode() for name in raw}
 
 
 @dataclass(frozen=True)
@@ -269,6 +322,7 @@ class XdsServer:
         self.secrets = SecretStore(store)
         self.board = StatusBoard(store)
         self.hub = Hub(self.metrics, self._queue_report, self._queue_forget)
+        self.hub.verify_members = tls is not None
         self.port = 0
         self._keys: dict[str, str] = {}
         self._missing_keys: set[str] = set()
@@ -387,7 +441,9 @@ class XdsServer:
                     elapsed * 1000,
                 )  # fmt: skip
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.hub.publish, snapshot.revision, groups)
+        members = {name: frozenset(n.name for n in group.nodes)
+                   for name, group in state.node_groups.items()}  # fmt: skip
+        self._loop.call_soon_threadsafe(self.hub.publish, snapshot.revision, groups, members)
         try:
             record_published(self.store, snapshot.revision)
         except redis.RedisError as exc:  # serving goes on; the next revision records again

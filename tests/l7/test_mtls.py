@@ -1,7 +1,9 @@
 """Mutual TLS between Envoy and `slb xds`: real Envoys, the real server, certificates from
 `slb pki`. An Envoy with a client certificate of the right CA gets its configuration; one
 without a certificate, with another CA's, speaking plaintext, or expecting another server
-name never gets a stream: the server counts none for it and Envoy stays disconnected."""
+name never gets a stream: the server counts none for it and Envoy stays disconnected. Nor
+does a valid client that claims another node's id or a node group it is not a node of, and
+a node taken out of its group loses its stream."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from google.protobuf.json_format import ParseDict
 from cmi.cli import main
 from cmi.devbed.envoy import EnvoyProxy
 from cmi.devbed.process import wait_until
+from cmi.model import NodeGroup
 from cmi.store import Put, Store
 from l7.bootstrap import XdsTls, bootstrap
 from tests.l7.harness import (
@@ -55,11 +58,14 @@ def make_pki(directory: Path) -> dict[str, Path]:
     return {"ca": ours / "ca.crt", "dir": ours, "other": other}
 
 
-def envoy_bootstrap(tmp_path: Path, node: str, xds: str, *options: str) -> dict[str, Any]:
-    """The bootstrap `slb envoy-bootstrap` writes for an Envoy of group default."""
+def envoy_bootstrap(
+    tmp_path: Path, node: str, xds: str, *options: str, node_id: str = ""
+) -> dict[str, Any]:
+    """The bootstrap `slb envoy-bootstrap` writes for an Envoy (of group default unless the
+    options say otherwise) named `node`, with the node id `node_id` or `node`."""
     out = tmp_path / f"{node}.json"
-    result = slb("envoy-bootstrap", "--node-id", node, "--xds", xds, "--stats-port", "0",
-                 "--out", str(out), *options)  # fmt: skip
+    result = slb("envoy-bootstrap", "--node-id", node_id or node, "--xds", xds,
+                 "--stats-port", "0", "--out", str(out), *options)  # fmt: skip
     assert result.exit_code == 0, result.output
     config: dict[str, Any] = json.loads(out.read_text())
     return config
@@ -78,6 +84,8 @@ def test_only_envoys_with_a_client_certificate_of_the_ca_get_configuration(
     ours, other, ca = files["dir"], files["other"], str(files["ca"])
     vip = bed.net.address(2)
     revision = store.apply([
+        Put(NodeGroup.model_validate({"name": "default", "nodes": [
+            {"name": "n1", "address": bed.net.address(11)}]})),
         Put(load_balancer("lb", vip)),
         Put(service("web", [(bed.net.address(101), 8080)], port_name="http")),
         Put(listener("web", "HTTP", 8080, app="web", target_port="http")),
@@ -128,14 +136,50 @@ def test_only_envoys_with_a_client_certificate_of_the_ca_get_configuration(
             30,
             f"{node} trying the xDS server three times",
         )
+
+    # n1's certificate is valid, but it is not n2's, nor is n1 a node of group "other".
+    n1_cert = ("--tls-cert", str(ours / "n1.crt"), "--tls-key", str(ours / "n1.key"),
+               "--tls-ca", ca, "--tls-server-name", SERVER_NAME)  # fmt: skip
+    claims = {
+        "impostor": envoy_bootstrap(tmp_path, "impostor", xds, *n1_cert, node_id="n2"),
+        "outsider": envoy_bootstrap(tmp_path, "outsider", xds, *n1_cert,
+                                    "--node-group", "other", node_id="n1"),
+    }  # fmt: skip
+    proxies |= {node: start(bed, node, config, live=False) for node, config in claims.items()}
+    for reason in ("certificate", "group"):
+        wait_until(
+            lambda r=reason: (
+                bed.xds.metric(f'openslb_xds_refused_streams_total{{reason="{r}"}}') >= 2
+            ),  # type: ignore[misc]
+            30,
+            f"streams refused for the {reason}",
+        )
     for node, proxy in proxies.items():
         assert proxy.stats(CONNECTED)[CONNECTED] == 0, node
         assert "listeners" not in dynamic_resources(proxy), node
     assert bed.xds.metric("openslb_xds_streams") == 1  # n1's only
     log = bed.xds.log()
     assert "n1 connected" in log
-    assert not any(f"{node} connected" in log for node in rogues)
+    assert "refused n2 (group default): node.id 'n2' is not a name of its client certificate" in log
+    assert "refused n1 (group other): node 'n1' is not a node of node group 'other'" in log
+    assert not any(f"{node} connected" in log for node in [*rogues, "n2"])
+    assert log.count("n1 connected") == 1
     assert n1.stats(CONNECTED)[CONNECTED] == 1
+
+    # Taken out of its group, n1 loses its stream and is refused when it comes back.
+    store.put(NodeGroup.model_validate({"name": "default", "nodes": [
+        {"name": "n9", "address": bed.net.address(19)}]}))  # fmt: skip
+    wait_until(lambda: n1.stats(CONNECTED)[CONNECTED] == 0, 30, "n1 cut off")
+    assert "n1 left node group default: closing its stream" in bed.xds.log()
+    wait_until(
+        lambda: (
+            "refused n1 (group default): node 'n1' is not a node of node group 'default'"
+            in bed.xds.log()
+        ),
+        30,
+        "n1 refused when it tries again",
+    )
+    assert bed.xds.metric("openslb_xds_streams") == 0
 
 
 def test_the_bootstrap_carries_the_client_certificate_and_checks_the_server(
