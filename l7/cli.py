@@ -67,8 +67,7 @@ def server_tls(xds: XdsSettings) -> ServerTls | None:
     if not pki.tls_settings({"xds.tls_cert": xds.tls_cert, "xds.tls_key": xds.tls_key,
                              "xds.tls_client_ca": xds.tls_client_ca}):  # fmt: skip
         return None
-    chain, key = pki.load_identity("xds.tls_cert", xds.tls_cert, "xds.tls_key", xds.tls_key)
-    return ServerTls(chain, key, pki.load_certificates("xds.tls_client_ca", xds.tls_client_ca))
+    return ServerTls(xds)
 
 
 def _loopback(bind: str) -> bool:

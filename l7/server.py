@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,6 +26,8 @@ import redis
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import start_http_server
 
+from cmi import pki
+from cmi.config import ConfigError, XdsSettings
 from cmi.model import Certificate
 from cmi.resolve import DesiredState, resolve
 from cmi.secrets import SecretStore
@@ -285,20 +288,63 @@ def _certificate_names(context: grpc.aio.ServicerContext[Any, Any]) -> set[str]:
     return {name.decode() for name in raw}
 
 
-@dataclass(frozen=True)
 class ServerTls:
     """Mutual TLS for ADS: the server's chain and key, and the CA(s) every Envoy's client
-    certificate must chain to. An Envoy without one never gets a stream (nor a config)."""
+    certificate must chain to. An Envoy without one never gets a stream (nor a config).
 
-    cert_chain: bytes
-    key: bytes = field(repr=False)
-    client_ca: bytes
+    The three files are read again when one of them changes (looked at on every new
+    connection), so certificates and the CA rotate without a restart or a dropped stream;
+    files that do not load (half-written, a key that is not the certificate's) leave the
+    last good ones serving, with a warning.
+    """
+
+    def __init__(self, xds: XdsSettings) -> None:
+        self.files = {"xds.tls_cert": xds.tls_cert, "xds.tls_key": xds.tls_key,
+                      "xds.tls_client_ca": xds.tls_client_ca}  # fmt: skip
+        self._lock = threading.Lock()
+        self._stamp = self._stamps()
+        self._current = self._load()  # at start, a ConfigError names the setting
 
     def credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
-            [(self.key, self.cert_chain)], root_certificates=self.client_ca,
-            require_client_auth=True,
-        )  # fmt: skip
+        # None from the fetcher means "no change" (gRPC's docs; its type stub says otherwise).
+        return grpc.dynamic_ssl_server_credentials(
+            self._current,
+            self._fetch,  # type: ignore[arg-type]
+            require_client_authentication=True,
+        )
+
+    def _load(self) -> grpc.ServerCertificateConfiguration:
+        files = self.files
+        chain, key = pki.load_identity("xds.tls_cert", files["xds.tls_cert"],
+                                       "xds.tls_key", files["xds.tls_key"])  # fmt: skip
+        client_ca = pki.load_certificates("xds.tls_client_ca", files["xds.tls_client_ca"])
+        return grpc.ssl_server_certificate_configuration([(key, chain)], client_ca)
+
+    def _stamps(self) -> tuple[tuple[int, int, int], ...]:
+        out = []
+        for path in self.files.values():
+            try:
+                st = os.stat(path)
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((0, 0, 0))
+        return tuple(out)
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC's hook before each handshake: a new configuration, or None to keep it."""
+        stamp = self._stamps()
+        with self._lock:
+            if stamp == self._stamp:
+                return None
+            self._stamp = stamp  # a file that fails to load is not retried until it changes
+            try:
+                self._current = self._load()
+            except ConfigError as exc:
+                log.warning("xds: TLS files changed but do not load (%s); serving the "
+                            "previous certificate", exc)  # fmt: skip
+                return None
+            log.info("xds: TLS files changed: serving the new certificate and client CA")
+            return self._current
 
 
 class XdsServer:

@@ -8,10 +8,14 @@ a node taken out of its group loses its stream."""
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
+from cryptography import x509
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.json_format import ParseDict
@@ -239,3 +243,79 @@ def test_incomplete_or_unusable_tls_settings_are_named(tmp_path: Path) -> None:
     )  # fmt: skip
     assert from_settings.exit_code == 2
     assert "--tls-key (xds.client_key): cannot read" in from_settings.output
+
+
+class RefusedError(Exception):
+    """The server closed the connection right after the handshake: under TLS 1.3 that is
+    how a client learns its certificate was refused."""
+
+
+def server_serial(xds: str, pki_dir: Path, client: str = "n1", ca: Path | None = None) -> int:
+    """Shake hands with the xDS server as `client` (a certificate in `pki_dir`); return the
+    serial number of the certificate the server presented."""
+    host, _, port = xds.rpartition(":")
+    context = ssl.create_default_context(cafile=str(ca or pki_dir / "ca.crt"))
+    context.load_cert_chain(pki_dir / f"{client}.crt", pki_dir / f"{client}.key")
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        if not tls.recv(9):  # gRPC's HTTP/2 SETTINGS, or EOF: the client was refused
+            raise RefusedError(f"{client}: the server closed the connection after the handshake")
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+def test_certificates_and_the_client_ca_rotate_without_a_restart(
+    store: Store, bed: Bed, tmp_path: Path
+) -> None:
+    files = make_pki(tmp_path / "pki")
+    ours, ca = files["dir"], str(files["ca"])
+    client_ca = tmp_path / "client-ca.pem"  # the file the server trusts for Envoys
+    client_ca.write_bytes(files["ca"].read_bytes())
+    revision = store.apply([Put(NodeGroup.model_validate({"name": "default", "nodes": [
+        {"name": "n1", "address": bed.net.address(11)}]}))])  # fmt: skip
+    bed.xds.env.update({
+        "OPENSLB_XDS_TLS_CERT": str(ours / "xds.crt"),
+        "OPENSLB_XDS_TLS_KEY": str(ours / "xds.key"),
+        "OPENSLB_XDS_TLS_CLIENT_CA": str(client_ca),
+    })  # fmt: skip
+    bed.xds.start()
+    xds = bed.xds.address
+    n1 = start(bed, "n1", envoy_bootstrap(
+        tmp_path, "n1", xds, "--tls-cert", str(ours / "n1.crt"), "--tls-key",
+        str(ours / "n1.key"), "--tls-ca", ca, "--tls-server-name", SERVER_NAME,
+    ), live=True)  # fmt: skip
+    wait_programmed(store, ["n1"], revision)
+    first = server_serial(xds, ours)
+    with pytest.raises(RefusedError):  # what the probe sees of a client of another CA
+        server_serial(xds, files["other"], client="rogue", ca=files["ca"])
+
+    # A new server certificate: new connections get it, n1's stream carries on.
+    reissue = ["pki", "issue", "--dir", str(ours), "--name", "xds", "--kind", "server",
+               "--san", SERVER_NAME, "--san", "127.0.0.1", "--force"]  # fmt: skip
+    assert slb(*reissue).exit_code == 0
+    second = server_serial(xds, ours)
+    assert second != first
+    assert "TLS files changed: serving the new certificate" in bed.xds.log()
+
+    # A half-written certificate does not load: the last good one goes on serving.
+    (ours / "xds.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert server_serial(xds, ours) == second
+    assert "TLS files changed but do not load (xds.tls_cert:" in bed.xds.log()
+
+    # A new CA for Envoys: a client of the old one is refused, one of the new gets in.
+    assert slb(*reissue).exit_code == 0
+    new_ca = tmp_path / "pki" / "ca2"
+    assert slb("pki", "init", "--dir", str(new_ca)).exit_code == 0
+    assert slb("pki", "issue", "--dir", str(new_ca), "--name", "n1", "--kind", "client",
+               ).exit_code == 0  # fmt: skip
+    client_ca.write_bytes((new_ca / "ca.crt").read_bytes())
+    with pytest.raises(RefusedError):
+        server_serial(xds, ours)
+    assert server_serial(xds, new_ca, ca=files["ca"]) not in (first, second)
+
+    assert n1.stats(CONNECTED)[CONNECTED] == 1
+    assert bed.xds.log().count("n1 connected") == 1
