@@ -269,6 +269,19 @@ def load_identity(
     return chain, key_pem
 
 
+def files_stamp(*paths: str) -> tuple[tuple[int, int, int], ...]:
+    """What changes when any of these files is rewritten or replaced (inode, size, mtime):
+    servers compare it on each new connection to reread rotated certificates."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((0, 0, 0))
+    return tuple(out)
+
+
 def tls_settings(values: dict[str, str]) -> bool:
     """Whether TLS is configured by a group of settings that go together (by name -> value):
     all empty: no; all set: yes; some: a ConfigError naming the first missing one."""

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -321,14 +320,7 @@ class ServerTls:
         return grpc.ssl_server_certificate_configuration([(key, chain)], client_ca)
 
     def _stamps(self) -> tuple[tuple[int, int, int], ...]:
-        out = []
-        for path in self.files.values():
-            try:
-                st = os.stat(path)
-                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-            except OSError:
-                out.append((0, 0, 0))
-        return tuple(out)
+        return pki.files_stamp(*self.files.values())
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC's hook before each handshake: a new configuration, or None to keep it."""

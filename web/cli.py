@@ -6,7 +6,6 @@ Registered through the `openslb.commands` entry point, so cmi never imports the 
 from __future__ import annotations
 
 import signal
-import ssl
 import sys
 from typing import TYPE_CHECKING
 
@@ -60,15 +59,16 @@ def console(ctx: click.Context, bind: str | None) -> None:
 def _serve_tls(app: WSGIApplication, host: str, port: int, console: config.ConsoleSettings) -> None:
     """HTTPS with cheroot, CherryPy's WSGI server: waitress speaks no TLS itself.
 
-    Python's `ssl` does the TLS (TLS 1.2 and up, the system's ciphers); a plain-HTTP
-    request on the port gets an error or a closed connection, never a page.
+    Python's `ssl` does the TLS (TLS 1.2 and up, the system's ciphers; a renewed certificate
+    is picked up without a restart: web/tls.py); a plain-HTTP request on the port gets an
+    error or a closed connection, never a page.
     """
     from cheroot import wsgi  # noqa: PLC0415
-    from cheroot.ssl.builtin import BuiltinSSLAdapter  # noqa: PLC0415
+
+    from web.tls import RotatingSSLAdapter  # noqa: PLC0415
 
     server = wsgi.Server((host, port), app, numthreads=console.threads, server_name="openslb")
-    server.ssl_adapter = BuiltinSSLAdapter(console.tls_cert, console.tls_key)
-    server.ssl_adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
+    server.ssl_adapter = RotatingSSLAdapter(console.tls_cert, console.tls_key)
 
     def stop(signum: int, frame: object) -> None:
         raise SystemExit(0)

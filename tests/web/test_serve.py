@@ -4,6 +4,8 @@ HTTPS (cheroot) with a certificate from `slb pki`."""
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import stat
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import certifi
 import pytest
 import requests
 from click.testing import CliRunner
+from cryptography import x509
 
 from cmi.cli import main
 from cmi.devbed.process import Process, free_port, wait_until
@@ -50,13 +53,16 @@ def test_slb_console_serves_with_waitress(
         console.stop()
 
 
-def test_slb_console_serves_https_with_a_certificate_from_slb_pki(
+ISSUE_CONSOLE = ["issue", "--name", "console", "--kind", "server",
+                 "--san", "127.0.0.1", "--san", "console.openslb.test"]  # fmt: skip
+
+
+def start_https_console(
     redis_server: RedisServer, store: Store, tmp_path: Path
-) -> None:
+) -> tuple[Process, str, Path]:
+    """`slb console` over HTTPS with a certificate from `slb pki`: (process, URL, CA dir)."""
     ca_dir = tmp_path / "ca"
-    for args in (["init", "--dir", str(ca_dir)],
-                 ["issue", "--dir", str(ca_dir), "--name", "console", "--kind", "server",
-                  "--san", "127.0.0.1", "--san", "console.openslb.test"]):  # fmt: skip
+    for args in (["init", "--dir", str(ca_dir)], [*ISSUE_CONSOLE, "--dir", str(ca_dir)]):
         made = CliRunner().invoke(main, ["pki", *args], env={"OPENSLB_CONFIG": ""})
         assert made.exit_code == 0, made.output
     port = free_port()
@@ -71,18 +77,31 @@ def test_slb_console_serves_https_with_a_certificate_from_slb_pki(
     }
     console = Process("console", [sys.executable, "-m", "cmi.cli", "console"], tmp_path, env=env)
     console.start()
+    url = f"https://127.0.0.1:{port}"
+    ca = str(ca_dir / "ca.crt")
+
+    def up() -> bool:
+        console.check_alive()
+        try:
+            return requests.get(f"{url}/login", timeout=2, verify=ca).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_until(up, 30, "slb console over HTTPS")
+    except BaseException:
+        console.stop()
+        raise
+    return console, url, ca_dir
+
+
+def test_slb_console_serves_https_with_a_certificate_from_slb_pki(
+    redis_server: RedisServer, store: Store, tmp_path: Path
+) -> None:
+    console, url, ca_dir = start_https_console(redis_server, store, tmp_path)
+    port = url.rpartition(":")[2]
     ca = str(ca_dir / "ca.crt")
     try:
-        url = f"https://127.0.0.1:{port}"
-
-        def up() -> bool:
-            console.check_alive()
-            try:
-                return requests.get(f"{url}/login", timeout=2, verify=ca).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(up, 30, "slb console over HTTPS")
         response = requests.get(f"{url}/login", timeout=5, verify=ca)  # the CA verifies it
         assert "<form" in response.text
         assert response.headers["Server"] == "openslb"
@@ -123,3 +142,41 @@ def test_slb_console_names_an_unusable_certificate(tmp_path: Path) -> None:
     )  # fmt: skip
     assert half.exit_code == 2
     assert "console.tls_cert: required with console.tls_key" in half.output
+
+
+def served_serial(url: str, ca_dir: Path) -> int:
+    """The serial number of the certificate the console presents to a new connection."""
+    host, _, port = url.removeprefix("https://").rpartition(":")
+    context = ssl.create_default_context(cafile=str(ca_dir / "ca.crt"))
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(
+    redis_server: RedisServer, store: Store, tmp_path: Path
+) -> None:
+    console, url, ca_dir = start_https_console(redis_server, store, tmp_path)
+    ca = str(ca_dir / "ca.crt")
+    try:
+        first = served_serial(url, ca_dir)
+        renew = CliRunner().invoke(main, ["pki", *ISSUE_CONSOLE, "--dir", str(ca_dir), "--force"],
+                                   env={"OPENSLB_CONFIG": ""})  # fmt: skip
+        assert renew.exit_code == 0, renew.output
+        second = served_serial(url, ca_dir)
+        assert second != first
+        assert requests.get(f"{url}/login", timeout=5, verify=ca).status_code == 200
+
+        (ca_dir / "console.crt").write_text("-----BEGIN CERTIFICATE-----\n")  # half-written
+        assert served_serial(url, ca_dir) == second
+        assert requests.get(f"{url}/login", timeout=5, verify=ca).status_code == 200
+        console.check_alive()
+    finally:
+        console.stop()
+    log = console.log_path.read_text()
+    assert "TLS files changed: serving the new certificate" in log
+    assert "TLS files changed but do not load (console.tls_cert:" in log
