@@ -103,6 +103,8 @@ def cmi_cmd(settings: config.Settings, log_level: str) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         daemon.run(settings)
+    except config.ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     except daemon.LeaderThreadError as exc:
         raise click.ClickException(str(exc)) from None
 

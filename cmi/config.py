@@ -71,6 +71,9 @@ class CmiSettings:
     renew_deadline_s: int = setting(10, "A leader that cannot renew for this long steps down")
     retry_period_s: int = setting(2, "How often candidates try the Lease and leaders renew it")
     identity: str = setting("", "This process's identity in the Lease; empty: hostname and pid")
+    health_bind: str = setting(
+        "", "Where `slb cmi` serves /healthz (liveness) and /metrics; empty: not served"
+    )
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,8 @@ class Controller:
         self.reports = KeyedQueue(workers=8, name="report")
         self.reconciles = 0
         self._synced = False
+        self.last_turn = time.monotonic()
+        """When the loop last went round (for cmi's liveness probe)."""
         self.last_sync_s = 0.0
         self._listener_status: dict[str, str] = {}
         self._readiness: dict[str, Readiness] = {}
@@ -237,6 +239,7 @@ class Controller:
         try:
             for informer in informers:
                 while not informer.synced.wait(0.5):
+                    self.last_turn = time.monotonic()
                     if stop.is_set():
                         return
             schedule = {"resync": 0.0, "readiness": 0.0}
@@ -249,13 +252,14 @@ class Controller:
             self.reports.close()
 
     def _load(self) -> None:
+        self.last_turn = time.monotonic()
         self._ensure_default_pool()
         self.revision = self.mirror.load(self.store)
 
     def _step(self, stop: threading.Event, schedule: dict[str, float]) -> None:
         """One turn of the loop: a resync (or a slice of one), the readiness check, or
         the changes that came in; `schedule` holds when the periodic ones are due."""
-        now = time.monotonic()
+        now = self.last_turn = time.monotonic()
         if now >= schedule["resync"] or self._resync_requested.is_set():
             self._resync_requested.clear()
             if not self._synced:  # the first sync: nothing is served yet

@@ -14,10 +14,14 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from functools import partial
 
+from prometheus_client import CollectorRegistry
+
+from cmi import probes
 from cmi.celeryapp import make_app
 from cmi.config import Settings
 from cmi.controller import Controller
@@ -37,6 +41,10 @@ class LeaderThreadError(RuntimeError):
     """A leader's controller or handoff thread ended with an unexpected error."""
 
 
+Leading = dict[str, tuple[Controller, list[threading.Thread], threading.Event]]
+"""While this cmi leads, "current": its controller, its threads and their stop event."""
+
+
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
     died: list[str] = []
@@ -44,7 +52,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     store = Store.connect(settings.redis)
     cmi = settings.cmi
     identity = cmi.identity or default_identity()
-    leading: dict[str, tuple[list[threading.Thread], threading.Event]] = {}
+    leading: Leading = {}
 
     handoff = Handoff(store, make_app(settings, include_tasks=False))
 
@@ -70,14 +78,14 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
             ),
             threading.Thread(target=guarded(partial(handoff.run, leader_stop)), name="handoff"),
         ]
-        leading["current"] = (threads, leader_stop)
+        leading["current"] = (controller, threads, leader_stop)
         for thread in threads:
             thread.start()
 
     def stopped() -> None:
         current = leading.pop("current", None)
         if current is not None:
-            threads, leader_stop = current
+            _, threads, leader_stop = current
             leader_stop.set()
             for thread in threads:
                 thread.join(timeout=30)
@@ -98,6 +106,9 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         stop.set()
         elector.stop()
 
+    if cmi.health_bind:
+        _serve_probes(cmi.health_bind, elector, leading)
+
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, shut_down)
@@ -111,3 +122,27 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     elector.run()
     if died:
         raise LeaderThreadError(f"cmi {identity}: {', '.join(died)} died (see the log above)")
+
+
+def _serve_probes(bind: str, elector: LeaderElector, leading: Leading) -> None:
+    """/healthz from when the loops last turned, /metrics from the leader's controller."""
+
+    def controller() -> Controller | None:
+        current = leading.get("current")
+        return current[0] if current else None
+
+    def check() -> probes.Liveness:
+        current = leading.get("current")
+        threads = current[1] if current else []
+        running = controller()
+        return probes.liveness(
+            time.monotonic(),
+            campaign_turn=elector.last_turn,
+            leading=elector.leading.is_set(),
+            controller_turn=running.last_turn if running else None,
+            dead_threads=[t.name for t in threads if t.ident and not t.is_alive()],
+        )
+
+    registry = CollectorRegistry()
+    registry.register(probes.ControllerMetrics(elector.leading.is_set, controller))
+    probes.serve(bind, check, registry)

@@ -56,10 +56,13 @@ class LeaderElector:
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) as last seen
         self._observed_at = 0.0
         self._last_renewal = 0.0
+        self.last_turn = time.monotonic()
+        """When the campaign loop last went round (for cmi's liveness probe)."""
 
     def run(self) -> None:
         """Campaign and lead until `stop()`; call the callbacks on every change of role."""
         while not self._stop.is_set():
+            self.last_turn = time.monotonic()
             try:
                 held = self._try_acquire_or_renew()
             except (KubeError, OSError) as exc:

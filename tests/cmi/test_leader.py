@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
-from cmi.devbed.process import Process, wait_until
+import requests
+
+from cmi.devbed.process import Process, free_port, wait_until
 from cmi.devbed.redis import RedisServer
 from cmi.k8s.client import KubeClient, KubeError
 from cmi.store import Store
@@ -26,21 +29,17 @@ def test_leader_failover_between_processes(
 ) -> None:
     lease = f"cmi-{uuid.uuid4().hex[:6]}"
     env = {
-        "OPENSLB_CONFIG": "",
-        "OPENSLB_REDIS_URL": redis_server.url,
-        "OPENSLB_REDIS_PREFIX": store.prefix,
-        "OPENSLB_KUBE_KUBECONFIG": str(cmi_kubeconfig),
-        "OPENSLB_CMI_NAMESPACE": namespace,
-        "OPENSLB_CMI_POOL_CIDRS": POOL,
-        "OPENSLB_CMI_LEASE_NAME": lease,
+        **cmi_env(redis_server, store, cmi_kubeconfig, namespace, lease),
         "OPENSLB_CMI_LEASE_DURATION_S": str(LEASE_S),
         "OPENSLB_CMI_RENEW_DEADLINE_S": "2",
         "OPENSLB_CMI_RETRY_PERIOD_S": "1",
         "OPENSLB_CMI_HOLDOFF_MS": "20",
     }
+    probes = {"a": f"http://127.0.0.1:{free_port()}", "b": f"http://127.0.0.1:{free_port()}"}
     processes = {
         who: Process(f"cmi-{who}", [sys.executable, "-m", "cmi.cli", "cmi"], tmp_path,
-                     env={**env, "OPENSLB_CMI_IDENTITY": who}).start()
+                     env={**env, "OPENSLB_CMI_IDENTITY": who,
+                          "OPENSLB_CMI_HEALTH_BIND": probes[who].removeprefix("http://")}).start()
         for who in ("a", "b")
     }  # fmt: skip
     lease_path = f"/apis/coordination.k8s.io/v1/namespaces/openslb-system/leases/{lease}"
@@ -55,6 +54,20 @@ def test_leader_failover_between_processes(
         expose(admin, namespace, "first")
         wait_until(lambda: _exposed(store, namespace, "first"), 30, "exposed by the leader")
 
+        # Both are alive; the metrics say which one leads and what it did.
+        for probe in probes.values():
+            wait_until(partial(_answers, f"{probe}/healthz"), 30, f"{probe}/healthz")
+        assert _get(f"{probes[leader]}/healthz") == (200, "leading\n")
+        assert _get(f"{probes[other]}/healthz") == (200, "standing by (another cmi leads)\n")
+        metrics = _metrics(probes[leader])
+        assert metrics["openslb_cmi_leader"] == 1
+        assert metrics["openslb_cmi_store_writes_total"] >= 1
+        assert metrics["openslb_cmi_reconciles_total"] >= 1
+        assert metrics["openslb_cmi_revision"] == store.revision()
+        assert _metrics(probes[other])["openslb_cmi_leader"] == 0
+        assert "openslb_cmi_reconciles_total" not in _metrics(probes[other])
+        assert _get(f"{probes[other]}/nothing")[0] == 404
+
         processes[leader].kill()
         killed = time.monotonic()
         wait_until(lambda: holder() == other, 3 * LEASE_S, "the other takes over")
@@ -68,10 +81,42 @@ def test_leader_failover_between_processes(
         assert set(writers[switch:]) == {other}, writers  # never both
         assert takeover <= LEASE_S + 2, f"took over after {takeover:.1f} s"
         assert int(store.redis.get(store.key("fence", "cmi")) or 0) >= 1
+        assert _metrics(probes[other])["openslb_cmi_leader"] == 1
     finally:
         for process in processes.values():
             process.stop()
     print(f"takeover {takeover:.2f} s", file=sys.stderr)
+
+
+def _get(url: str) -> tuple[int, str]:
+    response = requests.get(url, timeout=5)
+    return response.status_code, response.text
+
+
+def _answers(url: str) -> bool:
+    return _get(url)[0] == 200
+
+
+def _metrics(probe: str) -> dict[str, float]:
+    status, text = _get(f"{probe}/metrics")
+    assert status == 200
+    samples = (line.rpartition(" ") for line in text.splitlines() if not line.startswith("#"))
+    return {name: float(value) for name, _, value in samples}
+
+
+def cmi_env(
+    redis_server: RedisServer, store: Store, kubeconfig: Path, namespace: str, lease: str
+) -> dict[str, str]:
+    """The settings of an `slb cmi` process on this test's Redis, namespace and Lease."""
+    return {
+        "OPENSLB_CONFIG": "",
+        "OPENSLB_REDIS_URL": redis_server.url,
+        "OPENSLB_REDIS_PREFIX": store.prefix,
+        "OPENSLB_KUBE_KUBECONFIG": str(kubeconfig),
+        "OPENSLB_CMI_NAMESPACE": namespace,
+        "OPENSLB_CMI_POOL_CIDRS": POOL,
+        "OPENSLB_CMI_LEASE_NAME": lease,
+    }
 
 
 def expose(admin: KubeClient, namespace: str, name: str) -> None:
@@ -102,13 +147,7 @@ def test_a_leader_whose_controller_dies_gives_up_the_lease_and_exits(
     controller's next write fail: the process must not sit on the Lease serving nothing."""
     lease = f"cmi-{uuid.uuid4().hex[:6]}"
     env = {
-        "OPENSLB_CONFIG": "",
-        "OPENSLB_REDIS_URL": redis_server.url,
-        "OPENSLB_REDIS_PREFIX": store.prefix,
-        "OPENSLB_KUBE_KUBECONFIG": str(cmi_kubeconfig),
-        "OPENSLB_CMI_NAMESPACE": namespace,
-        "OPENSLB_CMI_POOL_CIDRS": POOL,
-        "OPENSLB_CMI_LEASE_NAME": lease,
+        **cmi_env(redis_server, store, cmi_kubeconfig, namespace, lease),
         "OPENSLB_CMI_IDENTITY": "fenced",
     }
     process = Process("cmi-fenced", [sys.executable, "-m", "cmi.cli", "cmi"], tmp_path,
