@@ -44,7 +44,7 @@ from cmi.model import (
 )
 from cmi.readiness import Readiness, readiness
 from cmi.resolve import claim_ports
-from cmi.status import StatusBoard
+from cmi.status import BEAT_S, StatusBoard
 from cmi.store import Change, ConflictError, Delete, Fence, Put, Store
 from cmi.workqueue import KeyedQueue
 
@@ -206,6 +206,7 @@ class Controller:
         self._synced = False
         self.last_turn = time.monotonic()
         """When the loop last went round (for cmi's liveness probe)."""
+        self._beaten = 0.0
         self.last_sync_s = 0.0
         self._listener_status: dict[str, str] = {}
         self._readiness: dict[str, Readiness] = {}
@@ -260,6 +261,9 @@ class Controller:
         """One turn of the loop: a resync (or a slice of one), the readiness check, or
         the changes that came in; `schedule` holds when the periodic ones are due."""
         now = self.last_turn = time.monotonic()
+        if now - self._beaten >= BEAT_S:
+            StatusBoard(self.store).controller_beat(self.identity, self.fence.token, self.revision)
+            self._beaten = now
         if now >= schedule["resync"] or self._resync_requested.is_set():
             self._resync_requested.clear()
             if not self._synced:  # the first sync: nothing is served yet

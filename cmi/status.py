@@ -4,7 +4,10 @@ Every l4 agent and every Envoy (through the xDS server) reports here after an ap
 cmi turns these into Service conditions and Events, and the console shows them next to
 the desired revision. Kept apart from the desired state: reporting is not a change.
 
-Layout: `P:status:TIER` is a hash, node -> JSON of `TierStatus`.
+The leading cmi beats here too, so the console can say whether a controller is alive.
+
+Layout: `P:status:TIER` is a hash, node -> JSON of `TierStatus`; `P:status:cmi` is the
+JSON of the leader's `ControllerBeat`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,23 @@ class TierStatus:
     error_revision: int | None = None
 
 
+@dataclass(frozen=True)
+class ControllerBeat:
+    identity: str
+    epoch: int
+    """The Lease's transition count when it took over (its fencing token)."""
+    revision: int
+    """The newest desired revision it wrote or read."""
+    at: float
+
+    def age(self, now: float | None = None) -> float:
+        return max(0.0, (time.time() if now is None else now) - self.at)
+
+
+BEAT_S = 2.0
+"""How often the leading cmi beats; the console calls it silent after a few missed."""
+
+
 class StatusBoard:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -57,3 +77,12 @@ class StatusBoard:
     def all(self, tier: Tier) -> dict[str, TierStatus]:
         raw = self.store.redis.hgetall(self.store.key("status", tier))
         return {k.decode(): TierStatus(**json.loads(v)) for k, v in raw.items()}
+
+    def controller_beat(self, identity: str, epoch: int, revision: int) -> None:
+        beat = ControllerBeat(identity, epoch, revision, time.time())
+        self.store.redis.set(self.store.key("status", "cmi"), json.dumps(asdict(beat)))
+
+    def controller(self) -> ControllerBeat | None:
+        """The last beat of a leading cmi; None if none ever led."""
+        raw = self.store.redis.get(self.store.key("status", "cmi"))
+        return ControllerBeat(**json.loads(raw)) if raw else None

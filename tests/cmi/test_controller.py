@@ -98,6 +98,13 @@ def test_labelling_exposes_with_a_vip_status_finalizer_and_event(
     changes = store.changes(0)
     assert [c.revision for c in changes] == list(range(1, store.revision() + 1))
     assert all(c.meta.get("who") == "test-cmi" for c in changes)
+    # The leader beats, so the console can tell that a controller is alive and where it is.
+    eventually(lambda: (b := StatusBoard(store).controller()) and b.revision == store.revision(),
+               "the controller's beat")  # fmt: skip
+    beat = StatusBoard(store).controller()
+    assert beat is not None
+    assert (beat.identity, beat.epoch) == ("test-cmi", 1)
+    assert beat.age() < 10
 
 
 def test_unlabel_withdraws_and_relabel_within_grace_keeps_the_vip(

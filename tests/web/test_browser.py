@@ -174,6 +174,11 @@ def test_create_a_listener_and_watch_it_come_alive(
     expect(page.locator('tr[data-listener="shop-web"] [data-state]')).to_have_text("served")
     shot(page, "listeners")
     page.goto(f"{console}/")
+    expect(page.locator("#controller-state [data-state]")).to_have_attribute("data-state", "none")
+    board.controller_beat("cmi-7f9c", 1, store.revision())  # a cmi takes the lead
+    expect(page.locator("#controller-state [data-state]")).to_have_attribute(
+        "data-state", "leading", timeout=10_000
+    )  # htmx refreshes the panel every 3 s
     shot(page, "status")
     page.goto(f"{console}/audit")
     expect(page.locator("#audit")).to_contain_text("Listener shop-web")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from cmi.devbed.pki import chain
 from cmi.devbed.redis import RedisServer
 from cmi.model import Listener, Service
 from cmi.operations import Operations
+from cmi.status import ControllerBeat, StatusBoard
 from cmi.store import Store
 from tests.web.conftest import PASSWORD, Auth, csrf_of, make_app
 
@@ -361,3 +365,24 @@ def test_create_admin_command(redis_server: RedisServer, store: Store, tmp_path:
     auth = Auth(app.test_client())
     assert auth.login("root", PASSWORD).status_code == 302
     assert "root · admin" in auth.client.get("/").get_data(as_text=True)
+
+
+def test_the_status_page_says_whether_a_controller_leads(
+    client: FlaskClient, auth: Auth, store: Store
+) -> None:
+    auth.login()
+    page = client.get("/").get_data(as_text=True)
+    assert 'data-state="none"' in page
+    assert "No cmi has led yet" in page
+
+    board = StatusBoard(store)
+    board.controller_beat("cmi-a", 3, 7)
+    fragment = client.get("/status/controller").get_data(as_text=True)
+    assert 'data-state="leading"' in fragment
+    assert "cmi <strong>cmi-a</strong> (epoch 3) at revision 7" in fragment
+
+    old = ControllerBeat("cmi-a", 3, 7, time.time() - 60)  # as if it stopped a minute ago
+    store.redis.set(store.key("status", "cmi"), json.dumps(asdict(old)))
+    page = client.get("/").get_data(as_text=True)
+    assert 'data-state="silent"' in page
+    assert "last led 60 s ago" in page

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import Any
 
 from flask import render_template, request
 
 from cmi.audit import AuditLog
 from cmi.model import Listener
+from cmi.status import BEAT_S, StatusBoard
 from web import queries
 from web.db import get_store
 from web.views import bp
@@ -33,8 +35,26 @@ def index() -> str:
         for _, report in sorted(board.items())
     ]
     return render_template(
-        "index.html", revision=view.revision, counts=counts, attention=attention, nodes=nodes
-    )
+        "index.html", revision=view.revision, counts=counts, attention=attention, nodes=nodes,
+        **_controller(),
+    )  # fmt: skip
+
+
+@bp.get("/status/controller")
+def controller_fragment() -> str:
+    """The htmx fragment saying whether a cmi leads, refreshed on the status page."""
+    return render_template("_controller.html", **_controller())
+
+
+SILENT_AFTER_S = 5 * BEAT_S
+"""A leader that has not beaten for this long is shown as silent (it beats every 2 s)."""
+
+
+def _controller() -> dict[str, Any]:
+    beat = StatusBoard(get_store()).controller()
+    age = beat.age() if beat else 0.0
+    return {"controller": beat, "controller_age": round(age),
+            "controller_alive": beat is not None and age < SILENT_AFTER_S}  # fmt: skip
 
 
 @bp.get("/status/nodes")
