@@ -133,8 +133,7 @@ def _serve_probes(bind: str, elector: LeaderElector, leading: Leading) -> None:
 
     def check() -> probes.Liveness:
         current = leading.get("current")
-        threads = current[1] if current else []
-        running = controller()
+        running, threads = (current[0], current[1]) if current else (None, [])
         return probes.liveness(
             time.monotonic(),
             campaign_turn=elector.last_turn,

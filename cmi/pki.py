@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,6 +34,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cmi.config import ConfigError
+
+T = TypeVar("T")
 
 PrivateKey = ec.EllipticCurvePrivateKey
 Kind = Literal["server", "client"]
@@ -269,17 +273,45 @@ def load_identity(
     return chain, key_pem
 
 
-def files_stamp(*paths: str) -> tuple[tuple[int, int, int], ...]:
-    """What changes when any of these files is rewritten or replaced (inode, size, mtime):
-    servers compare it on each new connection to reread rotated certificates."""
-    out = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((0, 0, 0))
-    return tuple(out)
+class RotatingFiles(Generic[T]):
+    """What a server makes of its TLS files (an `ssl.SSLContext`, gRPC's certificate
+    configuration), made again when one of the files changes, so certificates rotate
+    without a restart. `changed()` costs a stat per file: servers call it on each new
+    connection. Files that do not load (half-written, a key of another certificate) leave
+    the last good value serving, with a warning; they are tried again when they change."""
+
+    def __init__(self, paths: Sequence[str], load: Callable[[], T], log: logging.Logger):
+        self.paths, self._load, self._log = tuple(paths), load, log
+        self._lock = threading.Lock()
+        self._stamp = self._stamp_now()
+        self.current = load()  # at start, a file that does not load is an error
+
+    def changed(self) -> T | None:
+        """The value made again if a file changed since the last call; else None."""
+        stamp = self._stamp_now()
+        with self._lock:
+            if stamp == self._stamp:
+                return None
+            self._stamp = stamp
+            try:
+                self.current = self._load()
+            except (ConfigError, OSError) as exc:  # ssl.SSLError is an OSError
+                self._log.warning("TLS files changed but do not load (%s); serving the "
+                                  "previous certificate", exc)  # fmt: skip
+                return None
+            self._log.info("TLS files changed: serving the new certificate")
+            return self.current
+
+    def _stamp_now(self) -> tuple[tuple[int, int, int], ...]:
+        """What changes when a file is rewritten or replaced: inode, size, mtime."""
+        out = []
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((0, 0, 0))
+        return tuple(out)
 
 
 def tls_settings(values: dict[str, str]) -> bool:

@@ -26,7 +26,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import start_http_server
 
 from cmi import pki
-from cmi.config import ConfigError, XdsSettings
+from cmi.config import XdsSettings
 from cmi.model import Certificate
 from cmi.resolve import DesiredState, resolve
 from cmi.secrets import SecretStore
@@ -68,6 +68,8 @@ class Hub:
         metrics: Metrics,
         report: Callable[[Stream], None],
         gone: Callable[[str], None],
+        *,
+        verify_members: bool = False,
     ) -> None:
         self.metrics = metrics
         self.report = report
@@ -79,7 +81,7 @@ class Hub:
         self.streams: dict[str, set[Stream]] = {}
         self.members: dict[str, frozenset[str]] = {}
         """Node group -> the names of its LB nodes, as of the latest publish."""
-        self.verify_members = False
+        self.verify_members = verify_members
         """Under mutual TLS: only a node of the group gets the group's configuration."""
 
     def snapshot_for(self, group: str) -> GroupSnapshot | None:
@@ -298,45 +300,24 @@ class ServerTls:
     """
 
     def __init__(self, xds: XdsSettings) -> None:
-        self.files = {"xds.tls_cert": xds.tls_cert, "xds.tls_key": xds.tls_key,
-                      "xds.tls_client_ca": xds.tls_client_ca}  # fmt: skip
-        self._lock = threading.Lock()
-        self._stamp = self._stamps()
-        self._current = self._load()  # at start, a ConfigError names the setting
+        self.xds = xds
+        self.files = pki.RotatingFiles((xds.tls_cert, xds.tls_key, xds.tls_client_ca),
+                                       self._load, log)  # fmt: skip
 
     def credentials(self) -> grpc.ServerCredentials:
-        # None from the fetcher means "no change" (gRPC's docs; its type stub says otherwise).
+        # gRPC asks `changed` before each handshake; None means "no change" (gRPC's docs;
+        # its type stub says otherwise).
         return grpc.dynamic_ssl_server_credentials(
-            self._current,
-            self._fetch,  # type: ignore[arg-type]
+            self.files.current,
+            self.files.changed,  # type: ignore[arg-type]
             require_client_authentication=True,
         )
 
     def _load(self) -> grpc.ServerCertificateConfiguration:
-        files = self.files
-        chain, key = pki.load_identity("xds.tls_cert", files["xds.tls_cert"],
-                                       "xds.tls_key", files["xds.tls_key"])  # fmt: skip
-        client_ca = pki.load_certificates("xds.tls_client_ca", files["xds.tls_client_ca"])
+        xds = self.xds
+        chain, key = pki.load_identity("xds.tls_cert", xds.tls_cert, "xds.tls_key", xds.tls_key)
+        client_ca = pki.load_certificates("xds.tls_client_ca", xds.tls_client_ca)
         return grpc.ssl_server_certificate_configuration([(key, chain)], client_ca)
-
-    def _stamps(self) -> tuple[tuple[int, int, int], ...]:
-        return pki.files_stamp(*self.files.values())
-
-    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """gRPC's hook before each handshake: a new configuration, or None to keep it."""
-        stamp = self._stamps()
-        with self._lock:
-            if stamp == self._stamp:
-                return None
-            self._stamp = stamp  # a file that fails to load is not retried until it changes
-            try:
-                self._current = self._load()
-            except ConfigError as exc:
-                log.warning("xds: TLS files changed but do not load (%s); serving the "
-                            "previous certificate", exc)  # fmt: skip
-                return None
-            log.info("xds: TLS files changed: serving the new certificate and client CA")
-            return self._current
 
 
 class XdsServer:
@@ -359,8 +340,8 @@ class XdsServer:
         self.cache = SnapshotCache()
         self.secrets = SecretStore(store)
         self.board = StatusBoard(store)
-        self.hub = Hub(self.metrics, self._queue_report, self._queue_forget)
-        self.hub.verify_members = tls is not None
+        self.hub = Hub(self.metrics, self._queue_report, self._queue_forget,
+                       verify_members=tls is not None)  # fmt: skip
         self.port = 0
         self._keys: dict[str, str] = {}
         self._missing_keys: set[str] = set()

@@ -11,49 +11,33 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import threading
+from functools import partial
 from typing import Any
 
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from cmi import pki
-from cmi.config import ConfigError
 
 log = logging.getLogger("openslb.console")
-
-
-def server_context(cert: str, key: str) -> ssl.SSLContext:
-    """TLS 1.2 and up with the system's ciphers, as the console serves it."""
-    context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    return context
 
 
 class RotatingSSLAdapter(BuiltinSSLAdapter):
     def __init__(self, cert: str, key: str) -> None:
         super().__init__(cert, key)
-        self.context = server_context(cert, key)
-        self._stamp = pki.files_stamp(cert, key)
-        self._lock = threading.Lock()
+        self.files = pki.RotatingFiles((cert, key), partial(server_context, cert, key), log)
+        self.context = self.files.current
 
     def wrap(self, sock: socket.socket) -> Any:
-        self._reload_if_changed()
+        if (context := self.files.changed()) is not None:
+            self.context = context
         return super().wrap(sock)  # type: ignore[no-untyped-call]
 
-    def _reload_if_changed(self) -> None:
-        cert, key = self.certificate, self.private_key
-        stamp = pki.files_stamp(cert, key)
-        with self._lock:
-            if stamp == self._stamp:
-                return
-            self._stamp = stamp  # files that fail to load are not retried until they change
-            try:
-                pki.load_identity("console.tls_cert", cert, "console.tls_key", key)
-                context = server_context(cert, key)
-            except (ConfigError, ssl.SSLError, OSError) as exc:
-                log.warning("TLS files changed but do not load (%s); serving the previous "
-                            "certificate", exc)  # fmt: skip
-                return
-            self.context = context
-            log.info("TLS files changed: serving the new certificate")
+
+def server_context(cert: str, key: str) -> ssl.SSLContext:
+    """TLS 1.2 and up with the system's ciphers, from a pair first checked to load and
+    belong together (so errors name the setting)."""
+    pki.load_identity("console.tls_cert", cert, "console.tls_key", key)
+    context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
