@@ -266,13 +266,16 @@ class Controller:
             self._beaten = now
         if now >= schedule["resync"] or self._resync_requested.is_set():
             self._resync_requested.clear()
-            if not self._synced:  # the first sync: nothing is served yet
-                self.resync()
-                self._synced = True
-                schedule["resync"] = now + self.settings.resync_s
-                return
             schedule["resync"] = now + self.settings.resync_s
-            self._resync_began, self._resync_keys = now, self._begin_resync()
+            try:
+                if self._synced:
+                    self._resync_began, self._resync_keys = now, self._begin_resync()
+                else:  # the first sync, in one step: nothing is served yet
+                    self.resync()
+                    self._synced = True
+            except redis.RedisError:
+                self._resync_requested.set()  # again as soon as Redis answers
+                raise
         if self._resync_keys is not None:
             self._resync_step()
             return
