@@ -154,7 +154,11 @@ def test_the_follow_loop_applies_new_revisions(
             lambda: len(observer.dump([WEB]).services[WEB].dests) == 3,
             timeout=20, what="new backend programmed",
         )  # fmt: skip
-        assert StatusBoard(store).all("l4")["lb-a"].revision == store.revision()
+        # The kernel is programmed before the status is written: wait for the report too.
+        wait_until(
+            lambda: StatusBoard(store).all("l4")["lb-a"].revision == store.revision(),
+            timeout=20, what="status reports the new revision",
+        )  # fmt: skip
     finally:
         stop.set()
         loop.join(timeout=20)
