@@ -10,49 +10,94 @@ the whole node, above the per-listener limit the translation sets.
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from dataclasses import dataclass
 from typing import Any
+
+from l7.translate.common import SECRET
 
 XDS_CLUSTER = "openslb-xds"
 ADMIN_CLUSTER = "openslb-admin"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+XDS_CLIENT_CERT = "openslb-xds-client"
+XDS_SERVER_CA = "openslb-xds-server-ca"
+SDS_SUFFIXES = {XDS_CLIENT_CERT: "xds-cert.json", XDS_SERVER_CA: "xds-ca.json"}
 TYPE = "type.googleapis.com/"
 
 
 @dataclass(frozen=True)
 class XdsTls:
     """Mutual TLS to the xDS server: files Envoy reads (the key never enters the bootstrap),
-    and the name the server's certificate must carry (a DNS name or an IP address SAN)."""
+    and the name the server's certificate must carry (a DNS name or an IP address SAN).
+
+    Envoy reads the certificate, key and CA through file-based SDS (two small files at
+    `sds_prefix` + `.xds-cert.json` / `.xds-ca.json`, naming the PEM files): it then watches
+    their directory and takes a renewed certificate or CA without a restart. Written inline
+    in the bootstrap, they would be read once.
+    """
 
     cert_file: str
     key_file: str
     ca_file: str
     server_name: str
+    sds_prefix: str
+
+    def secret_files(self) -> dict[str, dict[str, Any]]:
+        """The SDS files this context points at: path -> content (JSON, read as YAML)."""
+        certificate: dict[str, Any] = {
+            "certificate_chain": {"filename": self.cert_file},
+            "private_key": {"filename": self.key_file},
+        }
+        cert_dir = posixpath.dirname(self.cert_file)
+        if cert_dir == posixpath.dirname(self.key_file):
+            # A move anywhere in it reloads the pair: Kubernetes swaps a symlink (..data)
+            # on a Secret volume, never the files themselves.
+            certificate["watched_directory"] = {"path": cert_dir}
+        validation: dict[str, Any] = {
+            "trusted_ca": {"filename": self.ca_file},
+            "match_typed_subject_alt_names": [{
+                "san_type": "IP_ADDRESS" if _is_ip(self.server_name) else "DNS",
+                "matcher": {"exact": self.server_name},
+            }],
+        }  # fmt: skip
+        ca_dir = posixpath.dirname(self.ca_file)
+        if ca_dir:
+            validation["watched_directory"] = {"path": ca_dir}
+        return {
+            self._sds_file(XDS_CLIENT_CERT): _secret(XDS_CLIENT_CERT, tls_certificate=certificate),
+            self._sds_file(XDS_SERVER_CA): _secret(XDS_SERVER_CA, validation_context=validation),
+        }
 
     def transport_socket(self) -> dict[str, Any]:
-        is_ip = _is_ip(self.server_name)
         context: dict[str, Any] = {
             "@type": TYPE + UPSTREAM_TLS,
             "common_tls_context": {
                 "alpn_protocols": ["h2"],
                 "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-                "tls_certificates": [{
-                    "certificate_chain": {"filename": self.cert_file},
-                    "private_key": {"filename": self.key_file},
-                }],
-                "validation_context": {
-                    "trusted_ca": {"filename": self.ca_file},
-                    "match_typed_subject_alt_names": [{
-                        "san_type": "IP_ADDRESS" if is_ip else "DNS",
-                        "matcher": {"exact": self.server_name},
-                    }],
-                },
+                "tls_certificate_sds_secret_configs": [self._sds_config(XDS_CLIENT_CERT)],
+                "validation_context_sds_secret_config": self._sds_config(XDS_SERVER_CA),
             },
         }  # fmt: skip
-        if not is_ip:  # SNI carries host names only (RFC 6066)
+        if not _is_ip(self.server_name):  # SNI carries host names only (RFC 6066)
             context["sni"] = self.server_name
         return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+    def _sds_file(self, secret: str) -> str:
+        return f"{self.sds_prefix}.{SDS_SUFFIXES[secret]}"
+
+    def _sds_config(self, secret: str) -> dict[str, Any]:
+        return {
+            "name": secret,
+            "sds_config": {
+                "path_config_source": {"path": self._sds_file(secret)},
+                "resource_api_version": "V3",
+            },
+        }
+
+
+def _secret(name: str, **fields: dict[str, Any]) -> dict[str, Any]:
+    return {"resources": [{"@type": SECRET, "name": name, **fields}]}
 
 
 def split_host_port(value: str, what: str) -> tuple[str, int]:

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -136,8 +137,16 @@ def envoy_bootstrap(
             pki.load_identity(cert_field, cert, key_field, key)
             pki.load_certificates(ca_field, ca)
             host = split_host_port(xds_address, "xds")[0]
-            cert, key, ca = (str(Path(f).resolve()) for f in (cert, key, ca))
-            tls = XdsTls(cert, key, ca, server_name=tls_server_name or host)
+            if out is None:
+                raise click.UsageError(
+                    "--out is needed with mutual TLS: the bootstrap points Envoy at two files"
+                    " written beside it, through which it watches its certificate and CA"
+                )
+            # Absolute, symlinks kept: a Secret volume's names point through ..data, which
+            # changes; resolved, they would pin this version of the files.
+            cert, key, ca = (os.path.abspath(f) for f in (cert, key, ca))
+            sds_prefix = os.path.abspath(out.with_suffix(""))
+            tls = XdsTls(cert, key, ca, tls_server_name or host, sds_prefix)
     except ValueError as exc:  # a ConfigError names the option, a bad --xds the address
         raise click.BadParameter(str(exc)) from None
     try:
@@ -157,5 +166,7 @@ def envoy_bootstrap(
     text = json.dumps(config, indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)
-    else:
-        out.write_text(text)
+        return
+    for path, content in (tls.secret_files() if tls else {}).items():
+        pki.write_public(Path(path), json.dumps(content, indent=2) + "\n")
+    pki.write_public(out, text)

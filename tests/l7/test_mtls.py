@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography import x509
 from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf.json_format import ParseDict
 
 from cmi.cli import main
@@ -117,7 +117,7 @@ def test_only_envoys_with_a_client_certificate_of_the_ca_get_configuration(
 
     no_cert = json.loads(json.dumps(good))
     socket = no_cert["static_resources"]["clusters"][0]["transport_socket"]
-    del socket["typed_config"]["common_tls_context"]["tls_certificates"]
+    del socket["typed_config"]["common_tls_context"]["tls_certificate_sds_secret_configs"]
     rogues = {
         "no-cert": no_cert,
         "other-ca": envoy_bootstrap(
@@ -201,17 +201,53 @@ def test_the_bootstrap_carries_the_client_certificate_and_checks_the_server(
     context = config["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
     assert "sni" not in context  # an IP address is checked as an IP SAN, sent as no SNI
     common = context["common_tls_context"]
-    assert common["validation_context"]["match_typed_subject_alt_names"] == [
-        {"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}
-    ]
-    assert common["tls_certificates"] == [{
-        "certificate_chain": {"filename": str((ours / "n1.crt").resolve())},
-        "private_key": {"filename": str((ours / "n1.key").resolve())},
+    # Certificate, key and CA come through file-based SDS, which Envoy watches.
+    sds = {
+        name: (tmp_path / f"lb1.{suffix}").resolve()
+        for name, suffix in [("openslb-xds-client", "xds-cert.json"),
+                             ("openslb-xds-server-ca", "xds-ca.json")]
+    }  # fmt: skip
+    assert common["tls_certificate_sds_secret_configs"] == [{
+        "name": "openslb-xds-client",
+        "sds_config": {"path_config_source": {"path": str(sds["openslb-xds-client"])},
+                       "resource_api_version": "V3"},
     }]  # fmt: skip
-    assert "PRIVATE KEY" not in json.dumps(config)  # Envoy reads the key file itself
-    by_name = bootstrap("g", "n", "xds.openslb.test:18000", tls=XdsTls("c", "k", "a", SERVER_NAME))
+    assert common["validation_context_sds_secret_config"]["sds_config"][
+        "path_config_source"]["path"] == str(sds["openslb-xds-server-ca"])  # fmt: skip
+    secrets = {}
+    for name, path in sds.items():
+        (resource,) = json.loads(path.read_text())["resources"]
+        assert resource["@type"] == "type.googleapis.com/" + secret_pb2.Secret.DESCRIPTOR.full_name
+        ParseDict({k: v for k, v in resource.items() if k != "@type"}, secret_pb2.Secret())
+        assert resource["name"] == name
+        secrets[name] = resource
+        assert oct(path.stat().st_mode & 0o777) == "0o644"
+    pki_dir = str(ours.resolve())
+    assert secrets["openslb-xds-client"]["tls_certificate"] == {
+        "certificate_chain": {"filename": f"{pki_dir}/n1.crt"},
+        "private_key": {"filename": f"{pki_dir}/n1.key"},
+        "watched_directory": {"path": pki_dir},  # a move in it reloads the pair
+    }
+    assert secrets["openslb-xds-server-ca"]["validation_context"] == {
+        "trusted_ca": {"filename": f"{pki_dir}/ca.crt"},
+        "match_typed_subject_alt_names": [
+            {"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}
+        ],
+        "watched_directory": {"path": pki_dir},
+    }
+    written = json.dumps(config) + "".join(path.read_text() for path in sds.values())
+    assert "PRIVATE KEY" not in written  # Envoy reads the key file itself
+    tls = XdsTls("/p/c", "/p/k", "/p/a", SERVER_NAME, "/etc/openslb/envoy")
+    by_name = bootstrap("g", "n", "xds.openslb.test:18000", tls=tls)
     typed = by_name["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
     assert typed["sni"] == SERVER_NAME
+    assert sorted(tls.secret_files()) == [
+        "/etc/openslb/envoy.xds-ca.json", "/etc/openslb/envoy.xds-cert.json"
+    ]  # fmt: skip
+    to_stdout = slb("envoy-bootstrap", "--node-id", "n", "--tls-cert", str(ours / "n1.crt"),
+                    "--tls-key", str(ours / "n1.key"), "--tls-ca", ca)  # fmt: skip
+    assert to_stdout.exit_code == 2
+    assert "--out is needed with mutual TLS" in to_stdout.output
 
 
 def test_incomplete_or_unusable_tls_settings_are_named(tmp_path: Path) -> None:
@@ -319,3 +355,75 @@ def test_certificates_and_the_client_ca_rotate_without_a_restart(
 
     assert n1.stats(CONNECTED)[CONNECTED] == 1
     assert bed.xds.log().count("n1 connected") == 1
+
+
+def mount_secret(directory: Path, files: dict[str, Path], generation: int) -> None:
+    """Publish `files` in `directory` the way Kubernetes updates a Secret volume: each name
+    is a symlink into `..data`, itself a symlink swapped by one rename to a new directory."""
+    directory.mkdir(exist_ok=True)
+    version = directory / f"..{generation}"
+    version.mkdir()
+    for name, source in files.items():
+        (version / name).write_bytes(source.read_bytes())
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(f"..data/{name}")
+    (directory / "..data_tmp").symlink_to(version.name)
+    (directory / "..data_tmp").rename(directory / "..data")
+
+
+def client_serial(envoy: EnvoyProxy) -> str:
+    """The serial number of the client certificate Envoy holds for the xDS cluster."""
+    certs = json.loads(envoy.admin("/certs"))["certificates"]
+    (serial,) = {c["serial_number"] for entry in certs for c in entry.get("cert_chain", [])}
+    return str(serial)
+
+
+def test_envoy_takes_a_renewed_certificate_and_ca_without_a_restart(
+    store: Store, bed: Bed, tmp_path: Path
+) -> None:
+    """A CA rollover on both ends; Envoy's files change under it as on a Secret volume."""
+    old, new = make_pki(tmp_path / "old")["dir"], tmp_path / "new"
+    for args in (["init", "--dir", str(new)],
+                 ["issue", "--dir", str(new), "--name", "xds", "--kind", "server",
+                  "--san", SERVER_NAME, "--san", "127.0.0.1"],
+                 ["issue", "--dir", str(new), "--name", "n1", "--kind", "client"]):  # fmt: skip
+        assert slb("pki", *args).exit_code == 0
+    revision = store.apply([Put(NodeGroup.model_validate({"name": "default", "nodes": [
+        {"name": "n1", "address": bed.net.address(11)}]}))])  # fmt: skip
+
+    def serve_with(pki_dir: Path) -> None:
+        bed.xds.env.update({
+            "OPENSLB_XDS_TLS_CERT": str(pki_dir / "xds.crt"),
+            "OPENSLB_XDS_TLS_KEY": str(pki_dir / "xds.key"),
+            "OPENSLB_XDS_TLS_CLIENT_CA": str(pki_dir / "ca.crt"),
+        })  # fmt: skip
+        bed.xds.start()
+
+    def envoy_files(pki_dir: Path) -> dict[str, Path]:
+        return {"tls.crt": pki_dir / "n1.crt", "tls.key": pki_dir / "n1.key",
+                "ca.crt": pki_dir / "ca.crt"}  # fmt: skip
+
+    mounted = tmp_path / "envoy-secret"
+    mount_secret(mounted, envoy_files(old), 1)
+    serve_with(old)
+    n1 = start(bed, "n1", envoy_bootstrap(
+        tmp_path, "n1", bed.xds.address, "--tls-cert", str(mounted / "tls.crt"),
+        "--tls-key", str(mounted / "tls.key"), "--tls-ca", str(mounted / "ca.crt"),
+        "--tls-server-name", SERVER_NAME,
+    ), live=True)  # fmt: skip
+    wait_programmed(store, ["n1"], revision)
+    first, pid = client_serial(n1), n1.process.pid
+
+    mount_secret(mounted, envoy_files(new), 2)
+    wait_until(lambda: client_serial(n1) != first, 20, "Envoy holding its renewed certificate")
+    renewed = x509.load_pem_x509_certificate((new / "n1.crt").read_bytes()).serial_number
+    assert int(client_serial(n1), 16) == renewed
+    assert n1.stats(CONNECTED)[CONNECTED] == 1  # the stream it has carries on
+
+    # The server moves to the new CA: only an Envoy that took the new files gets back in.
+    bed.xds.stop()
+    serve_with(new)
+    wait_until(lambda: "n1 connected" in bed.xds.log(), 30, "n1 connected to the new server")
+    assert bed.xds.metric("openslb_xds_refused_streams_total") == 0
+    assert n1.stats(CONNECTED)[CONNECTED] == 1
+    assert n1.process.pid == pid  # the same Envoy, never restarted
