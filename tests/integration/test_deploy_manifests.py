@@ -92,6 +92,31 @@ def test_every_container_runs_an_slb_command_that_exists() -> None:
         assert done.returncode == 0, (command, done.stderr)
 
 
+def test_every_container_port_is_opened_by_a_network_policy() -> None:
+    """Under default-deny, a port no policy names is dead: a scrape or a probe times out."""
+    docs = documents()
+    policies = [d["spec"] for d in docs if d["kind"] == "NetworkPolicy"]
+    assert any(p["podSelector"] == {} and "ingress" not in p for p in policies)  # default deny
+    closed = []
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        template = doc["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        opened = {
+            port.get("port", "*")
+            for policy in policies
+            if policy["podSelector"].get("matchLabels", {}).items() <= labels.items()
+            for rule in policy.get("ingress", [])
+            for port in rule.get("ports", [{}])
+        }
+        for container in template["spec"]["containers"]:
+            for port in container.get("ports", []):
+                if not opened & {"*", port["containerPort"], port.get("name")}:
+                    closed.append(f"{doc['metadata']['name']}: {port}")
+    assert closed == []
+
+
 def test_every_openslb_variable_names_a_setting() -> None:
     """A misspelt OPENSLB_ variable would be ignored silently: each must be a setting."""
     defaults = Settings()
