@@ -16,6 +16,8 @@ from cmi import config, pki
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
+    from web.tls import RotatingSSLAdapter
+
 
 @click.group("console", invoke_without_command=True)
 @click.option("--bind", help="HOST:PORT to serve on (default: console.bind, 127.0.0.1:8080).")
@@ -36,19 +38,20 @@ def console(ctx: click.Context, bind: str | None) -> None:
     if not host or not port.isdigit():
         raise click.UsageError(f"console.bind: expected HOST:PORT, got {bind!r}")
     console_settings = settings.console
-    tls = pki.tls_settings(
+    tls: RotatingSSLAdapter | None = None
+    if pki.tls_settings(
         {"console.tls_cert": console_settings.tls_cert, "console.tls_key": console_settings.tls_key}
-    )
-    if tls:  # checked here, so a bad file is named before anything listens
-        pki.load_identity("console.tls_cert", console_settings.tls_cert,
-                          "console.tls_key", console_settings.tls_key)  # fmt: skip
+    ):  # the pair loads here, so a bad file is named before anything listens
+        from web.tls import RotatingSSLAdapter  # noqa: PLC0415
+
+        tls = RotatingSSLAdapter(console_settings.tls_cert, console_settings.tls_key)
     app = create_app(settings=settings)
     scheme = "https" if tls else "http"
     click.echo(
         f"openslb console on {scheme}://{host}:{port}/ (API: /api/v1, metrics: /metrics)", err=True
     )
     if tls:
-        _serve_tls(app, host.strip("[]"), int(port), console_settings)
+        _serve_tls(app, host.strip("[]"), int(port), console_settings.threads, tls)
         return
     waitress.serve(
         app, host=host.strip("[]"), port=int(port), threads=console_settings.threads,
@@ -56,7 +59,9 @@ def console(ctx: click.Context, bind: str | None) -> None:
     )  # fmt: skip
 
 
-def _serve_tls(app: WSGIApplication, host: str, port: int, console: config.ConsoleSettings) -> None:
+def _serve_tls(
+    app: WSGIApplication, host: str, port: int, threads: int, adapter: RotatingSSLAdapter
+) -> None:
     """HTTPS with cheroot, CherryPy's WSGI server: waitress speaks no TLS itself.
 
     Python's `ssl` does the TLS (TLS 1.2 and up, the system's ciphers; a renewed certificate
@@ -65,10 +70,8 @@ def _serve_tls(app: WSGIApplication, host: str, port: int, console: config.Conso
     """
     from cheroot import wsgi  # noqa: PLC0415
 
-    from web.tls import RotatingSSLAdapter  # noqa: PLC0415
-
-    server = wsgi.Server((host, port), app, numthreads=console.threads, server_name="openslb")
-    server.ssl_adapter = RotatingSSLAdapter(console.tls_cert, console.tls_key)
+    server = wsgi.Server((host, port), app, numthreads=threads, server_name="openslb")
+    server.ssl_adapter = adapter
 
     def stop(signum: int, frame: object) -> None:
         raise SystemExit(0)

@@ -23,8 +23,9 @@ log = logging.getLogger("openslb.console")
 
 class RotatingSSLAdapter(BuiltinSSLAdapter):
     def __init__(self, cert: str, key: str) -> None:
-        super().__init__(cert, key)
+        # Ours first: a pair that does not load is named by its settings, not by ssl.
         self.files = pki.RotatingFiles((cert, key), partial(server_context, cert, key), log)
+        super().__init__(cert, key)
         self.context = self.files.current
 
     def wrap(self, sock: socket.socket) -> Any:
