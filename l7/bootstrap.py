@@ -28,8 +28,8 @@ TYPE = "type.googleapis.com/"
 
 @dataclass(frozen=True)
 class XdsTls:
-    """Mutual TLS to the xDS server: files Envoy reads (the key never enters the bootstrap),
-    and the name the server's certificate must carry (a DNS name or an IP address SAN).
+    """Mutual TLS to the xDS server: files Envoy reads (absolute paths; the key never enters
+    the bootstrap), and the name the server's certificate must carry (a DNS or IP SAN).
 
     Envoy reads the certificate, key and CA through file-based SDS (two small files at
     `sds_prefix` + `.xds-cert.json` / `.xds-ca.json`, naming the PEM files): it then watches
@@ -54,16 +54,14 @@ class XdsTls:
             # A move anywhere in it reloads the pair: Kubernetes swaps a symlink (..data)
             # on a Secret volume, never the files themselves.
             certificate["watched_directory"] = {"path": cert_dir}
-        validation: dict[str, Any] = {
+        validation = {
             "trusted_ca": {"filename": self.ca_file},
             "match_typed_subject_alt_names": [{
                 "san_type": "IP_ADDRESS" if _is_ip(self.server_name) else "DNS",
                 "matcher": {"exact": self.server_name},
             }],
+            "watched_directory": {"path": posixpath.dirname(self.ca_file)},
         }  # fmt: skip
-        ca_dir = posixpath.dirname(self.ca_file)
-        if ca_dir:
-            validation["watched_directory"] = {"path": ca_dir}
         return {
             self._sds_file(XDS_CLIENT_CERT): _secret(XDS_CLIENT_CERT, tls_certificate=certificate),
             self._sds_file(XDS_SERVER_CA): _secret(XDS_SERVER_CA, validation_context=validation),
