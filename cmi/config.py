@@ -22,6 +22,15 @@ class ConfigError(ValueError):
     """A setting that cannot be used, named by its TOML key or environment variable."""
 
 
+def host_port(value: str, name: str) -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 host in brackets) as (host, port); a ConfigError names `name`."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
 def setting(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 

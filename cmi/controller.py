@@ -174,6 +174,7 @@ class Controller:
             exclude_unschedulable=settings.exclude_unschedulable,
         )
         self.ipam = IPAM(store)
+        self.board = StatusBoard(store)
         self.writer = ServiceWriter(kube)
         self.events = EventRecorder(kube)
         self.mirror = Mirror()
@@ -262,7 +263,7 @@ class Controller:
         the changes that came in; `schedule` holds when the periodic ones are due."""
         now = self.last_turn = time.monotonic()
         if now - self._beaten >= BEAT_S:
-            StatusBoard(self.store).controller_beat(self.identity, self.fence.token, self.revision)
+            self.board.controller_beat(self.identity, self.fence.token, self.revision)
             self._beaten = now
         if now >= schedule["resync"] or self._resync_requested.is_set():
             self._resync_requested.clear()
@@ -563,8 +564,7 @@ class Controller:
 
     def check_readiness(self) -> None:
         """Compare what the data planes report with what each Service needs; tell it."""
-        board = StatusBoard(self.store)
-        l4, l7 = board.all("l4"), board.all("l7")
+        l4, l7 = self.board.all("l4"), self.board.all("l7")
         with self._lock:
             groups: dict[str, NodeGroup] = self.mirror.of(NodeGroup)
             jobs = []

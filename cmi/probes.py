@@ -21,7 +21,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from cmi.config import ConfigError
+from cmi.config import ConfigError, host_port
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -113,13 +113,10 @@ def serve(bind: str, check: Callable[[], Liveness], registry: CollectorRegistry)
         start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
         return [f"{state.reason}\n".encode()]
 
-    host, _, port = bind.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"cmi.health_bind: expected HOST:PORT, got {bind!r}")
-    host = host.strip("[]")
+    host, port = host_port(bind, "cmi.health_bind")
     server_class = _Server6 if ":" in host else _Server
     try:
-        server = make_server(host, int(port), app, server_class, _QuietHandler)
+        server = make_server(host, port, app, server_class, _QuietHandler)
     except OSError as exc:
         raise ConfigError(f"cmi.health_bind: cannot listen on {bind}: {exc.strerror}") from None
     threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()

@@ -12,7 +12,7 @@ from types import FrameType
 
 import click
 
-from cmi.config import ConfigError, L4Settings, Settings
+from cmi.config import ConfigError, L4Settings, Settings, host_port
 from l4.drivers import DRIVERS
 
 
@@ -31,14 +31,7 @@ def check_settings(settings: L4Settings) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", settings.interface):
         raise ConfigError(f"l4.interface: {settings.interface!r} is not an interface name")
     if settings.metrics_listen:
-        metrics_address(settings.metrics_listen)
-
-
-def metrics_address(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"l4.metrics_listen: {listen!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+        host_port(settings.metrics_listen, "l4.metrics_listen")
 
 
 @click.command("l4-agent")
@@ -73,7 +66,7 @@ def l4_agent(settings: Settings, node: str | None, once: bool) -> None:
 
             registry = CollectorRegistry()
             registry.register(agent.collector)
-            host, port = metrics_address(settings.l4.metrics_listen)
+            host, port = host_port(settings.l4.metrics_listen, "l4.metrics_listen")
             start_http_server(port, addr=host, registry=registry)
         stop = threading.Event()
 

@@ -14,6 +14,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from cmi.config import host_port
 from l7.translate.common import SECRET
 
 XDS_CLUSTER = "openslb-xds"
@@ -98,14 +99,6 @@ def _secret(name: str, **fields: dict[str, Any]) -> dict[str, Any]:
     return {"resources": [{"@type": SECRET, "name": name, **fields}]}
 
 
-def split_host_port(value: str, what: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{what}: expected HOST:PORT, got {value!r}")
-    return host, int(port)
-
-
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -185,7 +178,7 @@ def bootstrap(
 ) -> dict[str, Any]:
     """An Envoy bootstrap (as a JSON-ready dict) for node `node_id` of group `node_group`;
     with `tls`, it reaches the xDS server over mutual TLS."""
-    xds_host, xds_port = split_host_port(xds, "xds")
+    xds_host, xds_port = host_port(xds, "xds")
     ads = {"ads": {}, "resource_api_version": "V3"}
     xds_cluster = _cluster(XDS_CLUSTER, xds_host, xds_port, True)
     if tls is not None:

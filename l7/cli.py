@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cmi import pki
-from cmi.config import Settings, XdsSettings
+from cmi.config import Settings, XdsSettings, host_port
 from cmi.store import Store
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def envoy_bootstrap(
     With a client certificate, its key and the server's CA, Envoy reaches xDS over mutual
     TLS, checking the server's certificate for the xDS host name (or --tls-server-name).
     """
-    from l7.bootstrap import XdsTls, bootstrap, split_host_port  # noqa: PLC0415
+    from l7.bootstrap import XdsTls, bootstrap  # noqa: PLC0415
 
     xds_address = xds_address or settings.xds.bind
     files = {
@@ -136,7 +136,7 @@ def envoy_bootstrap(
             (cert_field, cert), (key_field, key), (ca_field, ca) = files.items()
             pki.load_identity(cert_field, cert, key_field, key)
             pki.load_certificates(ca_field, ca)
-            host = split_host_port(xds_address, "xds")[0]
+            host = host_port(xds_address, "xds")[0]
             if out is None:
                 raise click.UsageError(
                     "--out is needed with mutual TLS: the bootstrap points Envoy at two files"

@@ -34,9 +34,11 @@ def console(ctx: click.Context, bind: str | None) -> None:
 
     settings: config.Settings = ctx.obj
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, _, port = (bind or settings.console.bind).rpartition(":")
-    if not host or not port.isdigit():
-        raise click.UsageError(f"console.bind: expected HOST:PORT, got {bind!r}")
+    bind = bind or settings.console.bind
+    try:
+        host, port = config.host_port(bind, "console.bind")
+    except config.ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     console_settings = settings.console
     tls: RotatingSSLAdapter | None = None
     if pki.tls_settings(
@@ -47,14 +49,12 @@ def console(ctx: click.Context, bind: str | None) -> None:
         tls = RotatingSSLAdapter(console_settings.tls_cert, console_settings.tls_key)
     app = create_app(settings=settings)
     scheme = "https" if tls else "http"
-    click.echo(
-        f"openslb console on {scheme}://{host}:{port}/ (API: /api/v1, metrics: /metrics)", err=True
-    )
+    click.echo(f"openslb console on {scheme}://{bind}/ (API: /api/v1, metrics: /metrics)", err=True)
     if tls:
-        _serve_tls(app, host.strip("[]"), int(port), console_settings.threads, tls)
+        _serve_tls(app, host, port, console_settings.threads, tls)
         return
     waitress.serve(
-        app, host=host.strip("[]"), port=int(port), threads=console_settings.threads,
+        app, host=host, port=port, threads=console_settings.threads,
         ident="openslb", clear_untrusted_proxy_headers=True,
     )  # fmt: skip
 

@@ -51,3 +51,13 @@ def test_bad_settings_are_named(tmp_path: Path, text: str, named: str) -> None:
 
 def test_readme_carries_the_current_configuration_reference() -> None:
     assert config.reference() in (REPO / "README.md").read_text()
+
+
+def test_host_port_reads_ipv4_ipv6_and_names_the_setting_when_it_cannot() -> None:
+    assert config.host_port("127.0.0.1:9643", "cmi.health_bind") == ("127.0.0.1", 9643)
+    assert config.host_port("[::1]:18000", "xds") == ("::1", 18000)
+    for bad in ("9643", ":9643", "host:", "host:0", "host:65536", "host:http"):
+        with pytest.raises(
+            ConfigError, match=f"^l4.metrics_listen: expected HOST:PORT, got '{bad}'$"
+        ):
+            config.host_port(bad, "l4.metrics_listen")
