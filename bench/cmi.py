@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import results_file
-from cmi.devbed.kube import KubeAPI
-from cmi.devbed.process import Process, wait_until
-from cmi.devbed.redis import RedisServer
 from cmi.k8s.client import KubeClient
-from cmi.store import Store
+from devbed.kube import KubeAPI
+from devbed.process import Process, wait_until
+from devbed.redis import RedisServer
+from slb.storage.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
@@ -112,7 +112,7 @@ def main() -> None:
             "OPENSLB_CMI_IDENTITY": "bench",
         }
         cmi = Process(
-            "cmi", [sys.executable, "-m", "cmi.cli", "cmi", "--log-level", "WARNING"], work, env=env
+            "cmi", [sys.executable, "-m", "slb.cli", "cmi", "--log-level", "WARNING"], work, env=env
         )
         started = time.monotonic()
         cmi.start()
@@ -120,7 +120,7 @@ def main() -> None:
 
         def complete() -> bool:
             cmi.check_alive()
-            return int(store.redis.hlen(docs)) == args.services
+            return bool(int(store.redis.hlen(docs)) == args.services)
 
         full_sync_s = wait_until(complete, 300, "complete desired state", interval=0.01)
         full_sync_s = time.monotonic() - started
@@ -131,7 +131,7 @@ def main() -> None:
             with_vip = [
                 s for s in listed if (s.get("status", {}).get("loadBalancer") or {}).get("ingress")
             ]
-            return len(with_vip) == args.services
+            return bool(len(with_vip) == args.services)
 
         status_s = wait_until(written_back, 300, "status on every Service", interval=0.5)
         status_s = time.monotonic() - started

@@ -24,11 +24,11 @@ from typing import Any
 import requests
 
 from bench import results_file
-from cmi.devbed.process import Process, free_port, wait_until
-from cmi.devbed.redis import RedisServer
-from cmi.model import Listener, LoadBalancer, Service
-from cmi.status import StatusBoard
-from cmi.store import Put, Store
+from devbed.process import Process, free_port, wait_until
+from devbed.redis import RedisServer
+from slb.model import Listener, LoadBalancer, Service
+from slb.storage.status import StatusBoard
+from slb.storage.store import Put, Store
 from web.auth import Accounts, Role
 
 PREFIX = "bench"
@@ -132,7 +132,7 @@ def main() -> None:
             "OPENSLB_CONSOLE_BIND": f"127.0.0.1:{port}",
             "OPENSLB_CONSOLE_SECRET_KEY_FILE": str(work / "secret-key"),
         }
-        console = Process("console", [sys.executable, "-m", "cmi.cli", "console"], work, env=env)
+        console = Process("console", [sys.executable, "-m", "slb.cli", "console"], work, env=env)
         console.start()
         base = f"http://127.0.0.1:{port}"
         session = requests.Session()
@@ -170,7 +170,7 @@ def main() -> None:
         def metric(value: float) -> dict[str, Any]:
             return {"value": value, "unit": "ms", "target": 100.0}
 
-        path = results_file.write(
+        written = results_file.write(
             "console",
             {
                 "console_listener_page_p50_ms": metric(results["page"]["server"]["p50"]),
@@ -189,7 +189,7 @@ def main() -> None:
                 "detail": results,
             },
         )
-        print(f"wrote {path}", file=sys.stderr)
+        print(f"wrote {written}", file=sys.stderr)
     finally:
         if console is not None:
             console.stop()

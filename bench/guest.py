@@ -28,7 +28,7 @@ def measure_in_lab_vm(
         out.write_text(json.dumps(guest(args)))
         return None
 
-    from cmi.devbed.labvm import LabVM  # noqa: PLC0415
+    from devbed.labvm import LabVM  # noqa: PLC0415
 
     command = shlex.join([sys.executable, "-m", f"bench.{area}", "--guest", *sys.argv[1:]])
     result = LabVM(memory_mb=2048).run(command, cwd=REPO, timeout=3600, echo=True)

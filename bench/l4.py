@@ -37,9 +37,9 @@ NODE = "lb-a"
 
 def desired_state(services: int, reals: int) -> Any:
     """1,000 Service-owned TCP listeners on 100 VIPs (10 ports each), 10 backends each."""
-    from cmi.model import Listener, LoadBalancer, NodeGroup, Service  # noqa: PLC0415
-    from cmi.resolve import resolve  # noqa: PLC0415
-    from cmi.store import Snapshot, Stored  # noqa: PLC0415
+    from slb.model import Listener, LoadBalancer, NodeGroup, Service  # noqa: PLC0415
+    from slb.resolve import resolve  # noqa: PLC0415
+    from slb.snapshot import Snapshot, Stored  # noqa: PLC0415
 
     owner = {"kind": "Operator", "name": "bench"}
     objects: dict[str, dict[str, Stored[Any]]] = {
@@ -195,13 +195,13 @@ def single_changes(args: argparse.Namespace, state: Any, agent: Any) -> dict[str
 
 def guest(args: argparse.Namespace) -> dict[str, Any]:
     """Inside the VM: every measurement; returns the figures."""
-    from cmi.config import L4Settings  # noqa: PLC0415
-    from cmi.devbed.redis import RedisServer  # noqa: PLC0415
-    from cmi.store import Store  # noqa: PLC0415
+    from devbed.redis import RedisServer  # noqa: PLC0415
     from l4.agent import L4Agent  # noqa: PLC0415
     from l4.drivers.pyroute2 import Pyroute2Driver  # noqa: PLC0415
     from l4.plan import plan  # noqa: PLC0415
     from l4.vip import VIPs, prepare_kernel  # noqa: PLC0415
+    from slb.config import L4Settings  # noqa: PLC0415
+    from slb.storage.store import Store  # noqa: PLC0415
 
     prepare_kernel()
     redis_server = RedisServer(Path(tempfile.mkdtemp())).start()
@@ -271,7 +271,7 @@ def main() -> None:
     if measured is None:
         return
     figures, boot_s = measured
-    from cmi.devbed.labvm import kernel_version  # noqa: PLC0415
+    from devbed.labvm import kernel_version  # noqa: PLC0415
 
     full = results_file.median(figures["openslb_s"])
     restore = results_file.median(figures["restore_s"])

@@ -38,9 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import results_file  # noqa: E402
-from cmi.devbed.process import wait_until  # noqa: E402
-from cmi.devbed.redis import RedisServer  # noqa: E402
-from cmi.model import (  # noqa: E402
+from devbed import l7harness as harness  # noqa: E402
+from devbed.process import wait_until  # noqa: E402
+from devbed.redis import RedisServer  # noqa: E402
+from l7.cache import SnapshotCache  # noqa: E402
+from l7.server import gc_paused  # noqa: E402
+from slb.model import (  # noqa: E402
     Backend,
     Listener,
     LoadBalancer,
@@ -50,11 +53,9 @@ from cmi.model import (  # noqa: E402
     Service,
     ServicePort,
 )
-from cmi.resolve import resolve  # noqa: E402
-from cmi.store import Put, Snapshot, Store, Stored  # noqa: E402
-from l7.cache import SnapshotCache  # noqa: E402
-from l7.server import gc_paused  # noqa: E402
-from tests.l7 import harness  # noqa: E402
+from slb.resolve import resolve  # noqa: E402
+from slb.snapshot import Snapshot, Stored  # noqa: E402
+from slb.storage.store import Put, Store  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "l7.json"
 Metrics = dict[str, dict[str, Any]]
@@ -78,10 +79,10 @@ def services_world(count: int, endpoints: int = 10) -> list[Any]:
     objects: list[Any] = []
     for i in range(math.ceil(count / 100)):
         vip = f"198.18.{100 + i // 250}.{i % 250 + 1}"
-        objects.append(LoadBalancer(name=f"lb{i}", vip=vip, owner=OPERATOR))  # type: ignore[arg-type]
+        objects.append(LoadBalancer(name=f"lb{i}", vip=vip, owner=OPERATOR))
     for i in range(count):
         backends = tuple(
-            Backend(address=f"198.19.{i // 250 % 256}.{i % 250 + 1}", port=8000 + j)  # type: ignore[arg-type]
+            Backend(address=f"198.19.{i // 250 % 256}.{i % 250 + 1}", port=8000 + j)
             for j in range(endpoints)
         )
         service = Service(

@@ -2,7 +2,7 @@
 
     python -m bench.lab [--trials 12] [--trials-without-sync 3]
 
-Inside the lab VM, two LB nodes in network namespaces share a VIP (tests/l4/lab/pair.py:
+Inside the lab VM, two LB nodes in network namespaces share a VIP (devbed/labpair.py:
 the sysctl and keepalived files from deploy/lb-node/, the l4 agents writing keepalived's
 instance). Each trial: an established TCP connection through the VIP, known to the
 backup through connection sync; the MASTER dies (keepalived killed, links down); the
@@ -34,8 +34,8 @@ def say(message: str) -> None:
 def trial(pair: Any, *, synced: bool) -> tuple[float, bool, float]:
     """One failover: ms to the first new call through the VIP, whether the established
     connection survived, ms until HTTP calls all reach the backup's Envoy."""
-    from cmi.devbed.process import wait_until  # noqa: PLC0415
-    from tests.l4.lab.pair import NODES, echoes  # noqa: PLC0415
+    from devbed.labpair import NODES, echoes  # noqa: PLC0415
+    from devbed.process import wait_until  # noqa: PLC0415
 
     master = pair.wait_master()
     backup = next(n for n in NODES if n != master)
@@ -57,10 +57,10 @@ def trial(pair: Any, *, synced: bool) -> tuple[float, bool, float]:
 
 
 def guest(args: argparse.Namespace) -> dict[str, Any]:
-    from cmi.devbed.process import wait_until  # noqa: PLC0415
-    from cmi.devbed.redis import RedisServer  # noqa: PLC0415
-    from cmi.store import Store  # noqa: PLC0415
-    from tests.l4.lab.pair import NODES, LBPair, desired_state  # noqa: PLC0415
+    from devbed.labpair import NODES, LBPair, desired_state  # noqa: PLC0415
+    from devbed.process import wait_until  # noqa: PLC0415
+    from devbed.redis import RedisServer  # noqa: PLC0415
+    from slb.storage.store import Store  # noqa: PLC0415
 
     state = Path(tempfile.mkdtemp(prefix="bench-lab-"))
     server = RedisServer(state / "redis").start()
@@ -107,7 +107,7 @@ def main() -> None:
     if measured is None:
         return
     figures, boot_s = measured
-    from cmi.devbed.labvm import kernel_version  # noqa: PLC0415
+    from devbed.labvm import kernel_version  # noqa: PLC0415
 
     failover = figures["failover_ms"]
     survived = figures["survived"]

@@ -34,12 +34,11 @@ from pathlib import Path
 import grpc
 
 from bench import results_file
-from cmi.devbed import demo
-from cmi.devbed.platform import LAB_GROUP, DevPlatform
-from cmi.devbed.process import wait_until
-from cmi.model import parse
-from cmi.status import StatusBoard
-from tests.e2e import scenarios
+from devbed import demo, scenarios
+from devbed.platform import LAB_GROUP, DevPlatform
+from devbed.process import wait_until
+from slb.model import parse
+from slb.storage.status import StatusBoard
 
 VIP_CIDR, SAMPLE_CIDR = "198.18.32.0/20", "198.18.48.0/24"
 OWNER = {"kind": "Operator", "name": "bench"}

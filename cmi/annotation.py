@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from cmi.model import (
+from slb.model import (
     IPAddress,
     Listener,
     ModelError,

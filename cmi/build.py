@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from cmi import annotation
 from cmi.annotation import EXPOSE_LABEL, BackendMode, Parsed, ServiceSettings
-from cmi.model import (
+from slb.model import (
     Backend,
     Conditions,
     IPAddress,

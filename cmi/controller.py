@@ -21,15 +21,16 @@ from typing import Any
 import redis
 
 from cmi import build as builder
-from cmi import redisconn
 from cmi.annotation import EXPOSE_LABEL
 from cmi.build import Built, Defaults, Event, Previous
-from cmi.config import CmiSettings
 from cmi.ipam import IPAM, IPAMError
 from cmi.k8s.client import Body, KubeClient, KubeError
 from cmi.k8s.informer import Informer
 from cmi.k8s.writer import CONDITION, PROGRAMMED, Condition, EventRecorder, ServiceWriter
-from cmi.model import (
+from cmi.readiness import Readiness, readiness
+from cmi.workqueue import KeyedQueue
+from slb.config import CmiSettings
+from slb.model import (
     KINDS,
     AddressPool,
     IPAddress,
@@ -42,11 +43,10 @@ from cmi.model import (
     StoredObject,
     dump_document,
 )
-from cmi.readiness import Readiness, readiness
-from cmi.resolve import claim_ports
-from cmi.status import BEAT_S, StatusBoard
-from cmi.store import Change, ConflictError, Delete, Fence, Put, Store
-from cmi.workqueue import KeyedQueue
+from slb.resolve import claim_ports
+from slb.storage import connect
+from slb.storage.status import BEAT_S, StatusBoard
+from slb.storage.store import Change, ConflictError, Delete, Fence, Put, Store
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ class Controller:
 
     def run(self, stop: threading.Event, fence: Fence) -> None:
         self.fence = fence
-        if not redisconn.until_done(stop, self._load):
+        if not connect.until_done(stop, self._load):
             return
         informers = (self.nodes, self.slices, self.services)
         for informer in informers:
@@ -246,7 +246,7 @@ class Controller:
                         return
             schedule = {"resync": 0.0, "readiness": 0.0}
             while not stop.is_set():
-                redisconn.until_done(stop, partial(self._step, stop, schedule))
+                connect.until_done(stop, partial(self._step, stop, schedule))
         finally:
             for informer in informers:
                 informer.stop()

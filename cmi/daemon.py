@@ -22,13 +22,13 @@ from functools import partial
 from prometheus_client import CollectorRegistry
 
 from cmi import probes
-from cmi.celeryapp import make_app
-from cmi.config import Settings
 from cmi.controller import Controller
 from cmi.handoff import Handoff
 from cmi.k8s.client import KubeClient
 from cmi.k8s.lease import LeaderElector
-from cmi.store import Fence, Store
+from slb.config import Settings
+from slb.pipeline import make_app
+from slb.storage.store import Fence, Store
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from cmi import redisconn
-from cmi.celeryapp import L4_APPLY, L7_APPLY, L7_QUEUE, l4_queue
-from cmi.model import NodeGroup
-from cmi.store import Store
+from slb.model import NodeGroup
+from slb.pipeline import L4_APPLY, L7_APPLY, L7_QUEUE, l4_queue
+from slb.storage import connect
+from slb.storage.store import Store
 
 OUTAGES = (redis.RedisError, OperationalError)
 """What a broker or store outage raises: waited out, never fatal to the handoff."""
@@ -59,7 +59,7 @@ class Handoff:
         self.store.tail(
             self._announce_newest(stop),
             stop,
-            on_batch=lambda batch: redisconn.until_done(
+            on_batch=lambda batch: connect.until_done(
                 stop, partial(self.announce, batch[-1].revision), outages=OUTAGES
             ),
             on_trimmed=lambda: self._announce_newest(stop),
@@ -67,5 +67,5 @@ class Handoff:
 
     def _announce_newest(self, stop: threading.Event) -> int:
         """Announce the store's revision as it is now; return the newest announced."""
-        redisconn.until_done(stop, lambda: self.announce(self.store.revision()), outages=OUTAGES)
+        connect.until_done(stop, lambda: self.announce(self.store.revision()), outages=OUTAGES)
         return self.announced

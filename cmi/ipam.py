@@ -20,8 +20,8 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 
-from cmi.model import AddressPool, IPAddress, IPNetwork
-from cmi.store import Store
+from slb.model import AddressPool, IPAddress, IPNetwork
+from slb.storage.store import Store
 
 CANDIDATES_PER_TRY = 32
 TRIES = 20

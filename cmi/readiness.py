@@ -1,7 +1,7 @@
 """Pure: is a Service's load balancer programmed? From what the data planes report.
 
 Each LB node's l4 agent and each Envoy (through the xDS server) report the revision they
-serve and their last error (`cmi.status`). A Service is programmed once every LB node of
+serve and their last error (`slb.storage.status`). A Service is programmed once every LB node of
 its node group, and for layer-7 listeners every Envoy of the group, serves a revision at
 least as new as the one that last changed the Service's objects. An error reported for
 such a revision (a netlink failure, an Envoy NACK) makes it an error, with the reason.
@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from cmi.model import NodeGroup
-from cmi.status import TierStatus
+from slb.model import NodeGroup
+from slb.storage.status import TierStatus
 
 State = Literal["programmed", "pending", "error"]
 

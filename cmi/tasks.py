@@ -12,9 +12,9 @@ from typing import Any
 
 from celery import shared_task
 
-from cmi.celeryapp import settings_of
 from cmi.handoff import Handoff
-from cmi.store import Store
+from slb.pipeline import settings_of
+from slb.storage.store import Store
 
 
 @shared_task(name="openslb.reassert", bind=True, ignore_result=True)

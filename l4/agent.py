@@ -41,11 +41,6 @@ from typing import Any
 
 import redis
 
-from cmi.config import L4Settings, Settings
-from cmi.model import NodeGroup
-from cmi.resolve import DesiredState, resolve
-from cmi.status import StatusBoard
-from cmi.store import Change, CompactedError, Snapshot, Store
 from l4 import health
 from l4.drivers import Driver, DriverError, open_driver
 from l4.health import HealthChecker, Target
@@ -55,6 +50,12 @@ from l4.reconcile import DrainKey, reconcile, update_view
 from l4.stats import IPVSCollector, StatsWriter
 from l4.vip import VIPs, prepare_kernel
 from l4.vrrp import VRRP, Keepalived, compile_instance, start_connection_sync
+from slb.config import L4Settings, Settings
+from slb.model import NodeGroup
+from slb.resolve import DesiredState, resolve
+from slb.snapshot import Snapshot
+from slb.storage.status import StatusBoard
+from slb.storage.store import Change, CompactedError, Store
 
 log = logging.getLogger(__name__)
 

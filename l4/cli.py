@@ -12,8 +12,8 @@ from types import FrameType
 
 import click
 
-from cmi.config import ConfigError, L4Settings, Settings, host_port
 from l4.drivers import DRIVERS
+from slb.config import ConfigError, L4Settings, Settings, host_port
 
 
 def check_settings(settings: L4Settings) -> None:

@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from cmi.model import HealthCheck, HealthCheckType
 from l4.ipvs import ServiceKey, VirtualService, join_host_port
+from slb.model import HealthCheck, HealthCheckType
 
 log = logging.getLogger(__name__)
 

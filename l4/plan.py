@@ -28,9 +28,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cmi.model import Forwarding, HealthCheck, NodeGroup, PersistenceMode, Scheduler
-from cmi.resolve import DesiredState, ResolvedListener
 from l4.ipvs import Dest, ServiceKey, VirtualService, address_order, address_text, sort_dests
+from slb.model import Forwarding, HealthCheck, NodeGroup, PersistenceMode, Scheduler
+from slb.resolve import DesiredState, ResolvedListener
 
 L7_SCHEDULER = "mh"
 L7_FLAGS = ("mh-fallback", "mh-port")

@@ -7,7 +7,7 @@ Redis:
   P:l4:NODE:stats    hash, service key -> JSON of the latest sample: the service's numbers
                      and each real server's (weight, forwarding, connections, counters);
                      services that disappear lose their entry at the next write
-  cmi.timeseries     per TCP/UDP listener and node (labels tier=l4, listener, node): active
+  slb.storage.timeseries     per TCP/UDP listener and node (labels tier=l4, listener, node): active
                      connections and bytes per second, the console's charts, bounded there.
                      HTTP, HTTPS and GRPC listeners are charted from Envoy (tier l7), which
                      sees the same connections and the requests too.
@@ -22,9 +22,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cmi.store import Store
-from cmi.timeseries import BYTES_PER_SECOND, CONNECTIONS, TimeSeries
 from l4.ipvs import ServiceKey, ServiceStats, Stats
+from slb.storage.store import Store
+from slb.storage.timeseries import BYTES_PER_SECOND, CONNECTIONS, TimeSeries
 
 COUNTERS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
 RATES = ("cps", "inpps", "outpps", "inbps", "outbps")

@@ -20,9 +20,9 @@ from celery import Task, shared_task
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
 
-from cmi.celeryapp import L4_APPLY, settings_of
-from cmi.taskmetrics import count_apply
 from l4.agent import L4Agent, build_agent
+from slb.pipeline import L4_APPLY, settings_of
+from slb.taskmetrics import count_apply
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmi.config import ConfigError, L4Settings
+from slb.config import ConfigError, L4Settings
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from cmi.config import host_port
 from l7.translate.common import SECRET
+from slb.config import host_port
 
 XDS_CLUSTER = "openslb-xds"
 ADMIN_CLUSTER = "openslb-admin"

@@ -21,8 +21,6 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from cmi.model import Backend, Certificate, IPAddress, Listener
-from cmi.resolve import DesiredState, ResolvedListener
 from l7.translate import servable
 from l7.translate.cluster import serialized as clusters
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES
@@ -31,6 +29,8 @@ from l7.translate.listener import serialized as listener
 from l7.translate.policy import weighted
 from l7.translate.route import serialized as route_configuration
 from l7.translate.secret import secret
+from slb.model import Backend, Certificate, IPAddress, Listener
+from slb.resolve import DesiredState, ResolvedListener
 
 
 class Resource:

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cmi import pki
-from cmi.config import Settings, XdsSettings, host_port
-from cmi.store import Store
+from slb import pki
+from slb.config import Settings, XdsSettings, host_port
+from slb.storage.store import Store
 
 if TYPE_CHECKING:
     from l7.server import ServerTls

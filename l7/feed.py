@@ -18,7 +18,8 @@ from collections.abc import Iterator
 
 import redis
 
-from cmi.store import CompactedError, Snapshot, Store
+from slb.snapshot import Snapshot
+from slb.storage.store import CompactedError, Store
 
 log = logging.getLogger("openslb.xds")
 

@@ -25,18 +25,19 @@ import redis
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import start_http_server
 
-from cmi import pki
-from cmi.config import XdsSettings
-from cmi.model import Certificate
-from cmi.resolve import DesiredState, resolve
-from cmi.secrets import SecretStore
-from cmi.status import StatusBoard
-from cmi.store import Snapshot, Store
 from l7.cache import GroupSnapshot, SnapshotCache, changed
 from l7.feed import follow, record_published
 from l7.metrics import Metrics
 from l7.session import Request, Response, Session
 from l7.translate.common import KIND_NAMES
+from slb import pki
+from slb.config import XdsSettings
+from slb.model import Certificate
+from slb.resolve import DesiredState, resolve
+from slb.snapshot import Snapshot
+from slb.storage.secrets import SecretStore
+from slb.storage.status import StatusBoard
+from slb.storage.store import Store
 
 log = logging.getLogger("openslb.xds")
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from cmi.celeryapp import L7_APPLY, settings_of
-from cmi.status import StatusBoard
-from cmi.store import Store
 from l7.feed import published_revision
+from slb.pipeline import L7_APPLY, settings_of
+from slb.storage.status import StatusBoard
+from slb.storage.store import Store
 
 WAIT_S = 30.0
 RETRY_S = 5

@@ -15,10 +15,10 @@ import pytest
 import redis
 from kubernetes.client import ApiClient
 
-from cmi.devbed.envoy import EnvoyProxy
-from cmi.devbed.kube import KubeAPI
-from cmi.devbed.redis import RedisServer
-from cmi.store import Store
+from devbed.envoy import EnvoyProxy
+from devbed.kube import KubeAPI
+from devbed.redis import RedisServer
+from slb.storage.store import Store
 
 pytest_plugins = ["tests.labplugin", "tests.golden"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from cmi.devbed.labvm import LabVM
+from devbed.labvm import LabVM
 
 IN_GUEST = os.environ.get("OPENSLB_LAB_GUEST") == "1"
 

@@ -17,7 +17,7 @@ from flask import Flask, Response, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from cmi import config
+from slb import config
 
 
 class _SessionInterface(SecureCookieSessionInterface):

@@ -42,8 +42,8 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
-from cmi.audit import AuditLog
-from cmi.store import Store
+from slb.storage.audit import AuditLog
+from slb.storage.store import Store
 from web.db import get_store
 
 P = ParamSpec("P")

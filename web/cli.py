@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cmi import config, pki
+from slb import config, pki
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -89,7 +89,7 @@ def _serve_tls(
 @click.pass_obj
 def create_admin(settings: config.Settings, name: str, password_stdin: bool) -> None:
     """Create console user NAME with the admin role (the first one, or another)."""
-    from cmi.store import Store  # noqa: PLC0415
+    from slb.storage.store import Store  # noqa: PLC0415
     from web.auth import Accounts, AuthError, Role  # noqa: PLC0415
 
     if password_stdin:
@@ -102,7 +102,7 @@ def create_admin(settings: config.Settings, name: str, password_stdin: bool) -> 
     except AuthError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    from cmi.audit import AuditLog  # noqa: PLC0415
+    from slb.storage.audit import AuditLog  # noqa: PLC0415
 
     AuditLog(store).record_document(
         who="cli:create-admin", action="create", kind="User", key=name,

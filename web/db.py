@@ -5,10 +5,10 @@ from __future__ import annotations
 import redis
 from flask import Flask, current_app, g
 
-from cmi import redisconn
-from cmi.config import RedisSettings
-from cmi.operations import Operations
-from cmi.store import Store
+from slb.config import RedisSettings
+from slb.operations import Operations
+from slb.storage import connect
+from slb.storage.store import Store
 from web.readmodel import ReadModel
 
 _POOL = "openslb.redis_pool"
@@ -17,7 +17,7 @@ _READ_MODEL = "openslb.read_model"
 
 def init_app(app: Flask, settings: RedisSettings) -> None:
     """One pool for the app, authenticated as configured (`redis.username`, password file)."""
-    app.extensions[_POOL] = redisconn.pool(settings)
+    app.extensions[_POOL] = connect.pool(settings)
     app.extensions[_READ_MODEL] = ReadModel()
 
 

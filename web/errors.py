@@ -8,8 +8,8 @@ import redis
 from flask import Flask, Response, current_app, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
-from cmi.model import ModelError
-from cmi.store import ConflictError
+from slb.model import ModelError
+from slb.storage.store import ConflictError
 
 
 def error_body(errors: list[dict[str, str]]) -> dict[str, Any]:

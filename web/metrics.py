@@ -14,8 +14,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from cmi.model import Listener, LoadBalancer, Service
-from cmi.status import StatusBoard
+from slb.model import Listener, LoadBalancer, Service
+from slb.storage.status import StatusBoard
 from web.db import get_store, read_model
 
 _KEY = "openslb.metrics"

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cmi.certificates import CertificateInfo, inspect
-from cmi.model import Certificate, FieldError, Listener, LoadBalancer, ModelError, Service
-from cmi.selector import LabelSelector
-from cmi.status import StatusBoard
-from cmi.store import Snapshot, Stored
+from slb.certificates import CertificateInfo, inspect
+from slb.model import Certificate, FieldError, Listener, LoadBalancer, ModelError, Service
+from slb.selector import LabelSelector
+from slb.snapshot import Snapshot, Stored
+from slb.storage.status import StatusBoard
 from web.db import get_store, read_model
 from web.state import Boards, ListenerState, listener_states, placements
 

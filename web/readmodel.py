@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar
 
-from cmi.model import KINDS, StoredObject, load_document
-from cmi.store import CompactedError, Snapshot, Store, Stored
+from slb.model import KINDS, StoredObject, load_document
+from slb.snapshot import Snapshot, Stored
+from slb.storage.store import CompactedError, Store
 
 T = TypeVar("T")
 

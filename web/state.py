@@ -20,11 +20,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cmi.model import Backend, Certificate, Listener, LoadBalancer, OwnerKind, Service
-from cmi.resolve import Rejected, claim_ports
-from cmi.selector import LabelSelector
-from cmi.status import TierStatus
-from cmi.store import Snapshot, Stored
+from slb.model import Backend, Certificate, Listener, LoadBalancer, OwnerKind, Service
+from slb.resolve import Rejected, claim_ports
+from slb.selector import LabelSelector
+from slb.snapshot import Snapshot, Stored
+from slb.storage.status import TierStatus
 
 State = Literal["served", "pending", "error"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from cmi import pki
+from slb import pki
 
 log = logging.getLogger("openslb.console")
 

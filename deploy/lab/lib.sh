@@ -106,7 +106,8 @@ sync_source() {
   changes="$(rsync -a --omit-dir-times --delete --itemize-changes \
     --exclude='__pycache__/' --exclude='*.egg-info/' \
     --exclude='/web/node_modules/' --exclude='/web/static/vendor/' \
-    "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/cmi" "$REPO/l4" "$REPO/l7" "$REPO/web" \
+    "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/slb" "$REPO/cmi" "$REPO/l4" "$REPO/l7" \
+    "$REPO/web" "$REPO/devbed" \
     "$REPO/deploy" "$SRC/")"
   [ -z "$changes" ] || { CHANGED+=("$SRC"); log "source: copied to $SRC"; }
 }

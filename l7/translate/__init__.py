@@ -17,14 +17,14 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
-from cmi.model import Certificate, Protocol
-from cmi.resolve import DesiredState, ResolvedListener
 from l7.translate.cluster import clusters
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from l7.translate.endpoint import load_assignments
 from l7.translate.listener import listener
 from l7.translate.route import route_configuration
 from l7.translate.secret import secret
+from slb.model import Certificate, Protocol
+from slb.resolve import DesiredState, ResolvedListener
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import http_pb2, range_pb2
 
-from cmi.model import BackendProtocol, HealthCheck, HealthCheckType, Listener
-from cmi.resolve import ResolvedListener
 from l7.translate import policy
 from l7.translate.common import ads, cluster_name, pack, seconds, wire
+from slb.model import BackendProtocol, HealthCheck, HealthCheckType, Listener
+from slb.resolve import ResolvedListener
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_SOCKET = "envoy.transport_sockets.tls"

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from cmi.model import Backend, Listener
-from cmi.resolve import ResolvedListener
 from l7.translate import policy
 from l7.translate.common import cluster_name, ip_text, varint, wire
+from slb.model import Backend, Listener
+from slb.resolve import ResolvedListener
 
 ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
 

@@ -27,11 +27,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import struct_pb2
 
-from cmi.model import Certificate, Listener, Protocol
-from cmi.resolve import ResolvedListener
 from l7.translate import policy
 from l7.translate.common import PREFIX, ads, ip_text, pack, seconds, varint, wire
 from l7.translate.secret import server_names
+from slb.model import Certificate, Listener, Protocol
+from slb.resolve import ResolvedListener
 
 HCM = hcm_pb2.HttpConnectionManager
 HCM_TYPE = HCM.DESCRIPTOR.full_name

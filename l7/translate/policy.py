@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
 
-from cmi.model import Listener, PersistenceMode, Scheduler
+from slb.model import Listener, PersistenceMode, Scheduler
 
 Cluster = cluster_pb2.Cluster
 

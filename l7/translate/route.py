@@ -17,10 +17,10 @@ import functools
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 
-from cmi.model import Listener, Persistence, PersistenceMode, Protocol, Route
-from cmi.resolve import ResolvedListener
 from l7.translate import policy
 from l7.translate.common import cluster_name, pack, seconds, wire
+from slb.model import Listener, Persistence, PersistenceMode, Protocol, Route
+from slb.resolve import ResolvedListener
 
 ANY_HOST = "*"
 DEFAULT_ROUTE = "default"

@@ -1,6 +1,6 @@
 """Secrets (SDS): a certificate chain with its private key, and the names it serves.
 
-The key comes from `cmi.secrets`, passed in by the caller; this module never reads or
+The key comes from `slb.storage.secrets`, passed in by the caller; this module never reads or
 logs it. Certificates reach Envoy over SDS so that a renewed certificate changes one
 secret, not every listener that uses it.
 """
@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from cmi.model import Certificate
+from slb.model import Certificate
 
 
 def secret(certificate: Certificate, key_pem: str) -> secret_pb2.Secret:

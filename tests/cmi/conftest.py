@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from cmi.config import CmiSettings
 from cmi.controller import Controller
-from cmi.devbed.kube import KubeAPI
-from cmi.devbed.process import wait_until
 from cmi.k8s.client import KubeClient
-from cmi.model import Listener, LoadBalancer, Service
-from cmi.store import Fence, Store
+from devbed.kube import KubeAPI
+from devbed.process import wait_until
+from slb.config import CmiSettings
+from slb.model import Listener, LoadBalancer, Service
+from slb.storage.store import Fence, Store
 
 REPO = Path(__file__).resolve().parents[2]
 RBAC = REPO / "deploy" / "k8s" / "cmi-rbac.yaml"

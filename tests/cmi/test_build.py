@@ -9,7 +9,7 @@ import pytest
 
 from cmi import annotation
 from cmi.build import Defaults, Previous, build, dedicated_name, short_name
-from cmi.model import LoadBalancer, Owner, OwnerKind, Protocol
+from slb.model import LoadBalancer, Owner, OwnerKind, Protocol
 
 DEFAULTS = Defaults()
 EXPOSED = {"app": "cart", annotation.EXPOSE_LABEL: "true"}

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from cmi.build import dedicated_name
-from cmi.devbed.process import wait_until
 from cmi.k8s.client import KubeClient, KubeError
 from cmi.k8s.writer import CONDITION, FINALIZER, PROGRAMMED
-from cmi.model import LoadBalancer, NodeGroup, Owner, OwnerKind, Protocol
-from cmi.status import StatusBoard
-from cmi.store import Store
+from devbed.process import wait_until
+from slb.model import LoadBalancer, NodeGroup, Owner, OwnerKind, Protocol
+from slb.storage.status import StatusBoard
+from slb.storage.store import Store
 from tests.cmi.conftest import Running, service_body, slice_body
 
 EXPOSE = {"openslb.io/expose": "true", "app": "cart"}

@@ -8,13 +8,13 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from cmi import config
-from cmi.celeryapp import make_app
-from cmi.devbed.process import wait_until
-from cmi.devbed.redis import RedisServer
 from cmi.handoff import Handoff
-from cmi.model import AddressPool, NodeGroup
-from cmi.store import Store
+from devbed.process import wait_until
+from devbed.redis import RedisServer
+from slb import config
+from slb.model import AddressPool, NodeGroup
+from slb.pipeline import make_app
+from slb.storage.store import Store
 
 
 def queued(store: Store, queue: str) -> list[dict[str, Any]]:

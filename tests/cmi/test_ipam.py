@@ -9,10 +9,10 @@ import time
 import pytest
 import redis
 
-from cmi.devbed.redis import RedisServer
 from cmi.ipam import IPAM, IPAMError
-from cmi.model import AddressPool
-from cmi.store import Store
+from devbed.redis import RedisServer
+from slb.model import AddressPool
+from slb.storage.store import Store
 
 
 def pool(*cidrs: str, name: str = "default") -> AddressPool:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import requests
 
-from cmi.devbed.process import Process, free_port, wait_until
-from cmi.devbed.redis import RedisServer
 from cmi.k8s.client import KubeClient, KubeError
-from cmi.store import Store
+from devbed.process import Process, free_port, wait_until
+from devbed.redis import RedisServer
+from slb.storage.store import Store
 from tests.cmi.conftest import POOL, service_body
 
 LEASE_S = 3
@@ -37,7 +37,7 @@ def test_leader_failover_between_processes(
     }
     probes = {"a": f"http://127.0.0.1:{free_port()}", "b": f"http://127.0.0.1:{free_port()}"}
     processes = {
-        who: Process(f"cmi-{who}", [sys.executable, "-m", "cmi.cli", "cmi"], tmp_path,
+        who: Process(f"cmi-{who}", [sys.executable, "-m", "slb.cli", "cmi"], tmp_path,
                      env={**env, "OPENSLB_CMI_IDENTITY": who,
                           "OPENSLB_CMI_HEALTH_BIND": probes[who].removeprefix("http://")}).start()
         for who in ("a", "b")
@@ -150,7 +150,7 @@ def test_a_leader_whose_controller_dies_gives_up_the_lease_and_exits(
         **cmi_env(redis_server, store, cmi_kubeconfig, namespace, lease),
         "OPENSLB_CMI_IDENTITY": "fenced",
     }
-    process = Process("cmi-fenced", [sys.executable, "-m", "cmi.cli", "cmi"], tmp_path,
+    process = Process("cmi-fenced", [sys.executable, "-m", "slb.cli", "cmi"], tmp_path,
                       env=env).start()  # fmt: skip
     lease_path = f"/apis/coordination.k8s.io/v1/namespaces/openslb-system/leases/{lease}"
     try:

@@ -10,16 +10,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from cmi import config
-from cmi.celeryapp import make_app
-from cmi.config import CmiSettings
 from cmi.controller import Controller
-from cmi.devbed.process import wait_until
-from cmi.devbed.redis import RedisServer
 from cmi.handoff import Handoff
 from cmi.k8s.client import KubeClient
-from cmi.model import AddressPool, NodeGroup
-from cmi.store import Store
+from devbed.process import wait_until
+from devbed.redis import RedisServer
+from slb import config
+from slb.config import CmiSettings
+from slb.model import AddressPool, NodeGroup
+from slb.pipeline import make_app
+from slb.storage.store import Store
 from tests.cmi.conftest import POOL, Running
 from tests.cmi.test_handoff import queued
 from tests.cmi.test_leader import _exposed, expose

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cmi.model import NodeGroup
 from cmi.readiness import readiness
-from cmi.status import TierStatus
+from slb.model import NodeGroup
+from slb.storage.status import TierStatus
 
 GROUP = NodeGroup.model_validate(
     {"name": "edge", "nodes": [{"name": "lb1", "address": "198.18.255.15"},

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from cmi.config import CmiSettings
 from cmi.controller import Controller
-from cmi.devbed.kube import KubeAPI
-from cmi.devbed.process import wait_until
 from cmi.k8s.client import KubeClient
-from cmi.store import Store
+from devbed.kube import KubeAPI
+from devbed.process import wait_until
+from slb.config import CmiSettings
+from slb.storage.store import Store
 from tests.cmi.conftest import POOL, Running, service_body
 
 

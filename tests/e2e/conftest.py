@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cmi.devbed import demo
-from cmi.devbed.platform import DevPlatform
-from tests.l7.harness import free_octet
+from devbed import demo
+from devbed.l7harness import free_octet
+from devbed.platform import DevPlatform
 
 REASSERT_S = 5
 VISIBILITY_TIMEOUT_S = 15

@@ -16,14 +16,13 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from cmi import config
-from cmi.celeryapp import L7_APPLY, make_app
-from cmi.devbed import demo
-from cmi.devbed.platform import LAB_NODE, DevPlatform
-from cmi.devbed.process import wait_until
-from cmi.status import StatusBoard
-from tests.e2e import scenarios
-from tests.l7.harness import background_load
+from devbed import demo, scenarios
+from devbed.l7harness import background_load
+from devbed.platform import LAB_NODE, DevPlatform
+from devbed.process import wait_until
+from slb import config
+from slb.pipeline import L7_APPLY, make_app
+from slb.storage.status import StatusBoard
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from cmi.cli import main
+from slb.cli import main
 
 
 def test_the_node_is_required() -> None:

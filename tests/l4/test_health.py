@@ -13,10 +13,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cmi.devbed.process import wait_until
-from cmi.model import HealthCheck
+from devbed.process import wait_until
 from l4.health import HealthChecker, Target, effective, probe, targets
 from l4.ipvs import Dest, ServiceKey, VirtualService
+from slb.model import HealthCheck
 
 WEB = ServiceKey("TCP", "198.18.0.10", 80)
 API = ServiceKey("TCP", "198.18.0.10", 81)

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from cmi.store import Store
 from l4.agent import AgentError, NodeLock
+from slb.storage.store import Store
 
 
 def test_a_second_agent_cannot_take_a_held_node(store: Store) -> None:

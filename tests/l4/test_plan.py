@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from cmi.model import Service, StoredObject, load_document
-from cmi.resolve import resolve
-from cmi.store import Snapshot, Stored
 from l4.plan import Changed, node_group_of, plan
+from slb.model import Service, StoredObject, load_document
+from slb.resolve import resolve
+from slb.snapshot import Snapshot, Stored
 from tests.golden import Golden
 
 TESTDATA = Path(__file__).parent / "testdata"

@@ -6,8 +6,6 @@ import json
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from cmi.store import Store
-from cmi.timeseries import BYTES_PER_SECOND, CONNECTIONS, TimeSeries
 from l4.ipvs import (
     Counters,
     Dest,
@@ -18,6 +16,8 @@ from l4.ipvs import (
     VirtualService,
 )
 from l4.stats import IPVSCollector, StatsWriter
+from slb.storage.store import Store
+from slb.storage.timeseries import BYTES_PER_SECOND, CONNECTIONS, TimeSeries
 
 WEB = ServiceKey("TCP", "198.18.0.10", 80)
 DNS = ServiceKey("UDP", "2001:2::53", 53)

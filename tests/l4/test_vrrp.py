@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cmi.config import ConfigError, L4Settings
 from l4.vrrp import VRRP, Keepalived, compile_instance
+from slb.config import ConfigError, L4Settings
 from tests.golden import Golden
 
 TESTDATA = Path(__file__).parent / "vrrp_cases"

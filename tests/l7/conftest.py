@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cmi.devbed.redis import RedisServer
-from cmi.store import Store
-from tests.l7.harness import Bed, TestNet
+from devbed.l7harness import Bed, TestNet
+from devbed.redis import RedisServer
+from slb.storage.store import Store
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from tests.l7.harness import ECHO, RAW, aio_channel
+from devbed.l7harness import ECHO, RAW, aio_channel
 
 
 async def run(target: str, out: Path, connections: int, window: int) -> None:

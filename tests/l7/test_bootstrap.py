@@ -23,11 +23,11 @@ from envoy.extensions.resource_monitors.downstream_connections.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.json_format import ParseDict
 
-from cmi.cli import main
-from cmi.devbed.envoy import EnvoyProxy, envoy_binary
-from cmi.devbed.process import free_port
-from cmi.store import Store
+from devbed.envoy import EnvoyProxy, envoy_binary
+from devbed.process import free_port
 from l7.bootstrap import bootstrap
+from slb.cli import main
+from slb.storage.store import Store
 from tests.l7.test_server import ServerThread
 
 # The messages the bootstrap packs in Any fields, so that ParseDict can find them.

@@ -10,12 +10,12 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from cmi.model import Backend, Service
-from cmi.resolve import resolve
-from cmi.store import Snapshot, Stored
 from l7.cache import GroupSnapshot, Resource, SnapshotCache, changed
 from l7.translate import translate
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES
+from slb.model import Backend, Service
+from slb.resolve import resolve
+from slb.snapshot import Snapshot, Stored
 from tests.l7.test_translate import CASES, load_case
 
 

@@ -8,12 +8,7 @@ import time
 import grpc
 import pytest
 
-from cmi.devbed.pki import self_signed
-from cmi.devbed.process import wait_until
-from cmi.model import Backend, Certificate, Conditions, Service
-from cmi.secrets import SecretStore
-from cmi.store import Delete, Put, Store
-from tests.l7.harness import (
+from devbed.l7harness import (
     ECHO,
     RAW,
     BackendServer,
@@ -30,6 +25,11 @@ from tests.l7.harness import (
     wait_programmed,
     who,
 )
+from devbed.pki import self_signed
+from devbed.process import wait_until
+from slb.model import Backend, Certificate, Conditions, Service
+from slb.storage.secrets import SecretStore
+from slb.storage.store import Delete, Put, Store
 
 
 def echo_service(backends: list[BackendServer], draining: tuple[str, ...] = ()) -> Service:

@@ -9,8 +9,7 @@ import time
 import grpc
 import pytest
 
-from cmi.store import Put, Store
-from tests.l7.harness import (
+from devbed.l7harness import (
     ECHO,
     RAW,
     BackendServer,
@@ -27,6 +26,7 @@ from tests.l7.harness import (
     wait_for_answer,
     workers,
 )
+from slb.storage.store import Put, Store
 
 
 def grpc_world(store: Store, bed: Bed, max_streams: int = 0) -> tuple[str, list[BackendServer]]:

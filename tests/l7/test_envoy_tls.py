@@ -7,12 +7,7 @@ import time
 
 import grpc
 
-from cmi.devbed.pki import Pair, key_pem, self_signed
-from cmi.model import Certificate
-from cmi.secrets import SecretStore
-from cmi.status import StatusBoard
-from cmi.store import Put, Store
-from tests.l7.harness import (
+from devbed.l7harness import (
     Bed,
     der,
     https_get,
@@ -22,6 +17,11 @@ from tests.l7.harness import (
     service,
     who,
 )
+from devbed.pki import Pair, key_pem, self_signed
+from slb.model import Certificate
+from slb.storage.secrets import SecretStore
+from slb.storage.status import StatusBoard
+from slb.storage.store import Put, Store
 
 
 def certificate(name: str, pair: Pair, key_ref: str, store: Store) -> Certificate:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 
-from cmi.model import Backend
-from cmi.store import Delete, Put, Snapshot, Store
+from devbed.l7harness import listener, load_balancer, service
 from l7.feed import follow
-from tests.l7.harness import listener, load_balancer, service
+from slb.model import Backend
+from slb.snapshot import Snapshot
+from slb.storage.store import Delete, Put, Store
 
 
 def documents(snapshot: Snapshot) -> dict[str, dict[str, object]]:

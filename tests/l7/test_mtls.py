@@ -20,13 +20,8 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf.json_format import ParseDict
 
-from cmi.cli import main
-from cmi.devbed.envoy import EnvoyProxy
-from cmi.devbed.process import wait_until
-from cmi.model import NodeGroup
-from cmi.store import Put, Store
-from l7.bootstrap import XdsTls, bootstrap
-from tests.l7.harness import (
+from devbed.envoy import EnvoyProxy
+from devbed.l7harness import (
     Bed,
     dynamic_resources,
     listener,
@@ -34,6 +29,11 @@ from tests.l7.harness import (
     service,
     wait_programmed,
 )
+from devbed.process import wait_until
+from l7.bootstrap import XdsTls, bootstrap
+from slb.cli import main
+from slb.model import NodeGroup
+from slb.storage.store import Put, Store
 from tests.l7.test_bootstrap import PACKED, validate
 
 PACKED_MESSAGES = (*PACKED, tls_pb2)  # for ParseDict: tls_pb2 is the transport socket's

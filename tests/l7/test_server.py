@@ -12,15 +12,15 @@ from typing import Any
 import grpc
 import pytest
 
-from cmi.devbed.pki import self_signed
-from cmi.model import Certificate
-from cmi.secrets import SecretStore
-from cmi.status import StatusBoard
-from cmi.store import Put, Store
+from devbed.l7harness import listener, load_balancer, service
+from devbed.pki import self_signed
 from l7.server import XdsServer
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER
+from slb.model import Certificate
+from slb.storage.secrets import SecretStore
+from slb.storage.status import StatusBoard
+from slb.storage.store import Put, Store
 from tests.l7.adsclient import AdsClient
-from tests.l7.harness import listener, load_balancer, service
 
 
 class ServerThread:

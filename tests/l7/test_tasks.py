@@ -7,14 +7,14 @@ from dataclasses import replace
 import pytest
 from celery.exceptions import Retry
 
-from cmi import config
-from cmi.celeryapp import L7_APPLY, make_app
-from cmi.devbed.redis import RedisServer
-from cmi.status import StatusBoard
-from cmi.store import Store
+from devbed.l7harness import load_balancer
+from devbed.redis import RedisServer
 from l7 import tasks
 from l7.feed import published_revision
-from tests.l7.harness import load_balancer
+from slb import config
+from slb.pipeline import L7_APPLY, make_app
+from slb.storage.status import StatusBoard
+from slb.storage.store import Store
 from tests.l7.test_server import ServerThread
 
 

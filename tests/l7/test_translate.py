@@ -17,11 +17,11 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict
 
-from cmi.model import StoredObject, parse
-from cmi.resolve import resolve
-from cmi.store import Snapshot, Stored
 from l7.translate import translate
 from l7.translate.common import KIND_NAMES, LISTENER
+from slb.model import StoredObject, parse
+from slb.resolve import resolve
+from slb.snapshot import Snapshot, Stored
 from tests.golden import Golden
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -131,8 +131,8 @@ def test_endpoints_encoded_to_the_wire_equal_the_messages(scheduler: str) -> Non
     """The endpoint encoder gives exactly the bytes of the ClusterLoadAssignment message."""
     from envoy.config.endpoint.v3 import endpoint_pb2
 
-    from cmi.model import Backend, Listener
     from l7.translate.endpoint import encode
+    from slb.model import Backend, Listener
 
     listener = Listener.model_validate({
         "name": "web", "load_balancer": "lb", "protocol": "HTTP", "port": 80,

@@ -16,9 +16,9 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from werkzeug.test import TestResponse
 
-from cmi.devbed.redis import RedisServer
-from cmi.operations import Operations
-from cmi.store import Store
+from devbed.redis import RedisServer
+from slb.operations import Operations
+from slb.storage.store import Store
 from web.app import create_app
 from web.auth import Accounts, Role
 

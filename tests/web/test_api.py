@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from cmi.devbed.pki import chain
-from cmi.devbed.pki import key_pem as other_key_pem
-from cmi.model import Listener, Service
-from cmi.operations import Operations
-from cmi.status import StatusBoard
-from cmi.store import Store
-from cmi.timeseries import CONNECTIONS, REQUESTS_PER_SECOND, TimeSeries
+from devbed.pki import chain
+from devbed.pki import key_pem as other_key_pem
+from slb.model import Listener, Service
+from slb.operations import Operations
+from slb.storage.status import StatusBoard
+from slb.storage.store import Store
+from slb.storage.timeseries import CONNECTIONS, REQUESTS_PER_SECOND, TimeSeries
 
 Headers = Callable[..., dict[str, str]]
 LISTENER = {

@@ -17,12 +17,12 @@ import pytest
 from flask import Flask
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
-from cmi.devbed.pki import chain
-from cmi.model import Listener, Service
-from cmi.operations import Operations
-from cmi.status import StatusBoard
-from cmi.store import Store
-from cmi.timeseries import BYTES_PER_SECOND, CONNECTIONS, REQUESTS_PER_SECOND, TimeSeries
+from devbed.pki import chain
+from slb.model import Listener, Service
+from slb.operations import Operations
+from slb.storage.status import StatusBoard
+from slb.storage.store import Store
+from slb.storage.timeseries import BYTES_PER_SECOND, CONNECTIONS, REQUESTS_PER_SECOND, TimeSeries
 from tests.web.conftest import PASSWORD
 from tests.web.serve import ServedApp
 

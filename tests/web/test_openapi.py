@@ -23,11 +23,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cmi.devbed.pki import chain
-from cmi.devbed.redis import RedisServer
-from cmi.model import Service
-from cmi.operations import Operations
-from cmi.store import Store
+from devbed.pki import chain
+from devbed.redis import RedisServer
+from slb.model import Service
+from slb.operations import Operations
+from slb.storage.store import Store
 from tests.web.conftest import make_app
 from tests.web.serve import ServedApp
 from web.auth import Accounts, Role

@@ -14,14 +14,14 @@ from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cmi.audit import AuditLog
-from cmi.cli import main
-from cmi.devbed.pki import chain
-from cmi.devbed.redis import RedisServer
-from cmi.model import Listener, Service
-from cmi.operations import Operations
-from cmi.status import ControllerBeat, StatusBoard
-from cmi.store import Store
+from devbed.pki import chain
+from devbed.redis import RedisServer
+from slb.cli import main
+from slb.model import Listener, Service
+from slb.operations import Operations
+from slb.storage.audit import AuditLog
+from slb.storage.status import ControllerBeat, StatusBoard
+from slb.storage.store import Store
 from tests.web.conftest import PASSWORD, Auth, csrf_of, make_app
 
 FORM = {

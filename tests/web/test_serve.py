@@ -16,10 +16,10 @@ import requests
 from click.testing import CliRunner
 from cryptography import x509
 
-from cmi.cli import main
-from cmi.devbed.process import Process, free_port, wait_until
-from cmi.devbed.redis import RedisServer
-from cmi.store import Store
+from devbed.process import Process, free_port, wait_until
+from devbed.redis import RedisServer
+from slb.cli import main
+from slb.storage.store import Store
 
 
 def test_slb_console_serves_with_waitress(
@@ -34,7 +34,7 @@ def test_slb_console_serves_with_waitress(
         "OPENSLB_CONSOLE_BIND": f"127.0.0.1:{port}",
         "OPENSLB_CONSOLE_SECRET_KEY_FILE": str(key_file),
     }
-    console = Process("console", [sys.executable, "-m", "cmi.cli", "console"], tmp_path, env=env)
+    console = Process("console", [sys.executable, "-m", "slb.cli", "console"], tmp_path, env=env)
     console.start()
     try:
         url = f"http://127.0.0.1:{port}"
@@ -75,7 +75,7 @@ def start_https_console(
         "OPENSLB_CONSOLE_TLS_CERT": str(ca_dir / "console.crt"),
         "OPENSLB_CONSOLE_TLS_KEY": str(ca_dir / "console.key"),
     }
-    console = Process("console", [sys.executable, "-m", "cmi.cli", "console"], tmp_path, env=env)
+    console = Process("console", [sys.executable, "-m", "slb.cli", "console"], tmp_path, env=env)
     console.start()
     url = f"https://127.0.0.1:{port}"
     ca = str(ca_dir / "ca.crt")

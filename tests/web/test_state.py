@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from cmi.model import Listener, LoadBalancer, Service, StoredObject
-from cmi.status import TierStatus
-from cmi.store import Snapshot, Stored
+from slb.model import Listener, LoadBalancer, Service, StoredObject
+from slb.snapshot import Snapshot, Stored
+from slb.storage.status import TierStatus
 from web.state import Boards, listener_states, node_state, preview
 
 

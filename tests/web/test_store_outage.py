@@ -6,8 +6,8 @@ from pathlib import Path
 
 import argon2
 
-from cmi.devbed.redis import RedisServer
-from cmi.store import Store
+from devbed.redis import RedisServer
+from slb.storage.store import Store
 from tests.web.conftest import CHEAP_HASH, PASSWORD, Auth, make_app
 from web.auth import Accounts, Role
 

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, request
 from werkzeug.exceptions import BadRequest
 
-from cmi.model import FieldError, ModelError
+from slb.model import FieldError, ModelError
 from web.auth import Role, require
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Response, abort, g, jsonify, request
 
-from cmi.audit import AuditLog
+from slb.storage.audit import AuditLog
 from web import queries
 from web.api import Param, field_error, int_arg, json_body, operation
 from web.auth import Accounts, AuthError, Role, accounts, audit

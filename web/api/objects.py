@@ -1,7 +1,7 @@
 """The desired state's objects over the API: listeners, instances, pools, node groups,
 Services, certificates, and the selector preview.
 
-Writes go through `cmi.operations` (validation, conflicts, audit); updates and deletes
+Writes go through `slb.operations` (validation, conflicts, audit); updates and deletes
 need the version the client read, and a stale one gets 409.
 """
 
@@ -11,8 +11,8 @@ from typing import Any
 
 from flask import Response, abort, jsonify, request
 
-from cmi.model import AddressPool, Certificate, Listener, LoadBalancer, NodeGroup, Service
-from cmi.timeseries import SERIES, TimeSeries, bucketed
+from slb.model import AddressPool, Certificate, Listener, LoadBalancer, NodeGroup, Service
+from slb.storage.timeseries import SERIES, TimeSeries, bucketed
 from web import queries
 from web.api import Param, field_error, int_arg, json_body, operation, take_version
 from web.auth import Role

@@ -16,7 +16,7 @@ from flask import Response, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from cmi.model import (
+from slb.model import (
     AddressPool,
     Backend,
     Listener,
@@ -24,7 +24,7 @@ from cmi.model import (
     NodeGroup,
     Service,
 )
-from cmi.selector import LabelSelector
+from slb.selector import LabelSelector
 from web.api import OPERATIONS, Operation, bp
 from web.auth import Role, require
 

@@ -7,9 +7,9 @@ import datetime
 from flask import flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from cmi.certificates import EXPIRY_WARNING_DAYS
-from cmi.model import Certificate, ModelError
-from cmi.store import ConflictError
+from slb.certificates import EXPIRY_WARNING_DAYS
+from slb.model import Certificate, ModelError
+from slb.storage.store import ConflictError
 from web import queries
 from web.auth import Role, require
 from web.db import operations

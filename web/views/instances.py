@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from cmi.model import AddressPool, Listener, LoadBalancer, ModelError, NodeGroup, Service
-from cmi.store import ConflictError
+from slb.model import AddressPool, Listener, LoadBalancer, ModelError, NodeGroup, Service
+from slb.storage.store import ConflictError
 from web import queries
 from web.auth import Role, require
 from web.db import operations

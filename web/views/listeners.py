@@ -7,8 +7,8 @@ from typing import Any
 from flask import abort, flash, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from cmi.model import Certificate, Listener, LoadBalancer, ModelError, OwnerKind, Scheduler
-from cmi.store import ConflictError
+from slb.model import Certificate, Listener, LoadBalancer, ModelError, OwnerKind, Scheduler
+from slb.storage.store import ConflictError
 from web import queries
 from web.auth import Role, require
 from web.db import operations

@@ -8,9 +8,9 @@ from typing import Any
 
 from flask import render_template, request
 
-from cmi.audit import AuditLog
-from cmi.model import Listener
-from cmi.status import BEAT_S, StatusBoard
+from slb.model import Listener
+from slb.storage.audit import AuditLog
+from slb.storage.status import BEAT_S, StatusBoard
 from web import queries
 from web.db import get_store
 from web.views import bp

@@ -1,0 +1,258 @@
+"""An LB node in the lab VM: IPVS and its worker, sample pods and a client, on real networks.
+
+The local platform and the end-to-end tests run one of these as a long-lived lab VM
+(`LabNode.start()` on the host; inside the guest `python -m devbed.labnode`). In the
+guest it builds:
+
+  root namespace   eth0 198.18.255.15 (the host is 198.18.255.2), slb0 (VIPs, by the agent),
+                   labcl0 198.18.250.1/24 and labpod0 198.18.251.1/24, forwarding on
+  netns client     198.18.250.10, default route via the root namespace
+  netns podN       198.18.251.(10+N), a TCP sample server on port 9000 named podN
+
+so a client's packets to a VIP cross IPVS in the root namespace to a pod on another
+network, and replies come back through it, as NAT needs. It then starts the node's
+Celery worker (`slb worker --node NAME`, the l4 agent inside) against the host's Redis,
+and answers probes the host sends through Redis: TCP connections from the client
+namespace, or a command in the root namespace. (The guest reaches the host only from its
+root namespace: qemu's user networking forwards only the guest's own address.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from devbed.labvm import GUEST_ADDRESS, HOST_FROM_GUEST, LabVM
+from devbed.process import wait_until
+
+CLIENT_NET, POD_NET = "198.18.250", "198.18.251"
+CLIENT_ADDRESS = f"{CLIENT_NET}.10"
+POD_PORT = 9000
+
+
+def pod_address(index: int) -> str:
+    return f"{POD_NET}.{10 + index}"
+
+
+def _keys(prefix: str, node: str) -> dict[str, str]:
+    base = f"{prefix}:lab:{node}"
+    return {
+        "ready": f"{base}:ready",
+        "tcp": f"{base}:probes:tcp",
+        "exec": f"{base}:probes:exec",
+        "result": f"{base}:result:",
+    }
+
+
+# -- in the guest ---------------------------------------------------------------------------
+
+
+def _sh(command: str) -> None:
+    subprocess.run(["sh", "-c", command], check=True)
+
+
+def _build_networks(pods: int) -> None:
+    _sh("sysctl -qw net.ipv4.ip_forward=1")
+    for bridge, net in (("labcl0", CLIENT_NET), ("labpod0", POD_NET)):
+        _sh(f"ip link add {bridge} type bridge && ip addr add {net}.1/24 dev {bridge} "
+            f"&& ip link set {bridge} up")  # fmt: skip
+    namespaces = [("client", "labcl0", CLIENT_ADDRESS, CLIENT_NET)]
+    namespaces += [(f"pod{i}", "labpod0", pod_address(i), POD_NET) for i in range(1, pods + 1)]
+    for ns, bridge, address, net in namespaces:
+        _sh(
+            f"ip netns add {ns} && ip link add v-{ns} type veth peer name eth0 netns {ns} "
+            f"&& ip link set v-{ns} master {bridge} up "
+            f"&& ip -n {ns} link set lo up && ip -n {ns} addr add {address}/24 dev eth0 "
+            f"&& ip -n {ns} link set eth0 up && ip -n {ns} route add default via {net}.1"
+        )
+
+
+def guest_main(node: str, pods: int) -> None:
+    redis_url = os.environ["OPENSLB_REDIS_URL"]
+    prefix = os.environ.get("OPENSLB_REDIS_PREFIX", "openslb")
+    client = redis.Redis.from_url(redis_url)
+    keys = _keys(prefix, node)
+    _build_networks(pods)
+    python = sys.executable
+    children = [
+        subprocess.Popen(["ip", "netns", "exec", f"pod{i}", python, "-m", "devbed.samples",
+                          "tcp", "--listen", f"{pod_address(i)}:{POD_PORT}", "--name", f"pod{i}"])
+        for i in range(1, pods + 1)
+    ]  # fmt: skip
+    children.append(
+        subprocess.Popen([python, "-m", "slb.cli", "worker", "--node", node, "--log-level", "INFO"])
+    )
+    for i in range(1, pods + 1):  # ready means the pods answer
+        target = f"{pod_address(i)}:{POD_PORT}"
+        while _tcp_probe({"target": target})["answers"][0] != f"pod{i}":
+            time.sleep(0.5)
+    client.set(keys["ready"], json.dumps({"pods": pods, "at": time.time()}))
+    while True:
+        try:
+            popped = client.blpop([keys["tcp"], keys["exec"]], timeout=2)
+            if popped is None:
+                continue
+            queue, raw = popped
+            probe = json.loads(raw)
+            result = _tcp_probe(probe) if queue.decode() == keys["tcp"] else _exec_probe(probe)
+            client.set(keys["result"] + probe["id"], json.dumps(result), ex=600)
+        except redis.ConnectionError:  # Redis restarts: wait for it, as the worker does
+            time.sleep(1)
+
+
+def _tcp_probe(probe: dict[str, Any]) -> dict[str, Any]:
+    """From the client namespace: connect, read the greeting line, close; `count` times.
+
+    With `until_s`, the first attempt is repeated until it is answered or that many
+    seconds pass (how the benchmark sees the first connection through a new VIP).
+    busybox nc, not Python: under emulation a Python start costs seconds per probe.
+    """
+    host, _, port = probe["target"].rpartition(":")
+    deadline = time.monotonic() + float(probe.get("until_s", 0))
+    answers: list[str] = []
+    attempts = 0
+    for _ in range(int(probe.get("count", 1))):
+        while True:
+            attempts += 1
+            done = subprocess.run(
+                ["ip", "netns", "exec", "client", "busybox", "nc", "-w", "2", host, port],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10,
+                check=False,
+            )  # fmt: skip
+            line = done.stdout.splitlines()[0].strip() if done.stdout.strip() else ""
+            if line or answers or time.monotonic() > deadline:
+                break
+        answers.append(line or f"error: {done.stderr.strip() or 'no answer'}")
+    return {"answers": answers, "attempts": attempts}
+
+
+def _exec_probe(probe: dict[str, Any]) -> dict[str, Any]:
+    """A command in the root namespace (e.g. ipvsadm), for tests and the demo."""
+    done = subprocess.run(["sh", "-c", probe["command"]], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+
+# -- on the host ----------------------------------------------------------------------------
+
+
+class LabNode:
+    """The lab VM as LB node `node`, reached through the host's Redis."""
+
+    def __init__(
+        self, state_dir: Path, redis_url: str, prefix: str, node: str = "lb1", pods: int = 3
+    ) -> None:
+        self.state_dir, self.node, self.pods = state_dir, node, pods
+        self.redis = redis.Redis.from_url(redis_url)
+        self.prefix = prefix
+        self.keys = _keys(prefix, node)
+        self.guest_redis_url = redis_url.replace("127.0.0.1", HOST_FROM_GUEST)
+        self.vm = LabVM(memory_mb=1536)
+        self.qemu: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """The node's address, as its node group must list it."""
+        return GUEST_ADDRESS
+
+    @property
+    def pod_addresses(self) -> list[str]:
+        """Where the sample TCP pods listen, inside the VM."""
+        return [f"{pod_address(i)}:{POD_PORT}" for i in range(1, self.pods + 1)]
+
+    @property
+    def console_log(self) -> Path:
+        return self.state_dir / "console.log"
+
+    def start(self, timeout: float = 240.0) -> LabNode:
+        self.redis.delete(self.keys["ready"], f"{self.keys['ready']}:failed")
+        python = shlex.quote(sys.executable)
+        command = f"exec {python} -m devbed.labnode guest --node {self.node} --pods {self.pods}"
+        env = {"OPENSLB_REDIS_URL": self.guest_redis_url, "OPENSLB_REDIS_PREFIX": self.prefix,
+               "OPENSLB_CONFIG": "", "OPENSLB_L4_METRICS_LISTEN": ""}  # fmt: skip
+        self.vm.prepare(self.state_dir, command, env, cwd=Path(__file__).resolve().parents[1])
+        self.qemu = self.vm.launch(self.state_dir, detach=True)
+
+        def ready() -> bool:
+            if self.qemu is not None and self.qemu.poll() is not None:
+                raise RuntimeError(f"the lab VM stopped; see {self.console_log}")
+            return bool(self.redis.exists(self.keys["ready"]))
+
+        wait_until(ready, timeout, f"lab node {self.node}", interval=0.5)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.qemu is not None
+        return self.qemu.pid
+
+    def stop(self) -> None:
+        if self.qemu is not None and self.qemu.poll() is None:
+            self.qemu.kill()
+            self.qemu.wait()
+
+    def _send(self, queue: str, probe: dict[str, Any]) -> str:
+        probe_id = uuid.uuid4().hex
+        self.redis.rpush(self.keys[queue], json.dumps({**probe, "id": probe_id}))
+        return probe_id
+
+    def _ask(self, queue: str, probe: dict[str, Any], timeout: float) -> dict[str, Any]:
+        key = self.keys["result"] + self._send(queue, probe)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            raw = self.redis.get(key)
+            if raw is not None:
+                result: dict[str, Any] = json.loads(raw)
+                return result
+            time.sleep(0.05)
+        raise TimeoutError(
+            f"lab node {self.node} did not answer a {queue} probe in {timeout:.0f} s"
+        )
+
+    def tcp(
+        self, target: str, count: int = 1, timeout: float = 60.0, until_s: float = 0.0
+    ) -> list[str]:
+        """Connect `count` times from the client namespace; who answered, or the error.
+
+        `until_s`: keep trying the first connection until it is answered, that long.
+        """
+        probe = {"target": target, "count": count, "until_s": until_s}
+        answers: list[str] = self._ask("tcp", probe, max(timeout, until_s + 30))["answers"]
+        return answers
+
+    def ask_tcp(self, target: str, until_s: float) -> str:
+        """Send a probe that retries until answered; `answer(id)` collects it later."""
+        return self._send("tcp", {"target": target, "count": 1, "until_s": until_s})
+
+    def answer(self, probe_id: str) -> list[str] | None:
+        """The answers of a probe sent with `ask_tcp`, or None while it runs."""
+        raw = self.redis.get(self.keys["result"] + probe_id)
+        return None if raw is None else list(json.loads(raw)["answers"])
+
+    def run(self, command: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Run a shell command as root in the guest's root namespace."""
+        return self._ask("exec", {"command": command}, timeout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m devbed.labnode")
+    sub = parser.add_subparsers(dest="role", required=True)
+    guest = sub.add_parser("guest", help="inside the lab VM: networks, pods, worker, commands")
+    guest.add_argument("--node", required=True)
+    guest.add_argument("--pods", type=int, default=3)
+    args = parser.parse_args()
+    guest_main(args.node, args.pods)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ground floor's own `slb` commands, each plugged in by entry point like the wings'."""

@@ -1,0 +1,299 @@
+"""`slb listener|lb|pool|node-group`: operators' objects from the command line.
+
+Every write goes through `slb.operations`, so it is validated, conflict-checked and
+audited exactly as the console's are. Errors name the field and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from slb import config
+from slb.model import ModelError
+from slb.operations import Operations
+from slb.selector import LabelSelector
+from slb.storage.store import ConflictError, Store
+
+
+def _operations(settings: config.Settings) -> Operations:
+    store = Store.connect(settings.redis)
+    return Operations(store, actor=f"cli:{getpass.getuser()}")
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    try:
+        yield
+    except ModelError as exc:
+        for error in exc.errors:
+            click.echo(f"error: {exc.kind} {error}", err=True)
+        sys.exit(1)
+    except (ConflictError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _set(data: dict[str, Any], path: str, value: Any) -> None:
+    if value is None or value == ():
+        return
+    *parents, leaf = path.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+@click.group("listener")
+def listener_group() -> None:
+    """Operators' listeners: a protocol and port on an instance, forwarding to Services."""
+
+
+def _listener_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--lb", "load_balancer", help="Instance (load balancer) name."),
+        click.option("--protocol", type=click.Choice(["TCP", "UDP", "HTTP", "HTTPS", "GRPC"])),
+        click.option("--port", type=int),
+        click.option("--selector", help="Which exposed Services, e.g. 'app=cart,env in (prod)'."),
+        click.option("--target-port", help="The Services' port, by name or number."),
+        click.option("--scheduler"),
+        click.option("--forwarding", type=click.Choice(["nat", "dr", "tun"])),
+        click.option("--health-check", "hc_type", help="tcp, http, grpc or none."),
+        click.option("--hc-path"),
+        click.option("--hc-interval", type=int),
+        click.option("--hc-timeout", type=int),
+        click.option("--healthy-threshold", type=int),
+        click.option("--unhealthy-threshold", type=int),
+        click.option("--persistence", type=click.Choice(["none", "source_ip", "cookie"])),
+        click.option("--persistence-timeout", type=int),
+        click.option("--idle-timeout", type=int),
+        click.option("--request-timeout", type=int),
+        click.option("--certificate", "certificates", multiple=True),
+        click.option("--backend-protocol", type=click.Choice(["http1", "h2c", "tls"])),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+_HEALTH_OPTIONS = (
+    ("hc_path", "path"),
+    ("hc_interval", "interval_s"),
+    ("hc_timeout", "timeout_s"),
+    ("healthy_threshold", "healthy_threshold"),
+    ("unhealthy_threshold", "unhealthy_threshold"),
+)
+
+
+def _listener_fields(options: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key in ("load_balancer", "protocol", "port", "scheduler", "forwarding", "backend_protocol"):
+        _set(data, key, options[key])
+    if options["selector"] is not None:
+        selector = LabelSelector.parse(options["selector"])
+        data["selector"] = selector.model_dump(mode="json")
+    target = options["target_port"]
+    if target is not None:
+        data["target_port"] = int(target) if target.isdigit() else target
+    if options["hc_type"] == "none":
+        data["health_check"] = None
+    else:
+        _set(data, "health_check.type", options["hc_type"])
+        for option, field in _HEALTH_OPTIONS:
+            _set(data, f"health_check.{field}", options[option])
+    _set(data, "persistence.mode", options["persistence"])
+    _set(data, "persistence.timeout_s", options["persistence_timeout"])
+    _set(data, "idle_timeout_s", options["idle_timeout"])
+    _set(data, "request_timeout_s", options["request_timeout"])
+    _set(data, "certificates", list(options["certificates"]) or None)
+    return data
+
+
+@listener_group.command("add")
+@click.argument("name")
+@_listener_options
+@click.pass_obj
+def listener_add(settings: config.Settings, /, name: str, **options: Any) -> None:
+    """Create listener NAME."""
+    with _reported():
+        stored = _operations(settings).add_listener({"name": name, **_listener_fields(options)})
+    click.echo(f"listener {name} created at revision {stored.revision}")
+
+
+@listener_group.command("set")
+@click.argument("name")
+@_listener_options
+@click.pass_obj
+def listener_set(settings: config.Settings, /, name: str, **options: Any) -> None:
+    """Change fields of listener NAME."""
+    with _reported():
+        stored = _operations(settings).update_listener(name, _listener_fields(options))
+    click.echo(f"listener {name} updated at revision {stored.revision}")
+
+
+@listener_group.command("rm")
+@click.argument("name")
+@click.pass_obj
+def listener_rm(settings: config.Settings, name: str) -> None:
+    """Delete listener NAME (listeners made from a Service change with the Service)."""
+    with _reported():
+        revision = _operations(settings).remove_listener(name)
+    click.echo(f"listener {name} deleted at revision {revision}")
+
+
+@listener_group.command("list")
+@click.pass_obj
+def listener_list(settings: config.Settings) -> None:
+    """Every listener, its owner and whether it is served."""
+    rows = _operations(settings).listeners()
+    click.echo(f"{'NAME':40} {'LB':24} {'PROTO':6} {'PORT':>5}  {'OWNER':30} STATUS")
+    for row in rows:
+        li = row.listener
+        owner = f"{li.owner.kind.value}:{li.owner.name}"
+        status = click.style(row.status, fg="green" if row.status == "served" else "yellow")
+        proto = li.protocol.value
+        click.echo(
+            f"{li.name:40} {li.load_balancer:24} {proto:6} {li.port:>5}  {owner:30} {status}"
+        )
+
+
+@listener_group.command("show")
+@click.argument("name")
+@click.pass_obj
+def listener_show(settings: config.Settings, name: str) -> None:
+    """Listener NAME as JSON, with its revision and status."""
+    for row in _operations(settings).listeners():
+        if row.listener.name == name:
+            document = row.listener.model_dump(mode="json")
+            click.echo(
+                json.dumps({**document, "revision": row.revision, "status": row.status}, indent=2)
+            )
+            return
+    click.echo(f"error: no listener named {name!r}", err=True)
+    sys.exit(1)
+
+
+@click.group("lb")
+def lb_group() -> None:
+    """Load balancer instances: a VIP on a node group."""
+
+
+@lb_group.command("add")
+@click.argument("name")
+@click.option("--vip", help="A fixed VIP (else one is allocated from --pool).")
+@click.option("--pool", help="Address pool to allocate the VIP from.")
+@click.option("--node-group", default="default", show_default=True)
+@click.pass_obj
+def lb_add(
+    settings: config.Settings, name: str, vip: str | None, pool: str | None, node_group: str
+) -> None:
+    """Create instance NAME."""
+    with _reported():
+        stored = _operations(settings).add_load_balancer(
+            {"name": name, "vip": vip, "pool": pool, "node_group": node_group}
+        )
+    click.echo(f"instance {name} created at revision {stored.revision}")
+
+
+@lb_group.command("rm")
+@click.argument("name")
+@click.pass_obj
+def lb_rm(settings: config.Settings, name: str) -> None:
+    """Delete instance NAME (refused while it has listeners)."""
+    with _reported():
+        revision = _operations(settings).remove_load_balancer(name)
+    click.echo(f"instance {name} deleted at revision {revision}")
+
+
+@lb_group.command("list")
+@click.pass_obj
+def lb_list(settings: config.Settings) -> None:
+    """Every instance with its VIP."""
+    from slb.model import LoadBalancer  # noqa: PLC0415
+
+    click.echo(f"{'NAME':40} {'VIP':20} {'POOL':12} {'NODE GROUP':12} OWNER")
+    for name, stored in sorted(_operations(settings).store.all(LoadBalancer).items()):
+        lb = stored.obj
+        vip = str(lb.vip) if lb.vip else "(pending)"
+        owner = f"{lb.owner.kind.value}:{lb.owner.name}"
+        click.echo(f"{name:40} {vip:20} {lb.pool or '-':12} {lb.node_group:12} {owner}")
+
+
+@click.group("pool")
+def pool_group() -> None:
+    """Address pools that VIPs are allocated from."""
+
+
+@pool_group.command("set")
+@click.argument("name")
+@click.argument("cidrs", nargs=-1, required=True)
+@click.option("--no-auto-assign", is_flag=True, help="Only explicitly requested VIPs come from it.")
+@click.pass_obj
+def pool_set(
+    settings: config.Settings, name: str, cidrs: tuple[str, ...], no_auto_assign: bool
+) -> None:
+    """Create or replace pool NAME with CIDRS."""
+    with _reported():
+        stored = _operations(settings).put_pool(
+            {"name": name, "cidrs": list(cidrs), "auto_assign": not no_auto_assign}
+        )
+    click.echo(f"pool {name} written at revision {stored.revision}")
+
+
+@pool_group.command("rm")
+@click.argument("name")
+@click.pass_obj
+def pool_rm(settings: config.Settings, name: str) -> None:
+    """Delete pool NAME (refused while instances use it)."""
+    with _reported():
+        revision = _operations(settings).remove_pool(name)
+    click.echo(f"pool {name} deleted at revision {revision}")
+
+
+@pool_group.command("list")
+@click.pass_obj
+def pool_list(settings: config.Settings) -> None:
+    """Every address pool."""
+    from slb.model import AddressPool  # noqa: PLC0415
+
+    for name, stored in sorted(_operations(settings).store.all(AddressPool).items()):
+        click.echo(f"{name:20} {', '.join(str(c) for c in stored.obj.cidrs)}")
+
+
+@click.group("node-group")
+def node_group_group() -> None:
+    """LB node groups: the nodes that run IPVS and Envoy for a set of instances."""
+
+
+@node_group_group.command("set")
+@click.argument("name")
+@click.argument("nodes", nargs=-1, required=True)
+@click.option(
+    "--envoy-ready-port", type=int, default=0, show_default=True,
+    help="Check each node's Envoy at http://ADDRESS:PORT/ready (the bootstrap's stats "
+    "listener, reachable from the other nodes) every second; a node failing twice gets no "
+    "new L7 flows. 0: no check.",
+)  # fmt: skip
+@click.pass_obj
+def node_group_set(
+    settings: config.Settings, name: str, nodes: tuple[str, ...], envoy_ready_port: int
+) -> None:
+    """Create or replace group NAME with NODES given as NAME=ADDRESS."""
+    with _reported():
+        members = []
+        for node in nodes:
+            node_name, _, address = node.partition("=")
+            members.append({"name": node_name, "address": address})
+        group: dict[str, object] = {"name": name, "nodes": members}
+        if envoy_ready_port:
+            group["envoy_check"] = {
+                "type": "http", "path": "/ready", "port": envoy_ready_port, "interval_s": 1,
+                "timeout_s": 1, "healthy_threshold": 2, "unhealthy_threshold": 2,
+            }  # fmt: skip
+        stored = _operations(settings).put_node_group(group)
+    click.echo(f"node group {name} written at revision {stored.revision}")

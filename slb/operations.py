@@ -1,0 +1,221 @@
+"""What an operator can do to the desired state: validated, conflict-checked, audited writes.
+
+The `slb` command and the console both go through here, so a listener that would take a
+port another listener holds, or an instance that still has listeners, is refused the same
+way everywhere, with errors that name the field. Objects cmi made from a Service are
+read-only here: they change with their Service.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from slb.certificates import CertificateInfo, check_pair
+from slb.model import (
+    AddressPool,
+    Certificate,
+    FieldError,
+    Listener,
+    LoadBalancer,
+    ModelError,
+    NodeGroup,
+    OwnerKind,
+    StoredObject,
+    parse,
+)
+from slb.snapshot import Stored
+from slb.storage.audit import AuditLog
+from slb.storage.secrets import SecretStore
+from slb.storage.store import Delete, Store
+
+T = TypeVar("T", bound=StoredObject)
+
+
+@dataclass(frozen=True)
+class ListenerView:
+    """A listener with its revision and whether it is served (else why not)."""
+
+    listener: Listener
+    revision: int
+    status: str
+
+
+class Operations:
+    def __init__(self, store: Store, actor: str) -> None:
+        self.store = store
+        self.actor = actor
+        self.audit = AuditLog(store)
+
+    # -- listeners -------------------------------------------------------------------------
+
+    def add_listener(self, data: Mapping[str, Any]) -> Stored[Listener]:
+        fields = {**data, "owner": {"kind": "Operator", "name": self.actor}}
+        fields.setdefault("created_at", time.time())
+        listener = _parse(Listener, fields)
+        self._check_listener(listener)
+        return self._write(listener, expect=0, action="create")
+
+    def update_listener(
+        self, name: str, changes: Mapping[str, Any], expect: int | None = None
+    ) -> Stored[Listener]:
+        current = self._operator_owned(Listener, name)
+        merged = {**current.obj.model_dump(mode="json"), **changes, "name": name}
+        merged["owner"] = current.obj.owner.model_dump(mode="json")
+        merged["created_at"] = current.obj.created_at
+        listener = _parse(Listener, merged)
+        self._check_listener(listener)
+        return self._write(
+            listener, expect=current.revision if expect is None else expect, action="update"
+        )
+
+    def remove_listener(self, name: str, expect: int | None = None) -> int:
+        current = self._operator_owned(Listener, name)
+        return self._delete(current, expect)
+
+    def listeners(self) -> list[ListenerView]:
+        status = {
+            k.decode(): v.decode()
+            for k, v in self.store.redis.hgetall(self.store.key("listener-status")).items()
+        }
+        return [
+            ListenerView(stored.obj, stored.revision, status.get(name, "pending"))
+            for name, stored in sorted(self.store.all(Listener).items())
+        ]
+
+    def _check_listener(self, listener: Listener) -> None:
+        snapshot = self.store.snapshot(kinds=[LoadBalancer.kind, Listener.kind])
+        balancers = snapshot.of(LoadBalancer)
+        if listener.load_balancer not in balancers:
+            raise _error(Listener, "load_balancer", f"no instance named {listener.load_balancer!r}")
+        mine = balancers[listener.load_balancer].obj
+        for name, stored in snapshot.of(Listener).items():
+            other = stored.obj
+            if name == listener.name or other.port != listener.port:
+                continue
+            if other.protocol.transport != listener.protocol.transport:
+                continue
+            theirs = balancers.get(other.load_balancer)
+            same_place = other.load_balancer == listener.load_balancer or (
+                theirs is not None and mine.vip is not None and theirs.obj.vip == mine.vip
+            )
+            if same_place:
+                where = f"{mine.vip or mine.name}:{listener.port}/{listener.protocol.transport}"
+                raise _error(Listener, "port", f"{where} is taken by listener {name!r}")
+
+    # -- instances, pools, node groups -----------------------------------------------------
+
+    def add_load_balancer(self, data: Mapping[str, Any]) -> Stored[LoadBalancer]:
+        balancer = _parse(LoadBalancer, {**data, "owner": {"kind": "Operator", "name": self.actor}})
+        pools = self.store.all(AddressPool)
+        if balancer.pool is not None and balancer.pool not in pools:
+            raise _error(LoadBalancer, "pool", f"no address pool named {balancer.pool!r}")
+        return self._write(balancer, expect=0, action="create")
+
+    def remove_load_balancer(self, name: str, expect: int | None = None) -> int:
+        current = self._operator_owned(LoadBalancer, name)
+        users = sorted(
+            n for n, s in self.store.all(Listener).items() if s.obj.load_balancer == name
+        )
+        if users:
+            raise _error(LoadBalancer, "name", f"still has listeners: {', '.join(users)}")
+        return self._delete(current, expect)
+
+    def put_pool(self, data: Mapping[str, Any], expect: int | None = None) -> Stored[AddressPool]:
+        pool = _parse(AddressPool, data)
+        return self._write(pool, expect=expect, action="put")
+
+    def remove_pool(self, name: str, expect: int | None = None) -> int:
+        current = self.store.get(AddressPool, name)
+        if current is None:
+            raise _error(AddressPool, "name", f"no address pool named {name!r}")
+        users = sorted(n for n, s in self.store.all(LoadBalancer).items() if s.obj.pool == name)
+        if users:
+            raise _error(AddressPool, "name", f"still used by instances: {', '.join(users)}")
+        return self._delete(current, expect)
+
+    def put_node_group(
+        self, data: Mapping[str, Any], expect: int | None = None
+    ) -> Stored[NodeGroup]:
+        return self._write(_parse(NodeGroup, data), expect=expect, action="put")
+
+    # -- certificates ----------------------------------------------------------------------
+
+    def put_certificate(
+        self, name: str, chain_pem: str, key_pem: str, expect: int | None = None
+    ) -> tuple[Stored[Certificate], CertificateInfo]:
+        """Upload or rotate a certificate: the chain into the store, the key into secrets.
+
+        The pair is checked first (key matches, chain in order, not expired), so nothing
+        is written for a bad upload. The key goes in under a ref derived from it before
+        the Certificate names that ref, so no tier ever sees a ref without its key.
+        """
+        checked = check_pair(chain_pem, key_pem)
+        certificate = _parse(
+            Certificate, {"name": name, "chain_pem": chain_pem, "key_ref": checked.key_ref}
+        )
+        SecretStore(self.store).put_key(checked.key_ref, checked.key_pem)
+        action = "create" if expect == 0 else "put"
+        return self._write(certificate, expect=expect, action=action), checked.info
+
+    def remove_certificate(self, name: str, expect: int | None = None) -> int:
+        """Delete a certificate no listener uses; its key goes too unless another shares it."""
+        current = self.store.get(Certificate, name)
+        if current is None:
+            raise _error(Certificate, "name", f"no certificate named {name!r}")
+        snapshot = self.store.snapshot(kinds=[Listener.kind, Certificate.kind])
+        users = sorted(n for n, s in snapshot.of(Listener).items() if name in s.obj.certificates)
+        if users:
+            raise _error(Certificate, "name", f"still used by listeners: {', '.join(users)}")
+        revision = self._delete(current, expect)
+        ref = current.obj.key_ref
+        if not any(s.obj.key_ref == ref for n, s in snapshot.of(Certificate).items() if n != name):
+            SecretStore(self.store).delete_key(ref)
+        return revision
+
+    # -- shared ----------------------------------------------------------------------------
+
+    def _operator_owned(self, cls: type[T], name: str) -> Stored[T]:
+        current = self.store.get(cls, name)
+        if current is None:
+            raise _error(cls, "name", f"no {cls.kind} named {name!r}")
+        owner = getattr(current.obj, "owner", None)
+        if owner is not None and owner.kind is OwnerKind.SERVICE:
+            raise _error(
+                cls, "name", f"{name!r} belongs to Service {owner.name}: change the Service instead"
+            )
+        return current
+
+    def _write(self, obj: T, expect: int | None, action: str) -> Stored[T]:
+        before = self.store.get(type(obj), obj.key)
+        revision = self.store.put(obj, expect, who=self.actor, why=f"{action} {obj.kind}")
+        self.audit.record(
+            who=self.actor, action=action, kind=obj.kind, key=obj.key,
+            before=before.obj if before else None, after=obj, revision=revision,
+        )  # fmt: skip
+        return Stored(obj, revision)
+
+    def _delete(self, current: Stored[T], expect: int | None) -> int:
+        obj = current.obj
+        revision = self.store.apply(
+            [Delete(obj.kind, obj.key, current.revision if expect is None else expect)],
+            who=self.actor,
+            why=f"delete {obj.kind}",
+        )
+        self.audit.record(
+            who=self.actor, action="delete", kind=obj.kind, key=obj.key,
+            before=obj, after=None, revision=revision,
+        )  # fmt: skip
+        return revision
+
+
+def _parse(cls: type[T], data: Mapping[str, Any]) -> T:
+    obj = parse(cls.kind, data)
+    assert isinstance(obj, cls)
+    return obj
+
+
+def _error(cls: type[StoredObject], field: str, message: str) -> ModelError:
+    return ModelError(cls.kind, [FieldError(field=field, message=message)])

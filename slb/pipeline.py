@@ -1,0 +1,93 @@
+"""The one Celery configuration every openslb worker shares (broker and results: Redis).
+
+Tasks live next to what they drive (`l4/tasks.py`, `l7/tasks.py`) and are named
+`openslb.<tier>.<verb>`; this module knows them only by name, so the ground floor imports no wing.
+
+The settings that make a task survive a crash, as Celery's docs advise:
+- `acks_late` + `reject_on_worker_lost`: a task is acknowledged after it ran, and a worker
+  killed mid-task gives it back;
+- `worker_prefetch_multiplier = 1`: a worker holds one unacknowledged task at a time;
+- the Redis visibility timeout (`celery.visibility_timeout_s`) must exceed the slowest
+  apply: after it, an unacknowledged task is delivered again.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from slb import config
+from slb.config import Settings
+from slb.storage import connect
+
+TASK_MODULES = ("cmi.tasks", "l4.tasks", "l7.tasks")
+L4_APPLY = "openslb.l4.apply"
+L7_APPLY = "openslb.l7.apply"
+REASSERT = "openslb.reassert"
+L7_QUEUE = "l7"
+CONTROL_QUEUE = "openslb"
+
+
+def l4_queue(node: str) -> str:
+    """Each LB node's agent consumes its own queue: one apply per node at a time."""
+    return f"l4.{node}"
+
+
+def make_app(settings: Settings, *, include_tasks: bool = True) -> Celery:
+    app = Celery(
+        "openslb",
+        broker=settings.redis.url,
+        backend=settings.redis.url,
+        include=list(TASK_MODULES) if include_tasks else [],
+    )
+    # The ACL user and password go to the broker and the result backend in memory, never
+    # in a URL that could be printed (Celery masks passwords and censors *PASS* settings).
+    auth = connect.credentials(settings.redis)
+    app.conf.update(
+        broker_user=auth.get("username"),
+        broker_password=auth.get("password"),
+        redis_username=auth.get("username"),
+        redis_password=auth.get("password"),
+    )
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=CONTROL_QUEUE,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=3600,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.celery.visibility_timeout_s,
+            "global_keyprefix": f"{settings.redis.prefix}:celery:",
+        },
+        result_backend_transport_options={
+            "global_keyprefix": f"{settings.redis.prefix}:celery:",
+        },
+        beat_schedule={
+            "reassert-every-node": {
+                "task": REASSERT,
+                "schedule": float(settings.celery.reassert_s),
+                "options": {"queue": CONTROL_QUEUE, "expires": settings.celery.reassert_s},
+            }
+        },
+        worker_hijack_root_logger=False,
+    )
+    app.conf.openslb_settings = settings
+    return app
+
+
+def settings_of(app: Celery) -> Settings:
+    """The settings the app was made with: tasks read their configuration here."""
+    settings = app.conf.openslb_settings
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def __getattr__(name: str) -> Celery:
+    """`celery -A slb.pipeline:app flower` (or `inspect`, `events`): the app made from
+    the settings in force ($OPENSLB_CONFIG), so its broker and key prefix are openslb's."""
+    if name == "app":
+        return make_app(config.load(), include_tasks=False)
+    raise AttributeError(name)

@@ -1,0 +1,226 @@
+"""Resolve a snapshot of the desired state into what the data planes must serve.
+
+Pure: both tiers and the console call it on the same snapshot and get the same answer,
+so they agree on which listener owns a port and which backends it forwards to. The
+rules, in order:
+
+- a listener whose load balancer is missing or has no VIP yet is pending, not served;
+- two listeners on the same VIP, port and transport (TCP or UDP) conflict: the older
+  one (`created_at`, then name) keeps the port, the newer is rejected with a reason;
+- an operator's listener forwards to every exposed Service its selector matches; a
+  Service's own listener forwards to that Service;
+- backends are the selected Services' endpoints on the listener's target port, deduplicated
+  by address and port, in a stable order; not-ready endpoints are left out, and
+  terminating-but-serving ones are kept with weight 0 so their connections drain;
+- an L7 route forwards to the Services its own selector picks (default: the listener's) on
+  its own target port (default: the listener's), resolved by the same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from slb.model import (
+    Backend,
+    Certificate,
+    IPAddress,
+    Listener,
+    LoadBalancer,
+    NodeGroup,
+    OwnerKind,
+    PortRef,
+    Route,
+    Service,
+)
+from slb.selector import LabelSelector
+from slb.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class ResolvedRoute:
+    """An L7 route with the backends it forwards to."""
+
+    route: Route
+    services: tuple[str, ...]
+    backends: tuple[Backend, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedListener:
+    """A listener the data planes serve, with everything they need to program it."""
+
+    listener: Listener
+    load_balancer: LoadBalancer
+    vip: IPAddress
+    services: tuple[str, ...]
+    """Keys (namespace/name) of the Services it forwards to."""
+    backends: tuple[Backend, ...]
+    routes: tuple[ResolvedRoute, ...] = ()
+    """The listener's L7 routes in order, each with its own backends."""
+
+    @property
+    def node_group(self) -> str:
+        return self.load_balancer.node_group
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A listener that is not served, and why."""
+
+    listener: str
+    reason: str
+    pending: bool = False
+    """True when it only waits (e.g. for a VIP); False when it is in error."""
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    revision: int
+    listeners: tuple[ResolvedListener, ...] = ()
+    rejected: tuple[Rejected, ...] = ()
+    certificates: dict[str, Certificate] = field(default_factory=dict)
+    node_groups: dict[str, NodeGroup] = field(default_factory=dict)
+
+    def for_node_group(self, group: str) -> tuple[ResolvedListener, ...]:
+        return tuple(r for r in self.listeners if r.node_group == group)
+
+
+def resolve(snapshot: Snapshot, node_group: str | None = None) -> DesiredState:
+    """The desired state, resolved; with `node_group`, only the listeners on its instances
+    (what an LB node of that group serves: its work grows with its own share)."""
+    balancers = {
+        k: s.obj
+        for k, s in snapshot.of(LoadBalancer).items()
+        if node_group is None or s.obj.node_group == node_group
+    }
+    services = ExposedServices([s.obj for _, s in sorted(snapshot.of(Service).items())])
+    listeners = (
+        s.obj
+        for s in snapshot.of(Listener).values()
+        if node_group is None or s.obj.load_balancer in balancers
+    )
+    winners, rejected = claim_ports(balancers, listeners)
+    served = []
+    for listener, vip in winners:
+        chosen = _selected_services(listener, services)
+        served.append(
+            ResolvedListener(
+                listener=listener,
+                load_balancer=balancers[listener.load_balancer],
+                vip=vip,
+                services=tuple(s.key for s in chosen),
+                backends=backends_for(listener, chosen),
+                routes=tuple(
+                    _resolve_route(listener, route, chosen, services) for route in listener.routes
+                ),
+            )
+        )
+    return DesiredState(
+        revision=snapshot.revision,
+        listeners=tuple(sorted(served, key=lambda r: r.listener.name)),
+        rejected=tuple(rejected),
+        certificates={k: s.obj for k, s in snapshot.of(Certificate).items()},
+        node_groups={k: s.obj for k, s in snapshot.of(NodeGroup).items()},
+    )
+
+
+def claim_ports(
+    balancers: Mapping[str, LoadBalancer], listeners: Iterable[Listener]
+) -> tuple[list[tuple[Listener, IPAddress]], list[Rejected]]:
+    """Which listeners hold their VIP:port/transport (with the VIP), and which are rejected."""
+    winners: list[tuple[Listener, IPAddress]] = []
+    rejected: list[Rejected] = []
+    claimed: dict[tuple[IPAddress, int, str], str] = {}
+    for listener in sorted(listeners, key=lambda li: (li.created_at, li.name)):
+        balancer = balancers.get(listener.load_balancer)
+        if balancer is None:
+            rejected.append(
+                Rejected(listener.name, f"load balancer {listener.load_balancer!r} does not exist")
+            )
+            continue
+        if balancer.vip is None:
+            reason = f"load balancer {balancer.name!r} waits for a VIP from pool {balancer.pool!r}"
+            rejected.append(Rejected(listener.name, reason, pending=True))
+            continue
+        port_key = (balancer.vip, listener.port, listener.protocol.transport)
+        if (holder := claimed.get(port_key)) is not None:
+            rejected.append(
+                Rejected(
+                    listener.name,
+                    f"{balancer.vip}:{listener.port}/{listener.protocol.transport} "
+                    f"is already taken by the older listener {holder!r}",
+                )
+            )
+            continue
+        claimed[port_key] = listener.name
+        winners.append((listener, balancer.vip))
+    return winners, rejected
+
+
+class ExposedServices:
+    """The exposed Services, in key order, indexed by label: a selector with `match_labels`
+    looks only at the Services carrying its rarest pair, not at every Service."""
+
+    def __init__(self, services: list[Service]) -> None:
+        self.all = services
+        self.by_key = {s.key: s for s in services}
+        self.by_label: dict[tuple[str, str], list[Service]] = {}
+        for service in services:
+            for pair in service.labels.items():
+                self.by_label.setdefault(pair, []).append(service)
+
+    def matching(self, selector: LabelSelector) -> list[Service]:
+        candidates = self.all
+        if selector.match_labels:
+            candidates = min(
+                (self.by_label.get(pair, []) for pair in selector.match_labels.items()), key=len
+            )
+        return [s for s in candidates if selector.matches(s.labels)]
+
+
+def _selected_services(listener: Listener, services: ExposedServices) -> list[Service]:
+    if listener.owner.kind is OwnerKind.SERVICE:
+        own = services.by_key.get(listener.owner.name)
+        return [own] if own is not None else []
+    assert listener.selector is not None  # the model requires it for operators' listeners
+    return services.matching(listener.selector)
+
+
+def _resolve_route(
+    listener: Listener, route: Route, chosen: list[Service], services: ExposedServices
+) -> ResolvedRoute:
+    if route.selector is not None:
+        chosen = services.matching(route.selector)
+    return ResolvedRoute(
+        route=route,
+        services=tuple(s.key for s in chosen),
+        backends=backends_for(listener, chosen, target_port=route.target_port),
+    )
+
+
+def backends_for(
+    listener: Listener, services: Iterable[Service], target_port: PortRef | None = None
+) -> tuple[Backend, ...]:
+    """The endpoints of `services` on `target_port` (default: the listener's), ready to program."""
+    chosen: dict[tuple[IPAddress, int], Backend] = {}
+    port_ref = listener.target_port if target_port is None else target_port
+    for service in services:
+        port = service.port_named(port_ref)
+        if port is None:
+            continue
+        for backend in service.backends.get(port.name, ()):
+            conditions = backend.conditions
+            if conditions.terminating and conditions.serving:
+                backend = backend.model_copy(update={"weight": 0})  # noqa: PLW2901 - drain it
+            elif not conditions.ready:
+                continue
+            key = (backend.address, backend.port)
+            if key not in chosen or backend.weight > chosen[key].weight:
+                chosen[key] = backend
+    return tuple(chosen[k] for k in sorted(chosen, key=_address_order))
+
+
+def _address_order(key: tuple[IPAddress, int]) -> tuple[int, int, int]:
+    address, port = key
+    return (address.version, int(address), port)

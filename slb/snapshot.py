@@ -1,0 +1,39 @@
+"""The desired state as plain data: each object with its revision, and the whole at one revision.
+
+Pure (no Redis): the store reads these, and the pure cores (resolve, the l4 plan, the l7
+translation) take them without loading any I/O library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar, cast
+
+from slb.model import StoredObject
+
+T = TypeVar("T", bound=StoredObject)
+
+
+@dataclass(frozen=True)
+class Stored(Generic[T]):
+    """An object as stored, with the revision at which it last changed."""
+
+    obj: T
+    revision: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole desired state at one revision."""
+
+    revision: int
+    objects: Mapping[str, Mapping[str, Stored[StoredObject]]] = field(default_factory=dict)
+
+    def of(self, cls: type[T]) -> dict[str, Stored[T]]:
+        """Every stored object of one kind, by key."""
+        return cast(dict[str, Stored[T]], dict(self.objects.get(cls.kind, {})))
+
+    def get(self, cls: type[T], key: str) -> T | None:
+        stored = self.objects.get(cls.kind, {}).get(key)
+        return cast(T, stored.obj) if stored else None

@@ -1,0 +1,1 @@
+"""Every Redis layout openslb keeps, one module each, and the one way to connect."""

@@ -1,0 +1,166 @@
+"""A small, bounded time-series store in Redis for the console's charts.
+
+The data planes sample their own counters (IPVS connection and byte counters, Envoy's
+stats) and append one point per listener and node every few seconds; the console reads
+a window back and sums over nodes. This is not a monitoring system (Prometheus scrapes
+`/metrics` for that): it only keeps enough recent history for an operator to see a
+listener come alive, without anything else to install.
+
+Layout under the store prefix `P`:
+  P:ts:SERIES:LABELS   sorted set, member "T VALUE", score T (unix seconds)
+  P:ts-index:SERIES    set of the LABELS strings that have points
+
+LABELS is the canonical `k=v,k=v` form (keys sorted). Each series keeps at most
+`max_points` points and none older than `retention_s`: every append trims, so memory is
+bounded by (label sets x max_points) whatever the writers do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from slb.storage.store import Store
+
+CONNECTIONS = "connections"
+"""Active connections (a gauge), labels: tier, listener, node."""
+REQUESTS_PER_SECOND = "requests_per_second"
+"""Requests per second over the last sampling interval (L7), labels: tier, listener, node."""
+BYTES_PER_SECOND = "bytes_per_second"
+"""Bytes per second in and out together, labels: tier, listener, node."""
+
+SERIES = (CONNECTIONS, REQUESTS_PER_SECOND, BYTES_PER_SECOND)
+
+DEFAULT_RETENTION_S = 3600
+DEFAULT_MAX_POINTS = 720
+
+_LABEL_SAFE = str.maketrans({",": "_", "=": "_", ":": "_", " ": "_"})
+
+
+@dataclass(frozen=True)
+class Point:
+    t: float
+    value: float
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    labels: Mapping[str, str]
+    points: tuple[Point, ...]
+
+
+def label_key(labels: Mapping[str, str]) -> str:
+    """The canonical form of a label set, usable inside a Redis key."""
+    return ",".join(
+        f"{k.translate(_LABEL_SAFE)}={str(v).translate(_LABEL_SAFE)}"
+        for k, v in sorted(labels.items())
+    )
+
+
+def parse_label_key(text: str) -> dict[str, str]:
+    if not text:
+        return {}
+    return dict(part.split("=", 1) for part in text.split(","))
+
+
+class TimeSeries:
+    def __init__(
+        self,
+        store: Store,
+        retention_s: float = DEFAULT_RETENTION_S,
+        max_points: int = DEFAULT_MAX_POINTS,
+    ) -> None:
+        self.store = store
+        self.retention_s = retention_s
+        self.max_points = max_points
+
+    def _key(self, series: str, labels: str) -> str:
+        return self.store.key("ts", series, labels)
+
+    def append(
+        self, series: str, labels: Mapping[str, str], value: float, t: float | None = None
+    ) -> None:
+        """Add one point, then trim the series to its bounds (one round trip)."""
+        self.append_many([(series, labels, value)], t)
+
+    def append_many(
+        self, points: Iterable[tuple[str, Mapping[str, str], float]], t: float | None = None
+    ) -> None:
+        """Add one point to each of several series at time `t`, as one pipeline.
+
+        A tier samples every listener at once and writes them together.
+        """
+        t = time.time() if t is None else t
+        pipe = self.store.redis.pipeline(transaction=False)
+        for series, labels, value in points:
+            labels_text = label_key(labels)
+            key = self._key(series, labels_text)
+            pipe.zadd(key, {f"{t!r} {float(value)!r}": t})
+            pipe.zremrangebyscore(key, "-inf", f"({t - self.retention_s!r}")
+            pipe.zremrangebyrank(key, 0, -self.max_points - 1)
+            pipe.expire(key, int(self.retention_s) + 60)
+            pipe.sadd(self.store.key("ts-index", series), labels_text)
+        pipe.execute()
+
+    def labels(self, series: str) -> list[dict[str, str]]:
+        """Every label set that has (or recently had) points in `series`."""
+        raw = self.store.redis.smembers(self.store.key("ts-index", series))
+        return [parse_label_key(m.decode()) for m in sorted(raw)]
+
+    def range(
+        self,
+        series: str,
+        since: float,
+        until: float | None = None,
+        match: Mapping[str, str] | None = None,
+    ) -> list[Series]:
+        """Points of `series` in [since, until] for every label set that includes `match`."""
+        match = match or {}
+        chosen = [
+            labels
+            for labels in self.labels(series)
+            if all(labels.get(k) == v for k, v in match.items())
+        ]
+        if not chosen:
+            return []
+        pipe = self.store.redis.pipeline(transaction=False)
+        for labels in chosen:
+            pipe.zrangebyscore(
+                self._key(series, label_key(labels)),
+                since,
+                "+inf" if until is None else until,
+            )
+        out = []
+        stale = []
+        for labels, members in zip(chosen, pipe.execute(), strict=True):
+            if not members and not self.store.redis.exists(self._key(series, label_key(labels))):
+                stale.append(label_key(labels))
+                continue
+            points = []
+            for member in members:
+                t, value = member.decode().split(" ")
+                points.append(Point(float(t), float(value)))
+            out.append(Series(series, labels, tuple(points)))
+        if stale:
+            self.store.redis.srem(self.store.key("ts-index", series), *stale)
+        return out
+
+
+def bucketed(
+    series: Iterable[Series], since: float, until: float, step: float
+) -> list[tuple[float, float]]:
+    """Sum of several series (e.g. one per node) per time bucket of `step` seconds.
+
+    Within a bucket, each series contributes its latest point, so a node sampling twice
+    in one bucket is not counted twice. Buckets without any point are left out.
+    """
+    if step <= 0:
+        raise ValueError("step must be positive")
+    buckets: dict[int, dict[int, float]] = {}
+    for index, one in enumerate(series):
+        for point in one.points:
+            if since <= point.t <= until:
+                buckets.setdefault(int((point.t - since) // step), {})[index] = point.value
+    return [(since + b * step, sum(values.values())) for b, values in sorted(buckets.items())]

@@ -1,0 +1,182 @@
+"""The agent end to end in the lab VM: store -> kernel, status, ownership across restarts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from devbed.desired import listener, load_balancer, node_group, put, service
+from devbed.process import wait_until
+from devbed.redis import RedisServer
+from l4.agent import AgentError
+from l4.drivers import Driver
+from l4.ipvs import ServiceKey
+from slb.cli import main
+from slb.storage.status import StatusBoard
+from slb.storage.store import Delete, Store
+from tests.l4.conftest import INTERFACE, AgentFactory
+
+pytestmark = pytest.mark.lab
+
+WEB = ServiceKey("TCP", "198.18.0.10", 80)
+DNS = ServiceKey("UDP", "198.18.0.10", 53)
+BACKENDS = [("198.18.1.1", 8080, 1), ("198.18.1.2", 8080, 2)]
+
+
+def desired_state(store: Store) -> int:
+    return put(
+        store,
+        node_group(("lb-a", "198.18.255.15"), ("lb-b", "198.18.255.16")),
+        load_balancer("198.18.0.10"),
+        listener("web", 80),
+        listener("dns", 53, protocol="UDP", app="dns"),
+        service("web", BACKENDS),
+        service("dns", [("198.18.1.1", 53, 1)], app="dns", protocol="UDP"),
+    )
+
+
+def owned(store: Store) -> set[str]:
+    return {m.decode() for m in store.redis.smembers(store.key("l4", "lb-a", "owned"))}
+
+
+def vips_on_interface() -> str:
+    return subprocess.run(
+        ["ip", "-o", "addr", "show", "dev", INTERFACE], capture_output=True, text=True, check=True
+    ).stdout
+
+
+@pytest.mark.parametrize("driver_name", ["pyroute2", "ipvsadm"])
+def test_sync_to_programs_the_node_and_reports_it(
+    store: Store, agent_factory: AgentFactory, observer: Driver, driver_name: str
+) -> None:
+    agent = agent_factory(driver_name)
+    revision = desired_state(store)
+    report = agent.sync_to(revision)
+    assert report.errors == []
+    assert report.revision == revision
+    assert report.vips_added == ["198.18.0.10"]
+    assert len(report.operations) == 2 + 3
+    services = observer.dump().services
+    assert set(services) == {WEB, DNS}
+    assert [(d.address, d.weight) for d in services[WEB].dests] == [
+        ("198.18.1.1", 1), ("198.18.1.2", 2)
+    ]  # fmt: skip
+    assert "inet 198.18.0.10/32" in vips_on_interface()
+    assert owned(store) == {WEB.encode(), DNS.encode()}
+    status = StatusBoard(store).all("l4")["lb-a"]
+    assert (status.revision, status.group, status.error) == (revision, "default", None)
+
+    assert agent.sync_to(revision).already
+    again = agent.sync()
+    assert again.operations == []
+    assert again.errors == []
+
+
+@pytest.mark.parametrize("driver_name", ["pyroute2", "ipvsadm"])
+def test_a_restarted_agent_repairs_the_kernel_and_removes_what_is_gone(
+    store: Store, agent_factory: AgentFactory, observer: Driver, driver_name: str
+) -> None:
+    first = agent_factory(driver_name)
+    first.sync_to(desired_state(store))
+    first.stop()
+    # a crash left one weight at 0, and someone added a service by hand meanwhile
+    subprocess.run(["ipvsadm", "-e", "-t", "198.18.0.10:80", "-r", "198.18.1.2:8080", "-m",
+                    "-w", "0"], check=True)  # fmt: skip
+    subprocess.run(["ipvsadm", "-A", "-t", "198.18.0.99:22", "-s", "rr"], check=True)
+
+    second = agent_factory(driver_name)
+    repaired = second.sync()
+    assert repaired.operations == ["set-dest TCP 198.18.0.10:80 -> 198.18.1.2:8080 nat w2"]
+    report = json.loads(store.redis.get(second.report_key) or b"{}")
+    assert report["foreign"] == ["TCP 198.18.0.99:22"]
+
+    gone = store.apply([Delete("Listener", "web"), Delete("Listener", "dns")])
+    result = second.sync_to(gone)
+    assert sorted(result.operations) == ["delete-service TCP 198.18.0.10:80",
+                                         "delete-service UDP 198.18.0.10:53"]  # fmt: skip
+    assert result.vips_removed == ["198.18.0.10"]
+    assert set(observer.dump().services) == {ServiceKey("TCP", "198.18.0.99", 22)}
+    assert owned(store) == set()
+    assert "198.18.0.10" not in vips_on_interface()
+
+
+def test_forced_sync_repairs_what_the_agent_believes_is_fine(
+    store: Store, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    """The pipeline's periodic re-assertion: a rule deleted by hand comes back."""
+    agent = agent_factory()
+    revision = desired_state(store)
+    agent.sync_to(revision)
+    subprocess.run(["ipvsadm", "-D", "-u", "198.18.0.10:53"], check=True)
+    assert agent.sync_to(revision).already
+    assert DNS not in observer.dump().services
+    repaired = agent.sync_to(revision, force=True)
+    assert repaired.operations == [
+        "add-service UDP 198.18.0.10:53 rr",
+        "add-dest UDP 198.18.0.10:53 -> 198.18.1.1:53 nat w1",
+    ]
+    assert DNS in observer.dump().services
+
+
+def test_one_agent_per_node(store: Store, agent_factory: AgentFactory) -> None:
+    agent_factory()
+    with pytest.raises(AgentError, match="another l4 agent programs this node"):
+        agent_factory()
+
+
+def test_a_node_in_no_group_holds_nothing_and_says_why(
+    store: Store, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    agent = agent_factory()
+    agent.sync_to(desired_state(store))
+    revision = put(store, node_group(("lb-b", "198.18.255.16")))
+    report = agent.sync_to(revision)
+    assert report.problems == ["node 'lb-a' is not in any node group"]
+    assert observer.dump().services == {}
+
+
+def test_the_follow_loop_applies_new_revisions(
+    store: Store, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    agent = agent_factory()
+    stop = threading.Event()
+    loop = threading.Thread(target=agent.run, args=(stop, 200), daemon=True)
+    loop.start()
+    try:
+        desired_state(store)
+        wait_until(lambda: WEB in observer.dump().services, timeout=20, what="first revision")
+        put(store, service("web", [*BACKENDS, ("198.18.1.3", 8080, 1)]))
+        wait_until(
+            lambda: len(observer.dump([WEB]).services[WEB].dests) == 3,
+            timeout=20, what="new backend programmed",
+        )  # fmt: skip
+        # The kernel is programmed before the status is written: wait for the report too.
+        wait_until(
+            lambda: StatusBoard(store).all("l4")["lb-a"].revision == store.revision(),
+            timeout=20, what="status reports the new revision",
+        )  # fmt: skip
+    finally:
+        stop.set()
+        loop.join(timeout=20)
+    assert not loop.is_alive()
+
+
+def test_slb_l4_agent_once(store: Store, redis_server: RedisServer, observer: Driver) -> None:
+    revision = desired_state(store)
+    env = {
+        "OPENSLB_REDIS_URL": redis_server.url,
+        "OPENSLB_REDIS_PREFIX": store.prefix,
+        "OPENSLB_L4_INTERFACE": INTERFACE,
+    }
+    try:
+        result = CliRunner().invoke(main, ["l4-agent", "--node", "lb-a", "--once"], env=env)
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
+        assert report["revision"] == revision
+        assert set(observer.dump().services) == {WEB, DNS}
+    finally:
+        subprocess.run(["ip", "link", "del", INTERFACE], check=False)

@@ -1,0 +1,278 @@
+"""The desired-state model: good documents load, bad ones name every bad field."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+from typing import Any
+
+import pytest
+
+from devbed.pki import self_signed
+from slb import model
+from slb.model import ModelError
+
+
+def _certificate_pem() -> str:
+    """A real self-signed certificate, made on the spot."""
+    return self_signed("openslb.test").chain_pem
+
+
+OPERATOR = {"kind": "Operator", "name": "alice"}
+
+GOOD: dict[str, dict[str, Any]] = {
+    "Listener": {
+        "name": "web",
+        "load_balancer": "public",
+        "protocol": "GRPC",
+        "port": 443,
+        "scheduler": "wrr",
+        "health_check": {"type": "grpc", "interval_s": 5, "timeout_s": 2, "grpc_service": "echo"},
+        "persistence": {"mode": "source_ip", "timeout_s": 600},
+        "selector": {
+            "match_labels": {"app": "echo"},
+            "match_expressions": [{"key": "env", "operator": "In", "values": ["prod"]}],
+        },
+        "target_port": "grpc",
+        "owner": OPERATOR,
+    },
+    "LoadBalancer": {"name": "public", "pool": "default", "owner": OPERATOR},
+    "Service": {
+        "namespace": "shop",
+        "name": "cart",
+        "labels": {"app": "cart", "openslb.io/expose": "true"},
+        "load_balancer": "shop-cart",
+        "ports": [{"name": "grpc", "port": 50051, "app_protocol": "grpc", "target_port": 8080}],
+        "backends": {
+            "grpc": [
+                {"address": "198.18.1.10", "port": 8080, "node": "n1", "zone": "a"},
+                {
+                    "address": "2001:db8::10",
+                    "port": 8080,
+                    "weight": 0,
+                    "conditions": {"ready": False, "serving": True, "terminating": True},
+                },
+            ]
+        },
+    },
+    "AddressPool": {"name": "default", "cidrs": ["198.18.0.0/24", "2001:db8::/120"]},
+    "NodeGroup": {
+        "name": "default",
+        "nodes": [
+            {"name": "lb1", "address": "198.18.255.15"},
+            {"name": "lb2", "address": "198.18.255.16"},
+        ],
+    },
+}
+
+
+def _doc(kind: str, **changes: Any) -> dict[str, Any]:
+    """The good document of `kind` with changes; `a__b` reaches into nested objects."""
+    doc = copy.deepcopy(GOOD[kind])
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        target = doc
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[last] = value
+    return doc
+
+
+@pytest.mark.parametrize("kind", sorted(GOOD))
+def test_good_documents_round_trip_through_the_stored_form(kind: str) -> None:
+    obj = model.parse(kind, GOOD[kind])
+    stored = model.dump_document(obj)
+    envelope = json.loads(stored)
+    assert envelope["schema"] == model.SCHEMA_VERSION
+    assert envelope["kind"] == kind
+    assert model.load_document(stored) == obj
+    assert model.dump_document(model.load_document(stored)) == stored
+
+
+def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
+    pem = _certificate_pem()
+    cert = model.parse("Certificate", {"name": "shop", "chain_pem": pem, "key_ref": "shop-key"})
+    assert model.load_document(model.dump_document(cert)) == cert
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes", "fields"),
+    [
+        ("Listener", {"name": "Web"}, ["name"]),
+        ("Listener", {"port": 0}, ["port"]),
+        ("Listener", {"port": 65536}, ["port"]),
+        ("Listener", {"protocol": "SCTP"}, ["protocol"]),
+        ("Listener", {"scheduler": "fastest"}, ["scheduler"]),
+        ("Listener", {"health_check__interval_s": 51}, ["health_check.interval_s"]),
+        ("Listener", {"health_check__interval_s": 0}, ["health_check.interval_s"]),
+        ("Listener", {"health_check__timeout_s": 301}, ["health_check.timeout_s"]),
+        ("Listener", {"health_check__healthy_threshold": 1}, ["health_check.healthy_threshold"]),
+        ("Listener", {"health_check__unhealthy_threshold": 11},
+         ["health_check.unhealthy_threshold"]),
+        ("Listener", {"health_check__type": "icmp"}, ["health_check.type"]),
+        ("Listener", {"health_check__path": "/healthz"}, ["health_check.path"]),
+        ("Listener", {"health_check__type": "http", "health_check__grpc_service": None,
+                      "health_check__path": "healthz"}, ["health_check.path"]),
+        ("Listener", {"persistence__timeout_s": 0}, ["persistence.timeout_s"]),
+        ("Listener", {"persistence__cookie_name": "sid"}, ["persistence.cookie_name"]),
+        ("Listener", {"idle_timeout_s": 0}, ["idle_timeout_s"]),
+        ("Listener", {"request_timeout_s": -1}, ["request_timeout_s"]),
+        ("Listener", {"certificates": ["shop"]}, ["certificates"]),
+        ("Listener", {"protocol": "HTTPS", "health_check": None}, ["certificates"]),
+        ("Listener", {"backend_protocol": "http1"}, ["backend_protocol"]),
+        ("Listener", {"backend_protocol": "spdy"}, ["backend_protocol"]),
+        ("Listener", {"protocol": "TCP", "health_check": None, "backend_protocol": "h2c"},
+         ["backend_protocol"]),
+        ("Listener", {"protocol": "TCP", "health_check": None, "request_timeout_s": 30},
+         ["request_timeout_s"]),
+        ("Listener", {"protocol": "TCP", "health_check": None, "scheduler": "random"},
+         ["scheduler"]),
+        ("Listener", {"protocol": "UDP"}, ["health_check"]),
+        ("Listener", {"selector": {}}, ["selector"]),
+        ("Listener", {"selector": None}, ["selector"]),
+        ("Listener", {"owner": {"kind": "Service", "name": "shop/cart"}}, ["selector"]),
+        ("Listener", {"selector": {"match_labels": {"bad key!": "x"}}}, ["selector.match_labels"]),
+        ("Listener", {"selector": {"match_expressions": [{"key": "env", "operator": "In"}]}},
+         ["selector.match_expressions.0"]),
+        ("Listener", {"selector": {"match_expressions": [{"key": "env", "operator": "Near"}]}},
+         ["selector.match_expressions.0.operator"]),
+        ("Listener", {"target_port": "Not_A_Name"}, ["target_port"]),
+        ("Listener", {"target_port": 70000}, ["target_port"]),
+        ("Listener", {"owner": {"kind": "Robot", "name": "x"}}, ["owner.kind"]),
+        ("Listener", {"owner": None}, ["owner"]),
+        ("Listener", {"colour": "blue"}, ["colour"]),
+        ("Listener", {"port": "eighty", "name": "", "load_balancer": None},
+         ["port", "name", "load_balancer"]),
+        ("Listener", {"protocol": "HTTP", "backend_protocol": "http1"}, ["health_check.type"]),
+        ("Listener", {"protocol": "TCP", "health_check": None, "routes": [{"name": "a"}]},
+         ["routes"]),
+        ("Listener", {"routes": [{"name": "a"}, {"name": "a"}]}, ["routes.1.name"]),
+        ("Listener", {"routes": [{"name": "a", "path_prefix": "/api"}]}, ["routes.0.path_prefix"]),
+        ("Listener", {"protocol": "HTTP", "health_check": None,
+                      "routes": [{"name": "a", "path_prefix": "api"}]}, ["routes.0.path_prefix"]),
+        ("Listener", {"routes": [{"name": "a", "grpc_method": "Get"}]}, ["routes.0.grpc_method"]),
+        ("Listener", {"routes": [{"name": "a", "grpc_service": "shop..Cart"}]},
+         ["routes.0.grpc_service"]),
+        ("Listener", {"routes": [{"name": "a", "grpc_service": "shop.Cart", "grpc_method": "a/b"}]},
+         ["routes.0.grpc_method"]),
+        ("Listener", {"routes": [{"name": "a", "hosts": ["Shop.Example"]}]}, ["routes.0.hosts.0"]),
+        ("Listener", {"routes": [{"name": "a", "hosts": ["shop.*.example"]}]},
+         ["routes.0.hosts.0"]),
+        ("Listener", {"routes": [{"name": "a", "selector": {}}]}, ["routes.0.selector"]),
+        ("Listener", {"routes": [{"name": "a", "target_port": 0}]}, ["routes.0.target_port"]),
+        ("Listener", {"routes": [{"name": "a", "colour": "red"}]}, ["routes.0.colour"]),
+        ("Listener", {"routes": [{"name": "a", "timeout_s": -1}]}, ["routes.0.timeout_s"]),
+        ("Listener", {"selector": None, "owner": {"kind": "Service", "name": "shop/cart"},
+                      "routes": [{"name": "a", "selector": {"match_labels": {"a": "b"}}}]},
+         ["routes.0.selector"]),
+        ("LoadBalancer", {"pool": None}, ["vip"]),
+        ("LoadBalancer", {"vip": "198.18.0.300"}, ["vip"]),
+        ("LoadBalancer", {"node_group": "Edge_1"}, ["node_group"]),
+        ("Service", {"ports": [{"name": "grpc", "port": 0}]}, ["ports.0.port"]),
+        ("Service", {"labels": {"app": "-bad-"}}, ["labels"]),
+        ("Service", {"backends": {"grpc": [{"address": "not-an-ip", "port": 80}]}},
+         ["backends.grpc.0.address"]),
+        ("Service", {"backends": {"grpc": [{"address": "198.18.0.1", "port": 80, "weight": -1}]}},
+         ["backends.grpc.0.weight"]),
+        ("NodeGroup", {"nodes": [{"name": "lb1", "address": "198.18.0.1"}] * 2}, ["nodes"]),
+        ("NodeGroup", {"nodes": [{"name": "lb1", "address": "lb1.example"}]}, ["nodes.0.address"]),
+        ("NodeGroup", {"envoy_check": {"type": "http", "port": 0}}, ["envoy_check.port"]),
+        ("Listener", {"health_check": {"type": "tcp", "port": 9902}}, ["health_check.port"]),
+        ("AddressPool", {"cidrs": []}, ["cidrs"]),
+        ("AddressPool", {"cidrs": ["198.18.0.1/24"]}, ["cidrs"]),
+    ],
+)  # fmt: skip
+def test_bad_documents_name_every_bad_field(
+    kind: str, changes: dict[str, Any], fields: list[str]
+) -> None:
+    with pytest.raises(ModelError) as raised:
+        model.parse(kind, _doc(kind, **changes))
+    named = [error.field for error in raised.value.errors]
+    for field in fields:
+        assert any(name == field or name.startswith(field + ".") for name in named), named
+    assert all(error.message for error in raised.value.errors)
+    assert kind in str(raised.value)
+
+
+def test_certificate_rejects_garbage_and_private_keys() -> None:
+    with pytest.raises(ModelError) as raised:
+        model.parse("Certificate", {"name": "x", "chain_pem": "hello", "key_ref": "k"})
+    assert [e.field for e in raised.value.errors] == ["chain_pem"]
+    with_key = _certificate_pem() + "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+    with pytest.raises(ModelError, match="private key"):
+        model.parse("Certificate", {"name": "x", "chain_pem": with_key, "key_ref": "k"})
+
+
+def test_unknown_kind_and_newer_schema_are_refused() -> None:
+    with pytest.raises(ModelError, match="unknown kind"):
+        model.parse("Gateway", {})
+    stored = json.loads(model.dump_document(model.parse("AddressPool", GOOD["AddressPool"])))
+    stored["schema"] = model.SCHEMA_VERSION + 1
+    with pytest.raises(ModelError, match="unsupported schema version"):
+        model.load_document(json.dumps(stored))
+
+
+def test_listener_derives_what_the_tiers_need() -> None:
+    grpc = model.Listener.model_validate(GOOD["Listener"])
+    assert grpc.protocol.is_l7
+    assert grpc.protocol.transport == "TCP"
+    assert grpc.upstream_protocol is model.BackendProtocol.H2C
+    http = model.Listener.model_validate(_doc("Listener", protocol="HTTP", health_check=None))
+    assert http.upstream_protocol is model.BackendProtocol.HTTP1
+    udp = model.Listener.model_validate(_doc("Listener", protocol="UDP", health_check=None))
+    assert not udp.protocol.is_l7
+    assert udp.protocol.transport == "UDP"
+
+
+def test_routes_match_hosts_paths_and_grpc_services() -> None:
+    grpc = model.Listener.model_validate(
+        _doc(
+            "Listener",
+            routes=[
+                {"name": "cart", "grpc_service": "shop.v1.Cart", "grpc_method": "Get"},
+                {"name": "any-cart", "hosts": ["*.shop.example"], "grpc_service": "shop.v1.Cart"},
+                {"name": "other", "selector": {"match_labels": {"app": "other"}},
+                 "target_port": 9090},
+            ],
+        )
+    )  # fmt: skip
+    assert [r.name for r in grpc.routes] == ["cart", "any-cart", "other"]
+    assert grpc.routes[1].hosts == ("*.shop.example",)
+    assert model.load_document(model.dump_document(grpc)) == grpc
+    http = model.Listener.model_validate(
+        _doc("Listener", protocol="HTTP", health_check=None,
+             routes=[{"name": "api", "path_prefix": "/api/"}])
+    )  # fmt: skip
+    assert http.routes[0].path_prefix == "/api/"
+    assert not http.upstream_is_http2
+    assert grpc.upstream_is_http2
+
+
+def test_service_finds_its_port_by_name_or_number() -> None:
+    service = model.Service.model_validate(GOOD["Service"])
+    assert service.key == "shop/cart"
+    by_name, by_number = service.port_named("grpc"), service.port_named(50051)
+    assert by_name is not None
+    assert by_name == by_number
+    assert service.port_named("http") is None
+    assert service.backends["grpc"][1].address == ipaddress.ip_address("2001:db8::10")
+
+
+def test_equal_objects_give_equal_bytes_whatever_the_input_order() -> None:
+    doc = GOOD["Listener"]
+    reordered = dict(reversed(list(doc.items())))
+    reordered["selector"] = {"match_labels": {"app": "echo"},
+                             "match_expressions": doc["selector"]["match_expressions"]}  # fmt: skip
+    assert model.dump_document(model.parse("Listener", doc)) == model.dump_document(
+        model.parse("Listener", reordered)
+    )
+
+
+def test_missing_required_fields_are_named() -> None:
+    doc = copy.deepcopy(GOOD["Listener"])
+    del doc["port"], doc["target_port"]
+    with pytest.raises(ModelError) as raised:
+        model.parse("Listener", doc)
+    assert {e.field for e in raised.value.errors} == {"port", "target_port"}
+    assert all("required" in e.message for e in raised.value.errors)

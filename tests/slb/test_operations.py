@@ -1,0 +1,137 @@
+"""Operators' writes (Python API and `slb`): validated, conflict-checked, audited."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from devbed.redis import RedisServer
+from slb.cli import main
+from slb.model import Listener, ModelError, NodeGroup, Owner, OwnerKind
+from slb.operations import Operations
+from slb.storage.store import Store
+
+LISTENER = {
+    "name": "web", "load_balancer": "public", "protocol": "GRPC", "port": 443,
+    "selector": {"match_labels": {"app": "cart"}}, "target_port": "grpc",
+}  # fmt: skip
+
+
+@pytest.fixture
+def ops(store: Store) -> Operations:
+    ops = Operations(store, actor="alice")
+    ops.put_pool({"name": "default", "cidrs": ["198.18.0.0/24"]})
+    ops.add_load_balancer({"name": "public", "vip": "198.18.0.10"})
+    return ops
+
+
+def test_listeners_are_validated_and_checked_for_conflicts(ops: Operations) -> None:
+    created = ops.add_listener(LISTENER)
+    assert created.obj.owner == Owner(kind=OwnerKind.OPERATOR, name="alice")
+    with pytest.raises(ModelError) as taken:
+        ops.add_listener({**LISTENER, "name": "web2", "protocol": "TCP"})
+    assert [e.field for e in taken.value.errors] == ["port"]
+    assert "198.18.0.10:443/TCP is taken by listener 'web'" in str(taken.value)
+    ops.add_listener({**LISTENER, "name": "dns", "protocol": "UDP", "health_check": None})
+    with pytest.raises(ModelError) as missing:
+        ops.add_listener({**LISTENER, "name": "x", "port": 80, "load_balancer": "nosuch"})
+    assert [e.field for e in missing.value.errors] == ["load_balancer"]
+    with pytest.raises(ModelError) as bad:
+        ops.add_listener({**LISTENER, "name": "y", "port": 0})
+    assert [e.field for e in bad.value.errors] == ["port"]
+    assert sorted(v.listener.name for v in ops.listeners()) == ["dns", "web"]
+
+
+def test_updates_keep_owner_and_age_and_removal_is_guarded(ops: Operations, store: Store) -> None:
+    created = ops.add_listener(LISTENER)
+    updated = ops.update_listener("web", {"scheduler": "lc"})
+    assert updated.obj.scheduler.value == "lc"
+    assert updated.obj.created_at == created.obj.created_at
+    with pytest.raises(ModelError, match="still has listeners: web"):
+        ops.remove_load_balancer("public")
+    ops.remove_listener("web")
+    ops.remove_load_balancer("public")
+    with pytest.raises(ModelError, match="no address pool"):
+        ops.add_load_balancer({"name": "p2", "pool": "nosuch"})
+
+
+def test_objects_made_from_a_service_are_read_only(ops: Operations, store: Store) -> None:
+    owned = Listener.model_validate(
+        {**LISTENER, "name": "svc-web", "port": 444, "selector": None,
+         "owner": {"kind": "Service", "name": "shop/cart"}}
+    )  # fmt: skip
+    store.put(owned)
+    with pytest.raises(ModelError, match="belongs to Service shop/cart"):
+        ops.remove_listener("svc-web")
+    with pytest.raises(ModelError, match="belongs to Service shop/cart"):
+        ops.update_listener("svc-web", {"port": 445})
+
+
+def test_every_write_is_audited(ops: Operations) -> None:
+    ops.add_listener(LISTENER)
+    ops.update_listener("web", {"scheduler": "lc"})
+    ops.remove_listener("web")
+    trail = ops.audit.entries(kind="Listener")
+    assert [(e.action, e.who) for e in trail] == [
+        ("delete", "alice"), ("update", "alice"), ("create", "alice"),
+    ]  # fmt: skip
+    delete, update, create = trail
+    assert create.before is None
+    assert create.after is not None
+    assert update.before is not None
+    assert update.before["scheduler"] == "rr"
+    assert update.after is not None
+    assert update.after["scheduler"] == "lc"
+    assert delete.after is None
+    assert delete.revision > update.revision > create.revision
+
+
+def test_the_slb_command(redis_server: RedisServer, store: Store) -> None:
+    env = {"OPENSLB_REDIS_URL": redis_server.url, "OPENSLB_REDIS_PREFIX": store.prefix,
+           "OPENSLB_CONFIG": ""}  # fmt: skip
+    runner = CliRunner()
+
+    def slb(*argv: str) -> tuple[int, str]:
+        result = runner.invoke(main, list(argv), env=env)
+        return result.exit_code, result.output
+
+    assert slb("pool", "set", "default", "198.18.0.0/24")[0] == 0
+    assert slb("lb", "add", "public", "--vip", "198.18.0.10")[0] == 0
+    code, out = slb("listener", "add", "web", "--lb", "public", "--protocol", "GRPC",
+                    "--port", "443", "--selector", "app=cart,env in (prod)", "--target-port",
+                    "grpc", "--health-check", "grpc", "--hc-interval", "5")  # fmt: skip
+    assert code == 0, out
+    code, out = slb("listener", "add", "bad", "--lb", "public", "--protocol", "TCP",
+                    "--port", "70000", "--selector", "app=x", "--target-port", "80")  # fmt: skip
+    assert code == 1
+    assert "Listener port:" in out
+    code, out = slb("listener", "show", "web")
+    assert code == 0
+    assert '"interval_s": 5' in out
+    assert '"operator": "In"' in out
+    code, out = slb("listener", "list")
+    assert "web" in out
+    assert "Operator:cli:" in out
+    assert slb("lb", "rm", "public")[0] == 1
+    assert slb("listener", "rm", "web")[0] == 0
+    assert slb("lb", "rm", "public")[0] == 0
+
+
+def test_a_node_group_can_have_its_envoys_checked(redis_server: RedisServer, store: Store) -> None:
+    env = {"OPENSLB_REDIS_URL": redis_server.url, "OPENSLB_REDIS_PREFIX": store.prefix,
+           "OPENSLB_CONFIG": ""}  # fmt: skip
+    runner = CliRunner()
+    argv = ["node-group", "set", "edge", "lb1=198.18.0.1", "lb2=198.18.0.2"]
+    result = runner.invoke(main, [*argv, "--envoy-ready-port", "9902"], env=env)
+    assert result.exit_code == 0, result.output
+    stored = store.get(NodeGroup, "edge")
+    assert stored is not None
+    check = stored.obj.envoy_check
+    assert check is not None
+    assert (check.type.value, check.path, check.port) == ("http", "/ready", 9902)
+    result = runner.invoke(main, [*argv, "--envoy-ready-port", "70000"], env=env)
+    assert result.exit_code == 1
+    assert "envoy_check.port" in result.output
+    again = store.get(NodeGroup, "edge")
+    assert again is not None
+    assert again.obj.envoy_check == check  # nothing half-applied

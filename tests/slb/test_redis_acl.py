@@ -1,0 +1,200 @@
+"""Redis ACL users per role (`slb redis-acl`) on a real redis-server started with the ACL
+file: anonymous and wrong-password clients are refused, each role does what its part of
+openslb does and nothing it must not, and a real Celery worker and the real xDS server run
+as the worker user without Redis denying them anything (its ACL log stays empty)."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from devbed.process import Process, wait_until
+from devbed.redis import RedisServer
+from l7.feed import published_revision, record_published
+from slb import config
+from slb.cli import main
+from slb.config import ConfigError, RedisSettings
+from slb.model import LoadBalancer, Owner, OwnerKind
+from slb.pipeline import L7_APPLY, L7_QUEUE, make_app
+from slb.storage import acl
+from slb.storage.connect import credentials
+from slb.storage.status import StatusBoard
+from slb.storage.store import Store
+from tests.l7.test_server import ServerThread
+
+PREFIX = "acltest"
+OPERATOR = Owner(kind=OwnerKind.OPERATOR, name="tests")
+
+
+def balancer(vip: str, name: str = "web") -> LoadBalancer:
+    return LoadBalancer(name=name, vip=vip, node_group="g", owner=OPERATOR)
+
+
+@dataclass
+class AclRedis:
+    server: RedisServer
+    directory: Path
+    admin: redis.Redis[bytes]
+
+    def settings(self, role: str) -> RedisSettings:
+        return RedisSettings(url=self.server.url, prefix=PREFIX, username=role,
+                             password_file=str(self.directory / f"{role}.password"))  # fmt: skip
+
+    def store(self, role: str) -> Store:
+        return Store.connect(self.settings(role))
+
+    def env(self, role: str) -> dict[str, str]:
+        settings = self.settings(role)
+        return {"OPENSLB_CONFIG": "", "OPENSLB_REDIS_URL": settings.url,
+                "OPENSLB_REDIS_PREFIX": PREFIX, "OPENSLB_REDIS_USERNAME": role,
+                "OPENSLB_REDIS_PASSWORD_FILE": settings.password_file}  # fmt: skip
+
+    def denials(self) -> list[dict[str, object]]:
+        """What Redis refused since the last reset (its ACL log)."""
+        return list(self.admin.acl_log())
+
+
+@pytest.fixture(scope="module")
+def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
+    directory = tmp_path_factory.mktemp("acl")
+    result = CliRunner().invoke(
+        main, ["redis-acl", "--dir", str(directory / "acl"), "--prefix", PREFIX],
+        env={"OPENSLB_CONFIG": ""},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    acl_dir = directory / "acl"
+    for role in acl.ROLES:
+        assert (acl_dir / f"{role}.password").read_text().strip() not in result.output
+    # The harness's own user, to read Redis's ACL log; openslb has no such user.
+    admin_password = secrets.token_hex(16)
+    with (acl_dir / "users.acl").open("a") as users:
+        users.write(f"user harness on >{admin_password} ~* &* +@all\n")
+    server = RedisServer(
+        directory / "redis", aclfile=acl_dir / "users.acl", auth=("harness", admin_password)
+    ).start()
+    admin = server.client()
+    try:
+        yield AclRedis(server, acl_dir, admin)
+    finally:
+        admin.close()
+        server.stop()
+
+
+def test_anonymous_and_wrong_passwords_are_refused(acl_redis: AclRedis) -> None:
+    url = acl_redis.server.url
+    with pytest.raises(redis.AuthenticationError, match=r"(?i)authenticat"):  # NOAUTH
+        redis.Redis.from_url(url).ping()
+    with pytest.raises(redis.AuthenticationError, match=r"WRONGPASS|invalid username-password"):
+        redis.Redis.from_url(url, username="worker", password="guess").ping()
+    with pytest.raises(redis.AuthenticationError, match=r"WRONGPASS|invalid username-password"):
+        redis.Redis.from_url(url, username="default", password="").ping()
+
+
+def test_each_role_may_do_its_part_and_no_more(acl_redis: AclRedis) -> None:
+    acl_redis.admin.acl_log_reset()
+    cmi, worker, console = (acl_redis.store(role) for role in ("cmi", "worker", "console"))
+    revision = cmi.put(balancer("198.18.0.9"))  # cmi writes the desired state
+    assert worker.get(LoadBalancer, "web") is not None  # workers read it...
+    assert worker.snapshot().revision == revision
+    with pytest.raises(redis.ResponseError, match="can't access at least one of the keys"):
+        worker.put(balancer("198.18.0.66"))  # ...but cannot change it
+    assert worker.revision() == revision
+    assert str(cmi.get(LoadBalancer, "web").obj.vip) == "198.18.0.9"
+    StatusBoard(worker).report("l4", "lb1", "g", revision)  # and report what they did
+    assert StatusBoard(cmi).all("l4")["lb1"].revision == revision
+    console.put(balancer("198.18.0.10"))  # the console writes operators' objects
+    console.redis.hset(console.key("console", "users"), "admin", "{}")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        worker.redis.hgetall(worker.key("console", "users"))  # accounts are not workers'
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        worker.redis.get("elsewhere:key")  # nor anything outside the prefix
+    for store in (cmi, worker, console):
+        for command in (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "SET", "save", "")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                store.redis.execute_command(*command)
+    for role in acl.ROLES:  # Redis's verdict, for what must not be tried for real
+        for denied in (("DEBUG", "SLEEP", "0"), ("SHUTDOWN", "NOSAVE"), ("KEYS", "*"),
+                       ("MONITOR",), ("ACL", "LIST")):  # fmt: skip
+            verdict = acl_redis.admin.execute_command("ACL", "DRYRUN", role, *denied)
+            assert b"no permissions" in verdict, (role, denied, verdict)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        console.redis.publish(f"{PREFIX}:celery:x", "no pub/sub for the console")
+    assert acl_redis.admin.dbsize() > 0  # nothing was flushed
+    assert acl_redis.admin.ping()  # and Redis still runs
+    for store in (cmi, worker, console):
+        store.redis.close()
+
+
+def test_a_celery_worker_consumes_tasks_as_the_worker_user(
+    acl_redis: AclRedis, tmp_path: Path
+) -> None:
+    acl_redis.admin.acl_log_reset()
+    cmi = acl_redis.store("cmi")
+    revision = cmi.put(balancer("198.18.0.11", "w"))
+    record_published(cmi, revision)  # as an xDS server would have
+    worker = Process("worker-l7", [sys.executable, "-m", "slb.cli", "worker", "--l7"], tmp_path,
+                     env=acl_redis.env("worker"))  # fmt: skip
+    worker.start()
+    try:
+        settings = config.load(environ=acl_redis.env("cmi"))
+        app = make_app(settings, include_tasks=False)
+        result = app.send_task(L7_APPLY, kwargs={"revision": revision}, queue=L7_QUEUE)
+        reply = result.get(timeout=90)
+        assert reply["revision"] == revision
+        assert reply["published"] == revision
+        assert app.control.ping(timeout=5), "the worker answers remote control"
+        app.close()
+    finally:
+        worker.stop()
+    log = worker.log_path.read_text()
+    assert "Connected to redis://worker:**@" in log
+    password = (acl_redis.directory / "worker.password").read_text().strip()
+    assert password not in log
+    assert acl_redis.denials() == []
+
+
+def test_the_xds_server_runs_as_the_worker_user(acl_redis: AclRedis) -> None:
+    acl_redis.admin.acl_log_reset()
+    cmi, worker = acl_redis.store("cmi"), acl_redis.store("worker")
+    revision = cmi.put(balancer("198.18.0.12", "x"))
+    with ServerThread(worker) as server:
+        server.wait_revision(revision)
+        wait_until(lambda: published_revision(cmi) >= revision, 10, "the revision recorded")
+    assert acl_redis.denials() == []
+
+
+def test_password_settings_are_checked_and_named(acl_redis: AclRedis, tmp_path: Path) -> None:
+    settings = acl_redis.settings("cmi")
+    missing = replace(settings, password_file=str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match=r"^redis\.password_file: cannot read .*none"):
+        credentials(missing)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match=r"^redis\.password_file: .* is empty"):
+        credentials(replace(settings, password_file=str(empty)))
+    with_password = replace(settings, url=settings.url.replace("//", "//cmi:secret@"))
+    with pytest.raises(ConfigError, match=r"^redis\.password_file: redis\.url carries"):
+        credentials(replace(with_password, username=""))
+    result = CliRunner().invoke(
+        main, ["listener", "list"],
+        env={**acl_redis.env("cmi"), "OPENSLB_REDIS_PASSWORD_FILE": str(tmp_path / "none")},
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "redis.password_file: cannot read" in result.output
+    # The console's pool authenticates from the same settings.
+    from web.app import create_app
+
+    app = create_app(
+        test_config={"SECRET_KEY": "x" * 40},
+        settings=config.load(environ=acl_redis.env("console")),
+    )
+    with app.test_client() as client:
+        assert client.get("/login").status_code == 200
+        assert client.get("/api/v1/listeners").status_code == 401

@@ -1,0 +1,171 @@
+"""Resolution: which listener owns a port and which backends it forwards to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slb.model import KINDS, StoredObject
+from slb.resolve import resolve
+from slb.snapshot import Snapshot, Stored
+
+OPERATOR = {"kind": "Operator", "name": "alice"}
+Doc = tuple[str, dict[str, Any]]
+
+
+def snapshot(*objects: tuple[str, dict[str, Any]], revision: int = 7) -> Snapshot:
+    by_kind: dict[str, dict[str, Stored[StoredObject]]] = {}
+    for kind, data in objects:
+        obj = KINDS[kind].model_validate(data)
+        by_kind.setdefault(kind, {})[obj.key] = Stored(obj, revision)
+    return Snapshot(revision, by_kind)
+
+
+def lb(name: str = "public", vip: str | None = "198.18.0.10", **extra: Any) -> Doc:
+    return "LoadBalancer", {"name": name, "vip": vip, "pool": "default", "owner": OPERATOR, **extra}
+
+
+def listener(name: str, port: int = 80, **extra: Any) -> Doc:
+    data = {
+        "name": name, "load_balancer": "public", "protocol": "TCP", "port": port,
+        "selector": {"match_labels": {"app": "web"}}, "target_port": "http", "owner": OPERATOR,
+    }  # fmt: skip
+    return "Listener", {**data, **extra}
+
+
+def service(name: str, labels: dict[str, str], endpoints: list[dict[str, Any]]) -> Doc:
+    return "Service", {
+        "namespace": "shop", "name": name, "labels": labels, "load_balancer": "public",
+        "ports": [{"name": "http", "port": 80, "target_port": 8080}],
+        "backends": {"http": endpoints},
+    }  # fmt: skip
+
+
+def ep(last: int, **extra: Any) -> dict[str, Any]:
+    return {"address": f"198.18.1.{last}", "port": 8080, **extra}
+
+
+def test_a_selector_gathers_the_endpoints_of_every_matching_service() -> None:
+    state = resolve(
+        snapshot(
+            lb(),
+            listener("web"),
+            service("a", {"app": "web"}, [ep(2), ep(1)]),
+            service("b", {"app": "web"}, [ep(3), ep(1)]),
+            service("c", {"app": "db"}, [ep(9)]),
+        )
+    )
+    assert state.revision == 7
+    (served,) = state.listeners
+    assert served.services == ("shop/a", "shop/b")
+    assert [str(b.address) for b in served.backends] == ["198.18.1.1", "198.18.1.2", "198.18.1.3"]
+    assert str(served.vip) == "198.18.0.10"
+
+
+def test_not_ready_endpoints_are_left_out_and_terminating_ones_drain() -> None:
+    endpoints = [
+        ep(1),
+        ep(2, conditions={"ready": False, "serving": False, "terminating": False}),
+        ep(3, conditions={"ready": False, "serving": True, "terminating": True}),
+        ep(4, conditions={"ready": False, "serving": False, "terminating": True}),
+    ]
+    (served,) = resolve(
+        snapshot(lb(), listener("web"), service("a", {"app": "web"}, endpoints))
+    ).listeners
+    assert [(str(b.address), b.weight) for b in served.backends] == [
+        ("198.18.1.1", 1),
+        ("198.18.1.3", 0),
+    ]
+
+
+def test_the_older_listener_keeps_a_contested_port() -> None:
+    state = resolve(
+        snapshot(
+            lb(),
+            listener("newer", created_at=200.0),
+            listener("older", created_at=100.0),
+            listener("other-transport", protocol="UDP", health_check=None, created_at=300.0),
+            listener("grpc-same-port", protocol="GRPC", created_at=400.0),
+        )
+    )
+    assert [r.listener.name for r in state.listeners] == ["older", "other-transport"]
+    reasons = {r.listener: r.reason for r in state.rejected}
+    assert set(reasons) == {"newer", "grpc-same-port"}
+    assert "older listener 'older'" in reasons["newer"]
+    assert "198.18.0.10:80/TCP" in reasons["grpc-same-port"]
+
+
+def test_listeners_wait_for_a_vip_and_need_their_load_balancer() -> None:
+    state = resolve(snapshot(lb(vip=None), listener("web"), listener("lost", load_balancer="gone")))
+    assert state.listeners == ()
+    by_name = {r.listener: r for r in state.rejected}
+    assert by_name["web"].pending
+    assert "waits for a VIP" in by_name["web"].reason
+    assert not by_name["lost"].pending
+    assert "'gone' does not exist" in by_name["lost"].reason
+
+
+def test_a_services_own_listener_forwards_to_that_service_only() -> None:
+    own = listener("shop-a-http", selector=None, owner={"kind": "Service", "name": "shop/a"})
+    state = resolve(
+        snapshot(
+            lb(), own,
+            service("a", {"app": "web"}, [ep(1)]),
+            service("b", {"app": "web"}, [ep(2)]),
+        )
+    )  # fmt: skip
+    (served,) = state.listeners
+    assert served.services == ("shop/a",)
+    assert [str(b.address) for b in served.backends] == ["198.18.1.1"]
+
+
+def test_target_port_by_number_and_missing_ports() -> None:
+    by_number = listener("web", target_port=80)
+    missing = listener("other", port=81, target_port="metrics")
+    state = resolve(snapshot(lb(), by_number, missing, service("a", {"app": "web"}, [ep(1)])))
+    backends = {r.listener.name: len(r.backends) for r in state.listeners}
+    assert backends == {"web": 1, "other": 0}
+
+
+def test_node_groups_partition_listeners() -> None:
+    state = resolve(
+        snapshot(
+            lb(), lb("edge", vip="198.18.0.20", node_group="edge"),
+            listener("web"), listener("edge-web", load_balancer="edge"),
+        )
+    )  # fmt: skip
+    assert [r.listener.name for r in state.for_node_group("edge")] == ["edge-web"]
+    assert [r.listener.name for r in state.for_node_group("default")] == ["web"]
+
+
+def test_routes_resolve_their_own_services_and_ports() -> None:
+    routes = [
+        {"name": "api", "path_prefix": "/api", "selector": {"match_labels": {"app": "api"}}},
+        {"name": "admin", "hosts": ["admin.example"], "target_port": "admin"},
+        {"name": "nothing", "path_prefix": "/x", "selector": {"match_labels": {"app": "none"}}},
+    ]
+    admin_service = service("a", {"app": "web"}, [ep(1)])
+    admin_service[1]["ports"].append({"name": "admin", "port": 81, "target_port": 9090})
+    admin_service[1]["backends"]["admin"] = [{"address": "198.18.1.1", "port": 9090}]
+    state = resolve(
+        snapshot(
+            lb(),
+            listener("web", protocol="HTTP", routes=routes),
+            admin_service,
+            service("api", {"app": "api"}, [ep(5), ep(6)]),
+        )
+    )
+    (served,) = state.listeners
+    assert served.services == ("shop/a",)
+    api, admin, nothing = served.routes
+    assert api.route.name == "api"
+    assert api.services == ("shop/api",)
+    assert [str(b.address) for b in api.backends] == ["198.18.1.5", "198.18.1.6"]
+    assert admin.services == ("shop/a",)
+    assert [(str(b.address), b.port) for b in admin.backends] == [("198.18.1.1", 9090)]
+    assert nothing.services == ()
+    assert nothing.backends == ()
+
+
+def test_a_listener_without_routes_resolves_none() -> None:
+    state = resolve(snapshot(lb(), listener("web"), service("a", {"app": "web"}, [ep(1)])))
+    assert state.listeners[0].routes == ()

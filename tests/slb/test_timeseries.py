@@ -1,0 +1,46 @@
+"""The console's time series in real Redis: bounded, filterable, summed per bucket."""
+
+from __future__ import annotations
+
+from slb.storage.store import Store
+from slb.storage.timeseries import CONNECTIONS, TimeSeries, bucketed, label_key, parse_label_key
+
+
+def test_append_and_range_by_labels(store: Store) -> None:
+    ts = TimeSeries(store)
+    for i in range(10):
+        ts.append(CONNECTIONS, {"tier": "l4", "listener": "web", "node": "n1"}, i, t=1000 + i)
+        ts.append(CONNECTIONS, {"tier": "l4", "listener": "web", "node": "n2"}, 10 * i, t=1000 + i)
+        ts.append(CONNECTIONS, {"tier": "l4", "listener": "api", "node": "n1"}, 7, t=1000 + i)
+    web = ts.range(CONNECTIONS, since=1005, match={"listener": "web"})
+    assert sorted(s.labels["node"] for s in web) == ["n1", "n2"]
+    n1 = next(s for s in web if s.labels["node"] == "n1")
+    assert [p.value for p in n1.points] == [5, 6, 7, 8, 9]
+    assert [p.t for p in n1.points] == [1005, 1006, 1007, 1008, 1009]
+    assert (
+        ts.range(CONNECTIONS, since=0, until=1001, match={"listener": "api"})[0].points[-1].t
+        == 1001
+    )
+    assert ts.range(CONNECTIONS, since=0, match={"listener": "nosuch"}) == []
+    # Per bucket, each node's latest point, summed over nodes.
+    everything = ts.range(CONNECTIONS, since=1000, match={"listener": "web"})
+    assert bucketed(everything, since=1000, until=1009, step=5) == [(1000, 44.0), (1005, 99.0)]
+
+
+def test_every_series_is_bounded_by_count_and_age(store: Store) -> None:
+    ts = TimeSeries(store, retention_s=100, max_points=20)
+    for i in range(50):
+        ts.append(CONNECTIONS, {"listener": "web"}, i, t=1000 + i)
+    (series,) = ts.range(CONNECTIONS, since=0)
+    assert len(series.points) == 20
+    assert series.points[0].value == 30
+    ts.append(CONNECTIONS, {"listener": "web"}, 1, t=1200)
+    (series,) = ts.range(CONNECTIONS, since=0)
+    assert [p.t for p in series.points] == [1200]
+    assert store.redis.ttl(store.key("ts", CONNECTIONS, "listener=web")) > 100
+
+
+def test_label_keys_are_canonical_and_safe() -> None:
+    assert label_key({"node": "n1", "listener": "web"}) == "listener=web,node=n1"
+    assert label_key({"a": "x,y=z"}) == "a=x_y_z"
+    assert parse_label_key("listener=web,node=n1") == {"listener": "web", "node": "n1"}
