@@ -182,14 +182,14 @@ def measure_changes(admin: KubeClient, store: Store, count: int, services: int) 
         began = time.monotonic()
         admin.request("PUT", f"{slices}/svc-{index}-1", body=body)
         key = f"{NAMESPACE}/svc-{index}"
-        for batch in store.follow(since, block_ms=2000):
-            if not batch:
-                raise TimeoutError(f"change {n} never reached Redis")
+        while batch := store.changes(since, block_ms=2000):
             since = batch[-1].revision
             if any(kind == "Service" and k == key for c in batch for _, kind, k in c.ops):
                 doc = store.redis.hget(store.key("doc", "Service"), key) or b""
                 if address.encode() in doc:
                     break
+        else:
+            raise TimeoutError(f"change {n} never reached Redis")
         latencies.append((time.monotonic() - began) * 1000)
         time.sleep(0.2)  # one change at a time: no coalescing across measurements
     return latencies

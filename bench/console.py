@@ -27,8 +27,9 @@ from bench import results_file
 from devbed.process import Process, free_port, wait_until
 from devbed.redis import RedisServer
 from slb.model import Listener, LoadBalancer, Service
+from slb.snapshot import Put
 from slb.storage.status import StatusBoard
-from slb.storage.store import Put, Store
+from slb.storage.store import Store
 from web.auth import Accounts, Role
 
 PREFIX = "bench"

@@ -54,8 +54,12 @@ from slb.model import (  # noqa: E402
     ServicePort,
 )
 from slb.resolve import resolve  # noqa: E402
-from slb.snapshot import Snapshot, Stored  # noqa: E402
-from slb.storage.store import Put, Store  # noqa: E402
+from slb.snapshot import (  # noqa: E402
+    Put,
+    Snapshot,
+    Stored,
+)
+from slb.storage.store import Store  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "l7.json"
 Metrics = dict[str, dict[str, Any]]

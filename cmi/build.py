@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -34,7 +34,9 @@ from slb.model import (
     ServicePort,
 )
 
-Body = Mapping[str, Any]
+if TYPE_CHECKING:  # the name only: loading the client would load urllib3 and kubernetes
+    from cmi.k8s.client import Body
+
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDE_LB_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 ZONE_LABEL = "topology.kubernetes.io/zone"

@@ -22,6 +22,7 @@ from kombu.exceptions import OperationalError
 from slb.model import NodeGroup
 from slb.pipeline import L4_APPLY, L7_APPLY, L7_QUEUE, l4_queue
 from slb.storage import connect
+from slb.storage.follow import Follower
 from slb.storage.store import Store
 
 OUTAGES = (redis.RedisError, OperationalError)
@@ -53,19 +54,9 @@ class Handoff:
         return queues
 
     def run(self, stop: threading.Event) -> None:
-        """Announce the current revision, then each batch of new ones, until `stop`.
-        A Redis outage (store or broker) is waited out, and what it held up is announced
-        once Redis is back."""
-        self.store.tail(
-            self._announce_newest(stop),
-            stop,
-            on_batch=lambda batch: connect.until_done(
-                stop, partial(self.announce, batch[-1].revision), outages=OUTAGES
-            ),
-            on_trimmed=lambda: self._announce_newest(stop),
-        )
-
-    def _announce_newest(self, stop: threading.Event) -> int:
-        """Announce the store's revision as it is now; return the newest announced."""
-        connect.until_done(stop, lambda: self.announce(self.store.revision()), outages=OUTAGES)
-        return self.announced
+        """Announce the current revision, then the newest of each batch of changes, until
+        `stop` (trimmed past: the store's revision as it is then). A Redis outage (store or
+        broker) is waited out, and what it held up is announced once Redis is back."""
+        for step in Follower(self.store, kinds=()).follow(stop):
+            if not step.quiet:
+                connect.until_done(stop, partial(self.announce, step.revision), outages=OUTAGES)

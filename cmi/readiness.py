@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from slb.model import NodeGroup
+from cmi.mirror import Mirror
+from slb.model import Listener, LoadBalancer, NodeGroup, Service
 from slb.storage.status import TierStatus
 
 State = Literal["programmed", "pending", "error"]
@@ -61,6 +62,31 @@ def readiness(
     parts = [f"{nodes} LB node(s)" if nodes else "", f"{len(envoys)} Envoy(s)" if needs_l7 else ""]
     served_by = " and ".join(part for part in parts if part)
     return Readiness("programmed", f"revision {changed_at} is live on {served_by}")
+
+
+def of_services(
+    mirror: Mirror, *, l4: Mapping[str, TierStatus], l7: Mapping[str, TierStatus]
+) -> dict[str, Readiness]:
+    """Each exposed Service's readiness, from the revision that last changed its objects
+    (listeners, Service, instance); Services with no listener or no instance are left out."""
+    groups = mirror.of(NodeGroup)
+    ready: dict[str, Readiness] = {}
+    for key, service in mirror.of(Service).items():
+        owned = mirror.owned.get(key, set())
+        listeners = [obj for ref in owned if isinstance(obj := mirror.objects[ref], Listener)]
+        instance = (LoadBalancer.kind, service.load_balancer)
+        balancer = mirror.objects.get(instance)
+        if not listeners or not isinstance(balancer, LoadBalancer):
+            continue
+        ready[key] = readiness(
+            max(mirror.revisions.get(ref, 0) for ref in owned | {instance}),
+            group_name=balancer.node_group,
+            group=groups.get(balancer.node_group),
+            needs_l7=any(li.protocol.is_l7 for li in listeners),
+            l4=l4,
+            l7=l7,
+        )
+    return ready
 
 
 def _check(

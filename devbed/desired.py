@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from slb.model import Listener, LoadBalancer, NodeGroup, Service, StoredObject
-from slb.storage.store import Put, Store
+from slb.snapshot import Put
+from slb.storage.store import Store
 
 OPERATOR = {"kind": "Operator", "name": "tests"}
 

@@ -34,6 +34,7 @@ import redis
 
 from devbed.labvm import GUEST_ADDRESS, HOST_FROM_GUEST, LabVM
 from devbed.process import wait_until
+from slb.config import host_port
 
 CLIENT_NET, POD_NET = "198.18.250", "198.18.251"
 CLIENT_ADDRESS = f"{CLIENT_NET}.10"
@@ -117,7 +118,7 @@ def _tcp_probe(probe: dict[str, Any]) -> dict[str, Any]:
     seconds pass (how the benchmark sees the first connection through a new VIP).
     busybox nc, not Python: under emulation a Python start costs seconds per probe.
     """
-    host, _, port = probe["target"].rpartition(":")
+    host, port = host_port(probe["target"], "target")
     deadline = time.monotonic() + float(probe.get("until_s", 0))
     answers: list[str] = []
     attempts = 0
@@ -125,7 +126,7 @@ def _tcp_probe(probe: dict[str, Any]) -> dict[str, Any]:
         while True:
             attempts += 1
             done = subprocess.run(
-                ["ip", "netns", "exec", "client", "busybox", "nc", "-w", "2", host, port],
+                ["ip", "netns", "exec", "client", "busybox", "nc", "-w", "2", host, str(port)],
                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10,
                 check=False,
             )  # fmt: skip

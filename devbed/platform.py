@@ -36,7 +36,7 @@ from devbed.kube import KubeAPI
 from devbed.labnode import POD_PORT, LabNode
 from devbed.process import Process, connects, free_port, wait_until
 from devbed.redis import RedisServer
-from slb.config import RedisSettings
+from slb.config import RedisSettings, host_port
 from slb.model import AddressPool, LBNode, NodeGroup
 from slb.storage.store import Store
 
@@ -195,7 +195,7 @@ class DevPlatform:
                                    app_protocol="kubernetes.io/h2c")  # fmt: skip
         if not self.lab:
             return [grpc_echo]
-        pods = [address.rpartition(":")[0] for address in self.lab_node().pod_addresses]
+        pods = [host_port(a, "pod address")[0] for a in self.lab_node().pod_addresses]
         return [grpc_echo, demo.SampleApp("tcp-echo", POD_PORT, pods, node_group=LAB_GROUP)]
 
     def kube(self) -> KubeClient:

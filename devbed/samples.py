@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from devbed.pki import self_signed
+from slb.config import host_port
 
 
 async def serve_tcp(host: str, port: int, name: str, ready: asyncio.Event | None = None) -> None:
@@ -60,11 +61,6 @@ async def serve_tcp(host: str, port: int, name: str, ready: asyncio.Event | None
         loop.add_signal_handler(sig, stop.set)
     async with server:
         await stop.wait()
-
-
-def split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 SERVICE = "openslb.test.Echo"
@@ -115,7 +111,7 @@ def http_server(name: str, address: str, healthy: bool) -> http.server.Threading
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(split(address), Who)
+    server = http.server.ThreadingHTTPServer(host_port(address, "--http"), Who)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
@@ -159,7 +155,7 @@ async def serve_grpc(
     if not server.add_insecure_port(grpc_address):
         raise SystemExit(f"cannot listen on {grpc_address}")
     if tls_port:
-        host = grpc_address.rpartition(":")[0]
+        host = host_port(grpc_address, "--grpc")[0]
         server.add_secure_port(f"{host}:{tls_port}", tls_credentials(name))
     await server.start()
     web = http_server(name, http_address, healthy) if http_address else None
@@ -191,7 +187,7 @@ def main() -> None:
     rpc.add_argument("--tls-port", type=int, default=0)
     args = parser.parse_args()
     if args.kind == "tcp":
-        host, port = split(args.listen)
+        host, port = host_port(args.listen, "--listen")
         asyncio.run(serve_tcp(host, port, args.name))
         return
     served = serve_grpc(

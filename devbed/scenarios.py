@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from devbed.platform import LAB_GROUP, LAB_NODE, DevPlatform
 from devbed.process import wait_until
 from slb.model import parse
+from slb.snapshot import Put
 from slb.storage.status import StatusBoard
-from slb.storage.store import Put
 from slb.taskmetrics import applies_key
 
 OPERATOR = {"kind": "Operator", "name": "e2e"}

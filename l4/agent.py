@@ -6,37 +6,34 @@ Two ways in, one engine:
   (and `keep_house` in a thread does the housekeeping below).
 - `run(stop)`: what `slb l4-agent` does: a sync, then follow the store's change stream,
   with the housekeeping below on each tick.
-One agent per node: `start` takes the node's lock in Redis.
+One agent per node: `start` takes the node's lock in Redis (`l4.ownership`).
 
+Both read the desired state through one follower of the store (`slb.storage.follow`),
+which moves the agent's snapshot forward by what changed: an apply reads what changed,
+not the whole store (under the lab VM's emulation, reading 200 objects costs a second).
 The agent keeps a view of the kernel's IPVS (read in full at start and every
-`resync_interval_s`, which repairs anything, weights left at 0 by a crash included). Per
-revision it re-plans only what the change stream says changed, spots the virtual services
-to reconcile by identity, and re-reads just those from the kernel before touching them,
-so a single real-server change costs a few netlink round trips at any scale.
+`resync_interval_s`, which re-reads the store too and repairs anything, weights left at 0
+by a crash included). Per revision it re-plans only what the change stream says changed
+(everything after a fresh snapshot), spots the virtual services to reconcile by identity,
+and re-reads just those from the kernel before touching them, so a single real-server
+change costs a few netlink round trips at any scale.
 
 Health-check results and drains change weights in the kernel, never the desired state.
 Housekeeping per tick: drains (delete real servers whose connections ended or whose
 timeout passed), retry after a failed apply, periodic full resync, statistics.
 
-Ownership record: Redis set `P:l4:NODE:owned` of service keys (`TCP/198.18.0.10/80`).
-Redis rather than a state file because it survives the node's disk as well as an agent
-restart, the console can show it, and the agent needs Redis anyway; it is written ahead
-of creating services, so a crash never leaves a service openslb made but does not own.
-The agent's findings (foreign and blocked services, drains, failing servers, plan
-problems, last errors) are in `P:l4:NODE:report` as JSON.
+What openslb made on the node is recorded in Redis before it is made (`l4.ownership`).
+What the agent found (foreign services, drains, failing servers, ...) is in Redis for the
+console to show (`l4.report`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
@@ -45,109 +42,24 @@ from l4 import health
 from l4.drivers import Driver, DriverError, open_driver
 from l4.health import HealthChecker, Target
 from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
+from l4.ownership import AgentError, NodeLock, Ownership
 from l4.plan import Changed, IPVSPlan, node_group_of, plan
 from l4.reconcile import DrainKey, reconcile, update_view
+from l4.report import OPERATIONS_SHOWN, SyncReport, findings
 from l4.stats import IPVSCollector, StatsWriter
 from l4.vip import VIPs, prepare_kernel
 from l4.vrrp import VRRP, Keepalived, compile_instance, start_connection_sync
 from slb.config import L4Settings, Settings
 from slb.model import NodeGroup
 from slb.resolve import DesiredState, resolve
-from slb.snapshot import Snapshot
+from slb.storage.follow import Follower, Step
 from slb.storage.status import StatusBoard
-from slb.storage.store import Change, CompactedError, Store
+from slb.storage.store import Store
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 10.0
 """After a failed apply, how long before the agent tries again on its own."""
-LOCK_TTL_S = 30.0
-"""A dead agent's node lock expires after this long."""
-CHANGES_READ = 10_000
-"""Read at most this many change-stream entries to plan incrementally; more: plan it all."""
-OPERATIONS_SHOWN = 100
-"""A report lists this many operations at most: a full apply can make 11,000."""
-
-
-class AgentError(RuntimeError):
-    """The agent cannot decide what to program (e.g. which node group it serves)."""
-
-
-@dataclass
-class SyncReport:
-    """What one sync did: JSON-able, for the Celery task's result and for logs."""
-
-    node: str
-    group: str | None
-    revision: int
-    """The revision this node now serves (unchanged if the apply failed)."""
-    operations: list[str] = field(default_factory=list)
-    """The operations applied, in order (the first OPERATIONS_SHOWN of them)."""
-    operation_count: int = 0
-    errors: list[str] = field(default_factory=list)
-    vips_added: list[str] = field(default_factory=list)
-    vips_removed: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    already: bool = False
-    """True when the node was at the revision already and nothing was read or done."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Ownership:
-    """Which virtual services openslb made on this node, kept in Redis."""
-
-    def __init__(self, store: Store, node: str) -> None:
-        self.store = store
-        self.key = store.key("l4", node, "owned")
-
-    def load(self) -> set[ServiceKey]:
-        return {ServiceKey.decode(m.decode()) for m in self.store.redis.smembers(self.key)}
-
-    def add(self, keys: Collection[ServiceKey]) -> None:
-        if keys:
-            self.store.redis.sadd(self.key, *(k.encode() for k in keys))
-
-    def remove(self, keys: Collection[ServiceKey]) -> None:
-        if keys:
-            self.store.redis.srem(self.key, *(k.encode() for k in keys))
-
-
-class NodeLock:
-    """One agent per LB node: a Redis lock with an owner token and an expiry.
-
-    `slb l4-agent` and a node's Celery worker must not both program one kernel (drains and
-    health checks live in the agent). The holder renews the lock on every tick; a holder
-    that dies loses it after `ttl_s`; only the holder can renew or release it.
-    """
-
-    _RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"""
-    _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1]) end return 0"""
-
-    def __init__(self, store: Store, node: str, ttl_s: float = LOCK_TTL_S) -> None:
-        self.redis = store.redis
-        self.key = store.key("l4", node, "lock")
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.ttl_ms = int(ttl_s * 1000)
-        self._renew = self.redis.register_script(self._RENEW)
-        self._release = self.redis.register_script(self._RELEASE)
-
-    def acquire(self) -> None:
-        """Take the lock, or raise AgentError naming who holds it."""
-        if self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms) or self.renew():
-            return
-        holder = (self.redis.get(self.key) or b"?").decode()
-        raise AgentError(f"another l4 agent programs this node ({holder}); not starting")
-
-    def renew(self) -> bool:
-        return bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
-
-    def release(self) -> None:
-        self._release(keys=[self.key], args=[self.token])
 
 
 class L4Agent:
@@ -183,8 +95,8 @@ class L4Agent:
         self.foreign: set[ServiceKey] = set()
         self.blocked: set[ServiceKey] = set()
         self.plan: IPVSPlan | None = None
-        self._snapshot: Snapshot | None = None
-        """The desired state the last plan was made from, moved forward by the stream."""
+        self.follower = Follower(store)
+        """The desired state, moved forward by the change stream; plans are made from it."""
         self.targets: dict[Target, list[ServiceKey]] = {}
         self.desired: dict[ServiceKey, VirtualService] = {}
         self._consistent = False
@@ -192,7 +104,8 @@ class L4Agent:
         self.revision = 0
         """The newest revision this node serves."""
         self.seen_revision = 0
-        """The newest revision the agent has read (served, or failed and to be retried)."""
+        """The newest revision the agent has read (served, or failed and to be retried):
+        where the follower was when the agent last planned."""
         self.failed_revision: int | None = None
         self.bound_vips: tuple[str, ...] | None = None
         self._last_resync = 0.0
@@ -242,56 +155,26 @@ class L4Agent:
         """Apply the newest desired state; re-plan only what changed since the last plan
         (`full`: read and plan everything)."""
         with self._lock:
-            snapshot, changed = self._read(full)
+            if full:
+                self.follower.reset()
+            return self._apply_step(self.follower.poll())
+
+    def _apply_step(self, step: Step) -> SyncReport:
+        """Apply the desired state the follower has stepped to. Only what the step says
+        changed is re-planned, if the last plan was made where the follower stood before
+        it; everything after a fresh snapshot, or when a failure came between."""
+        with self._lock:
+            planned_at = self.plan.revision if self.plan is not None else None
+            changed = None
+            if step.changes is not None and planned_at == self.seen_revision:
+                changed = Changed.from_ops(op for change in step.changes for op in change.ops)
+            snapshot = step.snapshot
             self.seen_revision = snapshot.revision
             try:  # resolve only this node's group: a node's work grows with what it serves
                 scope = self._group({k: s.obj for k, s in snapshot.of(NodeGroup).items()})
             except AgentError:
                 scope = None  # apply_state reports it
             return self.apply_state(resolve(snapshot, node_group=scope), changed)
-
-    def _read(self, full: bool) -> tuple[Snapshot, Changed | None]:
-        """The newest desired state and what changed since the last plan (None: unknown).
-
-        The previous snapshot is moved forward by the change stream, so an apply reads
-        what changed, not the whole store (under the lab VM's emulation, reading 200
-        objects costs a second). The whole store is read at first, with `full`, or when the
-        stream cannot say what changed (trimmed, or too long a gap).
-        """
-        previous, last_plan = self._snapshot, self.plan
-        entries = None
-        if (
-            not full
-            and previous is not None
-            and last_plan is not None
-            and last_plan.revision == previous.revision
-        ):
-            entries = self._changes_since(previous.revision)
-        if previous is None or entries is None:
-            snapshot = self.store.snapshot()
-            changed = None if full else self._changed_since(snapshot)
-        else:
-            snapshot = self.store.advance(previous, entries)
-            changed = Changed.from_ops(op for entry in entries for op in entry.ops)
-        self._snapshot = snapshot
-        return snapshot, changed
-
-    def _changes_since(self, revision: int) -> list[Change] | None:
-        """The change stream after `revision`; None if it cannot say (trimmed, too long)."""
-        try:
-            entries = self.store.changes(revision, limit=CHANGES_READ)
-        except CompactedError:
-            return None
-        return entries if len(entries) < CHANGES_READ else None
-
-    def _changed_since(self, snapshot: Snapshot) -> Changed | None:
-        """What the change stream says changed since the last plan; None: unknown."""
-        if self.plan is None or self.plan.revision > snapshot.revision:
-            return None
-        entries = self._changes_since(self.plan.revision)
-        if entries is None:
-            return None
-        return Changed.from_ops(op for entry in entries for op in entry.ops)
 
     def apply_state(self, state: DesiredState, changed: Changed | None = None) -> SyncReport:
         """Program this node for `state`: VIPs, IPVS, status report.
@@ -350,15 +233,7 @@ class L4Agent:
             self.plan = new_plan
             self.targets = health.targets(new_plan.services, new_plan.health_checks)
             self.health.set_targets(self.targets.keys())
-            before, self.desired = (
-                self.desired,
-                health.effective(
-                    new_plan.services,
-                    new_plan.health_checks,
-                    self.health.down(),
-                    self.settings.healthy_floor,
-                ),
-            )
+            before, self.desired = self.desired, self._weighed(new_plan)
             ops, errors = self._converge(before)
             errors += [
                 f"{key} is held by a virtual service openslb does not own: not programmed"
@@ -408,6 +283,12 @@ class L4Agent:
                 "set l4.node_group"
             )
         return groups[0] if groups else None
+
+    def _weighed(self, plan: IPVSPlan) -> dict[ServiceKey, VirtualService]:
+        """The plan's services as health checks have them: failing servers weigh 0."""
+        return health.effective(
+            plan.services, plan.health_checks, self.health.down(), self.settings.healthy_floor
+        )
 
     def _converge(
         self, before: dict[ServiceKey, VirtualService], force: Iterable[ServiceKey] = ()
@@ -505,15 +386,7 @@ class L4Agent:
             keys = self.targets.get(target)
             if not keys or self.plan is None:
                 return
-            before, self.desired = (
-                self.desired,
-                health.effective(
-                    self.plan.services,
-                    self.plan.health_checks,
-                    self.health.down(),
-                    self.settings.healthy_floor,
-                ),
-            )
+            before, self.desired = self.desired, self._weighed(self.plan)
             _, errors = self._converge(before)
             self._publish(errors)
 
@@ -559,78 +432,53 @@ class L4Agent:
                 log.exception("l4 housekeeping failed; trying again")
 
     def run(self, stop: threading.Event, block_ms: int = 1000) -> None:
-        """Follow the desired state until `stop` is set."""
+        """Follow the desired state until `stop` is set: apply every step that moved, and
+        tick on every step. The follower waits out a Redis outage; one that strikes while
+        applying is waited out here, and a sync follows any failure."""
         backoff = 1.0
         while not stop.is_set():
             try:
                 self.sync()
-                for batch in self.store.follow(self.seen_revision, block_ms=block_ms):
-                    if stop.is_set():
-                        return
-                    if batch and batch[-1].revision > self.seen_revision:
-                        self.sync()
+                for step in self.follower.follow(stop, block_ms=block_ms):
+                    if not step.quiet:
+                        self._apply_step(step)
                     self.tick()
                     backoff = 1.0
-            except CompactedError:
-                continue
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("Redis unavailable (%s); retrying in %.0f s", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
             except AgentError as exc:
                 log.error("%s", exc)
-                self.status.report(
-                    "l4", self.node, "", self.revision, error=str(exc),
-                    error_revision=self.store.revision(),
-                )  # fmt: skip
+                self._report_failure(str(exc))
                 stop.wait(RETRY_S)
             except (OSError, DriverError) as exc:
                 log.exception("cannot read or program the kernel")
                 with self._lock:
                     self.view = None
-                self.status.report(
-                    "l4", self.node, "", self.revision, error=f"kernel: {exc}",
-                    error_revision=self.store.revision(),
-                )  # fmt: skip
+                self._report_failure(f"kernel: {exc}")
                 stop.wait(RETRY_S)
 
     # -- reporting -------------------------------------------------------------------------
 
     def _record(self, report: SyncReport) -> None:
-        """Status board entry and the node's report, after a sync."""
-        group = report.group or ""
-        if report.errors:
-            self.status.report(
-                "l4", self.node, group, self.revision,
-                error="; ".join(report.errors)[:2000], error_revision=self.failed_revision,
-            )  # fmt: skip
-        else:
-            self.status.report("l4", self.node, group, self.revision)
+        """Status board entry and the node's findings, after a sync."""
+        error = "; ".join(report.errors)[:2000] if report.errors else None
+        self.status.report("l4", self.node, report.group or "", self.revision, error=error,
+                           error_revision=self.failed_revision if error else None)  # fmt: skip
         self._publish(report.errors, report.problems)
 
+    def _report_failure(self, error: str) -> None:
+        """On the status board: the loop failed, at the store's newest revision."""
+        self.status.report("l4", self.node, "", self.revision, error=error,
+                           error_revision=self.store.revision())  # fmt: skip
+
     def _publish(self, errors: list[str], problems: list[str] | None = None) -> None:
-        down = self.health.down()
-        depooled = []
-        for key, service in self.desired.items():
-            planned = self.plan.services.get(key) if self.plan else None
-            if planned is not None and planned.dests != service.dests:
-                depooled += [
-                    f"{key} -> {d.address}:{d.port}" for d in service.dests if d.weight == 0
-                ]
-        errors_by_target = self.health.errors()
-        report = {
-            "revision": self.revision,
-            "updated_at": time.time(),
-            "foreign": sorted(str(k) for k in self.foreign),
-            "blocked": sorted(str(k) for k in self.blocked),
-            "draining": sorted(f"{key} -> {dest[0]}:{dest[1]}" for key, dest in self.draining),
-            "failing": sorted(f"{t} ({errors_by_target.get(t, '')})" for t in down),
-            "depooled": sorted(depooled),
-            "problems": problems
-            if problems is not None
-            else list(self.plan.problems if self.plan else ()),
-            "errors": errors,
-        }
+        report = findings(
+            self.revision, self.plan, self.desired, foreign=self.foreign, blocked=self.blocked,
+            draining=self.draining, failing=self.health.errors(), errors=errors,
+            problems=problems,
+        )  # fmt: skip
         self.store.redis.set(self.report_key, json.dumps(report))
 
 

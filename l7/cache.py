@@ -22,12 +22,12 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from l7.translate import servable
-from l7.translate.cluster import serialized as clusters
+from l7.translate.cluster import serialized_clusters
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES
-from l7.translate.endpoint import serialized
-from l7.translate.listener import serialized as listener
+from l7.translate.endpoint import serialized_load_assignments
+from l7.translate.listener import serialized_listener
 from l7.translate.policy import weighted
-from l7.translate.route import serialized as route_configuration
+from l7.translate.route import serialized_route_configuration
 from l7.translate.secret import secret
 from slb.model import Backend, Certificate, IPAddress, Listener
 from slb.resolve import DesiredState, ResolvedListener
@@ -182,10 +182,11 @@ class SnapshotCache:
         ):
             return entry.resources
         out: list[tuple[str, Resource]] = [
-            (CLUSTER, Resource(name, CLUSTER, raw)) for name, raw in clusters(resolved)
+            (CLUSTER, Resource(name, CLUSTER, raw)) for name, raw in serialized_clusters(resolved)
         ]
-        out.append((LISTENER, Resource(model.name, LISTENER, listener(resolved, usable))))
-        out.append((ROUTE, Resource(model.name, ROUTE, route_configuration(resolved))))
+        raw_listener = serialized_listener(resolved, usable)
+        out.append((LISTENER, Resource(model.name, LISTENER, raw_listener)))
+        out.append((ROUTE, Resource(model.name, ROUTE, serialized_route_configuration(resolved))))
         self._config[model.name] = _ConfigEntry(model, resolved.vip, certs, tuple(out))
         return tuple(out)
 
@@ -199,7 +200,8 @@ class SnapshotCache:
         entry = self._endpoints.get(model.name)
         if entry is not None and entry.key == key:
             return entry.resources
-        resources = tuple(Resource(name, ENDPOINT, raw) for name, raw in serialized(resolved))
+        assignments = serialized_load_assignments(resolved)
+        resources = tuple(Resource(name, ENDPOINT, raw) for name, raw in assignments)
         self._endpoints[model.name] = _EndpointEntry(key, resources)
         return resources
 

@@ -72,7 +72,7 @@ def server_tls(xds: XdsSettings) -> ServerTls | None:
 
 
 def _loopback(bind: str) -> bool:
-    host = bind.rpartition(":")[0].strip("[]")
+    host = host_port(bind, "xds.bind")[0]
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

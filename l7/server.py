@@ -1,11 +1,11 @@
 """The xDS server: ADS over gRPC, State of the World and Delta, for a fleet of Envoys.
 
-A watcher thread follows the store (`l7.feed`), resolves and translates each new desired
-state (`l7.cache`) and hands the per-group snapshots to the event loop, where every
-connected Envoy's session (`l7.session`) decides what to send. Envoys join a node group
-by their xDS node `cluster`; each group gets only its load balancers' listeners. Every
-ACK and NACK is counted, and each Envoy's programmed revision and last rejection are
-written to the status board for cmi and the console.
+A watcher thread follows the store (`slb.storage.follow`), resolves and translates each
+new desired state (`l7.cache`) and hands the per-group snapshots to the event loop, where
+the hub (`l7.ads`) sends every connected Envoy what its session decides. Envoys join a
+node group by their xDS node `cluster`; each group gets only its load balancers'
+listeners. Each Envoy's programmed revision and last rejection are written to the status
+board for cmi and the console; the newest revision published is recorded (`l7.published`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -25,269 +24,22 @@ import redis
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import start_http_server
 
+from l7.ads import AggregatedDiscoveryService, Hub, Stream
 from l7.cache import GroupSnapshot, SnapshotCache, changed
-from l7.feed import follow, record_published
 from l7.metrics import Metrics
-from l7.session import Request, Response, Session
+from l7.published import record_published
 from l7.translate.common import KIND_NAMES
 from slb import pki
-from slb.config import XdsSettings
+from slb.config import XdsSettings, host_port
 from slb.model import Certificate
 from slb.resolve import DesiredState, resolve
 from slb.snapshot import Snapshot
+from slb.storage.follow import Follower
 from slb.storage.secrets import SecretStore
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
 
 log = logging.getLogger("openslb.xds")
-
-_END = object()
-
-
-@dataclass(eq=False)
-class Stream:
-    """One connected Envoy: its session and the responses waiting to be sent."""
-
-    session: Session
-    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    reported: tuple[int, str | None, int | None] | None = None
-    good_revision: int = 0
-    error_revision: int | None = None
-
-    def send(self, responses: list[Response]) -> None:
-        for response in responses:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("xds: %s -> %s", self.session.node_id, _describe_response(response))
-            self.queue.put_nowait(response)
-
-
-class Hub:
-    """The latest snapshot of every node group and the streams that serve it (loop-bound)."""
-
-    def __init__(
-        self,
-        metrics: Metrics,
-        report: Callable[[Stream], None],
-        gone: Callable[[str], None],
-        *,
-        verify_members: bool = False,
-    ) -> None:
-        self.metrics = metrics
-        self.report = report
-        self.gone = gone
-        self.stopping = False
-        """Set while the server shuts down: its Envoys go on serving, so they stay listed."""
-        self.revision = -1
-        self.latest: dict[str, GroupSnapshot] = {}
-        self.streams: dict[str, set[Stream]] = {}
-        self.members: dict[str, frozenset[str]] = {}
-        """Node group -> the names of its LB nodes, as of the latest publish."""
-        self.verify_members = verify_members
-        """Under mutual TLS: only a node of the group gets the group's configuration."""
-
-    def snapshot_for(self, group: str) -> GroupSnapshot | None:
-        if self.revision < 0:
-            return None
-        return self.latest.get(group) or GroupSnapshot.empty(group, self.revision)
-
-    def attach(self, stream: Stream) -> None:
-        session = stream.session
-        self.streams.setdefault(session.group, set()).add(stream)
-        self.metrics.streams.labels(session.group, _mode(session)).inc()
-        snapshot = self.snapshot_for(session.group)
-        if snapshot is not None:
-            stream.send(session.on_snapshot(snapshot))
-
-    def detach(self, stream: Stream) -> None:
-        """An Envoy went away: unless it is already back on another stream, its status goes,
-        so that cmi does not wait for an Envoy that no longer serves anything."""
-        session = stream.session
-        self.streams.get(session.group, set()).discard(stream)
-        self.metrics.streams.labels(session.group, _mode(session)).dec()
-        connected = any(
-            s.session.node_id == session.node_id for group in self.streams.values() for s in group
-        )
-        if not connected and not self.stopping:
-            self.gone(session.node_id)
-
-    def refusal(self, node_id: str, group: str, names: set[str]) -> Refusal | None:
-        """Why a verified Envoy may not have a stream (None: it may). `names` are its client
-        certificate's; it must be one of them, and a node of the group it asks for."""
-        if node_id not in names:
-            shown = ", ".join(sorted(names)) or "none"
-            return Refusal("certificate", grpc.StatusCode.PERMISSION_DENIED,
-                           f"node.id {node_id!r} is not a name of its client certificate "
-                           f"({shown})")  # fmt: skip
-        if self.revision < 0:
-            return Refusal("starting", grpc.StatusCode.UNAVAILABLE,
-                           "no desired state read yet: retry")  # fmt: skip
-        if node_id not in self.members.get(group, ()):
-            return Refusal("group", grpc.StatusCode.PERMISSION_DENIED,
-                           f"node {node_id!r} is not a node of node group {group!r}")  # fmt: skip
-        return None
-
-    def publish(
-        self,
-        revision: int,
-        snapshots: dict[str, GroupSnapshot],
-        members: dict[str, frozenset[str]],
-    ) -> None:
-        self.revision = revision
-        self.latest = snapshots
-        self.members = members
-        self.metrics.revision.set(revision)
-        for group, streams in self.streams.items():
-            snapshot = self.snapshot_for(group)
-            assert snapshot is not None
-            for stream in list(streams):
-                if self.verify_members and stream.session.node_id not in members.get(group, ()):
-                    log.warning("xds: %s left node group %s: closing its stream",
-                                stream.session.node_id, group)  # fmt: skip
-                    stream.queue.put_nowait(_END)
-                    continue
-                stream.send(stream.session.on_snapshot(snapshot))
-                self.after(stream)
-
-    def on_request(self, stream: Stream, request: Request) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("xds: %s <- %s", stream.session.node_id, _describe_request(request))
-        stream.send(stream.session.on_request(request))
-        self.after(stream)
-
-    def after(self, stream: Stream) -> None:
-        """Count what Envoy said and report the stream's state when it changed."""
-        session = stream.session
-        for ack in session.acks:
-            kind = KIND_NAMES[ack.type_url]
-            if ack.error is None:
-                self.metrics.acks.labels(kind).inc()
-            else:
-                self.metrics.nacks.labels(session.group, kind).inc()
-                stream.error_revision = ack.revision
-                log.warning(
-                    "xds: %s (group %s) rejected %s of revision %d: %s",
-                    session.node_id, session.group, kind, ack.revision, ack.error,
-                )  # fmt: skip
-        session.acks.clear()
-        error = session.error
-        if session.synced and error is None and session.target is not None:
-            stream.good_revision = session.target.revision
-            stream.error_revision = None
-        state = (stream.good_revision, error, stream.error_revision if error else None)
-        if state != stream.reported and (session.synced or error):
-            stream.reported = state
-            self.report(stream)
-
-
-def _short(type_url: str) -> str:
-    return KIND_NAMES.get(type_url, type_url)
-
-
-def _describe_request(request: Request) -> str:
-    parts = [_short(request.type_url), f"nonce={request.response_nonce!r}"]
-    if request.HasField("error_detail"):
-        parts.append(f"NACK={request.error_detail.message!r}")
-    if hasattr(request, "resource_names_subscribe"):
-        parts += [
-            f"+{sorted(request.resource_names_subscribe)}",
-            f"-{sorted(request.resource_names_unsubscribe)}",
-            f"initial={dict(request.initial_resource_versions)}",
-        ]
-    else:
-        parts += [f"version={request.version_info!r}", f"names={sorted(request.resource_names)}"]
-    return " ".join(parts)
-
-
-def _describe_response(response: Response) -> str:
-    if hasattr(response, "removed_resources"):
-        names = [r.name for r in response.resources]
-        removed = list(response.removed_resources)
-        return f"{_short(response.type_url)} nonce={response.nonce} +{names} -{removed}"
-    return f"{_short(response.type_url)} nonce={response.nonce} n={len(response.resources)}"
-
-
-def _mode(session: Session) -> str:
-    return "delta" if session.delta else "sotw"
-
-
-class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-
-    async def StreamAggregatedResources(  # noqa: N802 - the gRPC method's name
-        self, request_iterator: AsyncIterator[Request], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Response]:
-        async for response in self._serve(request_iterator, context, delta=False):
-            yield response
-
-    async def DeltaAggregatedResources(  # noqa: N802 - the gRPC method's name
-        self, request_iterator: AsyncIterator[Request], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Response]:
-        async for response in self._serve(request_iterator, context, delta=True):
-            yield response
-
-    async def _serve(
-        self,
-        requests: AsyncIterator[Request],
-        context: grpc.aio.ServicerContext[Any, Any],
-        delta: bool,
-    ) -> AsyncIterator[Response]:
-        try:
-            first = await anext(requests)
-        except StopAsyncIteration:
-            return
-        node = first.node
-        if not node.id or not node.cluster:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first request must name the node: node.id and node.cluster (its node group)",
-            )
-        if self.hub.verify_members:
-            refusal = self.hub.refusal(node.id, node.cluster, _certificate_names(context))
-            if refusal is not None:
-                log.warning("xds: refused %s (group %s): %s", node.id, node.cluster,
-                            refusal.message)  # fmt: skip
-                self.hub.metrics.refused.labels(refusal.reason).inc()
-                await context.abort(refusal.code, refusal.message)
-        stream = Stream(Session(node.id, node.cluster, delta))
-        log.info("xds: %s connected (group %s, %s)", node.id, node.cluster, _mode(stream.session))
-        self.hub.attach(stream)
-        self.hub.on_request(stream, first)
-        reader = asyncio.create_task(self._read(requests, stream))
-        try:
-            while (item := await stream.queue.get()) is not _END:
-                self.hub.metrics.responses.labels(
-                    KIND_NAMES.get(item.type_url, "?"), _mode(stream.session)
-                ).inc()
-                yield item
-        finally:
-            reader.cancel()
-            self.hub.detach(stream)
-            log.info("xds: %s disconnected", node.id)
-
-    async def _read(self, requests: AsyncIterator[Request], stream: Stream) -> None:
-        try:
-            async for request in requests:
-                self.hub.on_request(stream, request)
-        except (grpc.aio.AioRpcError, asyncio.CancelledError):
-            pass
-        finally:
-            stream.queue.put_nowait(_END)
-
-
-@dataclass(frozen=True)
-class Refusal:
-    reason: str
-    """The metric's label: certificate, group or starting."""
-    code: grpc.StatusCode
-    message: str
-
-
-def _certificate_names(context: grpc.aio.ServicerContext[Any, Any]) -> set[str]:
-    """The client certificate's common name and subject alternative names."""
-    auth = context.auth_context()
-    raw = [*auth.get("x509_common_name", []), *auth.get("x509_subject_alternative_name", [])]
-    return {name.decode() for name in raw}
 
 
 class ServerTls:
@@ -360,6 +112,9 @@ class XdsServer:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        metrics_address = (  # a bad setting fails before anything listens
+            host_port(self.metrics_bind, "xds.metrics_bind") if self.metrics_bind else None
+        )
         self._loop = asyncio.get_running_loop()
         self._report_ready = asyncio.Event()
         server = grpc.aio.server(
@@ -381,15 +136,16 @@ class XdsServer:
             raise OSError(f"xds: cannot listen on {self.bind}")
         await server.start()
         self._server = server
-        if self.metrics_bind:
-            host, _, port = self.metrics_bind.rpartition(":")
+        if metrics_address is not None:
+            host, port = metrics_address
             self._metrics_server, _ = start_http_server(
-                int(port), addr=host or "127.0.0.1", registry=self.metrics.registry
+                port, addr=host, registry=self.metrics.registry
             )
         self._tasks.append(asyncio.create_task(self._reporter()))
         self._watcher = threading.Thread(target=self._watch, name="xds-watch", daemon=True)
         self._watcher.start()
-        log.info("xds: serving ADS on %s (%s)", self.bind.rpartition(":")[0] + f":{self.port}",
+        # The bind as given (IPv6 keeps its brackets), and the port bound: ":0" asks for any.
+        log.info("xds: serving ADS on %s (port %d, %s)", self.bind, self.port,
                  "mutual TLS" if self.tls else "plaintext")  # fmt: skip
 
     async def stop(self, grace: float = 1.0) -> None:
@@ -425,14 +181,11 @@ class XdsServer:
                 self._stop.wait(1)
 
     def _follow(self) -> None:
-        last: Snapshot | None = None
-        for snapshot in follow(self.store, self._stop, block_ms=self.block_ms):
-            if snapshot is None:
-                if last is not None and self._fetch_missing_keys():
-                    self._publish(last)  # a key was stored after its certificate
-                continue
-            last = snapshot
-            self._publish(snapshot)
+        """Publish the desired state now and after every batch of changes (and when a
+        quiet moment finds a missing key stored). Starting over: from a fresh snapshot."""
+        for step in Follower(self.store).follow(self._stop, block_ms=self.block_ms):
+            if not step.quiet or self._fetch_missing_keys():
+                self._publish(step.snapshot)
 
     def _publish(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from l7.feed import published_revision
+from l7.published import published_revision
 from slb.pipeline import L7_APPLY, settings_of
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store

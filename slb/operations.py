@@ -26,10 +26,11 @@ from slb.model import (
     StoredObject,
     parse,
 )
-from slb.snapshot import Stored
+from slb.resolve import port_key, port_taken_by
+from slb.snapshot import Delete, Stored
 from slb.storage.audit import AuditLog
 from slb.storage.secrets import SecretStore
-from slb.storage.store import Delete, Store
+from slb.storage.store import Store
 
 T = TypeVar("T", bound=StoredObject)
 
@@ -87,23 +88,13 @@ class Operations:
 
     def _check_listener(self, listener: Listener) -> None:
         snapshot = self.store.snapshot(kinds=[LoadBalancer.kind, Listener.kind])
-        balancers = snapshot.of(LoadBalancer)
+        balancers = {name: stored.obj for name, stored in snapshot.of(LoadBalancer).items()}
         if listener.load_balancer not in balancers:
             raise _error(Listener, "load_balancer", f"no instance named {listener.load_balancer!r}")
-        mine = balancers[listener.load_balancer].obj
-        for name, stored in snapshot.of(Listener).items():
-            other = stored.obj
-            if name == listener.name or other.port != listener.port:
-                continue
-            if other.protocol.transport != listener.protocol.transport:
-                continue
-            theirs = balancers.get(other.load_balancer)
-            same_place = other.load_balancer == listener.load_balancer or (
-                theirs is not None and mine.vip is not None and theirs.obj.vip == mine.vip
-            )
-            if same_place:
-                where = f"{mine.vip or mine.name}:{listener.port}/{listener.protocol.transport}"
-                raise _error(Listener, "port", f"{where} is taken by listener {name!r}")
+        others = (stored.obj for stored in snapshot.of(Listener).values())
+        if (holder := port_taken_by(listener, balancers, others)) is not None:
+            where = port_key(listener, balancers[listener.load_balancer])
+            raise _error(Listener, "port", f"{where} is taken by listener {holder!r}")
 
     # -- instances, pools, node groups -----------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from slb.model import (
     Backend,
@@ -125,13 +126,46 @@ def resolve(snapshot: Snapshot, node_group: str | None = None) -> DesiredState:
     )
 
 
+class PortKey(NamedTuple):
+    """Where a listener listens. Two listeners with one key clash: one port, one owner."""
+
+    place: IPAddress | str
+    """The instance's VIP, or the instance's name while it waits for one."""
+    port: int
+    transport: str
+
+    def __str__(self) -> str:
+        return f"{self.place}:{self.port}/{self.transport}"
+
+
+def port_key(listener: Listener, balancer: LoadBalancer) -> PortKey:
+    """The port `listener` claims on `balancer` (listeners of one instance always share a
+    place, and so do instances with the same VIP)."""
+    place = balancer.vip if balancer.vip is not None else balancer.name
+    return PortKey(place, listener.port, listener.protocol.transport)
+
+
+def port_taken_by(
+    listener: Listener, balancers: Mapping[str, LoadBalancer], others: Iterable[Listener]
+) -> str | None:
+    """The name of another listener that claims `listener`'s port, if any: an operator's
+    write that would clash is refused before it is stored."""
+    mine = port_key(listener, balancers[listener.load_balancer])
+    for other in others:
+        theirs = balancers.get(other.load_balancer)
+        if other.name != listener.name and theirs is not None and port_key(other, theirs) == mine:
+            return other.name
+    return None
+
+
 def claim_ports(
     balancers: Mapping[str, LoadBalancer], listeners: Iterable[Listener]
 ) -> tuple[list[tuple[Listener, IPAddress]], list[Rejected]]:
-    """Which listeners hold their VIP:port/transport (with the VIP), and which are rejected."""
+    """Which listeners hold their VIP:port/transport (with the VIP), and which are rejected:
+    of two listeners with one `port_key`, the older (`created_at`, then name) wins."""
     winners: list[tuple[Listener, IPAddress]] = []
     rejected: list[Rejected] = []
-    claimed: dict[tuple[IPAddress, int, str], str] = {}
+    claimed: dict[PortKey, str] = {}
     for listener in sorted(listeners, key=lambda li: (li.created_at, li.name)):
         balancer = balancers.get(listener.load_balancer)
         if balancer is None:
@@ -143,17 +177,12 @@ def claim_ports(
             reason = f"load balancer {balancer.name!r} waits for a VIP from pool {balancer.pool!r}"
             rejected.append(Rejected(listener.name, reason, pending=True))
             continue
-        port_key = (balancer.vip, listener.port, listener.protocol.transport)
-        if (holder := claimed.get(port_key)) is not None:
-            rejected.append(
-                Rejected(
-                    listener.name,
-                    f"{balancer.vip}:{listener.port}/{listener.protocol.transport} "
-                    f"is already taken by the older listener {holder!r}",
-                )
-            )
+        key = port_key(listener, balancer)
+        if (holder := claimed.get(key)) is not None:
+            reason = f"{key} is already taken by the older listener {holder!r}"
+            rejected.append(Rejected(listener.name, reason))
             continue
-        claimed[port_key] = listener.name
+        claimed[key] = listener.name
         winners.append((listener, balancer.vip))
     return winners, rejected
 

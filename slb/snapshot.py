@@ -1,14 +1,15 @@
-"""The desired state as plain data: each object with its revision, and the whole at one revision.
+"""The desired state as plain data: each object with its revision, the whole at one
+revision, the writes that change it (`Put`, `Delete`) and a committed change.
 
-Pure (no Redis): the store reads these, and the pure cores (resolve, the l4 plan, the l7
-translation) take them without loading any I/O library.
+Pure (no Redis): the store reads and writes these, and the pure cores (resolve, the l4
+plan, the l7 translation, cmi's diff) take and make them without loading any I/O library.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar, cast
+from typing import Generic, Literal, TypeVar, cast
 
 from slb.model import StoredObject
 
@@ -37,3 +38,29 @@ class Snapshot:
     def get(self, cls: type[T], key: str) -> T | None:
         stored = self.objects.get(cls.kind, {}).get(key)
         return cast(T, stored.obj) if stored else None
+
+
+@dataclass(frozen=True)
+class Put:
+    obj: StoredObject
+    expect: int | None = None
+    """None: write regardless; 0: the object must not exist; N: it must be at revision N."""
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: str
+    key: str
+    expect: int | None = None
+
+
+Op = Put | Delete
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed write: its revision and what it touched."""
+
+    revision: int
+    ops: tuple[tuple[Literal["put", "delete"], str, str], ...]
+    meta: Mapping[str, str]

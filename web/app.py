@@ -18,6 +18,19 @@ from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from slb import config
+from web import auth, db, errors, metrics
+from web.api import access as api_access
+from web.api import audit as api_audit
+from web.api import certificates as api_certificates
+from web.api import instances as api_instances
+from web.api import listeners as api_listeners
+from web.api import node_groups as api_node_groups
+from web.api import openapi as api_openapi
+from web.api import pools as api_pools
+from web.api import services as api_services
+from web.api import status as api_status
+from web.views import access, certificates, instances, listeners, overview
+from web.views.common import datetime_filter
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -99,15 +112,29 @@ def create_app(
         hops = console.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
 
-    from web import auth, db, errors, metrics  # noqa: PLC0415 - they need the app's config
-    from web.api import bp as api_bp  # noqa: PLC0415
-    from web.views import bp as pages_bp  # noqa: PLC0415
-
     app.after_request(_security_headers)
     db.init_app(app, replace(settings.redis, url=app.config["REDIS_URL"]))
     metrics.init_app(app)
     auth.init_app(app)
     errors.init_app(app)
-    app.register_blueprint(pages_bp)
-    app.register_blueprint(api_bp)
+    app.add_template_filter(datetime_filter, "datetime")
+    # Every blueprint, named here rather than attached by importing a package: sign-in,
+    # the pages, then the API under /api/v1 (its OpenAPI document lists the API blueprints
+    # registered here).
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(overview.bp)
+    app.register_blueprint(listeners.bp)
+    app.register_blueprint(instances.bp)
+    app.register_blueprint(certificates.bp)
+    app.register_blueprint(access.bp)
+    app.register_blueprint(api_status.bp)
+    app.register_blueprint(api_listeners.bp)
+    app.register_blueprint(api_instances.bp)
+    app.register_blueprint(api_pools.bp)
+    app.register_blueprint(api_node_groups.bp)
+    app.register_blueprint(api_services.bp)
+    app.register_blueprint(api_certificates.bp)
+    app.register_blueprint(api_audit.bp)
+    app.register_blueprint(api_access.bp)
+    app.register_blueprint(api_openapi.bp)
     return app

@@ -318,7 +318,6 @@ def init_app(app: Flask) -> None:
     app.before_request(_require_login_and_csrf)
     # Globals, not a context processor, so imported macros see them too.
     app.jinja_env.globals.update(csrf_token=csrf_token, Role=Role)
-    app.register_blueprint(bp)
 
 
 def csrf_token() -> str:
@@ -414,7 +413,7 @@ def login() -> Response | str | tuple[str, int, dict[str, str]]:
     csrf_token()
     target = request.args.get("next", "")
     if not target.startswith("/") or target.startswith("//"):
-        target = url_for("pages.index")
+        target = url_for("overview.index")
     return redirect(target)
 
 

@@ -1,22 +1,23 @@
 """A snapshot of the desired state kept current from the change stream, for fast reads.
 
 Parsing a thousand listeners and a thousand Services from Redis on every page view would
-take longer than the page may take. The console instead keeps one snapshot per process
-and, on each read, asks the change stream what changed since (one round trip, nothing to
-parse when nothing changed), then re-reads only those objects. Trimmed past it, it takes
-a new snapshot, as any follower of the store does. JSON forms are cached with the
-objects, keyed by their revision, so API lists do not re-serialise unchanged objects.
+take longer than the page may take. The console instead keeps one follower of the store
+(`slb.storage.follow`) per process and polls it on each read: nothing to parse when
+nothing changed, only the touched objects re-read when something did. JSON forms are
+cached with the objects, keyed by their revision, so API lists do not re-serialise
+unchanged objects; a change drops the forms of what it touched (a fresh snapshot, all).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from slb.model import KINDS, StoredObject, load_document
+from slb.model import StoredObject
 from slb.snapshot import Snapshot, Stored
-from slb.storage.store import CompactedError, Store
+from slb.storage.follow import Follower
+from slb.storage.store import Store
 
 T = TypeVar("T")
 
@@ -24,50 +25,26 @@ T = TypeVar("T")
 class ReadModel:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._snapshot: Snapshot | None = None
+        self._follower: Follower | None = None
         self._json: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._derived: dict[str, tuple[Hashable, Any]] = {}
 
     def snapshot(self, store: Store) -> Snapshot:
-        """The desired state at least as new as the store's revision when this was called."""
-        with self._lock:
-            if self._snapshot is None:
-                self._snapshot = store.snapshot()
-                return self._snapshot
-            try:
-                changes = store.changes(self._snapshot.revision)
-            except CompactedError:
-                self._snapshot = store.snapshot()
-                return self._snapshot
-            if changes:
-                touched = {(kind, key) for change in changes for _, kind, key in change.ops}
-                self._snapshot = self._refresh(store, touched, changes[-1].revision)
-            return self._snapshot
+        """The desired state at least as new as the store's revision when this was called.
 
-    def _refresh(self, store: Store, touched: set[tuple[str, str]], revision: int) -> Snapshot:
-        assert self._snapshot is not None
-        pipe = store.redis.pipeline(transaction=True)
-        ordered = sorted(touched)
-        for kind, key in ordered:
-            pipe.hget(store.key("doc", kind), key)
-            pipe.hget(store.key("rev", kind), key)
-        replies = pipe.execute()
-        objects: dict[str, dict[str, Stored[StoredObject]]] = {}
-        for i, (kind, key) in enumerate(ordered):
-            if kind not in KINDS:
-                continue
-            by_key = objects.setdefault(kind, dict(self._snapshot.objects.get(kind, {})))
-            doc, rev = replies[2 * i], replies[2 * i + 1]
-            self._json.pop((kind, key), None)
-            if doc is None:
-                by_key.pop(key, None)
-            else:
-                by_key[key] = Stored(load_document(doc), int(rev))
-        merged: Mapping[str, Mapping[str, Stored[StoredObject]]] = {
-            **self._snapshot.objects,
-            **objects,
-        }
-        return Snapshot(revision, merged)
+        The follower keeps the first request's store: every request's shares the app's
+        connection pool and prefix.
+        """
+        with self._lock:
+            if self._follower is None:
+                self._follower = Follower(store)
+            step = self._follower.poll()
+            if step.changes is None:
+                self._json.clear()
+            for change in step.changes or ():
+                for _, kind, key in change.ops:
+                    self._json.pop((kind, key), None)
+            return step.snapshot
 
     def derived(self, name: str, key: Hashable, compute: Callable[[], T]) -> T:
         """`compute()`, remembered while `key` (e.g. the snapshot's revision) stays the same."""

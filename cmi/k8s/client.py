@@ -19,13 +19,16 @@ import urllib3
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 
-Body = dict[str, Any]
+Body = Mapping[str, Any]
+"""A Kubernetes object (or part of one) as the API server sends it: raw JSON, read-only.
+cmi's one name for it, like kopf's raw bodies; a caller that edits a document it fetched
+(a Lease to write back) holds the `dict` that `request` returns."""
 
 
 class KubeError(Exception):
     """The API server answered with an error status."""
 
-    def __init__(self, status: int, reason: str, body: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, status: int, reason: str, body: Body | None = None) -> None:
         self.status = status
         self.reason = reason
         self.body = dict(body or {})
@@ -94,7 +97,7 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float = 30.0,
-    ) -> Body:
+    ) -> dict[str, Any]:
         payload = None if body is None else json.dumps(body).encode()
         response = self.pool.request(
             method,
@@ -107,9 +110,9 @@ class KubeClient:
         data = json.loads(response.data) if response.data else {}
         if response.status >= 400:
             raise _error(response.status, response.reason or "", data)
-        return cast(Body, data)
+        return cast(dict[str, Any], data)
 
-    def get(self, path: str, **query: Any) -> Body:
+    def get(self, path: str, **query: Any) -> dict[str, Any]:
         return self.request("GET", path, query=query)
 
     def watch(self, path: str, resource_version: str, timeout_s: int = 300) -> Watch:
@@ -174,5 +177,5 @@ class Watch:
         self._response.shutdown()
 
 
-def _error(status: int, reason: str, body: Mapping[str, Any]) -> KubeError:
+def _error(status: int, reason: str, body: Body) -> KubeError:
     return (GoneError if status == 410 else KubeError)(status, reason, body)

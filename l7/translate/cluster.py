@@ -27,10 +27,10 @@ TLS_SOCKET = "envoy.transport_sockets.tls"
 
 
 def clusters(resolved: ResolvedListener) -> list[cluster_pb2.Cluster]:
-    return [cluster_pb2.Cluster.FromString(raw) for _, raw in serialized(resolved)]
+    return [cluster_pb2.Cluster.FromString(raw) for _, raw in serialized_clusters(resolved)]
 
 
-def serialized(resolved: ResolvedListener) -> list[tuple[str, bytes]]:
+def serialized_clusters(resolved: ResolvedListener) -> list[tuple[str, bytes]]:
     """(name, serialized Cluster) for the listener's own cluster and each route's.
 
     The name is a cluster's field 1 and a shape's prototype holds every other field, so

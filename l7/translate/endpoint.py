@@ -25,10 +25,11 @@ ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
 
 
 def load_assignments(resolved: ResolvedListener) -> list[endpoint_pb2.ClusterLoadAssignment]:
-    return [ClusterLoadAssignment.FromString(raw) for _, raw in serialized(resolved)]
+    raw = serialized_load_assignments(resolved)
+    return [ClusterLoadAssignment.FromString(assignment) for _, assignment in raw]
 
 
-def serialized(resolved: ResolvedListener) -> list[tuple[str, bytes]]:
+def serialized_load_assignments(resolved: ResolvedListener) -> list[tuple[str, bytes]]:
     """(cluster name, serialized ClusterLoadAssignment) for the listener and each route."""
     listener = resolved.listener
     out = [(cluster_name(listener.name), encode(listener, cluster_name(listener.name),

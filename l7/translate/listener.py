@@ -59,10 +59,12 @@ def listener(
     resolved: ResolvedListener, certificates: Mapping[str, Certificate]
 ) -> listener_pb2.Listener:
     """The Envoy listener; `certificates` holds the usable ones (they exist, with a key)."""
-    return listener_pb2.Listener.FromString(serialized(resolved, certificates))
+    return listener_pb2.Listener.FromString(serialized_listener(resolved, certificates))
 
 
-def serialized(resolved: ResolvedListener, certificates: Mapping[str, Certificate]) -> bytes:
+def serialized_listener(
+    resolved: ResolvedListener, certificates: Mapping[str, Certificate]
+) -> bytes:
     """The serialized listener. Plain-text ones (most) are assembled from bytes in canonical
     field order: Listener {name: 1, address: 2 {socket_address: 1 {address: 2, port_value:
     3}}, filter_chains: 3 {filters: 3}, then the shape's other fields (5 and up)}."""

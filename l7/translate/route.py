@@ -28,10 +28,10 @@ COOKIE_NAME = "openslb-affinity"
 
 
 def route_configuration(resolved: ResolvedListener) -> route_pb2.RouteConfiguration:
-    return route_pb2.RouteConfiguration.FromString(serialized(resolved))
+    return route_pb2.RouteConfiguration.FromString(serialized_route_configuration(resolved))
 
 
-def serialized(resolved: ResolvedListener) -> bytes:
+def serialized_route_configuration(resolved: ResolvedListener) -> bytes:
     """The serialized route configuration. For a listener without routes (the common case)
     it is assembled from bytes made once per shape, in canonical field order:
     RouteConfiguration {name: 1, virtual_hosts: 2 {name: 1, domains: 2, routes: 3 {match: 1,

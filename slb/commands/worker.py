@@ -49,8 +49,8 @@ def worker_cmd(
 
         if control or beat:
             REGISTRY.register(QueueDepth(Store.connect(settings.redis)))
-        host, _, port = metrics_listen.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
+        host, port = config.host_port(metrics_listen, "--metrics-listen")
+        start_http_server(port, addr=host)
     role = node or ("l7" if l7 else "control")
     argv = ["worker", "--queues", ",".join(queues), "--pool", "solo", "--concurrency", "1",
             "--hostname", f"{role}@%h", "--loglevel", log_level, "--without-mingle",

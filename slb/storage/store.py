@@ -7,8 +7,9 @@ that changes nothing bumps nothing, so consumers are never woken for no reason.
 
 Readers take a consistent snapshot (one MULTI/EXEC over every kind) tagged with its
 revision, then follow the change stream from that revision onward, like a Kubernetes
-list + watch. The stream is trimmed; a consumer that fell behind the trim point gets
-`CompactedError` and takes a new snapshot, as a watcher relists on 410 Gone.
+list + watch (`slb.storage.follow` does it for every reader). The stream is trimmed; a
+read behind the trim point gets `CompactedError`, and the reader takes a new snapshot, as
+a watcher relists on 410 Gone.
 
 Layout under the prefix `P` (one Redis, not Cluster: the script builds its key names):
   P:revision        the global revision
@@ -20,9 +21,7 @@ Layout under the prefix `P` (one Redis, not Cluster: the script builds its key n
 from __future__ import annotations
 
 import json
-import logging
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
@@ -30,11 +29,10 @@ import redis
 
 from slb.config import RedisSettings
 from slb.model import KINDS, StoredObject, dump_document, load_document
-from slb.snapshot import Snapshot, Stored
+from slb.snapshot import Change, Delete, Op, Put, Snapshot, Stored
 from slb.storage import connect
 
 T = TypeVar("T", bound=StoredObject)
-log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "openslb"
 DEFAULT_STREAM_LENGTH = 100_000
@@ -76,32 +74,6 @@ class CompactedError(StoreError):
     def __init__(self, since: int, oldest: int) -> None:
         self.since, self.oldest = since, oldest
         super().__init__(f"changes after revision {since} were trimmed (oldest kept: {oldest})")
-
-
-@dataclass(frozen=True)
-class Put:
-    obj: StoredObject
-    expect: int | None = None
-    """None: write regardless; 0: the object must not exist; N: it must be at revision N."""
-
-
-@dataclass(frozen=True)
-class Delete:
-    kind: str
-    key: str
-    expect: int | None = None
-
-
-Op = Put | Delete
-
-
-@dataclass(frozen=True)
-class Change:
-    """One committed write: its revision and what it touched."""
-
-    revision: int
-    ops: tuple[tuple[Literal["put", "delete"], str, str], ...]
-    meta: Mapping[str, str]
 
 
 _WRITE = """
@@ -284,7 +256,8 @@ class Store:
         return Snapshot(int(replies[0] or 0), objects)
 
     def advance(self, snapshot: Snapshot, batch: Sequence[Change]) -> Snapshot:
-        """`snapshot` moved forward past `batch`, reading only the objects the batch touched.
+        """`snapshot` moved forward past `batch`, reading only the objects the batch touched
+        of the kinds the snapshot holds.
 
         Objects that did not change stay the very same Python objects (cheap comparisons
         downstream), and a consumer pays for what changed, not for the whole store.
@@ -292,7 +265,7 @@ class Store:
         if not batch:
             return snapshot
         touched = sorted({(kind, key) for change in batch for _, kind, key in change.ops})
-        touched = [(kind, key) for kind, key in touched if kind in KINDS]
+        touched = [(kind, key) for kind, key in touched if kind in snapshot.objects]
         pipe = self.redis.pipeline(transaction=True)
         for kind, key in touched:
             pipe.hget(self.key("doc", kind), key)
@@ -301,7 +274,7 @@ class Store:
         objects = {kind: dict(by_key) for kind, by_key in snapshot.objects.items()}
         for i, (kind, key) in enumerate(touched):
             doc, rev = replies[2 * i], replies[2 * i + 1]
-            by_key: dict[str, Stored[StoredObject]] = objects.setdefault(kind, {})
+            by_key = objects[kind]
             if doc is None:
                 by_key.pop(key, None)
             else:
@@ -313,62 +286,18 @@ class Store:
 
     # -- the change stream ----------------------------------------------------------------
 
-    def changes(self, since: int, limit: int = 10_000) -> list[Change]:
-        """Committed changes after revision `since`, oldest first."""
-        entries = self.redis.xrange(self.key("changes"), min=f"{since + 1}-0", count=limit)
-        changes = [self._decode(entry) for entry in entries]
+    def changes(
+        self, since: int, limit: int = 10_000, *, block_ms: int | None = None
+    ) -> list[Change]:
+        """Committed changes after revision `since`, oldest first, at most `limit` of them.
+
+        With `block_ms`, wait up to that long for one if none is there yet (keep it below
+        the client's socket timeout). CompactedError: the stream was trimmed past `since`.
+        """
+        reply = self.redis.xread({self.key("changes"): f"{since}-0"}, count=limit, block=block_ms)
+        changes = [self._decode(entry) for _, entries in reply or [] for entry in entries]
         self._check_contiguous(since, changes)
         return changes
-
-    def follow(self, since: int, block_ms: int = 1_000) -> Iterator[list[Change]]:
-        """Yield batches of changes after `since` as they are committed, forever.
-
-        Yields an empty batch when `block_ms` passes without a change, so a caller can
-        check for shutdown. Keep `block_ms` below the client's socket timeout (redis-py's
-        default is 5 s); a read that times out anyway counts as a quiet period.
-        """
-        while True:
-            try:
-                reply = self.redis.xread({self.key("changes"): f"{since}-0"}, block=block_ms)
-            except redis.TimeoutError:
-                reply = []
-            batch = [self._decode(entry) for _, entries in reply for entry in entries]
-            self._check_contiguous(since, batch)
-            if batch:
-                since = batch[-1].revision
-            yield batch
-
-    def tail(
-        self,
-        since: int,
-        stop: threading.Event,
-        on_batch: Callable[[list[Change]], object],
-        on_trimmed: Callable[[], int],
-        retry_s: float = 1.0,
-    ) -> None:
-        """Hand every batch of changes after `since` to `on_batch` until `stop` is set.
-
-        For consumers that live as long as their process. If the stream was trimmed past
-        them, `on_trimmed` catches up some other way (a fresh snapshot) and returns the
-        revision to go on from; Redis going away is waited out.
-        """
-        trimmed = False
-        while not stop.is_set():
-            try:
-                if trimmed:
-                    since, trimmed = on_trimmed(), False
-                for batch in self.follow(since):
-                    if stop.is_set():
-                        return
-                    if batch:
-                        on_batch(batch)
-                        since = batch[-1].revision
-            except CompactedError as exc:
-                log.warning("%s; catching up from a snapshot", exc)
-                trimmed = True
-            except redis.RedisError as exc:
-                log.warning("following changes failed (%s); retrying in %.0f s", exc, retry_s)
-                stop.wait(retry_s)
 
     def _check_contiguous(self, since: int, changes: list[Change]) -> None:
         """Every revision has one stream entry, so a gap can only mean trimming."""

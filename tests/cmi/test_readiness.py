@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from cmi.readiness import readiness
+from cmi.mirror import Mirror
+from cmi.readiness import Readiness, of_services, readiness
 from slb.model import NodeGroup
 from slb.storage.status import TierStatus
+from tests.cmi.test_steps import exposed, objects_of
 
 GROUP = NodeGroup.model_validate(
     {"name": "edge", "nodes": [{"name": "lb1", "address": "198.18.255.15"},
@@ -78,3 +80,24 @@ def test_errors_for_this_revision_win_and_old_ones_do_not_count() -> None:
         readiness(7, group_name="edge", group=GROUP, needs_l7=False, l4=nodes, l7=other_group).state
         == "programmed"
     )
+
+
+def test_each_service_from_the_revision_that_last_changed_its_objects() -> None:
+    mirror = Mirror()
+    group = NodeGroup.model_validate(
+        {"name": "default", "nodes": [{"name": "lb1", "address": "198.18.255.15"}]}
+    )
+    mirror.put(group, 1)
+    cart, instance, *_ = objects_of(exposed("cart"))[::-1]
+    mirror.put(cart, 4)
+    mirror.put(instance, 6)
+    for listener in exposed("cart").listeners:
+        mirror.put(listener, 5)
+    mirror.put(objects_of(exposed("bare"))[-2], 9)  # a Service alone: no listener, no instance
+    at = {"lb1": TierStatus("l4", "lb1", "default", 6, 0.0)}
+    envoys = {"e1": TierStatus("l7", "e1", "default", 5, 0.0)}
+    assert of_services(mirror, l4=at, l7=envoys) == {
+        "shop/cart": Readiness("pending", "waiting for revision 6: Envoy e1 serves revision 5")
+    }
+    envoys["e1"] = TierStatus("l7", "e1", "default", 6, 0.0)
+    assert of_services(mirror, l4=at, l7=envoys)["shop/cart"].state == "programmed"

@@ -39,7 +39,7 @@ def test_a_watch_resumed_after_compaction_relists_and_converges(
     settings = CmiSettings(namespace="relist", pool_cidrs=POOL, holdoff_ms=20, resync_s=3600)
     running = Running(Controller(admin, store, settings, identity="relist"), store).start()
     try:
-        informer = running.controller.services
+        informer = running.controller.cluster.services
         wait_until(lambda: running.owned("relist/before")["Listener"], 15, "first exposure")
         assert informer.lists == 1
 

@@ -12,12 +12,13 @@ from click.testing import CliRunner
 from devbed.desired import listener, load_balancer, node_group, put, service
 from devbed.process import wait_until
 from devbed.redis import RedisServer
-from l4.agent import AgentError
 from l4.drivers import Driver
 from l4.ipvs import ServiceKey
+from l4.ownership import AgentError
 from slb.cli import main
+from slb.snapshot import Delete
 from slb.storage.status import StatusBoard
-from slb.storage.store import Delete, Store
+from slb.storage.store import Store
 from tests.l4.conftest import INTERFACE, AgentFactory
 
 pytestmark = pytest.mark.lab
@@ -120,6 +121,30 @@ def test_forced_sync_repairs_what_the_agent_believes_is_fine(
         "add-dest UDP 198.18.0.10:53 -> 198.18.1.1:53 nat w1",
     ]
     assert DNS in observer.dump().services
+
+
+def test_a_sync_re_plans_what_the_stream_says_changed_and_all_after_a_fresh_snapshot(
+    store: Store, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    agent = agent_factory()
+    agent.sync_to(desired_state(store))
+    assert agent.plan is not None
+    dns = agent.plan.services[DNS]
+    put(store, service("web", [*BACKENDS, ("198.18.1.3", 8080, 1)]))
+    assert agent.sync().errors == []
+    assert agent.plan.services[DNS] is dns  # untouched: handed over, not planned again
+    assert len(observer.dump([WEB]).services[WEB].dests) == 3
+
+    put(store, service("web", BACKENDS))
+    store.redis.xtrim(store.key("changes"), maxlen=0)  # the stream cannot say what changed
+    assert agent.sync().errors == []
+    assert agent.plan.services[DNS] is not dns
+    assert agent.plan.services[DNS] == dns
+    assert len(observer.dump([WEB]).services[WEB].dests) == 2
+
+    dns = agent.plan.services[DNS]
+    assert agent.sync(full=True).operations == []
+    assert agent.plan.services[DNS] is not dns  # `full`: read and planned anew
 
 
 def test_one_agent_per_node(store: Store, agent_factory: AgentFactory) -> None:

@@ -10,7 +10,8 @@ import pytest
 from devbed.labpair import L7_PORT, NODES, SERVERS, VIP, LBPair, desired_state, echoes
 from devbed.process import wait_until
 from devbed.redis import RedisServer
-from slb.storage.store import Delete, Store
+from slb.snapshot import Delete
+from slb.storage.store import Store
 
 pytestmark = pytest.mark.lab
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from l4.agent import AgentError, NodeLock
+from l4.ownership import AgentError, NodeLock
 from slb.storage.store import Store
 
 

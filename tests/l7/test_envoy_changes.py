@@ -28,8 +28,9 @@ from devbed.l7harness import (
 from devbed.pki import self_signed
 from devbed.process import wait_until
 from slb.model import Backend, Certificate, Conditions, Service
+from slb.snapshot import Delete, Put
 from slb.storage.secrets import SecretStore
-from slb.storage.store import Delete, Put, Store
+from slb.storage.store import Store
 
 
 def echo_service(backends: list[BackendServer], draining: tuple[str, ...] = ()) -> Service:

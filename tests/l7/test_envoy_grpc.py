@@ -26,7 +26,8 @@ from devbed.l7harness import (
     wait_for_answer,
     workers,
 )
-from slb.storage.store import Put, Store
+from slb.snapshot import Put
+from slb.storage.store import Store
 
 
 def grpc_world(store: Store, bed: Bed, max_streams: int = 0) -> tuple[str, list[BackendServer]]:

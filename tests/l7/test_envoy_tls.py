@@ -19,9 +19,10 @@ from devbed.l7harness import (
 )
 from devbed.pki import Pair, key_pem, self_signed
 from slb.model import Certificate
+from slb.snapshot import Put
 from slb.storage.secrets import SecretStore
 from slb.storage.status import StatusBoard
-from slb.storage.store import Put, Store
+from slb.storage.store import Store
 
 
 def certificate(name: str, pair: Pair, key_ref: str, store: Store) -> Certificate:

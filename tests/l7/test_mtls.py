@@ -33,7 +33,8 @@ from devbed.process import wait_until
 from l7.bootstrap import XdsTls, bootstrap
 from slb.cli import main
 from slb.model import NodeGroup
-from slb.storage.store import Put, Store
+from slb.snapshot import Put
+from slb.storage.store import Store
 from tests.l7.test_bootstrap import PACKED, validate
 
 PACKED_MESSAGES = (*PACKED, tls_pb2)  # for ParseDict: tls_pb2 is the transport socket's

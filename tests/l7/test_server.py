@@ -17,9 +17,10 @@ from devbed.pki import self_signed
 from l7.server import XdsServer
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER
 from slb.model import Certificate
+from slb.snapshot import Put
 from slb.storage.secrets import SecretStore
 from slb.storage.status import StatusBoard
-from slb.storage.store import Put, Store
+from slb.storage.store import Store
 from tests.l7.adsclient import AdsClient
 
 

@@ -10,7 +10,7 @@ from celery.exceptions import Retry
 from devbed.l7harness import load_balancer
 from devbed.redis import RedisServer
 from l7 import tasks
-from l7.feed import published_revision
+from l7.published import published_revision
 from slb import config
 from slb.pipeline import L7_APPLY, make_app
 from slb.storage.status import StatusBoard

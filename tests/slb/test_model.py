@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import ipaddress
 import json
+import pkgutil
 from typing import Any
 
 import pytest
@@ -276,3 +278,20 @@ def test_missing_required_fields_are_named() -> None:
         model.parse("Listener", doc)
     assert {e.field for e in raised.value.errors} == {"port", "target_port"}
     assert all("required" in e.message for e in raised.value.errors)
+
+
+def test_the_package_is_the_one_import_path() -> None:
+    """Every class a submodule defines is exported by `slb.model` (bar the private base)."""
+    assert len(set(model.__all__)) == len(model.__all__)
+    assert all(hasattr(model, name) for name in model.__all__)
+    defined = set()
+    for sub in pkgutil.iter_modules(model.__path__):
+        module = importlib.import_module(f"{model.__name__}.{sub.name}")
+        defined |= {
+            name
+            for name, value in vars(module).items()
+            if isinstance(value, type)
+            and value.__module__ == module.__name__
+            and not name.startswith("_")
+        }
+    assert defined - {"Model"} <= set(model.__all__)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from devbed.process import Process, wait_until
 from devbed.redis import RedisServer
-from l7.feed import published_revision, record_published
+from l7.published import published_revision, record_published
 from slb import config
 from slb.cli import main
 from slb.config import ConfigError, RedisSettings

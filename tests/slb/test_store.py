@@ -12,7 +12,8 @@ import redis
 
 from devbed.redis import RedisServer
 from slb.model import AddressPool, LoadBalancer, Owner, OwnerKind, Service
-from slb.storage.store import CompactedError, ConflictError, Delete, Fence, FencedError, Put, Store
+from slb.snapshot import Delete, Put
+from slb.storage.store import CompactedError, ConflictError, Fence, FencedError, Store
 
 OPERATOR = Owner(kind=OwnerKind.OPERATOR, name="alice")
 
@@ -79,14 +80,39 @@ def test_changes_follow_from_a_revision(store: Store) -> None:
     assert store.changes(r2) == []
 
 
-def test_follow_wakes_on_a_commit(store: Store) -> None:
+def test_a_blocking_read_of_changes_wakes_on_a_commit(store: Store) -> None:
     start = store.revision()
-    follower = store.follow(start, block_ms=2000)
-    threading.Timer(0.2, lambda: store.put(pool("late"))).start()
+    writer = threading.Timer(0.2, lambda: store.put(pool("late")))
+    writer.start()
     began = time.monotonic()
-    batch = next(follower)
+    batch = store.changes(start, block_ms=2000)
     assert time.monotonic() - began < 1.5
+    writer.join()  # its reply read before the test's client closes
     assert [op for c in batch for op in c.ops] == [("put", "AddressPool", "late")]
+
+
+def test_advancing_past_a_batch_gives_the_state_a_new_snapshot_reads(store: Store) -> None:
+    store.apply([Put(pool("kept")), Put(counter(1))])
+    start = store.snapshot()
+    store.put(counter(2))
+    store.put(pool("added"))
+    store.apply([Delete("Service", "race/counter"), Put(counter(3, "other"))])
+    batch = store.changes(start.revision)
+    assert len(batch) == 3
+    moved = store.advance(start, batch)
+    assert moved.revision == store.revision()
+    assert moved == store.snapshot()
+    # Objects the batch did not touch are the very same objects.
+    assert moved.objects["AddressPool"]["kept"] is start.objects["AddressPool"]["kept"]
+
+
+def test_a_snapshot_of_some_kinds_advances_as_one_of_those_kinds(store: Store) -> None:
+    store.put(pool("a"))
+    start = store.snapshot(kinds=["Service"])
+    store.apply([Put(pool("b")), Put(counter(1))])
+    moved = store.advance(start, store.changes(start.revision))
+    assert moved == store.snapshot(kinds=["Service"])
+    assert set(moved.objects) == {"Service"}
 
 
 def test_a_trimmed_stream_asks_for_a_new_snapshot(redis_client: redis.Redis[bytes]) -> None:

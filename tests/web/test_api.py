@@ -464,8 +464,8 @@ def test_prometheus_metrics(
     assert 'openslb_desired_objects{kind="LoadBalancer"} 1.0' in text
     assert 'openslb_node_error{group="default",node="lb1",tier="l4"} 1.0' in text
     assert (
-        'openslb_console_requests_total{endpoint="api.list_listeners",method="GET",status="200"}'
-        in text
+        'openslb_console_requests_total{endpoint="api_listeners.list_listeners",'
+        'method="GET",status="200"}' in text
     )
 
 

@@ -7,6 +7,7 @@ as well as missing ones; requests carry an admin token, so every operation is re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
+from flask import Flask
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -30,6 +32,7 @@ from slb.operations import Operations
 from slb.storage.store import Store
 from tests.web.conftest import make_app
 from tests.web.serve import ServedApp
+from web.api.openapi import document, registered_operations
 from web.auth import Accounts, Role
 
 EXAMPLES = 15
@@ -112,6 +115,22 @@ def test_the_document_is_served_and_complete(served: tuple[str, dict[str, str]])
     assert listener["properties"]["port"]["maximum"] == 65535
     unauthenticated = requests.get(f"{url}/api/v1/openapi.json", timeout=10)
     assert unauthenticated.status_code == 401
+
+
+def test_the_document_describes_every_route_the_api_serves(app: Flask) -> None:
+    """The factory registers API blueprints one by one: none may be served undocumented."""
+    served = {
+        (re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule.removeprefix("/api/v1")), method)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/v1/")
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    paths = document(registered_operations(app))["paths"]
+    documented = {(path, method.upper()) for path, item in paths.items() for method in item}
+    assert served == documented
+    ids = [op["operationId"] for item in paths.values() for op in item.values()]
+    assert len(ids) == len(set(ids))
 
 
 def test_static_files_need_no_login(served: tuple[str, dict[str, str]], tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Pure rules of what the console shows: a listener's state from the nodes' reports."""
+"""Pure rules of what the console shows: a listener's state from the nodes' reports; and
+the read model those rules read, kept current from a real Redis."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Any
 import pytest
 
 from slb.model import Listener, LoadBalancer, Service, StoredObject
-from slb.snapshot import Snapshot, Stored
+from slb.snapshot import Delete, Put, Snapshot, Stored
 from slb.storage.status import TierStatus
+from slb.storage.store import Store
+from web.readmodel import ReadModel
 from web.state import Boards, listener_states, node_state, preview
 
 
@@ -103,3 +106,26 @@ def test_preview_counts_ready_endpoints_on_the_target_port() -> None:
     assert preview(snap, "app=other").services == ()
     assert preview(snap, "").error is None
     assert "unbalanced" in (preview(snap, "app in (x").error or "")
+
+
+def test_the_read_model_reads_what_changed_and_drops_its_json(store: Store) -> None:
+    store.apply([Put(balancer()), Put(listener()), Put(listener("api"))])
+    model = ReadModel()
+    before = model.snapshot(store)
+    web, api = before.objects["Listener"]["web"], before.objects["Listener"]["api"]
+    balancer_json = model.as_json(before.objects["LoadBalancer"]["public"])
+    web_json, api_json = model.as_json(web), model.as_json(api)
+    assert model.as_json(web) is web_json  # serialised once per revision
+
+    store.apply([Put(listener(port=81)), Delete("Listener", "api")])
+    after = model.snapshot(store)
+    assert after.revision == store.revision()
+    assert after.get(Listener, "web") == listener(port=81)
+    assert "api" not in after.objects["Listener"]
+    untouched = after.objects["LoadBalancer"]["public"]
+    assert untouched is before.objects["LoadBalancer"]["public"]
+    assert model.as_json(untouched) is balancer_json
+    # The forms of what changed are gone (of a deleted object too), not kept as stale.
+    assert model.as_json(api) is not api_json
+    assert model.as_json(web) is not web_json
+    assert model.as_json(after.objects["Listener"]["web"])["port"] == 81

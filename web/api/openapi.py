@@ -3,16 +3,17 @@
 Objects of the desired state are described by the pydantic models themselves (response
 schemas in serialization mode, request bodies in validation mode, suffixed `_In`), so the
 document cannot drift from what the API validates; the API's own envelopes (lists,
-status, errors) are written out here.
+status, errors) are written out here. The operations are those of the API blueprints the
+app registered, so the document lists exactly the routes the app serves.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
+from collections.abc import Iterable
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -25,8 +26,10 @@ from slb.model import (
     Service,
 )
 from slb.selector import LabelSelector
-from web.api import OPERATIONS, Operation, bp
+from web.api.common import PREFIX, ApiBlueprint, Operation
 from web.auth import Role, require
+
+bp = Blueprint("api_openapi", __name__, url_prefix=PREFIX)
 
 _MODELS: tuple[type[BaseModel], ...] = (
     Listener, LoadBalancer, AddressPool, NodeGroup, Service, Backend, LabelSelector,
@@ -189,8 +192,7 @@ def _schemas() -> dict[str, Any]:  # noqa: PLR0915 - one line per schema
 
 def _operation(op: Operation) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": STRING}
-        for name in _path_params(op.rule)
+        {"name": name, "in": "path", "required": True, "schema": STRING} for name in op.path_params
     ]
     params += [
         {"name": p.name, "in": "query", "required": p.required, "schema": p.schema,
@@ -219,12 +221,6 @@ def _operation(op: Operation) -> dict[str, Any]:
     return doc
 
 
-def _path_params(rule: str) -> list[str]:
-    import re  # noqa: PLC0415
-
-    return re.findall(r"<(?:[a-z]+:)?([a-z_]+)>", rule)
-
-
 _DESCRIPTIONS = {
     200: "OK", 201: "Created", 204: "Done",
     400: "Malformed request (e.g. not a JSON object)",
@@ -238,10 +234,19 @@ _DESCRIPTIONS = {
 }  # fmt: skip
 
 
-@functools.cache
-def document() -> dict[str, Any]:
+def registered_operations(app: Flask) -> list[Operation]:
+    """Every operation of the API blueprints registered on `app`, in registration order."""
+    return [
+        op
+        for blueprint in app.blueprints.values()
+        if isinstance(blueprint, ApiBlueprint)
+        for op in blueprint.operations
+    ]
+
+
+def document(operations: Iterable[Operation]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
+    for op in operations:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
     paths["/openapi.json"] = {
         "get": {
@@ -272,7 +277,7 @@ def document() -> dict[str, Any]:
                 "read; a stale one gets 409."
             ),
         },
-        "servers": [{"url": "/api/v1"}],
+        "servers": [{"url": PREFIX}],
         "security": [{"bearer": []}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -282,7 +287,13 @@ def document() -> dict[str, Any]:
     }
 
 
+_DOCUMENT = "openslb.openapi_document"
+
+
 @bp.get("/openapi.json")
 @require(Role.VIEWER)
 def openapi() -> Response:
-    return jsonify(document())
+    """The document, built on the first request (every blueprint is registered by then)."""
+    if _DOCUMENT not in current_app.extensions:
+        current_app.extensions[_DOCUMENT] = document(registered_operations(current_app))
+    return jsonify(current_app.extensions[_DOCUMENT])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from flask import flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from web.auth import AuthError, Role, accounts, audit, require
-from web.views import bp
+
+bp = Blueprint("access", __name__)
 
 
 @bp.get("/users")
@@ -31,7 +32,7 @@ def user_create() -> Response | tuple[str, int]:
         return page, 422
     audit("create", "User", name, None, {"name": name, "role": role.label})
     flash(f"User {name} created.")
-    return redirect(url_for("pages.users"))
+    return redirect(url_for("access.users"))
 
 
 @bp.post("/users/<name>/delete")
@@ -48,7 +49,7 @@ def user_delete(name: str) -> Response | tuple[str, int]:
         return page, 422
     audit("delete", "User", name, before, None)
     flash(f"User {name} deleted.")
-    return redirect(url_for("pages.users"))
+    return redirect(url_for("access.users"))
 
 
 @bp.get("/tokens")
@@ -84,4 +85,4 @@ def token_revoke(token_id: str) -> Response:
         store.revoke(token_id)
         audit("delete", "Token", token_id, asdict(token), None)
         flash(f"Token {token.name} revoked.")
-    return redirect(url_for("pages.tokens"))
+    return redirect(url_for("access.tokens"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from slb.certificates import EXPIRY_WARNING_DAYS
@@ -13,7 +13,9 @@ from slb.storage.store import ConflictError
 from web import queries
 from web.auth import Role, require
 from web.db import operations
-from web.views import bp, errors_by_field
+from web.views.common import errors_by_field
+
+bp = Blueprint("certificates", __name__)
 
 
 def _page(
@@ -69,7 +71,7 @@ def certificate_upload() -> tuple[str, int] | Response:
     if info.expires_soon():
         message += f" It expires in under {EXPIRY_WARNING_DAYS} days: plan its renewal."
     flash(message, "warning" if info.expires_soon() else "info")
-    return redirect(url_for("pages.certificates"))
+    return redirect(url_for("certificates.certificates"))
 
 
 @bp.post("/certificates/<name>/delete")
@@ -83,4 +85,4 @@ def certificate_delete(name: str) -> tuple[str, int] | Response:
     except ConflictError:
         return _page({"delete": ["the certificate changed; reload and retry"]}, "", 409)
     flash(f"Certificate {name} deleted.")
-    return redirect(url_for("pages.certificates"))
+    return redirect(url_for("certificates.certificates"))

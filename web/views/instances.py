@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from slb.model import AddressPool, Listener, LoadBalancer, ModelError, NodeGroup, Service
@@ -11,7 +11,9 @@ from web import queries
 from web.auth import Role, require
 from web.db import operations
 from web.state import preview, service_row
-from web.views import bp, errors_by_field, form_data
+from web.views.common import errors_by_field, form_data
+
+bp = Blueprint("instances", __name__)
 
 
 def _instances_page(
@@ -49,7 +51,7 @@ def instance_create() -> tuple[str, int] | Response:
     except ConflictError:
         return _instances_page({"lb.name": ["an instance with this name exists"]}, form, 409)
     flash(f"Instance {stored.obj.name} created.")
-    return redirect(url_for("pages.instances"))
+    return redirect(url_for("instances.instances"))
 
 
 @bp.get("/instances/<name>")
@@ -81,7 +83,7 @@ def instance_delete(name: str) -> tuple[str, int] | Response:
     except ConflictError:
         return _instances_page({"delete": ["the instance changed; reload and retry"]}, None, 409)
     flash(f"Instance {name} deleted.")
-    return redirect(url_for("pages.instances"))
+    return redirect(url_for("instances.instances"))
 
 
 @bp.post("/pools")
@@ -101,7 +103,7 @@ def pool_put() -> tuple[str, int] | Response:
     except ConflictError:
         return _instances_page({"pool.name": ["a pool with this name exists"]}, form, 409)
     flash(f"Pool {data['name']} saved.")
-    return redirect(url_for("pages.instances"))
+    return redirect(url_for("instances.instances"))
 
 
 @bp.post("/pools/<name>/delete")
@@ -115,7 +117,7 @@ def pool_delete(name: str) -> tuple[str, int] | Response:
     except ConflictError:
         return _instances_page({"delete": ["the pool changed; reload and retry"]}, None, 409)
     flash(f"Pool {name} deleted.")
-    return redirect(url_for("pages.instances"))
+    return redirect(url_for("instances.instances"))
 
 
 @bp.get("/services")

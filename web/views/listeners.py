@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import abort, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from slb.model import Certificate, Listener, LoadBalancer, ModelError, OwnerKind, Scheduler
@@ -14,7 +14,9 @@ from web.auth import Role, require
 from web.db import operations
 from web.queries import PROTOCOLS, STATES, ListenerFilter
 from web.state import listener_backends, preview
-from web.views import bp, errors_by_field
+from web.views.common import errors_by_field
+
+bp = Blueprint("listeners", __name__)
 
 PageResult = str | Response | tuple[str, int]
 
@@ -150,7 +152,7 @@ def listener_new() -> PageResult:
     except ModelError as exc:
         return _render_form(form, errors_by_field(exc), None, None, 422)
     flash(f"Listener {stored.obj.name} created at revision {stored.revision}.")
-    return redirect(url_for("pages.listener_detail", name=stored.obj.name))
+    return redirect(url_for("listeners.listener_detail", name=stored.obj.name))
 
 
 @bp.route("/listeners/<name>/edit", methods=["GET", "POST"])
@@ -163,7 +165,7 @@ def listener_edit(name: str) -> PageResult:
     if stored.obj.owner.kind is OwnerKind.SERVICE:
         flash(f"Listener {name} belongs to Service {stored.obj.owner.name}: change the Service.",
               "error")  # fmt: skip
-        return redirect(url_for("pages.listener_detail", name=name))
+        return redirect(url_for("listeners.listener_detail", name=name))
     if request.method == "GET":
         return _render_form(listener_to_form(stored.obj), {}, name, stored.revision)
     form = {k: v for k, v in request.form.items() if k != "csrf_token"}
@@ -180,7 +182,7 @@ def listener_edit(name: str) -> PageResult:
                    "Your changes were not saved: reload to see theirs.")  # fmt: skip
         return _render_form(form, {"version": [message]}, name, version, 409)
     flash(f"Listener {name} updated at revision {updated.revision}.")
-    return redirect(url_for("pages.listener_detail", name=name))
+    return redirect(url_for("listeners.listener_detail", name=name))
 
 
 @bp.post("/listeners/<name>/delete")
@@ -191,12 +193,12 @@ def listener_delete(name: str) -> Response:
         operations().remove_listener(name, expect=version)
     except ModelError as exc:
         flash(str(exc), "error")
-        return redirect(url_for("pages.listener_detail", name=name))
+        return redirect(url_for("listeners.listener_detail", name=name))
     except ConflictError:
         flash("The listener changed since you opened it; nothing was deleted.", "error")
-        return redirect(url_for("pages.listener_detail", name=name))
+        return redirect(url_for("listeners.listener_detail", name=name))
     flash(f"Listener {name} deleted.")
-    return redirect(url_for("pages.listeners"))
+    return redirect(url_for("listeners.listeners"))
 
 
 @bp.get("/listeners/preview")

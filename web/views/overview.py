@@ -6,14 +6,15 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from flask import render_template, request
+from flask import Blueprint, render_template, request
 
 from slb.model import Listener
 from slb.storage.audit import AuditLog
 from slb.storage.status import BEAT_S, StatusBoard
 from web import queries
 from web.db import get_store
-from web.views import bp
+
+bp = Blueprint("overview", __name__)
 
 AUDIT_FILTERS = ("who", "action", "kind", "key")
 

@@ -1,75 +1,40 @@
-"""Status at a glance, the audit trail, users and API tokens over the API."""
+"""Who may use the API: the caller (/me), console users (admins), API tokens (everyone's own)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
 
-from flask import Response, abort, g, jsonify, request
+from flask import Response, abort, g, jsonify
 
-from slb.storage.audit import AuditLog
-from web import queries
-from web.api import Param, field_error, int_arg, json_body, operation
+from web.api.common import ApiBlueprint, field_error, json_body
 from web.auth import Accounts, AuthError, Role, accounts, audit
-from web.db import get_store
+
+bp = ApiBlueprint("api_access", __name__, tag="access")
 
 
 def _auth_error(exc: AuthError) -> Any:
     return field_error("User", exc.field, exc.message)
 
 
-@operation(
-    "/status", "GET", summary="Desired revision, every node's report, listeners by state",
-    tag="status", role=Role.VIEWER, ok=(200, "Status"),
-)  # fmt: skip
-def status() -> Response:
-    view = queries.current()
-    counts = {"served": 0, "pending": 0, "error": 0}
-    for state in view.states.values():
-        counts[state.state] += 1
-    nodes = []
-    for tier, board in (("l4", view.boards.l4), ("l7", view.boards.l7)):
-        for name, report in sorted(board.items()):
-            nodes.append({**asdict(report), "tier": tier, "node": name})
-    return jsonify({"revision": view.revision, "listeners": counts, "nodes": nodes})
-
-
-AUDIT_FILTERS = ("who", "action", "kind", "key")
-
-
-@operation(
-    "/audit", "GET", summary="The audit trail, newest first, filtered by exact fields",
-    tag="audit", role=Role.VIEWER, ok=(200, "AuditList"), errors=(422,),
-    query=(
-        *(Param(f, {"type": "string"}, f"Only entries with this {f}") for f in AUDIT_FILTERS),
-        Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-              "At most this many"),
-    ),
-)  # fmt: skip
-def audit_trail() -> Response:
-    limit = int_arg("limit", 100, 1, 1000)
-    match = {f: request.args[f] for f in AUDIT_FILTERS if request.args.get(f)}
-    entries = AuditLog(get_store()).entries(limit=limit, **match)
-    return jsonify({"items": [asdict(e) for e in entries]})
-
-
-@operation(
-    "/me", "GET", summary="Who this request is authenticated as", tag="access",
+@bp.operation(
+    "/me", "GET", summary="Who this request is authenticated as",
     role=Role.VIEWER, ok=(200, "Me"),
 )  # fmt: skip
 def me() -> Response:
     return jsonify({"name": g.user.name, "role": g.user.role.label, "token": g.user.token})
 
 
-@operation(
-    "/users", "GET", summary="Console users", tag="access", role=Role.ADMIN, ok=(200, "UserList")
-)
+# -- users ----------------------------------------------------------------------------------
+
+
+@bp.operation("/users", "GET", summary="Console users", role=Role.ADMIN, ok=(200, "UserList"))
 def list_users() -> Response:
     return jsonify({"items": accounts().users()})
 
 
-@operation(
-    "/users", "POST", summary="Create a user", tag="access", role=Role.ADMIN,
+@bp.operation(
+    "/users", "POST", summary="Create a user", role=Role.ADMIN,
     ok=(201, "User"), body="UserCreate", errors=(409,),
 )  # fmt: skip
 def create_user() -> Response:
@@ -89,8 +54,8 @@ def create_user() -> Response:
     return response
 
 
-@operation(
-    "/users/<name>", "PATCH", summary="Change a user's role or password", tag="access",
+@bp.operation(
+    "/users/<name>", "PATCH", summary="Change a user's role or password",
     role=Role.ADMIN, ok=(200, "User"), body="UserPatch",
 )  # fmt: skip
 def patch_user(name: str) -> Response:
@@ -112,8 +77,8 @@ def patch_user(name: str) -> Response:
     return jsonify(after)
 
 
-@operation(
-    "/users/<name>", "DELETE", summary="Delete a user and their tokens", tag="access",
+@bp.operation(
+    "/users/<name>", "DELETE", summary="Delete a user and their tokens",
     role=Role.ADMIN, ok=(204, None), errors=(422,),
 )  # fmt: skip
 def delete_user(name: str) -> Response:
@@ -135,8 +100,11 @@ def _keep_an_admin(store: Accounts, name: str, new_role: Role | None) -> None:
         raise AuthError("role", "the last admin cannot stop being one")
 
 
-@operation(
-    "/tokens", "GET", summary="API tokens: your own (admins: everyone's)", tag="access",
+# -- tokens ---------------------------------------------------------------------------------
+
+
+@bp.operation(
+    "/tokens", "GET", summary="API tokens: your own (admins: everyone's)",
     role=Role.VIEWER, ok=(200, "TokenList"),
 )  # fmt: skip
 def list_tokens() -> Response:
@@ -144,10 +112,10 @@ def list_tokens() -> Response:
     return jsonify({"items": [asdict(t) for t in accounts().tokens(user=user)]})
 
 
-@operation(
+@bp.operation(
     "/tokens", "POST",
     summary="Create an API token for yourself; its secret is shown only in this response",
-    tag="access", role=Role.VIEWER, ok=(201, "TokenCreated"), body="TokenCreate",
+    role=Role.VIEWER, ok=(201, "TokenCreated"), body="TokenCreate",
 )  # fmt: skip
 def create_token() -> Response:
     data = json_body()
@@ -163,9 +131,9 @@ def create_token() -> Response:
     return response
 
 
-@operation(
+@bp.operation(
     "/tokens/<token_id>", "DELETE", summary="Revoke a token (yours; admins: anyone's)",
-    tag="access", role=Role.VIEWER, ok=(204, None),
+    role=Role.VIEWER, ok=(204, None),
 )  # fmt: skip
 def revoke_token(token_id: str) -> Response:
     store = accounts()

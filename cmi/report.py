@@ -1,0 +1,167 @@
+"""What each Service hears back, and what the console shows for each listener.
+
+After every write a Service is told how it went: its finalizer (set while cmi holds
+objects for it), its `openslb.io/Exposed` and `openslb.io/Programmed` conditions, its
+ingress, and Events for what went wrong. What to say is worked out here as plain data
+(`exposure`, `programmed_condition`); `Reporter` says it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from cmi.build import Built, service_key
+from cmi.conflicts import conflict_events
+from cmi.k8s.client import Body, KubeClient, KubeError
+from cmi.k8s.informer import Informer
+from cmi.k8s.writer import CONDITION, PROGRAMMED, Condition, EventRecorder, ServiceWriter
+from cmi.mirror import Mirror
+from cmi.readiness import Readiness
+from cmi.workqueue import KeyedQueue
+from slb.model import IPAddress, LoadBalancer
+from slb.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """The status of an exposed Service."""
+
+    ingress: list[dict[str, Any]]
+    conditions: dict[str, Condition | None]
+    message: str | None
+    """For the Event when the Exposed condition changes; None while it waits for a VIP."""
+
+
+def exposure(
+    built: Built,
+    vip: IPAddress | None,
+    conflicts: Mapping[str, str],
+    programmed: Readiness | None,
+) -> Exposure:
+    """Where the Service is served and which of its listeners are not, and why."""
+    if vip is None:
+        waiting = ("False", "WaitingForVIP", f"instance {built.instance} waits for a VIP")
+        return Exposure([], {CONDITION: waiting, PROGRAMMED: None}, None)
+    served = [li for li in built.listeners if li.name not in conflicts]
+    where = ", ".join(f"{vip}:{li.port}/{li.protocol.value}" for li in served) or "no port"
+    message = f"exposed at {where} (instance {built.instance})"
+    if conflicts:
+        message += "; not served: " + "; ".join(f"{k}: {v}" for k, v in conflicts.items())
+    ingress = [{
+        "ip": str(vip), "ipMode": "VIP",
+        "ports": [{"port": li.port, "protocol": li.protocol.transport} for li in served],
+    }]  # fmt: skip
+    exposed = ("True", "Exposed", message) if not conflicts else (
+        "False", "ListenerConflict", message
+    )  # fmt: skip
+    conditions: dict[str, Condition | None] = {CONDITION: exposed}
+    if programmed is not None:
+        conditions[PROGRAMMED] = programmed_condition(programmed)
+    return Exposure(ingress, conditions, message)
+
+
+def programmed_condition(now: Readiness) -> Condition:
+    reason = {"programmed": "Programmed", "pending": "Pending", "error": "Error"}[now.state]
+    return ("True" if now.state == "programmed" else "False", reason, now.message)
+
+
+def condition_of(body: Body, type_: str) -> Condition | None:
+    """One of the Service's conditions as it shows now."""
+    for c in (body.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return (c["status"], c["reason"], c["message"])
+    return None
+
+
+class Reporter:
+    """Tells Services how it went, from a queue of its own: a thousand status writes to the
+    API server never hold up the next change to the data plane."""
+
+    def __init__(self, kube: KubeClient, services: Informer, mirror: Mirror) -> None:
+        self.writer = ServiceWriter(kube)
+        self.events = EventRecorder(kube)
+        self.services, self.mirror = services, mirror
+        self.queue = KeyedQueue(workers=8, name="report")
+        self.told: dict[str, Readiness] = {}
+        """The readiness each Service was last told."""
+
+    def written(self, key: str, built: Built, conflicts: Mapping[str, str]) -> None:
+        """After a write: queue the Service's finalizer, status and Events."""
+        self.queue.submit(key, partial(self._report, key, built, conflicts))
+
+    def readiness(self, now: Mapping[str, Readiness]) -> None:
+        """Queue the Programmed condition of each Service whose readiness changed."""
+        changed = {key: ready for key, ready in now.items() if self.told.get(key) != ready}
+        self.told.update(changed)
+        for key, ready in changed.items():
+            self.queue.submit(f"ready:{key}", partial(self._report_programmed, key, ready))
+
+    def close(self) -> None:
+        self.queue.close()
+
+    def _report(self, key: str, built: Built, conflicts: Mapping[str, str]) -> None:
+        """From the Service's newest cached state, and its VIP as the mirror has it now."""
+        body = self.services.get(key)
+        if body is None:
+            return
+        for event in (*built.events, *conflict_events(conflicts)):
+            self.events.record(body, event.type, event.reason, event.message)
+        try:
+            if built.exposed and built.instance is not None:
+                self.writer.set_finalizer(body, present=True)
+                balancer = self.mirror.objects.get((LoadBalancer.kind, built.instance))
+                vip = balancer.vip if isinstance(balancer, LoadBalancer) else None
+                status = exposure(built, vip, conflicts, self.told.get(key))
+                old = condition_of(body, CONDITION)
+                written = self.writer.set_status(body, status.ingress, status.conditions)
+                if written and status.message is not None and old != status.conditions[CONDITION]:
+                    self.events.record(body, "Normal", "Exposed", status.message)
+            else:
+                self.writer.set_finalizer(body, present=False)
+                self.writer.set_status(body, [], {CONDITION: None, PROGRAMMED: None})
+        except KubeError as exc:
+            log.warning("status of %s not written: %s", service_key(body), exc)
+
+    def _report_programmed(self, key: str, now: Readiness) -> None:
+        """The Programmed condition alone, when the data planes catch up (or fail)."""
+        body = self.services.get(key)
+        if body is None or condition_of(body, CONDITION) is None:
+            return  # not exposed (yet): the exposure report writes both conditions
+        try:
+            self.writer.set_status(body, None, {PROGRAMMED: programmed_condition(now)})
+        except KubeError as exc:
+            log.warning("status of %s not written: %s", key, exc)
+            return
+        if now.state == "error":
+            self.events.record(body, "Warning", "ProgrammingFailed", now.message)
+
+
+class ListenerStatus:
+    """Each listener's state for the console (`slb.operations`): 'served' or why not.
+
+    Only what changed since the last write is written.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._written: dict[str, str] = {}
+
+    def write(self, status: Mapping[str, str]) -> None:
+        key = self.store.key("listener-status")
+        changed: dict[str | bytes, str] = {
+            k: v for k, v in status.items() if self._written.get(k) != v
+        }
+        gone = [k for k in self._written if k not in status]
+        pipe = self.store.redis.pipeline()
+        if changed:
+            pipe.hset(key, mapping=changed)
+        if gone:
+            pipe.hdel(key, *gone)
+        pipe.execute()
+        self._written = dict(status)

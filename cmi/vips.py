@@ -1,0 +1,101 @@
+"""Step: every instance gets its VIP from IPAM before anything that names it is written.
+
+A Service's own instance asks for an address from its pool (or claims the one its
+annotation names); an operator's instance without a VIP gets one the same way, and one
+with a fixed VIP claims it, so IPAM never hands that address to anyone else. A VIP that
+cannot be had leaves the Service as it was served (nothing half-applied) and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from cmi.build import Built, Event, Previous
+from cmi.ipam import IPAMError
+from slb.config import CmiSettings
+from slb.model import AddressPool, IPAddress, LoadBalancer, OwnerKind, StoredObject
+
+log = logging.getLogger(__name__)
+
+
+class Allocator(Protocol):
+    """What this step needs of IPAM (`cmi.ipam.IPAM`)."""
+
+    def allocate(
+        self, instance: str, pools: Iterable[AddressPool], requested: IPAddress | None = None
+    ) -> IPAddress: ...
+
+    def release(self, instance: str) -> IPAddress | None: ...
+
+
+def default_pool(settings: CmiSettings) -> AddressPool | None:
+    """The pool that cmi's settings define (`pool_cidrs`), if they define one."""
+    if not settings.pool_cidrs:
+        return None
+    cidrs = [c.strip() for c in settings.pool_cidrs.split(",") if c.strip()]
+    return AddressPool.model_validate({"name": settings.pool, "cidrs": cidrs})
+
+
+def pools_for(balancer: LoadBalancer, pools: Mapping[str, AddressPool]) -> list[AddressPool]:
+    """Where the instance's VIP may come from: its pool, or any pool for a requested VIP."""
+    if balancer.vip is not None:
+        return list(pools.values())
+    if balancer.pool is None or balancer.pool not in pools:
+        raise IPAMError(f"address pool {balancer.pool!r} does not exist")
+    return [pools[balancer.pool]]
+
+
+def desired(
+    built: Built, previous: Previous, ipam: Allocator, pools: Mapping[str, AddressPool]
+) -> tuple[Built, list[StoredObject]]:
+    """The objects a Service should own now, its instance's VIP allocated.
+
+    A Service no longer exposed keeps its instance while the VIP's grace runs (`cmi.grace`).
+    """
+    if not built.exposed:
+        kept: list[StoredObject] = []
+        if previous.load_balancer is not None:
+            ipam.release(previous.load_balancer.name)
+            kept.append(previous.load_balancer)
+        return built, kept
+    balancer = built.dedicated
+    if balancer is not None:
+        try:
+            vip = ipam.allocate(balancer.name, pools_for(balancer, pools), balancer.vip)
+        except IPAMError as exc:
+            event = Event("Warning", "VIPUnavailable", str(exc))
+            built = Built(built.key, exposed=previous.service is not None,
+                          instance=built.instance, events=(*built.events, event))  # fmt: skip
+            old = [previous.service, *previous.listeners.values(), previous.load_balancer]
+            return built, [o for o in old if o is not None]
+        balancer = balancer.model_copy(update={"vip": vip})
+        built = Built(built.key, True, built.instance, balancer, built.service,
+                      built.listeners, built.events)  # fmt: skip
+    objects: list[StoredObject] = [*built.listeners]
+    if built.service is not None:
+        objects.append(built.service)
+    if balancer is not None:
+        objects.append(balancer)
+    return built, objects
+
+
+def operator_vips(
+    balancers: Mapping[str, LoadBalancer], ipam: Allocator, pools: Mapping[str, AddressPool]
+) -> dict[str, IPAddress]:
+    """Claim every operator's instance's VIP; return those allocated to instances that
+    have none yet (the caller writes them)."""
+    allocated: dict[str, IPAddress] = {}
+    for name, balancer in balancers.items():
+        if balancer.owner.kind is not OwnerKind.OPERATOR:
+            continue
+        try:
+            vip = ipam.allocate(name, pools_for(balancer, pools), balancer.vip)
+        except IPAMError as exc:
+            if balancer.vip is None:
+                log.warning("instance %s gets no VIP: %s", name, exc)
+            continue
+        if balancer.vip is None:
+            allocated[name] = vip
+    return allocated

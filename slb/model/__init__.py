@@ -1,0 +1,77 @@
+"""The desired-state model: what the load balancer must look like.
+
+Every tier reads these objects and nothing else, so validation lives here once: the
+console, the CLI, cmi and the store all reject the same bad input with the same
+field-named errors. Objects are immutable; a change is a new object written to the
+store, which gives it a revision.
+
+This package's `__init__` is the model's one public import path: import from `slb.model`.
+Its submodules are the implementation, free to move things between them: `errors` (the
+field-named errors), `fields` (shared field types and their validators), `base` (the base
+models, the owner of an object, the schema version), `traffic` (protocols, schedulers,
+health checks, persistence), `route` and `listener`, `service` (Services and their
+backends), `infra` (node groups, load balancers, address pools, certificates) and
+`documents` (the kinds and their stored form).
+"""
+
+from __future__ import annotations
+
+from slb.model.base import SCHEMA_VERSION, Owner, OwnerKind, Shared, StoredObject
+from slb.model.documents import KINDS, dump_document, load_document, parse
+from slb.model.errors import CrossFieldError, FieldError, ModelError
+from slb.model.fields import Host, IPAddress, IPNetwork, Name, Port, PortRef, is_dns_label
+from slb.model.infra import AddressPool, Certificate, LBNode, LoadBalancer, NodeGroup
+from slb.model.listener import Listener
+from slb.model.route import Route
+from slb.model.service import Backend, Conditions, Service, ServicePort
+from slb.model.traffic import (
+    BackendProtocol,
+    Forwarding,
+    HealthCheck,
+    HealthCheckType,
+    Persistence,
+    PersistenceMode,
+    Protocol,
+    Scheduler,
+)
+
+__all__ = [
+    "KINDS",
+    "SCHEMA_VERSION",
+    "AddressPool",
+    "Backend",
+    "BackendProtocol",
+    "Certificate",
+    "Conditions",
+    "CrossFieldError",
+    "FieldError",
+    "Forwarding",
+    "HealthCheck",
+    "HealthCheckType",
+    "Host",
+    "IPAddress",
+    "IPNetwork",
+    "LBNode",
+    "Listener",
+    "LoadBalancer",
+    "ModelError",
+    "Name",
+    "NodeGroup",
+    "Owner",
+    "OwnerKind",
+    "Persistence",
+    "PersistenceMode",
+    "Port",
+    "PortRef",
+    "Protocol",
+    "Route",
+    "Scheduler",
+    "Service",
+    "ServicePort",
+    "Shared",
+    "StoredObject",
+    "dump_document",
+    "is_dns_label",
+    "load_document",
+    "parse",
+]

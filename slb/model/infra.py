@@ -1,0 +1,108 @@
+"""What load balancers stand on: LB node groups, load balancer instances and their VIPs,
+the address pools VIPs come from, and the certificates HTTPS listeners present.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, ClassVar, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from slb.model.base import Model, Owner, StoredObject
+from slb.model.errors import CrossFieldError
+from slb.model.fields import IPAddress, IPNetwork, Name
+from slb.model.traffic import HealthCheck
+
+
+class LBNode(Model):
+    """One LB node: it runs IPVS (the l4 agent) and an Envoy."""
+
+    name: Name
+    address: IPAddress
+
+
+class NodeGroup(StoredObject):
+    """LB nodes that serve the same load balancers; Envoys join it by their xDS cluster name."""
+
+    kind: ClassVar[str] = "NodeGroup"
+
+    name: Name
+    nodes: tuple[LBNode, ...] = ()
+    envoy_check: HealthCheck | None = None
+    """How the IPVS tier checks the group's Envoys, the real servers of L7 listeners (e.g.
+    http /ready on the bootstrap's stats port, 9902). Without it, a dead node's Envoy keeps
+    its share of new L7 flows until the node leaves the group."""
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_names(cls, nodes: tuple[LBNode, ...]) -> tuple[LBNode, ...]:
+        names = [node.name for node in nodes]
+        if len(set(names)) != len(names):
+            raise ValueError("node names must be unique within the group")
+        return nodes
+
+
+class LoadBalancer(StoredObject):
+    """An LB instance: a VIP served by one LB node group."""
+
+    kind: ClassVar[str] = "LoadBalancer"
+
+    name: Name
+    vip: IPAddress | None = None
+    pool: Name | None = None
+    node_group: Name = "default"
+    owner: Owner
+
+    @model_validator(mode="after")
+    def _has_address_source(self) -> Self:
+        if self.vip is None and self.pool is None:
+            raise CrossFieldError([("vip", "give a fixed vip or a pool to allocate one from")])
+        return self
+
+
+class Certificate(StoredObject):
+    """A PEM certificate chain; the private key lives apart, named by `key_ref`."""
+
+    kind: ClassVar[str] = "Certificate"
+
+    name: Name
+    chain_pem: str = Field(min_length=1, max_length=256 * 1024)
+    key_ref: str = Field(min_length=1, max_length=253)
+
+    @field_validator("chain_pem")
+    @classmethod
+    def _chain_parses(cls, chain_pem: str) -> str:
+        from cryptography import x509  # noqa: PLC0415 - only certificates need it
+
+        try:
+            certs = x509.load_pem_x509_certificates(chain_pem.encode())
+        except ValueError as exc:
+            raise ValueError(f"not a PEM certificate chain: {exc}") from None
+        if not certs:
+            raise ValueError("no certificate found in the PEM text")
+        if "PRIVATE KEY" in chain_pem:
+            raise ValueError("contains a private key: upload keys separately")
+        return chain_pem
+
+
+class AddressPool(StoredObject):
+    """CIDRs that VIPs are allocated from."""
+
+    kind: ClassVar[str] = "AddressPool"
+
+    name: Name
+    cidrs: tuple[IPNetwork, ...] = Field(min_length=1)
+    auto_assign: bool = True
+
+    @field_validator("cidrs", mode="before")
+    @classmethod
+    def _strict_networks(cls, cidrs: Any) -> Any:
+        if isinstance(cidrs, list | tuple):
+            for cidr in cidrs:
+                if isinstance(cidr, str):
+                    try:
+                        ipaddress.ip_network(cidr, strict=True)
+                    except ValueError as exc:
+                        raise ValueError(f"{cidr!r} is not a network address: {exc}") from None
+        return cidrs

@@ -1,0 +1,138 @@
+"""Listeners: a protocol and port on a load balancer, forwarding to Services."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from slb.model.base import Owner, OwnerKind, Shared, StoredObject
+from slb.model.errors import CrossFieldError
+from slb.model.fields import Name, Port, PortRef
+from slb.model.route import Route
+from slb.model.traffic import (
+    BackendProtocol,
+    Forwarding,
+    HealthCheck,
+    HealthCheckType,
+    Persistence,
+    PersistenceMode,
+    Protocol,
+    Scheduler,
+)
+from slb.selector import LabelSelector
+
+
+class Listener(StoredObject):
+    """A protocol and port on a load balancer, forwarding to Services.
+
+    An operator's listener selects among exposed Services with a label selector; a
+    listener generated from a Service's port (owner kind Service) has no selector and
+    forwards to that Service alone.
+    """
+
+    kind: ClassVar[str] = "Listener"
+
+    name: Name
+    load_balancer: Name
+    protocol: Protocol
+    port: Port
+    scheduler: Scheduler = Scheduler.RR
+    forwarding: Forwarding = Forwarding.NAT
+    health_check: Annotated[HealthCheck | None, Shared] = HealthCheck()
+    persistence: Annotated[Persistence, Shared] = Persistence()
+    idle_timeout_s: int = Field(default=900, ge=1, le=86400)
+    request_timeout_s: int = Field(default=0, ge=0, le=86400, description="0: no limit")
+    certificates: tuple[Name, ...] = ()
+    backend_protocol: BackendProtocol | None = None
+    selector: LabelSelector | None = None
+    target_port: PortRef
+    routes: tuple[Route, ...] = Field(default=(), max_length=256)
+    """L7 routing rules, tried in order; none: every request goes to the listener's backends."""
+    owner: Owner
+    created_at: float = Field(default=0.0, ge=0, description="unix time; older wins conflicts")
+
+    @field_validator("selector")
+    @classmethod
+    def _selector_not_empty(cls, selector: LabelSelector | None) -> LabelSelector | None:
+        if selector is not None and selector.empty:
+            raise ValueError("must select at least one label; an empty selector matches nothing")
+        return selector
+
+    @model_validator(mode="after")
+    def _no_check_port(self) -> Self:
+        # Envoy takes a check port per endpoint, not per check: not translated for listeners
+        if self.health_check is not None and self.health_check.port is not None:
+            raise CrossFieldError([("health_check.port", "only a node group's envoy_check")])
+        return self
+
+    @model_validator(mode="after")
+    def _fields_fit_protocol(self) -> Self:
+        l7, problems = self.protocol.is_l7, []
+        by_service = self.owner.kind is OwnerKind.SERVICE
+        if by_service and self.selector is not None:
+            problems.append(("selector", "a Service's own listener forwards to that Service only"))
+        if not by_service and self.selector is None:
+            problems.append(("selector", "required: which exposed Services to forward to"))
+        if self.protocol is Protocol.HTTPS and not self.certificates:
+            problems.append(("certificates", "HTTPS listeners need at least one certificate"))
+        if self.protocol is not Protocol.HTTPS and self.certificates:
+            problems.append(("certificates", "only HTTPS listeners terminate TLS"))
+        if not l7 and self.backend_protocol is not None:
+            problems.append(("backend_protocol", "applies only to HTTP, HTTPS and GRPC listeners"))
+        if not l7 and self.request_timeout_s:
+            problems.append(("request_timeout_s", "applies only to HTTP, HTTPS and GRPC listeners"))
+        if not l7 and self.scheduler is Scheduler.RANDOM:
+            problems.append(("scheduler", "'random' exists only for L7 listeners; IPVS has none"))
+        if not l7 and self.persistence.mode is PersistenceMode.COOKIE:
+            problems.append(("persistence.mode", "'cookie' needs an HTTP, HTTPS or GRPC listener"))
+        if self.protocol is Protocol.UDP and self.health_check is not None:
+            problems.append(("health_check", "UDP listeners cannot be health-checked; use null"))
+        if self.protocol is Protocol.GRPC and self.backend_protocol is BackendProtocol.HTTP1:
+            problems.append(("backend_protocol", "gRPC needs HTTP/2 to its backends: h2c or tls"))
+        if (
+            l7
+            and self.health_check is not None
+            and self.health_check.type is HealthCheckType.GRPC
+            and not self.upstream_is_http2
+        ):
+            problems.append(
+                ("health_check.type", "grpc health checks need HTTP/2 backends (h2c or GRPC)")
+            )
+        problems += self._route_problems()
+        if problems:
+            raise CrossFieldError(problems)
+        return self
+
+    def _route_problems(self) -> list[tuple[str, str]]:
+        if not self.routes:
+            return []
+        if not self.protocol.is_l7:
+            return [("routes", "only HTTP, HTTPS and GRPC listeners route requests")]
+        problems, seen = [], set()
+        for i, route in enumerate(self.routes):
+            if route.name in seen:
+                problems.append((f"routes.{i}.name", f"{route.name!r} is used twice"))
+            seen.add(route.name)
+            if self.owner.kind is OwnerKind.SERVICE and route.selector is not None:
+                problems.append(
+                    (f"routes.{i}.selector", "a Service's own listener forwards to it only")
+                )
+            if self.protocol is Protocol.GRPC and route.path_prefix is not None:
+                problems.append((f"routes.{i}.path_prefix", "GRPC listeners route by grpc_service"))
+        return problems
+
+    @property
+    def upstream_is_http2(self) -> bool:
+        """Whether L7 speaks HTTP/2 to the backends (h2c, or TLS for gRPC)."""
+        upstream = self.upstream_protocol
+        return upstream is BackendProtocol.H2C or (
+            upstream is BackendProtocol.TLS and self.protocol is Protocol.GRPC
+        )
+
+    @property
+    def upstream_protocol(self) -> BackendProtocol:
+        """The backend protocol in force: gRPC defaults to h2c, everything else to HTTP/1.1."""
+        if self.backend_protocol is not None:
+            return self.backend_protocol
+        return BackendProtocol.H2C if self.protocol is Protocol.GRPC else BackendProtocol.HTTP1

@@ -1,0 +1,126 @@
+"""How a listener carries traffic: protocols, schedulers, backend protocols, forwarding,
+health checks and session persistence.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from slb.model.base import Model
+from slb.model.errors import CrossFieldError
+
+
+class Protocol(StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"
+    HTTP = "HTTP"
+    HTTPS = "HTTPS"
+    GRPC = "GRPC"
+
+    @property
+    def is_l7(self) -> bool:
+        return self in (Protocol.HTTP, Protocol.HTTPS, Protocol.GRPC)
+
+    @property
+    def transport(self) -> Literal["TCP", "UDP"]:
+        """What IPVS sees: every L7 protocol rides TCP."""
+        return "UDP" if self is Protocol.UDP else "TCP"
+
+
+class Scheduler(StrEnum):
+    """IPVS schedulers by their kernel names; L7 maps them onto Envoy's policies.
+
+    `random` exists only at L7 (Envoy's RANDOM policy); IPVS has no such scheduler.
+    """
+
+    RR = "rr"
+    WRR = "wrr"
+    LC = "lc"
+    WLC = "wlc"
+    SH = "sh"
+    MH = "mh"
+    DH = "dh"
+    SED = "sed"
+    NQ = "nq"
+    LBLC = "lblc"
+    LBLCR = "lblcr"
+    FO = "fo"
+    OVF = "ovf"
+    RANDOM = "random"
+
+
+class BackendProtocol(StrEnum):
+    """How an L7 listener talks to its backends."""
+
+    HTTP1 = "http1"
+    H2C = "h2c"
+    TLS = "tls"
+
+
+class Forwarding(StrEnum):
+    """IPVS packet forwarding method towards the real servers."""
+
+    NAT = "nat"
+    DR = "dr"
+    TUN = "tun"
+
+
+class HealthCheckType(StrEnum):
+    TCP = "tcp"
+    HTTP = "http"
+    GRPC = "grpc"
+
+
+class HealthCheck(Model):
+    """Active health check from the LB node; bounds follow Alibaba Cloud SLB's."""
+
+    type: HealthCheckType = HealthCheckType.TCP
+    path: str | None = Field(default=None, max_length=1024)
+    expected_codes: str | None = Field(default=None, pattern=r"^\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*$")
+    grpc_service: str | None = Field(default=None, max_length=256)
+    interval_s: int = Field(default=2, ge=1, le=50)
+    timeout_s: int = Field(default=5, ge=1, le=300)
+    healthy_threshold: int = Field(default=3, ge=2, le=10)
+    unhealthy_threshold: int = Field(default=3, ge=2, le=10)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """Probe this port instead of the real server's (like Alibaba SLB's connect port)."""
+
+    @model_validator(mode="after")
+    def _fields_fit_type(self) -> Self:
+        problems = []
+        if self.type is HealthCheckType.HTTP:
+            if self.path is not None and not self.path.startswith("/"):
+                problems.append(("path", "must start with '/'"))
+        else:
+            if self.path is not None:
+                problems.append(("path", "applies only to http health checks"))
+            if self.expected_codes is not None:
+                problems.append(("expected_codes", "applies only to http health checks"))
+        if self.type is not HealthCheckType.GRPC and self.grpc_service is not None:
+            problems.append(("grpc_service", "applies only to grpc health checks"))
+        if problems:
+            raise CrossFieldError(problems)
+        return self
+
+
+class PersistenceMode(StrEnum):
+    NONE = "none"
+    SOURCE_IP = "source_ip"
+    COOKIE = "cookie"
+
+
+class Persistence(Model):
+    """Session persistence: the same client keeps reaching the same backend."""
+
+    mode: PersistenceMode = PersistenceMode.NONE
+    timeout_s: int = Field(default=300, ge=1, le=86400)
+    cookie_name: str | None = Field(default=None, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+
+    @model_validator(mode="after")
+    def _cookie_name_only_for_cookie(self) -> Self:
+        if self.cookie_name is not None and self.mode is not PersistenceMode.COOKIE:
+            raise CrossFieldError([("cookie_name", "applies only to mode 'cookie'")])
+        return self

@@ -1,0 +1,173 @@
+"""Listeners over the API: list and filter, create, change, delete; backends and metrics.
+
+Writes go through `slb.operations` (validation, conflicts, audit); updates and deletes
+need the version the client read, and a stale one gets 409.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Response, abort, jsonify, request
+
+from slb.model import Listener
+from slb.storage.timeseries import SERIES, TimeSeries, bucketed
+from web import queries
+from web.api.common import (
+    PAGING,
+    READ,
+    VERSION_QUERY,
+    WRITE,
+    ApiBlueprint,
+    Param,
+    created,
+    field_error,
+    int_arg,
+    json_body,
+    paginate,
+    refuse_server_fields,
+    take_version,
+    with_etag,
+)
+from web.db import get_store, operations
+from web.queries import PROTOCOLS, STATES, ListenerFilter
+from web.state import listener_backends
+
+bp = ApiBlueprint("api_listeners", __name__, tag="listeners")
+
+
+@bp.operation(
+    "/listeners", "GET", summary="List listeners with their status",
+    role=READ, ok=(200, "ListenerList"), errors=(422,),
+    query=(
+        Param("q", {"type": "string"}, "Part of the name"),
+        Param("load_balancer", {"type": "string"}, "Only this instance's"),
+        Param("protocol", {"type": "string", "enum": list(PROTOCOLS)}, "Only this protocol"),
+        Param("owner", {"type": "string", "enum": ["Operator", "Service"]}, "Who made them"),
+        Param("state", {"type": "string", "enum": list(STATES)}, "Only in this state"),
+        *PAGING,
+    ),
+)  # fmt: skip
+def list_listeners() -> Response:
+    view = queries.current()
+    which = ListenerFilter(
+        q=request.args.get("q", ""),
+        load_balancer=request.args.get("load_balancer", ""),
+        protocol=request.args.get("protocol", ""),
+        owner=request.args.get("owner", ""),
+        state=request.args.get("state", ""),
+    )
+    items, paging = paginate(queries.listeners(view, which))
+    return jsonify(
+        {
+            "revision": view.revision,
+            **paging,
+            "items": [queries.listener_json(view, s) for s in items],
+        }
+    )
+
+
+@bp.operation(
+    "/listeners", "POST", summary="Create a listener",
+    role=WRITE, ok=(201, "ListenerItem"), body="ListenerCreate", errors=(409,),
+)  # fmt: skip
+def create_listener() -> Response:
+    data = json_body()
+    refuse_server_fields(Listener.kind, data)
+    if "selector" in data:
+        data["selector"] = queries.parse_selector(data["selector"])
+    stored = operations().add_listener(data)
+    view = queries.current()
+    return created(
+        queries.listener_json(view, stored, nodes=True),
+        f"/api/v1/listeners/{stored.obj.name}",
+    )
+
+
+def _listener(name: str) -> Any:
+    view = queries.current()
+    stored = view.snapshot.of(Listener).get(name)
+    if stored is None:
+        abort(404, description=f"no listener named {name!r}")
+    return view, stored
+
+
+@bp.operation(
+    "/listeners/<name>", "GET", summary="A listener with its status on every node",
+    role=READ, ok=(200, "ListenerItem"),
+)  # fmt: skip
+def get_listener(name: str) -> Response:
+    view, stored = _listener(name)
+    return with_etag(queries.listener_json(view, stored, nodes=True))
+
+
+@bp.operation(
+    "/listeners/<name>", "PATCH",
+    summary="Change fields of a listener (needs the version read)",
+    role=WRITE, ok=(200, "ListenerItem"), body="ListenerPatch", errors=(409, 428),
+)  # fmt: skip
+def patch_listener(name: str) -> Response:
+    data = json_body()
+    version = take_version(Listener.kind, data)
+    refuse_server_fields(Listener.kind, data)
+    if "name" in data and data["name"] != name:
+        raise field_error(Listener.kind, "name", "cannot be changed; create a new listener")
+    if "selector" in data:
+        data["selector"] = queries.parse_selector(data["selector"])
+    _listener(name)
+    stored = operations().update_listener(name, data, expect=version)
+    return with_etag(queries.listener_json(queries.current(), stored, nodes=True))
+
+
+@bp.operation(
+    "/listeners/<name>", "DELETE", summary="Delete a listener (needs the version read)",
+    role=WRITE, ok=(204, None), errors=(409, 422, 428), query=VERSION_QUERY,
+)  # fmt: skip
+def delete_listener(name: str) -> Response:
+    version = take_version(Listener.kind)
+    _listener(name)
+    operations().remove_listener(name, expect=version)
+    return Response(status=204)
+
+
+@bp.operation(
+    "/listeners/<name>/backends", "GET", summary="Every endpoint a listener selects, with health",
+    role=READ, ok=(200, "BackendList"),
+)  # fmt: skip
+def listener_backends_api(name: str) -> Response:
+    view, stored = _listener(name)
+    rows = listener_backends(view.snapshot, stored.obj)
+    return jsonify(
+        {
+            "items": [
+                {**b.model_dump(mode="json"), "service": key, "health": health}
+                for key, b, health in rows
+            ]
+        }
+    )
+
+
+@bp.operation(
+    "/listeners/<name>/metrics", "GET",
+    summary="Connections, requests and bytes per second over time, summed over nodes",
+    role=READ, ok=(200, "Metrics"), errors=(422,),
+    query=(
+        Param("window", {"type": "integer", "minimum": 60, "maximum": 3600, "default": 900},
+              "Seconds of history"),
+        Param("step", {"type": "integer", "minimum": 1, "maximum": 600, "default": 10},
+              "Seconds per point"),
+    ),
+)  # fmt: skip
+def listener_metrics(name: str) -> Response:
+    _listener(name)
+    window = int_arg("window", 900, 60, 3600)
+    step = int_arg("step", 10, 1, 600)
+    until = time.time()
+    since = until - window
+    ts = TimeSeries(get_store())
+    out = {}
+    for series in SERIES:
+        found = ts.range(series, since, until, match={"listener": name})
+        out[series] = [{"t": t, "value": v} for t, v in bucketed(found, since, until, step)]
+    return jsonify({"listener": name, "since": since, "until": until, "step": step, "series": out})

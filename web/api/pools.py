@@ -1,0 +1,59 @@
+"""VIP address pools over the API: list, create or replace by name, delete."""
+
+from __future__ import annotations
+
+from flask import Response, abort, jsonify
+
+from slb.model import AddressPool
+from web import queries
+from web.api.common import (
+    READ,
+    VERSION_QUERY,
+    WRITE,
+    ApiBlueprint,
+    field_error,
+    json_body,
+    take_version,
+    versioned_json,
+    with_etag,
+)
+from web.db import get_store, operations
+
+bp = ApiBlueprint("api_pools", __name__, tag="instances")
+
+
+@bp.operation(
+    "/pools", "GET", summary="List address pools",
+    role=READ, ok=(200, "AddressPoolList"),
+)  # fmt: skip
+def list_pools() -> Response:
+    view = queries.current()
+    return jsonify(
+        {"items": [versioned_json(s) for _, s in sorted(view.snapshot.of(AddressPool).items())]}
+    )
+
+
+@bp.operation(
+    "/pools/<name>", "PUT",
+    summary="Create a pool, or replace it (with the version read)",
+    role=WRITE, ok=(200, "AddressPoolItem"), body="AddressPoolPut", errors=(409,),
+)  # fmt: skip
+def put_pool(name: str) -> Response:
+    data = json_body()
+    version = take_version(AddressPool.kind, data, required=False)
+    if "name" in data and data["name"] != name:
+        raise field_error(AddressPool.kind, "name", "must match the path")
+    stored = operations().put_pool({**data, "name": name}, expect=version or 0)
+    return with_etag({**stored.obj.model_dump(mode="json"), "version": stored.revision})
+
+
+@bp.operation(
+    "/pools/<name>", "DELETE", summary="Delete a pool (refused while instances use it)",
+    role=WRITE, ok=(204, None), errors=(409, 422, 428), query=VERSION_QUERY,
+)  # fmt: skip
+def delete_pool(name: str) -> Response:
+    version = take_version(AddressPool.kind)
+    if get_store().get(AddressPool, name) is None:
+        abort(404, description=f"no address pool named {name!r}")
+    operations().remove_pool(name, expect=version)
+    return Response(status=204)
