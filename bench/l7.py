@@ -34,16 +34,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench import results_file  # noqa: E402
-from devbed import l7harness as harness  # noqa: E402
-from devbed.process import wait_until  # noqa: E402
-from devbed.redis import RedisServer  # noqa: E402
-from l7.cache import SnapshotCache  # noqa: E402
-from l7.server import gc_paused  # noqa: E402
-from slb.model import (  # noqa: E402
+from bench import results_file
+from devbed import l7harness as harness
+from devbed.process import wait_until
+from devbed.redis import RedisServer
+from l7.cache import SnapshotCache
+from l7.server import gc_paused
+from slb.model import (
     Backend,
     Listener,
     LoadBalancer,
@@ -53,14 +50,15 @@ from slb.model import (  # noqa: E402
     Service,
     ServicePort,
 )
-from slb.resolve import resolve  # noqa: E402
-from slb.snapshot import (  # noqa: E402
+from slb.resolve import resolve
+from slb.snapshot import (
     Put,
     Snapshot,
     Stored,
 )
-from slb.storage.store import Store  # noqa: E402
+from slb.storage.store import Store
 
+REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "l7.json"
 Metrics = dict[str, dict[str, Any]]
 

@@ -1,10 +1,10 @@
 """Handing work on: every new revision becomes "bring X to revision R" tasks.
 
 The contract with the tiers, whoever wrote the revision (cmi, the console, `slb`):
-- `openslb.l4.apply(node, revision, force=False)` on queue `l4.<node>`, for every node of
-  every node group: that node's l4 agent brings its IPVS to at least `revision`;
-- `openslb.l7.apply(revision, force=False)` on queue `l7`: the xDS server serves at least
-  `revision` to every Envoy.
+`openslb.l4.apply(node, revision, force=False)` on queue `l4.<node>`, for every node of
+every node group: that node's l4 agent brings its IPVS to at least `revision`. (The L7 tier
+needs no task: `slb xds` follows the change stream itself and pushes each revision to its
+Envoys; see slb/pipeline.py.)
 A task never carries a diff: the worker reads the desired state itself. Tasks for a
 revision older than what a node already serves do nothing, and a burst of revisions read
 in one batch from the change stream is announced once, for the newest.
@@ -20,7 +20,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from slb.model import NodeGroup
-from slb.pipeline import L4_APPLY, L7_APPLY, L7_QUEUE, l4_queue
+from slb.pipeline import L4_APPLY, l4_queue
 from slb.storage import connect
 from slb.storage.follow import Follower
 from slb.storage.store import Store
@@ -48,8 +48,6 @@ class Handoff:
                     queue=queue,
                 )
                 queues.append(queue)
-        self.app.send_task(L7_APPLY, kwargs={"revision": revision, "force": force}, queue=L7_QUEUE)
-        queues.append(L7_QUEUE)
         self.announced = max(self.announced, revision)
         return queues
 

@@ -171,7 +171,6 @@ class DevPlatform:
             ("envoy", self._start_envoy),
             ("cmi", self._start_cmi),
             ("worker-control", self._start_control_worker),
-            ("worker-l7", self._start_l7_worker),
         ]
         if self.lab:
             starters.append(("lab-node", self._start_lab_node))
@@ -405,12 +404,6 @@ class DevPlatform:
         time.sleep(1.0)
         process.check_alive()
         return self._component(process, "queue openslb", "drift re-assertion (Celery beat)")
-
-    def _start_l7_worker(self) -> Component:
-        process = self._slb("worker-l7", "worker", "--l7")
-        time.sleep(1.0)
-        process.check_alive()
-        return self._component(process, "queue l7", "checks that xDS published a revision")
 
     def _start_lab_node(self) -> Component:
         node = self.lab_node()

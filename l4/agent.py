@@ -42,7 +42,7 @@ from l4 import health
 from l4.drivers import Driver, DriverError, open_driver
 from l4.health import HealthChecker, Target
 from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
-from l4.ownership import AgentError, NodeLock, Ownership
+from l4.ownership import AgentError, NodeLock, NodeTakenError, Ownership
 from l4.plan import Changed, IPVSPlan, node_group_of, plan
 from l4.reconcile import DrainKey, reconcile, update_view
 from l4.report import OPERATIONS_SHOWN, SyncReport, findings
@@ -119,7 +119,7 @@ class L4Agent:
 
         The first sync reads the kernel's IPVS in full.
         """
-        self.lock.acquire()
+        self.lock.hold()
         prepare_kernel()
         if self.settings.conn_sync_interface:
             for error in start_connection_sync(
@@ -395,8 +395,8 @@ class L4Agent:
     def tick(self) -> None:
         """Drains, retry after failure, periodic resync, statistics: call about every second."""
         now = time.monotonic()
-        if not self.lock.renew():
-            self.lock.acquire()  # expired (a long pause): take it back, unless another has
+        if self.lock.lost:
+            raise NodeTakenError("another l4 agent took this node's lock")
         with self._lock:
             if self.failed_revision is not None and now - self._last_failure >= RETRY_S:
                 log.info("retrying revision %s", self.failed_revision)

@@ -13,13 +13,19 @@ own.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Collection
 
+import redis
+
 from l4.ipvs import ServiceKey
 from slb.storage.store import Store
+
+log = logging.getLogger(__name__)
 
 LOCK_TTL_S = 30.0
 """A dead agent's node lock expires after this long."""
@@ -28,6 +34,10 @@ LOCK_TTL_S = 30.0
 class AgentError(RuntimeError):
     """The agent cannot go on: it cannot tell what to program (e.g. which node group it
     serves), or another agent programs the node."""
+
+
+class NodeTakenError(AgentError):
+    """Another agent holds the node's lock: a live one, or a dead one's until it expires."""
 
 
 class Ownership:
@@ -52,8 +62,9 @@ class Ownership:
 class NodeLock:
     """One agent per LB node: a Redis lock with an owner token and an expiry.
 
-    The holder renews the lock on every tick; a holder that dies loses it after `ttl_s`;
-    only the holder can renew or release it.
+    The holder renews the lock from a thread of its own (`hold`), so an apply that takes
+    longer than `ttl_s` never lets it lapse; a holder that dies loses it after `ttl_s`; only
+    the holder can renew or release it.
     """
 
     _RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -68,16 +79,40 @@ class NodeLock:
         self.ttl_ms = int(ttl_s * 1000)
         self._renew = self.redis.register_script(self._RENEW)
         self._release = self.redis.register_script(self._RELEASE)
+        self.lost = False
+        """Another agent took the lock while this one held it (after a pause past `ttl_s`)."""
+        self._held = threading.Event()
 
     def acquire(self) -> None:
-        """Take the lock, or raise AgentError naming who holds it."""
+        """Take the lock, or raise NodeTakenError naming who holds it."""
         if self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms) or self.renew():
+            self.lost = False
             return
         holder = (self.redis.get(self.key) or b"?").decode()
-        raise AgentError(f"another l4 agent programs this node ({holder}); not starting")
+        raise NodeTakenError(f"another l4 agent programs this node ({holder}); not starting")
+
+    def hold(self) -> None:
+        """Take the lock (NodeTakenError if another agent has it) and keep it until `release`."""
+        self.acquire()
+        self._held = held = threading.Event()
+        threading.Thread(target=self._keep, args=(held,), name="node-lock", daemon=True).start()
+
+    def _keep(self, released: threading.Event) -> None:
+        """Renew the lock every third of its lifetime until released; take it back if it
+        lapsed (the process was paused), or mark it `lost` if another agent has it."""
+        while not released.wait(self.ttl_ms / 3000):
+            try:
+                if not self.renew():
+                    self.acquire()
+            except NodeTakenError as exc:
+                self.lost = True
+                log.error("%s: this agent no longer programs the node", exc)
+            except redis.RedisError as exc:  # an outage: the lock lives on until it expires
+                log.warning("cannot renew the node lock: %s", exc)
 
     def renew(self) -> bool:
         return bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
 
     def release(self) -> None:
+        self._held.set()
         self._release(keys=[self.key], args=[self.token])

@@ -5,7 +5,8 @@ new desired state (`l7.cache`) and hands the per-group snapshots to the event lo
 the hub (`l7.ads`) sends every connected Envoy what its session decides. Envoys join a
 node group by their xDS node `cluster`; each group gets only its load balancers'
 listeners. Each Envoy's programmed revision and last rejection are written to the status
-board for cmi and the console; the newest revision published is recorded (`l7.published`).
+board for cmi and the console. No Celery task stands between the store and this server: it
+is the L7 tier's whole pipeline (see slb/pipeline.py).
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-import redis
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import start_http_server
 
 from l7.ads import AggregatedDiscoveryService, Hub, Stream
 from l7.cache import GroupSnapshot, SnapshotCache, changed
 from l7.metrics import Metrics
-from l7.published import record_published
 from l7.translate.common import KIND_NAMES
 from slb import pki
 from slb.config import XdsSettings, host_port
@@ -217,10 +216,6 @@ class XdsServer:
         members = {name: frozenset(n.name for n in group.nodes)
                    for name, group in state.node_groups.items()}  # fmt: skip
         self._loop.call_soon_threadsafe(self.hub.publish, snapshot.revision, groups, members)
-        try:
-            record_published(self.store, snapshot.revision)
-        except redis.RedisError as exc:  # serving goes on; the next revision records again
-            log.warning("xds: cannot record the published revision: %s", exc)
 
     def _keys_for(self, state: DesiredState) -> dict[str, str]:
         """The keys the certificates in use name; refs are immutable, so each is read once."""

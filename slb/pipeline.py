@@ -1,14 +1,24 @@
 """The one Celery configuration every openslb worker shares (broker and results: Redis).
 
-Tasks live next to what they drive (`l4/tasks.py`, `l7/tasks.py`) and are named
-`openslb.<tier>.<verb>`; this module knows them only by name, so the ground floor imports no wing.
+Tasks live next to what they drive (`l4/tasks.py`, `cmi/tasks.py`) and are named
+`openslb.<tier>.<verb>`; this module knows them only by name, so the ground floor imports no
+wing. The pipeline, honestly:
+- L4: each new revision becomes one `openslb.l4.apply` task per LB node (cmi's handoff); the
+  node's worker hosts its l4 agent, and Celery gives the task back if the worker dies.
+- L7: no task. `slb xds` follows the change stream itself, translates each revision and
+  pushes it to every connected Envoy; each Envoy's ACK or NACK lands on the status board.
+  (A task here once only waited for the xDS server to publish, holding a worker while it
+  polled: measured without it, label -> first call through Envoy is no slower; BENCHMARKS.md.)
+- Drift: Celery beat sends `openslb.reassert` every `celery.reassert_s` (cmi/tasks.py).
 
 The settings that make a task survive a crash, as Celery's docs advise:
-- `acks_late` + `reject_on_worker_lost`: a task is acknowledged after it ran, and a worker
-  killed mid-task gives it back;
-- `worker_prefetch_multiplier = 1`: a worker holds one unacknowledged task at a time;
-- the Redis visibility timeout (`celery.visibility_timeout_s`) must exceed the slowest
-  apply: after it, an unacknowledged task is delivered again.
+- `acks_late`: a task is acknowledged after it ran, so one whose worker dies is still
+  unacknowledged (`reject_on_worker_lost` hands it back at once where a pool survives the
+  death of its child; a node's solo worker killed outright leaves it to the next point);
+- the Redis visibility timeout (`celery.visibility_timeout_s`): an unacknowledged task older
+  than this is delivered again (kombu looks when a worker starts, then every few minutes),
+  so it must exceed the slowest apply (tests/l4/test_worker.py kills a worker mid-apply);
+- `worker_prefetch_multiplier = 1`: a worker holds one unacknowledged task at a time.
 """
 
 from __future__ import annotations
@@ -19,11 +29,9 @@ from slb import config
 from slb.config import Settings
 from slb.storage import connect
 
-TASK_MODULES = ("cmi.tasks", "l4.tasks", "l7.tasks")
+TASK_MODULES = ("cmi.tasks", "l4.tasks")
 L4_APPLY = "openslb.l4.apply"
-L7_APPLY = "openslb.l7.apply"
 REASSERT = "openslb.reassert"
-L7_QUEUE = "l7"
 CONTROL_QUEUE = "openslb"
 
 

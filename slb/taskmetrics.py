@@ -47,12 +47,12 @@ class QueueDepth(Collector):
         self.store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from slb.pipeline import CONTROL_QUEUE, L7_QUEUE, l4_queue  # noqa: PLC0415
+        from slb.pipeline import CONTROL_QUEUE, l4_queue  # noqa: PLC0415
 
         family = GaugeMetricFamily(
             "openslb_queue_depth", "Tasks waiting per queue", labels=["queue"]
         )
-        queues = {CONTROL_QUEUE, L7_QUEUE}
+        queues = {CONTROL_QUEUE}
         for group in self.store.all(NodeGroup).values():
             queues.update(l4_queue(node.name) for node in group.obj.nodes)
         for queue in sorted(queues):

@@ -8,7 +8,7 @@ set -euo pipefail
 source "${LAB_DIR:-/vagrant/deploy/lab}/lib.sh"
 : "${LAB_CTL_IP:?}" "${LAB_LB_NODES:?}" "${LAB_NODE_GROUP:?}" "${LAB_VIP_CIDR:?}"
 
-UNITS=(openslb-cmi openslb-xds openslb-worker-l7 openslb-worker-control openslb-console)
+UNITS=(openslb-cmi openslb-xds openslb-worker-control openslb-console)
 slb=("$VENV/bin/slb" --config /etc/openslb/openslb.toml)
 
 apt_install redis-server npm

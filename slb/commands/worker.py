@@ -1,4 +1,7 @@
-"""`slb worker`: a Celery worker of the pipeline, for an LB node, the L7 tier or openslb itself."""
+"""`slb worker`: a Celery worker of the pipeline, for an LB node or for openslb itself.
+
+The L7 tier has no worker: `slb xds` follows the change stream itself (see slb/pipeline.py).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from slb import config
 
 @click.command("worker")
 @click.option("--node", help="Program this LB node: consume l4.NODE with its l4 agent inside.")
-@click.option("--l7", "l7", is_flag=True, help="Consume the L7 tier's queue (beside `slb xds`).")
 @click.option("--control", is_flag=True, help="Consume openslb's own queue (drift re-assertion).")
 @click.option("--beat", is_flag=True, help="Also run Celery beat, the re-assertion's clock.")
 @click.option("--metrics-listen", default="", help="Serve Prometheus metrics on HOST:PORT.")
@@ -22,23 +24,22 @@ def worker_cmd(
     /,
     *,
     node: str | None,
-    l7: bool,
     control: bool,
     beat: bool,
     metrics_listen: str,
     log_level: str,
 ) -> None:
-    """Run a Celery worker that brings a node or tier to the desired revision.
+    """Run a Celery worker that brings an LB node to the desired revision, or openslb's own.
 
     One task at a time (the solo pool): an LB node applies one revision after another,
     never two at once; the agent's lock guards against a second worker for the same node.
     """
-    from slb.pipeline import CONTROL_QUEUE, L7_QUEUE, l4_queue, make_app  # noqa: PLC0415
+    from slb.pipeline import CONTROL_QUEUE, l4_queue, make_app  # noqa: PLC0415
 
-    queues = [q for q, wanted in ((l4_queue(node or ""), node), (L7_QUEUE, l7),
-                                  (CONTROL_QUEUE, control or beat)) if wanted]  # fmt: skip
+    queues = [q for q, wanted in ((l4_queue(node or ""), node), (CONTROL_QUEUE, control or beat))
+              if wanted]  # fmt: skip
     if not queues:
-        raise click.UsageError("say what to work for: --node NAME, --l7 or --control")
+        raise click.UsageError("say what to work for: --node NAME or --control")
     app = make_app(settings)
     app.conf.update(openslb_node=node)
     if metrics_listen:
@@ -51,7 +52,7 @@ def worker_cmd(
             REGISTRY.register(QueueDepth(Store.connect(settings.redis)))
         host, port = config.host_port(metrics_listen, "--metrics-listen")
         start_http_server(port, addr=host)
-    role = node or ("l7" if l7 else "control")
+    role = node or "control"
     argv = ["worker", "--queues", ",".join(queues), "--pool", "solo", "--concurrency", "1",
             "--hostname", f"{role}@%h", "--loglevel", log_level, "--without-mingle",
             "--without-gossip"]  # fmt: skip

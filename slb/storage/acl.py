@@ -8,10 +8,10 @@ file in `redis.password_file`. Keys live under the store prefix `P`:
 - **cmi** (the controller, `slb worker --control`, operators' `slb` commands): every key
   under `P:`, Celery's pub/sub, every command but the dangerous ones (FLUSHALL, FLUSHDB,
   CONFIG, DEBUG, SHUTDOWN, KEYS, MONITOR, ACL, ...).
-- **worker** (`slb worker --node/--l7` on LB nodes, and `slb xds`): reads the desired
+- **worker** (`slb worker --node` on LB nodes, and `slb xds`): reads the desired
   state (`P:revision`, `P:doc:*`, `P:rev:*`, `P:changes`) and the certificates' keys that
   the xDS server hands to Envoys (`P:secret:*`), writes only what the tiers report
-  (`P:status:*`, `P:l4:*`, `P:xds:*`, `P:applies:*`, the time series `P:ts:*`,
+  (`P:status:*`, `P:l4:*`, `P:applies:*`, the time series `P:ts:*`,
   `P:ts-index:*`) and Celery's keys. Celery's Redis transport (kombu) and result backend
   put every key and channel under `P:celery:` (`global_keyprefix`): queues, `unacked*`,
   `_kombu.binding.*`, `celery-task-meta-*`, the remote-control fanout channel
@@ -54,7 +54,7 @@ def key_rules(role: str, prefix: str, db: int = 0) -> list[str]:
         return [f"~{prefix}:*"]
     if role == "worker":
         reads = ["revision", "doc:*", "rev:*", "changes", "secret:*"]
-        writes = ["status:*", "l4:*", "xds:*", "applies:*", "ts:*", "ts-index:*", "celery:*"]
+        writes = ["status:*", "l4:*", "applies:*", "ts:*", "ts-index:*", "celery:*"]
         return [
             *(f"%R~{prefix}:{k}" for k in reads),
             *(f"~{prefix}:{k}" for k in writes),

@@ -32,6 +32,9 @@ class AuditEntry:
 
 
 class AuditLog:
+    FILTERS = ("who", "action", "kind", "key")
+    """The fields `entries(**match)` looks entries up by: the console's and API's filters."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self.key = store.key("audit")

@@ -18,7 +18,7 @@ from slb import config
 from slb.storage.store import Store
 
 COMPONENTS = {"redis", "kube-apiserver", "samples", "xds", "envoy", "cmi", "worker-control",
-              "worker-l7", "console"}  # fmt: skip
+              "console"}  # fmt: skip
 
 
 @pytest.fixture

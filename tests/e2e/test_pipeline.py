@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import collections
 import ipaddress
-import json
-import os
-import signal
 import time
 from dataclasses import replace
 
@@ -20,8 +17,6 @@ from devbed import demo, scenarios
 from devbed.l7harness import background_load
 from devbed.platform import LAB_NODE, DevPlatform
 from devbed.process import wait_until
-from slb import config
-from slb.pipeline import L7_APPLY, make_app
 from slb.storage.status import StatusBoard
 
 pytestmark = pytest.mark.timeout(600)
@@ -159,48 +154,3 @@ def test_a_burst_of_1000_revisions_ends_in_a_few_applies(platform: DevPlatform) 
         assert 1 <= burst.applies <= 50
     finally:
         scenarios.remove_burst(platform)
-
-
-def test_a_worker_killed_mid_apply_gets_its_task_back(platform: DevPlatform) -> None:
-    kube = platform.kube()
-    store = platform.store()
-    app = app_named(platform, "grpc-echo")
-    target = target_of(platform, app_named(platform, "grpc-echo"))
-    components = platform.components()
-    settings = config.load(platform.config_file, environ={})
-    unacked = f"{settings.redis.prefix}:celery:unacked"
-
-    # With the xDS server stopped, the L7 apply of the next revision waits inside the task.
-    os.killpg(components["xds"].pids[0], signal.SIGTERM)
-    wait_until(lambda: not components["xds"].alive(), 15, "xds stopped")
-    demo.apply(kube, [replace(app, endpoints=app.endpoints[:2])])
-
-    def l7_task_in_flight() -> str | None:
-        for raw in store.redis.hvals(unacked):
-            message = json.loads(raw)[0]
-            if message["headers"]["task"] == L7_APPLY:
-                return str(message["headers"]["id"])
-        return None
-
-    wait_until(lambda: l7_task_in_flight() is not None, 30, "an L7 apply in flight")
-    task_id = l7_task_in_flight()
-    assert task_id is not None
-    revision = store.revision()
-    os.kill(components["worker-l7"].pids[0], signal.SIGKILL)
-    wait_until(lambda: not components["worker-l7"].alive(), 15, "worker-l7 killed")
-
-    platform.up(print)  # starts what is down: the xDS server and a new L7 worker
-    # The result read as a key (no pub/sub subscription left behind for after Redis stops).
-    backend = make_app(settings, include_tasks=False).backend
-
-    def done() -> bool:
-        meta = backend.get_task_meta(task_id)
-        assert meta["status"] != "FAILURE", meta
-        return bool(meta["status"] == "SUCCESS")
-
-    wait_until(done, 120, "the killed worker's task done by the new one", interval=0.5)
-    result: dict[str, int] = backend.get_task_meta(task_id)["result"]
-    assert result["published"] >= revision
-    answers_become(platform, target, {"echo-1", "echo-2"}, 30)
-    demo.apply(kube, [app])
-    answers_become(platform, target, {"echo-1", "echo-2", "echo-3"}, 30)

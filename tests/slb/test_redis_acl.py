@@ -17,12 +17,11 @@ from click.testing import CliRunner
 
 from devbed.process import Process, wait_until
 from devbed.redis import RedisServer
-from l7.published import published_revision, record_published
 from slb import config
 from slb.cli import main
 from slb.config import ConfigError, RedisSettings
-from slb.model import LoadBalancer, Owner, OwnerKind
-from slb.pipeline import L7_APPLY, L7_QUEUE, make_app
+from slb.model import LBNode, LoadBalancer, NodeGroup, Owner, OwnerKind
+from slb.pipeline import REASSERT, l4_queue, make_app
 from slb.storage import acl
 from slb.storage.connect import credentials
 from slb.storage.status import StatusBoard
@@ -135,20 +134,22 @@ def test_each_role_may_do_its_part_and_no_more(acl_redis: AclRedis) -> None:
 def test_a_celery_worker_consumes_tasks_as_the_worker_user(
     acl_redis: AclRedis, tmp_path: Path
 ) -> None:
+    """Every key and channel a Celery worker touches (its queue, `unacked`, the bindings,
+    remote control, the queues it sends to) is in the worker user's rules. (An LB node's
+    worker needs IPVS, which this kernel has not: the drift re-assertion's worker stands
+    in, run as the worker user; the lab VM runs the node's own.)"""
     acl_redis.admin.acl_log_reset()
     cmi = acl_redis.store("cmi")
-    revision = cmi.put(balancer("198.18.0.11", "w"))
-    record_published(cmi, revision)  # as an xDS server would have
-    worker = Process("worker-l7", [sys.executable, "-m", "slb.cli", "worker", "--l7"], tmp_path,
-                     env=acl_redis.env("worker"))  # fmt: skip
+    cmi.put(NodeGroup(name="g", nodes=(LBNode(name="lb1", address="198.18.0.21"),)))
+    queue = f"{PREFIX}:celery:{l4_queue('lb1')}"
+    worker = Process("worker", [sys.executable, "-m", "slb.cli", "worker", "--control"],
+                     tmp_path, env=acl_redis.env("worker"))  # fmt: skip
     worker.start()
     try:
         settings = config.load(environ=acl_redis.env("cmi"))
         app = make_app(settings, include_tasks=False)
-        result = app.send_task(L7_APPLY, kwargs={"revision": revision}, queue=L7_QUEUE)
-        reply = result.get(timeout=90)
-        assert reply["revision"] == revision
-        assert reply["published"] == revision
+        app.send_task(REASSERT)
+        wait_until(lambda: acl_redis.admin.llen(queue) > 0, 60, "the node's apply task sent")
         assert app.control.ping(timeout=5), "the worker answers remote control"
         app.close()
     finally:
@@ -166,7 +167,6 @@ def test_the_xds_server_runs_as_the_worker_user(acl_redis: AclRedis) -> None:
     revision = cmi.put(balancer("198.18.0.12", "x"))
     with ServerThread(worker) as server:
         server.wait_revision(revision)
-        wait_until(lambda: published_revision(cmi) >= revision, 10, "the revision recorded")
     assert acl_redis.denials() == []
 
 

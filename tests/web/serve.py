@@ -27,8 +27,13 @@ class ServedApp:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.server.task_dispatcher.shutdown(timeout=5)
-        self.server.close()
-        for channel in list(self.server._map.values()):
-            channel.close()
+        def close_all() -> None:
+            # In the server's own thread: a socket closed under its select() from another
+            # thread fails the loop (EBADF) instead of ending it.
+            for channel in list(self.server._map.values()):
+                channel.close()
+
+        self.server.trigger.pull_trigger(close_all)
         self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "the console's server loop did not end"
+        self.server.task_dispatcher.shutdown(timeout=5)

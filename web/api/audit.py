@@ -12,20 +12,18 @@ from web.db import get_store
 
 bp = ApiBlueprint("api_audit", __name__, tag="audit")
 
-AUDIT_FILTERS = ("who", "action", "kind", "key")
-
 
 @bp.operation(
     "/audit", "GET", summary="The audit trail, newest first, filtered by exact fields",
     role=READ, ok=(200, "AuditList"), errors=(422,),
     query=(
-        *(Param(f, {"type": "string"}, f"Only entries with this {f}") for f in AUDIT_FILTERS),
+        *(Param(f, {"type": "string"}, f"Only entries with this {f}") for f in AuditLog.FILTERS),
         Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
               "At most this many"),
     ),
 )  # fmt: skip
 def audit_trail() -> Response:
     limit = int_arg("limit", 100, 1, 1000)
-    match = {f: request.args[f] for f in AUDIT_FILTERS if request.args.get(f)}
+    match = {f: request.args[f] for f in AuditLog.FILTERS if request.args.get(f)}
     entries = AuditLog(get_store()).entries(limit=limit, **match)
     return jsonify({"items": [asdict(e) for e in entries]})

@@ -16,7 +16,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, PreconditionRequired
 
-from slb.model import FieldError, ModelError
+from slb.model import FieldError, ModelError, StoredObject
+from slb.snapshot import Stored
 from web import queries
 from web.auth import Role, require
 
@@ -212,3 +213,24 @@ def with_etag(body: dict[str, Any]) -> Response:
 
 def versioned_json(stored: Any) -> dict[str, Any]:
     return {**queries.as_json(stored), "version": stored.revision}
+
+
+def items_json(cls: type[StoredObject]) -> Response:
+    """Every object of `cls` in the current view, by name, each with its version."""
+    view = queries.current()
+    return jsonify({"items": [versioned_json(s) for _, s in sorted(view.snapshot.of(cls).items())]})
+
+
+def put_named(
+    cls: type[StoredObject],
+    name: str,
+    put: Callable[[dict[str, Any], int], Stored[Any]],
+) -> Response:
+    """PUT of a whole object by name: the body's `name`, if any, must match the path; with a
+    version it replaces that version, without one it must not exist yet."""
+    data = json_body()
+    version = take_version(cls.kind, data, required=False)
+    if "name" in data and data["name"] != name:
+        raise field_error(cls.kind, "name", "must match the path")
+    stored = put({**data, "name": name}, version or 0)
+    return with_etag({**stored.obj.model_dump(mode="json"), "version": stored.revision})

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Response, jsonify
+from flask import Response
 
 from slb.model import NodeGroup
-from web import queries
 from web.api.common import (
     READ,
     ApiBlueprint,
-    field_error,
-    json_body,
-    take_version,
-    versioned_json,
-    with_etag,
+    items_json,
+    put_named,
 )
 from web.auth import Role
 from web.db import operations
@@ -26,10 +22,7 @@ bp = ApiBlueprint("api_node_groups", __name__, tag="instances")
     role=READ, ok=(200, "NodeGroupList"),
 )  # fmt: skip
 def list_node_groups() -> Response:
-    view = queries.current()
-    return jsonify(
-        {"items": [versioned_json(s) for _, s in sorted(view.snapshot.of(NodeGroup).items())]}
-    )
+    return items_json(NodeGroup)
 
 
 @bp.operation(
@@ -38,9 +31,6 @@ def list_node_groups() -> Response:
     role=Role.ADMIN, ok=(200, "NodeGroupItem"), body="NodeGroupPut", errors=(409,),
 )  # fmt: skip
 def put_node_group(name: str) -> Response:
-    data = json_body()
-    version = take_version(NodeGroup.kind, data, required=False)
-    if "name" in data and data["name"] != name:
-        raise field_error(NodeGroup.kind, "name", "must match the path")
-    stored = operations().put_node_group({**data, "name": name}, expect=version or 0)
-    return with_etag({**stored.obj.model_dump(mode="json"), "version": stored.revision})
+    return put_named(
+        NodeGroup, name, lambda data, version: operations().put_node_group(data, expect=version)
+    )

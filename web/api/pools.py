@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from flask import Response, abort, jsonify
+from flask import Response, abort
 
 from slb.model import AddressPool
-from web import queries
 from web.api.common import (
     READ,
     VERSION_QUERY,
     WRITE,
     ApiBlueprint,
-    field_error,
-    json_body,
+    items_json,
+    put_named,
     take_version,
-    versioned_json,
-    with_etag,
 )
 from web.db import get_store, operations
 
@@ -27,10 +24,7 @@ bp = ApiBlueprint("api_pools", __name__, tag="instances")
     role=READ, ok=(200, "AddressPoolList"),
 )  # fmt: skip
 def list_pools() -> Response:
-    view = queries.current()
-    return jsonify(
-        {"items": [versioned_json(s) for _, s in sorted(view.snapshot.of(AddressPool).items())]}
-    )
+    return items_json(AddressPool)
 
 
 @bp.operation(
@@ -39,12 +33,9 @@ def list_pools() -> Response:
     role=WRITE, ok=(200, "AddressPoolItem"), body="AddressPoolPut", errors=(409,),
 )  # fmt: skip
 def put_pool(name: str) -> Response:
-    data = json_body()
-    version = take_version(AddressPool.kind, data, required=False)
-    if "name" in data and data["name"] != name:
-        raise field_error(AddressPool.kind, "name", "must match the path")
-    stored = operations().put_pool({**data, "name": name}, expect=version or 0)
-    return with_etag({**stored.obj.model_dump(mode="json"), "version": stored.revision})
+    return put_named(
+        AddressPool, name, lambda data, version: operations().put_pool(data, expect=version)
+    )
 
 
 @bp.operation(

@@ -16,8 +16,6 @@ from web.db import get_store
 
 bp = Blueprint("overview", __name__)
 
-AUDIT_FILTERS = ("who", "action", "kind", "key")
-
 
 @bp.get("/")
 def index() -> str:
@@ -72,7 +70,9 @@ def nodes_fragment() -> str:
 
 @bp.get("/audit")
 def audit() -> str:
-    match = {f: request.args[f].strip() for f in AUDIT_FILTERS if request.args.get(f, "").strip()}
+    match = {
+        f: request.args[f].strip() for f in AuditLog.FILTERS if request.args.get(f, "").strip()
+    }
     entries = AuditLog(get_store()).entries(limit=200, **match)
     rows = [
         {
@@ -83,7 +83,7 @@ def audit() -> str:
         }
         for e in entries
     ]
-    return render_template("audit.html", rows=rows, match=match, filters=AUDIT_FILTERS)
+    return render_template("audit.html", rows=rows, match=match, filters=AuditLog.FILTERS)
 
 
 def _changed(before: dict[str, object] | None, after: dict[str, object] | None) -> list[str]:
