@@ -15,6 +15,11 @@ the lab VM.
   The VM is emulated (TCG), so these figures are an upper bound for a real LB node.
 - Then the L7 trials again with `--others` (1,000) more exposed gRPC Services, each with
   its own VIP and Envoy listener.
+- Each L7 trial is split where the store's revision moves (polled every 3 ms): label ->
+  the desired state in Redis (the API server's watch, cmi's hold-off and write), then Redis
+  -> the first answer (`slb xds` follows the stream, translates, pushes; Envoy applies).
+  The CPU seconds each component spends during the trials with others are kept too: on two
+  cores, the slowest trials are the ones that wait for a core.
 - And a burst: 1,000 revisions in a row for node lb1; how many applies it costs.
 
     .venv/bin/python -m bench.pipeline [--trials 50] [--others 1000]
@@ -23,9 +28,12 @@ the lab VM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
+import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -60,10 +68,50 @@ def first_grpc_answer(target: str, timeout: float = 30.0) -> float:
     raise TimeoutError(f"{target} did not answer in {timeout:.0f} s")
 
 
+class RevisionWatch:
+    """When the store's revision first moves past where it was: a thread polling every 3 ms."""
+
+    def __init__(self, platform: DevPlatform) -> None:
+        self.store = platform.store()
+        self.since = self.store.revision()
+        self.moved: float | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set() and self.moved is None:
+            if self.store.revision() > self.since:
+                self.moved = time.monotonic()
+            time.sleep(0.003)
+
+    def stop(self) -> float | None:
+        self._done.set()
+        self._thread.join()
+        return self.moved
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time of these processes so far (children they waited for included)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def trials(
-    platform: DevPlatform, kind: str, count: int, first_port: int, progress: str
+    platform: DevPlatform,
+    kind: str,
+    count: int,
+    first_port: int,
+    progress: str,
+    *,
+    splits: list[tuple[float, float]] | None = None,
 ) -> list[float]:
-    """`count` label -> first answer latencies (ms) for new Services on instance bench-KIND."""
+    """`count` label -> first answer latencies (ms) for new Services on instance bench-KIND;
+    for L7, each trial's (label -> Redis, Redis -> answer) in ms is added to `splits`."""
     kube = platform.kube()
     grpc_app = platform.apps()[0]
     tcp_app = platform.apps()[1]
@@ -78,9 +126,13 @@ def trials(
         demo.apply(kube, [app])
         target = f"{vip}:{port}"
         if kind == "l7":
+            watch = RevisionWatch(platform)
             began = time.monotonic()
             demo.label(kube, app.name, f"bench-{kind}")
             answered = first_grpc_answer(target)
+            stored = watch.stop() or answered
+            if splits is not None:
+                splits.append(((stored - began) * 1000, (answered - stored) * 1000))
         else:
             probe = node.ask_tcp(target, until_s=30)
             time.sleep(0.05)  # the guest has taken the probe and is trying
@@ -155,7 +207,8 @@ def main() -> None:
             platform.show_traffic(lambda m: log(f"  {m}"))
             create_instances(platform)
             log(f"label -> first call, L7, {args.trials} trials")
-            l7 = trials(platform, "l7", args.trials, 51000, "l7")
+            l7_splits: list[tuple[float, float]] = []
+            l7 = trials(platform, "l7", args.trials, 51000, "l7", splits=l7_splits)
             log(f"label -> first connection, L4 (lab VM), {args.trials} trials")
             l4 = trials(platform, "l4", args.trials, 31000, "l4")
             log(f"burst: 1,000 revisions for {LAB_GROUP}")
@@ -165,7 +218,12 @@ def main() -> None:
             log(f"{args.others} other exposed Services")
             expose_others(platform, args.others)
             log(f"label -> first call, L7 with {args.others} others, {args.trials} trials")
-            l7_crowd = trials(platform, "l7", args.trials, 52000, "l7crowd")
+            crowd_splits: list[tuple[float, float]] = []
+            pids = {name: c.pids for name, c in platform.components().items() if c.pids}
+            cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
+            l7_crowd = trials(platform, "l7", args.trials, 52000, "l7crowd", splits=crowd_splits)
+            crowd_cpu = {n: round(cpu_seconds(p) - cpu_before[n], 1) for n, p in pids.items()}
+            log(f"  CPU seconds during those trials: {crowd_cpu}")
         finally:
             platform.down(lambda m: None)
     figures = {
@@ -193,9 +251,22 @@ def main() -> None:
             "l7_ms": [round(v, 1) for v in l7],
             "l4_ms": [round(v, 1) for v in l4],
             "l7_with_others_ms": [round(v, 1) for v in l7_crowd],
+            "l7_split_ms": _split_summary(l7_splits),
+            "l7_with_others_split_ms": _split_summary(crowd_splits),
+            "cpu_seconds_during_l7_with_others": crowd_cpu,
         },
     )
     log(f"wrote {path}")
+
+
+def _split_summary(splits: list[tuple[float, float]]) -> dict[str, dict[str, float]]:
+    """Median and 99th percentile of each part of the L7 trials."""
+    parts = {"label_to_redis": [s[0] for s in splits], "redis_to_answer": [s[1] for s in splits]}
+    return {
+        name: {"p50": round(results_file.median(values), 1),
+               "p99": round(results_file.percentile(values, 99), 1)}
+        for name, values in parts.items()
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

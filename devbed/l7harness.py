@@ -291,77 +291,68 @@ class Bed:
     def l4_envoy(self, listen: tuple[str, int], backends: list[BackendServer]) -> EnvoyProxy:
         """A plain TCP proxy balancing connections (as an L4 balancer does), for contrast."""
         tcp = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-        endpoints = [{"endpoint": {"address": _socket(b.address, b.grpc_port)}} for b in backends]
-        config = {
-            "node": {"id": "l4", "cluster": "l4"},
-            "static_resources": {
-                "listeners": [{
-                    "name": "l4",
-                    "address": _socket(*listen),
-                    "freebind": True,
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.tcp_proxy",
-                        "typed_config": {"@type": tcp, "stat_prefix": "l4", "cluster": "l4"},
-                    }]}],
-                }],
-                "clusters": [{
-                    "name": "l4", "type": "STATIC", "lb_policy": "ROUND_ROBIN",
-                    "load_assignment": {
-                        "cluster_name": "l4", "endpoints": [{"lb_endpoints": endpoints}],
-                    },
-                }],
-            },
-        }  # fmt: skip
-        proxy = EnvoyProxy(self.directory / "l4", config, name="l4")
-        self.envoys.append(proxy)
-        return proxy.start()
+        proxy = {
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {"@type": tcp, "stat_prefix": "l4", "cluster": "l4"},
+        }
+        cluster = {"name": "l4", "type": "STATIC", "lb_policy": "ROUND_ROBIN",
+                   "load_assignment": _assignment("l4", backends)}  # fmt: skip
+        return self._static_envoy("l4", listen, proxy, cluster)
 
     def default_envoy(self, listen: tuple[str, int], backends: list[BackendServer]) -> EnvoyProxy:
         """An HTTP/2 proxy to the backends with Envoy's defaults (circuit breakers of 1,024
         requests, no limit on streams per upstream connection), for contrast."""
         hcm = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
         options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-        endpoints = [{"endpoint": {"address": _socket(b.address, b.grpc_port)}} for b in backends]
-        config = {
-            "node": {"id": "defaults", "cluster": "defaults"},
-            "static_resources": {
-                "listeners": [{
-                    "name": "defaults",
-                    "address": _socket(*listen),
-                    "freebind": True,
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": f"type.googleapis.com/{hcm}",
-                            "stat_prefix": "defaults",
-                            "route_config": {"virtual_hosts": [{
-                                "name": "any", "domains": ["*"],
-                                "routes": [{"match": {"prefix": "/"},
-                                            "route": {"cluster": "echo", "timeout": "0s"}}],
-                            }]},
-                            "http_filters": [{
-                                "name": "envoy.filters.http.router",
-                                "typed_config": {"@type": "type.googleapis.com/"
-                                                 "envoy.extensions.filters.http.router.v3.Router"},
-                            }],
-                        },
-                    }]}],
-                }],
-                "clusters": [{
-                    "name": "echo", "type": "STATIC",
-                    "typed_extension_protocol_options": {options: {
-                        "@type": f"type.googleapis.com/{options}",
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    }},
-                    "load_assignment": {
-                        "cluster_name": "echo", "endpoints": [{"lb_endpoints": endpoints}],
-                    },
+        manager = {
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": f"type.googleapis.com/{hcm}",
+                "stat_prefix": "defaults",
+                "route_config": {"virtual_hosts": [{
+                    "name": "any", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"},
+                                "route": {"cluster": "echo", "timeout": "0s"}}],
+                }]},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/"
+                                     "envoy.extensions.filters.http.router.v3.Router"},
                 }],
             },
         }  # fmt: skip
-        proxy = EnvoyProxy(self.directory / "defaults", config, name="defaults")
+        cluster = {
+            "name": "echo", "type": "STATIC",
+            "typed_extension_protocol_options": {options: {
+                "@type": f"type.googleapis.com/{options}",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }},
+            "load_assignment": _assignment("echo", backends),
+        }  # fmt: skip
+        return self._static_envoy("defaults", listen, manager, cluster)
+
+    def _static_envoy(
+        self,
+        name: str,
+        listen: tuple[str, int],
+        network_filter: dict[str, Any],
+        cluster: dict[str, Any],
+    ) -> EnvoyProxy:
+        """A hand-configured Envoy (no xDS): one listener with one network filter, one cluster."""
+        listener = {"name": name, "address": _socket(*listen), "freebind": True,
+                    "filter_chains": [{"filters": [network_filter]}]}  # fmt: skip
+        config = {
+            "node": {"id": name, "cluster": name},
+            "static_resources": {"listeners": [listener], "clusters": [cluster]},
+        }
+        proxy = EnvoyProxy(self.directory / name, config, name=name)
         self.envoys.append(proxy)
         return proxy.start()
+
+
+def _assignment(cluster: str, backends: list[BackendServer]) -> dict[str, Any]:
+    endpoints = [{"endpoint": {"address": _socket(b.address, b.grpc_port)}} for b in backends]
+    return {"cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}]}
 
 
 def _socket(address: str, port: int) -> dict[str, Any]:
