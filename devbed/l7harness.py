@@ -620,16 +620,14 @@ def https_get(address: str, port: int, host: str, path: str = "/") -> tuple[int,
     conn.sock = context.wrap_socket(
         socket.create_connection((address, port), timeout=5), server_hostname=host
     )
-    try:
-        conn.request("GET", path, headers={"Host": host})
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
+    return _get(conn, host, path)
 
 
 def http_get(address: str, port: int, host: str, path: str = "/") -> tuple[int, str]:
-    conn = http.client.HTTPConnection(address, port, timeout=5)
+    return _get(http.client.HTTPConnection(address, port, timeout=5), host, path)
+
+
+def _get(conn: http.client.HTTPConnection, host: str, path: str) -> tuple[int, str]:
     try:
         conn.request("GET", path, headers={"Host": host})
         response = conn.getresponse()
