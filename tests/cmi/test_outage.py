@@ -74,7 +74,7 @@ def test_the_handoff_outlives_a_broker_outage(tmp_path: Path) -> None:
     thread = threading.Thread(target=handoff.run, args=(stop,))
     thread.start()
     try:
-        wait_until(lambda: len(queued(broker, "l7")) == 1, 10, "the current revision announced")
+        wait_until(lambda: len(queued(broker, "l4.lb1")) == 1, 10, "the current revision announced")
 
         broker_server.stop()
         store.put(AddressPool.model_validate({"name": "p1", "cidrs": ["198.18.0.0/24"]}))
@@ -85,8 +85,7 @@ def test_the_handoff_outlives_a_broker_outage(tmp_path: Path) -> None:
         broker_server.start()
 
         wait_until(lambda: handoff.announced == final, 30, "the held-up revision announced")
-        assert queued(broker, "l7")[-1] == {"revision": final, "force": False}
-        assert queued(broker, "l4.lb1")[-1]["revision"] == final
+        assert queued(broker, "l4.lb1")[-1] == {"node": "lb1", "revision": final, "force": False}
     finally:
         stop.set()
         thread.join(timeout=30)
