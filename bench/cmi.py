@@ -24,7 +24,6 @@ from devbed.process import Process, wait_until
 from devbed.redis import RedisServer
 from slb.storage.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
 POOL = "198.18.0.0/21"
 
@@ -95,8 +94,7 @@ def main() -> None:
     redis_server = RedisServer(work / "redis").start()
     kube = KubeAPI(work / "kube").start()
     try:
-        kube.apply_manifest(REPO / "deploy" / "k8s" / "cmi-rbac.yaml")
-        kubeconfig = kube.service_account_kubeconfig("openslb-system", "openslb-cmi")
+        kubeconfig = kube.cmi_kubeconfig()
         admin = KubeClient.from_kubeconfig(str(kube.kubeconfig))
         began = time.monotonic()
         populate(admin, args.services)

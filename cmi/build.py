@@ -9,12 +9,13 @@ happens in the controller; here a dedicated instance asks for its pool and any e
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, cast
 
 from pydantic import ValidationError
 
@@ -23,6 +24,7 @@ from cmi.annotation import EXPOSE_LABEL, BackendMode, Parsed, ServiceSettings
 from slb.model import (
     Backend,
     Conditions,
+    FieldError,
     IPAddress,
     Listener,
     LoadBalancer,
@@ -37,6 +39,7 @@ from slb.model import (
 if TYPE_CHECKING:  # the name only: loading the client would load urllib3 and kubernetes
     from cmi.k8s.client import Body
 
+P = ParamSpec("P")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDE_LB_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -78,6 +81,12 @@ class Built:
     service: Service | None = None
     listeners: tuple[Listener, ...] = ()
     events: tuple[Event, ...] = ()
+    refused: str | None = None
+    """Why the Service cannot be served as it is now; it keeps what it was served with."""
+    remembered_vip: IPAddress | None = None
+    """The VIP the Service had: its stored instance's, else the one its status names. If
+    IPAM has lost its record (the store was lost), IPAM gives it back when it is free, so a
+    rebuilt store moves no VIP."""
 
 
 def service_key(body: Body) -> str:
@@ -97,6 +106,47 @@ def dedicated_name(namespace: str, name: str) -> str:
     return short_name(namespace, name)
 
 
+def for_this_service_alone(build: Callable[P, Built]) -> Callable[P, Built]:
+    """Whatever a Service holds, the answer is for it alone: content the model cannot take
+    refuses this Service (`refused`), never the controller."""
+
+    @functools.wraps(build)
+    def guarded(*args: P.args, **inputs: P.kwargs) -> Built:
+        body, previous = cast("Body", args[0]), cast(Previous, inputs["previous"])
+        key = service_key(body)
+        try:
+            return build(*args, **inputs)
+        except ValidationError as exc:
+            return refused(key, previous, str(ModelError.from_validation("Service", exc)))
+        except ModelError as exc:
+            return refused(key, previous, str(exc))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return refused(
+                key, previous, f"cmi cannot read this Service ({exc!r}): please report it"
+            )
+
+    return guarded
+
+
+def refused(key: str, previous: Previous, reason: str) -> Built:
+    """A Service cmi cannot serve as it is now keeps what it was served with, if anything."""
+    kept = "keeping what it was served with" if previous.service else "not exposed"
+    event = Event("Warning", "Refused", f"{reason}; {kept}")
+    if previous.service is None:
+        return Built(key, exposed=False, events=(event,), refused=event.message)
+    return Built(
+        key,
+        exposed=True,
+        instance=previous.service.load_balancer,
+        dedicated=previous.load_balancer,
+        service=previous.service,
+        listeners=tuple(previous.listeners.values()),
+        events=(event,),
+        refused=event.message,
+    )
+
+
+@for_this_service_alone
 def build(
     body: Body,
     *,
@@ -117,6 +167,7 @@ def build(
     settings = _settings(parsed, previous, events)
 
     dedicated: LoadBalancer | None = None
+    remembered: IPAddress | None = None
     if expose == "true":
         instance = dedicated_name(meta["namespace"], meta["name"])
         vip = settings.vip
@@ -129,6 +180,9 @@ def build(
             node_group=settings.node_group or defaults.node_group,
             owner=Owner(kind=OwnerKind.SERVICE, name=key),
         )
+        if vip is None:
+            stored = previous.load_balancer.vip if previous.load_balancer else None
+            remembered = stored or _ingress_vip(body)
     else:
         instance = expose
         if instance not in instances:
@@ -179,7 +233,16 @@ def build(
         service=service,
         listeners=tuple(listeners),
         events=tuple(events),
+        remembered_vip=remembered,
     )
+
+
+def _ingress_vip(body: Body) -> IPAddress | None:
+    """The first address the Service's `status.loadBalancer.ingress` names, if any."""
+    for ingress in ((body.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+        if ip := endpoint_ip(str(ingress.get("ip") or "")):
+            return ip
+    return None
 
 
 def _settings(parsed: Parsed, previous: Previous, events: list[Event]) -> ServiceSettings:
@@ -211,17 +274,28 @@ def _annotated_fields(listener: Listener) -> dict[str, Any]:
 
 
 def _ports(spec: Body) -> list[ServicePort]:
-    return [
-        ServicePort(
-            name=port.get("name") or "",
-            port=port["port"],
-            protocol=port.get("protocol", "TCP"),
-            app_protocol=port.get("appProtocol"),
-            target_port=port.get("targetPort"),
-            node_port=port.get("nodePort"),
-        )
-        for port in spec.get("ports") or []
-    ]
+    """The Service's ports; a problem is named by its field in the API's terms."""
+    ports = []
+    for index, port in enumerate(spec.get("ports") or []):
+        try:
+            ports.append(
+                ServicePort(
+                    name=port.get("name") or "",
+                    port=port["port"],
+                    protocol=port.get("protocol", "TCP"),
+                    app_protocol=port.get("appProtocol"),
+                    target_port=port.get("targetPort"),
+                    node_port=port.get("nodePort"),
+                )
+            )
+        except ValidationError as exc:
+            errors = ModelError.from_validation("Service", exc).errors
+            where = f"spec.ports[{index}]"
+            raise ModelError(
+                "Service",
+                [FieldError(field=f"{where}.{e.field}", message=e.message) for e in errors],
+            ) from exc
+    return ports
 
 
 def _conditions(raw: Body) -> Conditions:
@@ -252,7 +326,8 @@ def _pod_backends(slices: Iterable[Body]) -> dict[str, tuple[Backend, ...]]:
             for endpoint in slice_.get("endpoints") or []:
                 conditions = _conditions(endpoint.get("conditions") or {})
                 for address in endpoint.get("addresses") or []:
-                    ip = ipaddress.ip_address(address)
+                    if (ip := endpoint_ip(address)) is None:
+                        continue
                     bucket[(ip, port["port"])] = Backend(
                         address=ip,
                         port=port["port"],
@@ -295,7 +370,7 @@ def _node_backends(
     return {
         port.name: tuple(
             Backend(
-                address=ipaddress.ip_address(address),
+                address=address,
                 port=port.node_port,
                 weight=weight,
                 node=name,
@@ -316,12 +391,29 @@ def _node_ready(node: Body) -> bool:
     return False
 
 
-def _internal_ips(node: Body) -> list[str]:
-    return [
-        a["address"]
-        for a in (node.get("status") or {}).get("addresses") or []
-        if a.get("type") == "InternalIP"
-    ]
+def _internal_ips(node: Body) -> list[IPAddress]:
+    addresses = (node.get("status") or {}).get("addresses") or []
+    found = (endpoint_ip(a.get("address", "")) for a in addresses if a.get("type") == "InternalIP")
+    return [ip for ip in found if ip is not None]
+
+
+def endpoint_ip(text: str) -> IPAddress | None:
+    """An address as the API server may hold it: canonical, or in a legacy form it
+    accepted before strict validation (IPv4 with leading zeros, which it reads as decimal;
+    IPv4-mapped IPv6, which it reads as IPv4). None for anything else."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        parts = text.split(".")
+        if len(parts) != 4 or not all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
+            return None
+        try:
+            return ipaddress.IPv4Address(".".join(str(int(p)) for p in parts))
+        except ValueError:
+            return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _created_at(meta: Body) -> float:
@@ -366,7 +458,7 @@ def _listeners(
             "load_balancer": instance,
             "protocol": protocol,
             "port": port.port,
-            "target_port": port.name or port.port,
+            "target_port": port.port if not port.name or port.name.isdigit() else port.name,
             "owner": owner,
             "created_at": created_at,
             **{k: v for k, v in fields.items() if _applies(k, protocol)},

@@ -19,7 +19,7 @@ from functools import partial
 import redis
 
 from cmi import grace, readiness, vips
-from cmi.build import Built
+from cmi.build import Built, Previous
 from cmi.cluster import Cluster, sharing
 from cmi.conflicts import port_conflicts
 from cmi.debounce import Debouncer
@@ -30,7 +30,7 @@ from cmi.mirror import Mirror, written_by_others
 from cmi.report import ListenerStatus, Reporter
 from slb.config import CmiSettings
 from slb.model import KINDS, AddressPool, IPAddress, Listener, LoadBalancer, StoredObject
-from slb.snapshot import Change, Delete, Put
+from slb.snapshot import Change, Delete, Put, Snapshot
 from slb.storage import connect
 from slb.storage.follow import Follower
 from slb.storage.status import BEAT_S, StatusBoard
@@ -71,6 +71,8 @@ class Controller:
         """Services still to rebuild in the running periodic resync; None: none runs."""
         self._resync_began = 0.0
         self._synced = False
+        self.store_id: str | None = None
+        """The identity of the store cmi last read in full."""
         self.last_turn = time.monotonic()
         """When the loop last went round (for cmi's liveness probe)."""
         self._beaten = 0.0
@@ -104,9 +106,31 @@ class Controller:
 
     def _load(self) -> None:
         self.last_turn = time.monotonic()
-        if pool := vips.default_pool(self.settings):
+        self.revision = self.mirror.load(self._identified_snapshot())
+
+    def _identified_snapshot(self) -> Snapshot:
+        """The store read afresh, with the pool cmi's settings define. A store cmi has not
+        marked synced (emptied, replaced, or new) is marked as being rebuilt, so consumers
+        hold their last good state until it is complete (`slb.integrity`)."""
+        if pool := vips.default_pool(self.settings):  # a lost store lost it too
             self.store.put(pool, who=self.identity, why="pool from cmi settings")
-        self.revision = self.mirror.load(self.store.snapshot())
+        store_id = self.store.identity()
+        snapshot = self.store.snapshot()
+        if self.store_id is not None and store_id != self.store_id:
+            log.error("the store was emptied or replaced (store %s, was %s): rebuilding it "
+                      "from Kubernetes", store_id, self.store_id)  # fmt: skip
+        synced = snapshot.synced
+        if synced is None or synced.store_id != store_id:
+            self.store.mark_syncing(store_id)
+        self.store_id = store_id
+        return snapshot
+
+    def _mark_synced(self) -> None:
+        """A full rebuild is done: consumers may trust this store again."""
+        assert self.store_id is not None
+        if self.store.mark_synced(self.store_id, self.revision) is None:
+            log.error("the store changed while cmi rebuilt it; rebuilding again")
+            self._resync_requested.set()
 
     def _step(self, stop: threading.Event, schedule: dict[str, float]) -> None:
         """One turn of the loop: a resync (or a slice of one), the readiness check, or
@@ -124,6 +148,7 @@ class Controller:
                 else:  # the first sync, in one step: nothing is served yet
                     self.resync()
                     self._synced = True
+                    self._mark_synced()
             except redis.RedisError:
                 self._resync_requested.set()  # again as soon as Redis answers
                 raise
@@ -174,11 +199,12 @@ class Controller:
         self._resync_keys = pending[RESYNC_SLICE:] or None
         if self._resync_keys is None:
             self.last_sync_s = time.monotonic() - self._resync_began
+            self._mark_synced()
 
     def _begin_resync(self) -> list[str]:
         """Re-read the store into the mirror; every Service key that must be rebuilt."""
         with self._lock:
-            self.revision = self.mirror.load(self.store.snapshot())
+            self.revision = self.mirror.load(self._identified_snapshot())
             return sorted(set(self.cluster.services.keys()) | set(self.mirror.owned))
 
     def check_readiness(self) -> None:
@@ -213,11 +239,17 @@ class Controller:
         for name, vip in vips.operator_vips(self.mirror.of(LoadBalancer), self.ipam, pools).items():
             self._write_operator_vip(name, vip)
         instances = self.mirror.of(LoadBalancer)
-        results: list[tuple[str, Built, list[StoredObject]]] = []
-        for key in sorted(keys):
+        builds: list[tuple[str, Previous, Built]] = []
+        for key in sorted(keys):  # 3. build
             previous = self.mirror.previous(key)
-            built = self.cluster.build(key, previous, instances)  # 3. build
-            results.append((key, *vips.desired(built, previous, self.ipam, pools)))  # 4. VIPs
+            builds.append((key, previous, self.cluster.build(key, previous, instances)))
+        # 4. VIPs: a Service taking back the VIP its status names goes first, so a rebuilt
+        # store gives it that VIP before any new Service can draw it.
+        builds.sort(key=lambda item: item[2].remembered_vip is None)
+        results: list[tuple[str, Built, list[StoredObject]]] = [
+            (key, *vips.desired(b, previous, self.ipam, pools)) for key, previous, b in builds
+        ]
+        results.sort(key=lambda item: item[0])
         ops = [  # 5. diff
             op
             for key, _, desired in results

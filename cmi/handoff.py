@@ -7,7 +7,9 @@ needs no task: `slb xds` follows the change stream itself and pushes each revisi
 Envoys; see slb/pipeline.py.)
 A task never carries a diff: the worker reads the desired state itself. Tasks for a
 revision older than what a node already serves do nothing, and a burst of revisions read
-in one batch from the change stream is announced once, for the newest.
+in one batch from the change stream is announced once, for the newest. A node's queue holds
+at most one task: while one waits, announcements only raise the revision it will take
+(`slb.storage.announce`), so an offline node's queue does not grow.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kombu.exceptions import OperationalError
 from slb.model import NodeGroup
 from slb.pipeline import L4_APPLY, l4_queue
 from slb.storage import connect
+from slb.storage.announce import Announcements
 from slb.storage.follow import Follower
 from slb.storage.store import Store
 
@@ -35,13 +38,18 @@ class Handoff:
         self.app = app
         self.announced = 0
         """The newest revision announced."""
+        self.announcements = Announcements(store)
 
     def announce(self, revision: int, *, force: bool = False) -> list[str]:
-        """Send the apply tasks for `revision`; return the queues they went to."""
+        """Announce `revision` to every node; send an apply task to each node whose queue
+        holds none (one that waits takes the newest announcement when it runs); return the
+        queues tasks went to."""
         queues = []
         for group in self.store.all(NodeGroup).values():
             for node in group.obj.nodes:
                 queue = l4_queue(node.name)
+                if not self.announcements.record(node.name, queue, revision, force=force):
+                    continue
                 self.app.send_task(
                     L4_APPLY,
                     kwargs={"node": node.name, "revision": revision, "force": force},

@@ -57,13 +57,16 @@ def exposure(
         "ip": str(vip), "ipMode": "VIP",
         "ports": [{"port": li.port, "protocol": li.protocol.transport} for li in served],
     }]  # fmt: skip
-    exposed = ("True", "Exposed", message) if not conflicts else (
-        "False", "ListenerConflict", message
-    )  # fmt: skip
+    if built.refused is not None:  # its Warning Event says why; no Normal one
+        exposed: Condition = ("False", "Refused", f"{built.refused}: {message}")
+    elif conflicts:
+        exposed = ("False", "ListenerConflict", message)
+    else:
+        exposed = ("True", "Exposed", message)
     conditions: dict[str, Condition | None] = {CONDITION: exposed}
     if programmed is not None:
         conditions[PROGRAMMED] = programmed_condition(programmed)
-    return Exposure(ingress, conditions, message)
+    return Exposure(ingress, conditions, None if built.refused else message)
 
 
 def programmed_condition(now: Readiness) -> Condition:
@@ -124,7 +127,8 @@ class Reporter:
                     self.events.record(body, "Normal", "Exposed", status.message)
             else:
                 self.writer.set_finalizer(body, present=False)
-                self.writer.set_status(body, [], {CONDITION: None, PROGRAMMED: None})
+                why = ("False", "Refused", built.refused) if built.refused else None
+                self.writer.set_status(body, [], {CONDITION: why, PROGRAMMED: None})
         except KubeError as exc:
             log.warning("status of %s not written: %s", service_key(body), exc)
 

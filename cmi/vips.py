@@ -29,6 +29,8 @@ class Allocator(Protocol):
 
     def release(self, instance: str) -> IPAddress | None: ...
 
+    def current(self, instance: str) -> IPAddress | None: ...
+
 
 def default_pool(settings: CmiSettings) -> AddressPool | None:
     """The pool that cmi's settings define (`pool_cidrs`), if they define one."""
@@ -63,7 +65,9 @@ def desired(
     balancer = built.dedicated
     if balancer is not None:
         try:
-            vip = ipam.allocate(balancer.name, pools_for(balancer, pools), balancer.vip)
+            vip = _remembered(built, balancer, ipam, pools) or ipam.allocate(
+                balancer.name, pools_for(balancer, pools), balancer.vip
+            )
         except IPAMError as exc:
             event = Event("Warning", "VIPUnavailable", str(exc))
             built = Built(built.key, exposed=previous.service is not None,
@@ -79,6 +83,23 @@ def desired(
     if balancer is not None:
         objects.append(balancer)
     return built, objects
+
+
+def _remembered(
+    built: Built, balancer: LoadBalancer, ipam: Allocator, pools: Mapping[str, AddressPool]
+) -> IPAddress | None:
+    """The VIP the Service had (`Built.remembered_vip`), taken back if IPAM has none for the
+    instance and the address is free in its pool; None otherwise (it gets one as any new
+    Service)."""
+    if built.remembered_vip is None or ipam.current(balancer.name) is not None:
+        return None
+    try:
+        vip = ipam.allocate(balancer.name, pools_for(balancer, pools), built.remembered_vip)
+    except IPAMError as exc:
+        log.info("%s does not get its former VIP back: %s", built.key, exc)
+        return None
+    log.info("%s takes back its VIP %s", built.key, vip)
+    return vip
 
 
 def operator_vips(

@@ -244,6 +244,12 @@ current-context: {user}@devbed
         )
         return client
 
+    def cmi_kubeconfig(self, hours: int = 24) -> Path:
+        """A kubeconfig for cmi's ServiceAccount, bound to the role cmi ships with
+        (deploy/k8s/cmi-rbac.yaml): cmi runs with no more than a deployment grants it."""
+        self.apply_manifest(REPO / "deploy" / "k8s" / "cmi-rbac.yaml")
+        return self.service_account_kubeconfig("openslb-system", "openslb-cmi", hours=hours)
+
     def service_account_kubeconfig(self, namespace: str, name: str, hours: int = 24) -> Path:
         """Create the ServiceAccount if needed and a kubeconfig with a token for it.
 

@@ -42,8 +42,6 @@ from slb.storage.store import Store
 
 Progress = Callable[[str], None]
 
-REPO = Path(__file__).resolve().parents[1]
-RBAC_MANIFEST = REPO / "deploy" / "k8s" / "cmi-rbac.yaml"
 PREFIX = "openslb"
 LAB_NODE, LAB_GROUP = "lb1", "lab"
 SAMPLES = ("echo-1", "echo-2", "echo-3")
@@ -304,8 +302,7 @@ class DevPlatform:
         api.start()
         assert api.etcd is not None
         assert api.apiserver is not None
-        api.apply_manifest(RBAC_MANIFEST)
-        cmi_kubeconfig = api.service_account_kubeconfig("openslb-system", "openslb-cmi", hours=48)
+        cmi_kubeconfig = api.cmi_kubeconfig(hours=48)
         self._write_config(cmi_kubeconfig)
         return Component(
             "kube-apiserver",

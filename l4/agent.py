@@ -34,12 +34,13 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import redis
 
 from l4 import health
-from l4.drivers import Driver, DriverError, open_driver
+from l4.drivers import Driver, DriverError
 from l4.health import HealthChecker, Target
 from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
 from l4.ownership import AgentError, NodeLock, NodeTakenError, Ownership
@@ -48,8 +49,9 @@ from l4.reconcile import DrainKey, reconcile, update_view
 from l4.report import OPERATIONS_SHOWN, SyncReport, findings
 from l4.stats import IPVSCollector, StatsWriter
 from l4.vip import VIPs, prepare_kernel
-from l4.vrrp import VRRP, Keepalived, compile_instance, start_connection_sync
-from slb.config import L4Settings, Settings
+from l4.vrrp import Keepalived, compile_instance, start_connection_sync
+from slb.config import L4Settings
+from slb.integrity import Guard
 from slb.model import NodeGroup
 from slb.resolve import DesiredState, resolve
 from slb.storage.follow import Follower, Step
@@ -96,6 +98,7 @@ class L4Agent:
         self.blocked: set[ServiceKey] = set()
         self.plan: IPVSPlan | None = None
         self.follower = Follower(store)
+        self.guard = Guard(f"l4 agent of {node}", partial(self.status.alarm, f"l4 {node}"))
         """The desired state, moved forward by the change stream; plans are made from it."""
         self.targets: dict[Target, list[ServiceKey]] = {}
         self.desired: dict[ServiceKey, VirtualService] = {}
@@ -162,8 +165,16 @@ class L4Agent:
     def _apply_step(self, step: Step) -> SyncReport:
         """Apply the desired state the follower has stepped to. Only what the step says
         changed is re-planned, if the last plan was made where the follower stood before
-        it; everything after a fresh snapshot, or when a failure came between."""
+        it; everything after a fresh snapshot, or when a failure came between. A store that
+        cannot be trusted (`slb.integrity`) is not applied: the node keeps what it serves."""
         with self._lock:
+            if not self.guard.admit(step.snapshot):
+                self.follower.reset()  # read afresh next time: it may have been rebuilt
+                group = self.plan.group if self.plan else None
+                why = f"holding: {self.guard.alarm}"
+                report = SyncReport(self.node, group, self.revision, errors=[why])
+                self._record(report)
+                return report
             planned_at = self.plan.revision if self.plan is not None else None
             changed = None
             if step.changes is not None and planned_at == self.seen_revision:
@@ -174,7 +185,12 @@ class L4Agent:
                 scope = self._group({k: s.obj for k, s in snapshot.of(NodeGroup).items()})
             except AgentError:
                 scope = None  # apply_state reports it
-            return self.apply_state(resolve(snapshot, node_group=scope), changed)
+            report = self.apply_state(resolve(snapshot, node_group=scope), changed)
+            before = self.guard.applied
+            self.guard.applied_now(snapshot)
+            if before is not None and before.store_id != snapshot.store_id:
+                self.ownership.add(self.owned)  # the record was lost with the store
+            return report
 
     def apply_state(self, state: DesiredState, changed: Changed | None = None) -> SyncReport:
         """Program this node for `state`: VIPs, IPVS, status report.
@@ -443,6 +459,8 @@ class L4Agent:
                     if not step.quiet:
                         self._apply_step(step)
                     self.tick()
+                    if self.guard.alarm:  # holding: health checks go on; read again soon
+                        stop.wait(RETRY_S / 10)
                     backoff = 1.0
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("Redis unavailable (%s); retrying in %.0f s", exc, backoff)
@@ -480,21 +498,3 @@ class L4Agent:
             problems=problems,
         )  # fmt: skip
         self.store.redis.set(self.report_key, json.dumps(report))
-
-
-def build_agent(settings: Settings, node: str, *, stats: bool = True) -> L4Agent:
-    """The agent of `node` as the settings describe it: `slb l4-agent`, or a node's worker.
-
-    Not started: call `start()` (which takes the node's lock) before syncing.
-    """
-    store = Store.connect(settings.redis)
-    vrrp = VRRP.from_settings(settings.l4)
-    return L4Agent(
-        store,
-        settings.l4,
-        node,
-        driver=open_driver(settings.l4.driver),
-        vips=VIPs(settings.l4.interface),
-        stats_driver=open_driver(settings.l4.driver) if stats else None,
-        keepalived=Keepalived(vrrp) if vrrp else None,
-    )

@@ -42,7 +42,7 @@ def check_settings(settings: L4Settings) -> None:
 @click.pass_obj
 def l4_agent(settings: Settings, node: str | None, once: bool) -> None:
     """Program this node's IPVS and VIPs from the desired state."""
-    from l4.agent import build_agent  # noqa: PLC0415 - keep `slb --help` light
+    from l4.assembly import build_agent  # noqa: PLC0415 - keep `slb --help` light
 
     node = node or settings.l4.node
     if not node:

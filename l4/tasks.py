@@ -23,9 +23,11 @@ from celery import Task, shared_task
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
 
-from l4.agent import L4Agent, build_agent
+from l4.agent import L4Agent
+from l4.assembly import build_agent
 from l4.ownership import LOCK_TTL_S, NodeTakenError
 from slb.pipeline import L4_APPLY, settings_of
+from slb.storage.announce import Announcements
 from slb.taskmetrics import count_apply
 
 log = logging.getLogger(__name__)
@@ -114,8 +116,9 @@ def apply(self: Task[Any, Any], node: str, revision: int, force: bool = False) -
         raise self.retry(exc=exc, countdown=LOCK_RETRY_S, max_retries=LOCKED_RETRIES) from exc
     if agent is None or agent.node != node:
         raise Reject(f"this worker does not program node {node!r}", requeue=False)
+    announced = Announcements(agent.store).take(node)  # newer ones, while this one waited
     began = time.monotonic()
-    report = agent.sync_to(revision, force=force)
+    report = agent.sync_to(max(revision, announced.revision), force=force or announced.force)
     if not report.already:
         count_apply(
             "l4", node, settings_of(self.app), time.monotonic() - began, ok=not report.errors

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from l7.cache import GroupSnapshot
 from l7.metrics import Metrics
@@ -38,6 +38,8 @@ class Stream:
     reported: tuple[int, str | None, int | None] | None = None
     good_revision: int = 0
     error_revision: int | None = None
+    holds_config: bool = False
+    """The Envoy came with configuration (a reconnect): it must never be sent a blank one."""
 
     def send(self, responses: list[Response]) -> None:
         for response in responses:
@@ -69,17 +71,22 @@ class Hub:
         """Node group -> the names of its LB nodes, as of the latest publish."""
         self.verify_members = verify_members
         """Under mutual TLS: only a node of the group gets the group's configuration."""
+        self.blank = False
+        """Nothing trusted to serve: the store is empty and nothing was served from it yet.
+        An Envoy that holds nothing gets the empty configuration (so it gets ready); one
+        that holds configuration gets nothing (so it keeps it)."""
 
-    def snapshot_for(self, group: str) -> GroupSnapshot | None:
-        if self.revision < 0:
+    def snapshot_for(self, stream: Stream) -> GroupSnapshot | None:
+        if self.revision < 0 or (self.blank and stream.holds_config):
             return None
+        group = stream.session.group
         return self.latest.get(group) or GroupSnapshot.empty(group, self.revision)
 
     def attach(self, stream: Stream) -> None:
         session = stream.session
         self.streams.setdefault(session.group, set()).add(stream)
         self.metrics.streams.labels(session.group, _mode(session)).inc()
-        snapshot = self.snapshot_for(session.group)
+        snapshot = self.snapshot_for(stream)
         if snapshot is not None:
             stream.send(session.on_snapshot(snapshot))
 
@@ -120,11 +127,12 @@ class Hub:
         self.revision = revision
         self.latest = snapshots
         self.members = members
+        self.blank = False
         self.metrics.revision.set(revision)
         for group, streams in self.streams.items():
-            snapshot = self.snapshot_for(group)
-            assert snapshot is not None
             for stream in list(streams):
+                snapshot = self.snapshot_for(stream)
+                assert snapshot is not None
                 if self.verify_members and stream.session.node_id not in members.get(group, ()):
                     log.warning("xds: %s left node group %s: closing its stream",
                                 stream.session.node_id, group)  # fmt: skip
@@ -132,6 +140,18 @@ class Hub:
                     continue
                 stream.send(stream.session.on_snapshot(snapshot))
                 self.after(stream)
+
+    def publish_blank(self) -> None:
+        """The store is empty and nothing trusted was served yet: Envoys that hold nothing
+        get the empty configuration, the others keep theirs (`slb.integrity`)."""
+        if self.revision >= 0:
+            return
+        self.blank, self.revision, self.latest = True, 0, {}
+        for streams in self.streams.values():
+            for stream in list(streams):
+                if (snapshot := self.snapshot_for(stream)) is not None:
+                    stream.send(stream.session.on_snapshot(snapshot))
+                    self.after(stream)
 
     def on_request(self, stream: Stream, request: Request) -> None:
         if log.isEnabledFor(logging.DEBUG):
@@ -162,6 +182,14 @@ class Hub:
         if state != stream.reported and (session.synced or error):
             stream.reported = state
             self.report(stream)
+
+
+def _holds_config(first: Request) -> bool:
+    """Whether an Envoy's first request says it already has configuration: a version it
+    accepted (SotW), or resources it holds (Delta)."""
+    if isinstance(first, discovery_pb2.DeltaDiscoveryRequest):
+        return bool(first.initial_resource_versions)
+    return bool(first.version_info)
 
 
 def _short(type_url: str) -> str:
@@ -234,7 +262,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                             refusal.message)  # fmt: skip
                 self.hub.metrics.refused.labels(refusal.reason).inc()
                 await context.abort(refusal.code, refusal.message)
-        stream = Stream(Session(node.id, node.cluster, delta))
+        stream = Stream(Session(node.id, node.cluster, delta), holds_config=_holds_config(first))
         log.info("xds: %s connected (group %s, %s)", node.id, node.cluster, _mode(stream.session))
         self.hub.attach(stream)
         self.hub.on_request(stream, first)

@@ -45,3 +45,9 @@ class Metrics:
         self.problems = Gauge(
             "openslb_xds_problems", "Listeners that cannot be served as desired", registry=r
         )
+        self.store_held = Gauge(
+            "openslb_xds_store_held",
+            "1 while the server keeps serving its last good state: the store is empty, another "
+            "one, or went back (the log says which)",
+            registry=r,
+        )

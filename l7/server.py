@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import grpc
@@ -30,6 +31,7 @@ from l7.metrics import Metrics
 from l7.translate.common import KIND_NAMES
 from slb import pki
 from slb.config import XdsSettings, host_port
+from slb.integrity import Guard
 from slb.model import Certificate
 from slb.resolve import DesiredState, resolve
 from slb.snapshot import Snapshot
@@ -39,6 +41,9 @@ from slb.storage.status import StatusBoard
 from slb.storage.store import Store
 
 log = logging.getLogger("openslb.xds")
+
+HOLD_RETRY_S = 1.0
+"""How often a server that holds its last good state reads the store again."""
 
 
 class ServerTls:
@@ -92,6 +97,7 @@ class XdsServer:
         self.cache = SnapshotCache()
         self.secrets = SecretStore(store)
         self.board = StatusBoard(store)
+        self.guard = Guard("xds", partial(self.board.alarm, "xds"))
         self.hub = Hub(self.metrics, self._queue_report, self._queue_forget,
                        verify_members=tls is not None)  # fmt: skip
         self.port = 0
@@ -181,12 +187,27 @@ class XdsServer:
 
     def _follow(self) -> None:
         """Publish the desired state now and after every batch of changes (and when a
-        quiet moment finds a missing key stored). Starting over: from a fresh snapshot."""
-        for step in Follower(self.store).follow(self._stop, block_ms=self.block_ms):
-            if not step.quiet or self._fetch_missing_keys():
-                self._publish(step.snapshot)
+        quiet moment finds a missing key stored). Starting over: from a fresh snapshot.
 
-    def _publish(self, snapshot: Snapshot) -> None:
+        A store that cannot be trusted (`slb.integrity`) is not published: Envoys keep what
+        they were last given, and the store is read afresh every `HOLD_RETRY_S`."""
+        follower = Follower(self.store)
+        for step in follower.follow(self._stop, block_ms=self.block_ms):
+            if not self.guard.admit(step.snapshot):
+                self.metrics.store_held.set(1)
+                if step.snapshot.store_id is None and self.guard.applied is None:
+                    assert self._loop is not None  # Envoys that hold nothing: ready, empty
+                    self._loop.call_soon_threadsafe(self.hub.publish_blank)
+                follower.reset()
+                self._stop.wait(HOLD_RETRY_S)
+                continue
+            self.metrics.store_held.set(0)
+            fetched = step.quiet and self._fetch_missing_keys()
+            if (not step.quiet or fetched) and self._publish(step.snapshot):
+                self.guard.applied_now(step.snapshot)
+
+    def _publish(self, snapshot: Snapshot) -> bool:
+        """Translate and hand over `snapshot`; False if it cannot be translated."""
         started = time.perf_counter()
         try:
             with gc_paused():
@@ -196,7 +217,7 @@ class XdsServer:
         except Exception:
             log.exception("xds: cannot translate revision %d; serving the last good one",
                           snapshot.revision)  # fmt: skip
-            return
+            return False
         elapsed = time.perf_counter() - started
         self.metrics.translate_seconds.observe(elapsed)
         problems = sorted({p for g in groups.values() for p in g.problems})
@@ -216,6 +237,7 @@ class XdsServer:
         members = {name: frozenset(n.name for n in group.nodes)
                    for name, group in state.node_groups.items()}  # fmt: skip
         self._loop.call_soon_threadsafe(self.hub.publish, snapshot.revision, groups, members)
+        return True
 
     def _keys_for(self, state: DesiredState) -> dict[str, str]:
         """The keys the certificates in use name; refs are immutable, so each is read once."""

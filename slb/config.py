@@ -45,6 +45,11 @@ class RedisSettings:
     password_file: str = setting(
         "", "File holding the Redis password (0600), so it is in no config, env or log"
     )
+    timeout_s: float = setting(
+        10.0,
+        "Connect and reply timeout of every Redis client: a half-open link fails within it "
+        "instead of hanging (keep it above 2 s, the longest blocking read)",
+    )
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,11 @@ def make_app(settings: Settings, *, include_tasks: bool = True) -> Celery:
         broker_transport_options={
             "visibility_timeout": settings.celery.visibility_timeout_s,
             "global_keyprefix": f"{settings.redis.prefix}:celery:",
+            "socket_timeout": settings.redis.timeout_s,  # bounded waits, as `slb.storage.connect`
+            "socket_connect_timeout": settings.redis.timeout_s,
         },
+        redis_socket_timeout=settings.redis.timeout_s,
+        redis_socket_connect_timeout=settings.redis.timeout_s,
         result_backend_transport_options={
             "global_keyprefix": f"{settings.redis.prefix}:celery:",
         },

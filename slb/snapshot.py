@@ -25,11 +25,27 @@ class Stored(Generic[T]):
 
 
 @dataclass(frozen=True)
+class Synced:
+    """cmi's mark on a store it rebuilt in full from Kubernetes (`slb.integrity`)."""
+
+    store_id: str
+    revision: int
+    at: float
+    """cmi's clock, unix time: a store restored from a backup carries an older mark."""
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """The whole desired state at one revision."""
+    """The whole desired state at one revision, and which store it was read from."""
 
     revision: int
     objects: Mapping[str, Mapping[str, Stored[StoredObject]]] = field(default_factory=dict)
+    store_id: str | None = None
+    """The store's identity, made by its first write: none if nothing wrote it since it
+    was created or emptied."""
+    synced: Synced | None = None
+    syncing: str | None = None
+    """The store id cmi is rebuilding from Kubernetes now, if it is."""
 
     def of(self, cls: type[T]) -> dict[str, Stored[T]]:
         """Every stored object of one kind, by key."""
@@ -64,3 +80,5 @@ class Change:
     revision: int
     ops: tuple[tuple[Literal["put", "delete"], str, str], ...]
     meta: Mapping[str, str]
+    store_id: str | None = None
+    """The identity of the store that committed it."""

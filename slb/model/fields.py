@@ -11,7 +11,6 @@ from typing import Annotated, TypeAlias
 from pydantic import AfterValidator, Field, PlainValidator
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
 
 
 def is_dns_label(value: str) -> bool:
@@ -28,17 +27,19 @@ def _dns_label(value: str) -> str:
 
 
 def _port_ref(value: object) -> int | str:
-    """A port by number (1-65535) or by name (an IANA service name, as Kubernetes has it)."""
+    """A port by number (1-65535) or by name: a Service port's name is a DNS label (a
+    container port's, an IANA service name, is one of at most 15 characters). A name of
+    digits alone would read as a number, so it is not taken as a name."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"must be a port number or a port name (got {value!r})")
     if isinstance(value, int):
         if not 1 <= value <= 65535:
             raise ValueError(f"port {value} is out of range 1-65535")
         return value
-    if not _PORT_NAME.match(value) or value.isdigit():
+    if not is_dns_label(value) or value.isdigit():
         raise ValueError(
-            f"{value!r} is neither a port number nor a port name (1-15 lowercase letters, "
-            "digits or '-', at least one letter)"
+            f"{value!r} is neither a port number nor a port name (a DNS label: 1-63 lowercase "
+            "letters, digits or '-', at least one letter)"
         )
     return value
 

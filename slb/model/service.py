@@ -26,12 +26,15 @@ class Backend(Model):
     port: Port
     weight: int = Field(default=1, ge=0, le=65535, description="0: drain, no new connections")
     node: str | None = Field(default=None, max_length=253)
-    zone: str | None = Field(default=None, max_length=253)
+    zone: str | None = None
+    """Any string: the API server does not check an endpoint's zone."""
     conditions: Annotated[Conditions, Shared] = Conditions()
 
 
 class ServicePort(Model):
-    name: str = Field(default="", max_length=15)
+    """A Service's port as the API server validated it (its limits, no stricter)."""
+
+    name: str = Field(default="", max_length=63, description="a DNS label; empty if alone")
     port: Port
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
     app_protocol: str | None = None

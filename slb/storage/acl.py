@@ -9,7 +9,8 @@ file in `redis.password_file`. Keys live under the store prefix `P`:
   under `P:`, Celery's pub/sub, every command but the dangerous ones (FLUSHALL, FLUSHDB,
   CONFIG, DEBUG, SHUTDOWN, KEYS, MONITOR, ACL, ...).
 - **worker** (`slb worker --node` on LB nodes, and `slb xds`): reads the desired
-  state (`P:revision`, `P:doc:*`, `P:rev:*`, `P:changes`) and the certificates' keys that
+  state (`P:revision`, `P:doc:*`, `P:rev:*`, `P:changes`, and the store's identity and marks,
+  `P:store-id`, `P:synced`, `P:syncing`) and the certificates' keys that
   the xDS server hands to Envoys (`P:secret:*`), writes only what the tiers report
   (`P:status:*`, `P:l4:*`, `P:applies:*`, the time series `P:ts:*`,
   `P:ts-index:*`) and Celery's keys. Celery's Redis transport (kombu) and result backend
@@ -53,7 +54,16 @@ def key_rules(role: str, prefix: str, db: int = 0) -> list[str]:
     if role == "console":
         return [f"~{prefix}:*"]
     if role == "worker":
-        reads = ["revision", "doc:*", "rev:*", "changes", "secret:*"]
+        reads = [
+            "revision",
+            "doc:*",
+            "rev:*",
+            "changes",
+            "secret:*",
+            "store-id",
+            "synced",
+            "syncing",
+        ]
         writes = ["status:*", "l4:*", "applies:*", "ts:*", "ts-index:*", "celery:*"]
         return [
             *(f"%R~{prefix}:{k}" for k in reads),

@@ -58,11 +58,22 @@ def client(settings: RedisSettings) -> redis.Redis[bytes]:
 
 
 def pool(settings: RedisSettings) -> redis.ConnectionPool:
-    """A connection pool (for clients that share one, like the console's per request)."""
+    """A connection pool (for clients that share one, like the console's per request).
+
+    Every wait on Redis is bounded (`redis.timeout_s`): a link that drops without closing
+    (a failover, a firewall's idle timeout) fails the call instead of hanging the caller
+    with its locks held; keepalives and health checks find such a link between calls.
+    """
+    if settings.timeout_s < 3:
+        raise ConfigError(
+            f"redis.timeout_s: {settings.timeout_s} s is too short: blocking reads wait up to 2 s"
+        )
     auth = credentials(settings)
+    tcp = {"socket_keepalive": True} if urlsplit(settings.url).scheme != "unix" else {}
     return redis.ConnectionPool.from_url(
         settings.url, username=auth.get("username"), password=auth.get("password"),
-        health_check_interval=30,
+        socket_timeout=settings.timeout_s, socket_connect_timeout=settings.timeout_s,
+        health_check_interval=30, **tcp,
     )  # fmt: skip
 
 

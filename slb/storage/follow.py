@@ -11,7 +11,9 @@ agent per Celery task) or iterated (`follow`: a long-lived thread that waits for
 steps on quietly now and then so it can do periodic work and see its stop event, and
 waits out a Redis outage). Either way, a follower that cannot tell what changed, because
 the stream was trimmed past it or more changes wait than it reads at once, takes a fresh
-snapshot and says so: its step's `changes` is None, "everything may have changed".
+snapshot and says so: its step's `changes` is None, "everything may have changed". So
+does a follower that finds the store behind it, or changes from another store (it was
+emptied or restored meanwhile): what to make of that is `slb.integrity`'s to say.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from slb.model import KINDS
 from slb.snapshot import Change, Snapshot
 from slb.storage import connect
-from slb.storage.store import CompactedError, Store
+from slb.storage.store import CompactedError, RewoundError, Store
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +106,17 @@ class Follower:
             changes = self.store.changes(
                 self.snapshot.revision, limit=self.max_changes, block_ms=block_ms
             )
-        except CompactedError as exc:
+        except (CompactedError, RewoundError) as exc:
             log.warning("%s; reading a fresh snapshot", exc)
+            return self._fresh()
+        known = self.snapshot.store_id
+        if known is None and changes:  # a store's first write, or a follower from `since`
+            known = changes[0].store_id
+            self.snapshot = replace(self.snapshot, store_id=known)
+        if any(c.store_id != known for c in changes):
+            log.warning("changes from another store (it was emptied or replaced; revision %d, "
+                        "store %s); reading a fresh snapshot", changes[-1].revision,
+                        changes[-1].store_id)  # fmt: skip
             return self._fresh()
         if len(changes) >= self.max_changes:
             log.info("%d changes or more to read; reading a fresh snapshot", len(changes))

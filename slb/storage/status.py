@@ -86,3 +86,16 @@ class StatusBoard:
         """The last beat of a leading cmi; None if none ever led."""
         raw = self.store.redis.get(self.store.key("status", "cmi"))
         return ControllerBeat(**json.loads(raw)) if raw else None
+
+    def alarm(self, consumer: str, why: str | None) -> None:
+        """A consumer holds its last good state (why), or no longer does (None)."""
+        key = self.store.key("status", "alarms")
+        if why is None:
+            self.store.redis.hdel(key, consumer)
+        else:
+            self.store.redis.hset(key, consumer, why)
+
+    def alarms(self) -> dict[str, str]:
+        """Consumer -> why it holds its last good state (`slb.integrity`)."""
+        raw = self.store.redis.hgetall(self.store.key("status", "alarms"))
+        return {k.decode(): v.decode() for k, v in raw.items()}

@@ -15,21 +15,27 @@ Layout under the prefix `P` (one Redis, not Cluster: the script builds its key n
   P:revision        the global revision
   P:doc:KIND        hash, key -> document (see `slb.model.dump_document`)
   P:rev:KIND        hash, key -> revision at which the object last changed
-  P:changes         stream, ID "REV-0", fields: changes (JSON [[op, kind, key], ...]), meta
+  P:changes         stream, ID "REV-0", fields: changes (JSON [[op, kind, key], ...]), meta,
+                    store (the store-id that committed it)
+  P:store-id        the store's identity: random, set by its first write (`slb.integrity`)
+  P:synced          cmi's mark: JSON {store_id, revision, at} after a full rebuild
+  P:syncing         the store-id cmi is rebuilding now, while it does
 """
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar, cast
 
 import redis
 
 from slb.config import RedisSettings
 from slb.model import KINDS, StoredObject, dump_document, load_document
-from slb.snapshot import Change, Delete, Op, Put, Snapshot, Stored
+from slb.snapshot import Change, Delete, Op, Put, Snapshot, Stored, Synced
 from slb.storage import connect
 
 T = TypeVar("T", bound=StoredObject)
@@ -68,6 +74,15 @@ class Fence:
     token: int
 
 
+class RewoundError(StoreError):
+    """The store's revision is behind one already read from it: it was emptied, or restored
+    from an older copy. Take a new snapshot (and see `slb.integrity`)."""
+
+    def __init__(self, since: int, current: int) -> None:
+        self.since, self.current = since, current
+        super().__init__(f"the store is at revision {current}, behind {since} read before")
+
+
 class CompactedError(StoreError):
     """The change stream no longer holds the revisions asked for: take a new snapshot."""
 
@@ -97,6 +112,11 @@ for _, op in ipairs(ops) do
     end
   end
 end
+local store_id = redis.call('GET', prefix .. ':store-id')
+if not store_id then
+  store_id = ARGV[7]
+  redis.call('SET', prefix .. ':store-id', store_id)
+end
 local changed = {}
 for _, op in ipairs(ops) do
   local doc_key = prefix .. ':doc:' .. op.kind
@@ -124,7 +144,7 @@ for _, op in ipairs(changed) do
   summary[#summary + 1] = {op.op, op.kind, op.key}
 end
 redis.call('XADD', prefix .. ':changes', 'MAXLEN', '~', maxlen, revision .. '-0',
-           'changes', cjson.encode(summary), 'meta', ARGV[4])
+           'changes', cjson.encode(summary), 'meta', ARGV[4], 'store', store_id)
 return {'ok', tostring(revision)}
 """
 
@@ -142,6 +162,7 @@ class Store:
         self.prefix = prefix
         self.stream_length = stream_length
         self._write = client.register_script(_WRITE)
+        self._mark_synced = client.register_script(self._MARK_SYNCED)
 
     @classmethod
     def connect(cls, settings: RedisSettings) -> Store:
@@ -172,6 +193,7 @@ class Store:
                 json.dumps(meta),
                 fence.name if fence else "",
                 fence.token if fence else 0,
+                uuid.uuid4().hex,  # the store's identity, if this is its first write
             ]
         )
         status = reply[0].decode()
@@ -238,22 +260,60 @@ class Store:
         return self.snapshot(kinds=[cls.kind]).of(cls)
 
     def snapshot(self, kinds: Iterable[str] = KINDS) -> Snapshot:
-        """Every object of `kinds` and the revision they belong to, read atomically."""
+        """Every object of `kinds` and the revision they belong to, read atomically, with
+        the store's identity and cmi's marks on it."""
         kinds = list(kinds)
         pipe = self.redis.pipeline(transaction=True)
         pipe.get(self.key("revision"))
+        pipe.get(self.key("store-id"))
+        pipe.get(self.key("synced"))
+        pipe.get(self.key("syncing"))
         for kind in kinds:
             pipe.hgetall(self.key("doc", kind))
             pipe.hgetall(self.key("rev", kind))
         replies = pipe.execute()
         objects: dict[str, dict[str, Stored[StoredObject]]] = {}
         for i, kind in enumerate(kinds):
-            docs, revs = replies[1 + 2 * i], replies[2 + 2 * i]
+            docs, revs = replies[4 + 2 * i], replies[5 + 2 * i]
             objects[kind] = {
                 key.decode(): Stored(load_document(doc), int(revs[key]))
                 for key, doc in docs.items()
             }
-        return Snapshot(int(replies[0] or 0), objects)
+        revision, store_id, synced, syncing = replies[:4]
+        return Snapshot(
+            int(revision or 0),
+            objects,
+            store_id=store_id.decode() if store_id else None,
+            synced=Synced(**json.loads(synced)) if synced else None,
+            syncing=syncing.decode() if syncing else None,
+        )
+
+    # -- the store's identity and cmi's marks (`slb.integrity`) ---------------------------
+
+    def identity(self) -> str:
+        """The store's identity, made now if nothing has written the store yet."""
+        self.redis.set(self.key("store-id"), uuid.uuid4().hex, nx=True)
+        return (self.redis.get(self.key("store-id")) or b"").decode()
+
+    def mark_syncing(self, store_id: str) -> None:
+        """cmi rebuilds this store from Kubernetes: consumers hold until it is marked synced."""
+        self.redis.set(self.key("syncing"), store_id)
+
+    _MARK_SYNCED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
+return 1"""
+
+    def mark_synced(self, store_id: str, revision: int) -> Synced | None:
+        """Mark the store complete at `revision`, if it is still the store `store_id` (None:
+        it was emptied or replaced meanwhile, and the mark would lie)."""
+        synced = Synced(store_id, revision, time.time())
+        done = self._mark_synced(
+            keys=[self.key("store-id"), self.key("synced"), self.key("syncing")],
+            args=[store_id, json.dumps(synced.__dict__)],
+        )
+        return synced if done else None
 
     def advance(self, snapshot: Snapshot, batch: Sequence[Change]) -> Snapshot:
         """`snapshot` moved forward past `batch`, reading only the objects the batch touched
@@ -282,7 +342,7 @@ class Store:
         # An object may already be read at a newer revision than the batch's last; the
         # snapshot still claims only that one, so the next batch re-reads everything a
         # newer revision touched (claiming more would skip the rest of that revision).
-        return Snapshot(batch[-1].revision, objects)
+        return replace(snapshot, revision=batch[-1].revision, objects=objects)
 
     # -- the change stream ----------------------------------------------------------------
 
@@ -303,7 +363,9 @@ class Store:
         """Every revision has one stream entry, so a gap can only mean trimming."""
         if changes and changes[0].revision != since + 1:
             raise CompactedError(since, changes[0].revision)
-        if not changes and since < self.revision():
+        if not changes and since > (current := self.revision()):
+            raise RewoundError(since, current)
+        if not changes and since < current:
             first = self.redis.xrange(self.key("changes"), count=1)
             oldest = self._decode(first[0]).revision if first else self.revision() + 1
             if oldest > since + 1:
@@ -313,8 +375,10 @@ class Store:
     def _decode(entry: tuple[bytes, dict[bytes, bytes]]) -> Change:
         entry_id, fields = entry
         ops = tuple((op, kind, key) for op, kind, key in json.loads(fields[b"changes"]))
+        store_id = fields.get(b"store")
         return Change(
             revision=int(entry_id.split(b"-")[0]),
             ops=cast(tuple[tuple[Literal["put", "delete"], str, str], ...], ops),
             meta=json.loads(fields.get(b"meta", b"{}")),
+            store_id=store_id.decode() if store_id else None,
         )

@@ -19,16 +19,12 @@ from slb.config import CmiSettings
 from slb.model import Listener, LoadBalancer, Service
 from slb.storage.store import Fence, Store
 
-REPO = Path(__file__).resolve().parents[2]
-RBAC = REPO / "deploy" / "k8s" / "cmi-rbac.yaml"
 POOL = "198.18.0.0/24"
 
 
 @pytest.fixture(scope="session")
 def cmi_kubeconfig(kube: KubeAPI) -> Path:
-    """A kubeconfig for cmi's ServiceAccount, bound to the role in deploy/k8s/cmi-rbac.yaml."""
-    kube.apply_manifest(RBAC)
-    return kube.service_account_kubeconfig("openslb-system", "openslb-cmi")
+    return kube.cmi_kubeconfig()
 
 
 @pytest.fixture(scope="session")

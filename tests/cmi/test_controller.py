@@ -13,7 +13,7 @@ from cmi.build import dedicated_name
 from cmi.k8s.client import KubeClient, KubeError
 from cmi.k8s.writer import CONDITION, FINALIZER, PROGRAMMED
 from devbed.process import wait_until
-from slb.model import LoadBalancer, NodeGroup, Owner, OwnerKind, Protocol
+from slb.model import LoadBalancer, NodeGroup, Owner, OwnerKind, Protocol, Service
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
 from tests.cmi.conftest import Running, service_body, slice_body
@@ -379,6 +379,53 @@ def test_restart_keeps_every_vip(cmi: Start, admin: KubeClient, namespace: str) 
     assert {n: ingress_ip(admin, namespace, n) for n in "abc"} == vips
     assert ingress_ip(admin, namespace, "d") not in vips.values()
     assert second.controller.writes >= 1
+
+
+def test_a_lost_store_moves_no_vip(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """The store emptied: a rebuilt store gives each Service the VIP its status names, even
+    with a new Service that sorts first and would otherwise draw the lowest free address."""
+    first = cmi()
+    for name in ("b", "c", "d"):
+        create(admin, namespace, service_body(name, labels={"openslb.io/expose": "true"}))
+    eventually(lambda: all(ingress_ip(admin, namespace, n) for n in "bcd"), "three exposed")
+    vips = {n: ingress_ip(admin, namespace, n) for n in "bcd"}
+    first.stop()
+    lost = list(store.redis.scan_iter(match=store.key("*")))
+    assert lost
+    assert store.redis.delete(*lost) == len(lost)
+    create(admin, namespace, service_body("a", labels={"openslb.io/expose": "true"}))
+    cmi()
+    eventually(lambda: ingress_ip(admin, namespace, "a"), "the new one exposed")
+    assert {n: ingress_ip(admin, namespace, n) for n in "bcd"} == vips
+    assert ingress_ip(admin, namespace, "a") not in vips.values()
+
+
+def test_a_store_emptied_under_a_running_cmi_is_rebuilt_and_marked_synced(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    running = cmi()
+    for name in ("b", "c"):
+        create(admin, namespace, service_body(name, labels={"openslb.io/expose": "true"}))
+    eventually(lambda: all(ingress_ip(admin, namespace, n) for n in "bc"), "two exposed")
+    before = store.snapshot()
+    assert before.synced is not None
+    assert before.synced.store_id == before.store_id
+    vips = {key: s.obj.vip for key, s in before.of(LoadBalancer).items()}
+    for key in store.redis.scan_iter(match=store.key("*")):  # Redis lost its data
+        store.redis.delete(key)
+
+    def rebuilt() -> bool:
+        now = store.snapshot()
+        return bool(now.synced and now.synced.store_id == now.store_id != before.store_id
+                    and len(now.of(Service)) == 2)  # fmt: skip
+
+    eventually(rebuilt, "the store rebuilt and marked synced")
+    after = store.snapshot()
+    assert after.syncing is None
+    assert {key: s.obj.vip for key, s in after.of(LoadBalancer).items()} == vips
+    assert running.thread.is_alive()
 
 
 def test_the_service_account_can_do_no_more_than_its_role(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -90,6 +91,9 @@ class Allocations:
         self.asked.append((instance, [p.name for p in pools], requested))
         if self.refuse is not None:
             raise IPAMError(self.refuse)
+        holder = next((i for i, a in self.held.items() if a == requested), instance)
+        if holder != instance:
+            raise IPAMError(f"{requested} is already the VIP of instance {holder!r}")
         if requested is None and instance not in self.held:
             free = (a for p in pools for net in p.cidrs for a in net.hosts()
                     if a not in self.held.values())  # fmt: skip
@@ -99,6 +103,9 @@ class Allocations:
 
     def release(self, instance: str) -> IPAddress | None:
         self.released.append(instance)
+        return self.held.get(instance)
+
+    def current(self, instance: str) -> IPAddress | None:
         return self.held.get(instance)
 
 
@@ -125,6 +132,26 @@ def test_a_vip_that_cannot_be_had_keeps_what_was_served() -> None:
     assert served.events[-1] == Event("Warning", "VIPUnavailable", why)
     never_served, nothing = vips.desired(built, Previous(), refusal, POOLS)
     assert (never_served.exposed, nothing) == (False, [])
+
+
+def test_a_service_takes_back_the_vip_its_status_names_if_it_is_free() -> None:
+    remembered = ipaddress.ip_address("198.18.0.7")
+    built = replace(exposed("cart"), remembered_vip=remembered)
+    assert built.dedicated is not None
+    served, _ = vips.desired(built, Previous(), Allocations(), POOLS)
+    assert served.dedicated is not None
+    assert served.dedicated.vip == remembered
+    taken = Allocations()
+    taken.held["other"] = remembered  # drawn by another meanwhile: a VIP as any new Service
+    served, _ = vips.desired(built, Previous(), taken, POOLS)
+    assert served.dedicated is not None
+    assert served.dedicated.vip == ipaddress.ip_address("198.18.0.1")
+    assert served.events == built.events  # no VIPUnavailable: the status is only a hint
+    holding = Allocations()
+    holding.held[built.dedicated.name] = ipaddress.ip_address("198.18.0.3")
+    served, _ = vips.desired(built, Previous(), holding, POOLS)  # IPAM's record wins
+    assert served.dedicated is not None
+    assert served.dedicated.vip == ipaddress.ip_address("198.18.0.3")
 
 
 def test_a_withdrawn_service_holds_its_instance_for_the_grace() -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from click.testing import CliRunner
@@ -12,6 +15,7 @@ from click.testing import CliRunner
 from devbed.desired import listener, load_balancer, node_group, put, service
 from devbed.process import wait_until
 from devbed.redis import RedisServer
+from l4.agent import L4Agent
 from l4.drivers import Driver
 from l4.ipvs import ServiceKey
 from l4.ownership import AgentError
@@ -164,14 +168,24 @@ def test_a_node_in_no_group_holds_nothing_and_says_why(
     assert observer.dump().services == {}
 
 
-def test_the_follow_loop_applies_new_revisions(
-    store: Store, agent_factory: AgentFactory, observer: Driver
-) -> None:
-    agent = agent_factory()
+@contextmanager
+def following(agent: L4Agent) -> Iterator[None]:
+    """The agent's follow loop (200 ms steps) in a thread while the block runs."""
     stop = threading.Event()
     loop = threading.Thread(target=agent.run, args=(stop, 200), daemon=True)
     loop.start()
     try:
+        yield
+    finally:
+        stop.set()
+        loop.join(timeout=20)
+    assert not loop.is_alive()
+
+
+def test_the_follow_loop_applies_new_revisions(
+    store: Store, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    with following(agent_factory()):
         desired_state(store)
         wait_until(lambda: WEB in observer.dump().services, timeout=20, what="first revision")
         put(store, service("web", [*BACKENDS, ("198.18.1.3", 8080, 1)]))
@@ -184,10 +198,39 @@ def test_the_follow_loop_applies_new_revisions(
             lambda: StatusBoard(store).all("l4")["lb-a"].revision == store.revision(),
             timeout=20, what="status reports the new revision",
         )  # fmt: skip
-    finally:
-        stop.set()
-        loop.join(timeout=20)
-    assert not loop.is_alive()
+
+
+def test_a_lost_store_leaves_the_node_serving_until_cmi_has_rebuilt_it(
+    store: Store, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    board = StatusBoard(store)
+    with following(agent_factory()):
+        desired_state(store)
+        wait_until(lambda: WEB in observer.dump().services, timeout=20, what="first revision")
+        for key in store.redis.scan_iter(match=store.key("*")):  # Redis lost its data
+            store.redis.delete(key)
+
+        def holding() -> bool:
+            status = board.all("l4").get("lb-a")
+            return bool(status and (status.error or "").startswith("holding: the store is empty"))
+
+        wait_until(holding, timeout=20, what="the agent holds and says why")
+        assert board.alarms()["l4 lb-a"].startswith("the store is empty")  # the console's banner
+        identity = store.identity()  # cmi rebuilds: half of it is written
+        store.mark_syncing(identity)
+        put(store, node_group(("lb-a", "198.18.255.15")), load_balancer("198.18.0.10"),
+            listener("web", 80), service("web", BACKENDS[:1]))  # fmt: skip
+        time.sleep(1.5)  # several steps of the loop (200 ms each)
+        assert set(observer.dump().services) == {WEB, DNS}
+        assert len(observer.dump([WEB]).services[WEB].dests) == 2
+        assert "inet 198.18.0.10/32" in vips_on_interface()
+        assert store.mark_synced(identity, store.revision()) is not None
+        wait_until(lambda: set(observer.dump().services) == {WEB}, timeout=20,
+                   what="the rebuilt store applied")  # fmt: skip
+        assert len(observer.dump([WEB]).services[WEB].dests) == 1
+        wait_until(lambda: owned(store) == {WEB.encode()}, timeout=10, what="ownership kept")
+        wait_until(lambda: not board.all("l4")["lb-a"].error, timeout=10, what="alarm cleared")
+        assert "l4 lb-a" not in board.alarms()
 
 
 def test_slb_l4_agent_once(store: Store, redis_server: RedisServer, observer: Driver) -> None:

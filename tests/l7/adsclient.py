@@ -43,13 +43,21 @@ class AdsClient:
             self._first = False
         return request
 
-    def subscribe(self, type_url: str, names: list[str] | None = None) -> None:
+    def subscribe(
+        self, type_url: str, names: list[str] | None = None, holding: dict[str, str] | None = None
+    ) -> None:
+        """`holding`: resources (name -> version) the client says it has, as an Envoy that
+        reconnects does (SotW: the version it last accepted)."""
         if self.delta:
             request = discovery_pb2.DeltaDiscoveryRequest(
-                type_url=type_url, resource_names_subscribe=names or []
-            )
+                type_url=type_url, resource_names_subscribe=names or [],
+                initial_resource_versions=holding or {},
+            )  # fmt: skip
         else:
-            request = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names or [])
+            request = discovery_pb2.DiscoveryRequest(
+                type_url=type_url, resource_names=names or [],
+                version_info=max(holding.values()) if holding else "",
+            )  # fmt: skip
         self._requests.put(self._node(request))
 
     def ack(self, response: Any, names: list[str] | None = None, nack: str = "") -> None:

@@ -11,9 +11,11 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 
 from devbed.l7harness import listener, load_balancer, service
 from devbed.pki import self_signed
+from devbed.process import wait_until
 from l7.server import XdsServer
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER
 from slb.model import Certificate
@@ -224,3 +226,76 @@ def test_an_envoy_that_disconnects_leaves_the_status_board(
     while time.monotonic() < deadline and "n-gone" in board.all("l7"):
         time.sleep(0.02)
     assert "n-gone" not in board.all("l7")  # cmi no longer waits for it
+
+
+def test_a_lost_store_is_not_served_until_cmi_has_rebuilt_it(
+    store: Store, server: ServerThread, redis_client: redis.Redis[bytes]
+) -> None:
+    """Redis lost its data: Envoys keep the last good configuration, connected or new,
+    through cmi's rebuild; the rebuilt store is served once cmi marks it synced."""
+    served = world(store)
+    server.wait_revision(served)
+    held = server.server.metrics.registry
+    client = AdsClient(server.target, "n-blue", "blue")
+    try:
+        client.subscribe(LISTENER)
+        first = client.receive()
+        assert names(first) == ["web-a"]
+        client.ack(first)
+        for key in redis_client.scan_iter(match=store.key("*")):
+            redis_client.delete(key)
+        wait_until(lambda: server.server.guard.alarm is not None, 10, "the alarm")
+        assert str(server.server.guard.alarm).startswith("the store is empty")
+        assert held.get_sample_value("openslb_xds_store_held") == 1
+        board = StatusBoard(store)  # for the console's banner
+        wait_until(lambda: "xds" in board.alarms(), 10, "the alarm on the board")
+        identity = store.identity()  # cmi begins the rebuild: half of it written so far
+        store.mark_syncing(identity)
+        store.apply([Put(load_balancer("b", "198.18.0.2", group="green")),
+                     Put(service("svc-b", [("198.18.1.2", 80)], lb="b"))])  # fmt: skip
+        with pytest.raises(queue.Empty):
+            client.receive(timeout=1.5)  # no empty configuration
+        assert server.server.hub.revision == served
+        late = AdsClient(server.target, "n-late", "blue")
+        try:
+            late.subscribe(LISTENER)
+            assert names(late.receive()) == ["web-a"]  # a new Envoy: the last good one too
+        finally:
+            late.close()
+        world(store)
+        rebuilt = store.put(listener("web-a2", "HTTP", 81, lb="a", app="svc-a"))
+        assert store.mark_synced(identity, rebuilt) is not None
+        response = client.receive(timeout=10)  # delta: what the rebuilt store adds
+        assert (names(response), list(response.removed_resources)) == (["web-a2"], [])
+        assert response.system_version_info == str(rebuilt)
+        assert server.server.guard.alarm is None
+        assert held.get_sample_value("openslb_xds_store_held") == 0
+        assert "xds" not in board.alarms()
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("delta", [True, False])
+def test_an_empty_store_gives_only_envoys_that_hold_nothing_an_empty_configuration(
+    store: Store, server: ServerThread, delta: bool
+) -> None:
+    """A store nothing wrote yet: a new Envoy gets the empty configuration and gets ready; one
+    that reconnects with configuration (the store was emptied, the server restarted) keeps it."""
+    new = AdsClient(server.target, "n-new", "blue", delta=delta)
+    old = AdsClient(server.target, "n-old", "blue", delta=delta)
+    try:
+        new.subscribe(LISTENER)
+        blank = new.receive()
+        assert list(blank.resources) == []
+        new.ack(blank)
+        old.subscribe(LISTENER, holding={"web-a": "41"})
+        with pytest.raises(queue.Empty):
+            old.receive(timeout=1.5)
+        assert server.server.guard.alarm is not None
+        revision = world(store)  # the store's first write: served to both
+        assert len(old.receive().resources) == 1  # web-a (SotW sends it unnamed: count it)
+        assert len(new.receive().resources) == 1
+        assert server.server.hub.revision == revision
+    finally:
+        new.close()
+        old.close()

@@ -119,6 +119,50 @@ def test_more_changes_waiting_than_it_reads_at_once_take_a_fresh_snapshot(store:
     assert len(step.changes) == 4
 
 
+def test_an_emptied_or_rewound_store_makes_the_follower_read_it_afresh(
+    store: Store, redis_client: redis.Redis[bytes]
+) -> None:
+    store.apply([Put(pool("a")), Put(service("a"))])
+    store.put(service("b"))
+    follower = Follower(store)
+    before = follower.poll().snapshot
+    assert before.store_id is not None
+    redis_client.set(store.key("revision"), 1)  # restored from an older copy
+    step = follower.poll()
+    assert (step.changes, step.revision) == (None, 1)
+    for key in redis_client.scan_iter(match=store.key("*")):  # emptied, then rewritten
+        redis_client.delete(key)
+    step = follower.poll()
+    assert (step.changes, step.snapshot.store_id, step.snapshot.objects["Service"]) == (
+        None,
+        None,
+        {},
+    )
+    for n in range(3):  # the new store's first writes: followed as changes
+        store.put(service("c", n))
+    step = follower.poll()
+    assert step.changes is not None
+    assert [c.revision for c in step.changes] == [1, 2, 3]
+    assert step.snapshot == store.snapshot()
+    assert step.snapshot.store_id not in (None, before.store_id)
+
+
+def test_changes_from_another_store_make_the_follower_read_it_afresh(
+    store: Store, redis_client: redis.Redis[bytes]
+) -> None:
+    store.put(service("a"))
+    follower = Follower(store)
+    old = follower.poll().snapshot
+    for key in redis_client.scan_iter(match=store.key("*")):
+        redis_client.delete(key)
+    for n in range(3):  # the new store goes past the follower before it looks again
+        store.put(service("b", n))
+    step = follower.poll()
+    assert step.changes is None
+    assert step.snapshot == store.snapshot()
+    assert step.snapshot.store_id != old.store_id
+
+
 def test_a_follower_of_some_kinds_holds_only_those(store: Store) -> None:
     store.apply([Put(pool("a")), Put(service("a"))])
     follower = Follower(store, kinds=["Service"])

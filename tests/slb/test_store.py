@@ -13,7 +13,14 @@ import redis
 from devbed.redis import RedisServer
 from slb.model import AddressPool, LoadBalancer, Owner, OwnerKind, Service
 from slb.snapshot import Delete, Put
-from slb.storage.store import CompactedError, ConflictError, Fence, FencedError, Store
+from slb.storage.store import (
+    CompactedError,
+    ConflictError,
+    Fence,
+    FencedError,
+    RewoundError,
+    Store,
+)
 
 OPERATOR = Owner(kind=OwnerKind.OPERATOR, name="alice")
 
@@ -236,7 +243,48 @@ def test_keys_stay_under_the_prefix(store: Store, redis_client: redis.Redis[byte
         f"{store.prefix}:doc:AddressPool",
         f"{store.prefix}:rev:AddressPool",
         f"{store.prefix}:changes",
+        f"{store.prefix}:store-id",
     }
+
+
+def test_the_first_write_gives_the_store_an_identity_that_every_change_carries(
+    store: Store, redis_client: redis.Redis[bytes]
+) -> None:
+    assert store.snapshot().store_id is None
+    store.put(pool("a"))
+    identity = store.snapshot().store_id
+    assert identity is not None
+    store.put(pool("b"))
+    assert {c.store_id for c in store.changes(0)} == {identity}
+    assert store.identity() == identity
+    for key in redis_client.scan_iter(match=store.key("*")):  # emptied, as by FLUSHALL
+        redis_client.delete(key)
+    store.put(pool("c"))
+    assert store.snapshot().store_id not in (None, identity)
+
+
+def test_a_store_behind_its_reader_says_so(store: Store, redis_client: redis.Redis[bytes]) -> None:
+    for name in "abc":
+        store.put(pool(name))
+    redis_client.set(store.key("revision"), 1)  # as a restore from an older copy leaves it
+    with pytest.raises(RewoundError, match="revision 1, behind 3"):
+        store.changes(3)
+
+
+def test_cmi_marks_a_store_synced_only_if_it_is_still_that_store(
+    store: Store, redis_client: redis.Redis[bytes]
+) -> None:
+    identity = store.identity()
+    store.mark_syncing(identity)
+    assert store.snapshot().syncing == identity
+    store.put(pool("a"))
+    synced = store.mark_synced(identity, store.revision())
+    assert synced is not None
+    snapshot = store.snapshot()
+    assert (snapshot.synced, snapshot.syncing) == (synced, None)
+    redis_client.delete(store.key("store-id"))
+    store.put(pool("b"))  # another store now
+    assert store.mark_synced(identity, store.revision()) is None
 
 
 def test_a_deposed_leader_cannot_write(store: Store) -> None:

@@ -386,3 +386,17 @@ def test_the_status_page_says_whether_a_controller_leads(
     page = client.get("/").get_data(as_text=True)
     assert 'data-state="silent"' in page
     assert "last led 60 s ago" in page
+
+
+def test_the_status_page_shows_a_consumer_that_holds_its_last_good_state(
+    client: FlaskClient, auth: Auth, store: Store
+) -> None:
+    auth.login()
+    assert "data-alarm" not in client.get("/").get_data(as_text=True)
+    board = StatusBoard(store)
+    board.alarm("xds", "the store is empty: <nothing> wrote it")
+    fragment = client.get("/status/controller").get_data(as_text=True)
+    assert '<p class="flash error" data-alarm="xds">' in fragment
+    assert "the store is empty: &lt;nothing&gt; wrote it" in fragment  # escaped
+    board.alarm("xds", None)
+    assert "data-alarm" not in client.get("/status/controller").get_data(as_text=True)

@@ -50,10 +50,13 @@ SILENT_AFTER_S = 5 * BEAT_S
 
 
 def _controller() -> dict[str, Any]:
-    beat = StatusBoard(get_store()).controller()
+    """cmi's beat, and the consumers that hold their last good state (`slb.integrity`)."""
+    board = StatusBoard(get_store())
+    beat = board.controller()
     age = beat.age() if beat else 0.0
     return {"controller": beat, "controller_age": round(age),
-            "controller_alive": beat is not None and age < SILENT_AFTER_S}  # fmt: skip
+            "controller_alive": beat is not None and age < SILENT_AFTER_S,
+            "alarms": board.alarms()}  # fmt: skip
 
 
 @bp.get("/status/nodes")

@@ -1,0 +1,223 @@
+"""Chaos: what the API server accepts never stops cmi, and an offline node's queue stays
+short (#13).
+
+Three parts: 1 and 2 each on generated objects within kube-apiserver 1.37's validation
+(`devbed.apiobjects`):
+
+1. fuzz: `--fuzz` clusters (a Service, its EndpointSlices, the Nodes) through the pure
+   pipeline, build -> resolve -> the IPVS plan -> Envoy resources. An exception is what would
+   stop the controller (`fuzz_controller_exits`); a refusal is a Service the model could not
+   take although the API server did (`fuzz_refused`). Both must be 0.
+2. apiserver: `--apiserver` of them created on a real kube-apiserver under a real `slb cmi`
+   process; then one plain Service. cmi must still be the same running process, the leader,
+   and expose that Service.
+3. offline queue: a day of re-assertions (time compressed) announced to a node whose worker
+   is down: its queue's length after (`chaos_offline_node_queue_len`).
+
+    .venv/bin/python -m bench.chaos [--fuzz 10000] [--apiserver 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, settings
+
+from bench import results_file
+from cmi.handoff import Handoff
+from cmi.k8s.client import KubeClient, KubeError
+from devbed.apiobjects import Cluster, clusters, through_pipeline
+from devbed.kube import KubeAPI
+from devbed.process import Process, wait_until
+from devbed.redis import RedisServer
+from slb import config
+from slb.model import AddressPool, NodeGroup
+from slb.pipeline import l4_queue, make_app
+from slb.storage.store import Store
+
+NAMESPACE = "chaos"
+POOL = "198.18.0.0/20"
+GENERATE_ONLY = settings(
+    deadline=None, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+)
+
+
+def fuzz(count: int) -> dict[str, int]:
+    """`count` generated clusters through the pure pipeline; what raised, what was refused."""
+    tally = {"tried": 0, "exits": 0, "refused": 0, "listeners": 0}
+
+    @settings(GENERATE_ONLY, max_examples=count)
+    @given(clusters())
+    def one(cluster: Cluster) -> None:
+        tally["tried"] += 1
+        try:
+            outcome = through_pipeline(cluster)
+        except Exception:
+            tally["exits"] += 1
+            if tally["exits"] <= 3:
+                traceback.print_exc()
+            return
+        if outcome.built.refused is not None:
+            tally["refused"] += 1
+            if tally["refused"] <= 3:
+                print(f"refused: {outcome.built.refused}", file=sys.stderr)
+        tally["listeners"] += len(outcome.state.listeners)
+        if tally["tried"] % 1000 == 0:
+            print(f"fuzz: {tally['tried']}/{count}", file=sys.stderr)
+
+    one()
+    return tally
+
+
+def on_apiserver(count: int, work: Path) -> dict[str, Any]:
+    """`count` generated Services (and their slices) created under a running `slb cmi`."""
+    redis_server = RedisServer(work / "redis").start()
+    kube = KubeAPI(work / "kube").start()
+    try:
+        kubeconfig = kube.cmi_kubeconfig()
+        admin = KubeClient.from_kubeconfig(str(kube.kubeconfig))
+        admin.request("POST", "/api/v1/namespaces", body={"metadata": {"name": NAMESPACE}})
+        env = {
+            "OPENSLB_CONFIG": "", "OPENSLB_REDIS_URL": redis_server.url,
+            "OPENSLB_REDIS_PREFIX": "chaos", "OPENSLB_KUBE_KUBECONFIG": str(kubeconfig),
+            "OPENSLB_CMI_POOL_CIDRS": POOL, "OPENSLB_CMI_IDENTITY": "chaos",
+            "OPENSLB_CMI_NAMESPACE": NAMESPACE,
+        }  # fmt: skip
+        argv = [sys.executable, "-m", "slb.cli", "cmi", "--log-level", "WARNING"]
+        cmi = Process("cmi", argv, work, env=env).start()
+        lease = "/apis/coordination.k8s.io/v1/namespaces/openslb-system/leases/openslb-cmi"
+        tally = {"tried": 0, "accepted": 0, "api_refused": 0, "slices": 0}
+        dedicated: list[str] = []  # the accepted Services with an instance of their own
+
+        @settings(GENERATE_ONLY, max_examples=count)
+        @given(clusters(legacy=False, namespace=NAMESPACE))
+        def one(generated: Cluster) -> None:
+            cluster = generated.numbered(tally["tried"])
+            tally["tried"] += 1
+            service = cluster.service
+            ports = [
+                {k: v for k, v in p.items() if k != "nodePort"} for p in service["spec"]["ports"]
+            ]
+            try:
+                admin.request(
+                    "POST", f"/api/v1/namespaces/{NAMESPACE}/services",
+                    body={**service, "spec": {**service["spec"], "ports": ports}},
+                )  # fmt: skip
+            except KubeError as exc:
+                tally["api_refused"] += 1  # NodePorts used up
+                if exc.status != 422:
+                    raise
+                print(
+                    f"the API server refused {service['metadata']['name']}: {exc}", file=sys.stderr
+                )
+                return
+            tally["accepted"] += 1
+            if service["metadata"]["labels"]["openslb.io/expose"] == "true":
+                dedicated.append(service["metadata"]["name"])
+            tally["slices"] += create_slices(admin, cluster.slices)
+            cmi.check_alive()
+
+        one()
+        canary = {
+            "metadata": {"name": "canary", "labels": {"openslb.io/expose": "true"}},
+            "spec": {"type": "LoadBalancer", "ports": [{"name": "web", "port": 80}]},
+        }
+        created = time.monotonic()
+        admin.request("POST", f"/api/v1/namespaces/{NAMESPACE}/services", body=canary)
+
+        def exposed(name: str) -> bool:
+            cmi.check_alive()
+            body = admin.get(f"/api/v1/namespaces/{NAMESPACE}/services/{name}")
+            conditions = (body.get("status") or {}).get("conditions") or []
+            return any(
+                c["type"] == "openslb.io/Exposed" and c["status"] == "True" for c in conditions
+            )
+
+        wait_until(lambda: exposed("canary"), 120, "the canary Service exposed", interval=0.2)
+        canary_s = time.monotonic() - created
+        tally["dedicated"] = len(dedicated)
+        tally["dedicated_exposed"] = sum(exposed(name) for name in dedicated)
+        holder = admin.get(lease)["spec"].get("holderIdentity")
+        alive = cmi.alive()
+        cmi.stop()
+        return {**tally, "canary_exposed_s": round(canary_s, 2), "leader": holder, "alive": alive}
+    finally:
+        kube.stop()
+        redis_server.stop()
+
+
+def create_slices(admin: KubeClient, slices: list[dict[str, Any]]) -> int:
+    path = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
+    for body in slices:
+        admin.request("POST", path, body={"apiVersion": "discovery.k8s.io/v1",
+                                          "kind": "EndpointSlice", **body})  # fmt: skip
+    return len(slices)
+
+
+def offline_queue(work: Path) -> int:
+    """A node offline for a day: 24 h of re-assertions (one per `celery.reassert_s`, time
+    compressed, a new revision every 100) announced to it; its queue's length after."""
+    redis_server = RedisServer(work / "redis-queue").start()
+    try:
+        settings = config.load(environ={})
+        settings = replace(settings, redis=replace(settings.redis, url=redis_server.url))
+        store = Store(redis_server.client(), prefix=settings.redis.prefix)
+        store.put(NodeGroup.model_validate(
+            {"name": "edge", "nodes": [{"name": "lb1", "address": "198.18.255.15"}]}))  # fmt: skip
+        handoff = Handoff(store, make_app(settings, include_tasks=False))
+        for beat in range(24 * 3600 // settings.celery.reassert_s):
+            if beat % 100 == 0:
+                pool = {"name": f"p{beat}", "cidrs": ["198.18.0.0/24"]}
+                store.put(AddressPool.model_validate(pool))
+            handoff.announce(store.revision(), force=True)
+        return int(store.redis.llen(store.key("celery", l4_queue("lb1"))))
+    finally:
+        redis_server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fuzz", type=int, default=10_000)
+    parser.add_argument("--apiserver", type=int, default=200)
+    args = parser.parse_args()
+    began = time.monotonic()
+    fuzzed = fuzz(args.fuzz)
+    print(f"fuzz: {fuzzed} in {time.monotonic() - began:.0f} s", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="openslb-chaos-") as tmp:
+        api = on_apiserver(args.apiserver, Path(tmp))
+        queue_len = offline_queue(Path(tmp))
+    print(f"apiserver: {api}", file=sys.stderr)
+    print(f"an offline node's queue after a day: {queue_len}", file=sys.stderr)
+    exits = fuzzed["exits"] + (0 if api["alive"] else 1)
+    path = results_file.write(
+        "chaos",
+        {
+            "fuzz_objects_tried": {"value": fuzzed["tried"], "unit": "objects", "target": 10_000},
+            "fuzz_controller_exits": {"value": exits, "unit": "exits", "target": 0},
+            "fuzz_refused": {"value": fuzzed["refused"], "unit": "Services", "target": 0},
+            "apiserver_objects_tried": {
+                "value": api["accepted"],
+                "unit": "Services",
+                "target": 200,
+            },
+            "chaos_offline_node_queue_len": {"value": queue_len, "unit": "tasks", "target": 2},
+            "apiserver_services_not_exposed": {
+                "value": api["dedicated"] - api["dedicated_exposed"],
+                "unit": "Services",
+                "target": 0,
+            },
+        },
+        setup={"fuzz": fuzzed, "apiserver": api},
+    )
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Fail static: a consumer of the desired state never takes a lost or rewound store for an
+order to serve less.
+
+Redis restarted without its data, restored from an older backup, a node pointed at the wrong
+prefix or database: each looks like a desired state with less in it, and a consumer that
+applied it would tear down what serves traffic. Each store has an identity, made by its
+first write; each consumer remembers what it applied (`Applied`: the store's identity, the
+revision, cmi's mark then), and `check` says whether a snapshot may be applied. A store that
+is empty, is another one, or went back is held off: the consumer keeps serving what it has
+and raises an alarm, until cmi has rebuilt the store from Kubernetes and marked it synced
+(`Store.mark_synced`), or an operator adopts it (`slb store adopt`).
+
+Reductions of a healthy store (a Service unlabelled) apply at once: the rule is about the
+store's integrity, not about deletions. Pure: the l4 agent and the xDS server hold a `Guard`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from slb.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a consumer last applied: from which store, at which revision, under which mark."""
+
+    store_id: str
+    revision: int
+    synced_at: float
+    """The time of cmi's mark on the store then (0: none)."""
+
+
+def check(snapshot: Snapshot, applied: Applied | None) -> str | None:
+    """None if `snapshot` may be applied by a consumer that last applied `applied`, else why
+    not, in words for the operator."""
+    if snapshot.store_id is None:
+        return (
+            "the store is empty: nothing wrote it since it was created or emptied (Redis "
+            "restarted without its data, or the wrong redis.prefix or database?)"
+        )
+    if snapshot.syncing == snapshot.store_id:
+        return f"cmi is rebuilding store {snapshot.store_id} from Kubernetes"
+    if applied is None:
+        return None  # a consumer that serves nothing yet has nothing to lose
+    synced = snapshot.synced
+    rebuilt = synced is not None and synced.store_id == snapshot.store_id
+    if snapshot.store_id != applied.store_id and not rebuilt:
+        return (
+            f"the store is not the one served from (store {snapshot.store_id}, served "
+            f"{applied.store_id} at revision {applied.revision}): waiting for cmi to rebuild "
+            "it, or for `slb store adopt`"
+        )
+    if snapshot.revision < applied.revision and not (
+        rebuilt and synced is not None and synced.at > applied.synced_at
+    ):
+        return (
+            f"the store went back to revision {snapshot.revision} from {applied.revision} "
+            "(restored from an older copy?): waiting for cmi to rebuild it, or for "
+            "`slb store adopt`"
+        )
+    return None
+
+
+def applied_from(snapshot: Snapshot, before: Applied | None) -> Applied:
+    """What a consumer remembers after applying `snapshot`."""
+    synced = snapshot.synced
+    synced_at = synced.at if synced and synced.store_id == snapshot.store_id else 0.0
+    if before is not None and before.store_id == snapshot.store_id:
+        synced_at = max(synced_at, before.synced_at)
+    return Applied(snapshot.store_id or "", snapshot.revision, synced_at)
+
+
+class Guard:
+    """A consumer's memory of the store it applies from, and its alarm.
+
+    `sound` is told the alarm at every held step (the store it writes to may have been
+    emptied since) and once when it clears (None): the consumer puts it where operators look.
+    """
+
+    def __init__(self, consumer: str, sound: Callable[[str | None], None] | None = None) -> None:
+        self.consumer = consumer
+        self.sound = sound
+        self.applied: Applied | None = None
+        self.alarm: str | None = None
+        """Why the consumer holds its last good state now; None while it follows the store."""
+
+    def admit(self, snapshot: Snapshot) -> bool:
+        """May `snapshot` be applied? Logs when the answer changes."""
+        why = check(snapshot, self.applied)
+        if why is None and self.alarm is not None:
+            log.warning("%s: the store can be trusted again (%s, revision %d); applying it",
+                        self.consumer, snapshot.store_id, snapshot.revision)  # fmt: skip
+        elif why is not None and why != self.alarm:
+            log.error("%s: keeping the last good state: %s", self.consumer, why)
+        if self.sound is not None and (why is not None or self.alarm is not None):
+            self.sound(why)
+        self.alarm = why
+        return why is None
+
+    def applied_now(self, snapshot: Snapshot) -> None:
+        self.applied = applied_from(snapshot, self.applied)

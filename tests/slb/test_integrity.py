@@ -1,0 +1,75 @@
+"""The fail-static rule, as pure logic: which snapshots a consumer may apply."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from slb.integrity import Applied, Guard, applied_from, check
+from slb.snapshot import Snapshot, Synced
+
+SERVED = Applied(store_id="a", revision=50, synced_at=100.0)
+
+
+def snap(revision: int, store_id: str | None = "a", synced: Synced | None = None,
+         syncing: str | None = None) -> Snapshot:  # fmt: skip
+    return Snapshot(revision, store_id=store_id, synced=synced, syncing=syncing)
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "applied", "held"),
+    [
+        (snap(51), SERVED, None),  # the store moved on
+        (snap(50), SERVED, None),
+        (snap(3), None, None),  # a consumer that serves nothing yet has nothing to lose
+        (snap(0, store_id=None), None, "the store is empty"),
+        (snap(0, store_id=None), SERVED, "the store is empty"),
+        (snap(9, syncing="a"), SERVED, "cmi is rebuilding store a"),
+        (snap(9, syncing="a"), None, "cmi is rebuilding store a"),
+        (snap(60, syncing="old"), SERVED, None),  # a stale mark of another store
+        (snap(60, store_id="b"), SERVED, "the store is not the one served from"),
+        (snap(60, store_id="b", synced=Synced("a", 50, 200.0)), SERVED, "not the one"),
+        (snap(6, store_id="b", synced=Synced("b", 6, 200.0)), SERVED, None),  # rebuilt by cmi
+        (snap(40), SERVED, "the store went back to revision 40 from 50"),
+        (snap(40, synced=Synced("a", 30, 100.0)), SERVED, "went back"),  # the backup's own mark
+        (snap(40, synced=Synced("a", 40, 300.0)), SERVED, None),  # cmi rebuilt it since
+    ],
+)
+def test_what_a_consumer_may_apply(
+    snapshot: Snapshot, applied: Applied | None, held: str | None
+) -> None:
+    why = check(snapshot, applied)
+    if held is None:
+        assert why is None
+    else:
+        assert why is not None
+        assert held in why
+
+
+def test_a_consumer_remembers_the_newest_mark_of_its_store() -> None:
+    first = applied_from(snap(5, synced=Synced("a", 5, 100.0)), None)
+    assert first == Applied("a", 5, 100.0)
+    # A later snapshot read without the mark (advanced by changes) keeps the one it had.
+    assert applied_from(snap(9), first) == Applied("a", 9, 100.0)
+    assert applied_from(snap(2, store_id="b", synced=Synced("b", 2, 150.0)), first) == Applied(
+        "b", 2, 150.0
+    )
+
+
+def test_the_guard_raises_and_clears_its_alarm_once_each(caplog: pytest.LogCaptureFixture) -> None:
+    guard = Guard("l4 agent of lb-1")
+    assert guard.admit(snap(50))
+    guard.applied_now(snap(50))
+    caplog.set_level(logging.WARNING)
+    assert not guard.admit(snap(0, store_id=None))
+    assert not guard.admit(snap(0, store_id=None))
+    assert guard.alarm is not None
+    assert guard.alarm.startswith("the store is empty")
+    assert guard.applied == Applied("a", 50, 0.0)  # holding: nothing new remembered
+    assert guard.admit(snap(3, store_id="b", synced=Synced("b", 3, 10.0)))
+    assert guard.alarm is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "keeping the last good state: the store is empty" in messages[0]
+    assert "can be trusted again" in messages[1]
