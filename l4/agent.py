@@ -170,10 +170,8 @@ class L4Agent:
         with self._lock:
             if not self.guard.admit(step.snapshot):
                 self.follower.reset()  # read afresh next time: it may have been rebuilt
-                group = self.plan.group if self.plan else None
-                why = f"holding: {self.guard.alarm}"
-                report = SyncReport(self.node, group, self.revision, errors=[why])
-                self._record(report)
+                group, why = self.plan.group if self.plan else None, f"holding: {self.guard.alarm}"
+                self._record(report := SyncReport(self.node, group, self.revision, errors=[why]))
                 return report
             planned_at = self.plan.revision if self.plan is not None else None
             changed = None
@@ -398,13 +396,15 @@ class L4Agent:
             self.blocked = (self.blocked - scope) | set(blocked)
 
     def _health_changed(self, target: Target, healthy: bool) -> None:
+        """The kernel under the lock, the report after it: a hung Redis link delays the
+        report, never the next depool."""
         with self._lock:
             keys = self.targets.get(target)
             if not keys or self.plan is None:
                 return
             before, self.desired = self.desired, self._weighed(self.plan)
-            _, errors = self._converge(before)
-            self._publish(errors)
+            report = self._findings(self._converge(before)[1])
+        self.store.redis.set(self.report_key, json.dumps(report))
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -492,9 +492,9 @@ class L4Agent:
                            error_revision=self.store.revision())  # fmt: skip
 
     def _publish(self, errors: list[str], problems: list[str] | None = None) -> None:
-        report = findings(
-            self.revision, self.plan, self.desired, foreign=self.foreign, blocked=self.blocked,
-            draining=self.draining, failing=self.health.errors(), errors=errors,
-            problems=problems,
-        )  # fmt: skip
-        self.store.redis.set(self.report_key, json.dumps(report))
+        self.store.redis.set(self.report_key, json.dumps(self._findings(errors, problems)))
+
+    def _findings(self, errors: list[str], problems: list[str] | None = None) -> dict[str, Any]:
+        return findings(self.revision, self.plan, self.desired, foreign=self.foreign,
+                        blocked=self.blocked, draining=self.draining,
+                        failing=self.health.errors(), errors=errors, problems=problems)  # fmt: skip

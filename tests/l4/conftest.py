@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -76,11 +78,12 @@ def agent_factory(store: Store, clean_ipvs: None) -> Iterator[AgentFactory]:
     """Agents on this test's store; each is stopped, and slb0 removed, afterwards."""
     started: list[tuple[L4Agent, list[Driver]]] = []
 
-    def make(driver: str = "pyroute2", **overrides: Any) -> L4Agent:
+    def make(driver: str = "pyroute2", through: Store | None = None, **overrides: Any) -> L4Agent:
+        """`through`: the store as the agent reaches it (another client of the same data)."""
         settings = lab_settings(driver=driver, **overrides)
         drivers = [open_driver(driver), open_driver(driver)]
         agent = L4Agent(
-            store, settings, settings.node, driver=drivers[0], vips=VIPs(INTERFACE),
+            through or store, settings, settings.node, driver=drivers[0], vips=VIPs(INTERFACE),
             stats_driver=drivers[1],
         )  # fmt: skip
         started.append((agent, drivers))
@@ -93,3 +96,17 @@ def agent_factory(store: Store, clean_ipvs: None) -> Iterator[AgentFactory]:
             opened.close()
         agent.vips.remove_interface()
         agent.vips.close()
+
+
+@contextmanager
+def following(agent: L4Agent) -> Iterator[None]:
+    """The agent's follow loop (200 ms steps) in a thread while the block runs."""
+    stop = threading.Event()
+    loop = threading.Thread(target=agent.run, args=(stop, 200), daemon=True)
+    loop.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        loop.join(timeout=20)
+    assert not loop.is_alive()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from click.testing import CliRunner
@@ -15,7 +12,6 @@ from click.testing import CliRunner
 from devbed.desired import listener, load_balancer, node_group, put, service
 from devbed.process import wait_until
 from devbed.redis import RedisServer
-from l4.agent import L4Agent
 from l4.drivers import Driver
 from l4.ipvs import ServiceKey
 from l4.ownership import AgentError
@@ -23,7 +19,7 @@ from slb.cli import main
 from slb.snapshot import Delete
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
-from tests.l4.conftest import INTERFACE, AgentFactory
+from tests.l4.conftest import INTERFACE, AgentFactory, following
 
 pytestmark = pytest.mark.lab
 
@@ -166,20 +162,6 @@ def test_a_node_in_no_group_holds_nothing_and_says_why(
     report = agent.sync_to(revision)
     assert report.problems == ["node 'lb-a' is not in any node group"]
     assert observer.dump().services == {}
-
-
-@contextmanager
-def following(agent: L4Agent) -> Iterator[None]:
-    """The agent's follow loop (200 ms steps) in a thread while the block runs."""
-    stop = threading.Event()
-    loop = threading.Thread(target=agent.run, args=(stop, 200), daemon=True)
-    loop.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        loop.join(timeout=20)
-    assert not loop.is_alive()
 
 
 def test_the_follow_loop_applies_new_revisions(

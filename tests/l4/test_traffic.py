@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -23,11 +25,15 @@ from devbed.netns import (
     tally_udp,
 )
 from devbed.process import wait_until
+from devbed.redis import RedisServer
+from devbed.relay import Relay
 from l4.drivers import Driver
 from l4.ipvs import ServiceKey
+from slb.config import RedisSettings
+from slb.storage import connect
 from slb.storage.store import Store
 from slb.storage.timeseries import CONNECTIONS, TimeSeries
-from tests.l4.conftest import AgentFactory
+from tests.l4.conftest import AgentFactory, following
 
 pytestmark = pytest.mark.lab
 
@@ -255,6 +261,58 @@ def test_health_checks_take_a_stopped_server_out_and_back(
         topology.servers["rs2"].start()
     took = wait_until(lambda: weight() == 1, timeout=10, what="rs2 back", interval=0.05)
     assert took <= interval * healthy + 0.5
+
+
+@pytest.fixture
+def relay(redis_server: RedisServer) -> Iterator[Relay]:
+    """A relay to the test's Redis; set up before the agents, so it outlives them."""
+    url = urlsplit(redis_server.url)
+    running = Relay((url.hostname or "127.0.0.1", url.port or 6379)).start()
+    yield running
+    running.stop()
+
+
+def test_health_checks_depool_while_redis_is_black_holed_and_the_agent_catches_up(
+    store: Store, topology: Topology, relay: Relay, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    """Redis stops answering without closing (a dead link): the agent's own waits time out,
+    its health checks go on depooling, and it applies what it missed once Redis is back."""
+    interval, unhealthy = 1, 2
+    check = {"type": "tcp", "interval_s": interval, "timeout_s": 1,
+             "unhealthy_threshold": unhealthy, "healthy_threshold": 2}  # fmt: skip
+    link = RedisSettings(url=f"redis://127.0.0.1:{relay.port}/0", timeout_s=3)
+    agent = agent_factory(through=Store(connect.client(link), prefix=store.prefix))
+    key = ServiceKey("TCP", VIP, 80)
+
+    def weights() -> dict[str, int]:
+        services = observer.dump([key]).services
+        return {d.address: d.weight for d in services[key].dests} if key in services else {}
+
+    rs2, rs3 = topology.v4("rs2"), topology.v4("rs3")
+    with following(agent):
+        serve(store, topology, listener("web", 80, health_check=check),
+              service("web", backends(topology)))  # fmt: skip
+        wait_until(lambda: weights().get(rs2) == 1, timeout=20, what="web programmed")
+        time.sleep(interval * 1.5)
+        relay.blackhole()
+        time.sleep(1)  # the agent's reads now hang on the link
+        topology.servers["rs2"].stop()
+        try:
+            took = wait_until(lambda: weights()[rs2] == 0, timeout=20, what="rs2 depooled",
+                              interval=0.05)  # fmt: skip
+            print(f"depooled {took:.2f} s after the server stopped, Redis black-holed")
+            assert took <= interval * unhealthy + 1
+        finally:
+            topology.servers["rs2"].start()
+        # The next change too: the first one's report, stuck on the link, holds nothing up.
+        took = wait_until(lambda: weights()[rs2] == 1, timeout=20, what="rs2 back", interval=0.05)
+        print(f"back {took:.2f} s after the server started, Redis black-holed")
+        assert took <= interval * 2 + 1
+        put(store, service("web", backends(topology, weights=(1, 1, 3))))  # missed meanwhile
+        time.sleep(2)
+        assert weights()[rs3] == 1
+        relay.restore()
+        wait_until(lambda: weights()[rs3] == 3, timeout=30, what="the missed revision")
 
 
 def test_the_floor_keeps_servers_in_when_most_fail(
