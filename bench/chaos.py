@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from bench import results_file
 from cmi.handoff import Handoff
 from cmi.k8s.client import KubeClient, KubeError
-from devbed.apiobjects import Cluster, clusters, through_pipeline
+from devbed.apiobjects import Cluster, clusters, sample, through_pipeline
 from devbed.kube import KubeAPI
 from devbed.process import Process, wait_until
 from devbed.redis import RedisServer
@@ -96,35 +96,27 @@ def on_apiserver(count: int, work: Path) -> dict[str, Any]:
         tally = {"tried": 0, "accepted": 0, "api_refused": 0, "slices": 0}
         dedicated: list[str] = []  # the accepted Services with an instance of their own
 
-        @settings(GENERATE_ONLY, max_examples=count)
-        @given(clusters(legacy=False, namespace=NAMESPACE))
-        def one(generated: Cluster) -> None:
-            cluster = generated.numbered(tally["tried"])
+        drawn = sample(clusters(legacy=False, namespace=NAMESPACE), count)
+        for number, generated in enumerate(drawn):
+            service, slices = generated.numbered(number).for_api()
             tally["tried"] += 1
-            service = cluster.service
-            ports = [
-                {k: v for k, v in p.items() if k != "nodePort"} for p in service["spec"]["ports"]
-            ]
             try:
-                admin.request(
-                    "POST", f"/api/v1/namespaces/{NAMESPACE}/services",
-                    body={**service, "spec": {**service["spec"], "ports": ports}},
-                )  # fmt: skip
+                admin.request("POST", f"/api/v1/namespaces/{NAMESPACE}/services", body=service)
             except KubeError as exc:
                 tally["api_refused"] += 1  # NodePorts used up
                 if exc.status != 422:
                     raise
-                print(
-                    f"the API server refused {service['metadata']['name']}: {exc}", file=sys.stderr
-                )
-                return
+                print(f"refused by the API server: {exc}", file=sys.stderr)
+                continue
             tally["accepted"] += 1
             if service["metadata"]["labels"]["openslb.io/expose"] == "true":
                 dedicated.append(service["metadata"]["name"])
-            tally["slices"] += create_slices(admin, cluster.slices)
+            path = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
+            for body in slices:
+                admin.request("POST", path, body=body)
+            tally["slices"] += len(slices)
             cmi.check_alive()
 
-        one()
         canary = {
             "metadata": {"name": "canary", "labels": {"openslb.io/expose": "true"}},
             "spec": {"type": "LoadBalancer", "ports": [{"name": "web", "port": 80}]},
@@ -151,14 +143,6 @@ def on_apiserver(count: int, work: Path) -> dict[str, Any]:
     finally:
         kube.stop()
         redis_server.stop()
-
-
-def create_slices(admin: KubeClient, slices: list[dict[str, Any]]) -> int:
-    path = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
-    for body in slices:
-        admin.request("POST", path, body={"apiVersion": "discovery.k8s.io/v1",
-                                          "kind": "EndpointSlice", **body})  # fmt: skip
-    return len(slices)
 
 
 def offline_queue(work: Path) -> int:

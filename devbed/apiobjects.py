@@ -100,6 +100,15 @@ class Cluster:
     slices: list[Body] = field(default_factory=list)
     nodes: dict[str, Body] = field(default_factory=dict)
 
+    def for_api(self) -> tuple[Body, list[Body]]:
+        """The Service and its slices as bodies to create on an API server: NodePorts left
+        for it to allocate (drawn ones could clash with other Services')."""
+        spec = self.service["spec"]
+        ports = [{k: v for k, v in p.items() if k != "nodePort"} for p in spec["ports"]]
+        service = {**self.service, "spec": {**spec, "ports": ports}}
+        kind = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice"}
+        return service, [{**kind, **s} for s in self.slices]
+
     def numbered(self, number: int) -> Cluster:
         """The same objects under names unique to `number`: drawn names repeat."""
         name = f"s{number}-{self.service['metadata']['name']}"[:63].rstrip("-")

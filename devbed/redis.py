@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 from devbed.process import Process, StartError, free_port, wait_until
+from slb.storage.store import Store
 
 
 class RedisServer:
@@ -98,3 +99,10 @@ class RedisServer:
         """Stop and start on the same port and files: the AOF is replayed."""
         self.stop()
         self.start()
+
+
+def lose(store: Store) -> int:
+    """Empty one store as a Redis that lost its data would (FLUSHALL, but of this store's
+    keys only: tests share one Redis); return how many keys went."""
+    keys = list(store.redis.scan_iter(match=store.key("*")))
+    return int(store.redis.delete(*keys)) if keys else 0

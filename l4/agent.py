@@ -98,8 +98,8 @@ class L4Agent:
         self.blocked: set[ServiceKey] = set()
         self.plan: IPVSPlan | None = None
         self.follower = Follower(store)
-        self.guard = Guard(f"l4 agent of {node}", partial(self.status.alarm, f"l4 {node}"))
         """The desired state, moved forward by the change stream; plans are made from it."""
+        self.guard = Guard(f"l4 agent of {node}", partial(self.status.alarm, f"l4 {node}"))
         self.targets: dict[Target, list[ServiceKey]] = {}
         self.desired: dict[ServiceKey, VirtualService] = {}
         self._consistent = False

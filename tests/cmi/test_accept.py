@@ -142,13 +142,12 @@ def test_on_the_api_server_cmi_stays_up_and_exposes_the_services_after(
     drawn = sample(clusters(legacy=False, namespace=namespace), 20)
     dedicated = []  # the Services that ask for an instance of their own
     for number, generated in enumerate(drawn):
-        cluster = generated.numbered(number)
-        create(admin, namespace, without_node_ports(cluster.service))
-        if cluster.service["metadata"]["labels"]["openslb.io/expose"] == "true":
-            dedicated.append(cluster.service["metadata"]["name"])
-        for slice_ in cluster.slices:
-            put_slice(admin, namespace, {"apiVersion": "discovery.k8s.io/v1",
-                                         "kind": "EndpointSlice", **slice_})  # fmt: skip
+        service, slices = generated.numbered(number).for_api()
+        create(admin, namespace, service)
+        if service["metadata"]["labels"]["openslb.io/expose"] == "true":
+            dedicated.append(service["metadata"]["name"])
+        for slice_ in slices:
+            put_slice(admin, namespace, slice_)
     create(admin, namespace, labelled([{"name": "web", "port": 80, "protocol": "TCP"}])
            | {"metadata": {"name": "canary", "labels": {"openslb.io/expose": "true"}}})  # fmt: skip
 
@@ -161,9 +160,3 @@ def test_on_the_api_server_cmi_stays_up_and_exposes_the_services_after(
     eventually(lambda: all(exposed(name) for name in dedicated), "every generated one exposed")
     listed = admin.get(f"/api/v1/namespaces/{namespace}/events")["items"]
     assert [e["message"] for e in listed if e["reason"] == "Refused"] == []
-
-
-def without_node_ports(body: dict[str, Any]) -> dict[str, Any]:
-    """The API server allocates NodePorts itself: drawn ones could clash across tests."""
-    ports = [{k: v for k, v in p.items() if k != "nodePort"} for p in body["spec"]["ports"]]
-    return {**body, "spec": {**body["spec"], "ports": ports}}

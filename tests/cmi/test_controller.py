@@ -13,6 +13,7 @@ from cmi.build import dedicated_name
 from cmi.k8s.client import KubeClient, KubeError
 from cmi.k8s.writer import CONDITION, FINALIZER, PROGRAMMED
 from devbed.process import wait_until
+from devbed.redis import lose
 from slb.model import LoadBalancer, NodeGroup, Owner, OwnerKind, Protocol, Service
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
@@ -366,12 +367,17 @@ def test_explicit_vip_outside_every_pool_is_rejected(
     eventually(lambda: ingress_ip(admin, namespace, "cart") == "198.18.0.99", "a good VIP applies")
 
 
+def expose(admin: KubeClient, namespace: str, names: str) -> dict[str, str | None]:
+    """Services of these one-letter names, each with an instance of its own; their VIPs."""
+    for name in names:
+        create(admin, namespace, service_body(name, labels={"openslb.io/expose": "true"}))
+    eventually(lambda: all(ingress_ip(admin, namespace, n) for n in names), f"{names} exposed")
+    return {n: ingress_ip(admin, namespace, n) for n in names}
+
+
 def test_restart_keeps_every_vip(cmi: Start, admin: KubeClient, namespace: str) -> None:
     first = cmi()
-    for name in ("a", "b", "c"):
-        create(admin, namespace, service_body(name, labels={"openslb.io/expose": "true"}))
-    eventually(lambda: all(ingress_ip(admin, namespace, n) for n in "abc"), "three exposed")
-    vips = {n: ingress_ip(admin, namespace, n) for n in "abc"}
+    vips = expose(admin, namespace, "abc")
     first.stop()
     second = cmi()
     create(admin, namespace, service_body("d", labels={"openslb.io/expose": "true"}))
@@ -387,14 +393,9 @@ def test_a_lost_store_moves_no_vip(
     """The store emptied: a rebuilt store gives each Service the VIP its status names, even
     with a new Service that sorts first and would otherwise draw the lowest free address."""
     first = cmi()
-    for name in ("b", "c", "d"):
-        create(admin, namespace, service_body(name, labels={"openslb.io/expose": "true"}))
-    eventually(lambda: all(ingress_ip(admin, namespace, n) for n in "bcd"), "three exposed")
-    vips = {n: ingress_ip(admin, namespace, n) for n in "bcd"}
+    vips = expose(admin, namespace, "bcd")
     first.stop()
-    lost = list(store.redis.scan_iter(match=store.key("*")))
-    assert lost
-    assert store.redis.delete(*lost) == len(lost)
+    assert lose(store)
     create(admin, namespace, service_body("a", labels={"openslb.io/expose": "true"}))
     cmi()
     eventually(lambda: ingress_ip(admin, namespace, "a"), "the new one exposed")
@@ -406,15 +407,12 @@ def test_a_store_emptied_under_a_running_cmi_is_rebuilt_and_marked_synced(
     cmi: Start, admin: KubeClient, namespace: str, store: Store
 ) -> None:
     running = cmi()
-    for name in ("b", "c"):
-        create(admin, namespace, service_body(name, labels={"openslb.io/expose": "true"}))
-    eventually(lambda: all(ingress_ip(admin, namespace, n) for n in "bc"), "two exposed")
+    expose(admin, namespace, "bc")
     before = store.snapshot()
     assert before.synced is not None
     assert before.synced.store_id == before.store_id
     vips = {key: s.obj.vip for key, s in before.of(LoadBalancer).items()}
-    for key in store.redis.scan_iter(match=store.key("*")):  # Redis lost its data
-        store.redis.delete(key)
+    assert lose(store)  # Redis lost its data
 
     def rebuilt() -> bool:
         now = store.snapshot()
