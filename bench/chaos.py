@@ -1,7 +1,7 @@
-"""Chaos: what the API server accepts never stops cmi, and an offline node's queue stays
-short (#13).
+"""Chaos: a sick control plane never removes traffic, what the API server accepts never
+stops cmi, and an offline node's queue stays short (#13).
 
-Three parts: 1 and 2 each on generated objects within kube-apiserver 1.37's validation
+Four parts: 1 and 2 each on generated objects within kube-apiserver 1.37's validation
 (`devbed.apiobjects`):
 
 1. fuzz: `--fuzz` clusters (a Service, its EndpointSlices, the Nodes) through the pure
@@ -13,8 +13,13 @@ Three parts: 1 and 2 each on generated objects within kube-apiserver 1.37's vali
    and expose that Service.
 3. offline queue: a day of re-assertions (time compressed) announced to a node whose worker
    is down: its queue's length after (`chaos_offline_node_queue_len`).
+4. live: the whole platform (`slb dev up`: Redis, kube-apiserver, cmi, workers, `slb xds`,
+   Envoy, IPVS in the lab VM) under gRPC calls through the L7 VIP and TCP connections through
+   the L4 VIP, while `devbed.chaos` empties Redis, restarts it from an older backup, and
+   restarts the xDS server and the LB node on the wrong prefix, `--rounds` times each: the
+   failed calls and connections of each, and VIPs that moved.
 
-    .venv/bin/python -m bench.chaos [--fuzz 10000] [--apiserver 200]
+    .venv/bin/python -m bench.chaos [--fuzz 10000] [--apiserver 200] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -24,17 +29,22 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 
 from bench import results_file
+from bench.results_file import median
 from cmi.handoff import Handoff
 from cmi.k8s.client import KubeClient, KubeError
+from devbed import chaos
 from devbed.apiobjects import Cluster, clusters, sample, through_pipeline
 from devbed.kube import KubeAPI
+from devbed.l7harness import free_octet
+from devbed.platform import DevPlatform
 from devbed.process import Process, wait_until
 from devbed.redis import RedisServer
 from slb import config
@@ -43,6 +53,8 @@ from slb.pipeline import l4_queue, make_app
 from slb.storage.store import Store
 
 NAMESPACE = "chaos"
+BLACKHOLE_TARGET_S = 2 * 3 + 1
+"""The default health check's interval x unhealthy threshold, + 1 s (the issue's target)."""
 POOL = "198.18.0.0/20"
 GENERATE_ONLY = settings(
     deadline=None, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
@@ -166,17 +178,50 @@ def offline_queue(work: Path) -> int:
         redis_server.stop()
 
 
+def live(rounds: int, work: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every scenario of `devbed.chaos`, `rounds` times, on one platform."""
+    octet = free_octet()
+    platform = DevPlatform(
+        work / "platform", vip_cidr=f"198.19.{octet}.0/25", sample_cidr=f"198.19.{octet}.128/25",
+        tuning={"celery": {"reassert_s": 5}},
+    )  # fmt: skip
+    say = partial(print, file=sys.stderr)
+    outcomes: dict[str, list[dict[str, Any]]] = {name: [] for name in chaos.SCENARIOS}
+    outcomes["redis_blackhole"] = []
+    try:
+        platform.up(say)
+        platform.show_traffic(say)
+        for round_no in range(rounds):
+            for name, scenario in chaos.SCENARIOS.items():
+                say(f"round {round_no + 1}/{rounds}: {name}")
+                outcome = scenario(platform, say)
+                outcomes[name].append({**asdict(outcome), "failed": outcome.failed})
+            depool_s = chaos.redis_blackhole_depool(platform, say)
+            outcomes["redis_blackhole"].append({"depool_s": round(depool_s, 2)})
+    finally:
+        platform.down(say)
+    return outcomes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fuzz", type=int, default=10_000)
     parser.add_argument("--apiserver", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="of each live scenario")
     args = parser.parse_args()
-    began = time.monotonic()
-    fuzzed = fuzz(args.fuzz)
-    print(f"fuzz: {fuzzed} in {time.monotonic() - began:.0f} s", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="openslb-chaos-") as tmp:
+        scenarios = live(
+            args.rounds, Path(tmp)
+        )  # first: the longest to set up, the likeliest to fail
+        began = time.monotonic()
+        fuzzed = fuzz(args.fuzz)
+        print(f"fuzz: {fuzzed} in {time.monotonic() - began:.0f} s", file=sys.stderr)
         api = on_apiserver(args.apiserver, Path(tmp))
         queue_len = offline_queue(Path(tmp))
+
+    def total(name: str, key: str) -> int:
+        return sum(int(o[key]) for o in scenarios[name])
+
     print(f"apiserver: {api}", file=sys.stderr)
     print(f"an offline node's queue after a day: {queue_len}", file=sys.stderr)
     exits = fuzzed["exits"] + (0 if api["alive"] else 1)
@@ -192,13 +237,47 @@ def main() -> None:
                 "target": 200,
             },
             "chaos_offline_node_queue_len": {"value": queue_len, "unit": "tasks", "target": 2},
+            "chaos_redis_flush_failed_requests": {
+                "value": total("redis_flush", "failed"),
+                "unit": "requests",
+                "target": 0,
+            },
+            "chaos_vips_changed": {
+                "value": sum(total(name, "vips_changed") for name in chaos.SCENARIOS),
+                "unit": "VIPs",
+                "target": 0,
+            },
+            "chaos_redis_rewind_failed_requests": {
+                "value": total("redis_rewind", "failed"),
+                "unit": "requests",
+                "target": 0,
+            },
+            "chaos_wrong_prefix_failed_requests": {
+                "value": total("wrong_prefix", "failed"),
+                "unit": "requests",
+                "target": 0,
+            },
+            "chaos_redis_blackhole_depool_s": {
+                "value": round(median([o["depool_s"] for o in scenarios["redis_blackhole"]]), 2),
+                "unit": "s",
+                "target": BLACKHOLE_TARGET_S,
+            },
+            "chaos_requests_sent": {
+                "value": sum(
+                    total(n, k)
+                    for n in chaos.SCENARIOS
+                    for k in ("l7_ok", "l7_failed", "l4_ok", "l4_failed")
+                ),
+                "unit": "requests",
+                "target": None,
+            },
             "apiserver_services_not_exposed": {
                 "value": api["dedicated"] - api["dedicated_exposed"],
                 "unit": "Services",
                 "target": 0,
             },
         },
-        setup={"fuzz": fuzzed, "apiserver": api},
+        setup={"fuzz": fuzzed, "apiserver": api, "live": scenarios},
     )
     print(f"wrote {path}", file=sys.stderr)
 

@@ -214,7 +214,7 @@ def guest(args: argparse.Namespace) -> dict[str, Any]:
     expected = args.services * (1 + args.reals)
     say(f"desired state built in {build_s:.1f} s, planned in {plan_s:.2f} s")
 
-    settings = L4Settings(node=NODE, interface="slbbench0")
+    settings = L4Settings(node=NODE, interface="slbbench0", state_dir=tempfile.mkdtemp())
     vips = VIPs("slbbench0")
 
     def new_agent(round_no: int) -> L4Agent:

@@ -119,8 +119,12 @@ class Controller:
         if self.store_id is not None and store_id != self.store_id:
             log.error("the store was emptied or replaced (store %s, was %s): rebuilding it "
                       "from Kubernetes", store_id, self.store_id)  # fmt: skip
+        rewound = snapshot.revision < self.revision  # restored from an older copy
+        if rewound:
+            log.error("the store went back to revision %d from %d: rebuilding it from "
+                      "Kubernetes", snapshot.revision, self.revision)  # fmt: skip
         synced = snapshot.synced
-        if synced is None or synced.store_id != store_id:
+        if rewound or synced is None or synced.store_id != store_id:
             self.store.mark_syncing(store_id)
         self.store_id = store_id
         return snapshot
@@ -266,9 +270,14 @@ class Controller:
         return self.revision
 
     def _commit(self, ops: Sequence[Put | Delete], **meta: str) -> None:
-        """One fenced write; the mirror follows it."""
-        self.revision = self.store.apply(ops, fence=self.fence, who=self.identity, **meta)
-        self.mirror.apply(ops, self.revision)
+        """One fenced write; the mirror follows it. A write that lands behind the last one
+        found a store restored from an older copy: consumers hold until it is rebuilt."""
+        revision = self.store.apply(ops, fence=self.fence, who=self.identity, **meta)
+        if revision < self.revision:  # (an emptied store has a new identity by now)
+            self.store.mark_syncing(self.store.identity())
+            self._resync_requested.set()
+        self.revision = max(self.revision, revision)
+        self.mirror.apply(ops, revision)
 
     def _write_operator_vip(self, name: str, vip: IPAddress) -> None:
         """An operator's instance gets its VIP, unless it changed meanwhile (the next

@@ -20,9 +20,9 @@ from cmi.k8s.client import Body, KubeClient, KubeError
 from cmi.k8s.informer import Informer
 from cmi.k8s.writer import CONDITION, PROGRAMMED, Condition, EventRecorder, ServiceWriter
 from cmi.mirror import Mirror
-from cmi.readiness import Readiness
 from cmi.workqueue import KeyedQueue
 from slb.model import IPAddress, LoadBalancer
+from slb.readiness import Readiness
 from slb.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ def exposure(
 
 
 def programmed_condition(now: Readiness) -> Condition:
-    reason = {"programmed": "Programmed", "pending": "Pending", "error": "Error"}[now.state]
-    return ("True" if now.state == "programmed" else "False", reason, now.message)
+    reason = {"served": "Programmed", "pending": "Pending", "error": "Error"}[now.state]
+    return ("True" if now.state == "served" else "False", reason, now.message)
 
 
 def condition_of(body: Body, type_: str) -> Condition | None:

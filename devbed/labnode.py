@@ -25,6 +25,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -98,15 +99,26 @@ def guest_main(node: str, pods: int) -> None:
         while _tcp_probe({"target": target})["answers"][0] != f"pod{i}":
             time.sleep(0.5)
     client.set(keys["ready"], json.dumps({"pods": pods, "at": time.time()}))
+
+    def answer(queue: bytes, probe: dict[str, Any]) -> None:
+        result = _tcp_probe(probe) if queue.decode() == keys["tcp"] else _exec_probe(probe)
+        deadline = time.monotonic() + 120
+        while True:  # Redis may be restarting (the chaos scenarios): the answer must get out
+            try:
+                client.set(keys["result"] + probe["id"], json.dumps(result), ex=600)
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
     while True:
         try:
             popped = client.blpop([keys["tcp"], keys["exec"]], timeout=2)
             if popped is None:
                 continue
-            queue, raw = popped
-            probe = json.loads(raw)
-            result = _tcp_probe(probe) if queue.decode() == keys["tcp"] else _exec_probe(probe)
-            client.set(keys["result"] + probe["id"], json.dumps(result), ex=600)
+            queue, raw = popped  # each probe in a thread: a long load must not hold up the rest
+            threading.Thread(target=answer, args=(queue, json.loads(raw)), daemon=True).start()
         except redis.ConnectionError:  # Redis restarts: wait for it, as the worker does
             time.sleep(1)
 
@@ -115,14 +127,18 @@ def _tcp_probe(probe: dict[str, Any]) -> dict[str, Any]:
     """From the client namespace: connect, read the greeting line, close; `count` times.
 
     With `until_s`, the first attempt is repeated until it is answered or that many
-    seconds pass (how the benchmark sees the first connection through a new VIP).
+    seconds pass (how the benchmark sees the first connection through a new VIP). With
+    `for_s`, connections go on for that long, `count` at most (load for the chaos scenarios).
     busybox nc, not Python: under emulation a Python start costs seconds per probe.
     """
     host, port = host_port(probe["target"], "target")
-    deadline = time.monotonic() + float(probe.get("until_s", 0))
+    began = time.monotonic()
+    deadline = began + float(probe.get("until_s", 0))
     answers: list[str] = []
     attempts = 0
     for _ in range(int(probe.get("count", 1))):
+        if time.monotonic() - began > float(probe.get("for_s", "inf")):
+            break
         while True:
             attempts += 1
             done = subprocess.run(
@@ -234,6 +250,51 @@ class LabNode:
     def ask_tcp(self, target: str, until_s: float) -> str:
         """Send a probe that retries until answered; `answer(id)` collects it later."""
         return self._send("tcp", {"target": target, "count": 1, "until_s": until_s})
+
+    def load(self, target: str, seconds: float, most: int = 5000) -> str:
+        """Connections one after another for `seconds` (`most` at most); `answer(id)` has
+        who answered each, or its error, once they are done."""
+        return self._send("tcp", {"target": target, "count": most, "for_s": seconds})
+
+    def restart_worker(
+        self, prefix: str | None = None, redis_port: int | None = None, timeout: float = 90.0
+    ) -> None:
+        """Stop the node's worker (its agent releases the node) and start another, reading
+        the store under `prefix`, through the host's `redis_port` (defaults: the platform's);
+        it logs to the lab directory."""
+        pattern = shlex.quote(f"[s]lb.cli worker --node {self.node}")
+        prefixed = f"OPENSLB_REDIS_PREFIX={shlex.quote(prefix)} " if prefix else ""
+        if redis_port is not None:
+            prefixed += f"OPENSLB_REDIS_URL=redis://{HOST_FROM_GUEST}:{redis_port}/0 "
+        command = (  # `[s]`, `$w`: this shell's own command line must not match the pattern
+            f"w=worker; pkill -TERM -f {pattern}; n=0; while pgrep -f {pattern} >/dev/null; do "
+            f"n=$((n+1)); [ $n -gt {int(timeout * 5)} ] && exit 1; sleep 0.2; done; "
+            f"{prefixed}setsid {shlex.quote(sys.executable)} -m slb.cli $w --node "
+            f"{self.node} --log-level INFO </dev/null >>/openslb-job/worker.log 2>&1 &"
+        )
+        done = self.run(command, timeout=timeout + 30)
+        if done["returncode"] != 0:
+            raise RuntimeError(f"restarting the worker of {self.node}: {done}")
+
+    def kill_pod(self, index: int) -> None:
+        """Stop TCP pod `index` (its server exits: connections to it are refused)."""
+        self.run(f"pkill -f '[d]evbed.samples tcp --listen {pod_address(index)}:'")
+
+    def start_pod(self, index: int) -> None:
+        python, address = shlex.quote(sys.executable), f"{pod_address(index)}:{POD_PORT}"
+        server = f"{python} -m devbed.samples tcp --listen {address} --name pod{index}"
+        done = self.run(f"ip netns exec pod{index} setsid {server} </dev/null >/dev/null 2>&1 &")
+        if done["returncode"] != 0:
+            raise RuntimeError(f"starting pod{index}: {done}")
+
+    def weights(self, target: str) -> dict[str, int]:
+        """The real servers of virtual service `target` in the node's IPVS, and weights."""
+        listed = self.run(f"ipvsadm -Ln -t {target}")["stdout"]
+        return {
+            line.split()[1]: int(line.split()[3])
+            for line in listed.splitlines()
+            if line.strip().startswith("->") and line.split()[1][0].isdigit()
+        }
 
     def answer(self, probe_id: str) -> list[str] | None:
         """The answers of a probe sent with `ask_tcp`, or None while it runs."""

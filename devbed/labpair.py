@@ -142,6 +142,7 @@ class LBPair:
             "OPENSLB_REDIS_URL": self.redis_url,
             "OPENSLB_REDIS_PREFIX": self.store.prefix,
             "OPENSLB_L4_INTERFACE": "slb0",
+            "OPENSLB_L4_STATE_DIR": str(node.state_dir),
             "OPENSLB_L4_METRICS_LISTEN": "",
             "OPENSLB_L4_VRRP_CONFIG": str(include),
             "OPENSLB_L4_VRRP_INTERFACE": "eth0",

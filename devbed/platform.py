@@ -98,6 +98,7 @@ class DevPlatform:
         self.state_file = self.state_dir / "state.json"
         self.vip_cidr, self.sample_cidr, self.lab = vip_cidr, sample_cidr, lab
         self.tuning = tuning or {}  # settings over the platform's own, e.g. for tests
+        self._env: dict[str, str] = {}  # over the settings of the next `slb` started
 
     # -- recorded state -------------------------------------------------------------------
 
@@ -237,12 +238,38 @@ class DevPlatform:
         )
         return answers, "gRPC through Envoy, 6 calls on one HTTP/2 connection"
 
-    def restart_redis(self) -> None:
-        """Stop Redis and start it again on its port and files: it replays its AOF."""
+    def restart_redis(self, backup: Path | None = None) -> None:
+        """Stop Redis and start it again on its port and files: it replays its AOF; or, with
+        `backup` (`backup_redis`), it starts from that older copy."""
         components = self.components()
         _terminate(components["redis"].pids)
-        components["redis"] = self._start_redis()
+        components["redis"] = self._start_redis(backup)
         self._save(components)
+
+    def backup_redis(self) -> Path:
+        """An RDB backup of the platform's Redis now."""
+        server = RedisServer(self.state_dir / "redis", port=self.ports()["redis"])
+        return server.save(self.state_dir / "redis-backup.rdb")
+
+    def restart(self, name: str, env: dict[str, str] | None = None) -> None:
+        """Stop one of the platform's `slb` components and start it again, with `env` over
+        its settings (e.g. another `OPENSLB_REDIS_PREFIX`)."""
+        starters = {"xds": self._start_xds, "cmi": self._start_cmi,
+                    "worker-control": self._start_control_worker}  # fmt: skip
+        self.stop(name)
+        components = self.components()
+        self._env = env or {}
+        try:
+            components[name] = starters[name]()
+        finally:
+            self._env = {}
+        self._save(components)
+
+    def stop(self, name: str) -> None:
+        """Stop one component (`restart` starts it again)."""
+        components = self.components()
+        if name in components:
+            _terminate(components[name].pids)
 
     def down(self, progress: Progress) -> None:
         self._stop_all(self.components(), progress)
@@ -270,7 +297,7 @@ class DevPlatform:
 
     def _slb(self, name: str, *argv: str) -> Process:
         """An `slb` command of this platform, reading the platform's config file."""
-        env = {"OPENSLB_CONFIG": str(self.config_file), "PYTHONUNBUFFERED": "1"}
+        env = {"OPENSLB_CONFIG": str(self.config_file), "PYTHONUNBUFFERED": "1", **self._env}
         process = Process(name, [sys.executable, "-m", "slb.cli", *argv], self.state_dir / "logs",
                           env=env)  # fmt: skip
         return process.start()
@@ -286,8 +313,9 @@ class DevPlatform:
     def _component(self, process: Process, address: str, detail: str = "") -> Component:
         return Component(process.name, [process.pid], address, str(process.log_path), detail)
 
-    def _start_redis(self) -> Component:
-        server = RedisServer(self.state_dir / "redis", port=self.ports()["redis"]).start()
+    def _start_redis(self, backup: Path | None = None) -> Component:
+        server = RedisServer(self.state_dir / "redis", port=self.ports()["redis"])
+        server = server.start_from(backup) if backup else server.start()
         return Component("redis", [server.process.pid], server.url, str(server.process.log_path),
                          detail="append-only file on")  # fmt: skip
 
@@ -404,9 +432,7 @@ class DevPlatform:
 
     def _start_lab_node(self) -> Component:
         node = self.lab_node()
-        self.store().put(
-            NodeGroup(name=LAB_GROUP, nodes=(LBNode(name=LAB_NODE, address=node.address),))
-        )
+        self.put_lab_group()
         node.start()
         return Component(
             "lab-node",
@@ -416,6 +442,12 @@ class DevPlatform:
             detail=f"LB node {LAB_NODE} of node group {LAB_GROUP}: IPVS, l4 agent in its "
             f"worker (queue l4.{LAB_NODE}), TCP pods {', '.join(node.pod_addresses)}",
         )
+
+    def put_lab_group(self) -> None:
+        """Node group `lab`, lb1 its one node: an operator's object, which cmi does not make
+        (after a lost store the operator puts it back)."""
+        lb1 = LBNode(name=LAB_NODE, address=self.lab_node().address)
+        self.store().put(NodeGroup(name=LAB_GROUP, nodes=(lb1,)))
 
     def _start_console(self) -> Component:
         port = self.ports()["console"]

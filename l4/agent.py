@@ -8,23 +8,19 @@ Two ways in, one engine:
   with the housekeeping below on each tick.
 One agent per node: `start` takes the node's lock in Redis (`l4.ownership`).
 
-Both read the desired state through one follower of the store (`slb.storage.follow`),
-which moves the agent's snapshot forward by what changed: an apply reads what changed,
-not the whole store (under the lab VM's emulation, reading 200 objects costs a second).
-The agent keeps a view of the kernel's IPVS (read in full at start and every
-`resync_interval_s`, which re-reads the store too and repairs anything, weights left at 0
-by a crash included). Per revision it re-plans only what the change stream says changed
-(everything after a fresh snapshot), spots the virtual services to reconcile by identity,
-and re-reads just those from the kernel before touching them, so a single real-server
-change costs a few netlink round trips at any scale.
+Both read the desired state through one follower of the store (`slb.storage.follow`): an
+apply reads what changed, not the whole store. The agent keeps a view of the kernel's IPVS
+(read in full at start and every `resync_interval_s`, which repairs anything). Per
+revision it re-plans only what changed, and re-reads from the kernel just the virtual
+services it touches: a real-server change costs a few netlink round trips at any scale.
 
-Health-check results and drains change weights in the kernel, never the desired state.
-Housekeeping per tick: drains (delete real servers whose connections ended or whose
-timeout passed), retry after a failed apply, periodic full resync, statistics.
+Health checks and drains change weights in the kernel, never the desired state. Each tick:
+drains (delete real servers whose connections ended or timed out), retry after a failed
+apply, periodic full resync, statistics.
 
-What openslb made on the node is recorded in Redis before it is made (`l4.ownership`).
-What the agent found (foreign services, drains, failing servers, ...) is in Redis for the
-console to show (`l4.report`).
+What openslb made on the node is recorded in Redis before it is made, what the agent last
+applied on the node's disk (`l4.ownership`); what it found (foreign services, drains,
+failing servers, ...) in Redis for the console (`l4.report`).
 """
 
 from __future__ import annotations
@@ -43,9 +39,9 @@ from l4 import health
 from l4.drivers import Driver, DriverError
 from l4.health import HealthChecker, Target
 from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
-from l4.ownership import AgentError, NodeLock, NodeTakenError, Ownership
+from l4.ownership import AgentError, AppliedRecord, NodeLock, NodeTakenError, Ownership
 from l4.plan import Changed, IPVSPlan, node_group_of, plan
-from l4.reconcile import DrainKey, reconcile, update_view
+from l4.reconcile import DrainKey, reconcile, rescoped, update_view
 from l4.report import OPERATIONS_SHOWN, SyncReport, findings
 from l4.stats import IPVSCollector, StatsWriter
 from l4.vip import VIPs, prepare_kernel
@@ -54,6 +50,7 @@ from slb.config import L4Settings
 from slb.integrity import Guard
 from slb.model import NodeGroup
 from slb.resolve import DesiredState, resolve
+from slb.snapshot import Snapshot
 from slb.storage.follow import Follower, Step
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
@@ -90,7 +87,8 @@ class L4Agent:
         self.collector = IPVSCollector(node)
         self.stats_writer = StatsWriter(store, node)
         self.stats_driver = stats_driver
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the kernel and the view: not held across store reads
+        self._following = threading.RLock()  # one sync at a time, read to apply; before _lock
         self.view: KernelState | None = None
         self.owned: set[ServiceKey] = set()
         self.draining: dict[DrainKey, float] = {}
@@ -99,7 +97,9 @@ class L4Agent:
         self.plan: IPVSPlan | None = None
         self.follower = Follower(store)
         """The desired state, moved forward by the change stream; plans are made from it."""
-        self.guard = Guard(f"l4 agent of {node}", partial(self.status.alarm, f"l4 {node}"))
+        self.applied_record = AppliedRecord(settings.state_dir, node)
+        self.guard = Guard(f"l4 agent of {node}", partial(self.status.alarm, f"l4 {node}"),
+                           serves="IPVS services")  # fmt: skip
         self.targets: dict[Target, list[ServiceKey]] = {}
         self.desired: dict[ServiceKey, VirtualService] = {}
         self._consistent = False
@@ -118,10 +118,8 @@ class L4Agent:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> L4Agent:
-        """Take the node's lock, prepare the kernel, load the ownership record.
-
-        The first sync reads the kernel's IPVS in full.
-        """
+        """Take the node's lock, prepare the kernel, load the records of what the agent made
+        and applied. The first sync reads the kernel's IPVS in full."""
         self.lock.hold()
         prepare_kernel()
         if self.settings.conn_sync_interface:
@@ -130,8 +128,8 @@ class L4Agent:
             ):
                 log.error("%s: established connections will not survive a failover", error)
         with self._lock:
-            self.owned = self.ownership.load()
-            self.view = None
+            self.guard.applied, owned = self.applied_record.load()  # the disk's, and Redis'
+            self.owned, self.view = self.ownership.load() | owned, None
         self.health.start()
         return self
 
@@ -147,17 +145,18 @@ class L4Agent:
         `force` (the pipeline's periodic re-assertion): read the kernel in full and repair it
         even if the node believes it is up to date.
         """
+        if force:
+            return self.resync(reread_store=False)
         with self._lock:
-            if force:
-                return self.resync(reread_store=False)
             if self.revision >= revision and self.failed_revision is None and self.plan:
                 return SyncReport(self.node, self.plan.group, self.revision, already=True)
-            return self.sync()
+        return self.sync()
 
     def sync(self, *, full: bool = False) -> SyncReport:
         """Apply the newest desired state; re-plan only what changed since the last plan
-        (`full`: read and plan everything)."""
-        with self._lock:
+        (`full`: read and plan everything). The store is read outside the kernel's lock: a
+        hung Redis link holds up the next sync, never the next depool."""
+        with self._following:
             if full:
                 self.follower.reset()
             return self._apply_step(self.follower.poll())
@@ -166,67 +165,80 @@ class L4Agent:
         """Apply the desired state the follower has stepped to. Only what the step says
         changed is re-planned, if the last plan was made where the follower stood before
         it; everything after a fresh snapshot, or when a failure came between. A store that
-        cannot be trusted (`slb.integrity`) is not applied: the node keeps what it serves."""
-        with self._lock:
-            if not self.guard.admit(step.snapshot):
-                self.follower.reset()  # read afresh next time: it may have been rebuilt
-                group, why = self.plan.group if self.plan else None, f"holding: {self.guard.alarm}"
-                self._record(report := SyncReport(self.node, group, self.revision, errors=[why]))
-                return report
-            planned_at = self.plan.revision if self.plan is not None else None
-            changed = None
-            if step.changes is not None and planned_at == self.seen_revision:
-                changed = Changed.from_ops(op for change in step.changes for op in change.ops)
-            snapshot = step.snapshot
-            self.seen_revision = snapshot.revision
-            try:  # resolve only this node's group: a node's work grows with what it serves
-                scope = self._group({k: s.obj for k, s in snapshot.of(NodeGroup).items()})
-            except AgentError:
-                scope = None  # apply_state reports it
-            report = self.apply_state(resolve(snapshot, node_group=scope), changed)
-            before = self.guard.applied
-            self.guard.applied_now(snapshot)
-            if before is not None and before.store_id != snapshot.store_id:
-                self.ownership.add(self.owned)  # the record was lost with the store
+        cannot be trusted (`slb.integrity`) is not applied: the node keeps what it serves.
+        Only the kernel work takes the kernel's lock: Redis writes wait outside it."""
+        if not self.guard.admit(step.snapshot, partial(self._removal, step.snapshot)):
+            self.follower.reset()  # read afresh next time: it may have been rebuilt
+            group, why = self.plan.group if self.plan else None, f"holding: {self.guard.alarm}"
+            self._record(report := SyncReport(self.node, group, self.revision, errors=[why]))
             return report
+        planned_at = self.plan.revision if self.plan is not None else None
+        changed = None
+        if step.changes is not None and planned_at == self.seen_revision:
+            changed = Changed.from_ops(op for change in step.changes for op in change.ops)
+        snapshot = step.snapshot
+        self.seen_revision = snapshot.revision
+        try:  # resolve only this node's group: a node's work grows with what it serves
+            scope = self._group({k: s.obj for k, s in snapshot.of(NodeGroup).items()})
+        except AgentError:
+            scope = None  # apply_state reports it
+        report = self.apply_state(resolve(snapshot, node_group=scope), changed)
+        before, owned = self.guard.applied, set(self.owned)
+        self.guard.applied_now(snapshot)
+        self.applied_record.save(self.guard.applied, owned)
+        if before is not None and before.store_id != snapshot.store_id:
+            self.ownership.add(owned)  # the record was lost with the store
+        return report
+
+    def _removal(self, snapshot: Snapshot) -> tuple[int, int]:
+        """How many virtual services the node serves, and how many `snapshot` would keep."""
+        try:
+            group = self._group({k: s.obj for k, s in snapshot.of(NodeGroup).items()})
+        except AgentError:
+            return 0, 0  # nothing is applied: apply_state reports it
+        kept = plan(resolve(snapshot, node_group=group), self.node, group).services
+        with self._lock:
+            served = self.plan.services if self.plan else self.driver.dump().services  # restarted
+        return len(served), len(kept)
 
     def apply_state(self, state: DesiredState, changed: Changed | None = None) -> SyncReport:
-        """Program this node for `state`: VIPs, IPVS, status report.
-
-        With `changed` (what changed since the previous plan), only that is re-planned.
-        """
+        """Program this node for `state` (re-plan only what `changed` says, if given): VIPs,
+        IPVS; then the report, after the kernel's lock: a hung link holds it up, not a depool."""
         with self._lock:
-            try:
-                group = self._group(state.node_groups)
-            except AgentError as exc:
-                report = SyncReport(self.node, None, self.revision, errors=[str(exc)])
-                self.failed_revision = state.revision
-                self._last_failure = time.monotonic()
-                self._record(report)
-                return report
-            new_plan = plan(state, self.node, group, previous=self.plan, changed=changed)
-            wanted_vips = new_plan.vips
-            added: list[str] = []
-            removed: list[str] = []
-            vip_errors: list[str] = []
-            served = self.revision
-            if wanted_vips != self.bound_vips:
-                added = sorted(set(wanted_vips) - self.vips.bound(), key=address_order)
-                vip_errors += self.vips.add(added)
-            report = self.apply_plan(new_plan)
-            if wanted_vips != self.bound_vips:
-                removed = sorted(self.vips.bound() - set(wanted_vips), key=address_order)
-                vip_errors += self.vips.remove(removed)
-                vip_errors += self._announce(new_plan.group, wanted_vips)
-                self.bound_vips = None if vip_errors else wanted_vips
-            report.vips_added, report.vips_removed = added, removed
-            if vip_errors:
-                report.errors += vip_errors
-                self.failed_revision = state.revision
-                self._last_failure = time.monotonic()
-                report.revision = self.revision = served
-            self._record(report)
-            return report
+            report = self._program(state, changed)
+        self._record(report)
+        return report
+
+    def _program(self, state: DesiredState, changed: Changed | None) -> SyncReport:
+        """`apply_state`'s kernel work, under the kernel's lock."""
+        try:
+            group = self._group(state.node_groups)
+        except AgentError as exc:
+            self.failed_revision = state.revision
+            self._last_failure = time.monotonic()
+            return SyncReport(self.node, None, self.revision, errors=[str(exc)])
+        new_plan = plan(state, self.node, group, previous=self.plan, changed=changed)
+        wanted_vips = new_plan.vips
+        added: list[str] = []
+        removed: list[str] = []
+        vip_errors: list[str] = []
+        served = self.revision
+        if wanted_vips != self.bound_vips:
+            added = sorted(set(wanted_vips) - self.vips.bound(), key=address_order)
+            vip_errors += self.vips.add(added)
+        report = self.apply_plan(new_plan)
+        if wanted_vips != self.bound_vips:
+            removed = sorted(self.vips.bound() - set(wanted_vips), key=address_order)
+            vip_errors += self.vips.remove(removed)
+            vip_errors += self._announce(new_plan.group, wanted_vips)
+            self.bound_vips = None if vip_errors else wanted_vips
+        report.vips_added, report.vips_removed = added, removed
+        if vip_errors:
+            report.errors += vip_errors
+            self.failed_revision = state.revision
+            self._last_failure = time.monotonic()
+            report.revision = self.revision = served
+        return report
 
     def _announce(self, group: str | None, vips: tuple[str, ...]) -> list[str]:
         """Hand the VIPs to keepalived, whose VRRP MASTER answers for them (l4.vrrp)."""
@@ -274,16 +286,12 @@ class L4Agent:
         return report
 
     def resync(self, *, reread_store: bool = True) -> SyncReport:
-        """Read the kernel in full and repair it to the current plan.
-
-        `reread_store=False` (the pipeline's frequent re-assertion) keeps the desired state
-        that the change stream keeps current and re-reads only the kernel, where drift
-        happens; the agent's own periodic resync re-reads and re-plans everything.
-        """
+        """Read the kernel in full and repair it to the current plan. `reread_store=False`
+        (the pipeline's frequent re-assertion) re-reads only the kernel, where drift happens;
+        the agent's own periodic resync re-reads and re-plans everything."""
         with self._lock:
-            self.view = None
-            self.bound_vips = None
-            return self.sync(full=reread_store)
+            self.view = self.bound_vips = None
+        return self.sync(full=reread_store)
 
     # -- the engine ------------------------------------------------------------------------
 
@@ -361,7 +369,8 @@ class L4Agent:
         self.ownership.remove(self.owned - kept)
         self.owned = kept
         self.draining = result.draining
-        self._note_foreign(scope, result.foreign, result.blocked)
+        self.foreign = rescoped(self.foreign, scope, result.foreign)
+        self.blocked = rescoped(self.blocked, scope, result.blocked)
         if result.ops:
             log.info("applied %d IPVS operations (%d failed)", len(result.ops), len(failures))
             for op in result.ops:
@@ -383,18 +392,6 @@ class L4Agent:
                 services[key] = fresh.services[key]
         counters.update(fresh.counters)
 
-    def _note_foreign(
-        self,
-        scope: set[ServiceKey] | None,
-        foreign: Iterable[ServiceKey],
-        blocked: Iterable[ServiceKey],
-    ) -> None:
-        if scope is None:
-            self.foreign, self.blocked = set(foreign), set(blocked)
-        else:
-            self.foreign = (self.foreign - scope) | set(foreign)
-            self.blocked = (self.blocked - scope) | set(blocked)
-
     def _health_changed(self, target: Target, healthy: bool) -> None:
         """The kernel under the lock, the report after it: a hung Redis link delays the
         report, never the next depool."""
@@ -413,16 +410,16 @@ class L4Agent:
         now = time.monotonic()
         if self.lock.lost:
             raise NodeTakenError("another l4 agent took this node's lock")
-        with self._lock:
-            if self.failed_revision is not None and now - self._last_failure >= RETRY_S:
-                log.info("retrying revision %s", self.failed_revision)
-                self.sync()
-            elif now - self._last_resync >= self.settings.resync_interval_s:
-                self.resync()
-            elif self.draining:
+        if self.failed_revision is not None and now - self._last_failure >= RETRY_S:
+            log.info("retrying revision %s", self.failed_revision)
+            self.sync()
+        elif now - self._last_resync >= self.settings.resync_interval_s:
+            self.resync()
+        elif self.draining:
+            with self._lock:  # the report after the lock, as for a health change
                 force = {key for key, _ in self.draining}
-                _, errors = self._converge(self.desired, force)
-                self._publish(errors)
+                report = self._findings(self._converge(self.desired, force)[1])
+            self.store.redis.set(self.report_key, json.dumps(report))
         if (
             self.stats_driver is not None
             and now - self._last_stats >= self.settings.stats_interval_s
@@ -440,10 +437,13 @@ class L4Agent:
         self.stats_writer.write(entries, time.time(), charted)
 
     def keep_house(self, stop: threading.Event, every_s: float = 1.0) -> None:
-        """`tick` until `stop`: for an agent hosted by a worker, which has no follow loop."""
+        """`tick` until `stop`: for an agent hosted by a worker, which has no follow loop (so
+        an agent holding its last good state looks at the store again here)."""
         while not stop.wait(every_s):
             try:
                 self.tick()
+                if self.guard.alarm is not None:
+                    self.sync()
             except Exception:
                 log.exception("l4 housekeeping failed; trying again")
 

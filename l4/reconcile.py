@@ -190,3 +190,10 @@ def update_view(kernel: KernelState, ops: Iterable[Op]) -> None:
                 counters.pop((key, dest.key), None)
     for key, dests in touched.items():
         services[key] = services[key]._replace(dests=sort_dests(dests.values()))
+
+
+def rescoped(
+    known: set[ServiceKey], scope: set[ServiceKey] | None, found: Iterable[ServiceKey]
+) -> set[ServiceKey]:
+    """What a reconcile of `scope` (None: everything) found, over what was known of the rest."""
+    return set(found) if scope is None else (known - scope) | set(found)

@@ -28,7 +28,7 @@ from prometheus_client import start_http_server
 from l7.ads import AggregatedDiscoveryService, Hub, Stream
 from l7.cache import GroupSnapshot, SnapshotCache, changed
 from l7.metrics import Metrics
-from l7.translate.common import KIND_NAMES
+from l7.translate.common import KIND_NAMES, LISTENER
 from slb import pki
 from slb.config import XdsSettings, host_port
 from slb.integrity import Guard
@@ -97,7 +97,7 @@ class XdsServer:
         self.cache = SnapshotCache()
         self.secrets = SecretStore(store)
         self.board = StatusBoard(store)
-        self.guard = Guard("xds", partial(self.board.alarm, "xds"))
+        self.guard = Guard("xds", partial(self.board.alarm, "xds"), serves="L7 listeners")
         self.hub = Hub(self.metrics, self._queue_report, self._queue_forget,
                        verify_members=tls is not None)  # fmt: skip
         self.port = 0
@@ -193,7 +193,7 @@ class XdsServer:
         they were last given, and the store is read afresh every `HOLD_RETRY_S`."""
         follower = Follower(self.store)
         for step in follower.follow(self._stop, block_ms=self.block_ms):
-            if not self.guard.admit(step.snapshot):
+            if not self.guard.admit(step.snapshot, partial(self._removal, step.snapshot)):
                 self.metrics.store_held.set(1)
                 if step.snapshot.store_id is None and self.guard.applied is None:
                     assert self._loop is not None  # Envoys that hold nothing: ready, empty
@@ -205,6 +205,12 @@ class XdsServer:
             fetched = step.quiet and self._fetch_missing_keys()
             if (not step.quiet or fetched) and self._publish(step.snapshot):
                 self.guard.applied_now(step.snapshot)
+
+    def _removal(self, snapshot: Snapshot) -> tuple[int, int]:
+        """How many L7 listeners Envoys are given, and how many `snapshot` would keep."""
+        served = sum(len(g.resources[LISTENER]) for g in self._published.values())
+        kept = sum(1 for r in resolve(snapshot).listeners if r.listener.protocol.is_l7)
+        return served, kept
 
     def _publish(self, snapshot: Snapshot) -> bool:
         """Translate and hand over `snapshot`; False if it cannot be translated."""

@@ -171,6 +171,9 @@ class L4Settings:
     healthy_floor: float = setting(
         0.5, "Share of a virtual service's real servers health checks never take out"
     )
+    state_dir: str = setting(
+        "/var/lib/openslb/l4", "Where the agent remembers what it applied, beyond Redis' reach"
+    )
     resync_interval_s: int = setting(300, "Seconds between full re-reads of the kernel's IPVS")
     stats_interval_s: int = setting(10, "Seconds between traffic statistics samples")
     metrics_listen: str = setting("127.0.0.1:9641", "Prometheus metrics address; empty: off")

@@ -11,7 +11,11 @@ and raises an alarm, until cmi has rebuilt the store from Kubernetes and marked 
 (`Store.mark_synced`), or an operator adopts it (`slb store adopt`).
 
 Reductions of a healthy store (a Service unlabelled) apply at once: the rule is about the
-store's integrity, not about deletions. Pure: the l4 agent and the xDS server hold a `Guard`.
+store's integrity, not about deletions. A rebuilt store is the exception: cmi rebuilds only
+what Kubernetes holds, so objects operators made (node groups, instances, listeners) are
+lost with the store; a rebuilt or rewound store that would take more than half of what a
+consumer serves off it waits for an operator (`removal_held`), as PyBal refuses to depool
+more than a share of a pool. Pure: the l4 agent and the xDS server hold a `Guard`.
 """
 
 from __future__ import annotations
@@ -66,6 +70,33 @@ def check(snapshot: Snapshot, applied: Applied | None) -> str | None:
     return None
 
 
+def resumed(snapshot: Snapshot, applied: Applied | None) -> bool:
+    """Is `snapshot` a rebuilt or rewound store (of another identity, or behind what the
+    consumer applied), rather than the next step of the one it applied?"""
+    return applied is not None and (
+        snapshot.store_id != applied.store_id or snapshot.revision < applied.revision
+    )
+
+
+def removal_held(
+    snapshot: Snapshot, applied: Applied | None, served: int, kept: int, what: str = "services"
+) -> str | None:
+    """None if a consumer serving `served` things may go to `kept` on `snapshot`, else why
+    not. Only a rebuilt or rewound store is bounded, and an operator's adoption lifts it."""
+    removed = served - kept
+    if not resumed(snapshot, applied) or removed * 2 <= served:
+        return None
+    synced, served_at = snapshot.synced, applied.synced_at if applied else 0.0
+    adopted = synced is not None and synced.adopted and synced.store_id == snapshot.store_id
+    if adopted and synced is not None and synced.at > served_at:  # since it last applied
+        return None
+    return (
+        f"the rebuilt store would take {removed} of the {served} {what} served off (objects "
+        "operators made, lost with the store?): restore them, or adopt the store as it is "
+        "with `slb store adopt`"
+    )
+
+
 def applied_from(snapshot: Snapshot, before: Applied | None) -> Applied:
     """What a consumer remembers after applying `snapshot`."""
     synced = snapshot.synced
@@ -82,16 +113,28 @@ class Guard:
     emptied since) and once when it clears (None): the consumer puts it where operators look.
     """
 
-    def __init__(self, consumer: str, sound: Callable[[str | None], None] | None = None) -> None:
+    def __init__(
+        self,
+        consumer: str,
+        sound: Callable[[str | None], None] | None = None,
+        serves: str = "services",
+    ) -> None:
         self.consumer = consumer
+        self.serves = serves
+        """What the consumer serves, in the alarm's words (IPVS services, L7 listeners)."""
         self.sound = sound
         self.applied: Applied | None = None
         self.alarm: str | None = None
         """Why the consumer holds its last good state now; None while it follows the store."""
 
-    def admit(self, snapshot: Snapshot) -> bool:
-        """May `snapshot` be applied? Logs when the answer changes."""
+    def admit(
+        self, snapshot: Snapshot, removal: Callable[[], tuple[int, int]] | None = None
+    ) -> bool:
+        """May `snapshot` be applied? Logs when the answer changes. `removal` counts what
+        the consumer serves and what it would keep; it is asked only of a rebuilt store."""
         why = check(snapshot, self.applied)
+        if why is None and removal is not None and resumed(snapshot, self.applied):
+            why = removal_held(snapshot, self.applied, *removal(), what=self.serves)
         if why is None and self.alarm is not None:
             log.warning("%s: the store can be trusted again (%s, revision %d); applying it",
                         self.consumer, snapshot.store_id, snapshot.revision)  # fmt: skip

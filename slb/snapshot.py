@@ -32,6 +32,9 @@ class Synced:
     revision: int
     at: float
     """cmi's clock, unix time: a store restored from a backup carries an older mark."""
+    adopted: bool = False
+    """Marked by an operator (`slb store adopt`), not by cmi: the store is complete as it
+    is, even what cmi cannot rebuild (operators' own objects)."""
 
 
 @dataclass(frozen=True)

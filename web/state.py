@@ -3,10 +3,10 @@
 Pure functions over plain inputs (a `Snapshot`, the `StatusBoard`'s reports), so pages and
 the API show exactly the same thing and the rules are tested without a browser:
 
-- a listener must reach every node of its instance's node group: the L4 tier (IPVS) for
-  every listener, and the L7 tier (Envoy) too for HTTP, HTTPS and GRPC;
-- the revision a node must have programmed is the newest of the revisions that last
-  changed the listener, its instance and its certificates;
+- whether a listener is served is the one rule cmi's condition asks too
+  (`slb.readiness`): every LB node of its instance's node group, and every Envoy of it
+  for HTTP, HTTPS and GRPC, at the revision that last changed the listener, its instance
+  and its certificates;
 - a node is green at or past that revision, red if its newest attempt at or past it
   failed (e.g. an Envoy NACK, with the reason), pending otherwise;
 - a listener that does not hold its port (a conflict, a missing instance) is red with the
@@ -18,15 +18,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from slb.model import Backend, Certificate, Listener, LoadBalancer, OwnerKind, Service
+from slb.model import Backend, Certificate, Listener, LoadBalancer, NodeGroup, OwnerKind, Service
+from slb.readiness import State, readiness
 from slb.resolve import Rejected, claim_ports
 from slb.selector import LabelSelector
 from slb.snapshot import Snapshot, Stored
 from slb.storage.status import TierStatus
-
-State = Literal["served", "pending", "error"]
 
 
 @dataclass(frozen=True)
@@ -80,13 +79,12 @@ class Boards:
     l4: Mapping[str, TierStatus] = field(default_factory=dict)
     l7: Mapping[str, TierStatus] = field(default_factory=dict)
 
-    def by_group(self) -> dict[tuple[str, str], tuple[TierStatus, ...]]:
-        """(tier, group) -> its nodes' reports, by node name."""
-        out: dict[tuple[str, str], list[TierStatus]] = {}
-        for tier, board in (("l4", self.l4), ("l7", self.l7)):
-            for status in board.values():
-                out.setdefault((tier, status.group), []).append(status)
-        return {k: tuple(sorted(v, key=lambda s: s.node)) for k, v in out.items()}
+    def envoys(self) -> dict[str, tuple[TierStatus, ...]]:
+        """Group -> its Envoys' reports."""
+        out: dict[str, list[TierStatus]] = {}
+        for status in self.l7.values():
+            out.setdefault(status.group, []).append(status)
+        return {group: tuple(reports) for group, reports in out.items()}
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,8 @@ class Placement:
     needed: int
     """The newest revision among the listener's, its instance's and its certificates'."""
     group: str
-    tiers: tuple[str, ...]
+    node_group: NodeGroup | None
+    l7: bool
     rejection: Rejected | None
 
 
@@ -104,6 +103,7 @@ def placements(snapshot: Snapshot) -> dict[str, Placement]:
     balancers = snapshot.of(LoadBalancer)
     certificates = snapshot.of(Certificate)
     listeners = snapshot.of(Listener)
+    groups = snapshot.of(NodeGroup)
     _, rejected = claim_ports(
         {k: s.obj for k, s in balancers.items()}, (s.obj for s in listeners.values())
     )
@@ -118,8 +118,9 @@ def placements(snapshot: Snapshot) -> dict[str, Placement]:
         )
         out[name] = Placement(
             needed=needed,
-            group=balancer.obj.node_group if balancer else "",
-            tiers=("l4", "l7") if listener.protocol.is_l7 else ("l4",),
+            group=(group := balancer.obj.node_group if balancer else ""),
+            node_group=groups[group].obj if group in groups else None,
+            l7=listener.protocol.is_l7,
             rejection=not_served.get(name),
         )
     return out
@@ -130,43 +131,21 @@ def listener_states(
 ) -> dict[str, ListenerState]:
     """The state of every listener in the snapshot (`placed`: its placements, if known)."""
     placed = placements(snapshot) if placed is None else placed
-    groups = boards.by_group()
-    return {name: listener_state(place, groups) for name, place in placed.items()}
+    envoys = boards.envoys()
+    return {name: listener_state(place, boards, envoys) for name, place in placed.items()}
 
 
 def listener_state(
-    place: Placement, groups: Mapping[tuple[str, str], tuple[TierStatus, ...]]
+    place: Placement, boards: Boards, envoys: Mapping[str, tuple[TierStatus, ...]]
 ) -> ListenerState:
     if place.rejection is not None:
         state: State = "pending" if place.rejection.pending else "error"
         return ListenerState(state, place.rejection.reason, place.needed)
-    needed = place.needed
-    reports: list[TierStatus] = []
-    missing = []
-    first_error: TierStatus | None = None
-    behind = 0
-    for tier in place.tiers:
-        statuses = groups.get((tier, place.group), ())
-        if not statuses:
-            missing.append(tier.upper())
-        for status in statuses:
-            reports.append(status)
-            if status.revision >= needed:
-                continue
-            if status.error and (status.error_revision or status.revision) >= needed:
-                first_error = first_error or status
-            else:
-                behind += 1
-    if first_error is not None:
-        reason = f"{first_error.node}: {first_error.error}"
-        return ListenerState("error", reason, needed, tuple(reports))
-    if missing:
-        reason = f"no {' or '.join(missing)} node of group {place.group!r} has reported yet"
-        return ListenerState("pending", reason, needed, tuple(reports))
-    if behind:
-        reason = f"{behind} of {len(reports)} nodes have not programmed revision {needed} yet"
-        return ListenerState("pending", reason, needed, tuple(reports))
-    return ListenerState("served", f"programmed on {len(reports)} nodes", needed, tuple(reports))
+    now = readiness(
+        place.needed, group_name=place.group, group=place.node_group, l7=place.l7,
+        lb_reports=boards.l4, envoys=envoys.get(place.group, ()),
+    )  # fmt: skip
+    return ListenerState(now.state, now.message, place.needed, now.reports)
 
 
 def node_state(status: TierStatus, needed: int) -> NodeState:

@@ -41,7 +41,8 @@ def store_status(settings: config.Settings, /) -> None:
             if synced.store_id == snapshot.store_id
             else f" (of another store, {synced.store_id})"
         )
-        click.echo(f"synced:   at revision {synced.revision}, {at}{mine}")
+        by = "adopted by an operator" if synced.adopted else "by cmi"
+        click.echo(f"synced:   at revision {synced.revision}, {at}, {by}{mine}")
     if snapshot.syncing:
         click.echo(f"syncing:  cmi is rebuilding store {snapshot.syncing}")
 
@@ -63,7 +64,7 @@ def store_adopt(settings: config.Settings, /, yes: bool) -> None:
             "will serve what it holds, and stop serving anything it does not",
             abort=True,
         )
-    synced = store.mark_synced(snapshot.store_id, snapshot.revision)
+    synced = store.mark_synced(snapshot.store_id, snapshot.revision, adopted=True)
     if synced is None:
         click.echo("error: the store changed while adopting it; look again", err=True)
         sys.exit(1)

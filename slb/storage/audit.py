@@ -3,10 +3,15 @@
 Every operator write (CLI, console, API) is recorded in a Redis stream next to the
 desired state, with the object before and after and the revision it made. Certificates'
 private keys never enter it: they are not part of any desired-state document.
+
+Bounded three ways, so a busy or hostile writer cannot fill Redis: by entries
+(`MAX_ENTRIES`), by age (`MAX_AGE_S`), and by size (a document over `MAX_DOCUMENT_BYTES`,
+say a Service with huge annotations, is recorded by its size and digest).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -16,6 +21,8 @@ from slb.model import StoredObject
 from slb.storage.store import Store
 
 MAX_ENTRIES = 100_000
+MAX_AGE_S = 90 * 86400
+MAX_DOCUMENT_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -79,10 +86,14 @@ class AuditLog:
             "kind": kind,
             "key": key,
             "revision": str(revision),
-            "before": json.dumps(before),
-            "after": json.dumps(after),
+            "before": _bounded(before),
+            "after": _bounded(after),
         }
-        self.store.redis.xadd(self.key, fields, maxlen=MAX_ENTRIES, approximate=True)
+        oldest = f"{int((time.time() - MAX_AGE_S) * 1000)}-0"
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.xadd(self.key, fields, maxlen=MAX_ENTRIES, approximate=True)
+        pipe.xtrim(self.key, minid=oldest, approximate=True)
+        pipe.execute()
 
     def entries(self, limit: int = 100, **match: str) -> list[AuditEntry]:
         """The newest entries first, optionally only those whose fields equal `match`."""
@@ -110,3 +121,12 @@ class AuditLog:
                 break
             last = "(" + batch[-1][0].decode()
         return found[:limit]
+
+
+def _bounded(document: dict[str, Any] | None) -> str:
+    """The document as JSON, or, over `MAX_DOCUMENT_BYTES`, its size and SHA-256."""
+    raw = json.dumps(document)
+    if len(raw) <= MAX_DOCUMENT_BYTES:
+        return raw
+    digest = hashlib.sha256(raw.encode()).hexdigest()
+    return json.dumps({"truncated": True, "bytes": len(raw), "sha256": digest})

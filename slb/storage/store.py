@@ -305,10 +305,11 @@ redis.call('SET', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[3])
 return 1"""
 
-    def mark_synced(self, store_id: str, revision: int) -> Synced | None:
+    def mark_synced(self, store_id: str, revision: int, *, adopted: bool = False) -> Synced | None:
         """Mark the store complete at `revision`, if it is still the store `store_id` (None:
-        it was emptied or replaced meanwhile, and the mark would lie)."""
-        synced = Synced(store_id, revision, time.time())
+        it was emptied or replaced meanwhile, and the mark would lie). `adopted`: an
+        operator's mark, not cmi's."""
+        synced = Synced(store_id, revision, time.time(), adopted)
         done = self._mark_synced(
             keys=[self.key("store-id"), self.key("synced"), self.key("syncing")],
             args=[store_id, json.dumps(synced.__dict__)],

@@ -13,7 +13,7 @@ from cmi.build import dedicated_name
 from cmi.k8s.client import KubeClient, KubeError
 from cmi.k8s.writer import CONDITION, FINALIZER, PROGRAMMED
 from devbed.process import wait_until
-from devbed.redis import lose
+from devbed.redis import backup, lose, restore
 from slb.model import LoadBalancer, NodeGroup, Owner, OwnerKind, Protocol, Service
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
@@ -424,6 +424,28 @@ def test_a_store_emptied_under_a_running_cmi_is_rebuilt_and_marked_synced(
     assert after.syncing is None
     assert {key: s.obj.vip for key, s in after.of(LoadBalancer).items()} == vips
     assert running.thread.is_alive()
+
+
+def test_a_store_restored_from_an_older_copy_is_held_while_cmi_rebuilds_it(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """The older copy carries cmi's own mark of then: cmi marks it as being rebuilt, so no
+    consumer takes the half-rebuilt store for a complete one."""
+    running = cmi()
+    expose(admin, namespace, "b")
+    older = backup(store)
+    expose(admin, namespace, "c")
+    running.stop()
+    ahead = store.revision()
+    restore(store, older)
+    assert store.revision() < ahead
+    snapshot = store.snapshot()
+    assert snapshot.synced is not None
+    assert snapshot.synced.store_id == snapshot.store_id  # the backup's own mark
+    running.controller.resync()  # the rebuild, without its last step (the synced mark)
+    rebuilt = store.snapshot()
+    assert rebuilt.syncing == rebuilt.store_id
+    assert len(rebuilt.of(Service)) == 2
 
 
 def test_the_service_account_can_do_no_more_than_its_role(

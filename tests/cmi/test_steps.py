@@ -20,7 +20,6 @@ from cmi.diff import diff
 from cmi.ipam import IPAMError
 from cmi.k8s.writer import CONDITION, PROGRAMMED
 from cmi.mirror import Mirror
-from cmi.readiness import Readiness
 from cmi.report import condition_of, exposure, programmed_condition
 from slb.config import CmiSettings
 from slb.model import (
@@ -31,6 +30,7 @@ from slb.model import (
     OwnerKind,
     StoredObject,
 )
+from slb.readiness import Readiness
 from slb.snapshot import Delete, Put
 
 POOLS = {"default": AddressPool.model_validate({"name": "default", "cidrs": ["198.18.0.0/29"]})}
@@ -289,7 +289,7 @@ def test_an_exposed_service_is_told_where_and_what_is_not_served() -> None:
 
 
 def test_conditions_as_written_and_as_read() -> None:
-    assert programmed_condition(Readiness("programmed", "live")) == ("True", "Programmed", "live")
+    assert programmed_condition(Readiness("served", "live")) == ("True", "Programmed", "live")
     assert programmed_condition(Readiness("error", "NACK")) == ("False", "Error", "NACK")
     exposed_at = {"type": CONDITION, "status": "True", "reason": "Exposed", "message": "at x"}
     body = {"status": {"conditions": [exposed_at]}}

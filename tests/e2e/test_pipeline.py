@@ -18,6 +18,7 @@ from devbed.l7harness import background_load
 from devbed.platform import LAB_NODE, DevPlatform
 from devbed.process import wait_until
 from slb.storage.status import StatusBoard
+from web.state import Boards, listener_states
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -57,6 +58,18 @@ def test_labelled_services_carry_traffic_through_both_tiers(platform: DevPlatfor
     # L4: connections from the VM's client namespace cross IPVS to the three pods.
     answers = platform.lab_node().tcp(f"{tcp_vip}:9000", count=6)
     assert set(answers) == {"pod1", "pod2", "pod3"}, answers
+
+    # The console says what cmi says: every listener served (the one readiness rule).
+    store = platform.store()
+    board = StatusBoard(store)
+
+    def console_states() -> dict[str, str]:
+        boards = Boards(l4=board.all("l4"), l7=board.all("l7"))
+        return {name: s.state for name, s in listener_states(store.snapshot(), boards).items()}
+
+    wait_until(lambda: set(console_states().values()) == {"served"}, 30,
+               "every listener served on the console", interval=0.5)  # fmt: skip
+    assert len(console_states()) == 2
 
 
 def test_unlabelling_withdraws_the_vip_and_clears_the_status(platform: DevPlatform) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,13 +75,14 @@ AgentFactory = Callable[..., L4Agent]
 
 
 @pytest.fixture
-def agent_factory(store: Store, clean_ipvs: None) -> Iterator[AgentFactory]:
-    """Agents on this test's store; each is stopped, and slb0 removed, afterwards."""
+def agent_factory(store: Store, clean_ipvs: None, tmp_path: Path) -> Iterator[AgentFactory]:
+    """Agents on this test's store, remembering what they applied under `tmp_path`; each is
+    stopped, and slb0 removed, afterwards."""
     started: list[tuple[L4Agent, list[Driver]]] = []
 
     def make(driver: str = "pyroute2", through: Store | None = None, **overrides: Any) -> L4Agent:
         """`through`: the store as the agent reaches it (another client of the same data)."""
-        settings = lab_settings(driver=driver, **overrides)
+        settings = lab_settings(driver=driver, state_dir=str(tmp_path / "l4"), **overrides)
         drivers = [open_driver(driver), open_driver(driver)]
         agent = L4Agent(
             through or store, settings, settings.node, driver=drivers[0], vips=VIPs(INTERFACE),

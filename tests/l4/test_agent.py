@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -214,12 +215,68 @@ def test_a_lost_store_leaves_the_node_serving_until_cmi_has_rebuilt_it(
         assert "l4 lb-a" not in board.alarms()
 
 
-def test_slb_l4_agent_once(store: Store, redis_server: RedisServer, observer: Driver) -> None:
+def test_a_rebuilt_store_that_lost_the_operators_objects_waits_for_an_operator(
+    store: Store, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    """cmi rebuilds only what Kubernetes holds: a node group lost with the store would take
+    every service off the node, so the agent holds until an operator adopts the store."""
+    board = StatusBoard(store)
+    with following(agent_factory()):
+        desired_state(store)
+        wait_until(lambda: WEB in observer.dump().services, timeout=20, what="first revision")
+        assert lose(store)
+
+        def alarm() -> str:
+            return board.alarms().get("l4 lb-a", "")
+
+        wait_until(lambda: alarm().startswith("the store is empty"), timeout=20, what="held")
+        identity = store.identity()  # cmi's rebuild: its own objects, no node group
+        put(store, load_balancer("198.18.0.10"), listener("web", 80), service("web", BACKENDS))
+        assert store.mark_synced(identity, store.revision()) is not None
+
+        wait_until(lambda: "would take 2 of the 2 IPVS services" in alarm(), timeout=20,
+                   what="the agent holds and says why")  # fmt: skip
+        assert set(observer.dump().services) == {WEB, DNS}
+        assert "inet 198.18.0.10/32" in vips_on_interface()
+        assert store.mark_synced(identity, store.revision(), adopted=True) is not None
+        wait_until(lambda: observer.dump().services == {}, timeout=20, what="adopted: applied")
+        wait_until(lambda: not alarm(), timeout=10, what="alarm cleared")
+
+
+def test_a_restarted_agent_remembers_what_it_applied(
+    store: Store, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    """Redis cannot tell a restarted agent that it lost its data since: the agent's own
+    record on the node's disk does."""
+    first = agent_factory()
+    first.sync_to(desired_state(store))
+    first.stop()
+    assert lose(store)
+    identity = store.identity()  # rebuilt by cmi, without the operators' node group
+    put(store, load_balancer("198.18.0.10"), listener("web", 80), service("web", BACKENDS))
+    assert store.mark_synced(identity, store.revision()) is not None
+    second = agent_factory()
+    report = second.sync()
+    assert report.errors
+    assert "would take 2 of the 2 IPVS services" in report.errors[0]
+    assert set(observer.dump().services) == {WEB, DNS}
+    assert "inet 198.18.0.10/32" in vips_on_interface()
+    put(store, node_group(("lb-a", "198.18.255.15")))  # the operator puts it back
+    report = second.sync()
+    assert report.errors == []  # what it made is still its own, though Redis forgot
+    assert set(observer.dump().services) == {WEB}
+    assert owned(store) == {WEB.encode()}
+
+
+def test_slb_l4_agent_once(
+    store: Store, redis_server: RedisServer, observer: Driver, tmp_path: Path
+) -> None:
     revision = desired_state(store)
     env = {
         "OPENSLB_REDIS_URL": redis_server.url,
         "OPENSLB_REDIS_PREFIX": store.prefix,
         "OPENSLB_L4_INTERFACE": INTERFACE,
+        "OPENSLB_L4_STATE_DIR": str(tmp_path),
     }
     try:
         result = CliRunner().invoke(main, ["l4-agent", "--node", "lb-a", "--once"], env=env)

@@ -4,9 +4,11 @@ real store; each test sets up its own desired state."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -272,11 +274,18 @@ def relay(redis_server: RedisServer) -> Iterator[Relay]:
     running.stop()
 
 
+@pytest.mark.parametrize("task_syncing", [False, True], ids=["following", "a-task-syncing"])
 def test_health_checks_depool_while_redis_is_black_holed_and_the_agent_catches_up(
-    store: Store, topology: Topology, relay: Relay, agent_factory: AgentFactory, observer: Driver
+    store: Store,
+    topology: Topology,
+    relay: Relay,
+    agent_factory: AgentFactory,
+    observer: Driver,
+    task_syncing: bool,
 ) -> None:
     """Redis stops answering without closing (a dead link): the agent's own waits time out,
-    its health checks go on depooling, and it applies what it missed once Redis is back."""
+    its health checks go on depooling, and it applies what it missed once Redis is back.
+    `task_syncing`: a sync (a worker's task) is waiting on the link meanwhile."""
     interval, unhealthy = 1, 2
     check = {"type": "tcp", "interval_s": interval, "timeout_s": 1,
              "unhealthy_threshold": unhealthy, "healthy_threshold": 2}  # fmt: skip
@@ -295,6 +304,9 @@ def test_health_checks_depool_while_redis_is_black_holed_and_the_agent_catches_u
         wait_until(lambda: weights().get(rs2) == 1, timeout=20, what="web programmed")
         time.sleep(interval * 1.5)
         relay.blackhole()
+        retrying = threading.Event()
+        if task_syncing:
+            threading.Thread(target=_retried, args=(agent.sync, retrying), daemon=True).start()
         time.sleep(1)  # the agent's reads now hang on the link
         topology.servers["rs2"].stop()
         try:
@@ -311,8 +323,18 @@ def test_health_checks_depool_while_redis_is_black_holed_and_the_agent_catches_u
         put(store, service("web", backends(topology, weights=(1, 1, 3))))  # missed meanwhile
         time.sleep(2)
         assert weights()[rs3] == 1
+        retrying.set()
         relay.restore()
         wait_until(lambda: weights()[rs3] == 3, timeout=30, what="the missed revision")
+
+
+def _retried(call: Callable[[], object], done: threading.Event) -> None:
+    """A sync that fails on the dead link, tried again and again as Celery retries a task
+    (for a minute at most)."""
+    deadline = time.monotonic() + 60
+    while not done.is_set() and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            call()
 
 
 def test_the_floor_keeps_servers_in_when_most_fail(

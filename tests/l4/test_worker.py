@@ -85,6 +85,7 @@ class Node:
             "OPENSLB_REDIS_URL": redis_server.url,
             "OPENSLB_REDIS_PREFIX": store.prefix,
             "OPENSLB_L4_INTERFACE": INTERFACE,
+            "OPENSLB_L4_STATE_DIR": str(directory / "l4"),
             "OPENSLB_L4_METRICS_LISTEN": "",
             "OPENSLB_CELERY_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
             "PYTHONUNBUFFERED": "1",

@@ -274,6 +274,34 @@ def test_a_lost_store_is_not_served_until_cmi_has_rebuilt_it(
         client.close()
 
 
+def test_a_rebuilt_store_without_the_operators_listeners_waits_for_an_operator(
+    store: Store, server: ServerThread
+) -> None:
+    """cmi rebuilt the store, but the listeners operators made were lost with it: the
+    Envoys keep them until an operator restores them or adopts the store."""
+    server.wait_revision(world(store))
+    client = AdsClient(server.target, "n-blue", "blue")
+    try:
+        client.subscribe(LISTENER)
+        client.ack(client.receive())
+        assert lose(store)
+        wait_until(lambda: server.server.guard.alarm is not None, 10, "the alarm")
+        identity = store.identity()  # cmi's rebuild: its instances and Services, no listener
+        store.apply([Put(load_balancer("a", "198.18.0.1", group="blue")),
+                     Put(service("svc-a", [("198.18.1.1", 80)], lb="a"))])  # fmt: skip
+        assert store.mark_synced(identity, store.revision()) is not None
+        wait_until(lambda: "would take" in str(server.server.guard.alarm), 10, "held")
+        assert "would take 2 of the 2 L7 listeners" in str(server.server.guard.alarm)
+        with pytest.raises(queue.Empty):
+            client.receive(timeout=1.5)  # web-a is still served
+        assert store.mark_synced(identity, store.revision(), adopted=True) is not None
+        response = client.receive(timeout=10)  # adopted: the store as it is
+        assert list(response.removed_resources) == ["web-a"]
+        assert server.server.guard.alarm is None
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("delta", [True, False])
 def test_an_empty_store_gives_only_envoys_that_hold_nothing_an_empty_configuration(
     store: Store, server: ServerThread, delta: bool

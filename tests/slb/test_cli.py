@@ -62,7 +62,10 @@ def test_an_operator_adopts_a_store_and_it_is_audited(
     assert adopted.exit_code == 0, adopted.output
     synced = store.snapshot().synced
     assert synced is not None
-    assert (synced.store_id, synced.revision) == (identity, revision)
+    assert (synced.store_id, synced.revision, synced.adopted) == (identity, revision, True)
+    again = CliRunner().invoke(main, ["store", "status"], env=env)
+    assert f"synced:   at revision {revision}, " in again.output
+    assert again.output.rstrip().endswith("adopted by an operator")
     (entry,) = AuditLog(store).entries(action="adopt")
     assert (entry.kind, entry.key, entry.revision) == ("Store", identity, revision)
     assert entry.who.startswith("cli:")

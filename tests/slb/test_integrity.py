@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from slb.integrity import Applied, Guard, applied_from, check
+from slb.integrity import Applied, Guard, applied_from, check, removal_held
 from slb.snapshot import Snapshot, Synced
 
 SERVED = Applied(store_id="a", revision=50, synced_at=100.0)
@@ -73,3 +73,43 @@ def test_the_guard_raises_and_clears_its_alarm_once_each(caplog: pytest.LogCaptu
     assert len(messages) == 2
     assert "keeping the last good state: the store is empty" in messages[0]
     assert "can be trusted again" in messages[1]
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "served", "kept", "held"),
+    [
+        (snap(60), 10, 0, False),  # a healthy store's reductions apply at once
+        (snap(6, store_id="b", synced=Synced("b", 6, 200.0)), 10, 5, False),  # half: allowed
+        (snap(6, store_id="b", synced=Synced("b", 6, 200.0)), 10, 4, True),
+        (snap(6, store_id="b", synced=Synced("b", 6, 200.0)), 1, 0, True),
+        (snap(40, synced=Synced("a", 40, 300.0)), 4, 1, True),  # rewound, rebuilt by cmi
+        (snap(40, synced=Synced("a", 40, 300.0, adopted=True)), 4, 1, False),  # adopted
+        (snap(40, synced=Synced("a", 40, 90.0, adopted=True)), 4, 1, True),  # the backup's mark
+        (snap(6, store_id="b", synced=Synced("b", 6, 200.0)), 0, 0, False),
+    ],
+)
+def test_a_rebuilt_store_may_not_take_more_than_half_without_an_operator(
+    snapshot: Snapshot, served: int, kept: int, held: bool
+) -> None:
+    why = removal_held(snapshot, SERVED, served, kept, what="IPVS services")
+    assert (why is not None) == held
+    if why is not None:
+        assert f"would take {served - kept} of the {served} IPVS services" in why
+
+
+def test_the_guard_asks_what_would_be_removed_only_of_a_rebuilt_store() -> None:
+    asked: list[int] = []
+
+    def removal() -> tuple[int, int]:
+        asked.append(1)
+        return 3, 0
+
+    guard = Guard("xds", serves="L7 listeners")
+    assert guard.admit(snap(50), removal)
+    guard.applied_now(snap(50, synced=Synced("a", 50, 100.0)))
+    assert guard.admit(snap(51), removal)
+    assert asked == []
+    assert not guard.admit(snap(2, store_id="b", synced=Synced("b", 2, 150.0)), removal)
+    assert guard.alarm is not None
+    assert "3 of the 3 L7 listeners" in guard.alarm
+    assert guard.admit(snap(2, store_id="b", synced=Synced("b", 2, 160.0, adopted=True)), removal)

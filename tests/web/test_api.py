@@ -382,12 +382,12 @@ def test_status_follows_what_the_nodes_report(
         return status
 
     assert state()["state"] == "pending"
-    assert "no L4 or L7 node" in state()["reason"]
+    assert "no Envoy of group 'default' is connected" in state()["reason"]
     board = StatusBoard(store)
     board.report("l4", "lb1", "default", version)
     board.report("l7", "envoy-lb1", "default", version - 1)
     assert state()["state"] == "pending"
-    assert "1 of 2 nodes" in state()["reason"]
+    assert "Envoy envoy-lb1 serves revision" in state()["reason"]
     board.report(
         "l7",
         "envoy-lb1",
