@@ -47,7 +47,7 @@ from l4.stats import IPVSCollector, StatsWriter
 from l4.vip import VIPs, prepare_kernel
 from l4.vrrp import Keepalived, compile_instance, start_connection_sync
 from slb.config import L4Settings
-from slb.integrity import Guard
+from slb.integrity import HOLDING, Guard
 from slb.model import NodeGroup
 from slb.resolve import DesiredState, resolve
 from slb.snapshot import Snapshot
@@ -84,7 +84,7 @@ class L4Agent:
         self.status = StatusBoard(store)
         self.report_key = store.key("l4", node, "report")
         self.health = HealthChecker(self._health_changed)
-        self.collector = IPVSCollector(node)
+        self.collector = IPVSCollector(node, held=lambda: self.guard.alarm is not None)
         self.stats_writer = StatsWriter(store, node)
         self.stats_driver = stats_driver
         self._lock = threading.RLock()  # the kernel and the view: not held across store reads
@@ -169,7 +169,7 @@ class L4Agent:
         Only the kernel work takes the kernel's lock: Redis writes wait outside it."""
         if not self.guard.admit(step.snapshot, partial(self._removal, step.snapshot)):
             self.follower.reset()  # read afresh next time: it may have been rebuilt
-            group, why = self.plan.group if self.plan else None, f"holding: {self.guard.alarm}"
+            group, why = self.plan.group if self.plan else None, f"{HOLDING}{self.guard.alarm}"
             self._record(report := SyncReport(self.node, group, self.revision, errors=[why]))
             return report
         planned_at = self.plan.revision if self.plan is not None else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -88,8 +88,10 @@ class StatsWriter:
 class IPVSCollector(Collector):
     """Prometheus metrics from the latest sample the agent took (no kernel read per scrape)."""
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, held: Callable[[], bool] = lambda: False) -> None:
         self.node = node
+        self.held = held
+        """Whether the agent keeps its last good state now (`slb.integrity`)."""
         self._lock = threading.Lock()
         self._entries: Sequence[ServiceStats] = ()
 
@@ -131,6 +133,14 @@ class IPVSCollector(Collector):
                 for name, value in (*dest.counters._asdict().items(), ("weight", dest.dest.weight)):
                     families[f"real_server_{name}"].add_metric(dest_values, value)
         yield from families.values()
+        held = GaugeMetricFamily(
+            "openslb_l4_store_held",
+            "1 while the agent keeps its last good state: the store is empty, another one, "
+            "went back, or would take most of the node's services off (the log says which)",
+            labels=["node"],
+        )
+        held.add_metric([self.node], 1.0 if self.held() else 0.0)
+        yield held
 
 
 def _add(

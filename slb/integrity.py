@@ -28,6 +28,9 @@ from slb.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
+HOLDING = "holding: "
+"""How a consumer's status report begins while it keeps its last good state."""
+
 
 @dataclass(frozen=True)
 class Applied:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from slb.integrity import HOLDING
 from slb.model import NodeGroup
 from slb.storage.status import TierStatus
 
@@ -87,11 +88,21 @@ def combined(parts: Iterable[Readiness]) -> Readiness:
 
 
 def _check(who: str, status: TierStatus | None, needed: int) -> tuple[str, str] | None:
-    """None if `status` serves revision `needed`, else ("waiting" or "error", why)."""
+    """None if `status` serves revision `needed`, else ("waiting" or "error", why).
+
+    An error counts if it is for a revision at or past `needed` that the node does not serve
+    past (a NACK of a later revision leaves this one served). A node that keeps its last
+    good state (`slb.integrity`: "holding: ...") serves what it served, and says why it
+    serves nothing newer."""
     if status is None:
         return "waiting", f"{who} has not reported"
+    failed_at = status.error_revision if status.error else None
+    if failed_at is not None and needed <= failed_at <= status.revision:
+        return "error", f"{who} rejected revision {failed_at}: {status.error}"
     if status.revision >= needed:
         return None
-    if status.error and (status.error_revision or status.revision) >= needed:
-        return "error", f"{who} rejected revision {status.error_revision}: {status.error}"
+    if failed_at is not None and failed_at >= needed:
+        return "error", f"{who} rejected revision {failed_at}: {status.error}"
+    if status.error and status.error.startswith(HOLDING):
+        return "waiting", f"{who} keeps its last good state ({status.error[len(HOLDING) :]})"
     return "waiting", f"{who} serves revision {status.revision}"

@@ -187,9 +187,11 @@ def test_a_lost_store_leaves_the_node_serving_until_cmi_has_rebuilt_it(
     store: Store, agent_factory: AgentFactory, observer: Driver
 ) -> None:
     board = StatusBoard(store)
-    with following(agent_factory()):
+    agent = agent_factory()
+    with following(agent):
         desired_state(store)
         wait_until(lambda: WEB in observer.dump().services, timeout=20, what="first revision")
+        assert not agent.collector.held()
         assert lose(store)  # Redis lost its data
 
         def holding() -> bool:
@@ -198,6 +200,7 @@ def test_a_lost_store_leaves_the_node_serving_until_cmi_has_rebuilt_it(
 
         wait_until(holding, timeout=20, what="the agent holds and says why")
         assert board.alarms()["l4 lb-a"].startswith("the store is empty")  # the console's banner
+        assert agent.collector.held()  # openslb_l4_store_held
         identity = store.identity()  # cmi rebuilds: half of it is written
         store.mark_syncing(identity)
         put(store, node_group(("lb-a", "198.18.255.15")), load_balancer("198.18.0.10"),
@@ -213,6 +216,7 @@ def test_a_lost_store_leaves_the_node_serving_until_cmi_has_rebuilt_it(
         wait_until(lambda: owned(store) == {WEB.encode()}, timeout=10, what="ownership kept")
         wait_until(lambda: not board.all("l4")["lb-a"].error, timeout=10, what="alarm cleared")
         assert "l4 lb-a" not in board.alarms()
+        assert not agent.collector.held()
 
 
 def test_a_rebuilt_store_that_lost_the_operators_objects_waits_for_an_operator(

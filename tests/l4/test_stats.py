@@ -69,3 +69,13 @@ def test_prometheus_exposition_has_service_and_real_server_metrics() -> None:
     assert f"openslb_ipvs_real_server_active{{{real}}} 3.0" in text
     assert f"openslb_ipvs_real_server_weight{{{real}}} 2.0" in text
     assert f"openslb_ipvs_real_server_inactive{{{real}}} 4.0" in text
+    assert 'openslb_l4_store_held{node="lb-a"} 0.0' in text
+
+
+def test_the_agent_says_when_it_holds_its_last_good_state() -> None:
+    holding = [True]
+    registry = CollectorRegistry()
+    registry.register(IPVSCollector("lb-a", held=lambda: holding[0]))
+    assert 'openslb_l4_store_held{node="lb-a"} 1.0' in generate_latest(registry).decode()
+    holding[0] = False
+    assert 'openslb_l4_store_held{node="lb-a"} 0.0' in generate_latest(registry).decode()

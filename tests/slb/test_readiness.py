@@ -80,6 +80,20 @@ def test_errors_for_this_revision_win_and_others_do_not_count() -> None:
         == "served"  # fmt: skip
 
 
+def test_a_node_that_fails_the_revision_it_reports_is_an_error() -> None:
+    nodes = {"lb1": l4("lb1", 7, "netlink: EPERM", 7), "lb2": l4("lb2", 7)}
+    assert ready(GROUP, is_l7=False, nodes=nodes).state == "error"
+
+
+def test_a_node_holding_its_last_good_state_serves_what_it_served_and_says_why() -> None:
+    held = "holding: the store is empty: nothing wrote it since it was created or emptied"
+    nodes = {"lb1": l4("lb1", 7, held), "lb2": l4("lb2", 9)}
+    assert ready(GROUP, is_l7=False, nodes=nodes).state == "served"
+    behind = ready(GROUP, is_l7=False, nodes=nodes, needed=8)
+    assert behind.state == "pending"
+    assert "LB node lb1 keeps its last good state (the store is empty:" in behind.message
+
+
 def test_a_service_is_as_ready_as_its_least_ready_port() -> None:
     grpc = ready(ENVOY_ONLY, is_l7=True, nodes={}, envoys=[l7("e1", 7)])
     tcp = ready(ENVOY_ONLY, is_l7=False, nodes={}, envoys=[l7("e1", 7)])
