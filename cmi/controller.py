@@ -214,8 +214,10 @@ class Controller:
     def check_readiness(self) -> None:
         """Compare what the data planes report with what each Service needs; tell it."""
         l4, l7 = self.board.all("l4"), self.board.all("l7")
+        alarms = self.board.alarms()
         with self._lock:
             self.reporter.readiness(readiness.of_services(self.mirror, l4=l4, l7=l7))
+            self.reporter.held(readiness.held(self.mirror, alarms=alarms, l4=l4))
 
     # -- the steps -------------------------------------------------------------------------
 

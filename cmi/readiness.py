@@ -43,3 +43,31 @@ def of_services(
             for is_l7 in {li.protocol.is_l7 for li in listeners}
         )
     return ready
+
+
+def held(
+    mirror: Mirror, *, alarms: Mapping[str, str], l4: Mapping[str, TierStatus]
+) -> dict[str, str]:
+    """Each exposed Service a data plane keeps its last good state for (`slb.integrity`),
+    and why: the xDS server's alarm concerns every Service with an L7 port, an LB node's
+    (`l4 NODE`) those of its node group (the groups listing it, or the one it reports)."""
+    groups: dict[str, str] = {}  # group -> the first alarm of one of its nodes
+    for group in mirror.of(NodeGroup).values():
+        for node in group.nodes:
+            if f"l4 {node.name}" in alarms:
+                groups.setdefault(group.name, f"LB node {node.name}: {alarms[f'l4 {node.name}']}")
+    for name, status in l4.items():
+        if f"l4 {name}" in alarms and status.group:
+            groups.setdefault(status.group, f"LB node {name}: {alarms[f'l4 {name}']}")
+    out: dict[str, str] = {}
+    for key, service in mirror.of(Service).items():
+        balancer = mirror.objects.get((LoadBalancer.kind, service.load_balancer))
+        if not isinstance(balancer, LoadBalancer):
+            continue
+        owned = mirror.owned.get(key, set())
+        l7 = any(isinstance(o := mirror.objects[r], Listener) and o.protocol.is_l7 for r in owned)
+        why = [groups.get(balancer.node_group, "")]
+        why.append(f"the xDS server: {alarms['xds']}" if l7 and "xds" in alarms else "")
+        if text := "; ".join(w for w in why if w):
+            out[key] = text
+    return out

@@ -93,6 +93,8 @@ class Reporter:
         self.queue = KeyedQueue(workers=8, name="report")
         self.told: dict[str, Readiness] = {}
         """The readiness each Service was last told."""
+        self.told_held: dict[str, str] = {}
+        """Why a data plane keeps its last good state for each Service, as last told."""
 
     def written(self, key: str, built: Built, conflicts: Mapping[str, str]) -> None:
         """After a write: queue the Service's finalizer, status and Events."""
@@ -104,6 +106,20 @@ class Reporter:
         self.told.update(changed)
         for key, ready in changed.items():
             self.queue.submit(f"ready:{key}", partial(self._report_programmed, key, ready))
+
+    def held(self, now: Mapping[str, str]) -> None:
+        """A Warning Event on each Service a data plane newly keeps its last good state for
+        (`slb.integrity`): once per cause, not on every check."""
+        changed = {key: why for key, why in now.items() if self.told_held.get(key) != why}
+        self.told_held = dict(now)
+        for key, why in changed.items():
+            self.queue.submit(f"held:{key}", partial(self._report_held, key, why))
+
+    def _report_held(self, key: str, why: str) -> None:
+        body = self.services.get(key)
+        if body is not None:
+            message = f"serving its last good state, not the store's: {why}"
+            self.events.record(body, "Warning", "DataPlaneHeld", message[:1000])
 
     def close(self) -> None:
         self.queue.close()

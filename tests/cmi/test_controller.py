@@ -491,3 +491,9 @@ def test_the_service_says_when_every_node_serves_it(
         lambda: any(r == "ProgrammingFailed" for r, _ in events(admin, namespace, "cart")),
         "an Event for the failure",
     )
+    board.alarm("l4 lb1", "the store is empty: nothing wrote it since it was created")
+    eventually(
+        lambda: any(r == "DataPlaneHeld" and "LB node lb1: the store is empty" in m
+                    for r, m in events(admin, namespace, "cart")),
+        "an Event while a data plane keeps its last good state",
+    )  # fmt: skip

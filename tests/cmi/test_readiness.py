@@ -4,7 +4,7 @@ tests/slb/test_readiness.py)."""
 from __future__ import annotations
 
 from cmi.mirror import Mirror
-from cmi.readiness import of_services
+from cmi.readiness import held, of_services
 from slb.model import NodeGroup
 from slb.readiness import Readiness
 from slb.storage.status import TierStatus
@@ -44,3 +44,23 @@ def test_a_port_no_node_serves_keeps_the_service_pending() -> None:
     envoys = {"e1": TierStatus("l7", "e1", "default", 3, 0.0)}
     now = of_services(mirror, l4={}, l7=envoys)["shop/mixed"]
     assert (now.state, now.message) == ("pending", "node group 'default' has no LB nodes for IPVS")
+
+
+def test_the_services_a_holding_data_plane_concerns() -> None:
+    mirror = Mirror()
+    lb1 = {"name": "lb1", "address": "198.18.255.15"}
+    mirror.put(NodeGroup.model_validate({"name": "default", "nodes": [lb1]}), 1)
+    grpc = exposed("cart")  # a gRPC port: both tiers
+    tcp = exposed("db", ports=[{"name": "pg", "port": 5432}])
+    for obj in [*objects_of(grpc), *grpc.listeners, *objects_of(tcp), *tcp.listeners]:
+        mirror.put(obj, 2)
+    empty = "the store is empty"
+    assert held(mirror, alarms={}, l4={}) == {}
+    assert held(mirror, alarms={"xds": empty}, l4={}) == {
+        "shop/cart": f"the xDS server: {empty}"}  # fmt: skip
+    assert held(mirror, alarms={"l4 lb1": empty}, l4={}) == {
+        "shop/cart": f"LB node lb1: {empty}", "shop/db": f"LB node lb1: {empty}"}  # fmt: skip
+    # a node its group does not list, reporting the group
+    lb9 = {"lb9": TierStatus("l4", "lb9", "default", 2, 0.0)}
+    assert set(held(mirror, alarms={"l4 lb9": empty}, l4=lb9)) == {"shop/cart", "shop/db"}
+    assert held(mirror, alarms={"l4 lb7": empty}, l4=lb9) == {}
