@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from cmi.mirror import Mirror
 from slb.model import Listener, LoadBalancer, NodeGroup, Service
 from slb.readiness import Readiness, combined, readiness
-from slb.storage.status import TierStatus
+from slb.storage.status import StatusBoard, TierStatus
 
 
 def of_services(
@@ -51,14 +51,14 @@ def held(
     """Each exposed Service a data plane keeps its last good state for (`slb.integrity`),
     and why: the xDS server's alarm concerns every Service with an L7 port, an LB node's
     (`l4 NODE`) those of its node group (the groups listing it, or the one it reports)."""
+    if not alarms:  # the usual case: nothing to walk every Service for
+        return {}
+    members = [(g.name, n.name) for g in mirror.of(NodeGroup).values() for n in g.nodes]
+    members += [(status.group, name) for name, status in l4.items() if status.group]
     groups: dict[str, str] = {}  # group -> the first alarm of one of its nodes
-    for group in mirror.of(NodeGroup).values():
-        for node in group.nodes:
-            if f"l4 {node.name}" in alarms:
-                groups.setdefault(group.name, f"LB node {node.name}: {alarms[f'l4 {node.name}']}")
-    for name, status in l4.items():
-        if f"l4 {name}" in alarms and status.group:
-            groups.setdefault(status.group, f"LB node {name}: {alarms[f'l4 {name}']}")
+    for group, node in members:
+        if (alarm := alarms.get(StatusBoard.node_alarm(node))) is not None:
+            groups.setdefault(group, f"LB node {node}: {alarm}")
     out: dict[str, str] = {}
     for key, service in mirror.of(Service).items():
         balancer = mirror.objects.get((LoadBalancer.kind, service.load_balancer))

@@ -28,6 +28,7 @@ from slb.storage.store import Store
 
 Progress = Callable[[str], None]
 WRONG_PREFIX = "openslb-wrong"
+LB1_ALARM = StatusBoard.node_alarm(LAB_NODE)
 HELD_S = 5.0
 """How long each scenario keeps the consumers holding, under traffic, before recovery."""
 
@@ -202,11 +203,11 @@ def redis_flush(platform: DevPlatform, progress: Progress = print) -> Outcome:
         platform.restart("xds")
         platform.restart("worker-control")  # Celery's bindings went with the data
         platform.lab_node().restart_worker()
-        watch.wait_for({"xds", f"l4 {LAB_NODE}"})
+        watch.wait_for({"xds", LB1_ALARM})
         time.sleep(HELD_S)
         platform.restart("cmi")
         board = StatusBoard(platform.store())
-        wait_until(lambda: "would take" in board.alarms().get(f"l4 {LAB_NODE}", ""), 120,
+        wait_until(lambda: "would take" in board.alarms().get(LB1_ALARM, ""), 120,
                    "lb1 holds its services for the operator", interval=0.5)  # fmt: skip
         platform.put_lab_group()
 
@@ -240,7 +241,7 @@ def wrong_prefix(platform: DevPlatform, progress: Progress = print) -> Outcome:
         env = {"OPENSLB_REDIS_PREFIX": WRONG_PREFIX}
         platform.restart("xds", env)
         platform.lab_node().restart_worker(WRONG_PREFIX)
-        watch.wait_for({"xds", f"l4 {LAB_NODE}"})
+        watch.wait_for({"xds", LB1_ALARM})
         time.sleep(HELD_S)
         platform.restart("xds")
         platform.lab_node().restart_worker()

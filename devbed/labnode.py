@@ -42,6 +42,15 @@ CLIENT_ADDRESS = f"{CLIENT_NET}.10"
 POD_PORT = 9000
 
 
+def ipvs_weights(listing: str) -> dict[str, int]:
+    """`ADDRESS:PORT` -> weight of each real server in `ipvsadm -Ln` output."""
+    return {
+        fields[1]: int(fields[3])
+        for line in listing.splitlines()
+        if (fields := line.split())[:1] == ["->"] and fields[1][0].isdigit()
+    }
+
+
 def pod_address(index: int) -> str:
     return f"{POD_NET}.{10 + index}"
 
@@ -289,12 +298,7 @@ class LabNode:
 
     def weights(self, target: str) -> dict[str, int]:
         """The real servers of virtual service `target` in the node's IPVS, and weights."""
-        listed = self.run(f"ipvsadm -Ln -t {target}")["stdout"]
-        return {
-            line.split()[1]: int(line.split()[3])
-            for line in listed.splitlines()
-            if line.strip().startswith("->") and line.split()[1][0].isdigit()
-        }
+        return ipvs_weights(self.run(f"ipvsadm -Ln -t {target}")["stdout"])
 
     def answer(self, probe_id: str) -> list[str] | None:
         """The answers of a probe sent with `ask_tcp`, or None while it runs."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devbed.desired import listener, load_balancer, node_group, put, service
+from devbed.labnode import ipvs_weights
 from devbed.netns import NameServer, Netns, sh
 from devbed.process import Process, wait_until
 from slb.model import HealthCheck, StoredObject
@@ -230,11 +231,7 @@ class LBPair:
             ["ip", "netns", "exec", self.nodes[name].netns.name, "ipvsadm", "-Ln", "-t",
              f"{VIP}:{L7_PORT}"], capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-        return {
-            fields[1].rpartition(":")[0]: int(fields[3])
-            for line in shown.splitlines()
-            if (fields := line.split())[:1] == ["->"] and fields[1][0].isdigit()
-        }
+        return {dest.rpartition(":")[0]: weight for dest, weight in ipvs_weights(shown).items()}
 
     def connections(self, name: str) -> str:
         """The node's IPVS connection table and sync daemons, as ipvsadm shows them."""

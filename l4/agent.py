@@ -98,8 +98,8 @@ class L4Agent:
         self.follower = Follower(store)
         """The desired state, moved forward by the change stream; plans are made from it."""
         self.applied_record = AppliedRecord(settings.state_dir, node)
-        self.guard = Guard(f"l4 agent of {node}", partial(self.status.alarm, f"l4 {node}"),
-                           serves="IPVS services")  # fmt: skip
+        alarm = partial(self.status.alarm, self.status.node_alarm(node))
+        self.guard = Guard(f"l4 agent of {node}", alarm, serves="IPVS services")
         self.targets: dict[Target, list[ServiceKey]] = {}
         self.desired: dict[ServiceKey, VirtualService] = {}
         self._consistent = False
@@ -401,7 +401,7 @@ class L4Agent:
                 return
             before, self.desired = self.desired, self._weighed(self.plan)
             report = self._findings(self._converge(before)[1])
-        self.store.redis.set(self.report_key, json.dumps(report))
+        self._publish(report)
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -419,7 +419,7 @@ class L4Agent:
             with self._lock:  # the report after the lock, as for a health change
                 force = {key for key, _ in self.draining}
                 report = self._findings(self._converge(self.desired, force)[1])
-            self.store.redis.set(self.report_key, json.dumps(report))
+            self._publish(report)
         if (
             self.stats_driver is not None
             and now - self._last_stats >= self.settings.stats_interval_s
@@ -484,15 +484,15 @@ class L4Agent:
         error = "; ".join(report.errors)[:2000] if report.errors else None
         self.status.report("l4", self.node, report.group or "", self.revision, error=error,
                            error_revision=self.failed_revision if error else None)  # fmt: skip
-        self._publish(report.errors, report.problems)
+        self._publish(self._findings(report.errors, report.problems))
 
     def _report_failure(self, error: str) -> None:
         """On the status board: the loop failed, at the store's newest revision."""
         self.status.report("l4", self.node, "", self.revision, error=error,
                            error_revision=self.store.revision())  # fmt: skip
 
-    def _publish(self, errors: list[str], problems: list[str] | None = None) -> None:
-        self.store.redis.set(self.report_key, json.dumps(self._findings(errors, problems)))
+    def _publish(self, report: dict[str, Any]) -> None:  # after the kernel's lock, never in it
+        self.store.redis.set(self.report_key, json.dumps(report))
 
     def _findings(self, errors: list[str], problems: list[str] | None = None) -> dict[str, Any]:
         return findings(self.revision, self.plan, self.desired, foreign=self.foreign,

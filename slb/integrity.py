@@ -90,9 +90,8 @@ def removal_held(
     if not resumed(snapshot, applied) or removed * 2 <= served:
         return None
     synced, served_at = snapshot.synced, applied.synced_at if applied else 0.0
-    adopted = synced is not None and synced.adopted and synced.store_id == snapshot.store_id
-    if adopted and synced is not None and synced.at > served_at:  # since it last applied
-        return None
+    if synced and synced.adopted and synced.store_id == snapshot.store_id and synced.at > served_at:
+        return None  # an operator adopted the store since the consumer last applied
     return (
         f"the rebuilt store would take {removed} of the {served} {what} served off (objects "
         "operators made, lost with the store?): restore them, or adopt the store as it is "

@@ -97,12 +97,11 @@ def _check(who: str, status: TierStatus | None, needed: int) -> tuple[str, str] 
     if status is None:
         return "waiting", f"{who} has not reported"
     failed_at = status.error_revision if status.error else None
-    if failed_at is not None and needed <= failed_at <= status.revision:
+    behind = status.revision < needed
+    if failed_at is not None and failed_at >= needed and (behind or failed_at <= status.revision):
         return "error", f"{who} rejected revision {failed_at}: {status.error}"
-    if status.revision >= needed:
+    if not behind:
         return None
-    if failed_at is not None and failed_at >= needed:
-        return "error", f"{who} rejected revision {failed_at}: {status.error}"
     if status.error and status.error.startswith(HOLDING):
         return "waiting", f"{who} keeps its last good state ({status.error[len(HOLDING) :]})"
     return "waiting", f"{who} serves revision {status.revision}"

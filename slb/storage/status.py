@@ -95,6 +95,11 @@ class StatusBoard:
         else:
             self.store.redis.hset(key, consumer, why)
 
+    @staticmethod
+    def node_alarm(node: str) -> str:
+        """The alarm key of LB node `node`'s agent (the xDS server's is "xds")."""
+        return f"l4 {node}"
+
     def alarms(self) -> dict[str, str]:
         """Consumer -> why it holds its last good state (`slb.integrity`)."""
         raw = self.store.redis.hgetall(self.store.key("status", "alarms"))
