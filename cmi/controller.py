@@ -28,8 +28,17 @@ from cmi.ipam import IPAM
 from cmi.k8s.client import KubeClient
 from cmi.mirror import Mirror, written_by_others
 from cmi.report import ListenerStatus, Reporter
+from cmi.viprecord import VipRecord
 from slb.config import CmiSettings
-from slb.model import KINDS, AddressPool, IPAddress, Listener, LoadBalancer, StoredObject
+from slb.model import (
+    KINDS,
+    AddressPool,
+    IPAddress,
+    Listener,
+    LoadBalancer,
+    OwnerKind,
+    StoredObject,
+)
 from slb.snapshot import Change, Delete, Put, Snapshot
 from slb.storage import connect
 from slb.storage.follow import Follower
@@ -64,6 +73,11 @@ class Controller:
         self.dirty = Debouncer(settings.holdoff_ms / 1000, settings.max_holdoff_ms / 1000)
         self.cluster = Cluster(kube, settings, self.dirty, self.mirror, watch_timeout_s)
         self.reporter = Reporter(kube, self.cluster.services, self.mirror)
+        self.vip_record = (
+            VipRecord(kube, settings.lease_namespace, settings.vip_record)
+            if settings.vip_record
+            else None
+        )
         self.revision = self.writes = self.reconciles = 0
         self._lock = threading.RLock()  # the mirror is shared with the store follower
         self._resync_requested = threading.Event()
@@ -209,7 +223,17 @@ class Controller:
         """Re-read the store into the mirror; every Service key that must be rebuilt."""
         with self._lock:
             self.revision = self.mirror.load(self._identified_snapshot())
+            self._reserve_recorded_vips()
             return sorted(set(self.cluster.services.keys()) | set(self.mirror.owned))
+
+    def _reserve_recorded_vips(self) -> None:
+        """Each operator's instance's recorded VIP held for it again, where the store lost
+        it (`cmi.viprecord`); before any Service of the rebuild draws an address."""
+        recorded = self.vip_record.load() if self.vip_record is not None else None
+        for instance, vip in (recorded or {}).items():
+            if self.ipam.reserve(instance, vip):
+                log.warning("VIP %s held for operator instance %s again (from the record: "
+                            "the store had lost it)", vip, instance)  # fmt: skip
 
     def check_readiness(self) -> None:
         """Compare what the data planes report with what each Service needs; tell it."""
@@ -245,6 +269,7 @@ class Controller:
         for name, vip in vips.operator_vips(self.mirror.of(LoadBalancer), self.ipam, pools).items():
             self._write_operator_vip(name, vip)
         instances = self.mirror.of(LoadBalancer)
+        self._record_operator_vips(instances)
         builds: list[tuple[str, Previous, Built]] = []
         for key in sorted(keys):  # 3. build
             previous = self.mirror.previous(key)
@@ -280,6 +305,23 @@ class Controller:
             self._resync_requested.set()
         self.revision = max(self.revision, revision)
         self.mirror.apply(ops, revision)
+
+    def _record_operator_vips(self, instances: dict[str, LoadBalancer]) -> None:
+        """Keep the VIP record (`cmi.viprecord`) true: the operators' instances' VIPs, and
+        the recorded ones IPAM still holds for instances the store has lost."""
+        record = self.vip_record
+        recorded = None if record is None else record.written
+        if record is None or (recorded is None and (recorded := record.load()) is None):
+            return
+        now = {
+            name: balancer.vip
+            for name, balancer in instances.items()
+            if balancer.owner.kind is OwnerKind.OPERATOR and balancer.vip is not None
+        }
+        for name, vip in recorded.items():
+            if name not in now and self.ipam.current(name) == vip:
+                now[name] = vip
+        record.write(now)
 
     def _write_operator_vip(self, name: str, vip: IPAddress) -> None:
         """An operator's instance gets its VIP, unless it changed meanwhile (the next

@@ -133,6 +133,20 @@ class IPAM:
                 raise IPAMError(f"no free address left in pool(s) {names}")
         raise IPAMError("could not claim an address: too much contention, will retry")
 
+    def reserve(self, instance: str, address: IPAddress) -> bool:
+        """Hold `address` for `instance`, which has none, if no other instance holds it; from
+        any pool (an operator's pool may be lost with the store). Whether it is held now."""
+        if self.current(instance) is not None:
+            return False
+        status, _ = (
+            part.decode()
+            for part in self._claim(
+                keys=self.keys, args=[instance, str(address), time.time(), "[]"]
+            )
+        )
+        self._held = None
+        return bool(status == "ok")
+
     def current(self, instance: str) -> IPAddress | None:
         value = self.redis.hget(self.keys[0], instance)
         return ipaddress.ip_address(value.decode()) if value else None

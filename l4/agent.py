@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Collection, Iterable, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -39,7 +40,7 @@ from l4 import health
 from l4.drivers import Driver, DriverError
 from l4.health import HealthChecker, Target
 from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
-from l4.ownership import AgentError, AppliedRecord, NodeLock, NodeTakenError, Ownership
+from l4.ownership import AgentError, NodeLock, NodeTakenError, Ownership
 from l4.plan import Changed, IPVSPlan, node_group_of, plan
 from l4.reconcile import DrainKey, reconcile, rescoped, update_view
 from l4.report import OPERATIONS_SHOWN, SyncReport, findings
@@ -47,7 +48,7 @@ from l4.stats import IPVSCollector, StatsWriter
 from l4.vip import VIPs, prepare_kernel
 from l4.vrrp import Keepalived, compile_instance, start_connection_sync
 from slb.config import L4Settings
-from slb.integrity import HOLDING, Guard
+from slb.integrity import HOLDING, AppliedRecord, Guard
 from slb.model import NodeGroup
 from slb.resolve import DesiredState, resolve
 from slb.snapshot import Snapshot
@@ -97,7 +98,7 @@ class L4Agent:
         self.plan: IPVSPlan | None = None
         self.follower = Follower(store)
         """The desired state, moved forward by the change stream; plans are made from it."""
-        self.applied_record = AppliedRecord(settings.state_dir, node)
+        self.applied_record = AppliedRecord(Path(settings.state_dir) / f"{node}.applied.json")
         alarm = partial(self.status.alarm, self.status.node_alarm(node))
         self.guard = Guard(f"l4 agent of {node}", alarm, serves="IPVS services")
         self.targets: dict[Target, list[ServiceKey]] = {}
@@ -128,7 +129,8 @@ class L4Agent:
             ):
                 log.error("%s: established connections will not survive a failover", error)
         with self._lock:
-            self.guard.applied, owned = self.applied_record.load()  # the disk's, and Redis'
+            self.guard.applied, served = self.applied_record.load()  # the disk's, and Redis'
+            owned = {ServiceKey.decode(key) for key in served}
             self.owned, self.view = self.ownership.load() | owned, None
         self.health.start()
         return self
@@ -185,7 +187,7 @@ class L4Agent:
         report = self.apply_state(resolve(snapshot, node_group=scope), changed)
         before, owned = self.guard.applied, set(self.owned)
         self.guard.applied_now(snapshot)
-        self.applied_record.save(self.guard.applied, owned)
+        self.applied_record.save(self.guard.applied, (key.encode() for key in owned))
         if before is not None and before.store_id != snapshot.store_id:
             self.ownership.add(owned)  # the record was lost with the store
         return report

@@ -9,26 +9,22 @@ The ownership record (`P:l4:NODE:owned`, a set of service keys like `TCP/198.18.
 is in Redis rather than a state file because it survives the node's disk as well as an
 agent restart, the console can show it, and the agent needs Redis anyway; the agent writes
 it ahead of creating services, so a crash never leaves a service openslb made but does not
-own. A copy goes into the local record after each apply (`AppliedRecord`): a store lost or
-restored from an older copy loses the ownership record with it.
+own. A copy goes into the local record after each apply (`slb.integrity.AppliedRecord`): a
+store lost or restored from an older copy loses the ownership record with it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
 import uuid
 from collections.abc import Collection
-from dataclasses import asdict
-from pathlib import Path
 
 import redis
 
 from l4.ipvs import ServiceKey
-from slb.integrity import Applied
 from slb.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -63,44 +59,6 @@ class Ownership:
     def remove(self, keys: Collection[ServiceKey]) -> None:
         if keys:
             self.store.redis.srem(self.key, *(k.encode() for k in keys))
-
-
-class AppliedRecord:
-    """What the agent last applied (`slb.integrity.Applied`) and the services it owned then,
-    in a local file.
-
-    Not in Redis: it is how a restarted agent knows that the store it finds was emptied,
-    replaced or rewound since, which Redis itself cannot say, and which services it made
-    when the ownership record went with the store. Written after every apply; a record that
-    cannot be read counts as none (the agent then holds only an empty store).
-    """
-
-    def __init__(self, state_dir: str, node: str) -> None:
-        self.path = Path(state_dir) / f"{node}.applied.json"
-
-    def load(self) -> tuple[Applied | None, set[ServiceKey]]:
-        try:
-            record = json.loads(self.path.read_text())
-            owned = {ServiceKey.decode(key) for key in record["owned"]}
-            return Applied(**record["applied"]), owned
-        except FileNotFoundError:
-            return None, set()
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.error("cannot read %s (%s): starting with no memory of what was applied",
-                      self.path, exc)  # fmt: skip
-            return None, set()
-
-    def save(self, applied: Applied | None, owned: Collection[ServiceKey]) -> None:
-        if applied is None:
-            return
-        record = {"applied": asdict(applied), "owned": sorted(key.encode() for key in owned)}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_suffix(".partial")
-            partial.write_text(json.dumps(record))
-            partial.replace(self.path)
-        except OSError as exc:
-            log.warning("cannot record what was applied in %s: %s", self.path, exc)
 
 
 class NodeLock:

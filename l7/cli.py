@@ -15,6 +15,7 @@ import click
 
 from slb import pki
 from slb.config import Settings, XdsSettings, host_port
+from slb.integrity import AppliedRecord
 from slb.storage.store import Store
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def xds(settings: Settings, bind: str | None, metrics_bind: str | None, verbose:
         bind=bind,
         metrics_bind=settings.xds.metrics_bind if metrics_bind is None else metrics_bind,
         tls=tls,
+        record=AppliedRecord(Path(settings.xds.state_dir) / "xds.applied.json"),
     )
 
     async def run() -> None:

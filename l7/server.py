@@ -31,7 +31,7 @@ from l7.metrics import Metrics
 from l7.translate.common import KIND_NAMES, LISTENER
 from slb import pki
 from slb.config import XdsSettings, host_port
-from slb.integrity import Guard
+from slb.integrity import AppliedRecord, Guard
 from slb.model import Certificate
 from slb.resolve import DesiredState, resolve
 from slb.snapshot import Snapshot
@@ -87,6 +87,8 @@ class XdsServer:
         metrics_bind: str = "",
         block_ms: int = 1_000,
         tls: ServerTls | None = None,
+        *,
+        record: AppliedRecord | None = None,
     ) -> None:
         self.store = store
         self.bind = bind
@@ -98,6 +100,11 @@ class XdsServer:
         self.secrets = SecretStore(store)
         self.board = StatusBoard(store)
         self.guard = Guard("xds", partial(self.board.alarm, "xds"), serves="L7 listeners")
+        self.record = record
+        self._recorded: set[str] = set()
+        """The L7 listeners served when the record was written (before a restart)."""
+        if record is not None:
+            self.guard.applied, self._recorded = record.load()
         self.hub = Hub(self.metrics, self._queue_report, self._queue_forget,
                        verify_members=tls is not None)  # fmt: skip
         self.port = 0
@@ -205,12 +212,20 @@ class XdsServer:
             fetched = step.quiet and self._fetch_missing_keys()
             if (not step.quiet or fetched) and self._publish(step.snapshot):
                 self.guard.applied_now(step.snapshot)
+                if self.record is not None:
+                    self.record.save(self.guard.applied, self._served())
 
     def _removal(self, snapshot: Snapshot) -> tuple[int, int]:
-        """How many L7 listeners Envoys are given, and how many `snapshot` would keep."""
-        served = sum(len(g.resources[LISTENER]) for g in self._published.values())
+        """How many L7 listeners Envoys are given (before a restart: were), and how many
+        `snapshot` would keep."""
+        served = len(self._served()) if self._published else len(self._recorded)
         kept = sum(1 for r in resolve(snapshot).listeners if r.listener.protocol.is_l7)
         return served, kept
+
+    def _served(self) -> set[str]:
+        """The L7 listeners Envoys are given, as GROUP/NAME."""
+        return {f"{group}/{name}" for group, snap in self._published.items()
+                for name in snap.resources[LISTENER]}  # fmt: skip
 
     def _publish(self, snapshot: Snapshot) -> bool:
         """Translate and hand over `snapshot`; False if it cannot be translated."""

@@ -80,6 +80,11 @@ class CmiSettings:
         60, "A withdrawn instance keeps its VIP this long before it is freed"
     )
     lease_namespace: str = setting("openslb-system", "Namespace of the leader-election Lease")
+    vip_record: str = setting(
+        "openslb-vips",
+        "ConfigMap (in `cmi.lease_namespace`) where cmi records operators' instances' VIPs, "
+        "so a lost store gives them back; empty: none",
+    )
     lease_name: str = setting("openslb-cmi", "Name of the leader-election Lease")
     lease_duration_s: int = setting(15, "A leader that stops renewing is replaced after this long")
     renew_deadline_s: int = setting(10, "A leader that cannot renew for this long steps down")
@@ -109,6 +114,9 @@ class XdsSettings:
     client_key: str = setting("", "Its PEM private key (`--tls-key`)")
     server_ca: str = setting(
         "", "PEM CA that the xDS server's certificate must chain to (`--tls-ca`)"
+    )
+    state_dir: str = setting(
+        "/var/lib/openslb/xds", "Where `slb xds` remembers what it served, beyond Redis' reach"
     )
 
 

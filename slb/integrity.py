@@ -15,14 +15,17 @@ store's integrity, not about deletions. A rebuilt store is the exception: cmi re
 what Kubernetes holds, so objects operators made (node groups, instances, listeners) are
 lost with the store; a rebuilt or rewound store that would take more than half of what a
 consumer serves off it waits for an operator (`removal_held`), as PyBal refuses to depool
-more than a share of a pool. Pure: the l4 agent and the xDS server hold a `Guard`.
+more than a share of a pool. Pure but for `AppliedRecord`, a consumer's memory on its own
+disk: the l4 agent and the xDS server each hold a `Guard` and a record.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from slb.snapshot import Snapshot
 
@@ -149,3 +152,41 @@ class Guard:
 
     def applied_now(self, snapshot: Snapshot) -> None:
         self.applied = applied_from(snapshot, self.applied)
+
+
+class AppliedRecord:
+    """What a consumer last applied (`Applied`) and the names of what it served then, in a
+    local file.
+
+    Not in Redis: it is how a restarted consumer knows that the store it finds was emptied,
+    replaced or rewound since, which Redis itself cannot say, and what it served when that
+    went with the store. Written after every apply; a record that cannot be read counts as
+    none (the consumer then holds only an empty store).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> tuple[Applied | None, set[str]]:
+        try:
+            record = json.loads(self.path.read_text())
+            served = {str(name) for name in record["served"]}
+            return Applied(**record["applied"]), served
+        except FileNotFoundError:
+            return None, set()
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("cannot read %s (%s): starting with no memory of what was applied",
+                      self.path, exc)  # fmt: skip
+            return None, set()
+
+    def save(self, applied: Applied | None, served: Iterable[str]) -> None:
+        if applied is None:
+            return
+        record = {"applied": asdict(applied), "served": sorted(served)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(".partial")
+            partial.write_text(json.dumps(record))
+            partial.replace(self.path)
+        except OSError as exc:
+            log.warning("cannot record what was applied in %s: %s", self.path, exc)

@@ -36,6 +36,10 @@ class KubeError(Exception):
         super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
 
 
+REQUEST_ERRORS = (KubeError, OSError, urllib3.exceptions.HTTPError)
+"""What a request can raise: an error status, or no answer (refused, timed out, cut)."""
+
+
 class GoneError(KubeError):
     """410 Gone: the resourceVersion is too old to watch from; list again."""
 

@@ -82,7 +82,7 @@ def cmi(
         settings = replace(
             CmiSettings(
                 namespace=namespace, pool_cidrs=POOL, holdoff_ms=50, max_holdoff_ms=300,
-                resync_s=3600, release_grace_s=60,
+                resync_s=3600, release_grace_s=60, vip_record="",
             ),
             **overrides,
         )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import time
 from collections.abc import Callable
@@ -403,6 +404,39 @@ def test_a_lost_store_moves_no_vip(
     assert ingress_ip(admin, namespace, "a") not in vips.values()
 
 
+def test_an_operators_instance_gets_its_vip_back_from_the_record(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """An operator's instance is lost with the store, and has no Kubernetes object to name
+    its VIP: cmi's record (a ConfigMap) holds the address for it through the rebuild, so a
+    Service exposed meanwhile draws another one, and the restored instance gets it back."""
+    record = "/api/v1/namespaces/openslb-system/configmaps/openslb-vips"
+    with contextlib.suppress(KubeError):
+        admin.request("DELETE", record)
+    ops = LoadBalancer(name="ops", pool="default", owner=Owner(kind=OwnerKind.OPERATOR, name="o"))
+    try:
+        first = cmi(vip_record="openslb-vips")
+        store.put(ops)
+        eventually(lambda: store.get(LoadBalancer, "ops").obj.vip, "the instance's VIP")
+        vip = str(store.get(LoadBalancer, "ops").obj.vip)
+
+        def recorded() -> Any:
+            with contextlib.suppress(KubeError):  # 404 until cmi writes it
+                return admin.get(record)["data"]
+
+        eventually(lambda: recorded() == {"ops": vip}, "the VIP recorded")
+        first.stop()
+        assert lose(store)
+        cmi(vip_record="openslb-vips")
+        exposed = expose(admin, namespace, "a")  # the lowest free address, but for the record
+        assert exposed["a"] != vip
+        store.put(ops)  # the operator restores the instance
+        eventually(lambda: str(store.get(LoadBalancer, "ops").obj.vip) == vip, "its VIP back")
+        assert recorded() == {"ops": vip}  # Services' VIPs live in their status
+    finally:
+        admin.request("DELETE", record)
+
+
 def test_a_store_emptied_under_a_running_cmi_is_rebuilt_and_marked_synced(
     cmi: Start, admin: KubeClient, namespace: str, store: Store
 ) -> None:
@@ -458,6 +492,9 @@ def test_the_service_account_can_do_no_more_than_its_role(
     with pytest.raises(KubeError) as no_secrets:
         client.get(f"/api/v1/namespaces/{namespace}/secrets")
     assert no_secrets.value.status == 403
+    with pytest.raises(KubeError) as other_config:  # its own VIP record only
+        client.get("/api/v1/namespaces/openslb-system/configmaps/kube-root-ca.crt")
+    assert other_config.value.status == 403
 
 
 def test_the_service_says_when_every_node_serves_it(

@@ -7,6 +7,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,9 +16,10 @@ import pytest
 from devbed.l7harness import listener, load_balancer, service
 from devbed.pki import self_signed
 from devbed.process import wait_until
-from devbed.redis import lose
+from devbed.redis import backup, lose, restore
 from l7.server import XdsServer
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER
+from slb.integrity import AppliedRecord
 from slb.model import Certificate
 from slb.snapshot import Put
 from slb.storage.secrets import SecretStore
@@ -29,8 +31,8 @@ from tests.l7.adsclient import AdsClient
 class ServerThread:
     """An XdsServer on its own event loop in a thread, on a free loopback port."""
 
-    def __init__(self, store: Store) -> None:
-        self.server = XdsServer(store, bind="127.0.0.1:0", block_ms=100)
+    def __init__(self, store: Store, record: AppliedRecord | None = None) -> None:
+        self.server = XdsServer(store, bind="127.0.0.1:0", block_ms=100, record=record)
         self._stopped: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -300,6 +302,39 @@ def test_a_rebuilt_store_without_the_operators_listeners_waits_for_an_operator(
         assert server.server.guard.alarm is None
     finally:
         client.close()
+
+
+def test_a_restarted_server_remembers_what_it_served(store: Store, tmp_path: Path) -> None:
+    """Redis restored from an older copy while the xDS server was down: the restarted server
+    reads what it served from its own disk and holds the older store off, so the Envoys keep
+    the listener added since the copy was taken; cmi's rebuild is served once it is marked."""
+    record = AppliedRecord(tmp_path / "xds.applied.json")
+    identity = store.identity()
+    assert store.mark_synced(identity, world(store)) is not None
+    copy = backup(store)  # before the operator adds web-a2
+    newer = store.put(listener("web-a2", "HTTP", 81, lb="a", app="svc-a"))
+    with ServerThread(store, record) as first:
+        first.wait_revision(newer)
+        wait_until(lambda: record.load()[0] is not None, 5, "the record")
+    restore(store, copy)
+    assert store.revision() < newer
+    with ServerThread(store, record) as restarted:
+        client = AdsClient(restarted.target, "n-blue", "blue", delta=True)
+        try:
+            client.subscribe(LISTENER, holding={"web-a": str(newer), "web-a2": str(newer)})
+            wait_until(lambda: restarted.server.guard.alarm is not None, 10, "the alarm")
+            assert "went back to revision" in str(restarted.server.guard.alarm)
+            with pytest.raises(queue.Empty):
+                client.receive(timeout=1.5)  # web-a2 is not taken away
+            assert restarted.server.hub.revision == -1  # nothing published
+            store.mark_syncing(identity)  # cmi rebuilds the store from Kubernetes
+            rebuilt = store.put(listener("web-a3", "HTTP", 82, lb="a", app="svc-a"))
+            assert store.mark_synced(identity, rebuilt) is not None
+            restarted.wait_revision(rebuilt)
+            assert restarted.server.guard.alarm is None
+        finally:
+            client.close()
+    assert sorted(record.load()[1]) == ["blue/web-a", "blue/web-a3", "green/web-b"]
 
 
 @pytest.mark.parametrize("delta", [True, False])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
-from slb.integrity import Applied, Guard, applied_from, check, removal_held
+from slb.integrity import Applied, AppliedRecord, Guard, applied_from, check, removal_held
 from slb.snapshot import Snapshot, Synced
 
 SERVED = Applied(store_id="a", revision=50, synced_at=100.0)
@@ -113,3 +114,19 @@ def test_the_guard_asks_what_would_be_removed_only_of_a_rebuilt_store() -> None:
     assert guard.alarm is not None
     assert "3 of the 3 L7 listeners" in guard.alarm
     assert guard.admit(snap(2, store_id="b", synced=Synced("b", 2, 160.0, adopted=True)), removal)
+
+
+def test_the_record_on_disk_survives_a_restart_and_a_bad_one_counts_as_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = AppliedRecord(tmp_path / "state" / "xds.applied.json")
+    assert record.load() == (None, set())
+    record.save(None, ["never"])  # nothing applied yet: nothing to remember
+    assert not record.path.exists()
+    applied = Applied("s1", 42, 1700000000.5)
+    record.save(applied, ["blue/web-b", "blue/web-a"])
+    assert AppliedRecord(record.path).load() == (applied, {"blue/web-a", "blue/web-b"})
+    record.path.write_text('{"applied": {"store_id": "s1"}}')  # cut short by a full disk
+    with caplog.at_level(logging.ERROR):
+        assert record.load() == (None, set())
+    assert "no memory of what was applied" in caplog.text
