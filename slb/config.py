@@ -150,9 +150,15 @@ class ConsoleSettings:
     )
     tls_key: str = setting("", "PEM private key of `console.tls_cert`")
     login_attempts: int = setting(
-        5, "Failed logins allowed per client address and per user within the window"
+        5, "Failed logins from one client address for one user before it must wait"
     )
-    login_window_s: int = setting(300, "The failed-login window, in seconds")
+    login_window_s: int = setting(
+        300, "First wait after `login_attempts` failures; each further failure doubles it"
+    )
+    session_lifetime_s: int = setting(
+        43200, "A console sign-in ends this long after it began, however much it is used"
+    )
+    token_lifetime_days: int = setting(90, "Default lifetime of an API token (at most 365)")
 
 
 @dataclass(frozen=True)

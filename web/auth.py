@@ -2,8 +2,11 @@
 
 Users and tokens live in Redis under the store prefix, next to the state they guard:
   P:console:users            hash, name -> JSON {name, role, password_hash, created_at}
-  P:console:tokens           hash, sha256(token) -> JSON {id, user, role, name, created_at}
-  P:console:login-fail:...   counters of failed logins per client address and per user
+  P:console:tokens           hash, sha256(token) -> JSON {id, user, role, name, created_at,
+                             expires_at, parent, last_used_at}
+  P:console:session:SID      a signed-in session (`Sessions`)
+  P:console:login-fail:...   counters of failed logins per (user, address) and per address
+  P:console:login-wait:...   set while that pair or address must wait (expires)
 
 Passwords are hashed with Argon2id (argon2-cffi); tokens are random and stored only as
 their SHA-256, so a Redis dump gives away neither. A browser signs in with a password and
@@ -22,7 +25,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import IntEnum
 from typing import Any, ParamSpec, TypeVar
 
@@ -51,6 +54,9 @@ R = TypeVar("R")
 
 _USER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.@]{0,62}[a-z0-9])?$")
 MIN_PASSWORD = 10
+MAX_TOKEN_DAYS = 365
+LAST_USED_EVERY_S = 60
+"""A token's last use is written at most this often (not a write per request)."""
 _HASHER = "openslb.password_hasher"
 
 
@@ -105,6 +111,25 @@ class Token:
     role: str
     name: str
     created_at: float
+    expires_at: float = 0.0
+    """Unix time it stops working (0, a token of before expiry: MAX_TOKEN_DAYS after
+    creation)."""
+    parent: str | None = None
+    """The token it was made with, if one: it expires no later and is revoked with it."""
+    last_used_at: float | None = None
+
+    @property
+    def expiry(self) -> float:
+        return self.expires_at or self.created_at + MAX_TOKEN_DAYS * 86400
+
+    def shown(self) -> dict[str, Any]:
+        """As the API and the audit trail show it: with the time it expires (no secret)."""
+        return {**asdict(self), "expires_at": self.expiry}
+
+
+_REWRITE_RECORD = """if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end"""
+"""Rewrite a token's record unless it changed (or was revoked) since it was read."""
 
 
 class Accounts:
@@ -115,6 +140,7 @@ class Accounts:
         self.hasher = hasher or argon2.PasswordHasher()
         self.users_key = store.key("console", "users")
         self.tokens_key = store.key("console", "tokens")
+        self._update_token = store.redis.register_script(_REWRITE_RECORD)
 
     # -- users ------------------------------------------------------------------------------
 
@@ -176,12 +202,15 @@ class Accounts:
             _check_password(password)
             record["password_hash"] = self.hasher.hash(password)
         self.store.redis.hset(self.users_key, name, json.dumps(record))
+        if password is not None:
+            Sessions(self.store).end_all(name)
         if role is not None:
             self._retire_tokens_above(name, role)
 
     def delete_user(self, name: str) -> None:
         if not self.store.redis.hdel(self.users_key, name):
             raise AuthError("name", f"no user named {name!r}")
+        Sessions(self.store).end_all(name)
         for token in self.tokens(user=name):
             self.revoke(token.id)
 
@@ -190,17 +219,37 @@ class Accounts:
 
     # -- tokens -----------------------------------------------------------------------------
 
-    def create_token(self, user: User, name: str, role: Role | None = None) -> tuple[Token, str]:
-        """A new token for `user`, with at most the user's role; returns it and its secret."""
+    def create_token(
+        self, user: User, name: str, role: Role | None = None, *, days: int = 90
+    ) -> tuple[Token, str]:
+        """A new token for `user`, with at most the user's role, for `days`; one made with a
+        token (`user.token`) lives no longer than that one and is revoked with it. Returns
+        it and its secret."""
         role = role or user.role
         if role > user.role:
             raise AuthError("role", f"cannot exceed your own role ({user.role.label})")
         if not 1 <= len(name) <= 64 or not name.isprintable():
             raise AuthError("name", "1-64 printable characters")
+        if not 1 <= days <= MAX_TOKEN_DAYS:
+            raise AuthError("expires_in_days", f"1-{MAX_TOKEN_DAYS} days")
+        now = time.time()
+        expires_at = now + days * 86400
+        parent = self.token(user.token) if user.token else None
+        if user.token and parent is None:
+            raise AuthError("token", "the token this request came with was revoked")
+        if parent is not None:
+            expires_at = min(expires_at, parent.expiry)
         secret = "slb_" + secrets.token_urlsafe(32)
-        token = Token(secrets.token_hex(6), user.name, role.label, name, time.time())
+        token = Token(secrets.token_hex(6), user.name, role.label, name, now, expires_at,
+                      parent.id if parent else None)  # fmt: skip
         self.store.redis.hset(self.tokens_key, _digest(secret), json.dumps(asdict(token)))
+        if parent is not None and self.token(parent.id) is None:  # revoked meanwhile
+            self.store.redis.hdel(self.tokens_key, _digest(secret))
+            raise AuthError("token", "the token this request came with was revoked")
         return token, secret
+
+    def token(self, token_id: str) -> Token | None:
+        return next((t for t in self.tokens() if t.id == token_id), None)
 
     def tokens(self, user: str | None = None) -> list[Token]:
         raw = self.store.redis.hgetall(self.tokens_key)
@@ -210,23 +259,36 @@ class Accounts:
         )
 
     def token_user(self, secret: str) -> User | None:
-        raw = self.store.redis.hget(self.tokens_key, _digest(secret))
+        digest = _digest(secret)
+        raw = self.store.redis.hget(self.tokens_key, digest)
         if raw is None:
             return None
         token = Token(**json.loads(raw))
+        now = time.time()
+        if now >= token.expiry:
+            return None
         owner = self.user(token.user)
         if owner is None:
             return None
+        if token.last_used_at is None or now - token.last_used_at >= LAST_USED_EVERY_S:
+            used = json.dumps(asdict(replace(token, last_used_at=now)))
+            self._update_token(keys=[self.tokens_key], args=[digest, raw, used])
         # A token never does more than its owner may do now.
         return User(owner.name, min(owner.role, Role.named(token.role)), token=token.id)
 
     def revoke(self, token_id: str) -> Token:
-        for digest, raw in self.store.redis.hgetall(self.tokens_key).items():
-            token = Token(**json.loads(raw))
-            if token.id == token_id:
-                self.store.redis.hdel(self.tokens_key, digest)
-                return token
-        raise AuthError("id", f"no token {token_id!r}")
+        """Revoke the token and every token made with it, and with those."""
+        raw = self.store.redis.hgetall(self.tokens_key)
+        found = {Token(**json.loads(v)).id: (digest, Token(**json.loads(v)))
+                 for digest, v in raw.items()}  # fmt: skip
+        if token_id not in found:
+            raise AuthError("id", f"no token {token_id!r}")
+        doomed, frontier = {token_id}, {token_id}
+        while frontier:
+            frontier = {i for i, (_, t) in found.items() if t.parent in frontier} - doomed
+            doomed |= frontier
+        self.store.redis.hdel(self.tokens_key, *(found[i][0] for i in doomed))
+        return found[token_id][1]
 
     def _retire_tokens_above(self, name: str, role: Role) -> None:
         for token in self.tokens(user=name):
@@ -245,43 +307,118 @@ def _check_password(password: str) -> None:
         raise AuthError("password", "at most 1024 characters")
 
 
+class Sessions:
+    """Console sign-ins held server-side: the signed cookie names one, and only a live one
+    counts, so a copied cookie dies with the sign-in it came from.
+
+    A session lives `lifetime_s` from sign-in, never extended by use (the console's polling
+    would keep it alive for ever), and ends at sign-out; all of a user's end when the user
+    signs out everywhere, their password changes or they are deleted.
+      P:console:session:SID     the user's name; expires with the session
+      P:console:sessions:USER   set of the user's session ids (some may have expired)
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _key(self, sid: str) -> str:
+        return self.store.key("console", "session", sid)
+
+    def _user_key(self, user: str) -> str:
+        return self.store.key("console", "sessions", user)
+
+    def start(self, user: str, lifetime_s: int) -> str:
+        sid = secrets.token_urlsafe(32)
+        pipe = self.store.redis.pipeline()
+        pipe.set(self._key(sid), user, ex=lifetime_s)
+        pipe.sadd(self._user_key(user), sid)
+        pipe.expire(self._user_key(user), lifetime_s, gt=True)
+        pipe.expire(self._user_key(user), lifetime_s, nx=True)
+        pipe.execute()
+        return sid
+
+    def user_of(self, sid: str) -> str | None:
+        raw = self.store.redis.get(self._key(sid))
+        return raw.decode() if raw is not None else None
+
+    def end(self, sid: str) -> None:
+        user = self.user_of(sid)
+        self.store.redis.delete(self._key(sid))
+        if user is not None:
+            self.store.redis.srem(self._user_key(user), sid)
+
+    def end_all(self, user: str, keep: str | None = None) -> int:
+        """End every session of `user` but `keep`; how many were live."""
+        sids = [m.decode() for m in self.store.redis.smembers(self._user_key(user))]
+        ended = [sid for sid in sids if sid != keep]
+        if not ended:
+            return 0
+        live = int(self.store.redis.delete(*(self._key(sid) for sid in ended)))
+        self.store.redis.srem(self._user_key(user), *ended)
+        return live
+
+
 class LoginLimiter:
-    """Failed logins counted per client address and per user name in a fixed window."""
+    """Failed logins counted per (user, client address) and per client address, each with
+    an exponential back-off.
+
+    Keyed by the pair, so failures from one address never lock a user out of another: the
+    right password from an address that has not failed still works (a lock per user lets
+    anyone lock the admin out). The per-address count (any user names) stops one address
+    from trying many users. `attempts` failures are free; the next doubles the wait each
+    time, from `window_s` up to `MAX_BACKOFF_S`. One Lua script per failure: concurrent
+    failures are all counted.
+    """
+
+    MAX_BACKOFF_S = 24 * 3600
+    SPRAY_FACTOR = 4
+    """An address may fail this many times `attempts`, over all user names, before it waits."""
+
+    _FAILED = """
+local attempts, base, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local longest = 0
+for i = 1, #KEYS, 2 do
+  local count = redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], cap)
+  local free = attempts * tonumber(ARGV[3 + (i + 1) / 2])
+  if count >= free then
+    local wait = math.min(base * 2 ^ (count - free), cap)
+    redis.call('SET', KEYS[i + 1], '1', 'EX', math.floor(wait))
+    longest = math.max(longest, wait)
+  end
+end
+return math.floor(longest)
+"""
 
     def __init__(self, store: Store, attempts: int, window_s: int) -> None:
         self.store = store
         self.attempts = attempts
         self.window_s = window_s
+        self._failed = store.redis.register_script(self._FAILED)
 
-    def _keys(self, address: str, user: str) -> tuple[str, str]:
-        return (
+    def _keys(self, address: str, user: str) -> list[str]:
+        pair = _digest(f"{user}\0{address}")[:32]
+        return [
+            self.store.key("console", "login-fail", "pair", pair),
+            self.store.key("console", "login-wait", "pair", pair),
             self.store.key("console", "login-fail", "ip", address),
-            self.store.key("console", "login-fail", "user", _digest(user)[:32]),
-        )
+            self.store.key("console", "login-wait", "ip", address),
+        ]
 
     def retry_after(self, address: str, user: str) -> int | None:
-        """Seconds until another attempt is allowed, or None if one is allowed now."""
-        pipe = self.store.redis.pipeline()
-        for key in self._keys(address, user):
-            pipe.get(key)
-            pipe.ttl(key)
-        ip_count, ip_ttl, user_count, user_ttl = pipe.execute()
-        waits = [
-            max(int(ttl), 1)
-            for count, ttl in ((ip_count, ip_ttl), (user_count, user_ttl))
-            if count is not None and int(count) >= self.attempts
-        ]
-        return max(waits) if waits else None
+        """Seconds until this address may try this user again, or None if it may now."""
+        keys = self._keys(address, user)
+        waits = [int(t) for t in self.store.redis.pipeline().ttl(keys[1]).ttl(keys[3]).execute()]
+        longest = max(waits)
+        return longest if longest > 0 else None
 
-    def failed(self, address: str, user: str) -> None:
-        pipe = self.store.redis.pipeline()
-        for key in self._keys(address, user):
-            pipe.incr(key)
-            pipe.expire(key, self.window_s, nx=True)
-        pipe.execute()
+    def failed(self, address: str, user: str) -> int:
+        """Count a failure; the wait it starts (0: none yet)."""
+        args = [self.attempts, self.window_s, self.MAX_BACKOFF_S, 1, self.SPRAY_FACTOR]
+        return int(self._failed(keys=self._keys(address, user), args=args))
 
-    def succeeded(self, user: str) -> None:
-        self.store.redis.delete(self._keys("", user)[1])
+    def succeeded(self, address: str, user: str) -> None:
+        self.store.redis.delete(*self._keys(address, user)[:2])
 
 
 # -- wiring into Flask ----------------------------------------------------------------------
@@ -340,14 +477,17 @@ def _load_user() -> None:
         if scheme.lower() == "bearer" and secret.strip():
             g.user = accounts().token_user(secret.strip())
         return
-    name = session.get("user")
-    if isinstance(name, str):
-        user = accounts().user(name)
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        name = Sessions(get_store()).user_of(sid)
+        user = accounts().user(name) if name is not None else None
         if user is not None and session.get("role") == user.role.label:
             g.user = user
         else:
-            # Deleted, or the role changed: sign in again.
+            # Signed out (here or everywhere), expired, deleted, or the role changed.
             session.clear()
+    elif session.get("user"):
+        session.clear()  # a cookie of a console before server-side sessions
 
 
 def _require_login_and_csrf() -> Response | None:
@@ -405,10 +545,11 @@ def login() -> Response | str | tuple[str, int, dict[str, str]]:
     if user is None:
         limiter().failed(address, name)
         return render_template("login.html", error="Wrong user name or password."), 401, {}
-    limiter().succeeded(name)
+    limiter().succeeded(address, name)
     session.clear()  # a new session on login: no fixation
     session.permanent = True
-    session["user"] = user.name
+    lifetime_s = current_app.config["SESSION_LIFETIME_S"]
+    session["sid"] = Sessions(get_store()).start(user.name, lifetime_s)
     session["role"] = user.role.label
     csrf_token()
     target = request.args.get("next", "")
@@ -419,6 +560,8 @@ def login() -> Response | str | tuple[str, int, dict[str, str]]:
 
 @bp.post("/logout")
 def logout() -> Response:
+    if isinstance(sid := session.get("sid"), str):
+        Sessions(get_store()).end(sid)
     session.clear()
     flash("Signed out.")
     return redirect(url_for("auth.login"))

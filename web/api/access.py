@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
-from flask import Response, abort, g, jsonify
+from flask import Response, abort, current_app, g, jsonify, session
 
 from web.api.common import ApiBlueprint, field_error, json_body
-from web.auth import Accounts, AuthError, Role, accounts, audit
+from web.auth import Accounts, AuthError, Role, Sessions, accounts, audit
+from web.db import get_store
 
 bp = ApiBlueprint("api_access", __name__, tag="access")
 
@@ -23,6 +23,44 @@ def _auth_error(exc: AuthError) -> Any:
 )  # fmt: skip
 def me() -> Response:
     return jsonify({"name": g.user.name, "role": g.user.role.label, "token": g.user.token})
+
+
+@bp.operation(
+    "/me/password", "POST",
+    summary="Change your own password; your other console sessions end",
+    role=Role.VIEWER, ok=(204, None), body="PasswordChange",
+)  # fmt: skip
+def change_own_password() -> Response:
+    data = json_body()
+    _only(data, {"current_password", "new_password"})
+    store = accounts()
+    if store.verify(g.user.name, _string(data, "current_password")) is None:
+        raise field_error("User", "current_password", "wrong password")
+    try:
+        store.update_user(g.user.name, password=_string(data, "new_password"))
+    except AuthError as exc:
+        raise field_error("User", "new_password", exc.message) from None
+    audit("update", "User", g.user.name, None, {"name": g.user.name, "password_changed": True})
+    _renew_this_session()
+    return Response(status=204)
+
+
+@bp.operation(
+    "/me/sessions", "DELETE", summary="Sign out everywhere: end all your console sessions",
+    role=Role.VIEWER, ok=(204, None),
+)  # fmt: skip
+def end_own_sessions() -> Response:
+    ended = Sessions(get_store()).end_all(g.user.name)
+    session.clear()
+    audit("delete", "Session", g.user.name, {"sessions": ended}, None)
+    return Response(status=204)
+
+
+def _renew_this_session() -> None:
+    """The session that changed the password goes on under a new id (the others ended)."""
+    if "sid" in session:
+        lifetime_s = current_app.config["SESSION_LIFETIME_S"]
+        session["sid"] = Sessions(get_store()).start(g.user.name, lifetime_s)
 
 
 # -- users ----------------------------------------------------------------------------------
@@ -109,7 +147,7 @@ def _keep_an_admin(store: Accounts, name: str, new_role: Role | None) -> None:
 )  # fmt: skip
 def list_tokens() -> Response:
     user = None if g.user.can(Role.ADMIN) else g.user.name
-    return jsonify({"items": [asdict(t) for t in accounts().tokens(user=user)]})
+    return jsonify({"items": [t.shown() for t in accounts().tokens(user=user)]})
 
 
 @bp.operation(
@@ -119,14 +157,17 @@ def list_tokens() -> Response:
 )  # fmt: skip
 def create_token() -> Response:
     data = json_body()
-    _only(data, {"name", "role"})
+    _only(data, {"name", "role", "expires_in_days"})
+    days = data.get("expires_in_days", current_app.config["TOKEN_LIFETIME_DAYS"])
+    if not isinstance(days, int) or isinstance(days, bool):
+        raise field_error("User", "expires_in_days", "a whole number of days")
     try:
         role = Role.named(_string(data, "role")) if "role" in data else None
-        token, secret = accounts().create_token(g.user, _string(data, "name"), role)
+        token, secret = accounts().create_token(g.user, _string(data, "name"), role, days=days)
     except AuthError as exc:
         raise _auth_error(exc) from None
-    audit("create", "Token", token.id, None, asdict(token))
-    response = jsonify({**asdict(token), "secret": secret})
+    audit("create", "Token", token.id, None, token.shown())
+    response = jsonify({**token.shown(), "secret": secret})
     response.status_code = 201
     return response
 
@@ -141,7 +182,7 @@ def revoke_token(token_id: str) -> Response:
     if token is None or (token.user != g.user.name and not g.user.can(Role.ADMIN)):
         abort(404, description=f"no token {token_id!r}")
     store.revoke(token_id)
-    audit("delete", "Token", token_id, asdict(token), None)
+    audit("delete", "Token", token_id, token.shown(), None)
     return Response(status=204)
 
 

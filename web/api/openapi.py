@@ -27,7 +27,7 @@ from slb.model import (
 )
 from slb.selector import LabelSelector
 from web.api.common import PREFIX, ApiBlueprint, Operation
-from web.auth import Role, require
+from web.auth import MAX_TOKEN_DAYS, Role, require
 
 bp = Blueprint("api_openapi", __name__, url_prefix=PREFIX)
 
@@ -181,11 +181,16 @@ def _schemas() -> dict[str, Any]:  # noqa: PLR0915 - one line per schema
     s["UserList"] = _list_of(_ref("User"))
     s["UserCreate"] = _obj(name=STRING, password=STRING, role=role)
     s["UserPatch"] = _obj(required=False, password=STRING, role=role)
-    token = _obj(id=STRING, user=STRING, role=role, name=STRING, created_at=NUMBER)
+    s["PasswordChange"] = _obj(current_password=STRING, new_password=STRING)
+    token = _obj(
+        id=STRING, user=STRING, role=role, name=STRING, created_at=NUMBER, expires_at=NUMBER,
+        parent=NULLABLE_STRING, last_used_at={"type": ["number", "null"]},
+    )  # fmt: skip
     s["Token"] = token
     s["TokenList"] = _list_of(_ref("Token"))
     s["TokenCreated"] = _extended(token, secret=STRING)
-    s["TokenCreate"] = _obj(required=False, name=STRING, role=role)
+    days = {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_DAYS}
+    s["TokenCreate"] = _obj(required=False, name=STRING, role=role, expires_in_days=days)
     s["TokenCreate"]["required"] = ["name"]
     return s
 

@@ -1,13 +1,22 @@
-"""Users (admins) and API tokens (everyone's own)."""
+"""Users (admins), API tokens (everyone's own) and one's own account."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
-from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from werkzeug.wrappers import Response
 
-from web.auth import AuthError, Role, accounts, audit, require
+from web.auth import AuthError, Role, Sessions, accounts, audit, require
+from web.db import get_store
 
 bp = Blueprint("access", __name__)
 
@@ -66,12 +75,17 @@ def token_create() -> tuple[str, int]:
     user = None if g.user.can(Role.ADMIN) else g.user.name
     try:
         role = Role.named(request.form.get("role") or g.user.role.label)
-        token, secret = store.create_token(g.user, request.form.get("name", "").strip(), role)
+        days_text = request.form.get("expires_in_days", "").strip()
+        if days_text and not days_text.isdigit():
+            raise AuthError("expires_in_days", "a whole number of days")
+        days = int(days_text) if days_text else current_app.config["TOKEN_LIFETIME_DAYS"]
+        name = request.form.get("name", "").strip()
+        token, secret = store.create_token(g.user, name, role, days=days)
     except AuthError as exc:
         page = render_template("tokens.html", tokens=store.tokens(user=user),
                                errors={exc.field: [exc.message]}, secret=None)  # fmt: skip
         return page, 422
-    audit("create", "Token", token.id, None, asdict(token))
+    audit("create", "Token", token.id, None, token.shown())
     # The secret is shown once, in this response, and never stored in the clear.
     page = render_template("tokens.html", tokens=store.tokens(user=user), errors={}, secret=secret)
     return page, 200
@@ -83,6 +97,38 @@ def token_revoke(token_id: str) -> Response:
     token = next((t for t in store.tokens() if t.id == token_id), None)
     if token is not None and (token.user == g.user.name or g.user.can(Role.ADMIN)):
         store.revoke(token_id)
-        audit("delete", "Token", token_id, asdict(token), None)
+        audit("delete", "Token", token_id, token.shown(), None)
         flash(f"Token {token.name} revoked.")
     return redirect(url_for("access.tokens"))
+
+
+@bp.get("/account")
+def account() -> str:
+    return render_template("account.html", errors={})
+
+
+@bp.post("/account/password")
+def password_change() -> Response | tuple[str, int]:
+    store = accounts()
+    try:
+        if store.verify(g.user.name, request.form.get("current_password", "")) is None:
+            raise AuthError("current_password", "wrong password")
+        try:
+            store.update_user(g.user.name, password=request.form.get("new_password", ""))
+        except AuthError as exc:
+            raise AuthError("new_password", exc.message) from None
+    except AuthError as exc:
+        return render_template("account.html", errors={exc.field: [exc.message]}), 422
+    audit("update", "User", g.user.name, None, {"name": g.user.name, "password_changed": True})
+    lifetime_s = current_app.config["SESSION_LIFETIME_S"]  # the others ended; this one goes on
+    session["sid"] = Sessions(get_store()).start(g.user.name, lifetime_s)
+    flash("Password changed; your other sessions are signed out.")
+    return redirect(url_for("access.account"))
+
+
+@bp.post("/account/sessions/end")
+def sessions_end() -> Response:
+    ended = Sessions(get_store()).end_all(g.user.name)
+    audit("delete", "Session", g.user.name, {"sessions": ended}, None)
+    session.clear()
+    return redirect(url_for("auth.login"))
