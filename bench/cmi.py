@@ -107,6 +107,7 @@ def main() -> None:
             "OPENSLB_REDIS_PREFIX": "bench",
             "OPENSLB_KUBE_KUBECONFIG": str(kubeconfig),
             "OPENSLB_CMI_POOL_CIDRS": POOL,
+            "OPENSLB_CMI_ENDPOINT_SLICES_FROM": "*",
             "OPENSLB_CMI_IDENTITY": "bench",
         }
         cmi = Process(

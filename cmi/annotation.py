@@ -8,12 +8,11 @@ Service whose annotations do not all validate keeps the settings it was served w
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from slb.model import (
     IPAddress,
@@ -22,11 +21,13 @@ from slb.model import (
     Protocol,
     is_dns_label,
 )
+from slb.model.fields import VIPAddress
 
 PREFIX = "openslb.io/"
 EXPOSE_LABEL = "openslb.io/expose"
 
 BackendMode = Literal["pod", "node"]
+_VIP: TypeAdapter[IPAddress] = TypeAdapter(VIPAddress)
 
 # annotation -> the Listener field it sets (dotted for nested fields)
 LISTENER_ANNOTATIONS: Mapping[str, str] = {
@@ -113,9 +114,10 @@ def parse(annotations: Mapping[str, str]) -> Parsed:
     vip: IPAddress | None = None
     if (raw_vip := ours.get("openslb.io/vip")) is not None:
         try:
-            vip = ipaddress.ip_address(raw_vip.strip())
-        except ValueError:
-            problems.append(Problem("openslb.io/vip", f"{raw_vip!r} is not an IP address"))
+            vip = _VIP.validate_python(raw_vip.strip())
+        except ValidationError as exc:
+            why = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            problems.append(Problem("openslb.io/vip", f"{raw_vip!r}: {why}"))
     for annotation in ("openslb.io/pool", "openslb.io/node-group"):
         if (value := ours.get(annotation)) is not None and not is_dns_label(value):
             problems.append(Problem(annotation, f"{value!r} is not a DNS label"))

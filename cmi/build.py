@@ -26,6 +26,7 @@ from slb.model import (
     Conditions,
     FieldError,
     IPAddress,
+    IPNetwork,
     Listener,
     LoadBalancer,
     ModelError,
@@ -41,6 +42,10 @@ if TYPE_CHECKING:  # the name only: loading the client would load urllib3 and ku
 
 P = ParamSpec("P")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
+"""Kubernetes' EndpointSlice controller: it prunes any slice labelled as its own for a
+Service with a selector, so such a slice lists that Service's pods."""
 EXCLUDE_LB_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
@@ -53,6 +58,11 @@ class Defaults:
     node_group: str = "default"
     pool: str = "default"
     exclude_unschedulable: bool = True
+    endpoint_slices_from: frozenset[str] = frozenset()
+    """Namespaces whose hand-made EndpointSlices are used ("*": all); elsewhere only those of
+    Kubernetes' EndpointSlice controller (`trusted_slices`)."""
+    refused_backends: tuple[IPNetwork, ...] = ()
+    """Where no endpoint may point: the VIP pools, the API server, Redis (`cmi` settings)."""
 
 
 @dataclass(frozen=True)
@@ -206,10 +216,11 @@ def build(
                   "LoadBalancer); using pod mode")
         )  # fmt: skip
         mode = "pod"
+    slices = trusted_slices(meta["namespace"], spec, slices, defaults, events)
     backends = (
         _node_backends(spec, ports, slices, nodes, defaults)
         if mode == "node"
-        else _pod_backends(slices)
+        else _pod_backends(slices, defaults.refused_backends, events)
     )
     service = Service(
         namespace=meta["namespace"],
@@ -314,8 +325,46 @@ def _address_order(key: tuple[IPAddress, int]) -> tuple[int, int, int]:
     return (key[0].version, int(key[0]), key[1])
 
 
-def _pod_backends(slices: Iterable[Body]) -> dict[str, tuple[Backend, ...]]:
+def trusted_slices(
+    namespace: str, spec: Body, slices: Sequence[Body], defaults: Defaults, events: list[Event]
+) -> list[Body]:
+    """The EndpointSlices to take backends from: Kubernetes' controller's for a Service with
+    a selector; hand-made ones only in namespaces `cmi.endpoint_slices_from` allows (a
+    tenant who may write slices could otherwise point its VIP anywhere)."""
+    allowed = "*" in defaults.endpoint_slices_from or namespace in defaults.endpoint_slices_from
+    if allowed:
+        return list(slices)
+    selector = bool(spec.get("selector"))
+    kept = [s for s in slices if selector and _managed_by(s) == SLICE_CONTROLLER]
+    if ignored := len(slices) - len(kept):
+        events.append(
+            Event("Warning", "EndpointSlicesIgnored",
+                  f"{ignored} EndpointSlice(s) not made by Kubernetes' EndpointSlice controller "
+                  f"for this Service's selector are ignored: namespace {namespace} is not in "
+                  "cmi.endpoint_slices_from")
+        )  # fmt: skip
+    return kept
+
+
+def _managed_by(slice_: Body) -> str | None:
+    labels = (slice_.get("metadata") or {}).get("labels") or {}
+    return labels.get(MANAGED_BY_LABEL)
+
+
+def refused_backend(ip: IPAddress, refused: Sequence[IPNetwork]) -> bool:
+    """An address no endpoint may have: this host, this link, any, a group, or a range
+    openslb keeps for itself."""
+    return (
+        ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast
+        or any(ip in network for network in refused)
+    )  # fmt: skip
+
+
+def _pod_backends(
+    slices: Iterable[Body], refused: Sequence[IPNetwork], events: list[Event]
+) -> dict[str, tuple[Backend, ...]]:
     by_port: dict[str, dict[tuple[IPAddress, int], Backend]] = {}
+    turned_away: set[IPAddress] = set()
     for slice_ in slices:
         if slice_.get("addressType") not in ("IPv4", "IPv6"):
             continue
@@ -328,6 +377,9 @@ def _pod_backends(slices: Iterable[Body]) -> dict[str, tuple[Backend, ...]]:
                 for address in endpoint.get("addresses") or []:
                     if (ip := endpoint_ip(address)) is None:
                         continue
+                    if refused_backend(ip, refused):
+                        turned_away.add(ip)
+                        continue
                     bucket[(ip, port["port"])] = Backend(
                         address=ip,
                         port=port["port"],
@@ -335,6 +387,15 @@ def _pod_backends(slices: Iterable[Body]) -> dict[str, tuple[Backend, ...]]:
                         zone=endpoint.get("zone"),
                         conditions=conditions,
                     )
+    if turned_away:
+        shown = ", ".join(
+            str(ip) for ip in sorted(turned_away, key=lambda ip: (ip.version, int(ip)))[:5]
+        )
+        events.append(
+            Event("Warning", "EndpointsRefused",
+                  f"{len(turned_away)} endpoint address(es) refused ({shown}): loopback, "
+                  "link-local, or in a range openslb keeps for itself (cmi.refused_backend_cidrs)")
+        )  # fmt: skip
     return {
         name: tuple(bucket[k] for k in sorted(bucket, key=_address_order))
         for name, bucket in sorted(by_port.items())

@@ -18,7 +18,7 @@ from cmi.debounce import Debouncer
 from cmi.k8s.client import Body, KubeClient
 from cmi.k8s.informer import Informer
 from cmi.mirror import Mirror
-from slb.config import CmiSettings
+from slb.config import CmiSettings, comma_list, networks
 from slb.model import LoadBalancer, Service
 
 
@@ -39,6 +39,11 @@ class Cluster:
             node_group=settings.node_group,
             pool=settings.pool,
             exclude_unschedulable=settings.exclude_unschedulable,
+            endpoint_slices_from=frozenset(comma_list(settings.endpoint_slices_from)),
+            refused_backends=(
+                *networks(settings.pool_cidrs, "cmi.pool_cidrs"),
+                *networks(settings.refused_backend_cidrs, "cmi.refused_backend_cidrs"),
+            ),
         )
         scope = f"/namespaces/{settings.namespace}" if settings.namespace else ""
         self.services = Informer(

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from cmi.build import Built, Event, Previous
 from cmi.ipam import IPAMError
-from slb.config import CmiSettings
+from slb.config import CmiSettings, comma_list
 from slb.model import AddressPool, IPAddress, LoadBalancer, OwnerKind, StoredObject
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,9 @@ def default_pool(settings: CmiSettings) -> AddressPool | None:
     """The pool that cmi's settings define (`pool_cidrs`), if they define one."""
     if not settings.pool_cidrs:
         return None
-    cidrs = [c.strip() for c in settings.pool_cidrs.split(",") if c.strip()]
-    return AddressPool.model_validate({"name": settings.pool, "cidrs": cidrs})
+    return AddressPool.model_validate(
+        {"name": settings.pool, "cidrs": comma_list(settings.pool_cidrs)}
+    )
 
 
 def pools_for(balancer: LoadBalancer, pools: Mapping[str, AddressPool]) -> list[AddressPool]:

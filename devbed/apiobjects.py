@@ -293,7 +293,8 @@ def through_pipeline(cluster: Cluster) -> Outcome:
     """What cmi builds from the Service, and what an LB node of group "default" serves of it
     (a dedicated instance given a VIP, as cmi's IPAM would)."""
     built = build(
-        cluster.service, slices=cluster.slices, nodes=cluster.nodes, defaults=Defaults(),
+        cluster.service, slices=cluster.slices, nodes=cluster.nodes,
+        defaults=Defaults(endpoint_slices_from=frozenset({"*"})),  # hand-made slices: all
         previous=Previous(), instances={SHARED.name: SHARED},
     )  # fmt: skip
     objects: list[StoredObject] = [SHARED, *built.listeners]

@@ -345,7 +345,9 @@ class DevPlatform:
         tables: dict[str, dict[str, str | int | bool]] = {
             "redis": {"url": self.redis_url, "prefix": PREFIX},
             "kube": {"kubeconfig": str(cmi_kubeconfig)},
-            "cmi": {"pool_cidrs": self.vip_cidr, "release_grace_s": 5, "lease_duration_s": 6,
+            # No EndpointSlice controller here: devbed writes the demo's slices itself.
+            "cmi": {"pool_cidrs": self.vip_cidr, "endpoint_slices_from": demo.NAMESPACE,
+                    "release_grace_s": 5, "lease_duration_s": 6,
                     "renew_deadline_s": 4, "retry_period_s": 1},
             "xds": {"bind": f"127.0.0.1:{ports['xds']}",
                     "metrics_bind": f"127.0.0.1:{ports['xds_metrics']}",

@@ -26,13 +26,24 @@ if TYPE_CHECKING:
 @click.option("--bind", help="Serve ADS here (default: xds.bind).")
 @click.option("--metrics-bind", help="Serve Prometheus metrics here (default: xds.metrics_bind).")
 @click.option(
+    "--insecure-plaintext", is_flag=True,
+    help="Serve plaintext on a non-loopback address (any client could read private keys).",
+)  # fmt: skip
+@click.option(
     "-v", "--verbose", count=True, help="-v: log changes and connections; -vv: every message."
 )
 @click.pass_obj
-def xds(settings: Settings, bind: str | None, metrics_bind: str | None, verbose: int) -> None:
+def xds(
+    settings: Settings,
+    bind: str | None,
+    metrics_bind: str | None,
+    insecure_plaintext: bool,
+    verbose: int,
+) -> None:
     """Serve Envoy configuration over ADS (gRPC), State of the World and Delta.
 
-    With `xds.tls_cert`, `xds.tls_key` and `xds.tls_client_ca` set, only over mutual TLS.
+    With `xds.tls_cert`, `xds.tls_key` and `xds.tls_client_ca` set, only over mutual TLS;
+    without them, only on loopback unless `--insecure-plaintext` says otherwise.
     """
     from l7.server import XdsServer  # noqa: PLC0415 - keep `slb --help` fast
 
@@ -43,7 +54,13 @@ def xds(settings: Settings, bind: str | None, metrics_bind: str | None, verbose:
     tls = server_tls(settings.xds)
     bind = bind or settings.xds.bind
     if tls is None and not _loopback(bind):
-        log.warning("xds: serving plaintext on %s: set xds.tls_cert, tls_key, tls_client_ca", bind)
+        if not insecure_plaintext:
+            raise click.UsageError(
+                f"xds.bind {bind} is not loopback and xds.tls_cert, tls_key, tls_client_ca are "
+                "not set: any client that names a node group would get its private keys. "
+                "Set them (`slb pki`), or pass --insecure-plaintext"
+            )
+        log.warning("xds: serving plaintext on %s (--insecure-plaintext)", bind)
     store = Store.connect(settings.redis)
     server = XdsServer(
         store,

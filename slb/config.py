@@ -7,6 +7,7 @@ keeps the two equal. Every daemon binds to loopback unless configured otherwise.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -29,6 +30,19 @@ def host_port(value: str, name: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
     return host, int(port)
+
+
+def comma_list(value: str) -> list[str]:
+    """The items of a comma-separated setting, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def networks(value: str, name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """A comma-separated list of CIDRs, or a ConfigError naming the setting."""
+    try:
+        return [ipaddress.ip_network(cidr, strict=False) for cidr in comma_list(value)]
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def setting(default: Any, doc: str) -> Any:
@@ -70,6 +84,16 @@ class CmiSettings:
     pool: str = setting("default", "Address pool that Services' VIPs come from")
     pool_cidrs: str = setting(
         "", "If set, cmi creates or updates that pool with these CIDRs (comma-separated)"
+    )
+    endpoint_slices_from: str = setting(
+        "",
+        "Namespaces (comma-separated; * for all) whose hand-made EndpointSlices cmi uses; "
+        "elsewhere only those of Kubernetes' EndpointSlice controller",
+    )
+    refused_backend_cidrs: str = setting(
+        "",
+        "CIDRs no endpoint may point into, besides `pool_cidrs`, loopback and link-local "
+        "(comma-separated: the Service CIDR, the API server, Redis, other pools)",
     )
     holdoff_ms: int = setting(
         75, "Wait this long for more changes before writing (Contour-style hold-off)"

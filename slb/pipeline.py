@@ -85,6 +85,9 @@ def make_app(settings: Settings, *, include_tasks: bool = True) -> Celery:
             }
         },
         worker_hijack_root_logger=False,
+        # No remote control: any client of the broker (an LB node's worker user among them)
+        # could otherwise shut every worker down, or change their queues, by a broadcast.
+        worker_enable_remote_control=False,
     )
     app.conf.openslb_settings = settings
     return app

@@ -47,7 +47,43 @@ def _port_ref(value: object) -> int | str:
 Name = Annotated[str, AfterValidator(_dns_label)]
 PortRef = Annotated[int | str, PlainValidator(_port_ref, json_schema_input_type=int | str)]
 Port = Annotated[int, Field(ge=1, le=65535)]
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _plain_address(
+    value: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """One spelling per address: no zone id (`%eth0`: it names an interface of one host, and
+    breaks every tool it reaches), no IPv4 address in IPv6 clothing."""
+    if isinstance(value, ipaddress.IPv6Address):
+        if value.scope_id is not None:
+            raise ValueError(f"{value}: a zone id (%{value.scope_id}) is not allowed")
+        if value.ipv4_mapped is not None:
+            raise ValueError(f"{value}: write the IPv4 address {value.ipv4_mapped} itself")
+    return value
+
+
+def _vip(
+    value: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A VIP clients can reach: not an address that means "any", "this host", "this link"
+    or "a group"."""
+    unusable = (
+        "unspecified" if value.is_unspecified
+        else "loopback" if value.is_loopback
+        else "link-local" if value.is_link_local
+        else "multicast" if value.is_multicast
+        else "broadcast" if value == ipaddress.IPv4Address("255.255.255.255")
+        else None
+    )  # fmt: skip
+    if unusable:
+        raise ValueError(f"{value} is a {unusable} address, not one a VIP can be")
+    return value
+
+
+IPAddress: TypeAlias = Annotated[
+    ipaddress.IPv4Address | ipaddress.IPv6Address, AfterValidator(_plain_address)
+]
+VIPAddress: TypeAlias = Annotated[IPAddress, AfterValidator(_vip)]
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from slb.model.base import Model, Owner, StoredObject
 from slb.model.errors import CrossFieldError
-from slb.model.fields import IPAddress, IPNetwork, Name
+from slb.model.fields import IPAddress, IPNetwork, Name, VIPAddress
 from slb.model.traffic import HealthCheck
 
 
@@ -49,7 +49,7 @@ class LoadBalancer(StoredObject):
     kind: ClassVar[str] = "LoadBalancer"
 
     name: Name
-    vip: IPAddress | None = None
+    vip: VIPAddress | None = None
     pool: Name | None = None
     node_group: Name = "default"
     owner: Owner

@@ -78,9 +78,13 @@ class HealthCheck(Model):
     """Active health check from the LB node; bounds follow Alibaba Cloud SLB's."""
 
     type: HealthCheckType = HealthCheckType.TCP
-    path: str | None = Field(default=None, max_length=1024)
+    path: str | None = Field(
+        default=None, max_length=1024, pattern=r"^/[-A-Za-z0-9._~!$&'()*+,;=:@/%?]*$"
+    )
+    """A URL path (and query) as sent on the wire: visible ASCII only, so nothing can end the
+    request line or add a header (CR, LF, spaces)."""
     expected_codes: str | None = Field(default=None, pattern=r"^\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*$")
-    grpc_service: str | None = Field(default=None, max_length=256)
+    grpc_service: str | None = Field(default=None, max_length=256, pattern=r"^[A-Za-z0-9_.]*$")
     interval_s: int = Field(default=2, ge=1, le=50)
     timeout_s: int = Field(default=5, ge=1, le=300)
     healthy_threshold: int = Field(default=3, ge=2, le=10)

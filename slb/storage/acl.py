@@ -15,8 +15,8 @@ file in `redis.password_file`. Keys live under the store prefix `P`:
   (`P:status:*`, `P:l4:*`, `P:applies:*`, the time series `P:ts:*`,
   `P:ts-index:*`) and Celery's keys. Celery's Redis transport (kombu) and result backend
   put every key and channel under `P:celery:` (`global_keyprefix`): queues, `unacked*`,
-  `_kombu.binding.*`, `celery-task-meta-*`, the remote-control fanout channel
-  (`/DB.celery.pidbox`) and the result channels; the tests run a real worker under this
+  `_kombu.binding.*`, `celery-task-meta-*` and the result channels (remote control is off:
+  no worker listens for broadcasts); the tests run a real worker under this
   user and check Redis's ACL log for anything it was denied. A
   node that is taken over can thus neither rewrite the desired state, nor read console
   accounts or the audit trail, nor flush or reconfigure Redis.
@@ -46,9 +46,8 @@ def key_rules(role: str, prefix: str, db: int = 0) -> list[str]:
     """The key and channel patterns of a role (`%R~` read only, `~` read and write, `&`
     pub/sub channels)."""
     # Celery publishes and SUBSCRIBEs (results) on channels under P:celery:, which the
-    # glob grants; a worker PSUBSCRIBEs to the remote-control fanout topic, and Redis lets
-    # a PSUBSCRIBE through only if its pattern is literally one the user was granted.
-    channels = [f"&{prefix}:celery:*", f"&{prefix}:celery:/{db}.celery.pidbox"]
+    # glob grants. (Remote control is off, so no worker PSUBSCRIBEs to its fanout topic.)
+    channels = [f"&{prefix}:celery:*"]
     if role == "cmi":
         return [f"~{prefix}:*", *channels]
     if role == "console":

@@ -12,12 +12,19 @@ JSON of the leader's `ControllerBeat`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
+from pydantic import TypeAdapter, ValidationError
+
 from slb.storage.store import Store
+
+log = logging.getLogger(__name__)
 
 Tier = Literal["l4", "l7"]
 
@@ -49,8 +56,46 @@ class ControllerBeat:
         return max(0.0, (time.time() if now is None else now) - self.at)
 
 
+MAX_ERROR_CHARS = 4096
+"""A reported error longer than this is cut (a report is a line for the operator)."""
+
+
+def _parse_status(tier: Tier, node: str, raw: bytes) -> TierStatus | None:
+    """A status entry as written by `StatusBoard.report`, or None (said once) if it is not
+    one: the hash is writable by every LB node, so an entry may be forged or malformed, and
+    must never stop cmi's readiness check or a console page."""
+    try:
+        status = _STATUS.validate_json(raw, strict=True)
+        if status.tier != tier or status.node != node:
+            raise ValueError(f"an entry of {status.tier} node {status.node!r}")
+        if not math.isfinite(status.updated_at) or status.revision < 0:
+            raise ValueError("updated_at or revision out of range")
+    except (ValidationError, ValueError) as exc:
+        _say_once(f"ignoring the {tier} status of {node!r}: not a status report ({exc})", raw)
+        return None
+    if status.error is not None and len(status.error) > MAX_ERROR_CHARS:
+        status = replace(status, error=status.error[:MAX_ERROR_CHARS] + "...")
+    return status
+
+
+_STATUS = TypeAdapter(TierStatus)
+_said: set[str] = set()
+
+
+def _say_once(message: str, raw: bytes) -> None:
+    digest = hashlib.sha256(message.encode() + raw).hexdigest()
+    if digest not in _said:
+        if len(_said) > 10_000:
+            _said.clear()
+        _said.add(digest)
+        log.warning("%s", message[:500])
+
+
 BEAT_S = 2.0
 """How often the leading cmi beats; the console calls it silent after a few missed."""
+
+
+_BEAT = TypeAdapter(ControllerBeat)
 
 
 class StatusBoard:
@@ -76,7 +121,9 @@ class StatusBoard:
 
     def all(self, tier: Tier) -> dict[str, TierStatus]:
         raw = self.store.redis.hgetall(self.store.key("status", tier))
-        return {k.decode(): TierStatus(**json.loads(v)) for k, v in raw.items()}
+        found = {k.decode(errors="replace"): v for k, v in raw.items()}
+        parsed = {node: _parse_status(tier, node, v) for node, v in found.items()}
+        return {node: status for node, status in parsed.items() if status is not None}
 
     def controller_beat(self, identity: str, epoch: int, revision: int) -> None:
         beat = ControllerBeat(identity, epoch, revision, time.time())
@@ -85,7 +132,13 @@ class StatusBoard:
     def controller(self) -> ControllerBeat | None:
         """The last beat of a leading cmi; None if none ever led."""
         raw = self.store.redis.get(self.store.key("status", "cmi"))
-        return ControllerBeat(**json.loads(raw)) if raw else None
+        if not raw:
+            return None
+        try:
+            return _BEAT.validate_json(raw, strict=True)
+        except ValidationError as exc:
+            _say_once(f"ignoring the controller's beat: not one ({exc})", raw)
+            return None
 
     def alarm(self, consumer: str, why: str | None) -> None:
         """A consumer holds its last good state (why), or no longer does (None)."""
@@ -103,4 +156,5 @@ class StatusBoard:
     def alarms(self) -> dict[str, str]:
         """Consumer -> why it holds its last good state (`slb.integrity`)."""
         raw = self.store.redis.hgetall(self.store.key("status", "alarms"))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {k.decode(errors="replace"): v.decode(errors="replace")[:MAX_ERROR_CHARS]
+                for k, v in raw.items()}  # fmt: skip

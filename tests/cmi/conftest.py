@@ -83,6 +83,7 @@ def cmi(
             CmiSettings(
                 namespace=namespace, pool_cidrs=POOL, holdoff_ms=50, max_holdoff_ms=300,
                 resync_s=3600, release_grace_s=60, vip_record="",
+                endpoint_slices_from="*",  # the test bed has no EndpointSlice controller
             ),
             **overrides,
         )  # fmt: skip

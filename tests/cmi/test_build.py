@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 from typing import Any
 
 import pytest
 
 from cmi import annotation
-from cmi.build import Defaults, Previous, build, dedicated_name, short_name
+from cmi.build import (
+    MANAGED_BY_LABEL,
+    SLICE_CONTROLLER,
+    Defaults,
+    Previous,
+    build,
+    dedicated_name,
+    short_name,
+)
 from slb.model import LoadBalancer, Owner, OwnerKind, Protocol
 
-DEFAULTS = Defaults()
+DEFAULTS = Defaults(endpoint_slices_from=frozenset({"*"}))  # the slices here are hand-made
 EXPOSED = {"app": "cart", annotation.EXPOSE_LABEL: "true"}
 SHARED = LoadBalancer(
     name="public",
@@ -286,3 +295,49 @@ def test_explicit_vip_and_names() -> None:
     assert "openslb.io/vip" in bad.events[0].message
     assert short_name("a-b", "c") != short_name("a", "b-c")
     assert len(short_name("x" * 60, "y" * 60)) <= 63
+
+
+def labelled(slice_: dict[str, Any], managed_by: str) -> dict[str, Any]:
+    labels = {"kubernetes.io/service-name": "cart", MANAGED_BY_LABEL: managed_by}
+    return {**slice_, "metadata": {"name": f"cart-{managed_by}", "labels": labels}}
+
+
+def backend_addresses(built: Any) -> set[str]:
+    return {str(b.address) for b in built.service.backends.get("grpc", ())}
+
+
+def test_only_the_endpointslice_controllers_slices_count_by_default() -> None:
+    """A tenant who may write EndpointSlices must not point its VIP anywhere it likes (#14):
+    without `cmi.endpoint_slices_from`, only the controller's slices of a Service with a
+    selector are used."""
+    ours = labelled(endpoint_slice([("198.18.1.1", "n1", READY)]), SLICE_CONTROLLER)
+    forged = labelled(endpoint_slice([("198.18.7.7", "n1", READY)]), "someone-else")
+    selected = service(selector={"app": "cart"})
+    built = run(selected, [ours, forged], defaults=Defaults())
+    assert backend_addresses(built) == {"198.18.1.1"}
+    assert [e.reason for e in built.events] == ["EndpointSlicesIgnored"]
+    assert "1 EndpointSlice(s)" in built.events[0].message
+    no_selector = run(service(), [ours], defaults=Defaults())  # the controller makes none
+    assert backend_addresses(no_selector) == set()
+    allowed = Defaults(endpoint_slices_from=frozenset({"shop"}))
+    assert backend_addresses(run(service(), [ours, forged], defaults=allowed)) == {
+        "198.18.1.1", "198.18.7.7"
+    }  # fmt: skip
+
+
+def test_endpoints_in_ranges_openslb_keeps_are_refused() -> None:
+    slice_ = endpoint_slice([
+        ("198.18.1.1", "n1", READY), ("127.0.0.1", "n1", READY), ("169.254.169.254", "n1", READY),
+        ("198.18.0.9", "n1", READY), ("::1", "n1", READY),
+    ])  # fmt: skip
+    defaults = Defaults(
+        endpoint_slices_from=frozenset({"*"}),
+        refused_backends=(ipaddress.ip_network("198.18.0.0/24"),),  # the VIP pool
+    )
+    built = run(service(), [slice_], defaults=defaults)
+    assert backend_addresses(built) == {"198.18.1.1"}
+    refused = [e for e in built.events if e.reason == "EndpointsRefused"]
+    assert len(refused) == 1
+    assert "4 endpoint address(es) refused (127.0.0.1, 169.254.169.254, 198.18.0.9, ::1)" in (
+        refused[0].message
+    )

@@ -534,3 +534,37 @@ def test_the_service_says_when_every_node_serves_it(
                     for r, m in events(admin, namespace, "cart")),
         "an Event while a data plane keeps its last good state",
     )  # fmt: skip
+
+
+def test_a_hand_made_endpointslice_cannot_point_a_vip_elsewhere(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """A tenant who may write EndpointSlices points its VIP at another tenant's pod, at a
+    VIP and at Redis' subnet: by default cmi takes only the EndpointSlice controller's
+    slices, and never an endpoint in a range it refuses (#14). (The API server itself
+    refuses loopback and link-local endpoints.)"""
+    cmi(endpoint_slices_from="", refused_backend_cidrs="198.18.5.0/24")
+    create(admin, namespace, service_body("cart", labels=EXPOSE, selector={"app": "cart"}))
+    forged = slice_body("cart", "cart-forged", ["198.18.1.66"])
+    forged["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] = "tenant"
+    put_slice(admin, namespace, forged)
+    labelled = slice_body("cart", "cart-labelled", ["198.18.0.200", "198.18.5.1", "198.18.1.1"])
+    labelled["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] = (
+        "endpointslice-controller.k8s.io"  # the label alone is not enough to point anywhere
+    )
+    put_slice(admin, namespace, labelled)
+    key = f"{namespace}/cart"
+    eventually(
+        lambda: (
+            (s := store.get(Service, key)) is not None
+            and {str(b.address) for b in s.obj.backends.get("grpc", ())} == {"198.18.1.1"}
+        ),
+        "only the controller's slice, without the refused endpoints",
+    )
+    eventually(
+        lambda: (
+            {"EndpointSlicesIgnored", "EndpointsRefused"}
+            <= {reason for reason, _ in events(admin, namespace, "cart")}
+        ),
+        "the Events that say why",
+    )

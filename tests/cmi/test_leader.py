@@ -115,6 +115,7 @@ def cmi_env(
         "OPENSLB_KUBE_KUBECONFIG": str(kubeconfig),
         "OPENSLB_CMI_NAMESPACE": namespace,
         "OPENSLB_CMI_POOL_CIDRS": POOL,
+        "OPENSLB_CMI_ENDPOINT_SLICES_FROM": "*",
         "OPENSLB_CMI_LEASE_NAME": lease,
     }
 

@@ -33,7 +33,8 @@ def test_the_controller_outlives_a_redis_restart(
 ) -> None:
     server = RedisServer(tmp_path / "redis").start()
     store = Store(server.client(), prefix="outage")
-    settings = CmiSettings(namespace=namespace, pool_cidrs=POOL, holdoff_ms=50, resync_s=3600)
+    settings = CmiSettings(namespace=namespace, pool_cidrs=POOL, holdoff_ms=50, resync_s=3600,
+                           endpoint_slices_from="*")  # fmt: skip
     controller = Controller(KubeClient.from_kubeconfig(str(cmi_kubeconfig)), store, settings,
                             identity="test-cmi")  # fmt: skip
     running = Running(controller, store).start()

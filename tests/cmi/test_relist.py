@@ -36,7 +36,8 @@ def test_a_watch_resumed_after_compaction_relists_and_converges(
         admin.request("POST", "/api/v1/namespaces/relist/services", body=body)
 
     create("before")
-    settings = CmiSettings(namespace="relist", pool_cidrs=POOL, holdoff_ms=20, resync_s=3600)
+    settings = CmiSettings(namespace="relist", pool_cidrs=POOL, holdoff_ms=20, resync_s=3600,
+                           endpoint_slices_from="*")  # fmt: skip
     running = Running(Controller(admin, store, settings, identity="relist"), store).start()
     try:
         informer = running.controller.cluster.services

@@ -428,3 +428,12 @@ def test_envoy_takes_a_renewed_certificate_and_ca_without_a_restart(
     assert bed.xds.metric("openslb_xds_refused_streams_total") == 0
     assert n1.stats(CONNECTED)[CONNECTED] == 1
     assert n1.process.pid == pid  # the same Envoy, never restarted
+
+
+def test_plaintext_on_a_public_bind_needs_an_explicit_flag(tmp_path: Path) -> None:
+    """Without TLS, `slb xds` hands private keys to any client: not on a public address by
+    mistake (#14)."""
+    refused = CliRunner().invoke(main, ["xds", "--bind", "198.18.0.5:18000"])
+    assert refused.exit_code == 2
+    assert "--insecure-plaintext" in refused.output
+    assert "198.18.0.5:18000 is not loopback" in refused.output

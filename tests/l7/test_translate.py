@@ -143,7 +143,7 @@ def test_endpoints_encoded_to_the_wire_equal_the_messages(scheduler: str) -> Non
         Backend.model_validate({"address": a, "port": p, "weight": w})
         for a, p, w in [
             ("198.18.0.1", 80, 1), ("198.18.255.254", 65535, 65535), ("2001:db8::1", 16384, 7),
-            ("198.18.0.2", 8080, 0), ("::ffff:198.18.0.3", 1, 16383),
+            ("198.18.0.2", 8080, 0), ("2001:db8::ffff:c612:3", 1, 16383),
         ]
     )  # fmt: skip
     expected = endpoint_pb2.ClusterLoadAssignment(cluster_name="web/" + "x" * 200)

@@ -10,6 +10,7 @@ import pkgutil
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from devbed.pki import self_signed
 from slb import model
@@ -295,3 +296,38 @@ def test_the_package_is_the_one_import_path() -> None:
             and not name.startswith("_")
         }
     assert defined - {"Model"} <= set(model.__all__)
+
+
+@pytest.mark.parametrize(
+    ("vip", "why"),
+    [
+        ("fe80::1%eth0", "zone id"),
+        ("2001:db8::1%1", "zone id"),
+        ("::ffff:198.18.0.9", "write the IPv4 address 198.18.0.9"),
+        ("0.0.0.0", "unspecified"),  # noqa: S104 - a VIP refused, nothing bound
+        ("::", "unspecified"),
+        ("127.0.0.1", "loopback"),
+        ("fe80::1", "link-local"),
+        ("169.254.0.1", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+    ],
+)
+def test_a_vip_is_one_clients_can_reach_in_one_spelling(vip: str, why: str) -> None:
+    """A zone id once passed and broke the whole node group's L4 apply (#14)."""
+    with pytest.raises(model.ModelError) as refused:
+        model.parse("LoadBalancer", {"name": "lb", "vip": vip, "owner": {"kind": "Operator",
+                                                                        "name": "o"}})  # fmt: skip
+    assert [e.field for e in refused.value.errors] == ["vip"]
+    assert why in str(refused.value)
+    assert model.parse("LoadBalancer", {"name": "lb", "vip": "198.18.0.9",
+                                        "owner": {"kind": "Operator", "name": "o"}})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path", ["/healthz\r\nHost: evil", "/a b", "/x\n", "healthz", '/"quoted"', "/tab\there"]
+)
+def test_a_health_check_path_cannot_end_the_request_line(path: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        model.HealthCheck.model_validate({"type": "http", "path": path})
+    assert [e["loc"] for e in refused.value.errors()] == [("path",)]

@@ -135,9 +135,9 @@ def test_a_celery_worker_consumes_tasks_as_the_worker_user(
     acl_redis: AclRedis, tmp_path: Path
 ) -> None:
     """Every key and channel a Celery worker touches (its queue, `unacked`, the bindings,
-    remote control, the queues it sends to) is in the worker user's rules. (An LB node's
-    worker needs IPVS, which this kernel has not: the drift re-assertion's worker stands
-    in, run as the worker user; the lab VM runs the node's own.)"""
+    the queues it sends to) is in the worker user's rules, and no one controls it remotely.
+    (An LB node's worker needs IPVS, which this kernel has not: the drift re-assertion's
+    worker stands in, run as the worker user; the lab VM runs the node's own.)"""
     acl_redis.admin.acl_log_reset()
     cmi = acl_redis.store("cmi")
     cmi.put(NodeGroup(name="g", nodes=(LBNode(name="lb1", address="198.18.0.21"),)))
@@ -150,8 +150,17 @@ def test_a_celery_worker_consumes_tasks_as_the_worker_user(
         app = make_app(settings, include_tasks=False)
         app.send_task(REASSERT)
         wait_until(lambda: acl_redis.admin.llen(queue) > 0, 60, "the node's apply task sent")
-        assert app.control.ping(timeout=5), "the worker answers remote control"
         app.close()
+        # Remote control is off: a broadcast from any broker client (here an LB node's
+        # worker user) neither reaches nor stops the worker, which goes on consuming.
+        node = make_app(config.load(environ=acl_redis.env("worker")), include_tasks=False)
+        assert node.control.ping(timeout=2) == []
+        node.control.broadcast("shutdown")
+        acl_redis.admin.delete(queue)
+        node.send_task(REASSERT)
+        wait_until(lambda: acl_redis.admin.llen(queue) > 0, 60, "a task after the broadcast")
+        assert worker.check_alive()
+        node.close()
     finally:
         worker.stop()
     log = worker.log_path.read_text()

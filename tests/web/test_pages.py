@@ -399,3 +399,14 @@ def test_the_status_page_shows_a_consumer_that_holds_its_last_good_state(
     assert "the store is empty: &lt;nothing&gt; wrote it" in fragment  # escaped
     board.alarm("xds", None)
     assert "data-alarm" not in client.get("/status/controller").get_data(as_text=True)
+
+
+def test_a_forged_status_report_never_breaks_a_page(
+    client: FlaskClient, auth: Auth, store: Store
+) -> None:
+    """Every LB node may write the status board: a malformed entry is ignored (#14)."""
+    store.redis.hset(store.key("status", "l4"), "evil", b'{"tier": "l4", "node": []}')
+    store.redis.hset(store.key("status", "l7"), "evil", b"not json")
+    auth.login("admin")
+    for path in ("/", "/listeners", "/api/v1/status", "/metrics"):
+        assert client.get(path).status_code == 200, path
