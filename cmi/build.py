@@ -14,7 +14,6 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, cast
 
 from pydantic import ValidationError
@@ -105,9 +104,10 @@ def service_key(body: Body) -> str:
 
 
 def short_name(*parts: str) -> str:
-    """A DNS label from parts, with a short hash so distinct parts never collide."""
-    digest = hashlib.sha256("/".join(parts).encode()).hexdigest()[:5]
-    base = "-".join(parts)[: 63 - 6].rstrip("-")
+    """A DNS label from parts, ending in 64 bits of their hash: distinct parts never collide
+    by chance, nor by a name someone chose to (that would take 2^64 tries)."""
+    digest = hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
+    base = "-".join(parts)[: 63 - 17].rstrip("-")
     return f"{base}-{digest}"
 
 
@@ -165,8 +165,10 @@ def build(
     defaults: Defaults,
     previous: Previous,
     instances: Mapping[str, LoadBalancer],
+    now: float = 0.0,
 ) -> Built:
-    """What this Service should own in the store, and what to tell its owner."""
+    """What this Service should own in the store, and what to tell its owner; `now` stamps
+    the listeners that claim a port afresh."""
     key = service_key(body)
     meta, spec = body["metadata"], body.get("spec") or {}
     expose = (meta.get("labels") or {}).get(EXPOSE_LABEL)
@@ -189,16 +191,20 @@ def build(
             pool=settings.pool or defaults.pool,
             node_group=settings.node_group or defaults.node_group,
             owner=Owner(kind=OwnerKind.SERVICE, name=key),
+            namespace=meta["namespace"],
         )
         if vip is None:
             stored = previous.load_balancer.vip if previous.load_balancer else None
             remembered = stored or _ingress_vip(body)
     else:
         instance = expose
-        if instance not in instances:
+        if instance not in instances or not instances[instance].admits(meta["namespace"]):
+            # The same words whether it does not exist or is another tenant's: an Event
+            # tells a tenant nothing about other namespaces' instances.
             events.append(
                 Event("Warning", "InstanceNotFound",
-                      f"label {EXPOSE_LABEL}={expose}: no load balancer instance named {expose!r}")
+                      f"label {EXPOSE_LABEL}={expose}: no load balancer instance named "
+                      f"{expose!r} that Services of namespace {meta['namespace']} may join")
             )  # fmt: skip
             return Built(key, exposed=False, events=tuple(events))
         if settings.vip is not None:
@@ -234,7 +240,7 @@ def build(
     listeners = _listeners(
         key, instance, ports,
         settings=settings, served=previous.listeners, keep_served=parsed.settings is None,
-        created_at=_created_at(meta), events=events,
+        now=now, events=events,
     )  # fmt: skip
     return Built(
         key,
@@ -477,13 +483,6 @@ def endpoint_ip(text: str) -> IPAddress | None:
     return ip
 
 
-def _created_at(meta: Body) -> float:
-    stamp = meta.get("creationTimestamp")
-    if not stamp:
-        return 0.0
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
 def _listeners(
     key: str,
     instance: str,
@@ -492,11 +491,15 @@ def _listeners(
     settings: ServiceSettings,
     served: Mapping[str, Listener],
     keep_served: bool,
-    created_at: float,
+    now: float,
     events: list[Event],
 ) -> list[Listener]:
     """One listener per port. A port whose settings do not fit it keeps the listener it
-    was served with, if any; with `keep_served` (bad annotations) every port does."""
+    was served with, if any; with `keep_served` (bad annotations) every port does.
+
+    `created_at` is when the listener first claimed its instance's port (`now`, or kept from
+    the one served on that instance): older claims win conflicts, so relabelling an old
+    Service wins nothing (its creationTimestamp did)."""
     namespace, name = key.split("/", 1)
     owner = Owner(kind=OwnerKind.SERVICE, name=key)
     listeners = []
@@ -521,7 +524,11 @@ def _listeners(
             "port": port.port,
             "target_port": port.port if not port.name or port.name.isdigit() else port.name,
             "owner": owner,
-            "created_at": created_at,
+            "created_at": (
+                before.created_at
+                if before is not None and before.load_balancer == instance
+                else now
+            ),
             **{k: v for k, v in fields.items() if _applies(k, protocol)},
         }
         if protocol.is_l7 and data.get("backend_protocol") is None:

@@ -9,6 +9,7 @@ The build step reads a Service's inputs from here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 
 from cmi import build as builder
@@ -73,6 +74,7 @@ class Cluster:
             defaults=self.defaults,
             previous=previous,
             instances=instances,
+            now=time.time(),
         )
 
     def _service_changed(self, key: str, body: Body) -> None:

@@ -19,7 +19,7 @@ from functools import partial
 import redis
 
 from cmi import grace, readiness, vips
-from cmi.build import Built, Previous
+from cmi.build import Built, Previous, refused
 from cmi.cluster import Cluster, sharing
 from cmi.conflicts import port_conflicts
 from cmi.debounce import Debouncer
@@ -278,7 +278,8 @@ class Controller:
         # store gives it that VIP before any new Service can draw it.
         builds.sort(key=lambda item: item[2].remembered_vip is None)
         results: list[tuple[str, Built, list[StoredObject]]] = [
-            (key, *vips.desired(b, previous, self.ipam, pools)) for key, previous, b in builds
+            self._not_taken(key, previous, *vips.desired(b, previous, self.ipam, pools))
+            for key, previous, b in builds
         ]
         results.sort(key=lambda item: item[0])
         ops = [  # 5. diff
@@ -295,6 +296,22 @@ class Controller:
         for key, built, _ in results:
             self.reporter.written(key, built, conflicts.by_service.get(key, {}))
         return self.revision
+
+    def _not_taken(
+        self, key: str, previous: Previous, built: Built, objects: list[StoredObject]
+    ) -> tuple[str, Built, list[StoredObject]]:
+        """A Service never overwrites an object of the same name that another owner holds
+        (an operator's listener, another Service's): it keeps what it was served with."""
+        taken = [
+            o for o in objects
+            if (held := self.mirror.objects.get((o.kind, o.key))) is not None
+            and getattr(held, "owner", None) not in (None, getattr(o, "owner", None))
+        ]  # fmt: skip
+        if not taken:
+            return key, built, objects
+        names = ", ".join(f"{o.kind} {o.key}" for o in taken)
+        kept = refused(key, previous, f"the name(s) {names} are taken by another owner")
+        return key, kept, [o for o in (kept.service, *kept.listeners, kept.dedicated) if o]
 
     def _commit(self, ops: Sequence[Put | Delete], **meta: str) -> None:
         """One fenced write; the mirror follows it. A write that lands behind the last one

@@ -274,6 +274,7 @@ SHARED = LoadBalancer(
     name=SHARED_INSTANCE,
     vip=ipaddress.ip_address("198.18.0.10"),
     owner=Owner(kind=OwnerKind.OPERATOR, name="ops"),
+    allowed_namespaces=("*",),  # the generated Services come from every namespace
 )
 DEDICATED_VIP = ipaddress.ip_address("198.18.0.11")
 LB_NODE = "lb-1"

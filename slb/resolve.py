@@ -162,11 +162,18 @@ def claim_ports(
     balancers: Mapping[str, LoadBalancer], listeners: Iterable[Listener]
 ) -> tuple[list[tuple[Listener, IPAddress]], list[Rejected]]:
     """Which listeners hold their VIP:port/transport (with the VIP), and which are rejected:
-    of two listeners with one `port_key`, the older (`created_at`, then name) wins."""
+    of two listeners with one `port_key`, the one its instance's owner made wins, then the
+    older claim (`created_at`, then name)."""
     winners: list[tuple[Listener, IPAddress]] = []
     rejected: list[Rejected] = []
     claimed: dict[PortKey, str] = {}
-    for listener in sorted(listeners, key=lambda li: (li.created_at, li.name)):
+
+    def order(listener: Listener) -> tuple[bool, float, str]:
+        balancer = balancers.get(listener.load_balancer)
+        owners = balancer is not None and _owns(balancer, listener)
+        return not owners, listener.created_at, listener.name
+
+    for listener in sorted(listeners, key=order):
         balancer = balancers.get(listener.load_balancer)
         if balancer is None:
             rejected.append(
@@ -178,13 +185,23 @@ def claim_ports(
             rejected.append(Rejected(listener.name, reason, pending=True))
             continue
         key = port_key(listener, balancer)
-        if (holder := claimed.get(key)) is not None:
-            reason = f"{key} is already taken by the older listener {holder!r}"
+        if key in claimed:
+            reason = (  # a listener of another tenant's: not named (Events reach tenants)
+                f"{key} is already taken (by its instance's owner, or an earlier claim)"
+            )
             rejected.append(Rejected(listener.name, reason))
             continue
         claimed[key] = listener.name
         winners.append((listener, balancer.vip))
     return winners, rejected
+
+
+def _owns(balancer: LoadBalancer, listener: Listener) -> bool:
+    """Is the listener its instance's owner's: an operator's on an operator's instance, or
+    the instance's Service's own?"""
+    if balancer.owner.kind is OwnerKind.OPERATOR:
+        return listener.owner.kind is OwnerKind.OPERATOR
+    return listener.owner == balancer.owner
 
 
 class ExposedServices:

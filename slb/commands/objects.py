@@ -188,15 +188,28 @@ def lb_group() -> None:
 @click.option("--vip", help="A fixed VIP (else one is allocated from --pool).")
 @click.option("--pool", help="Address pool to allocate the VIP from.")
 @click.option("--node-group", default="default", show_default=True)
+@click.option("--namespace", help="The tenant it is for (default: the cluster's).")
+@click.option(
+    "--allow", "allowed", multiple=True,
+    help="A namespace whose Services may join it too (repeatable; '*': every one).",
+)  # fmt: skip
 @click.pass_obj
-def lb_add(
-    settings: config.Settings, name: str, vip: str | None, pool: str | None, node_group: str
+def lb_add(  # noqa: PLR0917 - click passes options as arguments
+    settings: config.Settings,
+    name: str,
+    vip: str | None,
+    pool: str | None,
+    node_group: str,
+    namespace: str | None,
+    allowed: tuple[str, ...],
 ) -> None:
-    """Create instance NAME."""
+    """Create instance NAME. Services join it with `openslb.io/expose=NAME`: those of its
+    namespace and of the --allow ones."""
     with _reported():
         stored = _operations(settings).add_load_balancer(
-            {"name": name, "vip": vip, "pool": pool, "node_group": node_group}
-        )
+            {"name": name, "vip": vip, "pool": pool, "node_group": node_group,
+             "namespace": namespace, "allowed_namespaces": list(allowed)}
+        )  # fmt: skip
     click.echo(f"instance {name} created at revision {stored.revision}")
 
 

@@ -45,6 +45,14 @@ def _port_ref(value: object) -> int | str:
 
 
 Name = Annotated[str, AfterValidator(_dns_label)]
+
+
+def _namespace_ref(value: str) -> str:
+    return value if value == "*" else _dns_label(value)
+
+
+NamespaceRef = Annotated[str, AfterValidator(_namespace_ref)]
+"""A namespace's name, or `*` for every namespace."""
 PortRef = Annotated[int | str, PlainValidator(_port_ref, json_schema_input_type=int | str)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from slb.model.base import Model, Owner, StoredObject
 from slb.model.errors import CrossFieldError
-from slb.model.fields import IPAddress, IPNetwork, Name, VIPAddress
+from slb.model.fields import IPAddress, IPNetwork, Name, NamespaceRef, VIPAddress
 from slb.model.traffic import HealthCheck
 
 
@@ -53,12 +53,26 @@ class LoadBalancer(StoredObject):
     pool: Name | None = None
     node_group: Name = "default"
     owner: Owner
+    namespace: Name | None = None
+    """The tenant that owns it: its Service's namespace, or the one an operator made it for;
+    None: the cluster's (an operator's shared instance)."""
+    allowed_namespaces: tuple[NamespaceRef, ...] = ()
+    """Whose Services may also join it (`openslb.io/expose=NAME`), as Gateway API's
+    `allowedRoutes`: its own namespace always, these too, `*` every one."""
 
     @model_validator(mode="after")
     def _has_address_source(self) -> Self:
         if self.vip is None and self.pool is None:
             raise CrossFieldError([("vip", "give a fixed vip or a pool to allocate one from")])
         return self
+
+    def admits(self, namespace: str) -> bool:
+        """May a Service of `namespace` join this instance?"""
+        return (
+            namespace == self.namespace
+            or "*" in self.allowed_namespaces
+            or namespace in self.allowed_namespaces
+        )
 
 
 class Certificate(StoredObject):

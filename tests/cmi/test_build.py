@@ -20,6 +20,7 @@ from cmi.build import (
 )
 from slb.model import LoadBalancer, Owner, OwnerKind, Protocol
 
+NOW = 1_800_000_000.0
 DEFAULTS = Defaults(endpoint_slices_from=frozenset({"*"}))  # the slices here are hand-made
 EXPOSED = {"app": "cart", annotation.EXPOSE_LABEL: "true"}
 SHARED = LoadBalancer(
@@ -27,6 +28,7 @@ SHARED = LoadBalancer(
     vip="198.18.0.10",
     pool="default",
     owner=Owner(kind=OwnerKind.OPERATOR, name="ops"),
+    allowed_namespaces=("shop",),
 )
 
 
@@ -93,6 +95,7 @@ def run(body: dict[str, Any], slices: list[dict[str, Any]] | None = None, **kw: 
         defaults=kw.pop("defaults", DEFAULTS),
         previous=kw.pop("previous", Previous()),
         instances=kw.pop("instances", {"public": SHARED}),
+        now=kw.pop("now", NOW),
     )
 
 
@@ -114,7 +117,7 @@ def test_expose_true_gets_a_dedicated_instance_and_a_listener_per_port() -> None
     }
     assert built.service is not None
     assert [str(b.address) for b in built.service.backends["grpc"]] == ["198.18.1.1", "198.18.1.2"]
-    assert all(li.created_at == 1767323045.0 for li in built.listeners)
+    assert all(li.created_at == NOW for li in built.listeners)  # claimed now, not at creation
     assert built.events == ()
 
 
@@ -127,6 +130,38 @@ def test_another_value_shares_an_existing_instance() -> None:
     missing = run(service(labels={annotation.EXPOSE_LABEL: "nosuch"}))
     assert not missing.exposed
     assert [e.reason for e in missing.events] == ["InstanceNotFound"]
+
+
+def test_a_service_joins_only_an_instance_its_namespace_may_use() -> None:
+    """Another tenant's dedicated instance, or an operator's that does not list the
+    namespace, is refused in the same words as one that does not exist (#14)."""
+    theirs = LoadBalancer(
+        name=dedicated_name("tenant-a", "web"), pool="default", namespace="tenant-a",
+        owner=Owner(kind=OwnerKind.SERVICE, name="tenant-a/web"),
+    )  # fmt: skip
+    closed = SHARED.model_copy(update={"name": "closed", "allowed_namespaces": ()})
+    everyone = SHARED.model_copy(update={"name": "everyone", "allowed_namespaces": ("*",)})
+    instances = {i.name: i for i in (theirs, closed, everyone)}
+    said = set()
+    for name in (theirs.name, "closed", "nosuch"):
+        built = run(service(labels={annotation.EXPOSE_LABEL: name}), instances=instances)
+        assert not built.exposed
+        assert [e.reason for e in built.events] == ["InstanceNotFound"]
+        said.add(built.events[0].message.replace(name, "NAME"))
+    assert len(said) == 1  # nothing tells them apart
+    joined = run(service(labels={annotation.EXPOSE_LABEL: "everyone"}), instances=instances)
+    assert joined.instance == "everyone"
+    mine = run(service())
+    assert mine.dedicated is not None
+    assert mine.dedicated.namespace == "shop"
+    assert mine.dedicated.admits("shop")
+    assert not mine.dedicated.admits("tenant-a")
+
+
+def test_generated_names_carry_64_bits_of_hash() -> None:
+    name = dedicated_name("shop", "cart")
+    assert len(name.rsplit("-", 1)[1]) == 16
+    assert dedicated_name("shop-c", "art") != dedicated_name("shop", "c-art")
 
 
 def test_unlabelled_or_deleted_services_own_nothing() -> None:

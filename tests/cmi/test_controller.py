@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
-from cmi.build import dedicated_name
+from cmi.build import dedicated_name, short_name
 from cmi.k8s.client import KubeClient, KubeError
 from cmi.k8s.writer import CONDITION, FINALIZER, PROGRAMMED
+from devbed.l7harness import listener
 from devbed.process import wait_until
 from devbed.redis import backup, lose, restore
-from slb.model import LoadBalancer, NodeGroup, Owner, OwnerKind, Protocol, Service
+from slb.model import Listener, LoadBalancer, NodeGroup, Owner, OwnerKind, Protocol, Service
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
 from tests.cmi.conftest import Running, service_body, slice_body
@@ -147,7 +148,7 @@ def test_relabel_to_a_shared_instance(
     running = cmi()
     shared = LoadBalancer(
         name="public", vip="198.18.0.200", pool="default",
-        owner=Owner(kind=OwnerKind.OPERATOR, name="ops"),
+        owner=Owner(kind=OwnerKind.OPERATOR, name="ops"), allowed_namespaces=(namespace,),
     )  # fmt: skip
     store.put(shared)
     create(admin, namespace, service_body("cart", labels=EXPOSE))
@@ -296,13 +297,13 @@ def test_two_services_colliding_on_a_port(
     cmi: Start, admin: KubeClient, namespace: str, store: Store
 ) -> None:
     store.put(LoadBalancer(name="public", vip="198.18.0.201", pool="default",
-                           owner=Owner(kind=OwnerKind.OPERATOR, name="ops")))  # fmt: skip
+                           owner=Owner(kind=OwnerKind.OPERATOR, name="ops"),
+                           allowed_namespaces=("*",)))  # fmt: skip
     running = cmi()
     shared = {"openslb.io/expose": "public"}
     create(admin, namespace, service_body("first", labels=shared))
     eventually(lambda: ingress_ip(admin, namespace, "first"), "first exposed")
-    time.sleep(1.1)  # creationTimestamp has one-second resolution: make 'second' newer
-    create(admin, namespace, service_body("second", labels=shared))
+    create(admin, namespace, service_body("second", labels=shared))  # claims the port later
     eventually(
         lambda: any(r == "ListenerConflict" for r, _ in events(admin, namespace, "second")),
         "conflict reported on the newer Service",
@@ -311,7 +312,7 @@ def test_two_services_colliding_on_a_port(
     (listener,) = running.owned(f"{namespace}/second")["Listener"]
     status = store.redis.hget(store.key("listener-status"), listener)
     assert status is not None
-    assert b"already taken by the older listener" in status
+    assert b"already taken (by its instance's owner, or an earlier claim)" in status
 
     def condition() -> dict[str, str] | None:  # the Event and the status go out separately
         conditions = svc(admin, namespace, "second").get("status", {}).get("conditions", [])
@@ -568,3 +569,45 @@ def test_a_hand_made_endpointslice_cannot_point_a_vip_elsewhere(
         ),
         "the Events that say why",
     )
+
+
+def test_a_service_never_overwrites_an_object_another_owner_holds(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """An operator's listener holds the name a Service's port would get: cmi used to write
+    over it unconditionally; now the Service is refused and the listener kept (#14)."""
+    cmi()
+    taken_name = short_name(namespace, "cart", "grpc")
+    operators = listener(taken_name, "TCP", 7000, lb="somewhere")
+    store.put(operators)
+    create(admin, namespace, service_body("cart", labels=EXPOSE))
+    eventually(
+        lambda: any(reason == "Refused" and "taken by another owner" in message
+                    for reason, message in events(admin, namespace, "cart")),
+        "the Service told its name is taken",
+    )  # fmt: skip
+    held = store.get(Listener, taken_name)
+    assert held is not None
+    assert held.obj == operators
+    assert store.get(Service, f"{namespace}/cart") is None
+
+
+def test_another_namespace_cannot_join_a_tenants_instance(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """tenant-b labels its Service with tenant-a's dedicated instance: it used to be served
+    on tenant-a's VIP; now it is not exposed, and told only that no such instance is its to
+    join (#14)."""
+    cmi(namespace="")  # both tenants' namespaces watched
+    vip = expose(admin, namespace, "a")["a"]
+    other = f"{namespace}-b"
+    admin.request("POST", "/api/v1/namespaces", body={"metadata": {"name": other}})
+    instance = dedicated_name(namespace, "a")
+    create(admin, other, service_body("thief", labels={"openslb.io/expose": instance}))
+    eventually(
+        lambda: any(reason == "InstanceNotFound" for reason, _ in events(admin, other, "thief")),
+        "the thief told there is no such instance for it",
+    )
+    assert ingress_ip(admin, other, "thief") is None
+    assert store.get(Service, f"{other}/thief") is None
+    assert ingress_ip(admin, namespace, "a") == vip

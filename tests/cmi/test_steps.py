@@ -25,6 +25,7 @@ from slb.config import CmiSettings
 from slb.model import (
     AddressPool,
     IPAddress,
+    Listener,
     LoadBalancer,
     Owner,
     OwnerKind,
@@ -35,23 +36,26 @@ from slb.snapshot import Delete, Put
 
 POOLS = {"default": AddressPool.model_validate({"name": "default", "cidrs": ["198.18.0.0/29"]})}
 PUBLIC = LoadBalancer(name="public", vip="198.18.0.200", pool="default",
-                      owner=Owner(kind=OwnerKind.OPERATOR, name="ops"))  # fmt: skip
+                      owner=Owner(kind=OwnerKind.OPERATOR, name="ops"),
+                      allowed_namespaces=("*",))  # fmt: skip
 
 
 def exposed(
     name: str,
     expose: str = "true",
     ports: list[dict[str, Any]] | None = None,
+    now: float = 1000.0,
     created: str = "2026-01-02T03:04:05Z",
+    previous: Previous | None = None,
 ) -> Built:
-    """The build step's result for a labelled Service in namespace 'shop'."""
+    """The build step's result for a labelled Service in namespace 'shop', built at `now`."""
     body = {
         "metadata": {"namespace": "shop", "name": name, "creationTimestamp": created,
                      "labels": {"openslb.io/expose": expose}},
         "spec": {"ports": ports or [{"name": "grpc", "port": 50051, "appProtocol": "grpc"}]},
     }  # fmt: skip
-    return build(body, slices=[], nodes={}, defaults=Defaults(), previous=Previous(),
-                 instances={"public": PUBLIC})  # fmt: skip
+    return build(body, slices=[], nodes={}, defaults=Defaults(), previous=previous or Previous(),
+                 instances={"public": PUBLIC}, now=now)  # fmt: skip
 
 
 def mirror_of(objects: Iterable[StoredObject], revision: int = 1) -> Mirror:
@@ -239,15 +243,15 @@ def test_only_what_differs_is_written_and_what_is_no_longer_wanted_deleted() -> 
 
 
 def test_the_newer_listener_on_a_taken_port_is_not_served_and_its_service_told() -> None:
-    first = exposed("first", expose="public", created="2026-01-02T03:04:05Z")
-    second = exposed("second", expose="public", created="2026-01-02T03:04:06Z")
+    first = exposed("first", expose="public", now=1000.0)
+    second = exposed("second", expose="public", now=1001.0)
     waiting = exposed("waiting")
     listeners = {li.name: li for b in (first, second, waiting) for li in b.listeners}
     assert waiting.dedicated is not None  # its instance has no VIP yet
     balancers = {"public": PUBLIC, waiting.dedicated.name: waiting.dedicated}
     conflicts = port_conflicts(balancers, listeners)
     (won,), (lost,), (pending,) = first.listeners, second.listeners, waiting.listeners
-    why = f"198.18.0.200:50051/TCP is already taken by the older listener {won.name!r}"
+    why = "198.18.0.200:50051/TCP is already taken (by its instance's owner, or an earlier claim)"
     assert conflicts.listener_status[won.name] == SERVED
     assert conflicts.listener_status[lost.name] == why
     assert "waits for a VIP" in conflicts.listener_status[pending.name]
@@ -255,6 +259,32 @@ def test_the_newer_listener_on_a_taken_port_is_not_served_and_its_service_told()
     assert conflict_events({lost.name: why}) == [
         Event("Warning", "ListenerConflict", f"listener {lost.name}: {why}")
     ]
+
+
+def test_the_instances_owner_and_the_first_claim_win_not_creation_timestamps() -> None:
+    """An old Service relabelled onto an instance used to win its ports by its
+    creationTimestamp; the instance's owner's listener, then the earlier claim, win (#14)."""
+    operators = Listener.model_validate({
+        "name": "ops-web", "load_balancer": "public", "protocol": "GRPC", "port": 50051,
+        "selector": {"match_labels": {"app": "web"}}, "target_port": 8080,
+        "owner": {"kind": "Operator", "name": "ops"}, "created_at": 5000.0,
+    })  # fmt: skip
+    ancient = exposed("ancient", expose="public", now=10.0, created="2001-01-01T00:00:00Z")
+    conflicts = port_conflicts(
+        {"public": PUBLIC}, {operators.name: operators, **{li.name: li for li in ancient.listeners}}
+    )
+    (lost,) = ancient.listeners
+    assert conflicts.listener_status[operators.name] == SERVED
+    assert conflicts.listener_status[lost.name] != SERVED
+    # Its claim dates from when it entered the instance, whatever the Service's age.
+    (served,) = exposed("later", expose="public", now=2000.0).listeners
+    moved = exposed("later", expose="public", now=3000.0,
+                    previous=Previous(listeners={served.name: served}))  # fmt: skip
+    assert moved.listeners[0].created_at == 2000.0  # kept while on the same instance
+    elsewhere = served.model_copy(update={"load_balancer": "other"})
+    relabelled = exposed("later", expose="public", now=3000.0,
+                         previous=Previous(listeners={served.name: elsewhere}))  # fmt: skip
+    assert relabelled.listeners[0].created_at == 3000.0  # a new claim on this instance
 
 
 # -- what a Service is told --------------------------------------------------------------

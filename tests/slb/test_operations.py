@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from devbed.redis import RedisServer
 from slb.cli import main
-from slb.model import Listener, ModelError, NodeGroup, Owner, OwnerKind
+from slb.model import Listener, LoadBalancer, ModelError, NodeGroup, Owner, OwnerKind
 from slb.operations import Operations
 from slb.storage.store import Store
 
@@ -96,7 +96,10 @@ def test_the_slb_command(redis_server: RedisServer, store: Store) -> None:
         return result.exit_code, result.output
 
     assert slb("pool", "set", "default", "198.18.0.0/24")[0] == 0
-    assert slb("lb", "add", "public", "--vip", "198.18.0.10")[0] == 0
+    assert slb("lb", "add", "public", "--vip", "198.18.0.10", "--allow", "shop")[0] == 0
+    public = store.get(LoadBalancer, "public")
+    assert public is not None
+    assert (public.obj.namespace, public.obj.allowed_namespaces) == (None, ("shop",))
     code, out = slb("listener", "add", "web", "--lb", "public", "--protocol", "GRPC",
                     "--port", "443", "--selector", "app=cart,env in (prod)", "--target-port",
                     "grpc", "--health-check", "grpc", "--hc-interval", "5")  # fmt: skip

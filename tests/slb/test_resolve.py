@@ -90,7 +90,8 @@ def test_the_older_listener_keeps_a_contested_port() -> None:
     assert [r.listener.name for r in state.listeners] == ["older", "other-transport"]
     reasons = {r.listener: r.reason for r in state.rejected}
     assert set(reasons) == {"newer", "grpc-same-port"}
-    assert "older listener 'older'" in reasons["newer"]
+    assert "already taken (by its instance's owner, or an earlier claim)" in reasons["newer"]
+    assert "'older'" not in reasons["newer"]  # another tenant's listener is not named
     assert "198.18.0.10:80/TCP" in reasons["grpc-same-port"]
 
 

@@ -427,7 +427,7 @@ def test_status_follows_what_the_nodes_report(
     )
     lost = state()
     assert lost["state"] == "error"
-    assert "already taken by the older listener 'older'" in lost["reason"]
+    assert "already taken (by its instance's owner, or an earlier claim)" in lost["reason"]
 
 
 def test_traffic_charts_read_the_time_series(

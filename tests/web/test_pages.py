@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from devbed.pki import chain
 from devbed.redis import RedisServer
 from slb.cli import main
-from slb.model import Listener, Service
+from slb.model import Listener, LoadBalancer, Service
 from slb.operations import Operations
 from slb.storage.audit import AuditLog
 from slb.storage.status import ControllerBeat, StatusBoard
@@ -241,6 +241,17 @@ def test_instances_and_pools_pages(
     bad = auth.post("/instances", {"name": "edge2", "vip": "10.0.0.300"})
     assert bad.status_code == 422
     assert 'data-field="lb.vip"' in bad.get_data(as_text=True)
+    shared = {"name": "shared", "vip": "198.18.0.21", "namespace": "shop",
+              "allowed_namespaces": "web, api"}  # fmt: skip
+    assert auth.post("/instances", shared).status_code == 302
+    made = store.get(LoadBalancer, "shared")
+    assert made is not None
+    assert (made.obj.namespace, made.obj.allowed_namespaces) == ("shop", ("web", "api"))
+    assert made.obj.admits("api")
+    assert not made.obj.admits("other")
+    zoned = auth.post("/instances", {"name": "edge3", "vip": "fe80::1%eth0"})
+    assert zoned.status_code == 422
+    assert "zone id" in zoned.get_data(as_text=True)
     assert (
         auth.post(
             "/pools", {"name": "extra", "cidrs": "198.18.4.0/24", "auto_assign": "on"}

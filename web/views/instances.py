@@ -44,8 +44,11 @@ def instances() -> tuple[str, int]:
 @require(Role.OPERATOR)
 def instance_create() -> tuple[str, int] | Response:
     form = form_data()
+    data: dict[str, object] = dict(form)
+    if "allowed_namespaces" in form:
+        data["allowed_namespaces"] = form["allowed_namespaces"].replace(",", " ").split()
     try:
-        stored = operations().add_load_balancer(form)
+        stored = operations().add_load_balancer(data)
     except ModelError as exc:
         return _instances_page({f"lb.{k}": v for k, v in errors_by_field(exc).items()}, form, 422)
     except ConflictError:
