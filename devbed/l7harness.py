@@ -173,7 +173,11 @@ class XdsProcess:
         self.directory = directory
         self.port = free_port()
         self.metrics_port = free_port()
-        self.env = {"OPENSLB_REDIS_URL": redis_url, "OPENSLB_REDIS_PREFIX": prefix}
+        self.env = {
+            "OPENSLB_REDIS_URL": redis_url,
+            "OPENSLB_REDIS_PREFIX": prefix,
+            "OPENSLB_XDS_STATE_DIR": str(directory / "state"),  # its memory: this one's own
+        }
         self.process: Process | None = None
         self.starts = 0
 

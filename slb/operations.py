@@ -135,17 +135,29 @@ class Operations:
     # -- certificates ----------------------------------------------------------------------
 
     def put_certificate(
-        self, name: str, chain_pem: str, key_pem: str, expect: int | None = None
+        self,
+        name: str,
+        chain_pem: str,
+        key_pem: str,
+        expect: int | None = None,
+        tenancy: Mapping[str, Any] | None = None,
     ) -> tuple[Stored[Certificate], CertificateInfo]:
         """Upload or rotate a certificate: the chain into the store, the key into secrets.
 
         The pair is checked first (key matches, chain in order, not expired), so nothing
         is written for a bad upload. The key goes in under a ref derived from it before
         the Certificate names that ref, so no tier ever sees a ref without its key.
+        `tenancy` (`namespace`, `allowed_namespaces`): who may use it; a rotation without it
+        keeps the certificate's.
         """
         checked = check_pair(chain_pem, key_pem)
+        current = self.store.get(Certificate, name)
+        if tenancy is None and current is not None:
+            tenancy = {"namespace": current.obj.namespace,
+                       "allowed_namespaces": current.obj.allowed_namespaces}  # fmt: skip
         certificate = _parse(
-            Certificate, {"name": name, "chain_pem": chain_pem, "key_ref": checked.key_ref}
+            Certificate,
+            {"name": name, "chain_pem": chain_pem, "key_ref": checked.key_ref, **(tenancy or {})},
         )
         SecretStore(self.store).put_key(checked.key_ref, checked.key_pem)
         action = "create" if expect == 0 else "put"

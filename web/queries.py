@@ -114,6 +114,8 @@ def certificate_json(
         "name": stored.obj.name,
         "key_ref": stored.obj.key_ref,
         "chain_pem": stored.obj.chain_pem,
+        "namespace": stored.obj.namespace,
+        "allowed_namespaces": list(stored.obj.allowed_namespaces),
         "version": stored.revision,
         "subject": info.subject,
         "issuer": info.issuer,

@@ -55,13 +55,20 @@ class Resources:
 def servable(
     resolved: ResolvedListener, certificates: Mapping[str, Certificate], keys: Mapping[str, str]
 ) -> tuple[dict[str, Certificate] | None, list[str]]:
-    """The listener's usable certificates (they exist and have a key), or None if it cannot
-    be served at all (HTTPS without one); and the problems found."""
+    """The listener's usable certificates (they exist, its Service's namespace may use them,
+    and they have a key), or None if it cannot be served at all (HTTPS without one); and the
+    problems found."""
     usable, problems = {}, []
     name = resolved.listener.name
+    tenant = resolved.listener.tenant
     for cert_name in resolved.listener.certificates:
         cert = certificates.get(cert_name)
-        if cert is None:
+        if tenant is not None and (cert is None or not cert.admits(tenant)):
+            # One message for both: a tenant learns nothing of others' certificates.
+            problems.append(
+                f"listener {name!r}: no certificate {cert_name!r} that namespace {tenant} may use"
+            )
+        elif cert is None:
             problems.append(f"listener {name!r}: certificate {cert_name!r} does not exist")
         elif cert.key_ref not in keys:
             problems.append(

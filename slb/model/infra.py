@@ -68,11 +68,13 @@ class LoadBalancer(StoredObject):
 
     def admits(self, namespace: str) -> bool:
         """May a Service of `namespace` join this instance?"""
-        return (
-            namespace == self.namespace
-            or "*" in self.allowed_namespaces
-            or namespace in self.allowed_namespaces
-        )
+        return _admits(namespace, self.namespace, self.allowed_namespaces)
+
+
+def _admits(namespace: str, owner: str | None, allowed: tuple[str, ...]) -> bool:
+    """The tenancy rule of instances and certificates: the owner's namespace, and the ones
+    it allows (`*`: all)."""
+    return namespace == owner or "*" in allowed or namespace in allowed
 
 
 class Certificate(StoredObject):
@@ -83,6 +85,15 @@ class Certificate(StoredObject):
     name: Name
     chain_pem: str = Field(min_length=1, max_length=256 * 1024)
     key_ref: str = Field(min_length=1, max_length=253)
+    namespace: Name | None = None
+    """The tenant that owns it; None: the cluster's."""
+    allowed_namespaces: tuple[NamespaceRef, ...] = ()
+    """Other namespaces whose Services may terminate TLS with it (`*`: all), as a Gateway
+    API ReferenceGrant would allow; operators' own listeners may use any."""
+
+    def admits(self, namespace: str) -> bool:
+        """May a Service of `namespace` present this certificate?"""
+        return _admits(namespace, self.namespace, self.allowed_namespaces)
 
     @field_validator("chain_pem")
     @classmethod

@@ -123,6 +123,13 @@ class Listener(StoredObject):
         return problems
 
     @property
+    def tenant(self) -> str | None:
+        """The namespace of the Service that made it; None: an operator's."""
+        if self.owner.kind is OwnerKind.SERVICE:
+            return self.owner.name.split("/", 1)[0]
+        return None
+
+    @property
     def upstream_is_http2(self) -> bool:
         """Whether L7 speaks HTTP/2 to the backends (h2c, or TLS for gRPC)."""
         upstream = self.upstream_protocol

@@ -480,3 +480,23 @@ def test_pagination_and_filters(client: FlaskClient, token: Headers, ops: Operat
     assert client.get("/api/v1/listeners?q=l0&limit=100", headers=h).get_json()["total"] == 10
     assert client.get("/api/v1/listeners?limit=0", headers=h).status_code == 422
     assert client.get("/api/v1/listeners?limit=abc", headers=h).status_code == 422
+
+
+def test_a_certificate_says_which_namespaces_may_use_it(
+    client: FlaskClient, token: Headers
+) -> None:
+    pair = chain("shop.example.test", days=90)
+    chain_pem, key = pair.chain_pem, pair.key_pem
+    made = client.post("/api/v1/certificates", headers=token("alice"), json={
+        "name": "shop-tls", "chain_pem": chain_pem, "key_pem": key,
+        "namespace": "shop", "allowed_namespaces": ["web"],
+    })  # fmt: skip
+    assert made.status_code == 201, made.get_json()
+    body = made.get_json()
+    assert (body["namespace"], body["allowed_namespaces"]) == ("shop", ["web"])
+    bad = client.post("/api/v1/certificates", headers=token("alice"), json={
+        "name": "bad-tls", "chain_pem": chain_pem, "key_pem": key,
+        "allowed_namespaces": ["No_Such"],
+    })  # fmt: skip
+    assert bad.status_code == 422
+    assert bad.get_json()["errors"][0]["field"].startswith("allowed_namespaces")

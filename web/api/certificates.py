@@ -47,8 +47,11 @@ def list_certificates() -> Response:
 )  # fmt: skip
 def create_certificate() -> Response:
     data = json_body()
+    tenancy: dict[str, Any] = {
+        k: data.pop(k) for k in ("namespace", "allowed_namespaces") if k in data
+    }
     name, chain_pem, key_pem = _certificate_fields(data, name_required=True)
-    stored, info = operations().put_certificate(name, chain_pem, key_pem, expect=0)
+    stored, info = operations().put_certificate(name, chain_pem, key_pem, expect=0, tenancy=tenancy)
     return created(queries.certificate_json(stored, info), f"/api/v1/certificates/{name}")
 
 

@@ -151,14 +151,20 @@ def _schemas() -> dict[str, Any]:  # noqa: PLR0915 - one line per schema
         services={"type": "array", "items": _ref("ServiceRow")}, ready_endpoints=INTEGER,
     )  # fmt: skip
     s["CertificateItem"] = _obj(
-        name=STRING, key_ref=STRING, chain_pem=STRING, version=INTEGER, subject=STRING,
+        name=STRING, key_ref=STRING, chain_pem=STRING, namespace=NULLABLE_STRING,
+        allowed_namespaces={"type": "array", "items": STRING}, version=INTEGER, subject=STRING,
         issuer=STRING, sans=names, serial=STRING, not_before=STRING, not_after=STRING,
         days_left=INTEGER, expires_soon=BOOLEAN, chain_length=INTEGER,
         fingerprint_sha256=STRING,
     )  # fmt: skip
     s["CertificateList"] = _list_of(_ref("CertificateItem"))
     pem = {"type": "string", "minLength": 1}
-    s["CertificateCreate"] = _obj(name=STRING, chain_pem=pem, key_pem=pem)
+    tenants = {"type": "array", "items": STRING}
+    s["CertificateCreate"] = _obj(
+        required=False, name=STRING, chain_pem=pem, key_pem=pem,
+        namespace=NULLABLE_STRING, allowed_namespaces=tenants,
+    )  # fmt: skip
+    s["CertificateCreate"]["required"] = ["name", "chain_pem", "key_pem"]
     s["CertificateRotate"] = _obj(required=False, chain_pem=pem, key_pem=pem, version=VERSION_IN)
     s["CertificateRotate"]["required"] = ["chain_pem", "key_pem"]
     report = _obj(
