@@ -44,7 +44,7 @@ CA_NAME = "ca"
 CA_DAYS = 3650
 LEAF_DAYS = 825
 """The longest validity browsers accept for a server certificate (CA/B Forum, 2018)."""
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 class PKIError(ValueError):

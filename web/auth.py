@@ -52,7 +52,7 @@ from web.db import get_store
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_USER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.@]{0,62}[a-z0-9])?$")
+_USER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.@]{0,62}[a-z0-9])?\Z")
 MIN_PASSWORD = 10
 MAX_TOKEN_DAYS = 365
 LAST_USED_EVERY_S = 60

@@ -10,7 +10,7 @@ from typing import Annotated, TypeAlias
 
 from pydantic import AfterValidator, Field, PlainValidator
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 
 
 def is_dns_label(value: str) -> bool:
@@ -96,7 +96,7 @@ IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 _HOST = re.compile(
-    r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\Z"
 )
 
 
@@ -110,3 +110,21 @@ def _host(value: str) -> str:
 
 
 Host = Annotated[str, AfterValidator(_host)]
+
+
+_PATH = re.compile(r"/[-A-Za-z0-9._~!$&'()*+,;=:@/%?]*")
+
+
+def _http_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must start with '/'")
+    if not _PATH.fullmatch(value):  # (`$` would let a final newline through)
+        raise ValueError(
+            "only the characters of a URL path and query (no space, quote, CR or LF: nothing "
+            "that could end the request line)"
+        )
+    return value
+
+
+HttpPath = Annotated[str, AfterValidator(_http_path)]
+"""A URL path (and query) as sent on the wire."""

@@ -12,7 +12,7 @@ from slb.model.errors import CrossFieldError
 from slb.model.fields import Host, Name, PortRef
 from slb.selector import LabelSelector
 
-_GRPC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_GRPC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def _grpc_service(value: str) -> str:

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from slb.model.base import Model
 from slb.model.errors import CrossFieldError
+from slb.model.fields import HttpPath
 
 
 class Protocol(StrEnum):
@@ -78,11 +79,7 @@ class HealthCheck(Model):
     """Active health check from the LB node; bounds follow Alibaba Cloud SLB's."""
 
     type: HealthCheckType = HealthCheckType.TCP
-    path: str | None = Field(
-        default=None, max_length=1024, pattern=r"^/[-A-Za-z0-9._~!$&'()*+,;=:@/%?]*$"
-    )
-    """A URL path (and query) as sent on the wire: visible ASCII only, so nothing can end the
-    request line or add a header (CR, LF, spaces)."""
+    path: HttpPath | None = Field(default=None, max_length=1024)
     expected_codes: str | None = Field(default=None, pattern=r"^\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*$")
     grpc_service: str | None = Field(default=None, max_length=256, pattern=r"^[A-Za-z0-9_.]*$")
     interval_s: int = Field(default=2, ge=1, le=50)
@@ -95,10 +92,7 @@ class HealthCheck(Model):
     @model_validator(mode="after")
     def _fields_fit_type(self) -> Self:
         problems = []
-        if self.type is HealthCheckType.HTTP:
-            if self.path is not None and not self.path.startswith("/"):
-                problems.append(("path", "must start with '/'"))
-        else:
+        if self.type is not HealthCheckType.HTTP:
             if self.path is not None:
                 problems.append(("path", "applies only to http health checks"))
             if self.expected_codes is not None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from slb.storage.store import Store
 
-_REF = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_REF = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
 
 
 class SecretError(ValueError):

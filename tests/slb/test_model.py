@@ -331,3 +331,24 @@ def test_a_health_check_path_cannot_end_the_request_line(path: str) -> None:
     with pytest.raises(ValidationError) as refused:
         model.HealthCheck.model_validate({"type": "http", "path": path})
     assert [e["loc"] for e in refused.value.errors()] == [("path",)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "data"),
+    [
+        ("LoadBalancer", {"name": "lb\n", "vip": "198.18.0.9",
+                          "owner": {"kind": "Operator", "name": "o"}}),
+        ("Listener", {"name": "web", "load_balancer": "lb", "protocol": "HTTP", "port": 80,
+                      "target_port": 80, "owner": {"kind": "Operator", "name": "o"},
+                      "selector": {"match_labels": {"app": "x\n"}}}),
+        ("Listener", {"name": "web", "load_balancer": "lb", "protocol": "HTTP", "port": 80,
+                      "target_port": 80, "owner": {"kind": "Operator", "name": "o"},
+                      "selector": {"match_labels": {"app": "x"}},
+                      "routes": [{"hosts": ["shop.example\n"]}]}),
+    ],
+    ids=["name", "label-value", "host"],
+)  # fmt: skip
+def test_a_final_newline_is_no_loophole(kind: str, data: dict[str, Any]) -> None:
+    """Python's `$` matches before a final newline: every pattern ends in `\\Z` (#14)."""
+    with pytest.raises(model.ModelError):
+        model.parse(kind, data)
