@@ -105,9 +105,11 @@ class IPAM:
         `pools` are where it may come from (its pool; for a requested address, any pool).
         """
         pools = list(pools)
-        if requested is not None and not any(requested in net for p in pools for net in p.cidrs):
+        if requested is not None and not any(p.offers(requested) for p in pools):
             names = ", ".join(p.name for p in pools) or "none"
-            raise IPAMError(f"{requested} is outside every address pool (pools: {names})")
+            raise IPAMError(
+                f"{requested} is outside every address pool or reserved (pools: {names})"
+            )
         for attempt in range(TRIES):
             if self._held is None or attempt > 0:
                 self._held = {_number(a.decode()) for a in self.redis.hkeys(self.keys[1])}
@@ -179,11 +181,12 @@ def _number(text: str) -> tuple[int, int]:
 def _free(pools: Iterable[AddressPool], held: set[tuple[int, int]]) -> Iterator[str]:
     """Unheld host addresses of the pools, in order (integers until one is chosen: fast)."""
     for pool in pools:
+        skipped = held | {(a.version, int(a)) for a in pool.reserved}
         for network in pool.cidrs:
             first, last = _host_range(network)
             make = ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address
             for number in range(first, last + 1):
-                if (network.version, number) not in held:
+                if (network.version, number) not in skipped:
                     yield str(make(number))
 
 

@@ -103,6 +103,10 @@ class Operations:
         pools = self.store.all(AddressPool)
         if balancer.pool is not None and balancer.pool not in pools:
             raise _error(LoadBalancer, "pool", f"no address pool named {balancer.pool!r}")
+        if balancer.vip is not None and not any(p.obj.offers(balancer.vip) for p in pools.values()):
+            # The data planes serve a stored VIP as it is: only addresses the admins' pools
+            # offer (never the gateway they reserved, nor any other address of the network).
+            raise _error(LoadBalancer, "vip", f"{balancer.vip} is in no address pool, or reserved")
         return self._write(balancer, expect=0, action="create")
 
     def remove_load_balancer(self, name: str, expect: int | None = None) -> int:

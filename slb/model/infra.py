@@ -119,6 +119,20 @@ class AddressPool(StoredObject):
     name: Name
     cidrs: tuple[IPNetwork, ...] = Field(min_length=1)
     auto_assign: bool = True
+    reserved: tuple[IPAddress, ...] = ()
+    """Addresses in the CIDRs that are never a VIP: the gateway, a router, a node."""
+
+    @model_validator(mode="after")
+    def _reserved_inside(self) -> Self:
+        outside = [str(a) for a in self.reserved if not any(a in net for net in self.cidrs)]
+        if outside:
+            raise CrossFieldError([("reserved", f"not in the pool's CIDRs: {', '.join(outside)}")])
+        return self
+
+    def offers(self, address: IPAddress) -> bool:
+        """Can `address` be a VIP from this pool: a host address of its CIDRs (not the
+        network's own, nor IPv4's broadcast), not reserved?"""
+        return address not in self.reserved and any(_host_of(address, n) for n in self.cidrs)
 
     @field_validator("cidrs", mode="before")
     @classmethod
@@ -131,3 +145,14 @@ class AddressPool(StoredObject):
                     except ValueError as exc:
                         raise ValueError(f"{cidr!r} is not a network address: {exc}") from None
         return cidrs
+
+
+def _host_of(address: IPAddress, network: IPNetwork) -> bool:
+    if address not in network:
+        return False
+    if network.num_addresses <= 2:  # /31, /32, /127, /128: every address is a host
+        return True
+    ends = {network.network_address}
+    if network.version == 4:
+        ends.add(network.broadcast_address)
+    return address not in ends

@@ -31,6 +31,19 @@ def test_allocation_is_sticky_and_skips_network_and_broadcast(store: Store) -> N
     assert ipam.allocations() == {"a": first, "b": ipaddress.ip_address("198.18.0.2")}
 
 
+def test_reserved_addresses_are_never_a_vip(store: Store) -> None:
+    """The gateway an admin reserved is neither drawn nor given on request (#14)."""
+    ipam = IPAM(store)
+    gated = AddressPool.model_validate(
+        {"name": "edge", "cidrs": ["198.18.0.0/29"], "reserved": ["198.18.0.1"]}
+    )
+    assert ipam.allocate("a", [gated]) == ipaddress.ip_address("198.18.0.2")
+    with pytest.raises(IPAMError, match="reserved"):
+        ipam.allocate("b", [gated], ipaddress.ip_address("198.18.0.1"))
+    with pytest.raises(IPAMError, match="reserved"):
+        ipam.allocate("c", [gated], ipaddress.ip_address("198.18.0.0"))  # the network's own
+
+
 def test_requested_addresses_are_checked(store: Store) -> None:
     ipam = IPAM(store)
     pools = [pool("198.18.0.0/28"), pool("2001:db8::/126", name="v6")]

@@ -106,6 +106,7 @@ def test_certificates_in_use_cannot_be_removed(store: Store) -> None:
     ops = Operations(store, actor="alice")
     pair = chain()
     stored, _ = ops.put_certificate("shop", pair.chain_pem, pair.key_pem, expect=0)
+    ops.put_pool({"name": "default", "cidrs": ["198.18.0.0/24"]})
     ops.add_load_balancer({"name": "public", "vip": "198.18.0.10"})
     ops.add_listener({
         "name": "web", "load_balancer": "public", "protocol": "HTTPS", "port": 443,

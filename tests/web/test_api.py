@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from devbed.pki import chain
 from devbed.pki import key_pem as other_key_pem
-from slb.model import Listener, Service
+from slb.model import Listener, LoadBalancer, Service
 from slb.operations import Operations
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
@@ -261,6 +261,9 @@ def test_instances_pools_and_deletes_are_guarded(
     no_vip = client.post("/api/v1/load-balancers", headers=h, json={"name": "x"})
     assert fields(no_vip) == ["vip"]
 
+    operator_pool = client.put("/api/v1/pools/mine", headers=h, json={"cidrs": ["0.0.0.0/0"]})
+    assert operator_pool.status_code == 403  # the address space is the admins'
+    h = token("admin")
     pool = client.put("/api/v1/pools/extra", headers=h, json={"cidrs": ["198.18.4.0/24"]})
     assert pool.status_code == 200
     assert (
@@ -500,3 +503,26 @@ def test_a_certificate_says_which_namespaces_may_use_it(
     })  # fmt: skip
     assert bad.status_code == 422
     assert bad.get_json()["errors"][0]["field"].startswith("allowed_namespaces")
+
+
+def test_an_operator_cannot_claim_the_gateway_or_any_address_as_a_vip(
+    client: FlaskClient, token: Headers, store: Store
+) -> None:
+    """A fixed VIP must be one the admins' pools offer: not the gateway they reserved, not an
+    address outside every pool (the data planes serve a stored VIP as it is) (#14)."""
+    admin, alice = token("admin"), token("alice")
+    pool = {"cidrs": ["198.18.6.0/24"], "reserved": ["198.18.6.1"]}
+    assert client.put("/api/v1/pools/edge", headers=admin, json=pool).status_code == 200
+    for vip in ("198.18.6.1", "198.18.200.1", "198.18.6.0"):
+        refused = client.post("/api/v1/load-balancers", headers=alice,
+                              json={"name": "grab", "vip": vip})  # fmt: skip
+        assert refused.status_code == 422, vip
+        assert fields(refused) == ["vip"]
+    assert store.get(LoadBalancer, "grab") is None
+    fine = client.post(
+        "/api/v1/load-balancers", headers=alice, json={"name": "ok", "vip": "198.18.6.9"}
+    )
+    assert fine.status_code == 201
+    outside = client.put("/api/v1/pools/odd", headers=admin,
+                         json={"cidrs": ["198.18.7.0/24"], "reserved": ["198.18.8.1"]})  # fmt: skip
+    assert fields(outside) == ["reserved"]

@@ -252,12 +252,16 @@ def test_instances_and_pools_pages(
     zoned = auth.post("/instances", {"name": "edge3", "vip": "fe80::1%eth0"})
     assert zoned.status_code == 422
     assert "zone id" in zoned.get_data(as_text=True)
-    assert (
-        auth.post(
-            "/pools", {"name": "extra", "cidrs": "198.18.4.0/24", "auto_assign": "on"}
-        ).status_code
-        == 302
-    )
+    pool = {
+        "name": "extra",
+        "cidrs": "198.18.4.0/24",
+        "reserved": "198.18.4.1",
+        "auto_assign": "on",
+    }
+    assert auth.post("/pools", pool).status_code == 403  # pools are the admins'
+    admin = Auth(client.application.test_client())
+    admin.login("admin")
+    assert admin.post("/pools", pool).status_code == 302
     auth.post("/listeners/new", {**FORM, "load_balancer": "edge"})
     version = store.get(Listener, "web")
     page = auth.post("/instances/edge/delete", {"version": "999999"})

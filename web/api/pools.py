@@ -8,12 +8,12 @@ from slb.model import AddressPool
 from web.api.common import (
     READ,
     VERSION_QUERY,
-    WRITE,
     ApiBlueprint,
     items_json,
     put_named,
     take_version,
 )
+from web.auth import Role
 from web.db import get_store, operations
 
 bp = ApiBlueprint("api_pools", __name__, tag="instances")
@@ -30,7 +30,7 @@ def list_pools() -> Response:
 @bp.operation(
     "/pools/<name>", "PUT",
     summary="Create a pool, or replace it (with the version read)",
-    role=WRITE, ok=(200, "AddressPoolItem"), body="AddressPoolPut", errors=(409,),
+    role=Role.ADMIN, ok=(200, "AddressPoolItem"), body="AddressPoolPut", errors=(409,),
 )  # fmt: skip
 def put_pool(name: str) -> Response:
     return put_named(
@@ -40,7 +40,7 @@ def put_pool(name: str) -> Response:
 
 @bp.operation(
     "/pools/<name>", "DELETE", summary="Delete a pool (refused while instances use it)",
-    role=WRITE, ok=(204, None), errors=(409, 422, 428), query=VERSION_QUERY,
+    role=Role.ADMIN, ok=(204, None), errors=(409, 422, 428), query=VERSION_QUERY,
 )  # fmt: skip
 def delete_pool(name: str) -> Response:
     version = take_version(AddressPool.kind)

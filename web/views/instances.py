@@ -90,12 +90,13 @@ def instance_delete(name: str) -> tuple[str, int] | Response:
 
 
 @bp.post("/pools")
-@require(Role.OPERATOR)
+@require(Role.ADMIN)  # the address space is the admins': pools say what may be a VIP
 def pool_put() -> tuple[str, int] | Response:
     form = form_data()
     data = {
         "name": form.get("name", ""),
         "cidrs": [c.strip() for c in form.get("cidrs", "").replace(",", " ").split() if c.strip()],
+        "reserved": form.get("reserved", "").replace(",", " ").split(),
         "auto_assign": "auto_assign" in request.form,
     }
     version = int(form.get("version", "0") or 0)
@@ -110,7 +111,7 @@ def pool_put() -> tuple[str, int] | Response:
 
 
 @bp.post("/pools/<name>/delete")
-@require(Role.OPERATOR)
+@require(Role.ADMIN)
 def pool_delete(name: str) -> tuple[str, int] | Response:
     version = int(request.form.get("version", "0") or 0)
     try:
