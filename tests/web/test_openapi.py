@@ -69,9 +69,17 @@ def served(
     ops.add_listener(listener)
     pair = chain()
     ops.put_certificate("shop", pair.chain_pem, pair.key_pem, expect=0)
+    for role in Role:  # a user per role, for the server-error sweep
+        accounts.create_user(role.label, "correct horse battery", role)
+        member = accounts.user(role.label)
+        assert member is not None
+        _, ROLE_TOKENS[role.label] = accounts.create_token(member, "schemathesis")
     app = make_app(redis_server, store, tmp_path_factory.mktemp("schemathesis"))
     with ServedApp(app, threads=4) as server:
         yield server.url, {"Authorization": f"Bearer {secret}"}
+
+
+ROLE_TOKENS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -100,6 +108,39 @@ def test_api_conforms_to_its_document(
         except Exception as exc:
             failures.append(f"{operation.label}: {str(exc)[:2000]}")
     assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.parametrize("role", [r.label for r in Role])
+def test_no_role_gets_a_server_error(
+    served: tuple[str, dict[str, str]], role: str, record_property: Any
+) -> None:
+    """Every operation as each role, valid and invalid requests: a 403, a 4xx naming the
+    field, never a 5xx (#14: `api_5xx` in bench/results/security.json)."""
+    url, _ = served
+    headers = {"Authorization": f"Bearer {ROLE_TOKENS[role]}"}
+    schema = schemathesis.openapi.from_url(f"{url}/api/v1/openapi.json", headers=headers)
+    server_errors: list[str] = []
+    sent = 0
+    for operation in (result.ok() for result in schema.get_all_operations()):
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=EXAMPLES // 3, deadline=None, database=None, derandomize=True,
+                suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate],
+            )  # fmt: skip
+            def run(case: Any) -> None:
+                nonlocal sent
+                response = case.call(base_url=f"{url}/api/v1", headers=headers)
+                sent += 1
+                if response.status_code >= 500:
+                    server_errors.append(f"{case.operation.label}: {response.status_code}")
+
+            run()
+    record_property("api_requests", sent)
+    record_property("api_5xx", len(server_errors))
+    assert sent > 100
+    assert not server_errors, server_errors[:20]
 
 
 def test_the_document_is_served_and_complete(served: tuple[str, dict[str, str]]) -> None:
