@@ -165,9 +165,12 @@ class ConsoleSettings:
     secure_cookies: bool = setting(
         False, "Mark session cookies Secure even on plain HTTP (behind a TLS proxy)"
     )
-    trusted_proxies: int = setting(
-        0, "Proxies in front that set X-Forwarded-For/-Proto (0: trust none)"
+    trusted_proxy: str = setting(
+        "",
+        "Address of the reverse proxy in front, whose X-Forwarded-For/-Proto/-Host count; "
+        "empty: none (the headers are dropped)",
     )
+    trusted_proxies: int = setting(1, "How many proxies in a row `console.trusted_proxy` heads")
     threads: int = setting(8, "Worker threads of the WSGI server")
     tls_cert: str = setting(
         "", "PEM certificate chain: serve HTTPS (cheroot), cookies Secure; empty: HTTP (waitress)"

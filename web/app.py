@@ -15,7 +15,6 @@ from typing import Any
 
 from flask import Flask, Response, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from slb import config
 from web import auth, db, errors, metrics
@@ -110,9 +109,6 @@ def create_app(
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_secret_key(Path(app.config["SECRET_KEY_FILE"]))
     app.session_interface = _SessionInterface()
-    if console.trusted_proxies:
-        hops = console.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
 
     app.after_request(_security_headers)
     db.init_app(app, replace(settings.redis, url=app.config["REDIS_URL"]))

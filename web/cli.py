@@ -53,10 +53,23 @@ def console(ctx: click.Context, bind: str | None) -> None:
     if tls:
         _serve_tls(app, host, port, console_settings.threads, tls)
         return
-    waitress.serve(
-        app, host=host, port=port, threads=console_settings.threads,
-        ident="openslb", clear_untrusted_proxy_headers=True,
-    )  # fmt: skip
+    waitress.serve(app, host=host, port=port, **waitress_options(console_settings))
+
+
+def waitress_options(console: config.ConsoleSettings) -> dict[str, object]:
+    """How waitress serves the console. Forwarded headers count only from
+    `console.trusted_proxy`, in waitress itself: it drops them from anyone else (so a
+    client cannot pose as another address to the login throttle) before the app runs."""
+    options: dict[str, object] = {
+        "threads": console.threads, "ident": "openslb", "clear_untrusted_proxy_headers": True,
+    }  # fmt: skip
+    if console.trusted_proxy:
+        options.update(
+            trusted_proxy=console.trusted_proxy,
+            trusted_proxy_count=console.trusted_proxies,
+            trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"},
+        )
+    return options
 
 
 def _serve_tls(

@@ -16,6 +16,7 @@ APT_PACKAGES=(
   ipvsadm                 # the second IPVS driver, and for looking at IPVS by hand
   keepalived              # VRRP between LB nodes (the lab VM's failover tests)
   curl                    # keepalived's Envoy health check on LB nodes
+  haproxy                 # a real reverse proxy in front of the console (its tests)
   shellcheck              # lints deploy/'s shell scripts
   ruby vagrant            # `ruby -c` and `vagrant validate` check the Vagrantfile
   chromium                # the console's browser tests (driven by Playwright, headless)

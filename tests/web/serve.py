@@ -12,8 +12,10 @@ from waitress.server import create_server
 class ServedApp:
     """Serve `app` from a background thread while the `with` block runs."""
 
-    def __init__(self, app: Flask, threads: int = 4) -> None:
-        self.server = create_server(app, host="127.0.0.1", port=0, threads=threads)
+    def __init__(self, app: Flask, threads: int = 4, **options: object) -> None:
+        """`options`: waitress's, as `web.cli.waitress_options` gives them."""
+        options.setdefault("threads", threads)
+        self.server = create_server(app, host="127.0.0.1", port=0, **options)
         self.thread = threading.Thread(target=self.server.run, name="console", daemon=True)
 
     @property
