@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -56,11 +56,11 @@ def console(ctx: click.Context, bind: str | None) -> None:
     waitress.serve(app, host=host, port=port, **waitress_options(console_settings))
 
 
-def waitress_options(console: config.ConsoleSettings) -> dict[str, object]:
+def waitress_options(console: config.ConsoleSettings) -> dict[str, Any]:
     """How waitress serves the console. Forwarded headers count only from
     `console.trusted_proxy`, in waitress itself: it drops them from anyone else (so a
     client cannot pose as another address to the login throttle) before the app runs."""
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "threads": console.threads, "ident": "openslb", "clear_untrusted_proxy_headers": True,
     }  # fmt: skip
     if console.trusted_proxy:

@@ -68,7 +68,7 @@ EOF
 # Secrets, made once into the shared .lab-state/ (passwords kept on later runs): Redis
 # users and their passwords, the CA with the xDS server's and each LB node's certificate.
 "${slb[@]}" redis-acl --dir "$STATE/redis" >/dev/null
-log "secret: Redis users cmi, worker, console in ${STATE#"$REPO"/}/redis/"
+log "secret: Redis users cmi, worker, xds, console in ${STATE#"$REPO"/}/redis/"
 pki="$STATE/pki"
 [ -f "$pki/ca.crt" ] || "${slb[@]}" pki init --dir "$pki" --name "openslb lab CA"
 [ -f "$pki/xds.crt" ] \
@@ -80,7 +80,7 @@ for entry in $LAB_LB_NODES; do
   [ -f "$pki/$node.crt" ] || "${slb[@]}" pki issue --dir "$pki" --name "$node" --kind client
 done
 make_secret console-admin-password
-for role in cmi worker console; do
+for role in cmi xds console; do  # (worker: the LB nodes' own, copied by lb.sh)
   put_copy "$STATE/redis/$role.password" "/etc/openslb/redis/$role.password" 640 openslb
 done
 put_copy "$pki/ca.crt" /etc/openslb/pki/ca.crt 644

@@ -65,7 +65,7 @@ def pki_issue(
 @click.option("--rotate", is_flag=True, help="New passwords for every role.")
 @click.pass_obj
 def redis_acl(settings: config.Settings, directory: Path, prefix: str | None, rotate: bool) -> None:
-    """Write a Redis ACL file with one user per role (cmi, worker, console) and a
+    """Write a Redis ACL file with one user per role (cmi, worker, xds, console) and a
     password file (0600) for each; existing passwords are kept unless --rotate."""
     try:
         db = acl.database(settings.redis.url)

@@ -8,18 +8,21 @@ file in `redis.password_file`. Keys live under the store prefix `P`:
 - **cmi** (the controller, `slb worker --control`, operators' `slb` commands): every key
   under `P:`, Celery's pub/sub, every command but the dangerous ones (FLUSHALL, FLUSHDB,
   CONFIG, DEBUG, SHUTDOWN, KEYS, MONITOR, ACL, ...).
-- **worker** (`slb worker --node` on LB nodes, and `slb xds`): reads the desired
+- **worker** (`slb worker --node` on LB nodes): reads the desired
   state (`P:revision`, `P:doc:*`, `P:rev:*`, `P:changes`, and the store's identity and marks,
-  `P:store-id`, `P:synced`, `P:syncing`) and the certificates' keys that
-  the xDS server hands to Envoys (`P:secret:*`), writes only what the tiers report
+  `P:store-id`, `P:synced`, `P:syncing`), never the certificates' private keys, writes only
+  what the tiers report
   (`P:status:*`, `P:l4:*`, `P:applies:*`, the time series `P:ts:*`,
   `P:ts-index:*`) and Celery's keys. Celery's Redis transport (kombu) and result backend
   put every key and channel under `P:celery:` (`global_keyprefix`): queues, `unacked*`,
   `_kombu.binding.*`, `celery-task-meta-*` and the result channels (remote control is off:
   no worker listens for broadcasts); the tests run a real worker under this
   user and check Redis's ACL log for anything it was denied. A
-  node that is taken over can thus neither rewrite the desired state, nor read console
-  accounts or the audit trail, nor flush or reconfigure Redis.
+  node that is taken over can thus neither rewrite the desired state, nor read private keys,
+  console accounts or the audit trail, nor flush or reconfigure Redis.
+- **xds** (`slb xds`): reads the desired state and the certificates' keys it hands to
+  Envoys (`P:secret:*`, it alone), writes only the L7 reports and its alarm (`P:status:*`);
+  no pub/sub.
 - **console** (`slb console`): every key under `P:` (it writes operators' objects,
   accounts, the audit trail and uploaded keys), no pub/sub, no dangerous command.
 
@@ -52,27 +55,20 @@ def key_rules(role: str, prefix: str, db: int = 0) -> list[str]:
         return [f"~{prefix}:*", *channels]
     if role == "console":
         return [f"~{prefix}:*"]
+    desired = ["revision", "doc:*", "rev:*", "changes", "store-id", "synced", "syncing"]
     if role == "worker":
-        reads = [
-            "revision",
-            "doc:*",
-            "rev:*",
-            "changes",
-            "secret:*",
-            "store-id",
-            "synced",
-            "syncing",
-        ]
         writes = ["status:*", "l4:*", "applies:*", "ts:*", "ts-index:*", "celery:*"]
         return [
-            *(f"%R~{prefix}:{k}" for k in reads),
+            *(f"%R~{prefix}:{k}" for k in desired),
             *(f"~{prefix}:{k}" for k in writes),
             *channels,
         ]
+    if role == "xds":
+        return [*(f"%R~{prefix}:{k}" for k in [*desired, "secret:*"]), f"~{prefix}:status:*"]
     raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
 
 
-ROLES = ("cmi", "worker", "console")
+ROLES = ("cmi", "worker", "xds", "console")
 
 
 def acl_line(role: str, password: str, prefix: str, db: int = 0) -> str:

@@ -15,6 +15,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from devbed.pki import key_pem
 from devbed.process import Process, wait_until
 from devbed.redis import RedisServer
 from slb import config
@@ -24,6 +25,7 @@ from slb.model import LBNode, LoadBalancer, NodeGroup, Owner, OwnerKind
 from slb.pipeline import REASSERT, l4_queue, make_app
 from slb.storage import acl
 from slb.storage.connect import credentials
+from slb.storage.secrets import SecretStore
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
 from tests.l7.test_server import ServerThread
@@ -170,13 +172,26 @@ def test_a_celery_worker_consumes_tasks_as_the_worker_user(
     assert acl_redis.denials() == []
 
 
-def test_the_xds_server_runs_as_the_worker_user(acl_redis: AclRedis) -> None:
+def test_the_xds_server_runs_as_the_xds_user(acl_redis: AclRedis) -> None:
     acl_redis.admin.acl_log_reset()
-    cmi, worker = acl_redis.store("cmi"), acl_redis.store("worker")
+    cmi, xds = acl_redis.store("cmi"), acl_redis.store("xds")
     revision = cmi.put(balancer("198.18.0.12", "x"))
-    with ServerThread(worker) as server:
+    with ServerThread(xds) as server:
         server.wait_revision(revision)
     assert acl_redis.denials() == []
+
+
+def test_only_the_xds_server_reads_private_keys(acl_redis: AclRedis) -> None:
+    """An LB node taken over used to read every tenant's private key, undoing the per-group
+    mutual TLS of xDS (#14)."""
+    console, worker, xds = (acl_redis.store(role) for role in ("console", "worker", "xds"))
+    key = key_pem()
+    SecretStore(console).put_key("shop-1", key)
+    assert SecretStore(xds).get_keys({"shop-1"}) == {"shop-1": key}
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        SecretStore(worker).get_keys({"shop-1"})
+    with pytest.raises(redis.ResponseError, match="can't access at least one of the keys"):
+        xds.put(balancer("198.18.0.13", "y"))  # the xDS server writes no desired state
 
 
 def test_password_settings_are_checked_and_named(acl_redis: AclRedis, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
+from typing import Any
 
 from flask import Flask
 from waitress.server import create_server
@@ -12,7 +13,7 @@ from waitress.server import create_server
 class ServedApp:
     """Serve `app` from a background thread while the `with` block runs."""
 
-    def __init__(self, app: Flask, threads: int = 4, **options: object) -> None:
+    def __init__(self, app: Flask, threads: int = 4, **options: Any) -> None:
         """`options`: waitress's, as `web.cli.waitress_options` gives them."""
         options.setdefault("threads", threads)
         self.server = create_server(app, host="127.0.0.1", port=0, **options)
