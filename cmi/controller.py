@@ -196,10 +196,23 @@ class Controller:
             return
         with self._lock:
             for kind, key in touched:
-                self.mirror.refresh((kind, key), self.store.get(KINDS[kind], key))
+                before = self.mirror.objects.get((kind, key))
+                after = self.store.get(KINDS[kind], key)
+                self.mirror.refresh((kind, key), after)
+                if after is None and isinstance(before, LoadBalancer):
+                    self._deleted(before)
             shared = [key for kind, key in touched if kind == LoadBalancer.kind]
             sharers = sharing(shared, self.cluster.services.items()) if shared else set()
         self.dirty.add({"", *sharers})  # "": recheck conflicts and VIPs even if none changed
+
+    def _deleted(self, balancer: LoadBalancer) -> None:
+        """An operator deleted an instance: its VIP is free once the grace has passed (a
+        store that lost it deletes nothing: its VIPs stay held, `cmi.viprecord`)."""
+        if balancer.owner.kind is not OwnerKind.OPERATOR:
+            return
+        if (vip := self.ipam.release(balancer.name)) is not None:
+            log.info("instance %s was deleted: VIP %s is free in %d s", balancer.name, vip,
+                     self.settings.release_grace_s)  # fmt: skip
 
     def resync(self) -> None:
         """Rebuild everything from the caches against a fresh read of the store."""

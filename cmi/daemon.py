@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 
+import redis
 from prometheus_client import CollectorRegistry
 
 from cmi import probes
@@ -31,6 +32,9 @@ from slb.pipeline import make_app
 from slb.storage.store import Fence, Store
 
 log = logging.getLogger(__name__)
+
+FENCE = "cmi"
+"""The name of cmi's fencing token in the store; the Lease's transitions are its value."""
 
 
 def default_identity() -> str:
@@ -73,7 +77,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         controller = Controller(kube, store, cmi, identity)
         threads = [
             threading.Thread(
-                target=guarded(partial(controller.run, leader_stop, Fence("cmi", epoch))),
+                target=guarded(partial(controller.run, leader_stop, Fence(FENCE, epoch))),
                 name="controller",
             ),
             threading.Thread(target=guarded(partial(handoff.run, leader_stop)), name="handoff"),
@@ -100,6 +104,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         retry_period_s=cmi.retry_period_s,
         on_started=started,
         on_stopped=stopped,
+        floor=partial(_fence_floor, store),
     )
 
     def shut_down(*_: object) -> None:
@@ -145,3 +150,12 @@ def _serve_probes(bind: str, elector: LeaderElector, leading: Leading) -> None:
     registry = CollectorRegistry()
     registry.register(probes.ControllerMetrics(elector.leading.is_set, controller))
     probes.serve(bind, check, registry)
+
+
+def _fence_floor(store: Store) -> int | None:
+    """The store's newest cmi fencing token; None while Redis does not answer."""
+    try:
+        return store.fence_token(FENCE)
+    except redis.RedisError as exc:
+        log.warning("cannot read the fencing token: %s", exc)
+        return None

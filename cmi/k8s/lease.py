@@ -40,6 +40,7 @@ class LeaderElector:
         retry_period_s: float = 2.0,
         on_started: Callable[[int], None],
         on_stopped: Callable[[], None],
+        floor: Callable[[], int | None] = lambda: -1,
     ) -> None:
         if not retry_period_s < renew_deadline_s < lease_duration_s:
             raise ValueError("need retry period < renew deadline < lease duration")
@@ -50,6 +51,10 @@ class LeaderElector:
         self.renew_deadline_s = renew_deadline_s
         self.retry_period_s = retry_period_s
         self.on_started, self.on_stopped = on_started, on_stopped
+        self.floor = floor
+        """The newest fencing token the store has seen (None: cannot tell now). A new
+        holder's `leaseTransitions` starts above it: a Lease deleted and made again starts
+        at 0, and its leaders would be fenced out of the store for as many restarts."""
         self.leading = threading.Event()
         self.epoch = -1
         self._stop = threading.Event()
@@ -116,7 +121,9 @@ class LeaderElector:
             return False  # someone else holds a live lease
         stamp = _now_micro()
         if holder != self.identity:
-            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+            if (floor := self.floor()) is None:
+                return False  # the token would be a guess: try again next period
+            spec["leaseTransitions"] = max(int(spec.get("leaseTransitions") or 0), floor) + 1
             spec["acquireTime"] = stamp
         spec["holderIdentity"] = self.identity
         spec["leaseDurationSeconds"] = int(self.lease_duration_s)
@@ -133,6 +140,8 @@ class LeaderElector:
         return True
 
     def _create(self) -> bool:
+        if (floor := self.floor()) is None:
+            return False
         stamp = _now_micro()
         body = {
             "apiVersion": "coordination.k8s.io/v1",
@@ -143,7 +152,7 @@ class LeaderElector:
                 "leaseDurationSeconds": int(self.lease_duration_s),
                 "acquireTime": stamp,
                 "renewTime": stamp,
-                "leaseTransitions": 0,
+                "leaseTransitions": floor + 1,
             },
         }
         try:

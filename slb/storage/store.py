@@ -175,6 +175,11 @@ class Store:
 
     # -- writes ---------------------------------------------------------------------------
 
+    def fence_token(self, name: str) -> int:
+        """The newest fencing token of `name` a write has carried (-1: none)."""
+        raw = self.redis.get(self.key("fence", name))
+        return int(raw) if raw is not None else -1
+
     def apply(self, ops: Iterable[Op], *, fence: Fence | None = None, **meta: str) -> int:
         """Commit every op or none; return the revision that holds them.
 

@@ -611,3 +611,20 @@ def test_another_namespace_cannot_join_a_tenants_instance(
     assert ingress_ip(admin, other, "thief") is None
     assert store.get(Service, f"{other}/thief") is None
     assert ingress_ip(admin, namespace, "a") == vip
+
+
+def test_a_deleted_operator_instance_frees_its_vip_after_the_grace(
+    cmi: Start, store: Store
+) -> None:
+    """Deleted operators' instances used to keep their VIPs for ever (#14)."""
+    running = cmi(release_grace_s=1)
+    ops = LoadBalancer(name="ops", pool="default", owner=Owner(kind=OwnerKind.OPERATOR, name="o"))
+    store.put(ops)
+    eventually(lambda: store.get(LoadBalancer, "ops").obj.vip, "the instance's VIP")
+    vip = store.get(LoadBalancer, "ops").obj.vip
+    store.delete(LoadBalancer.kind, "ops")
+    time.sleep(1.5)  # the grace
+    store.put(ops.model_copy(update={"name": "next"}))  # any change: cmi reconciles
+    eventually(lambda: running.controller.ipam.current("ops") is None, "the VIP freed")
+    eventually(lambda: store.get(LoadBalancer, "next").obj.vip, "the next one's VIP")
+    assert store.get(LoadBalancer, "next").obj.vip == vip  # the lowest free address again

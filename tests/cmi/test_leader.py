@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import uuid
 from functools import partial
@@ -11,9 +12,11 @@ from pathlib import Path
 import requests
 
 from cmi.k8s.client import KubeClient, KubeError
+from cmi.k8s.lease import LeaderElector
 from devbed.process import Process, free_port, wait_until
 from devbed.redis import RedisServer
-from slb.storage.store import Store
+from slb.model import LoadBalancer, Owner, OwnerKind
+from slb.storage.store import Fence, Store
 from tests.cmi.conftest import POOL, service_body
 
 LEASE_S = 3
@@ -168,3 +171,42 @@ def test_a_leader_whose_controller_dies_gives_up_the_lease_and_exits(
         assert not _exposed(store, namespace, "first")
     finally:
         process.stop()
+
+
+def test_a_lease_made_again_does_not_fence_its_leaders_out(
+    admin: KubeClient, store: Store, cmi_kubeconfig: Path
+) -> None:
+    """The Lease deleted and created again starts its transitions at 0: its leaders' tokens
+    were older than the store's, and every write was fenced for as many restarts (#14).
+    A new holder's token now starts above the store's newest."""
+    assert cmi_kubeconfig.exists()  # (its fixture made namespace openslb-system)
+    name = f"cmi-{uuid.uuid4().hex[:6]}"
+    path = f"/apis/coordination.k8s.io/v1/namespaces/openslb-system/leases/{name}"
+
+    def lead(identity: str) -> int:
+        epochs: list[int] = []
+        elector = LeaderElector(
+            admin, "openslb-system", name, identity,
+            lease_duration_s=3, renew_deadline_s=2, retry_period_s=0.2,
+            on_started=epochs.append, on_stopped=lambda: None,
+            floor=lambda: store.fence_token("cmi"),
+        )  # fmt: skip
+        runner = threading.Thread(target=elector.run, daemon=True)
+        runner.start()
+        wait_until(lambda: bool(epochs), 20, f"{identity} leads")
+        elector.stop()
+        runner.join(10)
+        return epochs[0]
+
+    store.put(balancer_for_fence("a"), fence=Fence("cmi", 7))  # leaders wrote up to token 7
+    first = lead("one")
+    assert first == 8
+    store.put(balancer_for_fence("b"), fence=Fence("cmi", first))
+    admin.request("DELETE", path)  # someone deletes the Lease; cmi makes it again
+    second = lead("two")
+    assert second == 9
+    store.put(balancer_for_fence("c"), fence=Fence("cmi", second))  # not fenced out
+
+
+def balancer_for_fence(name: str) -> LoadBalancer:
+    return LoadBalancer(name=name, vip="198.18.0.9", owner=Owner(kind=OwnerKind.OPERATOR, name="o"))
