@@ -14,6 +14,7 @@ are usually the very same objects, which makes the comparison cheap).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -31,6 +32,8 @@ from l7.translate.route import serialized_route_configuration
 from l7.translate.secret import secret
 from slb.model import Backend, Certificate, IPAddress, Listener
 from slb.resolve import DesiredState, ResolvedListener
+
+log = logging.getLogger(__name__)
 
 
 class Resource:
@@ -147,10 +150,24 @@ class SnapshotCache:
             group_problems += listener_problems
             if usable is None:
                 continue
-            seen.add(resolved.listener.name)
-            for type_url, resource in self._configuration(resolved, usable):
+            name = resolved.listener.name
+            try:
+                configuration = self._configuration(resolved, usable)
+                assignments = self._load_assignments(resolved)
+            except Exception as exc:  # one listener's trouble never holds the others back
+                kept = self._last_good(name)
+                log.exception("xds: listener %s cannot be translated", name)
+                group_problems.append(
+                    f"listener {name!r}: cannot be translated ({exc!r}); "
+                    + ("serving its last good configuration" if kept else "not served")
+                )
+                if kept is None:
+                    continue
+                configuration, assignments = kept
+            seen.add(name)
+            for type_url, resource in configuration:
                 by_type[type_url][resource.name] = resource
-            for resource in self._load_assignments(resolved):
+            for resource in assignments:
                 by_type[ENDPOINT][resource.name] = resource
             secrets_used.setdefault(group, set()).update(usable)
         for name in set(self._config) - seen:
@@ -189,6 +206,15 @@ class SnapshotCache:
         out.append((ROUTE, Resource(model.name, ROUTE, serialized_route_configuration(resolved))))
         self._config[model.name] = _ConfigEntry(model, resolved.vip, certs, tuple(out))
         return tuple(out)
+
+    def _last_good(
+        self, name: str
+    ) -> tuple[tuple[tuple[str, Resource], ...], tuple[Resource, ...]] | None:
+        """What listener `name` was last translated to, if it ever was."""
+        config, endpoints = self._config.get(name), self._endpoints.get(name)
+        if config is None or endpoints is None:
+            return None
+        return config.resources, endpoints.resources
 
     def _load_assignments(self, resolved: ResolvedListener) -> tuple[Resource, ...]:
         model = resolved.listener

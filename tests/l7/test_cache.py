@@ -3,6 +3,8 @@ not change."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -13,6 +15,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from l7.cache import GroupSnapshot, Resource, SnapshotCache, changed
 from l7.translate import translate
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES
+from l7.translate.listener import serialized_listener
 from slb.model import Backend, Service
 from slb.resolve import resolve
 from slb.snapshot import Snapshot, Stored
@@ -119,3 +122,42 @@ def test_a_renamed_route_gets_endpoints_under_its_new_name() -> None:
     assert "web/api2" in second.resources[ENDPOINT]
     assert "web/api" not in second.resources[ENDPOINT]
     assert set(second.resources[ENDPOINT]) == set(second.resources[CLUSTER])
+
+
+def test_one_listener_that_cannot_be_translated_holds_no_other_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listener whose translation raises keeps its last good configuration (or, new, is
+    not served) and says so; the others are published as usual (#14)."""
+    case = load_case("node-groups")
+    cache = SnapshotCache()
+    first = cache.build(resolve(case.snapshot()), case.keys)
+    good = first["edge"].resources[LISTENER]["edge-web"]
+
+    def breaks_on_edge_web(resolved: Any, usable: Any) -> Any:
+        if resolved.listener.name == "edge-web":
+            raise ValueError("a bug that only this listener trips")
+        return serialized_listener(resolved, usable)
+
+    monkeypatch.setattr("l7.cache.serialized_listener", breaks_on_edge_web)
+    changed_web = with_backends(case.snapshot(), "shop/web", "http",
+                                [Backend(address="198.18.3.9", port=8080)])  # fmt: skip
+    edited = Snapshot(changed_web.revision, {
+        **changed_web.objects,
+        "Listener": {
+            k: Stored(s.obj.model_copy(update={"idle_timeout_s": 61}), s.revision)
+            for k, s in changed_web.objects["Listener"].items()
+        },
+    })  # fmt: skip
+    second = cache.build(resolve(edited), case.keys)
+    assert second["edge"].resources[LISTENER]["edge-web"] is good  # its last good one
+    assert sorted(second["edge"].resources[LISTENER]) == ["edge-owned", "edge-web"]
+    assert second["edge"].resources[LISTENER]["edge-owned"].version != (
+        first["edge"].resources[LISTENER]["edge-owned"].version
+    )  # the others moved on
+    (problem,) = second["edge"].problems
+    assert "listener 'edge-web': cannot be translated" in problem
+    assert "serving its last good configuration" in problem
+    fresh = SnapshotCache().build(resolve(edited), case.keys)  # never translated before
+    assert "edge-web" not in fresh["edge"].resources[LISTENER]
+    assert "not served" in fresh["edge"].problems[0]
