@@ -290,6 +290,7 @@ class Controller:
         # 4. VIPs: a Service taking back the VIP its status names goes first, so a rebuilt
         # store gives it that VIP before any new Service can draw it.
         builds.sort(key=lambda item: item[2].remembered_vip is None)
+        builds = self._within_quota(builds)
         results: list[tuple[str, Built, list[StoredObject]]] = [
             self._not_taken(key, previous, *vips.desired(b, previous, self.ipam, pools))
             for key, previous, b in builds
@@ -309,6 +310,32 @@ class Controller:
         for key, built, _ in results:
             self.reporter.written(key, built, conflicts.by_service.get(key, {}))
         return self.revision
+
+    def _within_quota(
+        self, builds: list[tuple[str, Previous, Built]]
+    ) -> list[tuple[str, Previous, Built]]:
+        """A namespace's Services own at most `cmi.instances_per_namespace` instances (each
+        a VIP from a shared pool): one beyond it is refused, and keeps what it had."""
+        limit = self.settings.instances_per_namespace
+        if not limit:
+            return builds
+        owned: dict[str, int] = {}
+        for balancer in self.mirror.of(LoadBalancer).values():
+            if balancer.owner.kind is OwnerKind.SERVICE and balancer.namespace:
+                owned[balancer.namespace] = owned.get(balancer.namespace, 0) + 1
+        out = []
+        for key, previous, built in builds:
+            namespace = key.split("/", 1)[0]
+            if built.dedicated is None or previous.load_balancer is not None:
+                out.append((key, previous, built))
+            elif owned.get(namespace, 0) >= limit:
+                why = (f"namespace {namespace} owns {limit} instances already "
+                       "(cmi.instances_per_namespace)")  # fmt: skip
+                out.append((key, previous, refused(key, previous, why)))
+            else:
+                owned[namespace] = owned.get(namespace, 0) + 1
+                out.append((key, previous, built))
+        return out
 
     def _not_taken(
         self, key: str, previous: Previous, built: Built, objects: list[StoredObject]

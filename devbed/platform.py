@@ -345,8 +345,10 @@ class DevPlatform:
         tables: dict[str, dict[str, str | int | bool]] = {
             "redis": {"url": self.redis_url, "prefix": PREFIX},
             "kube": {"kubeconfig": str(cmi_kubeconfig)},
-            # No EndpointSlice controller here: devbed writes the demo's slices itself.
+            # No EndpointSlice controller here: devbed writes the demo's slices itself; one
+            # tenant, whose benches expose thousands of Services: no instance quota.
             "cmi": {"pool_cidrs": self.vip_cidr, "endpoint_slices_from": demo.NAMESPACE,
+                    "instances_per_namespace": 0,
                     "release_grace_s": 5, "lease_duration_s": 6,
                     "renew_deadline_s": 4, "retry_period_s": 1},
             "xds": {"bind": f"127.0.0.1:{ports['xds']}",

@@ -85,6 +85,9 @@ class CmiSettings:
     pool_cidrs: str = setting(
         "", "If set, cmi creates or updates that pool with these CIDRs (comma-separated)"
     )
+    instances_per_namespace: int = setting(
+        100, "Most instances (each a VIP) the Services of one namespace may own; 0: no limit"
+    )
     endpoint_slices_from: str = setting(
         "",
         "Namespaces (comma-separated; * for all) whose hand-made EndpointSlices cmi uses; "

@@ -628,3 +628,20 @@ def test_a_deleted_operator_instance_frees_its_vip_after_the_grace(
     eventually(lambda: running.controller.ipam.current("ops") is None, "the VIP freed")
     eventually(lambda: store.get(LoadBalancer, "next").obj.vip, "the next one's VIP")
     assert store.get(LoadBalancer, "next").obj.vip == vip  # the lowest free address again
+
+
+def test_a_namespace_owns_at_most_its_quota_of_instances(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """One tenant labelling Service after Service would drain the VIP pool every tenant
+    shares (#14): beyond `cmi.instances_per_namespace`, a Service is refused and told."""
+    cmi(instances_per_namespace=2)
+    exposed = expose(admin, namespace, "ab")
+    create(admin, namespace, service_body("c", labels={"openslb.io/expose": "true"}))
+    eventually(
+        lambda: any(reason == "Refused" and "owns 2 instances already" in message
+                    for reason, message in events(admin, namespace, "c")),
+        "the third one told the namespace is at its quota",
+    )  # fmt: skip
+    assert ingress_ip(admin, namespace, "c") is None
+    assert all(exposed.values())
