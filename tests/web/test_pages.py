@@ -425,3 +425,14 @@ def test_a_forged_status_report_never_breaks_a_page(
     auth.login("admin")
     for path in ("/", "/listeners", "/api/v1/status", "/metrics"):
         assert client.get(path).status_code == 200, path
+
+
+@pytest.mark.parametrize(
+    "path", ["/instances/edge/delete", "/pools/extra/delete", "/certificates/shop/delete"]
+)
+def test_a_malformed_version_is_a_400_naming_it(client: FlaskClient, auth: Auth, path: str) -> None:
+    """Hostile form input answers 400 with the field named, never 500 (#14)."""
+    auth.login("admin")
+    answer = auth.post(path, {"version": "1e9999; drop"})
+    assert answer.status_code == 400
+    assert "version: must be a whole number" in answer.get_data(as_text=True)

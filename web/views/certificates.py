@@ -13,7 +13,7 @@ from slb.storage.store import ConflictError
 from web import queries
 from web.auth import Role, require
 from web.db import operations
-from web.views.common import errors_by_field
+from web.views.common import errors_by_field, form_int
 
 bp = Blueprint("certificates", __name__)
 
@@ -59,7 +59,7 @@ def certificate_upload() -> tuple[str, int] | Response:
             problems[field] = ["required"]
     if problems:
         return _page(problems, name, 422)
-    version = int(request.form.get("version", "0") or 0)
+    version = form_int(request.form.get("version"), "version")
     try:
         stored, info = operations().put_certificate(name, chain_pem, key_pem, expect=version)
     except ModelError as exc:
@@ -77,7 +77,7 @@ def certificate_upload() -> tuple[str, int] | Response:
 @bp.post("/certificates/<name>/delete")
 @require(Role.OPERATOR)
 def certificate_delete(name: str) -> tuple[str, int] | Response:
-    version = int(request.form.get("version", "0") or 0)
+    version = form_int(request.form.get("version"), "version")
     try:
         operations().remove_certificate(name, expect=version)
     except ModelError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from flask import request
+from flask import abort, request
 
 
 def datetime_filter(at: float) -> str:
@@ -27,3 +27,14 @@ def errors_by_field(exc: Any) -> dict[str, list[str]]:
     for error in exc.errors:
         out.setdefault(error.field, []).append(error.message)
     return out
+
+
+def form_int(value: str | None, field: str, default: int = 0) -> int:
+    """A whole number from a form or query field; anything else is a 400 naming the field
+    (never a 500)."""
+    text = (value or "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or len(text) > 18:
+        abort(400, description=f"{field}: must be a whole number (got {text[:40]!r})")
+    return int(text)

@@ -11,7 +11,7 @@ from web import queries
 from web.auth import Role, require
 from web.db import operations
 from web.state import preview, service_row
-from web.views.common import errors_by_field, form_data
+from web.views.common import errors_by_field, form_data, form_int
 
 bp = Blueprint("instances", __name__)
 
@@ -78,7 +78,7 @@ def instance_detail(name: str) -> str:
 @bp.post("/instances/<name>/delete")
 @require(Role.OPERATOR)
 def instance_delete(name: str) -> tuple[str, int] | Response:
-    version = int(request.form.get("version", "0") or 0)
+    version = form_int(request.form.get("version"), "version")
     try:
         operations().remove_load_balancer(name, expect=version)
     except ModelError as exc:
@@ -99,7 +99,7 @@ def pool_put() -> tuple[str, int] | Response:
         "reserved": form.get("reserved", "").replace(",", " ").split(),
         "auto_assign": "auto_assign" in request.form,
     }
-    version = int(form.get("version", "0") or 0)
+    version = form_int(form.get("version"), "version")
     try:
         operations().put_pool(data, expect=version)
     except ModelError as exc:
@@ -113,7 +113,7 @@ def pool_put() -> tuple[str, int] | Response:
 @bp.post("/pools/<name>/delete")
 @require(Role.ADMIN)
 def pool_delete(name: str) -> tuple[str, int] | Response:
-    version = int(request.form.get("version", "0") or 0)
+    version = form_int(request.form.get("version"), "version")
     try:
         operations().remove_pool(name, expect=version)
     except ModelError as exc:

@@ -14,7 +14,7 @@ from web.auth import Role, require
 from web.db import operations
 from web.queries import PROTOCOLS, STATES, ListenerFilter
 from web.state import listener_backends, preview
-from web.views.common import errors_by_field
+from web.views.common import errors_by_field, form_int
 
 bp = Blueprint("listeners", __name__)
 
@@ -170,7 +170,7 @@ def listener_edit(name: str) -> PageResult:
         return _render_form(listener_to_form(stored.obj), {}, name, stored.revision)
     form = {k: v for k, v in request.form.items() if k != "csrf_token"}
     form["certificates"] = request.form.getlist("certificates")  # type: ignore[assignment]
-    version = int(form.pop("version", "0") or 0)
+    version = form_int(form.pop("version", None), "version")
     try:
         data = form_to_listener(form)
         data.pop("name", None)
@@ -188,7 +188,7 @@ def listener_edit(name: str) -> PageResult:
 @bp.post("/listeners/<name>/delete")
 @require(Role.OPERATOR)
 def listener_delete(name: str) -> Response:
-    version = int(request.form.get("version", "0") or 0)
+    version = form_int(request.form.get("version"), "version")
     try:
         operations().remove_listener(name, expect=version)
     except ModelError as exc:
