@@ -90,6 +90,13 @@ def server_tls(xds: XdsSettings) -> ServerTls | None:
     return ServerTls(xds)
 
 
+def _unspecified(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
 def _loopback(bind: str) -> bool:
     host = host_port(bind, "xds.bind")[0]
     try:
@@ -143,6 +150,12 @@ def envoy_bootstrap(
     """
     from l7.bootstrap import XdsTls, bootstrap  # noqa: PLC0415
 
+    if stats_port and _unspecified(stats_address):
+        raise click.UsageError(
+            f"--stats-address {stats_address} would answer on every address of the node, "
+            "its VIPs included (any client could read every tenant's listener stats): give "
+            "the node's management address"
+        )
     xds_address = xds_address or settings.xds.bind
     files = {
         "--tls-cert (xds.client_cert)": tls_cert or settings.xds.client_cert,

@@ -71,6 +71,7 @@ put_file /etc/openslb/lb-node.env 644 <<EOF
 # Written by deploy/lab/lb.sh (see deploy/lb-node/lb-node.env.example).
 OPENSLB_L4_NODE=$LAB_NODE
 OPENSLB_L4_NODE_GROUP=$LAB_NODE_GROUP
+OPENSLB_LB_NODE_ADDRESS=$address
 EOF
 put_file /etc/openslb/openslb.toml 600 <<EOF
 # Written by deploy/lab/lb.sh for $LAB_NODE (see deploy/lb-node/openslb.toml.example).
