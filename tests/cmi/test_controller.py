@@ -265,11 +265,12 @@ def test_node_mode_with_local_policy_and_a_not_ready_node(
             content_type="application/merge-patch+json",
         )  # fmt: skip
     running = cmi()
-    create(admin, namespace, service_body(
+    created = create(admin, namespace, service_body(
         "cart", labels=EXPOSE, annotations={"openslb.io/backend-mode": "node"},
-        ports=[{"name": "grpc", "port": 50051, "nodePort": 31051}],
+        ports=[{"name": "grpc", "port": 50051}],  # the API server picks a free NodePort
         externalTrafficPolicy="Local", allocateLoadBalancerNodePorts=True,
     ))  # fmt: skip
+    node_port = created["spec"]["ports"][0]["nodePort"]
     endpoints = slice_body(
         "cart", "cart-1", ["198.18.1.1", "198.18.1.2", "198.18.1.3", "198.18.1.4"]
     )
@@ -285,12 +286,13 @@ def test_node_mode_with_local_policy_and_a_not_ready_node(
         return [(str(b.address), b.port, b.weight) for b in service.backends.get("grpc", ())]
 
     eventually(
-        lambda: backends() == [("198.18.3.1", 31051, 2), ("198.18.3.2", 31051, 1)], "node mode"
+        lambda: backends() == [("198.18.3.1", node_port, 2), ("198.18.3.2", node_port, 1)],
+        "node mode",
     )
     admin.request("PATCH", f"/api/v1/nodes/{prefix}-n2",
                   body={"spec": {"unschedulable": True}},
                   content_type="application/merge-patch+json")  # fmt: skip
-    eventually(lambda: backends() == [("198.18.3.1", 31051, 2)], "cordoned node left out")
+    eventually(lambda: backends() == [("198.18.3.1", node_port, 2)], "cordoned node left out")
 
 
 def test_two_services_colliding_on_a_port(
