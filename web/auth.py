@@ -548,14 +548,39 @@ def login() -> Response | str | tuple[str, int, dict[str, str]]:
     limiter().succeeded(address, name)
     session.clear()  # a new session on login: no fixation
     session.permanent = True
-    lifetime_s = current_app.config["SESSION_LIFETIME_S"]
-    session["sid"] = Sessions(get_store()).start(user.name, lifetime_s)
+    _start_session(user.name)
     session["role"] = user.role.label
     csrf_token()
     target = request.args.get("next", "")
     if not target.startswith("/") or target.startswith("//"):
         target = url_for("overview.index")
     return redirect(target)
+
+
+def _start_session(name: str) -> None:
+    session["sid"] = Sessions(get_store()).start(name, current_app.config["SESSION_LIFETIME_S"])
+
+
+def set_own_password(current: str, new: str) -> None:
+    """The signed-in user changes their password (AuthError names the field at fault): their
+    other sessions end; one signed in with a cookie goes on under a new id."""
+    store = accounts()
+    if store.verify(g.user.name, current) is None:
+        raise AuthError("current_password", "wrong password")
+    try:
+        store.update_user(g.user.name, password=new)
+    except AuthError as exc:
+        raise AuthError("new_password", exc.message) from None
+    audit("update", "User", g.user.name, None, {"name": g.user.name, "password_changed": True})
+    if "sid" in session:
+        _start_session(g.user.name)
+
+
+def sign_out_everywhere() -> None:
+    """End every session of the signed-in user, this one too."""
+    ended = Sessions(get_store()).end_all(g.user.name)
+    audit("delete", "Session", g.user.name, {"sessions": ended}, None)
+    session.clear()
 
 
 @bp.post("/logout")

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, abort, current_app, g, jsonify, session
+from flask import Response, abort, current_app, g, jsonify
 
 from web.api.common import ApiBlueprint, field_error, json_body
-from web.auth import Accounts, AuthError, Role, Sessions, accounts, audit
-from web.db import get_store
+from web.auth import (
+    Accounts,
+    AuthError,
+    Role,
+    accounts,
+    audit,
+    set_own_password,
+    sign_out_everywhere,
+)
 
 bp = ApiBlueprint("api_access", __name__, tag="access")
 
@@ -33,15 +40,10 @@ def me() -> Response:
 def change_own_password() -> Response:
     data = json_body()
     _only(data, {"current_password", "new_password"})
-    store = accounts()
-    if store.verify(g.user.name, _string(data, "current_password")) is None:
-        raise field_error("User", "current_password", "wrong password")
     try:
-        store.update_user(g.user.name, password=_string(data, "new_password"))
+        set_own_password(_string(data, "current_password"), _string(data, "new_password"))
     except AuthError as exc:
-        raise field_error("User", "new_password", exc.message) from None
-    audit("update", "User", g.user.name, None, {"name": g.user.name, "password_changed": True})
-    _renew_this_session()
+        raise _auth_error(exc) from None
     return Response(status=204)
 
 
@@ -50,17 +52,8 @@ def change_own_password() -> Response:
     role=Role.VIEWER, ok=(204, None),
 )  # fmt: skip
 def end_own_sessions() -> Response:
-    ended = Sessions(get_store()).end_all(g.user.name)
-    session.clear()
-    audit("delete", "Session", g.user.name, {"sessions": ended}, None)
+    sign_out_everywhere()
     return Response(status=204)
-
-
-def _renew_this_session() -> None:
-    """The session that changed the password goes on under a new id (the others ended)."""
-    if "sid" in session:
-        lifetime_s = current_app.config["SESSION_LIFETIME_S"]
-        session["sid"] = Sessions(get_store()).start(g.user.name, lifetime_s)
 
 
 # -- users ----------------------------------------------------------------------------------

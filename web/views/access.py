@@ -10,13 +10,19 @@ from flask import (
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
 from werkzeug.wrappers import Response
 
-from web.auth import AuthError, Role, Sessions, accounts, audit, require
-from web.db import get_store
+from web.auth import (
+    AuthError,
+    Role,
+    accounts,
+    audit,
+    require,
+    set_own_password,
+    sign_out_everywhere,
+)
 
 bp = Blueprint("access", __name__)
 
@@ -109,26 +115,17 @@ def account() -> str:
 
 @bp.post("/account/password")
 def password_change() -> Response | tuple[str, int]:
-    store = accounts()
     try:
-        if store.verify(g.user.name, request.form.get("current_password", "")) is None:
-            raise AuthError("current_password", "wrong password")
-        try:
-            store.update_user(g.user.name, password=request.form.get("new_password", ""))
-        except AuthError as exc:
-            raise AuthError("new_password", exc.message) from None
+        set_own_password(
+            request.form.get("current_password", ""), request.form.get("new_password", "")
+        )
     except AuthError as exc:
         return render_template("account.html", errors={exc.field: [exc.message]}), 422
-    audit("update", "User", g.user.name, None, {"name": g.user.name, "password_changed": True})
-    lifetime_s = current_app.config["SESSION_LIFETIME_S"]  # the others ended; this one goes on
-    session["sid"] = Sessions(get_store()).start(g.user.name, lifetime_s)
     flash("Password changed; your other sessions are signed out.")
     return redirect(url_for("access.account"))
 
 
 @bp.post("/account/sessions/end")
 def sessions_end() -> Response:
-    ended = Sessions(get_store()).end_all(g.user.name)
-    audit("delete", "Session", g.user.name, {"sessions": ended}, None)
-    session.clear()
+    sign_out_everywhere()
     return redirect(url_for("auth.login"))
