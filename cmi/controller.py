@@ -317,8 +317,8 @@ class Controller:
         """A namespace's Services own at most `cmi.instances_per_namespace` instances (each
         a VIP from a shared pool): one beyond it is refused, and keeps what it had."""
         limit = self.settings.instances_per_namespace
-        if not limit:
-            return builds
+        if not limit or not any(_new_instance(p, b) for _, p, b in builds):
+            return builds  # no new instance asked for: no walk over every instance
         owned: dict[str, int] = {}
         for balancer in self.mirror.of(LoadBalancer).values():
             if balancer.owner.kind is OwnerKind.SERVICE and balancer.namespace:
@@ -326,7 +326,7 @@ class Controller:
         out = []
         for key, previous, built in builds:
             namespace = key.split("/", 1)[0]
-            if built.dedicated is None or previous.load_balancer is not None:
+            if not _new_instance(previous, built):
                 out.append((key, previous, built))
             elif owned.get(namespace, 0) >= limit:
                 why = (f"namespace {namespace} owns {limit} instances already "
@@ -367,8 +367,7 @@ class Controller:
         """Keep the VIP record (`cmi.viprecord`) true: the operators' instances' VIPs, and
         the recorded ones IPAM still holds for instances the store has lost."""
         record = self.vip_record
-        recorded = None if record is None else record.written
-        if record is None or (recorded is None and (recorded := record.load()) is None):
+        if record is None or (recorded := record.recorded()) is None:
             return
         now = {
             name: balancer.vip
@@ -388,3 +387,8 @@ class Controller:
             return
         with contextlib.suppress(ConflictError):
             self._commit([Put(stored.obj.model_copy(update={"vip": vip}), stored.revision)])
+
+
+def _new_instance(previous: Previous, built: Built) -> bool:
+    """Does the Service ask for an instance of its own that it does not own yet?"""
+    return built.dedicated is not None and previous.load_balancer is None

@@ -20,7 +20,8 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 
-from slb.model import AddressPool, IPAddress, IPNetwork
+from slb.model import AddressPool, IPAddress
+from slb.model.infra import host_range
 from slb.storage.store import Store
 
 CANDIDATES_PER_TRY = 32
@@ -181,22 +182,11 @@ def _number(text: str) -> tuple[int, int]:
 def _free(pools: Iterable[AddressPool], held: set[tuple[int, int]]) -> Iterator[str]:
     """Unheld host addresses of the pools, in order (integers until one is chosen: fast)."""
     for pool in pools:
-        skipped = held | {(a.version, int(a)) for a in pool.reserved}
+        reserved = {(a.version, int(a)) for a in pool.reserved}
         for network in pool.cidrs:
-            first, last = _host_range(network)
+            first, last = host_range(network)
             make = ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address
             for number in range(first, last + 1):
-                if (network.version, number) not in skipped:
+                candidate = (network.version, number)
+                if candidate not in held and candidate not in reserved:
                     yield str(make(number))
-
-
-def _host_range(network: IPNetwork) -> tuple[int, int]:
-    """First and last usable host of a network, as integers (like `hosts()`)."""
-    start, end = int(network.network_address), int(network.broadcast_address)
-    if network.num_addresses == 1:
-        return start, end
-    if network.version == 4 and network.prefixlen >= 31:
-        return start, end
-    if network.version == 4:
-        return start + 1, end - 1
-    return start + 1, end  # IPv6: skip the subnet-router anycast address

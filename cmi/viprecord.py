@@ -37,13 +37,10 @@ class VipRecord:
         say now. Entries that are not addresses (edited by hand) are left out, and said."""
         try:
             body = self.kube.get(self.path)
-        except KubeError as exc:
-            if exc.status != 404:
-                log.warning("cannot read the VIP record %s/%s: %s", self.namespace, self.name, exc)
-                return None
-            self.written = {}
-            return {}
         except REQUEST_ERRORS as exc:
+            if isinstance(exc, KubeError) and exc.status == 404:
+                self.written = {}
+                return {}
             log.warning("cannot read the VIP record %s/%s: %s", self.namespace, self.name, exc)
             return None
         recorded: dict[str, IPAddress] = {}
@@ -56,12 +53,14 @@ class VipRecord:
         self.written = recorded
         return recorded
 
+    def recorded(self) -> dict[str, IPAddress] | None:
+        """What the record holds: as last read or written, else read now (None: unknown)."""
+        return self.written if self.written is not None else self.load()
+
     def write(self, vips: Mapping[str, IPAddress]) -> None:
         """Make the record say `vips`, if it does not already; a failure is said, and the
         next call tries again."""
-        if self.written is None and self.load() is None:
-            return
-        if self.written == dict(vips):
+        if self.recorded() in (None, dict(vips)):
             return
         body = {
             "apiVersion": "v1",

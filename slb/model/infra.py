@@ -130,8 +130,8 @@ class AddressPool(StoredObject):
         return self
 
     def offers(self, address: IPAddress) -> bool:
-        """Can `address` be a VIP from this pool: a host address of its CIDRs (not the
-        network's own, nor IPv4's broadcast), not reserved?"""
+        """Can `address` be a VIP from this pool: in the `host_range` of one of its CIDRs,
+        and not reserved? (IPAM draws from the same ranges.)"""
         return address not in self.reserved and any(_host_of(address, n) for n in self.cidrs)
 
     @field_validator("cidrs", mode="before")
@@ -148,11 +148,19 @@ class AddressPool(StoredObject):
 
 
 def _host_of(address: IPAddress, network: IPNetwork) -> bool:
-    if address not in network:
-        return False
-    if network.num_addresses <= 2:  # /31, /32, /127, /128: every address is a host
-        return True
-    ends = {network.network_address}
+    first, last = host_range(network)
+    return address.version == network.version and first <= int(address) <= last
+
+
+def host_range(network: IPNetwork) -> tuple[int, int]:
+    """The first and last address of a network that may be a VIP, as integers (like
+    `hosts()`): not IPv4's network and broadcast addresses, nor IPv6's subnet-router anycast
+    address."""
+    start, end = int(network.network_address), int(network.broadcast_address)
+    if network.num_addresses == 1:
+        return start, end
+    if network.version == 4 and network.prefixlen >= 31:
+        return start, end
     if network.version == 4:
-        ends.add(network.broadcast_address)
-    return address not in ends
+        return start + 1, end - 1
+    return start + 1, end
