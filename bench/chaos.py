@@ -101,7 +101,7 @@ def on_apiserver(count: int, work: Path) -> dict[str, Any]:
             "OPENSLB_REDIS_PREFIX": "chaos", "OPENSLB_KUBE_KUBECONFIG": str(kubeconfig),
             "OPENSLB_CMI_POOL_CIDRS": POOL, "OPENSLB_CMI_IDENTITY": "chaos",
             "OPENSLB_CMI_NAMESPACE": NAMESPACE, "OPENSLB_CMI_ENDPOINT_SLICES_FROM": "*",
-            "OPENSLB_CMI_INSTANCES_PER_NAMESPACE": "0",
+            "OPENSLB_CMI_INSTANCES_PER_NAMESPACE": "0", "OPENSLB_CMI_LISTENERS_PER_NAMESPACE": "0",
         }  # fmt: skip
         argv = [sys.executable, "-m", "slb.cli", "cmi", "--log-level", "WARNING"]
         cmi = Process("cmi", argv, work, env=env).start()

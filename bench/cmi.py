@@ -109,6 +109,7 @@ def main() -> None:
             "OPENSLB_CMI_POOL_CIDRS": POOL,
             "OPENSLB_CMI_ENDPOINT_SLICES_FROM": "*",
             "OPENSLB_CMI_INSTANCES_PER_NAMESPACE": "0",  # 1,000 Services in one namespace
+            "OPENSLB_CMI_LISTENERS_PER_NAMESPACE": "0",
             "OPENSLB_CMI_IDENTITY": "bench",
         }
         cmi = Process(

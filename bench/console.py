@@ -56,7 +56,7 @@ def populate(store: Store, listeners: int, services: int) -> None:
     for i in range(20):
         ops.append(Put(LoadBalancer.model_validate(
             {"name": f"lb-{i}", "vip": f"198.18.0.{i + 1}", "node_group": "default",
-             "owner": {"kind": "Operator", "name": "bench"}}
+             "owner": {"kind": "Operator", "name": "bench"}, "allowed_namespaces": ["bench"]}
         )))  # fmt: skip
     for i in range(services):
         ops.append(Put(service(i)))

@@ -170,7 +170,8 @@ def create_instances(platform: DevPlatform) -> None:
     store = platform.store()
     for kind, group in (("l7", "default"), ("l4", LAB_GROUP)):
         store.put(parse("LoadBalancer", {"name": f"bench-{kind}", "vip": _fixed_vip(platform, kind),
-                                         "node_group": group, "owner": OWNER}))  # fmt: skip
+                                         "node_group": group, "owner": OWNER,
+                                         "allowed_namespaces": [demo.NAMESPACE]}))  # fmt: skip
 
 
 def expose_others(platform: DevPlatform, count: int) -> None:

@@ -25,12 +25,24 @@ ATTACKS: dict[str, list[str]] = {
     "cross-namespace join": [
         "tests/cmi/test_controller.py::test_another_namespace_cannot_join_a_tenants_instance",
         "tests/cmi/test_build.py::test_a_service_joins_only_an_instance_its_namespace_may_use",
+        "tests/cmi/test_controller.py::test_a_namespace_joins_by_its_labels_and_leaves_when_relabelled",
+        "tests/cmi/test_build.py::test_a_namespace_joins_by_its_labels_and_a_served_service_waits_for_unknown_ones",
+        "tests/slb/test_model.py::test_a_namespace_selector_admits_by_labels_and_never_on_unknown_ones",
+    ],
+    "look-alike Service in an operator's selector": [
+        "tests/slb/test_resolve.py::test_a_selector_picks_only_services_of_namespaces_the_instance_admits",
+        "tests/web/test_state.py::test_the_console_shows_only_the_services_the_instance_admits",
+    ],
+    "a namespace past its quota": [
+        "tests/cmi/test_controller.py::test_a_namespace_owns_at_most_its_quota_of_listeners",
+        "tests/web/test_api.py::test_an_operator_making_instances_for_a_namespace_is_held_to_its_quota",
     ],
     "port theft by an old Service": [
         "tests/cmi/test_steps.py::test_the_instances_owner_and_the_first_claim_win_not_creation_timestamps",
     ],
     "certificate use without a grant": [
         "tests/l7/test_translate.py::test_golden[https-tenants]",
+        "tests/l7/test_translate.py::test_golden[https-tenant-selector]",
     ],
     "hash collision overwrite": [
         "tests/cmi/test_controller.py::test_a_service_never_overwrites_an_object_another_owner_holds",
@@ -42,12 +54,18 @@ ATTACKS: dict[str, list[str]] = {
     "forged status entry": [
         "tests/slb/test_status.py",
         "tests/web/test_pages.py::test_a_forged_status_report_never_breaks_a_page",
+        "tests/slb/test_redis_acl.py::test_a_node_writes_its_own_keys_and_no_other_nodes",
     ],
     "remote control shutdown": [
-        "tests/slb/test_redis_acl.py::test_a_celery_worker_consumes_tasks_as_the_worker_user",
+        "tests/slb/test_redis_acl.py::test_the_control_worker_runs_and_no_one_controls_it_remotely",
     ],
     "L4 node reading a key": [
         "tests/slb/test_redis_acl.py::test_only_the_xds_server_reads_private_keys",
+    ],
+    "private key read from a copy of Redis": [
+        "tests/slb/test_secrets.py::test_with_a_key_file_redis_holds_no_key_material",
+        "tests/slb/test_secrets.py::test_a_value_moved_to_another_ref_does_not_decrypt",
+        "tests/web/test_keys_at_rest.py::test_an_uploaded_key_is_stored_encrypted",
     ],
     "plaintext xDS on a public bind": [
         "tests/l7/test_mtls.py::test_plaintext_on_a_public_bind_needs_an_explicit_flag",
@@ -69,6 +87,7 @@ ATTACKS: dict[str, list[str]] = {
     ],
     "VIP:9902 from a client": [
         "tests/l7/test_node_ports.py",
+        "tests/l4/test_guard.py",
     ],
     "zone-id VIP": [
         "tests/slb/test_model.py::test_a_vip_is_one_clients_can_reach_in_one_spelling",

@@ -165,10 +165,12 @@ def build(
     defaults: Defaults,
     previous: Previous,
     instances: Mapping[str, LoadBalancer],
+    namespace_labels: Mapping[str, str] | None = None,
     now: float = 0.0,
 ) -> Built:
     """What this Service should own in the store, and what to tell its owner; `now` stamps
-    the listeners that claim a port afresh."""
+    the listeners that claim a port afresh. `namespace_labels`: its namespace's labels, which
+    an instance's `allowed_namespace_selector` may admit it by; None: not known (yet)."""
     key = service_key(body)
     meta, spec = body["metadata"], body.get("spec") or {}
     expose = (meta.get("labels") or {}).get(EXPOSE_LABEL)
@@ -198,7 +200,14 @@ def build(
             remembered = stored or _ingress_vip(body)
     else:
         instance = expose
-        if instance not in instances or not instances[instance].admits(meta["namespace"]):
+        balancer = instances.get(instance)
+        if balancer is None or not balancer.admits(meta["namespace"], namespace_labels):
+            selects = balancer is not None and balancer.allowed_namespace_selector is not None
+            if selects and namespace_labels is None and previous.service is not None:
+                # Fail static: a namespace not (yet) in cmi's cache says nothing about its
+                # labels; a Service served keeps what it had until they are known.
+                why = f"the labels of namespace {meta['namespace']} are not known yet"
+                return refused(key, previous, why)
             # The same words whether it does not exist or is another tenant's: an Event
             # tells a tenant nothing about other namespaces' instances.
             events.append(

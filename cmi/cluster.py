@@ -1,14 +1,17 @@
-"""The cluster as cmi sees it: Services, their EndpointSlices and the Nodes, cached.
+"""The cluster as cmi sees it: Services, their EndpointSlices, the Nodes and the
+Namespaces' labels, cached.
 
 Informers keep the caches (`cmi.k8s.informer`); each change marks dirty the Services it
 concerns: a Service itself, a Service through one of its EndpointSlices, and through any
-Node every Service served in node mode (its backends are the Nodes), and through an
-instance an operator changed in the store every Service labelled to share it (`sharing`).
-The build step reads a Service's inputs from here.
+Node every Service served in node mode (its backends are the Nodes), through a Namespace
+whose labels changed every Service of it (an instance may admit it by a selector), and
+through an instance an operator changed in the store every Service labelled to share it
+(`sharing`). The build step reads a Service's inputs from here.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping
 
@@ -60,7 +63,20 @@ class Cluster:
         self.nodes = Informer(
             kube, "/api/v1/nodes", self._node_changed, watch_timeout_s=watch_timeout_s
         )
-        self.informers = (self.nodes, self.slices, self.services)
+        self.namespaces = Informer(
+            kube,
+            "/api/v1/namespaces",
+            self._namespace_changed,
+            field_selector=f"metadata.name={settings.namespace}" if settings.namespace else None,
+            watch_timeout_s=watch_timeout_s,
+        )
+        self._seen_labels: dict[str, dict[str, str]] = {}
+        self._relabelled: set[str] = set()
+        """Namespaces whose labels changed (or that came or went) since the controller last
+        wrote their `Namespace` objects."""
+        self._relabelled_lock = threading.Lock()
+        # Namespaces first: no Service is built before its namespace's labels are known.
+        self.informers = (self.namespaces, self.nodes, self.slices, self.services)
 
     def build(self, key: str, previous: Previous, instances: Mapping[str, LoadBalancer]) -> Built:
         """The build step on the Service's cached state; a Service that is gone is withdrawn."""
@@ -74,8 +90,26 @@ class Cluster:
             defaults=self.defaults,
             previous=previous,
             instances=instances,
+            namespace_labels=self.namespace_labels(key.split("/", 1)[0]),
             now=time.time(),
         )
+
+    def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """A namespace's labels as watched; None if it is not in the cache."""
+        body = self.namespaces.get(namespace)
+        return None if body is None else dict(body["metadata"].get("labels") or {})
+
+    def take_relabelled(self) -> set[str]:
+        """The namespaces whose `Namespace` objects are due, handed out once."""
+        with self._relabelled_lock:
+            due, self._relabelled = self._relabelled, set()
+        return due
+
+    def relabelled(self, namespaces: Iterable[str]) -> None:
+        """These namespaces' `Namespace` objects are due (again: a write failed, or a
+        resync rechecks every one)."""
+        with self._relabelled_lock:
+            self._relabelled.update(namespaces)
 
     def _service_changed(self, key: str, body: Body) -> None:
         self.dirty.add([key])
@@ -84,6 +118,21 @@ class Cluster:
         service = slice_service(body)
         if service is not None:
             self.dirty.add([service])
+
+    def _namespace_changed(self, key: str, body: Body) -> None:
+        """Only a change of labels concerns cmi: then the namespace's Services are rebuilt
+        (a Service may join, or leave, an instance that admits by a selector) and its
+        `Namespace` object is due; "" has the controller turn even if it has no Service."""
+        labels = self.namespace_labels(key)
+        if self._seen_labels.get(key) == labels:
+            return
+        if labels is None:
+            self._seen_labels.pop(key, None)
+        else:
+            self._seen_labels[key] = labels
+        self.relabelled([key])
+        services = self.services.keys()
+        self.dirty.add({"", *(k for k in services if k.startswith(f"{key}/"))})
 
     def _node_changed(self, key: str, body: Body) -> None:
         self.dirty.add(

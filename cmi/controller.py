@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from functools import partial
 
 import redis
+from pydantic import ValidationError
 
 from cmi import grace, readiness, vips
 from cmi.build import Built, Previous, refused
@@ -27,6 +28,7 @@ from cmi.diff import diff
 from cmi.ipam import IPAM
 from cmi.k8s.client import KubeClient
 from cmi.mirror import Mirror, written_by_others
+from cmi.quota import within_quotas
 from cmi.report import ListenerStatus, Reporter
 from cmi.viprecord import VipRecord
 from slb.config import CmiSettings
@@ -36,6 +38,7 @@ from slb.model import (
     IPAddress,
     Listener,
     LoadBalancer,
+    Namespace,
     OwnerKind,
     StoredObject,
 )
@@ -237,6 +240,7 @@ class Controller:
         with self._lock:
             self.revision = self.mirror.load(self._identified_snapshot())
             self._reserve_recorded_vips()
+            self.cluster.relabelled([*self.cluster.namespaces.keys(), *self.mirror.of(Namespace)])
             return sorted(set(self.cluster.services.keys()) | set(self.mirror.owned))
 
     def _reserve_recorded_vips(self) -> None:
@@ -270,9 +274,11 @@ class Controller:
                 raise
 
     def _reconcile(self, keys: set[str]) -> int:
-        """The steps in order, each on the mirror as the ones before left it: grace, operators'
-        VIPs, build, Services' VIPs, diff (one fenced write), conflicts; then the reports."""
+        """The steps in order, each on the mirror as the ones before left it: namespaces,
+        grace, operators' VIPs, build, quotas and Services' VIPs, diff (one fenced write),
+        conflicts; then the reports."""
         self.reconciles += 1
+        self._write_namespaces()  # 0. namespaces
         freed = self.ipam.expire(self.settings.release_grace_s)  # 1. grace
         for instance, address in freed:
             log.info("VIP %s of %s is free again", address, instance)
@@ -290,7 +296,11 @@ class Controller:
         # 4. VIPs: a Service taking back the VIP its status names goes first, so a rebuilt
         # store gives it that VIP before any new Service can draw it.
         builds.sort(key=lambda item: item[2].remembered_vip is None)
-        builds = self._within_quota(builds)
+        builds = within_quotas(
+            builds, self.mirror,
+            instances_limit=self.settings.instances_per_namespace,
+            listeners_limit=self.settings.listeners_per_namespace,
+        )  # fmt: skip
         results: list[tuple[str, Built, list[StoredObject]]] = [
             self._not_taken(key, previous, *vips.desired(b, previous, self.ipam, pools))
             for key, previous, b in builds
@@ -311,31 +321,29 @@ class Controller:
             self.reporter.written(key, built, conflicts.by_service.get(key, {}))
         return self.revision
 
-    def _within_quota(
-        self, builds: list[tuple[str, Previous, Built]]
-    ) -> list[tuple[str, Previous, Built]]:
-        """A namespace's Services own at most `cmi.instances_per_namespace` instances (each
-        a VIP from a shared pool): one beyond it is refused, and keeps what it had."""
-        limit = self.settings.instances_per_namespace
-        if not limit or not any(_new_instance(p, b) for _, p, b in builds):
-            return builds  # no new instance asked for: no walk over every instance
-        owned: dict[str, int] = {}
-        for balancer in self.mirror.of(LoadBalancer).values():
-            if balancer.owner.kind is OwnerKind.SERVICE and balancer.namespace:
-                owned[balancer.namespace] = owned.get(balancer.namespace, 0) + 1
-        out = []
-        for key, previous, built in builds:
-            namespace = key.split("/", 1)[0]
-            if not _new_instance(previous, built):
-                out.append((key, previous, built))
-            elif owned.get(namespace, 0) >= limit:
-                why = (f"namespace {namespace} owns {limit} instances already "
-                       "(cmi.instances_per_namespace)")  # fmt: skip
-                out.append((key, previous, refused(key, previous, why)))
-            else:
-                owned[namespace] = owned.get(namespace, 0) + 1
-                out.append((key, previous, built))
-        return out
+    def _write_namespaces(self) -> None:
+        """The `Namespace` objects of the namespaces whose labels changed, so that every tier
+        decides `allowed_namespace_selector` on the labels cmi built with; if the write
+        fails, they stay due."""
+        due = self.cluster.take_relabelled()
+        if not due:
+            return
+        desired = []
+        for name in sorted(due):
+            labels = self.cluster.namespace_labels(name)
+            if labels is None:
+                continue  # gone: its object is deleted
+            try:
+                desired.append(Namespace(name=name, labels=labels))
+            except ValidationError as exc:  # never: the API server checks labels as strictly
+                log.error("namespace %s: its labels cannot be stored: %s", name, exc)
+        ops = diff(desired, self.mirror.objects, {(Namespace.kind, name) for name in due})
+        try:
+            if ops:
+                self._commit(ops, why=f"{len(ops)} Namespace(s)")
+        except redis.RedisError:
+            self.cluster.relabelled(due)
+            raise
 
     def _not_taken(
         self, key: str, previous: Previous, built: Built, objects: list[StoredObject]
@@ -387,8 +395,3 @@ class Controller:
             return
         with contextlib.suppress(ConflictError):
             self._commit([Put(stored.obj.model_copy(update={"vip": vip}), stored.revision)])
-
-
-def _new_instance(previous: Previous, built: Built) -> bool:
-    """Does the Service ask for an instance of its own that it does not own yet?"""
-    return built.dedicated is not None and previous.load_balancer is None

@@ -19,8 +19,9 @@ def node_group(*nodes: tuple[str, str], name: str = "default") -> NodeGroup:
 
 def load_balancer(vip: str, name: str = "public", group: str = "default") -> LoadBalancer:
     return LoadBalancer.model_validate(
-        {"name": name, "vip": vip, "node_group": group, "owner": OPERATOR}
-    )
+        {"name": name, "vip": vip, "node_group": group, "owner": OPERATOR,
+         "allowed_namespaces": ["lab"]}
+    )  # fmt: skip
 
 
 def listener(

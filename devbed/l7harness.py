@@ -113,7 +113,9 @@ class TestNet:
 
 
 def load_balancer(name: str, vip: str, group: str = "default") -> LoadBalancer:
-    return LoadBalancer(name=name, vip=vip, node_group=group, owner=OPERATOR)
+    return LoadBalancer(
+        name=name, vip=vip, node_group=group, owner=OPERATOR, allowed_namespaces=("tests",)
+    )
 
 
 def service(

@@ -38,6 +38,7 @@ from devbed.process import Process, connects, free_port, wait_until
 from devbed.redis import RedisServer
 from slb.config import RedisSettings, host_port
 from slb.model import AddressPool, LBNode, NodeGroup
+from slb.storage.secrets import add_key
 from slb.storage.store import Store
 
 Progress = Callable[[str], None]
@@ -346,9 +347,10 @@ class DevPlatform:
             "redis": {"url": self.redis_url, "prefix": PREFIX},
             "kube": {"kubeconfig": str(cmi_kubeconfig)},
             # No EndpointSlice controller here: devbed writes the demo's slices itself; one
-            # tenant, whose benches expose thousands of Services: no instance quota.
+            # tenant, whose benches expose thousands of Services: no instance or listener
+            # quota.
             "cmi": {"pool_cidrs": self.vip_cidr, "endpoint_slices_from": demo.NAMESPACE,
-                    "instances_per_namespace": 0,
+                    "instances_per_namespace": 0, "listeners_per_namespace": 0,
                     "release_grace_s": 5, "lease_duration_s": 6,
                     "renew_deadline_s": 4, "retry_period_s": 1},
             "xds": {"bind": f"127.0.0.1:{ports['xds']}",
@@ -356,6 +358,7 @@ class DevPlatform:
                     "state_dir": str(self.state_dir / "xds")},
             "console": {"bind": f"127.0.0.1:{ports['console']}",
                         "secret_key_file": str(self.state_dir / "console-secret-key")},
+            "secrets": {"key_file": str(self._key_file())},
             "dev": {"state_dir": str(self.state_dir), "vip_cidr": self.vip_cidr,
                     "sample_cidr": self.sample_cidr, "lab": self.lab},
             "l4": {"metrics_listen": ""},
@@ -368,6 +371,13 @@ class DevPlatform:
                 for table, values in tables.items()
             )
         )
+
+    def _key_file(self) -> Path:
+        """The key file that encrypts private keys in the demo's Redis, as in production."""
+        path = self.state_dir / "secrets.keys"
+        if not path.exists():
+            add_key(path, "devbed")
+        return path
 
     def _start_samples(self) -> Component:
         processes = [

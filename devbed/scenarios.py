@@ -6,6 +6,7 @@ import ipaddress
 import time
 from dataclasses import dataclass
 
+from devbed import demo
 from devbed.platform import LAB_GROUP, LAB_NODE, DevPlatform
 from devbed.process import wait_until
 from slb.model import parse
@@ -36,7 +37,8 @@ def burst_of_revisions(platform: DevPlatform, revisions: int = 1000) -> Burst:
     store = platform.store()
     vip = str(ipaddress.ip_network(platform.vip_cidr).network_address + 100)
     store.put(parse("LoadBalancer", {"name": "burst", "vip": vip, "node_group": LAB_GROUP,
-                                     "owner": OPERATOR}))  # fmt: skip
+                                     "owner": OPERATOR,
+                                     "allowed_namespaces": [demo.NAMESPACE]}))  # fmt: skip
     first_port = 20000
 
     def listener(port: int) -> Put:

@@ -18,6 +18,9 @@ Health checks and drains change weights in the kernel, never the desired state. 
 drains (delete real servers whose connections ended or timed out), retry after a failed
 apply, periodic full resync, statistics.
 
+The VIP guard (`l4.firewall`, an nftables table) drops what is addressed to a VIP but the
+planned listeners' ports: opened before the VIPs and IPVS change, closed after they did.
+
 What openslb made on the node is recorded in Redis before it is made, what the agent last
 applied on the node's disk (`l4.ownership`); what it found (foreign services, drains,
 failing servers, ...) in Redis for the console (`l4.report`).
@@ -38,6 +41,8 @@ import redis
 
 from l4 import health
 from l4.drivers import Driver, DriverError
+from l4.drivers.nft import NftDriver, NftError
+from l4.firewall import Openings, load_script, openings, update_script
 from l4.health import HealthChecker, Target
 from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
 from l4.ownership import AgentError, NodeLock, NodeTakenError, Ownership
@@ -73,6 +78,7 @@ class L4Agent:
         vips: VIPs,
         stats_driver: Driver | None = None,
         keepalived: Keepalived | None = None,
+        firewall: NftDriver | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -80,6 +86,11 @@ class L4Agent:
         self.driver = driver
         self.vips = vips
         self.keepalived = keepalived
+        self.firewall = firewall
+        """Loads the VIP guard (`l4.firewall`); None: no guard (`l4.vip_guard` off)."""
+        self.opened: Openings | None = None
+        """What the guard's table lets through now; None: unknown, so the next apply loads
+        the whole table (after a start, a resync or a failure)."""
         self.ownership = Ownership(store, node)
         self.lock = NodeLock(store, node)
         self.status = StatusBoard(store)
@@ -99,7 +110,7 @@ class L4Agent:
         self.follower = Follower(store)
         """The desired state, moved forward by the change stream; plans are made from it."""
         self.applied_record = AppliedRecord(Path(settings.state_dir) / f"{node}.applied.json")
-        alarm = partial(self.status.alarm, self.status.node_alarm(node))
+        alarm = partial(self.status.l4_alarm, node)
         self.guard = Guard(f"l4 agent of {node}", alarm, serves="IPVS services")
         self.targets: dict[Target, list[ServiceKey]] = {}
         self.desired: dict[ServiceKey, VirtualService] = {}
@@ -204,8 +215,9 @@ class L4Agent:
         return len(served), len(kept)
 
     def apply_state(self, state: DesiredState, changed: Changed | None = None) -> SyncReport:
-        """Program this node for `state` (re-plan only what `changed` says, if given): VIPs,
-        IPVS; then the report, after the kernel's lock: a hung link holds it up, not a depool."""
+        """Program this node for `state` (re-plan only what `changed` says, if given): VIP
+        guard, VIPs, IPVS; then the report, after the kernel's lock: a hung link holds it
+        up, not a depool."""
         with self._lock:
             report = self._program(state, changed)
         self._record(report)
@@ -221,10 +233,12 @@ class L4Agent:
             return SyncReport(self.node, None, self.revision, errors=[str(exc)])
         new_plan = plan(state, self.node, group, previous=self.plan, changed=changed)
         wanted_vips = new_plan.vips
+        wanted_open = openings(new_plan.vips, new_plan.services)
         added: list[str] = []
         removed: list[str] = []
         vip_errors: list[str] = []
         served = self.revision
+        guard_errors = self._guard(wanted_open, widen=True)  # a new VIP is guarded when bound
         if wanted_vips != self.bound_vips:
             added = sorted(set(wanted_vips) - self.vips.bound(), key=address_order)
             vip_errors += self.vips.add(added)
@@ -234,13 +248,46 @@ class L4Agent:
             vip_errors += self.vips.remove(removed)
             vip_errors += self._announce(new_plan.group, wanted_vips)
             self.bound_vips = None if vip_errors else wanted_vips
+        if not guard_errors:  # close what is served no more
+            guard_errors = self._guard(wanted_open | self._left_over(bool(vip_errors)))
         report.vips_added, report.vips_removed = added, removed
-        if vip_errors:
-            report.errors += vip_errors
+        if vip_errors or guard_errors:
+            report.errors += vip_errors + guard_errors
             self.failed_revision = state.revision
             self._last_failure = time.monotonic()
             report.revision = self.revision = served
         return report
+
+    def _guard(self, wanted: Openings, *, widen: bool = False) -> list[str]:
+        """Bring the VIP guard to `wanted`; return what failed. `widen`: to `wanted` and what
+        it lets through now, so that before IPVS and the VIPs change, nothing still served
+        is closed and a VIP about to be bound is already guarded.
+
+        A failure leaves the table as it was (one nft transaction): traffic keeps flowing,
+        and the next apply loads the whole table again."""
+        if self.firewall is None:
+            return []
+        known = self.opened
+        target = wanted | known if widen and known is not None else wanted
+        if target == known:
+            return []
+        script = load_script(target) if known is None else update_script(target)
+        try:
+            self.firewall.run(script)
+        except NftError as exc:
+            self.opened = None
+            log.error("VIP guard: %s", exc)
+            return [f"VIP guard: {exc}"]
+        self.opened = target
+        return []
+
+    def _left_over(self, vips_failed: bool) -> Openings:
+        """What the node still serves that the plan no longer wants (a failed apply): the
+        services openslb holds in the kernel, and, if a VIP change failed, the VIPs bound."""
+        services = self.view.services if self.view is not None else {}
+        kept = [key for key in services if key in self.owned]
+        bound = self.vips.bound() if vips_failed else ()
+        return openings(bound, kept)
 
     def _announce(self, group: str | None, vips: tuple[str, ...]) -> list[str]:
         """Hand the VIPs to keepalived, whose VRRP MASTER answers for them (l4.vrrp)."""
@@ -292,7 +339,7 @@ class L4Agent:
         (the pipeline's frequent re-assertion) re-reads only the kernel, where drift happens;
         the agent's own periodic resync re-reads and re-plans everything."""
         with self._lock:
-            self.view = self.bound_vips = None
+            self.view = self.bound_vips = self.opened = None
         return self.sync(full=reread_store)
 
     # -- the engine ------------------------------------------------------------------------

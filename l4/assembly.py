@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from l4.agent import L4Agent
 from l4.drivers import open_driver
+from l4.drivers.nft import NftDriver
 from l4.vip import VIPs
 from l4.vrrp import VRRP, Keepalived
 from slb.config import Settings
@@ -25,4 +26,5 @@ def build_agent(settings: Settings, node: str, *, stats: bool = True) -> L4Agent
         vips=VIPs(settings.l4.interface),
         stats_driver=open_driver(settings.l4.driver) if stats else None,
         keepalived=Keepalived(vrrp) if vrrp else None,
+        firewall=NftDriver() if settings.l4.vip_guard else None,
     )

@@ -54,7 +54,8 @@ class Changed:
     load_balancers: frozenset[str] = frozenset()
     services: frozenset[str] = frozenset()
     node_groups: bool = False
-    """Membership and node addresses feed every plan: any node group change re-plans all."""
+    """Membership, node addresses and namespaces' labels (whom selectors may pick) feed
+    every plan: any node group or Namespace change re-plans all."""
 
     @classmethod
     def from_ops(cls, ops: Iterable[tuple[str, str, str]]) -> Changed:
@@ -62,7 +63,7 @@ class Changed:
         keys: dict[str, set[str]] = {"Listener": set(), "LoadBalancer": set(), "Service": set()}
         node_groups = False
         for _, kind, key in ops:
-            if kind == "NodeGroup":
+            if kind in ("NodeGroup", "Namespace"):  # a namespace's labels: whom selectors pick
                 node_groups = True
             elif kind in keys:
                 keys[kind].add(key)

@@ -132,8 +132,14 @@ class SnapshotCache:
     _endpoints: dict[str, _EndpointEntry] = field(default_factory=dict)
     _secrets: dict[str, tuple[Certificate, str, Resource]] = field(default_factory=dict)
 
-    def build(self, state: DesiredState, keys: Mapping[str, str]) -> dict[str, GroupSnapshot]:
-        """Snapshots of every node group that has L7 listeners or is declared."""
+    def build(
+        self,
+        state: DesiredState,
+        keys: Mapping[str, str],
+        namespaces: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> dict[str, GroupSnapshot]:
+        """Snapshots of every node group that has L7 listeners or is declared; `namespaces`
+        as `l7.translate.servable` takes them."""
         groups: dict[str, dict[str, dict[str, Resource]]] = {
             g: {t: {} for t in TYPES} for g in state.node_groups
         }
@@ -146,7 +152,9 @@ class SnapshotCache:
             group = resolved.node_group
             by_type = groups.setdefault(group, {t: {} for t in TYPES})
             group_problems = problems.setdefault(group, [])
-            usable, listener_problems = servable(resolved, state.certificates, keys)
+            usable, listener_problems = servable(
+                resolved, state.certificates, keys, namespaces or {}
+            )
             group_problems += listener_problems
             if usable is None:
                 continue

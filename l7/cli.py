@@ -16,6 +16,7 @@ import click
 from slb import pki
 from slb.config import Settings, XdsSettings, host_port
 from slb.integrity import AppliedRecord
+from slb.storage.secrets import load_keyring
 from slb.storage.store import Store
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ def xds(
         metrics_bind=settings.xds.metrics_bind if metrics_bind is None else metrics_bind,
         tls=tls,
         record=AppliedRecord(Path(settings.xds.state_dir) / "xds.applied.json"),
+        keyring=load_keyring(settings.secrets),
     )
 
     async def run() -> None:

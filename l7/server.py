@@ -34,9 +34,9 @@ from slb.config import XdsSettings, host_port
 from slb.integrity import AppliedRecord, Guard
 from slb.model import Certificate
 from slb.resolve import DesiredState, resolve
-from slb.snapshot import Snapshot
+from slb.snapshot import Snapshot, namespace_labels
 from slb.storage.follow import Follower
-from slb.storage.secrets import SecretStore
+from slb.storage.secrets import Keyring, SecretStore
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
 
@@ -89,6 +89,7 @@ class XdsServer:
         tls: ServerTls | None = None,
         *,
         record: AppliedRecord | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.store = store
         self.bind = bind
@@ -97,7 +98,7 @@ class XdsServer:
         self.block_ms = block_ms
         self.metrics = Metrics()
         self.cache = SnapshotCache()
-        self.secrets = SecretStore(store)
+        self.secrets = SecretStore(store, keyring)
         self.board = StatusBoard(store)
         self.guard = Guard("xds", partial(self.board.alarm, "xds"), serves="L7 listeners")
         self.record = record
@@ -234,7 +235,7 @@ class XdsServer:
             with gc_paused():
                 state = resolve(snapshot)
                 keys = self._keys_for(state)
-                groups = self.cache.build(state, keys)
+                groups = self.cache.build(state, keys, namespace_labels(snapshot))
         except Exception:
             log.exception("xds: cannot translate revision %d; serving the last good one",
                           snapshot.revision)  # fmt: skip

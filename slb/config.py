@@ -67,6 +67,15 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
+class SecretsSettings:
+    key_file: str = setting(
+        "",
+        "Keys (0600; `slb secrets new-key`) that encrypt certificates' private keys in Redis "
+        "(AES-256-GCM): the first encrypts, every one decrypts; empty: stored unencrypted",
+    )
+
+
+@dataclass(frozen=True)
 class KubeSettings:
     kubeconfig: str = setting("", "kubeconfig file; empty: in-cluster config, else ~/.kube/config")
 
@@ -86,7 +95,12 @@ class CmiSettings:
         "", "If set, cmi creates or updates that pool with these CIDRs (comma-separated)"
     )
     instances_per_namespace: int = setting(
-        100, "Most instances (each a VIP) the Services of one namespace may own; 0: no limit"
+        100,
+        "Most instances (each a VIP) one namespace may have: its Services' own, and those "
+        "operators make for it (the console and `slb lb add` read this too); 0: no limit",
+    )
+    listeners_per_namespace: int = setting(
+        1000, "Most listeners the Services of one namespace may own (one per port); 0: no limit"
     )
     endpoint_slices_from: str = setting(
         "",
@@ -211,6 +225,11 @@ class L4Settings:
     node_group: str = setting("", "Node group to serve; empty: the group that lists this node")
     driver: str = setting("pyroute2", "How IPVS is programmed: `pyroute2` (netlink) or `ipvsadm`")
     interface: str = setting("slb0", "Dummy interface that holds the VIPs (created if missing)")
+    vip_guard: bool = setting(
+        True,
+        "Drop what is addressed to a VIP but its listeners' ports, ping and ICMP errors: "
+        "the nftables table `inet openslb_guard`, which the agent loads (needs `nft`)",
+    )
     drain_timeout_s: int = setting(300, "Longest wait for a removed real server's connections")
     healthy_floor: float = setting(
         0.5, "Share of a virtual service's real servers health checks never take out"
@@ -246,6 +265,7 @@ class L4Settings:
 @dataclass(frozen=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
     cmi: CmiSettings = field(default_factory=CmiSettings)
     xds: XdsSettings = field(default_factory=XdsSettings)

@@ -29,7 +29,7 @@ from slb.model import (
 from slb.resolve import port_key, port_taken_by
 from slb.snapshot import Delete, Stored
 from slb.storage.audit import AuditLog
-from slb.storage.secrets import SecretStore
+from slb.storage.secrets import Keyring, SecretStore
 from slb.storage.store import Store
 
 T = TypeVar("T", bound=StoredObject)
@@ -45,10 +45,22 @@ class ListenerView:
 
 
 class Operations:
-    def __init__(self, store: Store, actor: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        actor: str,
+        keyring: Keyring | None = None,
+        *,
+        instances_per_namespace: int = 0,
+    ) -> None:
+        """`keyring`: what encrypts uploaded private keys (`secrets.load_keyring`);
+        `instances_per_namespace`: `cmi.instances_per_namespace`, which instances made for a
+        namespace count against as its Services' own do (0: no limit)."""
         self.store = store
         self.actor = actor
+        self.instances_per_namespace = instances_per_namespace
         self.audit = AuditLog(store)
+        self.secrets = SecretStore(store, keyring)
 
     # -- listeners -------------------------------------------------------------------------
 
@@ -107,7 +119,23 @@ class Operations:
             # The data planes serve a stored VIP as it is: only addresses the admins' pools
             # offer (never the gateway they reserved, nor any other address of the network).
             raise _error(LoadBalancer, "vip", f"{balancer.vip} is in no address pool, or reserved")
+        self._check_namespace_quota(balancer)
         return self._write(balancer, expect=0, action="create")
+
+    def _check_namespace_quota(self, balancer: LoadBalancer) -> None:
+        """An instance made for a namespace is one more VIP of that tenant's, from a pool
+        every tenant shares: refused beyond `cmi.instances_per_namespace`, counting the
+        instances its Services own (cmi counts these too)."""
+        limit, namespace = self.instances_per_namespace, balancer.namespace
+        if not limit or namespace is None:
+            return
+        held = sum(1 for s in self.store.all(LoadBalancer).values() if s.obj.namespace == namespace)
+        if held >= limit:
+            raise _error(
+                LoadBalancer, "namespace",
+                f"namespace {namespace} has {held} instances already, its quota "
+                f"(cmi.instances_per_namespace: {limit})",
+            )  # fmt: skip
 
     def remove_load_balancer(self, name: str, expect: int | None = None) -> int:
         current = self._operator_owned(LoadBalancer, name)
@@ -151,19 +179,20 @@ class Operations:
         The pair is checked first (key matches, chain in order, not expired), so nothing
         is written for a bad upload. The key goes in under a ref derived from it before
         the Certificate names that ref, so no tier ever sees a ref without its key.
-        `tenancy` (`namespace`, `allowed_namespaces`): who may use it; a rotation without it
-        keeps the certificate's.
+        `tenancy` (`namespace`, `allowed_namespaces`, `allowed_namespace_selector`): who may
+        use it; a rotation without it keeps the certificate's.
         """
         checked = check_pair(chain_pem, key_pem)
         current = self.store.get(Certificate, name)
         if tenancy is None and current is not None:
-            tenancy = {"namespace": current.obj.namespace,
-                       "allowed_namespaces": current.obj.allowed_namespaces}  # fmt: skip
+            tenancy = current.obj.model_dump(
+                include={"namespace", "allowed_namespaces", "allowed_namespace_selector"}
+            )
         certificate = _parse(
             Certificate,
             {"name": name, "chain_pem": chain_pem, "key_ref": checked.key_ref, **(tenancy or {})},
         )
-        SecretStore(self.store).put_key(checked.key_ref, checked.key_pem)
+        self.secrets.put_key(checked.key_ref, checked.key_pem)
         action = "create" if expect == 0 else "put"
         return self._write(certificate, expect=expect, action=action), checked.info
 
@@ -179,7 +208,7 @@ class Operations:
         revision = self._delete(current, expect)
         ref = current.obj.key_ref
         if not any(s.obj.key_ref == ref for n, s in snapshot.of(Certificate).items() if n != name):
-            SecretStore(self.store).delete_key(ref)
+            self.secrets.delete_key(ref)
         return revision
 
     # -- shared ----------------------------------------------------------------------------

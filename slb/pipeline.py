@@ -69,6 +69,9 @@ def make_app(settings: Settings, *, include_tasks: bool = True) -> Celery:
         broker_transport_options={
             "visibility_timeout": settings.celery.visibility_timeout_s,
             "global_keyprefix": f"{settings.redis.prefix}:celery:",
+            # One list per queue (no priorities): an LB node's Redis user may touch its own
+            # queue's key and no other (`slb.storage.acl`).
+            "priority_steps": [0],
             "socket_timeout": settings.redis.timeout_s,  # bounded waits, as `slb.storage.connect`
             "socket_connect_timeout": settings.redis.timeout_s,
         },

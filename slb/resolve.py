@@ -7,8 +7,9 @@ rules, in order:
 - a listener whose load balancer is missing or has no VIP yet is pending, not served;
 - two listeners on the same VIP, port and transport (TCP or UDP) conflict: the older
   one (`created_at`, then name) keeps the port, the newer is rejected with a reason;
-- an operator's listener forwards to every exposed Service its selector matches; a
-  Service's own listener forwards to that Service;
+- an operator's listener forwards to every exposed Service its selector matches among the
+  namespaces its instance admits (its own, `allowed_namespaces`); a Service's own listener
+  forwards to that Service;
 - backends are the selected Services' endpoints on the listener's target port, deduplicated
   by address and port, in a stable order; not-ready endpoints are left out, and
   terminating-but-serving ones are kept with weight 0 so their connections drain;
@@ -35,7 +36,7 @@ from slb.model import (
     Service,
 )
 from slb.selector import LabelSelector
-from slb.snapshot import Snapshot
+from slb.snapshot import Snapshot, namespace_labels
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def resolve(snapshot: Snapshot, node_group: str | None = None) -> DesiredState:
         for k, s in snapshot.of(LoadBalancer).items()
         if node_group is None or s.obj.node_group == node_group
     }
-    services = ExposedServices([s.obj for _, s in sorted(snapshot.of(Service).items())])
+    services = ExposedServices.of(snapshot)
     listeners = (
         s.obj
         for s in snapshot.of(Listener).values()
@@ -104,16 +105,18 @@ def resolve(snapshot: Snapshot, node_group: str | None = None) -> DesiredState:
     winners, rejected = claim_ports(balancers, listeners)
     served = []
     for listener, vip in winners:
-        chosen = _selected_services(listener, services)
+        balancer = balancers[listener.load_balancer]
+        chosen = selected_services(listener, balancer, services)
         served.append(
             ResolvedListener(
                 listener=listener,
-                load_balancer=balancers[listener.load_balancer],
+                load_balancer=balancer,
                 vip=vip,
                 services=tuple(s.key for s in chosen),
                 backends=backends_for(listener, chosen),
                 routes=tuple(
-                    _resolve_route(listener, route, chosen, services) for route in listener.routes
+                    _resolve_route(listener, balancer, route, chosen, services)
+                    for route in listener.routes
                 ),
             )
         )
@@ -208,13 +211,23 @@ class ExposedServices:
     """The exposed Services, in key order, indexed by label: a selector with `match_labels`
     looks only at the Services carrying its rarest pair, not at every Service."""
 
-    def __init__(self, services: list[Service]) -> None:
+    def __init__(
+        self, services: list[Service], namespaces: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
         self.all = services
+        self.namespaces = namespaces or {}
+        """Each namespace's labels, for instances that admit namespaces by a selector."""
         self.by_key = {s.key: s for s in services}
         self.by_label: dict[tuple[str, str], list[Service]] = {}
         for service in services:
             for pair in service.labels.items():
                 self.by_label.setdefault(pair, []).append(service)
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> ExposedServices:
+        return cls(
+            [s.obj for _, s in sorted(snapshot.of(Service).items())], namespace_labels(snapshot)
+        )
 
     def matching(self, selector: LabelSelector) -> list[Service]:
         candidates = self.all
@@ -225,19 +238,35 @@ class ExposedServices:
         return [s for s in candidates if selector.matches(s.labels)]
 
 
-def _selected_services(listener: Listener, services: ExposedServices) -> list[Service]:
+def selected_services(
+    listener: Listener, balancer: LoadBalancer, services: ExposedServices
+) -> list[Service]:
+    """The Services a listener forwards to: its own Service's, or its selector's."""
     if listener.owner.kind is OwnerKind.SERVICE:
         own = services.by_key.get(listener.owner.name)
         return [own] if own is not None else []
     assert listener.selector is not None  # the model requires it for operators' listeners
-    return services.matching(listener.selector)
+    return _admitted(balancer, services, services.matching(listener.selector))
+
+
+def _admitted(
+    balancer: LoadBalancer, exposed: ExposedServices, services: list[Service]
+) -> list[Service]:
+    """A selector picks among the Services of the namespaces the instance admits: a tenant
+    who labels its own Service `app=cart` never joins another's `app=cart` listener."""
+    labels = exposed.namespaces
+    return [s for s in services if balancer.admits(s.namespace, labels.get(s.namespace))]
 
 
 def _resolve_route(
-    listener: Listener, route: Route, chosen: list[Service], services: ExposedServices
+    listener: Listener,
+    balancer: LoadBalancer,
+    route: Route,
+    chosen: list[Service],
+    services: ExposedServices,
 ) -> ResolvedRoute:
     if route.selector is not None:
-        chosen = services.matching(route.selector)
+        chosen = _admitted(balancer, services, services.matching(route.selector))
     return ResolvedRoute(
         route=route,
         services=tuple(s.key for s in chosen),

@@ -41,6 +41,14 @@ def check_label_value(value: str) -> str:
     return value
 
 
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """`labels` in key order if every key and value is valid, else raise ValueError."""
+    for key, value in labels.items():
+        check_label_key(key)
+        check_label_value(value)
+    return dict(sorted(labels.items()))
+
+
 class Operator(StrEnum):
     IN = "In"
     NOT_IN = "NotIn"
@@ -106,10 +114,7 @@ class LabelSelector(BaseModel):
     @field_validator("match_labels")
     @classmethod
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key, value in labels.items():
-            check_label_key(key)
-            check_label_value(value)
-        return dict(sorted(labels.items()))
+        return check_labels(labels)
 
     @property
     def empty(self) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar, cast
 
-from slb.model import StoredObject
+from slb.model import Namespace, StoredObject
 
 T = TypeVar("T", bound=StoredObject)
 
@@ -85,3 +85,9 @@ class Change:
     meta: Mapping[str, str]
     store_id: str | None = None
     """The identity of the store that committed it."""
+
+
+def namespace_labels(snapshot: Snapshot) -> dict[str, Mapping[str, str]]:
+    """Each namespace's labels, from cmi's `Namespace` objects, as `admits` takes them: a
+    namespace missing here is unknown, and only its name can admit it."""
+    return {name: stored.obj.labels for name, stored in snapshot.of(Namespace).items()}

@@ -17,6 +17,7 @@ from flask import Flask, Response, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 
 from slb import config
+from slb.storage.secrets import load_keyring
 from web import auth, db, errors, metrics
 from web.api import access as api_access
 from web.api import audit as api_audit
@@ -102,6 +103,7 @@ def create_app(
         MAX_CONTENT_LENGTH=1024 * 1024,
         LOGIN_ATTEMPTS=console.login_attempts,
         LOGIN_WINDOW_S=console.login_window_s,
+        INSTANCES_PER_NAMESPACE=settings.cmi.instances_per_namespace,
         PAGE_SIZE=50,
     )
     if test_config is not None:
@@ -111,7 +113,9 @@ def create_app(
     app.session_interface = _SessionInterface()
 
     app.after_request(_security_headers)
-    db.init_app(app, replace(settings.redis, url=app.config["REDIS_URL"]))
+    db.init_app(
+        app, replace(settings.redis, url=app.config["REDIS_URL"]), load_keyring(settings.secrets)
+    )
     metrics.init_app(app)
     auth.init_app(app)
     errors.init_app(app)

@@ -48,6 +48,10 @@ def console(ctx: click.Context, bind: str | None) -> None:
 
         tls = RotatingSSLAdapter(console_settings.tls_cert, console_settings.tls_key)
     app = create_app(settings=settings)
+    if not settings.secrets.key_file:
+        logging.getLogger("openslb.console").warning(
+            "secrets.key_file is not set: uploaded private keys are stored in Redis unencrypted"
+        )
     scheme = "https" if tls else "http"
     click.echo(f"openslb console on {scheme}://{bind}/ (API: /api/v1, metrics: /metrics)", err=True)
     if tls:

@@ -8,17 +8,21 @@ from flask import Flask, current_app, g
 from slb.config import RedisSettings
 from slb.operations import Operations
 from slb.storage import connect
+from slb.storage.secrets import Keyring
 from slb.storage.store import Store
 from web.readmodel import ReadModel
 
 _POOL = "openslb.redis_pool"
 _READ_MODEL = "openslb.read_model"
+_KEYRING = "openslb.keyring"
 
 
-def init_app(app: Flask, settings: RedisSettings) -> None:
-    """One pool for the app, authenticated as configured (`redis.username`, password file)."""
+def init_app(app: Flask, settings: RedisSettings, keyring: Keyring | None) -> None:
+    """One pool for the app, authenticated as configured (`redis.username`, password file),
+    and the keyring that encrypts uploaded private keys (`secrets.key_file`)."""
     app.extensions[_POOL] = connect.pool(settings)
     app.extensions[_READ_MODEL] = ReadModel()
+    app.extensions[_KEYRING] = keyring
 
 
 def get_store() -> Store:
@@ -37,4 +41,9 @@ def read_model() -> ReadModel:
 
 def operations() -> Operations:
     """Writes as the signed-in user (or token): validated, conflict-checked and audited."""
-    return Operations(get_store(), actor=g.user.actor)
+    return Operations(
+        get_store(),
+        actor=g.user.actor,
+        keyring=current_app.extensions[_KEYRING],
+        instances_per_namespace=current_app.config["INSTANCES_PER_NAMESPACE"],
+    )

@@ -116,6 +116,11 @@ def certificate_json(
         "chain_pem": stored.obj.chain_pem,
         "namespace": stored.obj.namespace,
         "allowed_namespaces": list(stored.obj.allowed_namespaces),
+        "allowed_namespace_selector": (
+            selector.model_dump(mode="json")
+            if (selector := stored.obj.allowed_namespace_selector) is not None
+            else None
+        ),
         "version": stored.revision,
         "subject": info.subject,
         "issuer": info.issuer,

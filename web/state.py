@@ -20,11 +20,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from slb.model import Backend, Certificate, Listener, LoadBalancer, NodeGroup, OwnerKind, Service
+from slb.model import Backend, Certificate, Listener, LoadBalancer, NodeGroup, Service
 from slb.readiness import State, readiness
-from slb.resolve import Rejected, claim_ports
+from slb.resolve import ExposedServices, Rejected, claim_ports, selected_services
 from slb.selector import LabelSelector
-from slb.snapshot import Snapshot, Stored
+from slb.snapshot import Snapshot, Stored, namespace_labels
 from slb.storage.status import TierStatus
 
 
@@ -223,6 +223,8 @@ class Preview:
     selector: str
     error: str | None
     services: tuple[ServiceRow, ...] = ()
+    outside: int = 0
+    """How many more match in namespaces the listener's instance does not admit."""
 
     @property
     def ready(self) -> int:
@@ -234,23 +236,34 @@ class Preview:
             "error": self.error,
             "services": [s.as_json() for s in self.services],
             "ready_endpoints": self.ready,
+            "outside_namespaces": self.outside,
         }
 
 
-def preview(snapshot: Snapshot, text: str, target_port: int | str | None = None) -> Preview:
-    """Which exposed Services a selector typed so far matches, with their ready endpoints."""
+def preview(
+    snapshot: Snapshot,
+    text: str,
+    target_port: int | str | None = None,
+    load_balancer: str | None = None,
+) -> Preview:
+    """Which exposed Services a selector typed so far matches, with their ready endpoints;
+    with `load_balancer`, only those of the namespaces that instance admits (the others are
+    counted: a listener there would not forward to them)."""
     if not text.strip():
         return Preview(text, None)
     try:
         selector = LabelSelector.parse(text)
     except ValueError as exc:
         return Preview(text, str(exc).splitlines()[0])
-    rows = tuple(
-        service_row(stored, target_port)
-        for _, stored in sorted(snapshot.of(Service).items())
-        if selector.matches(stored.obj.labels)
-    )
-    return Preview(str(selector), None, rows)
+    matched = [s for _, s in sorted(snapshot.of(Service).items()) if selector.matches(s.obj.labels)]
+    balancer = snapshot.of(LoadBalancer).get(load_balancer or "")
+    labels = namespace_labels(snapshot)
+    admitted = [
+        s for s in matched
+        if balancer is None or balancer.obj.admits(s.obj.namespace, labels.get(s.obj.namespace))
+    ]  # fmt: skip
+    rows = tuple(service_row(stored, target_port) for stored in admitted)
+    return Preview(str(selector), None, rows, outside=len(matched) - len(admitted))
 
 
 def listener_backends(snapshot: Snapshot, listener: Listener) -> list[tuple[str, Backend, str]]:
@@ -259,14 +272,12 @@ def listener_backends(snapshot: Snapshot, listener: Listener) -> list[tuple[str,
     Health is what Kubernetes says of the endpoint: ready (gets traffic), draining
     (terminating but serving: weight 0, connections finish) or not ready (left out).
     """
-    services = snapshot.of(Service)
-    if listener.owner.kind is OwnerKind.SERVICE:
-        chosen = [services[listener.owner.name].obj] if listener.owner.name in services else []
-    else:
-        assert listener.selector is not None
-        selector = listener.selector
-        chosen = [s.obj for _, s in sorted(services.items()) if selector.matches(s.obj.labels)]
+    balancer = snapshot.of(LoadBalancer).get(listener.load_balancer)
+    if balancer is None:
+        return []
+    exposed = ExposedServices.of(snapshot)
     out = []
+    chosen = selected_services(listener, balancer.obj, exposed)
     for service in chosen:
         port = service.port_named(listener.target_port)
         if port is None:

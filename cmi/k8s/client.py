@@ -119,9 +119,17 @@ class KubeClient:
     def get(self, path: str, **query: Any) -> dict[str, Any]:
         return self.request("GET", path, query=query)
 
-    def watch(self, path: str, resource_version: str, timeout_s: int = 300) -> Watch:
-        """Watch events (dicts with type and object) from `resource_version`, with bookmarks."""
+    def watch(
+        self,
+        path: str,
+        resource_version: str,
+        timeout_s: int = 300,
+        field_selector: str | None = None,
+    ) -> Watch:
+        """Watch events (dicts with type and object) from `resource_version`, with bookmarks;
+        with `field_selector`, of the objects it selects only."""
         query = {
+            "fieldSelector": field_selector,
             "watch": "true",
             "resourceVersion": resource_version,
             "allowWatchBookmarks": "true",

@@ -37,6 +37,7 @@ class Informer:
         on_change: Callable[[str, Body], None],
         *,
         index: IndexFunc | None = None,
+        field_selector: str | None = None,
         watch_timeout_s: int = 300,
         page_size: int = 500,
         max_backoff_s: float = 30.0,
@@ -45,6 +46,8 @@ class Informer:
         self.path = path
         self.on_change = on_change
         self.index_func = index
+        self.field_selector = field_selector
+        """Only the objects it selects (`metadata.name=NAME`: one object of a collection)."""
         self.watch_timeout_s = watch_timeout_s
         self.page_size = page_size
         self.max_backoff_s = max_backoff_s
@@ -102,7 +105,7 @@ class Informer:
                     self._list()
                     need_list = False
                 self._watch = self.client.watch(
-                    self.path, self.resource_version, self.watch_timeout_s
+                    self.path, self.resource_version, self.watch_timeout_s, self.field_selector
                 )
                 for event in self._watch:
                     self._apply(event)
@@ -128,7 +131,7 @@ class Informer:
 
     def _list(self) -> None:
         items: list[Body] = []
-        query: dict[str, Any] = {"limit": self.page_size}
+        query: dict[str, Any] = {"limit": self.page_size, "fieldSelector": self.field_selector}
         while True:
             page = self.client.get(self.path, **query)
             items += page.get("items") or []

@@ -60,15 +60,22 @@ secret_key_file = "/var/lib/openslb/console-secret-key"
 tls_cert = "/etc/openslb/pki/console.crt"
 tls_key = "/etc/openslb/pki/console.key"
 
+[secrets]
+# Encrypts certificates' private keys in Redis (root's, 0640: the group openslb reads it).
+key_file = "/etc/openslb/secrets.keys"
+
 [dev]
 # Where slb worker --beat keeps its schedule.
 state_dir = "/var/lib/openslb"
 EOF
 
 # Secrets, made once into the shared .lab-state/ (passwords kept on later runs): Redis
-# users and their passwords, the CA with the xDS server's and each LB node's certificate.
-"${slb[@]}" redis-acl --dir "$STATE/redis" >/dev/null
-log "secret: Redis users cmi, worker, xds, console in ${STATE#"$REPO"/}/redis/"
+# users and their passwords, the CA with the xDS server's and each LB node's certificate,
+# the key file that encrypts private keys in Redis.
+node_users=()
+for entry in $LAB_LB_NODES; do node_users+=(--node "${entry%%=*}"); done
+"${slb[@]}" redis-acl --dir "$STATE/redis" "${node_users[@]}" >/dev/null
+log "secret: Redis users cmi, xds, console and node-NAME per LB node in ${STATE#"$REPO"/}/redis/"
 pki="$STATE/pki"
 [ -f "$pki/ca.crt" ] || "${slb[@]}" pki init --dir "$pki" --name "openslb lab CA"
 [ -f "$pki/xds.crt" ] \
@@ -80,7 +87,9 @@ for entry in $LAB_LB_NODES; do
   [ -f "$pki/$node.crt" ] || "${slb[@]}" pki issue --dir "$pki" --name "$node" --kind client
 done
 make_secret console-admin-password
-for role in cmi xds console; do  # (worker: the LB nodes' own, copied by lb.sh)
+[ -f "$STATE/secrets.keys" ] \
+  || "${slb[@]}" secrets new-key --file "$STATE/secrets.keys" --name lab >/dev/null
+for role in cmi xds console; do  # (node-NAME: each LB node's own, copied by lb.sh)
   put_copy "$STATE/redis/$role.password" "/etc/openslb/redis/$role.password" 640 openslb
 done
 put_copy "$pki/ca.crt" /etc/openslb/pki/ca.crt 644
@@ -88,6 +97,7 @@ put_copy "$pki/xds.crt" /etc/openslb/pki/xds.crt 644
 put_copy "$pki/xds.key" /etc/openslb/pki/xds.key 640 openslb
 put_copy "$pki/console.crt" /etc/openslb/pki/console.crt 644
 put_copy "$pki/console.key" /etc/openslb/pki/console.key 640 openslb
+put_copy "$STATE/secrets.keys" /etc/openslb/secrets.keys 640 openslb
 
 # Redis: reachable from the LB nodes, the `default` user off (slb redis-acl's file), AOF.
 before=${#CHANGED[@]}

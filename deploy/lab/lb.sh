@@ -18,7 +18,7 @@ done
 iface="$(iface_of "$address")"
 [ -n "$iface" ] || { echo "error: no interface holds $address" >&2; exit 1; }
 
-apt_install ipvsadm keepalived iptables kmod
+apt_install ipvsadm keepalived iptables nftables kmod
 getent passwd openslb-envoy >/dev/null \
   || useradd --system --user-group --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin openslb-envoy
@@ -56,12 +56,12 @@ EOF
 lab_net_changed=""
 changed_since "$before" && lab_net_changed=1
 
-# Secrets from ctl: the Redis password of user worker, this node's client certificate.
-wait_for_file "$STATE/redis/worker.password"
+# Secrets from ctl: the Redis password of this node's user, its client certificate.
+wait_for_file "$STATE/redis/node-$LAB_NODE.password"
 wait_for_file "$STATE/pki/$LAB_NODE.key"
 install -d -m 0755 /etc/openslb
 install -d -m 0750 -g openslb-envoy /etc/openslb/pki
-put_copy "$STATE/redis/worker.password" /etc/openslb/redis-worker.password 600
+put_copy "$STATE/redis/node-$LAB_NODE.password" /etc/openslb/redis-node.password 600
 put_copy "$STATE/pki/ca.crt" /etc/openslb/pki/ca.crt 644
 put_copy "$STATE/pki/$LAB_NODE.crt" "/etc/openslb/pki/$LAB_NODE.crt" 644
 put_copy "$STATE/pki/$LAB_NODE.key" "/etc/openslb/pki/$LAB_NODE.key" 640 openslb-envoy
@@ -77,8 +77,8 @@ put_file /etc/openslb/openslb.toml 600 <<EOF
 # Written by deploy/lab/lb.sh for $LAB_NODE (see deploy/lb-node/openslb.toml.example).
 [redis]
 url = "redis://$LAB_CTL_IP:6379/0"
-username = "worker"
-password_file = "/etc/openslb/redis-worker.password"
+username = "node-$LAB_NODE"
+password_file = "/etc/openslb/redis-node.password"
 
 [xds]
 bind = "$LAB_CTL_IP:18000"

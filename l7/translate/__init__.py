@@ -53,17 +53,21 @@ class Resources:
 
 
 def servable(
-    resolved: ResolvedListener, certificates: Mapping[str, Certificate], keys: Mapping[str, str]
+    resolved: ResolvedListener,
+    certificates: Mapping[str, Certificate],
+    keys: Mapping[str, str],
+    namespaces: Mapping[str, Mapping[str, str]],
 ) -> tuple[dict[str, Certificate] | None, list[str]]:
     """The listener's usable certificates (they exist, its Service's namespace may use them,
     and they have a key), or None if it cannot be served at all (HTTPS without one); and the
-    problems found."""
+    problems found. `namespaces`: each namespace's labels (`slb.snapshot.namespace_labels`),
+    for certificates that admit namespaces by a selector."""
     usable, problems = {}, []
     name = resolved.listener.name
     tenant = resolved.listener.tenant
     for cert_name in resolved.listener.certificates:
         cert = certificates.get(cert_name)
-        if tenant is not None and (cert is None or not cert.admits(tenant)):
+        if tenant is not None and (cert is None or not cert.admits(tenant, namespaces.get(tenant))):
             # One message for both: a tenant learns nothing of others' certificates.
             problems.append(
                 f"listener {name!r}: no certificate {cert_name!r} that namespace {tenant} may use"
@@ -96,14 +100,20 @@ def translate_listener(
     )
 
 
-def translate(state: DesiredState, group: str, keys: Mapping[str, str]) -> Resources:
-    """The resources Envoys of node group `group` serve; `keys` maps key_ref -> PEM key."""
+def translate(
+    state: DesiredState,
+    group: str,
+    keys: Mapping[str, str],
+    namespaces: Mapping[str, Mapping[str, str]] | None = None,
+) -> Resources:
+    """The resources Envoys of node group `group` serve; `keys` maps key_ref -> PEM key,
+    `namespaces` each namespace's labels (none: no certificate admits by a selector)."""
     out = Resources()
     wanted: dict[str, Certificate] = {}
     for resolved in state.for_node_group(group):
         if not resolved.listener.protocol.is_l7:
             continue
-        usable, problems = servable(resolved, state.certificates, keys)
+        usable, problems = servable(resolved, state.certificates, keys, namespaces or {})
         out.problems += problems
         if usable is None:
             continue

@@ -19,12 +19,15 @@ from slb import config
 from slb.model import ModelError
 from slb.operations import Operations
 from slb.selector import LabelSelector
+from slb.storage.secrets import load_keyring
 from slb.storage.store import ConflictError, Store
 
 
 def _operations(settings: config.Settings) -> Operations:
     store = Store.connect(settings.redis)
-    return Operations(store, actor=f"cli:{getpass.getuser()}")
+    return Operations(store, actor=f"cli:{getpass.getuser()}",
+                      keyring=load_keyring(settings.secrets),
+                      instances_per_namespace=settings.cmi.instances_per_namespace)  # fmt: skip
 
 
 @contextmanager
@@ -193,6 +196,10 @@ def lb_group() -> None:
     "--allow", "allowed", multiple=True,
     help="A namespace whose Services may join it too (repeatable; '*': every one).",
 )  # fmt: skip
+@click.option(
+    "--allow-selector", "allowed_selector",
+    help="Namespaces whose labels match may join it too, e.g. 'team=shop,env in (prod)'.",
+)  # fmt: skip
 @click.pass_obj
 def lb_add(  # noqa: PLR0917 - click passes options as arguments
     settings: config.Settings,
@@ -202,13 +209,15 @@ def lb_add(  # noqa: PLR0917 - click passes options as arguments
     node_group: str,
     namespace: str | None,
     allowed: tuple[str, ...],
+    allowed_selector: str | None,
 ) -> None:
     """Create instance NAME. Services join it with `openslb.io/expose=NAME`: those of its
-    namespace and of the --allow ones."""
+    namespace, of the --allow ones, and of those --allow-selector matches."""
     with _reported():
         stored = _operations(settings).add_load_balancer(
             {"name": name, "vip": vip, "pool": pool, "node_group": node_group,
-             "namespace": namespace, "allowed_namespaces": list(allowed)}
+             "namespace": namespace, "allowed_namespaces": list(allowed),
+             "allowed_namespace_selector": allowed_selector}
         )  # fmt: skip
     click.echo(f"instance {name} created at revision {stored.revision}")
 

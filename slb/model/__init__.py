@@ -10,8 +10,8 @@ Its submodules are the implementation, free to move things between them: `errors
 field-named errors), `fields` (shared field types and their validators), `base` (the base
 models, the owner of an object, the schema version), `traffic` (protocols, schedulers,
 health checks, persistence), `route` and `listener`, `service` (Services and their
-backends), `infra` (node groups, load balancers, address pools, certificates) and
-`documents` (the kinds and their stored form).
+backends), `infra` (node groups, load balancers, address pools, certificates, the namespaces'
+labels) and `documents` (the kinds and their stored form).
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from slb.model.base import SCHEMA_VERSION, Owner, OwnerKind, Shared, StoredObjec
 from slb.model.documents import KINDS, dump_document, load_document, parse
 from slb.model.errors import CrossFieldError, FieldError, ModelError
 from slb.model.fields import Host, IPAddress, IPNetwork, Name, Port, PortRef, is_dns_label
-from slb.model.infra import AddressPool, Certificate, LBNode, LoadBalancer, NodeGroup
+from slb.model.infra import (
+    AddressPool,
+    Certificate,
+    LBNode,
+    LoadBalancer,
+    Namespace,
+    NamespaceSelector,
+    NodeGroup,
+)
 from slb.model.listener import Listener
 from slb.model.route import Route
 from slb.model.service import Backend, Conditions, Service, ServicePort
@@ -56,6 +64,8 @@ __all__ = [
     "LoadBalancer",
     "ModelError",
     "Name",
+    "Namespace",
+    "NamespaceSelector",
     "NodeGroup",
     "Owner",
     "OwnerKind",

@@ -10,12 +10,13 @@ from pydantic import ValidationError
 
 from slb.model.base import SCHEMA_VERSION, StoredObject
 from slb.model.errors import FieldError, ModelError
-from slb.model.infra import AddressPool, Certificate, LoadBalancer, NodeGroup
+from slb.model.infra import AddressPool, Certificate, LoadBalancer, Namespace, NodeGroup
 from slb.model.listener import Listener
 from slb.model.service import Service
 
 KINDS: Mapping[str, type[StoredObject]] = {
-    cls.kind: cls for cls in (LoadBalancer, Listener, Service, Certificate, AddressPool, NodeGroup)
+    cls.kind: cls
+    for cls in (LoadBalancer, Listener, Service, Certificate, AddressPool, NodeGroup, Namespace)
 }
 """Every kind the store holds, by name."""
 

@@ -1,18 +1,21 @@
 """What load balancers stand on: LB node groups, load balancer instances and their VIPs,
-the address pools VIPs come from, and the certificates HTTPS listeners present.
+the address pools VIPs come from, the certificates HTTPS listeners present, and the
+namespaces' labels that decide which tenants may use an instance or a certificate.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, ClassVar, Self
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from slb.model.base import Model, Owner, StoredObject
 from slb.model.errors import CrossFieldError
 from slb.model.fields import IPAddress, IPNetwork, Name, NamespaceRef, VIPAddress
 from slb.model.traffic import HealthCheck
+from slb.selector import LabelSelector, check_labels
 
 
 class LBNode(Model):
@@ -43,6 +46,50 @@ class NodeGroup(StoredObject):
         return nodes
 
 
+def _selector_text(value: Any) -> Any:
+    """The `kubectl -l` form is taken too (`team=shop,env in (prod)`): the console, the API
+    and `slb` pass what the operator typed, and a bad part is named here, once."""
+    return LabelSelector.parse(value) if isinstance(value, str) else value
+
+
+def _selects_something(selector: LabelSelector) -> LabelSelector:
+    if selector.empty:
+        raise ValueError(
+            "an empty selector matches no namespace: give at least one requirement "
+            "(e.g. team=shop), or leave it out"
+        )
+    return selector
+
+
+NamespaceSelector = Annotated[
+    LabelSelector,
+    BeforeValidator(_selector_text, json_schema_input_type=str | LabelSelector),
+    AfterValidator(_selects_something),
+]
+"""Which namespaces, by their labels (Gateway API's `allowedRoutes.namespaces.from:
+Selector`); a LabelSelector or its `kubectl -l` form."""
+
+
+class Namespace(StoredObject):
+    """A Kubernetes namespace's labels, as cmi last saw them.
+
+    cmi writes one per namespace it watches, so that `allowed_namespace_selector` is decided
+    from the same labels by cmi and by whatever reads the store (the xDS server, the LB
+    nodes, the console). Kubernetes' `edit` and `admin` roles let no tenant change its
+    namespace's labels, which is what makes them fit to grant with.
+    """
+
+    kind: ClassVar[str] = "Namespace"
+
+    name: Name
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        return check_labels(labels)
+
+
 class LoadBalancer(StoredObject):
     """An LB instance: a VIP served by one LB node group."""
 
@@ -59,6 +106,8 @@ class LoadBalancer(StoredObject):
     allowed_namespaces: tuple[NamespaceRef, ...] = ()
     """Whose Services may also join it (`openslb.io/expose=NAME`), as Gateway API's
     `allowedRoutes`: its own namespace always, these too, `*` every one."""
+    allowed_namespace_selector: NamespaceSelector | None = None
+    """And the Services of every namespace whose labels this matches."""
 
     @model_validator(mode="after")
     def _has_address_source(self) -> Self:
@@ -66,15 +115,23 @@ class LoadBalancer(StoredObject):
             raise CrossFieldError([("vip", "give a fixed vip or a pool to allocate one from")])
         return self
 
-    def admits(self, namespace: str) -> bool:
-        """May a Service of `namespace` join this instance?"""
-        return _admits(namespace, self.namespace, self.allowed_namespaces)
+    def admits(self, namespace: str, labels: Mapping[str, str] | None = None) -> bool:
+        """May a Service of `namespace` join this instance? `labels`: the namespace's (its
+        `Namespace` object's); None if unknown, and then only a name admits it."""
+        return _admits(namespace, labels, self)
 
 
-def _admits(namespace: str, owner: str | None, allowed: tuple[str, ...]) -> bool:
-    """The tenancy rule of instances and certificates: the owner's namespace, and the ones
-    it allows (`*`: all)."""
-    return namespace == owner or "*" in allowed or namespace in allowed
+def _admits(
+    namespace: str, labels: Mapping[str, str] | None, holder: LoadBalancer | Certificate
+) -> bool:
+    """The tenancy rule of instances and certificates: the owner's namespace, the ones named
+    (`*`: all), and those whose labels the selector matches."""
+    if namespace == holder.namespace:
+        return True
+    if "*" in holder.allowed_namespaces or namespace in holder.allowed_namespaces:
+        return True
+    selector = holder.allowed_namespace_selector
+    return selector is not None and labels is not None and selector.matches(labels)
 
 
 class Certificate(StoredObject):
@@ -90,10 +147,13 @@ class Certificate(StoredObject):
     allowed_namespaces: tuple[NamespaceRef, ...] = ()
     """Other namespaces whose Services may terminate TLS with it (`*`: all), as a Gateway
     API ReferenceGrant would allow; operators' own listeners may use any."""
+    allowed_namespace_selector: NamespaceSelector | None = None
+    """And the Services of every namespace whose labels this matches."""
 
-    def admits(self, namespace: str) -> bool:
-        """May a Service of `namespace` present this certificate?"""
-        return _admits(namespace, self.namespace, self.allowed_namespaces)
+    def admits(self, namespace: str, labels: Mapping[str, str] | None = None) -> bool:
+        """May a Service of `namespace` present this certificate? `labels` as for
+        `LoadBalancer.admits`."""
+        return _admits(namespace, labels, self)
 
     @field_validator("chain_pem")
     @classmethod

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from slb.model.base import Model, Shared, StoredObject
 from slb.model.fields import IPAddress, Name, Port, PortRef
-from slb.selector import check_label_key, check_label_value
+from slb.selector import check_labels
 
 
 class Conditions(Model):
@@ -59,9 +59,7 @@ class Service(StoredObject):
     @field_validator("labels")
     @classmethod
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key, value in labels.items():
-            check_label_key(key)
-            check_label_value(value)
+        check_labels(labels)
         return labels
 
     @property

@@ -6,8 +6,12 @@ the desired revision. Kept apart from the desired state: reporting is not a chan
 
 The leading cmi beats here too, so the console can say whether a controller is alive.
 
-Layout: `P:status:TIER` is a hash, node -> JSON of `TierStatus`; `P:status:cmi` is the
-JSON of the leader's `ControllerBeat`.
+Layout: an LB node writes only keys of its own (its Redis user may write no other):
+`P:l4:NODE:status` (JSON of `TierStatus`) and `P:l4:NODE:alarm`, and adds its name to the
+set `P:status:l4-nodes` (its user may only SADD there: it can neither forge nor hide
+another node's report). The xDS server, the one writer of the L7 tier, keeps
+`P:status:l7` (a hash, node -> JSON) and its alarm in `P:status:alarms`; `P:status:cmi`
+is the JSON of the leader's `ControllerBeat`.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ MAX_ERROR_CHARS = 4096
 
 def _parse_status(tier: Tier, node: str, raw: bytes) -> TierStatus | None:
     """A status entry as written by `StatusBoard.report`, or None (said once) if it is not
-    one: the hash is writable by every LB node, so an entry may be forged or malformed, and
+    one: an entry may be forged or malformed (by a node taken over, or a stale writer), and
     must never stop cmi's readiness check or a console page."""
     try:
         status = _STATUS.validate_json(raw, strict=True)
@@ -113,17 +117,49 @@ class StatusBoard:
         error_revision: int | None = None,
     ) -> TierStatus:
         status = TierStatus(tier, node, group, revision, time.time(), error, error_revision)
-        self.store.redis.hset(self.store.key("status", tier), node, json.dumps(asdict(status)))
+        text = json.dumps(asdict(status))
+        if tier == "l4":
+            pipe = self.store.redis.pipeline(transaction=False)
+            pipe.set(self._node_key(node, "status"), text)
+            pipe.sadd(self._nodes_key, node)
+            pipe.execute()
+        else:
+            self.store.redis.hset(self.store.key("status", tier), node, text)
         return status
 
     def forget(self, tier: Tier, node: str) -> None:
-        self.store.redis.hdel(self.store.key("status", tier), node)
+        if tier == "l4":
+            self.store.redis.delete(self._node_key(node, "status"), self._node_key(node, "alarm"))
+            self.store.redis.srem(self._nodes_key, node)
+        else:
+            self.store.redis.hdel(self.store.key("status", tier), node)
 
     def all(self, tier: Tier) -> dict[str, TierStatus]:
-        raw = self.store.redis.hgetall(self.store.key("status", tier))
-        found = {k.decode(errors="replace"): v for k, v in raw.items()}
+        if tier == "l4":
+            found = self._of_nodes("status")
+        else:
+            raw = self.store.redis.hgetall(self.store.key("status", tier))
+            found = {k.decode(errors="replace"): v for k, v in raw.items()}
         parsed = {node: _parse_status(tier, node, v) for node, v in found.items()}
         return {node: status for node, status in parsed.items() if status is not None}
+
+    @property
+    def _nodes_key(self) -> str:
+        return self.store.key("status", "l4-nodes")
+
+    def _node_key(self, node: str, what: str) -> str:
+        return self.store.key("l4", node, what)
+
+    def _of_nodes(self, what: str) -> dict[str, bytes]:
+        """Node -> its own key `what`, for every node that ever reported (one round trip
+        for the names, one for the values)."""
+        nodes = sorted(
+            n.decode(errors="replace") for n in self.store.redis.smembers(self._nodes_key)
+        )
+        if not nodes:
+            return {}
+        values = self.store.redis.mget([self._node_key(n, what) for n in nodes])
+        return {n: v for n, v in zip(nodes, values, strict=True) if v is not None}
 
     def controller_beat(self, identity: str, epoch: int, revision: int) -> None:
         beat = ControllerBeat(identity, epoch, revision, time.time())
@@ -148,13 +184,24 @@ class StatusBoard:
         else:
             self.store.redis.hset(key, consumer, why)
 
+    def l4_alarm(self, node: str, why: str | None) -> None:
+        """`alarm` for LB node `node`'s agent, in a key of the node's own."""
+        if why is None:
+            self.store.redis.delete(self._node_key(node, "alarm"))
+            return
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.set(self._node_key(node, "alarm"), why)
+        pipe.sadd(self._nodes_key, node)
+        pipe.execute()
+
     @staticmethod
     def node_alarm(node: str) -> str:
-        """The alarm key of LB node `node`'s agent (the xDS server's is "xds")."""
+        """The consumer name of LB node `node`'s agent in `alarms` (the xDS server's: "xds")."""
         return f"l4 {node}"
 
     def alarms(self) -> dict[str, str]:
         """Consumer -> why it holds its last good state (`slb.integrity`)."""
-        raw = self.store.redis.hgetall(self.store.key("status", "alarms"))
-        return {k.decode(errors="replace"): v.decode(errors="replace")[:MAX_ERROR_CHARS]
-                for k, v in raw.items()}  # fmt: skip
+        held = self.store.redis.hgetall(self.store.key("status", "alarms"))
+        raw = {k.decode(errors="replace"): v for k, v in held.items()}
+        raw.update({self.node_alarm(n): v for n, v in self._of_nodes("alarm").items()})
+        return {k: v.decode(errors="replace")[:MAX_ERROR_CHARS] for k, v in raw.items()}

@@ -19,6 +19,7 @@ from cmi.build import (
     short_name,
 )
 from slb.model import LoadBalancer, Owner, OwnerKind, Protocol
+from slb.selector import LabelSelector
 
 NOW = 1_800_000_000.0
 DEFAULTS = Defaults(endpoint_slices_from=frozenset({"*"}))  # the slices here are hand-made
@@ -95,6 +96,7 @@ def run(body: dict[str, Any], slices: list[dict[str, Any]] | None = None, **kw: 
         defaults=kw.pop("defaults", DEFAULTS),
         previous=kw.pop("previous", Previous()),
         instances=kw.pop("instances", {"public": SHARED}),
+        namespace_labels=kw.pop("namespace_labels", None),
         now=kw.pop("now", NOW),
     )
 
@@ -156,6 +158,38 @@ def test_a_service_joins_only_an_instance_its_namespace_may_use() -> None:
     assert mine.dedicated.namespace == "shop"
     assert mine.dedicated.admits("shop")
     assert not mine.dedicated.admits("tenant-a")
+
+
+def test_a_namespace_joins_by_its_labels_and_a_served_service_waits_for_unknown_ones() -> None:
+    """An instance with `allowed_namespace_selector` admits the namespaces whose labels it
+    matches; one that does not match is told what one that does not exist is told; a served
+    Service whose namespace's labels cmi does not know (yet) keeps what it had (#14)."""
+    teams = SHARED.model_copy(update={
+        "name": "teams", "allowed_namespaces": (),
+        "allowed_namespace_selector": LabelSelector.parse("team=retail"),
+    })  # fmt: skip
+    instances = {"teams": teams}
+    body = service(labels={annotation.EXPOSE_LABEL: "teams", "app": "cart"})
+    joined = run(body, instances=instances, namespace_labels={"team": "retail"})
+    assert joined.exposed
+    assert joined.instance == "teams"
+    assert joined.service is not None
+    assert not joined.events
+    other = run(body, instances=instances, namespace_labels={"team": "media"})
+    nosuch = run(service(labels={annotation.EXPOSE_LABEL: "nosuch"}), instances=instances)
+    assert not other.exposed
+    assert [e.reason for e in other.events] == ["InstanceNotFound"]
+    assert other.events[0].message.replace("teams", "X") == nosuch.events[0].message.replace(
+        "nosuch", "X"
+    )
+    served = Previous(service=joined.service, listeners={li.name: li for li in joined.listeners})
+    kept = run(body, instances=instances, previous=served)  # labels unknown
+    assert kept.exposed
+    assert kept.service == joined.service
+    assert kept.listeners == joined.listeners
+    assert kept.refused is not None
+    assert "labels of namespace shop are not known yet" in kept.refused
+    assert not run(body, instances=instances).exposed  # nothing served: nothing kept
 
 
 def test_generated_names_carry_64_bits_of_hash() -> None:

@@ -16,7 +16,17 @@ from cmi.k8s.writer import CONDITION, FINALIZER, PROGRAMMED
 from devbed.l7harness import listener
 from devbed.process import wait_until
 from devbed.redis import backup, lose, restore
-from slb.model import Listener, LoadBalancer, NodeGroup, Owner, OwnerKind, Protocol, Service
+from slb.model import (
+    Listener,
+    LoadBalancer,
+    Namespace,
+    NodeGroup,
+    Owner,
+    OwnerKind,
+    Protocol,
+    Service,
+)
+from slb.selector import LabelSelector
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
 from tests.cmi.conftest import Running, service_body, slice_body
@@ -531,7 +541,7 @@ def test_the_service_says_when_every_node_serves_it(
         lambda: any(r == "ProgrammingFailed" for r, _ in events(admin, namespace, "cart")),
         "an Event for the failure",
     )
-    board.alarm("l4 lb1", "the store is empty: nothing wrote it since it was created")
+    board.l4_alarm("lb1", "the store is empty: nothing wrote it since it was created")
     eventually(
         lambda: any(r == "DataPlaneHeld" and "LB node lb1: the store is empty" in m
                     for r, m in events(admin, namespace, "cart")),
@@ -647,3 +657,85 @@ def test_a_namespace_owns_at_most_its_quota_of_instances(
     )  # fmt: skip
     assert ingress_ip(admin, namespace, "c") is None
     assert all(exposed.values())
+
+
+def settled(admin: KubeClient, namespace: str, name: str, quiet_s: float = 2.0) -> None:
+    """Wait until cmi has written the Service's status and Events and left it alone for
+    `quiet_s`: what happens next is caused by the next change alone."""
+    seen, since = "", time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        version = svc(admin, namespace, name)["metadata"]["resourceVersion"]
+        if version != seen:
+            seen, since = version, time.monotonic()
+        time.sleep(0.1)
+
+
+def label_namespace(admin: KubeClient, namespace: str, labels: dict[str, str | None]) -> None:
+    admin.request(
+        "PATCH", f"/api/v1/namespaces/{namespace}", body={"metadata": {"labels": labels}},
+        content_type="application/merge-patch+json",
+    )  # fmt: skip
+
+
+def test_a_namespace_joins_by_its_labels_and_leaves_when_relabelled(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """Gateway API's `from: Selector` (#14): an operator's instance admits the namespaces
+    labelled team=retail. A Service of one joins it; relabelled team=media, the namespace no
+    longer matches: the Service is withdrawn and told, as for any instance it may not join.
+    The labels reach the store, so the LB nodes decide as cmi did."""
+    label_namespace(admin, namespace, {"team": "retail"})
+    teams = LoadBalancer(name="teams", pool="default",
+                         owner=Owner(kind=OwnerKind.OPERATOR, name="ops"),
+                         allowed_namespace_selector=LabelSelector.parse("team=retail"))  # fmt: skip
+    store.put(teams)
+    running = cmi()
+    create(admin, namespace, service_body("cart", labels={"openslb.io/expose": "teams"}))
+    eventually(lambda: store.get(Service, f"{namespace}/cart"), "joined by its namespace's labels")
+    assert running.owned(f"{namespace}/cart")["Listener"]
+    stored = store.get(Namespace, namespace)
+    assert stored is not None
+    assert stored.obj.labels.get("team") == "retail"
+
+    settled(admin, namespace, "cart")  # nothing but the relabel makes cmi look again
+    label_namespace(admin, namespace, {"team": "media"})
+    eventually(lambda: store.get(Service, f"{namespace}/cart") is None, "withdrawn on relabel")
+    assert not running.owned(f"{namespace}/cart")["Listener"]
+    eventually(
+        lambda: any(reason == "InstanceNotFound" and "teams" in message
+                    for reason, message in events(admin, namespace, "cart")),
+        "the Service told it may no longer join",
+    )  # fmt: skip
+    relabelled = store.get(Namespace, namespace)
+    assert relabelled is not None
+    assert relabelled.obj.labels.get("team") == "media"
+
+    label_namespace(admin, namespace, {"team": "retail"})  # and back: it joins again
+    eventually(lambda: store.get(Service, f"{namespace}/cart"), "joined again")
+
+
+def test_a_namespace_owns_at_most_its_quota_of_listeners(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """One tenant exposing port after port would fill every LB node's IPVS and Envoy
+    (#14): beyond `cmi.listeners_per_namespace`, a Service is refused and told, and the
+    listeners already served stay."""
+    cmi(listeners_per_namespace=2)
+    two_ports = [{"name": "grpc", "port": 50051, "appProtocol": "grpc"},
+                 {"name": "admin", "port": 9000}]  # fmt: skip
+    create(admin, namespace, service_body("a", labels={"openslb.io/expose": "true"},
+                                          ports=two_ports))  # fmt: skip
+    eventually(lambda: ingress_ip(admin, namespace, "a"), "the first exposed")
+    vip = ingress_ip(admin, namespace, "a")
+    create(admin, namespace, service_body("b", labels={"openslb.io/expose": "true"}))
+    eventually(
+        lambda: any(reason == "Refused" and "cmi.listeners_per_namespace" in message
+                    for reason, message in events(admin, namespace, "b")),
+        "the second told the namespace is at its listener quota",
+    )  # fmt: skip
+    assert store.get(Service, f"{namespace}/b") is None
+    assert ingress_ip(admin, namespace, "b") is None
+    owner = f"{namespace}/a"
+    served = {s.obj.port for s in store.all(Listener).values() if s.obj.owner.name == owner}
+    assert served == {50051, 9000}
+    assert ingress_ip(admin, namespace, "a") == vip

@@ -20,6 +20,7 @@ from cmi.diff import diff
 from cmi.ipam import IPAMError
 from cmi.k8s.writer import CONDITION, PROGRAMMED
 from cmi.mirror import Mirror
+from cmi.quota import within_quotas
 from cmi.report import condition_of, exposure, programmed_condition
 from slb.config import CmiSettings
 from slb.model import (
@@ -203,6 +204,54 @@ def test_the_pool_from_cmis_settings() -> None:
     assert pool is not None
     assert (pool.name, [str(c) for c in pool.cidrs]) == ("edge", ["198.18.0.0/24", "2001:db8::/64"])
     assert vips.default_pool(CmiSettings()) is None
+
+
+# -- quotas ------------------------------------------------------------------------------
+
+PORTS = [{"name": f"p{i}", "port": 8000 + i} for i in range(3)]
+
+
+def served(built: Built) -> Previous:
+    return Previous(service=built.service, listeners={li.name: li for li in built.listeners},
+                    load_balancer=served_instance(built) if built.dedicated else None)  # fmt: skip
+
+
+def test_a_service_that_would_pass_the_listener_quota_is_refused_and_keeps_its_own() -> None:
+    """`cmi.listeners_per_namespace` (#14): the namespace's Services own 3 of 3 listeners; a
+    new 3-port Service is refused naming the setting, one port more on a served one is
+    refused and it keeps its 3, and what another Service of the batch gives back makes room."""
+    one = exposed("one", "public", ports=PORTS)
+    store = mirror_of(objects_of(one))
+    grown = exposed("one", "public", ports=[*PORTS, {"name": "p9", "port": 8009}])
+    new = exposed("new", "public", ports=PORTS)
+    out = within_quotas([("shop/one", served(one), grown), ("shop/new", Previous(), new)],
+                        store, instances_limit=0, listeners_limit=3)  # fmt: skip
+    (_, _, kept), (_, _, refused) = out
+    assert kept.refused is not None
+    assert "(cmi.listeners_per_namespace)" in kept.refused
+    assert kept.listeners == one.listeners  # its 3 ports keep serving
+    assert not refused.exposed
+    assert [e.reason for e in refused.events] == ["Refused"]
+    assert "past 3 listeners (cmi.listeners_per_namespace)" in refused.events[0].message
+    gone = Built("shop/one", exposed=False)  # unlabelled: gives its 3 back in the same batch
+    out = within_quotas([("shop/new", Previous(), new), ("shop/one", served(one), gone)],
+                        store, instances_limit=0, listeners_limit=3)  # fmt: skip
+    assert [b.refused for _, _, b in out] == [None, None]
+    assert within_quotas([("shop/new", Previous(), new)], store, instances_limit=0,
+                         listeners_limit=0)[0][2] is new  # fmt: skip
+
+
+def test_instances_operators_made_for_a_namespace_count_against_its_quota() -> None:
+    """One quota of VIPs per namespace: an operator's instance made for `shop` takes one."""
+    for_shop = PUBLIC.model_copy(update={"name": "for-shop", "namespace": "shop"})
+    cart = exposed("cart")
+    out = within_quotas([("shop/cart", Previous(), cart)], mirror_of([for_shop]),
+                        instances_limit=1, listeners_limit=0)  # fmt: skip
+    assert out[0][2].refused is not None
+    assert "owns 1 instances already (cmi.instances_per_namespace)" in out[0][2].refused
+    out = within_quotas([("shop/cart", Previous(), cart)], mirror_of([PUBLIC]),
+                        instances_limit=1, listeners_limit=0)  # fmt: skip
+    assert out[0][2] is cart
 
 
 # -- grace -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 from devbed.netns import Topology
 from l4.agent import L4Agent
 from l4.drivers import DRIVERS, Driver, open_driver
+from l4.firewall import TABLE as GUARD_TABLE
 from l4.vip import VIPs, prepare_kernel
 from slb.config import L4Settings
 from slb.storage.store import Store
@@ -27,6 +29,14 @@ def flush_ipvs() -> None:
     subprocess.run(["ipvsadm", "-C"], check=True)
 
 
+def remove_vip_guard() -> None:
+    """Delete the VIP guard's table an agent (or a worker) left behind, if nft is here."""
+    if shutil.which("nft"):
+        subprocess.run(
+            ["nft", "delete", "table", *GUARD_TABLE.split()], capture_output=True, check=False
+        )
+
+
 @pytest.fixture(scope="session")
 def kernel() -> None:
     """IPVS loaded with the settings openslb writes, and every scheduler module."""
@@ -37,9 +47,12 @@ def kernel() -> None:
 
 @pytest.fixture
 def clean_ipvs(kernel: None) -> Iterator[None]:
+    """No IPVS service, and no VIP guard, before and after the test."""
     flush_ipvs()
+    remove_vip_guard()
     yield
     flush_ipvs()
+    remove_vip_guard()
 
 
 @pytest.fixture(params=DRIVERS)

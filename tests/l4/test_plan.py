@@ -120,6 +120,7 @@ def test_changes_are_read_from_change_stream_entries() -> None:
         services=frozenset({"shop/web"}),
     )
     assert Changed.from_ops([("put", "NodeGroup", "default")]).node_groups
+    assert Changed.from_ops([("put", "Namespace", "shop")]).node_groups  # selectors re-pick
     assert changed.touches(("web", "other-lb", ("shop/web",)))
     assert not changed.touches(("web", "other-lb", ("shop/api",)))
 

@@ -18,16 +18,17 @@ from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE
 from l7.translate.listener import serialized_listener
 from slb.model import Backend, Service
 from slb.resolve import resolve
-from slb.snapshot import Snapshot, Stored
+from slb.snapshot import Snapshot, Stored, namespace_labels
 from tests.l7.test_translate import CASES, load_case
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_the_cache_serves_what_the_translation_says(name: str) -> None:
     case = load_case(name)
-    state = resolve(case.snapshot())
-    expected = translate(state, case.node_group, case.keys)
-    built = SnapshotCache().build(state, case.keys)
+    snapshot = case.snapshot()
+    state, namespaces = resolve(snapshot), namespace_labels(snapshot)
+    expected = translate(state, case.node_group, case.keys, namespaces)
+    built = SnapshotCache().build(state, case.keys, namespaces)
     group = built.get(case.node_group) or GroupSnapshot.empty(case.node_group, state.revision)
     for type_url in TYPES:
         assert group.versions(type_url) == {

@@ -21,7 +21,7 @@ from l7.translate import translate
 from l7.translate.common import KIND_NAMES, LISTENER
 from slb.model import StoredObject, parse
 from slb.resolve import resolve
-from slb.snapshot import Snapshot, Stored
+from slb.snapshot import Snapshot, Stored, namespace_labels
 from tests.golden import Golden
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -56,7 +56,8 @@ def load_case(name: str) -> Case:
 
 
 def outputs(case: Case) -> dict[str, Any]:
-    resources = translate(resolve(case.snapshot()), case.node_group, case.keys)
+    snapshot = case.snapshot()
+    resources = translate(resolve(snapshot), case.node_group, case.keys, namespace_labels(snapshot))
     out: dict[str, Any] = {
         f"{KIND_NAMES[type_url]}.json": {
             name: MessageToDict(message, preserving_proto_field_name=True)

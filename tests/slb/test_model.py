@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from devbed.pki import self_signed
 from slb import model
 from slb.model import ModelError
+from slb.selector import LabelSelector
 
 
 def _certificate_pem() -> str:
@@ -60,6 +61,7 @@ GOOD: dict[str, dict[str, Any]] = {
         },
     },
     "AddressPool": {"name": "default", "cidrs": ["198.18.0.0/24", "2001:db8::/120"]},
+    "Namespace": {"name": "shop", "labels": {"team": "retail", "example.com/tier": "gold"}},
     "NodeGroup": {
         "name": "default",
         "nodes": [
@@ -172,6 +174,14 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
         ("LoadBalancer", {"pool": None}, ["vip"]),
         ("LoadBalancer", {"vip": "198.18.0.300"}, ["vip"]),
         ("LoadBalancer", {"node_group": "Edge_1"}, ["node_group"]),
+        ("LoadBalancer", {"allowed_namespace_selector": ""}, ["allowed_namespace_selector"]),
+        ("LoadBalancer", {"allowed_namespace_selector": {}}, ["allowed_namespace_selector"]),
+        ("LoadBalancer", {"allowed_namespace_selector": "team in (shop"},
+         ["allowed_namespace_selector"]),
+        ("LoadBalancer", {"allowed_namespace_selector": {"match_labels": {"team": "a b"}}},
+         ["allowed_namespace_selector.match_labels"]),
+        ("Namespace", {"name": "Shop"}, ["name"]),
+        ("Namespace", {"labels": {"team": "-bad-"}}, ["labels"]),
         ("Service", {"ports": [{"name": "grpc", "port": 0}]}, ["ports.0.port"]),
         ("Service", {"labels": {"app": "-bad-"}}, ["labels"]),
         ("Service", {"backends": {"grpc": [{"address": "not-an-ip", "port": 80}]}},
@@ -352,3 +362,37 @@ def test_a_final_newline_is_no_loophole(kind: str, data: dict[str, Any]) -> None
     """Python's `$` matches before a final newline: every pattern ends in `\\Z` (#14)."""
     with pytest.raises(model.ModelError):
         model.parse(kind, data)
+
+
+def test_a_namespace_selector_admits_by_labels_and_never_on_unknown_ones() -> None:
+    """Gateway API's `from: Selector` (#14): names admit as before; a selector admits the
+    namespaces whose labels it matches, and nothing whose labels are not known, even a
+    selector that an unlabelled namespace would satisfy."""
+    public = model.parse(
+        "LoadBalancer",
+        _doc("LoadBalancer", namespace="ops", allowed_namespaces=["web"],
+             allowed_namespace_selector="team=retail,env notin (dev)"),
+    )  # fmt: skip
+    assert isinstance(public, model.LoadBalancer)
+    assert public.admits("ops")
+    assert public.admits("web")
+    assert public.admits("shop", {"team": "retail", "env": "prod"})
+    assert public.admits("shop", {"team": "retail"})
+    assert not public.admits("shop", {"team": "retail", "env": "dev"})
+    assert not public.admits("shop", {"team": "media"})
+    assert not public.admits("shop")  # labels unknown
+    loose = public.model_copy(update={"allowed_namespace_selector": LabelSelector.parse("!x")})
+    assert loose.admits("shop", {})
+    assert not loose.admits("shop", None)
+    certificate = model.parse(
+        "Certificate",
+        {"name": "teams", "chain_pem": _certificate_pem(), "key_ref": "k",
+         "allowed_namespace_selector": {"match_labels": {"team": "retail"}}},
+    )  # fmt: skip
+    assert isinstance(certificate, model.Certificate)
+    assert certificate.admits("shop", {"team": "retail"})
+    assert not certificate.admits("shop", {"team": "media"})
+    assert not certificate.admits("shop")
+    stored = model.load_document(model.dump_document(public))
+    assert stored == public
+    assert str(public.allowed_namespace_selector) == "team=retail,env notin (dev)"

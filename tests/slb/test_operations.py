@@ -120,6 +120,41 @@ def test_the_slb_command(redis_server: RedisServer, store: Store) -> None:
     assert slb("lb", "rm", "public")[0] == 0
 
 
+def test_slb_lb_add_takes_a_namespace_selector_and_holds_namespaces_to_their_quota(
+    redis_server: RedisServer, store: Store
+) -> None:
+    """`--allow-selector` in `kubectl -l` form, a bad one named; and instances made for a
+    namespace count against `cmi.instances_per_namespace`, as its Services' own do (#14)."""
+    env = {"OPENSLB_REDIS_URL": redis_server.url, "OPENSLB_REDIS_PREFIX": store.prefix,
+           "OPENSLB_CONFIG": "", "OPENSLB_CMI_INSTANCES_PER_NAMESPACE": "1"}  # fmt: skip
+
+    def slb(*argv: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, ["lb", "add", *argv], env=env)
+        return result.exit_code, result.output
+
+    assert (
+        CliRunner().invoke(main, ["pool", "set", "default", "198.18.0.0/24"], env=env).exit_code
+        == 0
+    )
+    code, out = slb("teams", "--pool", "default", "--allow-selector", "team=retail,env in (prod)")
+    assert code == 0, out
+    teams = store.get(LoadBalancer, "teams")
+    assert teams is not None
+    assert teams.obj.admits("shop", {"team": "retail", "env": "prod"})
+    assert not teams.obj.admits("shop", {"team": "retail", "env": "dev"})
+    code, out = slb("bad", "--pool", "default", "--allow-selector", "team in (retail")
+    assert code == 1
+    assert "LoadBalancer allowed_namespace_selector:" in out
+    assert slb("shop-a", "--pool", "default", "--namespace", "shop")[0] == 0
+    code, out = slb("shop-b", "--pool", "default", "--namespace", "shop")
+    assert code == 1
+    assert "LoadBalancer namespace: namespace shop has 1 instances already" in out
+    assert "cmi.instances_per_namespace" in out
+    assert store.get(LoadBalancer, "shop-b") is None
+    assert slb("web-a", "--pool", "default", "--namespace", "web")[0] == 0  # another tenant
+    assert slb("shared", "--pool", "default")[0] == 0  # the cluster's: no tenant's quota
+
+
 def test_a_node_group_can_have_its_envoys_checked(redis_server: RedisServer, store: Store) -> None:
     env = {"OPENSLB_REDIS_URL": redis_server.url, "OPENSLB_REDIS_PREFIX": store.prefix,
            "OPENSLB_CONFIG": ""}  # fmt: skip

@@ -1,7 +1,9 @@
-"""Redis ACL users per role (`slb redis-acl`) on a real redis-server started with the ACL
-file: anonymous and wrong-password clients are refused, each role does what its part of
-openslb does and nothing it must not, and a real Celery worker and the real xDS server run
-as the worker user without Redis denying them anything (its ACL log stays empty)."""
+"""Redis ACL users per role and per LB node (`slb redis-acl`) on a real redis-server
+started with the ACL file: anonymous and wrong-password clients are refused, each role and
+each node does what its part of openslb does and nothing it must not, and a real Celery
+worker and the real xDS server run under their users without Redis denying them anything
+(its ACL log stays empty). The lab VM runs a node's own worker under its user
+(`tests/l4/test_node_user.py`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner
+from kombu.exceptions import OperationalError
 
 from devbed.pki import key_pem
 from devbed.process import Process, wait_until
@@ -28,6 +31,7 @@ from slb.storage.connect import credentials
 from slb.storage.secrets import SecretStore
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
+from slb.storage.timeseries import TimeSeries
 from tests.l7.test_server import ServerThread
 
 PREFIX = "acltest"
@@ -66,13 +70,14 @@ class AclRedis:
 def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
     directory = tmp_path_factory.mktemp("acl")
     result = CliRunner().invoke(
-        main, ["redis-acl", "--dir", str(directory / "acl"), "--prefix", PREFIX],
+        main, ["redis-acl", "--dir", str(directory / "acl"), "--prefix", PREFIX,
+               "--node", "lb1", "--node", "lb2"],
         env={"OPENSLB_CONFIG": ""},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     acl_dir = directory / "acl"
-    for role in acl.ROLES:
-        assert (acl_dir / f"{role}.password").read_text().strip() not in result.output
+    for user in (*acl.ROLES, "node-lb1", "node-lb2"):
+        assert (acl_dir / f"{user}.password").read_text().strip() not in result.output
     # The harness's own user, to read Redis's ACL log; openslb has no such user.
     admin_password = secrets.token_hex(16)
     with (acl_dir / "users.acl").open("a") as users:
@@ -93,14 +98,14 @@ def test_anonymous_and_wrong_passwords_are_refused(acl_redis: AclRedis) -> None:
     with pytest.raises(redis.AuthenticationError, match=r"(?i)authenticat"):  # NOAUTH
         redis.Redis.from_url(url).ping()
     with pytest.raises(redis.AuthenticationError, match=r"WRONGPASS|invalid username-password"):
-        redis.Redis.from_url(url, username="worker", password="guess").ping()
+        redis.Redis.from_url(url, username="node-lb1", password="guess").ping()
     with pytest.raises(redis.AuthenticationError, match=r"WRONGPASS|invalid username-password"):
         redis.Redis.from_url(url, username="default", password="").ping()
 
 
 def test_each_role_may_do_its_part_and_no_more(acl_redis: AclRedis) -> None:
     acl_redis.admin.acl_log_reset()
-    cmi, worker, console = (acl_redis.store(role) for role in ("cmi", "worker", "console"))
+    cmi, worker, console = (acl_redis.store(role) for role in ("cmi", "node-lb1", "console"))
     revision = cmi.put(balancer("198.18.0.9"))  # cmi writes the desired state
     assert worker.get(LoadBalancer, "web") is not None  # workers read it...
     assert worker.snapshot().revision == revision
@@ -120,7 +125,7 @@ def test_each_role_may_do_its_part_and_no_more(acl_redis: AclRedis) -> None:
         for command in (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "SET", "save", "")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 store.redis.execute_command(*command)
-    for role in acl.ROLES:  # Redis's verdict, for what must not be tried for real
+    for role in (*acl.ROLES, "node-lb1"):  # Redis's verdict, for what must not be tried
         for denied in (("DEBUG", "SLEEP", "0"), ("SHUTDOWN", "NOSAVE"), ("KEYS", "*"),
                        ("MONITOR",), ("ACL", "LIST")):  # fmt: skip
             verdict = acl_redis.admin.execute_command("ACL", "DRYRUN", role, *denied)
@@ -133,43 +138,92 @@ def test_each_role_may_do_its_part_and_no_more(acl_redis: AclRedis) -> None:
         store.redis.close()
 
 
-def test_a_celery_worker_consumes_tasks_as_the_worker_user(
+def test_a_node_writes_its_own_keys_and_no_other_nodes(acl_redis: AclRedis) -> None:
+    """#14: an LB node taken over can neither forge nor hide another node's status, alarm,
+    lock, ownership record or chart points, nor queue tasks for cmi."""
+    cmi, lb1 = acl_redis.store("cmi"), acl_redis.store("node-lb1")
+    lb1_board, board = StatusBoard(lb1), StatusBoard(cmi)
+    StatusBoard(acl_redis.store("node-lb2")).report("l4", "lb2", "g", 4)
+    lb1_board.report("l4", "lb1", "g", 5)
+    lb1_board.l4_alarm("lb1", "held")
+    lb1.redis.set(lb1.key("l4", "lb1", "lock"), "me")
+    lb1.redis.sadd(lb1.key("l4", "lb1", "owned"), "TCP 198.18.0.9:80")
+    TimeSeries(lb1).append("l4_connections", {"tier": "l4", "listener": "web", "node": "lb1"}, 3)
+    assert {n: s.revision for n, s in board.all("l4").items()} == {"lb1": 5, "lb2": 4}
+    assert board.alarms() == {"l4 lb1": "held"}
+    acl_redis.admin.acl_log_reset()
+    forgeries = [
+        lambda: lb1_board.report("l4", "lb2", "g", 99),
+        lambda: lb1_board.forget("l4", "lb2"),
+        lambda: lb1_board.l4_alarm("lb2", "forged"),
+        lambda: lb1_board.alarm("xds", "forged"),
+        lambda: lb1.redis.set(lb1.key("l4", "lb2", "lock"), "me"),
+        lambda: lb1.redis.delete(lb1.key("l4", "lb2", "owned")),
+        lambda: lb1.redis.srem(lb1.key("status", "l4-nodes"), "lb2"),
+        lambda: lb1.redis.delete(lb1.key("ts-index", "l4_connections")),
+        lambda: TimeSeries(lb1).append(
+            "l4_connections", {"tier": "l4", "listener": "web", "node": "lb2"}, 1
+        ),
+        lambda: lb1.redis.lpush(f"{PREFIX}:celery:celery", "a task for cmi's worker"),
+        lambda: lb1.redis.lpush(f"{PREFIX}:celery:{l4_queue('lb2')}", "a task for lb2"),
+    ]
+    for forge in forgeries:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            forge()
+    assert all(":lb1:" not in str(d["object"]) for d in acl_redis.denials())
+    assert {n: s.revision for n, s in board.all("l4").items()} == {"lb1": 5, "lb2": 4}
+    assert board.alarms() == {"l4 lb1": "held"}
+
+
+def test_the_control_worker_runs_and_no_one_controls_it_remotely(
     acl_redis: AclRedis, tmp_path: Path
 ) -> None:
-    """Every key and channel a Celery worker touches (its queue, `unacked`, the bindings,
-    the queues it sends to) is in the worker user's rules, and no one controls it remotely.
-    (An LB node's worker needs IPVS, which this kernel has not: the drift re-assertion's
-    worker stands in, run as the worker user; the lab VM runs the node's own.)"""
+    """Every key and channel the control worker touches (its queue, `unacked`, the
+    bindings, the nodes' queues it sends to) is in cmi's rules; a broadcast from an LB node's
+    user neither reaches nor stops it, and a node cannot queue tasks for it."""
     acl_redis.admin.acl_log_reset()
     cmi = acl_redis.store("cmi")
     cmi.put(NodeGroup(name="g", nodes=(LBNode(name="lb1", address="198.18.0.21"),)))
     queue = f"{PREFIX}:celery:{l4_queue('lb1')}"
     worker = Process("worker", [sys.executable, "-m", "slb.cli", "worker", "--control"],
-                     tmp_path, env=acl_redis.env("worker"))  # fmt: skip
+                     tmp_path, env=acl_redis.env("cmi"))  # fmt: skip
     worker.start()
     try:
-        settings = config.load(environ=acl_redis.env("cmi"))
-        app = make_app(settings, include_tasks=False)
+        app = make_app(config.load(environ=acl_redis.env("cmi")), include_tasks=False)
         app.send_task(REASSERT)
         wait_until(lambda: acl_redis.admin.llen(queue) > 0, 60, "the node's apply task sent")
-        app.close()
-        # Remote control is off: a broadcast from any broker client (here an LB node's
-        # worker user) neither reaches nor stops the worker, which goes on consuming.
-        node = make_app(config.load(environ=acl_redis.env("worker")), include_tasks=False)
-        assert node.control.ping(timeout=2) == []
-        node.control.broadcast("shutdown")
+        node = make_app(config.load(environ=acl_redis.env("node-lb1")), include_tasks=False)
+        node.control.broadcast("shutdown")  # nothing listens (no remote control)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            node.control.ping(timeout=2)  # nor may a node read the replies
+        with pytest.raises(OperationalError, match="no permissions"):
+            node.send_task(REASSERT)  # the control queue is not the node's
+        node.close()
+        acl_redis.admin.acl_log_reset()
         acl_redis.admin.delete(queue)
-        node.send_task(REASSERT)
+        app.send_task(REASSERT)
         wait_until(lambda: acl_redis.admin.llen(queue) > 0, 60, "a task after the broadcast")
         assert worker.check_alive()
-        node.close()
+        app.close()
     finally:
         worker.stop()
     log = worker.log_path.read_text()
-    assert "Connected to redis://worker:**@" in log
-    password = (acl_redis.directory / "worker.password").read_text().strip()
+    assert "Connected to redis://cmi:**@" in log
+    password = (acl_redis.directory / "cmi.password").read_text().strip()
     assert password not in log
     assert acl_redis.denials() == []
+
+
+def test_node_users_are_kept_and_names_checked(tmp_path: Path) -> None:
+    first = acl.write(tmp_path, PREFIX, nodes=["lb1"])
+    again = acl.write(tmp_path, PREFIX, nodes=["lb2"])
+    assert set(again.password_files) == {*acl.ROLES, "node-lb1", "node-lb2"}
+    assert again.created == ("node-lb2",)
+    assert (tmp_path / "node-lb1.password").read_text() == first.password_files[
+        "node-lb1"
+    ].read_text()
+    with pytest.raises(ValueError, match=r"^--node: 'lb\*' is not an LB node name"):
+        acl.write(tmp_path, PREFIX, nodes=["lb*"])
 
 
 def test_the_xds_server_runs_as_the_xds_user(acl_redis: AclRedis) -> None:
@@ -184,7 +238,7 @@ def test_the_xds_server_runs_as_the_xds_user(acl_redis: AclRedis) -> None:
 def test_only_the_xds_server_reads_private_keys(acl_redis: AclRedis) -> None:
     """An LB node taken over used to read every tenant's private key, undoing the per-group
     mutual TLS of xDS (#14)."""
-    console, worker, xds = (acl_redis.store(role) for role in ("console", "worker", "xds"))
+    console, worker, xds = (acl_redis.store(role) for role in ("console", "node-lb1", "xds"))
     key = key_pem()
     SecretStore(console).put_key("shop-1", key)
     assert SecretStore(xds).get_keys({"shop-1"}) == {"shop-1": key}

@@ -21,7 +21,9 @@ def snapshot(*objects: tuple[str, dict[str, Any]], revision: int = 7) -> Snapsho
 
 
 def lb(name: str = "public", vip: str | None = "198.18.0.10", **extra: Any) -> Doc:
-    return "LoadBalancer", {"name": name, "vip": vip, "pool": "default", "owner": OPERATOR, **extra}
+    data = {"name": name, "vip": vip, "pool": "default", "owner": OPERATOR,
+            "allowed_namespaces": ["shop"]}  # fmt: skip
+    return "LoadBalancer", {**data, **extra}
 
 
 def listener(name: str, port: int = 80, **extra: Any) -> Doc:
@@ -32,9 +34,11 @@ def listener(name: str, port: int = 80, **extra: Any) -> Doc:
     return "Listener", {**data, **extra}
 
 
-def service(name: str, labels: dict[str, str], endpoints: list[dict[str, Any]]) -> Doc:
+def service(
+    name: str, labels: dict[str, str], endpoints: list[dict[str, Any]], namespace: str = "shop"
+) -> Doc:
     return "Service", {
-        "namespace": "shop", "name": name, "labels": labels, "load_balancer": "public",
+        "namespace": namespace, "name": name, "labels": labels, "load_balancer": "public",
         "ports": [{"name": "http", "port": 80, "target_port": 8080}],
         "backends": {"http": endpoints},
     }  # fmt: skip
@@ -59,6 +63,38 @@ def test_a_selector_gathers_the_endpoints_of_every_matching_service() -> None:
     assert served.services == ("shop/a", "shop/b")
     assert [str(b.address) for b in served.backends] == ["198.18.1.1", "198.18.1.2", "198.18.1.3"]
     assert str(served.vip) == "198.18.0.10"
+
+
+def test_a_selector_picks_only_services_of_namespaces_the_instance_admits() -> None:
+    """#14: a tenant who labels its own Service `app=web` joins no other's `app=web`
+    listener, nor its routes; the instance's owner namespace and `allowed_namespaces` may."""
+    route = {"name": "api", "path_prefix": "/api",
+             "selector": {"match_labels": {"app": "web"}}}  # fmt: skip
+    objects = (
+        listener("web", protocol="HTTP", routes=[route]),
+        service("a", {"app": "web"}, [ep(1)]),
+        service("intruder", {"app": "web"}, [ep(66)], namespace="tenant-b"),
+    )
+    (served,) = resolve(snapshot(lb(), *objects)).listeners
+    assert served.services == ("shop/a",)
+    assert [str(b.address) for b in served.backends] == ["198.18.1.1"]
+    assert [r.services for r in served.routes] == [("shop/a",)]
+
+    owned = lb(namespace="tenant-b", allowed_namespaces=[])
+    (served,) = resolve(snapshot(owned, *objects)).listeners
+    assert served.services == ("tenant-b/intruder",)
+    closed = lb(allowed_namespaces=[])
+    (served,) = resolve(snapshot(closed, *objects)).listeners
+    assert (served.services, served.routes[0].services) == ((), ())
+
+    # By a namespace selector: the labels cmi mirrors decide, and unknown labels admit none.
+    by_label = lb(allowed_namespaces=[], allowed_namespace_selector="team=web")
+    (served,) = resolve(snapshot(by_label, *objects)).listeners
+    assert served.services == ()
+    shop = ("Namespace", {"name": "shop", "labels": {"team": "web"}})
+    intruder = ("Namespace", {"name": "tenant-b", "labels": {"team": "other"}})
+    (served,) = resolve(snapshot(by_label, shop, intruder, *objects)).listeners
+    assert (served.services, served.routes[0].services) == (("shop/a",), ("shop/a",))
 
 
 def test_not_ready_endpoints_are_left_out_and_terminating_ones_drain() -> None:

@@ -95,7 +95,7 @@ def ops(store: Store) -> Operations:
     """An instance and a pool to put listeners on, made as an operator would."""
     ops = Operations(store, actor="setup")
     ops.put_pool({"name": "default", "cidrs": ["198.18.0.0/24"]})
-    ops.add_load_balancer({"name": "public", "vip": "198.18.0.10"})
+    ops.add_load_balancer({"name": "public", "vip": "198.18.0.10", "allowed_namespaces": ["shop"]})
     return ops
 
 

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from devbed.pki import chain
 from devbed.pki import key_pem as other_key_pem
-from slb.model import Listener, LoadBalancer, Service
+from slb.model import Certificate, Listener, LoadBalancer, Owner, OwnerKind, Service
 from slb.operations import Operations
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
@@ -503,6 +503,84 @@ def test_a_certificate_says_which_namespaces_may_use_it(
     })  # fmt: skip
     assert bad.status_code == 422
     assert bad.get_json()["errors"][0]["field"].startswith("allowed_namespaces")
+
+
+def test_instances_and_certificates_admit_namespaces_by_a_label_selector(
+    client: FlaskClient, token: Headers, ops: Operations, store: Store
+) -> None:
+    """`allowed_namespace_selector` (#14), in `kubectl -l` form or structured; a bad one is
+    a 422 naming the field."""
+    alice = token("alice")
+    made = client.post("/api/v1/load-balancers", headers=alice, json={
+        "name": "teams", "pool": "default", "allowed_namespace_selector": "team=retail",
+    })  # fmt: skip
+    assert made.status_code == 201, made.get_json()
+    assert made.get_json()["allowed_namespace_selector"] == {
+        "match_labels": {"team": "retail"}, "match_expressions": [],
+    }  # fmt: skip
+    teams = store.get(LoadBalancer, "teams")
+    assert teams is not None
+    assert teams.obj.admits("shop", {"team": "retail"})
+    assert not teams.obj.admits("shop", {"team": "media"})
+    structured = client.post("/api/v1/load-balancers", headers=alice, json={
+        "name": "teams2", "pool": "default",
+        "allowed_namespace_selector": {"match_expressions": [
+            {"key": "team", "operator": "In", "values": ["retail"]}]},
+    })  # fmt: skip
+    assert structured.status_code == 201, structured.get_json()
+    for bad in ("team in (retail", "", {}, {"match_labels": {"team": "a b"}}):
+        refused = client.post("/api/v1/load-balancers", headers=alice, json={
+            "name": "bad", "pool": "default", "allowed_namespace_selector": bad,
+        })  # fmt: skip
+        assert refused.status_code == 422, bad
+        assert all(f.startswith("allowed_namespace_selector") for f in fields(refused)), bad
+    pair = chain("shop.example.test", days=90)
+    cert = client.post("/api/v1/certificates", headers=alice, json={
+        "name": "teams-tls", "chain_pem": pair.chain_pem, "key_pem": pair.key_pem,
+        "namespace": "ops", "allowed_namespace_selector": "team=retail",
+    })  # fmt: skip
+    assert cert.status_code == 201, cert.get_json()
+    assert cert.get_json()["allowed_namespace_selector"]["match_labels"] == {"team": "retail"}
+    stored = store.get(Certificate, "teams-tls")
+    assert stored is not None
+    assert stored.obj.admits("shop", {"team": "retail"})
+    assert not stored.obj.admits("shop", {"team": "media"})
+    rotated = client.put("/api/v1/certificates/teams-tls", headers=alice, json={
+        "chain_pem": pair.chain_pem, "key_pem": pair.key_pem, "version": stored.revision,
+    })  # fmt: skip
+    assert rotated.status_code == 200, rotated.get_json()
+    assert rotated.get_json()["allowed_namespace_selector"]["match_labels"] == {"team": "retail"}
+    bad_cert = client.post("/api/v1/certificates", headers=alice, json={
+        "name": "bad-tls", "chain_pem": pair.chain_pem, "key_pem": pair.key_pem,
+        "allowed_namespace_selector": "team in (retail",
+    })  # fmt: skip
+    assert bad_cert.status_code == 422
+    assert fields(bad_cert) == ["allowed_namespace_selector"]
+
+
+def test_an_operator_making_instances_for_a_namespace_is_held_to_its_quota(
+    client: FlaskClient, token: Headers, ops: Operations, store: Store
+) -> None:
+    """One quota of VIPs per namespace (`cmi.instances_per_namespace`, #14): the instances
+    its Services own and those operators make for it count alike; one more is a 422 naming
+    `namespace`. The cluster's own instances and other tenants' are not held back."""
+    client.application.config["INSTANCES_PER_NAMESPACE"] = 2
+    alice = token("alice")
+    store.put(LoadBalancer(name="shop-cart", pool="default", namespace="shop",
+                           owner=Owner(kind=OwnerKind.SERVICE, name="shop/cart")))  # fmt: skip
+
+    def make(name: str, namespace: str | None) -> Any:
+        body = {"name": name, "pool": "default", "namespace": namespace}
+        return client.post("/api/v1/load-balancers", headers=alice, json=body)
+
+    assert make("shop-a", "shop").status_code == 201
+    refused = make("shop-b", "shop")
+    assert refused.status_code == 422
+    assert fields(refused) == ["namespace"]
+    assert "cmi.instances_per_namespace" in refused.get_json()["errors"][0]["message"]
+    assert store.get(LoadBalancer, "shop-b") is None
+    assert make("web-a", "web").status_code == 201
+    assert make("shared", None).status_code == 201
 
 
 def test_an_operator_cannot_claim_the_gateway_or_any_address_as_a_vip(

@@ -126,6 +126,16 @@ def test_create_a_listener_and_watch_it_come_alive(
     expect(preview.locator('[data-service="shop/cart"]')).to_contain_text("3/3 ready")
     expect(preview.locator('[data-service="shop/ui"]')).to_contain_text("2/2 ready")
     expect(preview).to_contain_text("5 ready endpoints")
+    # Another tenant's look-alike is not picked, and the preview says so.
+    expect(preview.locator("[data-outside]")).to_have_count(0)
+    store.put(Service.model_validate(
+        {"namespace": "intruder", "name": "cart", "labels": {"app": "shop"},
+         "load_balancer": "public", "ports": [{"name": "http", "port": 80}],
+         "backends": {"http": [{"address": "198.18.66.1", "port": 8080}]}}
+    ))  # fmt: skip
+    page.locator("#selector").press_sequentially(" ", delay=20)
+    expect(preview.locator("[data-outside]")).to_contain_text("1 more matches in namespaces")
+    expect(preview.locator("[data-service]")).to_have_count(2)
     page.locator("#selector").press_sequentially(",tier=api", delay=20)
     expect(preview.locator("[data-service]")).to_have_count(1)
     expect(preview.locator('[data-service="shop/cart"]')).to_be_visible()

@@ -273,6 +273,38 @@ def test_instances_and_pools_pages(
     assert version is not None
 
 
+def test_the_instance_form_takes_a_namespace_selector_and_the_namespace_quota(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    """The console's form (#14): namespaces admitted by labels, `key=value` comma-separated;
+    a bad selector and an instance beyond the namespace's quota are 422s naming the field."""
+    client.application.config["INSTANCES_PER_NAMESPACE"] = 1
+    auth.login("alice")
+    form = {
+        "name": "teams",
+        "vip": "198.18.0.22",
+        "allowed_namespace_selector": "team=retail, tier=gold",
+    }
+    assert auth.post("/instances", form).status_code == 302
+    teams = store.get(LoadBalancer, "teams")
+    assert teams is not None
+    assert teams.obj.admits("shop", {"team": "retail", "tier": "gold"})
+    assert not teams.obj.admits("shop", {"team": "retail"})
+    bad = auth.post(
+        "/instances", {**form, "name": "bad", "allowed_namespace_selector": "team in (x"}
+    )
+    assert bad.status_code == 422
+    assert 'data-field="lb.allowed_namespace_selector"' in bad.get_data(as_text=True)
+    mine = {"name": "shop-a", "vip": "198.18.0.23", "namespace": "shop"}
+    assert auth.post("/instances", mine).status_code == 302
+    over = auth.post("/instances", {**mine, "name": "shop-b", "vip": "198.18.0.24"})
+    assert over.status_code == 422
+    text = over.get_data(as_text=True)
+    assert 'data-field="lb.namespace"' in text
+    assert "cmi.instances_per_namespace" in text
+    assert store.get(LoadBalancer, "shop-b") is None
+
+
 def test_certificate_upload_page(client: FlaskClient, auth: Auth, store: Store) -> None:
     auth.login("alice")
     good = chain("shop.example.test", days=20)
@@ -419,8 +451,9 @@ def test_the_status_page_shows_a_consumer_that_holds_its_last_good_state(
 def test_a_forged_status_report_never_breaks_a_page(
     client: FlaskClient, auth: Auth, store: Store
 ) -> None:
-    """Every LB node may write the status board: a malformed entry is ignored (#14)."""
-    store.redis.hset(store.key("status", "l4"), "evil", b'{"tier": "l4", "node": []}')
+    """A node taken over may write its own status: a malformed entry is ignored (#14)."""
+    store.redis.set(store.key("l4", "evil", "status"), b'{"tier": "l4", "node": []}')
+    store.redis.sadd(store.key("status", "l4-nodes"), "evil")
     store.redis.hset(store.key("status", "l7"), "evil", b"not json")
     auth.login("admin")
     for path in ("/", "/listeners", "/api/v1/status", "/metrics"):

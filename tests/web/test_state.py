@@ -12,7 +12,7 @@ from slb.snapshot import Delete, Put, Snapshot, Stored
 from slb.storage.status import TierStatus
 from slb.storage.store import Store
 from web.readmodel import ReadModel
-from web.state import Boards, listener_states, node_state, preview
+from web.state import Boards, listener_backends, listener_states, node_state, preview
 
 
 def snapshot(*objects: tuple[StoredObject, int], revision: int = 100) -> Snapshot:
@@ -38,7 +38,7 @@ def balancer(
 ) -> LoadBalancer:
     return LoadBalancer.model_validate(
         {"name": name, "vip": vip, "pool": None if vip else "default", "node_group": group,
-         "owner": {"kind": "Operator", "name": "alice"}}
+         "owner": {"kind": "Operator", "name": "alice"}, "allowed_namespaces": ["shop"]}
     )  # fmt: skip
 
 
@@ -106,6 +106,28 @@ def test_preview_counts_ready_endpoints_on_the_target_port() -> None:
     assert preview(snap, "app=other").services == ()
     assert preview(snap, "").error is None
     assert "unbalanced" in (preview(snap, "app in (x").error or "")
+
+
+def test_the_console_shows_only_the_services_the_instance_admits() -> None:
+    """#14: the preview under the selector field and a listener's backends follow the rule
+    the data planes follow (`slb.resolve`): another namespace's look-alike is left out, and
+    the preview says how many were."""
+
+    def svc(namespace: str, address: str) -> Service:
+        return Service.model_validate(
+            {"namespace": namespace, "name": "cart", "labels": {"app": "shop"},
+             "load_balancer": "public", "ports": [{"name": "http", "port": 80}],
+             "backends": {"http": [{"address": address, "port": 8080}]}}
+        )  # fmt: skip
+
+    snap = snapshot((balancer(), 1), (listener(), 2), (svc("shop", "198.18.10.1"), 3),
+                    (svc("intruder", "198.18.66.1"), 4))  # fmt: skip
+    found = preview(snap, "app=shop", "http", "public")
+    assert ([r.key for r in found.services], found.outside) == (["shop/cart"], 1)
+    assert found.as_json()["outside_namespaces"] == 1
+    assert len(preview(snap, "app=shop").services) == 2  # no instance chosen yet: all
+    backends = listener_backends(snap, Listener.model_validate(listener().model_dump()))
+    assert [(key, str(b.address)) for key, b, _ in backends] == [("shop/cart", "198.18.10.1")]
 
 
 def test_the_read_model_reads_what_changed_and_drops_its_json(store: Store) -> None:

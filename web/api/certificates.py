@@ -48,7 +48,9 @@ def list_certificates() -> Response:
 def create_certificate() -> Response:
     data = json_body()
     tenancy: dict[str, Any] = {
-        k: data.pop(k) for k in ("namespace", "allowed_namespaces") if k in data
+        k: data.pop(k)
+        for k in ("namespace", "allowed_namespaces", "allowed_namespace_selector")
+        if k in data
     }
     name, chain_pem, key_pem = _certificate_fields(data, name_required=True)
     stored, info = operations().put_certificate(name, chain_pem, key_pem, expect=0, tenancy=tenancy)

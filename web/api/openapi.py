@@ -149,10 +149,15 @@ def _schemas() -> dict[str, Any]:  # noqa: PLR0915 - one line per schema
     s["Preview"] = _obj(
         selector=STRING, error=NULLABLE_STRING,
         services={"type": "array", "items": _ref("ServiceRow")}, ready_endpoints=INTEGER,
+        outside_namespaces=INTEGER,
     )  # fmt: skip
+    # Certificates admit namespaces by the same field type (NamespaceSelector) as instances.
+    namespace_selector = models["LoadBalancer"]["properties"]["allowed_namespace_selector"]
+    namespace_selector_in = models["LoadBalancer_In"]["properties"]["allowed_namespace_selector"]
     s["CertificateItem"] = _obj(
         name=STRING, key_ref=STRING, chain_pem=STRING, namespace=NULLABLE_STRING,
-        allowed_namespaces={"type": "array", "items": STRING}, version=INTEGER, subject=STRING,
+        allowed_namespaces={"type": "array", "items": STRING},
+        allowed_namespace_selector=namespace_selector, version=INTEGER, subject=STRING,
         issuer=STRING, sans=names, serial=STRING, not_before=STRING, not_after=STRING,
         days_left=INTEGER, expires_soon=BOOLEAN, chain_length=INTEGER,
         fingerprint_sha256=STRING,
@@ -163,6 +168,7 @@ def _schemas() -> dict[str, Any]:  # noqa: PLR0915 - one line per schema
     s["CertificateCreate"] = _obj(
         required=False, name=STRING, chain_pem=pem, key_pem=pem,
         namespace=NULLABLE_STRING, allowed_namespaces=tenants,
+        allowed_namespace_selector=namespace_selector_in,
     )  # fmt: skip
     s["CertificateCreate"]["required"] = ["name", "chain_pem", "key_pem"]
     s["CertificateRotate"] = _obj(required=False, chain_pem=pem, key_pem=pem, version=VERSION_IN)

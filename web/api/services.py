@@ -52,6 +52,8 @@ def get_service(namespace: str, name: str) -> Response:
         Param("selector", {"type": "string"}, "A label selector, e.g. app=cart,env in (prod)",
               required=True),
         Param("target_port", {"type": "string"}, "Count endpoints on this port (name or number)"),
+        Param("load_balancer", {"type": "string"},
+              "Only Services of the namespaces this instance admits (the rest are counted)"),
     ),
 )  # fmt: skip
 def selector_preview() -> Response:
@@ -60,4 +62,5 @@ def selector_preview() -> Response:
         raise field_error("query", "selector", "required")
     target = request.args.get("target_port") or None
     port: int | str | None = int(target) if target and target.isdigit() else target
-    return jsonify(preview(queries.current().snapshot, text, port).as_json())
+    balancer = request.args.get("load_balancer")
+    return jsonify(preview(queries.current().snapshot, text, port, balancer).as_json())

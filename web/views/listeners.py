@@ -129,8 +129,9 @@ def _render_form(
     status: int = 200,
 ) -> tuple[str, int]:
     found = preview(
-        queries.current().snapshot, str(form.get("selector", "")), form.get("target_port") or None
-    )
+        queries.current().snapshot, str(form.get("selector", "")),
+        form.get("target_port") or None, str(form.get("load_balancer", "")),
+    )  # fmt: skip
     page = render_template(
         "listener_form.html", form=form, errors=errors, editing=editing, version=version,
         preview=found, **_choices(),
@@ -206,7 +207,10 @@ def listener_preview() -> str:
     """The htmx fragment under the selector field, redrawn as the operator types."""
     target = request.args.get("target_port", "").strip()
     port: int | str | None = int(target) if target.isdigit() else (target or None)
-    found = preview(queries.current().snapshot, request.args.get("selector", ""), port)
+    found = preview(
+        queries.current().snapshot, request.args.get("selector", ""), port,
+        request.args.get("load_balancer", ""),
+    )  # fmt: skip
     return render_template("_preview.html", preview=found)
 
 

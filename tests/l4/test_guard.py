@@ -1,0 +1,247 @@
+"""The VIP guard against real IPVS and real nftables in the lab VM.
+
+A server of the node's own, bound to every address (as sshd is), answers on the node's
+address but not on the VIPs; the listeners' ports on the VIPs reach the real servers; a
+listener's port closes once it is removed. Without the guard the node's server would
+answer on every VIP, and on port 80 of the VIP once IPVS no longer takes it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from devbed.desired import listener, load_balancer, node_group, put, service
+from devbed.netns import TCP_PORT, UDP_PORT, Topology, tally_udp
+from l4.agent import L4Agent
+from l4.drivers.nft import NftDriver
+from l4.firewall import Openings, load_script, update_script
+from slb.snapshot import Delete
+from slb.storage.store import Store
+from tests.l4.conftest import INTERFACE, AgentFactory
+from tests.l4.test_firewall import GOLDEN, SHIPPED, case_openings
+
+pytestmark = pytest.mark.lab
+
+VIP, VIP6 = "198.18.0.10", "2001:2::10"
+NODE_ADDRESS, NODE_ADDRESS6 = "198.18.10.1", "2001:2:10::1"
+"""The node as the client namespace reaches it: its management address here."""
+NODE_PORT = 2222
+"""Where the node's own server listens, as sshd would on 22."""
+SERVERS = ("rs1", "rs2", "rs3")
+DROPPED = "timed out"
+WAIT_S = 3.0
+"""How long a probe waits: an answer comes in milliseconds, a dropped SYN never."""
+
+
+class RecordingNft(NftDriver):
+    """nft as the agent runs it, noting each script and the VIPs bound when it ran."""
+
+    def __init__(self, binary: str = "nft") -> None:
+        super().__init__(binary)
+        self.runs: list[tuple[str, str]] = []
+
+    def run(self, script: str) -> None:
+        self.runs.append((script, bound_vips()))
+        super().run(script)
+
+
+def bound_vips() -> str:
+    return subprocess.run(
+        ["ip", "-o", "addr", "show", "dev", INTERFACE], capture_output=True, text=True, check=False
+    ).stdout
+
+
+def reach(address: str, port: int) -> str:
+    """Connect and read a line: what answered, `refused`, or `timed out` (dropped)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(WAIT_S)
+        try:
+            sock.connect((address, port))
+            return sock.makefile().readline().strip()
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return DROPPED
+
+
+def ping(address: str) -> bool:
+    """One ICMP echo request (a raw socket: no ping binary needed); True if answered."""
+    ident, payload = os.getpid() & 0xFFFF, b"openslb guard!"  # even length, for the checksum
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
+    total = sum(struct.unpack(f"!{len(header + payload) // 2}H", header + payload))
+    total = (total >> 16) + (total & 0xFFFF)
+    checksum = ~(total + (total >> 16)) & 0xFFFF
+    packet = struct.pack("!BBHHH", 8, 0, checksum, ident, 1) + payload
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        sock.settimeout(WAIT_S)
+        sock.sendto(packet, (address, 0))
+        deadline = time.monotonic() + WAIT_S
+        for _ in range(100):  # other ICMP may arrive; bounded in count and time
+            if time.monotonic() > deadline:
+                return False
+            try:
+                data, (peer, _) = sock.recvfrom(2048)
+            except TimeoutError:
+                return False
+            start = (data[0] & 0x0F) * 4
+            kind, _, _, answered_id, _ = struct.unpack("!BBHHH", data[start : start + 8])
+            if (kind, answered_id, peer) == (0, ident, address):
+                return True
+    return False
+
+
+class NodeServer:
+    """A server of the node's own on [::] (every address, both families), answering `node`."""
+
+    def __init__(self, ports: tuple[int, ...]) -> None:
+        self.sockets = []
+        for port in ports:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("::", port))
+            sock.listen(16)
+            self.sockets.append(sock)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    @staticmethod
+    def _serve(sock: socket.socket) -> None:
+        while True:  # ends when the socket is closed
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"node\n")
+
+    def close(self) -> None:
+        """Shut down first: that wakes the accepting thread, which a close alone does not."""
+        for sock in self.sockets:
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+@pytest.fixture
+def node_server(topology: Topology) -> Iterator[NodeServer]:
+    """Port 80 too: once IPVS no longer takes VIP:80, only the guard keeps this off it."""
+    server = NodeServer((80, NODE_PORT))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def guarded(agent_factory: AgentFactory) -> tuple[L4Agent, RecordingNft]:
+    agent = agent_factory()
+    agent.firewall = nft = RecordingNft()
+    return agent, nft
+
+
+def desired_state(store: Store, topology: Topology) -> int:
+    """VIP: TCP 80 and UDP 53 (which keeps the VIP bound when 80 goes); VIP6: TCP 80."""
+    v4 = [(topology.v4(name), TCP_PORT, 1) for name in SERVERS]
+    v6 = [(topology.v6(name), TCP_PORT, 1) for name in SERVERS]
+    dns = [(topology.v4(name), UDP_PORT, 1) for name in SERVERS]
+    return put(
+        store,
+        node_group(("lb-a", "198.18.255.15")),
+        load_balancer(VIP),
+        load_balancer(VIP6, name="public6"),
+        listener("web", 80),
+        listener("dns", 53, protocol="UDP", app="dns"),
+        listener("web6", 80, lb="public6", app="web6"),
+        service("web", v4),
+        service("dns", dns, app="dns", protocol="UDP"),
+        service("web6", v6, app="web6", lb="public6"),
+    )
+
+
+def test_only_the_listeners_ports_are_open_on_the_vips(
+    store: Store, topology: Topology, guarded: tuple[L4Agent, RecordingNft], node_server: NodeServer
+) -> None:
+    agent, nft = guarded
+    client = topology.client
+    assert agent.sync_to(desired_state(store, topology)).errors == []
+    (script, bound_then), *more = nft.runs
+    assert more == [], "one nft transaction for the first apply"
+    assert script.startswith("table inet openslb_guard\ndelete table inet openslb_guard\n")
+    assert VIP not in bound_then, "the VIP is guarded before it is bound"
+
+    assert client.call(reach, VIP, 80) in SERVERS
+    assert client.call(reach, VIP6, 80) in SERVERS
+    assert sorted(client.call(tally_udp, VIP, 53, 3)) == sorted(SERVERS)
+    assert client.call(reach, VIP, NODE_PORT) == DROPPED, "the node's own server on a VIP"
+    assert client.call(reach, VIP6, NODE_PORT) == DROPPED
+    assert client.call(reach, NODE_ADDRESS, NODE_PORT) == "node", "management address"
+    assert client.call(reach, NODE_ADDRESS6, NODE_PORT) == "node"
+    assert client.call(ping, VIP), "ping to a VIP passes"
+
+    gone = store.apply([Delete("Listener", "web")])
+    assert agent.sync_to(gone).errors == []
+    assert f"inet {VIP}/32" in bound_vips(), "UDP 53 keeps the VIP"
+    assert client.call(reach, VIP, 80) == DROPPED, "a removed listener's port closes"
+    assert client.call(reach, NODE_ADDRESS, 80) == "node"
+    assert client.call(reach, VIP6, 80) in SERVERS
+    assert sorted(client.call(tally_udp, VIP, 53, 3)) == sorted(SERVERS)
+    closing = nft.runs[-1][0]
+    assert closing.startswith("flush set"), "the sets' contents replaced, not the table"
+    assert f"{VIP} . udp . 53" in closing
+    assert f"{VIP} . tcp . 80" not in closing
+
+    assert agent.sync().errors == []
+    assert len(nft.runs) == 2, "nothing to change: no nft run"
+
+
+def test_a_guard_that_cannot_be_loaded_is_reported_and_traffic_flows(
+    store: Store, topology: Topology, guarded: tuple[L4Agent, RecordingNft], node_server: NodeServer
+) -> None:
+    agent, _ = guarded
+    agent.firewall = NftDriver("/nonexistent/nft")
+    revision = desired_state(store, topology)
+    report = agent.sync_to(revision)
+    assert len(report.errors) == 1
+    assert report.errors[0].startswith("VIP guard: /nonexistent/nft not found: install nftables")
+    assert report.revision == 0, "not served until the guard is in place"
+    assert agent.failed_revision == revision, "retried later"
+    assert topology.client.call(reach, VIP, 80) in SERVERS, "IPVS is programmed all the same"
+
+    agent.firewall = NftDriver()
+    report = agent.sync()
+    assert (report.errors, report.revision) == ([], revision)
+    assert topology.client.call(reach, VIP, NODE_PORT) == DROPPED
+
+
+def test_a_resync_puts_back_a_table_someone_deleted(
+    store: Store, topology: Topology, guarded: tuple[L4Agent, RecordingNft], node_server: NodeServer
+) -> None:
+    agent, nft = guarded
+    agent.sync_to(desired_state(store, topology))
+    subprocess.run(["nft", "delete", "table", "inet", "openslb_guard"], check=True)
+    assert topology.client.call(reach, VIP, NODE_PORT) == "node", "no guard: the node answers"
+    assert agent.resync(reread_store=False).errors == []
+    assert nft.runs[-1][0].startswith("table inet openslb_guard\n"), "the whole table again"
+    assert topology.client.call(reach, VIP, NODE_PORT) == DROPPED
+
+
+def test_nft_takes_the_shipped_file_and_every_golden_case(clean_ipvs: None) -> None:
+    driver = NftDriver()
+    driver.run(SHIPPED.read_text())
+    driver.run(SHIPPED.read_text())  # idempotent: replaces the table
+    listed = subprocess.run(
+        ["nft", "list", "table", "inet", "openslb_guard"], capture_output=True, text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    assert listed.count("chain input") == 1
+    for case in sorted(p.name for p in GOLDEN.iterdir()):
+        opened = case_openings(case)
+        driver.run(load_script(opened))
+        driver.run(update_script(opened | Openings(frozenset({"198.18.0.99"}))))
+        driver.run(update_script(opened))
