@@ -7,6 +7,10 @@ selector-less Service with hand-managed endpoints works in a real cluster.
 RBAC is on. The harness itself authenticates as a `system:masters` member through a
 static token; the product runs under its own ServiceAccount with a token from the
 TokenRequest API, so the least-privilege role in deploy/ is tested for real.
+
+Given a `NodePKI`, the same API server serves a real node (devbed/cluster.py): it trusts
+the PKI's CA for client certificates, calls kubelets with its own client certificate, and
+authorizes with Node,RBAC and the NodeRestriction admission plugin, as a cluster does.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import new_client_from_config
 
+from devbed.kubepki import NodePKI
 from devbed.process import Process, StartError, free_port, wait_until
 
 KUBE_VERSION = os.environ.get("OPENSLB_KUBE_VERSION", "v1.37.2")
@@ -75,14 +80,16 @@ class KubeAPI:
         state_dir: Path,
         binaries: KubeBinaries | None = None,
         extra_args: tuple[str, ...] = (),
+        node_pki: NodePKI | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.extra_args = extra_args
+        self.node_pki = node_pki
         self.binaries = binaries or KubeBinaries.cached()
         self.etcd_port, self.etcd_peer_port, self.port = free_port(), free_port(), free_port()
         self.admin_token = secrets.token_urlsafe(32)
         self.kubeconfig = state_dir / "kubeconfig"
-        self.ca_file = state_dir / "certs" / "apiserver.crt"
+        self.ca_file = node_pki.ca.cert if node_pki else state_dir / "certs" / "apiserver.crt"
         self.etcd: Process | None = None
         self.apiserver: Process | None = None
 
@@ -144,9 +151,8 @@ class KubeAPI:
                 "--bind-address", "127.0.0.1",
                 "--advertise-address", "127.0.0.1",
                 "--secure-port", str(self.port),
-                "--cert-dir", str(self.state_dir / "certs"),
+                *self._tls_args(),
                 "--service-cluster-ip-range", SERVICE_CIDR,
-                "--authorization-mode", "RBAC",
                 "--token-auth-file", str(tokens),
                 "--service-account-issuer", "https://kubernetes.default.svc",
                 "--service-account-key-file", str(sa_pub),
@@ -179,7 +185,27 @@ class KubeAPI:
         except TimeoutError as exc:
             raise StartError(f"{exc}; last log lines:\n{apiserver.log_tail()}") from None
 
+    def _tls_args(self) -> list[str]:
+        """Serving certificate, client authentication and authorization: the API-only
+        default, or a node's (client CA, kubelet client certificate, Node,RBAC)."""
+        pki = self.node_pki
+        if pki is None:
+            return ["--cert-dir", str(self.state_dir / "certs"), "--authorization-mode", "RBAC"]
+        return [
+            "--tls-cert-file", str(pki.apiserver.cert),
+            "--tls-private-key-file", str(pki.apiserver.key),
+            "--client-ca-file", str(pki.ca.cert),
+            "--kubelet-client-certificate", str(pki.apiserver_kubelet_client.cert),
+            "--kubelet-client-key", str(pki.apiserver_kubelet_client.key),
+            "--kubelet-certificate-authority", str(pki.ca.cert),
+            "--kubelet-preferred-address-types", "InternalIP",
+            "--authorization-mode", "Node,RBAC",
+            "--enable-admission-plugins", "NodeRestriction",
+        ]  # fmt: skip
+
     def _service_account_keys(self) -> tuple[Path, Path]:
+        if self.node_pki is not None:
+            return self.node_pki.service_account_key, self.node_pki.service_account_pub
         key_path, pub_path = self.state_dir / "sa.key", self.state_dir / "sa.pub"
         if not key_path.exists():
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -216,6 +242,15 @@ class KubeAPI:
 
     def write_kubeconfig(self, path: Path, token: str, user: str) -> Path:
         """A kubeconfig for this server that authenticates with a bearer token."""
+        return self._write_kubeconfig(path, user, f"token: {token}")
+
+    def write_cert_kubeconfig(self, path: Path, cert: Path, key: Path, user: str) -> Path:
+        """A kubeconfig for this server that authenticates with a client certificate."""
+        return self._write_kubeconfig(
+            path, user, f"client-certificate: {cert}\n    client-key: {key}"
+        )
+
+    def _write_kubeconfig(self, path: Path, user: str, credentials: str) -> Path:
         path.write_text(
             f"""apiVersion: v1
 kind: Config
@@ -227,7 +262,7 @@ clusters:
 users:
 - name: {user}
   user:
-    token: {token}
+    {credentials}
 contexts:
 - name: {user}@devbed
   context: {{cluster: devbed, user: {user}}}

@@ -1,4 +1,5 @@
-"""Fixtures that start the real components: Redis, kube-apiserver + etcd, Envoy.
+"""Fixtures that start the real components: Redis, kube-apiserver + etcd, Envoy, and
+the one-node Kubernetes cluster for tests marked `cluster`.
 
 Each starts once per test session on free loopback ports, with its state under the
 session's temporary directory; tests isolate themselves by key prefix or namespace.
@@ -15,6 +16,7 @@ import pytest
 import redis
 from kubernetes.client import ApiClient
 
+from devbed.cluster import KubeNode
 from devbed.envoy import EnvoyProxy
 from devbed.kube import KubeAPI
 from devbed.redis import RedisServer
@@ -50,6 +52,15 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
     api = KubeAPI(tmp_path_factory.mktemp("kube")).start()
     yield api
     api.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeNode]:
+    """A real one-node cluster (kubelet, controllers, scheduler, containerd) with the test
+    images imported; its own API server, apart from `kube`'s."""
+    node = KubeNode(tmp_path_factory.mktemp("kube-node")).start()
+    yield node
+    node.stop()
 
 
 @pytest.fixture

@@ -1,35 +1,45 @@
 #!/usr/bin/env bash
-# Build the Kubernetes API server and etcd used by the test bed, once per version.
+# Build the Kubernetes binaries used by the test bed, once per version: etcd and
+# kube-apiserver (the API-only fixture, devbed/kube.py), and for the one-node cluster
+# (devbed/cluster.py) kubelet, kube-controller-manager, kube-scheduler, containerd 2 with
+# ctr and its runc shim, and the static Go binaries of the test images (deploy/testbed/images).
 #
-# No registry reachable here ships kube-apiserver, so it is built from the Go module
-# k8s.io/kubernetes. That module's go.mod replaces every staging module with a path
-# inside its own tree, and a dependency's replace directives are ignored; a throwaway
-# module points each staging module at its published v0.X.Y instead.
+# No registry reachable here ships these, so they are built from Go modules. The module
+# k8s.io/kubernetes replaces every staging module with a path inside its own tree, and a
+# dependency's replace directives are ignored; a throwaway module points each staging
+# module at its published v0.X.Y instead.
 # Binaries land in $OPENSLB_CACHE/bin (outside the repository), keyed by version,
-# so only the first run builds.
+# so only the first run builds. First builds measured on 2 cores with the Go module cache
+# already filled: kube-apiserver and etcd about 12 minutes; kubelet, kube-controller-manager and
+# kube-scheduler together 18 minutes with an empty Go build cache (221 s once the
+# apiserver's packages are in it); containerd, ctr and the shim 166 s. The test images'
+# binaries are rebuilt every run (seconds: Go's build cache makes it a relink).
 set -euo pipefail
 
 KUBE_VERSION="${OPENSLB_KUBE_VERSION:-v1.37.2}"
 ETCD_VERSION="${OPENSLB_ETCD_VERSION:-v3.6.16}"
+CONTAINERD_VERSION="${OPENSLB_CONTAINERD_VERSION:-v2.4.2}"
 CACHE="${OPENSLB_CACHE:-$HOME/.cache/openslb}"
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
 
 apiserver="$BIN/kube-apiserver-$KUBE_VERSION"
 etcd="$BIN/etcd-$ETCD_VERSION"
+node_binaries=(kubelet kube-controller-manager kube-scheduler)
+containerd_dir="$BIN/containerd-$CONTAINERD_VERSION"
+containerd_binaries=(containerd ctr containerd-shim-runc-v2)
+images_src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/images"
 staging="v0.${KUBE_VERSION#v1.}"
 
 log() { printf '[build-kube] %s\n' "$*" >&2; }
 
-build_apiserver() {
-  local work="$CACHE/build/kube-$KUBE_VERSION"
-  mkdir -p "$work"
-  cd "$work"
-  log "kube-apiserver $KUBE_VERSION (staging modules $staging): resolving modules"
+# go.mod of a throwaway module (named $1, in the current directory) that requires
+# k8s.io/kubernetes with each staging module pointed at its published version.
+write_kube_gomod() {
   local gomod
   gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
   {
-    echo "module openslb.local/kubebuild"
+    echo "module $1"
     echo
     sed -n 's/^go \(.*\)$/go \1/p' "$gomod"
     echo
@@ -37,6 +47,14 @@ build_apiserver() {
     echo
     grep -E '=> \./staging/src/' "$gomod" | awk -v v="$staging" '{print "replace " $1 " => " $1 " " v}'
   } > go.mod
+}
+
+build_apiserver() {
+  local work="$CACHE/build/kube-$KUBE_VERSION"
+  mkdir -p "$work"
+  cd "$work"
+  log "kube-apiserver $KUBE_VERSION (staging modules $staging): resolving modules"
+  write_kube_gomod openslb.local/kubebuild
   cat > tools.go <<'GO'
 //go:build tools
 
@@ -64,6 +82,78 @@ build_etcd() {
   mv "$etcd.tmp" "$etcd"
 }
 
+# One `go build` for the three: the packages they share compile once.
+build_node() {
+  local work="$CACHE/build/kube-node-$KUBE_VERSION"
+  mkdir -p "$work"
+  cd "$work"
+  log "kubelet, kube-controller-manager, kube-scheduler $KUBE_VERSION: resolving modules"
+  write_kube_gomod openslb.local/kubenodebuild
+  cat > tools.go <<'GO'
+//go:build tools
+
+package kubenodebuild
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+)
+GO
+  go mod tidy -e >/dev/null 2>&1 || true
+  local pkgs=() b
+  for b in "${node_binaries[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  go get "${pkgs[@]/%/@$KUBE_VERSION}"
+  log "kubelet, kube-controller-manager, kube-scheduler: compiling (18 minutes on 2 cores from an empty Go cache)"
+  rm -rf out
+  mkdir out
+  # with -o DIR/ and several main packages, go build writes each binary into DIR
+  go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION" \
+    -o out/ "${pkgs[@]}"
+  for b in "${node_binaries[@]}"; do mv "out/$b" "$BIN/$b-$KUBE_VERSION"; done
+}
+
+# Pure Go (no cgo): btrfs needs cgo and devmapper/zfs are not used, so their tags drop them.
+build_containerd() {
+  local work="$CACHE/build/containerd-$CONTAINERD_VERSION"
+  local module=github.com/containerd/containerd/v2
+  mkdir -p "$work"
+  rm -rf "$work/out"
+  log "containerd $CONTAINERD_VERSION, ctr, containerd-shim-runc-v2: compiling"
+  # containerd's go.mod has no replace directives, so `go install pkg@version` works directly
+  CGO_ENABLED=0 GOBIN="$work/out" go install -trimpath \
+    -tags "no_btrfs no_devmapper no_zfs urfave_cli_no_docs osusergo netgo static_build" \
+    -ldflags "-s -w -X $module/version.Version=$CONTAINERD_VERSION -X $module/version.Package=$module" \
+    "$module/cmd/containerd@$CONTAINERD_VERSION" "$module/cmd/ctr@$CONTAINERD_VERSION" \
+    "$module/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+  mkdir -p "$containerd_dir"
+  local b
+  for b in "${containerd_binaries[@]}"; do mv "$work/out/$b" "$containerd_dir/$b"; done
+}
+
+# The test images' programs (pause, sample-http): static, standard library only; devbed/images.py
+# packs each into a one-layer OCI image.
+build_images() {
+  mkdir -p "$BIN/images"
+  cd "$images_src"
+  local dir name
+  for dir in */; do
+    name=${dir%/}
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/images/$name.tmp" "./$name"
+    mv "$BIN/images/$name.tmp" "$BIN/images/$name"
+  done
+}
+
+all_present() {
+  local f
+  for f in "$@"; do [ -x "$f" ] || return 1; done
+}
+
 [ -x "$etcd" ] || build_etcd
 [ -x "$apiserver" ] || build_apiserver
-log "ready: $apiserver $etcd"
+node_paths=()
+for b in "${node_binaries[@]}"; do node_paths+=("$BIN/$b-$KUBE_VERSION"); done
+all_present "${node_paths[@]}" || build_node
+all_present "${containerd_binaries[@]/#/$containerd_dir/}" || build_containerd
+build_images
+log "ready: $apiserver $etcd ${node_paths[*]} $containerd_dir/ $BIN/images/"

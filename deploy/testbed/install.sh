@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the platform and its tests need, idempotently and without questions:
-# Debian packages, the Python environment (.venv), and the kube-apiserver/etcd binaries.
+# Debian packages, the Python environment (.venv), and the Kubernetes and containerd binaries.
 # A second run only checks and returns in seconds.
 set -euo pipefail
 
@@ -22,6 +22,8 @@ APT_PACKAGES=(
   ruby vagrant            # `ruby -c` and `vagrant validate` check the Vagrantfile
   chromium                # the console's browser tests (driven by Playwright, headless)
   nodejs                  # npm installs the console's browser libraries (Chart.js, htmx)
+  runc                    # the OCI runtime under the test bed's containerd (one-node cluster)
+  containernetworking-plugins  # CNI bridge, host-local and loopback for the cluster's pods
   cpio kmod iproute2 procps
 )
 
@@ -67,5 +69,5 @@ if [ "$(cat "$lock_stamp" 2>/dev/null)" != "$lock_want" ]; then
   echo "$lock_want" > "$lock_stamp"
 fi
 
-step "kubernetes: kube-apiserver and etcd (built once, cached in ${OPENSLB_CACHE:-$HOME/.cache/openslb})"
+step "kubernetes: etcd, kube-apiserver, kubelet, controller manager, scheduler, containerd (built once, cached in ${OPENSLB_CACHE:-$HOME/.cache/openslb})"
 "$ROOT/deploy/testbed/build-kube-binaries.sh"

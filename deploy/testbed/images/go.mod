@@ -1,0 +1,3 @@
+module openslb.local/testimages
+
+go 1.22
