@@ -33,9 +33,14 @@ def _progress(message: str) -> None:
 @click.pass_obj
 def dev_up(settings: config.Settings) -> None:
     """Start every component that is not running yet (idempotent)."""
+    from devbed.process import StartError  # noqa: PLC0415 - only dev commands need it
+
     platform = _platform(settings)
     click.echo(f"openslb dev platform, state in {platform.state_dir}", err=True)
-    platform.up(_progress)
+    try:
+        platform.up(_progress)
+    except StartError as exc:  # a component did not come up: its own words, no traceback
+        raise click.ClickException(str(exc)) from None
     report = platform.show_traffic(_progress)
     _print_status(platform)
     click.echo("")
@@ -44,7 +49,8 @@ def dev_up(settings: config.Settings) -> None:
     click.echo("")
     click.echo(f"Console:          {platform.components()['console'].address} "
                f"(user admin, password in {platform.console_password_file})")  # fmt: skip
-    click.echo(f"kubectl:          KUBECONFIG={platform.admin_kubeconfig} kubectl -n demo get svc")
+    click.echo(f"kubectl:          KUBECONFIG={platform.admin_kubeconfig} "
+               "kubectl -n demo get svc,pods")  # fmt: skip
     click.echo(f"Point slb at it:  export OPENSLB_CONFIG={platform.config_file}")
     click.echo("Stop it with:     slb dev down   (or make demo-down)")
 

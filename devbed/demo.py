@@ -1,29 +1,41 @@
-"""The local platform's two sample apps, exposed by label, and the traffic that proves it.
+"""The local platform's sample apps, exposed by label, and the traffic that proves it.
 
-Both are selector-less Services with EndpointSlices, the Kubernetes way to point a
-Service at endpoints the cluster does not run: `demo/grpc-echo` (appProtocol h2c, so an L7
-listener on the Envoy of node group `default`) backed by the gRPC samples on the host, and
-`demo/tcp-echo` (plain TCP, an IPVS virtual service on the lab VM's node group `lab`)
-backed by the TCP pods inside the VM. Objects are written with server-side apply, so
-running the demo again changes nothing.
+Two kinds, both Services of type LoadBalancer labelled `openslb.io/expose=true`:
+
+- `SampleApp`: a selector-less Service with an EndpointSlice, the Kubernetes way to point a
+  Service at endpoints the cluster does not run: `demo/grpc-echo` (appProtocol h2c, so an L7
+  listener on the Envoy of node group `default`) backed by the gRPC samples on the host, and
+  `demo/tcp-echo` (plain TCP, an IPVS virtual service on the lab VM's node group `lab`)
+  backed by the TCP pods inside the VM.
+- `DeploymentApp`: what a cluster runs: a Deployment whose pods have a readiness probe,
+  behind a Service with a selector; Kubernetes' EndpointSlice controller lists the ready
+  pods. `demo/grpc-pods` runs the Gateway API conformance echo server's gRPC Echo
+  (devbed/grpcecho.py names the pod that answered), `demo/http-pods` the HTTP sample app.
+
+Objects are written with server-side apply, so running the demo again changes nothing.
 """
 
 from __future__ import annotations
 
+import http.client
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
 from cmi.annotation import EXPOSE_LABEL
 from cmi.k8s.client import KubeClient
+from devbed import grpcecho
+from devbed.images import ECHO_BASIC, SAMPLE_HTTP
 
 NAMESPACE = "demo"
 FIELD_MANAGER = "openslb-demo"
 ECHO_WHO = "/openslb.test.Echo/Who"
 EXPOSED, PROGRAMMED = "openslb.io/Exposed", "openslb.io/Programmed"
+HTTP_PORT = 8080
+"""Where the HTTP sample app listens in its pod."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,82 @@ class SampleApp:
         return [service, endpoint_slice]
 
 
+@dataclass(frozen=True)
+class DeploymentApp:
+    """A Deployment of `replicas` pods behind a Service with a selector. Rolling updates
+    keep every ready pod until its successor is ready (maxSurge 1, maxUnavailable 0), and a
+    pod being deleted keeps serving `drain_s` (a preStop sleep: on SIGTERM echo-basic exits
+    at once and the HTTP sample stops accepting) while the load balancers take it out."""
+
+    name: str
+    kind: Literal["grpc", "http"]  # echo-basic's gRPC Echo, or the HTTP sample app
+    port: int  # the Service's, the VIP's
+    replicas: int = 3
+    version: str = "v1"  # in the pods' environment: change it to roll them
+    expose: str | None = "true"  # the label's value; None: not exposed (yet)
+    drain_s: int = 5
+
+    @property
+    def target_port(self) -> int:
+        return grpcecho.PORT if self.kind == "grpc" else HTTP_PORT
+
+    def manifests(self) -> list[dict[str, Any]]:
+        labels = {"app": self.name, **({EXPOSE_LABEL: self.expose} if self.expose else {})}
+        app_protocol = "kubernetes.io/h2c" if self.kind == "grpc" else "http"
+        deployment = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": self.name, "namespace": NAMESPACE, "labels": {"app": self.name}},
+            "spec": {
+                "replicas": self.replicas,
+                "selector": {"matchLabels": {"app": self.name}},
+                "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {
+                    "metadata": {"labels": {"app": self.name}},
+                    "spec": {"terminationGracePeriodSeconds": self.drain_s + 5,
+                             "containers": [self._container()]},
+                },
+            },
+        }  # fmt: skip
+        service = {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": self.name, "namespace": NAMESPACE, "labels": labels},
+            "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": False,
+                     "selector": {"app": self.name},
+                     "ports": [{"name": self.kind, "port": self.port, "protocol": "TCP",
+                                "targetPort": self.kind, "appProtocol": app_protocol}]},
+        }  # fmt: skip
+        return [deployment, service]
+
+    def _container(self) -> dict[str, Any]:
+        env: list[dict[str, Any]] = [
+            {"name": "VERSION", "value": self.version},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NAMESPACE",
+             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ]  # fmt: skip
+        if self.kind == "grpc":
+            image = ECHO_BASIC.ref
+            env += [{"name": "GRPC_ECHO_SERVER", "value": "1"},
+                    {"name": "HTTP_PORT", "value": str(self.target_port)}]  # fmt: skip
+            probe: dict[str, Any] = {"tcpSocket": {"port": self.target_port}}
+        else:
+            image = SAMPLE_HTTP.ref
+            probe = {"httpGet": {"path": "/healthz", "port": self.target_port}}
+        return {
+            "name": self.kind, "image": image, "imagePullPolicy": "Never", "env": env,
+            "ports": [{"name": self.kind, "containerPort": self.target_port}],
+            "readinessProbe": {**probe, "periodSeconds": 1, "failureThreshold": 1},
+            "lifecycle": {"preStop": {"sleep": {"seconds": self.drain_s}}},
+        }  # fmt: skip
+
+    def who(self, target: str, calls: int, timeout: float = 5.0) -> list[str]:
+        """The pods that answered `calls` calls to `target` (the VIP): gRPC calls on one
+        HTTP/2 connection, or HTTP requests on a connection each."""
+        if self.kind == "grpc":
+            return grpcecho.who(target, calls, timeout)
+        return [http_who(target, timeout) for _ in range(calls)]
+
+
 @dataclass
 class Exposure:
     """What a Service's status says about its load balancer."""
@@ -76,8 +164,8 @@ class Exposure:
         return self.conditions.get(PROGRAMMED, ("False",))[0] == "True"
 
 
-def apply(kube: KubeClient, apps: Sequence[SampleApp]) -> None:
-    """Create or update the namespace and every app's Service and EndpointSlice."""
+def apply(kube: KubeClient, apps: Sequence[SampleApp | DeploymentApp]) -> None:
+    """Create or update the namespace and every app's objects."""
     objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
     ]
@@ -90,7 +178,8 @@ def apply(kube: KubeClient, apps: Sequence[SampleApp]) -> None:
 
 def _path(body: dict[str, Any]) -> str:
     name, namespace = body["metadata"]["name"], body["metadata"].get("namespace")
-    plural = {"Namespace": "namespaces", "Service": "services", "EndpointSlice": "endpointslices"}
+    plural = {"Namespace": "namespaces", "Service": "services", "EndpointSlice": "endpointslices",
+              "Deployment": "deployments"}  # fmt: skip
     base = "/api/v1" if body["apiVersion"] == "v1" else f"/apis/{body['apiVersion']}"
     scope = f"/namespaces/{namespace}" if namespace else ""
     return f"{base}{scope}/{plural[body['kind']]}/{name}"
@@ -129,6 +218,47 @@ def wait_programmed(kube: KubeClient, name: str, timeout: float) -> Exposure:
         time.sleep(0.2)
 
 
+def rolled_out(kube: KubeClient, app: DeploymentApp) -> list[str]:
+    """The names of the app's pods once its Deployment is rolled out (every replica updated
+    and ready, no old pod left); [] before."""
+    deployment = kube.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{app.name}")
+    status = deployment.get("status") or {}
+    done = (
+        status.get("observedGeneration") == deployment["metadata"]["generation"]
+        and status.get("replicas") == status.get("updatedReplicas") == app.replicas
+        and status.get("readyReplicas") == app.replicas
+    )
+    pods = kube.get(f"/api/v1/namespaces/{NAMESPACE}/pods", labelSelector=f"app={app.name}")
+    names = [p["metadata"]["name"] for p in pods["items"]
+             if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+    return sorted(names) if done and len(names) == app.replicas else []
+
+
+def wait_rolled_out(kube: KubeClient, app: DeploymentApp, timeout: float) -> list[str]:
+    """The names of the app's pods, once its Deployment is rolled out."""
+    deadline = time.monotonic() + timeout
+    while not (names := rolled_out(kube, app)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{NAMESPACE}/{app.name} is not rolled out after {timeout:.0f} s")
+        time.sleep(0.5)
+    return names
+
+
+def http_who(target: str, timeout: float = 5.0) -> str:
+    """Who answered one HTTP request to `target`: the HTTP sample app's pod name."""
+    host, port = target.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        body = response.read().decode()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise OSError(f"GET http://{target}/: {response.status} {body.strip()}")
+    return body.split()[0]
+
+
 def grpc_who(target: str, calls: int, timeout: float = 5.0) -> list[str]:
     """`calls` unary calls on one channel (one HTTP/2 connection): who answered each."""
     with grpc.insecure_channel(target) as channel:
@@ -148,6 +278,8 @@ def eventually(
                 return answers
         except grpc.RpcError as exc:
             answers = [f"error: {exc.code().name}"]
+        except (OSError, http.client.HTTPException) as exc:
+            answers = [f"error: {exc}"]
         if time.monotonic() > deadline:
             return answers
         time.sleep(0.5)

@@ -44,8 +44,13 @@ class Image:
 PAUSE = Image("openslb.local/pause:1", "pause", ("/pause",))
 """Every pod's sandbox (containerd pins it, so image garbage collection never removes it)."""
 SAMPLE_HTTP = Image("openslb.local/sample-http:v1", "sample-http", ("/sample-http",))
-"""Answers `POD_NAME $VERSION` on :8080 ($PORT) and `ok` on /healthz."""
-IMAGES = (PAUSE, SAMPLE_HTTP)
+"""Answers `POD_NAME $VERSION` on :8080 ($PORT) and `ok` on /healthz; with $TCP_PORT set,
+greets each TCP connection there with `POD_NAME` (for L4 listeners)."""
+ECHO_BASIC = Image("openslb.local/echo-basic:v1.6.3", "echo-basic-v1.6.3", ("/echo-basic",))
+"""The Gateway API conformance suite's echo server: with GRPC_ECHO_SERVER set, gRPC
+`gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo` on :3000 ($HTTP_PORT), its
+reply naming $POD_NAME; otherwise HTTP echo on :3000 and h2c on :3001."""
+IMAGES = (PAUSE, SAMPLE_HTTP, ECHO_BASIC)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, mode: int = 0o755) -> None:

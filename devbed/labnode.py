@@ -10,7 +10,11 @@ guest it builds:
   netns podN       198.18.251.(10+N), a TCP sample server on port 9000 named podN
 
 so a client's packets to a VIP cross IPVS in the root namespace to a pod on another
-network, and replies come back through it, as NAT needs. It then starts the node's
+network, and replies come back through it, as NAT needs. Real servers beyond the VM (the
+one-node cluster's pods on the host, 198.18.128.0/24) are reached through eth0: qemu's user
+networking carries only packets from the guest's own address, so what IPVS sends out there
+is masqueraded (IPVS's conntrack on, an nftables table `openslb-lab`), and the host routes
+it to the pod. It then starts the node's
 Celery worker (`slb worker --node NAME`, the l4 agent inside) against the host's Redis,
 and answers probes the host sends through Redis: TCP connections from the client
 namespace, or a command in the root namespace. (The guest reaches the host only from its
@@ -74,6 +78,10 @@ def _sh(command: str) -> None:
 
 def _build_networks(pods: int) -> None:
     _sh("sysctl -qw net.ipv4.ip_forward=1")
+    _sh("modprobe ip_vs && sysctl -qw net.ipv4.vs.conntrack=1")  # NAT'd flows seen by nftables
+    _sh(f"nft add table ip openslb-lab && nft 'add chain ip openslb-lab out "
+        f"{{ type nat hook postrouting priority srcnat; }}' && nft add rule ip openslb-lab out "
+        f"oifname eth0 ip saddr != {GUEST_ADDRESS} masquerade")  # fmt: skip
     for bridge, net in (("labcl0", CLIENT_NET), ("labpod0", POD_NET)):
         _sh(f"ip link add {bridge} type bridge && ip addr add {net}.1/24 dev {bridge} "
             f"&& ip link set {bridge} up")  # fmt: skip

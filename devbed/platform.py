@@ -4,8 +4,13 @@ Each component is started by the same test-bed classes the tests use, detached i
 own session so it outlives the command, and recorded in `state.json` (pids, address, log).
 Ports are picked once and kept in `ports.json`, so a component that died comes back where
 the others expect it. `up` is idempotent: what is recorded and alive is left alone, the
-rest is started; if Redis or the API server has to start, everything is started afresh
-(their data survives: Redis replays its AOF, etcd keeps its directory).
+rest is started; if Redis or the cluster has to start, everything is started afresh (Redis
+replays its AOF; the cluster starts empty and the demo applies its apps again).
+
+Kubernetes is a real one-node cluster (devbed/cluster.py), run by a process of its own
+(devbed/clusterd.py) that owns it: the cluster's API server picks its own free ports, which
+its record (kube/node.json) holds. Only one such cluster runs on a machine at a time (its
+bridges have fixed names), so only one platform does.
 
 Addresses: the VIP pool and the gRPC samples' network are made local on the host's
 loopback (`ip route add local CIDR dev lo`, Linux's AnyIP), so the host's Envoy binds the
@@ -30,9 +35,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cmi.k8s.client import KubeClient
-from devbed import demo
+from devbed import clusterd, demo
+from devbed.cluster import NODE_NAME, POD_CIDR
+from devbed.clusterd import RunningNode
 from devbed.envoy import EnvoyProxy
-from devbed.kube import KubeAPI
 from devbed.labnode import POD_PORT, LabNode
 from devbed.process import Process, connects, free_port, wait_until
 from devbed.redis import RedisServer
@@ -48,7 +54,9 @@ LAB_NODE, LAB_GROUP = "lb1", "lab"
 SAMPLES = ("echo-1", "echo-2", "echo-3")
 SAMPLE_PORT = 50051
 SLOW_STARTS = {"lab-node": " (the emulated VM boots and starts its worker: about 90 s)"}
-PORTS = ("redis", "etcd", "etcd_peer", "kube", "xds", "xds_metrics", "envoy_admin", "console")
+PORTS = ("redis", "xds", "xds_metrics", "envoy_admin", "console")
+CLUSTER_STOP_S = 120.0
+"""The cluster's own process deletes the pods and waits for them before it stops the rest."""
 
 
 @dataclass
@@ -139,8 +147,13 @@ class DevPlatform:
         return Store.connect(RedisSettings(url=self.redis_url, prefix=PREFIX))
 
     @property
+    def cluster_dir(self) -> Path:
+        """The one-node cluster's state: certificates, logs, its record, kubeconfigs."""
+        return self.state_dir / "kube"
+
+    @property
     def admin_kubeconfig(self) -> Path:
-        return self.state_dir / "kube" / "kubeconfig"
+        return self.cluster_dir / "kubeconfig"
 
     @property
     def console_password_file(self) -> Path:
@@ -154,18 +167,18 @@ class DevPlatform:
 
     def up(self, progress: Progress) -> dict[str, Component]:
         components = self.components()
-        foundation = ("redis", "kube-apiserver")
+        foundation = ("redis", "kubernetes")
         if components and not all(
             name in components and components[name].alive() for name in foundation
         ):
-            progress("redis or kube-apiserver is down: restarting everything")
+            progress("redis or kubernetes is down: restarting everything")
             self._stop_all(components, progress)
             components = {}
         self.ports()
         self._routes(add=True)
         starters: list[tuple[str, Callable[[], Component]]] = [
             ("redis", self._start_redis),
-            ("kube-apiserver", self._start_kube),
+            ("kubernetes", self._start_cluster),
             ("samples", self._start_samples),
             ("xds", self._start_xds),
             ("envoy", self._start_envoy),
@@ -181,7 +194,7 @@ class DevPlatform:
                 progress(f"{name}: already running (pid {', '.join(map(str, current.pids))})")
                 continue
             if current is not None:
-                _terminate(current.pids)
+                self._stop_component(current)
             began = time.monotonic()
             progress(f"{name}: starting{SLOW_STARTS.get(name, '')}")
             components[name] = start()
@@ -197,36 +210,68 @@ class DevPlatform:
         pods = [host_port(a, "pod address")[0] for a in self.lab_node().pod_addresses]
         return [grpc_echo, demo.SampleApp("tcp-echo", POD_PORT, pods, node_group=LAB_GROUP)]
 
+    def deployments(self) -> list[demo.DeploymentApp]:
+        """The apps the cluster runs: Deployments of 3 pods each, Services with selectors."""
+        return [demo.DeploymentApp("grpc-pods", "grpc", SAMPLE_PORT),
+                demo.DeploymentApp("http-pods", "http", 80)]  # fmt: skip
+
+    @property
+    def cluster(self) -> RunningNode:
+        """The platform's one-node cluster (`.kubeconfig`, `.client()`), from its record."""
+        node = RunningNode.read(self.cluster_dir)
+        if node is None:
+            raise RuntimeError(f"no cluster runs for {self.state_dir}: slb dev up starts it")
+        return node
+
     def kube(self) -> KubeClient:
         """The platform's API server, as its admin."""
         return KubeClient.from_kubeconfig(str(self.admin_kubeconfig))
 
     def show_traffic(self, progress: Progress, timeout: float = 180.0) -> list[str]:
-        """Expose the sample apps by label and send traffic through their VIPs; a report.
+        """Expose the demo apps by label and send traffic through their VIPs; a report.
 
-        Raises if a Service is not programmed in time or its VIP does not answer.
+        Raises if a Service is not programmed in time or its VIP does not answer (for a
+        Deployment: by every one of its pods).
         """
         kube = self.kube()
-        apps = self.apps()
+        apps: list[demo.SampleApp | demo.DeploymentApp] = [*self.apps(), *self.deployments()]
+        # the lab VM's app last: its first apply, in the emulated VM, is the slowest
+        apps.sort(key=lambda a: isinstance(a, demo.SampleApp) and a.node_group == LAB_GROUP)
         progress("demo: exposing " + ", ".join(f"{demo.NAMESPACE}/{a.name}" for a in apps))
+        began = time.monotonic()
         demo.apply(kube, apps)
         report = []
         for app in apps:
-            began = time.monotonic()
+            pods = None
+            if isinstance(app, demo.DeploymentApp):
+                pods = demo.wait_rolled_out(kube, app, timeout)
             exposed = demo.wait_programmed(kube, app.name, timeout)
             target = f"{exposed.vip}:{app.port}"
-            answers, how = self._traffic(app, target)
+            answers, how = self._traffic(app, target, pods)
             if any(x.startswith("error") for x in answers):
                 raise RuntimeError(f"{demo.NAMESPACE}/{app.name} at {target}: {answers}")
+            if pods is not None and set(answers) != set(pods):
+                raise RuntimeError(f"{demo.NAMESPACE}/{app.name} at {target}: answered by "
+                                   f"{sorted(set(answers))}, not by its pods {pods}")  # fmt: skip
             seconds = time.monotonic() - began
             report.append(f"{demo.NAMESPACE}/{app.name}: VIP {target} ({how}), answering "
                           f"{seconds:.1f} s after the apply")  # fmt: skip
+            if pods is not None:
+                report.append(f"    pods ready: {' '.join(pods)}")
             report.append(f"    answered by: {' '.join(answers)}")
             report.append(f"    status: {exposed.conditions[demo.PROGRAMMED][2]}")
         return report
 
-    def _traffic(self, app: demo.SampleApp, target: str) -> tuple[list[str], str]:
+    def _traffic(
+        self, app: demo.SampleApp | demo.DeploymentApp, target: str, pods: list[str] | None
+    ) -> tuple[list[str], str]:
         """Who answers connections or calls to `target`, from where the app's clients are."""
+        if isinstance(app, demo.DeploymentApp):
+            assert pods is not None
+            answers = demo.eventually(lambda: app.who(target, 6), lambda a: set(a) == set(pods), 30)
+            calls = "6 calls on one HTTP/2 connection" if app.kind == "grpc" else "6 requests"
+            protocol = "gRPC" if app.kind == "grpc" else "HTTP"
+            return answers, f"{protocol} through Envoy to a Deployment's pods, {calls}"
         if app.node_group == LAB_GROUP:
             node = self.lab_node()
             answers = demo.eventually(
@@ -270,7 +315,7 @@ class DevPlatform:
         """Stop one component (`restart` starts it again)."""
         components = self.components()
         if name in components:
-            _terminate(components[name].pids)
+            self._stop_component(components[name])
 
     def down(self, progress: Progress) -> None:
         self._stop_all(self.components(), progress)
@@ -279,9 +324,16 @@ class DevPlatform:
 
     def _stop_all(self, components: dict[str, Component], progress: Progress) -> None:
         for name, component in reversed(list(components.items())):
-            _terminate(component.pids)
+            self._stop_component(component)
             progress(f"{name}: stopped")
         self.state_file.unlink(missing_ok=True)
+
+    def _stop_component(self, component: Component) -> None:
+        if component.name != "kubernetes":
+            _terminate(component.pids)
+            return
+        _terminate(component.pids, CLUSTER_STOP_S)  # its process stops the cluster gracefully
+        clusterd.remove_left(self.cluster_dir)  # what is left if it was killed
 
     def _routes(self, *, add: bool) -> None:
         """Make the VIP pool and the samples' network local on loopback (AnyIP), or undo it."""
@@ -320,35 +372,23 @@ class DevPlatform:
         return Component("redis", [server.process.pid], server.url, str(server.process.log_path),
                          detail="append-only file on")  # fmt: skip
 
-    def _start_kube(self) -> Component:
-        ports = self.ports()
-        api = KubeAPI(self.state_dir / "kube")
-        api.etcd_port, api.etcd_peer_port, api.port = (
-            ports["etcd"],
-            ports["etcd_peer"],
-            ports["kube"],
-        )
-        api.start()
-        assert api.etcd is not None
-        assert api.apiserver is not None
-        cmi_kubeconfig = api.cmi_kubeconfig(hours=48)
-        self._write_config(cmi_kubeconfig)
-        return Component(
-            "kube-apiserver",
-            [api.apiserver.pid, api.etcd.pid],
-            api.server,
-            str(api.apiserver.log_path),
-            detail=f"KUBECONFIG={api.kubeconfig} (admin); cmi runs as openslb-system/openslb-cmi",
-        )
+    def _start_cluster(self) -> Component:
+        process, node = clusterd.start(self.cluster_dir, self.state_dir / "logs")
+        self._write_config(node.cmi_kubeconfig)
+        return self._component(
+            process, node.server,
+            f"node {NODE_NAME}, pods on {POD_CIDR}; KUBECONFIG={node.kubeconfig} (admin); cmi "
+            f"runs as openslb-system/openslb-cmi; the cluster's logs in {self.cluster_dir}/logs",
+        )  # fmt: skip
 
     def _write_config(self, cmi_kubeconfig: Path) -> None:
         ports = self.ports()
         tables: dict[str, dict[str, str | int | bool]] = {
             "redis": {"url": self.redis_url, "prefix": PREFIX},
             "kube": {"kubeconfig": str(cmi_kubeconfig)},
-            # No EndpointSlice controller here: devbed writes the demo's slices itself; one
-            # tenant, whose benches expose thousands of Services: no instance or listener
-            # quota.
+            # The selector-less demo apps' slices are hand-made (devbed writes them); the
+            # Deployments' come from Kubernetes' EndpointSlice controller. One tenant, whose
+            # benches expose thousands of Services: no instance or listener quota.
             "cmi": {"pool_cidrs": self.vip_cidr, "endpoint_slices_from": demo.NAMESPACE,
                     "instances_per_namespace": 0, "listeners_per_namespace": 0,
                     "release_grace_s": 5, "lease_duration_s": 6,

@@ -1,8 +1,9 @@
 """Fixtures that start the real components: Redis, kube-apiserver + etcd, Envoy, and
 the one-node Kubernetes cluster for tests marked `cluster`.
 
-Each starts once per test session on free loopback ports, with its state under the
-session's temporary directory; tests isolate themselves by key prefix or namespace.
+Each starts once per test session (the cluster once per module that uses it) on free
+loopback ports, with its state under the session's temporary directory; tests isolate
+themselves by key prefix or namespace.
 """
 
 from __future__ import annotations
@@ -54,10 +55,12 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
     api.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kube_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeNode]:
     """A real one-node cluster (kubelet, controllers, scheduler, containerd) with the test
-    images imported; its own API server, apart from `kube`'s."""
+    images imported; its own API server, apart from `kube`'s. Per module: one cluster runs
+    on a machine at a time, and the platform of tests/e2e and `slb dev up` in
+    tests/devbed/test_dev_platform.py start one of their own, so this one is gone by then."""
     node = KubeNode(tmp_path_factory.mktemp("kube-node")).start()
     yield node
     node.stop()

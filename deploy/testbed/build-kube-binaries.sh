@@ -2,7 +2,8 @@
 # Build the Kubernetes binaries used by the test bed, once per version: etcd and
 # kube-apiserver (the API-only fixture, devbed/kube.py), and for the one-node cluster
 # (devbed/cluster.py) kubelet, kube-controller-manager, kube-scheduler, containerd 2 with
-# ctr and its runc shim, and the static Go binaries of the test images (deploy/testbed/images).
+# ctr and its runc shim, and the static Go binaries of the test images (deploy/testbed/images,
+# and the Gateway API conformance suite's echo-basic).
 #
 # No registry reachable here ships these, so they are built from Go modules. The module
 # k8s.io/kubernetes replaces every staging module with a path inside its own tree, and a
@@ -19,6 +20,7 @@ set -euo pipefail
 KUBE_VERSION="${OPENSLB_KUBE_VERSION:-v1.37.2}"
 ETCD_VERSION="${OPENSLB_ETCD_VERSION:-v3.6.16}"
 CONTAINERD_VERSION="${OPENSLB_CONTAINERD_VERSION:-v2.4.2}"
+GATEWAY_API_VERSION="${OPENSLB_GATEWAY_API_VERSION:-v1.6.3}"
 CACHE="${OPENSLB_CACHE:-$HOME/.cache/openslb}"
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
@@ -28,6 +30,7 @@ etcd="$BIN/etcd-$ETCD_VERSION"
 node_binaries=(kubelet kube-controller-manager kube-scheduler)
 containerd_dir="$BIN/containerd-$CONTAINERD_VERSION"
 containerd_binaries=(containerd ctr containerd-shim-runc-v2)
+echo_basic="$BIN/images/echo-basic-$GATEWAY_API_VERSION"
 images_src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/images"
 staging="v0.${KUBE_VERSION#v1.}"
 
@@ -144,6 +147,25 @@ build_images() {
   done
 }
 
+# The Gateway API conformance suite's echo server (HTTP, h2c, gRPC, TCP, UDP echo), the
+# image its manifests expect; its module's replace of sigs.k8s.io/gateway-api is ignored
+# in ours, so ours points it at the same release.
+build_echo_basic() {
+  local work="$CACHE/build/echo-basic-$GATEWAY_API_VERSION"
+  mkdir -p "$work" "$BIN/images"
+  cd "$work"
+  log "echo-basic $GATEWAY_API_VERSION: compiling"
+  printf '%s\n' "module openslb.local/echobuild" "" "go 1.26.0" "" \
+    "require sigs.k8s.io/gateway-api/conformance $GATEWAY_API_VERSION" "" \
+    "replace sigs.k8s.io/gateway-api => sigs.k8s.io/gateway-api $GATEWAY_API_VERSION" > go.mod
+  printf '%s\n' "//go:build tools" "" "package echobuild" "" \
+    'import _ "sigs.k8s.io/gateway-api/conformance/echo-basic"' > tools.go
+  go mod tidy -e >/dev/null 2>&1 || true
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$echo_basic.tmp" \
+    sigs.k8s.io/gateway-api/conformance/echo-basic
+  mv "$echo_basic.tmp" "$echo_basic"
+}
+
 all_present() {
   local f
   for f in "$@"; do [ -x "$f" ] || return 1; done
@@ -156,4 +178,5 @@ for b in "${node_binaries[@]}"; do node_paths+=("$BIN/$b-$KUBE_VERSION"); done
 all_present "${node_paths[@]}" || build_node
 all_present "${containerd_binaries[@]/#/$containerd_dir/}" || build_containerd
 build_images
+[ -x "$echo_basic" ] || build_echo_basic
 log "ready: $apiserver $etcd ${node_paths[*]} $containerd_dir/ $BIN/images/"

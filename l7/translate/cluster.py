@@ -80,6 +80,11 @@ def _prototype(shape: ClusterShape) -> cluster_pb2.Cluster:
         # An endpoint gone from EDS is gone now, not when its health check next fails.
         ignore_health_on_host_removal=True,
     )
+    # A new endpoint (a pod Kubernetes just found Ready) waits for its first health check;
+    # Envoy then holds the health change back up to its merge window (1 s by default) before
+    # workers use the host. Deliver it at once: a new pod takes traffic ~100 ms sooner than
+    # 1 s, and health changes are rare (not the noisy stream the window is for).
+    c.common_lb_config.update_merge_window.CopyFrom(seconds(0))
     c.eds_cluster_config.eds_config.CopyFrom(ads())
     c.per_connection_buffer_limit_bytes.value = policy.BUFFER_LIMIT_BYTES
     c.circuit_breakers.CopyFrom(_circuit_breakers())

@@ -1,9 +1,12 @@
-"""`slb dev up|status|down` through the CLI: the platform starts, shows traffic, is
-idempotent, and stops. Without the lab VM here (the end-to-end tests run it with the VM);
-its own 198.19.N.0/24, so it runs beside a developer's `slb dev up`."""
+"""`slb dev up|status|down` through the CLI: the platform starts, shows traffic (also from
+the pods of Deployments the one-node cluster runs), is idempotent, and stops, the cluster
+with it. Without the lab VM here (the end-to-end tests run it with the VM); its own
+198.19.N.0/24 for VIPs and samples. It starts the one-node cluster, so never beside a
+developer's `slb dev up` or another cluster (one runs on a machine at a time)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -12,13 +15,17 @@ from pathlib import Path
 import pytest
 
 from devbed import demo
+from devbed.cluster import POD_BRIDGE, POD_CIDR
 from devbed.l7harness import free_octet
-from devbed.platform import DevPlatform
+from devbed.platform import Component, DevPlatform
 from slb import config
 from slb.storage.store import Store
 
-COMPONENTS = {"redis", "kube-apiserver", "samples", "xds", "envoy", "cmi", "worker-control",
+pytestmark = pytest.mark.cluster
+
+COMPONENTS = {"redis", "kubernetes", "samples", "xds", "envoy", "cmi", "worker-control",
               "console"}  # fmt: skip
+SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 
 
 @pytest.fixture
@@ -39,6 +46,48 @@ def slb(environment: dict[str, str], *argv: str) -> subprocess.CompletedProcess[
                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
 
 
+def report_of(stdout: str, app: str) -> dict[str, list[str]]:
+    """`slb dev up`'s lines about one app: "VIP", "pods ready" and "answered by" -> words."""
+    lines = stdout.split(f"{demo.NAMESPACE}/{app}: ", 1)[1].splitlines()
+    parts = {"VIP": lines[0].split("VIP ", 1)[1].split()[:1]}
+    for line in lines[1:4]:
+        key, _, words = line.strip().partition(": ")
+        parts[key] = words.split()
+    return parts
+
+
+def deployment_pods(platform: DevPlatform, app: demo.DeploymentApp) -> dict[str, str]:
+    """Name -> IP of the app's running pods, as Kubernetes lists them."""
+    pods = platform.kube().get(f"/api/v1/namespaces/{demo.NAMESPACE}/pods",
+                               labelSelector=f"app={app.name}")["items"]  # fmt: skip
+    return {p["metadata"]["name"]: p["status"].get("podIP", "") for p in pods
+            if p["status"].get("phase") == "Running"}  # fmt: skip
+
+
+def endpoint_addresses(platform: DevPlatform, app: demo.DeploymentApp) -> set[str]:
+    """The ready endpoints of the app's EndpointSlices that Kubernetes' controller made."""
+    slices = platform.kube().get(
+        f"/apis/discovery.k8s.io/v1/namespaces/{demo.NAMESPACE}/endpointslices",
+        labelSelector=f"kubernetes.io/service-name={app.name}",
+    )["items"]
+    return {address for s in slices
+            if s["metadata"]["labels"].get("endpointslice.kubernetes.io/managed-by")
+            == SLICE_CONTROLLER
+            for e in s["endpoints"] or [] if e["conditions"].get("ready")
+            for address in e["addresses"]}  # fmt: skip
+
+
+def processes_naming(path: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and f"{path}/".encode() in (proc / "cmdline").read_bytes():
+                found.append(proc.name)
+        except OSError:
+            continue
+    return found
+
+
 def routes() -> str:
     return subprocess.run(["ip", "route", "show", "table", "local"], capture_output=True,
                           text=True, check=True).stdout  # fmt: skip
@@ -50,6 +99,9 @@ def test_up_shows_traffic_is_idempotent_and_down_stops_everything(
 ) -> None:
     state = Path(environment["OPENSLB_DEV_STATE_DIR"])
     vip_cidr = environment["OPENSLB_DEV_VIP_CIDR"]
+    vip_net = ipaddress.ip_network(vip_cidr)
+    components: dict[str, Component] = {}
+    run_dir = None
     try:
         first = slb(environment, "dev", "up")
         assert first.returncode == 0, first.stderr
@@ -57,12 +109,31 @@ def test_up_shows_traffic_is_idempotent_and_down_stops_everything(
         components = platform.components()
         assert set(components) == COMPONENTS
         assert all(c.alive() for c in components.values())
+        run_dir = platform.cluster.run_dir
         # The gRPC sample answered through its VIP, by every one of its endpoints.
         line = next(x for x in first.stdout.splitlines() if x.startswith("demo/grpc-echo"))
         assert f"VIP {vip_cidr.rsplit('.', 1)[0]}." in line
         answers = first.stdout.split("answered by:", 1)[1].splitlines()[0].split()
         assert set(answers) == {"echo-1", "echo-2", "echo-3"}
         assert f"local {vip_cidr} dev lo" in routes()
+
+        # Each Deployment's 3 pods run on the node, Kubernetes' EndpointSlice controller
+        # lists them, and each answered through its VIP, as the report says and again now.
+        pods_of = {}
+        for app in platform.deployments():
+            pods = deployment_pods(platform, app)
+            pods_of[app.name] = pods
+            assert len(pods) == app.replicas == 3, pods
+            assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(POD_CIDR)
+                       for ip in pods.values()), pods  # fmt: skip
+            assert endpoint_addresses(platform, app) == set(pods.values())
+            report = report_of(first.stdout, app.name)
+            address, port = report["VIP"][0].rsplit(":", 1)
+            assert ipaddress.ip_address(address) in vip_net
+            assert int(port) == app.port
+            assert set(report["pods ready"]) == set(pods)
+            assert set(report["answered by"]) == set(pods)
+            assert set(app.who(f"{address}:{port}", 12)) == set(pods)
 
         # The written config points slb at this platform's Redis, where cmi wrote the VIP.
         settings = config.load(platform.config_file, environ={})
@@ -75,7 +146,9 @@ def test_up_shows_traffic_is_idempotent_and_down_stops_everything(
         assert again.returncode == 0, again.stderr
         assert again.stderr.count("already running") == len(COMPONENTS)
         assert platform.components() == components
-        assert "answered by:" in again.stdout
+        assert platform.cluster.run_dir == run_dir
+        for app in platform.deployments():  # the same pods, not new ones
+            assert set(report_of(again.stdout, app.name)["answered by"]) == set(pods_of[app.name])
 
         status = slb(environment, "dev", "status")
         assert status.returncode == 0
@@ -86,3 +159,9 @@ def test_up_shows_traffic_is_idempotent_and_down_stops_everything(
     assert not any(c.alive() for c in components.values())
     assert slb(environment, "dev", "status").returncode == 1
     assert vip_cidr not in routes()
+    # The cluster is gone: its processes, pods, bridge and mounts.
+    assert run_dir is not None
+    assert processes_naming(run_dir) == []
+    assert not Path(f"/sys/class/net/{POD_BRIDGE}").exists()
+    assert run_dir not in Path("/proc/self/mounts").read_text()
+    assert not Path(run_dir).exists()

@@ -1,8 +1,12 @@
 """The whole platform, as `slb dev up` runs it, once for the end-to-end tests.
 
-Its VIP pool and the gRPC samples get a 198.19.N.0/24 of their own, so the tests can run
-beside a developer's `slb dev up`; the drift re-assertion runs every 5 s and an
-unacknowledged task comes back after 15 s, so the tests see both within their time.
+Its VIP pool and the gRPC samples get a 198.19.N.0/24 of their own; the one-node cluster
+cannot be shared (one runs on a machine at a time), so the tests do not run beside a
+developer's `slb dev up`, nor beside tests/devbed/test_cluster.py's `kube_node` (gone with
+its module). The drift re-assertion runs every 5 s and an unacknowledged task comes back
+after 15 s, so the tests see both within their time. `platform.cluster` is the cluster
+(`.kubeconfig`, `.client()`); `platform.deployments()` and devbed.demo apply Deployments and
+wait for their pods and VIPs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 // sample-http: the test bed's HTTP sample app. It answers "HOSTNAME VERSION" (in a pod the
 // hostname is the pod's name) on $PORT (default 8080), and "ok" on /healthz for readiness
-// probes. On SIGTERM it stops accepting and lets requests in flight finish, as a rolling
-// update expects.
+// probes. With $TCP_PORT set it also greets every TCP connection there with "HOSTNAME\n"
+// and closes it (the greeting devbed.samples' TCP servers send, for L4 listeners). On
+// SIGTERM it stops accepting and lets requests in flight finish, as a rolling update expects.
 package main
 
 import (
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -37,8 +39,31 @@ func main() {
 		defer cancel()
 		_ = server.Shutdown(ctx)
 	}()
+	if tcpPort := os.Getenv("TCP_PORT"); tcpPort != "" {
+		go greet(":"+tcpPort, host)
+	}
 	log.Printf("listening on :%s as %s", port, host)
 	if err := server.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
 		log.Fatal(err)
+	}
+}
+
+// greet answers each TCP connection on addr with the host's name, then closes it.
+func greet(addr, host string) {
+	listener, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("greeting TCP connections on %s", addr)
+	for {
+		conn, err := listener.Accept()
+		if err != nil {
+			log.Fatal(err)
+		}
+		go func() {
+			defer conn.Close()
+			_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			_, _ = fmt.Fprintf(conn, "%s\n", host)
+		}()
 	}
 }
