@@ -10,7 +10,9 @@ Two kinds, both Services of type LoadBalancer labelled `openslb.io/expose=true`:
 - `DeploymentApp`: what a cluster runs: a Deployment whose pods have a readiness probe,
   behind a Service with a selector; Kubernetes' EndpointSlice controller lists the ready
   pods. `demo/grpc-pods` runs the Gateway API conformance echo server's gRPC Echo
-  (devbed/grpcecho.py names the pod that answered), `demo/http-pods` the HTTP sample app.
+  (devbed/grpcecho.py names the pod that answered), `demo/http-pods` the HTTP sample app,
+  and with the lab VM `demo/tcp-pods` the same app's TCP greeting, an IPVS virtual service
+  in the VM whose real servers are the pods.
 
 Objects are written with server-side apply, so running the demo again changes nothing.
 """
@@ -36,6 +38,8 @@ ECHO_WHO = "/openslb.test.Echo/Who"
 EXPOSED, PROGRAMMED = "openslb.io/Exposed", "openslb.io/Programmed"
 HTTP_PORT = 8080
 """Where the HTTP sample app listens in its pod."""
+TCP_PORT = 9000
+"""Where the HTTP sample app greets TCP connections with its pod's name, for `tcp` apps."""
 
 
 @dataclass(frozen=True)
@@ -85,20 +89,26 @@ class DeploymentApp:
     at once and the HTTP sample stops accepting) while the load balancers take it out."""
 
     name: str
-    kind: Literal["grpc", "http"]  # echo-basic's gRPC Echo, or the HTTP sample app
+    # echo-basic's gRPC Echo; the HTTP sample app; or its TCP greeting (an L4 listener)
+    kind: Literal["grpc", "http", "tcp"]
     port: int  # the Service's, the VIP's
     replicas: int = 3
     version: str = "v1"  # in the pods' environment: change it to roll them
     expose: str | None = "true"  # the label's value; None: not exposed (yet)
     drain_s: int = 5
+    node_group: str | None = None  # the Service's `openslb.io/node-group`
 
     @property
     def target_port(self) -> int:
-        return grpcecho.PORT if self.kind == "grpc" else HTTP_PORT
+        return {"grpc": grpcecho.PORT, "http": HTTP_PORT, "tcp": TCP_PORT}[self.kind]
 
     def manifests(self) -> list[dict[str, Any]]:
         labels = {"app": self.name, **({EXPOSE_LABEL: self.expose} if self.expose else {})}
-        app_protocol = "kubernetes.io/h2c" if self.kind == "grpc" else "http"
+        annotations = {"openslb.io/node-group": self.node_group} if self.node_group else {}
+        port: dict[str, Any] = {"name": self.kind, "port": self.port, "protocol": "TCP",
+                                "targetPort": self.kind}  # fmt: skip
+        if self.kind != "tcp":
+            port["appProtocol"] = "kubernetes.io/h2c" if self.kind == "grpc" else "http"
         deployment = {
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": self.name, "namespace": NAMESPACE, "labels": {"app": self.name}},
@@ -115,11 +125,10 @@ class DeploymentApp:
         }  # fmt: skip
         service = {
             "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": self.name, "namespace": NAMESPACE, "labels": labels},
+            "metadata": {"name": self.name, "namespace": NAMESPACE, "labels": labels,
+                         "annotations": annotations},
             "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": False,
-                     "selector": {"app": self.name},
-                     "ports": [{"name": self.kind, "port": self.port, "protocol": "TCP",
-                                "targetPort": self.kind, "appProtocol": app_protocol}]},
+                     "selector": {"app": self.name}, "ports": [port]},
         }  # fmt: skip
         return [deployment, service]
 
@@ -135,9 +144,13 @@ class DeploymentApp:
             env += [{"name": "GRPC_ECHO_SERVER", "value": "1"},
                     {"name": "HTTP_PORT", "value": str(self.target_port)}]  # fmt: skip
             probe: dict[str, Any] = {"tcpSocket": {"port": self.target_port}}
-        else:
+        elif self.kind == "http":
             image = SAMPLE_HTTP.ref
             probe = {"httpGet": {"path": "/healthz", "port": self.target_port}}
+        else:
+            image = SAMPLE_HTTP.ref
+            env += [{"name": "TCP_PORT", "value": str(self.target_port)}]
+            probe = {"tcpSocket": {"port": self.target_port}}
         return {
             "name": self.kind, "image": image, "imagePullPolicy": "Never", "env": env,
             "ports": [{"name": self.kind, "containerPort": self.target_port}],
@@ -147,7 +160,10 @@ class DeploymentApp:
 
     def who(self, target: str, calls: int, timeout: float = 5.0) -> list[str]:
         """The pods that answered `calls` calls to `target` (the VIP): gRPC calls on one
-        HTTP/2 connection, or HTTP requests on a connection each."""
+        HTTP/2 connection, or HTTP requests on a connection each. (A `tcp` app's VIP is on
+        an LB node: ask the node, `LabNode.tcp`.)"""
+        if self.kind == "tcp":
+            raise ValueError(f"{self.name}: a TCP app's VIP answers on its LB node only")
         if self.kind == "grpc":
             return grpcecho.who(target, calls, timeout)
         return [http_who(target, timeout) for _ in range(calls)]

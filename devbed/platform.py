@@ -211,9 +211,13 @@ class DevPlatform:
         return [grpc_echo, demo.SampleApp("tcp-echo", POD_PORT, pods, node_group=LAB_GROUP)]
 
     def deployments(self) -> list[demo.DeploymentApp]:
-        """The apps the cluster runs: Deployments of 3 pods each, Services with selectors."""
-        return [demo.DeploymentApp("grpc-pods", "grpc", SAMPLE_PORT),
+        """The apps the cluster runs: Deployments of 3 pods each, Services with selectors;
+        with the lab VM, one behind its IPVS too."""
+        apps = [demo.DeploymentApp("grpc-pods", "grpc", SAMPLE_PORT),
                 demo.DeploymentApp("http-pods", "http", 80)]  # fmt: skip
+        if self.lab:
+            apps.append(demo.DeploymentApp("tcp-pods", "tcp", POD_PORT, node_group=LAB_GROUP))
+        return apps
 
     @property
     def cluster(self) -> RunningNode:
@@ -236,7 +240,7 @@ class DevPlatform:
         kube = self.kube()
         apps: list[demo.SampleApp | demo.DeploymentApp] = [*self.apps(), *self.deployments()]
         # the lab VM's app last: its first apply, in the emulated VM, is the slowest
-        apps.sort(key=lambda a: isinstance(a, demo.SampleApp) and a.node_group == LAB_GROUP)
+        apps.sort(key=lambda a: a.node_group == LAB_GROUP)
         progress("demo: exposing " + ", ".join(f"{demo.NAMESPACE}/{a.name}" for a in apps))
         began = time.monotonic()
         demo.apply(kube, apps)
@@ -266,19 +270,24 @@ class DevPlatform:
         self, app: demo.SampleApp | demo.DeploymentApp, target: str, pods: list[str] | None
     ) -> tuple[list[str], str]:
         """Who answers connections or calls to `target`, from where the app's clients are."""
+        if app.node_group == LAB_GROUP:
+            node = self.lab_node()
+            answers = demo.eventually(
+                lambda: node.tcp(target, count=6),
+                lambda a: set(a) == set(pods) if pods is not None
+                else not any(x.startswith("error") for x in a), 60,
+            )  # fmt: skip
+            to = "a Deployment's pods" if pods is not None else "the VM's own TCP pods"
+            return (
+                answers,
+                f"TCP through IPVS on {LAB_NODE} to {to}, from the VM's client namespace",
+            )
         if isinstance(app, demo.DeploymentApp):
             assert pods is not None
             answers = demo.eventually(lambda: app.who(target, 6), lambda a: set(a) == set(pods), 30)
             calls = "6 calls on one HTTP/2 connection" if app.kind == "grpc" else "6 requests"
             protocol = "gRPC" if app.kind == "grpc" else "HTTP"
             return answers, f"{protocol} through Envoy to a Deployment's pods, {calls}"
-        if app.node_group == LAB_GROUP:
-            node = self.lab_node()
-            answers = demo.eventually(
-                lambda: node.tcp(target, count=6),
-                lambda a: not any(x.startswith("error") for x in a), 60,
-            )  # fmt: skip
-            return answers, f"TCP through IPVS on {LAB_NODE}, from the VM's client namespace"
         answers = demo.eventually(
             lambda: demo.grpc_who(target, 6), lambda a: len(set(a)) == len(app.endpoints), 30
         )

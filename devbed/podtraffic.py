@@ -402,9 +402,16 @@ def _deployment(app: DeploymentApp) -> str:
 
 
 @contextlib.contextmanager
-def deployed(kube: KubeClient, app: DeploymentApp, timeout: float = 180.0) -> Iterator[str]:
+def deployed(
+    kube: KubeClient,
+    app: DeploymentApp,
+    timeout: float = 180.0,
+    who: Callable[[str, int], list[str]] | None = None,
+) -> Iterator[str]:
     """The app applied, rolled out and answered by each of its pods through its VIP: yields
-    VIP:port, and removes it all afterwards so the next test starts clean."""
+    VIP:port, and removes it all afterwards so the next test starts clean. `who(target, n)`:
+    the pods that answered n calls (default: the gRPC Echo's, from here)."""
+    ask = who or (lambda target, calls: grpcecho.who(target, calls, timeout=2))
     demo.apply(kube, [app])
     try:
         running = wait_settled(kube, app, timeout)
@@ -413,7 +420,7 @@ def deployed(kube: KubeClient, app: DeploymentApp, timeout: float = 180.0) -> It
 
         def answered() -> bool:
             try:
-                return set(grpcecho.who(target, 6 * len(running), timeout=2)) == running
+                return set(ask(target, 6 * len(running))) == running
             except grpc.RpcError:
                 return False
 

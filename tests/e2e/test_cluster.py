@@ -3,7 +3,8 @@
 Each test deploys its own echo-basic Deployment (demo.DeploymentApp: 3 replicas, tcpSocket
 readiness probe every second, preStop sleep 5 s) behind a labelled LoadBalancer Service
 (appProtocol h2c), waits for the VIP, changes the pods under `EchoLoad`, and deletes
-everything afterwards.
+everything afterwards. The last test does the same for an L4 VIP on the lab VM's IPVS,
+whose real servers are the pods.
 
 What keeps calls whole: an endpoint is withdrawn as soon as its pod terminates (the preStop
 sleep keeps the pod serving meanwhile), a new pod's only once it is Ready. What does not:
@@ -26,7 +27,8 @@ import pytest
 from devbed import demo, grpcecho, podtraffic
 from devbed.demo import DeploymentApp
 from devbed.envoy import EnvoyProxy
-from devbed.platform import SAMPLE_PORT, DevPlatform
+from devbed.labnode import POD_PORT
+from devbed.platform import LAB_GROUP, SAMPLE_PORT, DevPlatform
 from devbed.podtraffic import EchoLoad, PodWatch, deployed, envoy_hosts, ready_to_traffic_ms
 from devbed.process import connects, wait_until
 
@@ -164,3 +166,27 @@ def test_a_crashed_server_fails_at_most_its_calls_in_flight_and_comes_back(
         assert gone_after <= PROBE_PERIOD_S + PROPAGATION_S
         assert_at_most_calls_in_flight_failed(load, crashed)
         assert set(podtraffic.pods(kube, app)) >= {victim}
+
+
+def test_a_tcp_vip_on_the_lab_vms_ipvs_reaches_the_pods_and_follows_a_scale(
+    platform: DevPlatform,
+) -> None:
+    """The L4 tier reaches the cluster's pods: IPVS in the lab VM forwards (NAT) to pod IPs
+    on the host's pod bridge, and only to the ready ones as the Deployment scales."""
+    kube, node = platform.kube(), platform.lab_node()
+    app = DeploymentApp("tcp", "tcp", POD_PORT, node_group=LAB_GROUP)
+
+    def who(target: str, connections: int) -> list[str]:
+        return node.tcp(target, count=connections)
+
+    with deployed(kube, app, who=who) as target:
+        for replicas in (1, 3):
+            app = podtraffic.scale(kube, app, replicas)
+            running = podtraffic.wait_settled(kube, app)
+
+            def only_running(answers: list[str], want: set[str] = running) -> bool:
+                return set(answers) == want
+
+            answers = demo.eventually(lambda: who(target, 12), only_running, 60)
+            print(f"{replicas} replica(s): {target} answered by {sorted(set(answers))}")
+            assert set(answers) == running
