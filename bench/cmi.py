@@ -22,6 +22,7 @@ from cmi.k8s.client import KubeClient
 from devbed.kube import KubeAPI
 from devbed.process import Process, wait_until
 from devbed.redis import RedisServer
+from slb.config import CmiSettings
 from slb.storage.store import Store
 
 NAMESPACE = "bench"
@@ -160,8 +161,8 @@ def main() -> None:
                 "changes": len(latencies),
                 "status_written_back_s": round(status_s, 1),
                 "rss_peak_mb": round(peak, 1),
-                "holdoff_ms": 75,
-                "max_holdoff_ms": 500,
+                "holdoff_ms": CmiSettings.holdoff_ms,
+                "max_holdoff_ms": CmiSettings.max_holdoff_ms,
             },
         )
         print(f"wrote {path}", file=sys.stderr)

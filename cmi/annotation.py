@@ -114,10 +114,9 @@ def parse(annotations: Mapping[str, str]) -> Parsed:
     vip: IPAddress | None = None
     if (raw_vip := ours.get("openslb.io/vip")) is not None:
         try:
-            vip = _VIP.validate_python(raw_vip.strip())
-        except ValidationError as exc:
-            why = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
-            problems.append(Problem("openslb.io/vip", f"{raw_vip!r}: {why}"))
+            vip = parse_vip(raw_vip)
+        except ValueError as exc:
+            problems.append(Problem("openslb.io/vip", str(exc)))
     for annotation in ("openslb.io/pool", "openslb.io/node-group"):
         if (value := ours.get(annotation)) is not None and not is_dns_label(value):
             problems.append(Problem(annotation, f"{value!r} is not a DNS label"))
@@ -134,6 +133,16 @@ def parse(annotations: Mapping[str, str]) -> Parsed:
         (),
         unknown,
     )
+
+
+def parse_vip(raw: str) -> IPAddress:
+    """An address a VIP may have (`openslb.io/vip`, `spec.loadBalancerIP`); else ValueError
+    saying why."""
+    try:
+        return _VIP.validate_python(raw.strip())
+    except ValidationError as exc:
+        why = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"{raw!r}: {why}") from None
 
 
 def _value(path: str, raw: str) -> Any:

@@ -1,6 +1,7 @@
-"""Pure: one labelled Kubernetes Service (with its EndpointSlices and the Nodes) -> desired state.
+"""Pure: one Kubernetes Service (with its EndpointSlices and the Nodes) -> desired state.
 
-The steps run in order, each small (Contour's processors): exposure (which instance),
+The steps run in order, each small (Contour's processors): the claim (labelled, or of
+openslb's load-balancer class; another class's is never touched), exposure (which instance),
 settings (annotations, or what the Service was served with if they are bad), backends
 (pod or node mode), listeners (one per port). The result says which objects this Service
 should own in the store and which Events to tell its owner. Allocating VIPs is I/O and
@@ -62,6 +63,10 @@ class Defaults:
     Kubernetes' EndpointSlice controller (`trusted_slices`)."""
     refused_backends: tuple[IPNetwork, ...] = ()
     """Where no endpoint may point: the VIP pools, the API server, Redis (`cmi` settings)."""
+    load_balancer_class: str = "openslb.io/slb"
+    """The `spec.loadBalancerClass` that is openslb's; any other is another controller's."""
+    claim_classless: bool = False
+    """Services of type LoadBalancer without a class are openslb's too."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,15 @@ class Built:
     events: tuple[Event, ...] = ()
     refused: str | None = None
     """Why the Service cannot be served as it is now; it keeps what it was served with."""
+    refused_reason: str = "Refused"
+    """The reason its `openslb.io/Exposed` condition names when `refused` is set."""
+    foreign: bool = False
+    """The Service is another load-balancer class's: nothing of it is openslb's to write."""
+    ip_family: Literal[4, 6] | None = None
+    """The family its VIP should have: the Service's primary one (`spec.ipFamilies[0]`)."""
+    caveats: tuple[str, ...] = ()
+    """What of its spec is served otherwise than asked ("Reason: why"), named in its
+    `openslb.io/Exposed` condition (its Warning Events say it too)."""
     remembered_vip: IPAddress | None = None
     """The VIP the Service had: its stored instance's, else the one its status names. If
     IPAM has lost its record (the store was lost), IPAM gives it back when it is free, so a
@@ -173,18 +187,19 @@ def build(
     an instance's `allowed_namespace_selector` may admit it by; None: not known (yet)."""
     key = service_key(body)
     meta, spec = body["metadata"], body.get("spec") or {}
-    expose = (meta.get("labels") or {}).get(EXPOSE_LABEL)
-    if expose is None or meta.get("deletionTimestamp"):
-        return Built(key, exposed=False)
+    expose = _claimed(key, meta, spec, defaults)
+    if isinstance(expose, Built):
+        return expose
     events: list[Event] = []
     parsed = annotation.parse(meta.get("annotations") or {})
     settings = _settings(parsed, previous, events)
 
     dedicated: LoadBalancer | None = None
     remembered: IPAddress | None = None
+    requested = _requested_ip(spec, settings, events)
     if expose == "true":
         instance = dedicated_name(meta["namespace"], meta["name"])
-        vip = settings.vip
+        vip = settings.vip or requested
         if vip is None and parsed.settings is None and previous.load_balancer is not None:
             vip = previous.load_balancer.vip
         dedicated = LoadBalancer(
@@ -221,14 +236,20 @@ def build(
                 Event("Warning", "InvalidAnnotation",
                       f"openslb.io/vip: ignored: the Service shares {instance!r} and its VIP")
             )  # fmt: skip
+        elif requested is not None and requested != balancer.vip:
+            events.append(
+                Event("Warning", "LoadBalancerIPIgnored",
+                      f"spec.loadBalancerIP {requested}: ignored: the Service shares "
+                      f"{instance!r} and its VIP")
+            )  # fmt: skip
 
     ports = _ports(spec)
     mode = settings.backend_mode or defaults.backend_mode
     if mode == "node" and not any(p.node_port for p in ports):
         events.append(
             Event("Warning", "InvalidAnnotation",
-                  "openslb.io/backend-mode: node mode needs NodePorts (type NodePort or "
-                  "LoadBalancer); using pod mode")
+                  "openslb.io/backend-mode: node mode needs NodePorts (type NodePort, or "
+                  "LoadBalancer without allocateLoadBalancerNodePorts: false); using pod mode")
         )  # fmt: skip
         mode = "pod"
     slices = trusted_slices(meta["namespace"], spec, slices, defaults, events)
@@ -246,6 +267,7 @@ def build(
         backends=backends,
         backend_mode=mode,
     )
+    family, caveats = _ip_families(spec, events)
     listeners = _listeners(
         key, instance, ports,
         settings=settings, served=previous.listeners, keep_served=parsed.settings is None,
@@ -260,7 +282,122 @@ def build(
         listeners=tuple(listeners),
         events=tuple(events),
         remembered_vip=remembered,
+        ip_family=family,
+        caveats=caveats,
     )
+
+
+SOURCE_RANGES = "SourceRangesNotSupported"
+SOURCE_RANGES_ANNOTATION = "service.beta.kubernetes.io/load-balancer-source-ranges"
+OPEN_TO_ALL = frozenset({"0.0.0.0/0", "::/0"})
+
+
+def _claimed(key: str, meta: Body, spec: Body, defaults: Defaults) -> str | Built:
+    """The instance the Service asks for ("true": its own), or why it gets none: deleted,
+    not openslb's, another class's, or asking for what openslb cannot give."""
+    labels = meta.get("labels") or {}
+    expose, other = claim(labels, spec, defaults)
+    if other is not None:
+        return foreign(key, labels, other, defaults)
+    if expose is None or meta.get("deletionTimestamp"):
+        return Built(key, exposed=False)
+    if (ranges := source_ranges(meta, spec)) is not None:
+        message = (
+            f"{ranges}: openslb cannot restrict clients by address yet, so the Service is "
+            "not exposed rather than open to every address"
+        )
+        event = Event("Warning", SOURCE_RANGES, message)
+        return Built(
+            key, exposed=False, events=(event,), refused=message, refused_reason=SOURCE_RANGES
+        )
+    return expose
+
+
+def claim(
+    labels: Mapping[str, str], spec: Body, defaults: Defaults
+) -> tuple[str | None, str | None]:
+    """Whose the Service is: (the instance it asks for, "true" for its own; None: not
+    openslb's) and the class of another controller that owns it (then nothing is openslb's).
+
+    The label works on a Service of any type; a Service of type LoadBalancer is claimed
+    by its class, or without one if `claim_classless`; another class wins over the label."""
+    class_ = spec.get("loadBalancerClass")
+    if class_ and class_ != defaults.load_balancer_class:
+        return None, str(class_)
+    if (expose := labels.get(EXPOSE_LABEL)) is not None:
+        return expose, None
+    if spec.get("type") == "LoadBalancer" and (class_ or defaults.claim_classless):
+        return "true", None
+    return None, None
+
+
+def foreign(key: str, labels: Mapping[str, str], class_: str, defaults: Defaults) -> Built:
+    """A Service of another load-balancer class: nothing exposed, no status; if it carries
+    the label, a Warning says why the label is ignored."""
+    if EXPOSE_LABEL not in labels:
+        return Built(key, exposed=False, foreign=True)
+    message = (
+        f"spec.loadBalancerClass is {class_!r}, another controller's (openslb's is "
+        f"{defaults.load_balancer_class!r}): label {EXPOSE_LABEL} ignored, nothing exposed"
+    )
+    event = Event("Warning", "OtherLoadBalancerClass", message)
+    return Built(key, exposed=False, events=(event,), foreign=True)
+
+
+def source_ranges(meta: Body, spec: Body) -> str | None:
+    """The client ranges a Service restricts itself to (`spec.loadBalancerSourceRanges`,
+    else the legacy annotation), named for an Event; None when it admits every address."""
+    ranges = [str(r).strip() for r in spec.get("loadBalancerSourceRanges") or []]
+    where = "spec.loadBalancerSourceRanges"
+    if not ranges:
+        raw = (meta.get("annotations") or {}).get(SOURCE_RANGES_ANNOTATION) or ""
+        ranges, where = [r.strip() for r in raw.split(",") if r.strip()], SOURCE_RANGES_ANNOTATION
+    restricted = [r for r in ranges if r not in OPEN_TO_ALL]
+    if not restricted:
+        return None
+    shown = ", ".join(restricted[:5]) + (", ..." if len(restricted) > 5 else "")
+    return f"{where} ({shown})"
+
+
+DUAL_STACK = "DualStackNotSupported"
+_FAMILIES: Mapping[str, Literal[4, 6]] = {"IPv4": 4, "IPv6": 6}
+
+
+def _ip_families(spec: Body, events: list[Event]) -> tuple[Literal[4, 6] | None, tuple[str, ...]]:
+    """The family the VIP should have (the primary of `spec.ipFamilies`), and a caveat if
+    the Service asks for both: an instance has one VIP, of one family."""
+    families = [str(f) for f in spec.get("ipFamilies") or []]
+    primary = _FAMILIES.get(families[0]) if families else None
+    policy = spec.get("ipFamilyPolicy")
+    if len(families) < 2 and policy != "RequireDualStack":
+        return primary, ()
+    why = (
+        f"ipFamilyPolicy {policy or 'unset'} with ipFamilies {', '.join(families) or 'unset'}: "
+        f"an instance has one VIP, so it is served on {families[0] if families else 'one family'} "
+        "only"
+    )
+    events.append(Event("Warning", DUAL_STACK, why))
+    return primary, (f"{DUAL_STACK}: {why}",)
+
+
+def _requested_ip(spec: Body, settings: ServiceSettings, events: list[Event]) -> IPAddress | None:
+    """The VIP `spec.loadBalancerIP` asks for (deprecated by Kubernetes; `openslb.io/vip`
+    wins); one that no VIP may have refuses the Service."""
+    raw = spec.get("loadBalancerIP")
+    if not raw:
+        return None
+    try:
+        requested = annotation.parse_vip(str(raw))
+    except ValueError as exc:
+        error = FieldError(field="spec.loadBalancerIP", message=str(exc))
+        raise ModelError("Service", [error]) from None
+    if settings.vip is not None and settings.vip != requested:
+        events.append(
+            Event("Warning", "LoadBalancerIPIgnored",
+                  f"spec.loadBalancerIP {requested}: ignored: openslb.io/vip asks for "
+                  f"{settings.vip}")
+        )  # fmt: skip
+    return requested
 
 
 def _ingress_vip(body: Body) -> IPAddress | None:

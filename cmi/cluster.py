@@ -48,6 +48,8 @@ class Cluster:
                 *networks(settings.pool_cidrs, "cmi.pool_cidrs"),
                 *networks(settings.refused_backend_cidrs, "cmi.refused_backend_cidrs"),
             ),
+            load_balancer_class=settings.load_balancer_class,
+            claim_classless=settings.claim_classless,
         )
         scope = f"/namespaces/{settings.namespace}" if settings.namespace else ""
         self.services = Informer(

@@ -51,6 +51,8 @@ def exposure(
     served = [li for li in built.listeners if li.name not in conflicts]
     where = ", ".join(f"{vip}:{li.port}/{li.protocol.value}" for li in served) or "no port"
     message = f"exposed at {where} (instance {built.instance})"
+    if built.caveats:
+        message += "; not as asked: " + "; ".join(built.caveats)
     if conflicts:
         message += "; not served: " + "; ".join(f"{k}: {v}" for k, v in conflicts.items())
     ingress = [{
@@ -58,7 +60,7 @@ def exposure(
         "ports": [{"port": li.port, "protocol": li.protocol.transport} for li in served],
     }]  # fmt: skip
     if built.refused is not None:  # its Warning Event says why; no Normal one
-        exposed: Condition = ("False", "Refused", f"{built.refused}: {message}")
+        exposed: Condition = ("False", built.refused_reason, f"{built.refused}: {message}")
     elif conflicts:
         exposed = ("False", "ListenerConflict", message)
     else:
@@ -143,10 +145,22 @@ class Reporter:
                     self.events.record(body, "Normal", "Exposed", status.message)
             else:
                 self.writer.set_finalizer(body, present=False)
-                why = ("False", "Refused", built.refused) if built.refused else None
-                self.writer.set_status(body, [], {CONDITION: why, PROGRAMMED: None})
+                self._withdrawn(body, built)
         except KubeError as exc:
             log.warning("status of %s not written: %s", service_key(body), exc)
+
+    def _withdrawn(self, body: Body, built: Built) -> None:
+        """The status of a Service openslb does not expose. Only what openslb wrote is
+        taken back: the ingress of a Service that has its condition (another controller
+        may have written the ingress of any other), and of another class's Service only
+        openslb's conditions, if it carries them from before."""
+        ours = condition_of(body, CONDITION) is not None
+        if built.foreign:
+            if ours:
+                self.writer.set_status(body, None, {CONDITION: None, PROGRAMMED: None})
+            return
+        why = ("False", built.refused_reason, built.refused) if built.refused else None
+        self.writer.set_status(body, [] if ours else None, {CONDITION: why, PROGRAMMED: None})
 
     def _report_programmed(self, key: str, now: Readiness) -> None:
         """The Programmed condition alone, when the data planes catch up (or fail)."""

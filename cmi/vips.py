@@ -65,9 +65,10 @@ def desired(
         return built, kept
     balancer = built.dedicated
     if balancer is not None:
+        drawn_from = pools if balancer.vip is not None else of_family(pools, built.ip_family)
         try:
             vip = _remembered(built, balancer, ipam, pools) or ipam.allocate(
-                balancer.name, pools_for(balancer, pools), balancer.vip
+                balancer.name, pools_for(balancer, drawn_from), balancer.vip
             )
         except IPAMError as exc:
             event = Event("Warning", "VIPUnavailable", str(exc))
@@ -76,14 +77,43 @@ def desired(
             old = [previous.service, *previous.listeners.values(), previous.load_balancer]
             return built, [o for o in old if o is not None]
         balancer = balancer.model_copy(update={"vip": vip})
-        built = Built(built.key, True, built.instance, balancer, built.service,
-                      built.listeners, built.events)  # fmt: skip
+        built = _with_vip(built, balancer)
     objects: list[StoredObject] = [*built.listeners]
     if built.service is not None:
         objects.append(built.service)
     if balancer is not None:
         objects.append(balancer)
     return built, objects
+
+
+FAMILY_NOT_OFFERED = "IPFamilyNotOffered"
+
+
+def of_family(pools: Mapping[str, AddressPool], family: int | None) -> dict[str, AddressPool]:
+    """The pools with only their CIDRs of this IP family, each that has any: a Service's VIP
+    is of its primary family where its pool can give one (a pool with none keeps its
+    CIDRs, and the Service is told)."""
+    narrowed = {}
+    for name, pool in pools.items():
+        cidrs = tuple(c for c in pool.cidrs if c.version == family)
+        keep = family is None or not cidrs or len(cidrs) == len(pool.cidrs)
+        narrowed[name] = pool if keep else pool.model_copy(update={"cidrs": cidrs})
+    return narrowed
+
+
+def _with_vip(built: Built, balancer: LoadBalancer) -> Built:
+    """The Service served on its instance's VIP; told if the VIP is not of its family."""
+    events, caveats = built.events, built.caveats
+    vip = balancer.vip
+    if vip is not None and built.ip_family is not None and vip.version != built.ip_family:
+        why = (
+            f"the Service's primary IP family is IPv{built.ip_family}, but VIP {vip} is not "
+            f"(pool {balancer.pool!r} has no such CIDR, or that VIP was asked for)"
+        )
+        events += (Event("Warning", FAMILY_NOT_OFFERED, why),)
+        caveats += (f"{FAMILY_NOT_OFFERED}: {why}",)
+    return Built(built.key, True, built.instance, balancer, built.service, built.listeners,
+                 events, ip_family=built.ip_family, caveats=caveats)  # fmt: skip
 
 
 def _remembered(

@@ -368,17 +368,28 @@ def _socket(address: str, port: int) -> dict[str, Any]:
 # -- Envoy's view -------------------------------------------------------------------------
 
 
-def host_stats(envoy: EnvoyProxy, cluster: str, stat: str) -> dict[str, int]:
-    """A per-host statistic of one cluster, from the admin /clusters page, by host:port."""
-    out = {}
+def cluster_hosts(envoy: EnvoyProxy, cluster: str) -> dict[str, dict[str, str]]:
+    """Every host of one cluster with its statistics and flags (as text), from the admin
+    /clusters page, by host:port."""
+    out: dict[str, dict[str, str]] = {}
     prefix = f"{cluster}::"
     for line in envoy.admin("clusters").splitlines():
         if not line.startswith(prefix):
             continue
         parts = line[len(prefix) :].split("::")
-        if len(parts) == 3 and parts[1] == stat:
-            out[parts[0]] = int(parts[2])
-    return out
+        if len(parts) == 3:
+            out.setdefault(parts[0], {})[parts[1]] = parts[2]
+    # the cluster's own lines (`default_priority::max_connections::1024`, ...) name no host
+    return {host: stats for host, stats in out.items() if "cx_active" in stats}
+
+
+def host_stats(envoy: EnvoyProxy, cluster: str, stat: str) -> dict[str, int]:
+    """A per-host statistic of one cluster, from the admin /clusters page, by host:port."""
+    return {
+        host: int(stats[stat])
+        for host, stats in cluster_hosts(envoy, cluster).items()
+        if stat in stats
+    }
 
 
 def workers(envoy: EnvoyProxy) -> int:

@@ -7,7 +7,8 @@ pod turned Ready: what the cluster tests and `bench/cluster.py` measure.
 - `PodWatch`: watches on the pods of one app and its Service's EndpointSlices, noting the
   monotonic time each pod's Ready condition turned True as the event arrives
   (lastTransitionTime only has seconds) and when its address turned ready in a slice.
-- `EnvoyHosts`: when each host appeared in, and left, an Envoy cluster.
+- `EnvoyHosts`: when each host appeared in, was first sent a request by, and left an Envoy
+  cluster.
 - What the tests do to a `demo.DeploymentApp` of echo-basic: scale it, kill a pod or crash
   its server, wait until it is down to its replicas, remove it.
 
@@ -34,7 +35,7 @@ from cmi.k8s.client import GoneError, KubeClient, KubeError, Watch
 from devbed import demo, grpcecho
 from devbed.demo import DeploymentApp
 from devbed.envoy import EnvoyProxy
-from devbed.l7harness import channel, host_stats
+from devbed.l7harness import channel, cluster_hosts
 from devbed.platform import DevPlatform
 from devbed.process import wait_until
 
@@ -279,12 +280,14 @@ class PodWatch:
 
 
 class EnvoyHosts:
-    """When each host first appeared in, and left, an Envoy cluster: /clusters polled."""
+    """When each host first appeared in, was first sent a request by, and left an Envoy
+    cluster: /clusters polled (its per-host `rq_total` counts requests Envoy sent)."""
 
     def __init__(self, envoy: EnvoyProxy, cluster: str, interval: float = 0.02) -> None:
         self.envoy, self.cluster, self.interval = envoy, cluster, interval
         self.before: set[str] = set()
         self.added_at: dict[str, float] = {}
+        self.first_request_at: dict[str, float] = {}  # hosts added while polled only
         self.removed_at: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="envoy-hosts", daemon=True)
@@ -302,10 +305,14 @@ class EnvoyHosts:
         last = set(self.before)
         while not self._stop.wait(self.interval):
             with contextlib.suppress(OSError):
-                now_hosts = envoy_hosts(self.envoy, self.cluster)
+                stats = cluster_hosts(self.envoy, self.cluster)
                 now = time.monotonic()
+                now_hosts = set(stats)
                 for host in now_hosts - last:
                     self.added_at.setdefault(host, now)
+                for host in now_hosts - self.before:
+                    if int(stats[host].get("rq_total", "0")) > 0:
+                        self.first_request_at.setdefault(host, now)
                 for host in last - now_hosts:
                     self.removed_at.setdefault(host, now)
                 last = now_hosts
@@ -437,4 +444,4 @@ def platform_envoy(platform: DevPlatform) -> EnvoyProxy:
 
 def envoy_hosts(envoy: EnvoyProxy, cluster: str) -> set[str]:
     """The hosts (address:port) Envoy has in `cluster` now."""
-    return set(host_stats(envoy, cluster, "cx_active"))
+    return set(cluster_hosts(envoy, cluster))

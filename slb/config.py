@@ -15,6 +15,8 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from slb.selector import check_label_key
+
 DEFAULT_FILE = Path("/etc/openslb/openslb.toml")
 ENV_PREFIX = "OPENSLB_"
 
@@ -43,6 +45,18 @@ def networks(value: str, name: str) -> list[ipaddress.IPv4Network | ipaddress.IP
         return [ipaddress.ip_network(cidr, strict=False) for cidr in comma_list(value)]
     except ValueError as exc:
         raise ConfigError(f"{name}: {exc}") from None
+
+
+def check_class(value: str, name: str) -> str:
+    """A `spec.loadBalancerClass` as Kubernetes takes it: a label key with a DNS prefix
+    (`example.com/name`); else a ConfigError naming the setting."""
+    try:
+        check_label_key(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    if "/" not in value:
+        raise ConfigError(f"{name}: {value!r} needs a DNS prefix, as in 'example.com/{value}'")
+    return value
 
 
 def setting(default: Any, doc: str) -> Any:
@@ -89,6 +103,16 @@ class CmiSettings:
     exclude_unschedulable: bool = setting(
         True, "Node mode leaves out cordoned (unschedulable) nodes"
     )
+    load_balancer_class: str = setting(
+        "openslb.io/slb",
+        "Services of type LoadBalancer with this `spec.loadBalancerClass` are openslb's, "
+        "labelled or not; a Service of any other class is never touched, label or not",
+    )
+    claim_classless: bool = setting(
+        False,
+        "Also claim Services of type LoadBalancer that have no `spec.loadBalancerClass` "
+        "(as a cluster's default load balancer would); off: only if labelled",
+    )
     node_group: str = setting("default", "LB node group of the instances that Services get")
     pool: str = setting("default", "Address pool that Services' VIPs come from")
     pool_cidrs: str = setting(
@@ -115,7 +139,11 @@ class CmiSettings:
     holdoff_ms: int = setting(
         75, "Wait this long for more changes before writing (Contour-style hold-off)"
     )
-    max_holdoff_ms: int = setting(500, "Never hold a change back longer than this")
+    max_holdoff_ms: int = setting(
+        250,
+        "Never hold a change back longer than this (while slices change without pause, as in "
+        "a scale-up, new pods still reach the load balancers this often)",
+    )
     resync_s: int = setting(300, "Full level-triggered resync period: repairs any drift in Redis")
     release_grace_s: int = setting(
         60, "A withdrawn instance keeps its VIP this long before it is freed"
@@ -134,6 +162,9 @@ class CmiSettings:
     health_bind: str = setting(
         "", "Where `slb cmi` serves /healthz (liveness) and /metrics; empty: not served"
     )
+
+    def __post_init__(self) -> None:
+        check_class(self.load_balancer_class, "cmi.load_balancer_class")
 
 
 @dataclass(frozen=True)
