@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import results_file
+from bench.results_file import metric
 from devbed import l7harness as harness
 from devbed.process import wait_until
 from devbed.redis import RedisServer
@@ -61,10 +62,6 @@ from slb.storage.store import Store
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "l7.json"
 Metrics = dict[str, dict[str, Any]]
-
-
-def metric(value: float, unit: str, target: float | None = None) -> dict[str, Any]:
-    return {"value": round(value, 3), "unit": unit, "target": target}
 
 
 def log(message: str) -> None:

@@ -41,6 +41,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def metric(value: float, unit: str, target: float | None = None) -> dict[str, Any]:
+    """One entry of a results file's `metrics`."""
+    return {"value": round(value, 3), "unit": unit, "target": target}
+
+
 def write(area: str, metrics: dict[str, dict[str, Any]], **extra: Any) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{area}.json"

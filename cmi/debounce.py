@@ -2,7 +2,9 @@
 
 A rollout touches a Service's EndpointSlices many times in a second; each change marks
 the Service dirty, and the controller takes the batch after a quiet hold-off, or at the
-latest after the maximum delay, so a steady stream of changes cannot starve it.
+latest after the maximum delay, so a steady stream of changes cannot starve it. A change
+that comes after a quiet spell (no batch handed out for a hold-off) goes at once: waiting
+only pays when more changes follow, and an idle system gains nothing from it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Debouncer:
         self._keys: set[str] = set()
         self._first = 0.0
         self._last = 0.0
+        self._handed = float("-inf")  # when the last batch was handed out
         self._cond = threading.Condition()
 
     def add(self, keys: Iterable[str]) -> None:
@@ -36,11 +39,14 @@ class Debouncer:
         with self._cond:
             if not self._keys and not self._cond.wait(timeout):
                 return set()
-            while self._keys:
+            idle = self._first - self._handed >= self.holdoff_s
+            while self._keys and not idle:
                 now = time.monotonic()
                 due = min(self._last + self.holdoff_s, self._first + self.max_holdoff_s)
                 if now >= due:
                     break
                 self._cond.wait(due - now)
             keys, self._keys = self._keys, set()
+            if keys:
+                self._handed = time.monotonic()
             return keys

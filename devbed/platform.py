@@ -182,6 +182,7 @@ class DevPlatform:
             ("samples", self._start_samples),
             ("xds", self._start_xds),
             ("envoy", self._start_envoy),
+            ("envoy-stats", self._start_envoy_stats),
             ("cmi", self._start_cmi),
             ("worker-control", self._start_control_worker),
         ]
@@ -477,6 +478,15 @@ class DevPlatform:
             "envoy", [proxy.process.pid], proxy.admin_url, str(proxy.process.log_path),
             detail="node group default (L7 listeners bind their VIPs); admin API here",
         )  # fmt: skip
+
+    def _start_envoy_stats(self) -> Component:
+        """The Envoy's sampler: its statistics and hosts' health into the console's charts."""
+        admin = f"127.0.0.1:{self.ports()['envoy_admin']}"
+        process = self._slb("envoy-stats", "envoy-stats", "--node-id", "dev-envoy-1",
+                            "--admin", admin, "--interval", "2")  # fmt: skip
+        time.sleep(0.5)
+        process.check_alive()
+        return self._component(process, f"reads {admin}", "every 2 s, into Redis")
 
     def _start_cmi(self) -> Component:
         process = self._slb("cmi", "cmi")

@@ -204,3 +204,28 @@ def envoy_bootstrap(
     for path, content in (tls.secret_files() if tls else {}).items():
         pki.write_public(Path(path), json.dumps(content, indent=2) + "\n")
     pki.write_public(out, text)
+
+
+@click.command("envoy-stats")
+@click.option("--node-id", required=True, help="The Envoy's xDS node id (its LB node).")
+@click.option(
+    "--admin", default="127.0.0.1:9901", show_default=True, help="Its admin API, HOST:PORT."
+)
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between samples.")
+@click.pass_obj
+def envoy_stats(settings: Settings, node_id: str, admin: str, interval: float) -> None:
+    """Sample an Envoy's listener and backend statistics and its hosts' health into Redis,
+    for the console's charts and backend tables. Runs beside the Envoy (the admin API is
+    on loopback), as the LB node's Redis user."""
+    import threading  # noqa: PLC0415
+
+    from l7.stats import EnvoyStats, admin_reader  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    if interval <= 0:
+        raise click.BadParameter("must be positive", param_hint="--interval")
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    sampler = EnvoyStats(Store.connect(settings.redis), node_id, admin_reader(admin))
+    sampler.run(interval, stopped)

@@ -137,7 +137,9 @@ class CmiSettings:
         "(comma-separated: the Service CIDR, the API server, Redis, other pools)",
     )
     holdoff_ms: int = setting(
-        75, "Wait this long for more changes before writing (Contour-style hold-off)"
+        75,
+        "Wait this long for more changes before writing (Contour-style hold-off); the first "
+        "change after a quiet spell this long is written at once",
     )
     max_holdoff_ms: int = setting(
         250,

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from slb.certificates import CertificateInfo, inspect
-from slb.model import Certificate, FieldError, Listener, LoadBalancer, ModelError, Service
+from slb.model import (
+    Backend,
+    Certificate,
+    FieldError,
+    Listener,
+    LoadBalancer,
+    ModelError,
+    Service,
+)
 from slb.selector import LabelSelector
 from slb.snapshot import Snapshot, Stored
+from slb.storage.envoyhosts import EnvoyHosts
 from slb.storage.status import StatusBoard
+from slb.storage.timeseries import (
+    BACKEND_SERIES,
+    SERIES,
+    WORST_OF_NODES,
+    Series,
+    TimeSeries,
+    bucketed,
+    label_value,
+)
 from web.db import get_store, read_model
 from web.state import Boards, ListenerState, listener_states, placements
 
@@ -144,3 +163,36 @@ def parse_selector(value: Any) -> Any:
             message = str(exc).splitlines()[0]
             raise ModelError("Listener", [FieldError(field="selector", message=message)]) from None
     return value
+
+
+def envoy_hosts(view: View, listener: str) -> dict[str, dict[str, str]]:
+    """ADDRESS:PORT -> Envoy node -> its health there, as the Envoys reporting to the
+    status board see it now (`slb.storage.envoyhosts`, written by `slb envoy-stats`)."""
+    return EnvoyHosts(get_store()).of_listener(listener, view.boards.l7, time.time())
+
+
+def listener_traffic(
+    listener: Listener, backends: Iterable[Backend], since: float, until: float, step: float
+) -> dict[str, Any]:
+    """The listener's chart series over nodes, and its backends' (by ADDRESS:PORT)."""
+    ts = TimeSeries(get_store())
+    match = {"listener": listener.name}
+    series = {}
+    for name in SERIES:
+        combine = max if name in WORST_OF_NODES else sum
+        found = ts.range(name, since, until, match=match)
+        series[name] = _points(bucketed(found, since, until, step, combine))
+    hosts = {label_value(f"{b.address}:{b.port}"): f"{b.address}:{b.port}" for b in backends}
+    by_backend: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for name in BACKEND_SERIES:
+        grouped: dict[str, list[Series]] = {}
+        for one in ts.range(name, since, until, match=match):
+            grouped.setdefault(one.labels.get("backend", ""), []).append(one)
+        for stored, found in grouped.items():
+            host = hosts.get(stored, stored)
+            by_backend.setdefault(host, {})[name] = _points(bucketed(found, since, until, step))
+    return {"series": series, "backends": by_backend}
+
+
+def _points(buckets: Iterable[tuple[float, float]]) -> list[dict[str, float]]:
+    return [{"t": t, "value": v} for t, v in buckets]

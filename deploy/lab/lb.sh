@@ -110,14 +110,15 @@ changed_since "$before" && keepalived_changed=1
 
 put_copy "$LB_NODE/openslb-envoy.service" /etc/systemd/system/openslb-envoy.service 644
 put_copy "$LB_NODE/openslb-l4-worker.service" /etc/systemd/system/openslb-l4-worker.service 644
+put_copy "$LB_NODE/openslb-envoy-stats.service" /etc/systemd/system/openslb-envoy-stats.service 644
 systemctl daemon-reload
 if [ -n "$lab_net_changed" ]; then run_units --restart openslb-lab-net; else run_units openslb-lab-net; fi
 if [ -n "$keepalived_changed" ]; then run_units --restart keepalived; else run_units keepalived; fi
 # Anything else changed in this run (code, settings, secrets, units): restart them.
 if changed_since 0; then
-  run_units --restart openslb-envoy openslb-l4-worker
+  run_units --restart openslb-envoy openslb-envoy-stats openslb-l4-worker
 else
-  run_units openslb-envoy openslb-l4-worker
+  run_units openslb-envoy openslb-envoy-stats openslb-l4-worker
 fi
 # Envoy's link to xDS (mutual TLS): its admin API says whether it is up.
 xds_connected() {
@@ -125,4 +126,4 @@ xds_connected() {
     | grep -qx 'control_plane.connected_state: 1'
 }
 wait_until 120 "xDS connection from Envoy (is openslb-xds running on ctl?)" xds_connected
-log "$LAB_NODE: keepalived, openslb-envoy and openslb-l4-worker running; VRRP on $iface"
+log "$LAB_NODE: keepalived, openslb-envoy, openslb-envoy-stats and openslb-l4-worker running; VRRP on $iface"

@@ -24,6 +24,8 @@ APT_PACKAGES=(
   nodejs                  # npm installs the console's browser libraries (Chart.js, htmx)
   runc                    # the OCI runtime under the test bed's containerd (one-node cluster)
   containernetworking-plugins  # CNI bridge, host-local and loopback for the cluster's pods
+  nghttp2-client nghttp2-server  # h2load and nghttpd: the peer benchmark's client and backends
+  nginx-light             # a peer in the benchmark (bench/peers.py), never left running
   cpio kmod iproute2 procps
 )
 
@@ -36,7 +38,16 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
+  # Packages with a daemon (nginx, haproxy, redis) must not start it on install: the tests
+  # start their own, on loopback. Debian asks policy-rc.d; 101 means "do not start".
+  policy=/usr/sbin/policy-rc.d made_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    made_policy=1
+  fi
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$made_policy" ] || $SUDO rm -f "$policy"
 else
   step "apt: all packages present"
 fi

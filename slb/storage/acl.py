@@ -10,12 +10,14 @@ prefix `P`:
 - **cmi** (the controller, `slb worker --control`, operators' `slb` commands): every key
   under `P:`, Celery's pub/sub, every command but the dangerous ones (FLUSHALL, FLUSHDB,
   CONFIG, DEBUG, SHUTDOWN, KEYS, MONITOR, ACL, ...).
-- **node-NAME**, one per LB node (`slb worker --node NAME`): reads the desired state
+- **node-NAME**, one per LB node (`slb worker --node NAME`, `slb envoy-stats --node-id
+  NAME`): reads the desired state
   (`P:revision`, `P:doc:*`, `P:rev:*`, `P:changes`, and the store's identity and marks,
   `P:store-id`, `P:synced`, `P:syncing`), never the certificates' private keys; writes
   only keys of its own: `P:l4:NAME:*` (its lock, ownership record, status, alarm, stats,
-  announcements), `P:applies:l4:NAME`, its own chart points
-  (`P:ts:SERIES:listener=*,node=NAME,tier=l4`), and its Celery queue `P:celery:l4.NAME`
+  announcements), `P:l7:NAME:*` (its Envoy's view of the backends), `P:applies:l4:NAME`,
+  its own chart points (`P:ts:SERIES:listener=*,node=NAME,tier=l4` and `tier=l7`, and
+  `P:ts:SERIES:backend=*,listener=*,node=NAME,tier=l7`), and its Celery queue `P:celery:l4.NAME`
   and that queue's bindings;
   to the shared sets `P:status:l4-nodes` and `P:ts-index:*` it may only add (SADD).
   Celery's Redis transport (kombu) and result backend keep some bookkeeping every consumer
@@ -74,7 +76,9 @@ def key_rules(role: str, prefix: str, db: int = 0) -> list[str]:
     if role == "xds":
         return [*reads, f"%R~{prefix}:secret:*", f"~{prefix}:status:*"]
     if node := node_of(role):
-        own = [f"l4:{node}:*", f"applies:l4:{node}", f"ts:*:listener=*,node={node},tier=l4",
+        own = [f"l4:{node}:*", f"l7:{node}:*", f"applies:l4:{node}",
+               f"ts:*:listener=*,node={node},tier=l4", f"ts:*:listener=*,node={node},tier=l7",
+               f"ts:*:backend=*,listener=*,node={node},tier=l7",
                f"celery:{l4_queue(node)}", f"celery:_kombu.binding.{l4_queue(node)}",
                f"celery:_kombu.binding_permanent.{l4_queue(node)}", *CELERY_SHARED]  # fmt: skip
         add_only = f"(~{prefix}:status:l4-nodes ~{prefix}:ts-index:* +sadd)"

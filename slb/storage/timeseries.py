@@ -1,8 +1,9 @@
 """A small, bounded time-series store in Redis for the console's charts.
 
-The data planes sample their own counters (IPVS connection and byte counters, Envoy's
-stats) and append one point per listener and node every few seconds; the console reads
-a window back and sums over nodes. This is not a monitoring system (Prometheus scrapes
+The data planes sample their own counters (the l4 agent IPVS's connection and byte
+counters, `slb envoy-stats` Envoy's: `l7/stats.py`) and append one point per listener and
+node every few seconds (and, from Envoy, per backend); the console reads a window back and
+sums over nodes (percentiles: the worst node). This is not a monitoring system (Prometheus scrapes
 `/metrics` for that): it only keeps enough recent history for an operator to see a
 listener come alive, without anything else to install.
 
@@ -18,7 +19,7 @@ bounded by (label sets x max_points) whatever the writers do.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from slb.storage.store import Store
@@ -30,7 +31,41 @@ REQUESTS_PER_SECOND = "requests_per_second"
 BYTES_PER_SECOND = "bytes_per_second"
 """Bytes per second in and out together, labels: tier, listener, node."""
 
-SERIES = (CONNECTIONS, REQUESTS_PER_SECOND, BYTES_PER_SECOND)
+NEW_CONNECTIONS_PER_SECOND = "new_connections_per_second"
+"""Connections accepted per second (L7), labels: tier, listener, node."""
+RESPONSES_2XX_PER_SECOND = "responses_2xx_per_second"
+"""Responses with a 2xx status per second (L7; gRPC errors ride HTTP 200), same labels."""
+RESPONSES_4XX_PER_SECOND = "responses_4xx_per_second"
+"""Responses with a 4xx status per second (L7), same labels."""
+RESPONSES_5XX_PER_SECOND = "responses_5xx_per_second"
+"""Responses with a 5xx status per second (L7), same labels."""
+BYTES_IN_PER_SECOND = "bytes_in_per_second"
+"""Bytes received from clients per second (L7), same labels."""
+BYTES_OUT_PER_SECOND = "bytes_out_per_second"
+"""Bytes sent to clients per second (L7), same labels."""
+UPSTREAM_P50_MS = "upstream_p50_ms"
+"""Median upstream request time, ms, over Envoy's last stats flush (L7), same labels."""
+UPSTREAM_P99_MS = "upstream_p99_ms"
+"""99th percentile upstream request time, ms, as UPSTREAM_P50_MS (L7), same labels."""
+
+SERIES = (
+    CONNECTIONS, REQUESTS_PER_SECOND, BYTES_PER_SECOND, NEW_CONNECTIONS_PER_SECOND,
+    RESPONSES_2XX_PER_SECOND, RESPONSES_4XX_PER_SECOND, RESPONSES_5XX_PER_SECOND,
+    BYTES_IN_PER_SECOND, BYTES_OUT_PER_SECOND, UPSTREAM_P50_MS, UPSTREAM_P99_MS,
+)  # fmt: skip
+"""The series of a listener, labels tier, listener, node."""
+WORST_OF_NODES = frozenset({UPSTREAM_P50_MS, UPSTREAM_P99_MS})
+"""Series combined over nodes by their maximum (a percentile cannot be summed)."""
+
+BACKEND_CONNECTIONS = "backend_connections"
+"""Active upstream connections to one backend (L7), labels: backend, tier, listener, node."""
+BACKEND_REQUESTS_PER_SECOND = "backend_requests_per_second"
+"""Requests sent to one backend per second (L7), labels as BACKEND_CONNECTIONS."""
+BACKEND_ERRORS_PER_SECOND = "backend_errors_per_second"
+"""Requests to one backend that failed (5xx, reset, timeout) per second, labels as above."""
+
+BACKEND_SERIES = (BACKEND_CONNECTIONS, BACKEND_REQUESTS_PER_SECOND, BACKEND_ERRORS_PER_SECOND)
+"""The series of a listener's backend, label `backend` ADDRESS:PORT (':' kept as '_')."""
 
 DEFAULT_RETENTION_S = 3600
 DEFAULT_MAX_POINTS = 720
@@ -57,6 +92,11 @@ def label_key(labels: Mapping[str, str]) -> str:
         f"{k.translate(_LABEL_SAFE)}={str(v).translate(_LABEL_SAFE)}"
         for k, v in sorted(labels.items())
     )
+
+
+def label_value(value: str) -> str:
+    """A label's value as it is stored (and read back): ',', '=', ':' and ' ' become '_'."""
+    return value.translate(_LABEL_SAFE)
 
 
 def parse_label_key(text: str) -> dict[str, str]:
@@ -149,9 +189,13 @@ class TimeSeries:
 
 
 def bucketed(
-    series: Iterable[Series], since: float, until: float, step: float
+    series: Iterable[Series],
+    since: float,
+    until: float,
+    step: float,
+    combine: Callable[[Iterable[float]], float] = sum,
 ) -> list[tuple[float, float]]:
-    """Sum of several series (e.g. one per node) per time bucket of `step` seconds.
+    """Sum (or `combine`) of several series (e.g. one per node) per bucket of `step` seconds.
 
     Within a bucket, each series contributes its latest point, so a node sampling twice
     in one bucket is not counted twice. Buckets without any point are left out.
@@ -163,4 +207,4 @@ def bucketed(
         for point in one.points:
             if since <= point.t <= until:
                 buckets.setdefault(int((point.t - since) // step), {})[index] = point.value
-    return [(since + b * step, sum(values.values())) for b, values in sorted(buckets.items())]
+    return [(since + b * step, combine(values.values())) for b, values in sorted(buckets.items())]

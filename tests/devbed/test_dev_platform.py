@@ -10,21 +10,24 @@ import ipaddress
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from devbed import demo
+from devbed import demo, podtraffic
 from devbed.cluster import POD_BRIDGE, POD_CIDR
 from devbed.l7harness import free_octet
 from devbed.platform import Component, DevPlatform
+from devbed.process import wait_until
 from slb import config
 from slb.storage.store import Store
+from slb.storage.timeseries import TimeSeries
 
 pytestmark = pytest.mark.cluster
 
-COMPONENTS = {"redis", "kubernetes", "samples", "xds", "envoy", "cmi", "worker-control",
-              "console"}  # fmt: skip
+COMPONENTS = {"redis", "kubernetes", "samples", "xds", "envoy", "envoy-stats", "cmi",
+              "worker-control", "console"}  # fmt: skip
 SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 
 
@@ -141,6 +144,20 @@ def test_up_shows_traffic_is_idempotent_and_down_stops_everything(
         assert store.revision() > 0
         vip = demo.exposure(platform.kube(), "grpc-echo").vip
         assert vip is not None
+
+        # The console's L7 charts: `slb envoy-stats` samples the demo Envoy into Redis.
+        grpc_pods = next(a for a in platform.deployments() if a.kind == "grpc")
+        target = report_of(first.stdout, grpc_pods.name)["VIP"][0]
+        series = TimeSeries(store)
+
+        def charted() -> bool:
+            grpc_pods.who(target, 6)
+            now = time.time()
+            found = series.range("requests_per_second", now - 60, now,
+                                 match={"listener": podtraffic.listener(grpc_pods)})  # fmt: skip
+            return any(point.value > 0 for one in found for point in one.points)
+
+        wait_until(charted, 30, "requests/s of demo/grpc-pods charted", interval=1.0)
 
         again = slb(environment, "dev", "up")
         assert again.returncode == 0, again.stderr

@@ -38,9 +38,9 @@ CLIENTS = 8
 PROBE_PERIOD_S = 1
 """demo.DeploymentApp's readiness probe period."""
 PROPAGATION_S = 2.0
-"""Pod deleted -> EndpointSlice -> cmi (75 ms hold-off) -> Redis -> slb xds -> Envoy: a
-fraction of a second when idle (bench/pipeline: label -> answer p99 0.25 s); 2 s on two
-busy cores."""
+"""Pod deleted -> EndpointSlice -> cmi (at once, or a 75 ms hold-off in a burst) -> Redis ->
+slb xds -> Envoy: a fraction of a second when idle (bench/pipeline: label -> answer p99
+0.25 s); 2 s on two busy cores."""
 
 
 @pytest.fixture

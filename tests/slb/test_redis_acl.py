@@ -28,6 +28,7 @@ from slb.model import LBNode, LoadBalancer, NodeGroup, Owner, OwnerKind
 from slb.pipeline import REASSERT, l4_queue, make_app
 from slb.storage import acl
 from slb.storage.connect import credentials
+from slb.storage.envoyhosts import EnvoyHosts
 from slb.storage.secrets import SecretStore
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
@@ -149,6 +150,12 @@ def test_a_node_writes_its_own_keys_and_no_other_nodes(acl_redis: AclRedis) -> N
     lb1.redis.set(lb1.key("l4", "lb1", "lock"), "me")
     lb1.redis.sadd(lb1.key("l4", "lb1", "owned"), "TCP 198.18.0.9:80")
     TimeSeries(lb1).append("l4_connections", {"tier": "l4", "listener": "web", "node": "lb1"}, 3)
+    # its Envoy's sampler (`slb envoy-stats`): chart points per listener and backend, hosts
+    l7_labels = {"tier": "l7", "listener": "api", "node": "lb1"}
+    TimeSeries(lb1).append_many(
+        [("connections", l7_labels, 2), ("backend_connections", {**l7_labels, "backend": "b:1"}, 1)]
+    )
+    EnvoyHosts(lb1).write("lb1", 1.0, {"api": {"198.18.0.1:80": "healthy"}})
     assert {n: s.revision for n, s in board.all("l4").items()} == {"lb1": 5, "lb2": 4}
     assert board.alarms() == {"l4 lb1": "held"}
     acl_redis.admin.acl_log_reset()
@@ -164,6 +171,8 @@ def test_a_node_writes_its_own_keys_and_no_other_nodes(acl_redis: AclRedis) -> N
         lambda: TimeSeries(lb1).append(
             "l4_connections", {"tier": "l4", "listener": "web", "node": "lb2"}, 1
         ),
+        lambda: TimeSeries(lb1).append("connections", {**l7_labels, "node": "lb2"}, 1),
+        lambda: EnvoyHosts(lb1).write("lb2", 1.0, {"api": {"198.18.0.1:80": "ejected"}}),
         lambda: lb1.redis.lpush(f"{PREFIX}:celery:celery", "a task for cmi's worker"),
         lambda: lb1.redis.lpush(f"{PREFIX}:celery:{l4_queue('lb2')}", "a task for lb2"),
     ]

@@ -1,10 +1,10 @@
 """The console in a real browser: Debian's chromium, headless, driven by Playwright.
 
-The app is served by waitress on a loopback port against real Redis. The data planes are
-not built yet, so the test plays an L4 node and an Envoy reporting through the real
-interface the tiers use (`StatusBoard.report`), and the traffic charts read points put
-into the time series the tiers will write. Screenshots of the main pages are saved under
-tests/artifacts/screenshots/.
+The app is served by waitress on a loopback port against real Redis. Most tests play an
+L4 node and an Envoy reporting through the real interface the tiers use
+(`StatusBoard.report`); the listener page's charts are drawn from real gRPC traffic
+through a real Envoy programmed by `slb xds` and sampled by `l7.stats` (no chart is fed
+made-up points). Screenshots of the main pages are saved under tests/artifacts/screenshots/.
 """
 
 from __future__ import annotations
@@ -17,12 +17,19 @@ import pytest
 from flask import Flask
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
+from devbed.l7harness import (
+    Bed,
+    TestNet,
+    background_load,
+)
 from devbed.pki import chain
+from devbed.redis import RedisServer
+from l7.stats import EnvoyStats, admin_reader
 from slb.model import Listener, Service
 from slb.operations import Operations
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
-from slb.storage.timeseries import BYTES_PER_SECOND, CONNECTIONS, REQUESTS_PER_SECOND, TimeSeries
+from tests.l7.test_envoy_stats import echo_listener
 from tests.web.conftest import PASSWORD
 from tests.web.serve import ServedApp
 
@@ -163,23 +170,6 @@ def test_create_a_listener_and_watch_it_come_alive(
     expect(status.locator(".status-line [data-state]")).to_have_attribute("data-state", "served")
     expect(status.locator('[data-node="envoy-lb1"] [data-state]')).to_have_text("served")
 
-    # Traffic as the tiers will sample it; the charts draw it on the next load.
-    ts = TimeSeries(store)
-    now = time.time()
-    for i in range(40):
-        labels = {"tier": "l7", "listener": "shop-web", "node": "envoy-lb1"}
-        t = now - 400 + 10 * i
-        points = [
-            (CONNECTIONS, labels, 20 + i % 7),
-            (REQUESTS_PER_SECOND, labels, 150 + 5 * i),
-            (BYTES_PER_SECOND, labels, 40_000 + 900 * i),
-        ]
-        ts.append_many(points, t=t)
-    page.reload()
-    expect(page.locator(".charts")).to_have_attribute("data-loaded", "true")
-    assert int(page.locator("#chart-connections").get_attribute("data-points") or 0) >= 30
-    shot(page, "listener-detail")
-
     page.goto(f"{console}/listeners")
     expect(page.locator('tr[data-listener="shop-web"] [data-state]')).to_have_text("served")
     shot(page, "listeners")
@@ -255,3 +245,46 @@ def test_an_expired_certificate_is_refused_with_a_visible_message(
     expect(page.locator(".flash")).to_contain_text("Certificate shop deleted")
     expect(page.locator('[data-certificate="shop"]')).to_have_count(0)
     assert page.refused == []  # type: ignore[attr-defined]
+
+
+def test_a_grpc_listener_charts_real_traffic_and_envoys_view_of_its_backends(
+    browser: BrowserContext, console: str, store: Store, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Three gRPC backends behind a real Envoy; steady calls, then more, sampled every 2 s."""
+    net = TestNet().create()
+    bed = Bed(tmp_path / "bed", net, redis_server.url, store.prefix)
+    try:
+        check = {"type": "grpc", "interval_s": 2, "timeout_s": 1,
+                 "healthy_threshold": 2, "unhealthy_threshold": 2}  # fmt: skip
+        target, _, envoy = echo_listener(
+            store, bed, 1, ["b1", "b2", "b3"], node="envoy-lb1", health_check=check
+        )
+        stats = EnvoyStats(store, "envoy-lb1", admin_reader(f"127.0.0.1:{envoy.admin_port}"))
+        stats.once()
+        for connections, seconds in ((2, 14), (8, 16)):
+            with background_load(target, connections=connections) as result:
+                until = time.monotonic() + seconds
+                while time.monotonic() < until:
+                    time.sleep(2)
+                    stats.once()
+            assert result.failed == 0
+            stats.once()
+
+        page = login(browser, console, "alice")
+        page.goto(f"{console}/listeners/echo")
+        expect(page.locator(".charts")).to_have_attribute("data-loaded", "true")
+        assert (
+            int(page.locator("#chart-requests_per_second").get_attribute("data-points") or 0) >= 3
+        )
+        health = page.locator("#backends .envoy-health [data-state]")
+        expect(health).to_have_count(3)
+        for i in range(3):
+            expect(health.nth(i)).to_have_attribute("data-state", "healthy")
+        expect(page.locator("#listener-status .status-line [data-state]")).to_have_attribute(
+            "data-state", "served"
+        )
+        shot(page, "listener-detail")
+        assert page.refused == []  # type: ignore[attr-defined]
+    finally:
+        bed.close()
+        net.delete()

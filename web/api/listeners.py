@@ -12,7 +12,6 @@ from typing import Any
 from flask import Response, abort, jsonify, request
 
 from slb.model import Listener
-from slb.storage.timeseries import SERIES, TimeSeries, bucketed
 from web import queries
 from web.api.common import (
     PAGING,
@@ -30,7 +29,7 @@ from web.api.common import (
     take_version,
     with_etag,
 )
-from web.db import get_store, operations
+from web.db import operations
 from web.queries import PROTOCOLS, STATES, ListenerFilter
 from web.state import listener_backends
 
@@ -138,19 +137,22 @@ def delete_listener(name: str) -> Response:
 def listener_backends_api(name: str) -> Response:
     view, stored = _listener(name)
     rows = listener_backends(view.snapshot, stored.obj)
+    envoys = queries.envoy_hosts(view, name) if stored.obj.protocol.is_l7 else {}
     return jsonify(
         {
             "items": [
-                {**b.model_dump(mode="json"), "service": key, "health": health}
+                {**b.model_dump(mode="json"), "service": key, "health": health,
+                 "envoy": envoys.get(f"{b.address}:{b.port}", {})}
                 for key, b, health in rows
             ]
         }
-    )
+    )  # fmt: skip
 
 
 @bp.operation(
     "/listeners/<name>/metrics", "GET",
-    summary="Connections, requests and bytes per second over time, summed over nodes",
+    summary="Connections, requests, responses by class, bytes and upstream latency over time, "
+            "summed over nodes (latency: the worst node); per backend too (L7)",
     role=READ, ok=(200, "Metrics"), errors=(422,),
     query=(
         Param("window", {"type": "integer", "minimum": 60, "maximum": 3600, "default": 900},
@@ -160,14 +162,11 @@ def listener_backends_api(name: str) -> Response:
     ),
 )  # fmt: skip
 def listener_metrics(name: str) -> Response:
-    _listener(name)
+    view, stored = _listener(name)
     window = int_arg("window", 900, 60, 3600)
     step = int_arg("step", 10, 1, 600)
     until = time.time()
     since = until - window
-    ts = TimeSeries(get_store())
-    out = {}
-    for series in SERIES:
-        found = ts.range(series, since, until, match={"listener": name})
-        out[series] = [{"t": t, "value": v} for t, v in bucketed(found, since, until, step)]
-    return jsonify({"listener": name, "since": since, "until": until, "step": step, "series": out})
+    backends = [b for _, b, _ in listener_backends(view.snapshot, stored.obj)]
+    traffic = queries.listener_traffic(stored.obj, backends, since, until, step)
+    return jsonify({"listener": name, "since": since, "until": until, "step": step, **traffic})

@@ -26,6 +26,8 @@ from slb.model import (
     Service,
 )
 from slb.selector import LabelSelector
+from slb.storage.envoyhosts import STATES
+from slb.storage.timeseries import BACKEND_SERIES, SERIES
 from web.api.common import PREFIX, ApiBlueprint, Operation
 from web.auth import MAX_TOKEN_DAYS, Role, require
 
@@ -117,13 +119,19 @@ def _schemas() -> dict[str, Any]:  # noqa: PLR0915 - one line per schema
     s["ListenerPatch"] = patch
     s["BackendList"] = _list_of(
         _extended(models["Backend"], service=STRING,
-                  health={"type": "string", "enum": ["ready", "draining", "not ready"]})
+                  health={"type": "string", "enum": ["ready", "draining", "not ready"]},
+                  envoy={"type": "object", "description": "Envoy node -> health there (L7)",
+                         "additionalProperties": {"type": "string", "enum": list(STATES)}})
     )  # fmt: skip
     point = _obj(t=NUMBER, value=NUMBER)
     series = {"type": "array", "items": point}
+    of_backend = {"type": "object", "properties": dict.fromkeys(BACKEND_SERIES, series)}
     s["Metrics"] = _obj(
         listener=STRING, since=NUMBER, until=NUMBER, step=INTEGER,
-        series=_obj(connections=series, requests_per_second=series, bytes_per_second=series),
+        series={"type": "object", "properties": dict.fromkeys(SERIES, series),
+                "required": list(SERIES)},
+        backends={"type": "object", "additionalProperties": of_backend,
+                  "description": "ADDRESS:PORT -> its series (L7 listeners)"},
     )  # fmt: skip
     names = {"type": "array", "items": STRING}
     s["LoadBalancerItem"] = _extended(

@@ -226,9 +226,11 @@ def _detail_context(name: str) -> dict[str, Any]:
 @bp.get("/listeners/<name>")
 def listener_detail(name: str) -> str:
     context = _detail_context(name)
-    backends = listener_backends(queries.current().snapshot, context["listener"])
+    view = queries.current()
+    backends = listener_backends(view.snapshot, context["listener"])
+    envoys = queries.envoy_hosts(view, name) if context["listener"].protocol.is_l7 else None
     return render_template(
-        "listener_detail.html", backends=backends,
+        "listener_detail.html", backends=backends, envoys=envoys,
         can_edit=g.user.can(Role.OPERATOR), **context,
     )  # fmt: skip
 

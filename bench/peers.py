@@ -1,0 +1,509 @@
+"""The L7 promise side by side: openslb's Envoy, nginx, HAProxy and an L4 balancer, one
+worker each, the same backends and the same client, in one run on one machine.
+
+    .venv/bin/python -m bench.peers [--requests 100000]
+
+- openslb: the Envoy `slb xds` programs for a GRPC listener (the product's configuration,
+  not a hand-written one), `--concurrency 1`;
+- nginx (Debian's nginx-light): `grpc_pass` with upstream keepalive, one worker;
+- HAProxy (Debian's 2.6): `proto h2` on both sides, `http-reuse always`, one thread;
+- L4: HAProxy in TCP mode, one thread (the lab VM's emulated IPVS would not compare fairly
+  on speed; for balance an L4 balancer is an L4 balancer).
+
+Throughput: `h2load` (one client thread) against 3 `nghttpd` h2c backends serving a
+137-byte file, at 10, 1,000 and 5,000 concurrent streams (1, 100 and 500 connections of 10
+streams). Per proxy and load: requests/s, failed requests (anything but a 2xx answer),
+p50/p99 request time (h2load's per-request log), the most upstream connections per backend
+(ESTABLISHED sockets to each backend, sampled every 50 ms), the proxy's CPU seconds per
+10,000 requests and its resident memory. Balance: 3,000 gRPC calls on ONE client connection
+(50 in flight) to the project's grpcio samples, which answer their names: each backend's
+share. Writes bench/results/peers.json and the plots in docs/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from bench import results_file
+from bench.results_file import metric
+from devbed import l7harness as harness
+from devbed.process import Process, connects, wait_until
+from devbed.redis import RedisServer
+from slb.snapshot import Put
+from slb.storage.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+PLOTS = REPO / "docs" / "bench"
+PROXIES = ("openslb", "nginx", "haproxy", "l4")
+LOADS = {10: (1, 10), 1000: (100, 10), 5000: (500, 10)}  # streams: (connections, streams each)
+TPUT_PORT, BALANCE_PORT = 50051, 50061
+BODY = b"x" * 137
+UPSTREAM_STREAMS = 100  # the most streams a backend takes on one connection (RFC 9113's floor)
+
+
+def log(message: str) -> None:
+    print(f"[bench.peers] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Run:
+    proxy: str
+    streams: int
+    requests: int
+    rps: float
+    failed: int
+    p50_ms: float
+    p99_ms: float
+    upstream_conns_most: int  # per backend, the most seen at once
+    upstream_conns: dict[str, int]  # per backend, the most seen
+    cpu_s_per_10k: float
+    rss_mb: float
+
+
+@dataclass
+class Balance:
+    proxy: str
+    shares: dict[str, float] = field(default_factory=dict)  # backend -> percent of calls
+
+    @property
+    def spread_pts(self) -> float:
+        return max(self.shares.values()) - min(self.shares.values())
+
+
+# -- the peers' configurations --------------------------------------------------------------
+
+
+def nginx_conf(directory: Path, vip: str, tput: list[str], balance: list[str]) -> str:
+    """One worker; upstream keepalive, as nginx's docs advise for grpc_pass; no access log."""
+
+    def upstream(name: str, backends: list[str]) -> str:
+        servers = " ".join(f"server {b};" for b in backends)
+        return f"upstream {name} {{ {servers} keepalive 1024; keepalive_requests 1000000; }}"
+
+    return f"""\
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {directory}/nginx.pid;
+error_log {directory}/nginx-error.log warn;
+events {{ worker_connections 9000; }}
+http {{
+  access_log off;
+  client_body_temp_path {directory}/body;
+  proxy_temp_path {directory}/proxy;
+  keepalive_requests 1000000;
+  http2_max_concurrent_streams 1000;
+  {upstream("tput", tput)}
+  {upstream("balance", balance)}
+  server {{ listen {vip}:{TPUT_PORT} http2; location / {{ grpc_pass grpc://tput; }} }}
+  server {{ listen {vip}:{BALANCE_PORT} http2; location / {{ grpc_pass grpc://balance; }} }}
+}}
+"""
+
+
+def haproxy_conf(vip: str, tput: list[str], balance: list[str], mode: str) -> str:
+    """One thread; `proto h2` both sides and `http-reuse always` (HTTP), or plain TCP."""
+    proto = " proto h2" if mode == "http" else ""
+    reuse = "  http-reuse always\n" if mode == "http" else ""
+
+    def section(name: str, port: int, backends: list[str]) -> str:
+        servers = "".join(f"  server s{i} {b}{proto}\n" for i, b in enumerate(backends))
+        return (f"listen {name}\n  bind {vip}:{port}{proto}\n  balance roundrobin\n"
+                f"{reuse}{servers}")  # fmt: skip
+
+    return (
+        "global\n  nbthread 1\n  maxconn 9000\n"
+        f"defaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 60s\n"
+        "  timeout server 60s\n"
+        + section("tput", TPUT_PORT, tput)
+        + section("balance", BALANCE_PORT, balance)
+    )
+
+
+# -- measuring ----------------------------------------------------------------------------
+
+
+def group_pids(leader: int) -> list[int]:
+    """The processes of `leader`'s process group (nginx: master and worker)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == leader:
+                    pids.append(int(entry.name))
+            except ProcessLookupError:
+                continue
+    return pids
+
+
+def cpu_s(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def rss_mb(pids: list[int]) -> float:
+    kib = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    kib += int(line.split()[1])
+        except FileNotFoundError:
+            continue
+    return kib / 1024
+
+
+def _split(backend: str) -> tuple[str, int]:
+    host, port = backend.rsplit(":", 1)
+    return host, int(port)
+
+
+def _hex_address(address: str, port: int) -> str:
+    """/proc/net/tcp's form of an IPv4 address and port."""
+    octets = [int(o) for o in address.split(".")]
+    return "".join(f"{o:02X}" for o in reversed(octets)) + f":{port:04X}"
+
+
+class UpstreamConns:
+    """The most ESTABLISHED connections to each backend seen at once, sampled."""
+
+    def __init__(self, backends: list[str], interval: float = 0.05) -> None:
+        self.by_hex = {_hex_address(*_split(b)): b for b in backends}
+        self.most = dict.fromkeys(backends, 0)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> UpstreamConns:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = dict.fromkeys(self.most, 0)
+            with open("/proc/net/tcp") as table:
+                next(table)
+                for line in table:
+                    parts = line.split(None, 4)
+                    backend = self.by_hex.get(parts[2])
+                    if backend is not None and parts[3] == "01":  # remote; ESTABLISHED
+                        now[backend] += 1
+            for backend, count in now.items():
+                self.most[backend] = max(self.most[backend], count)
+
+
+def h2load(url: str, requests: int, connections: int, streams: int, log_file: Path) -> str:
+    argv = ["h2load", "-n", str(requests), "-c", str(connections), "-m", str(streams),
+            "-t", "1", "-T", "30", "-H", "content-type: application/grpc",
+            "--log-file", str(log_file), url]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True).stdout
+
+
+def parse_h2load(out: str) -> tuple[float, int, int]:
+    """req/s, requests done, requests answered 2xx."""
+    rps = done = ok = 0.0
+    for line in out.splitlines():
+        if line.startswith("finished in"):
+            rps = float(line.split(",")[1].split()[0])
+        elif line.startswith("requests:"):
+            done = int(line.split(",")[0].split()[1])  # "requests: N total"
+        elif line.startswith("status codes:"):
+            ok = int(line.split(":")[1].split(",")[0].split()[0])
+    return rps, int(done), int(ok)
+
+
+def request_times_ms(log_file: Path) -> list[float]:
+    """h2load's per-request log: start (us), status, duration (us)."""
+    times = []
+    for line in log_file.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3:
+            times.append(int(parts[2]) / 1000)
+    return times
+
+
+# -- the bed ------------------------------------------------------------------------------
+
+
+@dataclass
+class Proxy:
+    name: str
+    vip: str
+    leader: int  # the pid whose process group is the proxy
+    config: str
+    stop: Callable[[], None]
+
+
+class Bed:
+    """Backends, the four proxies, and where each listens."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.net = harness.TestNet().create()
+        self.redis = RedisServer(root / "redis").start()
+        self.l7 = harness.Bed(root / "l7", self.net, self.redis.url, "peers")
+        self.processes: list[Process] = []
+        self.tput: list[str] = []
+        self.balance: list[str] = []
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.stop()
+        self.l7.close()
+        self.redis.stop()
+        self.net.delete()
+
+    def _process(self, name: str, argv: list[str]) -> Process:
+        process = Process(name, argv, self.root).start()
+        self.processes.append(process)
+        return process
+
+    def start_backends(self) -> None:
+        docroot = self.root / "doc"
+        docroot.mkdir()
+        (docroot / "f").write_bytes(BODY)
+        for i in range(3):
+            address = self.net.address(171 + i)
+            self._process(f"nghttpd-{i + 1}", ["nghttpd", "--no-tls", "-a", address,
+                                               "-d", str(docroot), str(TPUT_PORT)])  # fmt: skip
+            self.tput.append(f"{address}:{TPUT_PORT}")
+        grpc = self.l7.backends(["b1", "b2", "b3"], first_host=181)
+        self.balance = [f"{b.address}:{b.grpc_port}" for b in grpc]
+        for backend in self.tput:
+            wait_until(lambda b=backend: connects(*_split(b)), 10, f"nghttpd {backend}")  # type: ignore[misc]
+
+    def start(self, name: str) -> Proxy:
+        """Start one proxy (the others are stopped, so every upstream connection is its)."""
+        if name == "openslb":
+            return self._start_openslb()
+        if name == "nginx":
+            return self._start_nginx()
+        return self._start_haproxy(name, 35 if name == "haproxy" else 36,
+                                   "http" if name == "haproxy" else "tcp")  # fmt: skip
+
+    def _start_openslb(self) -> Proxy:
+        vip = self.net.address(33)
+        store = Store(self.redis.client(), prefix="peers")
+        backends = [_split(b) for b in (*self.tput, *self.balance)]
+        store.apply([
+            Put(harness.load_balancer("lb", vip)),
+            Put(harness.service("tput", backends[:3])),
+            Put(harness.service("balance", backends[3:])),
+            Put(harness.listener("tput", "GRPC", TPUT_PORT)),
+            Put(harness.listener("balance", "GRPC", BALANCE_PORT)),
+        ])  # fmt: skip
+        self.l7.xds.start()
+        envoy = self.l7.envoy("openslb", concurrency=1)
+        harness.wait_for_answer(f"{vip}:{BALANCE_PORT}")
+        config = "Envoy 1.40 --concurrency 1, programmed by slb xds: two GRPC listeners"
+        return Proxy("openslb", vip, envoy.process.pid, config, envoy.stop)
+
+    def _start_nginx(self) -> Proxy:
+        vip = self.net.address(34)
+        directory = self.root / "nginx"
+        (directory / "body").mkdir(parents=True)
+        (directory / "proxy").mkdir()
+        conf = nginx_conf(directory, vip, self.tput, self.balance)
+        (directory / "nginx.conf").write_text(conf)
+        process = self._process("nginx", ["nginx", "-p", str(directory), "-c",
+                                          str(directory / "nginx.conf")])  # fmt: skip
+        wait_until(lambda: process.check_alive() and connects(vip, BALANCE_PORT), 10, "nginx")
+        return Proxy("nginx", vip, process.pid, conf, process.stop)
+
+    def _start_haproxy(self, name: str, host: int, mode: str) -> Proxy:
+        vip = self.net.address(host)
+        conf = haproxy_conf(vip, self.tput, self.balance, mode)
+        path = self.root / f"{name}.cfg"
+        path.write_text(conf)
+        process = self._process(name, ["haproxy", "-db", "-f", str(path)])
+        wait_until(lambda: process.check_alive() and connects(vip, BALANCE_PORT), 10, name)
+        return Proxy(name, vip, process.pid, conf, process.stop)
+
+
+@contextmanager
+def bed() -> Iterator[Bed]:
+    b = Bed(Path(tempfile.mkdtemp(prefix="bench-peers-")))
+    try:
+        b.start_backends()
+        yield b
+    finally:
+        b.close()
+
+
+def throughput(b: Bed, proxy: Proxy, streams: int, requests: int) -> Run:
+    connections, per_connection = LOADS[streams]
+    url = f"http://{proxy.vip}:{TPUT_PORT}/f"
+    log_file = b.root / f"h2load-{proxy.name}-{streams}.log"
+    pids = group_pids(proxy.leader)
+    cpu_before = cpu_s(pids)
+    with UpstreamConns(b.tput) as conns:
+        out = h2load(url, requests, connections, per_connection, log_file)
+    cpu = cpu_s(pids) - cpu_before
+    rps, done, ok = parse_h2load(out)
+    times = sorted(request_times_ms(log_file))
+    return Run(
+        proxy=proxy.name, streams=streams, requests=requests, rps=rps,
+        failed=requests - ok if done else requests,
+        p50_ms=round(statistics.median(times), 2) if times else 0.0,
+        p99_ms=round(results_file.percentile(times, 99), 2) if times else 0.0,
+        upstream_conns_most=max(conns.most.values()), upstream_conns=dict(conns.most),
+        cpu_s_per_10k=round(cpu / (requests / 10_000), 3), rss_mb=round(rss_mb(pids), 1),
+    )  # fmt: skip
+
+
+def balance(b: Bed, proxy: Proxy, calls: int = 3000) -> Balance:
+    counts = harness.balance(f"{proxy.vip}:{BALANCE_PORT}", calls)
+    names = ("b1", "b2", "b3")
+    return Balance(proxy.name, {n: round(counts[n] / calls * 100, 2) for n in names})
+
+
+# -- plots --------------------------------------------------------------------------------
+
+
+def plot(runs: list[Run], balances: list[Balance]) -> list[Path]:
+    """Three PNGs drawn from this run's figures."""
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    loads = sorted(LOADS)
+    width = 0.2
+    paths = []
+
+    def grouped(ax: Axes, value: str, log_scale: bool = False) -> None:
+        for i, name in enumerate(PROXIES):
+            mine = {r.streams: getattr(r, value) for r in runs if r.proxy == name}
+            xs = [j + (i - 1.5) * width for j in range(len(loads))]
+            ax.bar(xs, [mine.get(s, 0) for s in loads], width, label=name)
+        ax.set_xticks(range(len(loads)), [f"{s:,} streams" for s in loads])
+        if log_scale:
+            ax.set_yscale("log")
+        ax.legend()
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    grouped(top, "rps")
+    top.set_ylabel("requests/s (one worker)")
+    top.set_title("Throughput and failures, h2load against 3 nghttpd backends")
+    grouped(bottom, "failed")
+    bottom.set_ylabel("failed requests")
+    paths.append(_save(fig, "peers-throughput.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    grouped(ax, "upstream_conns_most", log_scale=True)
+    ax.set_ylabel("most upstream connections to one backend")
+    ax.set_title("Upstream connections per backend (log scale)")
+    paths.append(_save(fig, "peers-upstream.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, backend in enumerate(("b1", "b2", "b3")):
+        xs = [j + (i - 1) * 0.25 for j in range(len(balances))]
+        ax.bar(xs, [bal.shares[backend] for bal in balances], 0.25, label=backend)
+    ax.set_xticks(range(len(balances)), [bal.proxy for bal in balances])
+    ax.set_ylabel("% of 3,000 calls on one connection")
+    ax.set_title("Each backend's share of one client connection's calls")
+    ax.legend()
+    paths.append(_save(fig, "peers-share.png"))
+    return paths
+
+
+def _save(fig: Figure, name: str) -> Path:
+    path = PLOTS / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--only", choices=PROXIES, nargs="+",
+                        help="Measure only these (a trial: nothing is written)")  # fmt: skip
+    args = parser.parse_args()
+    runs: list[Run] = []
+    balances: list[Balance] = []
+    configs = {}
+    with bed() as b:
+        for name in args.only or PROXIES:
+            proxy = b.start(name)
+            configs[name] = proxy.config
+            for streams in sorted(LOADS):
+                requests = args.requests if streams > 10 else args.requests // 5
+                run = throughput(b, proxy, streams, requests)
+                runs.append(run)
+                log(f"{name} at {streams:>5} streams: {run.rps:>9,.0f} req/s, "
+                    f"{run.failed} failed, p50 {run.p50_ms} ms, p99 {run.p99_ms} ms, "
+                    f"upstream {run.upstream_conns}, {run.cpu_s_per_10k} CPU s/10k, "
+                    f"{run.rss_mb} MiB")  # fmt: skip
+            balances.append(balance(b, proxy))
+            log(f"{name}: one connection's 3,000 calls: {balances[-1].shares}")
+            proxy.stop()
+    if args.only:
+        return
+    by = {(r.proxy, r.streams): r for r in runs}
+    spread = {bal.proxy: bal.spread_pts for bal in balances}
+    # openslb's targets: no failure; upstream connections at most in flight / 100 per
+    # backend and no more than HAProxy's; req/s at least nginx's and half HAProxy's
+    conns_target = min(-(-1000 // 3 // UPSTREAM_STREAMS), by["haproxy", 1000].upstream_conns_most)
+    rps_target = round(max(by["nginx", 1000].rps, 0.5 * by["haproxy", 1000].rps))
+    metrics = {}
+    for name in ("openslb", "nginx", "haproxy"):
+        ours = name == "openslb"
+        metrics[f"{name}_failed_at_5000"] = metric(
+            by[name, 5000].failed, "requests", 0 if ours else None
+        )
+        metrics[f"{name}_upstream_conns_at_1000"] = metric(
+            by[name, 1000].upstream_conns_most, "connections per backend",
+            conns_target if ours else None,
+        )  # fmt: skip
+        metrics[f"{name}_rps_at_1000"] = metric(
+            by[name, 1000].rps, "req/s", rps_target if ours else None
+        )
+    metrics["openslb_share_spread_pts"] = metric(spread["openslb"], "pts", 5.0)
+    metrics["l4_share_spread_pts"] = metric(spread["l4"], "pts")
+    plots = plot(runs, balances)
+    for name, entry in metrics.items():
+        log(f"{name}: {entry['value']} {entry['unit']} (target {entry['target']})")
+    path = results_file.write(
+        "peers",
+        metrics,
+        setup={
+            "client": "h2load, one thread; connections of 10 streams",
+            "backends": "3 nghttpd --no-tls serving 137 bytes; balance: 3 grpcio samples",
+            "runs": [asdict(r) for r in runs],
+            "balance": [
+                {"proxy": bal.proxy, "shares": bal.shares, "spread_pts": bal.spread_pts}
+                for bal in balances
+            ],
+            "configs": configs,
+            "plots": [str(p.relative_to(REPO)) for p in plots],
+        },
+    )
+    log(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Envoy's traffic and its view of the backends, sampled into Redis for the console.
+
+`slb envoy-stats` runs beside each Envoy, whose admin API listens on loopback only, and
+every few seconds reads two admin pages:
+  /stats?format=json&usedonly&filter=RE   the HTTP connection managers' counters (each
+        listener's stat prefix is its name) and the clusters' `upstream_rq_time`
+        histograms (quantiles over Envoy's last stats flush, 5 s by default)
+  /clusters?format=json                   the hosts of every cluster `slb xds` sent
+        (`added_via_api`), with their counters and health flags
+and writes:
+  slb.storage.timeseries   per listener (labels tier=l7, listener, node): connections,
+        new connections, requests, 2xx/4xx/5xx responses and bytes in and out per
+        second, upstream p50/p99 ms (the worst of the listener's clusters); per backend
+        (label backend too): active connections, requests and errors per second
+  slb.storage.envoyhosts   per listener, each host's health as Envoy sees it
+
+Rates are counter differences over the time between two samples, so the first sample
+after a start gives gauges only, and a counter that went back (Envoy restarted) gives no
+rate that time. Listeners and backends are those of openslb's clusters: a listener's own
+cluster is named after it, a route's `listener/route` (`l7.translate.common`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from slb.storage import envoyhosts
+from slb.storage import timeseries as ts
+from slb.storage.envoyhosts import EnvoyHosts
+from slb.storage.store import Store
+
+log = logging.getLogger("openslb.envoy-stats")
+
+HCM_COUNTERS = {
+    "downstream_cx_total": ts.NEW_CONNECTIONS_PER_SECOND,
+    "downstream_rq_total": ts.REQUESTS_PER_SECOND,
+    "downstream_rq_2xx": ts.RESPONSES_2XX_PER_SECOND,
+    "downstream_rq_4xx": ts.RESPONSES_4XX_PER_SECOND,
+    "downstream_rq_5xx": ts.RESPONSES_5XX_PER_SECOND,
+    "downstream_cx_rx_bytes_total": ts.BYTES_IN_PER_SECOND,
+    "downstream_cx_tx_bytes_total": ts.BYTES_OUT_PER_SECOND,
+}
+"""The connection managers' counters (`http.LISTENER.NAME`) and the rate each becomes."""
+HCM_ACTIVE = "downstream_cx_active"
+LATENCY = "upstream_rq_time"
+QUANTILES = {50.0: ts.UPSTREAM_P50_MS, 99.0: ts.UPSTREAM_P99_MS}
+
+STATS_FILTER = (
+    r"^(http\.[^.]+\.(" + "|".join([HCM_ACTIVE, *HCM_COUNTERS]) + r")"
+    r"|cluster\.[^.]+\." + LATENCY + r")$"
+)
+"""Only what is charted: Envoy renders nothing else (listener and cluster names hold no dot)."""
+
+
+def stats_path() -> str:
+    return "stats?format=json&usedonly&filter=" + urllib.parse.quote(STATS_FILTER, safe="")
+
+
+CLUSTERS_PATH = "clusters?format=json"
+
+
+# -- pure: the admin pages' JSON -> figures ------------------------------------------------
+
+
+def parse_stats(doc: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
+    """/stats?format=json -> (counter and gauge values by name, interval quantiles by
+    histogram name: percentile -> ms; a histogram without samples in the interval has none)."""
+    values: dict[str, float] = {}
+    quantiles: dict[str, dict[float, float]] = {}
+    for entry in doc.get("stats", ()):
+        if "histograms" in entry:
+            histograms = entry["histograms"]
+            supported = [float(q) for q in histograms.get("supported_quantiles", ())]
+            for h in histograms.get("computed_quantiles", ()):
+                points = {
+                    q: float(v["interval"])
+                    for q, v in zip(supported, h.get("values", ()), strict=False)
+                    if v.get("interval") is not None
+                }
+                if points:
+                    quantiles[h["name"]] = points
+        elif "name" in entry:
+            values[entry["name"]] = float(entry.get("value") or 0)
+    return values, quantiles
+
+
+def listener_of(cluster: str) -> str:
+    """The listener a cluster serves: its own (`NAME`) or one of its routes' (`NAME/ROUTE`)."""
+    return cluster.split("/", 1)[0]
+
+
+def host_state(flags: Mapping[str, Any]) -> str:
+    """A host's `health_status` from /clusters -> one of `slb.storage.envoyhosts.STATES`."""
+    if flags.get("failed_active_health_check"):
+        return envoyhosts.FAILING
+    if flags.get("failed_outlier_check"):
+        return envoyhosts.EJECTED
+    if flags.get("pending_active_hc"):
+        return envoyhosts.PENDING
+    if flags.get("failed_active_degraded_check") or flags.get("eds_health_status") == "DEGRADED":
+        return envoyhosts.DEGRADED
+    return envoyhosts.HEALTHY
+
+
+_WORST = {s: i for i, s in enumerate((envoyhosts.HEALTHY, envoyhosts.DEGRADED,
+                                       envoyhosts.PENDING, envoyhosts.EJECTED,
+                                       envoyhosts.FAILING))}  # fmt: skip
+
+
+@dataclass
+class Hosts:
+    """/clusters?format=json, openslb's clusters only, folded per listener."""
+
+    listeners: set[str] = field(default_factory=set)
+    counters: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    """(listener, ADDRESS:PORT) -> host statistic -> value, summed over its clusters."""
+    states: dict[str, dict[str, str]] = field(default_factory=dict)
+    """listener -> ADDRESS:PORT -> state, the worst over its clusters."""
+
+
+def parse_clusters(doc: Mapping[str, Any]) -> Hosts:
+    out = Hosts()
+    for cluster in doc.get("cluster_statuses", ()):
+        if not cluster.get("added_via_api"):
+            continue  # the bootstrap's own (xDS, the admin listener's), not a listener's
+        listener = listener_of(cluster["name"])
+        out.listeners.add(listener)
+        states = out.states.setdefault(listener, {})
+        for host in cluster.get("host_statuses", ()):
+            socket = host.get("address", {}).get("socket_address", {})
+            if "address" not in socket:
+                continue
+            name = f"{socket['address']}:{socket.get('port_value', 0)}"
+            counters = out.counters.setdefault((listener, name), {})
+            for stat in host.get("stats", ()):
+                counters[stat["name"]] = counters.get(stat["name"], 0.0) + float(
+                    stat.get("value") or 0
+                )
+            state = host_state(host.get("health_status", {}))
+            if _WORST[state] >= _WORST.get(states.get(name, envoyhosts.HEALTHY), 0):
+                states[name] = state
+    return out
+
+
+Point = tuple[str, dict[str, str], float]
+
+
+@dataclass
+class Sample:
+    points: list[Point]
+    hosts: dict[str, dict[str, str]]
+
+
+class Sampler:
+    """Turns successive readings of one Envoy's admin pages into chart points.
+
+    Holds the previous reading's counters, to make rates of them.
+    """
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self._last: tuple[float, dict[Any, float]] | None = None
+
+    def sample(self, now: float, stats: Mapping[str, Any], clusters: Mapping[str, Any]) -> Sample:
+        values, quantiles = parse_stats(stats)
+        hosts = parse_clusters(clusters)
+        latency = _worst_latency(quantiles)
+        counters: dict[Any, float] = {}
+        points: list[Point] = []
+        for listener in sorted(hosts.listeners):
+            labels = {"tier": "l7", "listener": listener, "node": self.node}
+            prefix = f"http.{listener}."
+            points.append((ts.CONNECTIONS, labels, values.get(prefix + HCM_ACTIVE, 0.0)))
+            for stat in HCM_COUNTERS:
+                counters[(listener, stat)] = values.get(prefix + stat, 0.0)
+            for q, series in QUANTILES.items():
+                found = latency.get(listener, {}).get(q)
+                if found is not None:
+                    points.append((series, labels, found))
+        for (listener, host), stats_of_host in sorted(hosts.counters.items()):
+            labels = {"tier": "l7", "listener": listener, "node": self.node, "backend": host}
+            points.append((ts.BACKEND_CONNECTIONS, labels, stats_of_host.get("cx_active", 0.0)))
+            counters[(listener, host, "rq_total")] = stats_of_host.get("rq_total", 0.0)
+            counters[(listener, host, "rq_error")] = stats_of_host.get("rq_error", 0.0)
+        points += self._rates(now, counters)
+        self._last = (now, counters)
+        return Sample(points, hosts.states)
+
+    def _rates(self, now: float, counters: Mapping[Any, float]) -> list[Point]:
+        if self._last is None or now <= self._last[0]:
+            return []
+        then, before = self._last
+        elapsed = now - then
+        out: list[Point] = []
+        sums: dict[tuple[str, str], float] = {}
+        for key, value in counters.items():
+            previous = before.get(key)
+            if previous is None or value < previous:
+                continue  # new, or Envoy restarted: no rate this time
+            rate = (value - previous) / elapsed
+            if len(key) == 2:
+                listener, stat = key
+                labels = {"tier": "l7", "listener": listener, "node": self.node}
+                out.append((HCM_COUNTERS[stat], labels, rate))
+                if stat in ("downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total"):
+                    sums[(listener, "bytes")] = sums.get((listener, "bytes"), 0.0) + rate
+            else:
+                listener, host, stat = key
+                labels = {"tier": "l7", "listener": listener, "node": self.node, "backend": host}
+                series = (
+                    ts.BACKEND_REQUESTS_PER_SECOND if stat == "rq_total"
+                    else ts.BACKEND_ERRORS_PER_SECOND
+                )  # fmt: skip
+                out.append((series, labels, rate))
+        for (listener, _), rate in sums.items():
+            labels = {"tier": "l7", "listener": listener, "node": self.node}
+            out.append((ts.BYTES_PER_SECOND, labels, rate))
+        return out
+
+
+def _worst_latency(quantiles: Mapping[str, Mapping[float, float]]) -> dict[str, dict[float, float]]:
+    """listener -> percentile -> ms: the worst of its clusters' `upstream_rq_time`."""
+    out: dict[str, dict[float, float]] = {}
+    for name, values in quantiles.items():
+        if not (name.startswith("cluster.") and name.endswith("." + LATENCY)):
+            continue
+        listener = listener_of(name[len("cluster.") : -len(LATENCY) - 1])
+        mine = out.setdefault(listener, {})
+        for q, ms in values.items():
+            mine[q] = max(ms, mine.get(q, ms))
+    return out
+
+
+# -- the shell: the admin API in, Redis out ------------------------------------------------
+
+
+def admin_reader(admin: str, timeout: float = 5.0) -> Callable[[str], Any]:
+    """GET a page of the admin API at HOST:PORT, as JSON."""
+
+    def read(path: str) -> Any:
+        url = f"http://{admin}/{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    return read
+
+
+class EnvoyStats:
+    """One Envoy's sampler and the Redis it writes to."""
+
+    def __init__(self, store: Store, node: str, read: Callable[[str], Any]) -> None:
+        self.sampler = Sampler(node)
+        self.node = node
+        self.read = read
+        self.timeseries = ts.TimeSeries(store)
+        self.hosts = EnvoyHosts(store)
+
+    def once(self, now: float | None = None) -> Sample:
+        stats = self.read(stats_path())
+        clusters = self.read(CLUSTERS_PATH)
+        now = time.time() if now is None else now
+        sample = self.sampler.sample(now, stats, clusters)
+        if sample.points:
+            self.timeseries.append_many(sample.points, now)
+        self.hosts.write(self.node, now, sample.hosts)
+        return sample
+
+    def run(self, interval_s: float, stopped: threading.Event) -> None:
+        """Sample every `interval_s` until `stopped`; an Envoy that does not answer is
+        logged and tried again at the next tick (its entries age out of the console)."""
+        while not stopped.is_set():
+            started = time.monotonic()
+            try:
+                self.once()
+            except (OSError, ValueError) as exc:
+                log.warning("envoy-stats %s: %s", self.node, exc)
+            stopped.wait(max(0.0, interval_s - (time.monotonic() - started)))
