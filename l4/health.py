@@ -30,11 +30,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from l4.ipvs import ServiceKey, VirtualService, join_host_port
-from slb.model import HealthCheck, HealthCheckType
+from slb.model import DEFAULT_EXPECTED_CODES, HealthCheck, HealthCheckType
 
 log = logging.getLogger(__name__)
-
-DEFAULT_EXPECTED_CODES = "200-399"
 
 
 class Target(NamedTuple):

@@ -74,8 +74,8 @@ def _listener_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--unhealthy-threshold", type=int),
         click.option("--persistence", type=click.Choice(["none", "source_ip", "cookie"])),
         click.option("--persistence-timeout", type=int),
-        click.option("--idle-timeout", type=int),
-        click.option("--request-timeout", type=int),
+        click.option("--idle-timeout", type=int, help="Seconds; HTTP, HTTPS, GRPC only."),
+        click.option("--request-timeout", type=int, help="0: none; HTTP, HTTPS, GRPC only."),
         click.option("--certificate", "certificates", multiple=True),
         click.option("--backend-protocol", type=click.Choice(["http1", "h2c", "tls"])),
     ]

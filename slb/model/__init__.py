@@ -33,6 +33,7 @@ from slb.model.listener import Listener
 from slb.model.route import Route
 from slb.model.service import Backend, Conditions, Service, ServicePort
 from slb.model.traffic import (
+    DEFAULT_EXPECTED_CODES,
     BackendProtocol,
     Forwarding,
     HealthCheck,
@@ -44,6 +45,7 @@ from slb.model.traffic import (
 )
 
 __all__ = [
+    "DEFAULT_EXPECTED_CODES",
     "KINDS",
     "SCHEMA_VERSION",
     "AddressPool",

@@ -23,11 +23,17 @@ KINDS: Mapping[str, type[StoredObject]] = {
 
 def parse(kind: str, data: Mapping[str, Any]) -> StoredObject:
     """Validate `data` as an object of `kind`, raising ModelError naming every bad field."""
+    return _validate(kind, data, stored=False)
+
+
+def _validate(kind: str, data: Mapping[str, Any], *, stored: bool) -> StoredObject:
+    """`stored`: `data` is a stored document, maybe written before some setting was refused
+    as input; the model reads such a setting as it can (see `Listener`)."""
     cls = KINDS.get(kind)
     if cls is None:
         raise ModelError(kind, [FieldError(field="kind", message=f"unknown kind {kind!r}")])
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(data, context={"stored": stored})
     except ValidationError as exc:
         raise ModelError.from_validation(kind, exc) from None
 
@@ -54,4 +60,4 @@ def load_document(raw: str | bytes) -> StoredObject:
             str(doc.get("kind")),
             [FieldError(field="schema", message=f"unsupported schema version {schema!r}")],
         )
-    return parse(doc["kind"], doc["spec"])
+    return _validate(doc["kind"], doc["spec"], stored=True)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from slb.model.base import Owner, OwnerKind, Shared, StoredObject
 from slb.model.errors import CrossFieldError
@@ -21,6 +21,9 @@ from slb.model.traffic import (
     Scheduler,
 )
 from slb.selector import LabelSelector
+
+IDLE_TIMEOUT_S = 900
+"""Envoy's idle timeout on an L7 listener's connections and streams unless one is set."""
 
 
 class Listener(StoredObject):
@@ -41,7 +44,13 @@ class Listener(StoredObject):
     forwarding: Forwarding = Forwarding.NAT
     health_check: Annotated[HealthCheck | None, Shared] = HealthCheck()
     persistence: Annotated[Persistence, Shared] = Persistence()
-    idle_timeout_s: int = Field(default=900, ge=1, le=86400)
+    idle_timeout_s: int = Field(
+        default=IDLE_TIMEOUT_S,
+        ge=1,
+        le=86400,
+        description="HTTP, HTTPS and GRPC: Envoy closes a client or backend connection, "
+        "or a stream, idle this long; IPVS has no per-service idle timeout",
+    )
     request_timeout_s: int = Field(default=0, ge=0, le=86400, description="0: no limit")
     certificates: tuple[Name, ...] = ()
     backend_protocol: BackendProtocol | None = None
@@ -58,6 +67,16 @@ class Listener(StoredObject):
         if selector is not None and selector.empty:
             raise ValueError("must select at least one label; an empty selector matches nothing")
         return selector
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_l4_idle_timeout(cls, data: Any, info: ValidationInfo) -> Any:
+        # A TCP or UDP listener stored before its idle timeout was refused is read with the
+        # default: IPVS never applied it, and the listener stays editable.
+        stored = bool(info.context and info.context.get("stored"))
+        if stored and isinstance(data, dict) and data.get("protocol") in ("TCP", "UDP"):
+            return {**data, "idle_timeout_s": IDLE_TIMEOUT_S}
+        return data
 
     @model_validator(mode="after")
     def _no_check_port(self) -> Self:
@@ -78,14 +97,8 @@ class Listener(StoredObject):
             problems.append(("certificates", "HTTPS listeners need at least one certificate"))
         if self.protocol is not Protocol.HTTPS and self.certificates:
             problems.append(("certificates", "only HTTPS listeners terminate TLS"))
-        if not l7 and self.backend_protocol is not None:
-            problems.append(("backend_protocol", "applies only to HTTP, HTTPS and GRPC listeners"))
-        if not l7 and self.request_timeout_s:
-            problems.append(("request_timeout_s", "applies only to HTTP, HTTPS and GRPC listeners"))
-        if not l7 and self.scheduler is Scheduler.RANDOM:
-            problems.append(("scheduler", "'random' exists only for L7 listeners; IPVS has none"))
-        if not l7 and self.persistence.mode is PersistenceMode.COOKIE:
-            problems.append(("persistence.mode", "'cookie' needs an HTTP, HTTPS or GRPC listener"))
+        if not l7:
+            problems += self._l4_problems()
         if self.protocol is Protocol.UDP and self.health_check is not None:
             problems.append(("health_check", "UDP listeners cannot be health-checked; use null"))
         if self.protocol is Protocol.GRPC and self.backend_protocol is BackendProtocol.HTTP1:
@@ -103,6 +116,21 @@ class Listener(StoredObject):
         if problems:
             raise CrossFieldError(problems)
         return self
+
+    def _l4_problems(self) -> list[tuple[str, str]]:
+        """L7 settings on a TCP or UDP listener: IPVS has nothing to apply them with."""
+        only_l7, problems = "applies only to HTTP, HTTPS and GRPC listeners", []
+        if self.backend_protocol is not None:
+            problems.append(("backend_protocol", only_l7))
+        if self.request_timeout_s:
+            problems.append(("request_timeout_s", only_l7))
+        if self.idle_timeout_s != IDLE_TIMEOUT_S:
+            problems.append(("idle_timeout_s", f"{only_l7} (IPVS has no idle timeout of its own)"))
+        if self.scheduler is Scheduler.RANDOM:
+            problems.append(("scheduler", "'random' exists only for L7 listeners; IPVS has none"))
+        if self.persistence.mode is PersistenceMode.COOKIE:
+            problems.append(("persistence.mode", "'cookie' needs an HTTP, HTTPS or GRPC listener"))
+        return problems
 
     def _route_problems(self) -> list[tuple[str, str]]:
         if not self.routes:

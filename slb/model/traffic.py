@@ -75,12 +75,20 @@ class HealthCheckType(StrEnum):
     GRPC = "grpc"
 
 
+DEFAULT_EXPECTED_CODES = "200-399"
+"""What an http health check without `expected_codes` accepts from a real server at L4."""
+
+
 class HealthCheck(Model):
     """Active health check from the LB node; bounds follow Alibaba Cloud SLB's."""
 
     type: HealthCheckType = HealthCheckType.TCP
     path: HttpPath | None = Field(default=None, max_length=1024)
-    expected_codes: str | None = Field(default=None, pattern=r"^\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*$")
+    expected_codes: str | None = Field(
+        default=None,
+        pattern=r"^\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*$",
+        description="e.g. '200,301-302'; none: 200-399 at L4, 200 only at L7 (Envoy's default)",
+    )
     grpc_service: str | None = Field(default=None, max_length=256, pattern=r"^[A-Za-z0-9_.]*$")
     interval_s: int = Field(default=2, ge=1, le=50)
     timeout_s: int = Field(default=5, ge=1, le=300)

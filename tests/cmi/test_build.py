@@ -246,6 +246,7 @@ def test_annotations_tune_every_listener() -> None:
             "openslb.io/health-check-interval": "5s",
             "openslb.io/persistence": "source_ip",
             "openslb.io/request-timeout": "30",
+            "openslb.io/idle-timeout": "60",
         }
     )
     built = run(body)
@@ -257,6 +258,7 @@ def test_annotations_tune_every_listener() -> None:
     metrics = next(li for li in built.listeners if li.port == 9090)
     assert grpc.request_timeout_s == 30
     assert metrics.request_timeout_s == 0  # a layer-7 setting does not reach TCP ports
+    assert (grpc.idle_timeout_s, metrics.idle_timeout_s) == (60, 900)  # nor does Envoy's idle
     assert built.events == ()
 
 

@@ -95,6 +95,16 @@ def test_good_documents_round_trip_through_the_stored_form(kind: str) -> None:
     assert model.dump_document(model.load_document(stored)) == stored
 
 
+def test_a_stored_l4_idle_timeout_reads_as_the_default_ipvs_always_applied() -> None:
+    # Refused as input now (IPVS has no idle timeout per service), it may still be stored.
+    tcp = model.parse("Listener", _doc("Listener", protocol="TCP", health_check=None))
+    stored = json.loads(model.dump_document(tcp))
+    stored["spec"]["idle_timeout_s"] = 60
+    assert model.load_document(json.dumps(stored)) == tcp
+    grpc = model.parse("Listener", _doc("Listener", idle_timeout_s=60))
+    assert model.load_document(model.dump_document(grpc)) == grpc  # L7 keeps its own
+
+
 def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
     pem = _certificate_pem()
     cert = model.parse("Certificate", {"name": "shop", "chain_pem": pem, "key_ref": "shop-key"})
@@ -131,6 +141,8 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
          ["backend_protocol"]),
         ("Listener", {"protocol": "TCP", "health_check": None, "request_timeout_s": 30},
          ["request_timeout_s"]),
+        ("Listener", {"protocol": "UDP", "health_check": None, "idle_timeout_s": 60},
+         ["idle_timeout_s"]),
         ("Listener", {"protocol": "TCP", "health_check": None, "scheduler": "random"},
          ["scheduler"]),
         ("Listener", {"protocol": "UDP"}, ["health_check"]),

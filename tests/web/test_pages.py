@@ -141,8 +141,13 @@ def test_create_a_listener_from_the_form(
         ({"hc_interval_s": "0"}, "health_check.interval_s", "greater than or equal to 1"),
         ({"protocol": "UDP"}, "health_check", "cannot be health-checked"),
         ({"hc_path": "healthz"}, "health_check.path", "must start with"),
+        (
+            {"protocol": "TCP", "hc_type": "tcp", "hc_path": "", "request_timeout_s": ""},
+            "idle_timeout_s",
+            "applies only to HTTP, HTTPS and GRPC listeners",
+        ),
     ],
-    ids=["port-range", "port-type", "selector", "interval", "udp-health", "path"],
+    ids=["port-range", "port-type", "selector", "interval", "udp-health", "path", "l4-idle"],
 )
 def test_bad_form_input_is_shown_by_field_and_saves_nothing(
     client: FlaskClient, auth: Auth, ops: Operations, store: Store,
@@ -168,6 +173,7 @@ def test_port_conflict_on_the_form(client: FlaskClient, auth: Auth, ops: Operati
         "hc_type": "tcp",
         "hc_path": "",
         "request_timeout_s": "",
+        "idle_timeout_s": "",
     }
     page = auth.post("/listeners/new", {**FORM, **tcp})
     assert page.status_code == 422
@@ -191,6 +197,29 @@ def test_edit_with_a_stale_version_is_refused(
     saved = auth.post("/listeners/web/edit", {**FORM, "scheduler": "wrr", "version": str(fresh)})
     assert saved.status_code == 302
     assert store.get(Listener, "web").obj.scheduler.value == "wrr"
+
+
+def test_the_listener_page_shows_its_routes_and_the_form_keeps_them(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    auth.login("alice")
+    auth.post("/listeners/new", FORM)
+    assert 'id="routes"' not in client.get("/listeners/web").get_data(as_text=True)
+    ops.update_listener("web", {"routes": [
+        {"name": "api", "hosts": ["shop.example"], "path_prefix": "/api",
+         "selector": {"match_labels": {"app": "api"}}, "target_port": 8080, "timeout_s": 5},
+        {"name": "rest"},
+    ]})  # fmt: skip
+    detail = client.get("/listeners/web").get_data(as_text=True)
+    assert "Routes <span" in detail
+    api = detail.split('data-route="api"')[1].split("</tr>")[0]
+    for shown in ("shop.example", "path prefix <code>/api</code>", "app=api", "8080", "5 s"):
+        assert shown in api
+    assert "the listener&#39;s" in detail.split('data-route="rest"')[1].split("</tr>")[0]
+    version = store.get(Listener, "web").revision
+    saved = auth.post("/listeners/web/edit", {**FORM, "scheduler": "wrr", "version": str(version)})
+    assert saved.status_code == 302
+    assert [r.name for r in store.get(Listener, "web").obj.routes] == ["api", "rest"]
 
 
 def test_service_owned_listeners_cannot_be_edited_from_the_form(
