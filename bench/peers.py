@@ -298,6 +298,8 @@ class Bed:
         for backend in self.tput:
             wait_until(lambda b=backend: connects(*_split(b)), 10, f"nghttpd {backend}")  # type: ignore[misc]
 
+    access_log = False  # openslb's listeners: the product's default, off
+
     def start(self, name: str) -> Proxy:
         """Start one proxy (the others are stopped, so every upstream connection is its)."""
         if name == "openslb":
@@ -315,8 +317,8 @@ class Bed:
             Put(harness.load_balancer("lb", vip)),
             Put(harness.service("tput", backends[:3])),
             Put(harness.service("balance", backends[3:])),
-            Put(harness.listener("tput", "GRPC", TPUT_PORT)),
-            Put(harness.listener("balance", "GRPC", BALANCE_PORT)),
+            Put(harness.listener("tput", "GRPC", TPUT_PORT, access_log=self.access_log)),
+            Put(harness.listener("balance", "GRPC", BALANCE_PORT, access_log=self.access_log)),
         ])  # fmt: skip
         self.l7.xds.start()
         envoy = self.l7.envoy("openslb", concurrency=1)
@@ -408,6 +410,7 @@ def plot(runs: list[Run], balances: list[Balance]) -> list[Path]:
     top.set_ylabel("requests/s (one worker)")
     top.set_title("Throughput and failures, h2load against 3 nghttpd backends")
     grouped(bottom, "failed")
+    bottom.set_ylim(0, max(10, *(r.failed for r in runs)) * 1.1)
     bottom.set_ylabel("failed requests")
     paths.append(_save(fig, "peers-throughput.png"))
 
@@ -442,11 +445,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--only", choices=PROXIES, nargs="+",
                         help="Measure only these (a trial: nothing is written)")  # fmt: skip
+    parser.add_argument("--access-log", action="store_true",
+                        help="openslb logs every request (a trial)")  # fmt: skip
     args = parser.parse_args()
     runs: list[Run] = []
     balances: list[Balance] = []
     configs = {}
     with bed() as b:
+        b.access_log = args.access_log
         for name in args.only or PROXIES:
             proxy = b.start(name)
             configs[name] = proxy.config

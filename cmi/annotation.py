@@ -46,6 +46,7 @@ LISTENER_ANNOTATIONS: Mapping[str, str] = {
     "openslb.io/persistence-cookie": "persistence.cookie_name",
     "openslb.io/idle-timeout": "idle_timeout_s",
     "openslb.io/request-timeout": "request_timeout_s",
+    "openslb.io/access-log": "access_log",
     "openslb.io/backend-protocol": "backend_protocol",
     "openslb.io/certificates": "certificates",
 }
@@ -154,6 +155,10 @@ def _value(path: str, raw: str) -> Any:
         return int(number)
     if leaf == "certificates":
         return [name.strip() for name in raw.split(",") if name.strip()]
+    if leaf == "access_log":
+        if raw not in ("true", "false"):
+            raise ValueError(f"must be true or false (got {raw!r})")
+        return raw == "true"
     if path == "health_check.type" and raw == "none":
         return None
     return raw

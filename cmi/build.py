@@ -696,7 +696,7 @@ def _listeners(
     return listeners
 
 
-_L7_ONLY = {"backend_protocol", "request_timeout_s", "idle_timeout_s"}
+_L7_ONLY = {"backend_protocol", "request_timeout_s", "idle_timeout_s", "access_log"}
 
 
 def _applies(field_name: str, protocol: Protocol) -> bool:

@@ -19,7 +19,13 @@ from envoy.type.v3 import http_pb2, range_pb2
 
 from l7.translate import policy
 from l7.translate.common import ads, cluster_name, pack, seconds, wire
-from slb.model import BackendProtocol, HealthCheck, HealthCheckType, Listener
+from slb.model import (
+    DEFAULT_EXPECTED_CODES,
+    BackendProtocol,
+    HealthCheck,
+    HealthCheckType,
+    Listener,
+)
 from slb.resolve import ResolvedListener
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -139,17 +145,15 @@ def _health_check(check: HealthCheck, http2: bool) -> health_check_pb2.HealthChe
         http.path = check.path or "/"
         if http2:
             http.codec_client_type = http_pb2.HTTP2  # the backend speaks nothing else
-        for start, end in _code_ranges(check.expected_codes):
+        for start, end in _code_ranges(check.expected_codes or DEFAULT_EXPECTED_CODES):
             http.expected_statuses.append(range_pb2.Int64Range(start=start, end=end + 1))
     else:
         hc.grpc_health_check.service_name = check.grpc_service or ""
     return hc
 
 
-def _code_ranges(expected: str | None) -> list[tuple[int, int]]:
-    """'200,301-302' -> [(200, 200), (301, 302)]; None: Envoy's default (200 only)."""
-    if expected is None:
-        return []
+def _code_ranges(expected: str) -> list[tuple[int, int]]:
+    """'200,301-302' -> [(200, 200), (301, 302)] (Envoy's ranges end one past)."""
     ranges = []
     for part in expected.split(","):
         start, _, end = part.partition("-")

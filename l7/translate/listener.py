@@ -150,7 +150,9 @@ def _network_filters(model: Listener) -> bytes:
     at a fraction of the cost for 10,000 listeners.
     """
     name = model.name.encode()
-    limit_rest, rds_source, hcm_rest = _packed_parts(model.protocol, model.idle_timeout_s)
+    limit_rest, rds_source, hcm_rest = _packed_parts(
+        model.protocol, model.idle_timeout_s, model.access_log
+    )
     limit = wire(1, name) + limit_rest  # stat_prefix, then max_connections
     hcm = wire(2, name) + wire(3, rds_source + wire(2, name)) + hcm_rest  # stat_prefix, rds
     return wire(3, _LIMIT_FILTER + wire(4, _LIMIT_ANY + wire(2, limit))) + wire(
@@ -166,13 +168,15 @@ _HCM_ANY = wire(1, (PREFIX + HCM_TYPE).encode())
 
 
 @functools.lru_cache(maxsize=256)
-def _packed_parts(protocol: Protocol, idle_timeout_s: int) -> tuple[bytes, bytes, bytes]:
+def _packed_parts(
+    protocol: Protocol, idle_timeout_s: int, access_log: bool
+) -> tuple[bytes, bytes, bytes]:
     """For listeners of one shape: the connection limit after its stat_prefix (field 1);
     the HCM's route discovery source (Rds field 1); the HCM after its rds (fields 4+)."""
     limit = connection_limit_pb2.ConnectionLimit()
     limit.max_connections.value = policy.LISTENER_MAX_CONNECTIONS
     hcm = HCM()
-    hcm.CopyFrom(_hcm_prototype(protocol, idle_timeout_s))
+    hcm.CopyFrom(_hcm_prototype(protocol, idle_timeout_s, access_log))
     rds_source = wire(1, hcm.rds.config_source.SerializeToString(deterministic=True))
     hcm.ClearField("rds")
     return (
@@ -183,7 +187,9 @@ def _packed_parts(protocol: Protocol, idle_timeout_s: int) -> tuple[bytes, bytes
 
 
 @functools.lru_cache(maxsize=256)
-def _hcm_prototype(protocol: Protocol, idle_timeout_s: int) -> hcm_pb2.HttpConnectionManager:
+def _hcm_prototype(
+    protocol: Protocol, idle_timeout_s: int, access_log: bool
+) -> hcm_pb2.HttpConnectionManager:
     """Everything but the names (stat_prefix, rds.route_config_name); only copied from."""
     hcm = HCM(
         codec_type=HCM.AUTO,  # the default: HTTP/1.1 or HTTP/2 (h2c, or h2 by ALPN)
@@ -201,7 +207,8 @@ def _hcm_prototype(protocol: Protocol, idle_timeout_s: int) -> hcm_pb2.HttpConne
         hcm.upgrade_configs.add(upgrade_type="websocket")
     router = hcm.http_filters.add(name="envoy.filters.http.router")
     router.typed_config.CopyFrom(pack(router_pb2.Router()))
-    hcm.access_log.append(_access_log())
+    if access_log:  # opt-in per listener: a JSON line per request costs Envoy CPU
+        hcm.access_log.append(_access_log())
     return hcm
 
 

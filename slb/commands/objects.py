@@ -76,6 +76,11 @@ def _listener_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--persistence-timeout", type=int),
         click.option("--idle-timeout", type=int, help="Seconds; HTTP, HTTPS, GRPC only."),
         click.option("--request-timeout", type=int, help="0: none; HTTP, HTTPS, GRPC only."),
+        click.option(
+            "--access-log/--no-access-log",
+            default=None,
+            help="Log every request on the Envoy (HTTP, HTTPS, GRPC only; costs CPU).",
+        ),
         click.option("--certificate", "certificates", multiple=True),
         click.option("--backend-protocol", type=click.Choice(["http1", "h2c", "tls"])),
     ]
@@ -113,6 +118,7 @@ def _listener_fields(options: dict[str, Any]) -> dict[str, Any]:
     _set(data, "persistence.timeout_s", options["persistence_timeout"])
     _set(data, "idle_timeout_s", options["idle_timeout"])
     _set(data, "request_timeout_s", options["request_timeout"])
+    _set(data, "access_log", options["access_log"])
     _set(data, "certificates", list(options["certificates"]) or None)
     return data
 

@@ -52,6 +52,11 @@ class Listener(StoredObject):
         "or a stream, idle this long; IPVS has no per-service idle timeout",
     )
     request_timeout_s: int = Field(default=0, ge=0, le=86400, description="0: no limit")
+    access_log: bool = Field(
+        default=False,
+        description="HTTP, HTTPS and GRPC: log every request as a JSON line on the Envoy's "
+        "stdout (off by default: it costs Envoy CPU on every request)",
+    )
     certificates: tuple[Name, ...] = ()
     backend_protocol: BackendProtocol | None = None
     selector: LabelSelector | None = None
@@ -124,6 +129,8 @@ class Listener(StoredObject):
             problems.append(("backend_protocol", only_l7))
         if self.request_timeout_s:
             problems.append(("request_timeout_s", only_l7))
+        if self.access_log:
+            problems.append(("access_log", only_l7))
         if self.idle_timeout_s != IDLE_TIMEOUT_S:
             problems.append(("idle_timeout_s", f"{only_l7} (IPVS has no idle timeout of its own)"))
         if self.scheduler is Scheduler.RANDOM:

@@ -247,6 +247,7 @@ def test_annotations_tune_every_listener() -> None:
             "openslb.io/persistence": "source_ip",
             "openslb.io/request-timeout": "30",
             "openslb.io/idle-timeout": "60",
+            "openslb.io/access-log": "true",
         }
     )
     built = run(body)
@@ -259,6 +260,7 @@ def test_annotations_tune_every_listener() -> None:
     assert grpc.request_timeout_s == 30
     assert metrics.request_timeout_s == 0  # a layer-7 setting does not reach TCP ports
     assert (grpc.idle_timeout_s, metrics.idle_timeout_s) == (60, 900)  # nor does Envoy's idle
+    assert (grpc.access_log, metrics.access_log) == (True, False)  # nor the access log
     assert built.events == ()
 
 

@@ -108,7 +108,9 @@ def test_up_shows_traffic_is_idempotent_and_down_stops_everything(
     try:
         first = slb(environment, "dev", "up")
         assert first.returncode == 0, first.stderr
-        platform = DevPlatform(state)
+        platform = DevPlatform(
+            state, vip_cidr=vip_cidr, sample_cidr=environment["OPENSLB_DEV_SAMPLE_CIDR"], lab=False
+        )
         components = platform.components()
         assert set(components) == COMPONENTS
         assert all(c.alive() for c in components.values())

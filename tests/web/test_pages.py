@@ -114,17 +114,19 @@ def test_create_a_listener_from_the_form(
     text = preview.get_data(as_text=True)
     assert 'data-service="shop/cart"' in text
     assert "1/1 ready" in text
-    created = auth.post("/listeners/new", FORM)
+    created = auth.post("/listeners/new", {**FORM, "access_log": "on"})
     assert created.status_code == 302
     assert created.headers["Location"] == "/listeners/web"
     listener = store.get(Listener, "web")
     assert listener is not None
+    assert listener.obj.access_log  # the ticked checkbox
     check = listener.obj.health_check
     assert check is not None
     assert (check.path, check.interval_s, check.unhealthy_threshold) == ("/healthz", 5, 4)
     assert listener.obj.request_timeout_s == 30
     assert listener.obj.owner.name == "alice"
     detail = client.get("/listeners/web").get_data(as_text=True)
+    assert "every request, on the Envoy" in detail
     assert "198.18.10.1" in detail
     assert "app=shop" in detail
     assert "Listener web created" in detail

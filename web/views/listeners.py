@@ -67,6 +67,8 @@ def form_to_listener(form: dict[str, str]) -> dict[str, Any]:
                 "idle_timeout_s", "request_timeout_s", "backend_protocol"):  # fmt: skip
         if form.get(key, "").strip():
             data[key] = form[key].strip()
+    if form.get("access_log"):  # a checkbox: present only when ticked
+        data["access_log"] = True
     target = form.get("target_port", "").strip()
     if target:
         data["target_port"] = int(target) if target.isdigit() else target
@@ -110,6 +112,7 @@ def listener_to_form(listener: Listener) -> dict[str, Any]:
         "cookie_name": listener.persistence.cookie_name or "",
         "idle_timeout_s": listener.idle_timeout_s,
         "request_timeout_s": listener.request_timeout_s,
+        "access_log": listener.access_log,
         "backend_protocol": listener.backend_protocol.value if listener.backend_protocol else "",
         "certificates": list(listener.certificates),
     }
