@@ -483,10 +483,10 @@ class DevPlatform:
         """The Envoy's sampler: its statistics and hosts' health into the console's charts."""
         admin = f"127.0.0.1:{self.ports()['envoy_admin']}"
         process = self._slb("envoy-stats", "envoy-stats", "--node-id", "dev-envoy-1",
-                            "--admin", admin, "--interval", "2")  # fmt: skip
+                            "--admin", admin, "--interval", "5")  # fmt: skip
         time.sleep(0.5)
         process.check_alive()
-        return self._component(process, f"reads {admin}", "every 2 s, into Redis")
+        return self._component(process, admin, "samples that Envoy every 5 s into Redis")
 
     def _start_cmi(self) -> Component:
         process = self._slb("cmi", "cmi")

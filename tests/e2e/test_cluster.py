@@ -40,7 +40,7 @@ PROBE_PERIOD_S = 1
 PROPAGATION_S = 2.0
 """Pod deleted -> EndpointSlice -> cmi (at once, or a 75 ms hold-off in a burst) -> Redis ->
 slb xds -> Envoy: a fraction of a second when idle (bench/pipeline: label -> answer p99
-0.25 s); 2 s on two busy cores."""
+0.12 s); 2 s on two busy cores."""
 
 
 @pytest.fixture
