@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import random
@@ -58,14 +59,20 @@ RAW: dict[str, Any] = {"request_serializer": None, "response_deserializer": None
 # -- addresses ----------------------------------------------------------------------------
 
 
+_CLAIMED: set[int] = set()
+"""Octets this process handed out: a net may not have put an address on its own yet."""
+
+
 def free_octet() -> int:
     """An N whose 198.19.N.0/24 no address or route on this host uses yet."""
     taken = "".join(
         subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         for cmd in (["ip", "-o", "addr"], ["ip", "route", "show", "table", "all"])
     )
-    used = {int(m) for m in re.findall(r"198\.19\.(\d+)\.", taken)}
-    return random.choice([n for n in range(100, 250) if n not in used])  # noqa: S311
+    used = {int(m) for m in re.findall(r"198\.19\.(\d+)\.", taken)} | _CLAIMED
+    octet = random.choice([n for n in range(100, 250) if n not in used])  # noqa: S311
+    _CLAIMED.add(octet)
+    return octet
 
 
 class TestNet:
@@ -77,8 +84,10 @@ class TestNet:
 
     __test__ = False  # not a test class, whatever its name
 
+    _made = itertools.count()  # several nets in one process (a session's and a test's)
+
     def __init__(self) -> None:
-        self.name = f"slb7t{os.getpid() % 100000}"[:15]
+        self.name = f"slb7t{os.getpid() % 100000}n{next(self._made)}"[:15]
         self.octet = free_octet()
         self.added: set[str] = set()
 
