@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import results_file
+from bench.procstat import rss_kib
 from cmi.k8s.client import KubeClient
 from devbed.kube import KubeAPI
 from devbed.process import Process, wait_until
@@ -76,16 +77,6 @@ def populate(admin: KubeClient, services: int) -> None:
         list(pool.map(one, range(services)))
 
 
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(current, peak) resident memory of a process, MiB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            values[name] = int(rest.split()[0]) / 1024
-    return values["VmRSS"], values["VmHWM"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--services", type=int, default=1000)
@@ -141,7 +132,7 @@ def main() -> None:
         time.sleep(2)
 
         latencies = measure_changes(admin, store, args.changes, args.services)
-        rss, peak = rss_mb(cmi.pid)
+        rss, peak = (kib / 1024 for kib in rss_kib(cmi.pid))
         cmi.stop()
         p50 = results_file.percentile(latencies, 50)
         p99 = results_file.percentile(latencies, 99)

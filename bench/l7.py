@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import results_file
+from bench.procstat import rss_kib
 from bench.results_file import metric
 from devbed import l7harness as harness
 from devbed.process import wait_until
@@ -144,13 +145,6 @@ def real_bed(redis: RedisServer, net: harness.TestNet, prefix: str) -> Iterator[
 
 def store_for(redis: RedisServer, prefix: str) -> Store:
     return Store(redis.client(), prefix=prefix)
-
-
-def rss_kib(pid: int) -> tuple[int, int]:
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
 def bench_memory(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,

@@ -23,6 +23,7 @@ share. Writes bench/results/peers.json and the plots in docs/bench/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -39,6 +40,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bench import results_file
+from bench.procstat import cpu_seconds, rss_kib
 from bench.results_file import metric
 from devbed import l7harness as harness
 from devbed.process import Process, connects, wait_until
@@ -151,27 +153,12 @@ def group_pids(leader: int) -> list[int]:
     return pids
 
 
-def cpu_s(pids: list[int]) -> float:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
-
-
 def rss_mb(pids: list[int]) -> float:
+    """The processes' resident memory together, MiB (a process gone meanwhile counts nothing)."""
     kib = 0
     for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    kib += int(line.split()[1])
-        except FileNotFoundError:
-            continue
+        with contextlib.suppress(OSError):
+            kib += rss_kib(pid)[0]
     return kib / 1024
 
 
@@ -363,10 +350,10 @@ def throughput(b: Bed, proxy: Proxy, streams: int, requests: int) -> Run:
     url = f"http://{proxy.vip}:{TPUT_PORT}/f"
     log_file = b.root / f"h2load-{proxy.name}-{streams}.log"
     pids = group_pids(proxy.leader)
-    cpu_before = cpu_s(pids)
+    cpu_before = cpu_seconds(pids)
     with UpstreamConns(b.tput) as conns:
         out = h2load(url, requests, connections, per_connection, log_file)
-    cpu = cpu_s(pids) - cpu_before
+    cpu = cpu_seconds(pids) - cpu_before
     rps, done, ok = parse_h2load(out)
     times = sorted(request_times_ms(log_file))
     return Run(

@@ -29,9 +29,7 @@ the lab VM.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
-import os
 import sys
 import tempfile
 import threading
@@ -43,6 +41,7 @@ from pathlib import Path
 import grpc
 
 from bench import results_file
+from bench.procstat import cpu_seconds
 from devbed import demo, scenarios
 from devbed.platform import LAB_GROUP, DevPlatform
 from devbed.process import wait_until
@@ -90,16 +89,6 @@ class RevisionWatch:
         self._done.set()
         self._thread.join()
         return self.moved
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU time of these processes so far (children they waited for included)."""
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 QUIET_S = 0.3
