@@ -654,10 +654,54 @@ def http_get(address: str, port: int, host: str, path: str = "/") -> tuple[int, 
 
 
 def _get(conn: http.client.HTTPConnection, host: str, path: str) -> tuple[int, str]:
+    answer = _request(conn, "GET", host, path)
+    return answer.status, answer.body
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP response as the client saw it, with what the sample backend saw if it
+    was reached (its `x-seen` header: the path and every request header)."""
+
+    status: int
+    headers: dict[str, str]
+    body: str
+
+    @property
+    def seen_path(self) -> str:
+        return str(json.loads(self.headers["x-seen"])["path"])
+
+    @property
+    def seen_headers(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in json.loads(self.headers["x-seen"])["headers"]]
+
+
+def http_request(
+    address: str,
+    port: int,
+    host: str,
+    path: str = "/",
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """One HTTP/1.1 request; redirects are not followed."""
+    conn = http.client.HTTPConnection(address, port, timeout=5)
+    return _request(conn, method, host, path, headers)
+
+
+def _request(
+    conn: http.client.HTTPConnection,
+    method: str,
+    host: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+) -> Answer:
     try:
-        conn.request("GET", path, headers={"Host": host})
+        conn.request(method, path, headers={"Host": host, **(headers or {})})
         response = conn.getresponse()
-        return response.status, response.read().decode()
+        body = response.read().decode()
+        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
     finally:
         conn.close()
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.server
+import json
 import signal
 import threading
 from collections.abc import AsyncIterator
@@ -102,11 +103,20 @@ def http_server(name: str, address: str, healthy: bool) -> http.server.Threading
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
-            self.send_response(503 if self.path == "/healthz" and not healthy else 200)
+            """Answers with its name, what it was asked (`x-seen`: the path, and every
+            header as received) and `x-backend`; `/fail-on/NAME` fails on backend NAME."""
+            failing = self.path == "/healthz" and not healthy
+            failing |= self.path == f"/fail-on/{name}"
+            self.send_response(503 if failing else 200)
+            seen = {"path": self.path, "headers": [[k.lower(), v] for k, v in self.headers.items()]}
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Content-Type", "text/plain")
+            self.send_header("X-Backend", name)
+            self.send_header("X-Seen", json.dumps(seen))
             self.end_headers()
             self.wfile.write(body)
+
+        do_POST = do_GET  # noqa: N815 - http.server's name
 
         def log_message(self, *args: Any) -> None:
             pass

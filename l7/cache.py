@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 
 from l7.translate import servable
 from l7.translate.cluster import serialized_clusters
-from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES
+from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES, clusters_of
 from l7.translate.endpoint import serialized_load_assignments
 from l7.translate.listener import serialized_listener
 from l7.translate.policy import weighted
@@ -119,8 +119,8 @@ class _ConfigEntry:
 
 @dataclass
 class _EndpointEntry:
-    key: tuple[bool, tuple[str | None, ...], tuple[tuple[Backend, ...], ...]]
-    """Everything the endpoints depend on: weights used, route names, backends."""
+    key: tuple[bool, tuple[tuple[str, tuple[Backend, ...]], ...]]
+    """Everything the endpoints depend on: weights used, each cluster's name and backends."""
     resources: tuple[Resource, ...]
 
 
@@ -226,11 +226,7 @@ class SnapshotCache:
 
     def _load_assignments(self, resolved: ResolvedListener) -> tuple[Resource, ...]:
         model = resolved.listener
-        key = (
-            weighted(model),
-            (None, *(r.route.name for r in resolved.routes)),
-            (resolved.backends, *(r.backends for r in resolved.routes)),
-        )
+        key = (weighted(model), tuple(clusters_of(resolved)))
         entry = self._endpoints.get(model.name)
         if entry is not None and entry.key == key:
             return entry.resources

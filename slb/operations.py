@@ -88,6 +88,42 @@ class Operations:
         current = self._operator_owned(Listener, name)
         return self._delete(current, expect)
 
+    def put_rule(
+        self,
+        listener: str,
+        rule: Mapping[str, Any],
+        position: int | None = None,
+        expect: int | None = None,
+    ) -> Stored[Listener]:
+        """Add a forwarding rule, or replace the one of its name where it stands; at
+        `position` (0: first, tried before every other) if given, else last."""
+        current = self._operator_owned(Listener, listener)
+        rules = [r.model_dump(mode="json") for r in current.obj.routes]
+        name = rule.get("name")
+        at = next((i for i, r in enumerate(rules) if r["name"] == name), None)
+        if at is not None:
+            del rules[at]
+        where = _position(position, len(rules), at)
+        rules.insert(where, dict(rule))
+        return self.update_listener(listener, {"routes": rules}, expect)
+
+    def move_rule(
+        self, listener: str, rule: str, position: int, expect: int | None = None
+    ) -> Stored[Listener]:
+        """Put rule `rule` at `position` (0: first); the others keep their order."""
+        current = self._operator_owned(Listener, listener)
+        rules = [r.model_dump(mode="json") for r in current.obj.routes]
+        at = _rule_index(current.obj, rule)
+        moved = rules.pop(at)
+        rules.insert(_position(position, len(rules), at), moved)
+        return self.update_listener(listener, {"routes": rules}, expect)
+
+    def remove_rule(self, listener: str, rule: str, expect: int | None = None) -> Stored[Listener]:
+        current = self._operator_owned(Listener, listener)
+        rules = [r.model_dump(mode="json") for r in current.obj.routes]
+        del rules[_rule_index(current.obj, rule)]
+        return self.update_listener(listener, {"routes": rules}, expect)
+
     def listeners(self) -> list[ListenerView]:
         status = {
             k.decode(): v.decode()
@@ -251,6 +287,22 @@ def _parse(cls: type[T], data: Mapping[str, Any]) -> T:
     obj = parse(cls.kind, data)
     assert isinstance(obj, cls)
     return obj
+
+
+def _rule_index(listener: Listener, rule: str) -> int:
+    for i, r in enumerate(listener.routes):
+        if r.name == rule:
+            return i
+    raise _error(Listener, "routes", f"listener {listener.name!r} has no rule named {rule!r}")
+
+
+def _position(position: int | None, count: int, default: int | None) -> int:
+    """Where a rule goes among `count` others: as asked, else where it was, else last."""
+    if position is None:
+        return count if default is None else default
+    if not 0 <= position <= count:
+        raise _error(Listener, "routes", f"position {position} is not between 0 and {count}")
+    return position
 
 
 def _error(cls: type[StoredObject], field: str, message: str) -> ModelError:

@@ -13,8 +13,9 @@ rules, in order:
 - backends are the selected Services' endpoints on the listener's target port, deduplicated
   by address and port, in a stable order; not-ready endpoints are left out, and
   terminating-but-serving ones are kept with weight 0 so their connections drain;
-- an L7 route forwards to the Services its own selector picks (default: the listener's) on
-  its own target port (default: the listener's), resolved by the same rules.
+- an L7 rule forwards to each of its targets by weight: the Services a target's selector
+  picks (default: the listener's) on its target port (default: the listener's), resolved by
+  the same rules; a rule that redirects or answers itself has no targets.
 """
 
 from __future__ import annotations
@@ -40,12 +41,25 @@ from slb.snapshot import Snapshot, namespace_labels
 
 
 @dataclass(frozen=True)
-class ResolvedRoute:
-    """An L7 route with the backends it forwards to."""
+class ResolvedTarget:
+    """One of a rule's forward targets with the backends it stands for."""
 
-    route: Route
     services: tuple[str, ...]
     backends: tuple[Backend, ...]
+    weight: int
+
+
+@dataclass(frozen=True)
+class ResolvedRoute:
+    """An L7 rule with its targets' backends (none if it redirects or answers itself)."""
+
+    route: Route
+    targets: tuple[ResolvedTarget, ...]
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """Every Service the rule forwards to, in its targets' order."""
+        return tuple(dict.fromkeys(s for t in self.targets for s in t.services))
 
 
 @dataclass(frozen=True)
@@ -265,13 +279,19 @@ def _resolve_route(
     chosen: list[Service],
     services: ExposedServices,
 ) -> ResolvedRoute:
-    if route.selector is not None:
-        chosen = _admitted(balancer, services, services.matching(route.selector))
-    return ResolvedRoute(
-        route=route,
-        services=tuple(s.key for s in chosen),
-        backends=backends_for(listener, chosen, target_port=route.target_port),
-    )
+    targets = []
+    for target in route.targets:
+        picked = chosen
+        if target.selector is not None:
+            picked = _admitted(balancer, services, services.matching(target.selector))
+        targets.append(
+            ResolvedTarget(
+                services=tuple(s.key for s in picked),
+                backends=backends_for(listener, picked, target_port=target.target_port),
+                weight=target.weight,
+            )
+        )
+    return ResolvedRoute(route=route, targets=tuple(targets))
 
 
 def backends_for(

@@ -18,7 +18,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import http_pb2, range_pb2
 
 from l7.translate import policy
-from l7.translate.common import ads, cluster_name, pack, seconds, wire
+from l7.translate.common import ads, clusters_of, pack, seconds, wire
 from slb.model import (
     DEFAULT_EXPECTED_CODES,
     BackendProtocol,
@@ -44,9 +44,7 @@ def serialized_clusters(resolved: ResolvedListener) -> list[tuple[str, bytes]]:
     """
     listener = resolved.listener
     rest = _serialized_prototype(ClusterShape.of(listener))
-    names = [cluster_name(listener.name)]
-    names += [cluster_name(listener.name, r.route.name) for r in resolved.routes]
-    return [(name, wire(1, name.encode()) + rest) for name in names]
+    return [(name, wire(1, name.encode()) + rest) for name, _ in clusters_of(resolved)]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ from envoy.config.core.v3 import config_source_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
+from slb.model import Backend
+from slb.resolve import ResolvedListener
+
 PREFIX = "type.googleapis.com/"
 LISTENER = PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = PREFIX + "envoy.config.route.v3.RouteConfiguration"
@@ -28,12 +31,25 @@ KIND_NAMES = {
 }
 
 
-def cluster_name(listener: str, route: str | None = None) -> str:
-    """A listener's own cluster is named after it; a route's is `listener/route`.
+def cluster_name(listener: str, route: str | None = None, target: int = 0) -> str:
+    """A listener's own cluster is named after it; a rule's first target's is
+    `listener/rule`, its others' `listener/rule/N`.
 
-    Both parts are DNS labels, so the '/' cannot be ambiguous.
+    Both names are DNS labels, so the '/' cannot be ambiguous.
     """
-    return listener if route is None else f"{listener}/{route}"
+    if route is None:
+        return listener
+    return f"{listener}/{route}" if target == 0 else f"{listener}/{route}/{target}"
+
+
+def clusters_of(resolved: ResolvedListener) -> list[tuple[str, tuple[Backend, ...]]]:
+    """Every cluster a listener needs, by name, with its backends: its own, then each
+    forwarding rule's targets'."""
+    name = resolved.listener.name
+    out = [(cluster_name(name), resolved.backends)]
+    for r in resolved.routes:
+        out += [(cluster_name(name, r.route.name, i), t.backends) for i, t in enumerate(r.targets)]
+    return out
 
 
 def ads() -> config_source_pb2.ConfigSource:

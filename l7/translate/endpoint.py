@@ -17,7 +17,7 @@ from __future__ import annotations
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from l7.translate import policy
-from l7.translate.common import cluster_name, ip_text, varint, wire
+from l7.translate.common import clusters_of, ip_text, varint, wire
 from slb.model import Backend, Listener
 from slb.resolve import ResolvedListener
 
@@ -32,12 +32,7 @@ def load_assignments(resolved: ResolvedListener) -> list[endpoint_pb2.ClusterLoa
 def serialized_load_assignments(resolved: ResolvedListener) -> list[tuple[str, bytes]]:
     """(cluster name, serialized ClusterLoadAssignment) for the listener and each route."""
     listener = resolved.listener
-    out = [(cluster_name(listener.name), encode(listener, cluster_name(listener.name),
-                                                resolved.backends))]  # fmt: skip
-    for r in resolved.routes:
-        name = cluster_name(listener.name, r.route.name)
-        out.append((name, encode(listener, name, r.backends)))
-    return out
+    return [(name, encode(listener, name, backends)) for name, backends in clusters_of(resolved)]
 
 
 def _port_field(port: int) -> bytes:

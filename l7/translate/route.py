@@ -1,4 +1,4 @@
-"""Route configurations (RDS): one per listener, matching hosts, path prefixes, gRPC names.
+"""Route configurations (RDS): one per listener, its forwarding rules in order.
 
 Envoy picks a virtual host by the request's host, then the first route that matches. So
 every host a route names gets a virtual host holding, in the listener's order, the routes
@@ -13,13 +13,32 @@ deadlines sent by clients (`grpc-timeout`) are honoured as they are.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from google.protobuf.internal.containers import (
+    RepeatedCompositeFieldContainer,
+    RepeatedScalarFieldContainer,
+)
 
 from l7.translate import policy
 from l7.translate.common import cluster_name, pack, seconds, wire
-from slb.model import Listener, Persistence, PersistenceMode, Protocol, Route
+from slb.model import (
+    HeaderChanges,
+    Listener,
+    MatchType,
+    Persistence,
+    PersistenceMode,
+    Protocol,
+    Redirect,
+    RedirectCode,
+    Retry,
+    Route,
+    Scheme,
+    ValueMatch,
+)
 from slb.resolve import ResolvedListener
 
 ANY_HOST = "*"
@@ -85,17 +104,137 @@ def _build(resolved: ResolvedListener) -> route_pb2.RouteConfiguration:
 
 def _route(listener: Listener, r: Route | None) -> route_components_pb2.Route:
     route = route_components_pb2.Route(name=r.name if r else DEFAULT_ROUTE)
-    match = route.match
-    if r is not None and r.grpc_service is not None:
+    if r is None:
+        route.match.prefix = "/"
+        route.route.CopyFrom(_action(*_action_key(listener, None)))
+        route.route.cluster = cluster_name(listener.name)
+        return route
+    _match(route.match, r)
+    if r.redirect is not None:
+        _redirect(route.redirect, r.redirect, listener)
+    elif r.fixed_response is not None:
+        answer = r.fixed_response
+        route.direct_response.status = answer.status
+        if answer.body:
+            route.direct_response.body.inline_string = answer.body
+        _set_headers(route.response_headers_to_add, [("content-type", answer.content_type)])
+    else:
+        _forward(route.route, listener, r)
+        _change_headers(route.request_headers_to_add, route.request_headers_to_remove,
+                        r.request_headers)  # fmt: skip
+    _change_headers(route.response_headers_to_add, route.response_headers_to_remove,
+                    r.response_headers)  # fmt: skip
+    return route
+
+
+def _match(match: route_components_pb2.RouteMatch, r: Route) -> None:
+    if r.grpc_service is not None:
         if r.grpc_method is not None:
             match.path = f"/{r.grpc_service}/{r.grpc_method}"
         else:
             match.prefix = f"/{r.grpc_service}/"
+    elif r.path_exact is not None:
+        match.path = r.path_exact
+    elif r.path_regex is not None:
+        match.safe_regex.regex = r.path_regex
     else:
-        match.prefix = (r.path_prefix if r else None) or "/"
-    route.route.CopyFrom(_action(*_action_key(listener, r)))
-    route.route.cluster = cluster_name(listener.name, r.name if r else None)
-    return route
+        match.prefix = r.path_prefix or "/"
+    for header in r.headers:
+        _string_match(match.headers.add(name=header.name), header)
+    if r.method is not None:
+        match.headers.add(name=":method").string_match.exact = r.method.value
+    for param in r.query_params:
+        _string_match(match.query_parameters.add(name=param.name), param)
+
+
+def _string_match(
+    matcher: route_components_pb2.HeaderMatcher | route_components_pb2.QueryParameterMatcher,
+    match: ValueMatch,
+) -> None:
+    if match.type is MatchType.PRESENT:
+        matcher.present_match = True
+    elif match.type is MatchType.REGEX:
+        matcher.string_match.safe_regex.regex = match.value
+    else:
+        matcher.string_match.exact = match.value
+
+
+_REDIRECT_CODES = {
+    RedirectCode.MOVED_PERMANENTLY: route_components_pb2.RedirectAction.MOVED_PERMANENTLY,
+    RedirectCode.FOUND: route_components_pb2.RedirectAction.FOUND,
+    RedirectCode.SEE_OTHER: route_components_pb2.RedirectAction.SEE_OTHER,
+    RedirectCode.TEMPORARY_REDIRECT: route_components_pb2.RedirectAction.TEMPORARY_REDIRECT,
+    RedirectCode.PERMANENT_REDIRECT: route_components_pb2.RedirectAction.PERMANENT_REDIRECT,
+}
+_SCHEME_PORTS = {Scheme.HTTP: 80, Scheme.HTTPS: 443}
+
+
+def _redirect(
+    action: route_components_pb2.RedirectAction, redirect: Redirect, listener: Listener
+) -> None:
+    """Without a port, the Location has the scheme's own port when the scheme changes (Envoy
+    then drops the request's), else the listener's (a new host replaces the whole authority
+    in Envoy), written only when not the scheme's own, as the Gateway API asks."""
+    if redirect.scheme is not None:
+        action.scheme_redirect = redirect.scheme.value
+    if redirect.host is not None:
+        action.host_redirect = redirect.host
+    port = redirect.port
+    if port is None and redirect.scheme is None and redirect.host is not None:
+        own = _SCHEME_PORTS[Scheme.HTTPS if listener.protocol is Protocol.HTTPS else Scheme.HTTP]
+        port = None if listener.port == own else listener.port
+    if port is not None:
+        action.port_redirect = port
+    if redirect.path is not None:
+        action.path_redirect = redirect.path
+    elif redirect.path_prefix is not None:
+        action.prefix_rewrite = redirect.path_prefix
+    action.response_code = _REDIRECT_CODES[redirect.code]
+
+
+def _forward(action: route_components_pb2.RouteAction, listener: Listener, r: Route) -> None:
+    action.CopyFrom(_action(*_action_key(listener, r)))
+    targets = r.targets
+    if len(targets) == 1:
+        action.cluster = cluster_name(listener.name, r.name)
+    else:
+        for i, target in enumerate(targets):
+            weighted = action.weighted_clusters.clusters.add(
+                name=cluster_name(listener.name, r.name, i)
+            )
+            weighted.weight.value = target.weight
+    if r.rewrite is not None:
+        if r.rewrite.path_prefix is not None:
+            action.prefix_rewrite = r.rewrite.path_prefix
+        if r.rewrite.host is not None:
+            action.host_rewrite_literal = r.rewrite.host
+    if r.retry is not None:
+        action.retry_policy.CopyFrom(_rule_retry_policy(r.retry))
+
+
+def _set_headers(
+    options: RepeatedCompositeFieldContainer[base_pb2.HeaderValueOption],
+    headers: Iterable[tuple[str, str]],
+    append: bool = False,
+) -> None:
+    how = (
+        base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+        if append
+        else base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    )
+    for name, value in headers:
+        options.add(header={"key": name, "value": value}, append_action=how)
+
+
+def _change_headers(
+    to_add: RepeatedCompositeFieldContainer[base_pb2.HeaderValueOption],
+    to_remove: RepeatedScalarFieldContainer[str],
+    changes: HeaderChanges,
+) -> None:
+    """Envoy removes first, then adds: a header both removed and set ends up set."""
+    _set_headers(to_add, ((h.name, h.value) for h in changes.set))
+    _set_headers(to_add, ((h.name, h.value) for h in changes.add), append=True)
+    to_remove.extend(changes.remove)
 
 
 def _action_key(listener: Listener, r: Route | None) -> tuple[int, bool, Persistence, bool]:
@@ -133,6 +272,20 @@ def _action(
     elif source_ip:
         action.hash_policy.add().connection_properties.source_ip = True
     return action
+
+
+def _rule_retry_policy(retry: Retry) -> route_components_pb2.RetryPolicy:
+    """A rule's own policy, replacing its virtual host's; still another backend per try."""
+    policy = route_components_pb2.RetryPolicy(
+        retry_on=",".join(r.value for r in retry.retry_on),
+        num_retries={"value": retry.attempts},
+        host_selection_retry_max_attempts=3,
+    )
+    if retry.per_try_timeout_s:
+        policy.per_try_timeout.CopyFrom(seconds(retry.per_try_timeout_s))
+    predicate = policy.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts")
+    predicate.typed_config.CopyFrom(pack(previous_hosts_pb2.PreviousHostsPredicate()))
+    return policy
 
 
 @functools.lru_cache(maxsize=1)

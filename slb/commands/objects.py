@@ -187,6 +187,185 @@ def listener_show(settings: config.Settings, name: str) -> None:
     sys.exit(1)
 
 
+@listener_group.group("rule")
+def rule_group() -> None:
+    """Forwarding rules of an HTTP, HTTPS or GRPC listener, tried in order.
+
+    \b
+    slb listener rule add web api --path-prefix /api/ --to app=api
+    slb listener rule add web canary --header x-canary --to app=api --to app=api-v2 \\
+        --weights 90,10
+    slb listener rule add web to-https --https-redirect --position 0
+    slb listener rule add web down --path-exact /maintenance --respond 503 --body 'back soon'
+    """
+
+
+def _pairs(values: tuple[str, ...], option: str) -> list[dict[str, str]]:
+    out = []
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{value!r}: NAME=VALUE", param_hint=option)
+        out.append({"name": name, "value": rest})
+    return out
+
+
+def _value_matches(values: tuple[str, ...]) -> list[dict[str, str]]:
+    """NAME (present), NAME=VALUE (exact) or NAME~REGEX (regex)."""
+    out = []
+    for value in values:
+        cut = min((i for i in (value.find("="), value.find("~")) if i > 0), default=-1)
+        if cut < 0:
+            out.append({"name": value, "type": "present"})
+        else:
+            kind = "exact" if value[cut] == "=" else "regex"
+            out.append({"name": value[:cut], "type": kind, "value": value[cut + 1 :]})
+    return out
+
+
+def _rule_fields(name: str, o: dict[str, Any]) -> dict[str, Any]:
+    if o["file"] is not None:
+        given = json.load(o["file"])
+        if not isinstance(given, dict):
+            raise click.BadParameter("must hold one rule, a JSON object", param_hint="--file")
+        return {**given, "name": name}
+    rule: dict[str, Any] = {"name": name}
+    for key in ("path_prefix", "path_exact", "path_regex", "grpc_service", "grpc_method",
+                "method", "timeout_s"):  # fmt: skip
+        _set(rule, key, o[key])
+    _set(rule, "hosts", list(o["hosts"]) or None)
+    _set(rule, "headers", _value_matches(o["headers"]) or None)
+    _set(rule, "query_params", _value_matches(o["query"]) or None)
+    weights = [int(w) for w in o["weights"].split(",")] if o["weights"] else []
+    if weights and len(weights) != len(o["to"]):
+        raise click.BadParameter("one weight per --to", param_hint="--weights")
+    targets = []
+    for i, selector in enumerate(o["to"]):
+        target: dict[str, Any] = {}
+        if selector != "listener":
+            target["selector"] = LabelSelector.parse(selector).model_dump(mode="json")
+        _set(target, "target_port", _port(o["to_port"]))
+        _set(target, "weight", weights[i] if weights else None)
+        targets.append(target)
+    if not targets and o["to_port"] is not None:
+        targets = [{"target_port": _port(o["to_port"])}]
+    _set(rule, "forward_to", targets or None)
+    if o["https_redirect"]:
+        rule["redirect"] = {"scheme": "https", "code": 301}
+    for field in ("scheme", "host", "port", "path", "code"):
+        _set(rule, f"redirect.{field}", o[f"redirect_{field}"])
+    _set(rule, "redirect.path_prefix", o["redirect_prefix"])
+    if o["respond"] is not None:
+        rule["fixed_response"] = {"status": o["respond"]}
+    _set(rule, "fixed_response.body", o["body"])
+    _set(rule, "fixed_response.content_type", o["content_type"])
+    _set(rule, "rewrite.path_prefix", o["rewrite_prefix"])
+    _set(rule, "rewrite.host", o["rewrite_host"])
+    for side in ("request", "response"):
+        prefix = "" if side == "request" else "response_"
+        _set(rule, f"{side}_headers.set", _pairs(o[f"set_{prefix}header"], "--set-header") or None)
+        _set(rule, f"{side}_headers.add", _pairs(o[f"add_{prefix}header"], "--add-header") or None)
+        _set(rule, f"{side}_headers.remove", list(o[f"remove_{prefix}header"]) or None)
+    _set(rule, "retry.attempts", o["retries"])
+    _set(rule, "retry.retry_on", o["retry_on"].split(",") if o["retry_on"] else None)
+    _set(rule, "retry.per_try_timeout_s", o["per_try_timeout"])
+    return rule
+
+
+def _port(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.isdigit() else value
+
+
+@rule_group.command("add")
+@click.argument("listener")
+@click.argument("name")
+@click.option("--position", type=int, help="0: first. Default: last, or where a rule of this "
+              "name already stands (it is replaced).")  # fmt: skip
+@click.option("--file", type=click.File(), help="The whole rule as JSON (the REST API's form).")
+@click.option("--host", "hosts", multiple=True, help="Exact or '*.'-wildcard; none: any host.")
+@click.option("--path-prefix")
+@click.option("--path-exact")
+@click.option("--path-regex", help="RE2, matched against the whole path.")
+@click.option("--grpc-service")
+@click.option("--grpc-method")
+@click.option("--header", "headers", multiple=True, help="NAME, NAME=VALUE or NAME~REGEX.")
+@click.option("--query", multiple=True, help="NAME, NAME=VALUE or NAME~REGEX.")
+@click.option("--method")
+@click.option("--to", multiple=True, help="A label selector, or 'listener': its Services.")
+@click.option("--to-port", help="The targets' port, by name or number (default: the listener's).")
+@click.option("--weights", help="Comma-separated, one per --to.")
+@click.option("--https-redirect", is_flag=True, help="Redirect to https:// on port 443 (301).")
+@click.option("--redirect-scheme", type=click.Choice(["http", "https"]))
+@click.option("--redirect-host")
+@click.option("--redirect-port", type=int)
+@click.option("--redirect-path")
+@click.option("--redirect-prefix", help="Replaces the matched --path-prefix.")
+@click.option("--redirect-code", type=click.Choice(["301", "302", "303", "307", "308"]))
+@click.option("--respond", type=int, help="Answer with this status (a fixed response).")
+@click.option("--body")
+@click.option("--content-type")
+@click.option("--rewrite-prefix", help="Replaces the matched --path-prefix before forwarding.")
+@click.option("--rewrite-host")
+@click.option("--set-header", multiple=True, help="NAME=VALUE on the forwarded request.")
+@click.option("--add-header", multiple=True)
+@click.option("--remove-header", multiple=True)
+@click.option("--set-response-header", multiple=True, help="NAME=VALUE on the answer.")
+@click.option("--add-response-header", multiple=True)
+@click.option("--remove-response-header", multiple=True)
+@click.option("--timeout", "timeout_s", type=int, help="Seconds; 0: none.")
+@click.option("--retries", type=int)
+@click.option("--retry-on", help="Comma-separated: 5xx, gateway-error, reset, ...")
+@click.option("--per-try-timeout", type=float)
+@click.pass_obj
+def rule_add(settings: config.Settings, /, listener: str, name: str, **options: Any) -> None:
+    """Add rule NAME to LISTENER, or replace it."""
+    if options["redirect_code"] is not None:
+        options["redirect_code"] = int(options["redirect_code"])
+    with _reported():
+        rule = _rule_fields(name, options)
+        stored = _operations(settings).put_rule(listener, rule, options["position"])
+    at = [r.name for r in stored.obj.routes].index(name)
+    click.echo(f"rule {name} is #{at + 1} of listener {listener}, revision {stored.revision}")
+
+
+@rule_group.command("rm")
+@click.argument("listener")
+@click.argument("name")
+@click.pass_obj
+def rule_rm(settings: config.Settings, listener: str, name: str) -> None:
+    """Remove rule NAME from LISTENER."""
+    with _reported():
+        stored = _operations(settings).remove_rule(listener, name)
+    click.echo(f"rule {name} removed from listener {listener}, revision {stored.revision}")
+
+
+@rule_group.command("move")
+@click.argument("listener")
+@click.argument("name")
+@click.argument("position", type=int)
+@click.pass_obj
+def rule_move(settings: config.Settings, listener: str, name: str, position: int) -> None:
+    """Put rule NAME of LISTENER at POSITION (0: first)."""
+    with _reported():
+        stored = _operations(settings).move_rule(listener, name, position)
+    order = ", ".join(r.name for r in stored.obj.routes)
+    click.echo(f"rules of listener {listener}: {order} (revision {stored.revision})")
+
+
+@rule_group.command("list")
+@click.argument("listener")
+@click.pass_obj
+def rule_list(settings: config.Settings, listener: str) -> None:
+    """LISTENER's rules in the order they are tried, each as one JSON line."""
+    for row in _operations(settings).listeners():
+        if row.listener.name == listener:
+            for rule in row.listener.routes:
+                click.echo(json.dumps(rule.model_dump(mode="json", exclude_defaults=True)))
+            return
+    click.echo(f"error: no listener named {listener!r}", err=True)
+    sys.exit(1)
+
+
 @click.group("lb")
 def lb_group() -> None:
     """Load balancer instances: a VIP on a node group."""

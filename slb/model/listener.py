@@ -149,12 +149,19 @@ class Listener(StoredObject):
             if route.name in seen:
                 problems.append((f"routes.{i}.name", f"{route.name!r} is used twice"))
             seen.add(route.name)
-            if self.owner.kind is OwnerKind.SERVICE and route.selector is not None:
-                problems.append(
-                    (f"routes.{i}.selector", "a Service's own listener forwards to it only")
-                )
-            if self.protocol is Protocol.GRPC and route.path_prefix is not None:
-                problems.append((f"routes.{i}.path_prefix", "GRPC listeners route by grpc_service"))
+            if self.owner.kind is OwnerKind.SERVICE:
+                problems += [
+                    (f"routes.{i}.forward_to.{j}.selector", "a Service's listener forwards to it")
+                    for j, target in enumerate(route.forward_to)
+                    if target.selector is not None
+                ]
+            if self.protocol is Protocol.GRPC:
+                grpc_only = "GRPC listeners match grpc_service or path_regex, and answer gRPC"
+                problems += [
+                    (f"routes.{i}.{field}", grpc_only)
+                    for field in ("path_prefix", "path_exact", "redirect")
+                    if getattr(route, field) is not None
+                ]
         return problems
 
     @property

@@ -1,18 +1,33 @@
-"""L7 routing rules: which requests a listener sends to which backends."""
+"""L7 forwarding rules: which requests a listener sends where, and what it does to them.
+
+A rule (a `Route`) matches on hosts, a path (exact, prefix or RE2 regex) or a gRPC service
+and method, headers, query parameters and the method. Its action is one of: forward to one
+or more Services by weight (the listener's own by default), redirect, or answer with a
+fixed response. Forwarded requests may have their path prefix or host rewritten, headers
+set, added or removed both ways, and their own timeout and retry policy.
+
+Regexes are RE2, the engine Envoy runs, checked here with the same program-size limit, so
+a pattern Envoy would refuse is refused with its field named instead of rejecting the
+listener's whole configuration at the proxy.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Self
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+import re2
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from slb.model.base import Model
 from slb.model.errors import CrossFieldError
-from slb.model.fields import Host, Name, PortRef
+from slb.model.fields import Host, HttpPath, Name, Port, PortRef
 from slb.selector import LabelSelector
 
 _GRPC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+REGEX_MAX_PROGRAM_SIZE = 100
+"""Envoy's default `re2.max_program_size.error_level`: larger patterns are refused."""
 
 
 def _grpc_service(value: str) -> str:
@@ -29,26 +44,111 @@ def _grpc_method(value: str) -> str:
     return value
 
 
-class Route(Model):
-    """An L7 routing rule: requests it matches go to its own backends.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the error is raised with the field named; not logged twice
 
-    A route matches on hosts (any of them; none: every host) and on either a path prefix
-    or a gRPC service and optional method. Its backends are the Services its selector
-    picks on its target port, and its timeout bounds each request; all three default to
-    the listener's. Routes are tried in order, and a request no route matches goes to the
-    listener's own backends.
-    """
 
-    name: Name
-    hosts: tuple[Host, ...] = Field(default=(), max_length=64)
-    path_prefix: str | None = Field(default=None, min_length=1, max_length=1024)
-    grpc_service: Annotated[str, AfterValidator(_grpc_service)] | None = None
-    grpc_method: Annotated[str, AfterValidator(_grpc_method)] | None = None
+def _regex(value: str) -> str:
+    if len(value) > 1024:
+        raise ValueError("at most 1024 characters")
+    try:
+        compiled = re2.compile(value, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ValueError(f"{value!r} is not an RE2 regular expression: {detail}") from None
+    if compiled.programsize > REGEX_MAX_PROGRAM_SIZE:
+        raise ValueError(
+            f"{value!r} is too complex for Envoy (RE2 program size {compiled.programsize}, "
+            f"at most {REGEX_MAX_PROGRAM_SIZE})"
+        )
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+"""An RE2 regular expression that Envoy accepts; it must match the whole value."""
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}\Z")
+_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+def _header_name(value: str) -> str:
+    """An HTTP field name, kept lowercase (names are case-blind; HTTP/2 sends them so). No
+    pseudo-header, and not one whose meaning Envoy owns: the host is changed by a rewrite."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not an HTTP header name (an RFC 9110 token)")
+    value = value.lower()
+    if value in _RESERVED_HEADERS:
+        raise ValueError(f"{value!r} cannot be matched or changed by a rule")
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+
+
+def _header_value(value: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("must not contain CR, LF or NUL")
+    return value
+
+
+HeaderValue = Annotated[str, Field(max_length=4096), AfterValidator(_header_value)]
+
+
+class MatchType(StrEnum):
+    EXACT = "exact"
+    REGEX = "regex"
+    PRESENT = "present"
+
+
+class ValueMatch(Model):
+    """A header or query parameter: present, equal to a value, or matching a regex."""
+
+    name: str = Field(min_length=1, max_length=256)
+    type: MatchType = MatchType.EXACT
+    value: str = Field(default="", max_length=4096)
+
+    @model_validator(mode="after")
+    def _value_fits_type(self) -> Self:
+        if self.type is MatchType.PRESENT and self.value:
+            raise CrossFieldError([("value", "a 'present' match takes no value")])
+        if self.type is MatchType.REGEX:
+            try:
+                _regex(self.value)
+            except ValueError as exc:
+                raise CrossFieldError([("value", str(exc))]) from None
+        if any(c in self.value for c in "\r\n\0"):
+            raise CrossFieldError([("value", "must not contain CR, LF or NUL")])
+        return self
+
+
+class HeaderMatch(ValueMatch):
+    name: HeaderName
+
+
+class QueryMatch(ValueMatch):
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._~!$'()*+,;:@/?-]+$")
+
+
+class Method(StrEnum):
+    GET = "GET"
+    HEAD = "HEAD"
+    POST = "POST"
+    PUT = "PUT"
+    DELETE = "DELETE"
+    CONNECT = "CONNECT"
+    OPTIONS = "OPTIONS"
+    TRACE = "TRACE"
+    PATCH = "PATCH"
+
+
+class ForwardTarget(Model):
+    """Services a rule forwards to, and their share of its requests."""
+
     selector: LabelSelector | None = None
+    """None: the listener's Services."""
     target_port: PortRef | None = None
-    timeout_s: int | None = Field(
-        default=None, ge=0, le=86400, description="0: no limit; none: the listener's"
-    )
+    """None: the listener's target port."""
+    weight: int = Field(default=1, ge=0, le=10000)
 
     @field_validator("selector")
     @classmethod
@@ -57,15 +157,209 @@ class Route(Model):
             raise ValueError("must select at least one label; leave it out to use the listener's")
         return selector
 
+
+class Scheme(StrEnum):
+    HTTP = "http"
+    HTTPS = "https"
+
+
+class RedirectCode(IntEnum):
+    MOVED_PERMANENTLY = 301
+    FOUND = 302
+    SEE_OTHER = 303
+    TEMPORARY_REDIRECT = 307
+    PERMANENT_REDIRECT = 308
+
+
+class Redirect(Model):
+    """An answer sending the client elsewhere: every part not given is the request's own."""
+
+    scheme: Scheme | None = None
+    host: Host | None = None
+    port: Port | None = None
+    """None: the scheme's own port when the scheme changes, else the request's."""
+    path: HttpPath | None = None
+    """The whole path replaced."""
+    path_prefix: HttpPath | None = None
+    """The prefix the rule matched replaced (needs a path_prefix match)."""
+    code: RedirectCode = RedirectCode.FOUND
+
     @model_validator(mode="after")
-    def _one_kind_of_match(self) -> Self:
-        problems = []
-        if self.path_prefix is not None and not self.path_prefix.startswith("/"):
-            problems.append(("path_prefix", "must start with '/'"))
-        if self.path_prefix is not None and self.grpc_service is not None:
-            problems.append(("grpc_service", "a route matches a path prefix or a gRPC service"))
-        if self.grpc_method is not None and self.grpc_service is None:
-            problems.append(("grpc_method", "needs grpc_service"))
+    def _one_path(self) -> Self:
+        if self.path is not None and self.path_prefix is not None:
+            raise CrossFieldError([("path_prefix", "give path or path_prefix, not both")])
+        return self
+
+
+class FixedResponse(Model):
+    """An answer made by the load balancer itself: maintenance pages, health, 404s."""
+
+    status: int = Field(default=200, ge=200, le=599)
+    body: str = Field(default="", max_length=4096)
+    content_type: HeaderValue = "text/plain; charset=utf-8"
+
+
+class Rewrite(Model):
+    """Changes to a forwarded request: the backend sees these, the client never does."""
+
+    path_prefix: HttpPath | None = None
+    """Replaces the prefix the rule matched (needs a path_prefix match)."""
+    host: Host | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.path_prefix is None and self.host is None:
+            raise CrossFieldError([("", "give path_prefix, host or both")])
+        return self
+
+
+class Header(Model):
+    name: HeaderName
+    value: HeaderValue
+
+
+class HeaderChanges(Model):
+    """Headers set (replacing any), added (kept alongside any) and removed, in that order."""
+
+    set: tuple[Header, ...] = Field(default=(), max_length=32)
+    add: tuple[Header, ...] = Field(default=(), max_length=32)
+    remove: tuple[HeaderName, ...] = Field(default=(), max_length=32)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.set or self.add or self.remove)
+
+
+class RetryOn(StrEnum):
+    """Envoy's retry conditions that are safe to offer: the request never reached a backend
+    (connect-failure, refused-stream, reset) or the backend said so (5xx, gateway-error,
+    retriable-4xx, and gRPC's cancelled, deadline-exceeded, resource-exhausted, unavailable)."""
+
+    FIVE_XX = "5xx"
+    GATEWAY_ERROR = "gateway-error"
+    RESET = "reset"
+    CONNECT_FAILURE = "connect-failure"
+    REFUSED_STREAM = "refused-stream"
+    RETRIABLE_4XX = "retriable-4xx"
+    CANCELLED = "cancelled"
+    DEADLINE_EXCEEDED = "deadline-exceeded"
+    RESOURCE_EXHAUSTED = "resource-exhausted"
+    UNAVAILABLE = "unavailable"
+
+
+class Retry(Model):
+    """A rule's own retry policy, replacing the listener's default (connect failures and
+    refused streams, twice, to another backend)."""
+
+    attempts: int = Field(default=2, ge=0, le=10, description="retries after the first try")
+    per_try_timeout_s: float = Field(default=0, ge=0, le=3600, description="0: no limit")
+    retry_on: tuple[RetryOn, ...] = Field(
+        default=(RetryOn.CONNECT_FAILURE, RetryOn.REFUSED_STREAM), min_length=1
+    )
+
+
+class Route(Model):
+    """A forwarding rule: requests it matches are forwarded, redirected or answered.
+
+    Rules are tried in order and the first whose every match holds wins; a request no rule
+    matches goes to the listener's own backends. A rule with no action forwards to the
+    listener's Services on the listener's target port.
+    """
+
+    name: Name
+    hosts: tuple[Host, ...] = Field(default=(), max_length=64)
+    """Any of them; none: every host."""
+    path_prefix: HttpPath | None = Field(default=None, max_length=1024)
+    path_exact: HttpPath | None = Field(default=None, max_length=1024)
+    path_regex: Regex | None = None
+    grpc_service: Annotated[str, AfterValidator(_grpc_service)] | None = None
+    grpc_method: Annotated[str, AfterValidator(_grpc_method)] | None = None
+    headers: tuple[HeaderMatch, ...] = Field(default=(), max_length=16)
+    query_params: tuple[QueryMatch, ...] = Field(default=(), max_length=16)
+    method: Method | None = None
+
+    forward_to: tuple[ForwardTarget, ...] = Field(default=(), max_length=16)
+    """None given: the listener's Services, on its target port."""
+    redirect: Redirect | None = None
+    fixed_response: FixedResponse | None = None
+    rewrite: Rewrite | None = None
+    request_headers: HeaderChanges = HeaderChanges()
+    response_headers: HeaderChanges = HeaderChanges()
+    timeout_s: int | None = Field(
+        default=None, ge=0, le=86400, description="0: no limit; none: the listener's"
+    )
+    retry: Retry | None = None
+    """None: the listener's default policy."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_single_target(cls, data: Any, info: ValidationInfo) -> Any:
+        # Routes stored before weighted targets named one Service group by `selector` and
+        # `target_port` on the route itself: read them as a single target.
+        stored = bool(info.context and info.context.get("stored"))
+        if stored and isinstance(data, dict) and ("selector" in data or "target_port" in data):
+            data = dict(data)
+            target = {k: data.pop(k) for k in ("selector", "target_port") if k in data}
+            target = {k: v for k, v in target.items() if v is not None}
+            if target and "forward_to" not in data:
+                data["forward_to"] = [target]
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = self._match_problems() + self._action_problems()
         if problems:
             raise CrossFieldError(problems)
         return self
+
+    def _match_problems(self) -> list[tuple[str, str]]:
+        problems = []
+        given = [
+            f
+            for f in ("path_prefix", "path_exact", "path_regex", "grpc_service")
+            if getattr(self, f) is not None
+        ]
+        for extra in given[1:]:
+            problems.append((extra, f"a rule matches one path: {given[0]} is already given"))
+        if self.grpc_method is not None and self.grpc_service is None:
+            problems.append(("grpc_method", "needs grpc_service"))
+        for field in ("headers", "query_params"):
+            names = [m.name for m in getattr(self, field)]
+            for i, name in enumerate(names):
+                if name in names[:i]:
+                    problems.append((f"{field}.{i}.name", f"{name!r} is matched twice"))
+        return problems
+
+    def _action_problems(self) -> list[tuple[str, str]]:
+        problems = []
+        answers = [f for f in ("redirect", "fixed_response") if getattr(self, f) is not None]
+        if len(answers) > 1:
+            problems.append(("fixed_response", "a rule redirects or answers, not both"))
+        if answers:
+            for field in ("forward_to", "rewrite", "timeout_s", "retry"):
+                if getattr(self, field):
+                    problems.append((field, f"only for forwarded requests, not with {answers[0]}"))
+            if not self.request_headers.empty:
+                problems.append(("request_headers", f"nothing is forwarded with {answers[0]}"))
+        if self.forward_to and not any(t.weight for t in self.forward_to):
+            problems.append(("forward_to", "at least one target needs a weight above 0"))
+        prefix_rewrites = [
+            ("rewrite.path_prefix", self.rewrite and self.rewrite.path_prefix),
+            ("redirect.path_prefix", self.redirect and self.redirect.path_prefix),
+        ]
+        for field, value in prefix_rewrites:
+            if value is not None and self.path_prefix is None:
+                problems.append((field, "replaces the matched prefix: the rule needs path_prefix"))
+        return problems
+
+    @property
+    def forwards(self) -> bool:
+        """Whether matching requests go to backends (not redirected or answered)."""
+        return self.redirect is None and self.fixed_response is None
+
+    @property
+    def targets(self) -> tuple[ForwardTarget, ...]:
+        """Where forwarded requests go: the rule's targets, or the listener's Services."""
+        if not self.forwards:
+            return ()
+        return self.forward_to or (ForwardTarget(),)

@@ -118,7 +118,11 @@ def test_sotw_and_delta_envoys_converge_to_the_same_configuration(store: Store, 
     web = service("web", [(b.address, b.http_port) for b in (b1, b2)], port_name="http")
     api = service("api", [(b3.address, b3.http_port)], port_name="http")
     routes = [
-        {"name": "api", "path_prefix": "/api/", "selector": {"match_labels": {"app": "api"}}},
+        {
+            "name": "api",
+            "path_prefix": "/api/",
+            "forward_to": [{"selector": {"match_labels": {"app": "api"}}}],
+        },
         {"name": "admin", "hosts": ["admin.shop.test"]},
     ]
     changes: list[list[Put | Delete]] = [
@@ -159,13 +163,13 @@ def test_routes_by_host_path_prefix_and_grpc_method(store: Store, bed: Bed) -> N
     vip = bed.net.address(6)
     http_routes = [
         {"name": "static", "path_prefix": "/static/",
-         "selector": {"match_labels": {"app": "static"}}},
+         "forward_to": [{"selector": {"match_labels": {"app": "static"}}}]},
         {"name": "api", "hosts": ["api.shop.test", "*.api.shop.test"],
-         "selector": {"match_labels": {"app": "api"}}},
+         "forward_to": [{"selector": {"match_labels": {"app": "api"}}}]},
     ]  # fmt: skip
     grpc_routes = [
         {"name": "hold", "grpc_service": "openslb.test.Echo", "grpc_method": "Hold",
-         "selector": {"match_labels": {"app": "holder"}}},
+         "forward_to": [{"selector": {"match_labels": {"app": "holder"}}}]},
     ]  # fmt: skip
     store.apply([
         Put(load_balancer("lb", vip)),

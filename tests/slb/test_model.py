@@ -179,13 +179,44 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
         ("Listener", {"routes": [{"name": "a", "hosts": ["Shop.Example"]}]}, ["routes.0.hosts.0"]),
         ("Listener", {"routes": [{"name": "a", "hosts": ["shop.*.example"]}]},
          ["routes.0.hosts.0"]),
-        ("Listener", {"routes": [{"name": "a", "selector": {}}]}, ["routes.0.selector"]),
+        ("Listener", {"routes": [{"name": "a", "forward_to": [{"selector": {}}]}]},
+         ["routes.0.forward_to.0.selector"]),
         ("Listener", {"routes": [{"name": "a", "target_port": 0}]}, ["routes.0.target_port"]),
         ("Listener", {"routes": [{"name": "a", "colour": "red"}]}, ["routes.0.colour"]),
         ("Listener", {"routes": [{"name": "a", "timeout_s": -1}]}, ["routes.0.timeout_s"]),
         ("Listener", {"selector": None, "owner": {"kind": "Service", "name": "shop/cart"},
-                      "routes": [{"name": "a", "selector": {"match_labels": {"a": "b"}}}]},
-         ["routes.0.selector"]),
+                      "routes": [{"name": "a",
+                                  "forward_to": [{"selector": {"match_labels": {"a": "b"}}}]}]},
+         ["routes.0.forward_to.0.selector"]),
+        # Forwarding rules (#17): matches, then actions.
+        ("Listener", {"routes": [{"name": "a", "path_regex": "/(a)\\1"}]}, ["routes.0.path_regex"]),
+        ("Listener", {"routes": [{"name": "a", "path_regex": "(a{1,99}){1,99}"}]},
+         ["routes.0.path_regex"]),
+        ("Listener", {"routes": [{"name": "a", "grpc_service": "s.S", "path_regex": "/.*"}]},
+         ["routes.0.grpc_service"]),
+        ("Listener", {"routes": [{"name": "a", "headers": [{"name": ":path", "value": "/"}]}]},
+         ["routes.0.headers.0.name"]),
+        ("Listener", {"routes": [{"name": "a", "headers": [{"name": "x", "value": "1\r\nx: 2"}]}]},
+         ["routes.0.headers.0.value"]),
+        ("Listener", {"routes": [{"name": "a", "headers": [{"name": "x", "type": "regex",
+                                                            "value": "("}]}]},
+         ["routes.0.headers.0.value"]),
+        ("Listener", {"routes": [{"name": "a", "headers": [{"name": "x"}, {"name": "X"}]}]},
+         ["routes.0.headers.1.name"]),
+        ("Listener", {"routes": [{"name": "a", "method": "BREW"}]}, ["routes.0.method"]),
+        ("Listener", {"routes": [{"name": "a", "forward_to": [{"weight": 0}]}]},
+         ["routes.0.forward_to"]),
+        ("Listener", {"routes": [{"name": "a", "fixed_response": {"status": 700}}]},
+         ["routes.0.fixed_response.status"]),
+        ("Listener", {"routes": [{"name": "a", "redirect": {"code": 304}}]},
+         ["routes.0.redirect.code"]),
+        ("Listener", {"routes": [{"name": "a", "fixed_response": {}, "retry": {}}]},
+         ["routes.0.retry"]),
+        ("Listener", {"routes": [{"name": "a", "rewrite": {"path_prefix": "/v2"}}]},
+         ["routes.0.rewrite.path_prefix"]),
+        ("Listener", {"routes": [{"name": "a", "request_headers": {"set": [{"name": "host",
+                                                                           "value": "x"}]}}]},
+         ["routes.0.request_headers.set.0.name"]),
         ("LoadBalancer", {"pool": None}, ["vip"]),
         ("LoadBalancer", {"vip": "198.18.0.300"}, ["vip"]),
         ("LoadBalancer", {"node_group": "Edge_1"}, ["node_group"]),
@@ -260,8 +291,8 @@ def test_routes_match_hosts_paths_and_grpc_services() -> None:
             routes=[
                 {"name": "cart", "grpc_service": "shop.v1.Cart", "grpc_method": "Get"},
                 {"name": "any-cart", "hosts": ["*.shop.example"], "grpc_service": "shop.v1.Cart"},
-                {"name": "other", "selector": {"match_labels": {"app": "other"}},
-                 "target_port": 9090},
+                {"name": "other", "forward_to": [{"selector": {"match_labels": {"app": "other"}},
+                                                  "target_port": 9090}]},
             ],
         )
     )  # fmt: skip
@@ -275,6 +306,33 @@ def test_routes_match_hosts_paths_and_grpc_services() -> None:
     assert http.routes[0].path_prefix == "/api/"
     assert not http.upstream_is_http2
     assert grpc.upstream_is_http2
+
+
+def test_a_route_stored_with_one_selector_reads_as_one_target() -> None:
+    """Routes stored before weighted targets keep their Services, and are written back in
+    today's shape."""
+    doc = json.loads(model.dump_document(
+        model.Listener.model_validate(_doc("Listener", protocol="HTTP", health_check=None))
+    ))  # fmt: skip
+    doc["spec"]["routes"] = [
+        {"name": "api", "path_prefix": "/api", "selector": {"match_labels": {"app": "api"}},
+         "target_port": 8080, "timeout_s": None},
+        {"name": "any", "selector": None},
+    ]  # fmt: skip
+    old = model.load_document(json.dumps(doc))
+    assert isinstance(old, model.Listener)
+    (target,) = old.routes[0].forward_to
+    assert (target.selector.match_labels, target.target_port, target.weight) == (
+        {"app": "api"}, 8080, 1)  # fmt: skip
+    assert old.routes[1].forward_to == ()
+    assert model.load_document(model.dump_document(old)) == old
+    with pytest.raises(ValidationError, match="selector"):  # only stored documents
+        model.Route.model_validate(doc["spec"]["routes"][0])
+
+
+def test_header_names_are_kept_lowercase() -> None:
+    route = model.Route(name="a", headers=[{"name": "X-Canary", "value": "1"}])
+    assert route.headers[0].name == "x-canary"
 
 
 def test_service_finds_its_port_by_name_or_number() -> None:

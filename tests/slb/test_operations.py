@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -173,3 +175,70 @@ def test_a_node_group_can_have_its_envoys_checked(redis_server: RedisServer, sto
     again = store.get(NodeGroup, "edge")
     assert again is not None
     assert again.obj.envoy_check == check  # nothing half-applied
+
+
+def test_rules_are_added_replaced_moved_and_removed_in_order(ops: Operations) -> None:
+    ops.add_listener({**LISTENER, "protocol": "HTTP", "port": 80, "health_check": None})
+    ops.put_rule("web", {"name": "api", "path_prefix": "/api/"})
+    ops.put_rule("web", {"name": "to-https", "redirect": {"scheme": "https"}}, position=0)
+    ops.put_rule("web", {"name": "static", "path_prefix": "/static/"})
+    stored = ops.put_rule("web", {"name": "api", "path_prefix": "/v1/"})  # replaced in place
+    assert [(r.name, r.path_prefix) for r in stored.obj.routes] == [
+        ("to-https", None), ("api", "/v1/"), ("static", "/static/")]  # fmt: skip
+    stored = ops.move_rule("web", "static", 0)
+    assert [r.name for r in stored.obj.routes] == ["static", "to-https", "api"]
+    with pytest.raises(ModelError, match="position 4 is not between 0 and 2"):
+        ops.move_rule("web", "static", 4)
+    with pytest.raises(ModelError, match=r"routes\.3\.path_regex: .* not an RE2"):
+        ops.put_rule("web", {"name": "bad", "path_regex": "(a)\\1"})
+    stored = ops.remove_rule("web", "to-https")
+    assert [r.name for r in stored.obj.routes] == ["static", "api"]
+    with pytest.raises(ModelError, match="no rule named 'gone'"):
+        ops.remove_rule("web", "gone")
+    assert [e.action for e in ops.audit.entries(10)].count("update") == 6
+
+
+def test_the_slb_listener_rule_commands(redis_server: RedisServer, store: Store) -> None:
+    env = {"OPENSLB_REDIS_URL": redis_server.url, "OPENSLB_REDIS_PREFIX": store.prefix,
+           "OPENSLB_CONFIG": ""}  # fmt: skip
+
+    def slb(*argv: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, list(argv), env=env)
+        return result.exit_code, result.output
+
+    ops = Operations(store, actor="alice")
+    ops.put_pool({"name": "default", "cidrs": ["198.18.0.0/24"]})
+    ops.add_load_balancer({"name": "public", "vip": "198.18.0.10"})
+    ops.add_listener({**LISTENER, "protocol": "HTTP", "port": 80, "health_check": None})
+    code, out = slb("listener", "rule", "add", "web", "canary", "--path-prefix", "/api/",
+                    "--header", "x-canary", "--header", "x-tier~gold|silver", "--query", "v=2",
+                    "--to", "app=api", "--to", "listener", "--weights", "90,10",
+                    "--rewrite-prefix", "/", "--set-header", "x-rule=canary",
+                    "--remove-response-header", "server", "--retries", "1",
+                    "--retry-on", "5xx,reset")  # fmt: skip
+    assert (code, out.split(",")[0]) == (0, "rule canary is #1 of listener web"), out
+    code, out = slb("listener", "rule", "add", "web", "to-https", "--https-redirect",
+                    "--position", "0")  # fmt: skip
+    assert code == 0, out
+    code, out = slb("listener", "rule", "add", "web", "down", "--path-exact", "/maintenance",
+                    "--respond", "503", "--body", "back soon")  # fmt: skip
+    assert code == 0, out
+    rules = store.get(Listener, "web").obj.routes
+    assert [r.name for r in rules] == ["to-https", "canary", "down"]
+    to_https, canary, down = rules
+    assert (to_https.redirect.scheme, to_https.redirect.code) == ("https", 301)
+    assert [(h.name, h.type, h.value) for h in canary.headers] == [
+        ("x-canary", "present", ""), ("x-tier", "regex", "gold|silver")]  # fmt: skip
+    assert [(t.selector is None, t.weight) for t in canary.forward_to] == [(False, 90), (True, 10)]
+    assert (canary.rewrite.path_prefix, canary.retry.retry_on) == ("/", ("5xx", "reset"))
+    assert (down.fixed_response.status, down.fixed_response.body) == (503, "back soon")
+    code, out = slb("listener", "rule", "list", "web")
+    assert [json.loads(line)["name"] for line in out.splitlines()] == ["to-https", "canary", "down"]
+    code, out = slb("listener", "rule", "add", "web", "bad", "--to", "app=a", "--weights", "1,2")
+    assert (code, "one weight per --to" in out) == (2, True)
+    code, out = slb("listener", "rule", "add", "web", "bad", "--header", "x-a~(")
+    assert (code, "routes.3.headers.0.value" in out) == (1, True)
+    code, out = slb("listener", "rule", "move", "web", "down", "0")
+    assert (code, out.split(" (")[0]) == (0, "rules of listener web: down, to-https, canary")
+    assert slb("listener", "rule", "rm", "web", "canary")[0] == 0
+    assert slb("listener", "rule", "rm", "web", "canary")[0] == 1

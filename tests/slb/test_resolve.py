@@ -69,7 +69,7 @@ def test_a_selector_picks_only_services_of_namespaces_the_instance_admits() -> N
     """#14: a tenant who labels its own Service `app=web` joins no other's `app=web`
     listener, nor its routes; the instance's owner namespace and `allowed_namespaces` may."""
     route = {"name": "api", "path_prefix": "/api",
-             "selector": {"match_labels": {"app": "web"}}}  # fmt: skip
+             "forward_to": [{"selector": {"match_labels": {"app": "web"}}}]}  # fmt: skip
     objects = (
         listener("web", protocol="HTTP", routes=[route]),
         service("a", {"app": "web"}, [ep(1)]),
@@ -175,10 +175,15 @@ def test_node_groups_partition_listeners() -> None:
 
 
 def test_routes_resolve_their_own_services_and_ports() -> None:
+    def to(app: str) -> list[dict[str, object]]:
+        return [{"selector": {"match_labels": {"app": app}}}]
+
     routes = [
-        {"name": "api", "path_prefix": "/api", "selector": {"match_labels": {"app": "api"}}},
-        {"name": "admin", "hosts": ["admin.example"], "target_port": "admin"},
-        {"name": "nothing", "path_prefix": "/x", "selector": {"match_labels": {"app": "none"}}},
+        {"name": "api", "path_prefix": "/api", "forward_to": to("api")},
+        {"name": "admin", "hosts": ["admin.example"], "forward_to": [{"target_port": "admin"}]},
+        {"name": "nothing", "path_prefix": "/x", "forward_to": to("none")},
+        {"name": "canary", "path_prefix": "/c", "forward_to": [*to("api"), {"weight": 3}]},
+        {"name": "moved", "path_prefix": "/old", "redirect": {"path": "/new"}},
     ]
     admin_service = service("a", {"app": "web"}, [ep(1)])
     admin_service[1]["ports"].append({"name": "admin", "port": 81, "target_port": 9090})
@@ -193,14 +198,21 @@ def test_routes_resolve_their_own_services_and_ports() -> None:
     )
     (served,) = state.listeners
     assert served.services == ("shop/a",)
-    api, admin, nothing = served.routes
+    api, admin, nothing, canary, moved = served.routes
     assert api.route.name == "api"
     assert api.services == ("shop/api",)
-    assert [str(b.address) for b in api.backends] == ["198.18.1.5", "198.18.1.6"]
+    assert [str(b.address) for t in api.targets for b in t.backends] == ["198.18.1.5", "198.18.1.6"]
     assert admin.services == ("shop/a",)
-    assert [(str(b.address), b.port) for b in admin.backends] == [("198.18.1.1", 9090)]
+    assert [(str(b.address), b.port) for b in admin.targets[0].backends] == [("198.18.1.1", 9090)]
     assert nothing.services == ()
-    assert nothing.backends == ()
+    assert nothing.targets[0].backends == ()
+    # A weighted split: each target on its own, with its weight; the default is the listener's.
+    assert [(t.services, t.weight) for t in canary.targets] == [
+        (("shop/api",), 1),
+        (("shop/a",), 3),
+    ]
+    assert canary.services == ("shop/api", "shop/a")
+    assert (moved.targets, moved.services) == ((), ())
 
 
 def test_a_listener_without_routes_resolves_none() -> None:

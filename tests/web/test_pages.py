@@ -208,16 +208,17 @@ def test_the_listener_page_shows_its_routes_and_the_form_keeps_them(
     auth.post("/listeners/new", FORM)
     assert 'id="routes"' not in client.get("/listeners/web").get_data(as_text=True)
     ops.update_listener("web", {"routes": [
-        {"name": "api", "hosts": ["shop.example"], "path_prefix": "/api",
-         "selector": {"match_labels": {"app": "api"}}, "target_port": 8080, "timeout_s": 5},
+        {"name": "api", "hosts": ["shop.example"], "path_prefix": "/api", "timeout_s": 5,
+         "forward_to": [{"selector": {"match_labels": {"app": "api"}}, "target_port": 8080}]},
         {"name": "rest"},
     ]})  # fmt: skip
     detail = client.get("/listeners/web").get_data(as_text=True)
     assert "Routes <span" in detail
     api = detail.split('data-route="api"')[1].split("</tr>")[0]
-    for shown in ("shop.example", "path prefix <code>/api</code>", "app=api", "8080", "5 s"):
+    for shown in ("shop.example", "path prefix <code>/api</code>", "app=api", "port 8080", "5 s"):
         assert shown in api
-    assert "the listener&#39;s" in detail.split('data-route="rest"')[1].split("</tr>")[0]
+    rest = detail.split('data-route="rest"')[1].split("</tr>")[0]
+    assert "forward to the listener's Services" in rest
     version = store.get(Listener, "web").revision
     saved = auth.post("/listeners/web/edit", {**FORM, "scheduler": "wrr", "version": str(version)})
     assert saved.status_code == 302
