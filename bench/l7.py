@@ -38,10 +38,11 @@ from bench import results_file
 from bench.procstat import rss_kib
 from bench.results_file import metric
 from devbed import l7harness as harness
-from devbed.process import wait_until
+from devbed.process import Process, free_port, wait_until
 from devbed.redis import RedisServer
 from l7.cache import SnapshotCache
 from l7.server import gc_paused
+from l7.translate.common import ROUTE
 from slb.model import (
     Backend,
     Listener,
@@ -59,6 +60,7 @@ from slb.snapshot import (
     Stored,
 )
 from slb.storage.store import Store
+from web.auth import Accounts, Role
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "l7.json"
@@ -108,26 +110,95 @@ def snapshot_of(objects: list[Any]) -> Snapshot:
     return Snapshot(1, by_kind)
 
 
+def timed_translation(snapshot: Snapshot, runs: int = 5) -> tuple[list[float], list[float], Any]:
+    """Seconds to resolve and to translate `snapshot` (a cold cache each run, the cyclic
+    GC paused as the server pauses it), and the last run's snapshots by node group."""
+    resolve_s, translate_s = [], []
+    groups: Any = None
+    for _ in range(runs):
+        groups = None  # the previous run's, freed before the next is built
+        with gc_paused():
+            started = time.perf_counter()
+            state = resolve(snapshot)
+            resolved = time.perf_counter()
+            groups = SnapshotCache().build(state, {})
+            done = time.perf_counter()
+        resolve_s.append(resolved - started)
+        translate_s.append(done - resolved)
+    return resolve_s, translate_s, groups
+
+
 def bench_translation(metrics: Metrics, notes: dict[str, Any]) -> None:
     for count, name in ((1_000, "xds_translate_1k_s"), (10_000, "xds_translate_10k_s")):
-        snapshot = snapshot_of(services_world(count))
-        resolve_s, translate_s = [], []
-        for _ in range(5):
-            with gc_paused():
-                started = time.perf_counter()
-                state = resolve(snapshot)
-                resolved = time.perf_counter()
-                groups = SnapshotCache().build(state, {})
-                done = time.perf_counter()
-            resolve_s.append(resolved - started)
-            translate_s.append(done - resolved)
-            del state, groups
+        resolve_s, translate_s, _ = timed_translation(snapshot_of(services_world(count)))
         target = 1.0 if count == 10_000 else None
         metrics[name] = metric(statistics.median(translate_s), "s", target)
         notes[f"resolve_{count}_s"] = round(statistics.median(resolve_s), 3)
         notes[f"translate_{count}_runs_s"] = [round(x, 3) for x in translate_s]
         log(f"translate {count}: {statistics.median(translate_s):.3f} s "
             f"(resolve {statistics.median(resolve_s):.3f} s)")  # fmt: skip
+
+
+def rules_world(count: int, services: int = 100) -> list[Any]:
+    """One HTTP listener with `count` forwarding rules of every kind, over `services`
+    Services of 10 endpoints; one rule in ten names one of ten hosts."""
+    objects: list[Any] = [
+        LoadBalancer(name="lb", vip="198.18.100.1", owner=OPERATOR, allowed_namespaces=("bench",))
+    ]
+    for i in range(services):
+        objects.append(Service(
+            namespace="bench", name=f"svc{i}", labels={"app": f"svc{i}"}, load_balancer="lb",
+            ports=(ServicePort(name="http", port=80),),
+            backends={"http": tuple(Backend(address=f"198.19.{i}.{j + 1}", port=8080)
+                                    for j in range(10))},
+        ))  # fmt: skip
+    rules = [_rule(i, services) for i in range(count)]
+    objects.append(Listener(
+        name="rules", load_balancer="lb", protocol=Protocol.HTTP, port=80, target_port="http",
+        selector={"match_labels": {"app": "svc0"}}, owner=OPERATOR, routes=rules,
+    ))  # fmt: skip
+    return objects
+
+
+def _rule(i: int, services: int) -> dict[str, Any]:
+    def to(n: int, weight: int = 1) -> dict[str, Any]:
+        return {"selector": {"match_labels": {"app": f"svc{n % services}"}}, "weight": weight}
+
+    rule: dict[str, Any] = {"name": f"r{i}"}
+    if i % 10 == 0:
+        rule["hosts"] = [f"h{i % 100 // 10}.shop.test"]
+    kind = i % 6
+    if kind == 0:
+        rule.update(path_prefix=f"/p{i}/", forward_to=[to(i)])
+    elif kind == 1:
+        rule.update(path_exact=f"/x{i}", fixed_response={"status": 404, "body": "no"})
+    elif kind == 2:
+        canary = [{"name": "x-canary", "type": "present"}]
+        rule.update(path_regex=f"/r{i}/v[0-9]+/.*", headers=canary,
+                    forward_to=[to(i, 9), to(i + 1, 1)])  # fmt: skip
+    elif kind == 3:
+        rule.update(path_prefix=f"/old{i}/", redirect={"path_prefix": "/new/", "code": 301})
+    elif kind == 4:
+        rule.update(path_prefix=f"/s{i}/", method="POST", rewrite={"path_prefix": "/"},
+                    request_headers={"set": [{"name": "x-rule", "value": f"r{i}"}]},
+                    forward_to=[to(i)])  # fmt: skip
+    else:
+        rule.update(path_prefix=f"/q{i}/", query_params=[{"name": "v", "value": "2"}],
+                    retry={"attempts": 2, "retry_on": ["5xx"]}, forward_to=[to(i)])  # fmt: skip
+    return rule
+
+
+def bench_rules_translation(metrics: Metrics, notes: dict[str, Any]) -> None:
+    resolve_s, translate_s, groups = timed_translation(snapshot_of(rules_world(1_000)))
+    (config,) = groups["default"].resources[ROUTE].values()
+    size = len(config.body.value)
+    notes["rules_1000_route_config_bytes"] = size
+    notes["rules_1000_resolve_ms"] = round(statistics.median(resolve_s) * 1000, 1)
+    notes["rules_1000_translate_runs_ms"] = [round(x * 1000, 1) for x in translate_s]
+    median = statistics.median(translate_s) * 1000
+    metrics["rules_1000_translate_ms"] = metric(median, "ms", 100)
+    log(f"1,000 rules translated in {median:.1f} ms (resolve "
+        f"{notes['rules_1000_resolve_ms']} ms), route configuration {size} bytes")  # fmt: skip
 
 
 # -- the real thing -----------------------------------------------------------------------
@@ -204,8 +275,9 @@ def bench_change_to_live(metrics: Metrics, notes: dict[str, Any], redis: RedisSe
         latencies = []
         routes: list[dict[str, Any]] = []
         for i in range(changes):
+            to_web = [{"selector": {"match_labels": {"app": "web"}}}]
             routes = [*routes[-4:], {"name": f"r{i}", "path_prefix": f"/r{i}/",
-                                     "selector": {"match_labels": {"app": "web"}}}]  # fmt: skip
+                                     "forward_to": to_web}]  # fmt: skip
             updated = harness.listener(
                 "live", "HTTP", 8090, app="nothing", target_port="http", routes=routes
             )
@@ -224,6 +296,133 @@ def bench_change_to_live(metrics: Metrics, notes: dict[str, Any], redis: RedisSe
     notes["change_to_live_max_ms"] = round(max(latencies), 1)
     log(f"change to live over {changes}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
         f"max {max(latencies):.1f} ms")  # fmt: skip
+
+
+def bench_console_loop(
+    metrics: Metrics, notes: dict[str, Any], redis: RedisServer, net: harness.TestNet,
+    *, changes: int = 50, trials: int = 5,
+) -> None:  # fmt: skip
+    """The console's write and read paths through a real Envoy, with a real `slb console`
+    and `slb envoy-stats` (its default 5 s interval) beside it:
+
+    - a rule added through the REST API (`PUT .../rules/NAME`) -> the first request it
+      matches answered by its Service (the listener keeps its five newest rules; removals
+      are not timed), over `changes`;
+    - traffic starting on the listener -> the first non-zero requests/s point in the
+      console's chart series (`GET .../metrics`), over `trials`, each after the series
+      fell back to zero."""
+    import requests  # noqa: PLC0415
+
+    prefix = "bench-console-loop"
+    store = store_for(redis, prefix)
+    accounts = Accounts(store)
+    accounts.create_user("bench", "bench-password-1", Role.ADMIN)
+    user = accounts.user("bench")
+    assert user is not None
+    _, secret = accounts.create_token(user, "bench")
+    with real_bed(redis, net, prefix) as bed:
+        web = bed.backends(["rw1"], first_host=161)
+        vip = net.address(32)
+        store.apply([
+            Put(harness.load_balancer("lb", vip)),
+            Put(harness.service("web", [(b.address, b.http_port) for b in web], port_name="http")),
+            Put(harness.listener("rules", "HTTP", 8091, app="nothing", target_port="http")),
+        ])  # fmt: skip
+        port = free_port()
+        env = {"OPENSLB_CONFIG": "", "OPENSLB_REDIS_URL": redis.url,
+               "OPENSLB_REDIS_PREFIX": prefix, "OPENSLB_CONSOLE_BIND": f"127.0.0.1:{port}",
+               "OPENSLB_CONSOLE_SECRET_KEY_FILE": str(bed.directory / "key")}  # fmt: skip
+        slb = [sys.executable, "-m", "slb.cli"]
+        console = Process("console", [*slb, "console"], bed.directory, env=env)
+        console.start()
+        sampler: Process | None = None
+        try:
+            api = requests.Session()
+            api.headers["Authorization"] = f"Bearer {secret}"
+            rules = f"http://127.0.0.1:{port}/api/v1/listeners/rules"
+
+            wait_until(lambda: _version(api, rules, console) > 0, 30, "slb console")
+            bed.xds.start()
+            envoy = bed.envoy("rules1")
+            proxy = requests.Session()
+            wait_until(lambda: _status(proxy, f"http://{vip}:8091/") == 503, 30, "the listener")
+            latencies = _rule_latencies(api, rules, console, proxy, base=f"http://{vip}:8091",
+                                        changes=changes)  # fmt: skip
+            stats = ["envoy-stats", "--node-id", "rules1", "--admin",
+                     f"127.0.0.1:{envoy.admin_port}"]  # fmt: skip
+            sampler = Process("envoy-stats", [*slb, *stats], bed.directory, env=env).start()
+            lags = _chart_lags(api, rules, proxy, f"http://{vip}:8091/r{changes - 1}/x", trials)
+        finally:
+            if sampler is not None:
+                sampler.stop()
+            console.stop()
+    p50, p99 = statistics.median(latencies), results_file.percentile(latencies, 99)
+    metrics["rule_change_to_live_p99_ms"] = metric(p99, "ms", 300)
+    notes["rule_change_to_live_p50_ms"] = round(p50, 1)
+    log(f"rule added in the REST API -> live over {changes}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    metrics["l7_chart_lag_s"] = metric(statistics.median(lags), "s", 15)
+    notes["l7_chart_lag_runs_s"] = [round(x, 1) for x in lags]
+    log(f"traffic -> first non-zero point on the chart: median {statistics.median(lags):.1f} s, "
+        f"max {max(lags):.1f} s over {trials}")  # fmt: skip
+
+
+def _version(api: Any, listener_url: str, console: Process) -> int:
+    console.check_alive()
+    return int(api.get(listener_url, timeout=5).json()["version"])
+
+
+def _rule_latencies(api: Any, listener_url: str, console: Process, proxy: Any, *, base: str,
+                    changes: int) -> list[float]:  # fmt: skip
+    """Milliseconds from each rule's PUT to the first 200 through Envoy on its path."""
+    latencies = []
+    for i in range(changes):
+        body: dict[str, Any] = {
+            "path_prefix": f"/r{i}/", "version": _version(api, listener_url, console),
+            "forward_to": [{"selector": {"match_labels": {"app": "web"}}}],
+        }  # fmt: skip
+        started = time.perf_counter()
+        answer = api.put(f"{listener_url}/rules/r{i}", json=body, timeout=5)
+        assert answer.status_code == 200, answer.text
+        deadline = started + 10
+        while _status(proxy, f"{base}/r{i}/x") != 200:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"rule r{i} never went live")
+        latencies.append((time.perf_counter() - started) * 1000)
+        if i >= 5:
+            version = _version(api, listener_url, console)
+            gone = api.delete(f"{listener_url}/rules/r{i - 5}", params={"version": version},
+                              timeout=5)  # fmt: skip
+            assert gone.status_code == 200, gone.text
+        time.sleep(0.05)
+    return latencies
+
+
+def _chart_lags(api: Any, listener_url: str, proxy: Any, url: str, trials: int) -> list[float]:
+    """Seconds from traffic starting to the first non-zero requests/s point, per trial."""
+
+    def newest_rps() -> float:
+        answer = api.get(f"{listener_url}/metrics", params={"window": 60, "step": 1}, timeout=5)
+        points = answer.json()["series"]["requests_per_second"]
+        return float(points[-1]["value"]) if points else 0.0
+
+    lags = []
+    for _ in range(trials):
+        wait_until(lambda: newest_rps() == 0.0, 60, "the chart at rest")
+        started = time.monotonic()
+        while newest_rps() == 0.0:
+            for _ in range(20):  # bounded: 20 requests a turn, 60 s at most
+                _status(proxy, url)
+            if time.monotonic() - started > 60:
+                raise TimeoutError("no traffic on the chart after 60 s")
+        lags.append(time.monotonic() - started)
+    return lags
+
+
+def _status(session: Any, url: str) -> int:
+    try:
+        return int(session.get(url, timeout=5).status_code)
+    except OSError:
+        return 0
 
 
 def bench_fanout(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
@@ -347,12 +546,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=120)
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["translate", "memory", "live", "fanout", "grpc"])  # fmt: skip
+                        choices=["translate", "rules", "memory", "live", "console-loop",
+                                 "fanout", "grpc"])  # fmt: skip
     args = parser.parse_args()
     metrics: Metrics = {}
     notes: dict[str, Any] = {}
     if "translate" not in args.skip:
         bench_translation(metrics, notes)
+    if "rules" not in args.skip:
+        bench_rules_translation(metrics, notes)
     net = harness.TestNet().create()
     redis = RedisServer(Path(tempfile.mkdtemp(prefix="bench-l7-redis-"))).start()
     try:
@@ -360,6 +562,8 @@ def main() -> None:
             bench_memory(metrics, notes, redis, net)
         if "live" not in args.skip:
             bench_change_to_live(metrics, notes, redis, net, args.changes)
+        if "console-loop" not in args.skip:
+            bench_console_loop(metrics, notes, redis, net)
         if "fanout" not in args.skip:
             bench_fanout(metrics, notes, redis, net)
         if "grpc" not in args.skip:

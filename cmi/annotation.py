@@ -8,6 +8,7 @@ Service whose annotations do not all validate keeps the settings it was served w
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,8 +50,10 @@ LISTENER_ANNOTATIONS: Mapping[str, str] = {
     "openslb.io/access-log": "access_log",
     "openslb.io/backend-protocol": "backend_protocol",
     "openslb.io/certificates": "certificates",
+    "openslb.io/rules": "routes",
 }
 SERVICE_ANNOTATIONS = (
+    "openslb.io/https-redirect",
     "openslb.io/backend-mode",
     "openslb.io/vip",
     "openslb.io/pool",
@@ -80,6 +83,12 @@ class ServiceSettings:
     vip: IPAddress | None = None
     pool: str | None = None
     node_group: str | None = None
+    https_redirect: bool = False
+    """HTTP ports answer every request with a redirect to the Service's HTTPS port."""
+
+
+TO_HTTPS_RULE = "to-https"
+"""The name of the rule `openslb.io/https-redirect` puts first on HTTP listeners."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,10 @@ def parse(annotations: Mapping[str, str]) -> Parsed:
         _set(fields, path, value)
     problems += _check_listener_fields(fields)
 
+    https_redirect = ours.get("openslb.io/https-redirect", "false").strip()
+    if https_redirect not in ("true", "false"):
+        problems.append(Problem("openslb.io/https-redirect",
+                                f"must be true or false (got {https_redirect!r})"))  # fmt: skip
     mode = ours.get("openslb.io/backend-mode")
     if mode is not None and mode not in ("pod", "node"):
         problems.append(Problem("openslb.io/backend-mode", f"must be pod or node (got {mode!r})"))
@@ -130,6 +143,7 @@ def parse(annotations: Mapping[str, str]) -> Parsed:
             vip=vip,
             pool=ours.get("openslb.io/pool"),
             node_group=ours.get("openslb.io/node-group"),
+            https_redirect=https_redirect == "true",
         ),
         (),
         unknown,
@@ -155,6 +169,14 @@ def _value(path: str, raw: str) -> Any:
         return int(number)
     if leaf == "certificates":
         return [name.strip() for name in raw.split(",") if name.strip()]
+    if leaf == "routes":
+        try:
+            rules = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+            raise ValueError("must be a JSON list of rules (objects), as the REST API takes")
+        return rules
     if leaf == "access_log":
         if raw not in ("true", "false"):
             raise ValueError(f"must be true or false (got {raw!r})")

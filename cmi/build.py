@@ -152,12 +152,14 @@ def for_this_service_alone(build: Callable[P, Built]) -> Callable[P, Built]:
     return guarded
 
 
-def refused(key: str, previous: Previous, reason: str) -> Built:
-    """A Service cmi cannot serve as it is now keeps what it was served with, if anything."""
+def refused(key: str, previous: Previous, reason: str, why: str = "Refused") -> Built:
+    """A Service cmi cannot serve as it is now keeps what it was served with, if anything;
+    `why`: the Event's and the condition's reason."""
     kept = "keeping what it was served with" if previous.service else "not exposed"
-    event = Event("Warning", "Refused", f"{reason}; {kept}")
+    event = Event("Warning", why, f"{reason}; {kept}")
     if previous.service is None:
-        return Built(key, exposed=False, events=(event,), refused=event.message)
+        return Built(key, exposed=False, events=(event,), refused=event.message,
+                     refused_reason=why)  # fmt: skip
     return Built(
         key,
         exposed=True,
@@ -167,6 +169,7 @@ def refused(key: str, previous: Previous, reason: str) -> Built:
         listeners=tuple(previous.listeners.values()),
         events=(event,),
         refused=event.message,
+        refused_reason=why,
     )
 
 
@@ -191,6 +194,10 @@ def build(
     if isinstance(expose, Built):
         return expose
     events: list[Event] = []
+    try:
+        allowed_sources = source_ranges(meta, spec)
+    except ValueError as exc:  # never open to every address: kept as served, or not exposed
+        return refused(key, previous, str(exc), INVALID_SOURCE_RANGES)
     parsed = annotation.parse(meta.get("annotations") or {})
     settings = _settings(parsed, previous, events)
 
@@ -271,7 +278,7 @@ def build(
     listeners = _listeners(
         key, instance, ports,
         settings=settings, served=previous.listeners, keep_served=parsed.settings is None,
-        now=now, events=events,
+        now=now, events=events, allowed_sources=allowed_sources,
     )  # fmt: skip
     return Built(
         key,
@@ -287,29 +294,20 @@ def build(
     )
 
 
-SOURCE_RANGES = "SourceRangesNotSupported"
+INVALID_SOURCE_RANGES = "InvalidSourceRanges"
 SOURCE_RANGES_ANNOTATION = "service.beta.kubernetes.io/load-balancer-source-ranges"
 OPEN_TO_ALL = frozenset({"0.0.0.0/0", "::/0"})
 
 
 def _claimed(key: str, meta: Body, spec: Body, defaults: Defaults) -> str | Built:
     """The instance the Service asks for ("true": its own), or why it gets none: deleted,
-    not openslb's, another class's, or asking for what openslb cannot give."""
+    not openslb's, or another class's."""
     labels = meta.get("labels") or {}
     expose, other = claim(labels, spec, defaults)
     if other is not None:
         return foreign(key, labels, other, defaults)
     if expose is None or meta.get("deletionTimestamp"):
         return Built(key, exposed=False)
-    if (ranges := source_ranges(meta, spec)) is not None:
-        message = (
-            f"{ranges}: openslb cannot restrict clients by address yet, so the Service is "
-            "not exposed rather than open to every address"
-        )
-        event = Event("Warning", SOURCE_RANGES, message)
-        return Built(
-            key, exposed=False, events=(event,), refused=message, refused_reason=SOURCE_RANGES
-        )
     return expose
 
 
@@ -344,19 +342,26 @@ def foreign(key: str, labels: Mapping[str, str], class_: str, defaults: Defaults
     return Built(key, exposed=False, events=(event,), foreign=True)
 
 
-def source_ranges(meta: Body, spec: Body) -> str | None:
-    """The client ranges a Service restricts itself to (`spec.loadBalancerSourceRanges`,
-    else the legacy annotation), named for an Event; None when it admits every address."""
+def source_ranges(meta: Body, spec: Body) -> tuple[str, ...]:
+    """The client networks a Service admits (`spec.loadBalancerSourceRanges`, else the
+    legacy annotation), written canonically (host bits cleared, as Kubernetes accepts
+    them); () when it admits every address. ValueError names a bad entry and its field."""
     ranges = [str(r).strip() for r in spec.get("loadBalancerSourceRanges") or []]
     where = "spec.loadBalancerSourceRanges"
     if not ranges:
         raw = (meta.get("annotations") or {}).get(SOURCE_RANGES_ANNOTATION) or ""
         ranges, where = [r.strip() for r in raw.split(",") if r.strip()], SOURCE_RANGES_ANNOTATION
-    restricted = [r for r in ranges if r not in OPEN_TO_ALL]
-    if not restricted:
-        return None
-    shown = ", ".join(restricted[:5]) + (", ..." if len(restricted) > 5 else "")
-    return f"{where} ({shown})"
+    networks = []
+    for index, text in enumerate(ranges):
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"{where}[{index}]: {text!r} is not a CIDR such as 198.18.0.0/24"
+            ) from None
+    if set(networks) <= OPEN_TO_ALL:
+        return ()
+    return tuple(dict.fromkeys(networks))
 
 
 DUAL_STACK = "DualStackNotSupported"
@@ -639,6 +644,7 @@ def _listeners(
     keep_served: bool,
     now: float,
     events: list[Event],
+    allowed_sources: tuple[str, ...] = (),
 ) -> list[Listener]:
     """One listener per port. A port whose settings do not fit it keeps the listener it
     was served with, if any; with `keep_served` (bad annotations) every port does.
@@ -649,6 +655,7 @@ def _listeners(
     namespace, name = key.split("/", 1)
     owner = Owner(kind=OwnerKind.SERVICE, name=key)
     listeners = []
+    https_port = _https_port(ports, settings) if settings.https_redirect else None
     for port in ports:
         listener_name = short_name(namespace, name, port.name or str(port.port))
         before = served.get(listener_name)
@@ -676,9 +683,16 @@ def _listeners(
                 else now
             ),
             **{k: v for k, v in fields.items() if _applies(k, protocol)},
+            "allowed_sources": allowed_sources,  # both tiers enforce it (IPVS: the VIP guard)
         }
         if protocol.is_l7 and data.get("backend_protocol") is None:
             data["backend_protocol"] = backend_protocol
+        if https_port is not None and protocol is Protocol.HTTP and not keep_served:
+            redirect: dict[str, Any] = {"scheme": "https", "code": 301}
+            if https_port != 443:  # (else left out: the Location then names no port)
+                redirect["port"] = https_port
+            to_https = {"name": annotation.TO_HTTPS_RULE, "redirect": redirect}
+            data["routes"] = [to_https, *data.get("routes", [])]
         if protocol is Protocol.UDP:
             data["health_check"] = None
         try:
@@ -696,7 +710,17 @@ def _listeners(
     return listeners
 
 
-_L7_ONLY = {"backend_protocol", "request_timeout_s", "idle_timeout_s", "access_log"}
+_L7_ONLY = {"backend_protocol", "request_timeout_s", "idle_timeout_s", "access_log", "routes"}
+
+
+def _https_port(ports: Sequence[ServicePort], settings: ServiceSettings) -> int:
+    """Where `openslb.io/https-redirect` sends clients: the Service's port that terminates
+    TLS (HTTPS with certificates), else 443."""
+    for port in ports:
+        protocol, _ = annotation.protocol_for(port.app_protocol, port.name, port.protocol)
+        if protocol is Protocol.HTTPS and settings.listener_fields.get("certificates"):
+            return port.port
+    return 443
 
 
 def _applies(field_name: str, protocol: Protocol) -> bool:

@@ -684,9 +684,12 @@ def http_request(
     *,
     method: str = "GET",
     headers: dict[str, str] | None = None,
+    source: str | None = None,
 ) -> Answer:
-    """One HTTP/1.1 request; redirects are not followed."""
-    conn = http.client.HTTPConnection(address, port, timeout=5)
+    """One HTTP/1.1 request (from local address `source`, if given); redirects are not
+    followed."""
+    bind = (source, 0) if source is not None else None
+    conn = http.client.HTTPConnection(address, port, timeout=5, source_address=bind)
     return _request(conn, method, host, path, headers)
 
 

@@ -46,7 +46,7 @@ from l4.firewall import Openings, load_script, openings, update_script
 from l4.health import HealthChecker, Target
 from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
 from l4.ownership import AgentError, NodeLock, NodeTakenError, Ownership
-from l4.plan import Changed, IPVSPlan, node_group_of, plan
+from l4.plan import Changed, IPVSPlan, node_group_of, plan, unguarded
 from l4.reconcile import DrainKey, reconcile, rescoped, update_view
 from l4.report import OPERATIONS_SHOWN, SyncReport, findings
 from l4.stats import IPVSCollector, StatsWriter
@@ -232,8 +232,10 @@ class L4Agent:
             self._last_failure = time.monotonic()
             return SyncReport(self.node, None, self.revision, errors=[str(exc)])
         new_plan = plan(state, self.node, group, previous=self.plan, changed=changed)
+        if self.firewall is None:
+            new_plan = unguarded(new_plan)
         wanted_vips = new_plan.vips
-        wanted_open = openings(new_plan.vips, new_plan.services)
+        wanted_open = openings(new_plan.vips, new_plan.services, new_plan.acls)
         added: list[str] = []
         removed: list[str] = []
         vip_errors: list[str] = []

@@ -4,9 +4,11 @@ The VIPs are local addresses (on `slb0`, see `l4.vip`), so anything on the node 
 0.0.0.0 or :: (sshd, exporters, ...) would answer on every VIP. The table `inet
 openslb_guard` drops what is addressed to a VIP unless it is one of the node's listeners
 (VIP, protocol, port), ping, or ICMP errors (PMTU discovery) and IPv6 neighbour discovery;
-replies of connections the node already has and loopback pass. Nothing addressed to any
-other address is looked at, so management addresses, VRRP (multicast or to the peers) and
-connection sync are untouched.
+replies of connections the node already has and loopback pass. A listener's access
+control applies to new connections here too: a client in its denied networks is dropped,
+and a listener with allowed networks (`restricted`) takes only clients in them. Nothing
+addressed to any other address is looked at, so management addresses, VRRP (multicast or
+to the peers) and connection sync are untouched.
 
 Its input chain runs at priority -10: before the filter table (0) and before IPVS, which
 takes VIP traffic at LOCAL_IN after both. `accept` there only ends this table's say: a
@@ -20,7 +22,7 @@ reading and `nft -c -f`; the agent needs no file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from l4.ipvs import ServiceKey, address_order
@@ -45,6 +47,34 @@ table inet openslb_guard {
         type ipv6_addr . inet_proto . inet_service
     }
 
+    set restricted4 {
+        type ipv4_addr . inet_proto . inet_service
+    }
+
+    set restricted6 {
+        type ipv6_addr . inet_proto . inet_service
+    }
+
+    set allowed4 {
+        type ipv4_addr . inet_proto . inet_service . ipv4_addr
+        flags interval
+    }
+
+    set allowed6 {
+        type ipv6_addr . inet_proto . inet_service . ipv6_addr
+        flags interval
+    }
+
+    set denied4 {
+        type ipv4_addr . inet_proto . inet_service . ipv4_addr
+        flags interval
+    }
+
+    set denied6 {
+        type ipv6_addr . inet_proto . inet_service . ipv6_addr
+        flags interval
+    }
+
     chain input {
         type filter hook input priority filter - 10; policy accept;
         ip daddr @vips4 goto vip4
@@ -54,6 +84,8 @@ table inet openslb_guard {
     chain vip4 {
         iif "lo" accept
         ct state established,related accept
+        ip daddr . meta l4proto . th dport . ip saddr @denied4 drop
+        ip daddr . meta l4proto . th dport @restricted4 goto restricted4
         ip daddr . meta l4proto . th dport @listeners4 accept
         icmp type { echo-request, destination-unreachable, time-exceeded, parameter-problem } accept
         drop
@@ -62,6 +94,8 @@ table inet openslb_guard {
     chain vip6 {
         iif "lo" accept
         ct state established,related accept
+        ip6 daddr . meta l4proto . th dport . ip6 saddr @denied6 drop
+        ip6 daddr . meta l4proto . th dport @restricted6 goto restricted6
         ip6 daddr . meta l4proto . th dport @listeners6 accept
         icmpv6 type {
             echo-request, destination-unreachable, packet-too-big, time-exceeded,
@@ -69,37 +103,79 @@ table inet openslb_guard {
         } accept
         drop
     }
+
+    chain restricted4 {
+        ip daddr . meta l4proto . th dport . ip saddr @allowed4 accept
+        drop
+    }
+
+    chain restricted6 {
+        ip6 daddr . meta l4proto . th dport . ip6 saddr @allowed6 accept
+        drop
+    }
 }
 """
 """The table as the agent loads it (empty sets); the shipped .nft file holds the same."""
 
-_SETS = ("vips4", "vips6", "listeners4", "listeners6")
+_SETS = ("vips4", "vips6", "listeners4", "listeners6", "restricted4", "restricted6",
+         "allowed4", "allowed6", "denied4", "denied6")  # fmt: skip
 _PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 """IPVS protocols with a port; a firewall-mark service has no VIP to open."""
 
 Listener = tuple[str, str, int]
 """(VIP, nft protocol name, port)."""
+SourceRule = tuple[str, str, int, str]
+"""(VIP, nft protocol name, port, client network)."""
+SourceACL = tuple[tuple[str, ...], tuple[str, ...]]
+"""A listener's (allowed, denied) client networks, as text."""
 
 
 @dataclass(frozen=True)
 class Openings:
-    """What the guard lets through: the VIPs it guards and the listeners open on them."""
+    """What the guard lets through: the VIPs it guards, the listeners open on them, and
+    the listeners' access control (`restricted`: those with allowed networks)."""
 
     vips: frozenset[str] = frozenset()
     listeners: frozenset[Listener] = frozenset()
+    restricted: frozenset[Listener] = frozenset()
+    allowed: frozenset[SourceRule] = frozenset()
+    denied: frozenset[SourceRule] = frozenset()
 
     def __or__(self, other: Openings) -> Openings:
-        return Openings(self.vips | other.vips, self.listeners | other.listeners)
+        """Both sets of VIPs and listeners open; the access control is the left side's
+        (the wanted state's, when the agent widens it with what is still served)."""
+        return Openings(
+            self.vips | other.vips, self.listeners | other.listeners,
+            self.restricted, self.allowed, self.denied,
+        )  # fmt: skip
 
 
-def openings(vips: Iterable[str], services: Iterable[ServiceKey]) -> Openings:
-    """The guard for these VIPs (a plan's) with these virtual services open on them."""
-    listeners = frozenset(
-        (key.address, _PROTOCOLS[key.protocol], key.port)
-        for key in services
-        if key.protocol in _PROTOCOLS
-    )
-    return Openings(frozenset(vips), listeners)
+def openings(
+    vips: Iterable[str],
+    services: Iterable[ServiceKey],
+    acls: Mapping[ServiceKey, SourceACL] | None = None,
+) -> Openings:
+    """The guard for these VIPs (a plan's) with these virtual services open on them, each
+    under its access control if `acls` gives one."""
+    listeners: set[Listener] = set()
+    restricted: set[Listener] = set()
+    allowed: set[SourceRule] = set()
+    denied: set[SourceRule] = set()
+    for key in services:
+        if key.protocol not in _PROTOCOLS:
+            continue
+        listener = (key.address, _PROTOCOLS[key.protocol], key.port)
+        listeners.add(listener)
+        allow, deny = (acls or {}).get(key, ((), ()))
+        family = _family(key.address)
+        if allow:
+            restricted.add(listener)
+        allowed.update((*listener, net) for net in allow if _family(net) == family)
+        denied.update((*listener, net) for net in deny if _family(net) == family)
+    return Openings(
+        frozenset(vips), frozenset(listeners), frozenset(restricted),
+        frozenset(allowed), frozenset(denied),
+    )  # fmt: skip
 
 
 def update_script(opened: Openings) -> str:
@@ -118,15 +194,18 @@ def _elements(opened: Openings) -> str:
     by_family: dict[int, list[str]] = {4: [], 6: []}
     for vip in sorted(opened.vips, key=address_order):
         by_family[_family(vip)].append(vip)
-    listeners: dict[int, list[str]] = {4: [], 6: []}
-    for vip, protocol, port in sorted(opened.listeners, key=_listener_order):
-        listeners[_family(vip)].append(f"{vip} . {protocol} . {port}")
-    return (
-        _add("vips4", by_family[4])
-        + _add("vips6", by_family[6])
-        + _add("listeners4", listeners[4])
-        + _add("listeners6", listeners[6])
-    )
+    out = _add("vips4", by_family[4]) + _add("vips6", by_family[6])
+    for name, listeners in (("listeners", opened.listeners), ("restricted", opened.restricted)):
+        lines: dict[int, list[str]] = {4: [], 6: []}
+        for vip, protocol, port in sorted(listeners, key=_listener_order):
+            lines[_family(vip)].append(f"{vip} . {protocol} . {port}")
+        out += _add(f"{name}4", lines[4]) + _add(f"{name}6", lines[6])
+    for name, rules in (("allowed", opened.allowed), ("denied", opened.denied)):
+        lines = {4: [], 6: []}
+        for vip, protocol, port, net in sorted(rules, key=_rule_order):
+            lines[_family(vip)].append(f"{vip} . {protocol} . {port} . {net}")
+        out += _add(f"{name}4", lines[4]) + _add(f"{name}6", lines[6])
+    return out
 
 
 def _add(name: str, elements: Iterable[str]) -> str:
@@ -141,3 +220,8 @@ def _family(address: str) -> int:
 def _listener_order(listener: Listener) -> tuple[tuple[int, bytes], str, int]:
     vip, protocol, port = listener
     return address_order(vip), protocol, port
+
+
+def _rule_order(rule: SourceRule) -> tuple[tuple[int, bytes], str, int, tuple[int, bytes], str]:
+    vip, protocol, port, net = rule
+    return address_order(vip), protocol, port, address_order(net.split("/")[0]), net

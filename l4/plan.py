@@ -25,9 +25,10 @@ IPVS tables agree. The rules:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from l4.firewall import SourceACL
 from l4.ipvs import Dest, ServiceKey, VirtualService, address_order, address_text, sort_dests
 from slb.model import Forwarding, HealthCheck, NodeGroup, PersistenceMode, Scheduler
 from slb.resolve import DesiredState, ResolvedListener
@@ -100,6 +101,8 @@ class IPVSPlan:
     """Services that forward to the group's Envoys (HTTP, HTTPS and GRPC listeners)."""
     vips: tuple[str, ...] = ()
     node_problem: str | None = None
+    acls: dict[ServiceKey, SourceACL] = field(default_factory=dict)
+    """Listeners' (allowed, denied) client networks, for the VIP guard (`l4.firewall`)."""
 
     def charted(self) -> dict[ServiceKey, str]:
         """The TCP and UDP listeners' services, by listener: those the L4 tier charts."""
@@ -128,6 +131,8 @@ class IPVSPlan:
                     "real_servers": [d._asdict() for d in service.dests],
                 }
             )
+            if key in self.acls:
+                services[-1]["allowed_sources"], services[-1]["denied_sources"] = self.acls[key]
         return {
             "node": self.node,
             "group": self.group,
@@ -171,10 +176,15 @@ def plan(
     checks: dict[ServiceKey, HealthCheck] = {}
     notes: dict[ServiceKey, tuple[str, ...]] = {}
     layer7: set[ServiceKey] = set()
+    acls: dict[ServiceKey, SourceACL] = {}
     for item in sorted(state.for_node_group(group or ""), key=_service_order):
         listener = item.listener
         key = ServiceKey(listener.protocol.transport, address_text(item.vip), listener.port)
         sources[key] = (listener.name, listener.load_balancer, item.services)
+        acls[key] = (
+            tuple(str(n) for n in listener.allowed_sources),
+            tuple(str(n) for n in listener.denied_sources),
+        )
         if previous is not None and changed is not None:
             before = previous.sources.get(key)
             if (
@@ -224,6 +234,32 @@ def plan(
         notes,
         frozenset(layer7),
         tuple(vips),
+        acls={key: acl for key, acl in acls.items() if acl != ((), ())},
+    )
+
+
+def unguarded(planned: IPVSPlan) -> IPVSPlan:
+    """The plan for a node without the VIP guard (`l4.vip_guard` off): a TCP or UDP listener
+    with access control is left out, with a note, rather than served open to every client;
+    an HTTP, HTTPS or GRPC listener's Envoys enforce its own."""
+    refused = [key for key in planned.acls if key not in planned.layer7]
+    if not refused:
+        return planned
+    notes = dict(planned.notes)
+    for key in refused:
+        notes[key] = (
+            f"listener {planned.sources[key][0]!r}: not served: its allowed or denied client "
+            "networks need the VIP guard (l4.vip_guard), which is off on this node",
+        )
+    services = {k: v for k, v in planned.services.items() if k not in refused}
+    return replace(
+        planned,
+        services=services,
+        sources={k: v for k, v in planned.sources.items() if k not in refused},
+        health_checks={k: v for k, v in planned.health_checks.items() if k not in refused},
+        notes=notes,
+        acls={k: v for k, v in planned.acls.items() if k not in refused},
+        vips=tuple(sorted({key.address for key in services}, key=address_order)),
     )
 
 

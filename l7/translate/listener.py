@@ -16,7 +16,8 @@ from collections.abc import Mapping
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
@@ -24,6 +25,7 @@ from envoy.extensions.filters.network.connection_limit.v3 import connection_limi
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import struct_pb2
 
@@ -141,8 +143,8 @@ def _tls(cert: Certificate) -> base_pb2.TransportSocket:
 
 
 def _network_filters(model: Listener) -> bytes:
-    """A filter chain's filters (its field 3, repeated), serialized: the connection limit,
-    then the HTTP connection manager.
+    """A filter chain's filters (its field 3, repeated), serialized: access control if any,
+    the connection limit, then the HTTP connection manager.
 
     Their packed configurations differ between listeners only by the listener's name, so
     they are assembled from bytes made once per shape, in canonical field order: the very
@@ -150,14 +152,45 @@ def _network_filters(model: Listener) -> bytes:
     at a fraction of the cost for 10,000 listeners.
     """
     name = model.name.encode()
+    acl = b"".join(wire(3, f) for f in _source_filters(model))
     limit_rest, rds_source, hcm_rest = _packed_parts(
         model.protocol, model.idle_timeout_s, model.access_log
     )
     limit = wire(1, name) + limit_rest  # stat_prefix, then max_connections
     hcm = wire(2, name) + wire(3, rds_source + wire(2, name)) + hcm_rest  # stat_prefix, rds
-    return wire(3, _LIMIT_FILTER + wire(4, _LIMIT_ANY + wire(2, limit))) + wire(
-        3, _HCM_FILTER + wire(4, _HCM_ANY + wire(2, hcm))
+    return (
+        acl
+        + wire(3, _LIMIT_FILTER + wire(4, _LIMIT_ANY + wire(2, limit)))
+        + wire(3, _HCM_FILTER + wire(4, _HCM_ANY + wire(2, hcm)))
     )
+
+
+def _source_filters(model: Listener) -> list[bytes]:
+    """The listener's access control, first in the chain so a refused client costs one
+    accept and a close: a network RBAC filter denying `denied_sources`, then one allowing
+    only `allowed_sources`, both on the connection's own peer address (the client's: IPVS
+    forwards to Envoy without rewriting it)."""
+    out = []
+    for action, networks in (
+        (rbac_pb2.RBAC.DENY, model.denied_sources),
+        (rbac_pb2.RBAC.ALLOW, model.allowed_sources),
+    ):
+        if not networks:
+            continue
+        kind = "denied" if action == rbac_pb2.RBAC.DENY else "allowed"
+        config = network_rbac_pb2.RBAC(stat_prefix=f"{model.name}.{kind}_sources.")
+        policy_ = config.rules.policies[f"{kind}-sources"]
+        config.rules.action = action
+        policy_.permissions.add().any = True
+        for network in networks:
+            cidr = policy_.principals.add().direct_remote_ip
+            cidr.address_prefix = str(network.network_address)
+            cidr.prefix_len.value = network.prefixlen
+        rbac = listener_components_pb2.Filter(
+            name="envoy.filters.network.rbac", typed_config=pack(config)
+        )
+        out.append(rbac.SerializeToString(deterministic=True))
+    return out
 
 
 # Filter: name (1), typed_config (4); Any: type_url (1), value (2).

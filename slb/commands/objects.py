@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from slb import config
-from slb.model import ModelError
+from slb.model import ModelError, parse_value_matches
 from slb.operations import Operations
 from slb.selector import LabelSelector
 from slb.storage.secrets import load_keyring
@@ -83,7 +83,11 @@ def _listener_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--certificate", "certificates", multiple=True),
         click.option("--backend-protocol", type=click.Choice(["http1", "h2c", "tls"])),
-    ]
+        click.option("--allow", "allowed_sources", multiple=True,
+                     help="A client network (CIDR) that may connect; repeat; 'any': every one."),
+        click.option("--deny", "denied_sources", multiple=True,
+                     help="A client network refused, even if allowed; repeat; 'none': clear."),
+    ]  # fmt: skip
     for option in reversed(options):
         command = option(command)
     return command
@@ -120,6 +124,12 @@ def _listener_fields(options: dict[str, Any]) -> dict[str, Any]:
     _set(data, "request_timeout_s", options["request_timeout"])
     _set(data, "access_log", options["access_log"])
     _set(data, "certificates", list(options["certificates"]) or None)
+    for field, clear in (("allowed_sources", "any"), ("denied_sources", "none")):
+        given = list(options[field])
+        if given == [clear]:
+            data[field] = []
+        elif given:
+            data[field] = given
     return data
 
 
@@ -210,19 +220,6 @@ def _pairs(values: tuple[str, ...], option: str) -> list[dict[str, str]]:
     return out
 
 
-def _value_matches(values: tuple[str, ...]) -> list[dict[str, str]]:
-    """NAME (present), NAME=VALUE (exact) or NAME~REGEX (regex)."""
-    out = []
-    for value in values:
-        cut = min((i for i in (value.find("="), value.find("~")) if i > 0), default=-1)
-        if cut < 0:
-            out.append({"name": value, "type": "present"})
-        else:
-            kind = "exact" if value[cut] == "=" else "regex"
-            out.append({"name": value[:cut], "type": kind, "value": value[cut + 1 :]})
-    return out
-
-
 def _rule_fields(name: str, o: dict[str, Any]) -> dict[str, Any]:
     if o["file"] is not None:
         given = json.load(o["file"])
@@ -234,8 +231,8 @@ def _rule_fields(name: str, o: dict[str, Any]) -> dict[str, Any]:
                 "method", "timeout_s"):  # fmt: skip
         _set(rule, key, o[key])
     _set(rule, "hosts", list(o["hosts"]) or None)
-    _set(rule, "headers", _value_matches(o["headers"]) or None)
-    _set(rule, "query_params", _value_matches(o["query"]) or None)
+    _set(rule, "headers", parse_value_matches(o["headers"]) or None)
+    _set(rule, "query_params", parse_value_matches(o["query"]) or None)
     weights = [int(w) for w in o["weights"].split(",")] if o["weights"] else []
     if weights and len(weights) != len(o["to"]):
         raise click.BadParameter("one weight per --to", param_hint="--weights")

@@ -47,6 +47,7 @@ from slb.model.route import (
     Route,
     Scheme,
     ValueMatch,
+    parse_value_matches,
 )
 from slb.model.service import Backend, Conditions, Service, ServicePort
 from slb.model.traffic import (
@@ -118,4 +119,5 @@ __all__ = [
     "is_dns_label",
     "load_document",
     "parse",
+    "parse_value_matches",
 ]

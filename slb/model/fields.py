@@ -8,7 +8,7 @@ import ipaddress
 import re
 from typing import Annotated, TypeAlias
 
-from pydantic import AfterValidator, Field, PlainValidator
+from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 
@@ -92,7 +92,26 @@ IPAddress: TypeAlias = Annotated[
     ipaddress.IPv4Address | ipaddress.IPv6Address, AfterValidator(_plain_address)
 ]
 VIPAddress: TypeAlias = Annotated[IPAddress, AfterValidator(_vip)]
-IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _network(value: object) -> object:
+    """One clear error for a bad network, not one per IP family, and the network meant when
+    host bits are set."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ipaddress.ip_network(value.strip())
+    except ValueError as exc:
+        try:
+            meant = ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a network such as 198.18.0.0/24") from None
+        raise ValueError(f"{value!r} has host bits set: the network is {meant}") from exc
+
+
+IPNetwork: TypeAlias = Annotated[
+    ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)
+]
 
 
 _HOST = re.compile(

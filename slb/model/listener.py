@@ -8,7 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from slb.model.base import Owner, OwnerKind, Shared, StoredObject
 from slb.model.errors import CrossFieldError
-from slb.model.fields import Name, Port, PortRef
+from slb.model.fields import IPNetwork, Name, Port, PortRef
 from slb.model.route import Route
 from slb.model.traffic import (
     BackendProtocol,
@@ -57,11 +57,21 @@ class Listener(StoredObject):
         description="HTTP, HTTPS and GRPC: log every request as a JSON line on the Envoy's "
         "stdout (off by default: it costs Envoy CPU on every request)",
     )
+    allowed_sources: tuple[IPNetwork, ...] = Field(
+        default=(),
+        max_length=1000,
+        description="Client networks that may connect (v4 and v6); none: every address",
+    )
+    denied_sources: tuple[IPNetwork, ...] = Field(
+        default=(),
+        max_length=1000,
+        description="Client networks refused, even when allowed",
+    )
     certificates: tuple[Name, ...] = ()
     backend_protocol: BackendProtocol | None = None
     selector: LabelSelector | None = None
     target_port: PortRef
-    routes: tuple[Route, ...] = Field(default=(), max_length=256)
+    routes: tuple[Route, ...] = Field(default=(), max_length=1000)
     """L7 routing rules, tried in order; none: every request goes to the listener's backends."""
     owner: Owner
     created_at: float = Field(default=0.0, ge=0, description="unix time; older wins conflicts")

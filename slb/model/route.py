@@ -14,6 +14,7 @@ listener's whole configuration at the proxy.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Self
 
@@ -119,6 +120,20 @@ class ValueMatch(Model):
         if any(c in self.value for c in "\r\n\0"):
             raise CrossFieldError([("value", "must not contain CR, LF or NUL")])
         return self
+
+
+def parse_value_matches(texts: Iterable[str]) -> list[dict[str, str]]:
+    """Header or query matches as people type them, for the CLI and the console: `NAME`
+    (present), `NAME=VALUE` (exact) or `NAME~REGEX` (regex); the model validates them."""
+    out = []
+    for text in texts:
+        cut = min((i for i in (text.find("="), text.find("~")) if i > 0), default=-1)
+        if cut < 0:
+            out.append({"name": text, "type": MatchType.PRESENT.value})
+        else:
+            kind = MatchType.EXACT if text[cut] == "=" else MatchType.REGEX
+            out.append({"name": text[:cut], "type": kind.value, "value": text[cut + 1 :]})
+    return out
 
 
 class HeaderMatch(ValueMatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import json
 from typing import Any
 
 import pytest
@@ -298,6 +299,64 @@ def test_an_annotation_that_does_not_fit_a_port_keeps_that_port_as_served() -> N
     built = run(body)
     assert [li.protocol for li in built.listeners] == [Protocol.GRPC]  # random is L7-only
     assert any("openslb.io/scheduler: port 9090" in e.message for e in built.events)
+
+
+WEB_PORTS = [
+    {"name": "http", "port": 80, "appProtocol": "http"},
+    {"name": "https", "port": 8443, "appProtocol": "https"},
+    {"name": "grpc", "port": 50051, "appProtocol": "grpc"},
+    {"name": "db", "port": 5432},
+]
+
+
+def test_rules_and_https_redirect_by_annotation() -> None:
+    """#17: `openslb.io/rules` (the REST API's JSON) reaches the Service's layer-7 ports;
+    `openslb.io/https-redirect` puts a redirect to its TLS port first on its HTTP ports."""
+    rules = [{"name": "down", "path_regex": "/maintenance/.*",
+              "fixed_response": {"status": 503, "body": "back soon"}},
+             {"name": "admin", "grpc_service": "shop.Admin",
+              "forward_to": [{"target_port": 9000}]}]  # fmt: skip
+    body = service(
+        annotations={"openslb.io/rules": json.dumps(rules), "openslb.io/https-redirect": "true",
+                     "openslb.io/certificates": "shop-tls"},
+        ports=WEB_PORTS,
+    )  # fmt: skip
+    built = run(body)
+    by_port = {li.port: li for li in built.listeners}
+    assert [r.name for r in by_port[80].routes] == ["to-https", "down", "admin"]
+    to_https = by_port[80].routes[0].redirect
+    assert to_https is not None
+    assert (to_https.scheme, to_https.port, to_https.code) == ("https", 8443, 301)
+    assert [r.name for r in by_port[8443].routes] == ["down", "admin"]
+    assert [r.name for r in by_port[50051].routes] == ["down", "admin"]
+    assert by_port[5432].routes == ()  # a TCP port has no rules
+    assert built.events == ()
+
+
+def test_bad_rule_annotations_name_the_annotation_and_keep_what_was_served() -> None:
+    good = run(service(ports=WEB_PORTS))
+    previous = Previous(service=good.service, listeners={li.name: li for li in good.listeners},
+                        load_balancer=good.dedicated)  # fmt: skip
+    for value, expected in (
+        ("[{", "openslb.io/rules: not JSON"),
+        ('{"name": "a"}', "openslb.io/rules: must be a JSON list"),
+        ('[{"name": "a", "path_regex": "(a)\\\\1"}]', "openslb.io/rules: not an RE2"),
+    ):
+        built = run(service(annotations={"openslb.io/rules": value}, ports=WEB_PORTS),
+                    previous=previous)  # fmt: skip
+        assert [e.reason for e in built.events] == ["InvalidAnnotation"], value
+        assert built.events[0].message.startswith(expected.split(": ")[0])
+        assert expected.split(": ")[1] in built.events[0].message
+        assert set(built.listeners) == set(good.listeners)
+    # A rule that fits the HTTP port but not the GRPC one: that port keeps what it had.
+    built = run(service(annotations={"openslb.io/rules": '[{"name": "a", "path_prefix": "/a"}]'},
+                        ports=WEB_PORTS), previous=previous)  # fmt: skip
+    assert [e.message.split(";")[0] for e in built.events] == [
+        "openslb.io/rules: port 50051: GRPC listeners match grpc_service or path_regex, "
+        "and answer gRPC"]  # fmt: skip
+    grpc = next(li for li in built.listeners if li.port == 50051)
+    assert grpc.routes == ()
+    assert next(li for li in built.listeners if li.port == 80).routes[0].name == "a"
 
 
 def test_unknown_annotations_are_reported_but_do_not_block() -> None:

@@ -95,33 +95,53 @@ def test_the_class_setting_must_be_a_class_kubernetes_accepts(bad: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "annotations", "named"),
+    ("spec", "annotations", "allowed"),
     [
-        ({"loadBalancerSourceRanges": ["203.0.113.0/24"]}, {},
-         "spec.loadBalancerSourceRanges (203.0.113.0/24)"),
-        ({}, {"service.beta.kubernetes.io/load-balancer-source-ranges": "10.0.0.0/8, 1.2.3.4/32"},
-         "service.beta.kubernetes.io/load-balancer-source-ranges (10.0.0.0/8, 1.2.3.4/32)"),
+        ({"loadBalancerSourceRanges": ["198.18.10.0/24", "198.19.0.1/16"]}, {},
+         ("198.18.10.0/24", "198.19.0.0/16")),
+        ({}, {"service.beta.kubernetes.io/load-balancer-source-ranges": "198.18.10.0/24, ::1/128"},
+         ("198.18.10.0/24", "::1/128")),
+        ({"loadBalancerSourceRanges": ["0.0.0.0/0", "198.18.10.0/24"]}, {},
+         ("0.0.0.0/0", "198.18.10.0/24")),
     ],
 )  # fmt: skip
-def test_source_ranges_are_refused_rather_than_served_open(
-    spec: dict[str, Any], annotations: dict[str, str], named: str
+def test_source_ranges_become_every_listeners_allowed_sources(
+    spec: dict[str, Any], annotations: dict[str, str], allowed: tuple[str, ...]
 ) -> None:
+    """#17 item 2: both tiers enforce a listener's allowed networks (Envoy's RBAC, the LB
+    node's VIP guard), so a restricted Service is served, restricted, on every port."""
     body = lb(UNLABELLED, loadBalancerClass="openslb.io/slb", **spec)
     body["metadata"]["annotations"] = annotations
     built = run(body)
+    assert built.exposed
+    assert built.listeners
+    for listener in built.listeners:
+        assert tuple(str(n) for n in listener.allowed_sources) == allowed
+    assert built.events == ()
+
+
+def test_bad_source_ranges_are_refused_by_name_and_a_served_service_keeps_its_own() -> None:
+    body = lb(loadBalancerSourceRanges=["198.18.10.0/24", "not-a-cidr"])
+    built = run(body)
     assert not built.exposed
-    assert built.listeners == ()
-    assert built.refused_reason == "SourceRangesNotSupported"
-    assert built.refused is not None
-    assert named in built.refused
+    assert built.refused_reason == "InvalidSourceRanges"
     (event,) = built.events
-    assert (event.type, event.reason) == ("Warning", "SourceRangesNotSupported")
+    assert (event.type, event.reason) == ("Warning", "InvalidSourceRanges")
+    assert "spec.loadBalancerSourceRanges[1]: 'not-a-cidr' is not a CIDR" in event.message
+    served = run(lb(loadBalancerSourceRanges=["198.18.10.0/24"]))
+    previous = Previous(service=served.service, load_balancer=served.dedicated,
+                        listeners={li.name: li for li in served.listeners})  # fmt: skip
+    kept = run(body, previous=previous)
+    assert kept.exposed
+    assert kept.listeners == served.listeners
+    assert kept.refused_reason == "InvalidSourceRanges"
 
 
 def test_source_ranges_open_to_every_address_restrict_nothing() -> None:
     built = run(lb(loadBalancerSourceRanges=["0.0.0.0/0", "::/0"]))
     assert built.exposed
     assert built.refused is None
+    assert all(li.allowed_sources == () for li in built.listeners)
 
 
 def test_load_balancer_ip_asks_for_the_vip_and_the_annotation_wins() -> None:

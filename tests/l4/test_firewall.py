@@ -19,8 +19,9 @@ GOLDEN = Path(__file__).parent / "firewall_cases"
 SHIPPED = Path(__file__).parents[2] / "deploy" / "lb-node" / "nftables-openslb.nft"
 FLUSHES = [
     f"flush set inet openslb_guard {name}"
-    for name in ("vips4", "vips6", "listeners4", "listeners6")
-]
+    for name in ("vips4", "vips6", "listeners4", "listeners6", "restricted4", "restricted6",
+                 "allowed4", "allowed6", "denied4", "denied6")
+]  # fmt: skip
 
 
 def case_openings(case: str) -> Openings:
@@ -28,7 +29,7 @@ def case_openings(case: str) -> Openings:
     state = resolve(snapshot)
     group = group or next(iter(node_group_of(state.node_groups, node)), None)
     planned = plan(state, node, group)
-    return openings(planned.vips, planned.services)
+    return openings(planned.vips, planned.services, planned.acls)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from devbed.desired import listener, load_balancer, node_group, put, service
-from devbed.netns import TCP_PORT, UDP_PORT, Topology, tally_udp
+from devbed.netns import CLIENT_SOURCES, TCP_PORT, UDP_PORT, Topology, tally_udp
 from l4.agent import L4Agent
 from l4.drivers.nft import NftDriver
 from l4.firewall import Openings, load_script, update_script
@@ -59,11 +59,14 @@ def bound_vips() -> str:
     ).stdout
 
 
-def reach(address: str, port: int) -> str:
-    """Connect and read a line: what answered, `refused`, or `timed out` (dropped)."""
+def reach(address: str, port: int, source: str | None = None) -> str:
+    """Connect (from local address `source`, if given) and read a line: what answered,
+    `refused`, or `timed out` (dropped)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(WAIT_S)
+        if source is not None:
+            sock.bind((source, 0))
         try:
             sock.connect((address, port))
             return sock.makefile().readline().strip()
@@ -198,6 +201,31 @@ def test_only_the_listeners_ports_are_open_on_the_vips(
 
     assert agent.sync().errors == []
     assert len(nft.runs) == 2, "nothing to change: no nft run"
+
+
+def test_a_listeners_allowed_and_denied_networks_decide_who_connects(
+    store: Store, topology: Topology, guarded: tuple[L4Agent, RecordingNft], node_server: NodeServer
+) -> None:
+    """#17 item 2: clients at three addresses of the client namespace; the listener allows
+    the first and third and denies the third (a deny wins). Opening it lets the second in."""
+    agent, nft = guarded
+    client = topology.client
+    allowed, other, denied = CLIENT_SOURCES[0], CLIENT_SOURCES[1], CLIENT_SOURCES[2]
+    desired_state(store, topology)
+    revision = put(store, listener("web", 80, allowed_sources=[f"{allowed}/32", f"{denied}/32"],
+                                   denied_sources=[f"{denied}/32"]))  # fmt: skip
+    assert agent.sync_to(revision).errors == []
+    assert client.call(reach, VIP, 80, allowed) in SERVERS
+    assert client.call(reach, VIP, 80, other) == DROPPED
+    assert client.call(reach, VIP, 80, denied) == DROPPED
+    assert f"{VIP} . tcp . 80 . {denied}" in nft.runs[-1][0]
+
+    opened = put(store, listener("web", 80, denied_sources=[f"{denied}/32"]))
+    assert agent.sync_to(opened).errors == []
+    assert nft.runs[-1][0].startswith("flush set"), "the sets' contents replaced"
+    assert client.call(reach, VIP, 80, other) in SERVERS
+    assert client.call(reach, VIP, 80, denied) == DROPPED
+    assert sorted(client.call(tally_udp, VIP, 53, 3)) == sorted(SERVERS), "other ports untouched"
 
 
 def test_a_guard_that_cannot_be_loaded_is_reported_and_traffic_flows(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from l4.plan import Changed, node_group_of, plan
+from l4.plan import Changed, node_group_of, plan, unguarded
 from slb.model import Service, StoredObject, load_document
 from slb.resolve import resolve
 from slb.snapshot import Snapshot, Stored
@@ -131,3 +131,24 @@ def test_only_tcp_and_udp_listeners_are_charted_by_the_l4_tier() -> None:
     node, group, snapshot = load_case(TESTDATA / "udp-dr-persistence" / "in.json")
     charted = plan(resolve(snapshot), node, group or "default").charted()
     assert [(str(key), name) for key, name in charted.items()] == [("UDP 198.18.0.53:53", "dns")]
+
+
+def test_without_the_vip_guard_a_tcp_listener_with_access_control_is_not_served() -> None:
+    """#17 item 2: nothing else enforces a TCP or UDP listener's client networks at L4, so
+    it is left out with a note rather than served open to every client."""
+    node, group, snapshot = load_case(TESTDATA / "tcp-nat-rr" / "in.json")
+    planned = plan(resolve(snapshot), node, group or "default")
+    assert planned.acls  # the case's listener allows 198.18.10.0/24 and denies one address
+    bare = unguarded(planned)
+    assert bare.services == {}
+    assert bare.vips == ()
+    assert bare.problems == (
+        "listener 'web': not served: its allowed or denied client networks need the VIP guard "
+        "(l4.vip_guard), which is off on this node",
+    )
+    # Planned again from it, the listener is planned afresh (and left out again).
+    assert unguarded(plan(resolve(snapshot), node, group or "default", previous=bare,
+                          changed=Changed())).services == {}  # fmt: skip
+    node, group, snapshot = load_case(TESTDATA / "l7-to-envoys" / "in.json")
+    l7 = plan(resolve(snapshot), node, group or "default")
+    assert unguarded(l7) is l7  # Envoy enforces an L7 listener's own

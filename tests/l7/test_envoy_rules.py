@@ -35,6 +35,7 @@ RULES: list[dict[str, Any]] = [
      "redirect": {"scheme": "https", "code": 301}},
     {"name": "moved", "path_prefix": "/old/",
      "redirect": {"host": "new.shop.test", "path_prefix": "/new/", "code": 308}},
+    {"name": "renamed", "path_exact": "/a", "redirect": {"path": "/b"}},
     {"name": "down", "path_exact": "/maintenance",
      "fixed_response": {"status": 503, "body": "back soon\n"},
      "response_headers": {"set": [{"name": "retry-after", "value": "120"}]}},
@@ -93,6 +94,8 @@ def test_redirects_keep_what_they_do_not_change(served: tuple[str, Any]) -> None
     moved = _get(vip, "/old/page?x=1")
     assert (moved.status, moved.headers["location"]) == (
         308, "http://new.shop.test:8080/new/page?x=1")  # fmt: skip
+    renamed = _get(vip, "/a", host="www.shop.test:8080")
+    assert (renamed.status, renamed.headers["location"]) == (302, "http://www.shop.test:8080/b")
 
 
 def test_a_fixed_response_is_answered_by_the_load_balancer(served: tuple[str, Any]) -> None:

@@ -110,6 +110,22 @@ def test_the_slb_command(redis_server: RedisServer, store: Store) -> None:
                     "--port", "70000", "--selector", "app=x", "--target-port", "80")  # fmt: skip
     assert code == 1
     assert "Listener port:" in out
+    code, out = slb("listener", "set", "web", "--allow", "198.18.10.0/24", "--allow",
+                    "2001:db8::/32", "--deny", "198.18.10.66/32")  # fmt: skip
+    assert code == 0, out
+    code, out = slb("listener", "set", "web", "--allow", "198.18.10.1/24")
+    assert (
+        code,
+        "allowed_sources.0: '198.18.10.1/24' has host bits set: the network is 198.18.10.0/24"
+        in out,
+    ) == (1, True), out
+    code, out = slb("listener", "show", "web")
+    assert code == 0
+    shown = json.loads(out)
+    assert (shown["allowed_sources"], shown["denied_sources"]) == (
+        ["198.18.10.0/24", "2001:db8::/32"], ["198.18.10.66/32"])  # fmt: skip
+    assert slb("listener", "set", "web", "--allow", "any")[0] == 0
+    assert store.get(Listener, "web").obj.allowed_sources == ()
     code, out = slb("listener", "show", "web")
     assert code == 0
     assert '"interval_s": 5' in out

@@ -200,6 +200,46 @@ def test_malformed_json_is_a_400(client: FlaskClient, token: Headers, body: byte
     assert "malformed JSON" in response.get_json()["errors"][0]["message"]
 
 
+def test_rules_are_put_moved_and_removed_with_versions(
+    client: FlaskClient, token: Headers, ops: Operations, store: Store
+) -> None:
+    h = token("alice")
+    version = client.post("/api/v1/listeners", headers=h, json=LISTENER).get_json()["version"]
+    url = "/api/v1/listeners/web/rules"
+    api = {"path_prefix": "/api/", "forward_to": [{"selector": {"match_labels": {"app": "api"}}}]}
+    no_version = client.put(f"{url}/api", headers=h, json=api)
+    assert no_version.status_code == 428
+    put = client.put(f"{url}/api", headers=h, json={**api, "version": version})
+    assert put.status_code == 200, put.get_json()
+    version = put.get_json()["version"]
+    first = {"redirect": {"scheme": "https"}, "position": 0, "version": version}
+    put = client.put(f"{url}/to-https", headers=h, json=first)
+    assert [r["name"] for r in put.get_json()["routes"]] == ["to-https", "api"]
+    version = put.get_json()["version"]
+
+    bad = client.put(f"{url}/bad", headers=h,
+                     json={"path_regex": "(a)\\1", "headers": [{"name": ":path"}],
+                           "version": version})  # fmt: skip
+    assert bad.status_code == 422
+    assert fields(bad) == ["routes.2.path_regex", "routes.2.headers.0.name"]
+    renamed = client.put(f"{url}/api", headers=h, json={"name": "other", "version": version})
+    assert fields(renamed) == ["routes.name"]
+    stale = client.put(f"{url}/x", headers=h, json={"version": version - 1})
+    assert (stale.status_code, fields(stale)) == (409, ["version"])
+
+    moved = client.put(f"{url}/api/position", headers=h, json={"position": 0, "version": version})
+    assert [r["name"] for r in moved.get_json()["routes"]] == ["api", "to-https"]
+    version = moved.get_json()["version"]
+    far = client.put(f"{url}/api/position", headers=h, json={"position": 9, "version": version})
+    assert (far.status_code, fields(far)) == (422, ["routes"])
+    gone = client.delete(f"{url}/to-https?version={version}", headers=h)
+    assert [r["name"] for r in gone.get_json()["routes"]] == ["api"]
+    missing = client.delete(f"{url}/to-https?version={gone.get_json()['version']}", headers=h)
+    assert missing.status_code == 422
+    trail = client.get("/api/v1/audit?kind=Listener&key=web", headers=h).get_json()["items"]
+    assert [e["action"] for e in trail] == ["update"] * 4 + ["create"]
+
+
 def test_service_owned_listeners_are_shown_and_read_only(
     client: FlaskClient, token: Headers, ops: Operations, store: Store
 ) -> None:

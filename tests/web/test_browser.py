@@ -288,3 +288,53 @@ def test_a_grpc_listener_charts_real_traffic_and_envoys_view_of_its_backends(
     finally:
         bed.close()
         net.delete()
+
+
+def test_drag_a_rule_above_another_and_preview_a_new_rules_targets(
+    browser: BrowserContext, console: str, ops: Operations, store: Store
+) -> None:
+    """Rules reordered by HTML5 drag and drop (rules.js posts the move), and the rule
+    form's preview naming the Services each target line picks while it is typed."""
+    seed_services(store)
+    ops.add_listener(
+        {"name": "shop-web", "load_balancer": "public", "protocol": "HTTP", "port": 80,
+         "selector": {"match_labels": {"app": "shop"}}, "target_port": "http",
+         "routes": [{"name": n, "path_prefix": f"/{n}/"} for n in ("a", "b", "c")]}
+    )  # fmt: skip
+    page = login(browser, console, "alice")
+    page.goto(f"{console}/listeners/shop-web")
+    rows = page.locator("#routes tbody tr[data-route]")
+    expect(rows).to_have_count(3)
+    page.locator('tr[data-route="c"] .drag-handle').drag_to(page.locator('tr[data-route="a"]'))
+    expect(page.locator(".flash")).to_contain_text("Rule c moved to #1")
+    expect(rows.nth(0)).to_have_attribute("data-route", "c")
+    assert [r.name for r in store.get(Listener, "shop-web").obj.routes] == ["c", "a", "b"]
+    # Without dragging: the arrows are plain forms.
+    page.get_by_role("button", name="Move rule b up").click()
+    expect(page.locator(".flash")).to_contain_text("Rule b moved to #2")
+    assert [r.name for r in store.get(Listener, "shop-web").obj.routes] == ["c", "b", "a"]
+
+    page.click("#add-rule")
+    preview = page.locator("#rule-preview")
+    expect(preview.locator("[data-service]")).to_have_count(2)  # no line: the listener's
+    page.fill("input[name=name]", "api")
+    page.fill("input[name=match_value]", "/api/")
+    page.locator("#targets").press_sequentially("tier=api weight=3", delay=20)
+    expect(preview.locator("[data-line]")).to_have_count(1)
+    expect(preview.locator('[data-service="shop/cart"]')).to_contain_text("3/3 ready")
+    expect(preview.locator("[data-service]")).to_have_count(1)
+    page.locator("#targets").press("Enter")
+    page.locator("#targets").press_sequentially("app=billing", delay=20)
+    second = preview.locator('[data-line="2"]')
+    expect(second.locator('[data-service="shop/ledger"]')).to_be_visible()
+    expect(second).to_contain_text("25%")
+    expect(page.locator('fieldset[data-for-action="redirect"]')).to_be_hidden()
+    shot(page, "rule-form")
+    page.click("#save-rule")
+
+    expect(page).to_have_url(f"{console}/listeners/shop-web#rules")
+    row = page.locator('tr[data-route="api"]')
+    expect(row.locator('[data-service="shop/cart"]')).to_be_visible()
+    expect(row.locator(".share").first).to_have_text("75%")
+    shot(page, "listener-rules")
+    assert page.refused == []  # type: ignore[attr-defined]

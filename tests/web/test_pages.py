@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
+from markupsafe import escape
 
 from devbed.pki import chain
 from devbed.redis import RedisServer
@@ -23,6 +24,7 @@ from slb.storage.audit import AuditLog
 from slb.storage.status import ControllerBeat, StatusBoard
 from slb.storage.store import Store
 from tests.web.conftest import PASSWORD, Auth, csrf_of, make_app
+from web.rules import rule_to_form
 
 FORM = {
     "name": "web", "load_balancer": "public", "protocol": "HTTP", "port": "80",
@@ -213,16 +215,43 @@ def test_the_listener_page_shows_its_routes_and_the_form_keeps_them(
         {"name": "rest"},
     ]})  # fmt: skip
     detail = client.get("/listeners/web").get_data(as_text=True)
-    assert "Routes <span" in detail
+    assert "Forwarding rules <span" in detail
+    assert "Read-only here" not in detail
+    assert "slb listener rule add|rm|move|list web" in detail
     api = detail.split('data-route="api"')[1].split("</tr>")[0]
     for shown in ("shop.example", "path prefix <code>/api</code>", "app=api", "port 8080", "5 s"):
         assert shown in api
     rest = detail.split('data-route="rest"')[1].split("</tr>")[0]
-    assert "forward to the listener's Services" in rest
+    assert "100%</strong> to the listener's Services" in rest
     version = store.get(Listener, "web").revision
     saved = auth.post("/listeners/web/edit", {**FORM, "scheduler": "wrr", "version": str(version)})
     assert saved.status_code == 302
     assert [r.name for r in store.get(Listener, "web").obj.routes] == ["api", "rest"]
+
+
+def test_the_listener_form_sets_allowed_and_denied_networks(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    """#17 item 2: one network per line (or separated by spaces or commas); a bad one is
+    named with its place, and nothing is saved."""
+    auth.login("alice")
+    bad = auth.post("/listeners/new", {**FORM, "allowed_sources": "198.18.10.0/24\n198.18.11.1/24"})
+    assert bad.status_code == 422
+    page = bad.get_data(as_text=True)
+    assert "allowed_sources: #2: &#39;198.18.11.1/24&#39; has host bits set" in page
+    assert store.get(Listener, "web") is None
+    made = auth.post("/listeners/new", {**FORM, "allowed_sources": "198.18.10.0/24, 2001:db8::/32",
+                                        "denied_sources": "198.18.10.66/32"})  # fmt: skip
+    assert made.status_code == 302
+    web = store.get(Listener, "web")
+    assert web is not None
+    assert [str(n) for n in web.obj.allowed_sources] == ["198.18.10.0/24", "2001:db8::/32"]
+    assert [str(n) for n in web.obj.denied_sources] == ["198.18.10.66/32"]
+    form = client.get("/listeners/web/edit").get_data(as_text=True)
+    assert "198.18.10.0/24\n2001:db8::/32</textarea>" in form
+    cleared = auth.post("/listeners/web/edit", {**FORM, "version": str(web.revision)})
+    assert cleared.status_code == 302
+    assert store.get(Listener, "web").obj.allowed_sources == ()
 
 
 def test_service_owned_listeners_cannot_be_edited_from_the_form(
@@ -501,3 +530,398 @@ def test_a_malformed_version_is_a_400_naming_it(client: FlaskClient, auth: Auth,
     answer = auth.post(path, {"version": "1e9999; drop"})
     assert answer.status_code == 400
     assert "version: must be a whole number" in answer.get_data(as_text=True)
+
+
+# -- forwarding rules in the console (#17 item 1) ------------------------------------------
+
+RULE = {
+    "name": "api", "hosts": "shop.example, *.shop.example", "match": "prefix",
+    "match_value": "/api/", "method": "GET", "headers": "x-canary=1\nx-debug\nx-tier~gold|silver",
+    "query_params": "v=2", "action": "forward",
+    "targets": "app=api weight=90\napp=api-v2,env in (prod) port=8080 weight=10",
+    "rewrite_path_prefix": "/", "rewrite_host": "api.internal",
+    "request_headers": "set x-from: openslb\nadd x-trace: 1\nremove x-secret",
+    "response_headers": "set cache-control: no-store", "timeout_s": "5", "retry_attempts": "3",
+    "retry_per_try_timeout_s": "1.5", "retry_on": ["5xx", "reset"],
+}  # fmt: skip
+
+
+def put_service(store: Store, name: str, labels: dict[str, str], ready: int = 1) -> None:
+    backends = [{"address": f"198.18.30.{i + 1}", "port": 8080} for i in range(ready)]
+    store.put(Service.model_validate(
+        {"namespace": "shop", "name": name, "labels": labels, "load_balancer": "public",
+         "ports": [{"name": "http", "port": 80}], "backends": {"http": backends}}
+    ))  # fmt: skip
+
+
+def http_listener(ops: Operations, *rules: str, protocol: str = "HTTP") -> int:
+    """An operator's listener `web` with rules named `rules` (each to the listener's own
+    Services); its revision."""
+    stored = ops.add_listener(
+        {"name": "web", "load_balancer": "public", "protocol": protocol, "port": 80,
+         "selector": {"match_labels": {"app": "shop"}}, "target_port": "http",
+         "routes": [{"name": r, "path_prefix": f"/{r}/"} for r in rules]}
+    )  # fmt: skip
+    return stored.revision
+
+
+def rule_names(store: Store) -> list[str]:
+    return [r.name for r in store.get(Listener, "web").obj.routes]
+
+
+def test_add_a_rule_from_the_form(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    put_service(store, "api", {"app": "api"}, ready=2)
+    put_service(store, "api-v2", {"app": "api-v2", "env": "prod"})
+    version = http_listener(ops, "first")
+    auth.login("alice")
+    form = client.get("/listeners/web/rules/new").get_data(as_text=True)
+    assert 'id="rule-form"' in form
+    assert f'name="version" value="{version}"' in form
+    added = auth.post("/listeners/web/rules/new", {**RULE, "version": str(version)})
+    assert added.status_code == 302, added.get_data(as_text=True)
+    assert added.headers["Location"] == "/listeners/web#rules"
+    api = store.get(Listener, "web").obj.routes[1]
+    assert rule_names(store) == ["first", "api"]  # last, no position given
+    assert (api.hosts, api.path_prefix, api.method.value) == (
+        ("shop.example", "*.shop.example"),
+        "/api/",
+        "GET",
+    )
+    assert [(m.name, m.type.value, m.value) for m in api.headers] == [
+        ("x-canary", "exact", "1"), ("x-debug", "present", ""), ("x-tier", "regex", "gold|silver")
+    ]  # fmt: skip
+    assert [(m.name, m.value) for m in api.query_params] == [("v", "2")]
+    assert [(str(t.selector), t.target_port, t.weight) for t in api.forward_to] == [
+        ("app=api", None, 90), ("app=api-v2,env in (prod)", 8080, 10)
+    ]  # fmt: skip
+    assert api.rewrite is not None
+    assert (api.rewrite.path_prefix, api.rewrite.host) == ("/", "api.internal")
+    changes = api.request_headers
+    assert [(h.name, h.value) for h in changes.set] == [("x-from", "openslb")]
+    assert [(h.name, h.value) for h in changes.add] == [("x-trace", "1")]
+    assert changes.remove == ("x-secret",)
+    assert [(h.name, h.value) for h in api.response_headers.set] == [("cache-control", "no-store")]
+    assert api.timeout_s == 5
+    assert api.retry is not None
+    assert (api.retry.attempts, api.retry.per_try_timeout_s) == (3, 1.5)
+    assert [r.value for r in api.retry.retry_on] == ["5xx", "reset"]
+
+    # The table shows each target's share and the Services it picks now.
+    detail = client.get("/listeners/web").get_data(as_text=True)
+    assert "Rule api saved as #2 of listener web" in detail
+    row = detail.split('data-route="api"')[1].split("</tr>")[0]
+    first, second = row.split('data-target="1"')
+    assert "90%</strong> to Services matching <code>app=api</code>" in first
+    assert 'data-service="shop/api"' in first
+    assert "shop/api-v2" not in first
+    assert "10%</strong> to Services matching <code>app=api-v2,env in (prod)</code>" in second
+    assert 'data-service="shop/api-v2"' in second
+
+
+def test_redirect_and_fixed_response_rules_at_a_position(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    version = http_listener(ops, "a", "b")
+    auth.login("alice")
+    moved = {"name": "old-shop", "match": "prefix", "match_value": "/old/", "action": "redirect",
+             "redirect_scheme": "https", "redirect_host": "shop.example",
+             "redirect_path_prefix": "/new/", "redirect_code": "308", "position": "1",
+             "targets": "app=ignored", "timeout_s": "9"}  # fmt: skip
+    assert (
+        auth.post("/listeners/web/rules/new", {**moved, "version": str(version)}).status_code == 302
+    )
+    assert rule_names(store) == ["old-shop", "a", "b"]
+    redirect = store.get(Listener, "web").obj.routes[0]
+    assert redirect.redirect is not None
+    assert redirect.redirect.model_dump(mode="json", exclude_none=True) == {
+        "scheme": "https", "host": "shop.example", "path_prefix": "/new/", "code": 308
+    }  # fmt: skip
+    assert (redirect.forward_to, redirect.timeout_s) == ((), None)  # another action's fields
+    down = {"name": "down", "match": "exact", "match_value": "/maintenance",
+            "action": "fixed_response", "fixed_response_status": "503",
+            "fixed_response_body": "back soon\r\n", "position": "3",
+            "version": str(store.get(Listener, "web").revision)}  # fmt: skip
+    assert auth.post("/listeners/web/rules/new", down).status_code == 302
+    assert rule_names(store) == ["old-shop", "a", "down", "b"]
+    answer = store.get(Listener, "web").obj.routes[2].fixed_response
+    assert answer is not None
+    assert (answer.status, answer.body) == (503, "back soon\n")  # as typed, in the model's lines
+    detail = client.get("/listeners/web").get_data(as_text=True)
+    assert "redirect 308 to https://shop.example" in detail
+    assert "answer 503 &#34;back soon" in detail
+
+
+def test_edit_a_rule_in_place_and_an_unchanged_form_keeps_it(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    version = http_listener(ops, "a", "c")
+    auth.login("alice")
+    added = auth.post("/listeners/web/rules/new", {**RULE, "position": "2", "version": version})
+    assert added.status_code == 302
+    before = store.get(Listener, "web")
+    assert rule_names(store) == ["a", "api", "c"]
+    form = client.get("/listeners/web/rules/api/edit").get_data(as_text=True)
+    for shown in (
+        "app=api weight=90\napp=api-v2,env in (prod) port=8080 weight=10",
+        "x-canary=1\nx-debug\nx-tier~gold|silver",
+        'value="shop.example *.shop.example"',
+        "set x-from: openslb\nadd x-trace: 1\nremove x-secret",
+        'value="reset" checked',
+        'value="/api/"',
+        'name="name" value="api" readonly',
+    ):
+        assert shown in form, shown
+
+    # What the form shows, sent back unchanged, is the same rule.
+    shown_form = rule_to_form(before.obj.routes[1])
+    unchanged = {k: v if isinstance(v, list) else str(v) for k, v in shown_form.items()}
+    saved = auth.post("/listeners/web/rules/api/edit", {**unchanged, "version": before.revision})
+    assert saved.status_code == 302
+    assert store.get(Listener, "web").obj.routes == before.obj.routes
+
+    # A change replaces it where it stands; the name in the URL is the one edited.
+    changed = {**RULE, "name": "renamed", "targets": "", "rewrite_path_prefix": "",
+               "match": "regex", "match_value": "/api/v[0-9]+/.*"}  # fmt: skip
+    version = store.get(Listener, "web").revision
+    edited = auth.post("/listeners/web/rules/api/edit", {**changed, "version": version})
+    assert edited.status_code == 302
+    assert rule_names(store) == ["a", "api", "c"]
+    api = store.get(Listener, "web").obj.routes[1]
+    assert (api.path_prefix, api.path_regex, api.forward_to) == (None, "/api/v[0-9]+/.*", ())
+    assert client.get("/listeners/web/rules/nope/edit").status_code == 404
+
+
+BAD_RULES = {
+    "regex": ({"match": "regex", "match_value": r"(a)\1"}, "match_value", "not an RE2 regular"),
+    "weights": ({"targets": "app=a weight=0\napp=b weight=0"}, "targets", "weight above 0"),
+    "weight-type": ({"targets": "app=a weight=x"}, "targets", "#1 weight: Input should be"),
+    "selector": ({"targets": "app=a\napp in (b"}, "targets", "#2: unbalanced"),
+    "header-twice": ({"headers": "x-a=1\nx-a=2"}, "headers", "#2 name: &#39;x-a&#39; is matched"),
+    "reserved-header": ({"headers": "host=x"}, "headers", "#1 name: &#39;host&#39; cannot be"),
+    "change-line": ({"request_headers": "rename x"}, "request_headers", "write &#39;set NAME"),
+    "reserved-change": ({"response_headers": "set connection: x"}, "response_headers", "set #1"),
+    "redirect-prefix": (
+        {"match": "any", "action": "redirect", "redirect_path_prefix": "/new/"},
+        "redirect_path_prefix", "the rule needs path_prefix",
+    ),
+    "redirect-port": (
+        {"action": "redirect", "redirect_port": "99999"}, "redirect_port", "less than or equal to"
+    ),
+    "status": (
+        {"action": "fixed_response", "fixed_response_status": "99"}, "fixed_response_status",
+        "greater than or equal to 200",
+    ),
+    "name": ({"name": "Bad_Name"}, "name", "Bad_Name"),
+    "taken": ({"name": "first"}, "name", "has a rule first already"),
+    "no-path": ({"match_value": ""}, "match_value", "give the path prefix to match"),
+    "grpc-method": ({"grpc_method": "Get"}, "grpc_method", "needs grpc_service"),
+    "position": ({"position": "9"}, "position", "between 1 (tried first) and 2 (last)"),
+    "timeout": ({"timeout_s": "soon"}, "timeout_s", "valid integer"),
+    "retry-on": ({"retry_on": ["sometimes"]}, "retry_on", "Input should be"),
+    "host": ({"hosts": "shop..example"}, "hosts", "#1:"),
+}  # fmt: skip
+"""Bad rule form input: the change to RULE, the form field it is shown at, and what it says."""
+
+
+@pytest.mark.parametrize(("change", "field", "shown"), BAD_RULES.values(), ids=BAD_RULES.keys())
+def test_bad_rule_input_is_shown_by_field_and_saves_nothing(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store,
+    change: dict[str, str], field: str, shown: str,
+) -> None:  # fmt: skip
+    version = http_listener(ops, "first")
+    auth.login("alice")
+    before = store.revision()
+    page = auth.post("/listeners/web/rules/new", {**RULE, **change, "version": str(version)})
+    assert page.status_code == 422
+    text = page.get_data(as_text=True)
+    assert "Nothing was saved" in text
+    error = text.split(f'class="field-error" data-field="{field}">')[1].split("</div>")[0]
+    assert shown in error
+    assert store.revision() == before
+    assert f'name="{field}"' in text  # shown next to its field, in the form as it was sent
+    for value in change.values():
+        assert str(escape(value if isinstance(value, str) else value[0])) in text
+
+
+def test_move_rules_up_and_down_and_delete_them(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    version = http_listener(ops, "a", "b", "c")
+    auth.login("alice")
+    detail = client.get("/listeners/web").get_data(as_text=True)
+    assert 'draggable="true"' in detail
+    assert 'src="/static/rules.js"' in detail
+    assert 'aria-label="Move rule a up" disabled' in detail
+    assert 'aria-label="Move rule c down" disabled' in detail
+    assert 'data-confirm="Delete rule b of listener web?"' in detail
+    row = detail.split('data-route="b"')[1].split("</tr>")[0]
+    assert 'action="/listeners/web/rules/b/move"' in row
+    assert 'name="position" value="0"' in row  # up
+    assert 'name="position" value="2"' in row  # down
+
+    up = auth.post("/listeners/web/rules/c/move", {"position": "1", "version": str(version)})
+    assert up.status_code == 302
+    assert up.headers["Location"] == "/listeners/web#rules"
+    assert rule_names(store) == ["a", "c", "b"]
+    version = store.get(Listener, "web").revision
+    again = auth.post("/listeners/web/rules/a/move", {"position": "1", "version": version})
+    assert again.status_code == 302
+    assert rule_names(store) == ["c", "a", "b"]
+    assert "Rule a moved to #2" in client.get("/listeners/web").get_data(as_text=True)
+
+    version = store.get(Listener, "web").revision
+    far = auth.post("/listeners/web/rules/a/move", {"position": "7", "version": str(version)})
+    assert far.status_code == 422
+    assert "position 7 is not between 0 and 2" in far.get_data(as_text=True)
+    deleted = auth.post("/listeners/web/rules/a/delete", {"version": str(version)})
+    assert deleted.status_code == 302
+    assert rule_names(store) == ["c", "b"]
+    version = store.get(Listener, "web").revision
+    gone = auth.post("/listeners/web/rules/a/delete", {"version": version})
+    assert gone.status_code == 422
+    assert "has no rule named &#39;a&#39;" in gone.get_data(as_text=True)
+
+
+def test_a_stale_version_is_a_409_and_saves_nothing(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    version = http_listener(ops, "a", "b")
+    ops.put_rule("web", {"name": "meanwhile"})  # someone else, after the page was opened
+    auth.login("alice")
+    before = store.revision()
+    for path, data in (
+        ("/listeners/web/rules/new", RULE),
+        ("/listeners/web/rules/a/edit", {**RULE, "name": "a"}),
+        ("/listeners/web/rules/b/move", {"position": "0"}),
+        ("/listeners/web/rules/a/delete", {}),
+        ("/listeners/web/rules/to-https", {}),
+    ):
+        page = auth.post(path, {**data, "version": str(version)})
+        assert page.status_code == 409, path
+        text = page.get_data(as_text=True)
+        assert "Someone else changed this listener since you opened" in text
+        assert 'data-route="meanwhile"' in text or 'name="targets"' in text  # as it is now
+    assert store.revision() == before
+    assert rule_names(store) == ["a", "b", "meanwhile"]
+
+
+def test_redirect_http_to_https_in_one_click(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    version = http_listener(ops, "a")
+    auth.login("alice")
+    detail = client.get("/listeners/web").get_data(as_text=True)
+    assert 'action="/listeners/web/rules/to-https"' in detail
+    assert ">Redirect HTTP to HTTPS</button>" in detail
+    assert auth.post("/listeners/web/rules/to-https", {"version": str(version)}).status_code == 302
+    assert rule_names(store) == ["to-https", "a"]
+    rule = store.get(Listener, "web").obj.routes[0]
+    assert rule.redirect is not None
+    assert (rule.redirect.scheme.value, rule.redirect.code.value) == ("https", 301)
+    detail = client.get("/listeners/web").get_data(as_text=True)
+    assert "Redirect HTTP to HTTPS</button>" not in detail
+    assert "redirect 301 to https://same host" in detail
+    before = store.revision()
+    again = auth.post("/listeners/web/rules/to-https", {"version": str(store.revision())})
+    assert again.status_code == 422
+    assert store.revision() == before
+
+
+def test_no_https_redirect_button_where_it_would_loop_or_cannot_be(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    version = http_listener(ops, protocol="GRPC")
+    ops.put_rule("web", {"name": "all", "grpc_service": "shop.v1.Cart"})
+    auth.login("alice")
+    detail = client.get("/listeners/web").get_data(as_text=True)
+    assert 'id="add-rule"' in detail
+    assert "Redirect HTTP to HTTPS" not in detail
+    before = store.revision()
+    assert auth.post("/listeners/web/rules/to-https", {"version": str(version)}).status_code == 422
+    assert store.revision() == before
+
+
+def test_the_rule_form_previews_each_target_line(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    put_service(store, "api", {"app": "api"}, ready=3)
+    put_service(store, "shop", {"app": "shop"}, ready=2)
+    http_listener(ops)
+    auth.login("alice")
+    form = client.get("/listeners/web/rules/new").get_data(as_text=True)
+    assert 'hx-get="/listeners/web/rules/preview"' in form
+    assert 'data-service="shop/shop"' in form  # no line yet: the listener's Services
+    preview = client.get(
+        "/listeners/web/rules/preview", query_string={"targets": "app=api weight=3\n\nlistener"}
+    ).get_data(as_text=True)
+    first, second = preview.split('data-line="2"')
+    assert "75%" in first
+    assert 'data-service="shop/api"' in first
+    assert "3/3 ready" in first
+    assert "25%" in second
+    assert 'data-service="shop/shop"' in second
+    bad = client.get("/listeners/web/rules/preview", query_string={"targets": "app in (x"})
+    assert 'class="field-error" data-field="targets">#1:' in bad.get_data(as_text=True)
+
+
+def test_viewers_cannot_change_rules(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    version = http_listener(ops, "a", "b")
+    auth.login("victor")
+    detail = client.get("/listeners/web").get_data(as_text=True)
+    assert 'data-route="a"' in detail
+    for control in ('id="add-rule"', "drag-handle", "/rules/a/move", "/rules/to-https", "rules.js"):
+        assert control not in detail
+    assert "Operators edit them here" in detail
+    assert client.get("/listeners/web/rules/new").status_code == 403
+    assert client.get("/listeners/web/rules/a/edit").status_code == 403
+    before = store.revision()
+    for path in ("/listeners/web/rules/new", "/listeners/web/rules/a/edit",
+                 "/listeners/web/rules/a/move", "/listeners/web/rules/a/delete",
+                 "/listeners/web/rules/to-https"):  # fmt: skip
+        page = auth.post(path, {**RULE, "name": "a", "position": "1", "version": str(version)})
+        assert page.status_code == 403, path
+    assert store.revision() == before
+
+
+def test_a_services_rules_stay_read_only(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    store.put(Listener.model_validate(
+        {"name": "shop-cart-http", "load_balancer": "public", "protocol": "HTTP", "port": 8080,
+         "target_port": "http", "owner": {"kind": "Service", "name": "shop/cart"},
+         "routes": [{"name": "api", "path_prefix": "/api/"}, {"name": "rest"}]}
+    ))  # fmt: skip
+    auth.login("alice")
+    detail = client.get("/listeners/shop-cart-http").get_data(as_text=True)
+    assert 'data-route="api"' in detail
+    assert "openslb.io/rules</code> annotation: read-only here" in detail
+    assert "the listener's Service shop/cart" in detail
+    for control in ('id="add-rule"', "drag-handle", "/rules/api/move", "/rules/", "rules.js"):
+        assert control not in detail
+    new = client.get("/listeners/shop-cart-http/rules/new", follow_redirects=True)
+    assert "its rules change with the Service" in new.get_data(as_text=True)
+    before = store.revision()
+    version = str(store.get(Listener, "shop-cart-http").revision)
+    for path in ("rules/new", "rules/api/edit", "rules/api/move", "rules/api/delete",
+                 "rules/to-https"):  # fmt: skip
+        page = auth.post(f"/listeners/shop-cart-http/{path}", {**RULE, "version": version})
+        assert page.status_code == 302, path
+        assert page.headers["Location"] == "/listeners/shop-cart-http#rules"
+    assert store.revision() == before
+
+
+def test_tcp_listeners_have_no_rules_page(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    ops.add_listener(
+        {"name": "db", "load_balancer": "public", "protocol": "TCP", "port": 5432,
+         "selector": {"match_labels": {"app": "db"}}, "target_port": 5432}
+    )  # fmt: skip
+    auth.login("alice")
+    assert "Forwarding rules" not in client.get("/listeners/db").get_data(as_text=True)
+    page = client.get("/listeners/db/rules/new", follow_redirects=True)
+    assert "only HTTP, HTTPS and GRPC listeners have rules" in page.get_data(as_text=True)

@@ -131,6 +131,58 @@ def delete_listener(name: str) -> Response:
 
 
 @bp.operation(
+    "/listeners/<name>/rules/<rule>", "PUT",
+    summary="Add a forwarding rule, or replace the rule of that name where it stands "
+    "(needs the listener's version read); `position` 0 puts it first",
+    role=WRITE, ok=(200, "ListenerItem"), body="RulePut", errors=(409, 428),
+)  # fmt: skip
+def put_rule(name: str, rule: str) -> Response:
+    data = json_body()
+    version = take_version(Listener.kind, data)
+    position = _position(data)
+    if data.setdefault("name", rule) != rule:
+        raise field_error(Listener.kind, "routes.name", "must be the rule's name in the path")
+    _listener(name)
+    stored = operations().put_rule(name, data, position, expect=version)
+    return with_etag(queries.listener_json(queries.current(), stored, nodes=True))
+
+
+@bp.operation(
+    "/listeners/<name>/rules/<rule>/position", "PUT",
+    summary="Move a forwarding rule to `position` (0: first; needs the version read)",
+    role=WRITE, ok=(200, "ListenerItem"), body="RuleMove", errors=(409, 428),
+)  # fmt: skip
+def move_rule(name: str, rule: str) -> Response:
+    data = json_body()
+    version = take_version(Listener.kind, data)
+    position = _position(data)
+    if position is None:
+        raise field_error(Listener.kind, "position", "required")
+    _listener(name)
+    stored = operations().move_rule(name, rule, position, expect=version)
+    return with_etag(queries.listener_json(queries.current(), stored, nodes=True))
+
+
+@bp.operation(
+    "/listeners/<name>/rules/<rule>", "DELETE",
+    summary="Remove a forwarding rule (needs the listener's version read)",
+    role=WRITE, ok=(200, "ListenerItem"), errors=(409, 422, 428), query=VERSION_QUERY,
+)  # fmt: skip
+def delete_rule(name: str, rule: str) -> Response:
+    version = take_version(Listener.kind)
+    _listener(name)
+    stored = operations().remove_rule(name, rule, expect=version)
+    return with_etag(queries.listener_json(queries.current(), stored, nodes=True))
+
+
+def _position(data: dict[str, Any]) -> int | None:
+    position = data.pop("position", None)
+    if position is not None and (isinstance(position, bool) or not isinstance(position, int)):
+        raise field_error(Listener.kind, "position", f"must be an integer (got {position!r})")
+    return position
+
+
+@bp.operation(
     "/listeners/<name>/backends", "GET", summary="Every endpoint a listener selects, with health",
     role=READ, ok=(200, "BackendList"),
 )  # fmt: skip

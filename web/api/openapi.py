@@ -117,6 +117,12 @@ def _schemas() -> dict[str, Any]:  # noqa: PLR0915 - one line per schema
     patch = _extended(create, required=False, version=VERSION_IN)
     patch["required"] = []
     s["ListenerPatch"] = patch
+    position = {"type": "integer", "minimum": 0, "description": "0: first, tried before all"}
+    rule = _extended(models["Route_In"], required=False, version=VERSION_IN, position=position)
+    rule["required"] = ["version"]
+    rule["properties"]["name"]["description"] = "Optional: the name in the path"
+    s["RulePut"] = rule
+    s["RuleMove"] = _obj(version=VERSION_IN, position=position)
     s["BackendList"] = _list_of(
         _extended(models["Backend"], service=STRING,
                   health={"type": "string", "enum": ["ready", "draining", "not ready"]},

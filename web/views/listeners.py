@@ -1,15 +1,31 @@
-"""Listener pages: the list, the form with its live selector preview, and the detail."""
+"""Listener pages: the list, the form with its live selector preview, the detail, and the
+forwarding rules of HTTP, HTTPS and GRPC listeners (table, form, reordering)."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from slb.model import Certificate, Listener, LoadBalancer, ModelError, OwnerKind, Scheduler
+from slb.model import (
+    Certificate,
+    Listener,
+    LoadBalancer,
+    Method,
+    ModelError,
+    OwnerKind,
+    RedirectCode,
+    RetryOn,
+    Scheduler,
+    Scheme,
+)
+from slb.operations import Operations
+from slb.snapshot import Snapshot, Stored
 from slb.storage.store import ConflictError
-from web import queries
+from web import queries, rules
 from web.auth import Role, require
 from web.db import operations
 from web.queries import PROTOCOLS, STATES, ListenerFilter
@@ -19,6 +35,9 @@ from web.views.common import errors_by_field, form_int
 bp = Blueprint("listeners", __name__)
 
 PageResult = str | Response | tuple[str, int]
+
+CONFLICT = ("Someone else changed this listener since you opened it. "
+            "Your changes were not saved: reload to see theirs.")  # fmt: skip
 
 
 def _choices() -> dict[str, Any]:
@@ -71,7 +90,7 @@ def form_to_listener(form: dict[str, str]) -> dict[str, Any]:
         data["access_log"] = True
     target = form.get("target_port", "").strip()
     if target:
-        data["target_port"] = int(target) if target.isdigit() else target
+        data["target_port"] = rules.port_ref(target)
     selector = form.get("selector", "").strip()
     if selector:
         data["selector"] = queries.parse_selector(selector)
@@ -92,7 +111,24 @@ def form_to_listener(form: dict[str, str]) -> dict[str, Any]:
         persistence["cookie_name"] = form["cookie_name"].strip()
     data["persistence"] = persistence
     data["certificates"] = [c for c in request.form.getlist("certificates") if c]
+    for key in ACL_FIELDS:  # one network per line, or separated by spaces or commas
+        data[key] = [n for n in re.split(r"[\s,]+", form.get(key, "")) if n]
     return data
+
+
+ACL_FIELDS = ("allowed_sources", "denied_sources")
+
+
+def _listener_errors(exc: ModelError) -> dict[str, list[str]]:
+    """The model's errors by form field: `allowed_sources.2` is the allowed list's ("#3")."""
+    out: dict[str, list[str]] = {}
+    for field, messages in errors_by_field(exc).items():
+        head, _, index = field.partition(".")
+        if head in ACL_FIELDS and index.isdigit():
+            out.setdefault(head, []).extend(f"#{int(index) + 1}: {m}" for m in messages)
+        else:
+            out.setdefault(field, []).extend(messages)
+    return out
 
 
 def listener_to_form(listener: Listener) -> dict[str, Any]:
@@ -115,6 +151,7 @@ def listener_to_form(listener: Listener) -> dict[str, Any]:
         "access_log": listener.access_log,
         "backend_protocol": listener.backend_protocol.value if listener.backend_protocol else "",
         "certificates": list(listener.certificates),
+        **{key: "\n".join(str(n) for n in getattr(listener, key)) for key in ACL_FIELDS},
     }
     if check:
         for key in ("path", "expected_codes", "grpc_service", "interval_s", "timeout_s",
@@ -154,7 +191,7 @@ def listener_new() -> PageResult:
     try:
         stored = operations().add_listener(form_to_listener(form))
     except ModelError as exc:
-        return _render_form(form, errors_by_field(exc), None, None, 422)
+        return _render_form(form, _listener_errors(exc), None, None, 422)
     flash(f"Listener {stored.obj.name} created at revision {stored.revision}.")
     return redirect(url_for("listeners.listener_detail", name=stored.obj.name))
 
@@ -180,11 +217,9 @@ def listener_edit(name: str) -> PageResult:
         data.pop("name", None)
         updated = operations().update_listener(name, data, expect=version)
     except ModelError as exc:
-        return _render_form(form, errors_by_field(exc), name, version, 422)
+        return _render_form(form, _listener_errors(exc), name, version, 422)
     except ConflictError:
-        message = ("Someone else changed this listener since you opened it. "
-                   "Your changes were not saved: reload to see theirs.")  # fmt: skip
-        return _render_form(form, {"version": [message]}, name, version, 409)
+        return _render_form(form, {"version": [CONFLICT]}, name, version, 409)
     flash(f"Listener {name} updated at revision {updated.revision}.")
     return redirect(url_for("listeners.listener_detail", name=name))
 
@@ -209,7 +244,7 @@ def listener_delete(name: str) -> Response:
 def listener_preview() -> str:
     """The htmx fragment under the selector field, redrawn as the operator types."""
     target = request.args.get("target_port", "").strip()
-    port: int | str | None = int(target) if target.isdigit() else (target or None)
+    port = rules.port_ref(target) if target else None
     found = preview(
         queries.current().snapshot, request.args.get("selector", ""), port,
         request.args.get("load_balancer", ""),
@@ -227,18 +262,230 @@ def _detail_context(name: str) -> dict[str, Any]:
 
 
 @bp.get("/listeners/<name>")
-def listener_detail(name: str) -> str:
+def listener_detail(name: str) -> PageResult:
+    return _render_detail(name)
+
+
+def _render_detail(name: str, status: int = 200) -> tuple[str, int]:
+    """The listener's page; a refused change to its rules answers with it as it is now."""
     context = _detail_context(name)
     view = queries.current()
-    backends = listener_backends(view.snapshot, context["listener"])
-    envoys = queries.envoy_hosts(view, name) if context["listener"].protocol.is_l7 else None
-    return render_template(
-        "listener_detail.html", backends=backends, envoys=envoys,
-        can_edit=g.user.can(Role.OPERATOR), **context,
+    listener: Listener = context["listener"]
+    backends = listener_backends(view.snapshot, listener)
+    envoys = queries.envoy_hosts(view, name) if listener.protocol.is_l7 else None
+    can_edit = g.user.can(Role.OPERATOR)
+    page = render_template(
+        "listener_detail.html", backends=backends, envoys=envoys, can_edit=can_edit,
+        **_rules_context(view.snapshot, listener, can_edit), **context,
     )  # fmt: skip
+    return page, status
 
 
 @bp.get("/listeners/<name>/status")
 def listener_status(name: str) -> str:
     """The htmx fragment with the listener's live status on each node."""
     return render_template("_listener_status.html", **_detail_context(name))
+
+
+# -- forwarding rules ----------------------------------------------------------------------
+
+
+def submitted_rule_form() -> dict[str, Any]:
+    form: dict[str, Any] = {k: v for k, v in request.form.items() if k != "csrf_token"}
+    form["retry_on"] = request.form.getlist("retry_on")
+    return form
+
+
+def _rules_context(snapshot: Snapshot, listener: Listener, can_edit: bool) -> dict[str, Any]:
+    """The rules table: whether it has edit controls, and what each target picks now."""
+    editable = can_edit and not _rules_read_only(listener)
+    targets = {
+        r.name: rules.target_views(snapshot, listener, [rules.model_target(t) for t in r.targets])
+        for r in listener.routes
+        if r.forwards
+    }
+    return {"rules_editable": editable, "rule_targets": targets,
+            "offer_https": editable and rules.offers_https_redirect(listener)}  # fmt: skip
+
+
+def _rules_listener(name: str) -> Stored[Listener]:
+    """The listener whose rules the console changes: an operator's HTTP, HTTPS or GRPC one.
+    Any other goes back to its page saying why (a Service's rules change with the Service)."""
+    stored = queries.current().snapshot.of(Listener).get(name)
+    if stored is None:
+        abort(404)
+    why = _rules_read_only(stored.obj)
+    if why:
+        flash(why, "error")
+        _back_to(name)
+    return stored
+
+
+def _rules_read_only(listener: Listener) -> str:
+    """Why the console does not change this listener's rules, if it does not."""
+    if listener.owner.kind is OwnerKind.SERVICE:
+        return (f"Listener {listener.name} belongs to Service {listener.owner.name}: its rules "
+                "change with the Service's openslb.io/rules annotation.")  # fmt: skip
+    if not listener.protocol.is_l7:
+        return (f"Listener {listener.name} is {listener.protocol.value}: only HTTP, HTTPS and "
+                "GRPC listeners have rules.")  # fmt: skip
+    return ""
+
+
+def _back_to(name: str) -> NoReturn:
+    abort(redirect(url_for("listeners.listener_detail", name=name, _anchor="rules")))
+
+
+def _render_rule_form(
+    stored: Stored[Listener],
+    form: dict[str, Any],
+    errors: dict[str, list[str]],
+    *,
+    editing: str | None,
+    version: int,
+    status: int = 200,
+) -> tuple[str, int]:
+    targets = [rules.line_target(line) for line in rules.lines(form, "targets")] or [("", None, 1)]
+    page = render_template(
+        "listener_rule_form.html", listener=stored.obj, form=form, errors=errors,
+        editing=editing, version=version, match_kinds=rules.MATCH_KINDS,
+        targets=rules.target_views(queries.current().snapshot, stored.obj, targets),
+        methods=[m.value for m in Method], codes=[c.value for c in RedirectCode],
+        retry_conditions=[r.value for r in RetryOn], schemes=[s.value for s in Scheme],
+    )  # fmt: skip
+    return page, status
+
+
+@bp.get("/listeners/<name>/rules/preview")
+def rule_preview(name: str) -> str:
+    """The htmx fragment under the targets: what each line picks now, as it is typed."""
+    stored = queries.current().snapshot.of(Listener).get(name)
+    if stored is None:
+        abort(404)
+    targets = [rules.line_target(line) for line in rules.lines(request.args, "targets")] or [
+        ("", None, 1)
+    ]
+    views = rules.target_views(queries.current().snapshot, stored.obj, targets)
+    return render_template("_rule_preview.html", targets=views, listener=stored.obj)
+
+
+@bp.route("/listeners/<name>/rules/new", methods=["GET", "POST"])
+@require(Role.OPERATOR)
+def rule_new(name: str) -> PageResult:
+    stored = _rules_listener(name)
+    if request.method == "GET":
+        return _render_rule_form(
+            stored, dict(rules.NEW_RULE), {}, editing=None, version=stored.revision
+        )
+    return _save_rule(stored, None)
+
+
+@bp.route("/listeners/<name>/rules/<rule>/edit", methods=["GET", "POST"])
+@require(Role.OPERATOR)
+def rule_edit(name: str, rule: str) -> PageResult:
+    stored = _rules_listener(name)
+    current = next((r for r in stored.obj.routes if r.name == rule), None)
+    if current is None:
+        abort(404, description=f"listener {name} has no rule named {rule!r}")
+    if request.method == "GET":
+        return _render_rule_form(
+            stored, rules.rule_to_form(current), {}, editing=rule, version=stored.revision
+        )
+    return _save_rule(stored, rule)
+
+
+def _save_rule(stored: Stored[Listener], editing: str | None) -> PageResult:
+    """Add a rule, or replace the one edited where it stands: 422 naming the fields, or 409
+    if the listener changed since the form was opened; nothing is saved either way."""
+    form = submitted_rule_form()
+    version = form_int(form.pop("version", None), "version")
+    if editing is not None:
+        form["name"] = editing  # renaming is adding the new rule and deleting the old one
+    rule, problems = rules.form_to_rule(form)
+    others = [r.name for r in stored.obj.routes if r.name != editing]
+    if editing is None and rule["name"] in others:
+        rules.problem(problems, "name", f"listener {stored.obj.name} has a rule {rule['name']} "
+                                   "already: edit that one, or pick another name")  # fmt: skip
+    position = _form_position(rules.text(form, "position"), len(others), problems)
+    if problems:
+        return _render_rule_form(
+            stored, form, problems, editing=editing, version=version, status=422
+        )
+    name = stored.obj.name
+    try:
+        saved = operations().put_rule(name, rule, position, expect=version)
+    except ModelError as exc:
+        return _render_rule_form(
+            stored, form, rules.rule_errors(exc), editing=editing, version=version, status=422
+        )
+    except ConflictError:
+        return _render_rule_form(
+            stored, form, {"version": [CONFLICT]}, editing=editing, version=version, status=409
+        )
+    at = [r.name for r in saved.obj.routes].index(rule["name"]) + 1
+    flash(f"Rule {rule['name']} saved as #{at} of listener {name}, revision {saved.revision}.")
+    return redirect(url_for("listeners.listener_detail", name=name, _anchor="rules"))
+
+
+def _form_position(text: str, others: int, problems: dict[str, list[str]]) -> int | None:
+    """The form's `#` (1: tried first) as Operations counts (0: first); empty: None."""
+    if not text:
+        return None
+    at = form_int(text, "position")
+    if not 1 <= at <= others + 1:
+        rules.problem(problems, "position", f"between 1 (tried first) and {others + 1} (last)")
+    return at - 1
+
+
+def _change_rules(
+    name: str, change: Callable[[Operations, int], Stored[Listener]], done: str
+) -> PageResult:
+    """Apply `change` at the listener's version the page showed: back to the page, or the
+    page as it is now saying why nothing changed (422; 409 if the listener moved on)."""
+    _rules_listener(name)
+    version = form_int(request.form.get("version"), "version")
+    try:
+        stored = change(operations(), version)
+    except ModelError as exc:
+        flash(f"Nothing was changed: {exc}", "error")
+        return _render_detail(name, 422)
+    except ConflictError:
+        flash("Someone else changed this listener since you opened its page, so nothing "
+              "was changed: here it is now.", "error")  # fmt: skip
+        return _render_detail(name, 409)
+    flash(f"{done} Listener {name} is at revision {stored.revision}.")
+    return redirect(url_for("listeners.listener_detail", name=name, _anchor="rules"))
+
+
+@bp.post("/listeners/<name>/rules/<rule>/move")
+@require(Role.OPERATOR)
+def rule_move(name: str, rule: str) -> PageResult:
+    """The up and down buttons, and a row dropped by drag and drop (rules.js), post here;
+    `position` counts from 0 (first), as Operations and `slb listener rule move` do."""
+    position = form_int(request.form.get("position"), "position")
+    return _change_rules(
+        name, lambda ops, version: ops.move_rule(name, rule, position, expect=version),
+        f"Rule {rule} moved to #{position + 1}.",
+    )  # fmt: skip
+
+
+@bp.post("/listeners/<name>/rules/<rule>/delete")
+@require(Role.OPERATOR)
+def rule_delete(name: str, rule: str) -> PageResult:
+    return _change_rules(
+        name, lambda ops, version: ops.remove_rule(name, rule, expect=version),
+        f"Rule {rule} deleted.",
+    )  # fmt: skip
+
+
+@bp.post("/listeners/<name>/rules/to-https")
+@require(Role.OPERATOR)
+def rule_to_https(name: str) -> PageResult:
+    """One click: rule `to-https`, tried first, redirects every request to HTTPS (301)."""
+    if not rules.offers_https_redirect(_rules_listener(name).obj):
+        flash(f"Listener {name} is not HTTP, or redirects to HTTPS already.", "error")
+        return _render_detail(name, 422)
+    return _change_rules(
+        name, lambda ops, version: ops.put_rule(name, rules.TO_HTTPS, 0, expect=version),
+        "Every request is now redirected to HTTPS by rule to-https (#1).",
+    )  # fmt: skip
