@@ -366,6 +366,57 @@ def bench_console_loop(
         f"max {max(lags):.1f} s over {trials}")  # fmt: skip
 
 
+def bench_acl_to_enforced(
+    metrics: Metrics, notes: dict[str, Any], redis: RedisServer, net: harness.TestNet,
+    *, changes: int = 50,
+) -> None:  # fmt: skip
+    """A client's network denied in the store -> its next connection refused by a real
+    Envoy, over `changes` (each denial is lifted, untimed, before the next)."""
+    prefix = "bench-acl"
+    store = store_for(redis, prefix)
+    with real_bed(redis, net, prefix) as bed:
+        (backend,) = bed.backends(["acl1"], first_host=171)
+        vip, client = net.address(33), net.address(34)
+
+        def web(**acl: Any) -> Put:
+            return Put(harness.listener("acl", "HTTP", 8092, app="web", target_port="http",
+                                        health_check=None, **acl))  # fmt: skip
+
+        store.apply([
+            Put(harness.load_balancer("lb", vip)),
+            Put(harness.service("web", [(backend.address, backend.http_port)], port_name="http")),
+            web(),
+        ])  # fmt: skip
+        bed.xds.start()
+        bed.envoy("acl1")
+        wait_until(lambda: _served(vip, client), 30, "the listener")
+        latencies = []
+        for _ in range(changes):
+            started = time.perf_counter()
+            store.apply([web(denied_sources=[f"{client}/32"])])
+            deadline = started + 10
+            while _served(vip, client):
+                if time.perf_counter() > deadline:
+                    raise TimeoutError("the denial never took effect")
+            latencies.append((time.perf_counter() - started) * 1000)
+            store.apply([web()])
+            wait_until(lambda: _served(vip, client), 10, "the denial lifted")
+    p50, p99 = statistics.median(latencies), results_file.percentile(latencies, 99)
+    metrics["acl_change_to_enforced_p99_ms"] = metric(p99, "ms", 300)
+    notes["acl_change_to_enforced_p50_ms"] = round(p50, 1)
+    log(f"client denied in the store -> refused by Envoy over {changes}: p50 {p50:.1f} ms, "
+        f"p99 {p99:.1f} ms")  # fmt: skip
+
+
+def _served(vip: str, source: str) -> bool:
+    """Whether a new connection from `source` gets an HTTP answer from the listener."""
+    try:
+        harness.http_request(vip, 8092, "acl.test", "/", source=source)
+    except OSError:  # refused at accept: reset, or closed before any answer
+        return False
+    return True
+
+
 def _version(api: Any, listener_url: str, console: Process) -> int:
     console.check_alive()
     return int(api.get(listener_url, timeout=5).json()["version"])
@@ -546,7 +597,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=120)
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["translate", "rules", "memory", "live", "console-loop",
+                        choices=["translate", "rules", "memory", "live", "console-loop", "acl",
                                  "fanout", "grpc"])  # fmt: skip
     args = parser.parse_args()
     metrics: Metrics = {}
@@ -564,6 +615,8 @@ def main() -> None:
             bench_change_to_live(metrics, notes, redis, net, args.changes)
         if "console-loop" not in args.skip:
             bench_console_loop(metrics, notes, redis, net)
+        if "acl" not in args.skip:
+            bench_acl_to_enforced(metrics, notes, redis, net)
         if "fanout" not in args.skip:
             bench_fanout(metrics, notes, redis, net)
         if "grpc" not in args.skip:

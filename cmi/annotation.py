@@ -51,6 +51,9 @@ LISTENER_ANNOTATIONS: Mapping[str, str] = {
     "openslb.io/backend-protocol": "backend_protocol",
     "openslb.io/certificates": "certificates",
     "openslb.io/rules": "routes",
+    "openslb.io/max-connections": "limits.max_connections",
+    "openslb.io/connections-per-second": "limits.connections_per_second",
+    "openslb.io/requests-per-second": "limits.requests_per_second",
 }
 SERVICE_ANNOTATIONS = (
     "openslb.io/https-redirect",
@@ -60,7 +63,8 @@ SERVICE_ANNOTATIONS = (
     "openslb.io/node-group",
 )
 _INTEGER_FIELDS = {"interval_s", "timeout_s", "healthy_threshold", "unhealthy_threshold",
-                   "idle_timeout_s", "request_timeout_s"}  # fmt: skip
+                   "idle_timeout_s", "request_timeout_s", "max_connections",
+                   "connections_per_second", "requests_per_second"}  # fmt: skip
 _FIELD_TO_ANNOTATION = {v: k for k, v in LISTENER_ANNOTATIONS.items()}
 
 

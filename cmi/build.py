@@ -710,7 +710,9 @@ def _listeners(
     return listeners
 
 
-_L7_ONLY = {"backend_protocol", "request_timeout_s", "idle_timeout_s", "access_log", "routes"}
+_L7_ONLY = {
+    "backend_protocol", "request_timeout_s", "idle_timeout_s", "access_log", "routes", "limits",
+}  # fmt: skip
 
 
 def _https_port(ports: Sequence[ServicePort], settings: ServiceSettings) -> int:

@@ -3,14 +3,16 @@
 `slb envoy-stats` runs beside each Envoy, whose admin API listens on loopback only, and
 every few seconds reads two admin pages:
   /stats?format=json&usedonly&filter=RE   the HTTP connection managers' counters (each
-        listener's stat prefix is its name) and the clusters' `upstream_rq_time`
-        histograms (quantiles over Envoy's last stats flush, 5 s by default)
+        listener's stat prefix is its name), its limits' refusals, and the clusters'
+        `upstream_rq_time` histograms (quantiles over Envoy's last stats flush, 5 s by
+        default)
   /clusters?format=json                   the hosts of every cluster `slb xds` sent
         (`added_via_api`), with their counters and health flags
 and writes:
   slb.storage.timeseries   per listener (labels tier=l7, listener, node): connections,
-        new connections, requests, 2xx/4xx/5xx responses and bytes in and out per
-        second, upstream p50/p99 ms (the worst of the listener's clusters); per backend
+        new connections, requests, 2xx/4xx/5xx responses, bytes in and out and each
+        limit's refusals per second, upstream p50/p99 ms (the worst of the listener's
+        clusters); per backend
         (label backend too): active connections, requests and errors per second
   slb.storage.envoyhosts   per listener, each host's health as Envoy sees it
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import urllib.parse
@@ -49,13 +52,24 @@ HCM_COUNTERS = {
     "downstream_cx_tx_bytes_total": ts.BYTES_OUT_PER_SECOND,
 }
 """The connection managers' counters (`http.LISTENER.NAME`) and the rate each becomes."""
+LIMIT_COUNTERS = {
+    "connection_limit.{}.limited_connections": ts.LIMITED_CONNECTIONS_PER_SECOND,
+    "local_rate_limit.{}.connections_per_second.rate_limited":
+        ts.RATE_LIMITED_CONNECTIONS_PER_SECOND,
+    "{}.requests_per_second.http_local_rate_limit.rate_limited":
+        ts.RATE_LIMITED_REQUESTS_PER_SECOND,
+}  # fmt: skip
+"""Each limit's refusals (`l7.translate.listener`; {} is the listener) and its rate."""
 HCM_ACTIVE = "downstream_cx_active"
 LATENCY = "upstream_rq_time"
 QUANTILES = {50.0: ts.UPSTREAM_P50_MS, 99.0: ts.UPSTREAM_P99_MS}
 
 STATS_FILTER = (
     r"^(http\.[^.]+\.(" + "|".join([HCM_ACTIVE, *HCM_COUNTERS]) + r")"
-    r"|cluster\.[^.]+\." + LATENCY + r")$"
+    r"|cluster\.[^.]+\."
+    + LATENCY
+    + "".join("|" + re.escape(c).replace(r"\{\}", "{}").format("[^.]+") for c in LIMIT_COUNTERS)
+    + r")$"
 )
 """Only what is charted: Envoy renders nothing else (listener and cluster names hold no dot)."""
 
@@ -181,6 +195,8 @@ class Sampler:
             points.append((ts.CONNECTIONS, labels, values.get(prefix + HCM_ACTIVE, 0.0)))
             for stat in HCM_COUNTERS:
                 counters[(listener, stat)] = values.get(prefix + stat, 0.0)
+            for stat in LIMIT_COUNTERS:
+                counters[(listener, stat)] = values.get(stat.format(listener), 0.0)
             for q, series in QUANTILES.items():
                 found = latency.get(listener, {}).get(q)
                 if found is not None:
@@ -209,7 +225,7 @@ class Sampler:
             if len(key) == 2:
                 listener, stat = key
                 labels = {"tier": "l7", "listener": listener, "node": self.node}
-                out.append((HCM_COUNTERS[stat], labels, rate))
+                out.append((HCM_COUNTERS.get(stat) or LIMIT_COUNTERS[stat], labels, rate))
                 if stat in ("downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total"):
                     sums[(listener, "bytes")] = sums.get((listener, "bytes"), 0.0) + rate
             else:

@@ -19,20 +19,27 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import (
+    local_rate_limit_pb2 as http_ratelimit_pb2,
+)
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.network.local_ratelimit.v3 import (
+    local_rate_limit_pb2 as network_ratelimit_pb2,
+)
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.type.v3 import token_bucket_pb2
 from google.protobuf import struct_pb2
 
 from l7.translate import policy
 from l7.translate.common import PREFIX, ads, ip_text, pack, seconds, varint, wire
 from l7.translate.secret import server_names
-from slb.model import Certificate, Listener, Protocol
+from slb.model import Certificate, Limits, Listener, Protocol
 from slb.resolve import ResolvedListener
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -152,17 +159,41 @@ def _network_filters(model: Listener) -> bytes:
     at a fraction of the cost for 10,000 listeners.
     """
     name = model.name.encode()
-    acl = b"".join(wire(3, f) for f in _source_filters(model))
+    limits = model.limits
+    # The connection limit comes first: it must see every connection a later filter closes,
+    # or its count of open ones goes wrong.
+    checks = b"".join(wire(3, f) for f in _source_filters(model))
+    if limits.connections_per_second is not None:
+        checks += wire(3, _connection_rate_filter(model.name, limits.connections_per_second))
+    rate_prefix = model.name if limits.requests_per_second is not None else None
     limit_rest, rds_source, hcm_rest = _packed_parts(
-        model.protocol, model.idle_timeout_s, model.access_log
+        model.protocol, model.idle_timeout_s, model.access_log, limits, rate_prefix
     )
     limit = wire(1, name) + limit_rest  # stat_prefix, then max_connections
     hcm = wire(2, name) + wire(3, rds_source + wire(2, name)) + hcm_rest  # stat_prefix, rds
     return (
-        acl
-        + wire(3, _LIMIT_FILTER + wire(4, _LIMIT_ANY + wire(2, limit)))
+        wire(3, _LIMIT_FILTER + wire(4, _LIMIT_ANY + wire(2, limit)))
+        + checks
         + wire(3, _HCM_FILTER + wire(4, _HCM_ANY + wire(2, hcm)))
     )
+
+
+def _connection_rate_filter(name: str, per_second: int) -> bytes:
+    """New connections beyond `per_second` (a token bucket, per Envoy) are closed at once."""
+    config = network_ratelimit_pb2.LocalRateLimit(stat_prefix=f"{name}.connections_per_second")
+    _fill(config.token_bucket, per_second)
+    rate = listener_components_pb2.Filter(
+        name="envoy.filters.network.local_ratelimit", typed_config=pack(config)
+    )
+    raw: bytes = rate.SerializeToString(deterministic=True)
+    return raw
+
+
+def _fill(bucket: token_bucket_pb2.TokenBucket, per_second: int) -> None:
+    """A bucket of one second's tokens, refilled every second."""
+    bucket.max_tokens = per_second
+    bucket.tokens_per_fill.value = per_second
+    bucket.fill_interval.CopyFrom(seconds(1))
 
 
 def _source_filters(model: Listener) -> list[bytes]:
@@ -202,14 +233,21 @@ _HCM_ANY = wire(1, (PREFIX + HCM_TYPE).encode())
 
 @functools.lru_cache(maxsize=256)
 def _packed_parts(
-    protocol: Protocol, idle_timeout_s: int, access_log: bool
-) -> tuple[bytes, bytes, bytes]:
+    protocol: Protocol, idle_timeout_s: int, access_log: bool, limits: Limits,
+    rate_prefix: str | None,
+) -> tuple[bytes, bytes, bytes]:  # fmt: skip
     """For listeners of one shape: the connection limit after its stat_prefix (field 1);
     the HCM's route discovery source (Rds field 1); the HCM after its rds (fields 4+)."""
     limit = connection_limit_pb2.ConnectionLimit()
-    limit.max_connections.value = policy.LISTENER_MAX_CONNECTIONS
+    limit.max_connections.value = limits.max_connections or policy.LISTENER_MAX_CONNECTIONS
     hcm = HCM()
     hcm.CopyFrom(_hcm_prototype(protocol, idle_timeout_s, access_log))
+    if limits.requests_per_second is not None and rate_prefix is not None:
+        rate = hcm_pb2.HttpFilter(name="envoy.filters.http.local_ratelimit")
+        rate.typed_config.CopyFrom(pack(_request_rate(rate_prefix, limits.requests_per_second)))
+        others = list(hcm.http_filters)  # the router, which must stay last
+        del hcm.http_filters[:]
+        hcm.http_filters.extend([rate, *others])
     rds_source = wire(1, hcm.rds.config_source.SerializeToString(deterministic=True))
     hcm.ClearField("rds")
     return (
@@ -243,6 +281,25 @@ def _hcm_prototype(
     if access_log:  # opt-in per listener: a JSON line per request costs Envoy CPU
         hcm.access_log.append(_access_log())
     return hcm
+
+
+RATE_LIMITED_HEADER = "x-openslb-rate-limited"
+
+
+def _request_rate(listener: str, per_second: int) -> http_ratelimit_pb2.LocalRateLimit:
+    """Requests beyond `per_second` (per Envoy) are answered 429, gRPC calls
+    RESOURCE_EXHAUSTED, each with a header saying the load balancer refused it. (Envoy
+    counts under the stat prefix alone, so it names the listener.)"""
+    config = http_ratelimit_pb2.LocalRateLimit(
+        stat_prefix=f"{listener}.requests_per_second", rate_limited_as_resource_exhausted=True
+    )
+    _fill(config.token_bucket, per_second)
+    for field in (config.filter_enabled, config.filter_enforced):
+        field.default_value.numerator = 100
+    header = config.response_headers_to_add.add()
+    header.header.key, header.header.value = RATE_LIMITED_HEADER, "true"
+    header.append_action = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    return config
 
 
 @functools.lru_cache(maxsize=1)

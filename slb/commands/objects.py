@@ -83,6 +83,9 @@ def _listener_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--certificate", "certificates", multiple=True),
         click.option("--backend-protocol", type=click.Choice(["http1", "h2c", "tls"])),
+        click.option("--max-connections", type=int, help="L7, per Envoy (at most 10,000)."),
+        click.option("--connections-per-second", type=int, help="L7, per Envoy."),
+        click.option("--requests-per-second", type=int, help="L7, per Envoy; beyond: 429."),
         click.option("--allow", "allowed_sources", multiple=True,
                      help="A client network (CIDR) that may connect; repeat; 'any': every one."),
         click.option("--deny", "denied_sources", multiple=True,
@@ -124,6 +127,10 @@ def _listener_fields(options: dict[str, Any]) -> dict[str, Any]:
     _set(data, "request_timeout_s", options["request_timeout"])
     _set(data, "access_log", options["access_log"])
     _set(data, "certificates", list(options["certificates"]) or None)
+    for limit in ("max_connections", "connections_per_second", "requests_per_second"):
+        _set(data, f"limits.{limit}", options[limit] or None)  # 0: no limit
+        if options[limit] == 0:
+            data.setdefault("limits", {})[limit] = None
     for field, clear in (("allowed_sources", "any"), ("denied_sources", "none")):
         given = list(options[field])
         if given == [clear]:

@@ -15,6 +15,7 @@ from slb.model.traffic import (
     Forwarding,
     HealthCheck,
     HealthCheckType,
+    Limits,
     Persistence,
     PersistenceMode,
     Protocol,
@@ -67,6 +68,7 @@ class Listener(StoredObject):
         max_length=1000,
         description="Client networks refused, even when allowed",
     )
+    limits: Annotated[Limits, Shared] = Limits()
     certificates: tuple[Name, ...] = ()
     backend_protocol: BackendProtocol | None = None
     selector: LabelSelector | None = None
@@ -141,6 +143,8 @@ class Listener(StoredObject):
             problems.append(("request_timeout_s", only_l7))
         if self.access_log:
             problems.append(("access_log", only_l7))
+        if not self.limits.empty:
+            problems.append(("limits", f"{only_l7} (IPVS limits are not programmed yet)"))
         if self.idle_timeout_s != IDLE_TIMEOUT_S:
             problems.append(("idle_timeout_s", f"{only_l7} (IPVS has no idle timeout of its own)"))
         if self.scheduler is Scheduler.RANDOM:

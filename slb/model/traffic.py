@@ -130,3 +130,27 @@ class Persistence(Model):
         if self.cookie_name is not None and self.mode is not PersistenceMode.COOKIE:
             raise CrossFieldError([("cookie_name", "applies only to mode 'cookie'")])
         return self
+
+
+class Limits(Model):
+    """A listener's limits, each per Envoy of its node group (none: no limit of that kind).
+
+    HTTP, HTTPS and GRPC listeners only for now: IPVS's are not programmed yet."""
+
+    max_connections: int | None = Field(
+        default=None, ge=1, le=10_000, description="open client connections; none: 10,000"
+    )
+    connections_per_second: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="new client connections a second"
+    )
+    requests_per_second: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="requests a second; beyond: 429 (gRPC: RESOURCE_EXHAUSTED), with the "
+        "header x-openslb-rate-limited",
+    )
+
+    @property
+    def empty(self) -> bool:
+        return self == Limits()

@@ -47,11 +47,19 @@ UPSTREAM_P50_MS = "upstream_p50_ms"
 """Median upstream request time, ms, over Envoy's last stats flush (L7), same labels."""
 UPSTREAM_P99_MS = "upstream_p99_ms"
 """99th percentile upstream request time, ms, as UPSTREAM_P50_MS (L7), same labels."""
+LIMITED_CONNECTIONS_PER_SECOND = "limited_connections_per_second"
+"""Connections closed at the listener's `max_connections` per second (L7), same labels."""
+RATE_LIMITED_CONNECTIONS_PER_SECOND = "rate_limited_connections_per_second"
+"""Connections closed beyond `connections_per_second`, per second (L7), same labels."""
+RATE_LIMITED_REQUESTS_PER_SECOND = "rate_limited_requests_per_second"
+"""Requests answered 429 beyond `requests_per_second`, per second (L7), same labels."""
 
 SERIES = (
     CONNECTIONS, REQUESTS_PER_SECOND, BYTES_PER_SECOND, NEW_CONNECTIONS_PER_SECOND,
     RESPONSES_2XX_PER_SECOND, RESPONSES_4XX_PER_SECOND, RESPONSES_5XX_PER_SECOND,
     BYTES_IN_PER_SECOND, BYTES_OUT_PER_SECOND, UPSTREAM_P50_MS, UPSTREAM_P99_MS,
+    LIMITED_CONNECTIONS_PER_SECOND, RATE_LIMITED_CONNECTIONS_PER_SECOND,
+    RATE_LIMITED_REQUESTS_PER_SECOND,
 )  # fmt: skip
 """The series of a listener, labels tier, listener, node."""
 WORST_OF_NODES = frozenset({UPSTREAM_P50_MS, UPSTREAM_P99_MS})

@@ -249,6 +249,8 @@ def test_annotations_tune_every_listener() -> None:
             "openslb.io/request-timeout": "30",
             "openslb.io/idle-timeout": "60",
             "openslb.io/access-log": "true",
+            "openslb.io/requests-per-second": "200",
+            "openslb.io/max-connections": "500",
         }
     )
     built = run(body)
@@ -262,6 +264,8 @@ def test_annotations_tune_every_listener() -> None:
     assert metrics.request_timeout_s == 0  # a layer-7 setting does not reach TCP ports
     assert (grpc.idle_timeout_s, metrics.idle_timeout_s) == (60, 900)  # nor does Envoy's idle
     assert (grpc.access_log, metrics.access_log) == (True, False)  # nor the access log
+    assert (grpc.limits.requests_per_second, grpc.limits.max_connections) == (200, 500)
+    assert metrics.limits.empty  # nor limits (IPVS's are not programmed yet)
     assert built.events == ()
 
 

@@ -188,6 +188,14 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
                       "routes": [{"name": "a",
                                   "forward_to": [{"selector": {"match_labels": {"a": "b"}}}]}]},
          ["routes.0.forward_to.0.selector"]),
+        # Limits (#17): L7 only for now, within Envoy's circuit breakers.
+        ("Listener", {"protocol": "TCP", "health_check": None,
+                      "limits": {"max_connections": 10}}, ["limits"]),
+        ("Listener", {"limits": {"max_connections": 10_001}}, ["limits.max_connections"]),
+        ("Listener", {"limits": {"requests_per_second": 0}}, ["limits.requests_per_second"]),
+        # Access control (#17): networks, one message each, naming the network meant.
+        ("Listener", {"allowed_sources": ["198.18.10.1/24"]}, ["allowed_sources.0"]),
+        ("Listener", {"denied_sources": ["nonsense"]}, ["denied_sources.0"]),
         # Forwarding rules (#17): matches, then actions.
         ("Listener", {"routes": [{"name": "a", "path_regex": "/(a)\\1"}]}, ["routes.0.path_regex"]),
         ("Listener", {"routes": [{"name": "a", "path_regex": "(a{1,99}){1,99}"}]},

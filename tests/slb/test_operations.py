@@ -124,7 +124,10 @@ def test_the_slb_command(redis_server: RedisServer, store: Store) -> None:
     shown = json.loads(out)
     assert (shown["allowed_sources"], shown["denied_sources"]) == (
         ["198.18.10.0/24", "2001:db8::/32"], ["198.18.10.66/32"])  # fmt: skip
-    assert slb("listener", "set", "web", "--allow", "any")[0] == 0
+    assert slb("listener", "set", "web", "--allow", "any", "--requests-per-second", "50")[0] == 0
+    assert store.get(Listener, "web").obj.limits.requests_per_second == 50
+    assert slb("listener", "set", "web", "--requests-per-second", "0")[0] == 0
+    assert store.get(Listener, "web").obj.limits.requests_per_second is None
     assert store.get(Listener, "web").obj.allowed_sources == ()
     code, out = slb("listener", "show", "web")
     assert code == 0

@@ -229,7 +229,7 @@ def test_the_listener_page_shows_its_routes_and_the_form_keeps_them(
     assert [r.name for r in store.get(Listener, "web").obj.routes] == ["api", "rest"]
 
 
-def test_the_listener_form_sets_allowed_and_denied_networks(
+def test_the_listener_form_sets_networks_and_limits(
     client: FlaskClient, auth: Auth, ops: Operations, store: Store
 ) -> None:
     """#17 item 2: one network per line (or separated by spaces or commas); a bad one is
@@ -241,14 +241,17 @@ def test_the_listener_form_sets_allowed_and_denied_networks(
     assert "allowed_sources: #2: &#39;198.18.11.1/24&#39; has host bits set" in page
     assert store.get(Listener, "web") is None
     made = auth.post("/listeners/new", {**FORM, "allowed_sources": "198.18.10.0/24, 2001:db8::/32",
-                                        "denied_sources": "198.18.10.66/32"})  # fmt: skip
+                                        "denied_sources": "198.18.10.66/32",
+                                        "limits_requests_per_second": "100"})  # fmt: skip
     assert made.status_code == 302
     web = store.get(Listener, "web")
     assert web is not None
     assert [str(n) for n in web.obj.allowed_sources] == ["198.18.10.0/24", "2001:db8::/32"]
     assert [str(n) for n in web.obj.denied_sources] == ["198.18.10.66/32"]
+    assert web.obj.limits.requests_per_second == 100
     form = client.get("/listeners/web/edit").get_data(as_text=True)
     assert "198.18.10.0/24\n2001:db8::/32</textarea>" in form
+    assert 'name="limits_requests_per_second" value="100"' in form
     cleared = auth.post("/listeners/web/edit", {**FORM, "version": str(web.revision)})
     assert cleared.status_code == 302
     assert store.get(Listener, "web").obj.allowed_sources == ()

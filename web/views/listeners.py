@@ -111,12 +111,15 @@ def form_to_listener(form: dict[str, str]) -> dict[str, Any]:
         persistence["cookie_name"] = form["cookie_name"].strip()
     data["persistence"] = persistence
     data["certificates"] = [c for c in request.form.getlist("certificates") if c]
+    data["limits"] = {key: form[f"limits_{key}"].strip() for key in LIMIT_FIELDS
+                      if form.get(f"limits_{key}", "").strip()}  # fmt: skip
     for key in ACL_FIELDS:  # one network per line, or separated by spaces or commas
         data[key] = [n for n in re.split(r"[\s,]+", form.get(key, "")) if n]
     return data
 
 
 ACL_FIELDS = ("allowed_sources", "denied_sources")
+LIMIT_FIELDS = ("max_connections", "connections_per_second", "requests_per_second")
 
 
 def _listener_errors(exc: ModelError) -> dict[str, list[str]]:
@@ -152,6 +155,7 @@ def listener_to_form(listener: Listener) -> dict[str, Any]:
         "backend_protocol": listener.backend_protocol.value if listener.backend_protocol else "",
         "certificates": list(listener.certificates),
         **{key: "\n".join(str(n) for n in getattr(listener, key)) for key in ACL_FIELDS},
+        **{f"limits_{key}": getattr(listener.limits, key) or "" for key in LIMIT_FIELDS},
     }
     if check:
         for key in ("path", "expected_codes", "grpc_service", "interval_s", "timeout_s",
