@@ -273,7 +273,7 @@ class L4Agent:
         target = wanted | known if widen and known is not None else wanted
         if target == known:
             return []
-        script = load_script(target) if known is None else update_script(target)
+        script = load_script(target) if known is None else update_script(known, target)
         try:
             self.firewall.run(script)
         except NftError as exc:

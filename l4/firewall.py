@@ -15,9 +15,10 @@ takes VIP traffic at LOCAL_IN after both. `accept` there only ends this table's 
 stricter filter table of the operator's still applies.
 
 The agent owns the table: `load_script` replaces it whole (create, delete, define, fill:
-one nft transaction, so there is never a moment without it); `update_script` replaces
-only the sets' contents. deploy/lb-node/nftables-openslb.nft is `TABLE_DEFINITION` for
-reading and `nft -c -f`; the agent needs no file.
+one nft transaction, so there is never a moment without it); `update_script` changes
+only the set elements that differ from what the table holds.
+deploy/lb-node/nftables-openslb.nft is `TABLE_DEFINITION` for reading and `nft -c -f`; the
+agent needs no file.
 """
 
 from __future__ import annotations
@@ -117,8 +118,6 @@ table inet openslb_guard {
 """
 """The table as the agent loads it (empty sets); the shipped .nft file holds the same."""
 
-_SETS = ("vips4", "vips6", "listeners4", "listeners6", "restricted4", "restricted6",
-         "allowed4", "allowed6", "denied4", "denied6")  # fmt: skip
 _PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 """IPVS protocols with a port; a firewall-mark service has no VIP to open."""
 
@@ -178,10 +177,17 @@ def openings(
     )  # fmt: skip
 
 
-def update_script(opened: Openings) -> str:
-    """nft input that replaces the sets' contents in one transaction (the table exists)."""
-    flushes = "".join(f"flush set {TABLE} {name}\n" for name in _SETS)
-    return flushes + _elements(opened)
+def update_script(known: Openings, wanted: Openings) -> str:
+    """nft input that changes the sets' contents from `known` (what the table holds) to
+    `wanted` in one transaction: only the elements that differ, deletions first, so a
+    change costs what changed, not every listener of the node."""
+    gone = Openings(*(getattr(known, f) - getattr(wanted, f) for f in _FIELDS))
+    new = Openings(*(getattr(wanted, f) - getattr(known, f) for f in _FIELDS))
+    return _elements(gone, "delete") + _elements(new, "add")
+
+
+_FIELDS = ("vips", "listeners", "restricted", "allowed", "denied")
+"""Openings' fields, in their order."""
 
 
 def load_script(opened: Openings) -> str:
@@ -190,27 +196,27 @@ def load_script(opened: Openings) -> str:
     return f"table {TABLE}\ndelete table {TABLE}\n{TABLE_DEFINITION}{_elements(opened)}"
 
 
-def _elements(opened: Openings) -> str:
+def _elements(opened: Openings, verb: str = "add") -> str:
     by_family: dict[int, list[str]] = {4: [], 6: []}
     for vip in sorted(opened.vips, key=address_order):
         by_family[_family(vip)].append(vip)
-    out = _add("vips4", by_family[4]) + _add("vips6", by_family[6])
+    out = _add(verb, "vips4", by_family[4]) + _add(verb, "vips6", by_family[6])
     for name, listeners in (("listeners", opened.listeners), ("restricted", opened.restricted)):
         lines: dict[int, list[str]] = {4: [], 6: []}
         for vip, protocol, port in sorted(listeners, key=_listener_order):
             lines[_family(vip)].append(f"{vip} . {protocol} . {port}")
-        out += _add(f"{name}4", lines[4]) + _add(f"{name}6", lines[6])
+        out += _add(verb, f"{name}4", lines[4]) + _add(verb, f"{name}6", lines[6])
     for name, rules in (("allowed", opened.allowed), ("denied", opened.denied)):
         lines = {4: [], 6: []}
         for vip, protocol, port, net in sorted(rules, key=_rule_order):
             lines[_family(vip)].append(f"{vip} . {protocol} . {port} . {net}")
-        out += _add(f"{name}4", lines[4]) + _add(f"{name}6", lines[6])
+        out += _add(verb, f"{name}4", lines[4]) + _add(verb, f"{name}6", lines[6])
     return out
 
 
-def _add(name: str, elements: Iterable[str]) -> str:
+def _add(verb: str, name: str, elements: Iterable[str]) -> str:
     listed = ", ".join(elements)
-    return f"add element {TABLE} {name} {{ {listed} }}\n" if listed else ""
+    return f"{verb} element {TABLE} {name} {{ {listed} }}\n" if listed else ""
 
 
 def _family(address: str) -> int:
