@@ -173,6 +173,11 @@ class BackendServer:
     def grpc_target(self) -> str:
         return f"{self.address}:{self.grpc_port}"
 
+    def tls_certificate(self) -> str:
+        """The certificate of its TLS port (started with `tls_port`), PEM."""
+        cwd = Path(self.process.log_path).parent
+        return (cwd / f"backend-{self.name}-tls.pem").read_text()
+
     def stop(self, timeout: float = 40.0) -> None:
         self.process.stop(timeout=timeout)
 
@@ -269,7 +274,8 @@ class Bed:
             if max_streams:
                 argv += ["--max-streams", str(max_streams)]
             if tls_port:
-                argv += ["--tls-port", str(tls_port)]
+                cert = self.directory / f"backend-{name}-tls.pem"
+                argv += ["--tls-port", str(tls_port), "--tls-cert-out", str(cert)]
             if name in unhealthy:
                 argv.append("--unhealthy")
             process = Process(

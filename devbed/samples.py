@@ -28,6 +28,7 @@ import json
 import signal
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -127,8 +128,12 @@ def http_server(name: str, address: str, healthy: bool) -> http.server.Threading
     return server
 
 
-def tls_credentials(name: str) -> grpc.ServerCredentials:
+def tls_credentials(name: str, cert_out: str | None = None) -> grpc.ServerCredentials:
+    """A self-signed certificate for NAME.backend.test; its PEM is written to `cert_out`
+    if given, for a client (or a load balancer) to trust."""
     pair = self_signed(f"{name}.backend.test")
+    if cert_out:
+        Path(cert_out).write_text(pair.chain_pem, encoding="ascii")
     return grpc.ssl_server_credentials([(pair.key_pem.encode(), pair.chain_pem.encode())])
 
 
@@ -140,6 +145,7 @@ async def serve_grpc(
     max_streams: int,
     healthy: bool,
     tls_port: int,
+    tls_cert_out: str | None = None,
 ) -> None:
     options = [
         ("grpc.so_reuseport", 0),
@@ -166,7 +172,7 @@ async def serve_grpc(
         raise SystemExit(f"cannot listen on {grpc_address}")
     if tls_port:
         host = host_port(grpc_address, "--grpc")[0]
-        server.add_secure_port(f"{host}:{tls_port}", tls_credentials(name))
+        server.add_secure_port(f"{host}:{tls_port}", tls_credentials(name, tls_cert_out))
     await server.start()
     web = http_server(name, http_address, healthy) if http_address else None
     stopped = asyncio.Event()
@@ -195,6 +201,7 @@ def main() -> None:
     rpc.add_argument("--max-streams", type=int, default=0)
     rpc.add_argument("--unhealthy", action="store_true")
     rpc.add_argument("--tls-port", type=int, default=0)
+    rpc.add_argument("--tls-cert-out", help="Write the TLS port's certificate (PEM) here.")
     args = parser.parse_args()
     if args.kind == "tcp":
         host, port = host_port(args.listen, "--listen")
@@ -207,6 +214,7 @@ def main() -> None:
         max_streams=args.max_streams,
         healthy=not args.unhealthy,
         tls_port=args.tls_port,
+        tls_cert_out=args.tls_cert_out,
     )
     asyncio.run(served)
 

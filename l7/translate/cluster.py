@@ -18,10 +18,11 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import http_pb2, range_pb2
 
 from l7.translate import policy
-from l7.translate.common import ads, clusters_of, pack, seconds, wire
+from l7.translate.common import ads, clusters_of, pack, seconds, trust, wire
 from slb.model import (
     DEFAULT_EXPECTED_CODES,
     BackendProtocol,
+    BackendTls,
     HealthCheck,
     HealthCheckType,
     Listener,
@@ -56,6 +57,7 @@ class ClusterShape:
     http2: bool
     tls: bool
     idle_timeout_s: int
+    backend_tls: BackendTls | None = None
 
     @classmethod
     def of(cls, listener: Listener) -> ClusterShape:
@@ -65,6 +67,7 @@ class ClusterShape:
             http2=listener.upstream_is_http2,
             tls=listener.upstream_protocol is BackendProtocol.TLS,
             idle_timeout_s=listener.idle_timeout_s,
+            backend_tls=listener.backend_tls,
         )
 
 
@@ -100,6 +103,12 @@ def _prototype(shape: ClusterShape) -> cluster_pb2.Cluster:
         tls = tls_pb2.UpstreamTlsContext()
         if shape.http2:
             tls.common_tls_context.alpn_protocols.append("h2")
+        checks = shape.backend_tls
+        if checks is not None and checks.sni is not None:
+            tls.sni = checks.sni
+        if checks is not None and checks.ca_pem is not None:
+            names = (checks.sni,) if checks.sni is not None else ()
+            trust(tls.common_tls_context.validation_context, checks.ca_pem, names)
         c.transport_socket.name = TLS_SOCKET
         c.transport_socket.typed_config.CopyFrom(pack(tls))
     return c

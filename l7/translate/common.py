@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 from envoy.config.core.v3 import config_source_pb2
 from google.protobuf import any_pb2, duration_pb2
@@ -50,6 +52,16 @@ def clusters_of(resolved: ResolvedListener) -> list[tuple[str, tuple[Backend, ..
     for r in resolved.routes:
         out += [(cluster_name(name, r.route.name, i), t.backends) for i, t in enumerate(r.targets)]
     return out
+
+
+def trust(context: Any, ca_pem: str, dns_names: Iterable[str] = ()) -> None:
+    """A TLS validation context (`CertificateValidationContext`): the peer's certificate
+    must chain to `ca_pem` and, if any are given, carry one of `dns_names`."""
+    context.trusted_ca.inline_string = ca_pem
+    for name in dns_names:
+        san = context.match_typed_subject_alt_names.add()
+        san.san_type = san.DNS
+        san.matcher.exact = name
 
 
 def ads() -> config_source_pb2.ConfigSource:

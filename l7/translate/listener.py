@@ -32,14 +32,14 @@ from envoy.extensions.filters.network.local_ratelimit.v3 import (
     local_rate_limit_pb2 as network_ratelimit_pb2,
 )
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.v3 import token_bucket_pb2
 from google.protobuf import struct_pb2
 
 from l7.translate import policy
-from l7.translate.common import PREFIX, ads, ip_text, pack, seconds, varint, wire
+from l7.translate.common import PREFIX, ads, ip_text, pack, seconds, trust, varint, wire
 from l7.translate.secret import server_names
-from slb.model import Certificate, Limits, Listener, Protocol
+from slb.model import Certificate, ClientAuthMode, Limits, Listener, Protocol, TlsPolicy
 from slb.resolve import ResolvedListener
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -131,22 +131,45 @@ def _https(
             chain = out.filter_chains.add(name=cert.name)
             chain.MergeFromString(filters)
             chain.filter_chain_match.server_names.extend(names)
-            chain.transport_socket.CopyFrom(_tls(cert))
+            chain.transport_socket.CopyFrom(_tls(cert, model))
         if i == 0:
             default = out.default_filter_chain
             default.name = cert.name
             default.MergeFromString(filters)
-            default.transport_socket.CopyFrom(_tls(cert))
+            default.transport_socket.CopyFrom(_tls(cert, model))
     return out
 
 
-def _tls(cert: Certificate) -> base_pb2.TransportSocket:
+def _tls(cert: Certificate, model: Listener) -> base_pb2.TransportSocket:
     context = tls_pb2.DownstreamTlsContext()
     common = context.common_tls_context
     common.alpn_protocols.extend(["h2", "http/1.1"])
     sds = common.tls_certificate_sds_secret_configs.add(name=cert.name)
     sds.sds_config.CopyFrom(ads())
+    _tls_policy(common.tls_params, model.tls_policy)
+    clients = model.client_certificates
+    if clients is not None:
+        context.require_client_certificate.value = clients.mode is ClientAuthMode.REQUIRED
+        trust(common.validation_context, clients.ca_pem, clients.subject_alt_names)
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
+
+
+STRICT_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+)  # fmt: skip
+"""TLS 1.2 ciphers of `tls12_strict`: forward secret and AEAD only (TLS 1.3's are all so)."""
+
+
+def _tls_policy(params: common_pb2.TlsParameters, policy: TlsPolicy) -> None:
+    """Envoy's defaults are `tls12` (TLS 1.2 to 1.3, its cipher list): only the others set
+    anything."""
+    if policy is TlsPolicy.TLS13:
+        params.tls_minimum_protocol_version = common_pb2.TlsParameters.TLSv1_3
+    elif policy is TlsPolicy.TLS12_STRICT:
+        params.tls_minimum_protocol_version = common_pb2.TlsParameters.TLSv1_2
+        params.cipher_suites.extend(STRICT_CIPHERS)
 
 
 def _network_filters(model: Listener) -> bytes:

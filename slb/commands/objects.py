@@ -83,6 +83,15 @@ def _listener_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--certificate", "certificates", multiple=True),
         click.option("--backend-protocol", type=click.Choice(["http1", "h2c", "tls"])),
+        click.option("--tls-policy", type=click.Choice(["tls12", "tls12_strict", "tls13"])),
+        click.option("--client-ca", type=click.File(), help="HTTPS: CAs (PEM) client "
+                     "certificates must chain to (mutual TLS); 'none' with --client-auth none."),
+        click.option("--client-auth", type=click.Choice(["required", "optional", "none"])),
+        click.option("--client-san", "client_sans", multiple=True,
+                     help="A DNS name a client certificate may carry; repeat."),
+        click.option("--backend-ca", type=click.File(),
+                     help="Backend protocol tls: verify the backends against these CAs (PEM)."),
+        click.option("--backend-sni", help="Backend protocol tls: the server name to send."),
         click.option("--max-connections", type=int, help="L7, per Envoy (at most 10,000)."),
         click.option("--connections-per-second", type=int, help="L7, per Envoy."),
         click.option("--requests-per-second", type=int, help="L7, per Envoy; beyond: 429."),
@@ -127,6 +136,7 @@ def _listener_fields(options: dict[str, Any]) -> dict[str, Any]:
     _set(data, "request_timeout_s", options["request_timeout"])
     _set(data, "access_log", options["access_log"])
     _set(data, "certificates", list(options["certificates"]) or None)
+    data.update(_tls_fields(options))
     for limit in ("max_connections", "connections_per_second", "requests_per_second"):
         _set(data, f"limits.{limit}", options[limit] or None)  # 0: no limit
         if options[limit] == 0:
@@ -137,6 +147,24 @@ def _listener_fields(options: dict[str, Any]) -> dict[str, Any]:
             data[field] = []
         elif given:
             data[field] = given
+    return data
+
+
+def _tls_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """The TLS settings given, both ways: the policy, client certificates, backends'."""
+    data: dict[str, Any] = {}
+    _set(data, "tls_policy", options["tls_policy"])
+    if options["client_auth"] == "none":
+        data["client_certificates"] = None
+    elif options["client_ca"] is not None or options["client_auth"] or options["client_sans"]:
+        clients = data["client_certificates"] = {}
+        _set(clients, "ca_pem", options["client_ca"].read() if options["client_ca"] else None)
+        _set(clients, "mode", options["client_auth"])
+        _set(clients, "subject_alt_names", list(options["client_sans"]) or None)
+    if options["backend_ca"] is not None or options["backend_sni"]:
+        backend = data["backend_tls"] = {}
+        _set(backend, "ca_pem", options["backend_ca"].read() if options["backend_ca"] else None)
+        _set(backend, "sni", options["backend_sni"])
     return data
 
 

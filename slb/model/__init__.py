@@ -53,6 +53,9 @@ from slb.model.service import Backend, Conditions, Service, ServicePort
 from slb.model.traffic import (
     DEFAULT_EXPECTED_CODES,
     BackendProtocol,
+    BackendTls,
+    ClientAuthMode,
+    ClientCertificates,
     Forwarding,
     HealthCheck,
     HealthCheckType,
@@ -61,6 +64,7 @@ from slb.model.traffic import (
     PersistenceMode,
     Protocol,
     Scheduler,
+    TlsPolicy,
 )
 
 __all__ = [
@@ -70,7 +74,10 @@ __all__ = [
     "AddressPool",
     "Backend",
     "BackendProtocol",
+    "BackendTls",
     "Certificate",
+    "ClientAuthMode",
+    "ClientCertificates",
     "Conditions",
     "CrossFieldError",
     "FieldError",
@@ -116,6 +123,7 @@ __all__ = [
     "ServicePort",
     "Shared",
     "StoredObject",
+    "TlsPolicy",
     "ValueMatch",
     "dump_document",
     "is_dns_label",

@@ -147,3 +147,24 @@ def _http_path(value: str) -> str:
 
 HttpPath = Annotated[str, AfterValidator(_http_path)]
 """A URL path (and query) as sent on the wire."""
+
+
+def _pem_certificates(value: str) -> str:
+    """One or more PEM certificates (a chain, or a CA bundle), and no private key."""
+    from cryptography import x509  # noqa: PLC0415 - only certificates need it
+
+    if "PRIVATE KEY" in value:
+        raise ValueError("contains a private key: never put keys here")
+    try:
+        certs = x509.load_pem_x509_certificates(value.encode())
+    except ValueError as exc:
+        raise ValueError(f"not PEM certificates: {exc}") from None
+    if not certs:
+        raise ValueError("no certificate found in the PEM text")
+    return value
+
+
+PemCertificates = Annotated[
+    str, Field(min_length=1, max_length=256 * 1024), AfterValidator(_pem_certificates)
+]
+"""PEM certificates: a chain, or a bundle of CAs to trust."""

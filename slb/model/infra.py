@@ -13,7 +13,14 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator, mo
 
 from slb.model.base import Model, Owner, StoredObject
 from slb.model.errors import CrossFieldError
-from slb.model.fields import IPAddress, IPNetwork, Name, NamespaceRef, VIPAddress
+from slb.model.fields import (
+    IPAddress,
+    IPNetwork,
+    Name,
+    NamespaceRef,
+    PemCertificates,
+    VIPAddress,
+)
 from slb.model.traffic import HealthCheck
 from slb.selector import LabelSelector, check_labels
 
@@ -140,7 +147,7 @@ class Certificate(StoredObject):
     kind: ClassVar[str] = "Certificate"
 
     name: Name
-    chain_pem: str = Field(min_length=1, max_length=256 * 1024)
+    chain_pem: PemCertificates
     key_ref: str = Field(min_length=1, max_length=253)
     namespace: Name | None = None
     """The tenant that owns it; None: the cluster's."""
@@ -154,21 +161,6 @@ class Certificate(StoredObject):
         """May a Service of `namespace` present this certificate? `labels` as for
         `LoadBalancer.admits`."""
         return _admits(namespace, labels, self)
-
-    @field_validator("chain_pem")
-    @classmethod
-    def _chain_parses(cls, chain_pem: str) -> str:
-        from cryptography import x509  # noqa: PLC0415 - only certificates need it
-
-        try:
-            certs = x509.load_pem_x509_certificates(chain_pem.encode())
-        except ValueError as exc:
-            raise ValueError(f"not a PEM certificate chain: {exc}") from None
-        if not certs:
-            raise ValueError("no certificate found in the PEM text")
-        if "PRIVATE KEY" in chain_pem:
-            raise ValueError("contains a private key: upload keys separately")
-        return chain_pem
 
 
 class AddressPool(StoredObject):

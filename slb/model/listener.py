@@ -12,6 +12,8 @@ from slb.model.fields import IPNetwork, Name, Port, PortRef
 from slb.model.route import Route
 from slb.model.traffic import (
     BackendProtocol,
+    BackendTls,
+    ClientCertificates,
     Forwarding,
     HealthCheck,
     HealthCheckType,
@@ -20,6 +22,7 @@ from slb.model.traffic import (
     PersistenceMode,
     Protocol,
     Scheduler,
+    TlsPolicy,
 )
 from slb.selector import LabelSelector
 
@@ -70,7 +73,13 @@ class Listener(StoredObject):
     )
     limits: Annotated[Limits, Shared] = Limits()
     certificates: tuple[Name, ...] = ()
+    tls_policy: TlsPolicy = TlsPolicy.TLS12
+    """HTTPS: the TLS versions and ciphers clients may use."""
+    client_certificates: ClientCertificates | None = None
+    """HTTPS: ask clients for certificates (mutual TLS)."""
     backend_protocol: BackendProtocol | None = None
+    backend_tls: BackendTls | None = None
+    """Backend protocol `tls`: verify the backends' certificates, send a server name."""
     selector: LabelSelector | None = None
     target_port: PortRef
     routes: tuple[Route, ...] = Field(default=(), max_length=1000)
@@ -110,10 +119,7 @@ class Listener(StoredObject):
             problems.append(("selector", "a Service's own listener forwards to that Service only"))
         if not by_service and self.selector is None:
             problems.append(("selector", "required: which exposed Services to forward to"))
-        if self.protocol is Protocol.HTTPS and not self.certificates:
-            problems.append(("certificates", "HTTPS listeners need at least one certificate"))
-        if self.protocol is not Protocol.HTTPS and self.certificates:
-            problems.append(("certificates", "only HTTPS listeners terminate TLS"))
+        problems += self._tls_problems()
         if not l7:
             problems += self._l4_problems()
         if self.protocol is Protocol.UDP and self.health_check is not None:
@@ -133,6 +139,19 @@ class Listener(StoredObject):
         if problems:
             raise CrossFieldError(problems)
         return self
+
+    def _tls_problems(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.protocol is Protocol.HTTPS and not self.certificates:
+            problems.append(("certificates", "HTTPS listeners need at least one certificate"))
+        if self.protocol is not Protocol.HTTPS:
+            given = {"certificates": bool(self.certificates),
+                     "client_certificates": self.client_certificates is not None,
+                     "tls_policy": self.tls_policy is not TlsPolicy.TLS12}  # fmt: skip
+            problems += [(f, "only HTTPS listeners terminate TLS") for f, on in given.items() if on]
+        if self.backend_tls is not None and self.upstream_protocol is not BackendProtocol.TLS:
+            problems.append(("backend_tls", "needs backend_protocol tls"))
+        return problems
 
     def _l4_problems(self) -> list[tuple[str, str]]:
         """L7 settings on a TCP or UDP listener: IPVS has nothing to apply them with."""

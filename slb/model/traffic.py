@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from slb.model.base import Model
 from slb.model.errors import CrossFieldError
-from slb.model.fields import HttpPath
+from slb.model.fields import Host, HttpPath, PemCertificates
 
 
 class Protocol(StrEnum):
@@ -154,3 +154,38 @@ class Limits(Model):
     @property
     def empty(self) -> bool:
         return self == Limits()
+
+
+class TlsPolicy(StrEnum):
+    """What an HTTPS listener accepts from clients, as the clouds' TLS security policies
+    offer: TLS 1.2 and 1.3 with Envoy's ciphers; the same with only ECDHE and AEAD ciphers
+    (forward secrecy, no CBC); TLS 1.3 alone."""
+
+    TLS12 = "tls12"
+    TLS12_STRICT = "tls12_strict"
+    TLS13 = "tls13"
+
+
+class ClientAuthMode(StrEnum):
+    OPTIONAL = "optional"
+    """A client may present a certificate; one it presents must verify."""
+    REQUIRED = "required"
+
+
+class ClientCertificates(Model):
+    """Client certificates an HTTPS listener asks for (mutual TLS)."""
+
+    mode: ClientAuthMode = ClientAuthMode.REQUIRED
+    ca_pem: PemCertificates
+    """The CAs a client certificate must chain to."""
+    subject_alt_names: tuple[Host, ...] = Field(default=(), max_length=64)
+    """DNS names one of which a client certificate must carry; none: any."""
+
+
+class BackendTls(Model):
+    """How L7 checks the backends' TLS (backend protocol `tls`)."""
+
+    ca_pem: PemCertificates | None = None
+    """Verify each backend's certificate against these CAs; none: not verified."""
+    sni: Host | None = None
+    """The server name sent (and, with a CA, the name the certificate must carry)."""

@@ -24,8 +24,11 @@ from devbed.l7harness import (
     load_balancer,
     service,
     wait_for_answer,
+    who,
     workers,
 )
+from devbed.pki import self_signed
+from devbed.process import wait_until
 from slb.snapshot import Put
 from slb.storage.store import Store
 
@@ -173,6 +176,46 @@ def test_tls_to_the_backends(store: Store, bed: Bed) -> None:
     assert set(balance(f"{vip}:50051", 100)) == {"s1", "s2"}
     stats = envoy.stats("cluster.secure.ssl.handshake")
     assert stats["cluster.secure.ssl.handshake"] >= 2
+
+
+def test_backend_certificates_are_verified_with_the_server_name_sent(
+    store: Store, bed: Bed
+) -> None:
+    """#17 item 4: with `backend_tls`, Envoy sends the server name and takes only backends
+    whose certificate chains to the CA and carries that name: s2's (s2.backend.test) fails,
+    so every call lands on s1; with a CA neither chains to, no call gets through."""
+    backends = bed.backends(["s1", "s2"], tls_port=50443)
+    s1, s2 = backends
+    vip = bed.net.address(11)
+
+    def secure(backend_tls: dict[str, str]) -> Put:
+        return Put(listener("secure", "GRPC", 50051, backend_protocol="tls",
+                            backend_tls=backend_tls))  # fmt: skip
+
+    both = s1.tls_certificate() + s2.tls_certificate()
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("secure", [(b.address, 50443) for b in backends])),
+        secure({"ca_pem": both, "sni": "s1.backend.test"}),
+    ])  # fmt: skip
+    bed.xds.start()
+    envoy = bed.envoy("n1")
+    wait_for_answer(f"{vip}:50051")
+    assert set(balance(f"{vip}:50051", 60)) == {"s1"}
+    failed = envoy.stats("cluster.secure.ssl.fail_verify_san")
+    assert failed["cluster.secure.ssl.fail_verify_san"] > 0
+
+    store.apply([secure({"ca_pem": self_signed("elsewhere.test").chain_pem})])
+
+    def refused() -> bool:
+        with channel(f"{vip}:50051") as chan:
+            try:
+                who(chan, timeout=2)
+            except grpc.RpcError:
+                return True
+        return False
+
+    wait_until(refused, 15, "calls refused once the backends cannot be verified")
 
 
 def test_a_request_timeout_bounds_grpc_calls(store: Store, bed: Bed) -> None:

@@ -3,7 +3,11 @@ NACKed, recorded, and leaves the last good one in force until a valid change arr
 
 from __future__ import annotations
 
+import http.client
+import ssl
+import tempfile
 import time
+from pathlib import Path
 
 import grpc
 
@@ -17,7 +21,8 @@ from devbed.l7harness import (
     service,
     who,
 )
-from devbed.pki import Pair, key_pem, self_signed
+from devbed.pki import Chain, Pair, chain, key_pem, self_signed
+from devbed.process import wait_until
 from slb.model import Certificate
 from slb.snapshot import Put
 from slb.storage.secrets import SecretStore
@@ -138,3 +143,53 @@ def test_grpc_over_tls_h2_end_to_end(store: Store, bed: Bed) -> None:
         grpc.channel_ready_future(chan).result(timeout=20)
         answers = {who(chan) for _ in range(20)}
     assert answers == {"g1", "g2"}
+
+
+def _handshake(vip: str, port: int, *, client: Chain | None = None,
+               max_version: ssl.TLSVersion | None = None) -> str:  # fmt: skip
+    """GET / over TLS with an optional client certificate; the status, or how it failed."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if max_version is not None:
+        context.maximum_version = max_version
+    if client is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+            cert.write_text(client.chain_pem)
+            key.write_text(client.key_pem)
+            context.load_cert_chain(cert, key)
+    try:
+        conn = http.client.HTTPSConnection(vip, port, timeout=5, context=context)
+        conn.request("GET", "/", headers={"Host": "shop.test"})
+        return str(conn.getresponse().status)
+    except (ssl.SSLError, OSError) as exc:
+        return type(exc).__name__
+
+
+def test_client_certificates_and_the_tls_policy(store: Store, bed: Bed) -> None:
+    """#17 item 4: a listener requiring client certificates takes only those chaining to
+    its CA and naming an allowed client; a TLS 1.3 listener refuses a TLS 1.2 client."""
+    server = certificate("site", self_signed("shop.test"), "site-1", store)
+    trusted = chain("app.clients.shop.test")
+    other_name = chain("intruder.clients.shop.test")
+    ca_bundle = trusted.root_pem + other_name.root_pem
+    vip, port = https_world(store, bed, [server])
+    mtls = {"mode": "required", "ca_pem": ca_bundle, "subject_alt_names": ["app.clients.shop.test"]}
+    store.apply([
+        Put(listener("mtls", "HTTPS", 8444, app="web", target_port="http",
+                     certificates=["site"], client_certificates=mtls)),
+        Put(listener("modern", "HTTPS", 8445, app="web", target_port="http",
+                     certificates=["site"], tls_policy="tls13")),
+    ])  # fmt: skip
+    bed.xds.start()
+    bed.envoy("n1")
+    wait_until(lambda: _handshake(vip, 8445) == "200", 30, "the listeners")
+    assert _handshake(vip, 8444, client=trusted) == "200"
+    assert _handshake(vip, 8444) != "200", "no client certificate"
+    assert _handshake(vip, 8444, client=other_name) != "200", "a name not allowed"
+    unknown = chain("app.clients.shop.test")  # the right name, from another CA
+    assert _handshake(vip, 8444, client=unknown) != "200", "a CA not trusted"
+    assert _handshake(vip, port) == "200", "the listener without client certificates"
+    assert _handshake(vip, 8445, max_version=ssl.TLSVersion.TLSv1_2) != "200"
+    assert _handshake(vip, port, max_version=ssl.TLSVersion.TLSv1_2) == "200"

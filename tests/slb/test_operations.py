@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from devbed.pki import self_signed
 from devbed.redis import RedisServer
 from slb.cli import main
 from slb.model import Listener, LoadBalancer, ModelError, NodeGroup, Owner, OwnerKind
@@ -88,7 +90,7 @@ def test_every_write_is_audited(ops: Operations) -> None:
     assert delete.revision > update.revision > create.revision
 
 
-def test_the_slb_command(redis_server: RedisServer, store: Store) -> None:
+def test_the_slb_command(redis_server: RedisServer, store: Store, tmp_path: Path) -> None:
     env = {"OPENSLB_REDIS_URL": redis_server.url, "OPENSLB_REDIS_PREFIX": store.prefix,
            "OPENSLB_CONFIG": ""}  # fmt: skip
     runner = CliRunner()
@@ -127,6 +129,15 @@ def test_the_slb_command(redis_server: RedisServer, store: Store) -> None:
     assert slb("listener", "set", "web", "--allow", "any", "--requests-per-second", "50")[0] == 0
     assert store.get(Listener, "web").obj.limits.requests_per_second == 50
     assert slb("listener", "set", "web", "--requests-per-second", "0")[0] == 0
+    ca = tmp_path / "backend-ca.pem"
+    ca.write_text(self_signed("cart.backend.test").chain_pem)
+    code, out = slb("listener", "set", "web", "--backend-protocol", "tls", "--backend-ca",
+                    str(ca), "--backend-sni", "cart.backend.test")  # fmt: skip
+    assert code == 0, out
+    backend_tls = store.get(Listener, "web").obj.backend_tls
+    assert (backend_tls.sni, backend_tls.ca_pem) == ("cart.backend.test", ca.read_text())
+    code, out = slb("listener", "set", "web", "--tls-policy", "tls13")
+    assert (code, "tls_policy: only HTTPS listeners terminate TLS" in out) == (1, True), out
     assert store.get(Listener, "web").obj.limits.requests_per_second is None
     assert store.get(Listener, "web").obj.allowed_sources == ()
     code, out = slb("listener", "show", "web")

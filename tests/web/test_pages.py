@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from markupsafe import escape
 
-from devbed.pki import chain
+from devbed.pki import chain, self_signed
 from devbed.redis import RedisServer
 from slb.cli import main
 from slb.model import Listener, LoadBalancer, Service
@@ -255,6 +255,29 @@ def test_the_listener_form_sets_networks_and_limits(
     cleared = auth.post("/listeners/web/edit", {**FORM, "version": str(web.revision)})
     assert cleared.status_code == 302
     assert store.get(Listener, "web").obj.allowed_sources == ()
+
+
+def test_the_listener_form_sets_tls_both_ways(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    """#17 item 4: client certificates only where TLS ends (named, nothing saved), and the
+    backends' CA and server name kept through an edit."""
+    auth.login("alice")
+    ca = self_signed("clients.shop.test").chain_pem
+    refused = auth.post("/listeners/new", {**FORM, "client_auth": "required", "client_ca_pem": ca})
+    assert refused.status_code == 422
+    assert "client_certificates: only HTTPS listeners terminate TLS" in refused.get_data(
+        as_text=True)  # fmt: skip
+    backend = {"backend_protocol": "tls", "backend_ca_pem": ca, "backend_sni": "api.shop.test"}
+    made = auth.post("/listeners/new", {**FORM, **backend})
+    assert made.status_code == 302
+    stored = store.get(Listener, "web")
+    assert stored is not None
+    backend_tls = stored.obj.backend_tls
+    assert backend_tls is not None
+    assert (backend_tls.sni, backend_tls.ca_pem) == ("api.shop.test", ca.strip())
+    form = client.get("/listeners/web/edit").get_data(as_text=True)
+    assert 'name="backend_sni" value="api.shop.test"' in form
 
 
 def test_service_owned_listeners_cannot_be_edited_from_the_form(

@@ -111,10 +111,27 @@ def form_to_listener(form: dict[str, str]) -> dict[str, Any]:
         persistence["cookie_name"] = form["cookie_name"].strip()
     data["persistence"] = persistence
     data["certificates"] = [c for c in request.form.getlist("certificates") if c]
+    data.update(_tls_fields(form))
     data["limits"] = {key: form[f"limits_{key}"].strip() for key in LIMIT_FIELDS
                       if form.get(f"limits_{key}", "").strip()}  # fmt: skip
     for key in ACL_FIELDS:  # one network per line, or separated by spaces or commas
         data[key] = [n for n in re.split(r"[\s,]+", form.get(key, "")) if n]
+    return data
+
+
+def _tls_fields(form: dict[str, str]) -> dict[str, Any]:
+    """The TLS settings both ways: the policy, client certificates, the backends'."""
+    data: dict[str, Any] = {"tls_policy": form.get("tls_policy") or "tls12",
+                            "client_certificates": None, "backend_tls": None}  # fmt: skip
+    mode = form.get("client_auth", "none")
+    if mode != "none":
+        names = [n for n in re.split(r"[\s,]+", form.get("client_sans", "")) if n]
+        data["client_certificates"] = {"mode": mode, "ca_pem": form.get("client_ca_pem", ""),
+                                       "subject_alt_names": names}  # fmt: skip
+    backend = {"ca_pem": form.get("backend_ca_pem", "").strip() or None,
+               "sni": form.get("backend_sni", "").strip() or None}  # fmt: skip
+    if any(backend.values()):
+        data["backend_tls"] = backend
     return data
 
 
@@ -136,6 +153,7 @@ def _listener_errors(exc: ModelError) -> dict[str, list[str]]:
 
 def listener_to_form(listener: Listener) -> dict[str, Any]:
     check = listener.health_check
+    clients, backend = listener.client_certificates, listener.backend_tls
     form: dict[str, Any] = {
         "name": listener.name,
         "load_balancer": listener.load_balancer,
@@ -156,6 +174,12 @@ def listener_to_form(listener: Listener) -> dict[str, Any]:
         "certificates": list(listener.certificates),
         **{key: "\n".join(str(n) for n in getattr(listener, key)) for key in ACL_FIELDS},
         **{f"limits_{key}": getattr(listener.limits, key) or "" for key in LIMIT_FIELDS},
+        "tls_policy": listener.tls_policy.value,
+        "client_auth": clients.mode.value if clients else "none",
+        "client_ca_pem": clients.ca_pem if clients else "",
+        "client_sans": " ".join(clients.subject_alt_names) if clients else "",
+        "backend_ca_pem": backend.ca_pem or "" if backend else "",
+        "backend_sni": backend.sni or "" if backend else "",
     }
     if check:
         for key in ("path", "expected_codes", "grpc_service", "interval_s", "timeout_s",
