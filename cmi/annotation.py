@@ -50,6 +50,7 @@ LISTENER_ANNOTATIONS: Mapping[str, str] = {
     "openslb.io/access-log": "access_log",
     "openslb.io/backend-protocol": "backend_protocol",
     "openslb.io/certificates": "certificates",
+    "openslb.io/tls-policy": "tls_policy",
     "openslb.io/rules": "routes",
     "openslb.io/max-connections": "limits.max_connections",
     "openslb.io/connections-per-second": "limits.connections_per_second",

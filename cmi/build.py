@@ -726,8 +726,11 @@ def _https_port(ports: Sequence[ServicePort], settings: ServiceSettings) -> int:
 
 
 def _applies(field_name: str, protocol: Protocol) -> bool:
-    """Layer-7 settings do not apply to a Service's TCP or UDP ports, nor certificates to
-    ports that do not terminate TLS."""
+    """Layer-7 settings do not apply to a Service's TCP or UDP ports, nor certificates and
+    the TLS policy to ports that do not terminate TLS."""
     if field_name in _L7_ONLY and not protocol.is_l7:
         return False
-    return not (field_name == "certificates" and protocol is not Protocol.HTTPS)
+    return not (field_name in _TLS_ONLY and protocol is not Protocol.HTTPS)
+
+
+_TLS_ONLY = {"certificates", "tls_policy"}

@@ -305,6 +305,11 @@ def line_target(line: str) -> Target:
     return selector, port, int(weight) if weight.isdigit() else None
 
 
+def form_targets(form: Mapping[str, Any]) -> list[Target]:
+    """The form's target lines as targets; none: the listener's Services."""
+    return [line_target(line) for line in lines(form, "targets")] or [("", None, 1)]
+
+
 def model_target(target: ForwardTarget) -> Target:
     return (str(target.selector) if target.selector else ""), target.target_port, target.weight
 

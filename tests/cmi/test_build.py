@@ -229,12 +229,14 @@ def test_protocol_from_app_protocol_then_port_name_then_transport(
 
 def test_https_with_certificates_terminates_tls() -> None:
     body = service(
-        annotations={"openslb.io/certificates": "shop-tls"},
-        ports=[{"name": "web", "port": 443, "appProtocol": "https"}],
-    )
-    (listener,) = run(body).listeners
+        annotations={"openslb.io/certificates": "shop-tls", "openslb.io/tls-policy": "tls13"},
+        ports=[{"name": "web", "port": 443, "appProtocol": "https"},
+               {"name": "http", "port": 80, "appProtocol": "http"}],
+    )  # fmt: skip
+    listener, plain = run(body).listeners
     assert listener.protocol is Protocol.HTTPS
     assert listener.certificates == ("shop-tls",)
+    assert (listener.tls_policy, plain.tls_policy) == ("tls13", "tls12")  # HTTPS ports only
     assert listener.upstream_protocol.value == "tls"
 
 

@@ -373,11 +373,10 @@ def _render_rule_form(
     version: int,
     status: int = 200,
 ) -> tuple[str, int]:
-    targets = [rules.line_target(line) for line in rules.lines(form, "targets")] or [("", None, 1)]
+    targets = rules.target_views(queries.current().snapshot, stored.obj, rules.form_targets(form))
     page = render_template(
         "listener_rule_form.html", listener=stored.obj, form=form, errors=errors,
-        editing=editing, version=version, match_kinds=rules.MATCH_KINDS,
-        targets=rules.target_views(queries.current().snapshot, stored.obj, targets),
+        editing=editing, version=version, match_kinds=rules.MATCH_KINDS, targets=targets,
         methods=[m.value for m in Method], codes=[c.value for c in RedirectCode],
         retry_conditions=[r.value for r in RetryOn], schemes=[s.value for s in Scheme],
     )  # fmt: skip
@@ -390,10 +389,9 @@ def rule_preview(name: str) -> str:
     stored = queries.current().snapshot.of(Listener).get(name)
     if stored is None:
         abort(404)
-    targets = [rules.line_target(line) for line in rules.lines(request.args, "targets")] or [
-        ("", None, 1)
-    ]
-    views = rules.target_views(queries.current().snapshot, stored.obj, targets)
+    views = rules.target_views(
+        queries.current().snapshot, stored.obj, rules.form_targets(request.args)
+    )
     return render_template("_rule_preview.html", targets=views, listener=stored.obj)
 
 
