@@ -41,7 +41,11 @@ class EnvoyProxy:
         admin_port: int | None = None,
         concurrency: int = 1,
         name: str = "envoy",
+        *,
+        drain_time_s: int = 1,
     ) -> None:
+        """`drain_time_s`: how long a removed listener (and, at shutdown, the server) drains
+        its connections; 1 s keeps the tests quick."""
         self.state_dir = state_dir
         self.admin_port = admin_port or free_port()
         self.base_id = next(_base_ids)
@@ -63,7 +67,7 @@ class EnvoyProxy:
                 "--base-id", str(self.base_id),
                 "--concurrency", str(concurrency),
                 "--log-level", "warn",
-                "--drain-time-s", "1",
+                "--drain-time-s", str(drain_time_s),
             ],
             state_dir,
         )  # fmt: skip

@@ -294,11 +294,13 @@ class Bed:
         return servers
 
     def envoy(
-        self, node_id: str, *, group: str = "default", delta: bool = True, concurrency: int = 1
-    ) -> EnvoyProxy:
+        self, node_id: str, *, group: str = "default", delta: bool = True, concurrency: int = 1,
+        drain_time_s: int = 1,
+    ) -> EnvoyProxy:  # fmt: skip
         """An Envoy bootstrapped for ADS from this bed's xDS server; returns once LIVE."""
         config = bootstrap(group, node_id, self.xds.address, delta=delta, stats_port=None)
-        proxy = EnvoyProxy(self.directory / node_id, config, concurrency=concurrency, name=node_id)
+        proxy = EnvoyProxy(self.directory / node_id, config, concurrency=concurrency,
+                           name=node_id, drain_time_s=drain_time_s)  # fmt: skip
         self.envoys.append(proxy)
         return proxy.start()
 

@@ -44,7 +44,14 @@ from l4.drivers import Driver, DriverError
 from l4.drivers.nft import NftDriver, NftError
 from l4.firewall import Openings, load_script, openings, update_script
 from l4.health import HealthChecker, Target
-from l4.ipvs import KernelState, ServiceKey, VirtualService, address_order, op_key
+from l4.ipvs import (
+    DeleteService,
+    KernelState,
+    ServiceKey,
+    VirtualService,
+    address_order,
+    op_key,
+)
 from l4.ownership import AgentError, NodeLock, NodeTakenError, Ownership
 from l4.plan import Changed, IPVSPlan, node_group_of, plan, unguarded
 from l4.reconcile import DrainKey, reconcile, rescoped, update_view
@@ -245,13 +252,17 @@ class L4Agent:
             added = sorted(set(wanted_vips) - self.vips.bound(), key=address_order)
             vip_errors += self.vips.add(added)
         report = self.apply_plan(new_plan)
+        draining = self._departing_vips(new_plan)
         if wanted_vips != self.bound_vips:
-            removed = sorted(self.vips.bound() - set(wanted_vips), key=address_order)
+            kept = set(wanted_vips) | draining  # a removed listener drains on its VIP
+            removed = sorted(self.vips.bound() - kept, key=address_order)
             vip_errors += self.vips.remove(removed)
-            vip_errors += self._announce(new_plan.group, wanted_vips)
-            self.bound_vips = None if vip_errors else wanted_vips
+            announced = tuple(sorted(kept, key=address_order))
+            vip_errors += self._announce(new_plan.group, announced)
+            self.bound_vips = None if vip_errors or draining else wanted_vips
         if not guard_errors:  # close what is served no more
-            guard_errors = self._guard(wanted_open | self._left_over(bool(vip_errors)))
+            left = self._left_over(bool(vip_errors), draining)
+            guard_errors = self._guard(wanted_open | left)
         report.vips_added, report.vips_removed = added, removed
         if vip_errors or guard_errors:
             report.errors += vip_errors + guard_errors
@@ -283,13 +294,23 @@ class L4Agent:
         self.opened = target
         return []
 
-    def _left_over(self, vips_failed: bool) -> Openings:
-        """What the node still serves that the plan no longer wants (a failed apply): the
-        services openslb holds in the kernel, and, if a VIP change failed, the VIPs bound."""
+    def _left_over(self, vips_failed: bool, draining: set[str]) -> Openings:
+        """What the node still serves that the plan no longer wants (a failed apply, or a
+        removed listener draining): the services openslb holds in the kernel, the VIPs of
+        those draining, and, if a VIP change failed, every VIP bound."""
         services = self.view.services if self.view is not None else {}
         kept = [key for key in services if key in self.owned]
-        bound = self.vips.bound() if vips_failed else ()
+        bound = self.vips.bound() if vips_failed else draining
         return openings(bound, kept)
+
+    def _departing_vips(self, planned: IPVSPlan) -> set[str]:
+        """VIPs of services no longer planned that still drain their connections."""
+        services = self.view.services if self.view is not None else {}
+        return {
+            key.address
+            for key in services
+            if key in self.owned and key not in planned.services and key.protocol != "FWM"
+        } - set(planned.vips)
 
     def _announce(self, group: str | None, vips: tuple[str, ...]) -> list[str]:
         """Hand the VIPs to keepalived, whose VRRP MASTER answers for them (l4.vrrp)."""
@@ -469,8 +490,12 @@ class L4Agent:
         elif self.draining:
             with self._lock:  # the report after the lock, as for a health change
                 force = {key for key, _ in self.draining}
-                report = self._findings(self._converge(self.desired, force)[1])
+                ops, errors = self._converge(self.desired, force)
+                report = self._findings(errors)
             self._publish(report)
+            if any(isinstance(op, DeleteService) for op in ops):
+                # A removed listener's last connection ended: its port and VIP go too.
+                self.resync(reread_store=False)
         if (
             self.stats_driver is not None
             and now - self._last_stats >= self.settings.stats_interval_s

@@ -11,7 +11,10 @@ kernel holds, the ownership record, and the real servers being drained. The rule
   weight 0 (no new connections, established ones carry on), deleted once it has no active
   connection or the drain timeout has passed. Wanted again while draining, it is simply
   set back to its weight.
-- A service openslb owns and no longer wants is deleted outright, real servers and all.
+- A service openslb owns and no longer wants (a listener removed, a Service unlabelled)
+  drains like its real servers: those with connections go to weight 0 and the service
+  stays until they are idle or the drain timeout has passed; then it is deleted. One with
+  no connection is deleted at once.
 - Order: service deletions first; then per service, its add or set, then its real
   servers: additions before changes before drains and deletions, so a service never goes
   empty on the way.
@@ -93,6 +96,10 @@ def reconcile(
             (blocked if want is not None else foreign).append(key)
             continue
         if want is None:
+            leaving = _leaving(key, have, drains) if have is not None else None
+            if leaving is not None:
+                changes += leaving  # drains, and stays owned meanwhile
+                continue
             if have is not None:
                 deletions.append(DeleteService(key))
             new_owned.discard(key)
@@ -136,6 +143,15 @@ class _Drains:
             return DeleteDest(key, dest)
         self.after[drain_key] = started
         return SetDest(key, dest._replace(weight=0)) if dest.weight != 0 else None
+
+
+def _leaving(key: ServiceKey, have: VirtualService, drains: _Drains) -> list[Op] | None:
+    """A service no longer wanted: its real servers' drains (weight 0 for those with
+    connections, the idle ones deleted), or None when none has a connection left."""
+    ops = [op for dest in have.dests if (op := drains.leave(key, dest)) is not None]
+    if all(isinstance(op, DeleteDest) for op in ops) and len(ops) == len(have.dests):
+        return None
+    return ops
 
 
 def _real_servers(

@@ -130,6 +130,37 @@ def test_a_service_no_longer_wanted_is_deleted_and_forgotten() -> None:
     assert result.owned == {WEB}
 
 
+def test_a_service_no_longer_wanted_drains_its_connections_then_goes() -> None:
+    """#17 item 6: a removed listener's service keeps serving its established connections
+    (its real servers at weight 0: nothing new) until they end or the drain timeout."""
+    state = kernel(service(DNS, dest(1, port=53)), service(WEB, dest(1), dest(2)),
+                   **{"198_18_1_2": 4})  # fmt: skip
+    first = run([service(DNS, dest(1, port=53))], state, {WEB, DNS}, now=1000.0)
+    assert first.ops == (DeleteDest(WEB, dest(1)), SetDest(WEB, dest(2, weight=0)))
+    assert first.owned == {WEB, DNS}
+    assert first.draining == {(WEB, dest(2).key): 1000.0}
+
+    update_view(state, first.ops)
+    waiting = run([service(DNS, dest(1, port=53))], state, {WEB, DNS},
+                  draining=first.draining, now=1030.0)  # fmt: skip
+    assert waiting.ops == ()
+    assert waiting.owned == {WEB, DNS}
+    state.counters[(WEB, dest(2).key)] = Counters(active=0, inactive=1)
+    done = run([service(DNS, dest(1, port=53))], state, {WEB, DNS},
+               draining=first.draining, now=1031.0)  # fmt: skip
+    assert done.ops == (DeleteService(WEB),)
+    assert done.owned == {DNS}
+    assert done.draining == {}
+
+
+def test_a_departing_service_goes_at_the_drain_timeout() -> None:
+    state = kernel(service(WEB, dest(1, weight=0)), **{"198_18_1_1": 9})
+    drains = {(WEB, dest(1).key): 1000.0}
+    assert run([], state, {WEB}, draining=drains, now=1059.0, timeout=60).ops == ()
+    assert run([], state, {WEB}, draining=drains, now=1060.0, timeout=60).ops == (
+        DeleteService(WEB),)  # fmt: skip
+
+
 def test_a_record_of_a_service_gone_from_the_kernel_is_dropped() -> None:
     result = run([], KernelState.empty(), {DNS})
     assert result.ops == ()

@@ -30,12 +30,15 @@ from devbed.process import wait_until
 from devbed.redis import RedisServer
 from devbed.relay import Relay
 from l4.drivers import Driver
+from l4.drivers.nft import NftDriver
 from l4.ipvs import ServiceKey
 from slb.config import RedisSettings
+from slb.snapshot import Delete
 from slb.storage import connect
 from slb.storage.store import Store
 from slb.storage.timeseries import CONNECTIONS, TimeSeries
 from tests.l4.conftest import AgentFactory, following
+from tests.l4.test_guard import bound_vips, reach
 
 pytestmark = pytest.mark.lab
 
@@ -205,6 +208,40 @@ def test_drain_keeps_an_established_connection_and_sends_new_ones_elsewhere(
         timeout=20, what="drained server deleted after its connection closed", interval=0.5,
     )  # fmt: skip
     assert agent.draining == {}
+
+
+def test_a_removed_listener_drains_its_connections_then_its_port_and_vip_go(
+    store: Store, topology: Topology, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    """#17 item 6: a listener removed while a client holds a connection: the connection
+    carries on (its real server at weight 0, the VIP and the guard's port kept), nothing new
+    reaches a real server, and once it closes the service, its port and its VIP go."""
+    agent = agent_factory()
+    agent.firewall = NftDriver()
+    key = ServiceKey("TCP", VIP, 80)
+    serve(store, topology, listener("web", 80), service("web", backends(topology)))
+    agent.sync()
+    conn, taken = topology.client.call(open_connection, VIP, 80)
+    try:
+        assert agent.sync_to(store.apply([Delete("Listener", "web")])).errors == []
+        left = observer.dump([key]).services[key].dests
+        assert [(d.address, d.weight) for d in left] == [(topology.v4(taken), 0)]
+        conn.sendall(b"still there?\n")
+        assert conn.recv(100) == b"still there?\n"
+        assert topology.client.call(reach, VIP, 80) not in SERVERS, "nothing new gets in"
+        agent.tick()
+        assert key in observer.dump([key]).services, "deleted while in use"
+        assert f"inet {VIP}/32" in bound_vips(), "the VIP stays while its connection drains"
+    finally:
+        conn.close()
+
+    def gone() -> bool:
+        agent.tick()
+        return key not in observer.dump([key]).services
+
+    wait_until(gone, timeout=20, what="the service deleted once idle", interval=0.5)
+    assert agent.draining == {}
+    assert f"inet {VIP}/32" not in bound_vips(), "its VIP goes with it"
 
 
 def test_a_server_coming_back_during_its_drain_gets_its_weight_back(

@@ -198,3 +198,29 @@ def test_routes_by_host_path_prefix_and_grpc_method(store: Store, bed: Bed) -> N
         assert who(chan) == "b1"
         with pytest.raises(grpc.RpcError):
             chan.unary_unary("/no.Such/Method", **RAW)(b"", timeout=5)
+
+
+def test_a_removed_listener_drains_its_calls_in_flight(store: Store, bed: Bed) -> None:
+    """#17 item 6: a call in flight when its listener is removed finishes (Envoy drains the
+    listener: HTTP/2 GOAWAY, no new connection); the next call finds no listener."""
+    (b1,) = bed.backends(["b1"])
+    vip = bed.net.address(12)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("echo", [(b1.address, b1.grpc_port)])),
+        Put(listener("echo", "GRPC", 50051)),
+    ])  # fmt: skip
+    bed.xds.start()
+    bed.envoy("n1", drain_time_s=10)
+    wait_for_answer(f"{vip}:50051")
+    results: list[object] = []
+    with channel(f"{vip}:50051") as chan:
+        held = chan.unary_unary(ECHO + "Hold", **RAW).future(b"3000", timeout=10)
+        time.sleep(0.5)
+        store.apply([Delete("Listener", "echo")])
+        wait_until(lambda: "echo" not in dynamic_resources(bed.envoys[0]).get("listeners", {}), 10,
+                   "the listener removed")  # fmt: skip
+        results.append(held.result(timeout=10))
+    assert results == [b"b1"]
+    with channel(f"{vip}:50051") as chan, pytest.raises(grpc.RpcError):
+        who(chan, timeout=3)
