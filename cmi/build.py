@@ -682,7 +682,7 @@ def _listeners(
                 if before is not None and before.load_balancer == instance
                 else now
             ),
-            **{k: v for k, v in fields.items() if _applies(k, protocol)},
+            **_applying(fields, protocol),
             "allowed_sources": allowed_sources,  # both tiers enforce it (IPVS: the VIP guard)
         }
         if protocol.is_l7 and data.get("backend_protocol") is None:
@@ -711,8 +711,18 @@ def _listeners(
 
 
 _L7_ONLY = {
-    "backend_protocol", "request_timeout_s", "idle_timeout_s", "access_log", "routes", "limits",
+    "backend_protocol", "request_timeout_s", "idle_timeout_s", "access_log", "routes",
 }  # fmt: skip
+
+
+def _applying(fields: Mapping[str, Any], protocol: Protocol) -> dict[str, Any]:
+    """The annotated fields that apply to a port of this protocol: a TCP or UDP port takes
+    the connection limits but not the request rate, which only Envoy sees."""
+    applying = {k: v for k, v in fields.items() if _applies(k, protocol)}
+    limits = applying.get("limits")
+    if not protocol.is_l7 and isinstance(limits, Mapping) and "requests_per_second" in limits:
+        applying["limits"] = {k: v for k, v in limits.items() if k != "requests_per_second"}
+    return applying
 
 
 def _https_port(ports: Sequence[ServicePort], settings: ServiceSettings) -> int:

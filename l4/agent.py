@@ -42,7 +42,15 @@ import redis
 from l4 import health
 from l4.drivers import Driver, DriverError
 from l4.drivers.nft import NftDriver, NftError
-from l4.firewall import Openings, load_script, openings, update_script
+from l4.firewall import (
+    TABLE,
+    Openings,
+    listener_of,
+    load_script,
+    openings,
+    rate_drops,
+    update_script,
+)
 from l4.health import HealthChecker, Target
 from l4.ipvs import (
     DeleteService,
@@ -242,7 +250,7 @@ class L4Agent:
         if self.firewall is None:
             new_plan = unguarded(new_plan)
         wanted_vips = new_plan.vips
-        wanted_open = openings(new_plan.vips, new_plan.services, new_plan.acls)
+        wanted_open = openings(new_plan.vips, new_plan.services, new_plan.acls, new_plan.rates)
         added: list[str] = []
         removed: list[str] = []
         vip_errors: list[str] = []
@@ -510,7 +518,21 @@ class L4Agent:
         self.collector.update(entries)
         with self._lock:
             charted = self.plan.charted() if self.plan else {}
-        self.stats_writer.write(entries, time.time(), charted)
+            limited = set(self.plan.rates) if self.plan else set()
+        drops = self._rate_drops(limited)
+        self.stats_writer.write(entries, time.time(), charted, drops)
+
+    def _rate_drops(self, limited: set[ServiceKey]) -> dict[ServiceKey, int]:
+        """New connections the guard's rates dropped so far, per rate-limited listener."""
+        if self.firewall is None or not limited:
+            return {}
+        try:
+            found = rate_drops(self.firewall.list_json("chain", TABLE, "connection_rates"))
+        except NftError as exc:
+            log.warning("VIP guard: reading the rates' counters: %s", exc)
+            return {}
+        by_listener = {listener_of(key): key for key in limited}
+        return {by_listener[name]: n for name, n in found.items() if name in by_listener}
 
     def keep_house(self, stop: threading.Event, every_s: float = 1.0) -> None:
         """`tick` until `stop`: for an agent hosted by a worker, which has no follow loop (so

@@ -6,9 +6,12 @@ openslb_guard` drops what is addressed to a VIP unless it is one of the node's l
 (VIP, protocol, port), ping, or ICMP errors (PMTU discovery) and IPv6 neighbour discovery;
 replies of connections the node already has and loopback pass. A listener's access
 control applies to new connections here too: a client in its denied networks is dropped,
-and a listener with allowed networks (`restricted`) takes only clients in them. Nothing
-addressed to any other address is looked at, so management addresses, VRRP (multicast or
-to the peers) and connection sync are untouched.
+and a listener with allowed networks (`restricted`) takes only clients in them. A TCP or
+UDP listener's `connections_per_second` is a rule of the chain `connection_rates`
+(nftables' token bucket, burst as large as the rate): the new connections beyond it are
+dropped and counted, so the agent can chart how often it fired. Nothing addressed to any
+other address is looked at, so management addresses, VRRP (multicast or to the peers)
+and connection sync are untouched.
 
 Its input chain runs at priority -10: before the filter table (0) and before IPVS, which
 takes VIP traffic at LOCAL_IN after both. `accept` there only ends this table's say: a
@@ -16,7 +19,8 @@ stricter filter table of the operator's still applies.
 
 The agent owns the table: `load_script` replaces it whole (create, delete, define, fill:
 one nft transaction, so there is never a moment without it); `update_script` changes
-only the set elements that differ from what the table holds.
+only the set elements that differ from what the table holds, and rewrites the chain
+`connection_rates` (one rule per rate-limited listener) only when a rate changed.
 deploy/lb-node/nftables-openslb.nft is `TABLE_DEFINITION` for reading and `nft -c -f`; the
 agent needs no file.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from l4.ipvs import ServiceKey, address_order
 
@@ -86,6 +91,7 @@ table inet openslb_guard {
         iif "lo" accept
         ct state established,related accept
         ip daddr . meta l4proto . th dport . ip saddr @denied4 drop
+        jump connection_rates
         ip daddr . meta l4proto . th dport @restricted4 goto restricted4
         ip daddr . meta l4proto . th dport @listeners4 accept
         icmp type { echo-request, destination-unreachable, time-exceeded, parameter-problem } accept
@@ -96,6 +102,7 @@ table inet openslb_guard {
         iif "lo" accept
         ct state established,related accept
         ip6 daddr . meta l4proto . th dport . ip6 saddr @denied6 drop
+        jump connection_rates
         ip6 daddr . meta l4proto . th dport @restricted6 goto restricted6
         ip6 daddr . meta l4proto . th dport @listeners6 accept
         icmpv6 type {
@@ -103,6 +110,9 @@ table inet openslb_guard {
             parameter-problem, nd-neighbor-solicit, nd-neighbor-advert
         } accept
         drop
+    }
+
+    chain connection_rates {
     }
 
     chain restricted4 {
@@ -127,6 +137,10 @@ SourceRule = tuple[str, str, int, str]
 """(VIP, nft protocol name, port, client network)."""
 SourceACL = tuple[tuple[str, ...], tuple[str, ...]]
 """A listener's (allowed, denied) client networks, as text."""
+Rate = int
+"""A listener's new connections a second."""
+RateRule = tuple[str, str, int, Rate]
+"""(VIP, nft protocol name, port, new connections a second)."""
 
 
 @dataclass(frozen=True)
@@ -139,13 +153,15 @@ class Openings:
     restricted: frozenset[Listener] = frozenset()
     allowed: frozenset[SourceRule] = frozenset()
     denied: frozenset[SourceRule] = frozenset()
+    rates: frozenset[RateRule] = frozenset()
 
     def __or__(self, other: Openings) -> Openings:
-        """Both sets of VIPs and listeners open; the access control is the left side's
-        (the wanted state's, when the agent widens it with what is still served)."""
+        """Both sets of VIPs and listeners open; the access control and the rates are the
+        left side's (the wanted state's, when the agent widens it with what is still
+        served)."""
         return Openings(
             self.vips | other.vips, self.listeners | other.listeners,
-            self.restricted, self.allowed, self.denied,
+            self.restricted, self.allowed, self.denied, self.rates,
         )  # fmt: skip
 
 
@@ -153,18 +169,22 @@ def openings(
     vips: Iterable[str],
     services: Iterable[ServiceKey],
     acls: Mapping[ServiceKey, SourceACL] | None = None,
+    rates: Mapping[ServiceKey, Rate] | None = None,
 ) -> Openings:
     """The guard for these VIPs (a plan's) with these virtual services open on them, each
-    under its access control if `acls` gives one."""
+    under its access control and connection rate if `acls` and `rates` give them."""
     listeners: set[Listener] = set()
     restricted: set[Listener] = set()
     allowed: set[SourceRule] = set()
     denied: set[SourceRule] = set()
+    limited: set[RateRule] = set()
     for key in services:
-        if key.protocol not in _PROTOCOLS:
+        listener = listener_of(key)
+        if listener is None:
             continue
-        listener = (key.address, _PROTOCOLS[key.protocol], key.port)
         listeners.add(listener)
+        if rates and key in rates:
+            limited.add((*listener, rates[key]))
         allow, deny = (acls or {}).get(key, ((), ()))
         family = _family(key.address)
         if allow:
@@ -173,7 +193,7 @@ def openings(
         denied.update((*listener, net) for net in deny if _family(net) == family)
     return Openings(
         frozenset(vips), frozenset(listeners), frozenset(restricted),
-        frozenset(allowed), frozenset(denied),
+        frozenset(allowed), frozenset(denied), frozenset(limited),
     )  # fmt: skip
 
 
@@ -181,19 +201,61 @@ def update_script(known: Openings, wanted: Openings) -> str:
     """nft input that changes the sets' contents from `known` (what the table holds) to
     `wanted` in one transaction: only the elements that differ, deletions first, so a
     change costs what changed, not every listener of the node."""
-    gone = Openings(*(getattr(known, f) - getattr(wanted, f) for f in _FIELDS))
-    new = Openings(*(getattr(wanted, f) - getattr(known, f) for f in _FIELDS))
-    return _elements(gone, "delete") + _elements(new, "add")
+    gone = Openings(*(getattr(known, f) - getattr(wanted, f) for f in _SET_FIELDS))
+    new = Openings(*(getattr(wanted, f) - getattr(known, f) for f in _SET_FIELDS))
+    script = _elements(gone, "delete") + _elements(new, "add")
+    if known.rates != wanted.rates:
+        script += f"flush chain {TABLE} connection_rates\n{_rate_rules(wanted.rates)}"
+    return script
 
 
-_FIELDS = ("vips", "listeners", "restricted", "allowed", "denied")
-"""Openings' fields, in their order."""
+_SET_FIELDS = ("vips", "listeners", "restricted", "allowed", "denied")
+"""Openings' fields held as set elements, in their order."""
 
 
 def load_script(opened: Openings) -> str:
     """nft input that replaces the whole table, filled, in one transaction: the first line
     creates it if missing, so that the delete cannot fail."""
-    return f"table {TABLE}\ndelete table {TABLE}\n{TABLE_DEFINITION}{_elements(opened)}"
+    return (
+        f"table {TABLE}\ndelete table {TABLE}\n{TABLE_DEFINITION}"
+        f"{_elements(opened)}{_rate_rules(opened.rates)}"
+    )
+
+
+def _rate_rules(rates: Iterable[RateRule]) -> str:
+    """The `connection_rates` chain's rules: each drops and counts a listener's new connections
+    beyond its rate; the comment names the listener, for `rate_drops`."""
+    out = ""
+    for vip, protocol, port, rate in sorted(rates, key=_rate_order):
+        match = f"{'ip6' if _family(vip) == 6 else 'ip'} daddr {vip}"
+        out += (
+            f"add rule {TABLE} connection_rates {match} meta l4proto {protocol} th dport {port} "
+            f"limit rate over {rate}/second burst {rate} packets counter drop "
+            f'comment "{vip} {protocol} {port}"\n'
+        )
+    return out
+
+
+def rate_drops(listing: Mapping[str, Any]) -> dict[Listener, int]:
+    """New connections each listener's rate dropped so far, from `nft -j list chain` of
+    the `connection_rates` chain (a counter restarts when the chain is rewritten)."""
+    drops: dict[Listener, int] = {}
+    for item in listing.get("nftables", ()):
+        rule = item.get("rule")
+        if not rule or rule.get("chain") != "connection_rates":
+            continue
+        vip, protocol, port = str(rule.get("comment", "")).split()
+        for expression in rule.get("expr", ()):
+            if "counter" in expression:
+                drops[(vip, protocol, int(port))] = int(expression["counter"]["packets"])
+    return drops
+
+
+def listener_of(key: ServiceKey) -> Listener | None:
+    """The guard's name for a virtual service; None for a firewall-mark one."""
+    if key.protocol not in _PROTOCOLS:
+        return None
+    return (key.address, _PROTOCOLS[key.protocol], key.port)
 
 
 def _elements(opened: Openings, verb: str = "add") -> str:
@@ -226,6 +288,10 @@ def _family(address: str) -> int:
 def _listener_order(listener: Listener) -> tuple[tuple[int, bytes], str, int]:
     vip, protocol, port = listener
     return address_order(vip), protocol, port
+
+
+def _rate_order(rule: RateRule) -> tuple[tuple[int, bytes], str, int]:
+    return _listener_order(rule[:3])
 
 
 def _rule_order(rule: SourceRule) -> tuple[tuple[int, bytes], str, int, tuple[int, bytes], str]:

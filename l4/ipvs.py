@@ -61,13 +61,17 @@ class Dest(NamedTuple):
     port: int
     weight: int
     forwarding: Forwarding
+    upper: int = 0
+    """IPVS's upper connection threshold: at this many connections (active and inactive)
+    the real server takes no new ones; 0: none."""
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.address, self.port)
 
     def __str__(self) -> str:
-        return f"{join_host_port(self.address, self.port)} {self.forwarding} w{self.weight}"
+        upper = f" max{self.upper}" if self.upper else ""
+        return f"{join_host_port(self.address, self.port)} {self.forwarding} w{self.weight}{upper}"
 
 
 class VirtualService(NamedTuple):

@@ -20,6 +20,11 @@ IPVS tables agree. The rules:
   failing its health check) would otherwise keep its share of the hash and black-hole it.
 - Source-IP persistence becomes the IPVS persistence timeout (TCP/UDP listeners; at L7 it
   is Envoy's).
+- A TCP or UDP listener's `max_connections` becomes each real server's upper connection
+  threshold: the limit split evenly, rounded up, over the real servers that take new
+  connections (weight above 0). IPVS has no per-service limit; when every real server is
+  at its threshold, IPVS schedules nothing and the node refuses the connection. Its
+  `connections_per_second` is the VIP guard's (`l4.firewall`).
 """
 
 from __future__ import annotations
@@ -28,9 +33,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from l4.firewall import SourceACL
+from l4.firewall import Rate, SourceACL
 from l4.ipvs import Dest, ServiceKey, VirtualService, address_order, address_text, sort_dests
-from slb.model import Forwarding, HealthCheck, NodeGroup, PersistenceMode, Scheduler
+from slb.model import (
+    Forwarding,
+    HealthCheck,
+    Listener,
+    NodeGroup,
+    PersistenceMode,
+    Scheduler,
+)
 from slb.resolve import DesiredState, ResolvedListener
 
 L7_SCHEDULER = "mh"
@@ -103,6 +115,13 @@ class IPVSPlan:
     node_problem: str | None = None
     acls: dict[ServiceKey, SourceACL] = field(default_factory=dict)
     """Listeners' (allowed, denied) client networks, for the VIP guard (`l4.firewall`)."""
+    rates: dict[ServiceKey, Rate] = field(default_factory=dict)
+    """TCP and UDP listeners' new connections a second, for the VIP guard."""
+
+    @property
+    def guarded(self) -> set[ServiceKey]:
+        """The TCP and UDP listeners whose access control or rate only the guard enforces."""
+        return {key for key in (*self.acls, *self.rates) if key not in self.layer7}
 
     def charted(self) -> dict[ServiceKey, str]:
         """The TCP and UDP listeners' services, by listener: those the L4 tier charts."""
@@ -128,11 +147,13 @@ class IPVSPlan:
                     "flags": list(service.flags),
                     "persistence_timeout": service.timeout,
                     "health_check": check.model_dump(mode="json") if check else None,
-                    "real_servers": [d._asdict() for d in service.dests],
+                    "real_servers": [_dest_json(d) for d in service.dests],
                 }
             )
             if key in self.acls:
                 services[-1]["allowed_sources"], services[-1]["denied_sources"] = self.acls[key]
+            if key in self.rates:
+                services[-1]["connections_per_second"] = self.rates[key]
         return {
             "node": self.node,
             "group": self.group,
@@ -177,14 +198,12 @@ def plan(
     notes: dict[ServiceKey, tuple[str, ...]] = {}
     layer7: set[ServiceKey] = set()
     acls: dict[ServiceKey, SourceACL] = {}
+    rates: dict[ServiceKey, Rate] = {}
     for item in sorted(state.for_node_group(group or ""), key=_service_order):
         listener = item.listener
         key = ServiceKey(listener.protocol.transport, address_text(item.vip), listener.port)
         sources[key] = (listener.name, listener.load_balancer, item.services)
-        acls[key] = (
-            tuple(str(n) for n in listener.allowed_sources),
-            tuple(str(n) for n in listener.denied_sources),
-        )
+        _guard_settings(key, listener, acls, rates)
         if previous is not None and changed is not None:
             before = previous.sources.get(key)
             if (
@@ -235,21 +254,27 @@ def plan(
         frozenset(layer7),
         tuple(vips),
         acls={key: acl for key, acl in acls.items() if acl != ((), ())},
+        rates=rates,
     )
 
 
 def unguarded(planned: IPVSPlan) -> IPVSPlan:
     """The plan for a node without the VIP guard (`l4.vip_guard` off): a TCP or UDP listener
-    with access control is left out, with a note, rather than served open to every client;
-    an HTTP, HTTPS or GRPC listener's Envoys enforce its own."""
-    refused = [key for key in planned.acls if key not in planned.layer7]
+    with access control or a connection rate is left out, with a note, rather than served
+    open to every client or unlimited; an HTTP, HTTPS or GRPC listener's Envoys enforce
+    their own."""
+    refused = planned.guarded
     if not refused:
         return planned
     notes = dict(planned.notes)
     for key in refused:
+        needs = [
+            *(["its allowed or denied client networks"] if key in planned.acls else []),
+            *(["its connections_per_second"] if key in planned.rates else []),
+        ]
         notes[key] = (
-            f"listener {planned.sources[key][0]!r}: not served: its allowed or denied client "
-            "networks need the VIP guard (l4.vip_guard), which is off on this node",
+            f"listener {planned.sources[key][0]!r}: not served: {' and '.join(needs)} "
+            "need the VIP guard (l4.vip_guard), which is off on this node",
         )
     services = {k: v for k, v in planned.services.items() if k not in refused}
     return replace(
@@ -259,8 +284,25 @@ def unguarded(planned: IPVSPlan) -> IPVSPlan:
         health_checks={k: v for k, v in planned.health_checks.items() if k not in refused},
         notes=notes,
         acls={k: v for k, v in planned.acls.items() if k not in refused},
+        rates={},
         vips=tuple(sorted({key.address for key in services}, key=address_order)),
     )
+
+
+def _guard_settings(
+    key: ServiceKey,
+    listener: Listener,
+    acls: dict[ServiceKey, SourceACL],
+    rates: dict[ServiceKey, Rate],
+) -> None:
+    """What the VIP guard enforces for a listener: its client networks, and a TCP or UDP
+    listener's connection rate (Envoy limits an L7 listener's own)."""
+    acls[key] = (
+        tuple(str(n) for n in listener.allowed_sources),
+        tuple(str(n) for n in listener.denied_sources),
+    )
+    if listener.limits.connections_per_second and not listener.protocol.is_l7:
+        rates[key] = listener.limits.connections_per_second
 
 
 def _same_node(previous: IPVSPlan | None, node: str, group: str | None) -> bool:
@@ -295,4 +337,13 @@ def _l4_service(key: ServiceKey, item: ResolvedListener, problems: list[str]) ->
                 continue
             port = listener.port
         dests.append(Dest(address_text(backend.address), port, backend.weight, forwarding.value))
+    if listener.limits.max_connections:
+        serving = sum(1 for d in dests if d.weight > 0) or 1
+        upper = -(-listener.limits.max_connections // serving)
+        dests = [d._replace(upper=upper) for d in dests]
     return VirtualService(key, scheduler.value, flags, timeout, sort_dests(dests))
+
+
+def _dest_json(dest: Dest) -> dict[str, Any]:
+    """A real server as the golden files hold it: the threshold only when there is one."""
+    return {k: v for k, v in dest._asdict().items() if k != "upper" or v}

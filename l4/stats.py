@@ -8,7 +8,9 @@ Redis:
                      and each real server's (weight, forwarding, connections, counters);
                      services that disappear lose their entry at the next write
   slb.storage.timeseries     per TCP/UDP listener and node (labels tier=l4, listener, node): active
-                     connections and bytes per second, the console's charts, bounded there.
+                     connections and bytes per second, the console's charts, bounded there;
+                     new connections dropped by the listener's connections_per_second,
+                     per second (from the VIP guard's counters).
                      HTTP, HTTPS and GRPC listeners are charted from Envoy (tier l7), which
                      sees the same connections and the requests too.
 """
@@ -24,7 +26,12 @@ from prometheus_client.registry import Collector
 
 from l4.ipvs import ServiceKey, ServiceStats, Stats
 from slb.storage.store import Store
-from slb.storage.timeseries import BYTES_PER_SECOND, CONNECTIONS, TimeSeries
+from slb.storage.timeseries import (
+    BYTES_PER_SECOND,
+    CONNECTIONS,
+    RATE_LIMITED_CONNECTIONS_PER_SECOND,
+    TimeSeries,
+)
 
 COUNTERS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
 RATES = ("cps", "inpps", "outpps", "inbps", "outbps")
@@ -59,11 +66,18 @@ class StatsWriter:
         self.node = node
         self.latest_key = store.key("l4", node, "stats")
         self.timeseries = TimeSeries(store)
+        self._drops: dict[ServiceKey, tuple[float, int]] = {}
+        """The rate-limit drop counters at the previous sample, and when it was taken."""
 
     def write(
-        self, entries: Sequence[ServiceStats], now: float, listeners: Mapping[ServiceKey, str]
+        self,
+        entries: Sequence[ServiceStats],
+        now: float,
+        listeners: Mapping[ServiceKey, str],
+        drops: Mapping[ServiceKey, int] | None = None,
     ) -> None:
-        """One sample of every service; chart points for the TCP/UDP listeners in `listeners`."""
+        """One sample of every service; chart points for the TCP/UDP listeners in `listeners`,
+        with the rate of `drops` (counters of new connections dropped) since the last one."""
         names = {e.service.key.encode(): e for e in entries}
         known = {k.decode() for k in self.store.redis.hkeys(self.latest_key)}
         pipe = self.store.redis.pipeline(transaction=False)
@@ -81,6 +95,13 @@ class StatsWriter:
             active = sum(d.counters.active for d in entry.dests)
             points.append((CONNECTIONS, labels, float(active)))
             points.append((BYTES_PER_SECOND, labels, float(entry.stats.inbps + entry.stats.outbps)))
+            dropped = (drops or {}).get(entry.service.key)
+            if dropped is not None:
+                before = self._drops.get(entry.service.key)
+                if before is not None and now > before[0]:
+                    rate = max(dropped - before[1], 0) / (now - before[0])  # 0: chain rewritten
+                    points.append((RATE_LIMITED_CONNECTIONS_PER_SECOND, labels, rate))
+        self._drops = {key: (now, n) for key, n in (drops or {}).items()}
         if points:
             self.timeseries.append_many(points, now)
 

@@ -3,7 +3,7 @@
 Writes go in one batch through `ipvsadm -R`, the engine of `ipvsadm-restore`; the script
 itself starts with `ipvsadm -C`, which would wipe services openslb does not own and every
 connection's state with them, so it is not used here. Reads parse `ipvsadm -Ln --exact`
-(and its `--persistent-conn`, `--stats`, `--rate` forms).
+(and its `--persistent-conn`, `--thresholds`, `--stats`, `--rate` forms).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _service_options(service: VirtualService) -> str:
 def _dest_options(key: ServiceKey, dest: Dest, full: bool = True) -> str:
     line = f"{_service_args(key)} -r {join_host_port(dest.address, dest.port)}"
     if full:
-        line += f" {_FORWARD_OPTION[dest.forwarding]} -w {dest.weight}"
+        line += f" {_FORWARD_OPTION[dest.forwarding]} -w {dest.weight} -x {dest.upper}"
     return line
 
 
@@ -186,15 +186,21 @@ class IpvsadmDriver:
             for service, _, dests in _listing(self._run("-Ln", "--exact", "--persistent-conn"))
             for address, port, columns in dests
         }
+        upper = {
+            (service.key, (address, port)): int(columns[0])
+            for service, _, dests in _listing(self._run("-Ln", "--exact", "--thresholds"))
+            for address, port, columns in dests
+        }
         for listed, rest, dests in _listing(self._run("-Ln", "--exact")):
             if wanted is not None and listed.key not in wanted:
                 continue
             found = []
             for address, port, columns in dests:
                 forward, weight, active, inactive = columns[:4]
-                dest = Dest(address, port, int(weight), _FORWARD_NAME.get(forward, "dr"))
+                key = (listed.key, (address, port))
+                forwarding = _FORWARD_NAME.get(forward, "dr")
+                dest = Dest(address, port, int(weight), forwarding, upper.get(key, 0))
                 found.append(dest)
-                key = (listed.key, dest.key)
                 state.counters[key] = Counters(int(active), int(inactive), persistent.get(key, 0))
             service = _parse_service_attributes(listed, rest)._replace(dests=sort_dests(found))
             state.services[service.key] = service

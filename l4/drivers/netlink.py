@@ -200,7 +200,7 @@ def dest_attr(dest: Dest, full: bool = True) -> bytes:
         settings = _DEST_SETTINGS.pack(
             8, DEST_FWD_METHOD, FWD_METHODS[dest.forwarding],
             8, DEST_WEIGHT, dest.weight,
-            8, DEST_U_THRESH, 0,
+            8, DEST_U_THRESH, dest.upper,
             8, DEST_L_THRESH, 0,
         )  # fmt: skip
     layout = _DEST_KEY[family]
@@ -315,6 +315,7 @@ def decode_dest(
         _BE16.unpack_from(data, attrs[DEST_PORT][0])[0],
         _u32(data, attrs, DEST_WEIGHT),
         FWD_NAMES.get(_u32(data, attrs, DEST_FWD_METHOD) & 0x7, "nat"),
+        _u32(data, attrs, DEST_U_THRESH),
     )
     counters = Counters(
         _u32(data, attrs, DEST_ACTIVE_CONNS),

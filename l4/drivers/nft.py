@@ -6,7 +6,9 @@ nothing, so a refused script leaves the table as it was.
 
 from __future__ import annotations
 
+import json
 import subprocess
+from typing import Any
 
 from l4.drivers import DriverError
 
@@ -33,9 +35,18 @@ class NftDriver:
     def run(self, script: str) -> None:
         """Feed `script` to `nft -f -`; NftError says why it was refused."""
         self._scripts += 1
+        self._nft("-f", "-", script=script)
+
+    def list_json(self, *what: str) -> dict[str, Any]:
+        """`nft -j list WHAT...`, parsed: ("chain", "inet openslb_guard", "connection_rates")."""
+        listing: dict[str, Any] = json.loads(self._nft("-j", "list", *what))
+        return listing
+
+    def _nft(self, *args: str, script: str | None = None) -> str:
+        command = " ".join((self.binary, *args))
         try:
             result = subprocess.run(
-                [self.binary, "-f", "-"],
+                [self.binary, *args],
                 input=script,
                 capture_output=True,
                 text=True,
@@ -45,7 +56,8 @@ class NftDriver:
         except FileNotFoundError:
             raise NftError(f"{self.binary} not found: install nftables") from None
         except subprocess.TimeoutExpired:
-            raise NftError(f"{self.binary} -f -: no answer in {TIMEOUT_S:.0f} s") from None
+            raise NftError(f"{command}: no answer in {TIMEOUT_S:.0f} s") from None
         if result.returncode != 0:
             detail = result.stderr.strip() or f"exit status {result.returncode}"
-            raise NftError(f"{self.binary} -f -: {detail}")
+            raise NftError(f"{command}: {detail}")
+        return result.stdout

@@ -133,12 +133,15 @@ class Persistence(Model):
 
 
 class Limits(Model):
-    """A listener's limits, each per Envoy of its node group (none: no limit of that kind).
-
-    HTTP, HTTPS and GRPC listeners only for now: IPVS's are not programmed yet."""
+    """A listener's limits (none: no limit of that kind). HTTP, HTTPS and GRPC listeners:
+    each per Envoy of its node group. TCP and UDP listeners: per LB node, in IPVS (the
+    connections, split over the real servers) and the VIP guard (the rate)."""
 
     max_connections: int | None = Field(
-        default=None, ge=1, le=10_000, description="open client connections; none: 10,000"
+        default=None,
+        ge=1,
+        le=10_000,
+        description="open client connections; none: 10,000 at L7, no limit at L4",
     )
     connections_per_second: int | None = Field(
         default=None, ge=1, le=1_000_000, description="new client connections a second"

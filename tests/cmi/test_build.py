@@ -267,7 +267,8 @@ def test_annotations_tune_every_listener() -> None:
     assert (grpc.idle_timeout_s, metrics.idle_timeout_s) == (60, 900)  # nor does Envoy's idle
     assert (grpc.access_log, metrics.access_log) == (True, False)  # nor the access log
     assert (grpc.limits.requests_per_second, grpc.limits.max_connections) == (200, 500)
-    assert metrics.limits.empty  # nor limits (IPVS's are not programmed yet)
+    assert metrics.limits.max_connections == 500  # IPVS's thresholds take it
+    assert metrics.limits.requests_per_second is None  # a request rate is for Envoy only
     assert built.events == ()
 
 

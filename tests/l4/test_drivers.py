@@ -35,7 +35,8 @@ def dest(address: str, port: int = 8080, weight: int = 1, forwarding: str = "nat
 
 PLAN = {
     WEB: VirtualService(WEB, "rr", (), 0, sort_dests(
-        [dest("198.18.1.1"), dest("198.18.1.2", weight=2), dest("198.18.1.10", weight=0)])),
+        [dest("198.18.1.1"), dest("198.18.1.2", weight=2)._replace(upper=500),
+         dest("198.18.1.10", weight=0)])),
     DNS: VirtualService(DNS, "sh", ("sh-fallback", "sh-port"), 300, sort_dests(
         [dest("198.18.2.1", 53, forwarding="dr"), dest("198.18.2.2", 53, 3, "dr")])),
     WEB6: VirtualService(WEB6, "wlc", (), 0, sort_dests(
@@ -126,7 +127,9 @@ def test_a_full_read_repairs_a_weight_left_at_zero(driver: Driver) -> None:
     by_hand("-e", "-t", "198.18.0.10:80", "-r", "198.18.1.2:8080", "-m", "-w", "0")
     assert driver.dump([WEB]).services[WEB] != PLAN[WEB]
     repaired, changes = converge(driver, PLAN, set(first.owned))
-    assert repaired.ops == (SetDest(WEB, dest("198.18.1.2", weight=2)),)
+    planned = next(d for d in PLAN[WEB].dests if d.address == "198.18.1.2")
+    assert planned.upper == 500  # the edit by hand cleared its threshold too
+    assert repaired.ops == (SetDest(WEB, planned),)
     assert changes == 1
     assert driver.dump().services == PLAN
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from l4.firewall import TABLE_DEFINITION, Openings, load_script, openings, update_script
+from l4.firewall import (
+    TABLE_DEFINITION,
+    Openings,
+    load_script,
+    openings,
+    rate_drops,
+    update_script,
+)
 from l4.ipvs import ServiceKey
 from l4.plan import node_group_of, plan
 from slb.resolve import resolve
@@ -24,7 +31,7 @@ def case_openings(case: str) -> Openings:
     state = resolve(snapshot)
     group = group or next(iter(node_group_of(state.node_groups, node)), None)
     planned = plan(state, node, group)
-    return openings(planned.vips, planned.services, planned.acls)
+    return openings(planned.vips, planned.services, planned.acls, planned.rates)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -97,3 +104,45 @@ def test_openings_combine() -> None:
     assert (web | dns).vips == {"198.18.0.10", "198.18.0.53"}
     assert (web | dns).listeners == web.listeners | dns.listeners
     assert web | Openings() == web
+
+
+def test_a_rate_change_rewrites_the_limits_chain_and_only_then() -> None:
+    """#17 item 3: a TCP or UDP listener's connections_per_second is one rule of the chain
+    `limits`; the chain is rewritten whole when a rate changes, in the same transaction as
+    the elements, and left alone when none did."""
+    web, dns = ServiceKey("TCP", "198.18.0.10", 80), ServiceKey("UDP", "2001:2::53", 53)
+    vips = ["198.18.0.10", "2001:2::53"]
+    before = openings(vips, [web, dns], rates={web: 50})
+    after = openings(vips, [web, dns], rates={web: 50, dns: 1000})
+    assert update_script(before, after).splitlines() == [
+        "flush chain inet openslb_guard connection_rates",
+        "add rule inet openslb_guard connection_rates ip daddr 198.18.0.10 meta l4proto tcp "
+        "th dport 80 limit rate over 50/second burst 50 packets counter drop "
+        'comment "198.18.0.10 tcp 80"',
+        "add rule inet openslb_guard connection_rates ip6 daddr 2001:2::53 meta l4proto udp "
+        "th dport 53 limit rate over 1000/second burst 1000 packets counter drop "
+        'comment "2001:2::53 udp 53"',
+    ]
+    assert update_script(after, after) == ""
+    assert update_script(after, openings(vips, [web, dns])).splitlines() == [
+        "flush chain inet openslb_guard connection_rates"]  # fmt: skip
+    assert (after | before).rates == after.rates  # the wanted side's, as the access control
+
+
+def test_rate_drops_are_read_from_the_limits_chain_counters() -> None:
+    """`nft -j list chain inet openslb_guard connection_rates`, as nftables 1.0 prints it."""
+    listing = {"nftables": [
+        {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+        {"chain": {"family": "inet", "table": "openslb_guard", "name": "connection_rates",
+                   "handle": 9}},
+        {"rule": {"family": "inet", "table": "openslb_guard", "chain": "connection_rates",
+                  "handle": 31,
+                  "comment": "198.18.0.10 tcp 80",
+                  "expr": [{"match": {"op": "==", "left": {"payload": {
+                               "protocol": "ip", "field": "daddr"}}, "right": "198.18.0.10"}},
+                           {"limit": {"rate": 50, "burst": 50, "per": "second", "inv": True}},
+                           {"counter": {"packets": 17, "bytes": 1020}},
+                           {"drop": None}]}},
+    ]}  # fmt: skip
+    assert rate_drops(listing) == {("198.18.0.10", "tcp", 80): 17}
+    assert rate_drops({"nftables": []}) == {}

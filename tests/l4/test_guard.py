@@ -9,22 +9,32 @@ answer on every VIP, and on port 80 of the VIP once IPVS no longer takes it.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
 from devbed.desired import listener, load_balancer, node_group, put, service
-from devbed.netns import CLIENT_SOURCES, TCP_PORT, UDP_PORT, Topology, tally_udp
+from devbed.netns import (
+    CLIENT_SOURCES,
+    TCP_PORT,
+    UDP_PORT,
+    Topology,
+    open_connection,
+    tally_udp,
+)
 from l4.agent import L4Agent
 from l4.drivers.nft import NftDriver
 from l4.firewall import Openings, load_script, update_script
 from slb.snapshot import Delete
 from slb.storage.store import Store
+from slb.storage.timeseries import RATE_LIMITED_CONNECTIONS_PER_SECOND, TimeSeries
 from tests.l4.conftest import INTERFACE, AgentFactory
 from tests.l4.test_firewall import GOLDEN, SHIPPED, case_openings
 
@@ -74,6 +84,28 @@ def reach(address: str, port: int, source: str | None = None) -> str:
             return "refused"
         except TimeoutError:
             return DROPPED
+
+
+def burst(address: str, port: int, count: int, wait_s: float = 0.6) -> Counter[str]:
+    """`count` connections started at once: how many were `connected`, `refused` or
+    `timed out` after `wait_s` (under the 1 s after which a dropped SYN is sent again)."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.connect_ex((address, port))
+        sockets.append(sock)
+    deadline = time.monotonic() + wait_s
+    pending = set(sockets)
+    while pending and (left := deadline - time.monotonic()) > 0:
+        _, done, _ = select.select([], list(pending), [], left)
+        pending -= set(done)
+    outcome: Counter[str] = Counter()
+    for sock in sockets:
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        outcome[DROPPED if sock in pending else "connected" if error == 0 else "refused"] += 1
+        sock.close()
+    return outcome
 
 
 def ping(address: str) -> bool:
@@ -225,6 +257,49 @@ def test_a_listeners_allowed_and_denied_networks_decide_who_connects(
     assert client.call(reach, VIP, 80, other) in SERVERS
     assert client.call(reach, VIP, 80, denied) == DROPPED
     assert sorted(client.call(tally_udp, VIP, 53, 3)) == sorted(SERVERS), "other ports untouched"
+
+
+def test_a_tcp_listeners_limits_hold_in_ipvs_and_in_the_guard(
+    store: Store, topology: Topology, guarded: tuple[L4Agent, RecordingNft]
+) -> None:
+    """#17 item 3 at L4. max_connections 3 over three real servers is an upper threshold of
+    one each: three connections (held, or closed and still counted by IPVS) fill them and
+    the fourth is refused; raised to 6, three more get in. connections_per_second 5: of 20
+    connections started at once, the bucket's 5 (and what refills meanwhile) get in, the
+    rest are dropped, and the drops are charted per second."""
+    agent, nft = guarded
+    client = topology.client
+    desired_state(store, topology)
+    capped = put(store, listener("web", 80, limits={"max_connections": 3}))
+    assert agent.sync_to(capped).errors == []
+    held = [client.call(open_connection, VIP, 80) for _ in range(2)]
+    assert client.call(reach, VIP, 80) in SERVERS  # closed: counted until IPVS forgets it
+    assert all(name in SERVERS for _, name in held), "two held open"
+    assert client.call(reach, VIP, 80) == "refused", "every real server at its threshold"
+    assert sorted(client.call(tally_udp, VIP, 53, 3)) == sorted(SERVERS), "other ports untouched"
+
+    raised = put(store, listener("web", 80, limits={"max_connections": 6}))
+    assert agent.sync_to(raised).errors == []
+    assert sorted(client.call(reach, VIP, 80) for _ in range(3)) == sorted(SERVERS)
+    assert client.call(reach, VIP, 80) == "refused"
+    for sock, _ in held:
+        sock.close()
+
+    limited = put(store, listener("web", 80, limits={"connections_per_second": 5}))
+    assert agent.sync_to(limited).errors == []
+    assert "flush chain inet openslb_guard connection_rates" in nft.runs[-1][0]
+    agent.sample_stats()  # the drop counters' starting point
+    outcome = client.call(burst, VIP, 80, 20)
+    assert 4 <= outcome["connected"] <= 8, outcome
+    assert outcome[DROPPED] == 20 - outcome["connected"], outcome
+    time.sleep(1.0)  # the bucket refills: a new connection gets in
+    assert client.call(reach, VIP, 80) in SERVERS
+    agent.sample_stats()
+    charts = TimeSeries(store).range(
+        RATE_LIMITED_CONNECTIONS_PER_SECOND, 0, time.time() + 1, match={"listener": "web"}
+    )
+    assert [series.labels["tier"] for series in charts] == ["l4"]
+    assert charts[0].points[-1].value > 0, "the drops, as a rate"
 
 
 def test_a_guard_that_cannot_be_loaded_is_reported_and_traffic_flows(

@@ -23,7 +23,7 @@ SERVICES = [
 ]
 DESTS = [
     Dest("198.18.1.1", 8080, 3, "nat"),
-    Dest("198.18.1.2", 53, 0, "dr"),
+    Dest("198.18.1.2", 53, 0, "dr", upper=250),
     Dest("2001:2::1:1", 443, 65535, "tun"),
 ]
 
@@ -69,7 +69,8 @@ def test_a_real_server_request_decodes_to_its_fields(dest: Dest) -> None:
     assert fields["IPVS_DEST_ATTR_PORT"] == dest.port
     assert fields["IPVS_DEST_ATTR_WEIGHT"] == dest.weight
     assert fields["IPVS_DEST_ATTR_FWD_METHOD"] == nl.FWD_METHODS[dest.forwarding]
-    assert fields["IPVS_DEST_ATTR_U_THRESH"] == fields["IPVS_DEST_ATTR_L_THRESH"] == 0
+    assert fields["IPVS_DEST_ATTR_U_THRESH"] == dest.upper
+    assert fields["IPVS_DEST_ATTR_L_THRESH"] == 0  # IPVS's own: three quarters of the upper
 
 
 def test_deleting_a_real_server_names_it_only() -> None:

@@ -152,3 +152,21 @@ def test_without_the_vip_guard_a_tcp_listener_with_access_control_is_not_served(
     node, group, snapshot = load_case(TESTDATA / "l7-to-envoys" / "in.json")
     l7 = plan(resolve(snapshot), node, group or "default")
     assert unguarded(l7) is l7  # Envoy enforces an L7 listener's own
+
+
+def test_l4_limits_become_thresholds_per_real_server_and_a_guard_rate() -> None:
+    """#17 item 3: IPVS has no per-service limit, so a TCP or UDP listener's
+    max_connections is split, rounded up, over the real servers that take new connections;
+    its connections_per_second goes to the VIP guard, and without the guard the listener
+    is not served unlimited."""
+    node, group, snapshot = load_case(TESTDATA / "udp-dr-persistence" / "in.json")
+    planned = plan(resolve(snapshot), node, group or "default")
+    (key, service), = planned.services.items()  # fmt: skip
+    assert [d.upper for d in service.dests] == [501, 501]  # 1001 over 2 (5353 left out by DR)
+    assert planned.rates == {key: 200}
+    bare = unguarded(planned)
+    assert bare.services == {}
+    assert bare.problems[-1] == (
+        "listener 'dns': not served: its connections_per_second need the VIP guard "
+        "(l4.vip_guard), which is off on this node"
+    )

@@ -188,9 +188,9 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
                       "routes": [{"name": "a",
                                   "forward_to": [{"selector": {"match_labels": {"a": "b"}}}]}]},
          ["routes.0.forward_to.0.selector"]),
-        # Limits (#17): L7 only for now, within Envoy's circuit breakers.
+        # Limits (#17): a request rate is Envoy's alone; within Envoy's circuit breakers.
         ("Listener", {"protocol": "TCP", "health_check": None,
-                      "limits": {"max_connections": 10}}, ["limits"]),
+                      "limits": {"requests_per_second": 10}}, ["limits.requests_per_second"]),
         ("Listener", {"limits": {"max_connections": 10_001}}, ["limits.max_connections"]),
         ("Listener", {"limits": {"requests_per_second": 0}}, ["limits.requests_per_second"]),
         # Access control (#17): networks, one message each, naming the network meant.

@@ -257,6 +257,25 @@ def test_the_listener_form_sets_networks_and_limits(
     assert store.get(Listener, "web").obj.allowed_sources == ()
 
 
+def test_a_tcp_listener_takes_connection_limits_and_charts_its_drops(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    """#17 item 3 at L4: max connections and a connection rate, not a request rate."""
+    auth.login("alice")
+    tcp = {**FORM, "protocol": "TCP", "hc_type": "tcp", "hc_path": "", "idle_timeout_s": "",
+           "request_timeout_s": ""}  # fmt: skip
+    refused = auth.post("/listeners/new", {**tcp, "limits_requests_per_second": "100"})
+    assert refused.status_code == 422
+    assert "IPVS sees no requests" in refused.get_data(as_text=True)
+    made = auth.post("/listeners/new", {**tcp, "limits_max_connections": "300",
+                                        "limits_connections_per_second": "50"})  # fmt: skip
+    assert made.status_code == 302
+    assert store.get(Listener, "web").obj.limits.model_dump(exclude_none=True) == {
+        "max_connections": 300, "connections_per_second": 50}  # fmt: skip
+    page = client.get("/listeners/web").get_data(as_text=True)
+    assert 'data-series="rate_limited_connections_per_second"' in page
+
+
 def test_the_listener_form_sets_tls_both_ways(
     client: FlaskClient, auth: Auth, ops: Operations, store: Store
 ) -> None:
