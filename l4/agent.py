@@ -70,7 +70,7 @@ from l4.vrrp import Keepalived, compile_instance, start_connection_sync
 from slb.config import L4Settings
 from slb.integrity import HOLDING, AppliedRecord, Guard
 from slb.model import NodeGroup
-from slb.resolve import DesiredState, resolve
+from slb.resolve import DesiredState, Resolver, resolve
 from slb.snapshot import Snapshot
 from slb.storage.follow import Follower, Step
 from slb.storage.status import StatusBoard
@@ -136,6 +136,8 @@ class L4Agent:
         self.seen_revision = 0
         """The newest revision the agent has read (served, or failed and to be retried):
         where the follower was when the agent last planned."""
+        self.resolver = Resolver()
+        """This node's group's desired state, resolved again only where changes reach."""
         self.failed_revision: int | None = None
         self.bound_vips: tuple[str, ...] | None = None
         self._last_resync = 0.0
@@ -205,12 +207,23 @@ class L4Agent:
         if step.changes is not None and planned_at == self.seen_revision:
             changed = Changed.from_ops(op for change in step.changes for op in change.ops)
         snapshot = step.snapshot
-        self.seen_revision = snapshot.revision
         try:  # resolve only this node's group: a node's work grows with what it serves
             scope = self._group({k: s.obj for k, s in snapshot.of(NodeGroup).items()})
         except AgentError:
             scope = None  # apply_state reports it
-        report = self.apply_state(resolve(snapshot, node_group=scope), changed)
+        resolved = self.resolver.state
+        touched = None
+        if (
+            step.changes is not None
+            and resolved is not None
+            and resolved.revision == self.seen_revision
+            and self.resolver.node_group == scope
+        ):
+            touched = [(kind, key) for change in step.changes for _, kind, key in change.ops]
+        if self.resolver.node_group != scope:
+            self.resolver = Resolver(scope)
+        self.seen_revision = snapshot.revision
+        report = self.apply_state(self.resolver.update(snapshot, touched), changed)
         before, owned = self.guard.applied, set(self.owned)
         self.guard.applied_now(snapshot)
         self.applied_record.save(self.guard.applied, (key.encode() for key in owned))

@@ -117,6 +117,8 @@ class IPVSPlan:
     """Listeners' (allowed, denied) client networks, for the VIP guard (`l4.firewall`)."""
     rates: dict[ServiceKey, Rate] = field(default_factory=dict)
     """TCP and UDP listeners' new connections a second, for the VIP guard."""
+    keys: dict[str, ServiceKey] = field(default_factory=dict)
+    """Each planned listener's virtual service, by listener name."""
 
     @property
     def guarded(self) -> set[ServiceKey]:
@@ -135,7 +137,8 @@ class IPVSPlan:
     def to_json(self) -> dict[str, Any]:
         """The plan as the golden files hold it."""
         services = []
-        for key, service in self.services.items():
+        for key in sorted(self.services, key=_key_order):
+            service = self.services[key]
             check = self.health_checks.get(key)
             services.append(
                 {
@@ -192,37 +195,95 @@ def plan(
         )
     if changed is None or changed.node_groups or not _same_node(previous, node, group):
         previous = None
-    services: dict[ServiceKey, VirtualService] = {}
-    sources: dict[ServiceKey, Sources] = {}
-    checks: dict[ServiceKey, HealthCheck] = {}
-    notes: dict[ServiceKey, tuple[str, ...]] = {}
-    layer7: set[ServiceKey] = set()
-    acls: dict[ServiceKey, SourceACL] = {}
-    rates: dict[ServiceKey, Rate] = {}
+    if previous is not None and state.since is not None and state.since == previous.revision:
+        return _replanned(state, node_group, previous)
+    acc = _Planning()
     for item in sorted(state.for_node_group(group or ""), key=_service_order):
         listener = item.listener
         key = ServiceKey(listener.protocol.transport, address_text(item.vip), listener.port)
-        sources[key] = (listener.name, listener.load_balancer, item.services)
-        _guard_settings(key, listener, acls, rates)
         if previous is not None and changed is not None:
             before = previous.sources.get(key)
+            sources = (listener.name, listener.load_balancer, item.services)
             if (
                 before is not None
                 and before[0] == listener.name
                 and not changed.touches(before)
-                and not changed.touches(sources[key])
+                and not changed.touches(sources)
             ):
-                services[key] = previous.services[key]
-                if key in previous.layer7:
-                    layer7.add(key)
-                if key in previous.health_checks:
-                    checks[key] = previous.health_checks[key]
-                if key in previous.notes:
-                    notes[key] = previous.notes[key]
+                acc.keep(previous, key, listener.name, sources)
+                _guard_settings(key, listener, acc.acls, acc.rates)
                 continue
+        acc.add(key, item, node_group)
+    return acc.plan(node, node_group.name, state.revision)
+
+
+def _replanned(state: DesiredState, node_group: NodeGroup, previous: IPVSPlan) -> IPVSPlan:
+    """The previous plan with only the listeners the resolver says it resolved again
+    (`DesiredState.changed`) planned afresh: the rest are the same objects, and a change
+    costs what it touched however many listeners the node serves."""
+    acc = _Planning.of(previous)
+    for name in state.changed:
+        acc.drop(name)
+    for name in sorted(state.changed):
+        item = state.by_name.get(name)
+        if item is not None and item.node_group == node_group.name:
+            key = ServiceKey(item.listener.protocol.transport, address_text(item.vip),
+                             item.listener.port)  # fmt: skip
+            acc.add(key, item, node_group)
+    return acc.plan(previous.node, node_group.name, state.revision)
+
+
+@dataclass
+class _Planning:
+    """A plan being made, by virtual service."""
+
+    services: dict[ServiceKey, VirtualService] = field(default_factory=dict)
+    sources: dict[ServiceKey, Sources] = field(default_factory=dict)
+    checks: dict[ServiceKey, HealthCheck] = field(default_factory=dict)
+    notes: dict[ServiceKey, tuple[str, ...]] = field(default_factory=dict)
+    layer7: set[ServiceKey] = field(default_factory=set)
+    acls: dict[ServiceKey, SourceACL] = field(default_factory=dict)
+    rates: dict[ServiceKey, Rate] = field(default_factory=dict)
+    keys: dict[str, ServiceKey] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, planned: IPVSPlan) -> _Planning:
+        return cls(
+            dict(planned.services), dict(planned.sources), dict(planned.health_checks),
+            dict(planned.notes), set(planned.layer7), dict(planned.acls), dict(planned.rates),
+            dict(planned.keys),
+        )  # fmt: skip
+
+    def drop(self, name: str) -> None:
+        """Forget listener `name`'s virtual service, if it had one."""
+        key = self.keys.pop(name, None)
+        if key is None:
+            return
+        for by_key in (self.services, self.sources, self.checks, self.notes, self.acls,
+                       self.rates):  # fmt: skip
+            by_key.pop(key, None)
+        self.layer7.discard(key)
+
+    def keep(self, previous: IPVSPlan, key: ServiceKey, name: str, sources: Sources) -> None:
+        """Take a listener's virtual service as the previous plan has it."""
+        self.keys[name], self.sources[key] = key, sources
+        self.services[key] = previous.services[key]
+        if key in previous.layer7:
+            self.layer7.add(key)
+        if key in previous.health_checks:
+            self.checks[key] = previous.health_checks[key]
+        if key in previous.notes:
+            self.notes[key] = previous.notes[key]
+
+    def add(self, key: ServiceKey, item: ResolvedListener, node_group: NodeGroup) -> None:
+        """Plan a listener's virtual service afresh."""
+        listener = item.listener
+        self.keys[listener.name] = key
+        self.sources[key] = (listener.name, listener.load_balancer, item.services)
+        _guard_settings(key, listener, self.acls, self.rates)
         if listener.protocol.is_l7:
-            layer7.add(key)
-            services[key] = VirtualService(
+            self.layer7.add(key)
+            self.services[key] = VirtualService(
                 key,
                 L7_SCHEDULER,
                 L7_FLAGS,
@@ -234,28 +295,22 @@ def plan(
                 ),
             )
             if node_group.envoy_check is not None:
-                checks[key] = node_group.envoy_check
-            continue
+                self.checks[key] = node_group.envoy_check
+            return
         found: list[str] = []
-        services[key] = _l4_service(key, item, found)
+        self.services[key] = _l4_service(key, item, found)
         if found:
-            notes[key] = tuple(found)
+            self.notes[key] = tuple(found)
         if listener.health_check is not None:
-            checks[key] = listener.health_check
-    vips = sorted({key.address for key in services}, key=address_order)
-    return IPVSPlan(
-        node,
-        group,
-        state.revision,
-        services,
-        sources,
-        checks,
-        notes,
-        frozenset(layer7),
-        tuple(vips),
-        acls={key: acl for key, acl in acls.items() if acl != ((), ())},
-        rates=rates,
-    )
+            self.checks[key] = listener.health_check
+
+    def plan(self, node: str, group: str, revision: int) -> IPVSPlan:
+        vips = sorted({key.address for key in self.services}, key=address_order)
+        return IPVSPlan(
+            node, group, revision, self.services, self.sources, self.checks, self.notes,
+            frozenset(self.layer7), tuple(vips), acls=self.acls, rates=self.rates,
+            keys=self.keys,
+        )  # fmt: skip
 
 
 def unguarded(planned: IPVSPlan) -> IPVSPlan:
@@ -297,10 +352,11 @@ def _guard_settings(
 ) -> None:
     """What the VIP guard enforces for a listener: its client networks, and a TCP or UDP
     listener's connection rate (Envoy limits an L7 listener's own)."""
-    acls[key] = (
-        tuple(str(n) for n in listener.allowed_sources),
-        tuple(str(n) for n in listener.denied_sources),
-    )
+    if listener.allowed_sources or listener.denied_sources:
+        acls[key] = (
+            tuple(str(n) for n in listener.allowed_sources),
+            tuple(str(n) for n in listener.denied_sources),
+        )
     if listener.limits.connections_per_second and not listener.protocol.is_l7:
         rates[key] = listener.limits.connections_per_second
 
@@ -311,6 +367,11 @@ def _same_node(previous: IPVSPlan | None, node: str, group: str | None) -> bool:
 
 def _service_order(item: ResolvedListener) -> tuple[tuple[int, bytes], int, str]:
     return (address_order(str(item.vip)), item.listener.port, item.listener.protocol.transport)
+
+
+def _key_order(key: ServiceKey) -> tuple[tuple[int, bytes], int, str]:
+    """The order of `_service_order`, from a virtual service's key."""
+    return (address_order(key.address), key.port, key.protocol)
 
 
 def _l4_service(key: ServiceKey, item: ResolvedListener, problems: list[str]) -> VirtualService:

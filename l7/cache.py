@@ -87,6 +87,11 @@ class GroupSnapshot:
     resources: Mapping[str, Mapping[str, Resource]]
     """Type URL -> name -> resource; every type in `TYPES` is present."""
     problems: tuple[str, ...] = ()
+    since: int | None = field(default=None, compare=False)
+    """The revision of the group's previous snapshot, which `touched` counts from."""
+    touched: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
+    """Type URL -> the names that may differ from that snapshot; a type missing here is
+    the very same map."""
 
     @classmethod
     def empty(cls, group: str, revision: int) -> GroupSnapshot:
@@ -99,11 +104,19 @@ class GroupSnapshot:
 def changed(old: GroupSnapshot | None, new: GroupSnapshot) -> dict[str, tuple[int, int]]:
     """Per type: how many resources were added or changed, and how many removed."""
     out = {}
+    patched = old is not None and new.since is not None and new.since == old.revision
     for type_url in TYPES:
-        before = old.versions(type_url) if old else {}
-        after = new.versions(type_url)
-        updated = sum(1 for n, v in after.items() if before.get(n) != v)
-        removed = sum(1 for n in before if n not in after)
+        if old is not None and old.resources[type_url] is new.resources[type_url]:
+            continue  # not copied by the cache: nothing in it changed
+        before = old.resources[type_url] if old else {}
+        after = new.resources[type_url]
+        names = new.touched.get(type_url, frozenset()) if patched else before.keys() | after.keys()
+        updated = sum(
+            1
+            for n in names
+            if n in after and (n not in before or before[n].version != after[n].version)
+        )
+        removed = sum(1 for n in names if n in before and n not in after)
         if updated or removed:
             out[type_url] = (updated, removed)
     return out
@@ -125,12 +138,63 @@ class _EndpointEntry:
 
 
 @dataclass
+class _Patch:
+    """The groups' resource maps being patched: each map is copied before its first write
+    (the last build's maps are in snapshots streams still hold), and every name written
+    is noted, by group and type."""
+
+    groups: dict[str, dict[str, dict[str, Resource]]]
+    problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    touched: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+
+    def write(self, group: str, type_url: str, name: str, resource: Resource | None) -> None:
+        """Put `resource` under `name` (None: remove the name)."""
+        names = self.touched.get((group, type_url))
+        if names is None:
+            names = self.touched[(group, type_url)] = set()
+            self.groups[group] = {
+                **self.groups[group],
+                type_url: dict(self.groups[group][type_url]),
+            }
+        names.add(name)
+        if resource is None:
+            self.groups[group][type_url].pop(name, None)
+        else:
+            self.groups[group][type_url][name] = resource
+
+
+@dataclass
+class _Part:
+    """What one L7 listener adds to its node group's snapshot."""
+
+    resolved: ResolvedListener
+    group: str
+    problems: tuple[str, ...]
+    resources: tuple[tuple[str, Resource], ...]
+    secrets: tuple[str, ...]
+    """The certificates it serves, by name."""
+
+
+@dataclass
 class SnapshotCache:
-    """Builds every node group's snapshot from a desired state, reusing unchanged parts."""
+    """Builds every node group's snapshot from a desired state, reusing unchanged parts.
+
+    A build looks again only at the listeners whose resolved object is not the one it saw
+    last time (`slb.resolve.Resolver` keeps the others' objects), unless the certificates,
+    keys or namespaces changed; the groups' resource maps are copied and patched where
+    those listeners were, so a change costs what it touched, not every listener again."""
 
     _config: dict[str, _ConfigEntry] = field(default_factory=dict)
     _endpoints: dict[str, _EndpointEntry] = field(default_factory=dict)
     _secrets: dict[str, tuple[Certificate, str, Resource]] = field(default_factory=dict)
+    _parts: dict[str, _Part] = field(default_factory=dict)
+    _inputs: tuple[object, ...] | None = None
+    _groups: dict[str, dict[str, dict[str, Resource]]] = field(default_factory=dict)
+    _problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _revision: int | None = None
+    """The revision of the state the cache built last."""
+    _members: dict[str, int] = field(default_factory=dict)
+    """How many L7 listeners each node group has."""
 
     def build(
         self,
@@ -140,59 +204,168 @@ class SnapshotCache:
     ) -> dict[str, GroupSnapshot]:
         """Snapshots of every node group that has L7 listeners or is declared; `namespaces`
         as `l7.translate.servable` takes them."""
-        groups: dict[str, dict[str, dict[str, Resource]]] = {
-            g: {t: {} for t in TYPES} for g in state.node_groups
+        namespaces = namespaces or {}
+        inputs = (state.certificates, dict(keys), dict(namespaces))
+        same_inputs = inputs == self._inputs
+        if same_inputs and state.since is not None and state.since == self._revision:
+            parts, redone, gone = self._changed_parts(state, keys, namespaces)
+        else:
+            parts, redone, gone = self._all_parts(state, keys, namespaces, same_inputs)
+        patch = self._patched(state, keys, parts, redone, gone)
+        groups, problems = patch.groups, patch.problems
+        for name in gone:
+            self._config.pop(name, None)
+            self._endpoints.pop(name, None)
+        used = {n for by_type in groups.values() for n in by_type[SECRET]}
+        for name in set(self._secrets) - used:
+            del self._secrets[name]
+        since, self._revision = self._revision, state.revision
+        self._parts, self._inputs = parts, inputs
+        self._groups, self._problems = groups, problems
+        return {
+            group: GroupSnapshot(
+                group,
+                state.revision,
+                by_type,
+                problems.get(group, ()),
+                since,
+                {t: frozenset(n) for (g, t), n in patch.touched.items() if g == group},
+            )
+            for group, by_type in groups.items()
         }
-        problems: dict[str, list[str]] = {g: [] for g in groups}
-        seen: set[str] = set()
-        secrets_used: dict[str, set[str]] = {}
+
+    def _changed_parts(
+        self,
+        state: DesiredState,
+        keys: Mapping[str, str],
+        namespaces: Mapping[str, Mapping[str, str]],
+    ) -> tuple[dict[str, _Part], list[str], list[str]]:
+        """Every listener's part, looking only at those the resolver says it resolved
+        again since the state this cache built last; which were redone, and which went."""
+        parts, redone, gone = dict(self._parts), [], []
+        for name in sorted(state.changed):
+            resolved = state.by_name.get(name)
+            if resolved is None or not resolved.listener.protocol.is_l7:
+                if parts.pop(name, None) is not None:
+                    gone.append(name)
+                continue
+            old = parts.get(name)
+            if old is not None and old.resolved is resolved:
+                continue
+            parts[name] = self._part(resolved, state.certificates, keys, namespaces)
+            redone.append(name)
+        return parts, redone, gone
+
+    def _all_parts(
+        self,
+        state: DesiredState,
+        keys: Mapping[str, str],
+        namespaces: Mapping[str, Mapping[str, str]],
+        same_inputs: bool,
+    ) -> tuple[dict[str, _Part], list[str], list[str]]:
+        """Every listener's part, looking at each (a state from `resolve`, or new inputs)."""
+        parts: dict[str, _Part] = {}
+        redone: list[str] = []
         for resolved in state.listeners:
             if not resolved.listener.protocol.is_l7:
                 continue
-            group = resolved.node_group
-            by_type = groups.setdefault(group, {t: {} for t in TYPES})
-            group_problems = problems.setdefault(group, [])
-            usable, listener_problems = servable(
-                resolved, state.certificates, keys, namespaces or {}
-            )
-            group_problems += listener_problems
-            if usable is None:
-                continue
             name = resolved.listener.name
-            try:
-                configuration = self._configuration(resolved, usable)
-                assignments = self._load_assignments(resolved)
-            except Exception as exc:  # one listener's trouble never holds the others back
-                kept = self._last_good(name)
-                log.exception("xds: listener %s cannot be translated", name)
-                group_problems.append(
-                    f"listener {name!r}: cannot be translated ({exc!r}); "
-                    + ("serving its last good configuration" if kept else "not served")
-                )
-                if kept is None:
-                    continue
-                configuration, assignments = kept
-            seen.add(name)
-            for type_url, resource in configuration:
-                by_type[type_url][resource.name] = resource
-            for resource in assignments:
-                by_type[ENDPOINT][resource.name] = resource
-            secrets_used.setdefault(group, set()).update(usable)
-        for name in set(self._config) - seen:
-            del self._config[name]
+            old = self._parts.get(name)
+            if same_inputs and old is not None and old.resolved is resolved:
+                parts[name] = old
+                continue
+            parts[name] = self._part(resolved, state.certificates, keys, namespaces)
+            redone.append(name)
+        return parts, redone, [name for name in self._parts if name not in parts]
+
+    def _patched(
+        self,
+        state: DesiredState,
+        keys: Mapping[str, str],
+        parts: Mapping[str, _Part],
+        redone: list[str],
+        gone: list[str],
+    ) -> _Patch:
+        """The groups' resources and problems with the parts of `redone` and `gone`
+        listeners replaced: each map they touch copied once, then patched; problems and
+        certificates of a group gathered again only where they changed."""
+        self._members = self._counted(parts, redone, gone)
+        patch = _Patch({g: by_type for g, by_type in self._groups.items()
+                        if g in state.node_groups or g in self._members})  # fmt: skip
+        for group in (*state.node_groups, *self._members):
+            patch.groups.setdefault(group, {t: {} for t in TYPES})
+        regather: set[str] = set()
+        for name in [*gone, *redone]:
+            old = self._parts.get(name)
+            if old is not None and old.group in patch.groups:
+                for type_url, resource in old.resources:
+                    patch.write(old.group, type_url, resource.name, None)
+                if old.problems or old.secrets:
+                    regather.add(old.group)
+        for name in redone:
+            new = parts[name]
+            for type_url, resource in new.resources:
+                patch.write(new.group, type_url, resource.name, resource)
+            if new.problems or new.secrets:
+                regather.add(new.group)
+        if not self._inputs_same_secrets(state, keys):
+            regather |= set(patch.groups)
+        patch.problems = {g: p for g, p in self._problems.items() if g in patch.groups}
+        for group in regather & set(patch.groups):
+            in_group = [parts[n] for n in sorted(parts) if parts[n].group == group]
+            patch.problems[group] = tuple(p for part in in_group for p in part.problems)
+            for cert_name in list(patch.groups[group][SECRET]):
+                patch.write(group, SECRET, cert_name, None)
+            for cert_name in sorted({c for part in in_group for c in part.secrets}):
+                cert = state.certificates[cert_name]
+                patch.write(group, SECRET, cert_name, self._secret(cert, keys[cert.key_ref]))
+        return patch
+
+    def _counted(
+        self, parts: Mapping[str, _Part], redone: list[str], gone: list[str]
+    ) -> dict[str, int]:
+        """How many L7 listeners each group has, from the last count and what changed."""
+        members = dict(self._members)
+        for name in [*gone, *redone]:
+            if (old := self._parts.get(name)) is not None:
+                members[old.group] -= 1
+        for name in redone:
+            members[parts[name].group] = members.get(parts[name].group, 0) + 1
+        return {g: n for g, n in members.items() if n}
+
+    def _inputs_same_secrets(self, state: DesiredState, keys: Mapping[str, str]) -> bool:
+        return self._inputs is not None and self._inputs[:2] == (state.certificates, dict(keys))
+
+    def _part(
+        self,
+        resolved: ResolvedListener,
+        certificates: Mapping[str, Certificate],
+        keys: Mapping[str, str],
+        namespaces: Mapping[str, Mapping[str, str]],
+    ) -> _Part:
+        """A listener translated (or its last good translation, if it cannot be now)."""
+        group, name = resolved.node_group, resolved.listener.name
+        usable, found = servable(resolved, certificates, keys, namespaces)
+        problems = list(found)
+        if usable is None:
+            self._config.pop(name, None)
             self._endpoints.pop(name, None)
-        all_secrets: set[str] = set()
-        for group, names in secrets_used.items():
-            for name in sorted(names):
-                cert = state.certificates[name]
-                groups[group][SECRET][name] = self._secret(cert, keys[cert.key_ref])
-            all_secrets |= names
-        for name in set(self._secrets) - all_secrets:
-            del self._secrets[name]
-        return {
-            group: GroupSnapshot(group, state.revision, by_type, tuple(problems.get(group, ())))
-            for group, by_type in groups.items()
-        }
+            return _Part(resolved, group, tuple(problems), (), ())
+        try:
+            configuration = self._configuration(resolved, usable)
+            assignments = self._load_assignments(resolved)
+        except Exception as exc:  # one listener's trouble never holds the others back
+            kept = self._last_good(name)
+            log.exception("xds: listener %s cannot be translated", name)
+            problems.append(
+                f"listener {name!r}: cannot be translated ({exc!r}); "
+                + ("serving its last good configuration" if kept else "not served")
+            )
+            if kept is None:
+                return _Part(resolved, group, tuple(problems), (), ())
+            configuration, assignments = kept
+        resources = (*configuration, *((ENDPOINT, r) for r in assignments))
+        return _Part(resolved, group, tuple(problems), resources, tuple(sorted(usable)))
 
     def _configuration(
         self, resolved: ResolvedListener, usable: dict[str, Certificate]

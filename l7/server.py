@@ -33,7 +33,7 @@ from slb import pki
 from slb.config import XdsSettings, host_port
 from slb.integrity import AppliedRecord, Guard
 from slb.model import Certificate
-from slb.resolve import DesiredState, resolve
+from slb.resolve import DesiredState, Resolver, resolve
 from slb.snapshot import Snapshot, namespace_labels
 from slb.storage.follow import Follower
 from slb.storage.secrets import Keyring, SecretStore
@@ -98,6 +98,7 @@ class XdsServer:
         self.block_ms = block_ms
         self.metrics = Metrics()
         self.cache = SnapshotCache()
+        self.resolver = Resolver()
         self.secrets = SecretStore(store, keyring)
         self.board = StatusBoard(store)
         self.guard = Guard("xds", partial(self.board.alarm, "xds"), serves="L7 listeners")
@@ -211,7 +212,11 @@ class XdsServer:
                 continue
             self.metrics.store_held.set(0)
             fetched = step.quiet and self._fetch_missing_keys()
-            if (not step.quiet or fetched) and self._publish(step.snapshot):
+            touched = (
+                None if step.changes is None
+                else [(kind, key) for change in step.changes for _, kind, key in change.ops]
+            )  # fmt: skip
+            if (not step.quiet or fetched) and self._publish(step.snapshot, touched):
                 self.guard.applied_now(step.snapshot)
                 if self.record is not None:
                     self.record.save(self.guard.applied, self._served())
@@ -228,17 +233,19 @@ class XdsServer:
         return {f"{group}/{name}" for group, snap in self._published.items()
                 for name in snap.resources[LISTENER]}  # fmt: skip
 
-    def _publish(self, snapshot: Snapshot) -> bool:
-        """Translate and hand over `snapshot`; False if it cannot be translated."""
+    def _publish(self, snapshot: Snapshot, touched: list[tuple[str, str]] | None = None) -> bool:
+        """Translate and hand over `snapshot`, which is the last one moved past `touched`
+        (None: anything may have changed); False if it cannot be translated."""
         started = time.perf_counter()
         try:
             with gc_paused():
-                state = resolve(snapshot)
+                state = self.resolver.update(snapshot, touched)
                 keys = self._keys_for(state)
                 groups = self.cache.build(state, keys, namespace_labels(snapshot))
         except Exception:
             log.exception("xds: cannot translate revision %d; serving the last good one",
                           snapshot.revision)  # fmt: skip
+            self.resolver = Resolver()  # resolve it all next time
             return False
         elapsed = time.perf_counter() - started
         self.metrics.translate_seconds.observe(elapsed)

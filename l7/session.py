@@ -18,6 +18,11 @@ whatever it returns. It follows Envoy's xDS protocol:
   already holds on reconnect, from `initial_resource_versions`); SotW sends a type only
   when its hashes changed: all of it for listeners and clusters, the changed resources
   for the others.
+
+Finding what changed costs what changed: once Envoy holds the whole target, a snapshot
+that follows it (`GroupSnapshot.since`) is compared only on the names it touched, and
+those Envoy subscribes to meanwhile (`_scope`); anything else (a stream's start, a NACK,
+a snapshot that does not follow) compares everything.
 """
 
 from __future__ import annotations
@@ -99,10 +104,19 @@ class Session:
     _nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _done: bool = False
     """The last look found nothing left to send (only inputs change that, and each looks)."""
+    _scope: dict[str, set[str]] | None = None
+    """Per type, the only names that may differ between what Envoy holds and the target;
+    None: any may."""
 
     # -- inputs ---------------------------------------------------------------------------
 
     def on_snapshot(self, snapshot: GroupSnapshot) -> list[Response]:
+        follows = self.target is not None and snapshot.since == self.target.revision
+        if follows and self._scope is not None:
+            for type_url, names in snapshot.touched.items():
+                self._scope[type_url] |= names
+        else:
+            self._scope = None
         self.target = snapshot
         return self._advance()
 
@@ -112,12 +126,18 @@ class Session:
             return []
         state = self.types[type_url]
         nonce = request.response_nonce
+        before = (state.requested, state.wildcard, set(state.names))
         if isinstance(request, discovery_pb2.DeltaDiscoveryRequest):
             self._subscribe_delta(state, type_url, request)
         elif nonce and nonce != state.nonce:
             return []  # stale: Envoy repeats its subscription with the newer nonce
         else:
             self._subscribe_sotw(state, type_url, request)
+        if self._scope is not None:
+            if before[:2] != (True, state.wildcard):
+                self._scope = None  # a type's first request, or a wildcard that changed
+            else:
+                self._scope[type_url] |= state.names - before[2]
         state.requested = True
         inflight = state.inflight
         if inflight is not None and nonce == inflight.nonce:
@@ -186,6 +206,8 @@ class Session:
             step = self._next()
             if step is None or step is WAIT:
                 self._done = step is None
+                if self.synced and self.error is None:  # Envoy holds all of the target
+                    self._scope = {t: set() for t in TYPES}
                 return out
             out.append(self._respond(*step))
 
@@ -208,6 +230,21 @@ class Session:
                 return step
         return None
 
+    def _changed(self, type_url: str) -> list[Resource]:
+        """The target's resources of a type whose version Envoy was not sent, by name."""
+        want, sent = self._want(type_url), self.types[type_url].sent
+        if self._scope is None:
+            return [r for n, r in sorted(want.items()) if sent.get(n) != r.version]
+        names = sorted(n for n in self._scope[type_url] if n in want)
+        return [want[n] for n in names if sent.get(n) != want[n].version]
+
+    def _candidates(self, type_url: str, sent: Mapping[str, str]) -> list[str]:
+        """The names Envoy was sent that may be gone from the target: all of them, or
+        those in scope (in name order)."""
+        if self._scope is None:
+            return list(sent)
+        return sorted(n for n in self._scope[type_url] if n in sent)
+
     def _want(self, type_url: str) -> Mapping[str, Resource]:
         assert self.target is not None
         return self.target.resources[type_url]
@@ -222,7 +259,7 @@ class Session:
         cds = self._open(CLUSTER)
         if cds is None:
             return None
-        updates = _changed(cds, self._want(CLUSTER))
+        updates = self._changed(CLUSTER)
         return (CLUSTER, updates, []) if updates or not cds.responded else None
 
     def _clusters_warm(self) -> Wait | None:
@@ -231,9 +268,11 @@ class Session:
         cds, eds = self.types[CLUSTER], self.types[ENDPOINT]
         if not cds.requested:
             return None
-        if cds.inflight is not None or _changed(cds, self._want(CLUSTER)):
+        if cds.inflight is not None or self._changed(CLUSTER):
             return WAIT
-        if cds.error is None and any(n not in eds.sent for n in self._want(CLUSTER)):
+        want = self._want(CLUSTER)
+        names = want if self._scope is None else self._scope[CLUSTER] | self._scope[ENDPOINT]
+        if cds.error is None and any(n in want and n not in eds.sent for n in names):
             return WAIT
         return None
 
@@ -242,8 +281,8 @@ class Session:
         if lds is None:
             return None
         want = self._want(LISTENER)
-        updates = _changed(lds, want)
-        removals = [n for n in lds.sent if n not in want]
+        updates = self._changed(LISTENER)
+        removals = [n for n in self._candidates(LISTENER, lds.sent) if n not in want]
         return (LISTENER, updates, removals) if updates or removals or not lds.responded else None
 
     def _by_name(self, type_url: str) -> Step | None:
@@ -251,9 +290,10 @@ class Session:
         if state is None:
             return None
         available = self._want(type_url)
+        names = state.names if self._scope is None else self._scope[type_url] & state.names
         updates = [
             available[n]
-            for n in sorted(state.names)
+            for n in sorted(names)
             if n in available and state.sent.get(n) != available[n].version
         ]
         return (type_url, updates, []) if updates else None
@@ -267,7 +307,7 @@ class Session:
         if cds is None:
             return None
         want = self._want(CLUSTER)
-        removals = [n for n in cds.sent if n not in want]
+        removals = [n for n in self._candidates(CLUSTER, cds.sent) if n not in want]
         return (CLUSTER, [], removals) if removals else None
 
     def _remove_by_name(self) -> Step | None:
@@ -279,7 +319,8 @@ class Session:
             if state is None:
                 continue
             want = self._want(type_url)
-            gone = [n for n in state.sent if n in state.names and n not in want]
+            sent = self._candidates(type_url, state.sent)
+            gone = [n for n in sent if n in state.names and n not in want]
             if gone:
                 return type_url, [], gone
         return None
@@ -300,6 +341,8 @@ class Session:
             eds = self.types[ENDPOINT]
             for resource in updates:
                 eds.sent.pop(resource.name, None)
+            if self._scope is not None:
+                self._scope[ENDPOINT].update(r.name for r in updates)
         state.nonce = nonce
         state.responded = True
         state.inflight = InFlight(nonce, revision)
@@ -318,7 +361,3 @@ class Session:
         return discovery_pb2.DiscoveryResponse(
             version_info=str(revision), type_url=type_url, nonce=nonce, resources=bodies
         )
-
-
-def _changed(state: TypeState, want: Mapping[str, Resource]) -> list[Resource]:
-    return [r for n, r in sorted(want.items()) if state.sent.get(n) != r.version]

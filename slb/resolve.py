@@ -97,6 +97,13 @@ class DesiredState:
     rejected: tuple[Rejected, ...] = ()
     certificates: dict[str, Certificate] = field(default_factory=dict)
     node_groups: dict[str, NodeGroup] = field(default_factory=dict)
+    since: int | None = field(default=None, compare=False)
+    """The revision of the state `changed` counts from (a `Resolver`'s previous one)."""
+    changed: frozenset[str] = field(default=frozenset(), compare=False)
+    """The listeners resolved again since revision `since`; every other one is the very
+    object it was then."""
+    by_name: Mapping[str, ResolvedListener] = field(default_factory=dict, compare=False)
+    """The listeners by name, when a `Resolver` made the state (else empty)."""
 
     def for_node_group(self, group: str) -> tuple[ResolvedListener, ...]:
         return tuple(r for r in self.listeners if r.node_group == group)
@@ -117,29 +124,33 @@ def resolve(snapshot: Snapshot, node_group: str | None = None) -> DesiredState:
         if node_group is None or s.obj.load_balancer in balancers
     )
     winners, rejected = claim_ports(balancers, listeners)
-    served = []
-    for listener, vip in winners:
-        balancer = balancers[listener.load_balancer]
-        chosen = selected_services(listener, balancer, services)
-        served.append(
-            ResolvedListener(
-                listener=listener,
-                load_balancer=balancer,
-                vip=vip,
-                services=tuple(s.key for s in chosen),
-                backends=backends_for(listener, chosen),
-                routes=tuple(
-                    _resolve_route(listener, balancer, route, chosen, services)
-                    for route in listener.routes
-                ),
-            )
-        )
+    served = [
+        resolved_listener(listener, balancers[listener.load_balancer], vip, services)
+        for listener, vip in winners
+    ]
     return DesiredState(
         revision=snapshot.revision,
         listeners=tuple(sorted(served, key=lambda r: r.listener.name)),
-        rejected=tuple(rejected),
+        rejected=tuple(sorted(rejected, key=lambda r: r.listener)),
         certificates={k: s.obj for k, s in snapshot.of(Certificate).items()},
         node_groups={k: s.obj for k, s in snapshot.of(NodeGroup).items()},
+    )
+
+
+def resolved_listener(
+    listener: Listener, balancer: LoadBalancer, vip: IPAddress, services: ExposedServices
+) -> ResolvedListener:
+    """A listener that holds its port, with the Services and backends it forwards to."""
+    chosen = selected_services(listener, balancer, services)
+    return ResolvedListener(
+        listener=listener,
+        load_balancer=balancer,
+        vip=vip,
+        services=tuple(s.key for s in chosen),
+        backends=backends_for(listener, chosen),
+        routes=tuple(
+            _resolve_route(listener, balancer, route, chosen, services) for route in listener.routes
+        ),
     )
 
 
@@ -222,34 +233,52 @@ def _owns(balancer: LoadBalancer, listener: Listener) -> bool:
 
 
 class ExposedServices:
-    """The exposed Services, in key order, indexed by label: a selector with `match_labels`
-    looks only at the Services carrying its rarest pair, not at every Service."""
+    """The exposed Services, indexed by key and by label: a selector with `match_labels`
+    looks only at the Services carrying its rarest pair, not at every Service. `put` and
+    `remove` keep it current for `Resolver`."""
 
     def __init__(
-        self, services: list[Service], namespaces: Mapping[str, Mapping[str, str]] | None = None
+        self, services: Iterable[Service], namespaces: Mapping[str, Mapping[str, str]] | None = None
     ) -> None:
-        self.all = services
         self.namespaces = namespaces or {}
         """Each namespace's labels, for instances that admit namespaces by a selector."""
-        self.by_key = {s.key: s for s in services}
-        self.by_label: dict[tuple[str, str], list[Service]] = {}
+        self.by_key: dict[str, Service] = {}
+        self.by_label: dict[tuple[str, str], dict[str, Service]] = {}
         for service in services:
-            for pair in service.labels.items():
-                self.by_label.setdefault(pair, []).append(service)
+            self.put(service)
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> ExposedServices:
-        return cls(
-            [s.obj for _, s in sorted(snapshot.of(Service).items())], namespace_labels(snapshot)
-        )
+        return cls((s.obj for s in snapshot.of(Service).values()), namespace_labels(snapshot))
+
+    def put(self, service: Service) -> None:
+        self.remove(service.key)
+        self.by_key[service.key] = service
+        for pair in service.labels.items():
+            self.by_label.setdefault(pair, {})[service.key] = service
+
+    def remove(self, key: str) -> None:
+        old = self.by_key.pop(key, None)
+        if old is None:
+            return
+        for pair in old.labels.items():
+            holders = self.by_label[pair]
+            del holders[key]
+            if not holders:
+                del self.by_label[pair]
 
     def matching(self, selector: LabelSelector) -> list[Service]:
-        candidates = self.all
+        """The Services the selector picks, in key order."""
+        candidates: Iterable[Service] = self.by_key.values()
         if selector.match_labels:
             candidates = min(
-                (self.by_label.get(pair, []) for pair in selector.match_labels.items()), key=len
-            )
-        return [s for s in candidates if selector.matches(s.labels)]
+                (self.by_label.get(pair, {}) for pair in selector.match_labels.items()), key=len
+            ).values()
+        return sorted((s for s in candidates if selector.matches(s.labels)), key=_service_key)
+
+
+def _service_key(service: Service) -> str:
+    return service.key
 
 
 def selected_services(
@@ -319,3 +348,219 @@ def backends_for(
 def _address_order(key: tuple[IPAddress, int]) -> tuple[int, int, int]:
     address, port = key
     return (address.version, int(address), port)
+
+
+Touched = Iterable[tuple[str, str]]
+"""What changed: (kind, key) pairs, as the change stream names them."""
+
+
+class Resolver:
+    """`resolve`, kept current by the change stream: each update re-resolves only the
+    listeners a change can reach, so it costs what changed, not the whole state.
+
+    Which listeners a change reaches: a changed listener; every listener of a changed
+    instance; for a changed Service, the listeners that forwarded to it, its own
+    listeners, and the listeners whose selectors (their own or their rules') may pick it
+    now (indexed by one `match_labels` pair each; selectors without one are always
+    looked at); and every listener that shares a port with one of those, as a claim may
+    move. A Namespace change (whom instances admit) resolves everything again. Listeners
+    that did not change keep their very objects, so the caches downstream skip them by
+    identity. The result equals `resolve` of the same snapshot (a property test holds it
+    to that).
+    """
+
+    def __init__(self, node_group: str | None = None) -> None:
+        self.node_group = node_group
+        self.state: DesiredState | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._balancers: dict[str, LoadBalancer] = {}
+        self._listeners: dict[str, Listener] = {}
+        self._services = ExposedServices(())
+        self._of_balancer: dict[str, set[str]] = {}
+        self._port_of: dict[str, PortKey] = {}
+        self._at_port: dict[PortKey, set[str]] = {}
+        self._resolved: dict[str, ResolvedListener] = {}
+        self._rejected: dict[str, Rejected] = {}
+        self._users: dict[str, set[str]] = {}
+        """Service key -> the listeners that forward to it (or own it)."""
+        self._by_pair: dict[tuple[str, str], set[str]] = {}
+        """A label pair -> listeners with a selector that requires it."""
+        self._unindexed: set[str] = set()
+        """Listeners with a selector that requires no label pair."""
+        self._certificates: dict[str, Certificate] = {}
+        self._node_groups: dict[str, NodeGroup] = {}
+        self._redone: set[str] | None = None
+        """The listeners this update resolved again (None: all of them)."""
+
+    def update(self, snapshot: Snapshot, touched: Touched | None) -> DesiredState:
+        """The desired state of `snapshot`, which is the last one's moved past `touched`
+        (None: anything may have changed, resolve it all)."""
+        pairs = None if touched is None or self.state is None else set(touched)
+        if pairs is None or any(kind == "Namespace" for kind, _ in pairs):
+            return self._everything(snapshot)
+        self._redone = set()
+        dirty: set[str] = set()
+        for kind, key in sorted(pairs):
+            if kind == LoadBalancer.kind:
+                self._balancer_changed(snapshot, key, dirty)
+            elif kind == Listener.kind:
+                self._listener_changed(snapshot, key, dirty)
+            elif kind == Service.kind:
+                self._service_changed(snapshot, key, dirty)
+        kinds = {kind for kind, _ in pairs}
+        if Certificate.kind in kinds:
+            self._certificates = {k: s.obj for k, s in snapshot.of(Certificate).items()}
+        if NodeGroup.kind in kinds:
+            self._node_groups = {k: s.obj for k, s in snapshot.of(NodeGroup).items()}
+        self._reclaim(dirty)
+        return self._publish(snapshot.revision)
+
+    # -- everything, once ------------------------------------------------------------------
+
+    def _everything(self, snapshot: Snapshot) -> DesiredState:
+        self._reset()
+        self._services = ExposedServices.of(snapshot)
+        self._balancers = {k: s.obj for k, s in snapshot.of(LoadBalancer).items()
+                           if self._in_scope(s.obj)}  # fmt: skip
+        for key, stored in snapshot.of(Listener).items():
+            self._listeners[key] = stored.obj
+            self._of_balancer.setdefault(stored.obj.load_balancer, set()).add(key)
+        self._certificates = {k: s.obj for k, s in snapshot.of(Certificate).items()}
+        self._node_groups = {k: s.obj for k, s in snapshot.of(NodeGroup).items()}
+        self._reclaim(set(self._listeners))
+        self._redone = None  # everything
+        return self._publish(snapshot.revision)
+
+    def _in_scope(self, balancer: LoadBalancer) -> bool:
+        return self.node_group is None or balancer.node_group == self.node_group
+
+    # -- what a change reaches -------------------------------------------------------------
+
+    def _balancer_changed(self, snapshot: Snapshot, key: str, dirty: set[str]) -> None:
+        balancer = snapshot.get(LoadBalancer, key)
+        if balancer is not None and self._in_scope(balancer):
+            self._balancers[key] = balancer
+        else:
+            self._balancers.pop(key, None)
+        dirty |= self._of_balancer.get(key, set())
+
+    def _listener_changed(self, snapshot: Snapshot, key: str, dirty: set[str]) -> None:
+        old = self._listeners.pop(key, None)
+        if old is not None:
+            self._of_balancer[old.load_balancer].discard(key)
+        new = snapshot.get(Listener, key)
+        if new is not None:
+            self._listeners[key] = new
+            self._of_balancer.setdefault(new.load_balancer, set()).add(key)
+        dirty.add(key)
+
+    def _service_changed(self, snapshot: Snapshot, key: str, dirty: set[str]) -> None:
+        dirty |= self._users.get(key, set())
+        service = snapshot.get(Service, key)
+        if service is None:
+            self._services.remove(key)
+            return
+        self._services.put(service)
+        dirty |= self._unindexed
+        for pair in service.labels.items():
+            dirty |= self._by_pair.get(pair, set())
+
+    # -- re-resolving ----------------------------------------------------------------------
+
+    def _reclaim(self, dirty: set[str]) -> None:
+        """Resolve the `dirty` listeners again, with every listener that shares a port (old
+        or new) with one of them: who holds a port may change."""
+        claimants = set(dirty)
+        for name in dirty:
+            old_port = self._port_of.pop(name, None)
+            if old_port is not None:
+                self._at_port[old_port].discard(name)
+                claimants |= self._at_port[old_port]
+            listener = self._listeners.get(name)
+            balancer = self._balancers.get(listener.load_balancer) if listener else None
+            if listener is not None and balancer is not None:
+                port = self._port_of[name] = port_key(listener, balancer)
+                claimants |= self._at_port.setdefault(port, set())
+                self._at_port[port].add(name)
+        before = {name: self._forget(name) for name in claimants}
+        if self._redone is not None:
+            self._redone |= claimants
+        listeners = [self._listeners[n] for n in claimants if n in self._listeners]
+        if self.node_group is not None:  # an LB node sees its own group's listeners only
+            listeners = [li for li in listeners if li.load_balancer in self._balancers]
+        winners, rejected = claim_ports(self._balancers, listeners)
+        for item in rejected:
+            self._rejected[item.listener] = item
+        for listener, vip in winners:
+            balancer = self._balancers[listener.load_balancer]
+            resolved = resolved_listener(listener, balancer, vip, self._services)
+            old = before.get(listener.name)
+            self._remember(old if old == resolved else resolved)
+
+    def _forget(self, name: str) -> ResolvedListener | None:
+        """Take a listener out of the result and the indexes; what it was resolved to."""
+        self._rejected.pop(name, None)
+        old = self._resolved.pop(name, None)
+        if old is None:
+            return None
+        for key in self._used_by(old):
+            self._users[key].discard(name)
+        for selector in _selectors(old.listener):
+            index = _index_pair(selector)
+            if index is None:
+                self._unindexed.discard(name)
+            else:
+                self._by_pair[index].discard(name)
+        return old
+
+    def _remember(self, resolved: ResolvedListener) -> None:
+        name = resolved.listener.name
+        self._resolved[name] = resolved
+        for key in self._used_by(resolved):
+            self._users.setdefault(key, set()).add(name)
+        for selector in _selectors(resolved.listener):
+            index = _index_pair(selector)
+            if index is None:
+                self._unindexed.add(name)
+            else:
+                self._by_pair.setdefault(index, set()).add(name)
+
+    @staticmethod
+    def _used_by(resolved: ResolvedListener) -> set[str]:
+        used = set(resolved.services)
+        for route in resolved.routes:
+            used.update(route.services)
+        if resolved.listener.owner.kind is OwnerKind.SERVICE:
+            used.add(resolved.listener.owner.name)
+        return used
+
+    def _publish(self, revision: int) -> DesiredState:
+        previous = self.state
+        listeners = tuple(self._resolved[n] for n in sorted(self._resolved))
+        rejected = tuple(self._rejected[n] for n in sorted(self._rejected))
+        if previous is not None:  # unchanged parts stay the very objects
+            if listeners == previous.listeners:
+                listeners = previous.listeners
+            if rejected == previous.rejected:
+                rejected = previous.rejected
+        redone = self._redone
+        self.state = DesiredState(
+            revision, listeners, rejected, self._certificates, self._node_groups,
+            since=previous.revision if previous is not None and redone is not None else None,
+            changed=frozenset(redone or ()), by_name=dict(self._resolved),
+        )  # fmt: skip
+        return self.state
+
+
+def _selectors(listener: Listener) -> list[LabelSelector]:
+    """The selectors that decide which Services a listener (or one of its rules) picks."""
+    found = [listener.selector] if listener.selector is not None else []
+    found += [t.selector for route in listener.routes for t in route.targets if t.selector]
+    return found
+
+
+def _index_pair(selector: LabelSelector) -> tuple[str, str] | None:
+    """The one label pair a selector is indexed by (any it requires would do)."""
+    return min(selector.match_labels.items()) if selector.match_labels else None

@@ -337,10 +337,12 @@ return 1"""
             pipe.hget(self.key("doc", kind), key)
             pipe.hget(self.key("rev", kind), key)
         replies = pipe.execute() if touched else []
-        objects = {kind: dict(by_key) for kind, by_key in snapshot.objects.items()}
+        objects = dict(snapshot.objects)  # a kind the batch touched is copied, the rest shared
+        copies = {kind: dict(objects[kind]) for kind in {kind for kind, _ in touched}}
+        objects.update(copies)
         for i, (kind, key) in enumerate(touched):
             doc, rev = replies[2 * i], replies[2 * i + 1]
-            by_key = objects[kind]
+            by_key = copies[kind]
             if doc is None:
                 by_key.pop(key, None)
             else:

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
 
 from l4.plan import Changed, node_group_of, plan, unguarded
-from slb.model import Service, StoredObject, load_document
-from slb.resolve import resolve
+from slb.model import NodeGroup, Service, StoredObject, load_document
+from slb.resolve import Resolver, resolve
 from slb.snapshot import Snapshot, Stored
 from tests.golden import Golden
+from tests.slb.test_resolver import Step, base_objects, changed_objects
+from tests.slb.test_resolver import steps as resolver_steps
 
 TESTDATA = Path(__file__).parent / "testdata"
 CASES = sorted(p.name for p in TESTDATA.iterdir() if (p / "in.json").is_file())
@@ -170,3 +173,33 @@ def test_l4_limits_become_thresholds_per_real_server_and_a_guard_rate() -> None:
         "listener 'dns': not served: its connections_per_second need the VIP guard "
         "(l4.vip_guard), which is off on this node"
     )
+
+
+@settings(max_examples=150, deadline=None)
+@given(resolver_steps)
+def test_re_planning_what_the_resolver_redid_equals_planning_everything(
+    changes: list[Step],
+) -> None:
+    """#18: with the resolver's state, only the listeners it resolved again are planned
+    afresh (the rest are the previous plan's objects); the plan equals a full one."""
+    objects = base_objects()
+    nodes = [{"name": "lb-a", "address": "198.18.255.1"}, {"name": "lb-b", "address": "2001:2::1"}]
+    group = NodeGroup.model_validate({"name": "a", "nodes": nodes})
+    objects["NodeGroup"] = {"a": Stored(group, 0)}
+    resolver = Resolver("a")
+    planned = plan(resolver.update(Snapshot(0, objects), None), "lb-a", "a")
+    for revision, step in enumerate(changes, start=1):
+        objects, key = changed_objects(objects, step, revision)
+        snapshot = Snapshot(revision, objects)
+        state = resolver.update(snapshot, [(step[0], key)])
+        partial = plan(state, "lb-a", "a", previous=planned,
+                       changed=Changed.from_ops([("put", step[0], key)]))  # fmt: skip
+        full = plan(resolve(snapshot, "a"), "lb-a", "a")
+        assert partial.to_json() == full.to_json()
+        assert (partial.layer7, partial.acls, partial.rates, partial.keys) == (
+            full.layer7, full.acls, full.rates, full.keys)  # fmt: skip
+        if state.since is not None and step[0] != "Namespace":  # else: all planned afresh
+            untouched = [k for k, (name, _, _) in partial.sources.items()
+                         if name not in state.changed]  # fmt: skip
+            assert all(partial.services[k] is planned.services[k] for k in untouched)
+        planned = partial

@@ -11,15 +11,18 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from hypothesis import given, settings
 
 from l7.cache import GroupSnapshot, Resource, SnapshotCache, changed
 from l7.translate import translate
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES
 from l7.translate.listener import serialized_listener
 from slb.model import Backend, Service
-from slb.resolve import resolve
+from slb.resolve import Resolver, resolve
 from slb.snapshot import Snapshot, Stored, namespace_labels
 from tests.l7.test_translate import CASES, load_case
+from tests.slb.test_resolver import Step, base_objects, changed_objects
+from tests.slb.test_resolver import steps as resolver_steps
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -162,3 +165,26 @@ def test_one_listener_that_cannot_be_translated_holds_no_other_back(
     fresh = SnapshotCache().build(resolve(edited), case.keys)  # never translated before
     assert "edge-web" not in fresh["edge"].resources[LISTENER]
     assert "not served" in fresh["edge"].problems[0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(resolver_steps)
+def test_a_patched_build_equals_a_fresh_one(changes: list[Step]) -> None:
+    """#18: the cache patches the groups where listeners changed; after any sequence of
+    changes, what it serves equals what a fresh cache builds from the same state."""
+    objects = base_objects()
+    resolver, cache = Resolver(), SnapshotCache()
+    before = cache.build(resolver.update(Snapshot(0, objects), None), {})
+    for revision, step in enumerate(changes, start=1):
+        objects, key = changed_objects(objects, step, revision)
+        snapshot = Snapshot(revision, objects)
+        patched = cache.build(resolver.update(snapshot, [(step[0], key)]), {})
+        fresh = SnapshotCache().build(resolve(snapshot), {})
+        assert patched.keys() == fresh.keys()
+        for group, snap in fresh.items():
+            assert patched[group].problems == snap.problems
+            for type_url in TYPES:
+                assert patched[group].versions(type_url) == snap.versions(type_url)
+            # The summary from the names written equals the one from comparing everything.
+            assert changed(before.get(group), patched[group]) == changed(before.get(group), snap)
+        before = patched

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
+from hypothesis import given, settings
 
-from l7.cache import GroupSnapshot, Resource
+from l7.cache import GroupSnapshot, Resource, SnapshotCache
 from l7.session import Session
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPES
+from slb.resolve import Resolver
+from slb.snapshot import Snapshot
+from tests.slb.test_resolver import Step, base_objects, changed_objects
+from tests.slb.test_resolver import steps as resolver_steps
 
 SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
 
@@ -229,3 +235,56 @@ def test_delta_removes_a_subscribed_resource_that_is_gone() -> None:
     ack(s, out[0])
     out = s.on_snapshot(snapshot(3, **WORLD))
     assert sent(out) == [("SDS", ["-cert"])]
+
+
+class FakeEnvoy:
+    """A Delta client that ACKs every response and subscribes to the endpoints of the
+    clusters and the routes of the listeners it holds, as Envoy does."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.log: list[tuple[str, list[str], list[str]]] = []
+
+    def run(self, pending: list[Any]) -> None:
+        for _ in range(200):  # bounded: a change takes a handful of responses
+            if not pending:
+                return
+            response = pending.pop(0)
+            self.log.append((SHORT[response.type_url], sorted(r.name for r in response.resources),
+                             sorted(response.removed_resources)))  # fmt: skip
+            held = {r.name for r in response.resources}
+            if response.type_url in (CLUSTER, LISTENER):
+                by_name = ENDPOINT if response.type_url == CLUSTER else ROUTE
+                new = sorted(held - self.session.types[by_name].names)
+                if new:
+                    pending += self.session.on_request(delta(by_name, new))
+            pending += self.session.on_request(delta(response.type_url, nonce=response.nonce))
+        raise AssertionError("no end to the responses")
+
+
+@settings(max_examples=100, deadline=None)
+@given(resolver_steps)
+def test_a_session_compares_only_what_a_following_snapshot_touched(changes: list[Step]) -> None:
+    """#18: once Envoy holds the target, a snapshot that follows it is compared on the
+    names it touched only; what the session sends is what comparing everything sends."""
+    objects = base_objects()
+    resolver, cache = Resolver(), SnapshotCache()
+    scoped, full = Session("n1", "g", delta=True), Session("n2", "g", delta=True)
+    envoys = FakeEnvoy(scoped), FakeEnvoy(full)
+    built = cache.build(resolver.update(Snapshot(0, objects), None), {})
+    first = built.get("a") or GroupSnapshot.empty("a", 0)
+    for envoy in envoys:
+        envoy.session.on_snapshot(first)
+        envoy.run([*envoy.session.on_request(delta(CLUSTER)),
+                   *envoy.session.on_request(delta(LISTENER))])  # fmt: skip
+    for revision, step in enumerate(changes, start=1):
+        objects, key = changed_objects(objects, step, revision)
+        snap = cache.build(resolver.update(Snapshot(revision, objects), [(step[0], key)]), {})
+        target = snap.get("a") or GroupSnapshot.empty("a", revision)
+        envoys[0].run(scoped.on_snapshot(target))
+        envoys[1].run(full.on_snapshot(replace(target, since=None)))
+        assert envoys[0].log == envoys[1].log
+        assert scoped.synced
+        assert full.synced
+        assert scoped.types[LISTENER].sent == target.versions(LISTENER)
+        assert scoped.types[CLUSTER].sent == target.versions(CLUSTER)
