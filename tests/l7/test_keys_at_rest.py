@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from devbed.adsclient import AdsClient
 from devbed.l7harness import listener, load_balancer, service
 from devbed.pki import self_signed
 from l7.server import XdsServer
@@ -15,7 +16,6 @@ from slb.model import Certificate
 from slb.snapshot import Put
 from slb.storage.secrets import Keyring, SecretStore, add_key
 from slb.storage.store import Store
-from tests.l7.adsclient import AdsClient
 from tests.l7.test_server import ServerThread, names
 
 

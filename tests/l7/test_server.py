@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from devbed.adsclient import AdsClient
 from devbed.l7harness import listener, load_balancer, service
 from devbed.pki import self_signed
 from devbed.process import wait_until
@@ -25,7 +26,6 @@ from slb.snapshot import Put
 from slb.storage.secrets import SecretStore
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
-from tests.l7.adsclient import AdsClient
 
 
 class ServerThread:

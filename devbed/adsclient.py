@@ -11,6 +11,8 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
+from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
 
 class AdsClient:
     def __init__(self, target: str, node_id: str, group: str, delta: bool = True) -> None:
@@ -86,3 +88,29 @@ class AdsClient:
         self._requests.put(None)
         self._call.cancel()
         self.channel.close()
+
+
+class AckingClient(AdsClient):
+    """A Delta client that behaves like an Envoy that takes everything: it asks for all
+    clusters and listeners, ACKs every response, and subscribes to the endpoints of each
+    cluster and the routes of each listener it receives (named as openslb names them: a
+    cluster's endpoints and a listener's route configuration carry its name). The server
+    reports it programmed like any Envoy; a thread answers until `close`."""
+
+    def __init__(self, target: str, node_id: str, group: str) -> None:
+        super().__init__(target, node_id, group, delta=True)
+        self._names: dict[str, set[str]] = {}
+        self._answering = threading.Thread(target=self._answer, daemon=True)
+        self._answering.start()
+        self.subscribe(CLUSTER)
+        self.subscribe(LISTENER)
+
+    def _answer(self) -> None:
+        while (response := self.responses.get()) is not None:
+            by_name = {CLUSTER: ENDPOINT, LISTENER: ROUTE}.get(response.type_url)
+            if by_name is not None:
+                new = {r.name for r in response.resources} - self._names.setdefault(by_name, set())
+                if new:
+                    self._names[by_name] |= new
+                    self.subscribe(by_name, sorted(new))
+            self.ack(response)
