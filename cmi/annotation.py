@@ -55,6 +55,7 @@ LISTENER_ANNOTATIONS: Mapping[str, str] = {
     "openslb.io/max-connections": "limits.max_connections",
     "openslb.io/connections-per-second": "limits.connections_per_second",
     "openslb.io/requests-per-second": "limits.requests_per_second",
+    "openslb.io/request-bandwidth": "limits.request_bandwidth_kib_s",
 }
 SERVICE_ANNOTATIONS = (
     "openslb.io/https-redirect",
@@ -65,7 +66,8 @@ SERVICE_ANNOTATIONS = (
 )
 _INTEGER_FIELDS = {"interval_s", "timeout_s", "healthy_threshold", "unhealthy_threshold",
                    "idle_timeout_s", "request_timeout_s", "max_connections",
-                   "connections_per_second", "requests_per_second"}  # fmt: skip
+                   "connections_per_second", "requests_per_second",
+                   "request_bandwidth_kib_s"}  # fmt: skip
 _FIELD_TO_ANNOTATION = {v: k for k, v in LISTENER_ANNOTATIONS.items()}
 
 

@@ -717,12 +717,15 @@ _L7_ONLY = {
 
 def _applying(fields: Mapping[str, Any], protocol: Protocol) -> dict[str, Any]:
     """The annotated fields that apply to a port of this protocol: a TCP or UDP port takes
-    the connection limits but not the request rate, which only Envoy sees."""
+    the connection limits but not the per-request ones, which only Envoy sees."""
     applying = {k: v for k, v in fields.items() if _applies(k, protocol)}
     limits = applying.get("limits")
-    if not protocol.is_l7 and isinstance(limits, Mapping) and "requests_per_second" in limits:
-        applying["limits"] = {k: v for k, v in limits.items() if k != "requests_per_second"}
+    if not protocol.is_l7 and isinstance(limits, Mapping):
+        applying["limits"] = {k: v for k, v in limits.items() if k not in _PER_REQUEST}
     return applying
+
+
+_PER_REQUEST = {"requests_per_second", "request_bandwidth_kib_s"}
 
 
 def _https_port(ports: Sequence[ServicePort], settings: ServiceSettings) -> int:

@@ -97,17 +97,26 @@ class Echo(grpc.GenericRpcHandler):
             yield self.name + f" {i}".encode()
 
 
+BYTES_CAP = 16 << 20
+"""The most `/bytes/N` answers with."""
+
+
 def http_server(name: str, address: str, healthy: bool) -> http.server.ThreadingHTTPServer:
-    body = name.encode()
+    named = name.encode()
 
     class Who(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
             """Answers with its name, what it was asked (`x-seen`: the path, and every
-            header as received) and `x-backend`; `/fail-on/NAME` fails on backend NAME."""
+            header as received) and `x-backend`; `/fail-on/NAME` fails on backend NAME;
+            `/bytes/N` answers with N bytes (at most BYTES_CAP) instead of the name."""
             failing = self.path == "/healthz" and not healthy
             failing |= self.path == f"/fail-on/{name}"
+            body = named
+            size = self.path.removeprefix("/bytes/")
+            if self.path.startswith("/bytes/") and size.isdigit():
+                body = b"x" * min(int(size), BYTES_CAP)
             self.send_response(503 if failing else 200)
             seen = {"path": self.path, "headers": [[k.lower(), v] for k, v in self.headers.items()]}
             self.send_header("Content-Length", str(len(body)))

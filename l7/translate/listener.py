@@ -19,6 +19,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.bandwidth_limit.v3 import bandwidth_limit_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import (
     local_rate_limit_pb2 as http_ratelimit_pb2,
 )
@@ -188,7 +189,8 @@ def _network_filters(model: Listener) -> bytes:
     checks = b"".join(wire(3, f) for f in _source_filters(model))
     if limits.connections_per_second is not None:
         checks += wire(3, _connection_rate_filter(model.name, limits.connections_per_second))
-    rate_prefix = model.name if limits.requests_per_second is not None else None
+    per_request = limits.requests_per_second is not None or limits.request_bandwidth_kib_s
+    rate_prefix = model.name if per_request else None
     limit_rest, rds_source, hcm_rest = _packed_parts(
         model.protocol, model.idle_timeout_s, model.access_log, limits, rate_prefix
     )
@@ -265,12 +267,21 @@ def _packed_parts(
     limit.max_connections.value = limits.max_connections or policy.LISTENER_MAX_CONNECTIONS
     hcm = HCM()
     hcm.CopyFrom(_hcm_prototype(protocol, idle_timeout_s, access_log))
+    before_router = []
     if limits.requests_per_second is not None and rate_prefix is not None:
         rate = hcm_pb2.HttpFilter(name="envoy.filters.http.local_ratelimit")
         rate.typed_config.CopyFrom(pack(_request_rate(rate_prefix, limits.requests_per_second)))
+        before_router.append(rate)
+    if limits.request_bandwidth_kib_s and rate_prefix is not None:
+        bandwidth = hcm_pb2.HttpFilter(name="envoy.filters.http.bandwidth_limit")
+        bandwidth.typed_config.CopyFrom(
+            pack(_request_bandwidth(rate_prefix, limits.request_bandwidth_kib_s))
+        )
+        before_router.append(bandwidth)
+    if before_router:
         others = list(hcm.http_filters)  # the router, which must stay last
         del hcm.http_filters[:]
-        hcm.http_filters.extend([rate, *others])
+        hcm.http_filters.extend([*before_router, *others])
     rds_source = wire(1, hcm.rds.config_source.SerializeToString(deterministic=True))
     hcm.ClearField("rds")
     return (
@@ -323,6 +334,16 @@ def _request_rate(listener: str, per_second: int) -> http_ratelimit_pb2.LocalRat
     header.header.key, header.header.value = RATE_LIMITED_HEADER, "true"
     header.append_action = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
     return config
+
+
+def _request_bandwidth(listener: str, kib_s: int) -> bandwidth_limit_pb2.BandwidthLimit:
+    """Each request's body, and its response's, at most `kib_s` KiB a second (Envoy's token
+    bucket per stream, refilled every 50 ms)."""
+    return bandwidth_limit_pb2.BandwidthLimit(
+        stat_prefix=f"{listener}.request_bandwidth",
+        enable_mode=bandwidth_limit_pb2.BandwidthLimit.REQUEST_AND_RESPONSE,
+        limit_kbps={"value": kib_s},
+    )
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from slb import config
-from slb.model import ModelError, parse_value_matches
+from slb.model import Limits, ModelError, parse_value_matches
 from slb.operations import Operations
 from slb.selector import LabelSelector
 from slb.storage.secrets import load_keyring
@@ -97,6 +97,8 @@ def _listener_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--connections-per-second", type=int,
                      help="Per Envoy; TCP/UDP: per LB node."),
         click.option("--requests-per-second", type=int, help="L7, per Envoy; beyond: 429."),
+        click.option("--request-bandwidth", "request_bandwidth_kib_s", type=int,
+                     help="L7: each request's body and its response's, KiB a second."),
         click.option("--allow", "allowed_sources", multiple=True,
                      help="A client network (CIDR) that may connect; repeat; 'any': every one."),
         click.option("--deny", "denied_sources", multiple=True,
@@ -139,7 +141,7 @@ def _listener_fields(options: dict[str, Any]) -> dict[str, Any]:
     _set(data, "access_log", options["access_log"])
     _set(data, "certificates", list(options["certificates"]) or None)
     data.update(_tls_fields(options))
-    for limit in ("max_connections", "connections_per_second", "requests_per_second"):
+    for limit in Limits.model_fields:
         _set(data, f"limits.{limit}", options[limit] or None)  # 0: no limit
         if options[limit] == 0:
             data.setdefault("limits", {})[limit] = None

@@ -162,8 +162,9 @@ class Listener(StoredObject):
             problems.append(("request_timeout_s", only_l7))
         if self.access_log:
             problems.append(("access_log", only_l7))
-        if self.limits.requests_per_second is not None:
-            problems.append(("limits.requests_per_second", f"{only_l7}: IPVS sees no requests"))
+        for per_request in ("requests_per_second", "request_bandwidth_kib_s"):
+            if getattr(self.limits, per_request) is not None:
+                problems.append((f"limits.{per_request}", f"{only_l7}: IPVS sees no requests"))
         if self.idle_timeout_s != IDLE_TIMEOUT_S:
             problems.append(("idle_timeout_s", f"{only_l7} (IPVS has no idle timeout of its own)"))
         if self.scheduler is Scheduler.RANDOM:

@@ -153,6 +153,13 @@ class Limits(Model):
         description="requests a second; beyond: 429 (gRPC: RESOURCE_EXHAUSTED), with the "
         "header x-openslb-rate-limited",
     )
+    request_bandwidth_kib_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="each request's body and its response's, KiB a second (Envoy limits "
+        "per request; an HTTP/1.1 connection carries one at a time)",
+    )
 
     @property
     def empty(self) -> bool:

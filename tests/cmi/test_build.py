@@ -253,6 +253,7 @@ def test_annotations_tune_every_listener() -> None:
             "openslb.io/access-log": "true",
             "openslb.io/requests-per-second": "200",
             "openslb.io/max-connections": "500",
+            "openslb.io/request-bandwidth": "256",
         }
     )
     built = run(body)
@@ -269,6 +270,8 @@ def test_annotations_tune_every_listener() -> None:
     assert (grpc.limits.requests_per_second, grpc.limits.max_connections) == (200, 500)
     assert metrics.limits.max_connections == 500  # IPVS's thresholds take it
     assert metrics.limits.requests_per_second is None  # a request rate is for Envoy only
+    assert (grpc.limits.request_bandwidth_kib_s, metrics.limits.request_bandwidth_kib_s) == (
+        256, None)  # fmt: skip
     assert built.events == ()
 
 

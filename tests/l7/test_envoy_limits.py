@@ -33,6 +33,33 @@ from slb.storage.timeseries import (
 )
 
 
+def test_a_request_bandwidth_paces_a_download(store: Store, bed: Bed) -> None:
+    """#17 item 3: 256 KiB at 64 KiB/s take about 4 s through Envoy's bandwidth limit,
+    where the listener without one serves them at once."""
+    (b1,) = bed.backends(["b1"])
+    vip = bed.net.address(10)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("web", [(b1.address, b1.http_port)], port_name="http")),
+        Put(listener("paced", "HTTP", 8084, app="web", target_port="http", health_check=None,
+                     limits={"request_bandwidth_kib_s": 64})),
+        Put(listener("free", "HTTP", 8085, app="web", target_port="http", health_check=None)),
+    ])  # fmt: skip
+    bed.xds.start()
+    bed.envoy("n1")
+    wait_until(lambda: _status(vip, 8084) == 200 and _status(vip, 8085) == 200, 30,
+               "the listeners answer")  # fmt: skip
+
+    def download(port: int) -> float:
+        started = time.monotonic()
+        answer = http_request(vip, port, "shop.test", f"/bytes/{256 * 1024}")
+        assert (answer.status, len(answer.body)) == (200, 256 * 1024)
+        return time.monotonic() - started
+
+    assert download(8085) < 1.0
+    assert 3.0 <= download(8084) <= 8.0
+
+
 def _status(vip: str, port: int) -> int | str:
     try:
         return http_request(vip, port, "shop.test", "/").status

@@ -191,6 +191,9 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
         # Limits (#17): a request rate is Envoy's alone; within Envoy's circuit breakers.
         ("Listener", {"protocol": "TCP", "health_check": None,
                       "limits": {"requests_per_second": 10}}, ["limits.requests_per_second"]),
+        ("Listener", {"protocol": "UDP", "health_check": None,
+                      "limits": {"request_bandwidth_kib_s": 64}},
+         ["limits.request_bandwidth_kib_s"]),
         ("Listener", {"limits": {"max_connections": 10_001}}, ["limits.max_connections"]),
         ("Listener", {"limits": {"requests_per_second": 0}}, ["limits.requests_per_second"]),
         # Access control (#17): networks, one message each, naming the network meant.

@@ -12,6 +12,7 @@ from werkzeug.wrappers import Response
 
 from slb.model import (
     Certificate,
+    Limits,
     Listener,
     LoadBalancer,
     Method,
@@ -136,7 +137,7 @@ def _tls_fields(form: dict[str, str]) -> dict[str, Any]:
 
 
 ACL_FIELDS = ("allowed_sources", "denied_sources")
-LIMIT_FIELDS = ("max_connections", "connections_per_second", "requests_per_second")
+LIMIT_FIELDS = tuple(Limits.model_fields)
 
 
 def _listener_errors(exc: ModelError) -> dict[str, list[str]]:
