@@ -25,6 +25,7 @@ from slb.model import (
 )
 from slb.selector import LabelSelector
 from slb.snapshot import Snapshot
+from web.formpaths import line_error
 from web.state import Preview, preview
 
 
@@ -253,10 +254,9 @@ def _form_error(path: str, message: str) -> tuple[str, str]:
     if path == "routes":  # Operations names the list for where the rule goes
         return ("position" if message.startswith("position") else ""), message
     path = re.sub(r"^routes\.\d+\.", "", path)
-    top, _, rest = path.partition(".")
-    if top in _LINE_FIELDS:
-        where = " ".join(f"#{int(p) + 1}" if p.isdigit() else p for p in rest.split(".") if p)
-        return _LINE_FIELDS[top], f"{where}: {message}" if where else message
+    if (folded := line_error(path, message, _LINE_FIELDS)) is not None:
+        return folded
+    top = path.partition(".")[0]
     if top in PATH_FIELDS:
         return "match_value", message
     nested = ".".join(path.split(".")[:2])

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Response, abort, jsonify, request
 
 from slb.model import Listener
+from slb.snapshot import Stored
 from web import queries
 from web.api.common import (
     PAGING,
@@ -116,7 +117,7 @@ def patch_listener(name: str) -> Response:
         data["selector"] = queries.parse_selector(data["selector"])
     _listener(name)
     stored = operations().update_listener(name, data, expect=version)
-    return with_etag(queries.listener_json(queries.current(), stored, nodes=True))
+    return _written(stored)
 
 
 @bp.operation(
@@ -144,7 +145,7 @@ def put_rule(name: str, rule: str) -> Response:
         raise field_error(Listener.kind, "routes.name", "must be the rule's name in the path")
     _listener(name)
     stored = operations().put_rule(name, data, position, expect=version)
-    return with_etag(queries.listener_json(queries.current(), stored, nodes=True))
+    return _written(stored)
 
 
 @bp.operation(
@@ -160,7 +161,7 @@ def move_rule(name: str, rule: str) -> Response:
         raise field_error(Listener.kind, "position", "required")
     _listener(name)
     stored = operations().move_rule(name, rule, position, expect=version)
-    return with_etag(queries.listener_json(queries.current(), stored, nodes=True))
+    return _written(stored)
 
 
 @bp.operation(
@@ -172,6 +173,11 @@ def delete_rule(name: str, rule: str) -> Response:
     version = take_version(Listener.kind)
     _listener(name)
     stored = operations().remove_rule(name, rule, expect=version)
+    return _written(stored)
+
+
+def _written(stored: Stored[Listener]) -> Response:
+    """A listener as a write left it, read back with the state around it and its version."""
     return with_etag(queries.listener_json(queries.current(), stored, nodes=True))
 
 

@@ -29,6 +29,7 @@ from slb.storage.store import ConflictError
 from web import queries, rules
 from web.auth import Role, require
 from web.db import operations
+from web.formpaths import line_error
 from web.queries import PROTOCOLS, STATES, ListenerFilter
 from web.state import listener_backends, preview
 from web.views.common import errors_by_field, form_int
@@ -143,13 +144,15 @@ LIMIT_FIELDS = tuple(Limits.model_fields)
 def _listener_errors(exc: ModelError) -> dict[str, list[str]]:
     """The model's errors by form field: `allowed_sources.2` is the allowed list's ("#3")."""
     out: dict[str, list[str]] = {}
-    for field, messages in errors_by_field(exc).items():
-        head, _, index = field.partition(".")
-        if head in ACL_FIELDS and index.isdigit():
-            out.setdefault(head, []).extend(f"#{int(index) + 1}: {m}" for m in messages)
-        else:
-            out.setdefault(field, []).extend(messages)
+    for path, messages in errors_by_field(exc).items():
+        for message in messages:
+            field, text = line_error(path, message, _ACL_LINES) or (path, message)
+            out.setdefault(field, []).append(text)
     return out
+
+
+_ACL_LINES = {name: name for name in ACL_FIELDS}
+"""The access control lists, one network per line of their fields."""
 
 
 def listener_to_form(listener: Listener) -> dict[str, Any]:
