@@ -515,8 +515,13 @@ class L4Agent:
                 report = self._findings(errors)
             self._publish(report)
             if any(isinstance(op, DeleteService) for op in ops):
-                # A removed listener's last connection ended: its port and VIP go too.
-                self.resync(reread_store=False)
+                # A removed listener's last connection ended: its port and VIP go too, by
+                # programming the state in force again (no kernel or store read).
+                state = self.resolver.state
+                if state is not None and self.plan is not None:
+                    self.apply_state(state, Changed())
+                else:
+                    self.resync(reread_store=False)
         if (
             self.stats_driver is not None
             and now - self._last_stats >= self.settings.stats_interval_s
