@@ -24,7 +24,8 @@ from typing import Any
 from bench import results_file
 from bench.guest import measure_in_lab_vm
 
-TARGET_P99_MS = 3000.0
+TARGET_P99_MS = 1000.0
+L7_TARGET_P99_MS = 2000.0
 
 
 def say(message: str) -> None:
@@ -49,7 +50,7 @@ def trial(pair: Any, *, synced: bool) -> tuple[float, bool, float]:
     seconds = pair.first_answer_after(started)
     survived = echoes(established, timeout=5.0)
     established.close()
-    wait_until(lambda: pair.l7_answered_by_only(backup), 30, f"HTTP answered by {backup} alone")
+    wait_until(lambda: pair.l7_answered_by_only(backup, 0.2), 30, f"HTTP answered by {backup}")
     l7_seconds = time.monotonic() - started
     pair.revive(master, agent=False)
     time.sleep(2)  # the revived keepalived hears the MASTER and settles as BACKUP
@@ -124,7 +125,8 @@ def main() -> None:
             "value": round(results_file.percentile(l7, 50)), "unit": "ms", "target": None,
         },
         "l7_failover_p99_ms": {
-            "value": round(results_file.percentile(l7, 99)), "unit": "ms", "target": None,
+            "value": round(results_file.percentile(l7, 99)), "unit": "ms",
+            "target": L7_TARGET_P99_MS,
         },
         "tcp_conn_survives_failover": {
             "value": int(bool(survived) and all(survived)), "unit": "bool", "target": 1,
@@ -133,15 +135,16 @@ def main() -> None:
     setup = {
         "where": f"lab VM: qemu TCG (emulated), 2 vCPU, 2048 MiB, kernel {kernel_version()}",
         "nodes": "lb1 (priority 150), lb2 (100) in network namespaces; keepalived "
-        "VRRPv3, advert 500 ms, unicast, nopreempt; IPVS NAT, the real servers' gateway "
+        "VRRPv3, advert 200 ms, unicast, nopreempt; IPVS NAT, the real servers' gateway "
         "moves with the VIP; connection sync on the back network",
         "death": "keepalived SIGKILLed and both links down; measured from then to the "
-        "first new TCP call through the VIP answered (client retries every 200 ms)",
+        "first new TCP call through the VIP answered (client retries every 100 ms)",
         "trials": len(failover),
         "failover_ms": [round(v) for v in failover],
         "l7": "an HTTP listener by direct routing to both nodes' (stand-in) Envoys, checked by "
-        "the group's envoy_check (http /ready, 1 s, 2 failures); l7_failover: from the death "
-        "to 8 calls in a row answered by the survivor's Envoy",
+        "the group's envoy_check (http /ready, 1 s, 2 failures), and at a takeover probed at "
+        "once (0.3 s, one failure takes a peer's Envoy out); l7_failover: from the death "
+        "to 8 calls in a row answered by the survivor's Envoy (each call given 0.2 s)",
         "l7_failover_ms": [round(v) for v in l7],
         "connections_survived": f"{sum(survived)}/{len(survived)}",
         "trials_without_sync": len(figures["survived_without_sync"]),

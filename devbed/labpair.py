@@ -253,6 +253,19 @@ class LBPair:
         holders = [n for n, node in self.nodes.items() if node.alive and node.holds(VIP)]
         return holders[0] if len(holders) == 1 else None
 
+    def elections_won(self) -> int:
+        """How many times any node's keepalived has entered MASTER state so far."""
+        return sum(
+            node.keepalived.log_path.read_text(errors="replace").count("Entering MASTER STATE")
+            for node in self.nodes.values()
+            if node.keepalived is not None and node.keepalived.log_path.exists()
+        )
+
+    def failing(self, name: str) -> list[str]:
+        """The failing checks the node's agent last reported, each with its reason."""
+        raw = self.store.redis.get(self.store.key("l4", name, "report"))
+        return list(json.loads(raw)["failing"]) if raw else []
+
     def wait_master(self, timeout: float = 90.0) -> str:
         try:
             wait_until(lambda: self.master() is not None, timeout, "a VRRP MASTER with the VIP")
@@ -303,22 +316,24 @@ class LBPair:
         except OSError:
             return False
 
-    def l7_answered_by_only(self, node: str) -> bool:
-        """Whether 8 HTTP calls through the VIP are all answered by `node`'s Envoy."""
+    def l7_answered_by_only(self, node: str, timeout: float = 1.0) -> bool:
+        """Whether 8 HTTP calls through the VIP, each given `timeout`, are all answered by
+        `node`'s Envoy."""
         try:
-            return {self.ask(VIP, 1.0, L7_PORT) for _ in range(8)} == {node}
+            return {self.ask(VIP, timeout, L7_PORT) for _ in range(8)} == {node}
         except OSError:
             return False
 
     def first_answer_after(self, started: float, limit: float = 30.0) -> float:
-        """Call the VIP until it answers; seconds from `started` to that answer."""
+        """Call the VIP until it answers (a new call every 0.1 s at most); seconds from
+        `started` to that answer."""
         deadline = started + limit
         while time.monotonic() < deadline:
             try:
-                self.ask(timeout=0.2)
+                self.ask(timeout=0.1)
                 return time.monotonic() - started
             except OSError:
-                time.sleep(0.02)
+                time.sleep(0.01)
         raise TimeoutError(f"no answer through {VIP}:{PORT} within {limit:.0f} s")
 
     def open_connection(self) -> socket.socket:

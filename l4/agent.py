@@ -14,7 +14,10 @@ apply reads what changed, not the whole store. The agent keeps a view of the ker
 revision it re-plans only what changed, and re-reads from the kernel just the virtual
 services it touches: a real-server change costs a few netlink round trips at any scale.
 
-Health checks and drains change weights in the kernel, never the desired state. Each tick:
+Health checks and drains change weights in the kernel, never the desired state. When this
+node becomes the VRRP MASTER, the node before it is likely dead: its peers' Envoys are
+probed at once, and one that does not answer is out before its checks would fail twice
+(`TAKEOVER_PROBE_S`). Each tick:
 drains (delete real servers whose connections ended or timed out), retry after a failed
 apply, periodic full resync, statistics.
 
@@ -58,6 +61,7 @@ from l4.ipvs import (
     ServiceKey,
     VirtualService,
     address_order,
+    address_text,
     op_key,
 )
 from l4.ownership import AgentError, NodeLock, NodeTakenError, Ownership
@@ -66,7 +70,7 @@ from l4.reconcile import DrainKey, reconcile, rescoped, update_view
 from l4.report import OPERATIONS_SHOWN, SyncReport, findings
 from l4.stats import IPVSCollector, StatsWriter
 from l4.vip import VIPs, prepare_kernel
-from l4.vrrp import Keepalived, compile_instance, start_connection_sync
+from l4.vrrp import Keepalived, TakeoverWatch, compile_instance, start_connection_sync
 from slb.config import L4Settings
 from slb.integrity import HOLDING, AppliedRecord, Guard
 from slb.model import NodeGroup
@@ -80,6 +84,11 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 10.0
 """After a failed apply, how long before the agent tries again on its own."""
+
+TAKEOVER_PROBE_S = 0.3
+"""How long a peer's Envoy has to answer when this node takes the VIPs over. The takeover
+already says its node is likely dead, so one failure is enough; a live Envoy that is slow
+misses its share for two checks' time, no longer."""
 
 
 class L4Agent:
@@ -111,6 +120,9 @@ class L4Agent:
         self.status = StatusBoard(store)
         self.report_key = store.key("l4", node, "report")
         self.health = HealthChecker(self._health_changed)
+        self.takeovers = (
+            TakeoverWatch(keepalived.vrrp.interface, self._took_over) if keepalived else None
+        )
         self.collector = IPVSCollector(node, held=lambda: self.guard.alarm is not None)
         self.stats_writer = StatsWriter(store, node)
         self.stats_driver = stats_driver
@@ -161,9 +173,13 @@ class L4Agent:
             owned = {ServiceKey.decode(key) for key in served}
             self.owned, self.view = self.ownership.load() | owned, None
         self.health.start()
+        if self.takeovers is not None:
+            self.takeovers.start()
         return self
 
     def stop(self) -> None:
+        if self.takeovers is not None:
+            self.takeovers.stop()
         self.health.stop()
         self.lock.release()
 
@@ -495,6 +511,43 @@ class L4Agent:
             before, self.desired = self.desired, self._weighed(self.plan)
             report = self._findings(self._converge(before)[1])
         self._publish(report)
+
+    def _took_over(self, added: set[str]) -> None:
+        """Addresses appeared on the VRRP interface: if they are VIPs, this node is MASTER.
+
+        Its peers' Envoys are probed at once; one that does not answer within
+        TAKEOVER_PROBE_S is out now, so the dead node's share of new L7 flows moves to the
+        survivors at the takeover rather than after two failed checks (2-4 s)."""
+        vips = {address_text(address) for address in added}
+        with self._lock:
+            plan = self.plan
+            if plan is None or vips.isdisjoint(plan.vips):
+                return
+            peers = self._peer_envoys(plan)
+        log.info("this node took VIPs over (VRRP MASTER); probing %d peer Envoys", len(peers))
+        if not self.health.recheck(peers, TAKEOVER_PROBE_S, "no answer at the VRRP takeover"):
+            return
+        with self._lock:
+            if self.plan is None:
+                return
+            before, self.desired = self.desired, self._weighed(self.plan)
+            report = self._findings(self._converge(before)[1])
+        self._publish(report)
+
+    def _peer_envoys(self, plan: IPVSPlan) -> list[Target]:
+        """The checked Envoys of the other nodes of this node's group."""
+        state = self.resolver.state
+        group = state.node_groups.get(plan.group) if state and plan.group else None
+        own = (
+            {address_text(n.address) for n in group.nodes if n.name == self.node}
+            if group
+            else set()
+        )
+        return [
+            target
+            for target, keys in self.targets.items()
+            if target.address not in own and not plan.layer7.isdisjoint(keys)
+        ]
 
     # -- housekeeping ----------------------------------------------------------------------
 

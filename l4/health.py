@@ -116,8 +116,8 @@ def probe_tcp(address: str, port: int, timeout: float) -> None:
         pass
 
 
-def probe_http(address: str, port: int, check: HealthCheck) -> None:
-    connection = http.client.HTTPConnection(address, port, timeout=check.timeout_s)
+def probe_http(address: str, port: int, check: HealthCheck, timeout: float) -> None:
+    connection = http.client.HTTPConnection(address, port, timeout=timeout)
     try:
         connection.request("GET", check.path or "/", headers={"User-Agent": "openslb-health"})
         status = connection.getresponse().status
@@ -127,7 +127,7 @@ def probe_http(address: str, port: int, check: HealthCheck) -> None:
         raise ConnectionError(f"HTTP status {status}")
 
 
-def probe_grpc(address: str, port: int, check: HealthCheck) -> None:
+def probe_grpc(address: str, port: int, check: HealthCheck, timeout: float) -> None:
     """The gRPC health protocol (grpc.health.v1.Health/Check) must answer SERVING."""
     import grpc  # noqa: PLC0415 - only gRPC checks need it
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
@@ -135,21 +135,32 @@ def probe_grpc(address: str, port: int, check: HealthCheck) -> None:
     with grpc.insecure_channel(join_host_port(address, port)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service=check.grpc_service or "")
-        reply = stub.Check(request, timeout=check.timeout_s)
+        reply = stub.Check(request, timeout=timeout)
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
         name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         raise ConnectionError(f"gRPC health status {name}")
 
 
-def probe(target: Target) -> None:
-    """Raise if `target` fails its check; return if it passes."""
+def probe(target: Target, timeout: float | None = None) -> None:
+    """Raise if `target` fails its check (within `timeout`, else the check's); return if it
+    passes."""
     check = target.check
+    seconds = check.timeout_s if timeout is None else timeout
     if check.type is HealthCheckType.TCP:
-        probe_tcp(target.address, target.port, check.timeout_s)
+        probe_tcp(target.address, target.port, seconds)
     elif check.type is HealthCheckType.HTTP:
-        probe_http(target.address, target.port, check)
+        probe_http(target.address, target.port, check, seconds)
     else:
-        probe_grpc(target.address, target.port, check)
+        probe_grpc(target.address, target.port, check, seconds)
+
+
+def failure(target: Target, timeout: float | None = None) -> str:
+    """Why `target` fails its check now; empty if it passes."""
+    try:
+        probe(target, timeout)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return ""
 
 
 # -- the checker -----------------------------------------------------------------------------
@@ -238,12 +249,31 @@ class HealthChecker:
                 state.in_flight = True
                 self._pool.submit(self._check, target, time.monotonic())
 
+    def recheck(self, targets: Collection[Target], timeout: float, why: str) -> list[Target]:
+        """Probe these healthy targets at once, within `timeout`; each that fails is down
+        now, without waiting for `unhealthy_threshold` failures in a row: for when other
+        evidence (`why`) already says they are likely dead. Return those that went down;
+        they come back as any failing target does."""
+        with self._lock:
+            wanted = [t for t in targets if (s := self._states.get(t)) is not None and s.healthy]
+        probes = {target: self._pool.submit(failure, target, timeout) for target in wanted}
+        went_down = []
+        for target, probed in probes.items():
+            error = probed.result()
+            if not error:
+                continue
+            with self._lock:
+                state = self._states.get(target)
+                if state is None or not state.healthy:
+                    continue
+                state.healthy, state.since, state.streak = False, time.time(), 0
+                state.last_error = f"{why}: {error}"
+            went_down.append(target)
+            log.warning("%s is now down (%s: %s)", target, why, error)
+        return went_down
+
     def _check(self, target: Target, started: float) -> None:
-        error = ""
-        try:
-            probe(target)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        error = failure(target)
         changed = False
         with self._lock:
             state = self._states.get(target)

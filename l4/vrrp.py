@@ -9,8 +9,10 @@ keepalived's instance from the desired state (`compile_instance`, pure) and make
 reload (SIGHUP) when the result changes.
 
 Choices, and why:
-- VRRPv3 with `vrrp_advert_ms` (default 500 ms): a BACKUP takes over after three missed
-  adverts plus a skew, about 1.8 s; VRRPv2's whole seconds would give 3.6 s.
+- VRRPv3 with `vrrp_advert_ms` (default 200 ms): a BACKUP takes over after three missed
+  adverts plus a skew, about 0.7 s; VRRPv2's whole seconds would give 3.6 s. keepalived
+  raises itself to real-time scheduling when it is late (`max_auto_priority`), so a node
+  busy with other work does not miss its adverts.
 - One address (of the adverts' family) is the instance's `virtual_ipaddress`, which
   keepalived requires (an instance without one is a fatal configuration error, so a group
   with no VIPs gets no instance); every other is `virtual_ipaddress_excluded`: not listed
@@ -30,15 +32,22 @@ Choices, and why:
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
+import select
 import signal
+import socket
+import struct
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from slb.config import ConfigError, L4Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -226,3 +235,89 @@ def start_connection_sync(interface: str, sync_id: int) -> list[str]:
         if result.returncode != 0:
             errors.append(f"IPVS {role} sync daemon on {interface}: {result.stderr.strip()}")
     return errors
+
+
+RTM_NEWADDR = 20
+IFA_ADDRESS = 1
+RTMGRP_IFADDR = 0x10 | 0x100
+"""RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR: the kernel's announcements of new addresses."""
+
+
+def added_addresses(datagram: bytes, index: int) -> set[str]:
+    """The addresses a netlink datagram says were added to interface `index`. Pure."""
+    found: set[str] = set()
+    offset = 0
+    while offset + 16 <= len(datagram):
+        length, kind = struct.unpack_from("=IH", datagram, offset)
+        if length < 16:
+            break
+        if kind == RTM_NEWADDR and offset + 24 <= len(datagram):
+            _, _, _, _, interface = struct.unpack_from("=BBBBI", datagram, offset + 16)
+            at, end = offset + 24, min(offset + length, len(datagram))
+            while interface == index and at + 4 <= end:
+                size, attribute = struct.unpack_from("=HH", datagram, at)
+                if size < 4 or at + size > end:
+                    break
+                payload = datagram[at + 4 : at + size]
+                if attribute == IFA_ADDRESS and len(payload) in (4, 16):
+                    found.add(str(ipaddress.ip_address(payload)))
+                at += (size + 3) & ~3
+        offset += (length + 3) & ~3
+    return found
+
+
+class TakeoverWatch:
+    """Tells the agent at once when this node becomes MASTER, by what keepalived does then:
+    it adds the VIPs to `vrrp_interface`, and the kernel announces each new address over
+    netlink. No polling, and no notify script between keepalived and the agent.
+
+    `on_added(addresses)` runs in the watch's thread with the addresses added to the
+    interface in one burst (a takeover adds every VIP at once). The socket is made in
+    `start`, in the caller's network namespace."""
+
+    def __init__(self, interface: str, on_added: Callable[[set[str]], None]) -> None:
+        self.interface = interface
+        self._on_added = on_added
+        self._stop = threading.Event()
+        self._socket: socket.socket | None = None
+        self._thread = threading.Thread(target=self._run, name="vrrp-takeover", daemon=True)
+
+    def start(self) -> TakeoverWatch:
+        netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        netlink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # a burst of VIPs
+        netlink.bind((0, RTMGRP_IFADDR))
+        self._socket = netlink
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        if self._socket is not None:
+            self._socket.close()
+
+    def _run(self) -> None:
+        assert self._socket is not None
+        netlink, index = self._socket, 0
+        while not self._stop.is_set():
+            if not index:  # the interface may come later than the agent
+                try:
+                    index = socket.if_nametoindex(self.interface)
+                except OSError:
+                    index = 0
+            if not select.select([netlink], [], [], 0.5)[0]:
+                continue
+            added: set[str] = set()
+            try:
+                while True:  # the whole burst: one call for a takeover's many VIPs
+                    added |= added_addresses(netlink.recv(65536), index) if index else set()
+                    if not select.select([netlink], [], [], 0.02)[0]:
+                        break
+            except OSError as exc:  # ENOBUFS: announcements were lost; say so and go on
+                log.warning("watching %s for a VRRP takeover: %s", self.interface, exc)
+            if added:
+                try:
+                    self._on_added(added)
+                except Exception:
+                    log.exception("handling a VRRP takeover failed")

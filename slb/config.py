@@ -280,7 +280,7 @@ class L4Settings:
     vrrp_router_id: int = setting(51, "VRRP virtual router id of the node group (1-255)")
     vrrp_priority: int = setting(100, "This node's VRRP priority (1-254); highest is MASTER")
     vrrp_advert_ms: int = setting(
-        500, "VRRPv3 advert interval; a BACKUP takes over after about 3.5 of them"
+        200, "VRRPv3 advert interval; a BACKUP takes over after about 3.6 of them"
     )
     vrrp_peers: str = setting("", "Unicast VRRP peers (comma-separated); empty: multicast")
     vrrp_check: str = setting(

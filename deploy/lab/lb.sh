@@ -95,7 +95,7 @@ vrrp_interface = "$iface"
 vrrp_priority = $LAB_VRRP_PRIORITY
 vrrp_peers = "$(IFS=,; echo "${peers[*]}")"
 vrrp_router_id = 51
-vrrp_advert_ms = 500
+vrrp_advert_ms = 200
 vrrp_check = "curl -sf -m 1 http://127.0.0.1:9901/ready"
 vrrp_pidfile = "/run/keepalived.pid"
 conn_sync_interface = "$iface"

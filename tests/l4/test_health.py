@@ -193,3 +193,28 @@ def test_the_checker_reports_down_after_the_threshold_and_up_after_recovery() ->
     finally:
         checker.stop()
         listener.close()
+
+
+def test_a_recheck_takes_a_silent_target_out_at_once_and_leaves_a_live_one() -> None:
+    """What the agent does at a VRRP takeover: one failure is enough, and it comes back as
+    any failing target does, after `healthy_threshold` passes."""
+    live = socket.create_server(("127.0.0.1", 0))
+    dead = socket.create_server(("127.0.0.1", 0))
+    live_target = Target("127.0.0.1", port_of(live), TCP)
+    dead_target = Target("127.0.0.1", port_of(dead), TCP)
+    changes: list[tuple[Target, bool]] = []
+    checker = HealthChecker(lambda t, ok: changes.append((t, ok))).start()
+    try:
+        checker.set_targets([live_target, dead_target])
+        dead.close()
+        assert checker.recheck([live_target, dead_target], 0.3, "at the takeover") == [dead_target]
+        assert set(checker.down()) == {dead_target}
+        assert checker.errors()[dead_target].startswith("at the takeover: ConnectionRefusedError")
+        assert checker.recheck([live_target, dead_target], 0.3, "again") == []  # already out
+        dead = socket.create_server(("127.0.0.1", dead_target.port))
+        wait_until(lambda: (dead_target, True) in changes, timeout=10, what="back up")
+        assert checker.down() == {}
+    finally:
+        checker.stop()
+        live.close()
+        dead.close()

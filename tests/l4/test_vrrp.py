@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import queue
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -11,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from l4.vrrp import VRRP, Keepalived, compile_instance
+from devbed.netns import Netns
+from l4.vrrp import VRRP, Keepalived, TakeoverWatch, added_addresses, compile_instance
 from slb.config import ConfigError, L4Settings
 from tests.golden import Golden
 
@@ -125,3 +130,42 @@ def test_a_keepalived_that_is_not_running_is_reported(tmp_path: Path) -> None:
     assert "missing.pid" in errors[0]
     assert "is it running" in errors[0]
     assert (tmp_path / "openslb.conf").read_text() == "text\n"
+
+
+def test_the_takeover_watch_reports_addresses_added_to_its_interface_only() -> None:
+    """The kernel's netlink announcements, in a namespace of the test's own: what keepalived
+    adding the VIPs at a takeover looks like to the agent."""
+    netns = Netns(f"t-vrrp-{os.getpid()}")
+    seen: queue.Queue[set[str]] = queue.Queue()
+    watch = TakeoverWatch("vrrp0", seen.put)
+    try:
+        netns.ip("link", "add", "vrrp0", "type", "veth", "peer", "name", "other0")
+        netns.ip("link", "set", "vrrp0", "up")
+        netns.call(watch.start)
+        time.sleep(0.6)  # the watch looks the interface up between reads
+        netns.ip("addr", "add", "198.18.40.9/32", "dev", "other0")
+        netns.ip("addr", "add", "198.18.40.1/32", "dev", "vrrp0")
+        netns.ip("addr", "add", "2001:db8::1/128", "dev", "vrrp0", "nodad")
+        got: set[str] = set()
+        while got != {"198.18.40.1", "2001:db8::1"}:
+            got |= seen.get(timeout=5)
+        assert "198.18.40.9" not in got
+    finally:
+        watch.stop()
+        netns.delete()
+
+
+def test_a_netlink_datagram_is_read_to_its_added_addresses() -> None:
+    def message(kind: int, family: int, index: int, address: bytes) -> bytes:
+        attribute = struct.pack("=HH", 4 + len(address), 1) + address
+        body = struct.pack("=BBBBI", family, 32, 0, 0, index) + attribute
+        return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
+
+    datagram = (
+        message(20, socket.AF_INET, 3, bytes([198, 18, 40, 1]))
+        + message(21, socket.AF_INET, 3, bytes([198, 18, 40, 2]))  # RTM_DELADDR
+        + message(20, socket.AF_INET, 4, bytes([198, 18, 40, 3]))  # another interface
+        + message(20, socket.AF_INET6, 3, bytes(15) + b"\x01")
+    )
+    assert added_addresses(datagram, 3) == {"198.18.40.1", "::1"}
+    assert added_addresses(datagram[:30], 3) == set()  # cut short: nothing made up
