@@ -32,6 +32,7 @@ from l7.translate.common import KIND_NAMES, LISTENER
 from slb import pki
 from slb.config import XdsSettings, host_port
 from slb.integrity import AppliedRecord, Guard
+from slb.memory import give_back
 from slb.model import Certificate
 from slb.resolve import DesiredState, Resolver, resolve
 from slb.snapshot import Snapshot, namespace_labels
@@ -217,6 +218,8 @@ class XdsServer:
                 else [(kind, key) for change in step.changes for _, kind, key in change.ops]
             )  # fmt: skip
             if (not step.quiet or fetched) and self._publish(step.snapshot, touched):
+                if touched is None:  # a cold read: its temporaries are garbage now
+                    give_back()
                 self.guard.applied_now(step.snapshot)
                 if self.record is not None:
                     self.record.save(self.guard.applied, self._served())

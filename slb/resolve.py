@@ -20,9 +20,9 @@ rules, in order:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 from slb.model import (
     Backend,
@@ -350,8 +350,45 @@ def _address_order(key: tuple[IPAddress, int]) -> tuple[int, int, int]:
     return (address.version, int(address), port)
 
 
+K = TypeVar("K", bound=Hashable)
+
 Touched = Iterable[tuple[str, str]]
 """What changed: (kind, key) pairs, as the change stream names them."""
+
+
+class NameIndex(Generic[K]):
+    """Key -> the names filed under it. Most keys have one name (a Service used by one
+    listener, a port held by one), held bare: a set for each of 10,000 keys would cost
+    2 MiB. A key left with no name is dropped, so churn does not pile up empty entries."""
+
+    def __init__(self) -> None:
+        self._names: dict[K, str | set[str]] = {}
+
+    def add(self, key: K, name: str) -> None:
+        held = self._names.get(key)
+        if held is None:
+            self._names[key] = name
+        elif isinstance(held, str):
+            if held != name:
+                self._names[key] = {held, name}
+        else:
+            held.add(name)
+
+    def discard(self, key: K, name: str) -> None:
+        held = self._names.get(key)
+        if held == name:
+            del self._names[key]
+        elif isinstance(held, set):
+            held.discard(name)
+            if len(held) == 1:
+                self._names[key] = held.pop()
+
+    def get(self, key: K) -> set[str]:
+        """The names under `key`, as a new set."""
+        held = self._names.get(key)
+        if held is None:
+            return set()
+        return {held} if isinstance(held, str) else set(held)
 
 
 class Resolver:
@@ -378,14 +415,14 @@ class Resolver:
         self._balancers: dict[str, LoadBalancer] = {}
         self._listeners: dict[str, Listener] = {}
         self._services = ExposedServices(())
-        self._of_balancer: dict[str, set[str]] = {}
+        self._of_balancer: NameIndex[str] = NameIndex()
         self._port_of: dict[str, PortKey] = {}
-        self._at_port: dict[PortKey, set[str]] = {}
+        self._at_port: NameIndex[PortKey] = NameIndex()
         self._resolved: dict[str, ResolvedListener] = {}
         self._rejected: dict[str, Rejected] = {}
-        self._users: dict[str, set[str]] = {}
+        self._users: NameIndex[str] = NameIndex()
         """Service key -> the listeners that forward to it (or own it)."""
-        self._by_pair: dict[tuple[str, str], set[str]] = {}
+        self._by_pair: NameIndex[tuple[str, str]] = NameIndex()
         """A label pair -> listeners with a selector that requires it."""
         self._unindexed: set[str] = set()
         """Listeners with a selector that requires no label pair."""
@@ -426,7 +463,7 @@ class Resolver:
                            if self._in_scope(s.obj)}  # fmt: skip
         for key, stored in snapshot.of(Listener).items():
             self._listeners[key] = stored.obj
-            self._of_balancer.setdefault(stored.obj.load_balancer, set()).add(key)
+            self._of_balancer.add(stored.obj.load_balancer, key)
         self._certificates = {k: s.obj for k, s in snapshot.of(Certificate).items()}
         self._node_groups = {k: s.obj for k, s in snapshot.of(NodeGroup).items()}
         self._reclaim(set(self._listeners))
@@ -444,20 +481,20 @@ class Resolver:
             self._balancers[key] = balancer
         else:
             self._balancers.pop(key, None)
-        dirty |= self._of_balancer.get(key, set())
+        dirty |= self._of_balancer.get(key)
 
     def _listener_changed(self, snapshot: Snapshot, key: str, dirty: set[str]) -> None:
         old = self._listeners.pop(key, None)
         if old is not None:
-            self._of_balancer[old.load_balancer].discard(key)
+            self._of_balancer.discard(old.load_balancer, key)
         new = snapshot.get(Listener, key)
         if new is not None:
             self._listeners[key] = new
-            self._of_balancer.setdefault(new.load_balancer, set()).add(key)
+            self._of_balancer.add(new.load_balancer, key)
         dirty.add(key)
 
     def _service_changed(self, snapshot: Snapshot, key: str, dirty: set[str]) -> None:
-        dirty |= self._users.get(key, set())
+        dirty |= self._users.get(key)
         service = snapshot.get(Service, key)
         if service is None:
             self._services.remove(key)
@@ -465,7 +502,7 @@ class Resolver:
         self._services.put(service)
         dirty |= self._unindexed
         for pair in service.labels.items():
-            dirty |= self._by_pair.get(pair, set())
+            dirty |= self._by_pair.get(pair)
 
     # -- re-resolving ----------------------------------------------------------------------
 
@@ -476,14 +513,14 @@ class Resolver:
         for name in dirty:
             old_port = self._port_of.pop(name, None)
             if old_port is not None:
-                self._at_port[old_port].discard(name)
-                claimants |= self._at_port[old_port]
+                self._at_port.discard(old_port, name)
+                claimants |= self._at_port.get(old_port)
             listener = self._listeners.get(name)
             balancer = self._balancers.get(listener.load_balancer) if listener else None
             if listener is not None and balancer is not None:
                 port = self._port_of[name] = port_key(listener, balancer)
-                claimants |= self._at_port.setdefault(port, set())
-                self._at_port[port].add(name)
+                claimants |= self._at_port.get(port)
+                self._at_port.add(port, name)
         before = {name: self._forget(name) for name in claimants}
         if self._redone is not None:
             self._redone |= claimants
@@ -506,26 +543,26 @@ class Resolver:
         if old is None:
             return None
         for key in self._used_by(old):
-            self._users[key].discard(name)
+            self._users.discard(key, name)
         for selector in _selectors(old.listener):
             index = _index_pair(selector)
             if index is None:
                 self._unindexed.discard(name)
             else:
-                self._by_pair[index].discard(name)
+                self._by_pair.discard(index, name)
         return old
 
     def _remember(self, resolved: ResolvedListener) -> None:
         name = resolved.listener.name
         self._resolved[name] = resolved
         for key in self._used_by(resolved):
-            self._users.setdefault(key, set()).add(name)
+            self._users.add(key, name)
         for selector in _selectors(resolved.listener):
             index = _index_pair(selector)
             if index is None:
                 self._unindexed.add(name)
             else:
-                self._by_pair.setdefault(index, set()).add(name)
+                self._by_pair.add(index, name)
 
     @staticmethod
     def _used_by(resolved: ResolvedListener) -> set[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from typing import Annotated, TypeAlias
 
 from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator
@@ -44,7 +45,8 @@ def _port_ref(value: object) -> int | str:
     return value
 
 
-Name = Annotated[str, AfterValidator(_dns_label)]
+Name = Annotated[str, AfterValidator(_dns_label), AfterValidator(sys.intern)]
+"""Interned: a namespace's or an instance's name recurs in thousands of objects."""
 
 
 def _namespace_ref(value: str) -> str:

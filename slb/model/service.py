@@ -51,7 +51,8 @@ class Service(StoredObject):
     name: Name
     labels: dict[str, str] = Field(default_factory=dict)
     load_balancer: Name
-    ports: tuple[ServicePort, ...] = ()
+    ports: tuple[Annotated[ServicePort, Shared], ...] = ()
+    """Shared: most Services' ports are alike (`http`, 80 -> 8080)."""
     backends: dict[str, tuple[Backend, ...]] = Field(default_factory=dict)
     backend_mode: Literal["pod", "node"] = "pod"
     """pod: the endpoints' pod IPs on the target port; node: node IPs on the NodePort."""

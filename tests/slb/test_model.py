@@ -480,3 +480,21 @@ def test_a_namespace_selector_admits_by_labels_and_never_on_unknown_ones() -> No
     stored = model.load_document(model.dump_document(public))
     assert stored == public
     assert str(public.allowed_namespace_selector) == "team=retail,env notin (dev)"
+
+
+def test_objects_read_from_documents_share_their_field_sets_and_stay_independent() -> None:
+    """Memory: 100,000 backends read from the store share one set of field names; a
+    changed copy gets its own, and the originals are untouched."""
+    document = model.Backend(address="198.18.0.1", port=80).model_dump(mode="json")
+    first = model.Backend.model_validate(document)
+    second = model.Backend.model_validate(document)
+    assert first.model_fields_set is second.model_fields_set
+    assert first.model_fields_set == {"address", "port", "weight", "node", "zone", "conditions"}
+    sparse = model.Backend.model_validate({"address": "198.18.0.2", "port": 81})
+    assert sparse.model_fields_set == {"address", "port"}
+    changed = first.model_copy(update={"port": 81})
+    assert (changed.port, first.port, second.port) == (81, 80, 80)
+    assert first.model_fields_set == second.model_fields_set == set(document)
+    names = [model.Service(namespace="".join(["sh", "op"]), name=n, load_balancer="lb0").namespace
+             for n in ("web", "api")]  # fmt: skip
+    assert names[0] is names[1]  # names are interned: a namespace recurs in 1,000s of objects

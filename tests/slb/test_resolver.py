@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slb.model import KINDS, StoredObject
-from slb.resolve import Resolver, resolve
+from slb.resolve import NameIndex, Resolver, resolve
 from slb.snapshot import Snapshot, Stored
 
 OPERATOR = {"kind": "Operator", "name": "alice"}
@@ -150,3 +150,20 @@ def test_listeners_a_change_does_not_reach_keep_their_objects() -> None:
                             [("Service", changed.key)])  # fmt: skip
     same = [a is b for a, b in zip(before.listeners, after.listeners, strict=True)]
     assert same == [True, True, False, True]
+
+
+def test_a_name_index_holds_one_name_bare_and_drops_emptied_keys() -> None:
+    index: NameIndex[str] = NameIndex()
+    index.add("shop/web", "a")
+    index.add("shop/web", "a")
+    assert index.get("shop/web") == {"a"}
+    index.add("shop/web", "b")
+    got = index.get("shop/web")
+    got.add("c")  # a copy: the index is not changed through it
+    assert index.get("shop/web") == {"a", "b"}
+    index.discard("shop/web", "a")
+    assert index.get("shop/web") == {"b"}
+    index.discard("shop/web", "x")
+    index.discard("shop/web", "b")
+    assert index.get("shop/web") == set()
+    assert index._names == {}  # churn leaves nothing behind
