@@ -15,7 +15,10 @@ and each consumer's step is timed as its thread runs it:
   from `resolve`, every listener looked at, the way before);
 - `session`: one Delta ADS session (an Envoy that ACKs every response) from the new
   snapshot to synced (`session_full`: the session comparing everything, the way before);
-- `l4_plan`: the l4 agent's own resolver (its group) and `l4.plan` by what changed.
+- `l4_plan`: the l4 agent's own resolver (its group) and `l4.plan` by what changed;
+- `console`: the console's read model after the change (`web.state.PlacementBook`) and the
+  states of a page of 50 listeners, the node and Envoy having reported the new revision
+  (`console_full`: every listener placed and its state worked out, the way before).
 
 No Envoy, gRPC or kernel: those costs do not grow with N (one resource sent, one netlink
 batch); `bench.pipeline` times the whole path with them. Medians are per change, in ms.
@@ -45,14 +48,18 @@ from l7.server import gc_paused
 from l7.session import Session
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from slb.model import NodeGroup, Service
-from slb.resolve import Resolver, resolve
-from slb.snapshot import Put, namespace_labels
+from slb.resolve import Resolver, Touched, resolve
+from slb.snapshot import Put, Snapshot, namespace_labels
 from slb.storage.follow import Follower
+from slb.storage.status import TierStatus
 from slb.storage.store import Store
+from web.state import Boards, ListenerStates, PlacementBook, listener_states, placements
 
 NODE, GROUP = "lb-a", "default"
 STEPS = ("store_advance", "resolve", "resolve_full", "translate", "translate_full", "session",
-         "session_full", "l4_plan")  # fmt: skip
+         "session_full", "l4_plan", "console", "console_full")  # fmt: skip
+PAGE = 50
+"""Listeners on one page of the console."""
 L7_STEPS = ("store_advance", "resolve", "translate", "session")
 """The xDS server's path, in order: their sum is the L7 tier's own cost of one change."""
 
@@ -94,6 +101,26 @@ def clock(step: str, times: dict[str, list[float]]) -> Iterator[None]:
     times[step].append((time.perf_counter() - started) * 1000)
 
 
+def reported(revision: int) -> Boards:
+    """The LB node and one Envoy of the group, both at `revision`."""
+    now = time.time()
+    return Boards(l4={NODE: TierStatus("l4", NODE, GROUP, revision, now)},
+                  l7={"envoy-1": TierStatus("l7", "envoy-1", GROUP, revision, now)})  # fmt: skip
+
+
+def console(book: PlacementBook, snapshot: Snapshot, touched: Touched,
+            times: dict[str, list[float]]) -> None:  # fmt: skip
+    """The console's steps for one change: a page of listeners, now and the way before."""
+    boards = reported(snapshot.revision)
+    with clock("console", times):
+        page = sorted(book.update(snapshot, touched))[:PAGE]  # as the page sorts by name
+        states = ListenerStates(book.placed, boards)
+        shown = [states[name] for name in page]
+    with clock("console_full", times):
+        every = listener_states(snapshot, boards, placements(snapshot))
+    assert shown == [every[name] for name in page], "both consoles agree"
+
+
 def measure(redis: RedisServer, others: int, changes: int) -> dict[str, list[float]]:
     store = Store(redis.client(), prefix=f"bench-change-{others}")
     world = [NodeGroup.model_validate({"name": GROUP, "nodes": [
@@ -117,6 +144,8 @@ def measure(redis: RedisServer, others: int, changes: int) -> dict[str, list[flo
     synced(scoped, groups[GROUP])
     synced(full, groups[GROUP])
     planned = plan(l4_state, NODE, GROUP)
+    book = PlacementBook()
+    book.update(first, None)
     times: dict[str, list[float]] = {step: [] for step in STEPS}
     key = f"bench/svc{min(7, max(others, 1) - 1)}"
     for change in range(changes):
@@ -150,6 +179,7 @@ def measure(redis: RedisServer, others: int, changes: int) -> dict[str, list[flo
                 l4_state = l4_resolver.update(snapshot, touched)
                 changed = Changed.from_ops(op for c in step.changes for op in c.ops)
                 planned = plan(l4_state, NODE, GROUP, previous=planned, changed=changed)
+            console(book, snapshot, touched, times)
         assert scoped.types[LISTENER].sent == full.types[LISTENER].sent, "both sessions agree"
     return times
 

@@ -155,6 +155,11 @@ class L4Agent:
         self._last_resync = 0.0
         self._last_stats = 0.0
         self._last_failure = 0.0
+        self._suspects: set[ServiceKey] = set()
+        """Services a drift check found different in the kernel: read again and repaired by
+        the next converge."""
+        # a repair asked for; the stats driver's socket, read by one thread at a time
+        self._repair_wanted, self._reading = threading.Event(), threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -192,7 +197,7 @@ class L4Agent:
         even if the node believes it is up to date.
         """
         if force:
-            return self.resync(reread_store=False)
+            return self.repair()
         with self._lock:
             if self.revision >= revision and self.failed_revision is None and self.plan:
                 return SyncReport(self.node, self.plan.group, self.revision, already=True)
@@ -369,7 +374,8 @@ class L4Agent:
             self.targets = health.targets(new_plan.services, new_plan.health_checks)
             self.health.set_targets(self.targets.keys())
             before, self.desired = self.desired, self._weighed(new_plan)
-            ops, errors = self._converge(before)
+            suspects, self._suspects = self._suspects, set()
+            ops, errors = self._converge(before, suspects)
             errors += [
                 f"{key} is held by a virtual service openslb does not own: not programmed"
                 for key in sorted(self.blocked)
@@ -393,6 +399,39 @@ class L4Agent:
                 self.revision = new_plan.revision
                 self.failed_revision = None
         return report
+
+    def request_repair(self) -> None:
+        """Have the housekeeping `repair` drift on its next tick: the pipeline's
+        re-assertion, off the task's path (a node's worker runs one task at a time)."""
+        self._repair_wanted.set()
+
+    def repair(self) -> SyncReport:
+        """Read the kernel in full and put back what drifted from the plan; load the VIPs
+        and the guard's table again.
+
+        The full read (seconds for 1,000 services on a slow node) is made on the stats
+        driver's socket, outside the kernel's lock, so a change that comes meanwhile is
+        applied at once; then only the services that differ from the agent's view are
+        read again, under the lock, and reconciled. Without a view or a stats driver:
+        `resync`, everything under the lock."""
+        with self._lock:
+            known = self.view is not None
+        if not known or self.stats_driver is None:
+            return self.resync(reread_store=False)
+        with self._reading:
+            fresh = self.stats_driver.dump()
+        with self._lock:
+            if self.view is None:  # a failure in between: everything is read again
+                self.bound_vips = self.opened = None
+            else:
+                view = self.view.services
+                self._suspects |= {
+                    key
+                    for key in fresh.services.keys() | view.keys()
+                    if fresh.services.get(key) != view.get(key)
+                }
+                self.bound_vips = self.opened = None
+        return self.sync()
 
     def resync(self, *, reread_store: bool = True) -> SyncReport:
         """Read the kernel in full and repair it to the current plan. `reread_store=False`
@@ -556,6 +595,9 @@ class L4Agent:
         now = time.monotonic()
         if self.lock.lost:
             raise NodeTakenError("another l4 agent took this node's lock")
+        if self._repair_wanted.is_set():
+            self._repair_wanted.clear()
+            self.repair()
         if self.failed_revision is not None and now - self._last_failure >= RETRY_S:
             log.info("retrying revision %s", self.failed_revision)
             self.sync()
@@ -585,7 +627,8 @@ class L4Agent:
     def sample_stats(self) -> None:
         """One statistics sample: to Redis and to the Prometheus collector."""
         assert self.stats_driver is not None
-        entries = self.stats_driver.stats()
+        with self._reading:
+            entries = self.stats_driver.stats()
         self.collector.update(entries)
         with self._lock:
             charted = self.plan.charted() if self.plan else {}

@@ -118,7 +118,9 @@ def apply(self: Task[Any, Any], node: str, revision: int, force: bool = False) -
         raise Reject(f"this worker does not program node {node!r}", requeue=False)
     announced = Announcements(agent.store).take(node)  # newer ones, while this one waited
     began = time.monotonic()
-    report = agent.sync_to(max(revision, announced.revision), force=force or announced.force)
+    report = agent.sync_to(max(revision, announced.revision))
+    if force or announced.force:  # the drift check runs beside the next tasks, not before
+        agent.request_repair()
     if not report.already:
         count_apply(
             "l4", node, settings_of(self.app), time.monotonic() - began, ok=not report.errors

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from slb.certificates import CertificateInfo, inspect
@@ -32,7 +33,7 @@ from slb.storage.timeseries import (
     label_value,
 )
 from web.db import get_store, read_model
-from web.state import Boards, ListenerState, listener_states, placements
+from web.state import Boards, ListenerState, ListenerStates
 
 PROTOCOLS = ("TCP", "UDP", "HTTP", "HTTPS", "GRPC")
 STATES = ("served", "pending", "error")
@@ -54,17 +55,16 @@ class View:
 def current() -> View:
     store = get_store()
     model = read_model()
-    snapshot = model.snapshot(store)
+    snapshot, placed = model.placed(store)
     board = StatusBoard(store)
     boards = Boards(l4=board.all("l4"), l7=board.all("l7"))
-    # Both depend only on their inputs, which change far less often than pages are viewed.
-    placed = model.derived("placements", snapshot.revision, lambda: placements(snapshot))
     reports = tuple(
         sorted((s.tier, s.node, s.group, s.revision, s.error, s.error_revision)
                for b in (boards.l4, boards.l7) for s in b.values())
     )  # fmt: skip
+    # worked out as pages ask, and kept while neither the revision nor a report moves
     states = model.derived(
-        "states", (snapshot.revision, reports), lambda: listener_states(snapshot, boards, placed)
+        "states", (snapshot.revision, reports), lambda: ListenerStates(placed, boards)
     )
     return View(snapshot, boards, states)
 
@@ -81,13 +81,14 @@ class ListenerFilter:
     owner: str = ""
     state: str = ""
 
-    def keeps(self, listener: Listener, state: ListenerState) -> bool:
+    def keeps(self, listener: Listener, state: Callable[[], ListenerState]) -> bool:
+        """`state` is asked for only when filtering by state: working one out costs."""
         return (
             (not self.q or self.q.lower() in listener.name)
             and (not self.load_balancer or listener.load_balancer == self.load_balancer)
             and (not self.protocol or listener.protocol.value == self.protocol)
             and (not self.owner or listener.owner.kind.value == self.owner)
-            and (not self.state or state.state == self.state)
+            and (not self.state or state().state == self.state)
         )
 
 
@@ -96,7 +97,7 @@ def listeners(view: View, which: ListenerFilter) -> list[Stored[Listener]]:
     return [
         stored
         for _, stored in sorted(view.snapshot.of(Listener).items())
-        if which.keeps(stored.obj, view.states[stored.obj.name])
+        if which.keeps(stored.obj, partial(view.states.__getitem__, stored.obj.name))
     ]
 
 

@@ -6,6 +6,7 @@ take longer than the page may take. The console instead keeps one follower of th
 nothing changed, only the touched objects re-read when something did. JSON forms are
 cached with the objects, keyed by their revision, so API lists do not re-serialise
 unchanged objects; a change drops the forms of what it touched (a fresh snapshot, all).
+Listeners' placements move with the stream too (`web.state.PlacementBook`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from slb.model import StoredObject
 from slb.snapshot import Snapshot, Stored
 from slb.storage.follow import Follower
 from slb.storage.store import Store
+from web.state import Placement, PlacementBook
 
 T = TypeVar("T")
 
@@ -28,6 +30,11 @@ class ReadModel:
         self._follower: Follower | None = None
         self._json: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._derived: dict[str, tuple[Hashable, Any]] = {}
+        self._book = PlacementBook()
+        self._placed_at: int | None = None
+        """The revision the book's placements are of."""
+        self._from: int | None = None
+        """The revision the follower stood at before its last step."""
 
     def snapshot(self, store: Store) -> Snapshot:
         """The desired state at least as new as the store's revision when this was called.
@@ -35,16 +42,29 @@ class ReadModel:
         The follower keeps the first request's store: every request's shares the app's
         connection pool and prefix.
         """
+        return self.placed(store)[0]
+
+    def placed(self, store: Store) -> tuple[Snapshot, dict[str, Placement]]:
+        """`snapshot`, with every listener's placement in it."""
         with self._lock:
             if self._follower is None:
                 self._follower = Follower(store)
             step = self._follower.poll()
+            touched = None
             if step.changes is None:
                 self._json.clear()
-            for change in step.changes or ():
-                for _, kind, key in change.ops:
-                    self._json.pop((kind, key), None)
-            return step.snapshot
+            else:
+                touched = [(kind, key) for change in step.changes for _, kind, key in change.ops]
+                for pair in touched:
+                    self._json.pop(pair, None)
+            before, self._from = self._from, step.revision
+            if self._placed_at != step.revision:
+                # moved past `touched` from where the book stands; else (a fresh snapshot,
+                # or an update that failed before) everything is placed again
+                follows = touched is not None and self._placed_at == before
+                self._book.update(step.snapshot, touched if follows else None)
+                self._placed_at = step.revision
+            return step.snapshot, self._book.placed
 
     def derived(self, name: str, key: Hashable, compute: Callable[[], T]) -> T:
         """`compute()`, remembered while `key` (e.g. the snapshot's revision) stays the same."""

@@ -16,13 +16,20 @@ the API show exactly the same thing and the rules are tested without a browser:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from slb.model import Backend, Certificate, Listener, LoadBalancer, NodeGroup, Service
 from slb.readiness import State, readiness
-from slb.resolve import ExposedServices, Rejected, claim_ports, selected_services
+from slb.resolve import (
+    ExposedServices,
+    Rejected,
+    Resolver,
+    Touched,
+    claim_ports,
+    selected_services,
+)
 from slb.selector import LabelSelector
 from slb.snapshot import Snapshot, Stored, namespace_labels
 from slb.storage.status import TierStatus
@@ -100,30 +107,71 @@ class Placement:
 
 
 def placements(snapshot: Snapshot) -> dict[str, Placement]:
+    """Every listener's placement, from the whole snapshot."""
     balancers = snapshot.of(LoadBalancer)
-    certificates = snapshot.of(Certificate)
     listeners = snapshot.of(Listener)
-    groups = snapshot.of(NodeGroup)
     _, rejected = claim_ports(
         {k: s.obj for k, s in balancers.items()}, (s.obj for s in listeners.values())
     )
     not_served = {r.listener: r for r in rejected}
-    out = {}
-    for name, stored in listeners.items():
-        listener = stored.obj
-        balancer = balancers.get(listener.load_balancer)
-        needed = max(
-            [stored.revision, balancer.revision if balancer else 0]
-            + [certificates[c].revision for c in listener.certificates if c in certificates]
-        )
-        out[name] = Placement(
-            needed=needed,
-            group=(group := balancer.obj.node_group if balancer else ""),
-            node_group=groups[group].obj if group in groups else None,
-            l7=listener.protocol.is_l7,
-            rejection=not_served.get(name),
-        )
-    return out
+    return {name: placement(snapshot, stored, not_served.get(name))
+            for name, stored in listeners.items()}  # fmt: skip
+
+
+def placement(
+    snapshot: Snapshot, stored: Stored[Listener], rejection: Rejected | None
+) -> Placement:
+    listener = stored.obj
+    balancer = snapshot.of(LoadBalancer).get(listener.load_balancer)
+    certificates = snapshot.of(Certificate)
+    groups = snapshot.of(NodeGroup)
+    needed = max(
+        [stored.revision, balancer.revision if balancer else 0]
+        + [certificates[c].revision for c in listener.certificates if c in certificates]
+    )
+    return Placement(
+        needed=needed,
+        group=(group := balancer.obj.node_group if balancer else ""),
+        node_group=groups[group].obj if group in groups else None,
+        l7=listener.protocol.is_l7,
+        rejection=rejection,
+    )
+
+
+class PlacementBook:
+    """Every listener's placement, kept current by the change stream.
+
+    A change re-places only the listeners it reaches, as the resolver finds them (who holds
+    a port may move with them); a certificate or node group change, rare, places every
+    listener again. Each update makes a new dict: a view made before keeps its own."""
+
+    def __init__(self) -> None:
+        self._resolver = Resolver()
+        self.placed: dict[str, Placement] = {}
+
+    def update(self, snapshot: Snapshot, touched: Touched | None) -> dict[str, Placement]:
+        """The placements of `snapshot`, the last one's moved past `touched` (None: all)."""
+        pairs = None if touched is None else list(touched)
+        state = self._resolver.update(snapshot, pairs)
+        rejected = {r.listener: r for r in state.rejected}
+        listeners = snapshot.of(Listener)
+        names: Iterable[str] = listeners
+        placed: dict[str, Placement] = {}
+        if not (
+            pairs is None
+            or state.since is None
+            or any(kind in (Certificate.kind, NodeGroup.kind) for kind, _ in pairs)
+        ):
+            names = state.changed | {key for kind, key in pairs if kind == Listener.kind}
+            placed = dict(self.placed)
+        for name in names:
+            stored = listeners.get(name)
+            if stored is None:
+                placed.pop(name, None)
+            else:
+                placed[name] = placement(snapshot, stored, rejected.get(name))
+        self.placed = placed
+        return placed
 
 
 def listener_states(
@@ -133,6 +181,29 @@ def listener_states(
     placed = placements(snapshot) if placed is None else placed
     envoys = boards.envoys()
     return {name: listener_state(place, boards, envoys) for name, place in placed.items()}
+
+
+class ListenerStates(Mapping[str, ListenerState]):
+    """Each listener's state, worked out when first asked for: a page of 50 listeners
+    costs 50 of them, not every listener, each time a node reports."""
+
+    def __init__(self, placed: Mapping[str, Placement], boards: Boards) -> None:
+        self._placed, self._boards = placed, boards
+        self._envoys = boards.envoys()
+        self._known: dict[str, ListenerState] = {}
+
+    def __getitem__(self, name: str) -> ListenerState:
+        state = self._known.get(name)
+        if state is None:
+            state = listener_state(self._placed[name], self._boards, self._envoys)
+            self._known[name] = state
+        return state
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._placed)
+
+    def __len__(self) -> int:
+        return len(self._placed)
 
 
 def listener_state(

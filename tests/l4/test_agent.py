@@ -124,6 +124,25 @@ def test_forced_sync_repairs_what_the_agent_believes_is_fine(
     assert DNS in observer.dump().services
 
 
+def test_a_requested_repair_runs_beside_the_tasks_on_the_next_tick(
+    store: Store, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    """A node's worker runs one task at a time: the re-assertion only asks for the repair,
+    and the housekeeping makes it, reading the kernel outside the kernel's lock."""
+    agent = agent_factory()
+    revision = desired_state(store)
+    agent.sync_to(revision)
+    subprocess.run(["ipvsadm", "-D", "-u", "198.18.0.10:53"], check=True)
+    subprocess.run(["ipvsadm", "-e", "-t", "198.18.0.10:80", "-r", "198.18.1.1:8080", "-m",
+                    "-w", "9"], check=True)  # fmt: skip
+    agent.request_repair()
+    assert DNS not in observer.dump().services  # asked for, not made yet
+    agent.tick()
+    repaired = observer.dump().services
+    assert DNS in repaired
+    assert {d.address: d.weight for d in repaired[WEB].dests}["198.18.1.1"] == 1
+
+
 def test_a_sync_re_plans_what_the_stream_says_changed_and_all_after_a_fresh_snapshot(
     store: Store, agent_factory: AgentFactory, observer: Driver
 ) -> None:

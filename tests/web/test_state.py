@@ -6,13 +6,25 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
 
 from slb.model import Listener, LoadBalancer, Service, StoredObject
 from slb.snapshot import Delete, Put, Snapshot, Stored
 from slb.storage.status import TierStatus
 from slb.storage.store import Store
+from tests.slb.test_resolver import Step, base_objects, changed_objects
+from tests.slb.test_resolver import steps as resolver_steps
 from web.readmodel import ReadModel
-from web.state import Boards, listener_backends, listener_states, node_state, preview
+from web.state import (
+    Boards,
+    ListenerStates,
+    PlacementBook,
+    listener_backends,
+    listener_states,
+    node_state,
+    placements,
+    preview,
+)
 
 
 def snapshot(*objects: tuple[StoredObject, int], revision: int = 100) -> Snapshot:
@@ -151,3 +163,49 @@ def test_the_read_model_reads_what_changed_and_drops_its_json(store: Store) -> N
     assert model.as_json(api) is not api_json
     assert model.as_json(web) is not web_json
     assert model.as_json(after.objects["Listener"]["web"])["port"] == 81
+
+
+def test_the_read_models_placements_follow_the_changes(store: Store) -> None:
+    store.apply([Put(balancer()), Put(listener()), Put(listener("api", port=81))])
+    model = ReadModel()
+    first, placed = model.placed(store)
+    assert placed == placements(first)
+    assert [p.rejection for p in placed.values()] == [None, None]
+    # api moves to web's port on the same VIP: the newer one is refused
+    store.apply([Put(listener("api", port=80, created_at=5.0))])
+    second, placed = model.placed(store)
+    assert placed == placements(second)
+    assert placed["api"].rejection is not None
+    assert placed["web"].rejection is None
+    store.apply([Delete("LoadBalancer", "public")])
+    third, placed = model.placed(store)
+    assert placed == placements(third)
+    assert placed["web"].rejection is not None
+    assert model.placed(store)[1] is placed  # nothing moved: nothing placed again
+
+
+@settings(max_examples=200, deadline=None)
+@given(resolver_steps)
+def test_placements_kept_by_the_change_stream_equal_placing_everything(
+    changes: list[Step],
+) -> None:
+    """#18: the console re-places only what a change reaches; the result is the same."""
+    objects = base_objects()
+    book = PlacementBook()
+    assert book.update(Snapshot(0, objects), None) == placements(Snapshot(0, objects))
+    for revision, step in enumerate(changes, start=1):
+        before = book.placed
+        objects, key = changed_objects(objects, step, revision)
+        snapshot = Snapshot(revision, objects)
+        assert book.update(snapshot, [(step[0], key)]) == placements(snapshot)
+        assert book.placed is not before  # a view made before keeps its own
+
+
+def test_listener_states_are_worked_out_only_when_asked_for() -> None:
+    snap = snapshot((listener(), 5), (balancer(), 1))
+    states = ListenerStates(placements(snap), Boards())
+    assert len(states) == 1
+    assert states._known == {}
+    assert states["web"] == listener_states(snap, Boards())["web"]
+    assert set(states._known) == {"web"}
+    assert list(states) == ["web"]
