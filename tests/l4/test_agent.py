@@ -132,6 +132,11 @@ def test_a_requested_repair_runs_beside_the_tasks_on_the_next_tick(
     agent = agent_factory()
     revision = desired_state(store)
     agent.sync_to(revision)
+    assert agent.view is not None
+    kernel = observer.dump().services
+    assert {k: v for k, v in agent.view.services.items() if v != kernel.get(k)} == {}, (
+        "the view is the kernel: a drift check finds nothing to read again"
+    )
     subprocess.run(["ipvsadm", "-D", "-u", "198.18.0.10:53"], check=True)
     subprocess.run(["ipvsadm", "-e", "-t", "198.18.0.10:80", "-r", "198.18.1.1:8080", "-m",
                     "-w", "9"], check=True)  # fmt: skip
