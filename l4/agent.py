@@ -405,9 +405,9 @@ class L4Agent:
         re-assertion, off the task's path (a node's worker runs one task at a time)."""
         self._repair_wanted.set()
 
-    def repair(self) -> SyncReport:
+    def repair(self, *, reread_store: bool = False) -> SyncReport:
         """Read the kernel in full and put back what drifted from the plan; load the VIPs
-        and the guard's table again.
+        and the guard's table again (`reread_store`: and read and plan everything again).
 
         The full read (seconds for 1,000 services on a slow node) is made on the stats
         driver's socket, outside the kernel's lock, so a change that comes meanwhile is
@@ -417,21 +417,21 @@ class L4Agent:
         with self._lock:
             known = self.view is not None
         if not known or self.stats_driver is None:
-            return self.resync(reread_store=False)
+            return self.resync(reread_store=reread_store)
         with self._reading:
             fresh = self.stats_driver.dump()
         with self._lock:
-            if self.view is None:  # a failure in between: everything is read again
-                self.bound_vips = self.opened = None
-            else:
+            if self.view is not None:  # else a failure came between: all is read again
                 view = self.view.services
                 self._suspects |= {
                     key
                     for key in fresh.services.keys() | view.keys()
                     if fresh.services.get(key) != view.get(key)
                 }
-                self.bound_vips = self.opened = None
-        return self.sync()
+            self.bound_vips = self.opened = None
+            if reread_store:
+                self._last_resync = time.monotonic()
+        return self.sync(full=reread_store)
 
     def resync(self, *, reread_store: bool = True) -> SyncReport:
         """Read the kernel in full and repair it to the current plan. `reread_store=False`
@@ -602,7 +602,7 @@ class L4Agent:
             log.info("retrying revision %s", self.failed_revision)
             self.sync()
         elif now - self._last_resync >= self.settings.resync_interval_s:
-            self.resync()
+            self.repair(reread_store=True)
         elif self.draining:
             with self._lock:  # the report after the lock, as for a health change
                 force = {key for key, _ in self.draining}

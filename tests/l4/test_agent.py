@@ -148,6 +148,19 @@ def test_a_requested_repair_runs_beside_the_tasks_on_the_next_tick(
     assert {d.address: d.weight for d in repaired[WEB].dests}["198.18.1.1"] == 1
 
 
+def test_the_periodic_resync_repairs_drift_too(
+    store: Store, agent_factory: AgentFactory, observer: Driver
+) -> None:
+    """Every `resync_interval_s` the agent reads the store and the kernel in full again (the
+    kernel outside the kernel's lock, as a repair does)."""
+    agent = agent_factory(resync_interval_s=1)
+    agent.sync_to(desired_state(store))
+    subprocess.run(["ipvsadm", "-D", "-u", "198.18.0.10:53"], check=True)
+    time.sleep(1.1)
+    agent.tick()
+    assert DNS in observer.dump().services
+
+
 def test_a_sync_re_plans_what_the_stream_says_changed_and_all_after_a_fresh_snapshot(
     store: Store, agent_factory: AgentFactory, observer: Driver
 ) -> None:
