@@ -10,7 +10,7 @@ One agent per node: `start` takes the node's lock in Redis (`l4.ownership`).
 
 Both read the desired state through one follower of the store (`slb.storage.follow`): an
 apply reads what changed, not the whole store. The agent keeps a view of the kernel's IPVS
-(read in full at start and every `resync_interval_s`, which repairs anything). Per
+(read in full at start and every `resync_interval_s`, which repairs drift). Per
 revision it re-plans only what changed, and re-reads from the kernel just the virtual
 services it touches: a real-server change costs a few netlink round trips at any scale.
 
@@ -405,9 +405,9 @@ class L4Agent:
         re-assertion, off the task's path (a node's worker runs one task at a time)."""
         self._repair_wanted.set()
 
-    def repair(self, *, reread_store: bool = False) -> SyncReport:
+    def repair(self, *, periodic: bool = False) -> SyncReport:
         """Read the kernel in full and put back what drifted from the plan; load the VIPs
-        and the guard's table again (`reread_store`: and read and plan everything again).
+        and the guard's table again (`periodic`: the agent's own, every resync_interval_s).
 
         The full read (seconds for 1,000 services on a slow node) is made on the stats
         driver's socket, outside the kernel's lock, so a change that comes meanwhile is
@@ -417,7 +417,7 @@ class L4Agent:
         with self._lock:
             known = self.view is not None
         if not known or self.stats_driver is None:
-            return self.resync(reread_store=reread_store)
+            return self.resync(reread_store=False)
         with self._reading:
             fresh = self.stats_driver.dump()
         with self._lock:
@@ -429,14 +429,14 @@ class L4Agent:
                     if fresh.services.get(key) != view.get(key)
                 }
             self.bound_vips = self.opened = None
-            if reread_store:
+            if periodic:
                 self._last_resync = time.monotonic()
-        return self.sync(full=reread_store)
+        return self.sync()
 
     def resync(self, *, reread_store: bool = True) -> SyncReport:
-        """Read the kernel in full and repair it to the current plan. `reread_store=False`
-        (the pipeline's frequent re-assertion) re-reads only the kernel, where drift happens;
-        the agent's own periodic resync re-reads and re-plans everything."""
+        """Read the kernel in full, under the kernel's lock, and repair it to the current
+        plan (`reread_store`: read the store and plan everything again too). `repair` is
+        the way that does not hold changes up."""
         with self._lock:
             self.view = self.bound_vips = self.opened = None
         return self.sync(full=reread_store)
@@ -602,7 +602,10 @@ class L4Agent:
             log.info("retrying revision %s", self.failed_revision)
             self.sync()
         elif now - self._last_resync >= self.settings.resync_interval_s:
-            self.repair(reread_store=True)
+            # the kernel, where drift happens; the desired state moves by the change stream
+            # (read afresh after a failure), and reading all of it again would hold the next
+            # change up (about 10 s for 4,000 objects in the emulated lab VM)
+            self.repair(periodic=True)
         elif self.draining:
             with self._lock:  # the report after the lock, as for a health change
                 force = {key for key, _ in self.draining}

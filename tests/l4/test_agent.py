@@ -151,8 +151,8 @@ def test_a_requested_repair_runs_beside_the_tasks_on_the_next_tick(
 def test_the_periodic_resync_repairs_drift_too(
     store: Store, agent_factory: AgentFactory, observer: Driver
 ) -> None:
-    """Every `resync_interval_s` the agent reads the store and the kernel in full again (the
-    kernel outside the kernel's lock, as a repair does)."""
+    """Every `resync_interval_s` the agent reads the kernel in full again, outside the
+    kernel's lock, as a repair does."""
     agent = agent_factory(resync_interval_s=1)
     agent.sync_to(desired_state(store))
     subprocess.run(["ipvsadm", "-D", "-u", "198.18.0.10:53"], check=True)
