@@ -172,15 +172,20 @@ def create_instances(platform: DevPlatform) -> None:
                                          "allowed_namespaces": [demo.NAMESPACE]}))  # fmt: skip
 
 
+def create(platform: DevPlatform, apps: list[demo.SampleApp], what: str) -> None:
+    """Create the sample `apps` in the cluster, one by one, saying so every 200."""
+    kube = platform.kube()
+    for i, app in enumerate(apps):
+        demo.apply(kube, [app])
+        if (i + 1) % 200 == 0:
+            log(f"  {what}: {i + 1}/{len(apps)} created")
+
+
 def expose_others(platform: DevPlatform, count: int) -> None:
     """`count` more gRPC Services, each exposed with its own VIP; wait until Envoy serves all."""
-    kube = platform.kube()
     base = platform.apps()[0]
     began = time.monotonic()
-    for i in range(count):
-        demo.apply(kube, [replace(base, name=f"other-{i}")])
-        if (i + 1) % 200 == 0:
-            log(f"  others: {i + 1}/{count} created")
+    create(platform, [replace(base, name=f"other-{i}") for i in range(count)], "others")
     store = platform.store()
 
     def all_served() -> bool:
@@ -197,15 +202,11 @@ def expose_l4_others(platform: DevPlatform, count: int, first_port: int) -> None
     """`count` more TCP Services on the lab node's instance (bench-l4), each a port of its
     own, so the l4 agent in the VM serves `count` more virtual services; wait until it has
     applied them all."""
-    kube = platform.kube()
     tcp_app = platform.apps()[1]
     began = time.monotonic()
-    for i in range(count):
-        app = replace(tcp_app, name=f"l4other-{i}", port=first_port + i,
-                      target_port=tcp_app.port, expose="bench-l4", node_group=None)  # fmt: skip
-        demo.apply(kube, [app])
-        if (i + 1) % 200 == 0:
-            log(f"  L4 others: {i + 1}/{count} created")
+    apps = [replace(tcp_app, name=f"l4other-{i}", port=first_port + i, target_port=tcp_app.port,
+                    expose="bench-l4", node_group=None) for i in range(count)]  # fmt: skip
+    create(platform, apps, "L4 others")
     store = platform.store()
 
     def all_applied() -> bool:

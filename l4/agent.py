@@ -541,11 +541,14 @@ class L4Agent:
         counters.update(fresh.counters)
 
     def _health_changed(self, target: Target, healthy: bool) -> None:
-        """The kernel under the lock, the report after it: a hung Redis link delays the
-        report, never the next depool."""
+        if self.targets.get(target):
+            self._reweigh()
+
+    def _reweigh(self) -> None:
+        """Program the weights the health checks give now. The kernel under the lock, the
+        report after it: a hung Redis link delays the report, never the next depool."""
         with self._lock:
-            keys = self.targets.get(target)
-            if not keys or self.plan is None:
+            if self.plan is None:
                 return
             before, self.desired = self.desired, self._weighed(self.plan)
             report = self._findings(self._converge(before)[1])
@@ -564,14 +567,8 @@ class L4Agent:
                 return
             peers = self._peer_envoys(plan)
         log.info("this node took VIPs over (VRRP MASTER); probing %d peer Envoys", len(peers))
-        if not self.health.recheck(peers, TAKEOVER_PROBE_S, "no answer at the VRRP takeover"):
-            return
-        with self._lock:
-            if self.plan is None:
-                return
-            before, self.desired = self.desired, self._weighed(self.plan)
-            report = self._findings(self._converge(before)[1])
-        self._publish(report)
+        if self.health.recheck(peers, TAKEOVER_PROBE_S, "no answer at the VRRP takeover"):
+            self._reweigh()
 
     def _peer_envoys(self, plan: IPVSPlan) -> list[Target]:
         """The checked Envoys of the other nodes of this node's group."""

@@ -31,10 +31,6 @@ class ReadModel:
         self._json: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._derived: dict[str, tuple[Hashable, Any]] = {}
         self._book = PlacementBook()
-        self._placed_at: int | None = None
-        """The revision the book's placements are of."""
-        self._from: int | None = None
-        """The revision the follower stood at before its last step."""
 
     def snapshot(self, store: Store) -> Snapshot:
         """The desired state at least as new as the store's revision when this was called.
@@ -49,6 +45,7 @@ class ReadModel:
         with self._lock:
             if self._follower is None:
                 self._follower = Follower(store)
+            stood = self._follower.snapshot
             step = self._follower.poll()
             touched = None
             if step.changes is None:
@@ -57,13 +54,11 @@ class ReadModel:
                 touched = [(kind, key) for change in step.changes for _, kind, key in change.ops]
                 for pair in touched:
                     self._json.pop(pair, None)
-            before, self._from = self._from, step.revision
-            if self._placed_at != step.revision:
+            if self._book.revision != step.revision:
                 # moved past `touched` from where the book stands; else (a fresh snapshot,
                 # or an update that failed before) everything is placed again
-                follows = touched is not None and self._placed_at == before
+                follows = stood is not None and self._book.revision == stood.revision
                 self._book.update(step.snapshot, touched if follows else None)
-                self._placed_at = step.revision
             return step.snapshot, self._book.placed
 
     def derived(self, name: str, key: Hashable, compute: Callable[[], T]) -> T:

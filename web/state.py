@@ -148,6 +148,8 @@ class PlacementBook:
     def __init__(self) -> None:
         self._resolver = Resolver()
         self.placed: dict[str, Placement] = {}
+        self.revision: int | None = None
+        """The revision `placed` is of (None: none yet)."""
 
     def update(self, snapshot: Snapshot, touched: Touched | None) -> dict[str, Placement]:
         """The placements of `snapshot`, the last one's moved past `touched` (None: all)."""
@@ -170,7 +172,7 @@ class PlacementBook:
                 placed.pop(name, None)
             else:
                 placed[name] = placement(snapshot, stored, rejected.get(name))
-        self.placed = placed
+        self.placed, self.revision = placed, snapshot.revision
         return placed
 
 

@@ -25,26 +25,27 @@ class Model(BaseModel):
         sets share one instance. pydantic copies the set before it changes one (model_copy)
         and never changes a frozen model's."""
         given = self.__pydantic_fields_set__
-        key = frozenset(given)
-        shared = _fields_sets.get(key)
-        if shared is None:
-            shared = _fields_sets.setdefault(key, given) if len(_fields_sets) < 4096 else given
+        shared = _one_of(_fields_sets, frozenset(given), given)
         object.__setattr__(self, "__pydantic_fields_set__", shared)
         return self
 
 
-_fields_sets: dict[frozenset[str], set[str]] = {}
+_fields_sets: dict[Any, Any] = {}
+_shared: dict[Any, Any] = {}
 
 
-_shared: dict[object, object] = {}
+def _one_of(table: dict[Any, Any], key: Any, value: Any) -> Any:
+    """The instance `table` holds for `key`, else `value`, kept for next time while the
+    table is small (4,096): hostile input cannot grow it without bound."""
+    if len(table) < 4096:
+        return table.setdefault(key, value)
+    return table.get(key, value)
 
 
 def _share(value: Any) -> Any:
     """Equal frozen values share one instance (bounded): 100,000 backends mostly carry the
     same conditions and listeners the same health check, which saves a tier's memory."""
-    if len(_shared) < 4096:
-        return _shared.setdefault(value, value)
-    return _shared.get(value, value)
+    return _one_of(_shared, value, value)
 
 
 Shared = AfterValidator(_share)
