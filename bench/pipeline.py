@@ -11,8 +11,10 @@ the lab VM.
 
 - L7: a new channel per attempt (no reconnect backoff), `Who` with a 0.25 s deadline,
   every 5 ms, from the host to the Envoy of node group `default`.
-- L4: the client in the VM's client namespace retries `nc` until answered (busybox, no
-  Python start per attempt); the host sees the answer through Redis (polled every 5 ms).
+- L4: the client in the VM's client namespace connects afresh every 0.2 s until answered
+  (a socket per try: the VIP guard drops a SYN to a port not open yet, and one connection
+  would wait a second for the kernel's retransmit); the host sees the answer through
+  Redis (polled every 5 ms).
   The VM is emulated (TCG), so these figures are an upper bound for a real LB node.
 - Then the L7 trials again with `--others` (1,000) more exposed gRPC Services, each with
   its own VIP and Envoy listener; and the L4 trials again with as many more TCP listeners

@@ -48,11 +48,14 @@ def _enter(name: str) -> None:
 
 
 class Netns:
-    def __init__(self, name: str) -> None:
+    """A namespace made here, or with `existing` one made before; `threads` run in it."""
+
+    def __init__(self, name: str, *, existing: bool = False, threads: int = 1) -> None:
         self.name = name
-        sh("ip", "netns", "add", name)
-        self.ip("link", "set", "lo", "up")
-        self._thread = ThreadPoolExecutor(1, initializer=_enter, initargs=(name,))
+        if not existing:
+            sh("ip", "netns", "add", name)
+            self.ip("link", "set", "lo", "up")
+        self._thread = ThreadPoolExecutor(threads, initializer=_enter, initargs=(name,))
 
     def ip(self, *args: str) -> None:
         sh("ip", "-n", self.name, *args)

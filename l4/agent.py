@@ -48,6 +48,8 @@ from l4.drivers.nft import NftDriver, NftError
 from l4.firewall import (
     TABLE,
     Openings,
+    canonical,
+    held,
     listener_of,
     load_script,
     openings,
@@ -115,6 +117,11 @@ class L4Agent:
         self.opened: Openings | None = None
         """What the guard's table lets through now; None: unknown, so the next apply loads
         the whole table (after a start, a resync or a failure)."""
+        # The table's sets and fixed rules as the first load left them (`l4.firewall.held`),
+        # which a repair expects to find besides `opened`; and the scripts run so far, as a
+        # repair's reading is stale if they moved meanwhile.
+        self._guard_shape: str | None = None
+        self._guard_writes = 0
         self.ownership = Ownership(store, node)
         self.lock = NodeLock(store, node)
         self.status = StatusBoard(store)
@@ -152,9 +159,7 @@ class L4Agent:
         """This node's group's desired state, resolved again only where changes reach."""
         self.failed_revision: int | None = None
         self.bound_vips: tuple[str, ...] | None = None
-        self._last_resync = 0.0
-        self._last_stats = 0.0
-        self._last_failure = 0.0
+        self._last_resync = self._last_stats = self._last_failure = 0.0  # monotonic times
         self._suspects: set[ServiceKey] = set()
         """Services a drift check found different in the kernel: read again and repaired by
         the next converge."""
@@ -327,6 +332,7 @@ class L4Agent:
         if target == known:
             return []
         script = load_script(target) if known is None else update_script(known, target)
+        self._guard_writes += 1
         try:
             self.firewall.run(script)
         except NftError as exc:
@@ -334,7 +340,30 @@ class L4Agent:
             log.error("VIP guard: %s", exc)
             return [f"VIP guard: {exc}"]
         self.opened = target
+        if known is None and self._guard_shape is None:  # once: the shape never changes
+            found = self._guard_held()
+            self._guard_shape = found[0] if found and found[1] == canonical(target) else None
         return []
+
+    def _guard_held(self) -> tuple[str, Openings] | None:
+        """What the guard's table holds now (`l4.firewall.held`); None: unreadable."""
+        if self.firewall is None:
+            return None
+        try:
+            return held(self.firewall.list_json("table", TABLE))
+        except NftError as exc:
+            log.warning("VIP guard: cannot read the table: %s", exc)
+            return None
+
+    def _guard_intact(self, opened: Openings | None) -> bool:
+        """Whether the table holds what the agent loaded: its shape and `opened`. Read and
+        compared outside the kernel's lock (O(listeners))."""
+        if opened is None or self._guard_shape is None:
+            return False
+        intact = self._guard_held() == (self._guard_shape, canonical(opened))
+        if not intact:
+            log.warning("VIP guard: the table is not what the agent loaded: loading it again")
+        return intact
 
     def _left_over(self, vips_failed: bool, draining: set[str]) -> Openings:
         """What the node still serves that the plan no longer wants (a failed apply, or a
@@ -406,20 +435,23 @@ class L4Agent:
         self._repair_wanted.set()
 
     def repair(self, *, periodic: bool = False) -> SyncReport:
-        """Read the kernel in full and put back what drifted from the plan; load the VIPs
-        and the guard's table again (`periodic`: the agent's own, every resync_interval_s).
+        """Read the kernel in full and put back what drifted from the plan; list the VIPs
+        again, and load the guard's table again if it is not what the agent loaded
+        (`periodic`: the agent's own, every resync_interval_s).
 
-        The full read (seconds for 1,000 services on a slow node) is made on the stats
-        driver's socket, outside the kernel's lock, so a change that comes meanwhile is
-        applied at once; then only the services that differ from the agent's view are
+        The full reads (seconds for 1,000 services on a slow node) are made outside the
+        kernel's lock, IPVS on the stats driver's socket, so a change that comes meanwhile
+        is applied at once; then only the services that differ from the agent's view are
         read again, under the lock, and reconciled. Without a view or a stats driver:
         `resync`, everything under the lock."""
         with self._lock:
             known = self.view is not None
+            opened, guard_writes = self.opened, self._guard_writes
         if not known or self.stats_driver is None:
             return self.resync(reread_store=False)
         with self._reading:
             fresh = self.stats_driver.dump()
+        guard_intact = self._guard_intact(opened)
         with self._lock:
             if self.view is not None:  # else a failure came between: all is read again
                 view = self.view.services
@@ -428,7 +460,9 @@ class L4Agent:
                     for key in fresh.services.keys() | view.keys()
                     if fresh.services.get(key) != view.get(key)
                 }
-            self.bound_vips = self.opened = None
+            self.bound_vips = None
+            if not (guard_intact and guard_writes == self._guard_writes):
+                self.opened = None  # the next apply loads the whole table
             if periodic:
                 self._last_resync = time.monotonic()
         return self.sync()

@@ -27,6 +27,8 @@ agent needs no file.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -249,6 +251,84 @@ def rate_drops(listing: Mapping[str, Any]) -> dict[Listener, int]:
             if "counter" in expression:
                 drops[(vip, protocol, int(port))] = int(expression["counter"]["packets"])
     return drops
+
+
+def held(listing: Mapping[str, Any]) -> tuple[str, Openings] | None:
+    """What the table holds, from `nft -j list table inet openslb_guard`: its shape (the
+    sets' types, the chains and their rules but the rates', as canonical JSON) and what it
+    lets through, in `canonical` form; None if it holds what the agent never writes. The
+    agent's repair compares both with what it loaded, so that a table nobody touched is
+    not loaded again (O(listeners) under the kernel's lock)."""
+    shape: list[Any] = []
+    sets: dict[str, set[Any]] = {name: set() for name in _SET_NAMES}
+    rates: set[RateRule] = set()
+    try:
+        for item in listing.get("nftables", ()):
+            kind, body = next(iter(item.items()))
+            if kind == "metainfo":
+                continue
+            fixed = {k: v for k, v in body.items() if k not in ("handle", "elem")}
+            if kind == "set":
+                sets[body["name"]] = {_element(e) for e in body.get("elem", ())}
+            if kind == "rule" and body.get("chain") == "connection_rates":
+                vip, protocol, port = str(body["comment"]).split()
+                (rate,) = [e["limit"]["rate"] for e in body["expr"] if "limit" in e]
+                rates.add((vip, protocol, int(port), int(rate)))
+            else:
+                shape.append([kind, fixed])
+        opened = Openings(
+            frozenset(sets["vips4"] | sets["vips6"]),
+            frozenset(sets["listeners4"] | sets["listeners6"]),
+            frozenset(sets["restricted4"] | sets["restricted6"]),
+            frozenset(sets["allowed4"] | sets["allowed6"]),
+            frozenset(sets["denied4"] | sets["denied6"]),
+            frozenset(rates),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, StopIteration):
+        return None
+    return json.dumps(shape, sort_keys=True), canonical(opened)
+
+
+_SET_NAMES = tuple(f"{field}{family}" for field in _SET_FIELDS for family in (4, 6))
+
+
+def _element(element: Any) -> Any:
+    """A set element as `Openings` holds it: an address, or a tuple whose last part,
+    in the access-control sets, is a network."""
+    if isinstance(element, str):
+        return element
+    parts = element["concat"]
+    if len(parts) == 3:
+        return (parts[0], parts[1], int(parts[2]))
+    vip, protocol, port, net = parts
+    if isinstance(net, dict):
+        net = f"{net['prefix']['addr']}/{net['prefix']['len']}"
+    return (vip, protocol, int(port), net)
+
+
+def canonical(opened: Openings) -> Openings:
+    """`opened` with every address and network written as nftables prints it back."""
+
+    def address(text: str) -> str:
+        return str(ipaddress.ip_address(text))
+
+    def network(text: str) -> str:
+        return ipaddress.ip_network(text, strict=False).with_prefixlen
+
+    def listener(item: Listener) -> Listener:
+        return address(item[0]), item[1], item[2]
+
+    def rule(item: SourceRule) -> SourceRule:
+        return (*listener(item[:3]), network(item[3]))
+
+    return Openings(
+        frozenset(map(address, opened.vips)),
+        frozenset(map(listener, opened.listeners)),
+        frozenset(map(listener, opened.restricted)),
+        frozenset(map(rule, opened.allowed)),
+        frozenset(map(rule, opened.denied)),
+        frozenset((*listener(r[:3]), r[3]) for r in opened.rates),
+    )
 
 
 def listener_of(key: ServiceKey) -> Listener | None:

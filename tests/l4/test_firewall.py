@@ -4,13 +4,20 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from devbed.netns import Netns
+from l4.drivers.nft import NftDriver
 from l4.firewall import (
+    TABLE,
     TABLE_DEFINITION,
     Openings,
+    canonical,
+    held,
     load_script,
     openings,
     rate_drops,
@@ -146,3 +153,73 @@ def test_rate_drops_are_read_from_the_limits_chain_counters() -> None:
     ]}  # fmt: skip
     assert rate_drops(listing) == {("198.18.0.10", "tcp", 80): 17}
     assert rate_drops({"nftables": []}) == {}
+
+
+@pytest.fixture
+def nft_netns() -> Iterator[Netns]:
+    """A network namespace of its own for real nftables on the host."""
+    netns = Netns(f"t-nft-{os.getpid()}")
+    try:
+        yield netns
+    finally:
+        netns.delete()
+
+
+def test_held_reads_back_what_each_script_wrote(nft_netns: Netns) -> None:
+    """The repair's drift check against real nftables: what a load and an update leave is
+    read back as written (networks and addresses as nft prints them), every case with the
+    one shape; a deleted element or a flushed chain shows."""
+    nft = NftDriver()
+
+    def listing() -> tuple[str, Openings] | None:
+        return held(nft_netns.call(nft.list_json, "table", TABLE))
+
+    shapes = set()
+    for case in CASES:
+        opened = case_openings(case)
+        nft_netns.call(nft.run, load_script(opened))
+        found = listing()
+        assert found is not None, case
+        assert found[1] == canonical(opened), case
+        shapes.add(found[0])
+        more = opened | openings(["198.18.0.99"], [ServiceKey("TCP", "198.18.0.99", 443)])
+        nft_netns.call(nft.run, update_script(opened, more))
+        assert listing() == (found[0], canonical(more)), case
+    assert len(shapes) == 1
+
+    nft_netns.call(nft.run, f"delete element {TABLE} listeners4 {{ 198.18.0.99 . tcp . 443 }}")
+    after = listing()
+    assert after is not None
+    assert after[1] == canonical(opened | Openings(frozenset({"198.18.0.99"}))), (
+        "the deleted listener is missed"
+    )
+    nft_netns.call(nft.run, f"flush chain {TABLE} vip4")
+    assert listing() != after, "a flushed chain changes the shape"
+
+
+def test_canonical_writes_addresses_as_nft_prints_them() -> None:
+    written = Openings(
+        vips=frozenset({"2001:DB8:0::10"}),
+        allowed=frozenset({("198.18.0.10", "tcp", 80, "198.19.1.1")}),
+        denied=frozenset({("198.18.0.10", "tcp", 80, "198.19.0.5/16")}),
+    )
+    assert canonical(written) == Openings(
+        vips=frozenset({"2001:db8::10"}),
+        allowed=frozenset({("198.18.0.10", "tcp", 80, "198.19.1.1/32")}),
+        denied=frozenset({("198.18.0.10", "tcp", 80, "198.19.0.0/16")}),
+    )
+
+
+def test_held_refuses_what_the_agent_never_writes() -> None:
+    rule = {"rule": {"family": "inet", "table": "openslb_guard", "chain": "connection_rates",
+                     "comment": "not three words", "expr": []}}  # fmt: skip
+    assert held({"nftables": [rule]}) is None
+    ranged = {
+        "set": {
+            "family": "inet",
+            "name": "allowed4",
+            "table": "openslb_guard",
+            "elem": [{"concat": ["198.18.0.10", "tcp", 80, {"range": ["a", "b"]}]}],
+        }
+    }
+    assert held({"nftables": [ranged]}) is None

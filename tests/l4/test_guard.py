@@ -333,6 +333,25 @@ def test_a_resync_puts_back_a_table_someone_deleted(
     assert topology.client.call(reach, VIP, NODE_PORT) == DROPPED
 
 
+def test_a_repair_loads_the_table_again_only_if_it_is_not_what_the_agent_loaded(
+    store: Store, topology: Topology, guarded: tuple[L4Agent, RecordingNft], node_server: NodeServer
+) -> None:
+    """The repair reads the table outside the kernel's lock and compares: a table nobody
+    touched is left alone (loading 1,000 listeners again held changes up), a changed one is
+    loaded whole."""
+    agent, nft = guarded
+    agent.sync_to(desired_state(store, topology))
+    ran = len(nft.runs)
+    assert agent.repair().errors == []
+    assert nft.runs[ran:] == [], "an intact table is left alone"
+    subprocess.run(["nft", "delete", "element", "inet", "openslb_guard", "listeners4",
+                    f"{{ {VIP} . tcp . 80 }}"], check=True)  # fmt: skip
+    assert topology.client.call(reach, VIP, 80) == DROPPED
+    assert agent.repair().errors == []
+    assert nft.runs[-1][0].startswith("table inet openslb_guard\n"), "the whole table again"
+    assert topology.client.call(reach, VIP, 80) in SERVERS
+
+
 def test_nft_takes_the_shipped_file_and_every_golden_case(clean_ipvs: None) -> None:
     driver = NftDriver()
     driver.run(SHIPPED.read_text())
