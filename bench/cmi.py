@@ -90,6 +90,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-cmi-"))
     redis_server = RedisServer(work / "redis").start()
     kube = KubeAPI(work / "kube").start()
+    cmi: Process | None = None
     try:
         kubeconfig = kube.cmi_kubeconfig()
         admin = KubeClient.from_kubeconfig(str(kube.kubeconfig))
@@ -156,7 +157,9 @@ def main() -> None:
         }
         path = write_results(args.services, figures, setup)
         print(f"wrote {path}", file=sys.stderr)
-    finally:
+    finally:  # cmi first: with the API server gone it would only campaign on
+        if cmi is not None:
+            cmi.stop()
         kube.stop()
         redis_server.stop()
 

@@ -117,6 +117,21 @@ def service_key(body: Body) -> str:
     return f"{meta['namespace']}/{meta['name']}"
 
 
+def build_inputs(body: Body) -> tuple[Any, ...]:
+    """What `build` reads of a Service: a change to nothing else (its conditions, its
+    finalizers, the resourceVersion: cmi's own status writes) needs no build. The uid: a
+    Service deleted and made again (seen only in a relist) is new, to be reported on."""
+    meta = body["metadata"]
+    return (
+        meta.get("uid"),
+        meta.get("labels"),
+        meta.get("annotations"),
+        meta.get("deletionTimestamp"),
+        body.get("spec"),
+        (body.get("status") or {}).get("loadBalancer"),
+    )
+
+
 def short_name(*parts: str) -> str:
     """A DNS label from parts, ending in 64 bits of their hash: distinct parts never collide
     by chance, nor by a name someone chose to (that would take 2^64 tries)."""

@@ -124,7 +124,10 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
 
     threading.Thread(target=watch_stop, daemon=True).start()
     log.info("cmi %s campaigning for lease %s/%s", identity, cmi.lease_namespace, cmi.lease_name)
-    elector.run()
+    try:
+        elector.run()
+    finally:  # however the campaign ends, no leader's thread outlives it (they are not daemons)
+        stopped()
     if died:
         raise LeaderThreadError(f"cmi {identity}: {', '.join(died)} died (see the log above)")
 

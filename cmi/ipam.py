@@ -111,6 +111,8 @@ class IPAM:
             raise IPAMError(
                 f"{requested} is outside every address pool or reserved (pools: {names})"
             )
+        if requested is None and (current := self._claim_current(instance)) is not None:
+            return current  # the usual case: no free address looked for
         for attempt in range(TRIES):
             if self._held is None or attempt > 0:
                 self._held = {_number(a.decode()) for a in self.redis.hkeys(self.keys[1])}
@@ -135,6 +137,14 @@ class IPAM:
                 names = ", ".join(p.name for p in pools)
                 raise IPAMError(f"no free address left in pool(s) {names}")
         raise IPAMError("could not claim an address: too much contention, will retry")
+
+    def _claim_current(self, instance: str) -> IPAddress | None:
+        """The instance's current address, kept out of its grace; None if it has none."""
+        status, value = (
+            part.decode()
+            for part in self._claim(keys=self.keys, args=[instance, "", time.time(), "[]"])
+        )
+        return ipaddress.ip_address(value) if status == "ok" else None
 
     def reserve(self, instance: str, address: IPAddress) -> bool:
         """Hold `address` for `instance`, which has none, if no other instance holds it; from

@@ -4,7 +4,8 @@ List (paged) for a consistent starting point and its resourceVersion, then watch
 with bookmarks so the resourceVersion stays fresh even when nothing changes. A dropped
 watch resumes from the last resourceVersion after a backoff; 410 Gone (the version was
 compacted) means list again. Each change calls `on_change(key)`; the controller decides
-what to recompute.
+what to recompute. Objects are cached without their managedFields, as controller-runtime's
+caches can be told to.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from cmi.k8s.client import Body, GoneError, KubeClient, Watch
 
@@ -139,7 +140,7 @@ class Informer:
             if not token:
                 break
             query["continue"] = token
-        fresh = {object_key(item): item for item in items}
+        fresh = {object_key(item): _cached(item) for item in items}
         with self._lock:
             old = self.cache
             self.cache = fresh
@@ -160,6 +161,7 @@ class Informer:
             self.resource_version = version or self.resource_version
             return
         key = object_key(body)
+        body = _cached(body)
         with self._lock:
             if kind == "DELETED":
                 self.cache.pop(key, None)
@@ -188,6 +190,14 @@ class Informer:
                 self.on_change(key, body)
             except Exception:
                 log.exception("%s: change handler failed for %s", self.path, key)
+
+
+def _cached(body: Any) -> Body:
+    """The object as the cache keeps it: without `metadata.managedFields`, which cmi never
+    reads (it writes by patch): at 10,000 Services and their EndpointSlices, 96 MiB of
+    cmi's 532 (bench.cmi)."""
+    body["metadata"].pop("managedFields", None)
+    return cast(Body, body)
 
 
 def _version(body: Body | None) -> str | None:

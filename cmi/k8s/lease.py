@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from cmi.k8s.client import KubeClient, KubeError
+from cmi.k8s.client import REQUEST_ERRORS, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class LeaderElector:
             self.last_turn = time.monotonic()
             try:
                 held = self._try_acquire_or_renew()
-            except (KubeError, OSError) as exc:
+            except REQUEST_ERRORS as exc:
                 log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
                 held = False
             now = time.monotonic()
@@ -99,7 +99,7 @@ class LeaderElector:
                     lease["spec"]["holderIdentity"] = ""
                     lease["spec"]["leaseDurationSeconds"] = 1
                     self.client.request("PUT", self.path, body=lease)
-            except (KubeError, OSError):
+            except REQUEST_ERRORS:
                 pass
         self.on_stopped()
 

@@ -120,6 +120,36 @@ def test_labelling_exposes_with_a_vip_status_finalizer_and_event(
     assert beat.age() < 10
 
 
+def test_a_change_the_build_does_not_read_rebuilds_nothing(
+    cmi: Start, admin: KubeClient, namespace: str
+) -> None:
+    """cmi's own status writes (three per Service), or another controller's condition, are
+    not a reason to build a Service again; a label is."""
+    running = cmi()
+    create(admin, namespace, service_body("cart", labels=EXPOSE))
+    put_slice(admin, namespace, slice_body("cart", "cart-1", ["198.18.1.1"]))
+    eventually(lambda: FINALIZER in (svc(admin, namespace, "cart")["metadata"].get("finalizers")
+                                     or []) and ingress_ip(admin, namespace, "cart"),
+               "status and finalizer")  # fmt: skip
+    time.sleep(1.0)  # the reporter's writes come back as watch events meanwhile
+    cached = running.controller.cluster.services.get(f"{namespace}/cart")
+    assert cached is not None
+    assert "managedFields" in svc(admin, namespace, "cart")["metadata"]
+    assert "managedFields" not in cached["metadata"], "the cache keeps what cmi reads"
+    before = running.controller.reconciles
+    body = svc(admin, namespace, "cart")
+    conditions = [*body["status"].get("conditions", []), {
+        "type": "example.com/Audited", "status": "True", "reason": "Audited", "message": "",
+        "lastTransitionTime": "2026-12-03T00:00:00Z"}]  # fmt: skip
+    admin.request("PATCH", f"/api/v1/namespaces/{namespace}/services/cart/status",
+                  body={"status": {"conditions": conditions}},
+                  content_type="application/merge-patch+json")  # fmt: skip
+    time.sleep(1.0)
+    assert running.controller.reconciles == before
+    patch(admin, namespace, "cart", {"metadata": {"labels": {"team": "blue"}}})
+    eventually(lambda: running.controller.reconciles > before, "a rebuild for the label")
+
+
 def test_unlabel_withdraws_and_relabel_within_grace_keeps_the_vip(
     cmi: Start, admin: KubeClient, namespace: str
 ) -> None:

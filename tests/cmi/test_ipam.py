@@ -31,6 +31,26 @@ def test_allocation_is_sticky_and_skips_network_and_broadcast(store: Store) -> N
     assert ipam.allocations() == {"a": first, "b": ipaddress.ip_address("198.18.0.2")}
 
 
+def test_an_instance_with_an_address_is_answered_in_one_call(store: Store) -> None:
+    """No free address is looked for (a scan past every held one, at 10,000 VIPs) for an
+    instance that has one: one script call, no listing of the held addresses."""
+    ipam = IPAM(store)
+    wide = pool("198.18.0.0/16")
+    first = ipam.allocate("a", [wide])
+    fresh = IPAM(store)  # no hint of what is held
+    calls = _command_calls(store)
+    assert fresh.allocate("a", [wide]) == first
+    after = _command_calls(store)
+    sent = {name: after[name] - calls.get(name, 0) for name in ("evalsha", "hkeys")}
+    assert sent == {"evalsha": 1, "hkeys": 0}  # (the script's own calls are counted too)
+    assert fresh.allocate("b", [wide]) == ipaddress.ip_address("198.18.0.2")
+
+
+def _command_calls(store: Store) -> dict[str, int]:
+    stats = store.redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
 def test_reserved_addresses_are_never_a_vip(store: Store) -> None:
     """The gateway an admin reserved is neither drawn nor given on request (#14)."""
     ipam = IPAM(store)

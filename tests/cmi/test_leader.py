@@ -13,6 +13,7 @@ import requests
 
 from cmi.k8s.client import KubeClient, KubeError
 from cmi.k8s.lease import LeaderElector
+from devbed.kube import KubeAPI
 from devbed.process import Process, free_port, wait_until
 from devbed.redis import RedisServer
 from slb.model import LoadBalancer, Owner, OwnerKind
@@ -210,3 +211,40 @@ def test_a_lease_made_again_does_not_fence_its_leaders_out(
 
 def balancer_for_fence(name: str) -> LoadBalancer:
     return LoadBalancer(name=name, vip="198.18.0.9", owner=Owner(kind=OwnerKind.OPERATOR, name="o"))
+
+
+def test_an_api_server_gone_neither_kills_nor_strands_cmi(
+    redis_server: RedisServer, store: Store, tmp_path: Path
+) -> None:
+    """An API server that refuses connections (stopped, not slow): the leader steps down at
+    its renew deadline and campaigns on, and a SIGTERM then ends the process. The refusal
+    once escaped the campaign as urllib3's error, and the leader's threads, left running
+    without the Lease, kept the process alive for good."""
+    kube = KubeAPI(tmp_path / "kube").start()
+    lease = f"cmi-{uuid.uuid4().hex[:6]}"
+    env = {
+        **cmi_env(redis_server, store, kube.cmi_kubeconfig(), "default", lease),
+        "OPENSLB_CMI_IDENTITY": "alone",
+        "OPENSLB_CMI_LEASE_DURATION_S": "3",
+        "OPENSLB_CMI_RENEW_DEADLINE_S": "2",
+        "OPENSLB_CMI_RETRY_PERIOD_S": "1",
+    }
+    process = Process("cmi-alone", [sys.executable, "-m", "slb.cli", "cmi"], tmp_path, env=env)
+    admin = KubeClient.from_kubeconfig(str(kube.kubeconfig))
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/openslb-system/leases/{lease}"
+    try:
+        process.start()
+        wait_until(lambda: _holder(admin, lease_path) == "alone", 30, "it leads")
+        assert kube.apiserver is not None
+        kube.apiserver.stop()
+        wait_until(lambda: "alone no longer leads" in process.log_path.read_text(), 20,
+                   "the step-down at the renew deadline")  # fmt: skip
+        time.sleep(1.5)  # campaigning against the refusals
+        assert process.alive(), process.log_tail()
+        assert "Traceback" not in process.log_path.read_text()
+        process.stop(timeout=15)
+        assert process.popen is not None
+        assert process.popen.returncode == 0, process.log_tail()
+    finally:
+        process.kill()
+        kube.stop()

@@ -43,6 +43,9 @@ def test_a_watch_resumed_after_compaction_relists_and_converges(
         informer = running.controller.cluster.services
         wait_until(lambda: running.owned("relist/before")["Listener"], 15, "first exposure")
         assert informer.lists == 1
+        listed = informer.get("relist/before")
+        assert listed is not None
+        assert "managedFields" not in listed["metadata"]  # cached without them, as watched
 
         informer.stop()  # as if the watch connection were down for a long time
         paused_at = informer.resource_version
