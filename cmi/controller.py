@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from cmi import grace, readiness, vips
 from cmi.build import Built, Previous, refused
 from cmi.cluster import Cluster, sharing
-from cmi.conflicts import port_conflicts
+from cmi.conflicts import PortBook
 from cmi.debounce import Debouncer
 from cmi.diff import diff
 from cmi.ipam import IPAM
@@ -73,6 +73,7 @@ class Controller:
         self.board = StatusBoard(store)
         self.listener_status = ListenerStatus(store)
         self.mirror = Mirror()
+        self.ports = PortBook()
         self.dirty = Debouncer(settings.holdoff_ms / 1000, settings.max_holdoff_ms / 1000)
         self.cluster = Cluster(kube, settings, self.dirty, self.mirror, watch_timeout_s)
         self.reporter = Reporter(kube, self.cluster.services, self.mirror)
@@ -315,10 +316,10 @@ class Controller:
             self._commit(ops, why=f"{len(results)} Service(s)")
             self.writes += 1
         balancers, listeners = self.mirror.of(LoadBalancer), self.mirror.of(Listener)
-        conflicts = port_conflicts(balancers, listeners)  # 6. conflicts
+        conflicts = self.ports.judge(balancers, listeners, self.mirror.take_touched())  # 6.
         self.listener_status.write(conflicts.listener_status)
         for key, built, _ in results:
-            self.reporter.written(key, built, conflicts.by_service.get(key, {}))
+            self.reporter.written(key, built, dict(conflicts.by_service.get(key, {})))
         return self.revision
 
     def _write_namespaces(self) -> None:

@@ -29,14 +29,20 @@ class Mirror:
     objects: dict[ObjectKey, StoredObject] = field(default_factory=dict)
     owned: dict[str, set[ObjectKey]] = field(default_factory=dict)
     revisions: dict[ObjectKey, int] = field(default_factory=dict)
+    by_kind: dict[str, dict[str, StoredObject]] = field(default_factory=dict)
+    """`objects` by kind then key: `of` copies one kind instead of sifting them all (at
+    10,000 Services, 30,000 objects on every turn)."""
+    touched: set[ObjectKey] | None = None
+    """What changed since `take_touched` last handed it out; None: everything (a load)."""
 
     def load(self, snapshot: Snapshot) -> int:
         """Replace everything with the snapshot's objects; return its revision."""
-        self.objects, self.revisions = {}, {}
+        self.objects, self.revisions, self.by_kind, self.touched = {}, {}, {}, None
         for kind, objs in snapshot.objects.items():
             for key, stored in objs.items():
                 self.objects[(kind, key)] = stored.obj
                 self.revisions[(kind, key)] = stored.revision
+                self.by_kind.setdefault(kind, {})[key] = stored.obj
         self.owned = {}
         for ref, obj in self.objects.items():
             self._own(ref, obj)
@@ -47,11 +53,15 @@ class Mirror:
         self.delete(ref)
         self.objects[ref] = obj
         self.revisions[ref] = revision
-        self._own(ref, obj)
+        self.by_kind.setdefault(ref[0], {})[ref[1]] = obj
+        self._own(ref, obj)  # (delete above noted it as touched)
 
     def delete(self, ref: ObjectKey) -> None:
         old = self.objects.pop(ref, None)
         self.revisions.pop(ref, None)
+        self.by_kind.get(ref[0], {}).pop(ref[1], None)
+        if self.touched is not None:
+            self.touched.add(ref)
         owner = service_owner(old) if old is not None else None
         if owner is not None:
             self.owned.get(owner, set()).discard(ref)
@@ -71,6 +81,12 @@ class Mirror:
             else:
                 self.delete((op.kind, op.key))
 
+    def take_touched(self) -> set[ObjectKey] | None:
+        """What changed since the last call (None: everything, after a load), handed out
+        once, for the steps that keep their own results between turns."""
+        touched, self.touched = self.touched, set()
+        return touched
+
     def _own(self, ref: ObjectKey, obj: StoredObject) -> None:
         owner = service_owner(obj)
         if owner is not None:
@@ -78,7 +94,7 @@ class Mirror:
 
     def of(self, cls: type[T]) -> dict[str, T]:
         """Every object of one kind, by key."""
-        return {key: cast(T, obj) for (kind, key), obj in self.objects.items() if kind == cls.kind}
+        return cast(dict[str, T], dict(self.by_kind.get(cls.kind, {})))
 
     def previous(self, service_key: str) -> Previous:
         """What a Service owns now, for the build step to fall back on."""

@@ -38,6 +38,8 @@ def test_writes_keep_ownership_current() -> None:
     assert mirror.of(Listener) == {}
     mirror.refresh(("Listener", listener.name), Stored(listener, 6))
     assert mirror.of(Listener) == {listener.name: listener}
+    mirror.of(Listener).clear()  # a copy: the caller's to keep while the mirror moves on
+    assert mirror.of(Listener) == {listener.name: listener}
     assert ("Listener", listener.name) in mirror.owned["shop/cart"]
     mirror.refresh(("Service", "shop/cart"), None)
     assert mirror.of(Service) == {}

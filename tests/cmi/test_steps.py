@@ -12,10 +12,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cmi import grace, vips
 from cmi.build import Built, Defaults, Event, Previous, build
-from cmi.conflicts import SERVED, conflict_events, port_conflicts
+from cmi.conflicts import SERVED, PortBook, conflict_events, port_conflicts
 from cmi.diff import diff
 from cmi.ipam import IPAMError
 from cmi.k8s.writer import CONDITION, PROGRAMMED
@@ -375,3 +377,57 @@ def test_conditions_as_written_and_as_read() -> None:
     assert condition_of(body, CONDITION) == ("True", "Exposed", "at x")
     assert condition_of(body, PROGRAMMED) is None
     assert condition_of({}, CONDITION) is None
+
+
+_VIPS = (None, "198.18.0.200", "198.18.0.201")
+_LISTENER = exposed("base").listeners[0]
+_CHANGES = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("listener"),
+            st.integers(0, 7),
+            st.integers(0, 3),
+            st.sampled_from([50051, 50052]),
+            st.booleans(),
+        ),
+        st.tuples(st.just("instance"), st.integers(0, 3), st.sampled_from(_VIPS), st.booleans()),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_CHANGES)
+def test_judging_only_the_touched_places_gives_what_judging_all_gives(
+    changes: list[tuple[Any, ...]],
+) -> None:
+    """PortBook, fed the mirror's touched objects turn by turn, against `port_conflicts`
+    over everything: listeners moving between instances and ports, instances getting,
+    changing, losing and sharing VIPs, both coming and going."""
+    mirror, book = Mirror(), PortBook()
+    book.judge({}, {}, mirror.take_touched())
+    for turn, change in enumerate(changes, start=1):
+        if change[0] == "listener":
+            _, index, instance, port, present = change
+            name = f"l{index}"
+            if present:
+                owner = Owner(kind=OwnerKind.SERVICE, name=f"shop/s{index}")
+                mirror.put(_LISTENER.model_copy(update={
+                    "name": name, "load_balancer": f"i{instance}", "port": port,
+                    "owner": owner, "created_at": float(turn),
+                }), turn)  # fmt: skip
+            else:
+                mirror.delete((Listener.kind, name))
+        else:
+            _, instance, vip, present = change
+            if present:
+                mirror.put(LoadBalancer.model_validate({
+                    "name": f"i{instance}", "vip": vip, "pool": "default",
+                    "owner": {"kind": "Operator", "name": "ops"},
+                }), turn)  # fmt: skip
+            else:
+                mirror.delete((LoadBalancer.kind, f"i{instance}"))
+        balancers, listeners = mirror.of(LoadBalancer), mirror.of(Listener)
+        assert book.judge(balancers, listeners, mirror.take_touched()) == port_conflicts(
+            balancers, listeners
+        )
