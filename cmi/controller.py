@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 
 import redis
@@ -45,7 +45,7 @@ from slb.model import (
 from slb.snapshot import Change, Delete, Put, Snapshot
 from slb.storage import connect
 from slb.storage.follow import Follower
-from slb.storage.status import BEAT_S, StatusBoard
+from slb.storage.status import BEAT_S, StatusBoard, TierStatus
 from slb.storage.store import ConflictError, Fence, Store
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class Controller:
         """When the loop last went round (for cmi's liveness probe)."""
         self._beaten = 0.0
         self.last_sync_s = 0.0
+        self._readiness_inputs: object = None
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -254,10 +255,16 @@ class Controller:
                             "the store had lost it)", vip, instance)  # fmt: skip
 
     def check_readiness(self) -> None:
-        """Compare what the data planes report with what each Service needs; tell it."""
+        """Compare what the data planes report with what each Service needs; tell it. Not
+        again while neither the reports (their revisions and errors) nor the mirror nor the
+        alarms moved: at 10,000 Services a check costs about 100 ms of the loop."""
         l4, l7 = self.board.all("l4"), self.board.all("l7")
         alarms = self.board.alarms()
         with self._lock:
+            inputs = (self.mirror.version, _reported(l4), _reported(l7), alarms)
+            if inputs == self._readiness_inputs:
+                return
+            self._readiness_inputs = inputs
             self.reporter.readiness(readiness.of_services(self.mirror, l4=l4, l7=l7))
             self.reporter.held(readiness.held(self.mirror, alarms=alarms, l4=l4))
 
@@ -396,3 +403,11 @@ class Controller:
             return
         with contextlib.suppress(ConflictError):
             self._commit([Put(stored.obj.model_copy(update={"vip": vip}), stored.revision)])
+
+
+def _reported(board: Mapping[str, TierStatus]) -> frozenset[tuple[object, ...]]:
+    """What readiness reads of a board: each node's group, revision and error, not when it
+    last reported."""
+    return frozenset(
+        (node, s.group, s.revision, s.error, s.error_revision) for node, s in board.items()
+    )

@@ -33,11 +33,14 @@ class Mirror:
     """`objects` by kind then key: `of` copies one kind instead of sifting them all (at
     10,000 Services, 30,000 objects on every turn)."""
     touched: set[ObjectKey] | None = None
+    version: int = 0
+    """Moves with every change: a check whose inputs did not move need not run again."""
     """What changed since `take_touched` last handed it out; None: everything (a load)."""
 
     def load(self, snapshot: Snapshot) -> int:
         """Replace everything with the snapshot's objects; return its revision."""
         self.objects, self.revisions, self.by_kind, self.touched = {}, {}, {}, None
+        self.version += 1
         for kind, objs in snapshot.objects.items():
             for key, stored in objs.items():
                 self.objects[(kind, key)] = stored.obj
@@ -60,6 +63,7 @@ class Mirror:
         old = self.objects.pop(ref, None)
         self.revisions.pop(ref, None)
         self.by_kind.get(ref[0], {}).pop(ref[1], None)
+        self.version += 1
         if self.touched is not None:
             self.touched.add(ref)
         owner = service_owner(old) if old is not None else None
