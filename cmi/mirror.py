@@ -33,9 +33,9 @@ class Mirror:
     """`objects` by kind then key: `of` copies one kind instead of sifting them all (at
     10,000 Services, 30,000 objects on every turn)."""
     touched: set[ObjectKey] | None = None
+    """What changed since `take_touched` last handed it out; None: everything (a load)."""
     version: int = 0
     """Moves with every change: a check whose inputs did not move need not run again."""
-    """What changed since `take_touched` last handed it out; None: everything (a load)."""
 
     def load(self, snapshot: Snapshot) -> int:
         """Replace everything with the snapshot's objects; return its revision."""
