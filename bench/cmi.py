@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import sys
 import tempfile
 import time
@@ -179,11 +178,7 @@ def write_results(services: int, figures: dict[str, float], setup: dict[str, Any
         f"cmi_change_p99_ms{suffix}": metric(figures["p99"], "ms", 150.0),
         f"cmi_rss_mb{suffix}": metric(figures["rss"], "MiB", rss_target),
     }
-    previous = results_file.RESULTS / "cmi.json"
-    document = json.loads(previous.read_text()) if previous.exists() else {}
-    setups = {k: v for k, v in document.items() if k.startswith("setup")}
-    setups[f"setup{suffix}"] = setup
-    return results_file.write("cmi", {**document.get("metrics", {}), **measured}, **setups)
+    return results_file.write_size("cmi", measured, f"setup{suffix}", setup)
 
 
 def measure_changes(admin: KubeClient, store: Store, count: int, services: int) -> list[float]:

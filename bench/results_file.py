@@ -58,3 +58,16 @@ def write(area: str, metrics: dict[str, dict[str, Any]], **extra: Any) -> Path:
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
+
+
+def write_size(
+    area: str, metrics: dict[str, dict[str, Any]], setup_name: str, setup: dict[str, Any]
+) -> Path:
+    """AREA.json for a run at one size, keeping what runs at other sizes wrote: their
+    metrics (each size's names carry its suffix, as `_10k`) and their `setup*` entries."""
+    previous = RESULTS / f"{area}.json"
+    document = json.loads(previous.read_text()) if previous.exists() else {}
+    setups = {k: v for k, v in document.items() if k.startswith("setup")}
+    command = " ".join([Path(sys.executable).name, "-m", f"bench.{area}", *sys.argv[1:]])
+    setups[setup_name] = {"command": command, **setup}
+    return write(area, {**document.get("metrics", {}), **metrics}, **setups)
