@@ -170,7 +170,7 @@ def write_results(services: int, figures: dict[str, float], setup: dict[str, Any
     sync_target: float | None = 5.0
     rss_target: float | None = 200.0
     if services != 1000:
-        suffix = f"_{services // 1000}k" if services % 1000 == 0 else f"_{services}"
+        suffix = results_file.size_suffix(services)
         sync_target, rss_target = (20.0, 500.0) if services == 10_000 else (None, None)
     measured = {
         f"cmi_full_sync_s{suffix}": metric(figures["full_sync_s"], "s", sync_target),

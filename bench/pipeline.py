@@ -297,7 +297,7 @@ class Runs:
 def write_results(sizes: Sizes, runs: Runs) -> None:
     """bench/results/pipeline.json: the default run (1,000 others) owns the unsuffixed
     figures and `setup`; a run at another size adds its suffixed ones and `setup_SIZE`."""
-    crowd, l4_crowd = _suffix(sizes.others), _suffix(sizes.l4_others)
+    crowd, l4_crowd = (results_file.size_suffix(n) for n in (sizes.others, sizes.l4_others))
     figures = {  # targets: issue #18's
         "label_to_l7_p50_ms": (results_file.median(runs.l7), None),
         "label_to_l7_p99_ms": (results_file.percentile(runs.l7, 99), 100.0),
@@ -340,11 +340,6 @@ def write_results(sizes: Sizes, runs: Runs) -> None:
         "cpu_seconds_during_l7_with_others": runs.crowd_cpu,
     })  # fmt: skip
     log(f"wrote {path}")
-
-
-def _suffix(size: int) -> str:
-    """A metric name's suffix for a size: `_1k`, `_10k`, or `_N`."""
-    return f"_{size // 1000}k" if size and size % 1000 == 0 else f"_{size}"
 
 
 def _split_summary(splits: list[tuple[float, float]]) -> dict[str, dict[str, float]]:

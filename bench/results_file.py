@@ -50,7 +50,7 @@ def write(area: str, metrics: dict[str, dict[str, Any]], **extra: Any) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{area}.json"
     document = {
-        "command": " ".join([Path(sys.executable).name, "-m", f"bench.{area}", *sys.argv[1:]]),
+        "command": _command(area),
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
         "metrics": metrics,
@@ -68,6 +68,14 @@ def write_size(
     previous = RESULTS / f"{area}.json"
     document = json.loads(previous.read_text()) if previous.exists() else {}
     setups = {k: v for k, v in document.items() if k.startswith("setup")}
-    command = " ".join([Path(sys.executable).name, "-m", f"bench.{area}", *sys.argv[1:]])
-    setups[setup_name] = {"command": command, **setup}
+    setups[setup_name] = {"command": _command(area), **setup}
     return write(area, {**document.get("metrics", {}), **metrics}, **setups)
+
+
+def size_suffix(size: int) -> str:
+    """A metric name's suffix for a run's size: `_1k`, `_10k`, or `_N`."""
+    return f"_{size // 1000}k" if size and size % 1000 == 0 else f"_{size}"
+
+
+def _command(area: str) -> str:
+    return " ".join([Path(sys.executable).name, "-m", f"bench.{area}", *sys.argv[1:]])
