@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,15 +242,22 @@ def rate_drops(listing: Mapping[str, Any]) -> dict[Listener, int]:
     """New connections each listener's rate dropped so far, from `nft -j list chain` of
     the `connection_rates` chain (a counter restarts when the chain is rewritten)."""
     drops: dict[Listener, int] = {}
+    for listener, expressions in _listed_rate_rules(listing):
+        for expression in expressions:
+            if "counter" in expression:
+                drops[listener] = int(expression["counter"]["packets"])
+    return drops
+
+
+def _listed_rate_rules(listing: Mapping[str, Any]) -> Iterator[tuple[Listener, list[Any]]]:
+    """The `connection_rates` chain's rules in `nft -j` output: each one's listener (its
+    comment, as `_rate_rules` writes it) and its expressions."""
     for item in listing.get("nftables", ()):
         rule = item.get("rule")
         if not rule or rule.get("chain") != "connection_rates":
             continue
         vip, protocol, port = str(rule.get("comment", "")).split()
-        for expression in rule.get("expr", ()):
-            if "counter" in expression:
-                drops[(vip, protocol, int(port))] = int(expression["counter"]["packets"])
-    return drops
+        yield (vip, protocol, int(port)), list(rule.get("expr", ()))
 
 
 def held(listing: Mapping[str, Any]) -> tuple[str, Openings] | None:
@@ -265,17 +272,14 @@ def held(listing: Mapping[str, Any]) -> tuple[str, Openings] | None:
     try:
         for item in listing.get("nftables", ()):
             kind, body = next(iter(item.items()))
-            if kind == "metainfo":
+            if kind == "metainfo" or (kind == "rule" and body["chain"] == "connection_rates"):
                 continue
-            fixed = {k: v for k, v in body.items() if k not in ("handle", "elem")}
             if kind == "set":
                 sets[body["name"]] = {_element(e) for e in body.get("elem", ())}
-            if kind == "rule" and body.get("chain") == "connection_rates":
-                vip, protocol, port = str(body["comment"]).split()
-                (rate,) = [e["limit"]["rate"] for e in body["expr"] if "limit" in e]
-                rates.add((vip, protocol, int(port), int(rate)))
-            else:
-                shape.append([kind, fixed])
+            shape.append([kind, {k: v for k, v in body.items() if k not in ("handle", "elem")}])
+        for listener, expressions in _listed_rate_rules(listing):
+            (rate,) = [e["limit"]["rate"] for e in expressions if "limit" in e]
+            rates.add((*listener, int(rate)))
         opened = Openings(
             frozenset(sets["vips4"] | sets["vips6"]),
             frozenset(sets["listeners4"] | sets["listeners6"]),
