@@ -48,6 +48,7 @@ from l4.drivers.nft import NftDriver, NftError
 from l4.firewall import (
     TABLE,
     Openings,
+    OpeningsBook,
     canonical,
     held,
     listener_of,
@@ -121,7 +122,7 @@ class L4Agent:
         # which a repair expects to find besides `opened`; and the scripts run so far, as a
         # repair's reading is stale if they moved meanwhile.
         self._guard_shape: str | None = None
-        self._guard_writes = 0
+        self._guard_writes, self._wanted_openings = 0, OpeningsBook()  # the plans' openings
         self.ownership = Ownership(store, node)
         self.lock = NodeLock(store, node)
         self.status = StatusBoard(store)
@@ -252,7 +253,7 @@ class L4Agent:
         report = self.apply_state(self.resolver.update(snapshot, touched), changed)
         before, owned = self.guard.applied, set(self.owned)
         self.guard.applied_now(snapshot)
-        self.applied_record.save(self.guard.applied, (key.encode() for key in owned))
+        self.applied_record.save(self.guard.applied, owned, ServiceKey.encode)
         if before is not None and before.store_id != snapshot.store_id:
             self.ownership.add(owned)  # the record was lost with the store
         return report
@@ -289,7 +290,9 @@ class L4Agent:
         if self.firewall is None:
             new_plan = unguarded(new_plan)
         wanted_vips = new_plan.vips
-        wanted_open = openings(new_plan.vips, new_plan.services, new_plan.acls, new_plan.rates)
+        wanted_open = self._wanted_openings.openings(
+            new_plan.vips, new_plan.services.keys(), new_plan.acls, new_plan.rates
+        )
         added: list[str] = []
         removed: list[str] = []
         vip_errors: list[str] = []
@@ -308,7 +311,7 @@ class L4Agent:
             vip_errors += self._announce(new_plan.group, announced)
             self.bound_vips = None if vip_errors or draining else wanted_vips
         if not guard_errors:  # close what is served no more
-            left = self._left_over(bool(vip_errors), draining)
+            left = self._left_over(new_plan, bool(vip_errors), draining)
             guard_errors = self._guard(wanted_open | left)
         report.vips_added, report.vips_removed = added, removed
         if vip_errors or guard_errors:
@@ -365,23 +368,23 @@ class L4Agent:
             log.warning("VIP guard: the table is not what the agent loaded: loading it again")
         return intact
 
-    def _left_over(self, vips_failed: bool, draining: set[str]) -> Openings:
+    def _left_over(self, planned: IPVSPlan, vips_failed: bool, draining: set[str]) -> Openings:
         """What the node still serves that the plan no longer wants (a failed apply, or a
-        removed listener draining): the services openslb holds in the kernel, the VIPs of
-        those draining, and, if a VIP change failed, every VIP bound."""
-        services = self.view.services if self.view is not None else {}
-        kept = [key for key in services if key in self.owned]
+        removed listener draining): the services openslb holds in the kernel but no longer
+        plans, the VIPs of those draining, and, if a VIP change failed, every VIP bound."""
         bound = self.vips.bound() if vips_failed else draining
-        return openings(bound, kept)
+        return openings(bound, self._unplanned(planned))
 
     def _departing_vips(self, planned: IPVSPlan) -> set[str]:
         """VIPs of services no longer planned that still drain their connections."""
+        unplanned = self._unplanned(planned)
+        return {key.address for key in unplanned if key.protocol != "FWM"} - set(planned.vips)
+
+    def _unplanned(self, planned: IPVSPlan) -> list[ServiceKey]:
+        """The services openslb holds in the kernel that `planned` does not: a set
+        difference, so the planned ones cost nothing per change."""
         services = self.view.services if self.view is not None else {}
-        return {
-            key.address
-            for key in services
-            if key in self.owned and key not in planned.services and key.protocol != "FWM"
-        } - set(planned.vips)
+        return [key for key in services.keys() - planned.services.keys() if key in self.owned]
 
     def _announce(self, group: str | None, vips: tuple[str, ...]) -> list[str]:
         """Hand the VIPs to keepalived, whose VRRP MASTER answers for them (l4.vrrp)."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,28 +175,85 @@ def openings(
 ) -> Openings:
     """The guard for these VIPs (a plan's) with these virtual services open on them, each
     under its access control and connection rate if `acls` and `rates` give them."""
-    listeners: set[Listener] = set()
-    restricted: set[Listener] = set()
-    allowed: set[SourceRule] = set()
-    denied: set[SourceRule] = set()
-    limited: set[RateRule] = set()
-    for key in services:
-        listener = listener_of(key)
-        if listener is None:
-            continue
-        listeners.add(listener)
-        if rates and key in rates:
-            limited.add((*listener, rates[key]))
-        allow, deny = (acls or {}).get(key, ((), ()))
-        family = _family(key.address)
-        if allow:
-            restricted.add(listener)
-        allowed.update((*listener, net) for net in allow if _family(net) == family)
-        denied.update((*listener, net) for net in deny if _family(net) == family)
-    return Openings(
-        frozenset(vips), frozenset(listeners), frozenset(restricted),
-        frozenset(allowed), frozenset(denied), frozenset(limited),
-    )  # fmt: skip
+    return OpeningsBook().openings(vips, frozenset(services), acls, rates)
+
+
+_Entry = tuple[Listener, bool, tuple[SourceRule, ...], tuple[SourceRule, ...], RateRule | None]
+"""What one virtual service opens: its listener, whether it is restricted, its allowed and
+denied client rules, its rate rule."""
+
+
+def _entry(key: ServiceKey, acl: SourceACL | None, rate: Rate | None) -> _Entry | None:
+    listener = listener_of(key)
+    if listener is None:
+        return None
+    allow, deny = acl or ((), ())
+    family = _family(key.address)
+    return (
+        listener,
+        bool(allow),
+        tuple((*listener, net) for net in allow if _family(net) == family),
+        tuple((*listener, net) for net in deny if _family(net) == family),
+        (*listener, rate) if rate is not None else None,
+    )
+
+
+class OpeningsBook:
+    """`openings` kept by virtual service between calls, so that each call derives again
+    only the services whose key, access control or rate differ from the last call's: the
+    agent's guard costs what a change touched, not every listener of the node. Finding
+    those services is a comparison of the inputs as sets (C speed); the result is always
+    what `openings` gives for the same inputs, whatever came before."""
+
+    def __init__(self) -> None:
+        self._keys: frozenset[ServiceKey] = frozenset()
+        self._acls: dict[ServiceKey, SourceACL] = {}
+        self._rates: dict[ServiceKey, Rate] = {}
+        self._entries: dict[ServiceKey, _Entry] = {}
+        self._listeners: set[Listener] = set()
+        self._restricted: set[Listener] = set()
+        self._allowed: set[SourceRule] = set()
+        self._denied: set[SourceRule] = set()
+        self._limited: set[RateRule] = set()
+
+    def openings(
+        self,
+        vips: Iterable[str],
+        services: Set[ServiceKey],
+        acls: Mapping[ServiceKey, SourceACL] | None = None,
+        rates: Mapping[ServiceKey, Rate] | None = None,
+    ) -> Openings:
+        keys, acls, rates = frozenset(services), dict(acls or {}), dict(rates or {})
+        touched = set(keys ^ self._keys)
+        touched.update(key for key, _ in acls.items() ^ self._acls.items())
+        touched.update(key for key, _ in rates.items() ^ self._rates.items())
+        for key in touched:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._move(old, set.discard)
+            new = _entry(key, acls.get(key), rates.get(key)) if key in keys else None
+            if new is not None:
+                self._entries[key] = new
+                self._move(new, set.add)
+        self._keys, self._acls, self._rates = keys, acls, rates
+        return Openings(
+            frozenset(vips), frozenset(self._listeners), frozenset(self._restricted),
+            frozenset(self._allowed), frozenset(self._denied), frozenset(self._limited),
+        )  # fmt: skip
+
+    def _move(self, entry: _Entry, step: Callable[[set[Any], Any], None]) -> None:
+        """Add (`set.add`) or take away (`set.discard`) one service's elements. Each
+        element names its listener, so no two services share one."""
+        listener, restricted, allowed, denied, rate = entry
+        step(self._listeners, listener)
+        if restricted:
+            step(self._restricted, listener)
+        for rule in allowed:
+            step(self._allowed, rule)
+        for rule in denied:
+            step(self._denied, rule)
+        if rate is not None:
+            step(self._limited, rate)
 
 
 def update_script(known: Openings, wanted: Openings) -> str:

@@ -63,7 +63,7 @@ def findings(
     depooled = []
     for key, service in desired.items():
         planned = plan.services.get(key) if plan else None
-        if planned is not None and planned.dests != service.dests:
+        if planned is not None and planned is not service and planned.dests != service.dests:
             depooled += [f"{key} -> {d.address}:{d.port}" for d in service.dests if d.weight == 0]
     return {
         "revision": revision,

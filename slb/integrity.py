@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from slb.snapshot import Snapshot
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +170,10 @@ class AppliedRecord:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._served: frozenset[Any] = frozenset()
+        self._served_json = "[]"
+        """The last `served` and its names as JSON: most applies change no name, and then
+        the record costs what `applied` costs, not a name per service."""
 
     def load(self) -> tuple[Applied | None, set[str]]:
         try:
@@ -179,14 +187,21 @@ class AppliedRecord:
                       self.path, exc)  # fmt: skip
             return None, set()
 
-    def save(self, applied: Applied | None, served: Iterable[str]) -> None:
+    def save(
+        self, applied: Applied | None, served: AbstractSet[T], name: Callable[[T], str] = str
+    ) -> None:
+        """Record `applied` and what was `served` then, each by its `name`."""
         if applied is None:
             return
-        record = {"applied": asdict(applied), "served": sorted(served)}
+        if served != self._served:
+            self._served = frozenset(served)
+            self._served_json = json.dumps(sorted(map(name, served)))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_suffix(".partial")
-            partial.write_text(json.dumps(record))
+            partial.write_text(
+                f'{{"applied": {json.dumps(asdict(applied))}, "served": {self._served_json}}}'
+            )
             partial.replace(self.path)
         except OSError as exc:
             log.warning("cannot record what was applied in %s: %s", self.path, exc)

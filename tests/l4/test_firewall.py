@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devbed.netns import Netns
 from l4.drivers.nft import NftDriver
@@ -16,6 +19,7 @@ from l4.firewall import (
     TABLE,
     TABLE_DEFINITION,
     Openings,
+    OpeningsBook,
     canonical,
     held,
     load_script,
@@ -103,6 +107,59 @@ def test_only_services_with_a_port_are_opened_each_by_its_protocol() -> None:
             {("198.18.0.10", "tcp", 80), ("2001:2::10", "udp", 53), ("198.18.0.10", "sctp", 3868)}
         ),
     )
+
+
+KEYS = [
+    ServiceKey(protocol, address, port)
+    for protocol in ("TCP", "UDP")
+    for address in ("198.18.0.10", "198.18.0.11", "2001:2::10")
+    for port in (80, 443)
+] + [ServiceKey("FWM", "0.0.0.0", 7)]  # noqa: S104 - a firewall mark has no VIP
+NETS = ("198.18.9.0/24", "198.18.10.1/32", "2001:2:9::/48")
+_nets = st.lists(st.sampled_from(NETS), max_size=2, unique=True).map(tuple)
+_plans = st.lists(st.sampled_from(KEYS), unique=True).flatmap(
+    lambda keys: st.tuples(
+        st.just(keys),
+        st.dictionaries(st.sampled_from(keys), st.tuples(_nets, _nets)) if keys else st.just({}),
+        st.dictionaries(st.sampled_from(keys), st.integers(1, 3)) if keys else st.just({}),
+    )
+)
+
+
+def by_definition(keys: list[ServiceKey], acls: dict[Any, Any], rates: dict[Any, int]) -> Openings:
+    """Openings as they are defined: each service's listener; restricted if it has allowed
+    networks; the networks of its own address family; its rate."""
+    ported = [key for key in keys if key.protocol != "FWM"]
+
+    def of(key: ServiceKey) -> tuple[str, str, int]:
+        return (key.address, key.protocol.lower(), key.port)
+
+    def rules(which: int) -> frozenset[tuple[str, str, int, str]]:
+        return frozenset(
+            (*of(key), net)
+            for key in ported
+            for net in acls.get(key, ((), ()))[which]
+            if (":" in net) == (":" in key.address)
+        )
+
+    return Openings(
+        frozenset(key.address for key in keys),
+        frozenset(map(of, ported)),
+        frozenset(of(key) for key in ported if acls.get(key, ((), ()))[0]),
+        rules(0),
+        rules(1),
+        frozenset((*of(key), rates[key]) for key in ported if key in rates),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_plans, min_size=1, max_size=6))
+def test_a_kept_book_gives_what_the_inputs_alone_give(plans: list[tuple[Any, ...]]) -> None:
+    """However the plans before it differed, the book's openings are the definition's."""
+    book = OpeningsBook()
+    for keys, acls, rates in plans:
+        vips = {key.address for key in keys}
+        assert book.openings(vips, frozenset(keys), acls, rates) == by_definition(keys, acls, rates)
 
 
 def test_openings_combine() -> None:

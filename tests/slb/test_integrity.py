@@ -121,11 +121,16 @@ def test_the_record_on_disk_survives_a_restart_and_a_bad_one_counts_as_none(
 ) -> None:
     record = AppliedRecord(tmp_path / "state" / "xds.applied.json")
     assert record.load() == (None, set())
-    record.save(None, ["never"])  # nothing applied yet: nothing to remember
+    record.save(None, {"never"})  # nothing applied yet: nothing to remember
     assert not record.path.exists()
     applied = Applied("s1", 42, 1700000000.5)
-    record.save(applied, ["blue/web-b", "blue/web-a"])
+    record.save(applied, {"blue/web-b", "blue/web-a"})
     assert AppliedRecord(record.path).load() == (applied, {"blue/web-a", "blue/web-b"})
+    later = Applied("s1", 43, 1700000001.0)  # the same names: the names already written
+    record.save(later, {"blue/web-a", "blue/web-b"})
+    assert AppliedRecord(record.path).load() == (later, {"blue/web-a", "blue/web-b"})
+    record.save(later, {"blue/web-a"}, str.upper)  # one gone, and names made by a function
+    assert AppliedRecord(record.path).load() == (later, {"BLUE/WEB-A"})
     record.path.write_text('{"applied": {"store_id": "s1"}}')  # cut short by a full disk
     with caplog.at_level(logging.ERROR):
         assert record.load() == (None, set())
