@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -74,26 +76,41 @@ def first_grpc_answer(target: str, timeout: float = 30.0) -> float:
 
 
 class RevisionWatch:
-    """When the store's revision first moves past where it was: a thread polling every 3 ms."""
+    """When the store's revision first moves past where it was, and, given an l4 agent's
+    report key, when that agent first reports serving that revision: a thread polling
+    every 3 ms."""
 
-    def __init__(self, platform: DevPlatform) -> None:
+    def __init__(self, platform: DevPlatform, report_key: str | None = None) -> None:
         self.store = platform.store()
         self.since = self.store.revision()
+        self.report_key = report_key
         self.moved: float | None = None
+        self.applied: float | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
     def _watch(self) -> None:
-        while not self._done.is_set() and self.moved is None:
-            if self.store.revision() > self.since:
-                self.moved = time.monotonic()
+        revision = 0
+        while not self._done.is_set() and self.applied is None:
+            if self.moved is None:
+                revision = self.store.revision()
+                if revision > self.since:
+                    self.moved = time.monotonic()
+            elif self.report_key is None:
+                return
+            elif (
+                json.loads(self.store.redis.get(self.report_key) or "{}").get("revision", 0)
+                >= revision
+            ):
+                self.applied = time.monotonic()
             time.sleep(0.003)
 
-    def stop(self) -> float | None:
+    def stop(self) -> tuple[float | None, float | None]:
+        """When the revision moved, and when the agent reported it served."""
         self._done.set()
         self._thread.join()
-        return self.moved
+        return self.moved, self.applied
 
 
 QUIET_S = 0.3
@@ -109,16 +126,19 @@ def trials(
     first_port: int,
     progress: str,
     *,
-    splits: list[tuple[float, float]] | None = None,
+    splits: list[tuple[float, ...]] | None = None,
 ) -> list[float]:
     """`count` label -> first answer latencies (ms) for new Services on instance bench-KIND;
-    for L7, each trial's (label -> Redis, Redis -> answer) in ms is added to `splits`."""
+    each trial's parts in ms are added to `splits`: for L7 label -> Redis and Redis ->
+    answer, for L4 label -> Redis, Redis -> the lab node's agent reporting it served, and
+    then -> answer."""
     kube = platform.kube()
     grpc_app = platform.apps()[0]
     tcp_app = platform.apps()[1]
     vip = _fixed_vip(platform, kind)
     latencies = []
     node = platform.lab_node()
+    report_key = platform.store().key("l4", LAB_NODE, "report")
     for i in range(count):
         port = first_port + i
         base = grpc_app if kind == "l7" else tcp_app
@@ -132,15 +152,21 @@ def trials(
             began = time.monotonic()
             demo.label(kube, app.name, f"bench-{kind}")
             answered = first_grpc_answer(target)
-            stored = watch.stop() or answered
-            if splits is not None:
-                splits.append(((stored - began) * 1000, (answered - stored) * 1000))
+            stored = watch.stop()[0] or answered
+            parts: tuple[float, ...] = (stored - began, answered - stored)
         else:
             probe = node.ask_tcp(target, until_s=30)
             time.sleep(0.05)  # the guest has taken the probe and is trying
+            watch = RevisionWatch(platform, report_key)
             began = time.monotonic()
             demo.label(kube, app.name, f"bench-{kind}")
             answered = _wait_answer(node.answer, probe)
+            moved, applied = watch.stop()
+            stored = moved or answered
+            applied = min(applied or answered, answered)
+            parts = (stored - began, applied - stored, answered - applied)
+        if splits is not None:
+            splits.append(tuple(part * 1000 for part in parts))
         latencies.append((answered - began) * 1000)
         if (i + 1) % 10 == 0:
             log(f"  {progress}: {i + 1}/{count}, median so far "
@@ -241,10 +267,10 @@ def main() -> None:
             platform.show_traffic(lambda m: log(f"  {m}"))
             create_instances(platform)
             log(f"label -> first call, L7, {args.trials} trials")
-            l7_splits: list[tuple[float, float]] = []
-            l7 = trials(platform, "l7", args.trials, 51000, "l7", splits=l7_splits)
+            splits: dict[str, list[tuple[float, ...]]] = {k: [] for k in SPLIT_PARTS}
+            l7 = trials(platform, "l7", args.trials, 51000, "l7", splits=splits["l7"])
             log(f"label -> first connection, L4 (lab VM), {args.trials} trials")
-            l4 = trials(platform, "l4", args.trials, 31000, "l4")
+            l4 = trials(platform, "l4", args.trials, 31000, "l4", splits=splits["l4"])
             log(f"burst: 1,000 revisions for {LAB_GROUP}")
             burst = scenarios.burst_of_revisions(platform, 1000)
             scenarios.remove_burst(platform)
@@ -252,24 +278,43 @@ def main() -> None:
             log(f"{args.others} other exposed Services")
             expose_others(platform, args.others)
             log(f"label -> first call, L7 with {args.others} others, {args.trials} trials")
-            crowd_splits: list[tuple[float, float]] = []
-            pids = {name: c.pids for name, c in platform.components().items() if c.pids}
-            cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
-            l7_crowd = trials(platform, "l7", args.trials, 52000, "l7crowd", splits=crowd_splits)
-            crowd_cpu = {n: round(cpu_seconds(p) - cpu_before[n], 1) for n, p in pids.items()}
-            log(f"  CPU seconds during those trials: {crowd_cpu}")
+            cpu: dict[str, dict[str, float]] = {}
+            with cpu_of(platform, cpu, "l7_with_others"):
+                l7_crowd = trials(platform, "l7", args.trials, 52000, "l7crowd",
+                                  splits=splits["l7_with_others"])  # fmt: skip
             l4_crowd: list[float] = []
             if l4_others:
                 log(f"{l4_others} other TCP listeners on the lab node")
                 expose_l4_others(platform, l4_others, 33000)
                 log(f"label -> first connection, L4 with {l4_others} others, {args.trials} trials")
-                l4_crowd = trials(platform, "l4", args.trials, 36000, "l4crowd")
+                with cpu_of(platform, cpu, "l4_with_others"):
+                    l4_crowd = trials(platform, "l4", args.trials, 36000, "l4crowd",
+                                      splits=splits["l4_with_others"])  # fmt: skip
         finally:
             platform.down(lambda m: None)
     write_results(
         Sizes(args.trials, args.others, l4_others),
-        Runs(l7, l4, l7_crowd, l4_crowd, l7_splits, crowd_splits, crowd_cpu, burst),
+        Runs(l7, l4, l7_crowd, l4_crowd, splits, cpu, burst),
     )
+
+
+SPLIT_PARTS = {
+    "l7": ("label_to_redis", "redis_to_answer"),
+    "l4": ("label_to_redis", "redis_to_applied", "applied_to_answer"),
+    "l7_with_others": ("label_to_redis", "redis_to_answer"),
+    "l4_with_others": ("label_to_redis", "redis_to_applied", "applied_to_answer"),
+}
+"""The parts each kind of trial is split into (`trials`)."""
+
+
+@contextmanager
+def cpu_of(platform: DevPlatform, into: dict[str, dict[str, float]], name: str) -> Iterator[None]:
+    """Each component's CPU seconds (the lab VM's qemu among them) during the block."""
+    pids = {n: c.pids for n, c in platform.components().items() if c.pids}
+    before = {n: cpu_seconds(p) for n, p in pids.items()}
+    yield
+    into[name] = {n: round(cpu_seconds(p) - before[n], 1) for n, p in pids.items()}
+    log(f"  CPU seconds during those trials: {into[name]}")
 
 
 @dataclass(frozen=True)
@@ -281,16 +326,15 @@ class Sizes:
 
 @dataclass(frozen=True)
 class Runs:
-    """What `main` measured: each kind of trial's latencies (ms), the L7 splits, the CPU
-    seconds during the L7 trials with others, the burst."""
+    """What `main` measured: each kind of trial's latencies (ms), the trials' parts (ms,
+    `SPLIT_PARTS`), the CPU seconds during the trials with others, the burst."""
 
     l7: list[float]
     l4: list[float]
     l7_crowd: list[float]
     l4_crowd: list[float]
-    l7_splits: list[tuple[float, float]]
-    crowd_splits: list[tuple[float, float]]
-    crowd_cpu: dict[str, float]
+    splits: dict[str, list[tuple[float, ...]]]
+    cpu: dict[str, dict[str, float]]
     burst: scenarios.Burst
 
 
@@ -335,20 +379,21 @@ def write_results(sizes: Sizes, runs: Runs) -> None:
         "l4_ms": [round(v, 1) for v in runs.l4],
         "l7_with_others_ms": [round(v, 1) for v in runs.l7_crowd],
         "l4_with_others_ms": [round(v, 1) for v in runs.l4_crowd],
-        "l7_split_ms": _split_summary(runs.l7_splits),
-        "l7_with_others_split_ms": _split_summary(runs.crowd_splits),
-        "cpu_seconds_during_l7_with_others": runs.crowd_cpu,
+        **{f"{kind}_split_ms": _split_summary(found, SPLIT_PARTS[kind])
+           for kind, found in runs.splits.items() if found},
+        **{f"cpu_seconds_during_{kind}": seconds for kind, seconds in runs.cpu.items()},
     })  # fmt: skip
     log(f"wrote {path}")
 
 
-def _split_summary(splits: list[tuple[float, float]]) -> dict[str, dict[str, float]]:
-    """Median and 99th percentile of each part of the L7 trials."""
-    parts = {"label_to_redis": [s[0] for s in splits], "redis_to_answer": [s[1] for s in splits]}
+def _split_summary(
+    splits: list[tuple[float, ...]], names: tuple[str, ...]
+) -> dict[str, dict[str, float]]:
+    """Median and 99th percentile of each part of a kind of trial."""
     return {
         name: {"p50": round(results_file.median(values), 1),
                "p99": round(results_file.percentile(values, 99), 1)}
-        for name, values in parts.items()
+        for name, values in zip(names, map(list, zip(*splits, strict=True)), strict=True)
     }  # fmt: skip
 
 

@@ -18,7 +18,7 @@ import subprocess
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -65,7 +65,11 @@ class Netns:
 
     def call(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn` in this namespace (sockets it makes stay here)."""
-        return self._thread.submit(fn, *args).result()
+        return self.submit(fn, *args).result()
+
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        """Start `fn` in this namespace, on one of its threads."""
+        return self._thread.submit(fn, *args)
 
     def delete(self) -> None:
         self._thread.shutdown()

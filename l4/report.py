@@ -61,9 +61,10 @@ def findings(
     `failing` maps each failing target to its last error; `problems` default to the
     plan's."""
     depooled = []
-    for key, service in desired.items():
-        planned = plan.services.get(key) if plan else None
-        if planned is not None and planned is not service and planned.dests != service.dests:
+    planned_services = plan.services if plan else {}
+    for key in plan.health_checks if plan else ():  # health weighs only checked services
+        service, planned = desired.get(key), planned_services.get(key)
+        if service is not None and planned is not None and planned.dests != service.dests:
             depooled += [f"{key} -> {d.address}:{d.port}" for d in service.dests if d.weight == 0]
     return {
         "revision": revision,

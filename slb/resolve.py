@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Generic, NamedTuple, TypeVar
 
 from slb.model import (
@@ -351,6 +352,7 @@ def _address_order(key: tuple[IPAddress, int]) -> tuple[int, int, int]:
 
 
 K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 
 Touched = Iterable[tuple[str, str]]
 """What changed: (kind, key) pairs, as the change stream names them."""
@@ -430,6 +432,9 @@ class Resolver:
         self._node_groups: dict[str, NodeGroup] = {}
         self._redone: set[str] | None = None
         """The listeners this update resolved again (None: all of them)."""
+        self._names: set[str] = set()
+        self._order: list[str] = []
+        """The resolved listeners' names as last published, and sorted."""
 
     def update(self, snapshot: Snapshot, touched: Touched | None) -> DesiredState:
         """The desired state of `snapshot`, which is the last one's moved past `touched`
@@ -575,7 +580,9 @@ class Resolver:
 
     def _publish(self, revision: int) -> DesiredState:
         previous = self.state
-        listeners = tuple(self._resolved[n] for n in sorted(self._resolved))
+        if self._resolved.keys() != self._names:  # most changes keep the names: no sort
+            self._order, self._names = sorted(self._resolved), set(self._resolved)
+        listeners = _in_order(self._resolved, self._order)
         rejected = tuple(self._rejected[n] for n in sorted(self._rejected))
         if previous is not None:  # unchanged parts stay the very objects
             if listeners == previous.listeners:
@@ -589,6 +596,14 @@ class Resolver:
             changed=frozenset(redone or ()), by_name=dict(self._resolved),
         )  # fmt: skip
         return self.state
+
+
+def _in_order(by_name: Mapping[str, T], names: list[str]) -> tuple[T, ...]:
+    """`by_name`'s values in the order of `names` (all of its keys), at C speed."""
+    if len(names) < 2:
+        return tuple(by_name[n] for n in names)
+    found: tuple[T, ...] = itemgetter(*names)(by_name)
+    return found
 
 
 def _selectors(listener: Listener) -> list[LabelSelector]:

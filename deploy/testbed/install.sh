@@ -15,7 +15,7 @@ APT_PACKAGES=(
   busybox-static          # the lab VM's initramfs
   ipvsadm                 # the second IPVS driver, and for looking at IPVS by hand
   keepalived              # VRRP between LB nodes (the lab VM's failover tests)
-  nftables                # `nft`: the l4 agent's VIP guard (the lab VM uses the host's)
+  nftables                # libnftables and `nft`: the l4 agent's VIP guard (the lab VM uses the host's)
   curl                    # keepalived's Envoy health check on LB nodes
   haproxy                 # a real reverse proxy in front of the console (its tests)
   shellcheck              # lints deploy/'s shell scripts

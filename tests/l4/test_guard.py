@@ -54,8 +54,8 @@ WAIT_S = 3.0
 class RecordingNft(NftDriver):
     """nft as the agent runs it, noting each script and the VIPs bound when it ran."""
 
-    def __init__(self, binary: str = "nft") -> None:
-        super().__init__(binary)
+    def __init__(self) -> None:
+        super().__init__()
         self.runs: list[tuple[str, str]] = []
 
     def run(self, script: str) -> None:
@@ -306,11 +306,13 @@ def test_a_guard_that_cannot_be_loaded_is_reported_and_traffic_flows(
     store: Store, topology: Topology, guarded: tuple[L4Agent, RecordingNft], node_server: NodeServer
 ) -> None:
     agent, _ = guarded
-    agent.firewall = NftDriver("/nonexistent/nft")
+    agent.firewall = NftDriver("/nonexistent/libnftables.so.1")
     revision = desired_state(store, topology)
     report = agent.sync_to(revision)
     assert len(report.errors) == 1
-    assert report.errors[0].startswith("VIP guard: /nonexistent/nft not found: install nftables")
+    assert report.errors[0].startswith(
+        "VIP guard: /nonexistent/libnftables.so.1 not found: install nftables"
+    )
     assert report.revision == 0, "not served until the guard is in place"
     assert agent.failed_revision == revision, "retried later"
     assert topology.client.call(reach, VIP, 80) in SERVERS, "IPVS is programmed all the same"
