@@ -52,10 +52,61 @@ def targets(
     """Every target to probe, with the services whose weights it decides."""
     found: dict[Target, list[ServiceKey]] = {}
     for key, check in checks.items():
-        for dest in services[key].dests:
-            if dest.weight > 0:
-                found.setdefault(target_of(dest.address, dest.port, check), []).append(key)
+        for target in _targets_of(services[key], check):
+            found.setdefault(target, []).append(key)
     return found
+
+
+class TargetsBook:
+    """`targets` kept by service between calls, so that a change derives again only the
+    services whose planned object or check is not the one of the last call (a plan made
+    from the previous one hands untouched services over as the same objects), and the
+    checker hears only of the targets that came or went. A target's hash is its check's,
+    a model's: hashing every target per change was most of a change's time with 2,000
+    checked services in the emulated lab VM."""
+
+    def __init__(self) -> None:
+        self.targets: dict[Target, list[ServiceKey]] = {}
+        """What `targets` gives for the last call's inputs (changed in place)."""
+        self._services: dict[ServiceKey, VirtualService] = {}
+        self._checks: dict[ServiceKey, HealthCheck] = {}
+        self._of: dict[ServiceKey, list[Target]] = {}
+
+    def update(
+        self,
+        services: Mapping[ServiceKey, VirtualService],
+        checks: Mapping[ServiceKey, HealthCheck],
+    ) -> tuple[list[Target], list[Target]]:
+        """Move to the targets of `services` under `checks`: (targets new, targets gone)."""
+        touched = [
+            key
+            for key, check in checks.items()
+            if self._checks.get(key) is not check or self._services.get(key) is not services[key]
+        ]
+        touched += [key for key in self._checks.keys() - checks.keys()]
+        added: list[Target] = []
+        emptied: set[Target] = set()
+        for key in touched:
+            for target in self._of.pop(key, ()):
+                keys = self.targets[target]
+                keys.remove(key)
+                if not keys:
+                    del self.targets[target]
+                    emptied.add(target)
+            if key in checks:
+                self._of[key] = found = _targets_of(services[key], checks[key])
+                for target in found:
+                    keys = self.targets.setdefault(target, [])
+                    if not keys and target not in emptied:
+                        added.append(target)
+                    keys.append(key)
+        self._services, self._checks = dict(services), dict(checks)
+        return added, [target for target in emptied if target not in self.targets]
+
+
+def _targets_of(service: VirtualService, check: HealthCheck) -> list[Target]:
+    """The probes that decide a service's weights: its real servers that take traffic."""
+    return [target_of(d.address, d.port, check) for d in service.dests if d.weight > 0]
 
 
 def target_of(address: str, port: int, check: HealthCheck) -> Target:
@@ -212,11 +263,15 @@ class HealthChecker:
         """Probe exactly these from now on; known targets keep their state."""
         with self._lock:
             wanted_set = set(wanted)
-            for target in list(self._states):
-                if target not in wanted_set:
-                    del self._states[target]
+            self.change_targets(wanted_set - self._states.keys(), self._states.keys() - wanted_set)
+
+    def change_targets(self, added: Collection[Target], removed: Collection[Target]) -> None:
+        """Probe `added` from now on and `removed` no more; the others keep their state."""
+        with self._lock:
+            for target in removed:
+                self._states.pop(target, None)
             now = time.monotonic()
-            for target in wanted_set:
+            for target in added:
                 if target not in self._states:
                     self._states[target] = _State(since=time.time())
                     heapq.heappush(self._queue, (now, next(self._order), target))

@@ -122,9 +122,7 @@ def apply(self: Task[Any, Any], node: str, revision: int, force: bool = False) -
     if force or announced.force:  # the drift check runs beside the next tasks, not before
         agent.request_repair()
     if not report.already:
-        count_apply(
-            "l4", node, settings_of(self.app), time.monotonic() - began, ok=not report.errors
-        )
+        count_apply("l4", node, agent.store, time.monotonic() - began, ok=not report.errors)
     if report.errors:
         raise ApplyError("; ".join(report.errors[:5]))
     summary = report.as_dict()

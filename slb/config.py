@@ -261,8 +261,8 @@ class L4Settings:
     vip_guard: bool = setting(
         True,
         "Drop what is addressed to a VIP but its listeners' ports, ping and ICMP errors: "
-        "the nftables table `inet openslb_guard`, which the agent loads (needs libnftables: "
-        "Debian's `nftables` brings it)",
+        "the nftables table `inet openslb_guard`, which the agent loads (needs Debian's "
+        "`nftables`: libnftables and `nft`)",
     )
     drain_timeout_s: int = setting(300, "Longest wait for a removed real server's connections")
     healthy_floor: float = setting(

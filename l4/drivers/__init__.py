@@ -7,7 +7,7 @@ services openslb does not own survive). Both run the same test suite in the lab 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import NamedTuple, Protocol
 
 from l4.ipvs import KernelState, Op, ServiceKey, ServiceStats
@@ -36,15 +36,19 @@ class Driver(Protocol):
     def operations(self) -> int:
         """Changes requested of the kernel so far: netlink messages, or ipvsadm rule lines."""
 
-    def dump(self, keys: Collection[ServiceKey] | None = None) -> KernelState:
+    def dump(
+        self, keys: Collection[ServiceKey] | None = None, *, pause: Callable[[], object] = bool
+    ) -> KernelState:
         """Every virtual service with its real servers and their connection counts; with
-        `keys`, only those (a missing one is absent from the result)."""
+        `keys`, only those (a missing one is absent from the result). `pause` is called
+        between services, where a long read may wait for more urgent work."""
 
     def apply(self, ops: Sequence[Op]) -> list[ApplyError]:
         """Run `ops` in order; return what failed (empty: everything was applied)."""
 
-    def stats(self) -> list[ServiceStats]:
-        """Traffic counters and rates of every service and real server."""
+    def stats(self, *, pause: Callable[[], object] = bool) -> list[ServiceStats]:
+        """Traffic counters and rates of every service and real server (`pause`: as for
+        `dump`)."""
 
     def close(self) -> None: ...
 

@@ -9,7 +9,7 @@ connection's state with them, so it is not used here. Reads parse `ipvsadm -Ln -
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 from l4.drivers import ApplyError, DriverError
 from l4.ipvs import (
@@ -178,7 +178,10 @@ class IpvsadmDriver:
             raise IpvsadmError(f"ipvsadm {' '.join(args)}: {detail}")
         return result.stdout
 
-    def dump(self, keys: Collection[ServiceKey] | None = None) -> KernelState:
+    def dump(
+        self, keys: Collection[ServiceKey] | None = None, *, pause: Callable[[], object] = bool
+    ) -> KernelState:
+        """(`pause` is never called: the listing is one process's output.)"""
         wanted = None if keys is None else set(keys)
         state = KernelState.empty()
         persistent = {
@@ -206,7 +209,7 @@ class IpvsadmDriver:
             state.services[service.key] = service
         return state
 
-    def stats(self) -> list[ServiceStats]:
+    def stats(self, *, pause: Callable[[], object] = bool) -> list[ServiceStats]:
         state = self.dump()
         totals: dict[tuple[ServiceKey, tuple[str, int] | None], list[int]] = {}
         for option in ("--stats", "--rate"):

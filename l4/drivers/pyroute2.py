@@ -10,7 +10,7 @@ method and weight; changes are SET commands, never pyroute2's `update` (which de
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from l4.drivers import ApplyError
 from l4.drivers import netlink as nl
@@ -75,11 +75,12 @@ class Pyroute2Driver:
         return [(m, span) for m, span in spans if span is not None]
 
     def _read(
-        self, keys: Collection[ServiceKey] | None, stats: bool
+        self, keys: Collection[ServiceKey] | None, stats: bool, pause: Callable[[], object] = bool
     ) -> tuple[KernelState, list[ServiceStats]]:
         state = KernelState.empty()
         all_stats: list[ServiceStats] = []
         for message, span in self._services(keys):
+            pause()
             service, service_stats = nl.decode_service(message, span)
             family = nl.FAMILIES[service.key.family]
             request = nl.Request(
@@ -99,11 +100,13 @@ class Pyroute2Driver:
                 all_stats.append(ServiceStats(service, service_stats, tuple(dest_stats)))
         return state, all_stats
 
-    def dump(self, keys: Collection[ServiceKey] | None = None) -> KernelState:
-        return self._read(keys, stats=False)[0]
+    def dump(
+        self, keys: Collection[ServiceKey] | None = None, *, pause: Callable[[], object] = bool
+    ) -> KernelState:
+        return self._read(keys, stats=False, pause=pause)[0]
 
-    def stats(self) -> list[ServiceStats]:
-        return self._read(None, stats=True)[1]
+    def stats(self, *, pause: Callable[[], object] = bool) -> list[ServiceStats]:
+        return self._read(None, stats=True, pause=pause)[1]
 
     # -- writing ---------------------------------------------------------------------------
 

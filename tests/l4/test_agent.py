@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -159,6 +160,28 @@ def test_the_periodic_resync_repairs_drift_too(
     time.sleep(1.1)
     agent.tick()
     assert DNS in observer.dump().services
+
+
+def test_a_statistics_sample_gives_way_while_a_change_is_applied(
+    store: Store, agent_factory: AgentFactory
+) -> None:
+    """The statistics' full read (as the drift repair's) pauses between services while a
+    sync runs (here: holds the sync's lock), so that a change does not queue for the
+    interpreter lock behind it; it goes on once the change is done."""
+    agent = agent_factory()
+    agent.sync_to(desired_state(store))
+    done = threading.Event()
+
+    def housekeeping() -> None:
+        agent.sample_stats()
+        done.set()
+
+    with agent._following:
+        worker = threading.Thread(target=housekeeping)
+        worker.start()
+        assert not done.wait(1.0), "the read waits while a change is applied"
+    assert done.wait(30), "and goes on after it"
+    worker.join()
 
 
 def test_a_sync_re_plans_what_the_stream_says_changed_and_all_after_a_fresh_snapshot(

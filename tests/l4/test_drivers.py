@@ -141,6 +141,16 @@ def test_reading_some_services_reads_only_those(driver: Driver) -> None:
     assert set(state.counters) == {(WEB6, d.key) for d in PLAN[WEB6].dests}
 
 
+def test_a_full_read_pauses_between_services_where_the_driver_reads_them_one_by_one(
+    driver: Driver,
+) -> None:
+    converge(driver, PLAN, set())
+    pauses: list[None] = []
+    assert driver.dump(pause=lambda: pauses.append(None)).services == PLAN
+    assert len(driver.stats(pause=lambda: pauses.append(None))) == len(PLAN)
+    assert len(pauses) == (2 * len(PLAN) if driver.name == "pyroute2" else 0)  # one listing
+
+
 def test_a_refused_operation_is_reported_and_the_rest_applied(driver: Driver) -> None:
     orphan = AddDest(ServiceKey("TCP", "198.18.0.77", 1), dest("198.18.1.1"))
     fine = reconcile({WEB: PLAN[WEB]}, KernelState.empty(), set(), draining={}, now=0,

@@ -12,9 +12,11 @@ from concurrent import futures
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devbed.process import wait_until
-from l4.health import HealthChecker, Target, effective, probe, targets
+from l4.health import HealthChecker, Target, TargetsBook, effective, probe, targets
 from l4.ipvs import Dest, ServiceKey, VirtualService
 from slb.model import HealthCheck
 
@@ -79,6 +81,46 @@ def test_a_check_with_its_own_port_probes_that_port_and_depools_the_server() -> 
     assert set(found) == {Target("198.18.100.1", 9902, ready), Target("198.18.100.2", 9902, ready)}
     got = effective({WEB: envoys}, {WEB: ready}, {Target("198.18.100.1", 9902, ready): 1.0}, 0.5)
     assert weights(got[WEB]) == [0, 1]
+
+
+PORTED = TCP.model_copy(update={"port": 9902})
+_service_step = st.sampled_from(["absent", "keep", "new"])
+_check_step = st.sampled_from(["none", "keep", "tcp", "ported"])
+_dests = st.lists(st.tuples(st.sampled_from([1, 2, 3]), st.sampled_from([0, 1])), max_size=3)
+_step = st.lists(st.tuples(_service_step, _check_step, _dests), min_size=3, max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_step, min_size=1, max_size=6))
+def test_a_kept_book_gives_the_targets_the_inputs_give_and_says_what_came_and_went(
+    steps: list[list[tuple[str, str, list[tuple[int, int]]]]],
+) -> None:
+    """Each step keeps some services and checks as the very objects of the step before
+    (as a plan made from the previous one does) and replaces or drops others."""
+    keys = [ServiceKey("TCP", "198.18.0.10", port) for port in (80, 81, 82)]
+    book = TargetsBook()
+    services: dict[ServiceKey, VirtualService] = {}
+    checks: dict[ServiceKey, HealthCheck] = {}
+    for step in steps:
+        before = set(targets(services, checks))
+        new_services, new_checks = {}, {}
+        for key, (service_step, check_step, dests) in zip(keys, step, strict=True):
+            if service_step == "keep" and key in services:
+                new_services[key] = services[key]
+            elif service_step != "absent":
+                found = {last: Dest(f"198.18.1.{last}", 8080, w, "nat") for last, w in dests}
+                new_services[key] = VirtualService(key, "rr", (), 0, tuple(found.values()))
+            if key in new_services and check_step != "none":
+                kept = checks.get(key) if check_step == "keep" else None
+                new_checks[key] = kept or (PORTED if check_step == "ported" else TCP)
+        services, checks = new_services, new_checks
+        added, removed = book.update(services, checks)
+        wanted = targets(services, checks)
+        assert {t: sorted(k) for t, k in book.targets.items()} == {
+            t: sorted(k) for t, k in wanted.items()
+        }
+        assert sorted(added) == sorted(wanted.keys() - before)
+        assert sorted(removed) == sorted(before - wanted.keys())
 
 
 # -- probes against real servers -----------------------------------------------------------
