@@ -50,11 +50,12 @@ NODE = "lb-a"
 VIP = "198.18.0.10"
 BACKENDS = [("198.18.1.1", 8080, 1), ("198.18.1.2", 8080, 2)]
 WEB = ServiceKey("TCP", VIP, 80)
-LISTENERS = 300
-"""Listeners each new revision adds: 300 virtual services and 600 real servers, an apply that
-takes seconds under the VM's emulation, long enough to stop the worker in the middle."""
+LISTENERS = 1000
+"""Listeners each new revision adds: 1,000 virtual services and 2,000 real servers, an apply
+that takes seconds under the VM's emulation, long enough to stop the worker in the middle
+(300 took about a second once the agent's change path got faster)."""
 VISIBILITY_TIMEOUT_S = 10
-ATTEMPTS = 3
+ATTEMPTS = 5
 WORKER_READY_S = 180.0
 """A worker's start (Python, Celery, the agent's first sync) under emulation, with room."""
 
