@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from cmi.k8s.client import Body, GoneError, KubeClient, Watch
+from cmi.k8s.client import REQUEST_ERRORS, Body, GoneError, KubeClient, Watch
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +118,14 @@ class Informer:
                     self.resource_version,
                 )
                 need_list = True
-            except Exception:
+            except Exception as exc:
                 if self._stop.is_set():
                     break
                 self.errors += 1
-                log.warning(
-                    "%s: watch failed; retrying in %.1f s", self.path, backoff, exc_info=True
-                )
+                log.warning(  # an API server out of reach is expected: no traceback for it
+                    "%s: watch failed (%s); retrying in %.1f s", self.path, exc, backoff,
+                    exc_info=not isinstance(exc, REQUEST_ERRORS),
+                )  # fmt: skip
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
             finally:
