@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -56,6 +57,7 @@ from slb.storage.status import StatusBoard
 VIP_CIDR, SAMPLE_CIDR = "198.18.64.0/18", "198.18.48.0/24"
 """16,382 VIPs: room for --others 10000, each with its own."""
 DEFAULT_OTHERS = 1000
+HEALTH_CHECK_ANNOTATION = "openslb.io/health-check-type"
 OWNER = {"kind": "Operator", "name": "bench"}
 
 
@@ -211,9 +213,14 @@ def create(platform: DevPlatform, apps: list[demo.SampleApp], what: str) -> None
             log(f"  {what}: {i + 1}/{len(apps)} created")
 
 
-def expose_others(platform: DevPlatform, count: int) -> None:
-    """`count` more gRPC Services, each exposed with its own VIP; wait until Envoy serves all."""
+def expose_others(platform: DevPlatform, count: int, health_check: str | None = None) -> None:
+    """`count` more gRPC Services, each exposed with its own VIP; wait until Envoy serves all.
+
+    `health_check` "none": the others' listeners check no endpoint (Envoy holds a health-check
+    connection per listener and endpoint, and a listener socket each)."""
     base = platform.apps()[0]
+    if health_check:
+        base = replace(base, annotations={HEALTH_CHECK_ANNOTATION: health_check})
     began = time.monotonic()
     create(platform, [replace(base, name=f"other-{i}") for i in range(count)], "others")
     store = platform.store()
@@ -257,6 +264,10 @@ def main() -> None:
     parser.add_argument("--l4-others", type=int, default=None,
                         help="TCP listeners in the lab VM for the L4 crowd (default: --others; "
                         "0: none; the emulated VM takes about 90 s to program 1,000)")  # fmt: skip
+    parser.add_argument("--others-health-check", choices=["none"], default=None,
+                        help="the others' health check (default: the listener's, tcp); none "
+                        "spares Envoy a connection per listener and endpoint, for 10,000 others "
+                        "under this machine's 20,000 open files")  # fmt: skip
     args = parser.parse_args()
     l4_others = args.others if args.l4_others is None else args.l4_others
     with tempfile.TemporaryDirectory(prefix="openslb-bench-") as tmp:
@@ -276,7 +287,7 @@ def main() -> None:
             scenarios.remove_burst(platform)
             log(f"  {burst.applies} applies, lb1 at the last revision after {burst.seconds:.1f} s")
             log(f"{args.others} other exposed Services")
-            expose_others(platform, args.others)
+            expose_others(platform, args.others, args.others_health_check)
             log(f"label -> first call, L7 with {args.others} others, {args.trials} trials")
             cpu: dict[str, dict[str, float]] = {}
             with cpu_of(platform, cpu, "l7_with_others"):
@@ -290,6 +301,9 @@ def main() -> None:
                 with cpu_of(platform, cpu, "l4_with_others"):
                     l4_crowd = trials(platform, "l4", args.trials, 36000, "l4crowd",
                                       splits=splits["l4_with_others"])  # fmt: skip
+        except BaseException:
+            keep_logs(platform)
+            raise
         finally:
             platform.down(lambda m: None)
     write_results(
@@ -305,6 +319,17 @@ SPLIT_PARTS = {
     "l4_with_others": ("label_to_redis", "redis_to_applied", "applied_to_answer"),
 }
 """The parts each kind of trial is split into (`trials`)."""
+
+
+def keep_logs(platform: DevPlatform) -> None:
+    """A failed run's logs (every component's, Envoy's and the cluster's among them) outlive
+    its directory, to find out why."""
+    kept = Path(tempfile.mkdtemp(prefix="openslb-bench-failed-"))
+    for path in platform.state_dir.rglob("*.log"):
+        target = kept / path.relative_to(platform.state_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    log(f"the run failed; its logs are kept in {kept}")
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import http.client
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,9 +51,11 @@ class SampleApp:
     node_group: str | None = None
     expose: str | None = "true"  # the label's value; None: not exposed (yet)
     target_port: int | None = None  # where the endpoints listen, if not on `port`
+    annotations: Mapping[str, str] = field(default_factory=dict)  # the Service's, beyond these
 
     def manifests(self) -> list[dict[str, Any]]:
         annotations = {"openslb.io/node-group": self.node_group} if self.node_group else {}
+        annotations.update(self.annotations)
         labels = {"app": self.name, **({EXPOSE_LABEL: self.expose} if self.expose else {})}
         port: dict[str, Any] = {"name": "main", "port": self.port, "protocol": "TCP"}
         if self.app_protocol:
