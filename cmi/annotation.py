@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
+from cmi import tlssecret
 from slb.model import (
     IPAddress,
     Listener,
@@ -63,6 +64,7 @@ SERVICE_ANNOTATIONS = (
     "openslb.io/vip",
     "openslb.io/pool",
     "openslb.io/node-group",
+    tlssecret.ANNOTATION,
 )
 _INTEGER_FIELDS = {"interval_s", "timeout_s", "healthy_threshold", "unhealthy_threshold",
                    "idle_timeout_s", "request_timeout_s", "max_connections",
@@ -92,6 +94,9 @@ class ServiceSettings:
     node_group: str | None = None
     https_redirect: bool = False
     """HTTP ports answer every request with a redirect to the Service's HTTPS port."""
+    tls_secrets: tuple[str, ...] = ()
+    """`kubernetes.io/tls` Secrets of the Service's namespace its HTTPS ports terminate
+    TLS with (`cmi.tlssecret`), beside the certificates `openslb.io/certificates` names."""
 
 
 TO_HTTPS_RULE = "to-https"
@@ -141,6 +146,12 @@ def parse(annotations: Mapping[str, str]) -> Parsed:
     for annotation in ("openslb.io/pool", "openslb.io/node-group"):
         if (value := ours.get(annotation)) is not None and not is_dns_label(value):
             problems.append(Problem(annotation, f"{value!r} is not a DNS label"))
+    tls_secrets: tuple[str, ...] = ()
+    if (raw_secrets := ours.get(tlssecret.ANNOTATION)) is not None:
+        try:
+            tls_secrets = tlssecret.secret_names(raw_secrets)
+        except ValueError as exc:
+            problems.append(Problem(tlssecret.ANNOTATION, str(exc)))
     if problems:
         return Parsed(None, tuple(problems), unknown)
     return Parsed(
@@ -151,6 +162,7 @@ def parse(annotations: Mapping[str, str]) -> Parsed:
             pool=ours.get("openslb.io/pool"),
             node_group=ours.get("openslb.io/node-group"),
             https_redirect=https_redirect == "true",
+            tls_secrets=tls_secrets,
         ),
         (),
         unknown,

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, cast
 
 from pydantic import ValidationError
 
-from cmi import annotation
+from cmi import annotation, tlssecret
 from cmi.annotation import EXPOSE_LABEL, BackendMode, Parsed, ServiceSettings
+from cmi.tlssecret import TlsPair
 from slb.model import (
     Backend,
+    Certificate,
     Conditions,
     FieldError,
     IPAddress,
@@ -83,6 +85,7 @@ class Previous:
     service: Service | None = None
     listeners: Mapping[str, Listener] = field(default_factory=dict)
     load_balancer: LoadBalancer | None = None
+    certificates: Mapping[str, Certificate] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class Built:
     """The instance this Service owns, if it asked for one (`expose=true`); VIP may be unset."""
     service: Service | None = None
     listeners: tuple[Listener, ...] = ()
+    certificates: tuple[TlsPair, ...] = ()
+    """Made of the Secrets it names (`cmi.tlssecret`)."""
     events: tuple[Event, ...] = ()
     refused: str | None = None
     """Why the Service cannot be served as it is now; it keeps what it was served with."""
@@ -145,6 +150,12 @@ def dedicated_name(namespace: str, name: str) -> str:
     return short_name(namespace, name)
 
 
+def certificate_name(namespace: str, name: str, secret: str) -> str:
+    """The Certificate a Service makes of a TLS Secret: one per Service and Secret, so
+    each has one owner."""
+    return short_name(namespace, name, "tls", secret)
+
+
 def for_this_service_alone(build: Callable[P, Built]) -> Callable[P, Built]:
     """Whatever a Service holds, the answer is for it alone: content the model cannot take
     refuses this Service (`refused`), never the controller."""
@@ -182,10 +193,15 @@ def refused(key: str, previous: Previous, reason: str, why: str = "Refused") -> 
         dedicated=previous.load_balancer,
         service=previous.service,
         listeners=tuple(previous.listeners.values()),
+        certificates=_kept(previous),
         events=(event,),
         refused=event.message,
         refused_reason=why,
     )
+
+
+def _kept(previous: Previous) -> tuple[TlsPair, ...]:
+    return tuple(TlsPair(c) for c in previous.certificates.values())
 
 
 @for_this_service_alone
@@ -198,11 +214,14 @@ def build(
     previous: Previous,
     instances: Mapping[str, LoadBalancer],
     namespace_labels: Mapping[str, str] | None = None,
+    secrets: Mapping[str, Body] | None = None,
     now: float = 0.0,
 ) -> Built:
     """What this Service should own in the store, and what to tell its owner; `now` stamps
     the listeners that claim a port afresh. `namespace_labels`: its namespace's labels, which
-    an instance's `allowed_namespace_selector` may admit it by; None: not known (yet)."""
+    an instance's `allowed_namespace_selector` may admit it by; None: not known (yet).
+    `secrets`: the TLS Secrets of its namespace it names, by name (a missing one is not
+    there)."""
     key = service_key(body)
     meta, spec = body["metadata"], body.get("spec") or {}
     expose = _claimed(key, meta, spec, defaults)
@@ -290,10 +309,17 @@ def build(
         backend_mode=mode,
     )
     family, caveats = _ip_families(spec, events)
+    keep_served = parsed.settings is None
+    pairs = (
+        _kept(previous)
+        if keep_served
+        else _tls_pairs(key, settings.tls_secrets, secrets or {}, previous, events)
+    )
     listeners = _listeners(
         key, instance, ports,
-        settings=settings, served=previous.listeners, keep_served=parsed.settings is None,
+        settings=settings, served=previous.listeners, keep_served=keep_served,
         now=now, events=events, allowed_sources=allowed_sources,
+        tls_certificates=tuple(p.certificate.name for p in pairs),
     )  # fmt: skip
     return Built(
         key,
@@ -302,6 +328,7 @@ def build(
         dedicated=dedicated,
         service=service,
         listeners=tuple(listeners),
+        certificates=pairs,
         events=tuple(events),
         remembered_vip=remembered,
         ip_family=family,
@@ -447,6 +474,29 @@ def _settings(parsed: Parsed, previous: Previous, events: list[Event]) -> Servic
         pool=previous.load_balancer.pool if previous.load_balancer else None,
         node_group=previous.load_balancer.node_group if previous.load_balancer else None,
     )
+
+
+def _tls_pairs(
+    key: str,
+    names: Sequence[str],
+    secrets: Mapping[str, Body],
+    previous: Previous,
+    events: list[Event],
+) -> tuple[TlsPair, ...]:
+    """The certificates of the Secrets the Service names, each kept as served while its
+    Secret cannot be used."""
+    namespace, name = key.split("/", 1)
+    pairs = []
+    for secret in names:
+        pair, problem = tlssecret.pair_from_secret(
+            key, secret, certificate_name(namespace, name, secret), secrets.get(secret),
+            previous.certificates,
+        )  # fmt: skip
+        if problem is not None:
+            events.append(Event("Warning", *problem))
+        if pair is not None:
+            pairs.append(pair)
+    return tuple(pairs)
 
 
 def _annotated_fields(listener: Listener) -> dict[str, Any]:
@@ -660,9 +710,11 @@ def _listeners(
     now: float,
     events: list[Event],
     allowed_sources: tuple[str, ...] = (),
+    tls_certificates: tuple[str, ...] = (),
 ) -> list[Listener]:
     """One listener per port. A port whose settings do not fit it keeps the listener it
     was served with, if any; with `keep_served` (bad annotations) every port does.
+    `tls_certificates`: made of the Secrets the Service names, for its HTTPS ports.
 
     `created_at` is when the listener first claimed its instance's port (`now`, or kept from
     the one served on that instance): older claims win conflicts, so relabelling an old
@@ -677,6 +729,8 @@ def _listeners(
         fields = (
             _annotated_fields(before) if keep_served and before else dict(settings.listener_fields)
         )
+        if tls_certificates and not keep_served:
+            fields["certificates"] = [*fields.get("certificates", ()), *tls_certificates]
         if port.protocol == "SCTP":
             events.append(Event("Warning", "UnsupportedPort", f"port {port.port}/SCTP: not served"))
             continue
@@ -684,6 +738,9 @@ def _listeners(
             port.app_protocol, port.name, port.protocol
         )
         if protocol is Protocol.HTTPS and not fields.get("certificates"):
+            if settings.tls_secrets and not keep_served:
+                listeners.extend(_without_certificate(port, before, events))
+                continue
             protocol, backend_protocol = Protocol.TCP, None  # TLS passes through to the pods
         data: dict[str, Any] = {
             "name": listener_name,
@@ -725,6 +782,19 @@ def _listeners(
     return listeners
 
 
+def _without_certificate(
+    port: ServicePort, before: Listener | None, events: list[Event]
+) -> list[Listener]:
+    """An HTTPS port asked to terminate TLS with Secrets none of which is usable: it never
+    passes TLS through instead; it keeps what it was served with, else waits."""
+    kept = "keeping the listener it was served with" if before else "port not served"
+    events.append(
+        Event("Warning", "NoCertificate",
+              f"port {port.port}: no usable certificate from {tlssecret.ANNOTATION}; {kept}")
+    )  # fmt: skip
+    return [before] if before is not None else []
+
+
 _L7_ONLY = {
     "backend_protocol", "request_timeout_s", "idle_timeout_s", "access_log", "routes",
 }  # fmt: skip
@@ -748,7 +818,9 @@ def _https_port(ports: Sequence[ServicePort], settings: ServiceSettings) -> int:
     TLS (HTTPS with certificates), else 443."""
     for port in ports:
         protocol, _ = annotation.protocol_for(port.app_protocol, port.name, port.protocol)
-        if protocol is Protocol.HTTPS and settings.listener_fields.get("certificates"):
+        if protocol is Protocol.HTTPS and (
+            settings.listener_fields.get("certificates") or settings.tls_secrets
+        ):
             return port.port
     return 443
 

@@ -4,8 +4,9 @@ Namespaces' labels, cached.
 Informers keep the caches (`cmi.k8s.informer`); each change marks dirty the Services it
 concerns: a Service itself, a Service through one of its EndpointSlices, and through any
 Node every Service served in node mode (its backends are the Nodes), through a Namespace
-whose labels changed every Service of it (an instance may admit it by a selector), and
-through an instance an operator changed in the store every Service labelled to share it
+whose labels changed every Service of it (an instance may admit it by a selector), through
+a TLS Secret the Services of its namespace that name it (`cmi.tlssecret`), and through an
+instance an operator changed in the store every Service labelled to share it
 (`sharing`). The build step reads a Service's inputs from here.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cmi import build as builder
+from cmi import tlssecret
 from cmi.annotation import EXPOSE_LABEL
 from cmi.build import Built, Defaults, Previous
 from cmi.debounce import Debouncer
@@ -73,6 +75,13 @@ class Cluster:
             field_selector=f"metadata.name={settings.namespace}" if settings.namespace else None,
             watch_timeout_s=watch_timeout_s,
         )
+        self.secrets = Informer(
+            kube,
+            f"/api/v1{scope}/secrets",
+            self._secret_changed,
+            field_selector=tlssecret.FIELD_SELECTOR,
+            watch_timeout_s=watch_timeout_s,
+        )
         self._seen_labels: dict[str, dict[str, str]] = {}
         self._inputs: dict[str, tuple[Any, ...]] = {}
         """Each Service's `build_inputs` as last built from (the informer's thread only)."""
@@ -81,7 +90,7 @@ class Cluster:
         wrote their `Namespace` objects."""
         self._relabelled_lock = threading.Lock()
         # Namespaces first: no Service is built before its namespace's labels are known.
-        self.informers = (self.namespaces, self.nodes, self.slices, self.services)
+        self.informers = (self.namespaces, self.nodes, self.slices, self.secrets, self.services)
 
     def build(self, key: str, previous: Previous, instances: Mapping[str, LoadBalancer]) -> Built:
         """The build step on the Service's cached state; a Service that is gone is withdrawn."""
@@ -96,8 +105,16 @@ class Cluster:
             previous=previous,
             instances=instances,
             namespace_labels=self.namespace_labels(key.split("/", 1)[0]),
+            secrets=self._named_secrets(key, body),
             now=time.time(),
         )
+
+    def _named_secrets(self, key: str, body: Body) -> dict[str, Body]:
+        """The TLS Secrets of its namespace that a Service names, by name."""
+        namespace = key.split("/", 1)[0]
+        names = tlssecret.names_in(body["metadata"].get("annotations") or {})
+        found = {name: self.secrets.get(f"{namespace}/{name}") for name in names}
+        return {name: secret for name, secret in found.items() if secret is not None}
 
     def namespace_labels(self, namespace: str) -> dict[str, str] | None:
         """A namespace's labels as watched; None if it is not in the cache."""
@@ -148,6 +165,16 @@ class Cluster:
         self.relabelled([key])
         services = self.services.keys()
         self.dirty.add({"", *(k for k in services if k.startswith(f"{key}/"))})
+
+    def _secret_changed(self, key: str, body: Body) -> None:
+        """The Services of the Secret's namespace that name it are rebuilt (a renewal)."""
+        namespace, name = key.split("/", 1)
+        self.dirty.add(
+            k
+            for k, service in self.services.items()
+            if k.startswith(f"{namespace}/")
+            and name in tlssecret.names_in(service["metadata"].get("annotations") or {})
+        )
 
     def _node_changed(self, key: str, body: Body) -> None:
         self.dirty.add(

@@ -35,6 +35,7 @@ from slb.config import CmiSettings
 from slb.model import (
     KINDS,
     AddressPool,
+    Certificate,
     IPAddress,
     Listener,
     LoadBalancer,
@@ -45,6 +46,7 @@ from slb.model import (
 from slb.snapshot import Change, Delete, Put, Snapshot
 from slb.storage import connect
 from slb.storage.follow import Follower
+from slb.storage.secrets import Keyring, SecretStore
 from slb.storage.status import BEAT_S, StatusBoard, TierStatus
 from slb.storage.store import ConflictError, Fence, Store
 
@@ -66,9 +68,12 @@ class Controller:
         settings: CmiSettings,
         identity: str,
         *,
+        keyring: Keyring | None = None,
         watch_timeout_s: int = 300,
     ) -> None:
+        """`keyring`: what encrypts the private keys of TLS Secrets (`secrets.key_file`)."""
         self.kube, self.store, self.settings, self.identity = kube, store, settings, identity
+        self.secrets = SecretStore(store, keyring)
         self.ipam = IPAM(store)
         self.board = StatusBoard(store)
         self.listener_status = ListenerStatus(store)
@@ -320,7 +325,7 @@ class Controller:
             for op in diff(desired, self.mirror.objects, self.mirror.owned.get(key, set()))
         ]
         if ops:
-            self._commit(ops, why=f"{len(results)} Service(s)")
+            self._commit_with_keys(ops, results, why=f"{len(results)} Service(s)")
             self.writes += 1
         balancers, listeners = self.mirror.of(LoadBalancer), self.mirror.of(Listener)
         conflicts = self.ports.judge(balancers, listeners, self.mirror.take_touched())  # 6.
@@ -361,13 +366,48 @@ class Controller:
         taken = [
             o for o in objects
             if (held := self.mirror.objects.get((o.kind, o.key))) is not None
-            and getattr(held, "owner", None) not in (None, getattr(o, "owner", None))
+            and (owner := getattr(held, "owner", None)) != getattr(o, "owner", None)
+            and (owner is not None or isinstance(held, Certificate))  # (None: an operator's)
         ]  # fmt: skip
         if not taken:
             return key, built, objects
         names = ", ".join(f"{o.kind} {o.key}" for o in taken)
         kept = refused(key, previous, f"the name(s) {names} are taken by another owner")
-        return key, kept, [o for o in (kept.service, *kept.listeners, kept.dedicated) if o]
+        kept_objects = (kept.service, *kept.listeners, kept.dedicated,
+                        *(p.certificate for p in kept.certificates))  # fmt: skip
+        return key, kept, [o for o in kept_objects if o]
+
+    def _commit_with_keys(
+        self,
+        ops: Sequence[Put | Delete],
+        results: Sequence[tuple[str, Built, list[StoredObject]]],
+        **meta: str,
+    ) -> None:
+        """`_commit`, with the private keys of the Services' new certificates stored first
+        (no tier ever sees a ref without its key) and the keys no certificate names any
+        more deleted after."""
+        new_keys = {
+            pair.certificate.key_ref: pair.key_pem
+            for _, built, _ in results
+            for pair in built.certificates
+            if pair.key_pem is not None
+        }
+        certificates = self.mirror.by_kind.get(Certificate.kind, {})
+        replaced = set()
+        for op in ops:
+            if isinstance(op, Put) and isinstance(op.obj, Certificate):
+                if (pem := new_keys.get(op.obj.key_ref)) is not None:
+                    self.secrets.put_key(op.obj.key_ref, pem)
+                before = certificates.get(op.obj.key)
+            else:
+                before = certificates.get(op.key) if isinstance(op, Delete) else None
+            if isinstance(before, Certificate):
+                replaced.add(before.key_ref)
+        self._commit(ops, **meta)
+        if replaced:
+            named = {c.key_ref for c in self.mirror.of(Certificate).values()}
+            for ref in replaced - named:
+                self.secrets.delete_key(ref)
 
     def _commit(self, ops: Sequence[Put | Delete], **meta: str) -> None:
         """One fenced write; the mirror follows it. A write that lands behind the last one

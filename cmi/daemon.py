@@ -29,6 +29,7 @@ from cmi.k8s.client import KubeClient
 from cmi.k8s.lease import LeaderElector
 from slb.config import Settings
 from slb.pipeline import make_app
+from slb.storage.secrets import load_keyring
 from slb.storage.store import Fence, Store
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     store = Store.connect(settings.redis)
     cmi = settings.cmi
     identity = cmi.identity or default_identity()
+    keyring = load_keyring(settings.secrets)  # a bad key file stops cmi here, not mid-write
     leading: Leading = {}
 
     handoff = Handoff(store, make_app(settings, include_tasks=False))
@@ -74,7 +76,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
 
     def started(epoch: int) -> None:
         leader_stop = threading.Event()
-        controller = Controller(kube, store, cmi, identity)
+        controller = Controller(kube, store, cmi, identity, keyring=keyring)
         threads = [
             threading.Thread(
                 target=guarded(partial(controller.run, leader_stop, Fence(FENCE, epoch))),

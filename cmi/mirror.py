@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from cmi.build import Previous
-from slb.model import Listener, LoadBalancer, OwnerKind, Service, StoredObject
+from slb.model import Certificate, Listener, LoadBalancer, OwnerKind, Service, StoredObject
 from slb.snapshot import Change, Delete, Put, Snapshot, Stored
 
 ObjectKey = tuple[str, str]
@@ -107,6 +107,7 @@ class Mirror:
             service=next((o for o in owned if isinstance(o, Service)), None),
             listeners={o.name: o for o in owned if isinstance(o, Listener)},
             load_balancer=next((o for o in owned if isinstance(o, LoadBalancer)), None),
+            certificates={o.name: o for o in owned if isinstance(o, Certificate)},
         )
 
 

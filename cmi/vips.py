@@ -74,11 +74,12 @@ def desired(
             event = Event("Warning", "VIPUnavailable", str(exc))
             built = Built(built.key, exposed=previous.service is not None,
                           instance=built.instance, events=(*built.events, event))  # fmt: skip
-            old = [previous.service, *previous.listeners.values(), previous.load_balancer]
+            old = [previous.service, *previous.listeners.values(), previous.load_balancer,
+                   *previous.certificates.values()]  # fmt: skip
             return built, [o for o in old if o is not None]
         balancer = balancer.model_copy(update={"vip": vip})
         built = _with_vip(built, balancer)
-    objects: list[StoredObject] = [*built.listeners]
+    objects: list[StoredObject] = [*built.listeners, *(p.certificate for p in built.certificates)]
     if built.service is not None:
         objects.append(built.service)
     if balancer is not None:
@@ -113,7 +114,8 @@ def _with_vip(built: Built, balancer: LoadBalancer) -> Built:
         events += (Event("Warning", FAMILY_NOT_OFFERED, why),)
         caveats += (f"{FAMILY_NOT_OFFERED}: {why}",)
     return Built(built.key, True, built.instance, balancer, built.service, built.listeners,
-                 events, ip_family=built.ip_family, caveats=caveats)  # fmt: skip
+                 built.certificates, events, ip_family=built.ip_family,
+                 caveats=caveats)  # fmt: skip
 
 
 def _remembered(

@@ -220,6 +220,8 @@ class Operations:
         """
         checked = check_pair(chain_pem, key_pem)
         current = self.store.get(Certificate, name)
+        if current is not None:
+            current = self._operator_owned(Certificate, name)  # a Secret's: renewed from it
         if tenancy is None and current is not None:
             tenancy = current.obj.model_dump(
                 include={"namespace", "allowed_namespaces", "allowed_namespace_selector"}
@@ -234,9 +236,7 @@ class Operations:
 
     def remove_certificate(self, name: str, expect: int | None = None) -> int:
         """Delete a certificate no listener uses; its key goes too unless another shares it."""
-        current = self.store.get(Certificate, name)
-        if current is None:
-            raise _error(Certificate, "name", f"no certificate named {name!r}")
+        current = self._operator_owned(Certificate, name)
         snapshot = self.store.snapshot(kinds=[Listener.kind, Certificate.kind])
         users = sorted(n for n, s in snapshot.of(Listener).items() if name in s.obj.certificates)
         if users:

@@ -141,6 +141,9 @@ def certificate_json(
             if (selector := stored.obj.allowed_namespace_selector) is not None
             else None
         ),
+        "owner": (
+            stored.obj.owner.model_dump(mode="json") if stored.obj.owner is not None else None
+        ),
         "version": stored.revision,
         "subject": info.subject,
         "issuer": info.issuer,

@@ -156,6 +156,9 @@ class Certificate(StoredObject):
     API ReferenceGrant would allow; operators' own listeners may use any."""
     allowed_namespace_selector: NamespaceSelector | None = None
     """And the Services of every namespace whose labels this matches."""
+    owner: Owner | None = None
+    """None: uploaded by an operator. A Service: made by cmi from a `kubernetes.io/tls`
+    Secret that the Service names (`cmi.tlssecret`), renewed when the Secret is."""
 
     def admits(self, namespace: str, labels: Mapping[str, str] | None = None) -> bool:
         """May a Service of `namespace` present this certificate? `labels` as for

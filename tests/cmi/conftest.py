@@ -17,6 +17,7 @@ from devbed.kube import KubeAPI
 from devbed.process import wait_until
 from slb.config import CmiSettings
 from slb.model import Listener, LoadBalancer, Service
+from slb.storage.secrets import Keyring
 from slb.storage.store import Fence, Store
 
 POOL = "198.18.0.0/24"
@@ -78,7 +79,7 @@ def cmi(
     """Start cmi on this test's namespace and store; settings can be overridden."""
     started: list[Running] = []
 
-    def start(**overrides: Any) -> Running:
+    def start(keyring: Keyring | None = None, **overrides: Any) -> Running:
         settings = replace(
             CmiSettings(
                 namespace=namespace, pool_cidrs=POOL, holdoff_ms=50, max_holdoff_ms=300,
@@ -88,7 +89,8 @@ def cmi(
             **overrides,
         )  # fmt: skip
         client = KubeClient.from_kubeconfig(str(cmi_kubeconfig))
-        running = Running(Controller(client, store, settings, identity="test-cmi"), store).start()
+        controller = Controller(client, store, settings, identity="test-cmi", keyring=keyring)
+        running = Running(controller, store).start()
         started.append(running)
         return running
 

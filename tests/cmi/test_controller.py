@@ -533,9 +533,14 @@ def test_the_service_account_can_do_no_more_than_its_role(
     with pytest.raises(KubeError) as denied:
         client.request("DELETE", f"/api/v1/namespaces/{namespace}/services/anything")
     assert denied.value.status == 403
-    with pytest.raises(KubeError) as no_secrets:
-        client.get(f"/api/v1/namespaces/{namespace}/secrets")
-    assert no_secrets.value.status == 403
+    # TLS Secrets are listed and watched (openslb.io/tls-secrets); none is read by name,
+    # and none written.
+    secret = {"metadata": {"name": "x"}}
+    for method, path, body in [("GET", "secrets/anything", None), ("POST", "secrets", secret),
+                               ("DELETE", "secrets/anything", None)]:  # fmt: skip
+        with pytest.raises(KubeError) as no_secrets:
+            client.request(method, f"/api/v1/namespaces/{namespace}/{path}", body=body)
+        assert no_secrets.value.status == 403, (method, path)
     with pytest.raises(KubeError) as other_config:  # its own VIP record only
         client.get("/api/v1/namespaces/openslb-system/configmaps/kube-root-ca.crt")
     assert other_config.value.status == 403

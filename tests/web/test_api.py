@@ -12,6 +12,7 @@ from devbed.pki import chain
 from devbed.pki import key_pem as other_key_pem
 from slb.model import Certificate, Listener, LoadBalancer, Owner, OwnerKind, Service
 from slb.operations import Operations
+from slb.storage.secrets import SecretStore
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
 from slb.storage.timeseries import CONNECTIONS, REQUESTS_PER_SECOND, TimeSeries
@@ -391,6 +392,37 @@ def test_certificates_are_checked_and_the_key_never_returned(
     )
     assert new.status_code == 200
     assert new.get_json()["key_ref"] != body["key_ref"]
+
+
+def test_a_certificate_made_from_a_services_secret_is_read_only_in_the_console(
+    client: FlaskClient, token: Headers, store: Store
+) -> None:
+    """cmi renews it from its Secret: an upload over it or a delete would be undone, so the
+    API refuses both by name, and the page shows where it comes from and no Delete."""
+    pair = chain("shop.example.test")
+    SecretStore(store).put_key("k8s-site", pair.key_pem)
+    owner = Owner(kind=OwnerKind.SERVICE, name="shop/web")
+    store.put(Certificate(name="shop-web-tls-site", chain_pem=pair.chain_pem,
+                          key_ref="k8s-site", namespace="shop", owner=owner))  # fmt: skip
+    h = token("alice")
+    before = store.revision()
+    rotated = chain("shop.example.test")
+    version = client.get("/api/v1/certificates/shop-web-tls-site", headers=h).get_json()["version"]
+    for response in (
+        client.put("/api/v1/certificates/shop-web-tls-site", headers=h,
+                   json={"chain_pem": rotated.chain_pem, "key_pem": rotated.key_pem,
+                         "version": version}),
+        client.delete("/api/v1/certificates/shop-web-tls-site",
+                      headers={**h, "If-Match": str(version)}),
+    ):  # fmt: skip
+        assert response.status_code == 422, response.get_data(as_text=True)
+        assert "belongs to Service shop/web: change the Service instead" in response.get_data(
+            as_text=True
+        )
+    assert store.revision() == before
+    assert SecretStore(store).get_key("k8s-site") is not None
+    listed = client.get("/api/v1/certificates", headers=h).get_json()["items"]
+    assert [c["owner"] for c in listed] == [{"kind": "Service", "name": "shop/web"}]
 
 
 def test_selector_preview(client: FlaskClient, token: Headers, store: Store) -> None:

@@ -18,7 +18,7 @@ from markupsafe import escape
 from devbed.pki import chain, self_signed
 from devbed.redis import RedisServer
 from slb.cli import main
-from slb.model import Listener, LoadBalancer, Service
+from slb.model import Certificate, Listener, LoadBalancer, Owner, OwnerKind, Service
 from slb.operations import Operations
 from slb.storage.audit import AuditLog
 from slb.storage.status import ControllerBeat, StatusBoard
@@ -428,6 +428,30 @@ def test_certificate_upload_page(client: FlaskClient, auth: Auth, store: Store) 
     )
     assert refused.status_code == 422
     assert "the certificate expired on" in refused.get_data(as_text=True)
+
+
+def test_a_certificate_from_a_secret_shows_its_source_and_no_delete(
+    client: FlaskClient, auth: Auth, store: Store
+) -> None:
+    auth.login("alice")
+    good = chain("shop.example.test")
+    assert auth.post(
+        "/certificates", {"name": "shop", "chain_pem": good.chain_pem, "key_pem": good.key_pem}
+    ).status_code == 302  # fmt: skip
+    renewed = chain("web.example.test")
+    store.put(Certificate(name="web-tls", chain_pem=renewed.chain_pem, key_ref="k8s-web",
+                          namespace="shop", owner=Owner(kind=OwnerKind.SERVICE,
+                                                        name="shop/web")))  # fmt: skip
+    page = client.get("/certificates").get_data(as_text=True)
+    rows = {
+        name: page[page.index(f'data-certificate="{name}"') :].split("</tr>", 1)[0]
+        for name in ("shop", "web-tls")
+    }
+    assert "Secret of Service shop/web" in rows["web-tls"]
+    assert "<form" not in rows["web-tls"]
+    assert "read-only" in rows["web-tls"]
+    assert "uploaded" in rows["shop"]
+    assert "Delete" in rows["shop"]
 
 
 def test_audit_page_filters(client: FlaskClient, auth: Auth, ops: Operations) -> None:

@@ -171,8 +171,10 @@ def _schemas() -> dict[str, Any]:  # noqa: PLR0915 - one line per schema
     s["CertificateItem"] = _obj(
         name=STRING, key_ref=STRING, chain_pem=STRING, namespace=NULLABLE_STRING,
         allowed_namespaces={"type": "array", "items": STRING},
-        allowed_namespace_selector=namespace_selector, version=INTEGER, subject=STRING,
-        issuer=STRING, sans=names, serial=STRING, not_before=STRING, not_after=STRING,
+        allowed_namespace_selector=namespace_selector,
+        owner={"anyOf": [models["LoadBalancer"]["properties"]["owner"], {"type": "null"}]},
+        version=INTEGER, subject=STRING, issuer=STRING, sans=names, serial=STRING,
+        not_before=STRING, not_after=STRING,
         days_left=INTEGER, expires_soon=BOOLEAN, chain_length=INTEGER,
         fingerprint_sha256=STRING,
     )  # fmt: skip
