@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from cmi.build import Built, Event, Previous
@@ -113,9 +114,7 @@ def _with_vip(built: Built, balancer: LoadBalancer) -> Built:
         )
         events += (Event("Warning", FAMILY_NOT_OFFERED, why),)
         caveats += (f"{FAMILY_NOT_OFFERED}: {why}",)
-    return Built(built.key, True, built.instance, balancer, built.service, built.listeners,
-                 built.certificates, events, ip_family=built.ip_family,
-                 caveats=caveats)  # fmt: skip
+    return replace(built, dedicated=balancer, events=events, caveats=caveats)
 
 
 def _remembered(

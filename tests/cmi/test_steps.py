@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cmi import grace, vips
-from cmi.build import Built, Defaults, Event, Previous, build
+from cmi.build import Built, Defaults, Event, Previous, build, refused
 from cmi.conflicts import SERVED, PortBook, conflict_events, port_conflicts
 from cmi.diff import diff
 from cmi.ipam import IPAMError
@@ -139,6 +139,24 @@ def test_a_vip_that_cannot_be_had_keeps_what_was_served() -> None:
     assert served.events[-1] == Event("Warning", "VIPUnavailable", why)
     never_served, nothing = vips.desired(built, Previous(), refusal, POOLS)
     assert (never_served.exposed, nothing) == (False, [])
+
+
+def test_a_refused_service_stays_refused_through_the_vip_step() -> None:
+    """A Service refused (bad annotations, a name taken) keeps its served instance and VIP,
+    and is still reported refused: the VIP step must not turn it into a served one."""
+    built = exposed("cart")
+    previous = Previous(service=built.service, listeners={li.name: li for li in built.listeners},
+                        load_balancer=served_instance(built))  # fmt: skip
+    kept = refused("shop/cart", previous, "the name(s) Listener x are taken", "NameTaken")
+    held = Allocations()
+    held.held[served_instance(built).name] = served_instance(built).vip
+    served, objects = vips.desired(kept, previous, held, POOLS)
+    assert (served.refused, served.refused_reason) == (kept.refused, "NameTaken")
+    assert served.dedicated == served_instance(built)
+    assert objects == [*built.listeners, built.service, served_instance(built)]
+    vip = served_instance(built).vip
+    status, reason, _ = exposure(served, vip, {}, None).conditions[CONDITION]  # type: ignore[misc]
+    assert (status, reason) == ("False", "NameTaken")
 
 
 def test_a_service_takes_back_the_vip_its_status_names_if_it_is_free() -> None:
