@@ -56,7 +56,11 @@ class Cluster:
         )
         scope = f"/namespaces/{settings.namespace}" if settings.namespace else ""
         self.services = Informer(
-            kube, f"/api/v1{scope}/services", self._service_changed, watch_timeout_s=watch_timeout_s
+            kube,
+            f"/api/v1{scope}/services",
+            self._service_changed,
+            index=namespace_of,  # a Namespace's or a Secret's change concerns its namespace's
+            watch_timeout_s=watch_timeout_s,
         )
         self.slices = Informer(
             kube,
@@ -163,17 +167,15 @@ class Cluster:
         else:
             self._seen_labels[key] = labels
         self.relabelled([key])
-        services = self.services.keys()
-        self.dirty.add({"", *(k for k in services if k.startswith(f"{key}/"))})
+        self.dirty.add({"", *(k for k, _ in self.services.indexed_items(key))})
 
     def _secret_changed(self, key: str, body: Body) -> None:
         """The Services of the Secret's namespace that name it are rebuilt (a renewal)."""
         namespace, name = key.split("/", 1)
         self.dirty.add(
             k
-            for k, service in self.services.items()
-            if k.startswith(f"{namespace}/")
-            and name in tlssecret.names_in(service["metadata"].get("annotations") or {})
+            for k, service in self.services.indexed_items(namespace)
+            if name in tlssecret.names_in(service["metadata"].get("annotations") or {})
         )
 
     def _node_changed(self, key: str, body: Body) -> None:
@@ -186,6 +188,10 @@ def slice_service(body: Body) -> str | None:
     """The key of the Service an EndpointSlice belongs to."""
     name = (body["metadata"].get("labels") or {}).get(builder.SERVICE_NAME_LABEL)
     return f"{body['metadata']['namespace']}/{name}" if name else None
+
+
+def namespace_of(body: Body) -> str:
+    return str(body["metadata"]["namespace"])
 
 
 def sharing(instances: Iterable[str], services: Iterable[tuple[str, Body]]) -> set[str]:

@@ -79,8 +79,12 @@ class Informer:
             return list(self.cache.items())
 
     def indexed(self, value: str) -> list[Body]:
+        return [body for _, body in self.indexed_items(value)]
+
+    def indexed_items(self, value: str) -> list[tuple[str, Body]]:
+        """The objects the index files under `value`, with their keys, in key order."""
         with self._lock:
-            return [self.cache[k] for k in sorted(self._index.get(value, ()))]
+            return [(k, self.cache[k]) for k in sorted(self._index.get(value, ()))]
 
     # -- running ---------------------------------------------------------------------------
 
