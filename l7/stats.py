@@ -290,12 +290,37 @@ class EnvoyStats:
         return sample
 
     def run(self, interval_s: float, stopped: threading.Event) -> None:
-        """Sample every `interval_s` until `stopped`; an Envoy that does not answer is
-        logged and tried again at the next tick (its entries age out of the console)."""
+        """Sample every `interval_s` (further apart when sampling is slow, `pause_after`)
+        until `stopped`; an Envoy that does not answer is logged and tried again at the next
+        tick (its entries age out of the console)."""
+        stretched = False
         while not stopped.is_set():
             started = time.monotonic()
             try:
                 self.once()
             except (OSError, ValueError) as exc:
                 log.warning("envoy-stats %s: %s", self.node, exc)
-            stopped.wait(max(0.0, interval_s - (time.monotonic() - started)))
+            took = time.monotonic() - started
+            pause = pause_after(interval_s, took)
+            if (took + pause > interval_s) != stretched:
+                stretched = not stretched
+                log.info("envoy-stats %s: a sample took %.1f s: sampling every %.0f s",
+                         self.node, took, took + pause)  # fmt: skip
+            stopped.wait(pause)
+
+
+MAX_DUTY = 0.1
+"""The share of the time sampling may take: at 10,000 listeners a sample costs seconds of
+Envoy's main thread, which applies xDS changes too, and of a core here (#18: every 5 s it
+held new listeners up by up to 1.5 s)."""
+MAX_INTERVAL_S = 30.0
+"""Never further apart than this: a node's view of its hosts is dropped as stale after
+`envoyhosts.DEFAULT_MAX_AGE_S`."""
+
+
+def pause_after(interval_s: float, took_s: float) -> float:
+    """How long to wait after a sample that took `took_s`: the next starts `interval_s`
+    after this one began, or later so sampling takes at most `MAX_DUTY` of the time (but
+    no later than `MAX_INTERVAL_S`)."""
+    period = min(max(interval_s, took_s / MAX_DUTY), max(interval_s, MAX_INTERVAL_S))
+    return max(0.0, period - took_s)

@@ -148,8 +148,10 @@ def test_a_refused_service_stays_refused_through_the_vip_step() -> None:
     previous = Previous(service=built.service, listeners={li.name: li for li in built.listeners},
                         load_balancer=served_instance(built))  # fmt: skip
     kept = refused("shop/cart", previous, "the name(s) Listener x are taken", "NameTaken")
+    instance = served_instance(built)
+    assert instance.vip is not None
     held = Allocations()
-    held.held[served_instance(built).name] = served_instance(built).vip
+    held.held[instance.name] = instance.vip
     served, objects = vips.desired(kept, previous, held, POOLS)
     assert (served.refused, served.refused_reason) == (kept.refused, "NameTaken")
     assert served.dedicated == served_instance(built)

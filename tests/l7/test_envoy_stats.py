@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import argon2
+import pytest
 from flask.testing import FlaskClient
 
 from devbed.envoy import EnvoyProxy
@@ -25,9 +26,9 @@ from devbed.l7harness import (
 )
 from devbed.process import wait_until
 from devbed.redis import RedisServer
-from l7.stats import EnvoyStats, Sampler, admin_reader
+from l7.stats import MAX_DUTY, MAX_INTERVAL_S, EnvoyStats, Sampler, admin_reader, pause_after
 from slb.snapshot import Put
-from slb.storage.envoyhosts import EnvoyHosts
+from slb.storage.envoyhosts import DEFAULT_MAX_AGE_S, EnvoyHosts
 from slb.storage.store import Store
 from slb.storage.timeseries import CONNECTIONS, TimeSeries
 from tests.web.conftest import CHEAP_HASH, PASSWORD, Auth, make_app
@@ -170,6 +171,18 @@ def test_rates_come_from_two_samples_and_a_restart_gives_none() -> None:
     assert "requests_per_second" not in after_restart
     # The bootstrap's own clusters (not sent over xDS) name no listener.
     assert Sampler("n1").sample(1.0, stats(1), {"cluster_statuses": [{"name": "xds"}]}).points == []
+
+
+def test_slow_samples_are_taken_further_apart_but_never_too_far() -> None:
+    """At 10,000 listeners a sample takes seconds of Envoy's main thread (which applies xDS
+    too): sampling keeps to `MAX_DUTY` of the time, yet samples often enough that the
+    hosts' view does not go stale."""
+    assert pause_after(5.0, 0.2) == pytest.approx(4.8)  # cheap: every 5 s
+    assert pause_after(5.0, 1.0) == pytest.approx(1.0 / MAX_DUTY - 1.0)
+    assert pause_after(5.0, 4.0) == pytest.approx(MAX_INTERVAL_S - 4.0)  # capped
+    assert pause_after(5.0, 40.0) == 0.0
+    assert pause_after(60.0, 1.0) == pytest.approx(59.0)  # an operator's longer interval stays
+    assert MAX_INTERVAL_S < DEFAULT_MAX_AGE_S
 
 
 def test_the_command_samples_until_stopped(
