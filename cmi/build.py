@@ -37,6 +37,7 @@ from slb.model import (
     Protocol,
     Service,
     ServicePort,
+    StoredObject,
 )
 
 if TYPE_CHECKING:  # the name only: loading the client would load urllib3 and kubernetes
@@ -86,6 +87,13 @@ class Previous:
     listeners: Mapping[str, Listener] = field(default_factory=dict)
     load_balancer: LoadBalancer | None = None
     certificates: Mapping[str, Certificate] = field(default_factory=dict)
+
+    @property
+    def objects(self) -> list[StoredObject]:
+        """Everything the Service owns in the store, to keep as it is."""
+        owned = [self.service, *self.listeners.values(), self.load_balancer,
+                 *self.certificates.values()]  # fmt: skip
+        return [o for o in owned if o is not None]
 
 
 @dataclass(frozen=True)

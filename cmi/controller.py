@@ -392,16 +392,18 @@ class Controller:
             for pair in built.certificates
             if pair.key_pem is not None
         }
-        certificates = self.mirror.by_kind.get(Certificate.kind, {})
+        certificates = self.mirror.of(Certificate)
         replaced = set()
         for op in ops:
             if isinstance(op, Put) and isinstance(op.obj, Certificate):
                 if (pem := new_keys.get(op.obj.key_ref)) is not None:
                     self.secrets.put_key(op.obj.key_ref, pem)
-                before = certificates.get(op.obj.key)
+                key = op.obj.key
+            elif isinstance(op, Delete) and op.kind == Certificate.kind:
+                key = op.key
             else:
-                before = certificates.get(op.key) if isinstance(op, Delete) else None
-            if isinstance(before, Certificate):
+                continue
+            if (before := certificates.get(key)) is not None:
                 replaced.add(before.key_ref)
         self._commit(ops, **meta)
         if replaced:

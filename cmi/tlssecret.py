@@ -50,7 +50,7 @@ class TlsPair:
 
 def secret_names(raw: str) -> tuple[str, ...]:
     """`openslb.io/tls-secrets`: comma-separated Secret names; else ValueError saying why."""
-    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+    names = tuple(dict.fromkeys(_split(raw)))
     if not names:
         raise ValueError("names no Secret")
     if len(names) > MAX_SECRETS:
@@ -64,7 +64,10 @@ def secret_names(raw: str) -> tuple[str, ...]:
 def names_in(annotations: Mapping[str, str]) -> tuple[str, ...]:
     """The Secret names a Service's annotations give, as far as they can be read (to know
     whose change concerns it; `secret_names` judges the annotation)."""
-    raw = annotations.get(ANNOTATION, "")
+    return _split(annotations.get(ANNOTATION, ""))
+
+
+def _split(raw: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in raw.split(",") if n.strip())
 
 

@@ -75,9 +75,7 @@ def desired(
             event = Event("Warning", "VIPUnavailable", str(exc))
             built = Built(built.key, exposed=previous.service is not None,
                           instance=built.instance, events=(*built.events, event))  # fmt: skip
-            old = [previous.service, *previous.listeners.values(), previous.load_balancer,
-                   *previous.certificates.values()]  # fmt: skip
-            return built, [o for o in old if o is not None]
+            return built, previous.objects
         balancer = balancer.model_copy(update={"vip": vip})
         built = _with_vip(built, balancer)
     objects: list[StoredObject] = [*built.listeners, *(p.certificate for p in built.certificates)]
