@@ -541,9 +541,11 @@ async def _load(
     rounds: int,
     deadline_s: float,
     pause_ms: int,
+    in_flight: int,
 ) -> LoadResult:
     result = LoadResult()
     channels = [aio_channel(target) for _ in range(connections)]
+    slots = asyncio.Semaphore(in_flight or connections * streams)
     started = time.monotonic()
     try:
         await asyncio.gather(*(c.channel_ready() for c in channels))
@@ -554,7 +556,8 @@ async def _load(
                 await asyncio.sleep(random.uniform(0, pause_ms) / 1000)  # noqa: S311
             for _ in range(rounds):
                 try:
-                    reply = await call(payload, timeout=deadline_s)
+                    async with slots:
+                        reply = await call(payload, timeout=deadline_s)
                     result.ok += 1
                     result.by_backend[reply.decode()] += 1
                 except grpc.aio.AioRpcError as exc:
@@ -579,12 +582,14 @@ def load(
     hold_ms: int = 0,
     deadline_s: float = 60.0,
     pause_ms: int = 0,
+    in_flight: int = 0,
 ) -> LoadResult:
     """`connections` client connections x `streams` concurrent calls each, `rounds` times.
 
     With `hold_ms`, each call stays in flight that long at the backend, so all
     connections x streams calls are in flight together; with `pause_ms`, each stream
-    pauses that long between its calls, as clients with something else to do would.
+    pauses that long between its calls, as clients with something else to do would;
+    `in_flight` caps the calls in flight across all connections together.
     """
     method, payload = ("Hold", str(hold_ms).encode()) if hold_ms else ("Who", b"")
     return asyncio.run(
@@ -597,6 +602,7 @@ def load(
             rounds=rounds,
             deadline_s=deadline_s,
             pause_ms=pause_ms,
+            in_flight=in_flight,
         )
     )
 

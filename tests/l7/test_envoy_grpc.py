@@ -70,26 +70,23 @@ def test_many_client_connections_fold_into_one_upstream_connection_per_worker(
     """500 clients, each calling now and then: one upstream connection per worker.
 
     A worker opens another connection to a backend only when that backend has more than
-    100 of its calls in flight (the per-connection stream cap: the 5,000-stream test). On
-    a loaded machine one backend process can stall long enough to collect that many; the
-    sampled in-flight peaks tell such a run apart from a failure to fold.
+    100 of its calls in flight (the per-connection stream cap: the 5,000-stream test), so
+    the clients keep at most 90 calls in flight between them: however the machine stalls
+    a backend, one connection per worker must carry them all.
     """
     vip, backends = grpc_world(store, bed)
     bed.xds.start()
     envoy = bed.envoy("n1", concurrency=2)
     target = f"{vip}:50051"
     wait_for_answer(target)
-    sampler = PeakSampler(envoy, "cluster.echo.upstream_rq_active", cluster="echo", interval=0.05)
-    with sampler as peak:
-        result = load(target, connections=500, streams=1, rounds=6, pause_ms=20)
+    result = load(target, connections=500, streams=1, rounds=6, pause_ms=20, in_flight=90)
     assert result.failed == 0, result.errors
     assert result.ok == 3000
     per_backend = host_stats(envoy, "echo", "cx_total")
     assert set(per_backend) == {b.grpc_target for b in backends}
     workers_n = workers(envoy)
-    for host, n in per_backend.items():
-        allowed = workers_n * max(1, math.ceil(peak.hosts[host] / 100))
-        assert 1 <= n <= allowed, (per_backend, peak.hosts)
+    for n in per_backend.values():
+        assert 1 <= n <= workers_n, per_backend
     assert sum(per_backend.values()) < 10  # 500 client connections folded
 
 
