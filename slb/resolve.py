@@ -14,8 +14,10 @@ rules, in order:
   by address and port, in a stable order; not-ready endpoints are left out, and
   terminating-but-serving ones are kept with weight 0 so their connections drain;
 - an L7 rule forwards to each of its targets by weight: the Services a target's selector
-  picks (default: the listener's) on its target port (default: the listener's), resolved by
-  the same rules; a rule that redirects or answers itself has no targets.
+  picks, or the one it names (default: the listener's), on its target port (default: the
+  listener's), resolved by the same rules (a named Service of a namespace the instance does
+  not admit is left out, as a selector would leave it); a rule that redirects or answers
+  itself has no targets.
 """
 
 from __future__ import annotations
@@ -314,6 +316,9 @@ def _resolve_route(
         picked = chosen
         if target.selector is not None:
             picked = _admitted(balancer, services, services.matching(target.selector))
+        elif target.service is not None:
+            named = services.by_key.get(target.service)
+            picked = _admitted(balancer, services, [named] if named is not None else [])
         targets.append(
             ResolvedTarget(
                 services=tuple(s.key for s in picked),
@@ -399,13 +404,13 @@ class Resolver:
 
     Which listeners a change reaches: a changed listener; every listener of a changed
     instance; for a changed Service, the listeners that forwarded to it, its own
-    listeners, and the listeners whose selectors (their own or their rules') may pick it
-    now (indexed by one `match_labels` pair each; selectors without one are always
-    looked at); and every listener that shares a port with one of those, as a claim may
-    move. A Namespace change (whom instances admit) resolves everything again. Listeners
-    that did not change keep their very objects, so the caches downstream skip them by
-    identity. The result equals `resolve` of the same snapshot (a property test holds it
-    to that).
+    listeners, those whose rules name it, and the listeners whose selectors (their own
+    or their rules') may pick it now (indexed by one `match_labels` pair each; selectors
+    without one are always looked at); and every listener that shares a port with one of
+    those, as a claim may move. A Namespace change (whom instances admit) resolves
+    everything again. Listeners that did not change keep their very objects, so the caches
+    downstream skip them by identity. The result equals `resolve` of the same snapshot (a
+    property test holds it to that).
     """
 
     def __init__(self, node_group: str | None = None) -> None:
@@ -423,7 +428,7 @@ class Resolver:
         self._resolved: dict[str, ResolvedListener] = {}
         self._rejected: dict[str, Rejected] = {}
         self._users: NameIndex[str] = NameIndex()
-        """Service key -> the listeners that forward to it (or own it)."""
+        """Service key -> the listeners that forward to it, own it or name it in a rule."""
         self._by_pair: NameIndex[tuple[str, str]] = NameIndex()
         """A label pair -> listeners with a selector that requires it."""
         self._unindexed: set[str] = set()
@@ -574,6 +579,7 @@ class Resolver:
         used = set(resolved.services)
         for route in resolved.routes:
             used.update(route.services)
+            used.update(t.service for t in route.route.targets if t.service is not None)
         if resolved.listener.owner.kind is OwnerKind.SERVICE:
             used.add(resolved.listener.owner.name)
         return used

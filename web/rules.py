@@ -22,8 +22,8 @@ from slb.model import (
     Scheme,
     ValueMatch,
     parse_value_matches,
+    target_fields,
 )
-from slb.selector import LabelSelector
 from slb.snapshot import Snapshot
 from web.formpaths import line_error
 from web.state import Preview, preview
@@ -89,8 +89,9 @@ def problem(problems: dict[str, list[str]], field: str, message: str) -> None:
 
 
 def split_target(line: str) -> tuple[str, dict[str, str]]:
-    """A target line, `SELECTOR [port=P] [weight=W]`: its selector (empty, or `listener`:
-    the listener's Services) and the options at its end."""
+    """A target line, `PICKS [port=P] [weight=W]`: what it picks (a selector, `service
+    NS/NAME`, or `listener` or nothing: the listener's Services) and the options at its
+    end."""
     words = line.split()
     options: dict[str, str] = {}
     while words and (option := _TARGET_OPTION.match(words[-1])):
@@ -102,10 +103,8 @@ def split_target(line: str) -> tuple[str, dict[str, str]]:
 
 def _target(line: str) -> dict[str, Any]:
     """One `forward_to` entry from its line; ValueError if its selector cannot be read."""
-    selector, options = split_target(line)
-    target: dict[str, Any] = {}
-    if selector:
-        target["selector"] = LabelSelector.parse(selector).model_dump(mode="json")
+    picks, options = split_target(line)
+    target = target_fields(picks)
     if options.get("port"):
         target["target_port"] = port_ref(options["port"])
     if "weight" in options:
@@ -113,15 +112,15 @@ def _target(line: str) -> dict[str, Any]:
     return target
 
 
-def _target_line(selector: LabelSelector | None, port: PortRef | None, weight: int) -> str:
+def _target_line(target: ForwardTarget) -> str:
     """A forward target as the form writes it (the listener's Services: `listener`)."""
-    words = [str(selector) if selector else "listener"]
+    words = [str(target)]
     if _TARGET_OPTION.match(words[0]):  # a label called port or weight: not an option
         words[0] = words[0].replace("=", "==", 1)
-    if port is not None:
-        words.append(f"port={port}")
-    if weight != 1:
-        words.append(f"weight={weight}")
+    if target.target_port is not None:
+        words.append(f"port={target.target_port}")
+    if target.weight != 1:
+        words.append(f"weight={target.weight}")
     return " ".join(words)
 
 
@@ -224,8 +223,7 @@ def rule_to_form(rule: Route) -> dict[str, Any]:
         "grpc_method": rule.grpc_method or "", "method": rule.method.value if rule.method else "",
         "headers": _match_lines(rule.headers), "query_params": _match_lines(rule.query_params),
         "action": next((a for a in ANSWERS if getattr(rule, a) is not None), "forward"),
-        "targets": "\n".join(_target_line(t.selector, t.target_port, t.weight)
-                             for t in rule.forward_to),
+        "targets": "\n".join(_target_line(t) for t in rule.forward_to),
         "request_headers": _change_lines(rule.request_headers),
         "response_headers": _change_lines(rule.response_headers),
         "timeout_s": "" if rule.timeout_s is None else rule.timeout_s,
@@ -268,11 +266,19 @@ class TargetView:
     """A forward target as the rules show it: the Services it picks now and its share."""
 
     selector: str
-    """Empty: the listener's Services."""
+    """A selector, `service NS/NAME`, or empty: the listener's Services."""
     port: PortRef | None
     share: float | None
     """Percent of the rule's requests; None while a weight cannot be read."""
     picked: Preview
+
+    @property
+    def service(self) -> str | None:
+        """The one Service it names, if it names one."""
+        try:
+            return target_fields(self.selector).get("service") if self.selector else None
+        except ValueError:  # a selector being typed
+            return None
 
     @property
     def percent(self) -> str:
@@ -311,7 +317,8 @@ def form_targets(form: Mapping[str, Any]) -> list[Target]:
 
 
 def model_target(target: ForwardTarget) -> Target:
-    return (str(target.selector) if target.selector else ""), target.target_port, target.weight
+    picks = "" if target.selector is None and target.service is None else str(target)
+    return picks, target.target_port, target.weight
 
 
 def offers_https_redirect(listener: Listener) -> bool:

@@ -20,7 +20,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from slb.model import Backend, Certificate, Listener, LoadBalancer, NodeGroup, Service
+from pydantic import ValidationError
+
+from slb.model import (
+    Backend,
+    Certificate,
+    ForwardTarget,
+    Listener,
+    LoadBalancer,
+    ModelError,
+    NodeGroup,
+    Service,
+    target_fields,
+)
 from slb.readiness import State, readiness
 from slb.resolve import (
     ExposedServices,
@@ -319,16 +331,25 @@ def preview(
     target_port: int | str | None = None,
     load_balancer: str | None = None,
 ) -> Preview:
-    """Which exposed Services a selector typed so far matches, with their ready endpoints;
-    with `load_balancer`, only those of the namespaces that instance admits (the others are
-    counted: a listener there would not forward to them)."""
+    """Which exposed Services a selector typed so far matches (or the one `service NS/NAME`
+    names), with their ready endpoints; with `load_balancer`, only those of the namespaces
+    that instance admits (the others are counted: a listener there would not forward to
+    them)."""
     if not text.strip():
         return Preview(text, None)
     try:
-        selector = LabelSelector.parse(text)
-    except ValueError as exc:
-        return Preview(text, str(exc).splitlines()[0])
-    matched = [s for _, s in sorted(snapshot.of(Service).items()) if selector.matches(s.obj.labels)]
+        fields = target_fields(text)
+        if "service" in fields:  # `service NS/NAME`: that one, if it is exposed
+            target = ForwardTarget.model_validate(fields)
+            named = snapshot.of(Service).get(str(target.service))
+            matched, shown = ([named] if named is not None else []), str(target)
+        else:
+            selector = LabelSelector.parse(text)
+            matched = [s for _, s in sorted(snapshot.of(Service).items())
+                       if selector.matches(s.obj.labels)]  # fmt: skip
+            shown = str(selector)
+    except ValueError as exc:  # pydantic's ValidationError is one too
+        return Preview(text, _first_problem(exc))
     balancer = snapshot.of(LoadBalancer).get(load_balancer or "")
     labels = namespace_labels(snapshot)
     admitted = [
@@ -336,7 +357,13 @@ def preview(
         if balancer is None or balancer.obj.admits(s.obj.namespace, labels.get(s.obj.namespace))
     ]  # fmt: skip
     rows = tuple(service_row(stored, target_port) for stored in admitted)
-    return Preview(str(selector), None, rows, outside=len(matched) - len(admitted))
+    return Preview(shown, None, rows, outside=len(matched) - len(admitted))
+
+
+def _first_problem(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        return ModelError.from_validation("ForwardTarget", exc).errors[0].message
+    return str(exc).splitlines()[0]
 
 
 def listener_backends(snapshot: Snapshot, listener: Listener) -> list[tuple[str, Backend, str]]:

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from slb import config
-from slb.model import Limits, ModelError, parse_value_matches
+from slb.model import Limits, ModelError, parse_value_matches, target_fields
 from slb.operations import Operations
 from slb.selector import LabelSelector
 from slb.storage.secrets import load_keyring
@@ -276,10 +276,8 @@ def _rule_fields(name: str, o: dict[str, Any]) -> dict[str, Any]:
     if weights and len(weights) != len(o["to"]):
         raise click.BadParameter("one weight per --to", param_hint="--weights")
     targets = []
-    for i, selector in enumerate(o["to"]):
-        target: dict[str, Any] = {}
-        if selector != "listener":
-            target["selector"] = LabelSelector.parse(selector).model_dump(mode="json")
+    for i, picks in enumerate(o["to"]):
+        target = target_fields(picks)
         _set(target, "target_port", _port(o["to_port"]))
         _set(target, "weight", weights[i] if weights else None)
         targets.append(target)
@@ -327,7 +325,11 @@ def _port(value: str | None) -> int | str | None:
 @click.option("--header", "headers", multiple=True, help="NAME, NAME=VALUE or NAME~REGEX.")
 @click.option("--query", multiple=True, help="NAME, NAME=VALUE or NAME~REGEX.")
 @click.option("--method")
-@click.option("--to", multiple=True, help="A label selector, or 'listener': its Services.")
+@click.option(
+    "--to",
+    multiple=True,
+    help="A label selector, 'service NAMESPACE/NAME', or 'listener': its Services.",
+)
 @click.option("--to-port", help="The targets' port, by name or number (default: the listener's).")
 @click.option("--weights", help="Comma-separated, one per --to.")
 @click.option("--https-redirect", is_flag=True, help="Redirect to https:// on port 443 (301).")

@@ -19,7 +19,16 @@ from __future__ import annotations
 from slb.model.base import SCHEMA_VERSION, Owner, OwnerKind, Shared, StoredObject
 from slb.model.documents import KINDS, dump_document, load_document, parse
 from slb.model.errors import CrossFieldError, FieldError, ModelError
-from slb.model.fields import Host, IPAddress, IPNetwork, Name, Port, PortRef, is_dns_label
+from slb.model.fields import (
+    Host,
+    IPAddress,
+    IPNetwork,
+    Name,
+    Port,
+    PortRef,
+    ServiceKey,
+    is_dns_label,
+)
 from slb.model.infra import (
     AddressPool,
     Certificate,
@@ -48,6 +57,7 @@ from slb.model.route import (
     Scheme,
     ValueMatch,
     parse_value_matches,
+    target_fields,
 )
 from slb.model.service import Backend, Conditions, Service, ServicePort
 from slb.model.traffic import (
@@ -120,6 +130,7 @@ __all__ = [
     "Scheduler",
     "Scheme",
     "Service",
+    "ServiceKey",
     "ServicePort",
     "Shared",
     "StoredObject",
@@ -130,4 +141,5 @@ __all__ = [
     "load_document",
     "parse",
     "parse_value_matches",
+    "target_fields",
 ]

@@ -55,6 +55,20 @@ def _namespace_ref(value: str) -> str:
 
 NamespaceRef = Annotated[str, AfterValidator(_namespace_ref)]
 """A namespace's name, or `*` for every namespace."""
+
+
+def _service_key(value: str) -> str:
+    namespace, slash, name = value.partition("/")
+    if not slash or not is_dns_label(namespace) or not is_dns_label(name):
+        raise ValueError(
+            f"{value!r} is not a Service's key, NAMESPACE/NAME (each a DNS label: 1-63 "
+            "lowercase letters, digits or '-')"
+        )
+    return value
+
+
+ServiceKey = Annotated[str, AfterValidator(_service_key)]
+"""One Service, `namespace/name`."""
 PortRef = Annotated[int | str, PlainValidator(_port_ref, json_schema_input_type=int | str)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 

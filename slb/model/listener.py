@@ -185,9 +185,10 @@ class Listener(StoredObject):
             seen.add(route.name)
             if self.owner.kind is OwnerKind.SERVICE:
                 problems += [
-                    (f"routes.{i}.forward_to.{j}.selector", "a Service's listener forwards to it")
+                    (f"routes.{i}.forward_to.{j}.{field}", "a Service's listener forwards to it")
                     for j, target in enumerate(route.forward_to)
-                    if target.selector is not None
+                    for field in ("selector", "service")
+                    if getattr(target, field) is not None
                 ]
             if self.protocol is Protocol.GRPC:
                 grpc_only = "GRPC listeners match grpc_service or path_regex, and answer gRPC"

@@ -23,7 +23,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from slb.model.base import Model
 from slb.model.errors import CrossFieldError
-from slb.model.fields import Host, HttpPath, Name, Port, PortRef
+from slb.model.fields import Host, HttpPath, Name, Port, PortRef, ServiceKey
 from slb.selector import LabelSelector
 
 _GRPC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -157,10 +157,12 @@ class Method(StrEnum):
 
 
 class ForwardTarget(Model):
-    """Services a rule forwards to, and their share of its requests."""
+    """Services a rule forwards to, and their share of its requests: those a selector
+    picks, one Service by name, or (neither given) the listener's."""
 
     selector: LabelSelector | None = None
-    """None: the listener's Services."""
+    service: ServiceKey | None = None
+    """One Service, `namespace/name` (a Gateway route's backendRef names its Services so)."""
     target_port: PortRef | None = None
     """None: the listener's target port."""
     weight: int = Field(default=1, ge=0, le=10000)
@@ -171,6 +173,37 @@ class ForwardTarget(Model):
         if selector is not None and selector.empty:
             raise ValueError("must select at least one label; leave it out to use the listener's")
         return selector
+
+    @model_validator(mode="after")
+    def _one_way_to_pick(self) -> Self:
+        if self.selector is not None and self.service is not None:
+            raise CrossFieldError([("service", "give a selector or a Service, not both")])
+        return self
+
+    def __str__(self) -> str:
+        """What it picks as `target_fields` reads it: `listener`, `service NS/NAME` or a
+        selector."""
+        if self.service is not None:
+            return f"{SERVICE_WORD} {self.service}"
+        return str(self.selector) if self.selector is not None else LISTENER_WORD
+
+
+LISTENER_WORD = "listener"
+SERVICE_WORD = "service"
+_NAMED_SERVICE = re.compile(rf"^{SERVICE_WORD}\s+([^\s/]+/[^\s/]+)\Z")
+
+
+def target_fields(text: str) -> dict[str, Any]:
+    """What a forward target picks, as people type it, for the CLI and the console:
+    `listener` (the listener's Services), `service NAMESPACE/NAME` (one Service) or a label
+    selector. The model validates the result; ValueError if a selector cannot be read."""
+    text = text.strip()
+    if text in ("", LISTENER_WORD):
+        return {}
+    named = _NAMED_SERVICE.match(text)
+    if named:  # no selector reads so: `service in (a, b)` is a selector on label `service`
+        return {"service": named[1]}
+    return {"selector": LabelSelector.parse(text).model_dump(mode="json")}
 
 
 class Scheme(StrEnum):

@@ -59,6 +59,7 @@ RULES: list[dict[str, Any]] = [
      "retry": {"attempts": 2, "retry_on": ["5xx"]}},
     {"name": "unretried", "path_prefix": "/plain/", "rewrite": {"path_prefix": "/"},
      "forward_to": [to("pair")]},
+    {"name": "named", "path_prefix": "/named/", "forward_to": [{"service": "tests/solo"}]},
 ]  # fmt: skip
 
 
@@ -127,6 +128,20 @@ def test_a_weighted_split_sends_each_target_its_share(served: tuple[str, Any]) -
     assert set(counts) == {"b", "c"}
     # 3:1 over 400 requests: 300 expected; 240-360 is over 6 standard deviations wide.
     assert 240 <= counts["b"] <= 360, counts
+
+
+def test_a_rule_naming_a_service_reaches_it_once_it_is_exposed(
+    served: tuple[str, dict[str, BackendServer]], store: Store
+) -> None:
+    """`tests/solo` carries no label any selector here picks: only its name leads to it."""
+    vip, servers = served
+    assert _get(vip, "/named/x").status == 503  # not exposed yet: no backend
+    d = servers["d"]
+    solo = service("solo", [(d.address, d.http_port)], port_name="http")
+    store.apply([Put(solo.model_copy(update={"labels": {}}))])
+    wait_until(lambda: _get(vip, "/named/x").body == "d", 15, "the named Service answers")
+    assert {_get(vip, f"/named/{i}").body for i in range(20)} == {"d"}
+    assert _get(vip, "/").body == "a"  # the listener's own selector picks what it picked
 
 
 def test_rewrites_and_header_changes_reach_the_backend_and_the_client(

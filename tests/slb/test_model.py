@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from devbed.pki import self_signed
 from slb import model
-from slb.model import ModelError
+from slb.model import ForwardTarget, ModelError, target_fields
 from slb.selector import LabelSelector
 
 
@@ -181,6 +181,13 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
          ["routes.0.hosts.0"]),
         ("Listener", {"routes": [{"name": "a", "forward_to": [{"selector": {}}]}]},
          ["routes.0.forward_to.0.selector"]),
+        ("Listener", {"routes": [{"name": "a", "forward_to": [{"service": "shop"}]}]},
+         ["routes.0.forward_to.0.service"]),
+        ("Listener", {"routes": [{"name": "a", "forward_to": [{"service": "shop/Cart"}]}]},
+         ["routes.0.forward_to.0.service"]),
+        ("Listener", {"routes": [{"name": "a", "forward_to": [
+            {"service": "shop/cart", "selector": {"match_labels": {"a": "b"}}}]}]},
+         ["routes.0.forward_to.0.service"]),
         ("Listener", {"routes": [{"name": "a", "target_port": 0}]}, ["routes.0.target_port"]),
         ("Listener", {"routes": [{"name": "a", "colour": "red"}]}, ["routes.0.colour"]),
         ("Listener", {"routes": [{"name": "a", "timeout_s": -1}]}, ["routes.0.timeout_s"]),
@@ -188,6 +195,9 @@ def test_certificate_accepts_a_real_chain_and_keeps_the_key_apart() -> None:
                       "routes": [{"name": "a",
                                   "forward_to": [{"selector": {"match_labels": {"a": "b"}}}]}]},
          ["routes.0.forward_to.0.selector"]),
+        ("Listener", {"selector": None, "owner": {"kind": "Service", "name": "shop/cart"},
+                      "routes": [{"name": "a", "forward_to": [{"service": "shop/other"}]}]},
+         ["routes.0.forward_to.0.service"]),
         # Limits (#17): a request rate is Envoy's alone; within Envoy's circuit breakers.
         ("Listener", {"protocol": "TCP", "health_check": None,
                       "limits": {"requests_per_second": 10}}, ["limits.requests_per_second"]),
@@ -498,3 +508,15 @@ def test_objects_read_from_documents_share_their_field_sets_and_stay_independent
     names = [model.Service(namespace="".join(["sh", "op"]), name=n, load_balancer="lb0").namespace
              for n in ("web", "api")]  # fmt: skip
     assert names[0] is names[1]  # names are interned: a namespace recurs in 1,000s of objects
+
+
+def test_a_forward_target_reads_back_as_it_is_written() -> None:
+    """The CLI and the console read targets with `target_fields` and show them with `str`:
+    the listener's Services, one Service by name, or a selector (also on a label called
+    `service`)."""
+    for text in ("listener", "service shop/cart", "app=web,tier in (a,b)", "service in (a,b)"):
+        target = ForwardTarget.model_validate(target_fields(text))
+        assert str(target) == text
+        assert ForwardTarget.model_validate(target_fields(str(target))) == target
+    assert target_fields("service shop/cart") == {"service": "shop/cart"}
+    assert target_fields("  ") == {}

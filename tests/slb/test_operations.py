@@ -242,7 +242,8 @@ def test_the_slb_listener_rule_commands(redis_server: RedisServer, store: Store)
     ops.add_listener({**LISTENER, "protocol": "HTTP", "port": 80, "health_check": None})
     code, out = slb("listener", "rule", "add", "web", "canary", "--path-prefix", "/api/",
                     "--header", "x-canary", "--header", "x-tier~gold|silver", "--query", "v=2",
-                    "--to", "app=api", "--to", "listener", "--weights", "90,10",
+                    "--to", "app=api", "--to", "listener", "--to", "service shop/cart",
+                    "--weights", "90,10,5",
                     "--rewrite-prefix", "/", "--set-header", "x-rule=canary",
                     "--remove-response-header", "server", "--retries", "1",
                     "--retry-on", "5xx,reset")  # fmt: skip
@@ -259,7 +260,8 @@ def test_the_slb_listener_rule_commands(redis_server: RedisServer, store: Store)
     assert (to_https.redirect.scheme, to_https.redirect.code) == ("https", 301)
     assert [(h.name, h.type, h.value) for h in canary.headers] == [
         ("x-canary", "present", ""), ("x-tier", "regex", "gold|silver")]  # fmt: skip
-    assert [(t.selector is None, t.weight) for t in canary.forward_to] == [(False, 90), (True, 10)]
+    assert [(str(t), t.weight) for t in canary.forward_to] == [
+        ("app=api", 90), ("listener", 10), ("service shop/cart", 5)]  # fmt: skip
     assert (canary.rewrite.path_prefix, canary.retry.retry_on) == ("/", ("5xx", "reset"))
     assert (down.fixed_response.status, down.fixed_response.body) == (503, "back soon")
     code, out = slb("listener", "rule", "list", "web")

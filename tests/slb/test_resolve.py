@@ -97,6 +97,28 @@ def test_a_selector_picks_only_services_of_namespaces_the_instance_admits() -> N
     assert (served.services, served.routes[0].services) == (("shop/a",), ("shop/a",))
 
 
+def test_a_rule_may_name_one_service_which_the_instance_must_admit() -> None:
+    """A named Service is picked whatever its labels; one of a namespace the instance does
+    not admit is left out, as a selector would leave it."""
+    route = {"name": "cart", "path_prefix": "/cart",
+             "forward_to": [{"service": "shop/cart", "weight": 3},
+                            {"service": "tenant-b/cart"}, {"service": "shop/gone"}]}  # fmt: skip
+    objects = (
+        listener("web", protocol="HTTP", routes=[route]),
+        service("a", {"app": "web"}, [ep(1)]),
+        service("cart", {}, [ep(5)]),
+        service("cart", {}, [ep(66)], namespace="tenant-b"),
+    )
+    (served,) = resolve(snapshot(lb(), *objects)).listeners
+    cart, intruder, gone = served.routes[0].targets
+    assert (cart.services, [str(b.address) for b in cart.backends], cart.weight) == (
+        ("shop/cart",), ["198.18.1.5"], 3,
+    )  # fmt: skip
+    assert (intruder.services, intruder.backends) == ((), ())
+    assert (gone.services, gone.backends) == ((), ())
+    assert served.services == ("shop/a",)  # the listener's own selector is untouched
+
+
 def test_not_ready_endpoints_are_left_out_and_terminating_ones_drain() -> None:
     endpoints = [
         ep(1),

@@ -40,8 +40,9 @@ def listener(i: int, variant: int) -> dict[str, Any]:
         data["owner"] = OPERATOR
         data["selector"] = SELECTORS[variant % 3]
     if data["protocol"] == "HTTP" and variant % 2 and "selector" in data:
-        target = {"selector": SELECTORS[(variant + 1) % 3]}
-        data["routes"] = [{"name": "r", "path_prefix": "/x", "forward_to": [target]}]
+        picked = {"selector": SELECTORS[(variant + 1) % 3]}
+        named = {"service": f"{['shop', 'other'][variant // 2 % 2]}/s{variant % 4}", "weight": 2}
+        data["routes"] = [{"name": "r", "path_prefix": "/x", "forward_to": [picked, named]}]
     return data
 
 
@@ -167,3 +168,22 @@ def test_a_name_index_holds_one_name_bare_and_drops_emptied_keys() -> None:
     index.discard("shop/web", "b")
     assert index.get("shop/web") == set()
     assert index._names == {}  # churn leaves nothing behind
+
+
+def test_a_service_a_rule_names_is_picked_up_when_it_appears() -> None:
+    """Neither selector picks it (no labels), so only the rule's name can lead to it."""
+    objects: Objects = {k: {} for k in KINDS}
+    objects["LoadBalancer"]["lb0"] = Stored(build("LoadBalancer", 0, 1), 1)
+    data = {**listener(0, 3)}
+    data.pop("kind")
+    data["routes"] = [{"name": "r", "path_prefix": "/x", "forward_to": [{"service": "shop/s2"}]}]
+    objects["Listener"]["l0"] = Stored(KINDS["Listener"].model_validate(data), 1)
+    resolver = Resolver()
+    before = resolver.update(Snapshot(1, objects), None)
+    assert before.listeners[0].routes[0].targets[0].backends == ()
+    named = build("Service", 2, 4)  # namespace shop, no labels
+    objects["Service"][named.key] = Stored(named, 2)
+    after = resolver.update(Snapshot(2, objects), [("Service", named.key)])
+    assert after == resolve(Snapshot(2, objects))
+    assert after.listeners[0].routes[0].targets[0].services == ("shop/s2",)
+    assert len(after.listeners[0].routes[0].targets[0].backends) == 2

@@ -790,6 +790,7 @@ BAD_RULES = {
     "timeout": ({"timeout_s": "soon"}, "timeout_s", "valid integer"),
     "retry-on": ({"retry_on": ["sometimes"]}, "retry_on", "Input should be"),
     "host": ({"hosts": "shop..example"}, "hosts", "#1:"),
+    "service": ({"targets": "service shop/API"}, "targets", "NAMESPACE/NAME"),
 }  # fmt: skip
 """Bad rule form input: the change to RULE, the form field it is shown at, and what it says."""
 
@@ -933,6 +934,36 @@ def test_the_rule_form_previews_each_target_line(
     assert 'data-service="shop/shop"' in second
     bad = client.get("/listeners/web/rules/preview", query_string={"targets": "app in (x"})
     assert 'class="field-error" data-field="targets">#1:' in bad.get_data(as_text=True)
+
+
+def test_a_rule_forwards_to_one_service_by_name(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    """`service NAMESPACE/NAME` picks that Service whatever its labels: in the preview,
+    the stored rule, the listener's table and the edit form."""
+    put_service(store, "cart", {"team": "carts"}, ready=2)
+    version = http_listener(ops)
+    auth.login("alice")
+    lines = "service shop/cart port=8080 weight=3\nservice shop/gone"
+    preview = client.get("/listeners/web/rules/preview", query_string={"targets": lines}).get_data(
+        as_text=True
+    )
+    cart, gone = preview.split('data-line="2"')
+    assert "75%</strong> to Service <code>shop/cart</code>, port 8080" in cart
+    assert 'data-service="shop/cart"' in cart
+    assert 'data-matches="0"' in gone
+    added = auth.post("/listeners/web/rules/new", {**RULE, "targets": lines, "version": version})
+    assert added.status_code == 302, added.get_data(as_text=True)
+    (rule,) = [r for r in store.get(Listener, "web").obj.routes if r.name == "api"]
+    assert [(t.service, t.selector, t.target_port, t.weight) for t in rule.forward_to] == [
+        ("shop/cart", None, 8080, 3), ("shop/gone", None, None, 1)
+    ]  # fmt: skip
+    detail = client.get("/listeners/web").get_data(as_text=True)
+    row = detail.split('data-route="api"')[1].split("</tr>")[0]
+    assert "75%</strong> to Service <code>shop/cart</code>, port 8080" in row
+    assert 'data-service="shop/cart"' in row
+    form = client.get("/listeners/web/rules/api/edit").get_data(as_text=True)
+    assert lines in form
 
 
 def test_viewers_cannot_change_rules(
