@@ -268,6 +268,8 @@ def main() -> None:
                         help="the others' health check (default: the listener's, tcp); none "
                         "spares Envoy a connection per listener and endpoint, for 10,000 others "
                         "under this machine's 20,000 open files")  # fmt: skip
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep every component's log after a good run too")  # fmt: skip
     args = parser.parse_args()
     l4_others = args.others if args.l4_others is None else args.l4_others
     with tempfile.TemporaryDirectory(prefix="openslb-bench-") as tmp:
@@ -302,8 +304,11 @@ def main() -> None:
                     l4_crowd = trials(platform, "l4", args.trials, 36000, "l4crowd",
                                       splits=splits["l4_with_others"])  # fmt: skip
         except BaseException:
-            keep_logs(platform)
+            keep_logs(platform, "the run failed")
             raise
+        else:
+            if args.keep_logs:
+                keep_logs(platform, "--keep-logs")
         finally:
             platform.down(lambda m: None)
     write_results(
@@ -321,15 +326,15 @@ SPLIT_PARTS = {
 """The parts each kind of trial is split into (`trials`)."""
 
 
-def keep_logs(platform: DevPlatform) -> None:
-    """A failed run's logs (every component's, Envoy's and the cluster's among them) outlive
-    its directory, to find out why."""
-    kept = Path(tempfile.mkdtemp(prefix="openslb-bench-failed-"))
+def keep_logs(platform: DevPlatform, why: str) -> None:
+    """A run's logs (every component's, Envoy's and the cluster's among them) outlive its
+    directory: a failed run's always, to find out why."""
+    kept = Path(tempfile.mkdtemp(prefix="openslb-bench-logs-"))
     for path in platform.state_dir.rglob("*.log"):
         target = kept / path.relative_to(platform.state_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
-    log(f"the run failed; its logs are kept in {kept}")
+    log(f"{why}: the run's logs are kept in {kept}")
 
 
 @contextmanager

@@ -15,8 +15,10 @@ def cmi_cmd(settings: config.Settings, log_level: str) -> None:
     import logging  # noqa: PLC0415
 
     from cmi import daemon  # noqa: PLC0415 - only this command needs the controller
+    from slb.memory import CollectionWatch  # noqa: PLC0415
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    CollectionWatch().install()
     try:
         daemon.run(settings)
     except config.ConfigError as exc:

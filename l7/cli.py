@@ -16,6 +16,7 @@ import click
 from slb import pki
 from slb.config import Settings, XdsSettings, host_port
 from slb.integrity import AppliedRecord
+from slb.memory import CollectionWatch
 from slb.storage.secrets import load_keyring
 from slb.storage.store import Store
 
@@ -62,6 +63,7 @@ def xds(
                 "Set them (`slb pki`), or pass --insecure-plaintext"
             )
         log.warning("xds: serving plaintext on %s (--insecure-plaintext)", bind)
+    CollectionWatch().install()
     store = Store.connect(settings.redis)
     server = XdsServer(
         store,

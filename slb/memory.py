@@ -1,15 +1,25 @@
-"""Handing the C heap's free pages back to the system after a big read.
+"""The daemons' memory: handing the C heap's free pages back after a big read, and
+watching the pauses of Python's cyclic garbage collector.
 
 A cold read of the desired state (10,000 Services: their JSON documents, the dicts parsed
 from them, translation's temporaries) frees most of what it allocated, but glibc's malloc
 keeps freed pages for later, so a daemon's resident memory stays at its peak.
+
+A full collection walks every container object the process holds (the desired state, the
+caches): it stops the daemon's every thread for as long, so a slow one is logged.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
+import logging
+import time
 from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -29,3 +39,41 @@ def give_back() -> bool:
         return False
     _TRIM(0)
     return True
+
+
+SLOW_COLLECTION_S = 0.05
+
+
+class CollectionWatch:
+    """Counts the cyclic collector's pauses and logs each one longer than `slow_s`, with
+    its generation and what it walked, so a latency spike can be told apart from one."""
+
+    def __init__(self, slow_s: float = SLOW_COLLECTION_S) -> None:
+        self.slow_s = slow_s
+        self.pauses = 0
+        self.slow = 0
+        self.longest_s = 0.0
+        self._began = 0.0
+
+    def install(self) -> CollectionWatch:
+        gc.callbacks.append(self._heard)
+        return self
+
+    def uninstall(self) -> None:
+        if self._heard in gc.callbacks:
+            gc.callbacks.remove(self._heard)
+
+    def _heard(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        took = time.perf_counter() - self._began
+        self.pauses += 1
+        self.longest_s = max(self.longest_s, took)
+        if took >= self.slow_s:
+            self.slow += 1
+            log.warning(
+                "garbage collection of generation %d paused the process for %.0f ms "
+                "(%d objects tracked, %d frozen)",
+                info["generation"], took * 1000, len(gc.get_objects()), gc.get_freeze_count(),
+            )  # fmt: skip
