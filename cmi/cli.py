@@ -18,7 +18,7 @@ def cmi_cmd(settings: config.Settings, log_level: str) -> None:
     from slb.memory import CollectionWatch  # noqa: PLC0415
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    CollectionWatch().install()
+    CollectionWatch(freeze_survivors=True).install()
     try:
         daemon.run(settings)
     except config.ConfigError as exc:

@@ -63,7 +63,7 @@ def xds(
                 "Set them (`slb pki`), or pass --insecure-plaintext"
             )
         log.warning("xds: serving plaintext on %s (--insecure-plaintext)", bind)
-    CollectionWatch().install()
+    CollectionWatch(freeze_survivors=True).install()
     store = Store.connect(settings.redis)
     server = XdsServer(
         store,

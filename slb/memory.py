@@ -46,10 +46,18 @@ SLOW_COLLECTION_S = 0.05
 
 class CollectionWatch:
     """Counts the cyclic collector's pauses and logs each one longer than `slow_s`, with
-    its generation and what it walked, so a latency spike can be told apart from one."""
+    its generation and what it walked, so a latency spike can be told apart from one.
 
-    def __init__(self, slow_s: float = SLOW_COLLECTION_S) -> None:
+    With `freeze_survivors`, what outlives a full collection is frozen (`gc.freeze`): the
+    next full collection walks only what came since, so its pause follows the churn, not
+    the size of the state. A daemon's long-lived state (parsed JSON, models, protobufs)
+    is freed by reference counting as before; only garbage cycles among frozen objects
+    would stay, and that state makes none.
+    """
+
+    def __init__(self, slow_s: float = SLOW_COLLECTION_S, freeze_survivors: bool = False) -> None:
         self.slow_s = slow_s
+        self.freeze_survivors = freeze_survivors
         self.pauses = 0
         self.slow = 0
         self.longest_s = 0.0
@@ -77,3 +85,5 @@ class CollectionWatch:
                 "(%d objects tracked, %d frozen)",
                 info["generation"], took * 1000, len(gc.get_objects()), gc.get_freeze_count(),
             )  # fmt: skip
+        if self.freeze_survivors and info["generation"] == 2:
+            gc.freeze()
