@@ -36,6 +36,7 @@ def port_ref(text: str) -> PortRef:
 
 MATCH_KINDS = {
     "prefix": ("path_prefix", "path prefix"),
+    "segments": ("path_segments", "path prefix of whole segments"),
     "exact": ("path_exact", "exact path"),
     "regex": ("path_regex", "path regex (RE2, the whole path)"),
     "grpc": ("grpc_service", "gRPC service"),

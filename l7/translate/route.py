@@ -138,6 +138,8 @@ def _match(match: route_components_pb2.RouteMatch, r: Route) -> None:
             match.prefix = f"/{r.grpc_service}/"
     elif r.path_exact is not None:
         match.path = r.path_exact
+    elif r.path_segments not in (None, "/"):  # `/` alone is every path: a prefix
+        match.path_separated_prefix = r.path_segments
     elif r.path_regex is not None:
         match.safe_regex.regex = r.path_regex
     else:

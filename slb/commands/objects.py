@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from slb import config
-from slb.model import Limits, ModelError, parse_value_matches, target_fields
+from slb.model import PATH_MATCHES, Limits, ModelError, parse_value_matches, target_fields
 from slb.operations import Operations
 from slb.selector import LabelSelector
 from slb.storage.secrets import load_keyring
@@ -266,8 +266,7 @@ def _rule_fields(name: str, o: dict[str, Any]) -> dict[str, Any]:
             raise click.BadParameter("must hold one rule, a JSON object", param_hint="--file")
         return {**given, "name": name}
     rule: dict[str, Any] = {"name": name}
-    for key in ("path_prefix", "path_exact", "path_regex", "grpc_service", "grpc_method",
-                "method", "timeout_s"):  # fmt: skip
+    for key in (*PATH_MATCHES, "grpc_method", "method", "timeout_s"):
         _set(rule, key, o[key])
     _set(rule, "hosts", list(o["hosts"]) or None)
     _set(rule, "headers", parse_value_matches(o["headers"]) or None)
@@ -317,7 +316,8 @@ def _port(value: str | None) -> int | str | None:
               "name already stands (it is replaced).")  # fmt: skip
 @click.option("--file", type=click.File(), help="The whole rule as JSON (the REST API's form).")
 @click.option("--host", "hosts", multiple=True, help="Exact or '*.'-wildcard; none: any host.")
-@click.option("--path-prefix")
+@click.option("--path-prefix", help="Any path that starts so (/api matches /apix).")
+@click.option("--path-segments", help="Whole segments: /api matches /api and /api/x, not /apix.")
 @click.option("--path-exact")
 @click.option("--path-regex", help="RE2, matched against the whole path.")
 @click.option("--grpc-service")

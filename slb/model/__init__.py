@@ -40,6 +40,7 @@ from slb.model.infra import (
 )
 from slb.model.listener import Listener
 from slb.model.route import (
+    PATH_MATCHES,
     FixedResponse,
     ForwardTarget,
     Header,
@@ -80,6 +81,7 @@ from slb.model.traffic import (
 __all__ = [
     "DEFAULT_EXPECTED_CODES",
     "KINDS",
+    "PATH_MATCHES",
     "SCHEMA_VERSION",
     "AddressPool",
     "Backend",

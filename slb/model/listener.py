@@ -194,7 +194,7 @@ class Listener(StoredObject):
                 grpc_only = "GRPC listeners match grpc_service or path_regex, and answer gRPC"
                 problems += [
                     (f"routes.{i}.{field}", grpc_only)
-                    for field in ("path_prefix", "path_exact", "redirect")
+                    for field in ("path_prefix", "path_segments", "path_exact", "redirect")
                     if getattr(route, field) is not None
                 ]
         return problems

@@ -306,6 +306,10 @@ class Retry(Model):
     )
 
 
+PATH_MATCHES = ("path_prefix", "path_segments", "path_exact", "path_regex", "grpc_service")
+"""A rule matches its path one of these ways (or not at all)."""
+
+
 class Route(Model):
     """A forwarding rule: requests it matches are forwarded, redirected or answered.
 
@@ -318,6 +322,10 @@ class Route(Model):
     hosts: tuple[Host, ...] = Field(default=(), max_length=64)
     """Any of them; none: every host."""
     path_prefix: HttpPath | None = Field(default=None, max_length=1024)
+    """Any path that starts so: `/api` matches `/apix` too."""
+    path_segments: HttpPath | None = Field(default=None, max_length=1024)
+    """Whole segments (the Gateway API's PathPrefix): `/api` matches `/api` and `/api/x`,
+    not `/apix`; a trailing `/` is ignored."""
     path_exact: HttpPath | None = Field(default=None, max_length=1024)
     path_regex: Regex | None = None
     grpc_service: Annotated[str, AfterValidator(_grpc_service)] | None = None
@@ -353,6 +361,13 @@ class Route(Model):
                 data["forward_to"] = [target]
         return data
 
+    @field_validator("path_segments")
+    @classmethod
+    def _segments(cls, value: str | None) -> str | None:
+        if value is not None and ("?" in value or "#" in value):
+            raise ValueError("matches the path alone: no '?' or '#'")
+        return None if value is None else value.rstrip("/") or "/"
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         problems = self._match_problems() + self._action_problems()
@@ -362,11 +377,7 @@ class Route(Model):
 
     def _match_problems(self) -> list[tuple[str, str]]:
         problems = []
-        given = [
-            f
-            for f in ("path_prefix", "path_exact", "path_regex", "grpc_service")
-            if getattr(self, f) is not None
-        ]
+        given = [f for f in PATH_MATCHES if getattr(self, f) is not None]
         for extra in given[1:]:
             problems.append((extra, f"a rule matches one path: {given[0]} is already given"))
         if self.grpc_method is not None and self.grpc_service is None:

@@ -60,6 +60,7 @@ RULES: list[dict[str, Any]] = [
     {"name": "unretried", "path_prefix": "/plain/", "rewrite": {"path_prefix": "/"},
      "forward_to": [to("pair")]},
     {"name": "named", "path_prefix": "/named/", "forward_to": [{"service": "tests/solo"}]},
+    {"name": "segments", "path_segments": "/docs/", "forward_to": [to("b")]},
 ]  # fmt: skip
 
 
@@ -120,6 +121,9 @@ def test_matches_on_method_path_regex_query_and_headers(served: tuple[str, Any])
     assert _get(vip, "/api/x").body == "a"
     assert _get(vip, "/", headers={"X-Tenant": "gold"}).body == "c"
     assert _get(vip, "/", headers={"x-tenant": "silver"}).body == "a"
+    # Whole segments: /docs and below, never /docsx.
+    assert [_get(vip, p).body for p in ("/docs", "/docs/", "/docs/v1?x=1", "/docsx")] == [
+        "b", "b", "b", "a"]  # fmt: skip
 
 
 def test_a_weighted_split_sends_each_target_its_share(served: tuple[str, Any]) -> None:

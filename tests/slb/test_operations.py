@@ -274,3 +274,6 @@ def test_the_slb_listener_rule_commands(redis_server: RedisServer, store: Store)
     assert (code, out.split(" (")[0]) == (0, "rules of listener web: down, to-https, canary")
     assert slb("listener", "rule", "rm", "web", "canary")[0] == 0
     assert slb("listener", "rule", "rm", "web", "canary")[0] == 1
+    code, out = slb("listener", "rule", "add", "web", "docs", "--path-segments", "/docs/")
+    assert code == 0, out
+    assert store.get(Listener, "web").obj.routes[-1].path_segments == "/docs"

@@ -966,6 +966,23 @@ def test_a_rule_forwards_to_one_service_by_name(
     assert lines in form
 
 
+def test_a_rule_matches_whole_path_segments_from_the_form(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    version = http_listener(ops)
+    auth.login("alice")
+    form = client.get("/listeners/web/rules/new").get_data(as_text=True)
+    assert '<option value="segments" >path prefix of whole segments</option>' in form
+    rule = {**RULE, "match": "segments", "match_value": "/docs/", "rewrite_path_prefix": "",
+            "version": version}  # fmt: skip
+    added = auth.post("/listeners/web/rules/new", rule)
+    assert added.status_code == 302, added.get_data(as_text=True)
+    (api,) = [r for r in store.get(Listener, "web").obj.routes if r.name == "api"]
+    assert (api.path_segments, api.path_prefix) == ("/docs", None)  # the trailing / ignored
+    edit = client.get("/listeners/web/rules/api/edit").get_data(as_text=True)
+    assert '<option value="segments" selected>' in edit
+
+
 def test_viewers_cannot_change_rules(
     client: FlaskClient, auth: Auth, ops: Operations, store: Store
 ) -> None:
