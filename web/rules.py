@@ -21,6 +21,7 @@ from slb.model import (
     Route,
     Scheme,
     ValueMatch,
+    named_service,
     parse_value_matches,
     target_fields,
 )
@@ -276,10 +277,7 @@ class TargetView:
     @property
     def service(self) -> str | None:
         """The one Service it names, if it names one."""
-        try:
-            return target_fields(self.selector).get("service") if self.selector else None
-        except ValueError:  # a selector being typed
-            return None
+        return named_service(self.selector)
 
     @property
     def percent(self) -> str:

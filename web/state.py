@@ -31,7 +31,7 @@ from slb.model import (
     ModelError,
     NodeGroup,
     Service,
-    target_fields,
+    named_service,
 )
 from slb.readiness import State, readiness
 from slb.resolve import (
@@ -338,10 +338,9 @@ def preview(
     if not text.strip():
         return Preview(text, None)
     try:
-        fields = target_fields(text)
-        if "service" in fields:  # `service NS/NAME`: that one, if it is exposed
-            target = ForwardTarget.model_validate(fields)
-            named = snapshot.of(Service).get(str(target.service))
+        if (key := named_service(text)) is not None:  # that one, if it is exposed
+            target = ForwardTarget.model_validate({"service": key})
+            named = snapshot.of(Service).get(key)
             matched, shown = ([named] if named is not None else []), str(target)
         else:
             selector = LabelSelector.parse(text)

@@ -57,6 +57,7 @@ from slb.model.route import (
     Route,
     Scheme,
     ValueMatch,
+    named_service,
     parse_value_matches,
     target_fields,
 )
@@ -141,6 +142,7 @@ __all__ = [
     "dump_document",
     "is_dns_label",
     "load_document",
+    "named_service",
     "parse",
     "parse_value_matches",
     "target_fields",

@@ -193,6 +193,13 @@ SERVICE_WORD = "service"
 _NAMED_SERVICE = re.compile(rf"^{SERVICE_WORD}\s+([^\s/]+/[^\s/]+)\Z")
 
 
+def named_service(text: str) -> str | None:
+    """The key `service NAMESPACE/NAME` gives (not yet checked), or None for any other
+    text: no selector reads so (`service in (a, b)` is a selector on label `service`)."""
+    named = _NAMED_SERVICE.match(text.strip())
+    return named[1] if named else None
+
+
 def target_fields(text: str) -> dict[str, Any]:
     """What a forward target picks, as people type it, for the CLI and the console:
     `listener` (the listener's Services), `service NAMESPACE/NAME` (one Service) or a label
@@ -200,9 +207,8 @@ def target_fields(text: str) -> dict[str, Any]:
     text = text.strip()
     if text in ("", LISTENER_WORD):
         return {}
-    named = _NAMED_SERVICE.match(text)
-    if named:  # no selector reads so: `service in (a, b)` is a selector on label `service`
-        return {"service": named[1]}
+    if (named := named_service(text)) is not None:
+        return {"service": named}
     return {"selector": LabelSelector.parse(text).model_dump(mode="json")}
 
 
