@@ -34,6 +34,7 @@ import grpc
 from devbed.envoy import EnvoyProxy
 from devbed.process import Process, connects, free_port, wait_until
 from l7.bootstrap import bootstrap
+from l7.stats import read_clusters_page
 from slb.model import (
     Backend,
     LoadBalancer,
@@ -388,16 +389,9 @@ def _socket(address: str, port: int) -> dict[str, Any]:
 def cluster_hosts(envoy: EnvoyProxy, cluster: str) -> dict[str, dict[str, str]]:
     """Every host of one cluster with its statistics and flags (as text), from the admin
     /clusters page, by host:port."""
-    out: dict[str, dict[str, str]] = {}
-    prefix = f"{cluster}::"
-    for line in envoy.admin("clusters").splitlines():
-        if not line.startswith(prefix):
-            continue
-        parts = line[len(prefix) :].split("::")
-        if len(parts) == 3:
-            out.setdefault(parts[0], {})[parts[1]] = parts[2]
+    hosts = read_clusters_page(envoy.admin("clusters").splitlines()).get(cluster, {})
     # the cluster's own lines (`default_priority::max_connections::1024`, ...) name no host
-    return {host: stats for host, stats in out.items() if "cx_active" in stats}
+    return {host: stats for host, stats in hosts.items() if "cx_active" in stats}
 
 
 def host_stats(envoy: EnvoyProxy, cluster: str, stat: str) -> dict[str, int]:

@@ -29,6 +29,7 @@ from slb.storage.store import Store
 from slb.storage.timeseries import (
     BYTES_PER_SECOND,
     CONNECTIONS,
+    IDLE_EVERY_S,
     RATE_LIMITED_CONNECTIONS_PER_SECOND,
     TimeSeries,
 )
@@ -65,7 +66,7 @@ class StatsWriter:
         self.store = store
         self.node = node
         self.latest_key = store.key("l4", node, "stats")
-        self.timeseries = TimeSeries(store)
+        self.timeseries = TimeSeries(store, idle_every_s=IDLE_EVERY_S)
         self._drops: dict[ServiceKey, tuple[float, int]] = {}
         """The rate-limit drop counters at the previous sample, and when it was taken."""
 

@@ -5,6 +5,12 @@ it holds); State of the World on request. The admin API listens on loopback only
 Prometheus scrapes a separate stats listener that exposes nothing but
 `/stats/prometheus` and `/ready`. The overload manager caps downstream connections for
 the whole node, above the per-listener limit the translation sets.
+
+Statistics are flushed when read (`stats_flush_on_admin`: by `slb envoy-stats` or a
+Prometheus scrape), not every 5 s: a flush snapshots every counter and gauge on the main
+thread, which applies xDS too, whether or not any sink is configured: with 10,000
+clusters (a million statistics) each flush held it about 0.1 s (#18). Histograms'
+interval quantiles then cover the time since the previous read.
 """
 
 from __future__ import annotations
@@ -202,6 +208,7 @@ def bootstrap(
             "lds_config": ads,
         },
         "static_resources": static,
+        "stats_flush_on_admin": True,
         "overload_manager": {
             "refresh_interval": "0.25s",
             "resource_monitors": [{

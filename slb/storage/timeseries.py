@@ -14,6 +14,12 @@ Layout under the store prefix `P`:
 LABELS is the canonical `k=v,k=v` form (keys sorted). Each series keeps at most
 `max_points` points and none older than `retention_s`: every append trims, so memory is
 bounded by (label sets x max_points) whatever the writers do.
+
+A writer may thin idle series (`idle_every_s`): a zero that follows a zero is written once
+in that time, not at every sample. At 10,000 listeners of 10 backends one Envoy's sample
+is 420,000 points, nearly all zeros, two million Redis commands on the Redis that carries
+the desired state (#18). A missing zero changes no sum over nodes and no maximum, and an
+idle listener's chart still shows its zeros.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ BACKEND_SERIES = (BACKEND_CONNECTIONS, BACKEND_REQUESTS_PER_SECOND, BACKEND_ERRO
 
 DEFAULT_RETENTION_S = 3600
 DEFAULT_MAX_POINTS = 720
+IDLE_EVERY_S = 60.0
+"""How often the data planes write a point of an idle series (see above)."""
 
 _LABEL_SAFE = str.maketrans({",": "_", "=": "_", ":": "_", " ": "_"})
 
@@ -119,10 +127,14 @@ class TimeSeries:
         store: Store,
         retention_s: float = DEFAULT_RETENTION_S,
         max_points: int = DEFAULT_MAX_POINTS,
+        idle_every_s: float | None = None,
     ) -> None:
         self.store = store
         self.retention_s = retention_s
         self.max_points = max_points
+        self.idle_every_s = idle_every_s
+        self._idle_since: dict[str, float] = {}
+        """Key -> when this writer last wrote a zero to it, while it stays zero."""
 
     def _key(self, series: str, labels: str) -> str:
         return self.store.key("ts", series, labels)
@@ -145,12 +157,27 @@ class TimeSeries:
         for series, labels, value in points:
             labels_text = label_key(labels)
             key = self._key(series, labels_text)
+            if self._idle(key, value, t):
+                continue
             pipe.zadd(key, {f"{t!r} {float(value)!r}": t})
             pipe.zremrangebyscore(key, "-inf", f"({t - self.retention_s!r}")
             pipe.zremrangebyrank(key, 0, -self.max_points - 1)
             pipe.expire(key, int(self.retention_s) + 60)
             pipe.sadd(self.store.key("ts-index", series), labels_text)
         pipe.execute()
+
+    def _idle(self, key: str, value: float, t: float) -> bool:
+        """Whether to leave out this point: a zero after a zero, within `idle_every_s`."""
+        if self.idle_every_s is None:
+            return False
+        if value != 0:
+            self._idle_since.pop(key, None)
+            return False
+        since = self._idle_since.get(key)
+        if since is not None and t - since < self.idle_every_s:
+            return True
+        self._idle_since[key] = t
+        return False
 
     def labels(self, series: str) -> list[dict[str, str]]:
         """Every label set that has (or recently had) points in `series`."""

@@ -55,6 +55,9 @@ def test_envoy_accepts_the_bootstrap(tmp_path: Path, delta: bool) -> None:
     ads = config["dynamic_resources"]["ads_config"]
     assert ads["api_type"] == ("DELTA_GRPC" if delta else "GRPC")
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    # No flush timer: a flush walks every statistic on the thread that applies xDS.
+    assert config["stats_flush_on_admin"] is True
+    assert "stats_flush_interval" not in config
 
 
 def test_the_command_writes_a_file_and_names_bad_input(tmp_path: Path) -> None:

@@ -26,7 +26,15 @@ from devbed.l7harness import (
 )
 from devbed.process import wait_until
 from devbed.redis import RedisServer
-from l7.stats import MAX_DUTY, MAX_INTERVAL_S, EnvoyStats, Sampler, admin_reader, pause_after
+from l7.stats import (
+    MAX_DUTY,
+    MAX_INTERVAL_S,
+    EnvoyStats,
+    Sampler,
+    admin_reader,
+    parse_clusters,
+    pause_after,
+)
 from slb.snapshot import Put
 from slb.storage.envoyhosts import DEFAULT_MAX_AGE_S, EnvoyHosts
 from slb.storage.store import Store
@@ -162,15 +170,57 @@ def test_rates_come_from_two_samples_and_a_restart_gives_none() -> None:
     def stats(rq: int) -> dict[str, Any]:
         return {"stats": [{"name": "http.web.downstream_rq_total", "value": rq}]}
 
-    clusters = {"cluster_statuses": [{"name": "web", "added_via_api": True}]}
+    hosts = parse_clusters(["web::added_via_api::true\n"])
     sampler_ = Sampler("n1")
-    assert not [p for p in sampler_.sample(10.0, stats(100), clusters).points if "second" in p[0]]
-    rates = {p[0]: p[2] for p in sampler_.sample(15.0, stats(150), clusters).points}
+    assert not [p for p in sampler_.sample(10.0, stats(100), hosts).points if "second" in p[0]]
+    rates = {p[0]: p[2] for p in sampler_.sample(15.0, stats(150), hosts).points}
     assert rates["requests_per_second"] == 10.0
-    after_restart = {p[0] for p in sampler_.sample(20.0, stats(3), clusters).points}
+    after_restart = {p[0] for p in sampler_.sample(20.0, stats(3), hosts).points}
     assert "requests_per_second" not in after_restart
     # The bootstrap's own clusters (not sent over xDS) name no listener.
-    assert Sampler("n1").sample(1.0, stats(1), {"cluster_statuses": [{"name": "xds"}]}).points == []
+    xds = parse_clusters(["xds::added_via_api::false\n"])
+    assert Sampler("n1").sample(1.0, stats(1), xds).points == []
+
+
+CLUSTERS_PAGE = """\
+xds::default_priority::max_connections::1024
+xds::added_via_api::false
+xds::198.18.0.9:18000::cx_active::1
+xds::198.18.0.9:18000::health_flags::healthy
+web::outlier::success_rate_average::-1
+web::default_priority::max_connections::1024
+web::added_via_api::true
+web::198.18.1.1:8080::cx_active::2
+web::198.18.1.1:8080::rq_total::40
+web::198.18.1.1:8080::rq_error::1
+web::198.18.1.1:8080::health_flags::healthy
+web::198.18.1.1:8080::hostname::
+web::198.18.1.2:8080::cx_active::0
+web::198.18.1.2:8080::rq_total::7
+web::198.18.1.2:8080::health_flags::/failed_active_hc/active_hc_timeout
+web::[2001:db8::1]:8080::rq_total::3
+web::[2001:db8::1]:8080::health_flags::/degraded_eds_health
+web/api::added_via_api::true
+web/api::198.18.1.1:8080::rq_total::10
+web/api::198.18.1.1:8080::health_flags::/failed_outlier_check
+web/api::198.18.1.3:8080::health_flags::/pending_active_hc
+"""
+
+
+def test_the_clusters_page_folds_into_hosts_per_listener() -> None:
+    """Envoy's text /clusters: a route's cluster (`web/api`) counts for its listener, the
+    gravest state of a host wins, IPv6 hosts lose their brackets as the console names them,
+    and the bootstrap's own cluster is left out."""
+    hosts = parse_clusters(CLUSTERS_PAGE.splitlines(keepends=True))
+    assert hosts.listeners == {"web"}
+    assert hosts.states == {"web": {
+        "198.18.1.1:8080": "ejected", "198.18.1.2:8080": "failing",
+        "2001:db8::1:8080": "degraded", "198.18.1.3:8080": "pending",
+    }}  # fmt: skip
+    assert hosts.counters[("web", "198.18.1.1:8080")] == {
+        "cx_active": 2.0, "rq_total": 50.0, "rq_error": 1.0,
+    }  # fmt: skip
+    assert hosts.counters[("web", "2001:db8::1:8080")]["rq_total"] == 3.0
 
 
 def test_slow_samples_are_taken_further_apart_but_never_too_far() -> None:

@@ -40,6 +40,30 @@ def test_every_series_is_bounded_by_count_and_age(store: Store) -> None:
     assert store.redis.ttl(store.key("ts", CONNECTIONS, "listener=web")) > 100
 
 
+def test_a_writer_thins_idle_series_without_changing_sums(store: Store) -> None:
+    """A zero after a zero is written once a minute: node n2 idles while n1 works, and the
+    sum per bucket is what it would be with every zero; a series that wakes is written at
+    once, and its first zero after work too."""
+    ts = TimeSeries(store, idle_every_s=60)
+    n1 = {"listener": "web", "node": "n1"}
+    n2 = {"listener": "web", "node": "n2"}
+    for i in range(30):  # every 5 s for 150 s; n2 works from 100 s to 115 s
+        t = 1000 + 5 * i
+        ts.append_many([(CONNECTIONS, n1, i), (CONNECTIONS, n2, 7 if 100 <= 5 * i < 120 else 0)], t)
+    by_node = {s.labels["node"]: s for s in ts.range(CONNECTIONS, since=0)}
+    assert len(by_node["n1"].points) == 30
+    assert [(p.t, p.value) for p in by_node["n2"].points] == [
+        (1000, 0), (1060, 0), (1100, 7), (1105, 7), (1110, 7), (1115, 7), (1120, 0),
+    ]  # fmt: skip
+    sums = dict(bucketed(list(by_node.values()), since=1000, until=1145, step=5))
+    assert sums == {1000 + 5 * i: i + (7 if 100 <= 5 * i < 120 else 0) for i in range(30)}
+    # Without thinning every zero is kept.
+    plain = TimeSeries(store)
+    for i in range(3):
+        plain.append(CONNECTIONS, {"listener": "idle"}, 0, t=2000 + i)
+    assert len(plain.range(CONNECTIONS, since=0, match={"listener": "idle"})[0].points) == 3
+
+
 def test_label_keys_are_canonical_and_safe() -> None:
     assert label_key({"node": "n1", "listener": "web"}) == "listener=web,node=n1"
     assert label_key({"a": "x,y=z"}) == "a=x_y_z"
