@@ -32,6 +32,7 @@ the lab VM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import shutil
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -65,16 +67,65 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def first_grpc_answer(target: str, timeout: float = 30.0) -> float:
-    """Monotonic time of the first successful `Who` call to `target`."""
+def first_grpc_answer(
+    target: str, timeout: float = 30.0, timed_out: list[float] | None = None
+) -> float:
+    """Monotonic time of the first successful `Who` call to `target`. An attempt that ran
+    to its 0.25 s deadline (a connection that was taken and not answered, unlike a refused
+    one, which fails at once) adds its start to `timed_out`: it can hide up to 0.25 s of an
+    answer that came meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        started = time.monotonic()
         try:
             demo.grpc_who(target, 1, timeout=0.25)
             return time.monotonic()
-        except grpc.RpcError:
+        except grpc.RpcError as exc:
+            if timed_out is not None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                timed_out.append(started)
             time.sleep(0.005)
     raise TimeoutError(f"{target} did not answer in {timeout:.0f} s")
+
+
+class StallWatch:
+    """Envoy's main thread (xDS, admin, the stats flush) blocked: its admin `/ready` asked
+    every 10 ms, and each answer that took `over_s` or more kept as (asked at, seconds)."""
+
+    def __init__(self, admin: str, over_s: float = 0.05) -> None:
+        self.url = f"http://{admin}/ready"
+        self.over_s = over_s
+        self.stalls: list[tuple[float, float]] = []
+        self._started = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> StallWatch:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(10)
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.01):
+            asked = time.monotonic()
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.url, timeout=10) as r:  # noqa: S310
+                r.read()
+            took = time.monotonic() - asked
+            if took >= self.over_s:
+                self.stalls.append((asked, took))
+
+    def timeline(self) -> list[tuple[float, float]]:
+        """Each stall as (seconds since the watch began, ms)."""
+        return [(round(t - self._started, 2), round(took * 1000, 1)) for t, took in self.stalls]
+
+    def overlapping(self, start: float, end: float) -> float:
+        """Seconds of stalls that overlap [start, end]."""
+        return sum(
+            max(0.0, min(end, asked + took) - max(start, asked)) for asked, took in self.stalls
+        )
 
 
 class RevisionWatch:
@@ -129,11 +180,14 @@ def trials(
     progress: str,
     *,
     splits: list[tuple[float, ...]] | None = None,
+    diagnosis: list[dict[str, float]] | None = None,
+    stalls: StallWatch | None = None,
 ) -> list[float]:
     """`count` label -> first answer latencies (ms) for new Services on instance bench-KIND;
     each trial's parts in ms are added to `splits`: for L7 label -> Redis and Redis ->
     answer, for L4 label -> Redis, Redis -> the lab node's agent reporting it served, and
-    then -> answer."""
+    then -> answer; for L7 each trial's attempts that timed out, and how long Envoy's main
+    thread was stalled (`stalls`) after Redis, to `diagnosis`."""
     kube = platform.kube()
     grpc_app = platform.apps()[0]
     tcp_app = platform.apps()[1]
@@ -153,8 +207,13 @@ def trials(
             watch = RevisionWatch(platform)
             began = time.monotonic()
             demo.label(kube, app.name, f"bench-{kind}")
-            answered = first_grpc_answer(target)
+            hung: list[float] = []
+            answered = first_grpc_answer(target, timed_out=hung)
             stored = watch.stop()[0] or answered
+            if diagnosis is not None:
+                stalled = stalls.overlapping(stored, answered) if stalls else 0.0
+                diagnosis.append({"attempts_timed_out": len(hung),
+                                  "envoy_stalled_ms": round(stalled * 1000, 1)})  # fmt: skip
             parts: tuple[float, ...] = (stored - began, answered - stored)
         else:
             probe = node.ask_tcp(target, until_s=30)
@@ -281,7 +340,12 @@ def main() -> None:
             create_instances(platform)
             log(f"label -> first call, L7, {args.trials} trials")
             splits: dict[str, list[tuple[float, ...]]] = {k: [] for k in SPLIT_PARTS}
-            l7 = trials(platform, "l7", args.trials, 51000, "l7", splits=splits["l7"])
+            diagnosis: dict[str, list[dict[str, float]]] = {"l7": [], "l7_with_others": []}
+            watches = {kind: StallWatch(f"127.0.0.1:{platform.ports()['envoy_admin']}")
+                       for kind in diagnosis}  # fmt: skip
+            with watches["l7"] as stalls:
+                l7 = trials(platform, "l7", args.trials, 51000, "l7", splits=splits["l7"],
+                            diagnosis=diagnosis["l7"], stalls=stalls)  # fmt: skip
             log(f"label -> first connection, L4 (lab VM), {args.trials} trials")
             l4 = trials(platform, "l4", args.trials, 31000, "l4", splits=splits["l4"])
             log(f"burst: 1,000 revisions for {LAB_GROUP}")
@@ -292,9 +356,10 @@ def main() -> None:
             expose_others(platform, args.others, args.others_health_check)
             log(f"label -> first call, L7 with {args.others} others, {args.trials} trials")
             cpu: dict[str, dict[str, float]] = {}
-            with cpu_of(platform, cpu, "l7_with_others"):
+            with cpu_of(platform, cpu, "l7_with_others"), watches["l7_with_others"] as stalls:
                 l7_crowd = trials(platform, "l7", args.trials, 52000, "l7crowd",
-                                  splits=splits["l7_with_others"])  # fmt: skip
+                                  splits=splits["l7_with_others"],
+                                  diagnosis=diagnosis["l7_with_others"], stalls=stalls)  # fmt: skip
             l4_crowd: list[float] = []
             if l4_others:
                 log(f"{l4_others} other TCP listeners on the lab node")
@@ -313,7 +378,17 @@ def main() -> None:
             platform.down(lambda m: None)
     write_results(
         Sizes(args.trials, args.others, l4_others),
-        Runs(l7, l4, l7_crowd, l4_crowd, splits, cpu, burst),
+        Runs(
+            l7,
+            l4,
+            l7_crowd,
+            l4_crowd,
+            splits,
+            diagnosis,
+            {kind: watch.timeline() for kind, watch in watches.items()},
+            cpu,
+            burst,
+        ),
     )
 
 
@@ -357,13 +432,16 @@ class Sizes:
 @dataclass(frozen=True)
 class Runs:
     """What `main` measured: each kind of trial's latencies (ms), the trials' parts (ms,
-    `SPLIT_PARTS`), the CPU seconds during the trials with others, the burst."""
+    `SPLIT_PARTS`), each L7 trial's diagnosis (`trials`), the CPU seconds during the
+    trials with others, the burst."""
 
     l7: list[float]
     l4: list[float]
     l7_crowd: list[float]
     l4_crowd: list[float]
     splits: dict[str, list[tuple[float, ...]]]
+    diagnosis: dict[str, list[dict[str, float]]]
+    stalls: dict[str, list[tuple[float, float]]]
     cpu: dict[str, dict[str, float]]
     burst: scenarios.Burst
 
@@ -411,6 +489,8 @@ def write_results(sizes: Sizes, runs: Runs) -> None:
         "l4_with_others_ms": [round(v, 1) for v in runs.l4_crowd],
         **{f"{kind}_split_ms": _split_summary(found, SPLIT_PARTS[kind])
            for kind, found in runs.splits.items() if found},
+        **{f"{kind}_diagnosis": found for kind, found in runs.diagnosis.items()},
+        **{f"{kind}_envoy_stalls_s_ms": found for kind, found in runs.stalls.items()},
         **{f"cpu_seconds_during_{kind}": seconds for kind, seconds in runs.cpu.items()},
     })  # fmt: skip
     log(f"wrote {path}")
