@@ -277,6 +277,7 @@ def expose_others(platform: DevPlatform, count: int, health_check: str | None = 
 
     `health_check` "none": the others' listeners check no endpoint (Envoy holds a health-check
     connection per listener and endpoint, and a listener socket each)."""
+    log(f"{count} other exposed Services")
     base = platform.apps()[0]
     if health_check:
         base = replace(base, annotations={HEALTH_CHECK_ANNOTATION: health_check})
@@ -341,8 +342,10 @@ def main() -> None:
             log(f"label -> first call, L7, {args.trials} trials")
             splits: dict[str, list[tuple[float, ...]]] = {k: [] for k in SPLIT_PARTS}
             diagnosis: dict[str, list[dict[str, float]]] = {"l7": [], "l7_with_others": []}
-            watches = {kind: StallWatch(f"127.0.0.1:{platform.ports()['envoy_admin']}")
-                       for kind in diagnosis}  # fmt: skip
+            # While the others come, only stalls of 0.25 s or more (minutes of them).
+            watches = {kind: StallWatch(f"127.0.0.1:{platform.ports()['envoy_admin']}",
+                                        0.25 if kind == "exposing" else 0.05)
+                       for kind in (*diagnosis, "exposing")}  # fmt: skip
             with watches["l7"] as stalls:
                 l7 = trials(platform, "l7", args.trials, 51000, "l7", splits=splits["l7"],
                             diagnosis=diagnosis["l7"], stalls=stalls)  # fmt: skip
@@ -352,8 +355,8 @@ def main() -> None:
             burst = scenarios.burst_of_revisions(platform, 1000)
             scenarios.remove_burst(platform)
             log(f"  {burst.applies} applies, lb1 at the last revision after {burst.seconds:.1f} s")
-            log(f"{args.others} other exposed Services")
-            expose_others(platform, args.others, args.others_health_check)
+            with watches["exposing"]:
+                expose_others(platform, args.others, args.others_health_check)
             log(f"label -> first call, L7 with {args.others} others, {args.trials} trials")
             cpu: dict[str, dict[str, float]] = {}
             with cpu_of(platform, cpu, "l7_with_others"), watches["l7_with_others"] as stalls:

@@ -338,8 +338,9 @@ class EnvoyStats:
     def run(self, interval_s: float, stopped: threading.Event) -> None:
         """Sample every `interval_s` (further apart when sampling is slow, `pause_after`)
         until `stopped`; an Envoy that does not answer is logged and tried again at the next
-        tick (its entries age out of the console)."""
-        stretched = False
+        tick (its entries age out of the console). The period is logged with each step's
+        time when it is `worth_telling`."""
+        told = interval_s
         while not stopped.is_set():
             started = time.monotonic()
             try:
@@ -348,11 +349,12 @@ class EnvoyStats:
                 log.warning("envoy-stats %s: %s", self.node, exc)
             took = time.monotonic() - started
             pause = pause_after(interval_s, took)
-            if (took + pause > interval_s) != stretched:
-                stretched = not stretched
+            period = max(interval_s, took + pause)
+            if worth_telling(told, period, interval_s):
+                told = period
                 steps = ", ".join(f"{step} {s:.1f} s" for step, s in self.took.items())
                 log.warning("envoy-stats %s: a sample took %.1f s (%s): sampling every %.0f s",
-                            self.node, took, steps, took + pause)  # fmt: skip
+                            self.node, took, steps, period)  # fmt: skip
             stopped.wait(pause)
 
 
@@ -363,6 +365,12 @@ held new listeners up by up to 1.5 s)."""
 MAX_INTERVAL_S = 30.0
 """Never further apart than this: a node's view of its hosts is dropped as stale after
 `envoyhosts.DEFAULT_MAX_AGE_S`."""
+
+
+def worth_telling(told: float, period: float, interval_s: float) -> bool:
+    """Whether a sampling period is worth a log line, after `told` was the last one logged:
+    it left `interval_s` or came back to it, or it halved or doubled."""
+    return (period > interval_s) != (told > interval_s) or not told / 2 < period < told * 2
 
 
 def pause_after(interval_s: float, took_s: float) -> float:

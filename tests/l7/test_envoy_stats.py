@@ -34,6 +34,7 @@ from l7.stats import (
     admin_reader,
     parse_clusters,
     pause_after,
+    worth_telling,
 )
 from slb.snapshot import Put
 from slb.storage.envoyhosts import DEFAULT_MAX_AGE_S, EnvoyHosts
@@ -233,6 +234,16 @@ def test_slow_samples_are_taken_further_apart_but_never_too_far() -> None:
     assert pause_after(5.0, 40.0) == 0.0
     assert pause_after(60.0, 1.0) == pytest.approx(59.0)  # an operator's longer interval stays
     assert MAX_INTERVAL_S < DEFAULT_MAX_AGE_S
+
+
+def test_a_changing_period_is_told_when_it_leaves_the_interval_or_halves_or_doubles() -> None:
+    """At 10,000 listeners the sampler slows down as the listeners come: each doubling is
+    logged with its steps' times, not only the first slow sample."""
+    assert worth_telling(5.0, 8.0, 5.0)  # slowed down
+    assert not worth_telling(8.0, 12.0, 5.0)
+    assert worth_telling(8.0, 16.0, 5.0)
+    assert worth_telling(30.0, 5.0, 5.0)  # back to the interval
+    assert not worth_telling(5.0, 5.0, 5.0)
 
 
 def test_the_command_samples_until_stopped(
