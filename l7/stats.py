@@ -4,8 +4,8 @@
 every few seconds reads two admin pages:
   /stats?format=json&usedonly&filter=RE   the HTTP connection managers' counters (each
         listener's stat prefix is its name), its limits' refusals, and the clusters'
-        `upstream_rq_time` histograms (quantiles over Envoy's last stats flush, 5 s by
-        default)
+        `upstream_rq_time` histograms (quantiles since the previous read: the bootstrap
+        flushes statistics when they are read, `l7.bootstrap`)
   /clusters                               the hosts of every cluster `slb xds` sent
         (`added_via_api`), with their counters and health flags, as text: at 10,000
         clusters of 10 hosts the JSON page held Envoy's main thread (which applies xDS
@@ -321,6 +321,7 @@ class EnvoyStats:
         """The last sample's seconds per step: each admin page read and parsed, the writes."""
 
     def once(self, now: float | None = None) -> Sample:
+        self.took = {}  # a sample that fails tells no steps
         began = time.monotonic()
         stats = json.loads("".join(self.read(stats_path())))
         read_stats = time.monotonic()

@@ -50,7 +50,7 @@ BYTES_IN_PER_SECOND = "bytes_in_per_second"
 BYTES_OUT_PER_SECOND = "bytes_out_per_second"
 """Bytes sent to clients per second (L7), same labels."""
 UPSTREAM_P50_MS = "upstream_p50_ms"
-"""Median upstream request time, ms, over Envoy's last stats flush (L7), same labels."""
+"""Median upstream request time, ms, since the previous sample (L7), same labels."""
 UPSTREAM_P99_MS = "upstream_p99_ms"
 """99th percentile upstream request time, ms, as UPSTREAM_P50_MS (L7), same labels."""
 LIMITED_CONNECTIONS_PER_SECOND = "limited_connections_per_second"
@@ -135,6 +135,7 @@ class TimeSeries:
         self.idle_every_s = idle_every_s
         self._idle_since: dict[str, float] = {}
         """Key -> when this writer last wrote a zero to it, while it stays zero."""
+        self._forgot_at = 0.0
 
     def _key(self, series: str, labels: str) -> str:
         return self.store.key("ts", series, labels)
@@ -165,6 +166,18 @@ class TimeSeries:
             pipe.expire(key, int(self.retention_s) + 60)
             pipe.sadd(self.store.key("ts-index", series), labels_text)
         pipe.execute()
+        self._forget_gone(t)
+
+    def _forget_gone(self, t: float) -> None:
+        """Drop the idle memory of series no longer written (a listener removed): an idle
+        series still sampled gets a zero every `idle_every_s`, so one without a zero for
+        twice that is gone. Once per `idle_every_s`, so the memory stays bounded by what
+        is sampled now."""
+        if self.idle_every_s is None or t - self._forgot_at < self.idle_every_s:
+            return
+        self._forgot_at = t
+        stale = t - 2 * self.idle_every_s
+        self._idle_since = {k: since for k, since in self._idle_since.items() if since > stale}
 
     def _idle(self, key: str, value: float, t: float) -> bool:
         """Whether to leave out this point: a zero after a zero, within `idle_every_s`."""

@@ -47,6 +47,7 @@ def test_a_writer_thins_idle_series_without_changing_sums(store: Store) -> None:
     ts = TimeSeries(store, idle_every_s=60)
     n1 = {"listener": "web", "node": "n1"}
     n2 = {"listener": "web", "node": "n2"}
+    ts.append_many([(CONNECTIONS, {"listener": "gone", "node": "n3"}, 0)], 1000)
     for i in range(30):  # every 5 s for 150 s; n2 works from 100 s to 115 s
         t = 1000 + 5 * i
         ts.append_many([(CONNECTIONS, n1, i), (CONNECTIONS, n2, 7 if 100 <= 5 * i < 120 else 0)], t)
@@ -57,6 +58,8 @@ def test_a_writer_thins_idle_series_without_changing_sums(store: Store) -> None:
     ]  # fmt: skip
     sums = dict(bucketed(list(by_node.values()), since=1000, until=1145, step=5))
     assert sums == {1000 + 5 * i: i + (7 if 100 <= 5 * i < 120 else 0) for i in range(30)}
+    # A series no longer sampled (n3, only at the start) leaves the writer's memory.
+    assert list(ts._idle_since) == [store.key("ts", CONNECTIONS, label_key(n2))]
     # Without thinning every zero is kept.
     plain = TimeSeries(store)
     for i in range(3):
