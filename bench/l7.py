@@ -7,6 +7,10 @@
   and hashed as served; the median of five cold runs, in process;
 - memory: `slb xds` serving those 10,000 Services from Redis: its resident set (VmRSS,
   and the peak VmHWM) once it has published them;
+- sampler: `slb envoy-stats` beside an Envoy of those 10,000 Services (no health checks):
+  the longest hold of Envoy's main thread in a sample (the median of five), its
+  statistics and memory; the same with every statistic kept, sampled as now and as
+  before #18's change (one /stats read, the whole /clusters page), for contrast;
 - change to live: a store write that adds a route -> the first successful request on it
   through a real Envoy (Delta ADS), over --changes changes;
 - fan-out: one change -> every one of 20 real Envoys has ACKed it (their status reports
@@ -29,7 +33,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,12 +42,21 @@ from typing import Any
 from bench import results_file
 from bench.procstat import rss_kib
 from bench.results_file import metric
+from bench.stalls import StallWatch
 from devbed import l7harness as harness
 from devbed.adsclient import AckingClient
 from devbed.process import Process, free_port, wait_until
 from devbed.redis import RedisServer
 from l7.cache import SnapshotCache
 from l7.server import gc_paused
+from l7.stats import (
+    CLUSTERS_PATH,
+    STATS_FILTER,
+    EnvoyStats,
+    admin_reader,
+    parse_clusters,
+    parse_stats,
+)
 from l7.translate.common import ROUTE
 from slb.model import (
     Backend,
@@ -77,8 +91,10 @@ def log(message: str) -> None:
 OPERATOR = Owner(kind=OwnerKind.OPERATOR, name="bench")
 
 
-def services_world(count: int, endpoints: int = 10) -> list[Any]:
-    """`count` Services with their own L7 listener (half HTTP, half GRPC) on count/100 VIPs."""
+def services_world(count: int, endpoints: int = 10, health_check: bool = True) -> list[Any]:
+    """`count` Services with their own L7 listener (half HTTP, half GRPC) on count/100 VIPs;
+    without `health_check`, the listeners check no endpoint."""
+    checks = {} if health_check else {"health_check": None}
     objects: list[Any] = []
     for i in range(math.ceil(count / 100)):
         vip = f"198.18.{100 + i // 250}.{i % 250 + 1}"
@@ -99,6 +115,7 @@ def services_world(count: int, endpoints: int = 10) -> list[Any]:
                 name=f"svc{i}-http", load_balancer=f"lb{i // 100}",
                 protocol=Protocol.GRPC if i % 2 else Protocol.HTTP, port=10000 + i % 100,
                 target_port="http", owner=Owner(kind=OwnerKind.SERVICE, name=service.key),
+                **checks,
             )
         )  # fmt: skip
     return objects
@@ -240,6 +257,78 @@ def bench_memory(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
     log(f"slb xds with 10,000 Services: RSS {rss / 1024:.0f} MiB (peak {peak / 1024:.0f}), "
         f"serving after {ready_s:.1f} s")  # fmt: skip
     store.redis.delete(*store.redis.keys(f"{store.prefix}:*"))
+
+
+SAMPLES = 5
+
+
+def bench_sampler(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
+                  net: harness.TestNet) -> None:  # fmt: skip
+    """`slb envoy-stats` beside an Envoy of 10,000 Services (10 endpoints each; no health
+    checks, as this machine allows 20,000 open files): how long a sample holds Envoy's main
+    thread, which applies xDS too (#18). For contrast, an Envoy keeping every statistic
+    (`--all-stats`), sampled both as now and as before (one /stats read, the whole
+    /clusters page)."""
+    store = store_for(redis, "bench-sampler")
+    objects = services_world(10_000, health_check=False)
+    for obj in objects:
+        if isinstance(obj, LoadBalancer) and obj.vip:
+            net.add(str(obj.vip))
+    for i in range(0, len(objects), 2_000):
+        revision = store.apply([Put(o) for o in objects[i : i + 2_000]])
+    figures: dict[str, dict[str, Any]] = {}
+    with real_bed(redis, net, "bench-sampler") as bed:
+        bed.xds.start()
+        wait_until(lambda: bed.xds.metric("openslb_xds_revision") >= revision, 300, "publish")
+        for all_stats in (True, False):
+            node = "all-stats" if all_stats else "kept-stats"
+            envoy = bed.envoy(node, all_stats=all_stats)
+            admin = f"127.0.0.1:{envoy.admin_port}"
+            read = admin_reader(admin, timeout=120)
+            wait_until(lambda r=read: _listeners_active(r) >= 10_000, 600, "10,000 listeners")  # type: ignore[misc]
+            time.sleep(5)
+            memory = json.loads("".join(read("memory")))
+            found = {"statistics": sum(1 for _ in read("stats")),
+                     "allocated_mb": round(int(memory["allocated"]) / 2**20, 1)}  # fmt: skip
+            ways: dict[str, Callable[[], object]] = {"sliced": EnvoyStats(store, node, read).once}
+            if all_stats:
+                ways["whole"] = lambda r=read: _sample_whole(r)  # type: ignore[misc]
+            for way, sample in ways.items():
+                holds, walls = [], []
+                for _ in range(SAMPLES):
+                    with StallWatch(admin, over_s=0.02) as watch:
+                        time.sleep(0.1)
+                        began = time.monotonic()
+                        sample()
+                        walls.append(time.monotonic() - began)
+                        time.sleep(0.2)
+                    holds.append(max((took for _, took in watch.stalls), default=0.0))
+                found[f"{way}_longest_hold_ms"] = round(statistics.median(holds) * 1000, 1)
+                found[f"{way}_sample_s"] = round(statistics.median(walls), 2)
+            figures[node] = found
+            log(f"sampler, {node}: {found}")
+            envoy.stop()
+            bed.envoys.remove(envoy)
+    kept, every = figures["kept-stats"], figures["all-stats"]
+    metrics["sampler_longest_hold_10k_ms"] = metric(kept["sliced_longest_hold_ms"], "ms", 250)
+    metrics["envoy_statistics_10k"] = metric(kept["statistics"], "statistics")
+    metrics["envoy_allocated_10k_mb"] = metric(kept["allocated_mb"], "MiB")
+    notes["sampler_10k"] = figures
+    notes["sampler_longest_hold_10k_before_ms"] = every["whole_longest_hold_ms"]
+    store.redis.delete(*store.redis.keys(f"{store.prefix}:*"))
+
+
+def _listeners_active(read: Callable[[str], Iterable[str]]) -> int:
+    text = "".join(read("stats?filter=^listener_manager\\.total_listeners_active$"))
+    return int(text.rpartition(":")[2] or 0)
+
+
+def _sample_whole(read: Callable[[str], Iterable[str]]) -> None:
+    """A sample's reads as `slb envoy-stats` made them before #18's change: all charted
+    statistics in one /stats read, then the whole /clusters page."""
+    query = "stats?format=json&usedonly&filter=" + urllib.parse.quote(STATS_FILTER, safe="")
+    parse_stats(json.loads("".join(read(query))))
+    parse_clusters(read(CLUSTERS_PATH))
 
 
 def bench_change_to_live(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
@@ -613,8 +702,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=120)
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["translate", "rules", "memory", "live", "console-loop", "acl",
-                                 "fanout", "grpc"])  # fmt: skip
+                        choices=["translate", "rules", "memory", "sampler", "live",
+                                 "console-loop", "acl", "fanout", "grpc"])  # fmt: skip
     args = parser.parse_args()
     metrics: Metrics = {}
     notes: dict[str, Any] = {}
@@ -627,6 +716,8 @@ def main() -> None:
     try:
         if "memory" not in args.skip:
             bench_memory(metrics, notes, redis, net)
+        if "sampler" not in args.skip:
+            bench_sampler(metrics, notes, redis, net)
         if "live" not in args.skip:
             bench_change_to_live(metrics, notes, redis, net, args.changes)
         if "console-loop" not in args.skip:

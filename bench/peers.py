@@ -286,6 +286,7 @@ class Bed:
             wait_until(lambda b=backend: connects(*_split(b)), 10, f"nghttpd {backend}")  # type: ignore[misc]
 
     access_log = False  # openslb's listeners: the product's default, off
+    all_stats = False  # openslb's Envoy keeps the statistics it charts: the default
 
     def start(self, name: str) -> Proxy:
         """Start one proxy (the others are stopped, so every upstream connection is its)."""
@@ -308,7 +309,7 @@ class Bed:
             Put(harness.listener("balance", "GRPC", BALANCE_PORT, access_log=self.access_log)),
         ])  # fmt: skip
         self.l7.xds.start()
-        envoy = self.l7.envoy("openslb", concurrency=1)
+        envoy = self.l7.envoy("openslb", concurrency=1, all_stats=self.all_stats)
         harness.wait_for_answer(f"{vip}:{BALANCE_PORT}")
         config = "Envoy 1.40 --concurrency 1, programmed by slb xds: two GRPC listeners"
         return Proxy("openslb", vip, envoy.process.pid, config, envoy.stop)
@@ -434,12 +435,15 @@ def main() -> None:
                         help="Measure only these (a trial: nothing is written)")  # fmt: skip
     parser.add_argument("--access-log", action="store_true",
                         help="openslb logs every request (a trial)")  # fmt: skip
+    parser.add_argument("--all-stats", action="store_true",
+                        help="openslb's Envoy keeps every statistic (a trial)")  # fmt: skip
     args = parser.parse_args()
     runs: list[Run] = []
     balances: list[Balance] = []
     configs = {}
     with bed() as b:
         b.access_log = args.access_log
+        b.all_stats = args.all_stats
         for name in args.only or PROXIES:
             proxy = b.start(name)
             configs[name] = proxy.config

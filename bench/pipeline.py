@@ -32,7 +32,6 @@ the lab VM.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import json
 import shutil
@@ -40,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -50,6 +48,7 @@ import grpc
 
 from bench import results_file
 from bench.procstat import cpu_seconds
+from bench.stalls import StallWatch
 from devbed import demo, scenarios
 from devbed.platform import LAB_GROUP, LAB_NODE, DevPlatform
 from devbed.process import wait_until
@@ -85,47 +84,6 @@ def first_grpc_answer(
                 timed_out.append(started)
             time.sleep(0.005)
     raise TimeoutError(f"{target} did not answer in {timeout:.0f} s")
-
-
-class StallWatch:
-    """Envoy's main thread (xDS, admin, the stats flush) blocked: its admin `/ready` asked
-    every 10 ms, and each answer that took `over_s` or more kept as (asked at, seconds)."""
-
-    def __init__(self, admin: str, over_s: float = 0.05) -> None:
-        self.url = f"http://{admin}/ready"
-        self.over_s = over_s
-        self.stalls: list[tuple[float, float]] = []
-        self._started = 0.0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def __enter__(self) -> StallWatch:
-        self._started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(10)
-
-    def _watch(self) -> None:
-        while not self._done.wait(0.01):
-            asked = time.monotonic()
-            with contextlib.suppress(OSError), urllib.request.urlopen(self.url, timeout=10) as r:  # noqa: S310
-                r.read()
-            took = time.monotonic() - asked
-            if took >= self.over_s:
-                self.stalls.append((asked, took))
-
-    def timeline(self) -> list[tuple[float, float]]:
-        """Each stall as (seconds since the watch began, ms)."""
-        return [(round(t - self._started, 2), round(took * 1000, 1)) for t, took in self.stalls]
-
-    def overlapping(self, start: float, end: float) -> float:
-        """Seconds of stalls that overlap [start, end]."""
-        return sum(
-            max(0.0, min(end, asked + took) - max(start, asked)) for asked, took in self.stalls
-        )
 
 
 class RevisionWatch:

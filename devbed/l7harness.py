@@ -112,7 +112,10 @@ class TestNet:
 
     def address(self, host: int) -> str:
         """198.19.N.host, added to the interface on first use."""
-        address = f"198.19.{self.octet}.{host}"
+        return self.add(f"198.19.{self.octet}.{host}")
+
+    def add(self, address: str) -> str:
+        """`address` on the interface (once), e.g. a VIP of a benchmark's world."""
         if address not in self.added:
             subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", self.name], check=True)
             self.added.add(address)
@@ -296,10 +299,11 @@ class Bed:
 
     def envoy(
         self, node_id: str, *, group: str = "default", delta: bool = True, concurrency: int = 1,
-        drain_time_s: int = 1,
+        drain_time_s: int = 1, all_stats: bool = False,
     ) -> EnvoyProxy:  # fmt: skip
         """An Envoy bootstrapped for ADS from this bed's xDS server; returns once LIVE."""
-        config = bootstrap(group, node_id, self.xds.address, delta=delta, stats_port=None)
+        config = bootstrap(group, node_id, self.xds.address, delta=delta, stats_port=None,
+                           all_stats=all_stats)  # fmt: skip
         proxy = EnvoyProxy(self.directory / node_id, config, concurrency=concurrency,
                            name=node_id, drain_time_s=drain_time_s)  # fmt: skip
         self.envoys.append(proxy)

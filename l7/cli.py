@@ -120,6 +120,12 @@ def _loopback(bind: str) -> bool:
     "--stats-port", default=9902, show_default=True, help="/stats/prometheus; 0: no listener."
 )
 @click.option("--max-connections", default=100_000, show_default=True, help="Per Envoy.")
+@click.option(
+    "--all-stats",
+    is_flag=True,
+    help="Keep every Envoy statistic (about 250 a Service), not only those openslb charts and "
+    "alerts on: each read of /stats, Prometheus' too, then holds Envoy's main thread longer.",
+)
 @click.option("--tls-cert", help="Client certificate for mTLS to xDS (default: xds.client_cert).")
 @click.option("--tls-key", help="Its private key file (default: xds.client_key).")
 @click.option("--tls-ca", help="CA of the xDS server's certificate (default: xds.server_ca).")
@@ -141,6 +147,7 @@ def envoy_bootstrap(
     stats_address: str,
     stats_port: int,
     max_connections: int,
+    all_stats: bool,
     tls_cert: str | None,
     tls_key: str | None,
     tls_ca: str | None,
@@ -196,6 +203,7 @@ def envoy_bootstrap(
             stats_port=stats_port or None,
             max_connections=max_connections,
             tls=tls,
+            all_stats=all_stats,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

@@ -2,14 +2,17 @@
 
 `slb envoy-stats` runs beside each Envoy, whose admin API listens on loopback only, and
 every few seconds reads two admin pages:
-  /stats?format=json&usedonly&filter=RE   the HTTP connection managers' counters (each
-        listener's stat prefix is its name), its limits' refusals, and the clusters'
+  /stats?format=json&type=T&filter=RE    the HTTP connection managers' counters (each
+        listener's stat prefix is its name), its limits' refusals, the clusters'
         `upstream_rq_time` histograms (quantiles since the previous read: the bootstrap
-        flushes statistics when they are read, `l7.bootstrap`)
-  /clusters                               the hosts of every cluster `slb xds` sent
-        (`added_via_api`), with their counters and health flags, as text: at 10,000
-        clusters of 10 hosts the JSON page held Envoy's main thread (which applies xDS
-        too) 1.7 s, the text 0.3 s (#18); it is read line by line, never held whole
+        flushes statistics when they are read, `l7.bootstrap`) and their
+        `membership_total`, which names every cluster; one statistic type a read
+  /clusters?filter=RE                     those clusters' hosts, with their counters and
+        health flags, as text, `CLUSTERS_PER_READ` clusters a read (`clusters_paths`).
+        At 10,000 clusters of 10 hosts the whole page as JSON held Envoy's main thread
+        1.7 s, as text 0.3 s (#18). It is read line by line, never held whole
+Envoy renders each admin read whole on its main thread, which applies xDS too, so the
+sampler pauses after each read as long as it took (`BETWEEN_READS_S`).
 and writes:
   slb.storage.timeseries   per listener (labels tier=l7, listener, node): connections,
         new connections, requests, 2xx/4xx/5xx responses, bytes in and out and each
@@ -27,6 +30,7 @@ cluster is named after it, a route's `listener/route` (`l7.translate.common`).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import re
@@ -34,7 +38,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,23 +69,50 @@ LIMIT_COUNTERS = {
 """Each limit's refusals (`l7.translate.listener`; {} is the listener) and its rate."""
 HCM_ACTIVE = "downstream_cx_active"
 LATENCY = "upstream_rq_time"
+MEMBERSHIP = "membership_total"
 QUANTILES = {50.0: ts.UPSTREAM_P50_MS, 99.0: ts.UPSTREAM_P99_MS}
 
 STATS_FILTER = (
-    r"^(http\.[^.]+\.(" + "|".join([HCM_ACTIVE, *HCM_COUNTERS]) + r")"
-    r"|cluster\.[^.]+\."
-    + LATENCY
+    rf"^(http\.[^.]+\.({'|'.join([HCM_ACTIVE, *HCM_COUNTERS])})"
+    rf"|cluster\.[^.]+\.({LATENCY}|{MEMBERSHIP})"
     + "".join("|" + re.escape(c).replace(r"\{\}", "{}").format("[^.]+") for c in LIMIT_COUNTERS)
     + r")$"
 )
-"""Only what is charted: Envoy renders nothing else (listener and cluster names hold no dot)."""
+"""What is charted, and the gauge that names each cluster: Envoy renders nothing else
+(listener and cluster names hold no dot)."""
 
 
-def stats_path() -> str:
-    return "stats?format=json&usedonly&filter=" + urllib.parse.quote(STATS_FILTER, safe="")
+STAT_TYPES = {"Counters": "&usedonly", "Gauges": "", "Histograms": "&usedonly"}
+"""/stats is read one type at a time: each read walks every scope of Envoy's statistics on
+its main thread, whatever the filter keeps (about 0.2 s at 10,000 Services, #18), so three
+short holds take the place of one long one. Gauges are read used or not: a cluster without
+endpoints never sets its `membership_total`, yet it is named."""
+
+
+def stats_paths() -> list[str]:
+    query = "format=json&filter=" + urllib.parse.quote(STATS_FILTER, safe="")
+    return [f"stats?type={kind}{used}&{query}" for kind, used in STAT_TYPES.items()]
+
+
+BETWEEN_READS_S = 0.01
+"""The shortest pause before an admin read of a sample; after a long read, the pause is as
+long as that read took. Envoy applies what xDS sent meanwhile before the next read holds
+its main thread: a change takes a few xDS round trips, which would otherwise meet one
+read after another."""
+
+
+def read_stats(read: Callable[[str], Iterable[str]]) -> dict[str, Any]:
+    """/stats?format=json of the charted statistics, read one type at a time, as one page."""
+    stats: list[Any] = []
+    for path in stats_paths():
+        stats += json.loads("".join(read(path))).get("stats", ())
+    return {"stats": stats}
 
 
 CLUSTERS_PATH = "clusters"
+CLUSTERS_PER_READ = 200
+"""Clusters asked for in one read of /clusters: Envoy's main thread renders a read whole,
+about 0.06 ms a cluster of 10 hosts, and in between applies what xDS sent (#18)."""
 HOST_COUNTERS = ("cx_active", "rq_total", "rq_error")
 """The per-host statistics charted (`slb.storage.timeseries` BACKEND_*)."""
 HEALTH_FLAGS = "health_flags"
@@ -110,6 +141,27 @@ def parse_stats(doc: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, dic
         elif "name" in entry:
             values[entry["name"]] = float(entry.get("value") or 0)
     return values, quantiles
+
+
+def clusters_named(doc: Mapping[str, Any]) -> list[str]:
+    """The clusters in /stats?format=json, named by their `membership_total` gauge (each
+    cluster has one), sorted."""
+    suffix = "." + MEMBERSHIP
+    return sorted(
+        entry["name"][len("cluster.") : -len(suffix)]
+        for entry in doc.get("stats", ())
+        if entry.get("name", "").startswith("cluster.") and entry["name"].endswith(suffix)
+    )
+
+
+def clusters_paths(names: Sequence[str], per_read: int = CLUSTERS_PER_READ) -> list[str]:
+    """/clusters paths that together ask for exactly the clusters `names`, `per_read` in
+    each (a filter matches a cluster's whole name)."""
+    out = []
+    for i in range(0, len(names), per_read):
+        regex = "^(?:" + "|".join(re.escape(n) for n in names[i : i + per_read]) + ")$"
+        out.append(f"{CLUSTERS_PATH}?filter={urllib.parse.quote(regex, safe='')}")
+    return out
 
 
 def listener_of(cluster: str) -> str:
@@ -319,21 +371,30 @@ class EnvoyStats:
         self.hosts = EnvoyHosts(store)
         self.took: dict[str, float] = {}
         """The last sample's seconds per step: each admin page read and parsed, the writes."""
+        self._pause = BETWEEN_READS_S
+
+    def _read(self, path: str) -> Iterator[str]:
+        time.sleep(self._pause)
+        began = time.monotonic()
+        yield from self.read(path)
+        self._pause = max(BETWEEN_READS_S, time.monotonic() - began)
 
     def once(self, now: float | None = None) -> Sample:
         self.took = {}  # a sample that fails tells no steps
+        self._pause = BETWEEN_READS_S
         began = time.monotonic()
-        stats = json.loads("".join(self.read(stats_path())))
-        read_stats = time.monotonic()
-        hosts = parse_clusters(self.read(CLUSTERS_PATH))
-        read_clusters = time.monotonic()
+        stats = read_stats(self._read)
+        stats_read = time.monotonic()
+        pages = (self._read(path) for path in clusters_paths(clusters_named(stats)))
+        hosts = parse_clusters(itertools.chain.from_iterable(pages))  # one read at a time
+        clusters_read = time.monotonic()
         now = time.time() if now is None else now
         sample = self.sampler.sample(now, stats, hosts)
         if sample.points:
             self.timeseries.append_many(sample.points, now)
         self.hosts.write(self.node, now, sample.hosts)
-        self.took = {"/stats": read_stats - began, "/clusters": read_clusters - read_stats,
-                     "the rest": time.monotonic() - read_clusters}  # fmt: skip
+        self.took = {"/stats": stats_read - began, "/clusters": clusters_read - stats_read,
+                     "the rest": time.monotonic() - clusters_read}  # fmt: skip
         return sample
 
     def run(self, interval_s: float, stopped: threading.Event) -> None:

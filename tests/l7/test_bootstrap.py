@@ -58,6 +58,11 @@ def test_envoy_accepts_the_bootstrap(tmp_path: Path, delta: bool) -> None:
     # No flush timer: a flush walks every statistic on the thread that applies xDS.
     assert config["stats_flush_on_admin"] is True
     assert "stats_flush_interval" not in config
+    patterns = config["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
+    assert {"suffix": ".upstream_rq_time"} in patterns  # charted, so kept
+    every = bootstrap("edge", "lb1", "xds.openslb.test:18000", delta=delta, all_stats=True)
+    assert "stats_config" not in every
+    assert validate(every, tmp_path).returncode == 0
 
 
 def test_the_command_writes_a_file_and_names_bad_input(tmp_path: Path) -> None:
@@ -66,12 +71,13 @@ def test_the_command_writes_a_file_and_names_bad_input(tmp_path: Path) -> None:
     result = runner.invoke(
         main,
         ["envoy-bootstrap", "--node-group", "edge", "--node-id", "lb1", "--sotw",
-         "--xds", "198.18.0.5:18000", "--stats-port", "0", "--out", str(out)],
+         "--xds", "198.18.0.5:18000", "--stats-port", "0", "--all-stats", "--out", str(out)],
         env={"OPENSLB_CONFIG": ""},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     config = json.loads(out.read_text())
     assert config["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
+    assert "stats_config" not in config  # --all-stats
     assert "listeners" not in config["static_resources"]
     xds = config["static_resources"]["clusters"][0]
     assert xds["type"] == "STATIC"

@@ -8,6 +8,8 @@ backend actually saw.
 from __future__ import annotations
 
 import collections
+import itertools
+import re
 from typing import Any
 
 import pytest
@@ -22,6 +24,14 @@ from devbed.l7harness import (
     service,
 )
 from devbed.process import wait_until
+from l7.stats import (
+    CLUSTERS_PATH,
+    admin_reader,
+    clusters_named,
+    clusters_paths,
+    parse_clusters,
+    read_stats,
+)
 from slb.snapshot import Put
 from slb.storage.store import Store
 
@@ -173,3 +183,26 @@ def test_a_rules_retry_policy_retries_5xx_on_another_backend(served: tuple[str, 
     # only requests that never reached a backend, so c's 503s reach the client.
     plain = collections.Counter(_get(vip, "/plain/fail-on/c").status for _ in range(20))
     assert min(plain[503], plain[200]) >= 5, plain
+
+
+def test_envoy_stats_reads_every_route_cluster_a_few_at_a_time(
+    served: tuple[str, Any], bed: Bed
+) -> None:
+    """`slb envoy-stats` asks /clusters for the clusters /stats names, two by two here:
+    together the reads hold exactly what the whole page holds, routes' clusters (named
+    `listener/route`) and a route's cluster without endpoints included."""
+    envoy = bed.envoys[0]
+    read = admin_reader(f"127.0.0.1:{envoy.admin_port}")
+    names = clusters_named(read_stats(read))
+    assert {"web", "web/posts", "web/split", "web/named"} <= set(names)
+    paths = clusters_paths(names, per_read=2)
+    assert len(paths) >= len(names) // 2 > 3
+    sliced = parse_clusters(itertools.chain.from_iterable(read(p) for p in paths))
+    whole = parse_clusters(read(CLUSTERS_PATH))
+    assert sliced == whole
+    assert whole.listeners == {"web"}
+    assert len(whole.states["web"]) == 4  # a, b, c and d, each a host of some cluster
+    # The bootstrap keeps what is charted and alerted on, not Envoy's other statistics.
+    kept = envoy.stats(r"^cluster\.web\.")
+    assert "cluster.web.upstream_cx_total" in kept
+    assert not [k for k in kept if re.search(r"\.(upstream_cx_destroy|lb_subsets_active)$", k)]

@@ -3,8 +3,10 @@ read back from the console's REST API; Envoy's view of a stopped backend (#17)."
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,14 @@ from devbed.l7harness import (
 from devbed.process import wait_until
 from devbed.redis import RedisServer
 from l7.stats import (
+    CLUSTERS_PATH,
     MAX_DUTY,
     MAX_INTERVAL_S,
     EnvoyStats,
     Sampler,
     admin_reader,
+    clusters_named,
+    clusters_paths,
     parse_clusters,
     pause_after,
     worth_telling,
@@ -222,6 +227,29 @@ def test_the_clusters_page_folds_into_hosts_per_listener() -> None:
         "cx_active": 2.0, "rq_total": 50.0, "rq_error": 1.0,
     }  # fmt: skip
     assert hosts.counters[("web", "2001:db8::1:8080")]["rq_total"] == 3.0
+
+
+def test_clusters_are_asked_for_by_name_a_few_at_a_time() -> None:
+    """/stats names the clusters (their `membership_total`); each /clusters read asks for
+    a few by a filter that matches whole names only, whatever characters they hold."""
+    doc = {"stats": [
+        {"name": "cluster.web.membership_total", "value": 3},
+        {"name": "cluster.web/api.membership_total", "value": 0},  # no hosts yet: still named
+        {"name": "cluster.web.upstream_cx_total", "value": 9},
+        {"name": "http.web.downstream_rq_total", "value": 1},
+        {"histograms": {"supported_quantiles": [50], "computed_quantiles": []}},
+    ]}  # fmt: skip
+    assert clusters_named(doc) == ["web", "web/api"]
+    names = ["a.b", "a+b", "web", "web/api", "x(y)", "we"]
+    paths = clusters_paths(names, per_read=4)
+    assert len(paths) == 2
+    filters = [urllib.parse.unquote(p.split("filter=", 1)[1]) for p in paths]
+    assert all(p.startswith(CLUSTERS_PATH + "?filter=") for p in paths)
+    # Envoy's RE2 reads these escapes as Python's re does.
+    matched = [n for n in [*names, "axb", "web/ap", "wen", "xy", "web/api/x"]
+               if sum(bool(re.search(f, n)) for f in filters) == 1]  # fmt: skip
+    assert matched == names
+    assert clusters_paths([]) == []
 
 
 def test_slow_samples_are_taken_further_apart_but_never_too_far() -> None:
