@@ -10,7 +10,9 @@
 - sampler: `slb envoy-stats` beside an Envoy of those 10,000 Services (no health checks):
   the longest hold of Envoy's main thread in a sample (the median of five), its
   statistics and memory; the same with every statistic kept, sampled as now and as
-  before #18's change (one /stats read, the whole /clusters page), for contrast;
+  before #18's change (one /stats read, the whole /clusters page), for contrast; and
+  what the sampler writes for 420,000 idle series, a sample every 30 s, and then one
+  listener's chart read back among them (every series the console reads, median of 5);
 - change to live: a store write that adds a route -> the first successful request on it
   through a real Envoy (Delta ADS), over --changes changes;
 - fan-out: one change -> every one of 20 real Envoys has ACKed it (their status reports
@@ -51,8 +53,11 @@ from l7.cache import SnapshotCache
 from l7.server import gc_paused
 from l7.stats import (
     CLUSTERS_PATH,
+    HOST_COUNTERS,
     STATS_FILTER,
     EnvoyStats,
+    Hosts,
+    Sampler,
     admin_reader,
     parse_clusters,
     parse_stats,
@@ -74,6 +79,7 @@ from slb.snapshot import (
     Snapshot,
     Stored,
 )
+from slb.storage import timeseries as ts
 from slb.storage.store import Store
 from web.auth import Accounts, Role
 
@@ -315,6 +321,43 @@ def bench_sampler(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
     metrics["envoy_allocated_10k_mb"] = metric(kept["allocated_mb"], "MiB")
     notes["sampler_10k"] = figures
     notes["sampler_longest_hold_10k_before_ms"] = every["whole_longest_hold_ms"]
+    store.redis.delete(*store.redis.keys(f"{store.prefix}:*"))
+
+
+def bench_sample_writes(metrics: Metrics, notes: dict[str, Any], redis: RedisServer) -> None:
+    """What `slb envoy-stats` writes to Redis for 10,000 idle listeners of 10 backends
+    (420,000 series), a sample every 30 s (its period at that size) for five minutes of
+    simulated time: the seconds each sample's writes take (`slb.storage.timeseries`,
+    idle series thinned)."""
+    store = store_for(redis, "bench-writes")
+    hosts = Hosts()
+    for i in range(10_000):
+        name = f"svc{i}-http"
+        hosts.listeners.add(name)
+        for j in range(10):
+            backend = f"198.19.{i // 250 % 256}.{i % 250 + 1}:{8000 + j}"
+            hosts.counters[(name, backend)] = dict.fromkeys(HOST_COUNTERS, 0.0)
+    sampler = Sampler("n1")
+    series = ts.TimeSeries(store, idle_every_s=ts.IDLE_EVERY_S)
+    start = time.time()
+    took = []
+    for k in range(11):
+        sample = sampler.sample(start + 30 * k, {"stats": []}, hosts)
+        began = time.monotonic()
+        series.append_many(sample.points, start + 30 * k)
+        took.append(round(time.monotonic() - began, 2))
+    log(f"sample writes of 420,000 idle series, every 30 s: {took} s")
+    steady = took[2:]  # the first two write every series (gauges, then rates) once
+    metrics["sampler_writes_worst_10k_s"] = metric(max(steady), "s")
+    notes["sampler_writes_10k_s"] = took
+    notes["sampler_writes_10k_per_minute_s"] = round(sum(steady) / len(steady) * 2, 2)
+    reads = []
+    for i in range(5):  # one listener's chart among them, as the console reads it
+        began = time.monotonic()
+        for name in (*ts.SERIES, *ts.BACKEND_SERIES):
+            series.range(name, start, match={"listener": f"svc{i * 1000}-http"})
+        reads.append(time.monotonic() - began)
+    metrics["chart_read_10k_ms"] = metric(round(statistics.median(reads) * 1000, 1), "ms")
     store.redis.delete(*store.redis.keys(f"{store.prefix}:*"))
 
 
@@ -717,6 +760,7 @@ def main() -> None:
         if "memory" not in args.skip:
             bench_memory(metrics, notes, redis, net)
         if "sampler" not in args.skip:
+            bench_sample_writes(metrics, notes, redis)
             bench_sampler(metrics, notes, redis, net)
         if "live" not in args.skip:
             bench_change_to_live(metrics, notes, redis, net, args.changes)

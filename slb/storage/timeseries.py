@@ -9,7 +9,9 @@ listener come alive, without anything else to install.
 
 Layout under the store prefix `P`:
   P:ts:SERIES:LABELS   sorted set, member "T VALUE", score T (unix seconds)
-  P:ts-index:SERIES    set of the LABELS strings that have points
+  P:ts-index:SERIES:LISTENER   set of the LABELS strings with that listener that have
+                       points (a listener's chart reads its own, whatever the others)
+  P:ts-index:SERIES    the same for label sets without a listener
 
 LABELS is the canonical `k=v,k=v` form (keys sorted). Each series keeps at most
 `max_points` points and none older than `retention_s`: every append trims, so memory is
@@ -19,12 +21,18 @@ A writer may thin idle series (`idle_every_s`): a zero that follows a zero is wr
 in that time, not at every sample. At 10,000 listeners of 10 backends one Envoy's sample
 is 420,000 points, nearly all zeros, two million Redis commands on the Redis that carries
 the desired state (#18). A missing zero changes no sum over nodes and no maximum, and an
-idle listener's chart still shows its zeros.
+idle listener's chart still shows its zeros. Such a repeated zero is written with three
+commands, not five (its series is indexed already, and the age trim bounds what one point
+a period adds: `retention_s / idle_every_s` points beyond `max_points` at most), each
+series at its own phase in the period, so
+that series which fell idle together are not all written again in one sample (at 10,000
+listeners that sample took 46 s, 33 s of it writing).
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -80,6 +88,9 @@ BACKEND_ERRORS_PER_SECOND = "backend_errors_per_second"
 
 BACKEND_SERIES = (BACKEND_CONNECTIONS, BACKEND_REQUESTS_PER_SECOND, BACKEND_ERRORS_PER_SECOND)
 """The series of a listener's backend, label `backend` ADDRESS:PORT (':' kept as '_')."""
+
+_SKIP, _REPEATED, _FULL = "skip", "repeated", "full"
+"""How `TimeSeries` writes a point (`TimeSeries._write`)."""
 
 DEFAULT_RETENTION_S = 3600
 DEFAULT_MAX_POINTS = 720
@@ -158,13 +169,15 @@ class TimeSeries:
         for series, labels, value in points:
             labels_text = label_key(labels)
             key = self._key(series, labels_text)
-            if self._idle(key, value, t):
+            write = self._write(key, value, t)
+            if write is _SKIP:
                 continue
             pipe.zadd(key, {f"{t!r} {float(value)!r}": t})
             pipe.zremrangebyscore(key, "-inf", f"({t - self.retention_s!r}")
-            pipe.zremrangebyrank(key, 0, -self.max_points - 1)
             pipe.expire(key, int(self.retention_s) + 60)
-            pipe.sadd(self.store.key("ts-index", series), labels_text)
+            if write is _FULL:
+                pipe.zremrangebyrank(key, 0, -self.max_points - 1)
+                pipe.sadd(self._index(series, labels.get("listener")), labels_text)
         pipe.execute()
         self._forget_gone(t)
 
@@ -179,22 +192,43 @@ class TimeSeries:
         stale = t - 2 * self.idle_every_s
         self._idle_since = {k: since for k, since in self._idle_since.items() if since > stale}
 
-    def _idle(self, key: str, value: float, t: float) -> bool:
-        """Whether to leave out this point: a zero after a zero, within `idle_every_s`."""
-        if self.idle_every_s is None:
-            return False
+    def _write(self, key: str, value: float, t: float) -> str:
+        """How to write this point: not at all (a zero after a zero, within `idle_every_s`
+        of this series' phase), as a repeated zero, or in full."""
+        every = self.idle_every_s
+        if every is None:
+            return _FULL
         if value != 0:
             self._idle_since.pop(key, None)
-            return False
+            return _FULL
         since = self._idle_since.get(key)
-        if since is not None and t - since < self.idle_every_s:
-            return True
-        self._idle_since[key] = t
-        return False
+        if since is None:  # the first zero: due again at this series' own phase
+            self._idle_since[key] = t - self.phase(key)
+            return _FULL
+        if t - since < every:
+            return _SKIP
+        self._idle_since[key] = t - (t - since) % every  # the phase kept
+        return _REPEATED
 
-    def labels(self, series: str) -> list[dict[str, str]]:
-        """Every label set that has (or recently had) points in `series`."""
-        raw = self.store.redis.smembers(self.store.key("ts-index", series))
+    def phase(self, key: str) -> float:
+        """Where in `idle_every_s` a series' repeated zeros fall, the same on every run."""
+        return zlib.crc32(key.encode()) % 1000 / 1000 * (self.idle_every_s or 0.0)
+
+    def _index(self, series: str, listener: str | None) -> str:
+        if listener is None:
+            return self.store.key("ts-index", series)
+        return self.store.key("ts-index", series, label_value(listener))
+
+    def labels(self, series: str, listener: str | None = None) -> list[dict[str, str]]:
+        """Every label set that has (or recently had) points in `series`: those of
+        `listener` (its own index), or all (every listener's index, scanned)."""
+        redis = self.store.redis
+        if listener is not None:
+            raw = redis.smembers(self._index(series, listener))
+        else:
+            indexes: list[str | bytes] = [self._index(series, None)]
+            indexes += redis.scan_iter(match=self._index(series, "*"), count=1000)
+            raw = set().union(*(redis.smembers(index) for index in indexes))
         return [parse_label_key(m.decode()) for m in sorted(raw)]
 
     def range(
@@ -205,10 +239,10 @@ class TimeSeries:
         match: Mapping[str, str] | None = None,
     ) -> list[Series]:
         """Points of `series` in [since, until] for every label set that includes `match`."""
-        match = match or {}
+        match = {k: label_value(v) for k, v in (match or {}).items()}  # as they are stored
         chosen = [
             labels
-            for labels in self.labels(series)
+            for labels in self.labels(series, match.get("listener"))
             if all(labels.get(k) == v for k, v in match.items())
         ]
         if not chosen:
@@ -231,8 +265,9 @@ class TimeSeries:
                 t, value = member.decode().split(" ")
                 points.append(Point(float(t), float(value)))
             out.append(Series(series, labels, tuple(points)))
-        if stale:
-            self.store.redis.srem(self.store.key("ts-index", series), *stale)
+        for labels_text in stale:
+            labels = parse_label_key(labels_text)
+            self.store.redis.srem(self._index(series, labels.get("listener")), labels_text)
         return out
 
 
