@@ -266,6 +266,7 @@ def bench_memory(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
 
 
 SAMPLES = 5
+ACTIVE = "listener_manager.total_listeners_active"
 
 
 def bench_sampler(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
@@ -291,7 +292,8 @@ def bench_sampler(metrics: Metrics, notes: dict[str, Any], redis: RedisServer,
             envoy = bed.envoy(node, all_stats=all_stats)
             admin = f"127.0.0.1:{envoy.admin_port}"
             read = admin_reader(admin, timeout=120)
-            wait_until(lambda r=read: _listeners_active(r) >= 10_000, 600, "10,000 listeners")  # type: ignore[misc]
+            wait_until(lambda e=envoy: e.stats(f"^{ACTIVE}$").get(ACTIVE, 0) >= 10_000,  # type: ignore[misc]
+                       600, "10,000 listeners")  # fmt: skip
             time.sleep(5)
             memory = json.loads("".join(read("memory")))
             found = {"statistics": sum(1 for _ in read("stats")),
@@ -359,11 +361,6 @@ def bench_sample_writes(metrics: Metrics, notes: dict[str, Any], redis: RedisSer
         reads.append(time.monotonic() - began)
     metrics["chart_read_10k_ms"] = metric(round(statistics.median(reads) * 1000, 1), "ms")
     store.redis.delete(*store.redis.keys(f"{store.prefix}:*"))
-
-
-def _listeners_active(read: Callable[[str], Iterable[str]]) -> int:
-    text = "".join(read("stats?filter=^listener_manager\\.total_listeners_active$"))
-    return int(text.rpartition(":")[2] or 0)
 
 
 def _sample_whole(read: Callable[[str], Iterable[str]]) -> None:

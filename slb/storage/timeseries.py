@@ -24,9 +24,9 @@ the desired state (#18). A missing zero changes no sum over nodes and no maximum
 idle listener's chart still shows its zeros. Such a repeated zero is written with three
 commands, not five (its series is indexed already, and the age trim bounds what one point
 a period adds: `retention_s / idle_every_s` points beyond `max_points` at most), each
-series at its own phase in the period, so
-that series which fell idle together are not all written again in one sample (at 10,000
-listeners that sample took 46 s, 33 s of it writing).
+series at its own phase in the period, so that series which fell idle together are not
+all written again in one sample (at 10,000 listeners that sample took 46 s, 33 s of it
+writing).
 """
 
 from __future__ import annotations
