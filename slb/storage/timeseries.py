@@ -265,9 +265,13 @@ class TimeSeries:
                 t, value = member.decode().split(" ")
                 points.append(Point(float(t), float(value)))
             out.append(Series(series, labels, tuple(points)))
-        for labels_text in stale:
-            labels = parse_label_key(labels_text)
-            self.store.redis.srem(self._index(series, labels.get("listener")), labels_text)
+        if stale:  # all from one index when a listener was matched, else a few
+            by_index: dict[str, list[str]] = {}
+            for labels_text in stale:
+                index = self._index(series, parse_label_key(labels_text).get("listener"))
+                by_index.setdefault(index, []).append(labels_text)
+            for index, members in by_index.items():
+                self.store.redis.srem(index, *members)
         return out
 
 
