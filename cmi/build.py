@@ -119,6 +119,9 @@ class Built:
     caveats: tuple[str, ...] = ()
     """What of its spec is served otherwise than asked ("Reason: why"), named in its
     `openslb.io/Exposed` condition (its Warning Events say it too)."""
+    referenced: bool = False
+    """Not exposed itself, but named by a Gateway's route (`referenced`): stored so that
+    its endpoints reach the tiers; nothing of its status is openslb's."""
     remembered_vip: IPAddress | None = None
     """The VIP the Service had: its stored instance's, else the one its status names. If
     IPAM has lost its record (the store was lost), IPAM gives it back when it is free, so a
@@ -265,6 +268,8 @@ def build(
     else:
         instance = expose
         balancer = instances.get(instance)
+        if balancer is not None and balancer.owner.kind is OwnerKind.GATEWAY:
+            balancer = None  # a Gateway's instance serves its listeners alone
         if balancer is None or not balancer.admits(meta["namespace"], namespace_labels):
             selects = balancer is not None and balancer.allowed_namespace_selector is not None
             if selects and namespace_labels is None and previous.service is not None:
@@ -347,6 +352,30 @@ def build(
 INVALID_SOURCE_RANGES = "InvalidSourceRanges"
 SOURCE_RANGES_ANNOTATION = "service.beta.kubernetes.io/load-balancer-source-ranges"
 OPEN_TO_ALL = frozenset({"0.0.0.0/0", "::/0"})
+
+
+@for_this_service_alone
+def referenced(
+    body: Body, *, slices: Sequence[Body], defaults: Defaults, previous: Previous, instance: str
+) -> Built:
+    """A Service no label or class exposes that a Gateway's route names: its ports and
+    endpoints (pod mode), stored under the Gateway's `instance`, with no listener."""
+    meta, spec = body["metadata"], body.get("spec") or {}
+    events: list[Event] = []
+    service = Service(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        labels=meta.get("labels") or {},
+        load_balancer=instance,
+        ports=tuple(_ports(spec)),
+        backends=_pod_backends(
+            trusted_slices(meta["namespace"], spec, slices, defaults, events),
+            defaults.refused_backends,
+            events,
+        ),
+    )
+    return Built(service_key(body), exposed=True, instance=instance, service=service,
+                 events=tuple(events), referenced=True)  # fmt: skip
 
 
 def _claimed(key: str, meta: Body, spec: Body, defaults: Defaults) -> str | Built:

@@ -17,16 +17,19 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from cmi import build as builder
-from cmi import tlssecret
+from cmi import gateways, tlssecret
 from cmi.annotation import EXPOSE_LABEL
 from cmi.build import Built, Defaults, Previous
 from cmi.debounce import Debouncer
+from cmi.gateway import KEY_PREFIX, backend_services, build_gateway, is_gateway_key
 from cmi.k8s.client import Body, KubeClient
 from cmi.k8s.informer import Informer
 from cmi.mirror import Mirror
 from slb.config import CmiSettings, comma_list, networks
-from slb.model import LoadBalancer, Service
+from slb.model import LoadBalancer, ModelError, Service
 
 
 class Cluster:
@@ -93,14 +96,91 @@ class Cluster:
         """Namespaces whose labels changed (or that came or went) since the controller last
         wrote their `Namespace` objects."""
         self._relabelled_lock = threading.Lock()
-        # Namespaces first: no Service is built before its namespace's labels are known.
-        self.informers = (self.namespaces, self.nodes, self.slices, self.secrets, self.services)
+        self._kube, self._scope, self._watch_timeout_s = kube, scope, watch_timeout_s
+        self._gateway_api = settings.gateway_api
+        self.gateways: gateways.Gateways | None = None
+        """The Gateway API's objects, once `discover` found them served."""
+
+    def discover(self) -> None:
+        """Watch the Gateway API too if it is on and the API server has its CRDs (read
+        once, when cmi starts to lead). Raises what the API server's answer raises."""
+        if self._gateway_api and self.gateways is None and gateways.served(self._kube):
+            self.gateways = gateways.Gateways(
+                self._kube, self.dirty, self._scope, self._watch_timeout_s
+            )
+
+    @property
+    def informers(self) -> tuple[Informer, ...]:
+        """In the order they start and must be synced: namespaces first, so no Service is
+        built before its namespace's labels are known."""
+        return (
+            self.namespaces, self.nodes, self.slices, self.secrets, self.services,
+            *(self.gateways.informers if self.gateways is not None else ()),
+        )  # fmt: skip
+
+    def gateway_keys(self) -> list[str]:
+        return self.gateways.keys() if self.gateways is not None else []
 
     def build(self, key: str, previous: Previous, instances: Mapping[str, LoadBalancer]) -> Built:
-        """The build step on the Service's cached state; a Service that is gone is withdrawn."""
+        """The build step on the Service's (or the Gateway's) cached state; one that is
+        gone is withdrawn."""
+        if is_gateway_key(key):  # (without the Gateway API, no Gateway: withdrawn)
+            return self._build_gateway(key, previous) if self.gateways else Built(key, False)
         body = self.services.get(key)
         if body is None:
             return Built(key, exposed=False)
+        built = self._build_service(key, body, previous, instances)
+        if built.exposed or built.refused or self.gateways is None:
+            return built
+        instance = self.gateways.serving(key)
+        if instance is None:
+            return built
+        return builder.referenced(
+            body,
+            slices=self.slices.indexed(key),
+            defaults=self.defaults,
+            previous=previous,
+            instance=instance,
+        )
+
+    def _build_gateway(self, key: str, previous: Previous) -> Built:
+        """A Gateway of openslb's class; anything it holds that cmi cannot read keeps what
+        it was served with (fail static), never stops the controller."""
+        assert self.gateways is not None
+        body = self.gateways.gateways.get(key.removeprefix(KEY_PREFIX))
+        gateway_class = self.gateways.class_of(body) if body is not None else None
+        if body is None or gateway_class is None:
+            self.gateways.built.pop(key, None)
+            return Built(key, exposed=False)
+        routes = self.gateways.routes_of(key)
+        names = {s for route in routes for s in backend_services(route)}
+        namespaces = {str(route["metadata"]["namespace"]) for route in routes}
+        try:
+            made = build_gateway(
+                body,
+                gateway_class=gateway_class,
+                routes=routes,
+                services={k: b for k in names if (b := self.services.get(k)) is not None},
+                namespace_labels={
+                    n: labels for n in namespaces if (labels := self.namespace_labels(n))
+                },
+                grants=[grant for _, grant in self.gateways.grants.items()],
+                defaults=self.defaults,
+                previous=previous,
+                now=time.time(),
+            )
+        except (ValidationError, ModelError, KeyError, TypeError, ValueError) as exc:
+            why = f"cmi cannot read this Gateway or its routes ({exc!r}): please report it"
+            return Built(key, exposed=previous.load_balancer is not None,
+                         instance=previous.load_balancer.name if previous.load_balancer else None,
+                         dedicated=previous.load_balancer,
+                         listeners=tuple(previous.listeners.values()), refused=why)  # fmt: skip
+        self.gateways.built[key] = made
+        return made.built
+
+    def _build_service(
+        self, key: str, body: Body, previous: Previous, instances: Mapping[str, LoadBalancer]
+    ) -> Built:
         return builder.build(
             body,
             slices=self.slices.indexed(key),
@@ -149,6 +229,8 @@ class Cluster:
                 return
             self._inputs[key] = inputs
         self.dirty.add([key])
+        if self.gateways is not None:  # their routes' ResolvedRefs
+            self.dirty.add(self.gateways.service_changed(key))
 
     def _slice_changed(self, key: str, body: Body) -> None:
         service = slice_service(body)
@@ -168,6 +250,8 @@ class Cluster:
             self._seen_labels[key] = labels
         self.relabelled([key])
         self.dirty.add({"", *(k for k, _ in self.services.indexed_items(key))})
+        if self.gateways is not None:  # allowedRoutes may select it
+            self.dirty.add(self.gateways.namespace_changed())
 
     def _secret_changed(self, key: str, body: Body) -> None:
         """The Services of the Secret's namespace that name it are rebuilt (a renewal)."""

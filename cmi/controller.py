@@ -25,8 +25,10 @@ from cmi.cluster import Cluster, sharing
 from cmi.conflicts import PortBook
 from cmi.debounce import Debouncer
 from cmi.diff import diff
+from cmi.gateway import CONTROLLER_NAME
+from cmi.gateways import CLASS_KEY_PREFIX
 from cmi.ipam import IPAM
-from cmi.k8s.client import KubeClient
+from cmi.k8s.client import REQUEST_ERRORS, KubeClient
 from cmi.mirror import Mirror, written_by_others
 from cmi.quota import within_quotas
 from cmi.report import ListenerStatus, Reporter
@@ -106,7 +108,7 @@ class Controller:
 
     def run(self, stop: threading.Event, fence: Fence) -> None:
         self.fence = fence
-        if not connect.until_done(stop, self._load):
+        if not connect.until_done(stop, self._load) or not self._discover(stop):
             return
         informers = self.cluster.informers
         for informer in informers:
@@ -127,6 +129,27 @@ class Controller:
                 informer.stop()
             follower.join(timeout=5)
             self.reporter.close()
+
+    def _discover(self, stop: threading.Event) -> bool:
+        """Which APIs to watch (`Cluster.discover`), asked until the API server answers;
+        False: stopped first."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self.cluster.discover()
+            except REQUEST_ERRORS as exc:
+                log.warning("cannot ask the API server which APIs it serves (%s); again in "
+                            "%.1f s", exc, backoff)  # fmt: skip
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self.last_turn = time.monotonic()
+                continue
+            self.reporter.gateways = self.cluster.gateways
+            if self.cluster.gateways is not None:
+                log.info("serving the Gateway API's Gateways of controllerName %s",
+                         CONTROLLER_NAME)  # fmt: skip
+            return True
+        return False
 
     def _load(self) -> None:
         self.last_turn = time.monotonic()
@@ -248,7 +271,8 @@ class Controller:
             self.revision = self.mirror.load(self._identified_snapshot())
             self._reserve_recorded_vips()
             self.cluster.relabelled([*self.cluster.namespaces.keys(), *self.mirror.of(Namespace)])
-            return sorted(set(self.cluster.services.keys()) | set(self.mirror.owned))
+            keys = {*self.cluster.services.keys(), *self.cluster.gateway_keys(), *self.mirror.owned}
+            return sorted(keys)
 
     def _reserve_recorded_vips(self) -> None:
         """Each operator's instance's recorded VIP held for it again, where the store lost
@@ -279,6 +303,9 @@ class Controller:
         """Bring the store in line with these Services, then tell each one how it went.
         If the store cannot be written, the Services stay dirty for the next turn."""
         wanted = {k for k in keys if k}
+        if classes := {k for k in wanted if k.startswith(CLASS_KEY_PREFIX)}:
+            wanted -= classes
+            self.reporter.gateway_classes([k.removeprefix(CLASS_KEY_PREFIX) for k in classes])
         with self._lock:
             try:
                 return self._reconcile(wanted)

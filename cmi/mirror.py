@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from cmi.build import Previous
+from cmi.gateway import KEY_PREFIX
 from slb.model import Certificate, Listener, LoadBalancer, OwnerKind, Service, StoredObject
 from slb.snapshot import Change, Delete, Put, Snapshot, Stored
 
@@ -112,12 +113,14 @@ class Mirror:
 
 
 def service_owner(obj: StoredObject) -> str | None:
-    """The key of the Service that owns `obj`, if a Service does."""
+    """The key of the Service (or, prefixed, the Gateway) that owns `obj`, if one does."""
     if isinstance(obj, Service):
         return obj.key
     owner = getattr(obj, "owner", None)
     if owner is not None and owner.kind is OwnerKind.SERVICE:
         return str(owner.name)
+    if owner is not None and owner.kind is OwnerKind.GATEWAY:
+        return KEY_PREFIX + str(owner.name)
     return None
 
 

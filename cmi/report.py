@@ -14,11 +14,20 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from cmi import gateway
 from cmi.build import Built, service_key
 from cmi.conflicts import conflict_events
+from cmi.gateways import Gateways
 from cmi.k8s.client import Body, KubeClient, KubeError
 from cmi.k8s.informer import Informer
-from cmi.k8s.writer import CONDITION, PROGRAMMED, Condition, EventRecorder, ServiceWriter
+from cmi.k8s.writer import (
+    CONDITION,
+    PROGRAMMED,
+    Condition,
+    EventRecorder,
+    GatewayWriter,
+    ServiceWriter,
+)
 from cmi.mirror import Mirror
 from cmi.workqueue import KeyedQueue
 from slb.model import IPAddress, LoadBalancer
@@ -88,8 +97,12 @@ class Reporter:
     """Tells Services how it went, from a queue of its own: a thousand status writes to the
     API server never hold up the next change to the data plane."""
 
-    def __init__(self, kube: KubeClient, services: Informer, mirror: Mirror) -> None:
+    def __init__(
+        self, kube: KubeClient, services: Informer, mirror: Mirror, gateways: Gateways | None = None
+    ) -> None:
         self.writer = ServiceWriter(kube)
+        self.gateway_writer = GatewayWriter(kube)
+        self.gateways = gateways
         self.events = EventRecorder(kube)
         self.services, self.mirror = services, mirror
         self.queue = KeyedQueue(workers=8, name="report")
@@ -99,8 +112,57 @@ class Reporter:
         """Why a data plane keeps its last good state for each Service, as last told."""
 
     def written(self, key: str, built: Built, conflicts: Mapping[str, str]) -> None:
-        """After a write: queue the Service's finalizer, status and Events."""
+        """After a write: queue the Service's finalizer, status and Events (a Gateway's:
+        its status and its routes')."""
+        if gateway.is_gateway_key(key):
+            made = self.gateways.built.get(key) if self.gateways is not None else None
+            if made is not None:
+                self.queue.submit(key, partial(self._report_gateway, key, made, conflicts))
+            return
         self.queue.submit(key, partial(self._report, key, built, conflicts))
+
+    def gateway_classes(self, names: list[str]) -> None:
+        """Queue the status of these GatewayClasses, if they are openslb's."""
+        for name in names:
+            self.queue.submit(f"class:{name}", partial(self._report_class, name))
+
+    def _report_class(self, name: str) -> None:
+        body = self.gateways.classes.get(name) if self.gateways is not None else None
+        if body is None or (body.get("spec") or {}).get("controllerName") != (
+            gateway.CONTROLLER_NAME
+        ):
+            return
+        try:
+            self.gateway_writer.set_status("gatewayclasses", body, gateway.class_accepted(body))
+        except KubeError as exc:
+            log.warning("status of GatewayClass %s not written: %s", name, exc)
+
+    def _report_gateway(
+        self, key: str, made: gateway.GatewayBuilt, conflicts: Mapping[str, str]
+    ) -> None:
+        """From the Gateway's newest cached state and its VIP as the mirror has it now;
+        then each of its routes' `status.parents`."""
+        assert self.gateways is not None
+        name = key.removeprefix(gateway.KEY_PREFIX)
+        body = self.gateways.gateways.get(name)
+        if body is None:
+            return
+        for event in (*made.built.events, *conflict_events(conflicts)):
+            self.events.record(body, event.type, event.reason, event.message)
+        balancer = self.mirror.objects.get((LoadBalancer.kind, made.built.instance or ""))
+        vip = balancer.vip if isinstance(balancer, LoadBalancer) else None
+        generation = body["metadata"].get("generation", 0)
+        status = gateway.gateway_status(made, str(vip) if vip else None, generation)
+        try:
+            self.gateway_writer.set_status("gateways", body, status)
+            ref = tuple(name.split("/", 1))
+            for route_key, entries in made.routes.items():
+                route = self.gateways.routes.get(route_key)
+                if route is not None:
+                    parents = gateway.route_parents(route, (ref[0], ref[1]), entries)
+                    self.gateway_writer.set_status("httproutes", route, {"parents": parents})
+        except KubeError as exc:
+            log.warning("status of Gateway %s or its routes not written: %s", name, exc)
 
     def readiness(self, now: Mapping[str, Readiness]) -> None:
         """Queue the Programmed condition of each Service whose readiness changed."""
@@ -134,7 +196,7 @@ class Reporter:
         for event in (*built.events, *conflict_events(conflicts)):
             self.events.record(body, event.type, event.reason, event.message)
         try:
-            if built.exposed and built.instance is not None:
+            if built.exposed and built.instance is not None and not built.referenced:
                 self.writer.set_finalizer(body, present=True)
                 balancer = self.mirror.objects.get((LoadBalancer.kind, built.instance))
                 vip = balancer.vip if isinstance(balancer, LoadBalancer) else None

@@ -228,6 +228,7 @@ class KubeNode:
         self.api = api
         api.start(timeout=_left(deadline))
         self._record(api.etcd, api.apiserver)
+        api.install_gateway_api(timeout=_left(deadline))  # before cmi asks whether it is there
         self._start_controllers(api, pki)
         self._wait_for_containerd(deadline)
         for image in images.IMAGES:

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes.client import (
     ApiClient,
+    ApiextensionsV1Api,
     AuthenticationV1TokenRequest,
     CoreV1Api,
     V1Namespace,
@@ -43,6 +44,7 @@ from devbed.process import Process, StartError, free_port, wait_until
 
 KUBE_VERSION = os.environ.get("OPENSLB_KUBE_VERSION", "v1.37.2")
 ETCD_VERSION = os.environ.get("OPENSLB_ETCD_VERSION", "v3.6.16")
+GATEWAY_API_VERSION = os.environ.get("OPENSLB_GATEWAY_API_VERSION", "v1.6.3")
 SERVICE_CIDR = "198.19.0.0/16"
 """ClusterIPs come from the benchmarking range, like every address the tests use."""
 
@@ -315,6 +317,28 @@ current-context: {user}@devbed
         return self.write_kubeconfig(
             path, token.status.token, f"system:serviceaccount:{namespace}:{name}"
         )
+
+    def install_gateway_api(self, channel: str = "standard", timeout: float = 60.0) -> None:
+        """The Gateway API's CRDs of one channel (copied by the build script), established."""
+        crds = cache_dir() / f"gateway-api-{GATEWAY_API_VERSION}" / channel
+        files = sorted(p for p in crds.glob("*_*.yaml") if "_vap_" not in p.name)
+        if not files:
+            raise StartError(f"no Gateway API CRDs in {crds}; run {BUILD_SCRIPT}")
+        for path in files:
+            self.apply_manifest(path)
+        names = [f"{p.stem.split('_', 1)[1]}.{p.stem.split('_', 1)[0]}" for p in files]
+
+        def established() -> bool:
+            with self.client() as api:
+                ext = ApiextensionsV1Api(api)
+                statuses = [ext.read_custom_resource_definition(n).status for n in names]
+                return all(
+                    any(c.type == "Established" and c.status == "True"
+                        for c in (status.conditions if status else None) or [])
+                    for status in statuses
+                )  # fmt: skip
+
+        wait_until(established, timeout, "the Gateway API's CRDs to be established")
 
     def apply_manifest(self, path: Path) -> None:
         """Create every object in a YAML manifest as admin; objects that exist are left alone."""

@@ -113,6 +113,12 @@ class CmiSettings:
         "Also claim Services of type LoadBalancer that have no `spec.loadBalancerClass` "
         "(as a cluster's default load balancer would); off: only if labelled",
     )
+    gateway_api: bool = setting(
+        True,
+        "Serve the Gateway API's Gateways of GatewayClasses whose controllerName is "
+        "`openslb.io/gateway-controller`, and their HTTPRoutes, where the API server has "
+        "the Gateway API's CRDs",
+    )
     node_group: str = setting("default", "LB node group of the instances that Services get")
     pool: str = setting("default", "Address pool that Services' VIPs come from")
     pool_cidrs: str = setting(

@@ -22,7 +22,6 @@ from slb.model import (
     LoadBalancer,
     ModelError,
     NodeGroup,
-    OwnerKind,
     StoredObject,
     parse,
 )
@@ -254,9 +253,12 @@ class Operations:
         if current is None:
             raise _error(cls, "name", f"no {cls.kind} named {name!r}")
         owner = getattr(current.obj, "owner", None)
-        if owner is not None and owner.kind is OwnerKind.SERVICE:
+        if owner is not None and owner.kind.from_kubernetes:
             raise _error(
-                cls, "name", f"{name!r} belongs to Service {owner.name}: change the Service instead"
+                cls,
+                "name",
+                f"{name!r} belongs to {owner.kind.value} {owner.name}: change the "
+                f"{owner.kind.value} instead",
             )
         return current
 

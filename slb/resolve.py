@@ -9,7 +9,7 @@ rules, in order:
   one (`created_at`, then name) keeps the port, the newer is rejected with a reason;
 - an operator's listener forwards to every exposed Service its selector matches among the
   namespaces its instance admits (its own, `allowed_namespaces`); a Service's own listener
-  forwards to that Service;
+  forwards to that Service; a Gateway's listener forwards only by its rules;
 - backends are the selected Services' endpoints on the listener's target port, deduplicated
   by address and port, in a stable order; not-ready endpoints are left out, and
   terminating-but-serving ones are kept with weight 0 so their connections drain;
@@ -287,10 +287,13 @@ def _service_key(service: Service) -> str:
 def selected_services(
     listener: Listener, balancer: LoadBalancer, services: ExposedServices
 ) -> list[Service]:
-    """The Services a listener forwards to: its own Service's, or its selector's."""
+    """The Services a listener forwards to: its own Service's, or its selector's (a
+    Gateway's listener: none of its own; its routes name theirs)."""
     if listener.owner.kind is OwnerKind.SERVICE:
         own = services.by_key.get(listener.owner.name)
         return [own] if own is not None else []
+    if listener.owner.kind is OwnerKind.GATEWAY:
+        return []
     assert listener.selector is not None  # the model requires it for operators' listeners
     return _admitted(balancer, services, services.matching(listener.selector))
 

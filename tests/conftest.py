@@ -51,6 +51,7 @@ def store(redis_client: redis.Redis[bytes], request: pytest.FixtureRequest) -> S
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
     api = KubeAPI(tmp_path_factory.mktemp("kube")).start()
+    api.install_gateway_api()  # as a cluster that uses it has: cmi serves it when it is there
     yield api
     api.stop()
 

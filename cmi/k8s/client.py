@@ -119,9 +119,13 @@ class KubeClient:
             timeout=urllib3.Timeout(connect=5.0, read=timeout),
             retries=False,
         )
-        data = json.loads(response.data) if response.data else {}
-        if response.status >= 400:
+        if response.status >= 400:  # not always JSON: "404 page not found" for no such API
+            try:
+                data = json.loads(response.data) if response.data else {}
+            except ValueError:
+                data = {"message": response.data[:200].decode(errors="replace")}
             raise _error(response.status, response.reason or "", data)
+        data = json.loads(response.data) if response.data else {}
         return cast(dict[str, Any], data)
 
     def get(self, path: str, **query: Any) -> dict[str, Any]:

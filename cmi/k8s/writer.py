@@ -118,6 +118,59 @@ class ServiceWriter:
         return True
 
 
+class GatewayWriter:
+    """The status of the Gateway API's objects, written only when it changes; a condition
+    whose status, reason, message and generation are unchanged keeps its transition time."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    def set_status(self, plural: str, body: Body, status: Mapping[str, Any]) -> bool:
+        """Merge `status` (each field whole) into the object's; False: nothing changed."""
+        meta, current = body["metadata"], body.get("status") or {}
+        new = {k: _stamped(v, current.get(k)) for k, v in status.items()}
+        if all(_unstamped(new[k]) == _unstamped(current.get(k)) for k in new):
+            return False
+        namespace = f"namespaces/{meta['namespace']}/" if meta.get("namespace") else ""
+        self.client.request(
+            "PATCH",
+            f"/apis/gateway.networking.k8s.io/v1/{namespace}{plural}/{meta['name']}/status",
+            body={"status": new},
+            content_type="application/merge-patch+json",
+        )
+        return True
+
+
+def _stamped(new: Any, old: Any) -> Any:
+    """`new` with each condition's lastTransitionTime: the old one's if it did not change,
+    else now. Lists of conditions are matched by type, other lists by position."""
+    if isinstance(new, list):
+        olds = old if isinstance(old, list) else []
+        if new and all(isinstance(c, dict) and "type" in c and "status" in c for c in new):
+            by_type = {c.get("type"): c for c in olds if isinstance(c, dict)}
+            return [_condition_time(c, by_type.get(c["type"])) for c in new]
+        return [_stamped(v, olds[i] if i < len(olds) else None) for i, v in enumerate(new)]
+    if isinstance(new, dict):
+        before = old if isinstance(old, dict) else {}
+        return {k: _stamped(v, before.get(k)) for k, v in new.items()}
+    return new
+
+
+def _condition_time(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+    fields = ("status", "reason", "message", "observedGeneration")
+    same = old is not None and all(old.get(f) == new.get(f) for f in fields)
+    when = old.get("lastTransitionTime") if same and old else None
+    return {**new, "lastTransitionTime": when or _now()}
+
+
+def _unstamped(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_unstamped(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _unstamped(v) for k, v in value.items() if k != "lastTransitionTime"}
+    return value
+
+
 class EventRecorder:
     """core/v1 Events on Services; a repeat within `dedupe_s` bumps the count of the first."""
 

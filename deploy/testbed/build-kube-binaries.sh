@@ -14,7 +14,9 @@
 # already filled: kube-apiserver and etcd about 12 minutes; kubelet, kube-controller-manager and
 # kube-scheduler together 18 minutes with an empty Go build cache (221 s once the
 # apiserver's packages are in it); containerd, ctr and the shim 166 s. The test images'
-# binaries are rebuilt every run (seconds: Go's build cache makes it a relink).
+# binaries are rebuilt every run (seconds: Go's build cache makes it a relink). The Gateway
+# API's CRDs (standard and experimental channels) are copied out of the Go module
+# sigs.k8s.io/gateway-api into $OPENSLB_CACHE/gateway-api-VERSION.
 set -euo pipefail
 
 KUBE_VERSION="${OPENSLB_KUBE_VERSION:-v1.37.2}"
@@ -31,6 +33,7 @@ node_binaries=(kubelet kube-controller-manager kube-scheduler)
 containerd_dir="$BIN/containerd-$CONTAINERD_VERSION"
 containerd_binaries=(containerd ctr containerd-shim-runc-v2)
 echo_basic="$BIN/images/echo-basic-$GATEWAY_API_VERSION"
+gateway_crds="$CACHE/gateway-api-$GATEWAY_API_VERSION"
 images_src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/images"
 staging="v0.${KUBE_VERSION#v1.}"
 
@@ -166,6 +169,18 @@ build_echo_basic() {
   mv "$echo_basic.tmp" "$echo_basic"
 }
 
+# The CRDs the test bed's API server installs (devbed/kube.py install_gateway_api).
+copy_gateway_crds() {
+  local dir
+  dir=$(cd /tmp && go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" |
+    sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+  rm -rf "$gateway_crds.tmp"
+  mkdir -p "$gateway_crds.tmp"
+  cp -r "$dir/config/crd/standard" "$dir/config/crd/experimental" "$gateway_crds.tmp/"
+  chmod -R u+w "$gateway_crds.tmp"
+  mv "$gateway_crds.tmp" "$gateway_crds"
+}
+
 all_present() {
   local f
   for f in "$@"; do [ -x "$f" ] || return 1; done
@@ -179,4 +194,5 @@ all_present "${node_paths[@]}" || build_node
 all_present "${containerd_binaries[@]/#/$containerd_dir/}" || build_containerd
 build_images
 [ -x "$echo_basic" ] || build_echo_basic
+[ -d "$gateway_crds/standard" ] || copy_gateway_crds
 log "ready: $apiserver $etcd ${node_paths[*]} $containerd_dir/ $BIN/images/"

@@ -64,11 +64,19 @@ class StoredObject(Model):
 
 class OwnerKind(StrEnum):
     SERVICE = "Service"
+    GATEWAY = "Gateway"
+    """A Gateway API Gateway (`cmi.gateway`): its instance and listeners."""
     OPERATOR = "Operator"
+
+    @property
+    def from_kubernetes(self) -> bool:
+        """Made by cmi of a Kubernetes object: changed there, never by an operator."""
+        return self is not OwnerKind.OPERATOR
 
 
 class Owner(Model):
-    """Who made an object: a Service (then cmi manages it) or an operator."""
+    """Who made an object: a Kubernetes object (a Service or a Gateway, `namespace/name`;
+    then cmi manages it) or an operator."""
 
     kind: OwnerKind
     name: str = Field(min_length=1, max_length=253)

@@ -114,10 +114,12 @@ class Listener(StoredObject):
     @model_validator(mode="after")
     def _fields_fit_protocol(self) -> Self:
         l7, problems = self.protocol.is_l7, []
-        by_service = self.owner.kind is OwnerKind.SERVICE
-        if by_service and self.selector is not None:
+        kind = self.owner.kind
+        if kind is OwnerKind.SERVICE and self.selector is not None:
             problems.append(("selector", "a Service's own listener forwards to that Service only"))
-        if not by_service and self.selector is None:
+        if kind is OwnerKind.GATEWAY and self.selector is not None:
+            problems.append(("selector", "a Gateway's listener forwards by its routes only"))
+        if kind is OwnerKind.OPERATOR and self.selector is None:
             problems.append(("selector", "required: which exposed Services to forward to"))
         problems += self._tls_problems()
         if not l7:
@@ -190,6 +192,12 @@ class Listener(StoredObject):
                     for field in ("selector", "service")
                     if getattr(target, field) is not None
                 ]
+            if self.owner.kind is OwnerKind.GATEWAY:
+                problems += [
+                    (f"routes.{i}.forward_to.{j}.service", "a Gateway's route names its Services")
+                    for j, target in enumerate(route.targets)
+                    if target.service is None
+                ]
             if self.protocol is Protocol.GRPC:
                 grpc_only = "GRPC listeners match grpc_service or path_regex, and answer gRPC"
                 problems += [
@@ -201,8 +209,8 @@ class Listener(StoredObject):
 
     @property
     def tenant(self) -> str | None:
-        """The namespace of the Service that made it; None: an operator's."""
-        if self.owner.kind is OwnerKind.SERVICE:
+        """The namespace of the Service or Gateway that made it; None: an operator's."""
+        if self.owner.kind.from_kubernetes:
             return self.owner.name.split("/", 1)[0]
         return None
 

@@ -59,6 +59,18 @@ def test_updates_keep_owner_and_age_and_removal_is_guarded(ops: Operations, stor
         ops.add_load_balancer({"name": "p2", "pool": "nosuch"})
 
 
+def test_objects_made_from_a_gateway_are_read_only(ops: Operations, store: Store) -> None:
+    owned = Listener.model_validate(
+        {**LISTENER, "name": "gw-web", "port": 446, "selector": None,
+         "owner": {"kind": "Gateway", "name": "shop/edge"}}
+    )  # fmt: skip
+    store.put(owned)
+    with pytest.raises(ModelError, match="belongs to Gateway shop/edge: change the Gateway"):
+        ops.update_listener("gw-web", {"port": 447})
+    with pytest.raises(ModelError, match="belongs to Gateway shop/edge"):
+        ops.remove_listener("gw-web")
+
+
 def test_objects_made_from_a_service_are_read_only(ops: Operations, store: Store) -> None:
     owned = Listener.model_validate(
         {**LISTENER, "name": "svc-web", "port": 444, "selector": None,

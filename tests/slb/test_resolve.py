@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from slb.model import KINDS, StoredObject
 from slb.resolve import resolve
 from slb.snapshot import Snapshot, Stored
@@ -240,3 +243,35 @@ def test_routes_resolve_their_own_services_and_ports() -> None:
 def test_a_listener_without_routes_resolves_none() -> None:
     state = resolve(snapshot(lb(), listener("web"), service("a", {"app": "web"}, [ep(1)])))
     assert state.listeners[0].routes == ()
+
+
+def test_a_gateways_listener_forwards_by_its_rules_alone() -> None:
+    gateway = {"kind": "Gateway", "name": "shop/edge"}
+    rules = [{"name": "web", "path_segments": "/web",
+              "forward_to": [{"service": "shop/a", "target_port": 80}]},
+             {"name": "no-route-matched", "fixed_response": {"status": 404}}]  # fmt: skip
+    state = resolve(
+        snapshot(
+            lb("edge", owner=gateway, namespace="shop", allowed_namespaces=[]),
+            listener("gw", load_balancer="edge", protocol="HTTP", selector=None,
+                     target_port=80, owner=gateway, routes=rules),
+            service("a", {}, [ep(1)]),
+            service("b", {"app": "web"}, [ep(2)]),
+        )
+    )  # fmt: skip
+    (served,) = state.listeners
+    assert served.services == ()  # none of its own: no selector picks b
+    web, not_found = served.routes
+    assert [b.address.compressed for t in web.targets for b in t.backends] == ["198.18.1.1"]
+    assert not_found.targets == ()
+
+
+def test_a_gateways_listener_takes_no_selector_and_names_every_target() -> None:
+    gateway = {"kind": "Gateway", "name": "shop/edge"}
+    with pytest.raises(ValidationError, match="selector"):
+        KINDS["Listener"].model_validate(listener("gw", owner=gateway, protocol="HTTP")[1])
+    rules = [{"name": "r", "forward_to": [{"target_port": 80}]}]
+    with pytest.raises(ValidationError, match=r"routes\.0\.forward_to\.0\.service"):
+        KINDS["Listener"].model_validate(
+            listener("gw", owner=gateway, protocol="HTTP", selector=None, routes=rules)[1]
+        )

@@ -235,9 +235,9 @@ def listener_edit(name: str) -> PageResult:
     stored = view.snapshot.of(Listener).get(name)
     if stored is None:
         abort(404)
-    if stored.obj.owner.kind is OwnerKind.SERVICE:
-        flash(f"Listener {name} belongs to Service {stored.obj.owner.name}: change the Service.",
-              "error")  # fmt: skip
+    if (owner := stored.obj.owner).kind.from_kubernetes:
+        flash(f"Listener {name} belongs to {owner.kind.value} {owner.name}: change the "
+              f"{owner.kind.value}.", "error")  # fmt: skip
         return redirect(url_for("listeners.listener_detail", name=name))
     if request.method == "GET":
         return _render_form(listener_to_form(stored.obj), {}, name, stored.revision)
@@ -358,6 +358,9 @@ def _rules_read_only(listener: Listener) -> str:
     if listener.owner.kind is OwnerKind.SERVICE:
         return (f"Listener {listener.name} belongs to Service {listener.owner.name}: its rules "
                 "change with the Service's openslb.io/rules annotation.")  # fmt: skip
+    if listener.owner.kind is OwnerKind.GATEWAY:
+        return (f"Listener {listener.name} belongs to Gateway {listener.owner.name}: its rules "
+                "are the HTTPRoutes attached to it.")  # fmt: skip
     if not listener.protocol.is_l7:
         return (f"Listener {listener.name} is {listener.protocol.value}: only HTTP, HTTPS and "
                 "GRPC listeners have rules.")  # fmt: skip

@@ -1,0 +1,654 @@
+"""Pure: one Gateway API Gateway (with its class and the HTTPRoutes that name it) -> the
+desired state and the status the specification asks for.
+
+A Gateway of openslb's class becomes an instance (`LoadBalancer`, its VIP from the pool or
+`spec.addresses`) owned by the Gateway; its listeners on one port become one openslb
+listener, and each HTTPRoute rule match attached to them becomes a rule of that listener,
+in the specification's precedence, forwarding to the Services its backendRefs name. A
+request no rule matches gets a 404, as the specification says. What cannot be served is
+refused in the status of the object that asked for it (a listener's protocol, a route's
+filter, a backendRef), never by stopping the controller.
+
+The Services a route names are stored by their own build (`cmi.build.referenced`), so
+their endpoints reach the tiers as every other Service's do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from cmi.build import Built, Defaults, Event, Previous, short_name
+from slb.model import (
+    Listener,
+    LoadBalancer,
+    ModelError,
+    Owner,
+    OwnerKind,
+    Protocol,
+)
+from slb.selector import LabelSelector
+
+if TYPE_CHECKING:  # the name only: loading the client would load urllib3 and kubernetes
+    from cmi.k8s.client import Body
+GROUP = "gateway.networking.k8s.io"
+CONTROLLER_NAME = "openslb.io/gateway-controller"
+"""The `spec.controllerName` of the GatewayClasses that are openslb's."""
+KEY_PREFIX = "gateway:"
+"""A Gateway's key among the controller's dirty keys (a Service's has none)."""
+HTTPROUTE = "HTTPRoute"
+NOT_FOUND_RULE = "no-route-matched"
+"""The last rule of every Gateway listener: the specification's 404."""
+MAX_RULES = 999
+"""Rules per port, the model's limit less the 404."""
+
+
+def gateway_key(namespace: str, name: str) -> str:
+    return f"{KEY_PREFIX}{namespace}/{name}"
+
+
+def is_gateway_key(key: str) -> bool:
+    return key.startswith(KEY_PREFIX)
+
+
+def instance_name(namespace: str, name: str) -> str:
+    """The instance a Gateway gets (never a Service's: those have no `gateway` part)."""
+    return short_name(namespace, name, "gateway")
+
+
+def parent_refs(route: Body) -> list[tuple[str, str]]:
+    """The Gateways (namespace, name) a route names as parents."""
+    namespace = route["metadata"]["namespace"]
+    refs = []
+    for ref in (route.get("spec") or {}).get("parentRefs") or []:
+        if ref.get("group", GROUP) == GROUP and ref.get("kind", "Gateway") == "Gateway":
+            refs.append((ref.get("namespace") or namespace, ref["name"]))
+    return refs
+
+
+def backend_services(route: Body) -> set[str]:
+    """The Services (`namespace/name`) a route's rules name."""
+    namespace = route["metadata"]["namespace"]
+    return {
+        f"{ref.get('namespace') or namespace}/{ref['name']}"
+        for rule in (route.get("spec") or {}).get("rules") or []
+        for ref in rule.get("backendRefs") or []
+        if ref.get("group", "") == "" and ref.get("kind", "Service") == "Service"
+    }
+
+
+def condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> Body:
+    """A status condition; `lastTransitionTime` is the writer's (kept while unchanged)."""
+    return {
+        "type": type_,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def class_accepted(gateway_class: Body) -> Body:
+    """The status of one of openslb's GatewayClasses: accepted as it is."""
+    generation = gateway_class["metadata"].get("generation", 0)
+    return {
+        "conditions": [condition("Accepted", True, "Accepted", "openslb serves it", generation)]
+    }
+
+
+@dataclass
+class GatewayBuilt:
+    """What a Gateway owns in the store (`built`), and the status of it and its routes."""
+
+    built: Built
+    listeners: list[Body] = field(default_factory=list)
+    """`status.listeners` as the specification lists them."""
+    conditions: list[Body] = field(default_factory=list)
+    """The Gateway's Accepted; Programmed is the reporter's (it needs the VIP)."""
+    routes: dict[str, list[Body]] = field(default_factory=dict)
+    """Each route's (`namespace/name`) entries in `status.parents` for this Gateway: one
+    per parentRef naming it, accepted if any of its listeners took the route."""
+
+
+@dataclass(frozen=True)
+class _World:
+    """What a Gateway's routes are judged against."""
+
+    gateway: Body
+    services: Mapping[str, Body]
+    grants: Sequence[Body]
+    namespace_labels: Mapping[str, Mapping[str, str]]
+
+
+@dataclass
+class _Port:
+    """The Gateway listeners on one port: one openslb listener."""
+
+    port: int
+    names: list[str] = field(default_factory=list)
+    rules: list[tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+    """(precedence, route fields)."""
+
+
+def build_gateway(
+    gateway: Body,
+    *,
+    gateway_class: Body | None,
+    routes: Sequence[Body],
+    services: Mapping[str, Body],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+    grants: Sequence[Body] = (),
+    defaults: Defaults,
+    previous: Previous,
+    now: float = 0.0,
+) -> GatewayBuilt:
+    """A Gateway of openslb's class -> its instance, listeners and statuses. `routes`: the
+    HTTPRoutes that name it; `services`: the Services they name, by key; `grants`: the
+    ReferenceGrants of the namespaces they name."""
+    meta, spec = gateway["metadata"], gateway.get("spec") or {}
+    namespace, name = meta["namespace"], meta["name"]
+    key, generation = gateway_key(namespace, name), meta.get("generation", 0)
+    if gateway_class is None or gateway_class.get("spec", {}).get("controllerName") != (
+        CONTROLLER_NAME
+    ):
+        return GatewayBuilt(Built(key, exposed=False, foreign=True))
+    instance = instance_name(namespace, name)
+    owner = Owner(kind=OwnerKind.GATEWAY, name=f"{namespace}/{name}")
+    vip, address_problem = _requested_address(spec)
+    balancer = LoadBalancer(
+        name=instance,
+        vip=vip or (previous.load_balancer.vip if previous.load_balancer else None),
+        pool=defaults.pool,
+        node_group=defaults.node_group,
+        owner=owner,
+        namespace=namespace,
+    )
+    world = _World(gateway, services, grants, namespace_labels)
+    listener_status: list[Body] = []
+    ports: dict[int, _Port] = {}
+    attached: dict[str, dict[str, Body]] = {}
+    for listener in spec.get("listeners") or []:
+        accepted, reason, message = True, "Accepted", "openslb serves it"
+        protocol = listener.get("protocol")
+        if protocol != "HTTP":
+            accepted, reason = False, "UnsupportedProtocol"
+            message = f"protocol {protocol}: openslb's Gateways serve HTTP so far"
+        count = 0
+        if accepted:
+            group = ports.setdefault(listener["port"], _Port(listener["port"]))
+            group.names.append(listener["name"])
+            count = _attach(world, listener, routes, group, attached)
+        listener_status.append(
+            {
+                "name": listener["name"],
+                "supportedKinds": [{"group": GROUP, "kind": HTTPROUTE}] if accepted else [],
+                "attachedRoutes": count,
+                "conditions": [
+                    condition("Accepted", accepted, reason, message, generation),
+                    condition("ResolvedRefs", True, "ResolvedRefs", "", generation),
+                    condition(
+                        "Programmed",
+                        accepted,
+                        "Programmed" if accepted else "Invalid",
+                        message if not accepted else "",
+                        generation,
+                    ),
+                ],
+            }
+        )
+    events: list[Event] = []
+    listeners = []
+    for group in sorted(ports.values(), key=lambda g: g.port):
+        made = _listener(group, instance, owner=owner, previous=previous, now=now, events=events)
+        if made is not None:
+            listeners.append(made)
+    named = {
+        target.service.split("/", 1)[0]
+        for made in listeners
+        for rule in made.routes
+        for target in rule.forward_to
+        if target.service is not None
+    }
+    # Its routes were admitted by allowedRoutes and ReferenceGrants: the instance takes
+    # the Services they name, of whichever namespace.
+    balancer = balancer.model_copy(update={"allowed_namespaces": tuple(sorted(named))})
+    gateway_ok = address_problem is None
+    conditions = [
+        condition("Accepted", gateway_ok, "Accepted" if gateway_ok else "UnsupportedAddress",
+                  address_problem or "openslb serves it", generation)
+    ]  # fmt: skip
+    built = Built(
+        key,
+        exposed=gateway_ok,
+        instance=instance,
+        dedicated=balancer if gateway_ok else None,
+        listeners=tuple(listeners) if gateway_ok else (),
+        events=tuple(events),
+        refused=address_problem,
+    )
+    parents = _unmatched_parents(world, routes, attached)
+    return GatewayBuilt(built, listener_status, conditions, parents)
+
+
+def _ref_id(ref: Body) -> str:
+    return repr(sorted(ref.items()))
+
+
+def _unmatched_parents(
+    world: _World, routes: Sequence[Body], attached: dict[str, dict[str, Body]]
+) -> dict[str, list[Body]]:
+    """Every route's entries, with NoMatchingParent for a parentRef no listener matched."""
+    meta = world.gateway["metadata"]
+    out = {}
+    for route in routes:
+        rmeta = route["metadata"]
+        rkey = f"{rmeta['namespace']}/{rmeta['name']}"
+        entries = attached.get(rkey, {})
+        for ref in (route.get("spec") or {}).get("parentRefs") or []:
+            named = (ref.get("namespace") or rmeta["namespace"], ref["name"])
+            if named != (meta["namespace"], meta["name"]) or _ref_id(ref) in entries:
+                continue
+            why = "no listener of the Gateway matches its sectionName and port"
+            entries[_ref_id(ref)] = _entry(ref, route, (False, "NoMatchingParent", why))
+        out[rkey] = list(entries.values())
+    return out
+
+
+def _entry(ref: Body, route: Body, accepted: tuple[bool, str, str],
+           resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")) -> Body:  # fmt: skip
+    """A route's entry in `status.parents` for one parentRef."""
+    generation = route["metadata"].get("generation", 0)
+    fields = ("group", "kind", "namespace", "name", "sectionName", "port")
+    return {
+        "parentRef": {k: v for k, v in ref.items() if k in fields},
+        "controllerName": CONTROLLER_NAME,
+        "conditions": [
+            condition("Accepted", *accepted, generation),
+            condition("ResolvedRefs", *resolved, generation),
+        ],
+    }
+
+
+def _requested_address(spec: Body) -> tuple[str | None, str | None]:
+    """The VIP `spec.addresses` asks for, and why it cannot be served (one IPAddress)."""
+    addresses = spec.get("addresses") or []
+    if not addresses:
+        return None, None
+    if len(addresses) > 1:
+        return None, "spec.addresses: openslb gives a Gateway one address"
+    address = addresses[0]
+    if address.get("type", "IPAddress") != "IPAddress":
+        return None, f"spec.addresses[0].type {address.get('type')}: only IPAddress"
+    try:
+        return str(ipaddress.ip_address(address.get("value", ""))), None
+    except ValueError:
+        return None, f"spec.addresses[0].value {address.get('value')!r} is not an IP address"
+
+
+def _listener(
+    group: _Port,
+    instance: str,
+    *,
+    owner: Owner,
+    previous: Previous,
+    now: float,
+    events: list[Event],
+) -> Listener | None:
+    """The openslb listener of one port: its rules in precedence order, then the 404."""
+    name = short_name(*owner.name.split("/", 1), "port", str(group.port))
+    before = previous.listeners.get(name)
+    rules = [fields for _, fields in sorted(group.rules, key=lambda item: item[0])][:MAX_RULES]
+    rules.append({"name": NOT_FOUND_RULE, "fixed_response": {"status": 404, "body": ""}})
+    try:
+        return Listener(
+            name=name,
+            load_balancer=instance,
+            protocol=Protocol.HTTP,
+            port=group.port,
+            target_port=group.port,
+            health_check=None,
+            owner=owner,
+            routes=tuple(rules),
+            created_at=before.created_at if before is not None else now,
+        )
+    except (ValidationError, ModelError) as exc:
+        message = f"port {group.port} cannot be served: {exc}"
+        events.append(Event("Warning", "Refused", message[:1000]))
+        return before
+
+
+def _attach(
+    world: _World,
+    listener: Body,
+    routes: Sequence[Body],
+    group: _Port,
+    attached: dict[str, dict[str, Body]],
+) -> int:
+    """Attach to one Gateway listener the routes that may and do name it; their rules join
+    its port's. Returns how many attached."""
+    meta = world.gateway["metadata"]
+    count = 0
+    for route in routes:
+        rmeta = route["metadata"]
+        rkey = f"{rmeta['namespace']}/{rmeta['name']}"
+        for ref in (route.get("spec") or {}).get("parentRefs") or []:
+            if (ref.get("namespace") or rmeta["namespace"], ref["name"]) != (
+                meta["namespace"],
+                meta["name"],
+            ):
+                continue
+            if ref.get("sectionName") not in (None, listener["name"]):
+                continue
+            if ref.get("port") not in (None, listener["port"]):
+                continue
+            status = _route_parent(world, listener, route, ref, group)
+            accepted = status["conditions"][0]["status"] == "True"
+            entries = attached.setdefault(rkey, {})
+            if accepted or _ref_id(ref) not in entries:
+                entries[_ref_id(ref)] = status
+            count += accepted
+    return count
+
+
+def _allowed(world: _World, listener: Body, namespace: str) -> bool:
+    """`allowedRoutes.namespaces`: Same (the default), All, or Selector."""
+    allowed = ((listener.get("allowedRoutes") or {}).get("namespaces")) or {}
+    where = allowed.get("from", "Same")
+    if where == "All":
+        return True
+    if where == "Selector":
+        selector = LabelSelector.model_validate(_selector(allowed.get("selector") or {}))
+        labels = world.namespace_labels.get(namespace)
+        return labels is not None and not selector.empty and selector.matches(labels)
+    return bool(namespace == world.gateway["metadata"]["namespace"])
+
+
+def _selector(raw: Body) -> Body:
+    """A Kubernetes label selector in the model's field names."""
+    return {
+        "match_labels": raw.get("matchLabels") or {},
+        "match_expressions": [
+            {"key": e["key"], "operator": e["operator"], "values": e.get("values") or []}
+            for e in raw.get("matchExpressions") or []
+        ],
+    }
+
+
+def hostnames(listener: Body, route: Body) -> list[str] | None:
+    """The hosts a route serves on a listener: their intersection (specification's
+    rules for wildcards); [] means any host; None: none in common."""
+    mine = listener.get("hostname")
+    theirs = (route.get("spec") or {}).get("hostnames") or []
+    if not theirs:
+        return [mine] if mine else []
+    if not mine:
+        return list(theirs)
+    common = [h for h in theirs if _covers(mine, h)] + [mine for h in theirs if _covers(h, mine)]
+    return sorted(set(common)) or None
+
+
+def _covers(pattern: str, host: str) -> bool:
+    """Does `pattern` (a name, or `*.suffix`) match every name `host` stands for?"""
+    if pattern == host:
+        return True
+    if pattern.startswith("*."):
+        suffix = pattern[1:]
+        bare = host[2:] if host.startswith("*.") else host
+        return bare.endswith(suffix) and len(bare) > len(suffix)
+    return False
+
+
+def _route_parent(world: _World, listener: Body, route: Body, ref: Body, group: _Port) -> Body:
+    """One route on one listener: its entry in `status.parents`; its rules, if accepted,
+    join the port's."""
+    rmeta = route["metadata"]
+
+    def answer(accepted: bool, reason: str, message: str, refs: tuple[bool, str, str]) -> Body:
+        return _entry(ref, route, (accepted, reason, message), refs)
+
+    resolved = (True, "ResolvedRefs", "")
+    if not _allowed(world, listener, rmeta["namespace"]):
+        why = "the listener's allowedRoutes do not admit this namespace"
+        return answer(False, "NotAllowedByListeners", why, resolved)
+    hosts = hostnames(listener, route)
+    if hosts is None:
+        why = "no hostname in common with the listener"
+        return answer(False, "NoMatchingListenerHostname", why, resolved)
+    made, bad = [], None
+    try:
+        for index, rule in enumerate((route.get("spec") or {}).get("rules") or [{}]):
+            rules, problem = _rules(
+                world, route, index=index, rule=rule, hosts=hosts, section=listener["name"]
+            )
+            made += rules
+            bad = bad or problem
+    except _UnsupportedError as exc:
+        return answer(False, "UnsupportedValue", str(exc), resolved)
+    if bad is not None:
+        resolved = (False, bad.reason, str(bad))
+    group.rules += made
+    return answer(True, "Accepted", "openslb serves it", resolved)
+
+
+class _UnsupportedError(Exception):
+    """A route asks for what openslb does not do: it is not accepted."""
+
+
+class _BadRefError(Exception):
+    """A backendRef that does not resolve: its rule answers 500."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _rules(
+    world: _World, route: Body, *, index: int, rule: Body, hosts: list[str], section: str
+) -> tuple[list[tuple[tuple[Any, ...], dict[str, Any]]], _BadRefError | None]:
+    """The openslb rules of one HTTPRoute rule, one per match (matches are alternatives),
+    and its first backendRef that does not resolve (its share answers 500, as the
+    specification says)."""
+    rmeta = route["metadata"]
+    actions, bad = _actions(world, rmeta["namespace"], rule)
+    out = []
+    for m, match in enumerate(rule.get("matches") or [{}]):
+        fields, precedence = _match(match)
+        fields.update(actions)
+        fields["name"] = short_name(rmeta["namespace"], rmeta["name"], section, str(index), str(m))
+        fields["hosts"] = hosts
+        order = (
+            _host_rank(hosts),
+            *precedence,
+            rmeta.get("creationTimestamp") or "",
+            rmeta["namespace"],
+            rmeta["name"],
+            index,
+            m,
+        )
+        out.append((order, fields))
+    return out, bad
+
+
+def _host_rank(hosts: list[str]) -> tuple[int, int]:
+    """Exact hostnames before wildcards before any host; longer wildcards first."""
+    if not hosts:
+        return (2, 0)
+    if all(h.startswith("*.") for h in hosts):
+        return (1, -max(len(h) for h in hosts))
+    return (0, 0)
+
+
+def _match(match: Body) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """An HTTPRouteMatch -> the rule's match fields and its precedence: Exact paths, then
+    the longest prefix, then a method, then the most headers, then the most query params."""
+    fields: dict[str, Any] = {}
+    path = match.get("path") or {"type": "PathPrefix", "value": "/"}
+    kind, value = path.get("type", "PathPrefix"), path.get("value", "/")
+    if kind == "Exact":
+        fields["path_exact"], rank = value, (0, -len(value))
+    elif kind == "PathPrefix":
+        if value != "/":
+            fields["path_segments"] = value
+        rank = (1, -len(value.rstrip("/") or "/"))
+    elif kind == "RegularExpression":
+        fields["path_regex"], rank = value, (2, -len(value))
+    else:
+        raise _UnsupportedError(f"path type {kind!r}")
+    headers = [_value_match(h, "header") for h in match.get("headers") or []]
+    query = [_value_match(q, "query param") for q in match.get("queryParams") or []]
+    if headers:
+        fields["headers"] = headers
+    if query:
+        fields["query_params"] = query
+    if match.get("method"):
+        fields["method"] = match["method"]
+    return fields, (*rank, 0 if match.get("method") else 1, -len(headers), -len(query))
+
+
+def _value_match(raw: Body, what: str) -> dict[str, str]:
+    kind = raw.get("type", "Exact")
+    if kind not in ("Exact", "RegularExpression"):
+        raise _UnsupportedError(f"{what} match type {kind!r}")
+    return {"name": raw["name"], "type": "exact" if kind == "Exact" else "regex",
+            "value": raw.get("value", "")}  # fmt: skip
+
+
+def _actions(
+    world: _World, namespace: str, rule: Body
+) -> tuple[dict[str, Any], _BadRefError | None]:
+    """The rule's filters and backendRefs -> the action fields of its openslb rules, and
+    the first backendRef that does not resolve."""
+    fields: dict[str, Any] = {}
+    for f in rule.get("filters") or []:
+        kind = f.get("type")
+        if kind == "RequestHeaderModifier":
+            fields["request_headers"] = _header_changes(f.get("requestHeaderModifier") or {})
+        elif kind == "ResponseHeaderModifier":
+            fields["response_headers"] = _header_changes(f.get("responseHeaderModifier") or {})
+        elif kind == "RequestRedirect":
+            fields["redirect"] = _redirect(f.get("requestRedirect") or {})
+        elif kind == "URLRewrite" and not ((f.get("urlRewrite") or {}).get("path")):
+            host = (f.get("urlRewrite") or {}).get("hostname")
+            if host:
+                fields["rewrite"] = {"host": host}
+        else:
+            raise _UnsupportedError(f"filter {kind!r} is not supported by openslb yet")
+    if "redirect" in fields:
+        fields.pop("request_headers", None)
+        return fields, None
+    targets, bad = [], None
+    for ref in rule.get("backendRefs") or []:
+        problem = _backend_problem(world, namespace, ref)
+        if problem is not None:
+            bad = bad or problem
+            continue
+        targets.append({
+            "service": f"{ref.get('namespace') or namespace}/{ref['name']}",
+            "target_port": ref["port"],
+            "weight": ref.get("weight", 1),
+        })  # fmt: skip
+    if targets and any(t["weight"] for t in targets):
+        fields["forward_to"] = targets
+        return fields, bad
+    # No backend at all, or none that resolves: the specification's 500.
+    for forwarded_only in ("request_headers", "rewrite"):
+        fields.pop(forwarded_only, None)
+    fields["fixed_response"] = {"status": 500, "body": ""}
+    return fields, bad
+
+
+def _backend_problem(world: _World, namespace: str, ref: Body) -> _BadRefError | None:
+    if ref.get("group", "") != "" or ref.get("kind", "Service") != "Service":
+        return _BadRefError("InvalidKind", f"backendRef {ref.get('kind')}: only Services")
+    target_ns = ref.get("namespace") or namespace
+    key = f"{target_ns}/{ref['name']}"
+    if target_ns != namespace and not granted(namespace, target_ns, ref["name"], world.grants):
+        return _BadRefError("RefNotPermitted", f"Service {key}: no ReferenceGrant allows it")
+    if "port" not in ref:
+        return _BadRefError("UnsupportedValue", f"backendRef {key}: a port is required")
+    service = world.services.get(key)
+    if service is None:
+        return _BadRefError("BackendNotFound", f"Service {key} does not exist")
+    ports = [p.get("port") for p in (service.get("spec") or {}).get("ports") or []]
+    if ref["port"] not in ports:
+        return _BadRefError("BackendNotFound", f"Service {key} has no port {ref['port']}")
+    return None
+
+
+def granted(from_namespace: str, to_namespace: str, name: str, grants: Iterable[Body]) -> bool:
+    """Does a ReferenceGrant in `to_namespace` let HTTPRoutes of `from_namespace` name the
+    Service `name`?"""
+    for grant in grants:
+        if grant["metadata"]["namespace"] != to_namespace:
+            continue
+        spec = grant.get("spec") or {}
+        froms = any(
+            f.get("group") == GROUP and f.get("kind") == HTTPROUTE
+            and f.get("namespace") == from_namespace
+            for f in spec.get("from") or []
+        )  # fmt: skip
+        tos = any(
+            t.get("group", "") == "" and t.get("kind") == "Service"
+            and t.get("name") in (None, "", name)
+            for t in spec.get("to") or []
+        )  # fmt: skip
+        if froms and tos:
+            return True
+    return False
+
+
+def _header_changes(raw: Body) -> dict[str, Any]:
+    return {
+        "set": [{"name": h["name"], "value": h["value"]} for h in raw.get("set") or []],
+        "add": [{"name": h["name"], "value": h["value"]} for h in raw.get("add") or []],
+        "remove": list(raw.get("remove") or []),
+    }
+
+
+def _redirect(raw: Body) -> dict[str, Any]:
+    if raw.get("path"):
+        raise _UnsupportedError("requestRedirect.path is not supported by openslb yet")
+    out: dict[str, Any] = {"code": raw.get("statusCode", 302)}
+    for ours, theirs in (("scheme", "scheme"), ("host", "hostname"), ("port", "port")):
+        if raw.get(theirs) is not None:
+            out[ours] = raw[theirs]
+    return out
+
+
+def gateway_status(made: GatewayBuilt, vip: str | None, generation: int) -> Body:
+    """The Gateway's whole status: its conditions (Programmed once it has its VIP and its
+    listeners are stored), its address, its listeners."""
+    built = made.built
+    if not built.exposed:
+        programmed = condition("Programmed", False, "Invalid", built.refused or "", generation)
+    elif vip is None:
+        why = f"instance {built.instance} waits for a VIP"
+        programmed = condition("Programmed", False, "AddressNotAssigned", why, generation)
+    else:
+        programmed = condition("Programmed", True, "Programmed", f"served at {vip}", generation)
+    return {
+        "conditions": [*made.conditions, programmed],
+        "addresses": [{"type": "IPAddress", "value": vip}] if vip else [],
+        "listeners": made.listeners,
+    }
+
+
+def route_parents(route: Body, gateway_ref: tuple[str, str], ours: Sequence[Body]) -> list[Body]:
+    """A route's `status.parents` with this Gateway's entries replaced by `ours`: other
+    controllers' entries, and ours for other Gateways, are kept."""
+    namespace = route["metadata"]["namespace"]
+
+    def names_gateway(entry: Body) -> bool:
+        ref = entry.get("parentRef") or {}
+        return (ref.get("namespace") or namespace, ref.get("name")) == gateway_ref
+
+    current = (route.get("status") or {}).get("parents") or []
+    kept = [
+        p for p in current
+        if p.get("controllerName") != CONTROLLER_NAME or not names_gateway(p)
+    ]  # fmt: skip
+    return [*kept, *ours]

@@ -1,0 +1,165 @@
+"""The Gateway API's objects as cmi sees them, cached: GatewayClasses, Gateways,
+HTTPRoutes and ReferenceGrants.
+
+Each change marks dirty what it concerns: a Gateway itself; through a route, the Gateways
+it names and the Services it names (they are stored while a route of openslb's names
+them, `cmi.build.referenced`); through a class, its Gateways and its own status; through a
+grant, the Gateways of its namespace's routes. The build step (`cmi.gateway`) reads a
+Gateway's inputs from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cmi import gateway
+from cmi.debounce import Debouncer
+from cmi.gateway import GROUP, backend_services, gateway_key, parent_refs
+from cmi.k8s.client import Body, KubeClient, KubeError
+from cmi.k8s.informer import Informer
+
+log = logging.getLogger(__name__)
+CLASS_KEY_PREFIX = "gatewayclass:"
+"""A GatewayClass's key among the dirty keys: its status is due."""
+
+
+def served(kube: KubeClient) -> bool:
+    """Does the API server have the Gateway API (its CRDs installed)?"""
+    try:
+        kube.get(f"/apis/{GROUP}/v1")
+    except KubeError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+class Gateways:
+    """The watched Gateway API objects and who names whom."""
+
+    def __init__(
+        self, kube: KubeClient, dirty: Debouncer, scope: str, watch_timeout_s: int
+    ) -> None:
+        self.dirty = dirty
+        base = f"/apis/{GROUP}/v1"
+
+        def informer(path: str, on_change: Callable[[str, Body], None], **kw: Any) -> Informer:
+            return Informer(kube, path, on_change, watch_timeout_s=watch_timeout_s, **kw)
+
+        self.classes = informer(f"{base}/gatewayclasses", self._class_changed)
+        self.gateways = informer(
+            f"{base}{scope}/gateways", self._gateway_changed, index=_class_name
+        )
+        self.routes = informer(f"{base}{scope}/httproutes", self._route_changed)
+        self.grants = informer(
+            f"/apis/{GROUP}/v1beta1{scope}/referencegrants", self._grant_changed, index=_namespace
+        )
+        self.informers = (self.classes, self.grants, self.gateways, self.routes)
+        self._lock = threading.Lock()
+        self._parents: dict[str, set[str]] = {}
+        """Each route's parent Gateways (their keys)."""
+        self._backends: dict[str, set[str]] = {}
+        """Each route's Services (`namespace/name`)."""
+        self.built: dict[str, gateway.GatewayBuilt] = {}
+        """Each Gateway's last build, for the reporter (the controller's thread only)."""
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        """Every Gateway's dirty key."""
+        return [gateway_key(*k.split("/", 1)) for k, _ in self.gateways.items()]
+
+    def routes_of(self, key: str) -> list[Body]:
+        """The HTTPRoutes naming a Gateway (its dirty key), in key order."""
+        with self._lock:
+            names = sorted(r for r, parents in self._parents.items() if key in parents)
+        return [body for name in names if (body := self.routes.get(name)) is not None]
+
+    def ours(self, key: str) -> bool:
+        """Is this Gateway (its dirty key) of one of openslb's classes?"""
+        body = self.gateways.get(key.removeprefix(gateway.KEY_PREFIX))
+        return body is not None and self.class_of(body) is not None
+
+    def class_of(self, body: Body) -> Body | None:
+        """The Gateway's class, if it is openslb's."""
+        found = self.classes.get(str((body.get("spec") or {}).get("gatewayClassName")))
+        if found is None or (found.get("spec") or {}).get("controllerName") != (
+            gateway.CONTROLLER_NAME
+        ):
+            return None
+        return found
+
+    def serving(self, service: str) -> str | None:
+        """The instance of the first (by key) of openslb's Gateways whose routes name this
+        Service, if any."""
+        with self._lock:
+            parents = sorted(
+                p
+                for route, backends in self._backends.items()
+                if service in backends
+                for p in self._parents.get(route, ())
+            )
+        for key in parents:
+            if self.ours(key):
+                return gateway.instance_name(*key.removeprefix(gateway.KEY_PREFIX).split("/", 1))
+        return None
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def _gateway_changed(self, key: str, body: Body) -> None:
+        """It, and the Services its routes name (stored while it is openslb's)."""
+        dirty = gateway_key(*key.split("/", 1))
+        self.dirty.add([dirty, *self._services_of(dirty)])
+
+    def _services_of(self, gateway_dirty_key: str) -> set[str]:
+        with self._lock:
+            return {
+                s
+                for route, parents in self._parents.items()
+                if gateway_dirty_key in parents
+                for s in self._backends.get(route, ())
+            }
+
+    def _route_changed(self, key: str, body: Body) -> None:
+        """Its Gateways and Services, before and after, are rebuilt."""
+        now = self.routes.get(key)
+        parents = {gateway_key(*p) for p in parent_refs(now)} if now else set()
+        backends = backend_services(now) if now else set()
+        with self._lock:
+            before = self._parents.pop(key, set()), self._backends.pop(key, set())
+            if now is not None:
+                self._parents[key], self._backends[key] = parents, backends
+        self.dirty.add({*parents, *backends, *before[0], *before[1]})
+
+    def _class_changed(self, key: str, body: Body) -> None:
+        gateways = [gateway_key(*k.split("/", 1)) for k, _ in self.gateways.indexed_items(key)]
+        self.dirty.add([CLASS_KEY_PREFIX + key, *gateways])
+
+    def _grant_changed(self, key: str, body: Body) -> None:
+        """A grant concerns routes of other namespaces naming its own: every Gateway."""
+        self.dirty.add(self.keys())
+
+    def namespace_changed(self) -> Iterable[str]:
+        """A namespace's labels changed: every Gateway (allowedRoutes may select it)."""
+        return self.keys()
+
+    def service_changed(self, service: str) -> set[str]:
+        """The Gateways whose routes name this Service (their ResolvedRefs may change)."""
+        with self._lock:
+            return {
+                p
+                for route, backends in self._backends.items()
+                if service in backends
+                for p in self._parents.get(route, ())
+            }
+
+
+def _class_name(body: Body) -> str:
+    return str((body.get("spec") or {}).get("gatewayClassName"))
+
+
+def _namespace(body: Body) -> str:
+    return str(body["metadata"]["namespace"])

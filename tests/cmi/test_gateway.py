@@ -1,0 +1,273 @@
+"""The pure translation of the Gateway API (`cmi.gateway`): Gateway listeners and HTTPRoute
+rules into openslb's model, in the specification's precedence, and the status it asks for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cmi.build import Defaults, Previous
+from cmi.gateway import (
+    CONTROLLER_NAME,
+    NOT_FOUND_RULE,
+    GatewayBuilt,
+    build_gateway,
+    gateway_status,
+    granted,
+    hostnames,
+    route_parents,
+)
+from slb.model import Listener, OwnerKind, Route
+
+CLASS = {"metadata": {"name": "openslb", "generation": 1},
+         "spec": {"controllerName": CONTROLLER_NAME}}  # fmt: skip
+HTTP = {"name": "http", "port": 80, "protocol": "HTTP"}
+
+
+def gw(*listeners: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "shop", "name": "edge", "generation": 4},
+        "spec": {"gatewayClassName": "openslb", "listeners": list(listeners or [HTTP]), **spec},
+    }
+
+
+def httproute(
+    name: str, *rules: dict[str, Any], namespace: str = "shop", **spec: Any
+) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": namespace, "name": name, "generation": 2,
+                     "creationTimestamp": spec.pop("created", "2026-01-01T00:00:00Z")},
+        "spec": {"parentRefs": spec.pop("parents", [{"name": "edge", "namespace": "shop"}]),
+                 "rules": list(rules), **spec},
+    }  # fmt: skip
+
+
+def svc(namespace: str, name: str, port: int = 80) -> dict[str, Any]:
+    return {"metadata": {"namespace": namespace, "name": name},
+            "spec": {"ports": [{"port": port}]}}  # fmt: skip
+
+
+SERVICES = {f"shop/{n}": svc("shop", n) for n in ("a", "b", "c")}
+
+
+def build(
+    *routes: dict[str, Any], gateway: dict[str, Any] | None = None, **kw: Any
+) -> GatewayBuilt:
+    return build_gateway(
+        gateway or gw(),
+        gateway_class=kw.pop("gateway_class", CLASS),
+        routes=list(routes),
+        services=kw.pop("services", SERVICES),
+        namespace_labels=kw.pop("namespace_labels", {}),
+        defaults=Defaults(),
+        previous=kw.pop("previous", Previous()),
+        **kw,
+    )
+
+
+def to(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "port": 80, **extra}
+
+
+def rules_of(made: GatewayBuilt) -> list[Route]:
+    (listener,) = made.built.listeners
+    return list(listener.routes)
+
+
+def accepted(made: GatewayBuilt, route: str) -> tuple[str, str]:
+    (entry,) = made.routes[route]
+    first = entry["conditions"][0]
+    return first["status"], first["reason"]
+
+
+def test_precedence_exact_then_longest_prefix_then_method_headers_and_query() -> None:
+    def match(path: tuple[str, str] | None = None, **m: Any) -> dict[str, Any]:
+        if path is not None:
+            m["path"] = {"type": path[0], "value": path[1]}
+        return m
+
+    made = build(
+        httproute("r", {"matches": [
+            match(("PathPrefix", "/a")),
+            match(("PathPrefix", "/a/b")),
+            match(("Exact", "/a")),
+            match(("PathPrefix", "/a"), method="GET"),
+            match(("PathPrefix", "/a"), headers=[{"name": "x", "value": "1"}]),
+            match(("PathPrefix", "/a"), queryParams=[{"name": "q", "value": "1"}]),
+        ], "backendRefs": [to("a")]}),
+    )  # fmt: skip
+    order = [
+        (r.path_exact or r.path_segments, r.method, len(r.headers), len(r.query_params))
+        for r in rules_of(made)[:-1]
+    ]
+    assert order == [("/a", None, 0, 0), ("/a/b", None, 0, 0), ("/a", "GET", 0, 0),
+                     ("/a", None, 1, 0), ("/a", None, 0, 1), ("/a", None, 0, 0)]  # fmt: skip
+
+
+def test_ties_go_to_the_oldest_route_then_by_name_and_every_listener_ends_in_404() -> None:
+    rule = {"backendRefs": [to("a")]}
+    made = build(
+        httproute("young", rule, created="2026-02-01T00:00:00Z"),
+        httproute("old", {"backendRefs": [to("b")]}, created="2025-01-01T00:00:00Z"),
+    )
+    rules = rules_of(made)
+    assert [str(r.forward_to[0]) for r in rules[:2]] == ["service shop/b", "service shop/a"]
+    assert rules[-1].name == NOT_FOUND_RULE
+    assert rules[-1].fixed_response is not None
+    assert rules[-1].fixed_response.status == 404
+    (listener,) = made.built.listeners
+    assert listener.owner.kind is OwnerKind.GATEWAY
+    assert listener.selector is None
+
+
+def test_exact_hostnames_before_wildcards_before_any() -> None:
+    rule = {"backendRefs": [to("a")]}
+    made = build(
+        httproute("any", rule),
+        httproute("wild", rule, hostnames=["*.example.com"]),
+        httproute("exact", rule, hostnames=["shop.example.com"]),
+    )
+    assert [r.hosts for r in rules_of(made)[:-1]] == [
+        ("shop.example.com",), ("*.example.com",), ()]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("listener", "route", "hosts"),
+    [
+        (None, [], []),
+        ("a.example.com", [], ["a.example.com"]),
+        (None, ["a.example.com"], ["a.example.com"]),
+        ("*.example.com", ["a.example.com", "other.org"], ["a.example.com"]),
+        ("a.example.com", ["*.example.com"], ["a.example.com"]),
+        ("*.example.com", ["*.a.example.com"], ["*.a.example.com"]),
+        ("a.example.com", ["b.example.com"], None),
+        ("*.example.com", ["example.com"], None),
+    ],
+)
+def test_hostnames_intersect_as_the_specification_says(
+    listener: str | None, route: list[str], hosts: list[str] | None
+) -> None:
+    gateway_listener = {**HTTP, **({"hostname": listener} if listener else {})}
+    assert hostnames(gateway_listener, {"spec": {"hostnames": route}}) == hosts
+
+
+def test_filters_become_header_changes_redirects_and_host_rewrites() -> None:
+    made = build(
+        httproute("r", {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+            "filters": [{"type": "RequestRedirect",
+                         "requestRedirect": {"scheme": "https", "statusCode": 301}}],
+        }, {
+            "filters": [
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                    "set": [{"name": "X-Env", "value": "prod"}], "remove": ["x-debug"]}},
+                {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                    "add": [{"name": "x-served-by", "value": "openslb"}]}},
+                {"type": "URLRewrite", "urlRewrite": {"hostname": "internal.example"}},
+            ],
+            "backendRefs": [to("a", weight=3), to("b", weight=1)],
+        }),
+    )  # fmt: skip
+    redirect, forward = rules_of(made)[:2]
+    assert redirect.redirect is not None
+    assert (redirect.redirect.scheme, redirect.redirect.code) == ("https", 301)
+    assert [(h.name, h.value) for h in forward.request_headers.set] == [("x-env", "prod")]
+    assert forward.request_headers.remove == ("x-debug",)
+    assert [(h.name, h.value) for h in forward.response_headers.add] == [
+        ("x-served-by", "openslb")]  # fmt: skip
+    assert forward.rewrite is not None
+    assert forward.rewrite.host == "internal.example"
+    assert [(t.service, t.target_port, t.weight) for t in forward.forward_to] == [
+        ("shop/a", 80, 3), ("shop/b", 80, 1)]  # fmt: skip
+
+
+def test_an_unsupported_filter_refuses_the_route_not_the_gateway() -> None:
+    mirror = {"type": "RequestMirror", "requestMirror": {"backendRef": to("b")}}
+    made = build(httproute("bad", {"filters": [mirror], "backendRefs": [to("a")]}),
+                 httproute("good", {"backendRefs": [to("a")]}))  # fmt: skip
+    assert accepted(made, "shop/bad") == ("False", "UnsupportedValue")
+    assert accepted(made, "shop/good") == ("True", "Accepted")
+    assert len(rules_of(made)) == 2  # good's, and the 404
+
+
+def test_backend_refs_that_do_not_resolve_answer_500_and_say_why() -> None:
+    made = build(
+        httproute("missing", {"backendRefs": [to("nope")]}),
+        httproute("port", {"backendRefs": [{"name": "a", "port": 81}]}),
+        httproute(
+            "kind", {"backendRefs": [{"name": "a", "port": 80, "kind": "Pod", "group": "x"}]}
+        ),
+    )
+    reasons = {k: v[0]["conditions"][1]["reason"] for k, v in made.routes.items()}
+    assert reasons == {"shop/missing": "BackendNotFound", "shop/port": "BackendNotFound",
+                       "shop/kind": "InvalidKind"}  # fmt: skip
+    assert {accepted(made, k) for k in made.routes} == {("True", "Accepted")}
+    statuses = {r.fixed_response.status for r in rules_of(made) if r.fixed_response}
+    assert statuses == {500, 404}
+
+
+def test_another_namespace_needs_allowed_routes_and_a_reference_grant() -> None:
+    services = {**SERVICES, "db/a": svc("db", "a")}
+    foreign = httproute("r", {"backendRefs": [to("a", namespace="db")]}, namespace="team")
+    same_only = build(foreign, services=services)
+    assert accepted(same_only, "team/r") == ("False", "NotAllowedByListeners")
+
+    selected = {**HTTP, "allowedRoutes": {"namespaces": {
+        "from": "Selector", "selector": {"matchLabels": {"shared": "yes"}}}}}  # fmt: skip
+    made = build(foreign, gateway=gw(selected), services=services,
+                 namespace_labels={"team": {"shared": "yes"}})  # fmt: skip
+    assert made.routes["team/r"][0]["conditions"][1]["reason"] == "RefNotPermitted"
+
+    grant = {"metadata": {"namespace": "db", "name": "g"}, "spec": {
+        "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "team"}],
+        "to": [{"group": "", "kind": "Service"}]}}  # fmt: skip
+    made = build(foreign, gateway=gw(selected), services=services,
+                 namespace_labels={"team": {"shared": "yes"}}, grants=[grant])  # fmt: skip
+    assert made.routes["team/r"][0]["conditions"][1]["reason"] == "ResolvedRefs"
+    assert made.built.dedicated is not None
+    assert made.built.dedicated.allowed_namespaces == ("db",)  # its routes' Services' alone
+    assert not granted("other", "db", "a", [grant])
+
+
+def test_listeners_of_one_port_share_an_openslb_listener_and_unknown_protocols_are_refused() -> (
+    None
+):
+    made = build(
+        httproute("r", {"backendRefs": [to("a")]}),
+        gateway=gw({**HTTP, "hostname": "a.example"},
+                   {**HTTP, "name": "b", "hostname": "b.example"},
+                   {"name": "udp", "port": 53, "protocol": "UDP"}),
+    )  # fmt: skip
+    (listener,) = made.built.listeners
+    assert isinstance(listener, Listener)
+    assert [r.hosts for r in listener.routes[:-1]] == [("a.example",), ("b.example",)]
+    by_name = {s["name"]: s for s in made.listeners}
+    assert by_name["udp"]["conditions"][0]["reason"] == "UnsupportedProtocol"
+    assert by_name["http"]["attachedRoutes"] == by_name["b"]["attachedRoutes"] == 1
+    assert made.routes["shop/r"][0]["conditions"][0]["status"] == "True"  # one entry per ref
+
+
+def test_a_gateway_of_another_class_is_not_openslbs() -> None:
+    other = {"metadata": {"name": "x"}, "spec": {"controllerName": "example.com/x"}}
+    made = build(gateway_class=other)
+    assert (made.built.exposed, made.built.foreign, made.built.listeners) == (False, True, ())
+
+
+def test_status_programmed_waits_for_the_vip_and_route_parents_keep_other_entries() -> None:
+    made = build(httproute("r", {"backendRefs": [to("a")]}))
+    waiting = gateway_status(made, None, 4)
+    assert waiting["addresses"] == []
+    assert waiting["conditions"][-1]["reason"] == "AddressNotAssigned"
+    served = gateway_status(made, "198.18.0.7", 4)
+    assert served["addresses"] == [{"type": "IPAddress", "value": "198.18.0.7"}]
+    assert served["conditions"][-1]["status"] == "True"
+
+    theirs = {"parentRef": {"name": "edge"}, "controllerName": "example.com/x", "conditions": []}
+    ours_elsewhere = {"parentRef": {"name": "other"}, "controllerName": CONTROLLER_NAME,
+                      "conditions": []}  # fmt: skip
+    stale = {"parentRef": {"name": "edge"}, "controllerName": CONTROLLER_NAME, "conditions": []}
+    route = {"metadata": {"namespace": "shop", "name": "r"},
+             "status": {"parents": [theirs, ours_elsewhere, stale]}}  # fmt: skip
+    new = made.routes["shop/r"]
+    assert route_parents(route, ("shop", "edge"), new) == [theirs, ours_elsewhere, *new]

@@ -1,0 +1,230 @@
+"""The Gateway API against a real kube-apiserver (its CRDs installed) and Redis: cmi, as its
+least-privilege ServiceAccount, serves Gateways of its class and the HTTPRoutes naming them,
+and writes their status as the specification says."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cmi.gateway import CONTROLLER_NAME, GROUP, NOT_FOUND_RULE, instance_name
+from cmi.k8s.client import KubeClient, KubeError
+from cmi.k8s.writer import FINALIZER
+from devbed.process import wait_until
+from slb.model import Listener, LoadBalancer, OwnerKind, Service
+from slb.storage.store import Store
+from tests.cmi.conftest import Running, service_body, slice_body
+
+Start = Callable[..., Running]
+API = f"/apis/{GROUP}/v1"
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    found: list[Any] = []
+
+    def holds() -> bool:
+        found[:] = [check()]
+        return bool(found[0])
+
+    wait_until(holds, timeout, what, interval=0.05)
+    return found[0]
+
+
+def apply(admin: KubeClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create, or replace what is there (the test's own objects)."""
+    try:
+        current = admin.get(f"{path}/{body['metadata']['name']}")
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+        return admin.request("POST", path, body=body)
+    body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+    return admin.request("PUT", f"{path}/{body['metadata']['name']}", body=body)
+
+
+def gateway_class(admin: KubeClient, name: str, controller: str = CONTROLLER_NAME) -> None:
+    apply(admin, f"{API}/gatewayclasses", {
+        "apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": name},
+        "spec": {"controllerName": controller},
+    })  # fmt: skip
+
+
+def gateway(admin: KubeClient, namespace: str, name: str, class_name: str, **extra: Any) -> None:
+    listeners = extra.pop("listeners", [{"name": "http", "port": 8080, "protocol": "HTTP"}])
+    apply(admin, f"{API}/namespaces/{namespace}/gateways", {
+        "apiVersion": f"{GROUP}/v1", "kind": "Gateway", "metadata": {"name": name},
+        "spec": {"gatewayClassName": class_name, "listeners": listeners, **extra},
+    })  # fmt: skip
+
+
+def route(admin: KubeClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    apply(admin, f"{API}/namespaces/{namespace}/httproutes", {
+        "apiVersion": f"{GROUP}/v1", "kind": "HTTPRoute", "metadata": {"name": name},
+        "spec": spec,
+    })  # fmt: skip
+
+
+def status(admin: KubeClient, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    scope = f"namespaces/{namespace}/" if namespace else ""
+    return admin.get(f"{API}/{scope}{plural}/{name}").get("status") or {}
+
+
+def conditions(status_of: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status_of.get("conditions") or []}
+
+
+def parent(admin: KubeClient, namespace: str, name: str) -> dict[str, tuple[str, str]]:
+    """The conditions of openslb's entry in an HTTPRoute's `status.parents`."""
+    parents = status(admin, namespace, "httproutes", name).get("parents") or []
+    ours = [p for p in parents if p["controllerName"] == CONTROLLER_NAME]
+    return conditions(ours[0]) if ours else {}
+
+
+def backend(admin: KubeClient, namespace: str, name: str, addresses: list[str]) -> None:
+    """A ClusterIP Service no label exposes, with endpoints on port 8080."""
+    ports = [{"name": "grpc", "port": 80, "targetPort": 8080}]
+    admin.request("POST", f"/api/v1/namespaces/{namespace}/services",
+                  body=service_body(name, ports=ports, type_="ClusterIP"))  # fmt: skip
+    admin.request("POST", f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+                  body=slice_body(name, f"{name}-1", addresses))  # fmt: skip
+
+
+@pytest.fixture
+def class_name(admin: KubeClient, namespace: str) -> str:
+    """A GatewayClass of openslb's for this test (classes are cluster-wide)."""
+    name = f"openslb-{namespace}"
+    gateway_class(admin, name)
+    return name
+
+
+def test_a_gateway_and_its_route_are_served_with_the_status_the_specification_asks(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store, class_name: str
+) -> None:
+    running = cmi()
+    backend(admin, namespace, "web", ["198.18.5.1", "198.18.5.2"])
+    gateway(admin, namespace, "edge", class_name)
+    route(admin, namespace, "shop", {
+        "parentRefs": [{"name": "edge"}],
+        "hostnames": ["shop.example"],
+        "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/cart"}}],
+                   "backendRefs": [{"name": "web", "port": 80}]}],
+    })  # fmt: skip
+
+    # The class is accepted; the Gateway gets a VIP and says so, with its listener's routes.
+    eventually(lambda: conditions(status(admin, "", "gatewayclasses", class_name)).get(
+        "Accepted") == ("True", "Accepted"), "the class accepted")  # fmt: skip
+
+    def attached() -> dict[str, Any] | None:
+        now = status(admin, namespace, "gateways", "edge")
+        listeners = now.get("listeners") or [{}]
+        return now if now.get("addresses") and listeners[0].get("attachedRoutes") else None
+
+    gw = eventually(attached, "the Gateway's address and its route")
+    balancer = store.get(LoadBalancer, instance_name(namespace, "edge"))
+    assert balancer is not None
+    assert balancer.obj.owner.kind is OwnerKind.GATEWAY
+    assert gw["addresses"] == [{"type": "IPAddress", "value": str(balancer.obj.vip)}]
+    assert conditions(gw) == {"Accepted": ("True", "Accepted"),
+                              "Programmed": ("True", "Programmed")}  # fmt: skip
+    (listener_status,) = gw["listeners"]
+    assert listener_status["attachedRoutes"] == 1
+    assert listener_status["supportedKinds"] == [{"group": GROUP, "kind": "HTTPRoute"}]
+    generation = admin.get(f"{API}/namespaces/{namespace}/gateways/edge")["metadata"]["generation"]
+    assert {c["observedGeneration"] for c in gw["conditions"]} == {generation}
+
+    # The route is accepted, its reference resolved; the listener routes by it, then 404s.
+    eventually(lambda: parent(admin, namespace, "shop") == {
+        "Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")},
+        "the route accepted")  # fmt: skip
+    (listener,) = [
+        s.obj for s in store.all(Listener).values()
+        if s.obj.load_balancer == balancer.obj.name
+    ]  # fmt: skip
+    assert (listener.port, listener.owner.name) == (8080, f"{namespace}/edge")
+    first, last = listener.routes
+    assert (first.hosts, first.path_segments) == (("shop.example",), "/cart")
+    assert [str(t) for t in first.forward_to] == [f"service {namespace}/web"]
+    assert last.name == NOT_FOUND_RULE
+    assert last.fixed_response is not None
+    assert last.fixed_response.status == 404
+
+    # The backend Service is stored for its endpoints; its own status is not openslb's.
+    key = f"{namespace}/web"
+    stored = eventually(lambda: running.owned(key).get("Service", {}).get(key), "the backend")
+    assert isinstance(stored, Service)
+    assert sorted(b.address.compressed for b in stored.backends["grpc"]) == [
+        "198.18.5.1", "198.18.5.2"]  # fmt: skip
+    body = admin.get(f"/api/v1/namespaces/{namespace}/services/web")
+    assert FINALIZER not in (body["metadata"].get("finalizers") or [])
+    assert not (body.get("status") or {}).get("conditions")
+
+
+def test_a_missing_backend_answers_500_until_it_exists(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store, class_name: str
+) -> None:
+    cmi()
+    gateway(admin, namespace, "edge", class_name)
+    route(admin, namespace, "late", {
+        "parentRefs": [{"name": "edge"}],
+        "rules": [{"backendRefs": [{"name": "later", "port": 80}]}],
+    })  # fmt: skip
+    eventually(lambda: parent(admin, namespace, "late").get("ResolvedRefs")
+               == ("False", "BackendNotFound"), "BackendNotFound")  # fmt: skip
+
+    def first_rule() -> Any:
+        found = [s.obj for s in store.all(Listener).values()
+                 if s.obj.owner.name == f"{namespace}/edge"]  # fmt: skip
+        return found[0].routes[0] if found else None
+
+    rule = eventually(first_rule, "the Gateway's listener")
+    assert rule.fixed_response is not None
+    assert rule.fixed_response.status == 500
+    backend(admin, namespace, "later", ["198.18.5.3"])
+    eventually(lambda: parent(admin, namespace, "late").get("ResolvedRefs")
+               == ("True", "ResolvedRefs"), "resolved once the Service exists")  # fmt: skip
+    rule = eventually(lambda: (r := first_rule()) and r.forward_to and r, "forwarding")
+    assert [str(t) for t in rule.forward_to] == [f"service {namespace}/later"]
+
+
+def test_what_openslb_cannot_serve_is_refused_in_the_status_that_asked(
+    cmi: Start, admin: KubeClient, namespace: str, class_name: str
+) -> None:
+    cmi()
+    listeners = [{"name": "http", "port": 8080, "protocol": "HTTP"},
+                 {"name": "tls", "port": 8443, "protocol": "TLS",
+                  "tls": {"mode": "Passthrough"}}]  # fmt: skip
+    gateway(admin, namespace, "edge", class_name, listeners=listeners)
+    route(admin, namespace, "mirrored", {
+        "parentRefs": [{"name": "edge"}],
+        "rules": [{"filters": [{"type": "RequestMirror",
+                                "requestMirror": {"backendRef": {"name": "x", "port": 80}}}]}],
+    })  # fmt: skip
+    route(admin, namespace, "nowhere", {
+        "parentRefs": [{"name": "edge", "sectionName": "missing"}],
+        "rules": [{}],
+    })  # fmt: skip
+    eventually(lambda: parent(admin, namespace, "mirrored").get("Accepted")
+               == ("False", "UnsupportedValue"), "the filter refused")  # fmt: skip
+    eventually(lambda: parent(admin, namespace, "nowhere").get("Accepted")
+               == ("False", "NoMatchingParent"), "no such listener")  # fmt: skip
+    gw = status(admin, namespace, "gateways", "edge")
+    by_name = {entry["name"]: conditions(entry) for entry in gw["listeners"]}
+    assert by_name["http"]["Accepted"] == ("True", "Accepted")
+    assert by_name["tls"]["Accepted"] == ("False", "UnsupportedProtocol")
+
+
+def test_another_controllers_gateway_is_left_alone(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store, class_name: str
+) -> None:
+    cmi()
+    other = f"other-{namespace}"
+    gateway_class(admin, other, controller="example.com/another")
+    gateway(admin, namespace, "theirs", other)
+    gateway(admin, namespace, "ours", class_name)
+    eventually(lambda: status(admin, namespace, "gateways", "ours").get("addresses"), "ours")
+    assert store.get(LoadBalancer, instance_name(namespace, "theirs")) is None
+    pending = ("Unknown", "Pending")  # as the API server defaults them
+    assert conditions(status(admin, namespace, "gateways", "theirs"))["Programmed"] == pending
+    assert conditions(status(admin, "", "gatewayclasses", other))["Accepted"] == pending
