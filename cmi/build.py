@@ -190,17 +190,24 @@ def for_this_service_alone(build: Callable[P, Built]) -> Callable[P, Built]:
 
 
 def refused(key: str, previous: Previous, reason: str, why: str = "Refused") -> Built:
-    """A Service cmi cannot serve as it is now keeps what it was served with, if anything;
-    `why`: the Event's and the condition's reason."""
-    kept = "keeping what it was served with" if previous.service else "not exposed"
+    """A Service (or a Gateway) cmi cannot serve as it is now keeps what it was served
+    with, if anything; `why`: the Event's and the condition's reason."""
+    balancer = previous.load_balancer
+    if previous.service is not None:
+        instance: str | None = previous.service.load_balancer
+    elif balancer is not None and balancer.owner.kind is OwnerKind.GATEWAY:
+        instance = balancer.name  # a Gateway's: it owns no Service
+    else:
+        instance = None
+    kept = "keeping what it was served with" if instance else "not exposed"
     event = Event("Warning", why, f"{reason}; {kept}")
-    if previous.service is None:
+    if instance is None:
         return Built(key, exposed=False, events=(event,), refused=event.message,
                      refused_reason=why)  # fmt: skip
     return Built(
         key,
         exposed=True,
-        instance=previous.service.load_balancer,
+        instance=instance,
         dedicated=previous.load_balancer,
         service=previous.service,
         listeners=tuple(previous.listeners.values()),

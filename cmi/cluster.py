@@ -171,10 +171,7 @@ class Cluster:
             )
         except (ValidationError, ModelError, KeyError, TypeError, ValueError) as exc:
             why = f"cmi cannot read this Gateway or its routes ({exc!r}): please report it"
-            return Built(key, exposed=previous.load_balancer is not None,
-                         instance=previous.load_balancer.name if previous.load_balancer else None,
-                         dedicated=previous.load_balancer,
-                         listeners=tuple(previous.listeners.values()), refused=why)  # fmt: skip
+            return builder.refused(key, previous, why)
         self.gateways.built[key] = made
         return made.built
 

@@ -619,10 +619,16 @@ def _redirect(raw: Body) -> dict[str, Any]:
     return out
 
 
-def gateway_status(made: GatewayBuilt, vip: str | None, generation: int) -> Body:
+def gateway_status(
+    made: GatewayBuilt, vip: str | None, generation: int, built: Built | None = None
+) -> Body:
     """The Gateway's whole status: its conditions (Programmed once it has its VIP and its
-    listeners are stored), its address, its listeners."""
-    built = made.built
+    listeners are stored), its address, its listeners. `built`: what the controller stored
+    of it, if not `made.built` (a later step refused it: it keeps what it had)."""
+    built = built or made.built
+    conditions = made.conditions
+    if built.refused and not made.built.refused:
+        conditions = [condition("Accepted", False, "Invalid", built.refused, generation)]
     if not built.exposed:
         programmed = condition("Programmed", False, "Invalid", built.refused or "", generation)
     elif vip is None:
@@ -631,7 +637,7 @@ def gateway_status(made: GatewayBuilt, vip: str | None, generation: int) -> Body
     else:
         programmed = condition("Programmed", True, "Programmed", f"served at {vip}", generation)
     return {
-        "conditions": [*made.conditions, programmed],
+        "conditions": [*conditions, programmed],
         "addresses": [{"type": "IPAddress", "value": vip}] if vip else [],
         "listeners": made.listeners,
     }

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from cmi.build import Built, Previous, refused
+from cmi.gateway import KEY_PREFIX
 from cmi.mirror import Mirror
 from slb.model import Listener, LoadBalancer
 
@@ -55,7 +56,8 @@ def within_quotas(
 
 
 def _namespace(key: str) -> str:
-    return key.split("/", 1)[0]
+    """The namespace of a Service's key or a Gateway's."""
+    return key.removeprefix(KEY_PREFIX).split("/", 1)[0]
 
 
 def _per_namespace(namespaces: Iterable[str | None]) -> Counter[str]:

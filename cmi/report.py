@@ -117,7 +117,8 @@ class Reporter:
         if gateway.is_gateway_key(key):
             made = self.gateways.built.get(key) if self.gateways is not None else None
             if made is not None:
-                self.queue.submit(key, partial(self._report_gateway, key, made, conflicts))
+                report = partial(self._report_gateway, key, made, built, conflicts)
+                self.queue.submit(key, report)
             return
         self.queue.submit(key, partial(self._report, key, built, conflicts))
 
@@ -138,23 +139,26 @@ class Reporter:
             log.warning("status of GatewayClass %s not written: %s", name, exc)
 
     def _report_gateway(
-        self, key: str, made: gateway.GatewayBuilt, conflicts: Mapping[str, str]
+        self, key: str, made: gateway.GatewayBuilt, built: Built, conflicts: Mapping[str, str]
     ) -> None:
         """From the Gateway's newest cached state and its VIP as the mirror has it now;
-        then each of its routes' `status.parents`."""
+        then each of its routes' `status.parents` (not while it is refused: then it keeps
+        what it was served with, and they what they were told)."""
         assert self.gateways is not None
         name = key.removeprefix(gateway.KEY_PREFIX)
         body = self.gateways.gateways.get(name)
         if body is None:
             return
-        for event in (*made.built.events, *conflict_events(conflicts)):
+        for event in (*built.events, *conflict_events(conflicts)):
             self.events.record(body, event.type, event.reason, event.message)
-        balancer = self.mirror.objects.get((LoadBalancer.kind, made.built.instance or ""))
+        balancer = self.mirror.objects.get((LoadBalancer.kind, built.instance or ""))
         vip = balancer.vip if isinstance(balancer, LoadBalancer) else None
         generation = body["metadata"].get("generation", 0)
-        status = gateway.gateway_status(made, str(vip) if vip else None, generation)
+        status = gateway.gateway_status(made, str(vip) if vip else None, generation, built)
         try:
             self.gateway_writer.set_status("gateways", body, status)
+            if built.refused and not made.built.refused:
+                return
             ref = tuple(name.split("/", 1))
             for route_key, entries in made.routes.items():
                 route = self.gateways.routes.get(route_key)

@@ -14,6 +14,9 @@ Two kinds, both Services of type LoadBalancer labelled `openslb.io/expose=true`:
   and with the lab VM `demo/tcp-pods` the same app's TCP greeting, an IPVS virtual service
   in the VM whose real servers are the pods.
 
+And the Gateway API's way (`GatewayApp`): Gateway `demo/web` of GatewayClass `openslb`,
+whose HTTPRoute `shop` sends `/shop` to the Service of `http-pods`.
+
 Objects are written with server-side apply, so running the demo again changes nothing.
 """
 
@@ -28,6 +31,7 @@ from typing import Any, Literal
 import grpc
 
 from cmi.annotation import EXPOSE_LABEL
+from cmi.gateway import CONTROLLER_NAME, GROUP
 from cmi.k8s.client import KubeClient
 from devbed import grpcecho
 from devbed.images import ECHO_BASIC, SAMPLE_HTTP
@@ -182,7 +186,59 @@ class Exposure:
         return self.conditions.get(PROGRAMMED, ("False",))[0] == "True"
 
 
-def apply(kube: KubeClient, apps: Sequence[SampleApp | DeploymentApp]) -> None:
+@dataclass(frozen=True)
+class GatewayApp:
+    """A Gateway of openslb's class with one HTTP listener, and an HTTPRoute sending a path
+    prefix to a Service (no label needed)."""
+
+    name: str = "web"
+    route: str = "shop"
+    path: str = "/shop"
+    backend: str = "http-pods"
+    backend_port: int = 80
+    port: int = 8080
+    class_name: str = "openslb"
+
+    def manifests(self) -> list[dict[str, Any]]:
+        api = f"{GROUP}/v1"
+        meta = {"namespace": NAMESPACE}
+        return [
+            {"apiVersion": api, "kind": "GatewayClass", "metadata": {"name": self.class_name},
+             "spec": {"controllerName": CONTROLLER_NAME}},
+            {"apiVersion": api, "kind": "Gateway", "metadata": {"name": self.name, **meta},
+             "spec": {"gatewayClassName": self.class_name,
+                      "listeners": [{"name": "http", "port": self.port, "protocol": "HTTP"}]}},
+            {"apiVersion": api, "kind": "HTTPRoute", "metadata": {"name": self.route, **meta},
+             "spec": {"parentRefs": [{"name": self.name}],
+                      "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": self.path}}],
+                                 "backendRefs": [{"name": self.backend,
+                                                  "port": self.backend_port}]}]}},
+        ]  # fmt: skip
+
+    def address(self, kube: KubeClient) -> str | None:
+        """`VIP:port` once the Gateway is Programmed, else None."""
+        path = f"/apis/{GROUP}/v1/namespaces/{NAMESPACE}/gateways/{self.name}"
+        status = kube.get(path).get("status") or {}
+        programmed = any(c["type"] == "Programmed" and c["status"] == "True"
+                         for c in status.get("conditions") or [])  # fmt: skip
+        addresses = status.get("addresses") or []
+        return f"{addresses[0]['value']}:{self.port}" if programmed and addresses else None
+
+    def wait_address(self, kube: KubeClient, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while (target := self.address(kube)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Gateway {NAMESPACE}/{self.name} has no address after "
+                                   f"{timeout:.0f} s")  # fmt: skip
+            time.sleep(0.2)
+        return target
+
+    def who(self, target: str, calls: int, timeout: float = 5.0) -> list[str]:
+        """The pods that answered `calls` requests under the route's path."""
+        return [http_who(target, timeout, path=f"{self.path}/demo") for _ in range(calls)]
+
+
+def apply(kube: KubeClient, apps: Sequence[SampleApp | DeploymentApp | GatewayApp]) -> None:
     """Create or update the namespace and every app's objects."""
     objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
@@ -197,7 +253,8 @@ def apply(kube: KubeClient, apps: Sequence[SampleApp | DeploymentApp]) -> None:
 def _path(body: dict[str, Any]) -> str:
     name, namespace = body["metadata"]["name"], body["metadata"].get("namespace")
     plural = {"Namespace": "namespaces", "Service": "services", "EndpointSlice": "endpointslices",
-              "Deployment": "deployments"}  # fmt: skip
+              "Deployment": "deployments", "GatewayClass": "gatewayclasses",
+              "Gateway": "gateways", "HTTPRoute": "httproutes"}  # fmt: skip
     base = "/api/v1" if body["apiVersion"] == "v1" else f"/apis/{body['apiVersion']}"
     scope = f"/namespaces/{namespace}" if namespace else ""
     return f"{base}{scope}/{plural[body['kind']]}/{name}"
@@ -262,18 +319,23 @@ def wait_rolled_out(kube: KubeClient, app: DeploymentApp, timeout: float) -> lis
     return names
 
 
-def http_who(target: str, timeout: float = 5.0) -> str:
-    """Who answered one HTTP request to `target`: the HTTP sample app's pod name."""
+def http_get(target: str, path: str = "/", timeout: float = 5.0) -> tuple[int, str]:
+    """One HTTP GET of `path` at `target` on a connection of its own: status and body."""
     host, port = target.rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
-        connection.request("GET", "/")
+        connection.request("GET", path)
         response = connection.getresponse()
-        body = response.read().decode()
+        return response.status, response.read().decode()
     finally:
         connection.close()
-    if response.status != 200:
-        raise OSError(f"GET http://{target}/: {response.status} {body.strip()}")
+
+
+def http_who(target: str, timeout: float = 5.0, path: str = "/") -> str:
+    """Who answered one HTTP request to `target`: the HTTP sample app's pod name."""
+    status, body = http_get(target, path, timeout)
+    if status != 200:
+        raise OSError(f"GET http://{target}{path}: {status} {body.strip()}")
     return body.split()[0]
 
 

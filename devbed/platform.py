@@ -245,7 +245,7 @@ class DevPlatform:
         progress("demo: exposing " + ", ".join(f"{demo.NAMESPACE}/{a.name}" for a in apps))
         began = time.monotonic()
         demo.apply(kube, apps)
-        report = []
+        report, ready_pods = [], {}
         for app in apps:
             pods = None
             if isinstance(app, demo.DeploymentApp):
@@ -265,7 +265,27 @@ class DevPlatform:
                 report.append(f"    pods ready: {' '.join(pods)}")
             report.append(f"    answered by: {' '.join(answers)}")
             report.append(f"    status: {exposed.conditions[demo.PROGRAMMED][2]}")
-        return report
+            ready_pods[app.name] = pods
+        return report + self._gateway_traffic(demo.GatewayApp(), ready_pods, timeout)
+
+    def _gateway_traffic(
+        self, gateway: demo.GatewayApp, ready_pods: dict[str, list[str] | None], timeout: float
+    ) -> list[str]:
+        """The Gateway API's way to the same pods: a Gateway and an HTTPRoute; a report."""
+        kube = self.kube()
+        began = time.monotonic()
+        demo.apply(kube, [gateway])
+        target = gateway.wait_address(kube, timeout)
+        pods = set(ready_pods.get(gateway.backend) or ())
+        answers = demo.eventually(lambda: gateway.who(target, 6), lambda a: set(a) == pods, 60)
+        if set(answers) != pods:
+            raise RuntimeError(f"Gateway {demo.NAMESPACE}/{gateway.name} at {target}: {answers}")
+        return [
+            f"{demo.NAMESPACE}/{gateway.name} (Gateway API): address {target}, HTTPRoute "
+            f"{gateway.route} sends {gateway.path} to Service {gateway.backend} (HTTP through "
+            f"Envoy, 6 requests), answering {time.monotonic() - began:.1f} s after the apply",
+            f"    answered by: {' '.join(answers)}",
+        ]
 
     def _traffic(
         self, app: demo.SampleApp | demo.DeploymentApp, target: str, pods: list[str] | None

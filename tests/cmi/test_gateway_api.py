@@ -228,3 +228,28 @@ def test_another_controllers_gateway_is_left_alone(
     pending = ("Unknown", "Pending")  # as the API server defaults them
     assert conditions(status(admin, namespace, "gateways", "theirs"))["Programmed"] == pending
     assert conditions(status(admin, "", "gatewayclasses", other))["Accepted"] == pending
+
+
+def test_a_gateway_past_its_namespaces_quota_keeps_what_it_was_served_with(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store, class_name: str
+) -> None:
+    cmi(listeners_per_namespace=1)
+
+    def ports() -> list[int]:
+        return sorted(s.obj.port for s in store.all(Listener).values()
+                      if s.obj.owner.name == f"{namespace}/edge")  # fmt: skip
+
+    gateway(admin, namespace, "edge", class_name)
+    eventually(lambda: ports() == [8080], "the Gateway's listener")
+    two = [{"name": "http", "port": 8080, "protocol": "HTTP"},
+           {"name": "more", "port": 8081, "protocol": "HTTP"}]  # fmt: skip
+    gateway(admin, namespace, "edge", class_name, listeners=two)
+    accepted = eventually(
+        lambda: (c := [c for c in status(admin, namespace, "gateways", "edge")["conditions"]
+                       if c["type"] == "Accepted"]) and c[0]["status"] == "False" and c[0],
+        "the Gateway refused",
+    )  # fmt: skip
+    assert accepted["reason"] == "Invalid"
+    assert "cmi.listeners_per_namespace" in accepted["message"]
+    assert ports() == [8080]  # kept, not withdrawn
+    assert store.get(LoadBalancer, instance_name(namespace, "edge")) is not None
