@@ -30,6 +30,7 @@ from slb.model import (
     Owner,
     OwnerKind,
     Protocol,
+    Route,
 )
 from slb.selector import LabelSelector
 
@@ -301,7 +302,13 @@ def _listener(
     """The openslb listener of one port: its rules in precedence order, then the 404."""
     name = short_name(*owner.name.split("/", 1), "port", str(group.port))
     before = previous.listeners.get(name)
-    rules = [fields for _, fields in sorted(group.rules, key=lambda item: item[0])][:MAX_RULES]
+    rules = [fields for _, fields in sorted(group.rules, key=lambda item: item[0])]
+    if len(rules) > MAX_RULES:
+        left = len(rules) - MAX_RULES
+        message = (f"port {group.port}: {len(rules)} rules; openslb serves {MAX_RULES} per "
+                   f"port, the first in precedence; the other {left} are not")  # fmt: skip
+        events.append(Event("Warning", "TooManyRules", message))
+        rules = rules[:MAX_RULES]
     rules.append({"name": NOT_FOUND_RULE, "fixed_response": {"status": 404, "body": ""}})
     try:
         return Listener(
@@ -426,8 +433,13 @@ def _route_parent(world: _World, listener: Body, route: Body, ref: Body, group: 
             )
             made += rules
             bad = bad or problem
+        for _, fields in made:  # one tenant's bad rule never refuses the port for all
+            Route.model_validate(fields)
     except _UnsupportedError as exc:
         return answer(False, "UnsupportedValue", str(exc), resolved)
+    except ValidationError as exc:
+        refused = ModelError.from_validation("HTTPRoute", exc)
+        return answer(False, "UnsupportedValue", str(refused), resolved)
     if bad is not None:
         resolved = (False, bad.reason, str(bad))
     group.rules += made

@@ -215,6 +215,10 @@ class GatewayApp:
                                                   "port": self.backend_port}]}]}},
         ]  # fmt: skip
 
+    def route_manifest(self) -> dict[str, Any]:
+        """The HTTPRoute alone."""
+        return self.manifests()[-1]
+
     def address(self, kube: KubeClient) -> str | None:
         """`VIP:port` once the Gateway is Programmed, else None."""
         path = f"/apis/{GROUP}/v1/namespaces/{NAMESPACE}/gateways/{self.name}"
@@ -245,6 +249,11 @@ def apply(kube: KubeClient, apps: Sequence[SampleApp | DeploymentApp | GatewayAp
     ]
     for app in apps:
         objects += app.manifests()
+    apply_objects(kube, objects)
+
+
+def apply_objects(kube: KubeClient, objects: Sequence[dict[str, Any]]) -> None:
+    """Create or update these objects (server-side apply), in order."""
     for body in objects:
         kube.request("PATCH", _path(body), body=body, content_type="application/apply-patch+yaml",
                      query={"fieldManager": FIELD_MANAGER, "force": "true"})  # fmt: skip

@@ -271,3 +271,23 @@ def test_status_programmed_waits_for_the_vip_and_route_parents_keep_other_entrie
              "status": {"parents": [theirs, ours_elsewhere, stale]}}  # fmt: skip
     new = made.routes["shop/r"]
     assert route_parents(route, ("shop", "edge"), new) == [theirs, ours_elsewhere, *new]
+
+
+def test_a_rule_the_model_refuses_refuses_its_route_alone() -> None:
+    bad = {"matches": [{"headers": [{"name": "host", "value": "x"}]}], "backendRefs": [to("a")]}
+    made = build(httproute("bad", bad), httproute("good", {"backendRefs": [to("b")]}))
+    (entry,) = made.routes["shop/bad"]
+    assert entry["conditions"][0]["reason"] == "UnsupportedValue"
+    assert "headers.0.name" in entry["conditions"][0]["message"]
+    assert accepted(made, "shop/good") == ("True", "Accepted")
+    assert [str(r.forward_to[0]) for r in rules_of(made)[:-1]] == ["service shop/b"]
+
+
+def test_past_the_rules_a_port_holds_the_last_in_precedence_are_left_out_and_said() -> None:
+    matches = [{"path": {"type": "Exact", "value": f"/p{i}"}} for i in range(8)]
+    routes = [httproute(f"r{i:03}", {"matches": matches, "backendRefs": [to("a")]})
+              for i in range(130)]  # fmt: skip
+    made = build(*routes)
+    assert len(rules_of(made)) == 1000  # 999 and the 404
+    (event,) = made.built.events
+    assert (event.reason, "1040 rules" in event.message) == ("TooManyRules", True)
