@@ -533,8 +533,8 @@ def _tls_pairs(
     pairs = []
     for secret in names:
         pair, problem = tlssecret.pair_from_secret(
-            key, secret, certificate_name(namespace, name, secret), secrets.get(secret),
-            previous.certificates,
+            Owner(kind=OwnerKind.SERVICE, name=key), f"{namespace}/{secret}",
+            certificate_name(namespace, name, secret), secrets.get(secret), previous.certificates,
         )  # fmt: skip
         if problem is not None:
             events.append(Event("Warning", *problem))

@@ -24,7 +24,13 @@ from cmi import gateways, tlssecret
 from cmi.annotation import EXPOSE_LABEL
 from cmi.build import Built, Defaults, Previous
 from cmi.debounce import Debouncer
-from cmi.gateway import KEY_PREFIX, backend_services, build_gateway, is_gateway_key
+from cmi.gateway import (
+    KEY_PREFIX,
+    backend_services,
+    build_gateway,
+    certificate_secrets,
+    is_gateway_key,
+)
 from cmi.k8s.client import Body, KubeClient
 from cmi.k8s.informer import Informer
 from cmi.mirror import Mirror
@@ -165,6 +171,11 @@ class Cluster:
                     n: labels for n in namespaces if (labels := self.namespace_labels(n))
                 },
                 grants=[grant for _, grant in self.gateways.grants.items()],
+                secrets={
+                    k: b
+                    for k in certificate_secrets(body)
+                    if (b := self.secrets.get(k)) is not None
+                },
                 defaults=self.defaults,
                 previous=previous,
                 now=time.time(),
@@ -251,13 +262,16 @@ class Cluster:
             self.dirty.add(self.gateways.namespace_changed())
 
     def _secret_changed(self, key: str, body: Body) -> None:
-        """The Services of the Secret's namespace that name it are rebuilt (a renewal)."""
+        """The Services of the Secret's namespace that name it are rebuilt (a renewal), and
+        the Gateways whose HTTPS listeners name it."""
         namespace, name = key.split("/", 1)
         self.dirty.add(
             k
             for k, service in self.services.indexed_items(namespace)
             if name in tlssecret.names_in(service["metadata"].get("annotations") or {})
         )
+        if self.gateways is not None:  # their HTTPS listeners'
+            self.dirty.add(self.gateways.secret_changed(key))
 
     def _node_changed(self, key: str, body: Body) -> None:
         self.dirty.add(

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from cmi import tlssecret
 from cmi.build import Built, Defaults, Event, Previous, short_name
+from cmi.tlssecret import TlsPair
 from slb.model import (
     Listener,
     LoadBalancer,
@@ -71,6 +73,17 @@ def parent_refs(route: Body) -> list[tuple[str, str]]:
     return refs
 
 
+def certificate_secrets(gateway: Body) -> set[str]:
+    """The Secrets (`namespace/name`) a Gateway's listeners name as certificates."""
+    namespace = gateway["metadata"]["namespace"]
+    return {
+        f"{ref.get('namespace') or namespace}/{ref['name']}"
+        for listener in (gateway.get("spec") or {}).get("listeners") or []
+        for ref in (listener.get("tls") or {}).get("certificateRefs") or []
+        if ref.get("group", "") == "" and ref.get("kind", "Secret") == "Secret"
+    }
+
+
 def backend_services(route: Body) -> set[str]:
     """The Services (`namespace/name`) a route's rules name."""
     namespace = route["metadata"]["namespace"]
@@ -117,12 +130,18 @@ class GatewayBuilt:
 
 @dataclass(frozen=True)
 class _World:
-    """What a Gateway's routes are judged against."""
+    """What a Gateway's listeners and routes are judged against."""
 
     gateway: Body
     services: Mapping[str, Body]
     grants: Sequence[Body]
     namespace_labels: Mapping[str, Mapping[str, str]]
+    secrets: Mapping[str, Body]
+    """The TLS Secrets its listeners name, by `namespace/name`."""
+
+    @property
+    def generation(self) -> int:
+        return int(self.gateway["metadata"].get("generation", 0))
 
 
 @dataclass
@@ -130,7 +149,9 @@ class _Port:
     """The Gateway listeners on one port: one openslb listener."""
 
     port: int
+    protocol: Protocol
     names: list[str] = field(default_factory=list)
+    certificates: list[str] = field(default_factory=list)
     rules: list[tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
     """(precedence, route fields)."""
 
@@ -143,13 +164,15 @@ def build_gateway(
     services: Mapping[str, Body],
     namespace_labels: Mapping[str, Mapping[str, str]],
     grants: Sequence[Body] = (),
+    secrets: Mapping[str, Body] | None = None,
     defaults: Defaults,
     previous: Previous,
     now: float = 0.0,
 ) -> GatewayBuilt:
     """A Gateway of openslb's class -> its instance, listeners and statuses. `routes`: the
     HTTPRoutes that name it; `services`: the Services they name, by key; `grants`: the
-    ReferenceGrants of the namespaces they name."""
+    ReferenceGrants of the namespaces they name; `secrets`: the TLS Secrets its listeners
+    name, by key."""
     meta, spec = gateway["metadata"], gateway.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
     key, generation = gateway_key(namespace, name), meta.get("generation", 0)
@@ -168,38 +191,22 @@ def build_gateway(
         owner=owner,
         namespace=namespace,
     )
-    world = _World(gateway, services, grants, namespace_labels)
+    world = _World(gateway, services, grants, namespace_labels, secrets or {})
     listener_status: list[Body] = []
     ports: dict[int, _Port] = {}
     attached: dict[str, dict[str, Body]] = {}
+    pairs: dict[str, TlsPair] = {}
     for listener in spec.get("listeners") or []:
-        accepted, reason, message = True, "Accepted", "openslb serves it"
-        protocol = listener.get("protocol")
-        if protocol != "HTTP":
-            accepted, reason = False, "UnsupportedProtocol"
-            message = f"protocol {protocol}: openslb's Gateways serve HTTP so far"
-        count = 0
-        if accepted:
-            group = ports.setdefault(listener["port"], _Port(listener["port"]))
-            group.names.append(listener["name"])
-            count = _attach(world, listener, routes, group, attached)
         listener_status.append(
-            {
-                "name": listener["name"],
-                "supportedKinds": [{"group": GROUP, "kind": HTTPROUTE}] if accepted else [],
-                "attachedRoutes": count,
-                "conditions": [
-                    condition("Accepted", accepted, reason, message, generation),
-                    condition("ResolvedRefs", True, "ResolvedRefs", "", generation),
-                    condition(
-                        "Programmed",
-                        accepted,
-                        "Programmed" if accepted else "Invalid",
-                        message if not accepted else "",
-                        generation,
-                    ),
-                ],
-            }
+            _gateway_listener(
+                world,
+                listener,
+                routes,
+                ports=ports,
+                attached=attached,
+                previous=previous,
+                pairs=pairs,
+            )
         )
     events: list[Event] = []
     listeners = []
@@ -228,6 +235,7 @@ def build_gateway(
         instance=instance,
         dedicated=balancer if gateway_ok else None,
         listeners=tuple(listeners) if gateway_ok else (),
+        certificates=tuple(pairs.values()) if gateway_ok else (),
         events=tuple(events),
         refused=address_problem,
     )
@@ -290,6 +298,95 @@ def _requested_address(spec: Body) -> tuple[str | None, str | None]:
         return None, f"spec.addresses[0].value {address.get('value')!r} is not an IP address"
 
 
+def _gateway_listener(
+    world: _World,
+    listener: Body,
+    routes: Sequence[Body],
+    *,
+    ports: dict[int, _Port],
+    attached: dict[str, dict[str, Body]],
+    previous: Previous,
+    pairs: dict[str, TlsPair],
+) -> Body:
+    """One Gateway listener: it joins its port's openslb listener (with its certificates,
+    `pairs` gathers them), its routes attach; its entry in `status.listeners`."""
+    generation, name = world.generation, listener["name"]
+    protocol = {"HTTP": Protocol.HTTP, "HTTPS": Protocol.HTTPS}.get(listener.get("protocol", ""))
+    accepted, reason, message = True, "Accepted", "openslb serves it"
+    resolved, programmed = (True, "ResolvedRefs", ""), True
+    group = ports.get(listener["port"])
+    certificates: list[TlsPair] = []
+    if protocol is None:
+        accepted, reason = False, "UnsupportedProtocol"
+        message = f"protocol {listener.get('protocol')}: openslb's Gateways serve HTTP and HTTPS"
+    elif group is not None and group.protocol is not protocol:
+        accepted, reason = False, "ProtocolConflict"
+        message = f"port {listener['port']} is {group.protocol.value} for listener(s) {group.names}"
+    elif protocol is Protocol.HTTPS:
+        certificates, refs = _certificates(world, listener, previous)
+        resolved = refs
+        if not certificates:
+            accepted, reason, message = True, "Accepted", "no certificate it can serve"
+    served = accepted and (protocol is not Protocol.HTTPS or bool(certificates))
+    count = 0
+    if served and protocol is not None:
+        group = ports.setdefault(listener["port"], _Port(listener["port"], protocol))
+        group.names.append(name)
+        for pair in certificates:
+            pairs[pair.certificate.name] = pair
+            group.certificates.append(pair.certificate.name)
+        count = _attach(world, listener, routes, group, attached)
+    else:
+        programmed = False
+    conditions = [
+        condition("Accepted", accepted, reason, message, generation),
+        condition("ResolvedRefs", *resolved, generation),
+        condition("Programmed", programmed, "Programmed" if programmed else "Invalid",
+                  "" if programmed else message, generation),
+    ]  # fmt: skip
+    if reason == "ProtocolConflict":
+        conditions.append(condition("Conflicted", True, reason, message, generation))
+    kinds = [{"group": GROUP, "kind": HTTPROUTE}] if protocol is not None else []
+    return {"name": name, "supportedKinds": kinds, "attachedRoutes": count,
+            "conditions": conditions}  # fmt: skip
+
+
+def _certificates(
+    world: _World, listener: Body, previous: Previous
+) -> tuple[list[TlsPair], tuple[bool, str, str]]:
+    """The certificates of an HTTPS listener's `certificateRefs` (TLS Secrets; another
+    namespace's only with a ReferenceGrant), and its ResolvedRefs condition."""
+    meta = world.gateway["metadata"]
+    owner = Owner(kind=OwnerKind.GATEWAY, name=f"{meta['namespace']}/{meta['name']}")
+    tls = listener.get("tls") or {}
+    if tls.get("mode", "Terminate") != "Terminate":
+        return [], (False, "InvalidCertificateRef", "HTTPS listeners terminate TLS")
+    pairs, problems = [], []
+    for ref in tls.get("certificateRefs") or []:
+        namespace = ref.get("namespace") or meta["namespace"]
+        key = f"{namespace}/{ref['name']}"
+        if ref.get("group", "") != "" or ref.get("kind", "Secret") != "Secret":
+            problems.append(("InvalidCertificateRef", f"{ref.get('kind')} {key}: only Secrets"))
+            continue
+        if namespace != meta["namespace"] and not granted(
+            meta["namespace"], namespace, ref["name"], world.grants, kind="Gateway", to="Secret"
+        ):
+            problems.append(("RefNotPermitted", f"Secret {key}: no ReferenceGrant allows it"))
+            continue
+        name = short_name(meta["namespace"], meta["name"], "tls", namespace, ref["name"])
+        pair, problem = tlssecret.pair_from_secret(
+            owner, key, name, world.secrets.get(key), previous.certificates,
+            named_by=f"listener {listener['name']} certificateRefs",
+        )  # fmt: skip
+        if problem is not None:
+            problems.append(("InvalidCertificateRef", problem[1]))
+        if pair is not None:
+            pairs.append(pair)
+    if not problems:
+        return pairs, (True, "ResolvedRefs", "")
+    return pairs, (False, problems[0][0], "; ".join(p[1] for p in problems)[:1000])
+
+
 def _listener(
     group: _Port,
     instance: str,
@@ -314,8 +411,9 @@ def _listener(
         return Listener(
             name=name,
             load_balancer=instance,
-            protocol=Protocol.HTTP,
+            protocol=group.protocol,
             port=group.port,
+            certificates=tuple(group.certificates),
             target_port=group.port,
             health_check=None,
             owner=owner,
@@ -591,20 +689,28 @@ def _backend_problem(world: _World, namespace: str, ref: Body) -> _BadRefError |
     return None
 
 
-def granted(from_namespace: str, to_namespace: str, name: str, grants: Iterable[Body]) -> bool:
-    """Does a ReferenceGrant in `to_namespace` let HTTPRoutes of `from_namespace` name the
-    Service `name`?"""
+def granted(
+    from_namespace: str,
+    to_namespace: str,
+    name: str,
+    grants: Iterable[Body],
+    *,
+    kind: str = HTTPROUTE,
+    to: str = "Service",
+) -> bool:
+    """Does a ReferenceGrant in `to_namespace` let a `kind` (an HTTPRoute, a Gateway) of
+    `from_namespace` name the `to` (a Service, a Secret) `name`?"""
     for grant in grants:
         if grant["metadata"]["namespace"] != to_namespace:
             continue
         spec = grant.get("spec") or {}
         froms = any(
-            f.get("group") == GROUP and f.get("kind") == HTTPROUTE
+            f.get("group") == GROUP and f.get("kind") == kind
             and f.get("namespace") == from_namespace
             for f in spec.get("from") or []
         )  # fmt: skip
         tos = any(
-            t.get("group", "") == "" and t.get("kind") == "Service"
+            t.get("group", "") == "" and t.get("kind") == to
             and t.get("name") in (None, "", name)
             for t in spec.get("to") or []
         )  # fmt: skip

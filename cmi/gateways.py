@@ -4,8 +4,8 @@ HTTPRoutes and ReferenceGrants.
 Each change marks dirty what it concerns: a Gateway itself; through a route, the Gateways
 it names and the Services it names (they are stored while a route of openslb's names
 them, `cmi.build.referenced`); through a class, its Gateways and its own status; through a
-grant, the Gateways of its namespace's routes. The build step (`cmi.gateway`) reads a
-Gateway's inputs from here.
+grant, every Gateway. `cmi.cluster` adds the Gateways a Service or a TLS Secret concerns.
+The build step (`cmi.gateway`) reads a Gateway's inputs from here.
 """
 
 from __future__ import annotations
@@ -141,6 +141,14 @@ class Gateways:
     def _grant_changed(self, key: str, body: Body) -> None:
         """A grant concerns routes of other namespaces naming its own: every Gateway."""
         self.dirty.add(self.keys())
+
+    def secret_changed(self, secret: str) -> list[str]:
+        """The Gateways whose listeners name this Secret (`namespace/name`)."""
+        return [
+            gateway_key(*key.split("/", 1))
+            for key, body in self.gateways.items()
+            if secret in gateway.certificate_secrets(body)
+        ]
 
     def namespace_changed(self) -> Iterable[str]:
         """A namespace's labels changed: every Gateway (allowedRoutes may select it)."""

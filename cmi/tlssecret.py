@@ -1,7 +1,8 @@
 """Certificates from `kubernetes.io/tls` Secrets, as cert-manager writes and renews them.
 
 A Service names Secrets of its own namespace in `openslb.io/tls-secrets`; its HTTPS ports
-terminate TLS with their certificates. Each becomes a `Certificate` the Service owns (named
+terminate TLS with their certificates (a Gateway's HTTPS listeners name theirs in
+`tls.certificateRefs`, `cmi.gateway`). Each becomes a `Certificate` the Service owns (named
 by `cmi.build.certificate_name`, visible in the console, changed only through the Secret), and the
 Secret's private key goes into the secrets store under a ref derived from the key, so the
 desired state, the change stream and logs never carry it. A renewal is a new chain and key:
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from slb.certificates import check_pair
-from slb.model import Certificate, FieldError, ModelError, Owner, OwnerKind
+from slb.model import Certificate, FieldError, ModelError, Owner
 
 if TYPE_CHECKING:  # the name only (`cmi.build`)
     from cmi.k8s.client import Body
@@ -72,20 +73,23 @@ def _split(raw: str) -> tuple[str, ...]:
 
 
 def pair_from_secret(
-    service_key: str,
+    owner: Owner,
     secret: str,
     name: str,
     body: Body | None,
     previous: Mapping[str, Certificate],
+    *,
+    named_by: str = ANNOTATION,
 ) -> tuple[TlsPair | None, tuple[str, str] | None]:
-    """Certificate `name` made of Secret `secret` for Service `service_key` and, if the
-    Secret cannot be used as it is, why (an Event's reason and message); then the one
-    served before is kept, if any."""
-    namespace = service_key.split("/", 1)[0]
+    """Certificate `name` made of Secret `secret` (`namespace/name`) for `owner` (a Service
+    or a Gateway, of whose namespace the certificate is) and, if the Secret cannot be used
+    as it is, why (an Event's reason and message, naming the Secret as `named_by` does);
+    then the one served before is kept, if any."""
+    namespace = owner.name.split("/", 1)[0]
     served = previous.get(name)
     kept = TlsPair(served) if served is not None else None
     keeping = "keeping the certificate it was served with" if served else "not used"
-    where = f"{ANNOTATION}: Secret {namespace}/{secret}"
+    where = f"{named_by}: Secret {secret}"
     if body is None or body.get("type") != SECRET_TYPE:
         return kept, (NOT_FOUND, f"{where}: not found (or not of type {SECRET_TYPE}); {keeping}")
     data = body.get("data") or {}
@@ -102,7 +106,7 @@ def pair_from_secret(
         chain_pem=chain_pem,
         key_ref=checked.key_ref,
         namespace=namespace,
-        owner=Owner(kind=OwnerKind.SERVICE, name=service_key),
+        owner=owner,
     )
     if served is not None and served == certificate:
         return kept, None

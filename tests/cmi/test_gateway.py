@@ -3,10 +3,12 @@ rules into openslb's model, in the specification's precedence, and the status it
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 
+from cmi import tlssecret
 from cmi.build import Defaults, Previous
 from cmi.gateway import (
     CONTROLLER_NAME,
@@ -18,7 +20,8 @@ from cmi.gateway import (
     hostnames,
     route_parents,
 )
-from slb.model import Listener, OwnerKind, Route
+from devbed.pki import Pair, self_signed
+from slb.model import Listener, OwnerKind, Protocol, Route
 
 CLASS = {"metadata": {"name": "openslb", "generation": 1},
          "spec": {"controllerName": CONTROLLER_NAME}}  # fmt: skip
@@ -291,3 +294,81 @@ def test_past_the_rules_a_port_holds_the_last_in_precedence_are_left_out_and_sai
     assert len(rules_of(made)) == 1000  # 999 and the 404
     (event,) = made.built.events
     assert (event.reason, "1040 rules" in event.message) == ("TooManyRules", True)
+
+
+SITE = self_signed("shop.example.test")
+
+
+def tls_secret(namespace: str, name: str, pair: Pair = SITE) -> dict[str, Any]:
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    return {"metadata": {"namespace": namespace, "name": name}, "type": tlssecret.SECRET_TYPE,
+            "data": {"tls.crt": b64(pair.chain_pem), "tls.key": b64(pair.key_pem)}}  # fmt: skip
+
+
+def https(*refs: dict[str, Any], port: int = 443) -> dict[str, Any]:
+    return {"name": f"https-{port}", "port": port, "protocol": "HTTPS",
+            "tls": {"certificateRefs": list(refs)}}  # fmt: skip
+
+
+def listener_conditions(made: GatewayBuilt, name: str) -> dict[str, tuple[str, str]]:
+    (entry,) = [e for e in made.listeners if e["name"] == name]
+    return {c["type"]: (c["status"], c["reason"]) for c in entry["conditions"]}
+
+
+def test_an_https_listener_terminates_tls_with_its_secrets_certificates() -> None:
+    made = build(httproute("r", {"backendRefs": [to("a")]}), gateway=gw(https({"name": "site"})),
+                 secrets={"shop/site": tls_secret("shop", "site")})  # fmt: skip
+    (listener,) = made.built.listeners
+    (pair,) = made.built.certificates
+    assert (listener.protocol, listener.port) == (Protocol.HTTPS, 443)
+    assert listener.certificates == (pair.certificate.name,)
+    assert pair.key_pem is not None  # new: the controller stores it before the certificate
+    assert (pair.certificate.owner.kind, pair.certificate.namespace) == (OwnerKind.GATEWAY, "shop")
+    assert listener_conditions(made, "https-443")["ResolvedRefs"] == ("True", "ResolvedRefs")
+
+
+def test_certificate_refs_that_cannot_be_used_leave_the_listener_unprogrammed() -> None:
+    grant = {"metadata": {"namespace": "certs", "name": "g"}, "spec": {
+        "from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "shop"}],
+        "to": [{"group": "", "kind": "Secret"}]}}  # fmt: skip
+    secrets = {"certs/site": tls_secret("certs", "site")}
+    gateway = gw(
+        https({"name": "missing"}), https({"name": "site", "namespace": "certs"}, port=8443)
+    )
+    made = build(gateway=gateway, secrets=secrets)
+    assert listener_conditions(made, "https-443")["ResolvedRefs"] == (
+        "False", "InvalidCertificateRef")  # fmt: skip
+    assert listener_conditions(made, "https-443")["Programmed"] == ("False", "Invalid")
+    assert listener_conditions(made, "https-8443")["ResolvedRefs"] == ("False", "RefNotPermitted")
+    assert made.built.listeners == ()
+    granted_made = build(gateway=gateway, secrets=secrets, grants=[grant])
+    assert [li.port for li in granted_made.built.listeners] == [8443]
+
+
+def test_http_and_https_on_one_port_conflict() -> None:
+    made = build(gateway=gw(HTTP, https({"name": "site"}, port=80)),
+                 secrets={"shop/site": tls_secret("shop", "site")})  # fmt: skip
+    assert listener_conditions(made, "https-80")["Conflicted"] == ("True", "ProtocolConflict")
+    (listener,) = made.built.listeners
+    assert listener.protocol is Protocol.HTTP
+
+
+def test_a_secret_gone_bad_keeps_the_certificate_served_before() -> None:
+    gateway = gw(https({"name": "site"}))
+    first = build(gateway=gateway, secrets={"shop/site": tls_secret("shop", "site")})
+    (pair,) = first.built.certificates
+    previous = Previous(
+        load_balancer=first.built.dedicated,
+        listeners={li.name: li for li in first.built.listeners},
+        certificates={pair.certificate.name: pair.certificate},
+    )
+    broken = {"shop/site": {**tls_secret("shop", "site"), "data": {"tls.crt": "", "tls.key": ""}}}
+    again = build(gateway=gateway, secrets=broken, previous=previous)
+    (kept,) = again.built.certificates
+    assert (kept.certificate, kept.key_pem) == (pair.certificate, None)
+    assert [li.certificates for li in again.built.listeners] == [(pair.certificate.name,)]
+    conditions = listener_conditions(again, "https-443")
+    assert conditions["ResolvedRefs"] == ("False", "InvalidCertificateRef")
+    assert conditions["Programmed"] == ("True", "Programmed")

@@ -12,10 +12,22 @@ import pytest
 from cmi.gateway import CONTROLLER_NAME, GROUP, NOT_FOUND_RULE, instance_name
 from cmi.k8s.client import KubeClient, KubeError
 from cmi.k8s.writer import FINALIZER
+from devbed.l7harness import Bed, https_get
 from devbed.process import wait_until
 from slb.model import Listener, LoadBalancer, OwnerKind, Service
 from slb.storage.store import Store
 from tests.cmi.conftest import Running, service_body, slice_body
+from tests.cmi.test_controller import put_slice
+from tests.cmi.test_tls_secrets import (
+    HOST,
+    RENEWED,
+    SITE,
+    https_slice,
+    put_secret,
+    secret_body,
+    serves,
+)
+from tests.l7.conftest import bed, net  # noqa: F401  (the L7 bed's fixtures)
 
 Start = Callable[..., Running]
 API = f"/apis/{GROUP}/v1"
@@ -253,3 +265,47 @@ def test_a_gateway_past_its_namespaces_quota_keeps_what_it_was_served_with(
     assert "cmi.listeners_per_namespace" in accepted["message"]
     assert ports() == [8080]  # kept, not withdrawn
     assert store.get(LoadBalancer, instance_name(namespace, "edge")) is not None
+
+
+def test_an_https_listener_serves_its_secrets_certificate_through_envoy_and_follows_a_renewal(
+    cmi: Start,
+    admin: KubeClient,
+    namespace: str,
+    store: Store,
+    class_name: str,
+    bed: Bed,  # noqa: F811
+) -> None:
+    (web,) = bed.backends(["web1"])
+    pool = f"198.19.{bed.net.octet}.0/28"
+    for host in range(1, 15):  # the Gateway's VIP will be one of these: Envoy binds to it
+        bed.net.address(host)
+    put_secret(admin, namespace, secret_body(SITE))
+    admin.request("POST", f"/api/v1/namespaces/{namespace}/services",
+                  body=service_body("web", ports=[{"name": "http", "port": 80}],
+                                    type_="ClusterIP"))  # fmt: skip
+    put_slice(admin, namespace, https_slice(web.address, web.http_port) | {
+        "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+        "ports": [{"name": "http", "port": web.http_port, "protocol": "TCP"}]})  # fmt: skip
+    cmi(pool_cidrs=pool)
+    bed.xds.start()
+    bed.envoy("n1")
+    listeners = [{"name": "https", "port": 8443, "protocol": "HTTPS", "hostname": HOST,
+                  "tls": {"certificateRefs": [{"name": "site"}]}}]  # fmt: skip
+    gateway(admin, namespace, "edge", class_name, listeners=listeners)
+    route(admin, namespace, "site", {
+        "parentRefs": [{"name": "edge"}],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}],
+    })  # fmt: skip
+    address = eventually(lambda: (status(admin, namespace, "gateways", "edge").get("addresses")
+                                  or [{}])[0].get("value"), "the Gateway's address")  # fmt: skip
+
+    eventually(lambda: serves(address, SITE), "Envoy serving the Secret's certificate")
+    status_code, body = https_get(address, 8443, HOST)
+    assert (status_code, body.strip()) == (200, "web1")
+    (entry,) = status(admin, namespace, "gateways", "edge")["listeners"]
+    assert conditions(entry)["ResolvedRefs"] == ("True", "ResolvedRefs")
+    assert entry["attachedRoutes"] == 1
+
+    put_secret(admin, namespace, secret_body(RENEWED))  # cert-manager renews
+    eventually(lambda: serves(address, RENEWED), "Envoy serving the renewed certificate")
+    assert https_get(address, 8443, HOST)[0] == 200

@@ -73,6 +73,14 @@ def https_slice(address: str, port: int) -> dict[str, Any]:
     }
 
 
+def serves(address: str, pair: Pair, port: int = 8443) -> bool:
+    """Does the TLS listener at `address` present `pair`'s certificate for HOST?"""
+    try:
+        return served_certificate(address, port, HOST)[0] == der(pair.chain_pem)
+    except OSError:
+        return False
+
+
 def certificate(store: Store, namespace: str) -> Certificate | None:
     stored = store.get(Certificate, certificate_name(namespace, "web", "site"))
     return stored.obj if stored is not None else None
@@ -142,20 +150,14 @@ def test_a_renewed_secret_reaches_envoy_over_sds_without_rebuilding_the_listener
     bed.xds.start()
     envoy = bed.envoy("n1")
 
-    def serves(pair: Pair) -> bool:
-        try:
-            return served_certificate(vip, 8443, HOST)[0] == der(pair.chain_pem)
-        except OSError:
-            return False
-
-    eventually(lambda: serves(SITE), "Envoy serving the Secret's certificate")
+    eventually(lambda: serves(vip, SITE), "Envoy serving the Secret's certificate")
     status, body = https_get(vip, 8443, HOST)
     assert (status, body.strip()) == (200, "web1")
     modified = envoy.stats("listener_manager.listener_modified")
     pid = envoy.process.pid
 
     put_secret(admin, namespace, secret_body(RENEWED))
-    eventually(lambda: serves(RENEWED), "Envoy serving the renewed certificate")
+    eventually(lambda: serves(vip, RENEWED), "Envoy serving the renewed certificate")
     assert https_get(vip, 8443, HOST)[0] == 200
     assert envoy.process.pid == pid
     assert envoy.stats("listener_manager.listener_modified") == modified  # SDS, not LDS
