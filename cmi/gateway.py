@@ -327,6 +327,10 @@ def _gateway_listener(
         resolved = refs
         if not certificates:
             accepted, reason, message = True, "Accepted", "no certificate it can serve"
+    _, unsupported = _route_kinds(listener)
+    if unsupported and resolved[0]:
+        kinds = ", ".join(str(k.get("kind")) for k in unsupported)
+        resolved = (False, "InvalidRouteKinds", f"route kinds openslb does not serve: {kinds}")
     served = accepted and (protocol is not Protocol.HTTPS or bool(certificates))
     count = 0
     if served and protocol is not None:
@@ -346,9 +350,24 @@ def _gateway_listener(
     ]  # fmt: skip
     if reason == "ProtocolConflict":
         conditions.append(condition("Conflicted", True, reason, message, generation))
-    kinds = [{"group": GROUP, "kind": HTTPROUTE}] if protocol is not None else []
-    return {"name": name, "supportedKinds": kinds, "attachedRoutes": count,
-            "conditions": conditions}  # fmt: skip
+    return {"name": name, "supportedKinds": _supported_kinds(listener) if protocol else [],
+            "attachedRoutes": count, "conditions": conditions}  # fmt: skip
+
+
+def _route_kinds(listener: Body) -> tuple[list[Body], list[Body]]:
+    """The route kinds a listener allows (`allowedRoutes.kinds`; none given: HTTPRoute),
+    split into those openslb serves and those it does not."""
+    asked = (listener.get("allowedRoutes") or {}).get("kinds")
+    if not asked:
+        return [{"group": GROUP, "kind": HTTPROUTE}], []
+    ours = [k for k in asked if k.get("group", GROUP) == GROUP and k.get("kind") == HTTPROUTE]
+    return [{"group": GROUP, "kind": HTTPROUTE}] if ours else [], [
+        k for k in asked if k not in ours
+    ]
+
+
+def _supported_kinds(listener: Body) -> list[Body]:
+    return _route_kinds(listener)[0]
 
 
 def _certificates(
@@ -460,7 +479,10 @@ def _attach(
 
 
 def _allowed(world: _World, listener: Body, namespace: str) -> bool:
-    """`allowedRoutes.namespaces`: Same (the default), All, or Selector."""
+    """`allowedRoutes`: an HTTPRoute among its kinds, of a namespace it admits (Same, the
+    default; All; or Selector)."""
+    if not _supported_kinds(listener):
+        return False
     allowed = ((listener.get("allowedRoutes") or {}).get("namespaces")) or {}
     where = allowed.get("from", "Same")
     if where == "All":

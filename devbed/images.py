@@ -50,7 +50,13 @@ ECHO_BASIC = Image("openslb.local/echo-basic:v1.6.3", "echo-basic-v1.6.3", ("/ec
 """The Gateway API conformance suite's echo server: with GRPC_ECHO_SERVER set, gRPC
 `gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo` on :3000 ($HTTP_PORT), its
 reply naming $POD_NAME; otherwise HTTP echo on :3000 and h2c on :3001."""
-IMAGES = (PAUSE, SAMPLE_HTTP, ECHO_BASIC)
+CONFORMANCE_ECHO = tuple(
+    Image(f"registry.k8s.io/gateway-api/echo-basic:{tag}", ECHO_BASIC.program, ("/echo-basic",))
+    for tag in ("v1.5.1", "v1.6.0-dev.2", "v1.6.0-dev.3")
+)
+"""The same echo server under the names the conformance suite's manifests (v1.6.3) give
+it: with no registry, the kubelet finds these (IfNotPresent) instead of pulling."""
+IMAGES = (PAUSE, SAMPLE_HTTP, ECHO_BASIC, *CONFORMANCE_ECHO)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, mode: int = 0o755) -> None:

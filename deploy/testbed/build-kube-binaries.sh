@@ -16,7 +16,8 @@
 # apiserver's packages are in it); containerd, ctr and the shim 166 s. The test images'
 # binaries are rebuilt every run (seconds: Go's build cache makes it a relink). The Gateway
 # API's CRDs (standard and experimental channels) are copied out of the Go module
-# sigs.k8s.io/gateway-api into $OPENSLB_CACHE/gateway-api-VERSION.
+# sigs.k8s.io/gateway-api into $OPENSLB_CACHE/gateway-api-VERSION, and its conformance
+# suite compiled (about 2 minutes).
 set -euo pipefail
 
 KUBE_VERSION="${OPENSLB_KUBE_VERSION:-v1.37.2}"
@@ -34,6 +35,7 @@ containerd_dir="$BIN/containerd-$CONTAINERD_VERSION"
 containerd_binaries=(containerd ctr containerd-shim-runc-v2)
 echo_basic="$BIN/images/echo-basic-$GATEWAY_API_VERSION"
 gateway_crds="$CACHE/gateway-api-$GATEWAY_API_VERSION"
+conformance="$BIN/gateway-conformance-$GATEWAY_API_VERSION"
 images_src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/images"
 staging="v0.${KUBE_VERSION#v1.}"
 
@@ -169,6 +171,24 @@ build_echo_basic() {
   mv "$echo_basic.tmp" "$echo_basic"
 }
 
+# The Gateway API conformance suite (its TestConformance, compiled as a test binary), which
+# bench/gateway.py and tests/e2e run against the local platform; its module's replace of
+# sigs.k8s.io/gateway-api is ignored in ours, so ours points it at the same release.
+build_conformance() {
+  local work="$CACHE/build/conformance-$GATEWAY_API_VERSION"
+  mkdir -p "$work"
+  cd "$work"
+  log "gateway-api conformance $GATEWAY_API_VERSION: compiling"
+  printf '%s\n' "module openslb.local/conformancebuild" "" "go 1.26.0" "" \
+    "require sigs.k8s.io/gateway-api/conformance $GATEWAY_API_VERSION" "" \
+    "replace sigs.k8s.io/gateway-api => sigs.k8s.io/gateway-api $GATEWAY_API_VERSION" > go.mod
+  printf '%s\n' "//go:build tools" "" "package conformancebuild" "" \
+    'import _ "sigs.k8s.io/gateway-api/conformance"' > tools.go
+  go mod tidy -e >/dev/null 2>&1 || true
+  go test -c -o "$conformance.tmp" sigs.k8s.io/gateway-api/conformance
+  mv "$conformance.tmp" "$conformance"
+}
+
 # The CRDs the test bed's API server installs (devbed/kube.py install_gateway_api).
 copy_gateway_crds() {
   local dir
@@ -195,4 +215,5 @@ all_present "${containerd_binaries[@]/#/$containerd_dir/}" || build_containerd
 build_images
 [ -x "$echo_basic" ] || build_echo_basic
 [ -d "$gateway_crds/standard" ] || copy_gateway_crds
+[ -x "$conformance" ] || build_conformance
 log "ready: $apiserver $etcd ${node_paths[*]} $containerd_dir/ $BIN/images/"

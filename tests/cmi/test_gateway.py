@@ -12,6 +12,7 @@ from cmi import tlssecret
 from cmi.build import Defaults, Previous
 from cmi.gateway import (
     CONTROLLER_NAME,
+    GROUP,
     NOT_FOUND_RULE,
     GatewayBuilt,
     build_gateway,
@@ -372,3 +373,16 @@ def test_a_secret_gone_bad_keeps_the_certificate_served_before() -> None:
     conditions = listener_conditions(again, "https-443")
     assert conditions["ResolvedRefs"] == ("False", "InvalidCertificateRef")
     assert conditions["Programmed"] == ("True", "Programmed")
+
+
+def test_a_listener_allows_only_the_route_kinds_it_names() -> None:
+    tcp_only = {**HTTP, "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}}
+    made = build(httproute("r", {"backendRefs": [to("a")]}), gateway=gw(tcp_only))
+    assert accepted(made, "shop/r") == ("False", "NotAllowedByListeners")
+    (entry,) = made.listeners
+    assert entry["supportedKinds"] == []
+    assert listener_conditions(made, "http")["ResolvedRefs"] == ("False", "InvalidRouteKinds")
+    both = {**HTTP, "allowedRoutes": {"kinds": [{"kind": "HTTPRoute"}, {"kind": "TCPRoute"}]}}
+    made = build(httproute("r", {"backendRefs": [to("a")]}), gateway=gw(both))
+    assert accepted(made, "shop/r") == ("True", "Accepted")
+    assert made.listeners[0]["supportedKinds"] == [{"group": GROUP, "kind": "HTTPRoute"}]

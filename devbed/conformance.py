@@ -1,0 +1,115 @@
+"""The Gateway API conformance suite (v1.6.3, built by deploy/testbed/build-kube-binaries.sh)
+against the local platform's cluster, with GatewayClass `openslb`.
+
+The suite applies its own namespaces, echo servers (the images `devbed.images` imports
+under the names its manifests use) and Gateways, sends its requests to the Gateways'
+addresses from this host, and writes a report (`--report-output`). Each test's result is
+read from `go test -v`'s lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devbed.kube import BUILD_SCRIPT, GATEWAY_API_VERSION, cache_dir
+from devbed.process import StartError
+
+CLASS_NAME = "openslb"
+CORE = ("Gateway", "HTTPRoute", "ReferenceGrant")
+EXTENDED = (
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteSchemeRedirect",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteParentRefPort",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "GatewayPort8080",
+)
+"""The extended features of GATEWAY-HTTP that openslb claims (README, "The Gateway API")."""
+_RESULT = re.compile(r"^\s*--- (PASS|FAIL|SKIP): TestConformance/(\S+)")
+
+
+def binary() -> Path:
+    path = cache_dir() / "bin" / f"gateway-conformance-{GATEWAY_API_VERSION}"
+    if not path.exists():
+        raise StartError(f"not built yet: {path}; run {BUILD_SCRIPT}")
+    return path
+
+
+@dataclass
+class Run:
+    """One run's results by test name, its report and its output."""
+
+    results: dict[str, str] = field(default_factory=dict)
+    report: Path | None = None
+    output: str = ""
+    returncode: int = 0
+
+    def named(self, state: str) -> list[str]:
+        return sorted(name for name, s in self.results.items() if s == state)
+
+
+def run(
+    kubeconfig: Path,
+    work: Path,
+    *,
+    tests: Sequence[str] = (),
+    profiles: str = "GATEWAY-HTTP",
+    features: Sequence[str] = (*CORE, *EXTENDED),
+    timeout_s: float = 3600,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Run:
+    """The suite (or only `tests`, by name) against the cluster of `kubeconfig`."""
+    work.mkdir(parents=True, exist_ok=True)
+    report = work / "conformance-report.yaml"
+    args = [
+        str(binary()), "-test.run", "TestConformance", "-test.v",
+        "-test.timeout", f"{int(timeout_s)}s",
+        f"--gateway-class={CLASS_NAME}", f"--supported-features={','.join(features)}",
+        f"--report-output={report}", "--organization=openslb", "--project=openslb",
+        "--url=https://github.com/openslb/openslb", "--version=main",
+        "--contact=https://github.com/openslb/openslb/issues",
+        "--cleanup-base-resources=false",
+    ]  # fmt: skip
+    if tests:
+        args.append(f"--skip-tests={','.join(_all_tests_but(tests))}")
+    else:
+        args.append(f"--conformance-profiles={profiles}")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    result = Run(report=report)
+    lines = []
+    with subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as process:  # fmt: skip
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if match := _RESULT.match(line):
+                result.results[match[2]] = match[1]
+                progress(f"{match[1]} {match[2]}")
+        result.returncode = process.wait(timeout=timeout_s)
+    result.output = "".join(lines)
+    return result
+
+
+def _all_tests_but(wanted: Sequence[str]) -> list[str]:
+    """Every test the suite holds except `wanted` (it runs one, or all but those skipped)."""
+    return [name for name in _suite_test_names() if name not in wanted]
+
+
+def _suite_test_names() -> list[str]:
+    """The short names of the suite's tests, from its sources in the Go module cache."""
+    root = Path(os.environ.get("GOMODCACHE", Path.home() / "go" / "pkg" / "mod"))
+    tests = root / "sigs.k8s.io" / "gateway-api" / f"conformance@{GATEWAY_API_VERSION}" / "tests"
+    names = set()
+    for source in tests.glob("*.go"):
+        names.update(re.findall(r'ShortName:\s+"([^"]+)"', source.read_text()))
+    return sorted(names)
