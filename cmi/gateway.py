@@ -33,6 +33,7 @@ from slb.model import (
     OwnerKind,
     Protocol,
     Route,
+    host_covers,
 )
 from slb.selector import LabelSelector
 
@@ -514,19 +515,9 @@ def hostnames(listener: Body, route: Body) -> list[str] | None:
         return [mine] if mine else []
     if not mine:
         return list(theirs)
-    common = [h for h in theirs if _covers(mine, h)] + [mine for h in theirs if _covers(h, mine)]
+    common = [h for h in theirs if host_covers(mine, h)]
+    common += [mine for h in theirs if host_covers(h, mine)]
     return sorted(set(common)) or None
-
-
-def _covers(pattern: str, host: str) -> bool:
-    """Does `pattern` (a name, or `*.suffix`) match every name `host` stands for?"""
-    if pattern == host:
-        return True
-    if pattern.startswith("*."):
-        suffix = pattern[1:]
-        bare = host[2:] if host.startswith("*.") else host
-        return bare.endswith(suffix) and len(bare) > len(suffix)
-    return False
 
 
 def _route_parent(world: _World, listener: Body, route: Body, ref: Body, group: _Port) -> Body:

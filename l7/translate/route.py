@@ -38,6 +38,7 @@ from slb.model import (
     Route,
     Scheme,
     ValueMatch,
+    host_covers,
 )
 from slb.resolve import ResolvedListener
 
@@ -98,8 +99,10 @@ def _serialized_rules(resolved: ResolvedListener) -> bytes:
     out = [wire(1, listener.name.encode())]
     for host in [*dict.fromkeys(h for r in rules for h in r.hosts), ANY_HOST]:
         name = host.encode()
-        held = b"".join(
-            e for r, e in zip(rules, encoded, strict=True) if not r.hosts or host in r.hosts
+        held = b"".join(  # a rule for *.example.com is one for a.example.com's too
+            e
+            for r, e in zip(rules, encoded, strict=True)
+            if not r.hosts or any(host_covers(h, host) for h in r.hosts)
         )
         out.append(wire(2, wire(1, name) + wire(2, name) + held + tail))
     return b"".join(out)

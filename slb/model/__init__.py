@@ -27,6 +27,7 @@ from slb.model.fields import (
     Port,
     PortRef,
     ServiceKey,
+    host_covers,
     is_dns_label,
 )
 from slb.model.infra import (
@@ -140,6 +141,7 @@ __all__ = [
     "TlsPolicy",
     "ValueMatch",
     "dump_document",
+    "host_covers",
     "is_dns_label",
     "load_document",
     "named_service",

@@ -147,6 +147,18 @@ def _host(value: str) -> str:
 Host = Annotated[str, AfterValidator(_host)]
 
 
+def host_covers(pattern: str, host: str) -> bool:
+    """Does host `pattern` (a name, or `*.suffix`: every name under suffix, at any depth,
+    not suffix itself) match every name `host` (a name or such a pattern) stands for?"""
+    if pattern == host:
+        return True
+    if pattern.startswith("*."):
+        suffix = pattern[1:]
+        bare = host[2:] if host.startswith("*.") else host
+        return bare.endswith(suffix) and len(bare) > len(suffix)
+    return False
+
+
 _PATH = re.compile(r"/[-A-Za-z0-9._~!$&'()*+,;=:@/%?]*")
 
 
