@@ -226,10 +226,17 @@ def build_gateway(
     # the Services they name, of whichever namespace.
     balancer = balancer.model_copy(update={"allowed_namespaces": tuple(sorted(named))})
     gateway_ok = address_problem is None
-    conditions = [
-        condition("Accepted", gateway_ok, "Accepted" if gateway_ok else "UnsupportedAddress",
-                  address_problem or "openslb serves it", generation)
-    ]  # fmt: skip
+    invalid = [e["name"] for e in listener_status if e["conditions"][0]["status"] != "True"]
+    if not gateway_ok:
+        accepted = condition("Accepted", False, "UnsupportedAddress", address_problem or "",
+                             generation)  # fmt: skip
+    elif invalid:  # accepted while any listener is (the specification's ListenersNotValid)
+        some = len(invalid) < len(listener_status)
+        why = f"listener(s) not accepted: {', '.join(invalid)}"
+        accepted = condition("Accepted", some, "ListenersNotValid", why, generation)
+    else:
+        accepted = condition("Accepted", True, "Accepted", "openslb serves it", generation)
+    conditions = [accepted]
     built = Built(
         key,
         exposed=gateway_ok,

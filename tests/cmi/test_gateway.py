@@ -248,6 +248,10 @@ def test_listeners_of_one_port_share_an_openslb_listener_and_unknown_protocols_a
     assert [r.hosts for r in listener.routes[:-1]] == [("a.example",), ("b.example",)]
     by_name = {s["name"]: s for s in made.listeners}
     assert by_name["udp"]["conditions"][0]["reason"] == "UnsupportedProtocol"
+    gateway_accepted = made.conditions[0]
+    assert (gateway_accepted["status"], gateway_accepted["reason"]) == ("True", "ListenersNotValid")
+    only_invalid = build(gateway=gw({"name": "udp", "port": 53, "protocol": "UDP"}))
+    assert only_invalid.conditions[0]["status"] == "False"
     assert by_name["http"]["attachedRoutes"] == by_name["b"]["attachedRoutes"] == 1
     assert made.routes["shop/r"][0]["conditions"][0]["status"] == "True"  # one entry per ref
 
