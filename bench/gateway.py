@@ -13,22 +13,31 @@ the routes already there.
   RATE_CAP a second, for as long as the churn lasts), `--churn` HTTPRoutes are applied one
   by one; every answer but a 200 from a pod counts as failed. Then how long until the last
   route answers, and cmi's and `slb xds`'s CPU seconds and RSS at the end.
+- Conformance: the Gateway API conformance suite v1.6.3, profile GATEWAY-HTTP, with the
+  features openslb claims (`devbed.conformance`); its report is copied to
+  docs/conformance/. The platform's cmi takes hand-made EndpointSlices in the suite's
+  namespace (`cmi.endpoint_slices_from`), as its HTTPRouteServiceTypes test needs.
 
-    .venv/bin/python -m bench.gateway [--trials 50] [--churn 500]
+    .venv/bin/python -m bench.gateway [--trials 50] [--churn 500] [--no-conformance]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import threading
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from bench import results_file
 from bench.procstat import cpu_seconds
-from devbed import demo
+from devbed import conformance, demo
+from devbed.kube import GATEWAY_API_VERSION
 from devbed.platform import DevPlatform
 from devbed.process import wait_until
 
@@ -37,6 +46,8 @@ PORT = 8090
 APP = "gateway-bench"
 POD_PREFIX = f"{APP}-"
 """Its pods' names, which they answer with."""
+REPORT = Path(__file__).resolve().parent.parent / "docs" / "conformance"
+SUITE_NAMESPACE = "gateway-conformance-infra"
 RATE_CAP = 500
 """Requests a second the churn's client sends at most (a bounded load)."""
 
@@ -142,10 +153,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--churn", type=int, default=500)
+    parser.add_argument("--no-conformance", dest="conformance", action="store_false")
     args = parser.parse_args()
+    suite: conformance.Run | None = None
     with tempfile.TemporaryDirectory(prefix="bench-gateway.") as tmp:
-        platform = DevPlatform(Path(tmp) / "platform", vip_cidr=VIP_CIDR,
-                               sample_cidr=SAMPLE_CIDR, lab=False)  # fmt: skip
+        trusted = f"{demo.NAMESPACE},{SUITE_NAMESPACE}"
+        platform = DevPlatform(
+            Path(tmp) / "platform", vip_cidr=VIP_CIDR, sample_cidr=SAMPLE_CIDR, lab=False,
+            tuning={"cmi": {"endpoint_slices_from": trusted}},
+        )  # fmt: skip
         try:
             log("bringing the platform up (no lab VM)")
             platform.up(lambda m: log(f"  {m}"))
@@ -163,6 +179,13 @@ def main() -> None:
             log(f"churn: {args.churn} HTTPRoutes one by one under load on /base")
             churned = churn(platform, target, app.name, args.churn)
             log(f"  {churned}")
+            if args.conformance:
+                log("the Gateway API conformance suite, profile GATEWAY-HTTP")
+                suite = conformance.run(
+                    platform.cluster.kubeconfig, Path(tmp) / "conformance",
+                    progress=lambda m: log(f"  {m}"),
+                )  # fmt: skip
+                log(f"  failed: {suite.named('FAIL')}")
         finally:
             platform.down(lambda m: log(f"  {m}"))
     metrics = {
@@ -177,12 +200,44 @@ def main() -> None:
         f"routes_{args.churn}_xds_cpu_s": results_file.metric(churned["xds_cpu_s"], "s"),
         f"routes_{args.churn}_cmi_rss_mb": results_file.metric(churned["cmi_rss_mb"], "MiB"),
     }
+    setup_conformance = {}
+    if suite is not None:
+        metrics.update(_conformance_metrics(suite))
+        setup_conformance = {"conformance_failed": suite.named("FAIL")}
     path = results_file.write("gateway", metrics, setup={
+        **setup_conformance,
         "trials": args.trials, "churn_routes": args.churn, "load_rate_cap": RATE_CAP,
         "latencies_ms": [round(v, 1) for v in latencies],
         "churn": {k: round(v, 2) for k, v in churned.items()},
     })  # fmt: skip
     log(f"wrote {path}")
+
+
+def _conformance_metrics(suite: conformance.Run) -> dict[str, dict[str, Any]]:
+    """Per profile, the core tests passed and run, and the extended passed; the report
+    copied to docs/conformance/."""
+    if suite.report is None or not suite.report.exists():
+        raise RuntimeError(f"the suite wrote no report:\n{suite.output[-3000:]}")
+    REPORT.mkdir(parents=True, exist_ok=True)
+    kept = REPORT / f"openslb-gateway-api-{GATEWAY_API_VERSION}-report.yaml"
+    shutil.copyfile(suite.report, kept)
+    report = yaml.safe_load(suite.report.read_text())
+    metrics = {}
+    for profile in report.get("profiles") or []:
+        suffix = profile["name"].lower().replace("-", "_")
+        core = profile["core"]["statistics"]
+        extended = (profile.get("extended") or {}).get("statistics") or {}
+        metrics[f"conformance_core_passed_{suffix}"] = results_file.metric(
+            core.get("Passed", 0), "tests",
+            core.get("Passed", 0) + core.get("Failed", 0) + core.get("Skipped", 0),
+        )  # fmt: skip
+        metrics[f"conformance_core_total_{suffix}"] = results_file.metric(
+            core.get("Passed", 0) + core.get("Failed", 0) + core.get("Skipped", 0), "tests"
+        )
+        metrics[f"conformance_extended_passed_{suffix}"] = results_file.metric(
+            extended.get("Passed", 0), "tests"
+        )
+    return metrics
 
 
 if __name__ == "__main__":
