@@ -56,7 +56,9 @@ CONFORMANCE_ECHO = tuple(
 )
 """The same echo server under the names the conformance suite's manifests (v1.6.3) give
 it: with no registry, the kubelet finds these (IfNotPresent) instead of pulling."""
-IMAGES = (PAUSE, SAMPLE_HTTP, ECHO_BASIC, *CONFORMANCE_ECHO)
+COREDNS = Image("registry.k8s.io/coredns/coredns:v1.12.2", "coredns-v1.12.2", ("/coredns",))
+"""CoreDNS, the conformance suite's UDP backend (its infra namespace's readiness needs it)."""
+IMAGES = (PAUSE, SAMPLE_HTTP, ECHO_BASIC, *CONFORMANCE_ECHO, COREDNS)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, mode: int = 0o755) -> None:

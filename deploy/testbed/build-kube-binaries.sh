@@ -36,6 +36,8 @@ containerd_binaries=(containerd ctr containerd-shim-runc-v2)
 echo_basic="$BIN/images/echo-basic-$GATEWAY_API_VERSION"
 gateway_crds="$CACHE/gateway-api-$GATEWAY_API_VERSION"
 conformance="$BIN/gateway-conformance-$GATEWAY_API_VERSION"
+COREDNS_VERSION="${OPENSLB_COREDNS_VERSION:-v1.12.2}"
+coredns="$BIN/images/coredns-$COREDNS_VERSION"
 images_src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/images"
 staging="v0.${KUBE_VERSION#v1.}"
 
@@ -189,6 +191,17 @@ build_conformance() {
   mv "$conformance.tmp" "$conformance"
 }
 
+# CoreDNS, the image of the conformance suite's UDP backend: its infra namespace must be
+# ready before any test runs. Static, from the Go module proxy.
+build_coredns() {
+  mkdir -p "$BIN/images"
+  log "coredns $COREDNS_VERSION: compiling"
+  GOBIN="$BIN/images/coredns.tmp" CGO_ENABLED=0 \
+    go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  mv "$BIN/images/coredns.tmp/coredns" "$coredns"
+  rmdir "$BIN/images/coredns.tmp"
+}
+
 # The CRDs the test bed's API server installs (devbed/kube.py install_gateway_api).
 copy_gateway_crds() {
   local dir
@@ -216,4 +229,5 @@ build_images
 [ -x "$echo_basic" ] || build_echo_basic
 [ -d "$gateway_crds/standard" ] || copy_gateway_crds
 [ -x "$conformance" ] || build_conformance
+[ -x "$coredns" ] || build_coredns
 log "ready: $apiserver $etcd ${node_paths[*]} $containerd_dir/ $BIN/images/"
