@@ -186,6 +186,8 @@ def main() -> None:
                     progress=lambda m: log(f"  {m}"),
                 )  # fmt: skip
                 log(f"  failed: {suite.named('FAIL')}")
+                for line in suite.errors():
+                    log(f"    {line}")
         finally:
             platform.down(lambda m: log(f"  {m}"))
     metrics = {

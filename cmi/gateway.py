@@ -350,6 +350,8 @@ def _gateway_listener(
         count = _attach(world, listener, routes, group, attached)
     else:
         programmed = False
+        if accepted and protocol is not None:  # routes attach, counted, though not served
+            count = _attach(world, listener, routes, _Port(listener["port"], protocol), attached)
     conditions = [
         condition("Accepted", accepted, reason, message, generation),
         condition("ResolvedRefs", *resolved, generation),

@@ -57,6 +57,12 @@ class Run:
     def named(self, state: str) -> list[str]:
         return sorted(name for name, s in self.results.items() if s == state)
 
+    def errors(self, limit: int = 80) -> list[str]:
+        """The lines of the output that say why a test failed."""
+        keep = [line.rstrip() for line in self.output.splitlines()
+                if "Error:" in line or "expected" in line or "Error Trace" in line]  # fmt: skip
+        return keep[:limit]
+
 
 def run(
     kubeconfig: Path,
@@ -97,6 +103,7 @@ def run(
                 progress(f"{match[1]} {match[2]}")
         result.returncode = process.wait(timeout=timeout_s)
     result.output = "".join(lines)
+    (work / "suite.log").write_text(result.output)
     return result
 
 

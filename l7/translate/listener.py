@@ -301,7 +301,7 @@ def _hcm_prototype(
         use_remote_address={"value": True},
         normalize_path={"value": True},
         merge_slashes=True,
-        strip_any_host_port=True,
+        strip_matching_host_port=True,
         stream_idle_timeout=seconds(idle_timeout_s),
         request_headers_timeout=seconds(10),
     )

@@ -90,7 +90,7 @@ def _serialized_rules(resolved: ResolvedListener) -> bytes:
     """Each rule is built and serialized once, then its bytes go into every virtual host
     that holds it: with 1,000 rules and ten hosts, the host-less rules repeat ten times.
     RouteConfiguration {name: 1, virtual_hosts: 2 {name: 1, domains: 2, routes: 3,
-    retry_policy: 16}}."""
+    retry_policy: 16}, ignore_port_in_host_matching: 14}."""
     listener = resolved.listener
     rules = listener.routes
     encoded = [wire(3, _route(listener, r).SerializeToString(deterministic=True)) for r in rules]
@@ -105,7 +105,13 @@ def _serialized_rules(resolved: ResolvedListener) -> bytes:
             if not r.hosts or any(host_covers(h, host) for h in r.hosts)
         )
         out.append(wire(2, wire(1, name) + wire(2, name) + held + tail))
+    # A virtual host is picked by the Host header's name, whatever its port; a port other
+    # than the listener's reaches the backend as the client wrote it.
+    out.append(_IGNORE_PORT_IN_HOST_MATCHING)
     return b"".join(out)
+
+
+_IGNORE_PORT_IN_HOST_MATCHING = b"\x70\x01"  # RouteConfiguration field 14 (a bool), true
 
 
 def _route(listener: Listener, r: Route | None) -> route_components_pb2.Route:
@@ -182,7 +188,8 @@ def _redirect(
 ) -> None:
     """Without a port, the Location has the scheme's own port when the scheme changes, else
     the listener's, written only when not the scheme's own, as the Gateway API asks (the
-    connection manager strips the port from the Host, so Envoy would write none)."""
+    connection manager strips the listener's own port from the Host, so Envoy writes none;
+    another port the client wrote, it keeps)."""
     if redirect.scheme is not None:
         action.scheme_redirect = redirect.scheme.value
     if redirect.host is not None:

@@ -390,3 +390,11 @@ def test_a_listener_allows_only_the_route_kinds_it_names() -> None:
     made = build(httproute("r", {"backendRefs": [to("a")]}), gateway=gw(both))
     assert accepted(made, "shop/r") == ("True", "Accepted")
     assert made.listeners[0]["supportedKinds"] == [{"group": GROUP, "kind": "HTTPRoute"}]
+
+
+def test_routes_attach_to_a_listener_its_certificates_leave_unprogrammed() -> None:
+    made = build(httproute("r", {"backendRefs": [to("a")]}), gateway=gw(https({"name": "gone"})))
+    (entry,) = made.listeners
+    assert entry["attachedRoutes"] == 1
+    assert listener_conditions(made, "https-443")["Programmed"] == ("False", "Invalid")
+    assert made.built.listeners == ()  # nothing served on the port
