@@ -181,10 +181,11 @@ def main() -> None:
             log(f"  {churned}")
             if args.conformance:
                 log("the Gateway API conformance suite, profile GATEWAY-HTTP")
+                work = Path(tempfile.mkdtemp(prefix="gateway-conformance."))
+                log(f"  its log: {work / 'suite.log'}")
                 suite = conformance.run(
-                    platform.cluster.kubeconfig, Path(tmp) / "conformance",
-                    progress=lambda m: log(f"  {m}"),
-                )  # fmt: skip
+                    platform.cluster.kubeconfig, work, progress=lambda m: log(f"  {m}")
+                )
                 log(f"  failed: {suite.named('FAIL')}")
                 for line in suite.errors():
                     log(f"    {line}")
