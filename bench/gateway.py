@@ -47,7 +47,6 @@ APP = "gateway-bench"
 POD_PREFIX = f"{APP}-"
 """Its pods' names, which they answer with."""
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "conformance"
-SUITE_NAMESPACE = "gateway-conformance-infra"
 RATE_CAP = 500
 """Requests a second the churn's client sends at most (a bounded load)."""
 
@@ -157,7 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     suite: conformance.Run | None = None
     with tempfile.TemporaryDirectory(prefix="bench-gateway.") as tmp:
-        trusted = f"{demo.NAMESPACE},{SUITE_NAMESPACE}"
+        trusted = f"{demo.NAMESPACE},{conformance.SUITE_NAMESPACE}"
         platform = DevPlatform(
             Path(tmp) / "platform", vip_cidr=VIP_CIDR, sample_cidr=SAMPLE_CIDR, lab=False,
             tuning={"cmi": {"endpoint_slices_from": trusted}},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from devbed import demo
+from devbed import conformance, demo
 from devbed.l7harness import free_octet
 from devbed.platform import DevPlatform
 
@@ -33,7 +33,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevPlatform]:
         tmp_path_factory.mktemp("platform"),
         vip_cidr=f"198.19.{octet}.0/25",
         sample_cidr=f"198.19.{octet}.128/25",
-        tuning={"celery": {"reassert_s": REASSERT_S, "visibility_timeout_s": VISIBILITY_TIMEOUT_S}},
+        tuning={
+            "celery": {"reassert_s": REASSERT_S, "visibility_timeout_s": VISIBILITY_TIMEOUT_S},
+            # The conformance suite's hand-made EndpointSlices (its HTTPRouteServiceTypes).
+            "cmi": {"endpoint_slices_from": f"{demo.NAMESPACE},{conformance.SUITE_NAMESPACE}"},
+        },
     )
     try:
         platform.up(print)

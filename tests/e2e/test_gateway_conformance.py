@@ -1,0 +1,35 @@
+"""The Gateway API conformance suite's core tests of profile GATEWAY-HTTP (v1.6.3) against
+the whole platform: every one must pass (`python -m bench.gateway` runs the whole profile
+and keeps its report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devbed import conformance
+from devbed.platform import DevPlatform
+from devbed.process import wait_until
+from slb.model import Listener, OwnerKind
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_the_core_tests_of_gateway_http_pass(platform: DevPlatform, tmp_path: Path) -> None:
+    run = conformance.run(
+        platform.cluster.kubeconfig, tmp_path, tests=conformance.CORE_HTTP_TESTS,
+        features=conformance.CORE, timeout_s=800,
+    )  # fmt: skip
+    top = {name: state for name, state in run.results.items() if "/" not in name}
+    assert run.named("FAIL") == [], "\n".join(run.errors())
+    assert sorted(n for n, s in top.items() if s == "PASS") == sorted(
+        conformance.CORE_HTTP_TESTS), run.output[-3000:]  # fmt: skip
+
+    # The suite deleted its namespaces: what their Gateways made leaves the store.
+    def from_the_suite() -> list[str]:
+        listeners = platform.store().all(Listener).values()
+        return [s.obj.name for s in listeners if s.obj.owner.kind is OwnerKind.GATEWAY
+                and s.obj.owner.name.startswith("gateway-conformance")]  # fmt: skip
+
+    wait_until(lambda: not from_the_suite(), 120, "the suite's Gateways withdrawn", interval=1)
