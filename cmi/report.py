@@ -103,6 +103,8 @@ class Reporter:
         self.writer = ServiceWriter(kube)
         self.gateway_writer = GatewayWriter(kube)
         self.gateways = gateways
+        self._routes_told: dict[str, set[str]] = {}
+        """The routes each Gateway (its dirty key) last wrote its entries into."""
         self.events = EventRecorder(kube)
         self.services, self.mirror = services, mirror
         self.queue = KeyedQueue(workers=8, name="report")
@@ -119,6 +121,8 @@ class Reporter:
             if made is not None:
                 report = partial(self._report_gateway, key, made, built, conflicts)
                 self.queue.submit(key, report)
+            elif self._routes_told.get(key):  # gone, or no longer openslb's
+                self.queue.submit(key, partial(self._forget_routes, key, set()))
             return
         self.queue.submit(key, partial(self._report, key, built, conflicts))
 
@@ -137,6 +141,22 @@ class Reporter:
             self.gateway_writer.set_status("gatewayclasses", body, gateway.class_accepted(body))
         except KubeError as exc:
             log.warning("status of GatewayClass %s not written: %s", name, exc)
+
+    def _forget_routes(self, key: str, keep: set[str]) -> None:
+        """Take this Gateway's entries out of the `status.parents` of the routes it told
+        before that no longer name it (or of all, when it is gone)."""
+        assert self.gateways is not None
+        namespace, name = key.removeprefix(gateway.KEY_PREFIX).split("/", 1)
+        for route_key in self._routes_told.get(key, set()) - keep:
+            route = self.gateways.routes.get(route_key)
+            if route is None:
+                continue
+            parents = gateway.route_parents(route, (namespace, name), [])
+            try:
+                self.gateway_writer.set_status("httproutes", route, {"parents": parents})
+            except KubeError as exc:
+                log.warning("status of HTTPRoute %s not written: %s", route_key, exc)
+        self._routes_told[key] = keep
 
     def _report_gateway(
         self, key: str, made: gateway.GatewayBuilt, built: Built, conflicts: Mapping[str, str]
@@ -159,6 +179,7 @@ class Reporter:
             self.gateway_writer.set_status("gateways", body, status)
             if built.refused and not made.built.refused:
                 return
+            self._forget_routes(key, set(made.routes))
             ref = tuple(name.split("/", 1))
             for route_key, entries in made.routes.items():
                 route = self.gateways.routes.get(route_key)

@@ -309,3 +309,23 @@ def test_an_https_listener_serves_its_secrets_certificate_through_envoy_and_foll
     put_secret(admin, namespace, secret_body(RENEWED))  # cert-manager renews
     eventually(lambda: serves(address, RENEWED), "Envoy serving the renewed certificate")
     assert https_get(address, 8443, HOST)[0] == 200
+
+
+def test_a_gateway_a_route_no_longer_names_takes_its_entry_out_of_the_routes_status(
+    cmi: Start, admin: KubeClient, namespace: str, class_name: str
+) -> None:
+    cmi()
+    gateway(admin, namespace, "first", class_name)
+    gateway(admin, namespace, "second", class_name)
+
+    def parents() -> list[str]:
+        found = status(admin, namespace, "httproutes", "hop").get("parents") or []
+        return sorted(p["parentRef"]["name"] for p in found
+                      if p["controllerName"] == CONTROLLER_NAME)  # fmt: skip
+
+    route(admin, namespace, "hop", {"parentRefs": [{"name": "first"}], "rules": [{}]})
+    eventually(lambda: parents() == ["first"], "the route's entry for the first Gateway")
+    route(admin, namespace, "hop", {"parentRefs": [{"name": "second"}], "rules": [{}]})
+    eventually(lambda: parents() == ["second"], "the first Gateway's entry taken out")
+    admin.request("DELETE", f"{API}/namespaces/{namespace}/gateways/second")
+    eventually(lambda: parents() == [], "a deleted Gateway's entry taken out")
