@@ -51,6 +51,8 @@ SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 Service with a selector, so such a slice lists that Service's pods."""
 EXCLUDE_LB_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 ZONE_LABEL = "topology.kubernetes.io/zone"
+VIP_UNAVAILABLE = "VIPUnavailable"
+"""The reason of the Event `cmi.vips` tells when IPAM cannot give an instance its VIP."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from cmi import tlssecret
-from cmi.build import Built, Defaults, Event, Previous, short_name
+from cmi.build import VIP_UNAVAILABLE, Built, Defaults, Event, Previous, short_name
 from cmi.tlssecret import TlsPair
 from slb.model import (
     Listener,
@@ -769,7 +769,10 @@ def gateway_status(
     conditions = made.conditions
     if built.refused and not made.built.refused:
         conditions = [condition("Accepted", False, "Invalid", built.refused, generation)]
-    if not built.exposed:
+    unusable = [e.message for e in built.events if e.reason == VIP_UNAVAILABLE]
+    if unusable:  # the pool is exhausted, or the address asked for is taken or in no pool
+        programmed = condition("Programmed", False, "AddressNotUsable", unusable[0], generation)
+    elif not built.exposed:
         programmed = condition("Programmed", False, "Invalid", built.refused or "", generation)
     elif vip is None:
         why = f"instance {built.instance} waits for a VIP"

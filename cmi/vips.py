@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from cmi.build import Built, Event, Previous
+from cmi.build import VIP_UNAVAILABLE, Built, Event, Previous
 from cmi.ipam import IPAMError
 from slb.config import CmiSettings, comma_list
 from slb.model import AddressPool, IPAddress, LoadBalancer, OwnerKind, StoredObject
@@ -72,7 +72,7 @@ def desired(
                 balancer.name, pools_for(balancer, drawn_from), balancer.vip
             )
         except IPAMError as exc:
-            event = Event("Warning", "VIPUnavailable", str(exc))
+            event = Event("Warning", VIP_UNAVAILABLE, str(exc))
             built = Built(built.key, exposed=previous.service is not None,
                           instance=built.instance, events=(*built.events, event))  # fmt: skip
             return built, previous.objects

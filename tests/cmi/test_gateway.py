@@ -4,12 +4,13 @@ rules into openslb's model, in the specification's precedence, and the status it
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from cmi import tlssecret
-from cmi.build import Defaults, Previous
+from cmi.build import VIP_UNAVAILABLE, Defaults, Event, Previous
 from cmi.gateway import (
     CONTROLLER_NAME,
     GROUP,
@@ -398,3 +399,12 @@ def test_routes_attach_to_a_listener_its_certificates_leave_unprogrammed() -> No
     assert entry["attachedRoutes"] == 1
     assert listener_conditions(made, "https-443")["Programmed"] == ("False", "Invalid")
     assert made.built.listeners == ()  # nothing served on the port
+
+
+def test_a_vip_that_cannot_be_had_is_said_in_programmed() -> None:
+    made = build(gateway=gw(HTTP, addresses=[{"type": "IPAddress", "value": "198.18.9.9"}]))
+    taken = Event("Warning", VIP_UNAVAILABLE, "198.18.9.9 is held by another instance")
+    refused = replace(made.built, exposed=False, dedicated=None, listeners=(), events=(taken,))
+    programmed = gateway_status(made, None, 4, refused)["conditions"][-1]
+    assert (programmed["status"], programmed["reason"]) == ("False", "AddressNotUsable")
+    assert "held by another instance" in programmed["message"]
