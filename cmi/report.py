@@ -35,6 +35,7 @@ from slb.readiness import Readiness
 from slb.storage.store import Store
 
 log = logging.getLogger(__name__)
+ROUTE_WRITE_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -148,15 +149,36 @@ class Reporter:
         assert self.gateways is not None
         namespace, name = key.removeprefix(gateway.KEY_PREFIX).split("/", 1)
         for route_key in self._routes_told.get(key, set()) - keep:
-            route = self.gateways.routes.get(route_key)
-            if route is None:
-                continue
-            parents = gateway.route_parents(route, (namespace, name), [])
             try:
-                self.gateway_writer.set_status("httproutes", route, {"parents": parents})
+                self._tell_route(route_key, (namespace, name), [])
             except KubeError as exc:
                 log.warning("status of HTTPRoute %s not written: %s", route_key, exc)
         self._routes_told[key] = keep
+
+    def _tell_route(self, route_key: str, gateway_ref: tuple[str, str], entries: list[Any]) -> None:
+        """A Gateway's entries in one route's `status.parents`, merged into the route as
+        the API server has it now: Gateways write one route's status from threads of their
+        own, so a write that lost a race with another's (409) is done again."""
+        namespace, name = route_key.split("/", 1)
+        meta = {"namespace": namespace, "name": name}
+        path = f"/apis/{gateway.GROUP}/v1/{GatewayWriter.path('httproutes', meta)}"
+        for _ in range(ROUTE_WRITE_TRIES):
+            try:
+                route = self.gateway_writer.client.get(path)
+            except KubeError as exc:
+                if exc.status == 404:
+                    return  # gone: nothing to tell
+                raise
+            parents = gateway.route_parents(route, gateway_ref, entries)
+            try:
+                self.gateway_writer.set_status(
+                    "httproutes", route, {"parents": parents}, if_unchanged=True
+                )
+                return
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+        log.warning("status of HTTPRoute %s not written: it kept changing", route_key)
 
     def _report_gateway(
         self, key: str, made: gateway.GatewayBuilt, built: Built, conflicts: Mapping[str, str]
@@ -180,12 +202,9 @@ class Reporter:
             if built.refused and not made.built.refused:
                 return
             self._forget_routes(key, set(made.routes))
-            ref = tuple(name.split("/", 1))
+            namespace, short = name.split("/", 1)
             for route_key, entries in made.routes.items():
-                route = self.gateways.routes.get(route_key)
-                if route is not None:
-                    parents = gateway.route_parents(route, (ref[0], ref[1]), entries)
-                    self.gateway_writer.set_status("httproutes", route, {"parents": parents})
+                self._tell_route(route_key, (namespace, short), entries)
         except KubeError as exc:
             log.warning("status of Gateway %s or its routes not written: %s", name, exc)
 

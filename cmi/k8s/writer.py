@@ -125,20 +125,32 @@ class GatewayWriter:
     def __init__(self, client: KubeClient) -> None:
         self.client = client
 
-    def set_status(self, plural: str, body: Body, status: Mapping[str, Any]) -> bool:
-        """Merge `status` (each field whole) into the object's; False: nothing changed."""
+    def set_status(
+        self, plural: str, body: Body, status: Mapping[str, Any], *, if_unchanged: bool = False
+    ) -> bool:
+        """Merge `status` (each field whole) into the object's; False: nothing changed.
+        `if_unchanged`: only onto the object as `body` has it (its resourceVersion), else
+        the API server answers 409 Conflict."""
         meta, current = body["metadata"], body.get("status") or {}
         new = {k: _stamped(v, current.get(k)) for k, v in status.items()}
         if all(_unstamped(new[k]) == _unstamped(current.get(k)) for k in new):
             return False
-        namespace = f"namespaces/{meta['namespace']}/" if meta.get("namespace") else ""
+        patch: dict[str, Any] = {"status": new}
+        if if_unchanged:
+            patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
         self.client.request(
             "PATCH",
-            f"/apis/gateway.networking.k8s.io/v1/{namespace}{plural}/{meta['name']}/status",
-            body={"status": new},
+            f"/apis/gateway.networking.k8s.io/v1/{self.path(plural, meta)}/status",
+            body=patch,
             content_type="application/merge-patch+json",
         )
         return True
+
+    @staticmethod
+    def path(plural: str, meta: Mapping[str, Any]) -> str:
+        """`[namespaces/NS/]PLURAL/NAME` of an object of the Gateway API."""
+        namespace = f"namespaces/{meta['namespace']}/" if meta.get("namespace") else ""
+        return f"{namespace}{plural}/{meta['name']}"
 
 
 def _stamped(new: Any, old: Any) -> Any:
