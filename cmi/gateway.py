@@ -51,8 +51,9 @@ MAX_RULES = 999
 """Rules per port, the model's limit less the 404."""
 
 
-def gateway_key(namespace: str, name: str) -> str:
-    return f"{KEY_PREFIX}{namespace}/{name}"
+def gateway_key(namespaced: str) -> str:
+    """The dirty key of the Gateway `namespace/name`."""
+    return f"{KEY_PREFIX}{namespaced}"
 
 
 def is_gateway_key(key: str) -> bool:
@@ -64,14 +65,20 @@ def instance_name(namespace: str, name: str) -> str:
     return short_name(namespace, name, "gateway")
 
 
-def parent_refs(route: Body) -> list[tuple[str, str]]:
-    """The Gateways (namespace, name) a route names as parents."""
+def parent_gateway(ref: Body, route_namespace: str) -> str | None:
+    """The Gateway (`namespace/name`) a route's parentRef names; None: another kind."""
+    if ref.get("group", GROUP) != GROUP or ref.get("kind", "Gateway") != "Gateway":
+        return None
+    return f"{ref.get('namespace') or route_namespace}/{ref['name']}"
+
+
+def parent_refs(route: Body) -> list[str]:
+    """The Gateways (`namespace/name`) a route names as parents."""
     namespace = route["metadata"]["namespace"]
-    refs = []
-    for ref in (route.get("spec") or {}).get("parentRefs") or []:
-        if ref.get("group", GROUP) == GROUP and ref.get("kind", "Gateway") == "Gateway":
-            refs.append((ref.get("namespace") or namespace, ref["name"]))
-    return refs
+    named = (
+        parent_gateway(r, namespace) for r in (route.get("spec") or {}).get("parentRefs") or []
+    )
+    return [gateway for gateway in named if gateway is not None]
 
 
 def certificate_secrets(gateway: Body) -> set[str]:
@@ -144,6 +151,12 @@ class _World:
     def generation(self) -> int:
         return int(self.gateway["metadata"].get("generation", 0))
 
+    @property
+    def named(self) -> str:
+        """The Gateway's `namespace/name`, as a parentRef names it."""
+        meta = self.gateway["metadata"]
+        return f"{meta['namespace']}/{meta['name']}"
+
 
 @dataclass
 class _Port:
@@ -176,7 +189,7 @@ def build_gateway(
     name, by key."""
     meta, spec = gateway["metadata"], gateway.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
-    key, generation = gateway_key(namespace, name), meta.get("generation", 0)
+    key, generation = gateway_key(f"{namespace}/{name}"), meta.get("generation", 0)
     if gateway_class is None or gateway_class.get("spec", {}).get("controllerName") != (
         CONTROLLER_NAME
     ):
@@ -259,15 +272,13 @@ def _unmatched_parents(
     world: _World, routes: Sequence[Body], attached: dict[str, dict[str, Body]]
 ) -> dict[str, list[Body]]:
     """Every route's entries, with NoMatchingParent for a parentRef no listener matched."""
-    meta = world.gateway["metadata"]
     out = {}
     for route in routes:
         rmeta = route["metadata"]
         rkey = f"{rmeta['namespace']}/{rmeta['name']}"
         entries = attached.get(rkey, {})
         for ref in (route.get("spec") or {}).get("parentRefs") or []:
-            named = (ref.get("namespace") or rmeta["namespace"], ref["name"])
-            if named != (meta["namespace"], meta["name"]) or _ref_id(ref) in entries:
+            if parent_gateway(ref, rmeta["namespace"]) != world.named or _ref_id(ref) in entries:
                 continue
             why = "no listener of the Gateway matches its sectionName and port"
             entries[_ref_id(ref)] = _entry(ref, route, (False, "NoMatchingParent", why))
@@ -464,16 +475,12 @@ def _attach(
 ) -> int:
     """Attach to one Gateway listener the routes that may and do name it; their rules join
     its port's. Returns how many attached."""
-    meta = world.gateway["metadata"]
     count = 0
     for route in routes:
         rmeta = route["metadata"]
         rkey = f"{rmeta['namespace']}/{rmeta['name']}"
         for ref in (route.get("spec") or {}).get("parentRefs") or []:
-            if (ref.get("namespace") or rmeta["namespace"], ref["name"]) != (
-                meta["namespace"],
-                meta["name"],
-            ):
+            if parent_gateway(ref, rmeta["namespace"]) != world.named:
                 continue
             if ref.get("sectionName") not in (None, listener["name"]):
                 continue
@@ -786,18 +793,14 @@ def gateway_status(
     }
 
 
-def route_parents(route: Body, gateway_ref: tuple[str, str], ours: Sequence[Body]) -> list[Body]:
-    """A route's `status.parents` with this Gateway's entries replaced by `ours`: other
-    controllers' entries, and ours for other Gateways, are kept."""
+def route_parents(route: Body, gateway: str, ours: Sequence[Body]) -> list[Body]:
+    """A route's `status.parents` with the entries for `gateway` (`namespace/name`)
+    replaced by `ours`: other controllers' entries, and ours for other Gateways, are kept."""
     namespace = route["metadata"]["namespace"]
-
-    def names_gateway(entry: Body) -> bool:
-        ref = entry.get("parentRef") or {}
-        return (ref.get("namespace") or namespace, ref.get("name")) == gateway_ref
-
     current = (route.get("status") or {}).get("parents") or []
     kept = [
         p for p in current
-        if p.get("controllerName") != CONTROLLER_NAME or not names_gateway(p)
+        if p.get("controllerName") != CONTROLLER_NAME
+        or parent_gateway(p.get("parentRef") or {}, namespace) != gateway
     ]  # fmt: skip
     return [*kept, *ours]

@@ -70,7 +70,7 @@ class Gateways:
 
     def keys(self) -> list[str]:
         """Every Gateway's dirty key."""
-        return [gateway_key(*k.split("/", 1)) for k, _ in self.gateways.items()]
+        return [gateway_key(k) for k, _ in self.gateways.items()]
 
     def routes_of(self, key: str) -> list[Body]:
         """The HTTPRoutes naming a Gateway (its dirty key), in key order."""
@@ -85,7 +85,11 @@ class Gateways:
 
     def class_of(self, body: Body) -> Body | None:
         """The Gateway's class, if it is openslb's."""
-        found = self.classes.get(str((body.get("spec") or {}).get("gatewayClassName")))
+        return self.openslb_class(str((body.get("spec") or {}).get("gatewayClassName")))
+
+    def openslb_class(self, name: str) -> Body | None:
+        """The GatewayClass `name`, if it is openslb's."""
+        found = self.classes.get(name)
         if found is None or (found.get("spec") or {}).get("controllerName") != (
             gateway.CONTROLLER_NAME
         ):
@@ -95,14 +99,7 @@ class Gateways:
     def serving(self, service: str) -> str | None:
         """The instance of the first (by key) of openslb's Gateways whose routes name this
         Service, if any."""
-        with self._lock:
-            parents = sorted(
-                p
-                for route, backends in self._backends.items()
-                if service in backends
-                for p in self._parents.get(route, ())
-            )
-        for key in parents:
+        for key in sorted(self.service_changed(service)):
             if self.ours(key):
                 return gateway.instance_name(*key.removeprefix(gateway.KEY_PREFIX).split("/", 1))
         return None
@@ -111,7 +108,7 @@ class Gateways:
 
     def _gateway_changed(self, key: str, body: Body) -> None:
         """It, and the Services its routes name (stored while it is openslb's)."""
-        dirty = gateway_key(*key.split("/", 1))
+        dirty = gateway_key(key)
         self.dirty.add([dirty, *self._services_of(dirty)])
 
     def _services_of(self, gateway_dirty_key: str) -> set[str]:
@@ -126,7 +123,7 @@ class Gateways:
     def _route_changed(self, key: str, body: Body) -> None:
         """Its Gateways and Services, before and after, are rebuilt."""
         now = self.routes.get(key)
-        parents = {gateway_key(*p) for p in parent_refs(now)} if now else set()
+        parents = {gateway_key(p) for p in parent_refs(now)} if now else set()
         backends = backend_services(now) if now else set()
         with self._lock:
             before = self._parents.pop(key, set()), self._backends.pop(key, set())
@@ -135,7 +132,7 @@ class Gateways:
         self.dirty.add({*parents, *backends, *before[0], *before[1]})
 
     def _class_changed(self, key: str, body: Body) -> None:
-        gateways = [gateway_key(*k.split("/", 1)) for k, _ in self.gateways.indexed_items(key)]
+        gateways = [gateway_key(k) for k, _ in self.gateways.indexed_items(key)]
         self.dirty.add([CLASS_KEY_PREFIX + key, *gateways])
 
     def _grant_changed(self, key: str, body: Body) -> None:
@@ -145,7 +142,7 @@ class Gateways:
     def secret_changed(self, secret: str) -> list[str]:
         """The Gateways whose listeners name this Secret (`namespace/name`)."""
         return [
-            gateway_key(*key.split("/", 1))
+            gateway_key(key)
             for key, body in self.gateways.items()
             if secret in gateway.certificate_secrets(body)
         ]

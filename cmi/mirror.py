@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from cmi.build import Previous
-from cmi.gateway import KEY_PREFIX
+from cmi.gateway import gateway_key
 from slb.model import Certificate, Listener, LoadBalancer, OwnerKind, Service, StoredObject
 from slb.snapshot import Change, Delete, Put, Snapshot, Stored
 
@@ -120,7 +120,7 @@ def service_owner(obj: StoredObject) -> str | None:
     if owner is not None and owner.kind is OwnerKind.SERVICE:
         return str(owner.name)
     if owner is not None and owner.kind is OwnerKind.GATEWAY:
-        return KEY_PREFIX + str(owner.name)
+        return gateway_key(str(owner.name))
     return None
 
 

@@ -133,10 +133,8 @@ class Reporter:
             self.queue.submit(f"class:{name}", partial(self._report_class, name))
 
     def _report_class(self, name: str) -> None:
-        body = self.gateways.classes.get(name) if self.gateways is not None else None
-        if body is None or (body.get("spec") or {}).get("controllerName") != (
-            gateway.CONTROLLER_NAME
-        ):
+        body = self.gateways.openslb_class(name) if self.gateways is not None else None
+        if body is None:
             return
         try:
             self.gateway_writer.set_status("gatewayclasses", body, gateway.class_accepted(body))
@@ -146,16 +144,15 @@ class Reporter:
     def _forget_routes(self, key: str, keep: set[str]) -> None:
         """Take this Gateway's entries out of the `status.parents` of the routes it told
         before that no longer name it (or of all, when it is gone)."""
-        assert self.gateways is not None
-        namespace, name = key.removeprefix(gateway.KEY_PREFIX).split("/", 1)
+        named = key.removeprefix(gateway.KEY_PREFIX)
         for route_key in self._routes_told.get(key, set()) - keep:
             try:
-                self._tell_route(route_key, (namespace, name), [])
+                self._tell_route(route_key, named, [])
             except KubeError as exc:
                 log.warning("status of HTTPRoute %s not written: %s", route_key, exc)
         self._routes_told[key] = keep
 
-    def _tell_route(self, route_key: str, gateway_ref: tuple[str, str], entries: list[Any]) -> None:
+    def _tell_route(self, route_key: str, named: str, entries: list[Any]) -> None:
         """A Gateway's entries in one route's `status.parents`, merged into the route as
         the API server has it now: Gateways write one route's status from threads of their
         own, so a write that lost a race with another's (409) is done again."""
@@ -169,7 +166,7 @@ class Reporter:
                 if exc.status == 404:
                     return  # gone: nothing to tell
                 raise
-            parents = gateway.route_parents(route, gateway_ref, entries)
+            parents = gateway.route_parents(route, named, entries)
             try:
                 self.gateway_writer.set_status(
                     "httproutes", route, {"parents": parents}, if_unchanged=True
@@ -202,9 +199,8 @@ class Reporter:
             if built.refused and not made.built.refused:
                 return
             self._forget_routes(key, set(made.routes))
-            namespace, short = name.split("/", 1)
             for route_key, entries in made.routes.items():
-                self._tell_route(route_key, (namespace, short), entries)
+                self._tell_route(route_key, name, entries)
         except KubeError as exc:
             log.warning("status of Gateway %s or its routes not written: %s", name, exc)
 

@@ -279,7 +279,7 @@ def test_status_programmed_waits_for_the_vip_and_route_parents_keep_other_entrie
     route = {"metadata": {"namespace": "shop", "name": "r"},
              "status": {"parents": [theirs, ours_elsewhere, stale]}}  # fmt: skip
     new = made.routes["shop/r"]
-    assert route_parents(route, ("shop", "edge"), new) == [theirs, ours_elsewhere, *new]
+    assert route_parents(route, "shop/edge", new) == [theirs, ours_elsewhere, *new]
 
 
 def test_a_rule_the_model_refuses_refuses_its_route_alone() -> None:
