@@ -154,39 +154,36 @@ build_images() {
   done
 }
 
-# The Gateway API conformance suite's echo server (HTTP, h2c, gRPC, TCP, UDP echo), the
-# image its manifests expect; its module's replace of sigs.k8s.io/gateway-api is ignored
-# in ours, so ours points it at the same release.
-build_echo_basic() {
-  local work="$CACHE/build/echo-basic-$GATEWAY_API_VERSION"
-  mkdir -p "$work" "$BIN/images"
+# A throwaway module (in $CACHE/build/$1-VERSION, made the current directory) that
+# requires the Gateway API's conformance module and imports package $2 of it. That
+# module's replace of sigs.k8s.io/gateway-api is ignored in ours, so ours points it at the
+# same release.
+conformance_module() {
+  local work="$CACHE/build/$1-$GATEWAY_API_VERSION"
+  mkdir -p "$work"
   cd "$work"
-  log "echo-basic $GATEWAY_API_VERSION: compiling"
-  printf '%s\n' "module openslb.local/echobuild" "" "go 1.26.0" "" \
+  log "$1 $GATEWAY_API_VERSION: compiling"
+  printf '%s\n' "module openslb.local/$1build" "" "go 1.26.0" "" \
     "require sigs.k8s.io/gateway-api/conformance $GATEWAY_API_VERSION" "" \
     "replace sigs.k8s.io/gateway-api => sigs.k8s.io/gateway-api $GATEWAY_API_VERSION" > go.mod
-  printf '%s\n' "//go:build tools" "" "package echobuild" "" \
-    'import _ "sigs.k8s.io/gateway-api/conformance/echo-basic"' > tools.go
+  printf '%s\n' "//go:build tools" "" "package tools" "" "import _ \"$2\"" > tools.go
   go mod tidy -e >/dev/null 2>&1 || true
+}
+
+# The Gateway API conformance suite's echo server (HTTP, h2c, gRPC, TCP, UDP echo), the
+# image its manifests expect.
+build_echo_basic() {
+  mkdir -p "$BIN/images"
+  conformance_module echo-basic sigs.k8s.io/gateway-api/conformance/echo-basic
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$echo_basic.tmp" \
     sigs.k8s.io/gateway-api/conformance/echo-basic
   mv "$echo_basic.tmp" "$echo_basic"
 }
 
 # The Gateway API conformance suite (its TestConformance, compiled as a test binary), which
-# bench/gateway.py and tests/e2e run against the local platform; its module's replace of
-# sigs.k8s.io/gateway-api is ignored in ours, so ours points it at the same release.
+# bench/gateway.py and tests/e2e run against the local platform.
 build_conformance() {
-  local work="$CACHE/build/conformance-$GATEWAY_API_VERSION"
-  mkdir -p "$work"
-  cd "$work"
-  log "gateway-api conformance $GATEWAY_API_VERSION: compiling"
-  printf '%s\n' "module openslb.local/conformancebuild" "" "go 1.26.0" "" \
-    "require sigs.k8s.io/gateway-api/conformance $GATEWAY_API_VERSION" "" \
-    "replace sigs.k8s.io/gateway-api => sigs.k8s.io/gateway-api $GATEWAY_API_VERSION" > go.mod
-  printf '%s\n' "//go:build tools" "" "package conformancebuild" "" \
-    'import _ "sigs.k8s.io/gateway-api/conformance"' > tools.go
-  go mod tidy -e >/dev/null 2>&1 || true
+  conformance_module conformance sigs.k8s.io/gateway-api/conformance
   go test -c -o "$conformance.tmp" sigs.k8s.io/gateway-api/conformance
   mv "$conformance.tmp" "$conformance"
 }
