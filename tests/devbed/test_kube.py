@@ -25,6 +25,7 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 
 from devbed.kube import SERVICE_CIDR, KubeAPI
+from devbed.process import wait_until
 
 
 def _namespace(core: CoreV1Api) -> str:
@@ -115,7 +116,17 @@ def test_rbac_is_enforced_for_service_accounts(kube: KubeAPI, kube_client: ApiCl
                 subjects=[RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)],
             ),
         )  # fmt: skip
-        assert reader.list_namespaced_service(namespace).items == []
+
+        def may_list() -> bool:
+            # The authorizer learns of the binding through its own informer, a beat later.
+            try:
+                return reader.list_namespaced_service(namespace).items == []
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                return False
+
+        wait_until(may_list, 10, "the role binding takes effect", interval=0.1)
         with pytest.raises(ApiException) as still_denied:
             reader.create_namespaced_service(namespace, _service("nope"))
         assert still_denied.value.status == 403
