@@ -110,9 +110,12 @@ class Cluster:
     def discover(self) -> None:
         """Watch the Gateway API too if it is on and the API server has its CRDs (read
         once, when cmi starts to lead). Raises what the API server's answer raises."""
-        if self._gateway_api and self.gateways is None and gateways.served(self._kube):
+        if not self._gateway_api or self.gateways is not None:
+            return
+        route_kinds = gateways.served(self._kube)
+        if route_kinds:
             self.gateways = gateways.Gateways(
-                self._kube, self.dirty, self._scope, self._watch_timeout_s
+                self._kube, self.dirty, self._scope, self._watch_timeout_s, route_kinds
             )
 
     @property
@@ -168,7 +171,9 @@ class Cluster:
                 routes=routes,
                 services={k: b for k in names if (b := self.services.get(k)) is not None},
                 namespace_labels={
-                    n: labels for n in namespaces if (labels := self.namespace_labels(n))
+                    n: labels
+                    for n in namespaces
+                    if (labels := self.namespace_labels(n)) is not None
                 },
                 grants=[grant for _, grant in self.gateways.grants.items()],
                 secrets={

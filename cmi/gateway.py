@@ -1,11 +1,13 @@
-"""Pure: one Gateway API Gateway (with its class and the HTTPRoutes that name it) -> the
-desired state and the status the specification asks for.
+"""Pure: one Gateway API Gateway (with its class and the HTTPRoutes and GRPCRoutes that
+name it) -> the desired state and the status the specification asks for.
 
 A Gateway of openslb's class becomes an instance (`LoadBalancer`, its VIP from the pool or
 `spec.addresses`) owned by the Gateway; its listeners on one port become one openslb
-listener, and each HTTPRoute rule match attached to them becomes a rule of that listener,
+listener, and each route rule match attached to them becomes a rule of that listener,
 in the specification's precedence, forwarding to the Services its backendRefs name. A
-request no rule matches gets a 404, as the specification says. What cannot be served is
+GRPCRoute's rules match gRPC calls only (by content-type), so gRPC and HTTP routes share a
+hostname safely, and reach their backends over HTTP/2. A request no rule matches gets a
+404, as the specification says. What cannot be served is
 refused in the status of the object that asked for it (a listener's protocol, a route's
 filter, a backendRef), never by stopping the controller.
 
@@ -16,6 +18,7 @@ their endpoints reach the tiers as every other Service's do.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,6 +48,9 @@ CONTROLLER_NAME = "openslb.io/gateway-controller"
 KEY_PREFIX = "gateway:"
 """A Gateway's key among the controller's dirty keys (a Service's has none)."""
 HTTPROUTE = "HTTPRoute"
+GRPCROUTE = "GRPCRoute"
+ROUTE_RESOURCES = {HTTPROUTE: "httproutes", GRPCROUTE: "grpcroutes"}
+"""The route kinds openslb serves, and their resources in the API."""
 NOT_FOUND_RULE = "no-route-matched"
 """The last rule of every Gateway listener: the specification's 404."""
 MAX_RULES = 999
@@ -63,6 +69,27 @@ def is_gateway_key(key: str) -> bool:
 def instance_name(namespace: str, name: str) -> str:
     """The instance a Gateway gets (never a Service's: those have no `gateway` part)."""
     return short_name(namespace, name, "gateway")
+
+
+def route_kind(route: Body) -> str:
+    """A route's kind (the API server gives every custom resource its `kind`)."""
+    return str(route.get("kind") or HTTPROUTE)
+
+
+def route_key(kind: str, namespaced: str) -> str:
+    """A route's key, `Kind/namespace/name`: an HTTPRoute and a GRPCRoute may share a name."""
+    return f"{kind}/{namespaced}"
+
+
+def key_of_route(route: Body) -> str:
+    meta = route["metadata"]
+    return route_key(route_kind(route), f"{meta['namespace']}/{meta['name']}")
+
+
+def split_route_key(key: str) -> tuple[str, str, str]:
+    """`route_key`'s parts: kind, namespace, name."""
+    kind, namespace, name = key.split("/", 2)
+    return kind, namespace, name
 
 
 def parent_gateway(ref: Body, route_namespace: str) -> str | None:
@@ -184,9 +211,9 @@ def build_gateway(
     now: float = 0.0,
 ) -> GatewayBuilt:
     """A Gateway of openslb's class -> its instance, listeners and statuses. `routes`: the
-    HTTPRoutes that name it; `services`: the Services they name, by key; `grants`: the
-    ReferenceGrants of the namespaces they name; `secrets`: the TLS Secrets its listeners
-    name, by key."""
+    HTTPRoutes and GRPCRoutes that name it; `services`: the Services they name, by key;
+    `grants`: the ReferenceGrants of the namespaces they name; `secrets`: the TLS Secrets
+    its listeners name, by key."""
     meta, spec = gateway["metadata"], gateway.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
     key, generation = gateway_key(f"{namespace}/{name}"), meta.get("generation", 0)
@@ -275,7 +302,7 @@ def _unmatched_parents(
     out = {}
     for route in routes:
         rmeta = route["metadata"]
-        rkey = f"{rmeta['namespace']}/{rmeta['name']}"
+        rkey = key_of_route(route)
         entries = attached.get(rkey, {})
         for ref in (route.get("spec") or {}).get("parentRefs") or []:
             if parent_gateway(ref, rmeta["namespace"]) != world.named or _ref_id(ref) in entries:
@@ -376,15 +403,15 @@ def _gateway_listener(
 
 
 def _route_kinds(listener: Body) -> tuple[list[Body], list[Body]]:
-    """The route kinds a listener allows (`allowedRoutes.kinds`; none given: HTTPRoute),
-    split into those openslb serves and those it does not."""
+    """The route kinds a listener allows (`allowedRoutes.kinds`; none given: HTTPRoute and
+    GRPCRoute), split into those openslb serves and those it does not."""
     asked = (listener.get("allowedRoutes") or {}).get("kinds")
     if not asked:
-        return [{"group": GROUP, "kind": HTTPROUTE}], []
-    ours = [k for k in asked if k.get("group", GROUP) == GROUP and k.get("kind") == HTTPROUTE]
-    return [{"group": GROUP, "kind": HTTPROUTE}] if ours else [], [
-        k for k in asked if k not in ours
-    ]
+        return [{"group": GROUP, "kind": k} for k in ROUTE_RESOURCES], []
+    ours = [k for k in asked if k.get("group", GROUP) == GROUP and k.get("kind") in ROUTE_RESOURCES]
+    kinds: list[Body] = [{"group": GROUP, "kind": kind} for kind in ROUTE_RESOURCES
+             if any(k["kind"] == kind for k in ours)]  # fmt: skip
+    return kinds, [k for k in asked if k not in ours]
 
 
 def _supported_kinds(listener: Body) -> list[Body]:
@@ -478,7 +505,7 @@ def _attach(
     count = 0
     for route in routes:
         rmeta = route["metadata"]
-        rkey = f"{rmeta['namespace']}/{rmeta['name']}"
+        rkey = key_of_route(route)
         for ref in (route.get("spec") or {}).get("parentRefs") or []:
             if parent_gateway(ref, rmeta["namespace"]) != world.named:
                 continue
@@ -495,10 +522,11 @@ def _attach(
     return count
 
 
-def _allowed(world: _World, listener: Body, namespace: str) -> bool:
-    """`allowedRoutes`: an HTTPRoute among its kinds, of a namespace it admits (Same, the
-    default; All; or Selector)."""
-    if not _supported_kinds(listener):
+def _allowed(world: _World, listener: Body, route: Body) -> bool:
+    """`allowedRoutes`: the route's kind among its kinds, its namespace one it admits
+    (Same, the default; All; or Selector)."""
+    kind, namespace = route_kind(route), route["metadata"]["namespace"]
+    if not any(k["kind"] == kind for k in _supported_kinds(listener)):
         return False
     allowed = ((listener.get("allowedRoutes") or {}).get("namespaces")) or {}
     where = allowed.get("from", "Same")
@@ -539,14 +567,13 @@ def hostnames(listener: Body, route: Body) -> list[str] | None:
 def _route_parent(world: _World, listener: Body, route: Body, ref: Body, group: _Port) -> Body:
     """One route on one listener: its entry in `status.parents`; its rules, if accepted,
     join the port's."""
-    rmeta = route["metadata"]
 
     def answer(accepted: bool, reason: str, message: str, refs: tuple[bool, str, str]) -> Body:
         return _entry(ref, route, (accepted, reason, message), refs)
 
     resolved = (True, "ResolvedRefs", "")
-    if not _allowed(world, listener, rmeta["namespace"]):
-        why = "the listener's allowedRoutes do not admit this namespace"
+    if not _allowed(world, listener, route):
+        why = "the listener's allowedRoutes do not admit this kind or namespace"
         return answer(False, "NotAllowedByListeners", why, resolved)
     hosts = hostnames(listener, route)
     if hosts is None:
@@ -565,7 +592,7 @@ def _route_parent(world: _World, listener: Body, route: Body, ref: Body, group: 
     except _UnsupportedError as exc:
         return answer(False, "UnsupportedValue", str(exc), resolved)
     except ValidationError as exc:
-        refused = ModelError.from_validation("HTTPRoute", exc)
+        refused = ModelError.from_validation(route_kind(route), exc)
         return answer(False, "UnsupportedValue", str(refused), resolved)
     if bad is not None:
         resolved = (False, bad.reason, str(bad))
@@ -588,19 +615,24 @@ class _BadRefError(Exception):
 def _rules(
     world: _World, route: Body, *, index: int, rule: Body, hosts: list[str], section: str
 ) -> tuple[list[tuple[tuple[Any, ...], dict[str, Any]]], _BadRefError | None]:
-    """The openslb rules of one HTTPRoute rule, one per match (matches are alternatives),
+    """The openslb rules of one route rule, one per match (matches are alternatives),
     and its first backendRef that does not resolve (its share answers 500, as the
-    specification says)."""
-    rmeta = route["metadata"]
-    actions, bad = _actions(world, rmeta["namespace"], rule)
+    specification says). gRPC rules come first among rules of equal hosts: they match
+    gRPC calls only, which no HTTP rule needs."""
+    rmeta, kind = route["metadata"], route_kind(route)
+    grpc = kind == GRPCROUTE
+    actions, bad = _actions(world, route, rule)
     out = []
     for m, match in enumerate(rule.get("matches") or [{}]):
-        fields, precedence = _match(match)
+        fields, precedence = _grpc_match(match) if grpc else _match(match)
         fields.update(actions)
-        fields["name"] = short_name(rmeta["namespace"], rmeta["name"], section, str(index), str(m))
+        parts = (section, str(index), str(m))
+        name_parts = (rmeta["namespace"], rmeta["name"], *(("grpc",) if grpc else ()), *parts)
+        fields["name"] = short_name(*name_parts)
         fields["hosts"] = hosts
         order = (
             _host_rank(hosts),
+            0 if grpc else 1,
             *precedence,
             rmeta.get("creationTimestamp") or "",
             rmeta["namespace"],
@@ -648,6 +680,31 @@ def _match(match: Body) -> tuple[dict[str, Any], tuple[Any, ...]]:
     return fields, (*rank, 0 if match.get("method") else 1, -len(headers), -len(query))
 
 
+def _grpc_match(match: Body) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """A GRPCRouteMatch -> the rule's match fields (gRPC calls only) and its precedence:
+    the longest service, then the longest method, then the most headers."""
+    fields: dict[str, Any] = {"grpc_only": True}
+    method = match.get("method") or {}
+    kind = method.get("type", "Exact")
+    service, name = method.get("service") or "", method.get("method") or ""
+    if kind == "Exact":
+        if service:
+            fields["grpc_service"] = service
+            if name:
+                fields["grpc_method"] = name
+        elif name:  # any service's method of that name
+            fields["path_regex"] = f"/[^/]+/{re.escape(name)}"
+    elif kind == "RegularExpression":
+        if service or name:
+            fields["path_regex"] = f"/(?:{service or '[^/]+'})/(?:{name or '[^/]+'})"
+    else:
+        raise _UnsupportedError(f"method match type {kind!r}")
+    headers = [_value_match(h, "header") for h in match.get("headers") or []]
+    if headers:
+        fields["headers"] = headers
+    return fields, (-len(service), -len(name), -len(headers))
+
+
 def _value_match(raw: Body, what: str) -> dict[str, str]:
     kind = raw.get("type", "Exact")
     if kind not in ("Exact", "RegularExpression"):
@@ -656,32 +713,17 @@ def _value_match(raw: Body, what: str) -> dict[str, str]:
             "value": raw.get("value", "")}  # fmt: skip
 
 
-def _actions(
-    world: _World, namespace: str, rule: Body
-) -> tuple[dict[str, Any], _BadRefError | None]:
+def _actions(world: _World, route: Body, rule: Body) -> tuple[dict[str, Any], _BadRefError | None]:
     """The rule's filters and backendRefs -> the action fields of its openslb rules, and
     the first backendRef that does not resolve."""
-    fields: dict[str, Any] = {}
-    for f in rule.get("filters") or []:
-        kind = f.get("type")
-        if kind == "RequestHeaderModifier":
-            fields["request_headers"] = _header_changes(f.get("requestHeaderModifier") or {})
-        elif kind == "ResponseHeaderModifier":
-            fields["response_headers"] = _header_changes(f.get("responseHeaderModifier") or {})
-        elif kind == "RequestRedirect":
-            fields["redirect"] = _redirect(f.get("requestRedirect") or {})
-        elif kind == "URLRewrite" and not ((f.get("urlRewrite") or {}).get("path")):
-            host = (f.get("urlRewrite") or {}).get("hostname")
-            if host:
-                fields["rewrite"] = {"host": host}
-        else:
-            raise _UnsupportedError(f"filter {kind!r} is not supported by openslb yet")
+    namespace = route["metadata"]["namespace"]
+    fields = _filters(route_kind(route), rule.get("filters") or [])
     if "redirect" in fields:
         fields.pop("request_headers", None)
         return fields, None
     targets, bad = [], None
     for ref in rule.get("backendRefs") or []:
-        problem = _backend_problem(world, namespace, ref)
+        problem = _backend_problem(world, route, ref)
         if problem is not None:
             bad = bad or problem
             continue
@@ -700,12 +742,40 @@ def _actions(
     return fields, bad
 
 
-def _backend_problem(world: _World, namespace: str, ref: Body) -> _BadRefError | None:
+def _filters(route_kind: str, filters: Iterable[Body]) -> dict[str, Any]:
+    """A rule's filters -> the fields of its openslb rules (a GRPCRoute has the header
+    modifiers alone)."""
+    fields: dict[str, Any] = {}
+    for f in filters:
+        kind = f.get("type")
+        if kind == "RequestHeaderModifier":
+            fields["request_headers"] = _header_changes(f.get("requestHeaderModifier") or {})
+        elif kind == "ResponseHeaderModifier":
+            fields["response_headers"] = _header_changes(f.get("responseHeaderModifier") or {})
+        elif route_kind == HTTPROUTE and kind == "RequestRedirect":
+            fields["redirect"] = _redirect(f.get("requestRedirect") or {})
+        elif (
+            route_kind == HTTPROUTE
+            and kind == "URLRewrite"
+            and not ((f.get("urlRewrite") or {}).get("path"))
+        ):
+            host = (f.get("urlRewrite") or {}).get("hostname")
+            if host:
+                fields["rewrite"] = {"host": host}
+        else:
+            raise _UnsupportedError(f"filter {kind!r} is not supported by openslb yet")
+    return fields
+
+
+def _backend_problem(world: _World, route: Body, ref: Body) -> _BadRefError | None:
     if ref.get("group", "") != "" or ref.get("kind", "Service") != "Service":
         return _BadRefError("InvalidKind", f"backendRef {ref.get('kind')}: only Services")
+    namespace = route["metadata"]["namespace"]
     target_ns = ref.get("namespace") or namespace
     key = f"{target_ns}/{ref['name']}"
-    if target_ns != namespace and not granted(namespace, target_ns, ref["name"], world.grants):
+    if target_ns != namespace and not granted(
+        namespace, target_ns, ref["name"], world.grants, kind=route_kind(route)
+    ):
         return _BadRefError("RefNotPermitted", f"Service {key}: no ReferenceGrant allows it")
     if "port" not in ref:
         return _BadRefError("UnsupportedValue", f"backendRef {key}: a port is required")
@@ -724,10 +794,10 @@ def granted(
     name: str,
     grants: Iterable[Body],
     *,
-    kind: str = HTTPROUTE,
+    kind: str,
     to: str = "Service",
 ) -> bool:
-    """Does a ReferenceGrant in `to_namespace` let a `kind` (an HTTPRoute, a Gateway) of
+    """Does a ReferenceGrant in `to_namespace` let a `kind` (a route, a Gateway) of
     `from_namespace` name the `to` (a Service, a Secret) `name`?"""
     for grant in grants:
         if grant["metadata"]["namespace"] != to_namespace:

@@ -1,5 +1,5 @@
 """The Gateway API's objects as cmi sees them, cached: GatewayClasses, Gateways,
-HTTPRoutes and ReferenceGrants.
+HTTPRoutes, GRPCRoutes and ReferenceGrants.
 
 Each change marks dirty what it concerns: a Gateway itself; through a route, the Gateways
 it names and the Services it names (they are stored while a route of openslb's names
@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
+from functools import partial
 from typing import Any
 
 from cmi import gateway
 from cmi.debounce import Debouncer
-from cmi.gateway import GROUP, backend_services, gateway_key, parent_refs
+from cmi.gateway import (
+    GROUP,
+    ROUTE_RESOURCES,
+    backend_services,
+    gateway_key,
+    parent_refs,
+    route_key,
+    split_route_key,
+)
 from cmi.k8s.client import Body, KubeClient, KubeError
 from cmi.k8s.informer import Informer
 
@@ -26,22 +35,31 @@ CLASS_KEY_PREFIX = "gatewayclass:"
 """A GatewayClass's key among the dirty keys: its status is due."""
 
 
-def served(kube: KubeClient) -> bool:
-    """Does the API server have the Gateway API (its CRDs installed)?"""
+def served(kube: KubeClient) -> list[str]:
+    """The route kinds openslb serves that the API server has (none: no Gateway API, its
+    CRDs not installed; a cluster may have HTTPRoutes without GRPCRoutes)."""
     try:
-        kube.get(f"/apis/{GROUP}/v1")
+        resources = kube.get(f"/apis/{GROUP}/v1").get("resources") or []
     except KubeError as exc:
         if exc.status == 404:
-            return False
+            return []
         raise
-    return True
+    names = {r.get("name") for r in resources}
+    if "gateways" not in names:
+        return []
+    return [kind for kind, resource in ROUTE_RESOURCES.items() if resource in names]
 
 
 class Gateways:
     """The watched Gateway API objects and who names whom."""
 
     def __init__(
-        self, kube: KubeClient, dirty: Debouncer, scope: str, watch_timeout_s: int
+        self,
+        kube: KubeClient,
+        dirty: Debouncer,
+        scope: str,
+        watch_timeout_s: int,
+        route_kinds: Collection[str] = tuple(ROUTE_RESOURCES),
     ) -> None:
         self.dirty = dirty
         base = f"/apis/{GROUP}/v1"
@@ -53,14 +71,20 @@ class Gateways:
         self.gateways = informer(
             f"{base}{scope}/gateways", self._gateway_changed, index=_class_name
         )
-        self.routes = informer(f"{base}{scope}/httproutes", self._route_changed)
+        self.routes = {
+            kind: informer(
+                f"{base}{scope}/{ROUTE_RESOURCES[kind]}", partial(self._route_changed, kind)
+            )
+            for kind in route_kinds
+        }
+        """Each route kind's informer."""
         self.grants = informer(
             f"/apis/{GROUP}/v1beta1{scope}/referencegrants", self._grant_changed, index=_namespace
         )
-        self.informers = (self.classes, self.grants, self.gateways, self.routes)
+        self.informers = (self.classes, self.grants, self.gateways, *self.routes.values())
         self._lock = threading.Lock()
         self._parents: dict[str, set[str]] = {}
-        """Each route's parent Gateways (their keys)."""
+        """Each route's (`cmi.gateway.route_key`) parent Gateways (their keys)."""
         self._backends: dict[str, set[str]] = {}
         """Each route's Services (`namespace/name`)."""
         self.built: dict[str, gateway.GatewayBuilt] = {}
@@ -73,10 +97,16 @@ class Gateways:
         return [gateway_key(k) for k, _ in self.gateways.items()]
 
     def routes_of(self, key: str) -> list[Body]:
-        """The HTTPRoutes naming a Gateway (its dirty key), in key order."""
+        """The routes naming a Gateway (its dirty key), in key order."""
         with self._lock:
             names = sorted(r for r, parents in self._parents.items() if key in parents)
-        return [body for name in names if (body := self.routes.get(name)) is not None]
+        return [body for name in names if (body := self.route(name)) is not None]
+
+    def route(self, key: str) -> Body | None:
+        """A route by `cmi.gateway.route_key`, as cached."""
+        kind, namespace, name = split_route_key(key)
+        informer = self.routes.get(kind)
+        return informer.get(f"{namespace}/{name}") if informer is not None else None
 
     def ours(self, key: str) -> bool:
         """Is this Gateway (its dirty key) of one of openslb's classes?"""
@@ -120,9 +150,10 @@ class Gateways:
                 for s in self._backends.get(route, ())
             }
 
-    def _route_changed(self, key: str, body: Body) -> None:
+    def _route_changed(self, kind: str, namespaced: str, body: Body) -> None:
         """Its Gateways and Services, before and after, are rebuilt."""
-        now = self.routes.get(key)
+        key = route_key(kind, namespaced)
+        now = self.routes[kind].get(namespaced)
         parents = {gateway_key(p) for p in parent_refs(now)} if now else set()
         backends = backend_services(now) if now else set()
         with self._lock:

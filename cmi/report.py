@@ -149,16 +149,17 @@ class Reporter:
             try:
                 self._tell_route(route_key, named, [])
             except KubeError as exc:
-                log.warning("status of HTTPRoute %s not written: %s", route_key, exc)
+                log.warning("status of %s not written: %s", route_key, exc)
         self._routes_told[key] = keep
 
     def _tell_route(self, route_key: str, named: str, entries: list[Any]) -> None:
         """A Gateway's entries in one route's `status.parents`, merged into the route as
         the API server has it now: Gateways write one route's status from threads of their
         own, so a write that lost a race with another's (409) is done again."""
-        namespace, name = route_key.split("/", 1)
+        kind, namespace, name = gateway.split_route_key(route_key)
+        resource = gateway.ROUTE_RESOURCES[kind]
         meta = {"namespace": namespace, "name": name}
-        path = f"/apis/{gateway.GROUP}/v1/{GatewayWriter.path('httproutes', meta)}"
+        path = f"/apis/{gateway.GROUP}/v1/{GatewayWriter.path(resource, meta)}"
         for _ in range(ROUTE_WRITE_TRIES):
             try:
                 route = self.gateway_writer.client.get(path)
@@ -169,13 +170,13 @@ class Reporter:
             parents = gateway.route_parents(route, named, entries)
             try:
                 self.gateway_writer.set_status(
-                    "httproutes", route, {"parents": parents}, if_unchanged=True
+                    resource, route, {"parents": parents}, if_unchanged=True
                 )
                 return
             except KubeError as exc:
                 if exc.status != 409:
                     raise
-        log.warning("status of HTTPRoute %s not written: it kept changing", route_key)
+        log.warning("status of %s not written: it kept changing", route_key)
 
     def _report_gateway(
         self, key: str, made: gateway.GatewayBuilt, built: Built, conflicts: Mapping[str, str]

@@ -455,11 +455,18 @@ def who(chan: grpc.Channel, timeout: float = 5.0) -> str:
     return reply.decode()
 
 
-def wait_for_answer(target: str, expect: set[str] | None = None, timeout: float = 30.0) -> float:
-    """Poll until a gRPC call through `target` succeeds (answered by one of `expect`)."""
+def wait_for_answer(
+    target: str,
+    expect: set[str] | None = None,
+    timeout: float = 30.0,
+    authority: str | None = None,
+) -> float:
+    """Poll until a gRPC call through `target` (for host `authority`, if given) succeeds,
+    answered by one of `expect`."""
+    options = {"grpc.default_authority": authority} if authority else {}
 
     def answered() -> bool:
-        with channel(target) as chan:
+        with channel(target, **options) as chan:
             try:
                 name = who(chan, timeout=1)
             except grpc.RpcError:

@@ -44,7 +44,8 @@ MATCH_KINDS = {
 }
 """The rule form's path matches: the model's field each sets, and its label."""
 PATH_FIELDS = {field for field, _ in MATCH_KINDS.values()}
-MATCH_FIELDS = PATH_FIELDS | {"hosts", "grpc_method", "headers", "query_params", "method"}
+MATCH_FIELDS = PATH_FIELDS | {"hosts", "grpc_method", "headers", "query_params", "method",
+                              "grpc_only"}  # fmt: skip
 """What a rule matches on: a rule with none of them matches every request."""
 ANSWERS = {
     "redirect": ("scheme", "host", "port", "path", "path_prefix", "code"),
@@ -172,6 +173,7 @@ def form_to_rule(form: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, lis
     rule.update(_match(form, problems))
     _put(rule, "headers", parse_value_matches(lines(form, "headers")))
     _put(rule, "query_params", parse_value_matches(lines(form, "query_params")))
+    _put(rule, "grpc_only", bool(text(form, "grpc_only")))
     action = text(form, "action")
     if action in ANSWERS:
         rule[action] = _fields(form, action, ANSWERS[action])
@@ -206,6 +208,7 @@ def _forwarding(form: Mapping[str, Any], problems: dict[str, list[str]]) -> dict
         except ValueError as exc:
             problem(problems, "targets", f"#{n}: {str(exc).splitlines()[0]}")
     _put(part, "forward_to", targets)
+    _put(part, "backend_protocol", text(form, "backend_protocol"))
     _put(part, "rewrite", _fields(form, "rewrite", ("path_prefix", "host")))
     _put(part, "request_headers", _header_changes(form, "request_headers", problems))
     _put(part, "timeout_s", text(form, "timeout_s"))
@@ -224,6 +227,8 @@ def rule_to_form(rule: Route) -> dict[str, Any]:
         "match_value": getattr(rule, MATCH_KINDS[kind][0]) if kind else "",
         "grpc_method": rule.grpc_method or "", "method": rule.method.value if rule.method else "",
         "headers": _match_lines(rule.headers), "query_params": _match_lines(rule.query_params),
+        "grpc_only": "1" if rule.grpc_only else "",
+        "backend_protocol": rule.backend_protocol.value if rule.backend_protocol else "",
         "action": next((a for a in ANSWERS if getattr(rule, a) is not None), "forward"),
         "targets": "\n".join(_target_line(t) for t in rule.forward_to),
         "request_headers": _change_lines(rule.request_headers),

@@ -18,7 +18,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import http_pb2, range_pb2
 
 from l7.translate import policy
-from l7.translate.common import ads, clusters_of, pack, seconds, trust, wire
+from l7.translate.common import ads, cluster_parts, pack, seconds, trust, wire
 from slb.model import (
     DEFAULT_EXPECTED_CODES,
     BackendProtocol,
@@ -26,6 +26,7 @@ from slb.model import (
     HealthCheck,
     HealthCheckType,
     Listener,
+    Route,
 )
 from slb.resolve import ResolvedListener
 
@@ -44,8 +45,16 @@ def serialized_clusters(resolved: ResolvedListener) -> list[tuple[str, bytes]]:
     the name's bytes followed by the prototype's are the canonical serialization.
     """
     listener = resolved.listener
-    rest = _serialized_prototype(ClusterShape.of(listener))
-    return [(name, wire(1, name.encode()) + rest) for name, _ in clusters_of(resolved)]
+    rests: dict[object, bytes] = {}
+    out = []
+    for name, route, _ in cluster_parts(resolved):
+        # a rule's cluster differs from the listener's only by the rule's own upstream
+        upstream = (route.backend_protocol, route.grpc_only) if route is not None else None
+        rest = rests.get(upstream)
+        if rest is None:
+            rest = rests[upstream] = _serialized_prototype(ClusterShape.of(listener, route))
+        out.append((name, wire(1, name.encode()) + rest))
+    return out
 
 
 @dataclass(frozen=True)
@@ -60,14 +69,16 @@ class ClusterShape:
     backend_tls: BackendTls | None = None
 
     @classmethod
-    def of(cls, listener: Listener) -> ClusterShape:
+    def of(cls, listener: Listener, route: Route | None = None) -> ClusterShape:
+        """The shape of the listener's own cluster, or of a rule's (its own upstream)."""
+        tls = listener.route_upstream(route) is BackendProtocol.TLS
         return cls(
             lb_policy=policy.lb_policy(listener),
             health_check=listener.health_check,
-            http2=listener.upstream_is_http2,
-            tls=listener.upstream_protocol is BackendProtocol.TLS,
+            http2=listener.route_upstream_is_http2(route),
+            tls=tls,
             idle_timeout_s=listener.idle_timeout_s,
-            backend_tls=listener.backend_tls,
+            backend_tls=listener.backend_tls if tls else None,
         )
 
 

@@ -11,7 +11,7 @@ from envoy.config.core.v3 import config_source_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
-from slb.model import Backend
+from slb.model import Backend, Route
 from slb.resolve import ResolvedListener
 
 PREFIX = "type.googleapis.com/"
@@ -47,10 +47,22 @@ def cluster_name(listener: str, route: str | None = None, target: int = 0) -> st
 def clusters_of(resolved: ResolvedListener) -> list[tuple[str, tuple[Backend, ...]]]:
     """Every cluster a listener needs, by name, with its backends: its own, then each
     forwarding rule's targets'."""
+    return [(name, backends) for name, _, backends in cluster_parts(resolved)]
+
+
+def cluster_parts(
+    resolved: ResolvedListener,
+) -> list[tuple[str, Route | None, tuple[Backend, ...]]]:
+    """`clusters_of`, with the rule each cluster serves (None: the listener's own)."""
     name = resolved.listener.name
-    out = [(cluster_name(name), resolved.backends)]
+    out: list[tuple[str, Route | None, tuple[Backend, ...]]] = [
+        (cluster_name(name), None, resolved.backends)
+    ]
     for r in resolved.routes:
-        out += [(cluster_name(name, r.route.name, i), t.backends) for i, t in enumerate(r.targets)]
+        out += [
+            (cluster_name(name, r.route.name, i), r.route, t.backends)
+            for i, t in enumerate(r.targets)
+        ]
     return out
 
 

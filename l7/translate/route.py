@@ -157,6 +157,8 @@ def _match(match: route_components_pb2.RouteMatch, r: Route) -> None:
         _string_match(match.headers.add(name=header.name), header)
     if r.method is not None:
         match.headers.add(name=":method").string_match.exact = r.method.value
+    if r.grpc_only:
+        match.grpc.SetInParent()  # content-type application/grpc or application/grpc+...
     for param in r.query_params:
         _string_match(match.query_parameters.add(name=param.name), param)
 
@@ -254,7 +256,9 @@ def _change_headers(
 
 def _action_key(listener: Listener, r: Route | None) -> tuple[int, bool, Persistence, bool]:
     """Everything a route's action depends on, its cluster aside."""
-    grpc = listener.protocol is Protocol.GRPC or (r is not None and r.grpc_service is not None)
+    grpc = listener.protocol is Protocol.GRPC or (
+        r is not None and (r.grpc_service is not None or r.grpc_only)
+    )
     timeout = listener.request_timeout_s
     if r is not None and r.timeout_s is not None:
         timeout = r.timeout_s

@@ -266,8 +266,10 @@ def _rule_fields(name: str, o: dict[str, Any]) -> dict[str, Any]:
             raise click.BadParameter("must hold one rule, a JSON object", param_hint="--file")
         return {**given, "name": name}
     rule: dict[str, Any] = {"name": name}
-    for key in (*PATH_MATCHES, "grpc_method", "method", "timeout_s"):
+    for key in (*PATH_MATCHES, "grpc_method", "method", "timeout_s", "backend_protocol"):
         _set(rule, key, o[key])
+    if o["grpc_only"]:
+        rule["grpc_only"] = True
     _set(rule, "hosts", list(o["hosts"]) or None)
     _set(rule, "headers", parse_value_matches(o["headers"]) or None)
     _set(rule, "query_params", parse_value_matches(o["query"]) or None)
@@ -325,6 +327,7 @@ def _port(value: str | None) -> int | str | None:
 @click.option("--header", "headers", multiple=True, help="NAME, NAME=VALUE or NAME~REGEX.")
 @click.option("--query", multiple=True, help="NAME, NAME=VALUE or NAME~REGEX.")
 @click.option("--method")
+@click.option("--grpc-only", is_flag=True, help="Only gRPC calls (content-type application/grpc).")
 @click.option(
     "--to",
     multiple=True,
@@ -332,6 +335,11 @@ def _port(value: str | None) -> int | str | None:
 )
 @click.option("--to-port", help="The targets' port, by name or number (default: the listener's).")
 @click.option("--weights", help="Comma-separated, one per --to.")
+@click.option(
+    "--backend-protocol",
+    type=click.Choice(["http1", "h2c", "tls"]),
+    help="How the targets are reached (default: the listener's; h2c for --grpc-only).",
+)
 @click.option("--https-redirect", is_flag=True, help="Redirect to https:// on port 443 (301).")
 @click.option("--redirect-scheme", type=click.Choice(["http", "https"]))
 @click.option("--redirect-host")

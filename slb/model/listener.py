@@ -198,6 +198,11 @@ class Listener(StoredObject):
                     for j, target in enumerate(route.targets)
                     if target.service is None
                 ]
+            grpc = self.protocol is Protocol.GRPC or route.grpc_only
+            if grpc and route.forwards and not self.route_upstream_is_http2(route):
+                problems.append(
+                    (f"routes.{i}.backend_protocol", "gRPC needs HTTP/2 to its backends")
+                )
             if self.protocol is Protocol.GRPC:
                 grpc_only = "GRPC listeners match grpc_service or path_regex, and answer gRPC"
                 problems += [
@@ -216,11 +221,8 @@ class Listener(StoredObject):
 
     @property
     def upstream_is_http2(self) -> bool:
-        """Whether L7 speaks HTTP/2 to the backends (h2c, or TLS for gRPC)."""
-        upstream = self.upstream_protocol
-        return upstream is BackendProtocol.H2C or (
-            upstream is BackendProtocol.TLS and self.protocol is Protocol.GRPC
-        )
+        """Whether L7 speaks HTTP/2 to the listener's own backends (h2c, or TLS for gRPC)."""
+        return self.route_upstream_is_http2(None)
 
     @property
     def upstream_protocol(self) -> BackendProtocol:
@@ -228,3 +230,19 @@ class Listener(StoredObject):
         if self.backend_protocol is not None:
             return self.backend_protocol
         return BackendProtocol.H2C if self.protocol is Protocol.GRPC else BackendProtocol.HTTP1
+
+    def route_upstream(self, route: Route | None) -> BackendProtocol:
+        """The backend protocol of a rule's targets: its own, else the listener's; a gRPC
+        rule's default is h2c."""
+        if route is not None and route.backend_protocol is not None:
+            return route.backend_protocol
+        if route is not None and route.grpc_only and self.backend_protocol is None:
+            return BackendProtocol.H2C
+        return self.upstream_protocol
+
+    def route_upstream_is_http2(self, route: Route | None) -> bool:
+        """Whether a rule's targets (None: the listener's own) get HTTP/2: h2c, or TLS
+        carrying gRPC."""
+        upstream = self.route_upstream(route)
+        grpc = self.protocol is Protocol.GRPC or (route is not None and route.grpc_only)
+        return upstream is BackendProtocol.H2C or (upstream is BackendProtocol.TLS and grpc)

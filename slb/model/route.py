@@ -24,6 +24,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 from slb.model.base import Model
 from slb.model.errors import CrossFieldError
 from slb.model.fields import Host, HttpPath, Name, Port, PortRef, ServiceKey
+from slb.model.traffic import BackendProtocol
 from slb.selector import LabelSelector
 
 _GRPC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -339,6 +340,9 @@ class Route(Model):
     headers: tuple[HeaderMatch, ...] = Field(default=(), max_length=16)
     query_params: tuple[QueryMatch, ...] = Field(default=(), max_length=16)
     method: Method | None = None
+    grpc_only: bool = False
+    """Only gRPC calls match (content-type `application/grpc`, `application/grpc+...`), so
+    gRPC and other requests to one host can go to different backends."""
 
     forward_to: tuple[ForwardTarget, ...] = Field(default=(), max_length=16)
     """None given: the listener's Services, on its target port."""
@@ -352,6 +356,8 @@ class Route(Model):
     )
     retry: Retry | None = None
     """None: the listener's default policy."""
+    backend_protocol: BackendProtocol | None = None
+    """How forwarded requests reach the targets; None: as the listener's do."""
 
     @model_validator(mode="before")
     @classmethod
@@ -406,6 +412,12 @@ class Route(Model):
                     problems.append((field, f"only for forwarded requests, not with {answers[0]}"))
             if not self.request_headers.empty:
                 problems.append(("request_headers", f"nothing is forwarded with {answers[0]}"))
+        if answers and self.backend_protocol is not None:
+            problems.append(("backend_protocol", f"nothing is forwarded with {answers[0]}"))
+        if self.grpc_only and self.redirect is not None:
+            problems.append(("redirect", "gRPC clients follow no redirects"))
+        if self.grpc_only and self.backend_protocol is BackendProtocol.HTTP1:
+            problems.append(("backend_protocol", "gRPC needs HTTP/2 to its backends: h2c or tls"))
         if self.forward_to and not any(t.weight for t in self.forward_to):
             problems.append(("forward_to", "at least one target needs a weight above 0"))
         prefix_rewrites = [

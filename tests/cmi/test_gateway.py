@@ -41,11 +41,16 @@ def httproute(
     name: str, *rules: dict[str, Any], namespace: str = "shop", **spec: Any
 ) -> dict[str, Any]:
     return {
+        "kind": "HTTPRoute",
         "metadata": {"namespace": namespace, "name": name, "generation": 2,
                      "creationTimestamp": spec.pop("created", "2026-01-01T00:00:00Z")},
         "spec": {"parentRefs": spec.pop("parents", [{"name": "edge", "namespace": "shop"}]),
                  "rules": list(rules), **spec},
     }  # fmt: skip
+
+
+def grpcroute(name: str, *rules: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {**httproute(name, *rules, **spec), "kind": "GRPCRoute"}
 
 
 def svc(namespace: str, name: str, port: int = 80) -> dict[str, Any]:
@@ -191,8 +196,8 @@ def test_an_unsupported_filter_refuses_the_route_not_the_gateway() -> None:
     mirror = {"type": "RequestMirror", "requestMirror": {"backendRef": to("b")}}
     made = build(httproute("bad", {"filters": [mirror], "backendRefs": [to("a")]}),
                  httproute("good", {"backendRefs": [to("a")]}))  # fmt: skip
-    assert accepted(made, "shop/bad") == ("False", "UnsupportedValue")
-    assert accepted(made, "shop/good") == ("True", "Accepted")
+    assert accepted(made, "HTTPRoute/shop/bad") == ("False", "UnsupportedValue")
+    assert accepted(made, "HTTPRoute/shop/good") == ("True", "Accepted")
     assert len(rules_of(made)) == 2  # good's, and the 404
 
 
@@ -205,8 +210,9 @@ def test_backend_refs_that_do_not_resolve_answer_500_and_say_why() -> None:
         ),
     )
     reasons = {k: v[0]["conditions"][1]["reason"] for k, v in made.routes.items()}
-    assert reasons == {"shop/missing": "BackendNotFound", "shop/port": "BackendNotFound",
-                       "shop/kind": "InvalidKind"}  # fmt: skip
+    assert reasons == {"HTTPRoute/shop/missing": "BackendNotFound",
+                       "HTTPRoute/shop/port": "BackendNotFound",
+                       "HTTPRoute/shop/kind": "InvalidKind"}  # fmt: skip
     assert {accepted(made, k) for k in made.routes} == {("True", "Accepted")}
     statuses = {r.fixed_response.status for r in rules_of(made) if r.fixed_response}
     assert statuses == {500, 404}
@@ -216,23 +222,23 @@ def test_another_namespace_needs_allowed_routes_and_a_reference_grant() -> None:
     services = {**SERVICES, "db/a": svc("db", "a")}
     foreign = httproute("r", {"backendRefs": [to("a", namespace="db")]}, namespace="team")
     same_only = build(foreign, services=services)
-    assert accepted(same_only, "team/r") == ("False", "NotAllowedByListeners")
+    assert accepted(same_only, "HTTPRoute/team/r") == ("False", "NotAllowedByListeners")
 
     selected = {**HTTP, "allowedRoutes": {"namespaces": {
         "from": "Selector", "selector": {"matchLabels": {"shared": "yes"}}}}}  # fmt: skip
     made = build(foreign, gateway=gw(selected), services=services,
                  namespace_labels={"team": {"shared": "yes"}})  # fmt: skip
-    assert made.routes["team/r"][0]["conditions"][1]["reason"] == "RefNotPermitted"
+    assert made.routes["HTTPRoute/team/r"][0]["conditions"][1]["reason"] == "RefNotPermitted"
 
     grant = {"metadata": {"namespace": "db", "name": "g"}, "spec": {
         "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "team"}],
         "to": [{"group": "", "kind": "Service"}]}}  # fmt: skip
     made = build(foreign, gateway=gw(selected), services=services,
                  namespace_labels={"team": {"shared": "yes"}}, grants=[grant])  # fmt: skip
-    assert made.routes["team/r"][0]["conditions"][1]["reason"] == "ResolvedRefs"
+    assert made.routes["HTTPRoute/team/r"][0]["conditions"][1]["reason"] == "ResolvedRefs"
     assert made.built.dedicated is not None
     assert made.built.dedicated.allowed_namespaces == ("db",)  # its routes' Services' alone
-    assert not granted("other", "db", "a", [grant])
+    assert not granted("other", "db", "a", [grant], kind="HTTPRoute")
 
 
 def test_listeners_of_one_port_share_an_openslb_listener_and_unknown_protocols_are_refused() -> (
@@ -254,7 +260,9 @@ def test_listeners_of_one_port_share_an_openslb_listener_and_unknown_protocols_a
     only_invalid = build(gateway=gw({"name": "udp", "port": 53, "protocol": "UDP"}))
     assert only_invalid.conditions[0]["status"] == "False"
     assert by_name["http"]["attachedRoutes"] == by_name["b"]["attachedRoutes"] == 1
-    assert made.routes["shop/r"][0]["conditions"][0]["status"] == "True"  # one entry per ref
+    assert (
+        made.routes["HTTPRoute/shop/r"][0]["conditions"][0]["status"] == "True"
+    )  # one entry per ref
 
 
 def test_a_gateway_of_another_class_is_not_openslbs() -> None:
@@ -278,17 +286,17 @@ def test_status_programmed_waits_for_the_vip_and_route_parents_keep_other_entrie
     stale = {"parentRef": {"name": "edge"}, "controllerName": CONTROLLER_NAME, "conditions": []}
     route = {"metadata": {"namespace": "shop", "name": "r"},
              "status": {"parents": [theirs, ours_elsewhere, stale]}}  # fmt: skip
-    new = made.routes["shop/r"]
+    new = made.routes["HTTPRoute/shop/r"]
     assert route_parents(route, "shop/edge", new) == [theirs, ours_elsewhere, *new]
 
 
 def test_a_rule_the_model_refuses_refuses_its_route_alone() -> None:
     bad = {"matches": [{"headers": [{"name": "host", "value": "x"}]}], "backendRefs": [to("a")]}
     made = build(httproute("bad", bad), httproute("good", {"backendRefs": [to("b")]}))
-    (entry,) = made.routes["shop/bad"]
+    (entry,) = made.routes["HTTPRoute/shop/bad"]
     assert entry["conditions"][0]["reason"] == "UnsupportedValue"
     assert "headers.0.name" in entry["conditions"][0]["message"]
-    assert accepted(made, "shop/good") == ("True", "Accepted")
+    assert accepted(made, "HTTPRoute/shop/good") == ("True", "Accepted")
     assert [str(r.forward_to[0]) for r in rules_of(made)[:-1]] == ["service shop/b"]
 
 
@@ -383,13 +391,13 @@ def test_a_secret_gone_bad_keeps_the_certificate_served_before() -> None:
 def test_a_listener_allows_only_the_route_kinds_it_names() -> None:
     tcp_only = {**HTTP, "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}}
     made = build(httproute("r", {"backendRefs": [to("a")]}), gateway=gw(tcp_only))
-    assert accepted(made, "shop/r") == ("False", "NotAllowedByListeners")
+    assert accepted(made, "HTTPRoute/shop/r") == ("False", "NotAllowedByListeners")
     (entry,) = made.listeners
     assert entry["supportedKinds"] == []
     assert listener_conditions(made, "http")["ResolvedRefs"] == ("False", "InvalidRouteKinds")
     both = {**HTTP, "allowedRoutes": {"kinds": [{"kind": "HTTPRoute"}, {"kind": "TCPRoute"}]}}
     made = build(httproute("r", {"backendRefs": [to("a")]}), gateway=gw(both))
-    assert accepted(made, "shop/r") == ("True", "Accepted")
+    assert accepted(made, "HTTPRoute/shop/r") == ("True", "Accepted")
     assert made.listeners[0]["supportedKinds"] == [{"group": GROUP, "kind": "HTTPRoute"}]
 
 
@@ -408,3 +416,59 @@ def test_a_vip_that_cannot_be_had_is_said_in_programmed() -> None:
     programmed = gateway_status(made, None, 4, refused)["conditions"][-1]
     assert (programmed["status"], programmed["reason"]) == ("False", "AddressNotUsable")
     assert "held by another instance" in programmed["message"]
+
+
+def test_grpc_routes_match_calls_only_in_their_precedence_before_http_rules() -> None:
+    def method(service: str = "", name: str = "", kind: str = "Exact") -> dict[str, Any]:
+        return {"method": {"type": kind, **({"service": service} if service else {}),
+                           **({"method": name} if name else {})}}  # fmt: skip
+
+    made = build(
+        httproute("api", {"backendRefs": [to("a")]}),
+        grpcroute("api", {"matches": [
+            method("shop.Cart"),
+            method("shop.v1.Cart", "Get"),
+            method(name="Ping"),
+            method("shop\\.v[0-9]+\\.Cart", kind="RegularExpression"),
+            {**method("shop.Cart"), "headers": [{"name": "version", "value": "two"}]},
+        ], "backendRefs": [to("b")]}),
+    )  # fmt: skip
+    rules = rules_of(made)
+    assert [r.grpc_only for r in rules] == [True] * 5 + [False, False]
+    grpc = [(r.grpc_service, r.grpc_method, r.path_regex, len(r.headers)) for r in rules[:5]]
+    assert grpc == [
+        (None, None, "/(?:shop\\.v[0-9]+\\.Cart)/(?:[^/]+)", 0),  # the longest service first
+        ("shop.v1.Cart", "Get", None, 0),
+        ("shop.Cart", None, None, 1),  # then the longest method, then the most headers
+        ("shop.Cart", None, None, 0),
+        (None, None, "/[^/]+/Ping", 0),
+    ]
+    assert len({r.name for r in rules}) == len(rules)  # a GRPCRoute and an HTTPRoute "api"
+    assert {accepted(made, k) for k in made.routes} == {("True", "Accepted")}
+    assert set(made.routes) == {"HTTPRoute/shop/api", "GRPCRoute/shop/api"}
+    (listener,) = made.built.listeners
+    assert [listener.route_upstream_is_http2(r) for r in rules[-3:-1]] == [True, False]
+    assert made.listeners[0]["supportedKinds"] == [
+        {"group": GROUP, "kind": "HTTPRoute"}, {"group": GROUP, "kind": "GRPCRoute"}]  # fmt: skip
+
+
+def test_grpc_routes_need_a_listener_allowing_them_and_a_grant_of_their_own_kind() -> None:
+    http_only = {**HTTP, "allowedRoutes": {"kinds": [{"kind": "HTTPRoute"}]}}
+    made = build(grpcroute("calls", {"backendRefs": [to("a")]}), gateway=gw(http_only))
+    assert accepted(made, "GRPCRoute/shop/calls") == ("False", "NotAllowedByListeners")
+
+    services = {**SERVICES, "db/a": svc("db", "a")}
+    routed = grpcroute("calls", {"backendRefs": [to("a", namespace="db")]})
+    grant = {"metadata": {"namespace": "db", "name": "g"}, "spec": {
+        "from": [{"group": GROUP, "kind": "HTTPRoute", "namespace": "shop"}],
+        "to": [{"group": "", "kind": "Service"}]}}  # fmt: skip
+    made = build(routed, services=services, grants=[grant])
+    assert made.routes["GRPCRoute/shop/calls"][0]["conditions"][1]["reason"] == "RefNotPermitted"
+    grant["spec"]["from"][0]["kind"] = "GRPCRoute"
+    made = build(routed, services=services, grants=[grant])
+    assert made.routes["GRPCRoute/shop/calls"][0]["conditions"][1]["reason"] == "ResolvedRefs"
+
+    mirrored = {"filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": to("b")}}],
+                "backendRefs": [to("a")]}  # fmt: skip
+    made = build(grpcroute("mirror", mirrored))
+    assert accepted(made, "GRPCRoute/shop/mirror") == ("False", "UnsupportedValue")

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from cmi.gateway import CONTROLLER_NAME, GROUP, NOT_FOUND_RULE, instance_name
+from cmi.gateway import CONTROLLER_NAME, GROUP, NOT_FOUND_RULE, ROUTE_RESOURCES, instance_name
 from cmi.k8s.client import KubeClient, KubeError
 from cmi.k8s.writer import FINALIZER
-from devbed.l7harness import Bed, https_get
+from devbed.l7harness import Bed, channel, http_get, https_get, wait_for_answer, who
 from devbed.process import wait_until
 from slb.model import Listener, LoadBalancer, OwnerKind, Service
 from slb.storage.store import Store
@@ -71,9 +71,11 @@ def gateway(admin: KubeClient, namespace: str, name: str, class_name: str, **ext
     })  # fmt: skip
 
 
-def route(admin: KubeClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    apply(admin, f"{API}/namespaces/{namespace}/httproutes", {
-        "apiVersion": f"{GROUP}/v1", "kind": "HTTPRoute", "metadata": {"name": name},
+def route(
+    admin: KubeClient, namespace: str, name: str, spec: dict[str, Any], kind: str = "HTTPRoute"
+) -> None:
+    apply(admin, f"{API}/namespaces/{namespace}/{ROUTE_RESOURCES[kind]}", {
+        "apiVersion": f"{GROUP}/v1", "kind": kind, "metadata": {"name": name},
         "spec": spec,
     })  # fmt: skip
 
@@ -87,9 +89,11 @@ def conditions(status_of: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in status_of.get("conditions") or []}
 
 
-def parent(admin: KubeClient, namespace: str, name: str) -> dict[str, tuple[str, str]]:
-    """The conditions of openslb's entry in an HTTPRoute's `status.parents`."""
-    parents = status(admin, namespace, "httproutes", name).get("parents") or []
+def parent(
+    admin: KubeClient, namespace: str, name: str, kind: str = "HTTPRoute"
+) -> dict[str, tuple[str, str]]:
+    """The conditions of openslb's entry in a route's `status.parents`."""
+    parents = status(admin, namespace, ROUTE_RESOURCES[kind], name).get("parents") or []
     ours = [p for p in parents if p["controllerName"] == CONTROLLER_NAME]
     return conditions(ours[0]) if ours else {}
 
@@ -142,7 +146,8 @@ def test_a_gateway_and_its_route_are_served_with_the_status_the_specification_as
                               "Programmed": ("True", "Programmed")}  # fmt: skip
     (listener_status,) = gw["listeners"]
     assert listener_status["attachedRoutes"] == 1
-    assert listener_status["supportedKinds"] == [{"group": GROUP, "kind": "HTTPRoute"}]
+    assert listener_status["supportedKinds"] == [
+        {"group": GROUP, "kind": "HTTPRoute"}, {"group": GROUP, "kind": "GRPCRoute"}]  # fmt: skip
     generation = admin.get(f"{API}/namespaces/{namespace}/gateways/edge")["metadata"]["generation"]
     assert {c["observedGeneration"] for c in gw["conditions"]} == {generation}
 
@@ -329,3 +334,53 @@ def test_a_gateway_a_route_no_longer_names_takes_its_entry_out_of_the_routes_sta
     eventually(lambda: parents() == ["second"], "the first Gateway's entry taken out")
     admin.request("DELETE", f"{API}/namespaces/{namespace}/gateways/second")
     eventually(lambda: parents() == [], "a deleted Gateway's entry taken out")
+
+
+def test_a_grpc_route_and_an_http_route_share_a_hostname_through_envoy(
+    cmi: Start,
+    admin: KubeClient,
+    namespace: str,
+    store: Store,
+    class_name: str,
+    bed: Bed,  # noqa: F811
+) -> None:
+    """A GRPCRoute takes the gRPC calls to its host (over h2c to its backends), an HTTPRoute
+    of the same name the other requests; both are told they are accepted."""
+    calls, site = bed.backends(["g1", "w1"])
+    pool = f"198.19.{bed.net.octet}.0/28"
+    for host in range(1, 15):  # the Gateway's VIP will be one of these: Envoy binds to it
+        bed.net.address(host)
+    for name, server, port in (("calls", calls, calls.grpc_port), ("web", site, site.http_port)):
+        admin.request("POST", f"/api/v1/namespaces/{namespace}/services",
+                      body=service_body(name, ports=[{"name": "app", "port": 80}],
+                                        type_="ClusterIP"))  # fmt: skip
+        put_slice(admin, namespace, https_slice(server.address, port) | {
+            "metadata": {"name": f"{name}-1", "labels": {"kubernetes.io/service-name": name}},
+            "ports": [{"name": "app", "port": port, "protocol": "TCP"}]})  # fmt: skip
+    cmi(pool_cidrs=pool)
+    bed.xds.start()
+    bed.envoy("n1")
+    gateway(admin, namespace, "edge", class_name)
+    both = {"parentRefs": [{"name": "edge"}], "hostnames": ["shop.example"]}
+    route(
+        admin,
+        namespace,
+        "site",
+        {**both, "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]},
+    )
+    route(admin, namespace, "site", {**both, "rules": [{
+        "matches": [{"method": {"service": "openslb.test.Echo"}}],
+        "backendRefs": [{"name": "calls", "port": 80}]}]}, kind="GRPCRoute")  # fmt: skip
+    address = eventually(lambda: (status(admin, namespace, "gateways", "edge").get("addresses")
+                                  or [{}])[0].get("value"), "the Gateway's address")  # fmt: skip
+    accepted = {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
+    eventually(lambda: parent(admin, namespace, "site", "GRPCRoute") == accepted, "GRPCRoute")
+    assert parent(admin, namespace, "site") == accepted
+
+    target = f"{address}:8080"
+    wait_for_answer(target, {"g1"}, authority="shop.example")
+    with channel(target, **{"grpc.default_authority": "shop.example"}) as chan:
+        assert {who(chan) for _ in range(10)} == {"g1"}
+    assert http_get(address, 8080, "shop.example") == (200, "w1")
+    (entry,) = status(admin, namespace, "gateways", "edge")["listeners"]
+    assert entry["attachedRoutes"] == 2

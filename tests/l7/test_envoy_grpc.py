@@ -234,3 +234,26 @@ def test_a_request_timeout_bounds_grpc_calls(store: Store, bed: Bed) -> None:
             hold(b"5000")  # no deadline of its own: the listener's 2 s apply
         assert 1.5 < time.monotonic() - started < 4.5
         assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_grpc_rules_share_an_http_listener_and_reach_h2c_backends(store: Store, bed: Bed) -> None:
+    """gRPC calls and plain HTTP requests on one port and host: a `grpc_only` rule takes
+    the calls (to backends speaking h2c), everything else goes to HTTP/1.1 backends."""
+    grpc_side, web_side = bed.backends(["g1", "w1"])
+    vip = bed.net.address(11)
+    store.apply([
+        Put(load_balancer("lb", vip)),
+        Put(service("echo", [(grpc_side.address, grpc_side.grpc_port)])),
+        Put(service("site", [(web_side.address, web_side.http_port)], port_name="http")),
+        Put(listener("site", "HTTP", 8080, target_port="http", health_check=None, routes=[
+            {"name": "calls", "grpc_only": True, "forward_to": [{"selector": {
+                "match_labels": {"app": "echo"}}, "target_port": "grpc"}]},
+        ])),
+    ])  # fmt: skip
+    bed.xds.start()
+    bed.envoy("n1")
+    target = f"{vip}:8080"
+    wait_for_answer(target, {"g1"})
+    with channel(target) as chan:
+        assert {who(chan) for _ in range(20)} == {"g1"}
+    assert http_get(vip, 8080, "www.shop.test", "/") == (200, "w1")

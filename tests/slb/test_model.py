@@ -336,6 +336,36 @@ def test_routes_match_hosts_paths_and_grpc_services() -> None:
     assert grpc.upstream_is_http2
 
 
+def test_a_grpc_rule_on_an_http_listener_gets_http2_backends_unless_refused() -> None:
+    http = model.Listener.model_validate(_doc(
+        "Listener", protocol="HTTP", health_check=None,
+        routes=[{"name": "calls", "grpc_only": True},
+                {"name": "h2c", "path_prefix": "/api/", "backend_protocol": "h2c"},
+                {"name": "tls-calls", "grpc_only": True, "backend_protocol": "tls"}],
+    ))  # fmt: skip
+    h2c, tls = model.BackendProtocol.H2C, model.BackendProtocol.TLS
+    assert [http.route_upstream(r) for r in http.routes] == [h2c, h2c, tls]
+    assert all(http.route_upstream_is_http2(r) for r in http.routes)
+    assert not http.upstream_is_http2  # the listener's own backends keep HTTP/1.1
+    with pytest.raises(ModelError) as raised:
+        model.parse("Listener", _doc(
+            "Listener", protocol="HTTP", health_check=None, backend_protocol="http1",
+            routes=[{"name": "calls", "grpc_only": True}],
+        ))  # fmt: skip
+    assert [e.field for e in raised.value.errors] == ["routes.0.backend_protocol"]
+    refused = {
+        "redirect": {"name": "r", "grpc_only": True, "redirect": {"host": "b.example"}},
+        "backend_protocol": {"name": "r", "grpc_only": True, "backend_protocol": "http1"},
+    }
+    for field, rule in refused.items():
+        with pytest.raises(ValidationError, match=field):
+            model.Route.model_validate(rule)
+    with pytest.raises(ValidationError, match="backend_protocol"):
+        model.Route.model_validate(
+            {"name": "r", "fixed_response": {"status": 404}, "backend_protocol": "h2c"}
+        )
+
+
 def test_a_route_stored_with_one_selector_reads_as_one_target() -> None:
     """Routes stored before weighted targets keep their Services, and are written back in
     today's shape."""

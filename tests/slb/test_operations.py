@@ -289,3 +289,9 @@ def test_the_slb_listener_rule_commands(redis_server: RedisServer, store: Store)
     code, out = slb("listener", "rule", "add", "web", "docs", "--path-segments", "/docs/")
     assert code == 0, out
     assert store.get(Listener, "web").obj.routes[-1].path_segments == "/docs"
+    code, out = slb("listener", "rule", "add", "web", "calls", "--grpc-only",
+                    "--grpc-service", "shop.v1.Cart", "--backend-protocol", "tls")  # fmt: skip
+    assert code == 0, out
+    calls = store.get(Listener, "web").obj.routes[-1]
+    assert (calls.grpc_only, calls.grpc_service, calls.backend_protocol) == (
+        True, "shop.v1.Cart", "tls")  # fmt: skip

@@ -18,7 +18,15 @@ from markupsafe import escape
 from devbed.pki import chain, self_signed
 from devbed.redis import RedisServer
 from slb.cli import main
-from slb.model import Certificate, Listener, LoadBalancer, Owner, OwnerKind, Service
+from slb.model import (
+    BackendProtocol,
+    Certificate,
+    Listener,
+    LoadBalancer,
+    Owner,
+    OwnerKind,
+    Service,
+)
 from slb.operations import Operations
 from slb.storage.audit import AuditLog
 from slb.storage.status import ControllerBeat, StatusBoard
@@ -314,7 +322,7 @@ def test_gateway_owned_listeners_and_their_rules_are_read_only(
     auth.login("alice")
     detail = client.get("/listeners/shop-edge-port-80").get_data(as_text=True)
     assert "From Gateway shop/edge: read-only here, change the Gateway instead" in detail
-    assert "the HTTPRoutes attached to Gateway shop/edge" in detail
+    assert "the HTTPRoutes and GRPCRoutes attached to Gateway shop/edge" in detail
     assert 'id="edit"' not in detail
     assert 'id="add-rule"' not in detail
     edit = client.get("/listeners/shop-edge-port-80/edit", follow_redirects=True)
@@ -784,6 +792,38 @@ def test_edit_a_rule_in_place_and_an_unchanged_form_keeps_it(
     api = store.get(Listener, "web").obj.routes[1]
     assert (api.path_prefix, api.path_regex, api.forward_to) == (None, "/api/v[0-9]+/.*", ())
     assert client.get("/listeners/web/rules/nope/edit").status_code == 404
+
+
+def test_a_grpc_rule_with_its_own_backend_protocol_is_added_shown_and_kept_by_the_form(
+    client: FlaskClient, auth: Auth, ops: Operations, store: Store
+) -> None:
+    version = http_listener(ops, "a")
+    auth.login("alice")
+    calls = {"name": "calls", "match": "grpc", "match_value": "shop.v1.Cart", "action": "forward",
+             "grpc_only": "1", "backend_protocol": "h2c", "targets": "app=cart"}  # fmt: skip
+    assert auth.post("/listeners/web/rules/new", {**calls, "version": version}).status_code == 302
+    stored = store.get(Listener, "web")
+    rule = stored.obj.routes[-1]
+    assert (rule.grpc_only, rule.backend_protocol, rule.grpc_service) == (
+        True, BackendProtocol.H2C, "shop.v1.Cart")  # fmt: skip
+    detail = client.get("/listeners/web").get_data(as_text=True)
+    assert "gRPC calls only" in detail
+    assert "over <code>h2c</code>" in detail
+    form = client.get("/listeners/web/rules/calls/edit").get_data(as_text=True)
+    assert 'name="grpc_only" value="1" checked' in form
+    assert "<option selected>h2c</option>" in form
+    unchanged = {k: v if isinstance(v, list) else str(v) for k, v in rule_to_form(rule).items()}
+    saved = auth.post("/listeners/web/rules/calls/edit", {**unchanged, "version": stored.revision})
+    assert saved.status_code == 302
+    assert store.get(Listener, "web").obj.routes == stored.obj.routes
+    plain = {**unchanged, "grpc_only": "", "backend_protocol": ""}
+    version = store.get(Listener, "web").revision
+    assert (
+        auth.post("/listeners/web/rules/calls/edit", {**plain, "version": version}).status_code
+        == 302
+    )
+    rule = store.get(Listener, "web").obj.routes[-1]
+    assert (rule.grpc_only, rule.backend_protocol) == (False, None)
 
 
 BAD_RULES = {
