@@ -13,8 +13,8 @@ the routes already there.
   RATE_CAP a second, for as long as the churn lasts), `--churn` HTTPRoutes are applied one
   by one; every answer but a 200 from a pod counts as failed. Then how long until the last
   route answers, and cmi's and `slb xds`'s CPU seconds and RSS at the end.
-- Conformance: the Gateway API conformance suite v1.6.3, profile GATEWAY-HTTP, with the
-  features openslb claims (`devbed.conformance`); its report is copied to
+- Conformance: the Gateway API conformance suite v1.6.3, profiles GATEWAY-HTTP and
+  GATEWAY-GRPC, with the features openslb claims (`devbed.conformance`); its report is copied to
   docs/conformance/. The platform's cmi takes hand-made EndpointSlices in the suite's
   namespace (`cmi.endpoint_slices_from`), as its HTTPRouteServiceTypes test needs.
 
@@ -179,7 +179,7 @@ def main() -> None:
             churned = churn(platform, target, app.name, args.churn)
             log(f"  {churned}")
             if args.conformance:
-                log("the Gateway API conformance suite, profile GATEWAY-HTTP")
+                log(f"the Gateway API conformance suite, profiles {conformance.PROFILES}")
                 work = Path(tempfile.mkdtemp(prefix="gateway-conformance."))
                 log(f"  its log: {work / 'suite.log'}")
                 suite = conformance.run(

@@ -87,6 +87,9 @@ class Gateways:
         """Each route's (`cmi.gateway.route_key`) parent Gateways (their keys)."""
         self._backends: dict[str, set[str]] = {}
         """Each route's Services (`namespace/name`)."""
+        self._naming: dict[str, set[str]] = {}
+        """The routes naming each Gateway (its key) or Service (`namespace/name`): Services
+        change with every endpoint, so who names one is looked up, never scanned for."""
         self.built: dict[str, gateway.GatewayBuilt] = {}
         """Each Gateway's last build, for the reporter (the controller's thread only)."""
 
@@ -99,7 +102,7 @@ class Gateways:
     def routes_of(self, key: str) -> list[Body]:
         """The routes naming a Gateway (its dirty key), in key order."""
         with self._lock:
-            names = sorted(r for r, parents in self._parents.items() if key in parents)
+            names = sorted(self._naming.get(key, ()))
         return [body for name in names if (body := self.route(name)) is not None]
 
     def route(self, key: str) -> Body | None:
@@ -145,8 +148,7 @@ class Gateways:
         with self._lock:
             return {
                 s
-                for route, parents in self._parents.items()
-                if gateway_dirty_key in parents
+                for route in self._naming.get(gateway_dirty_key, ())
                 for s in self._backends.get(route, ())
             }
 
@@ -158,8 +160,15 @@ class Gateways:
         backends = backend_services(now) if now else set()
         with self._lock:
             before = self._parents.pop(key, set()), self._backends.pop(key, set())
+            for named in (*before[0], *before[1]):
+                routes = self._naming.get(named, set())
+                routes.discard(key)
+                if not routes:
+                    self._naming.pop(named, None)
             if now is not None:
                 self._parents[key], self._backends[key] = parents, backends
+                for named in (*parents, *backends):
+                    self._naming.setdefault(named, set()).add(key)
         self.dirty.add({*parents, *backends, *before[0], *before[1]})
 
     def _class_changed(self, key: str, body: Body) -> None:
@@ -185,12 +194,7 @@ class Gateways:
     def service_changed(self, service: str) -> set[str]:
         """The Gateways whose routes name this Service (their ResolvedRefs may change)."""
         with self._lock:
-            return {
-                p
-                for route, backends in self._backends.items()
-                if service in backends
-                for p in self._parents.get(route, ())
-            }
+            return {p for route in self._naming.get(service, ()) for p in self._parents[route]}
 
 
 def _class_name(body: Body) -> str:

@@ -24,7 +24,8 @@ from devbed.process import StartError
 CLASS_NAME = "openslb"
 SUITE_NAMESPACE = "gateway-conformance-infra"
 """Where the suite's hand-made EndpointSlices are (`cmi.endpoint_slices_from` must name it)."""
-CORE = ("Gateway", "HTTPRoute", "ReferenceGrant")
+CORE = ("Gateway", "HTTPRoute", "GRPCRoute", "ReferenceGrant")
+PROFILES = "GATEWAY-HTTP,GATEWAY-GRPC"
 CORE_HTTP_TESTS = (
     "GatewayClassObservedGenerationBump", "GatewayInvalidRouteKind",
     "GatewayInvalidTLSConfiguration", "GatewayListenerUnsupportedProtocol",
@@ -44,6 +45,12 @@ CORE_HTTP_TESTS = (
     "HTTPRouteSimpleSameNamespace", "HTTPRouteWeight",
 )  # fmt: skip
 """The core tests of profile GATEWAY-HTTP (v1.6.3), as its report counts them (36)."""
+CORE_GRPC_TESTS = (
+    "GRPCExactMethodMatching", "GRPCRouteHeaderMatching", "GRPCRouteListenerHostnameMatching",
+    "GRPCRouteWeight",
+)  # fmt: skip
+"""The core tests of profile GATEWAY-GRPC (v1.6.3) that are not GATEWAY-HTTP's too (its
+other 10 are the Gateway tests of CORE_HTTP_TESTS)."""
 EXTENDED = (
     "HTTPRouteQueryParamMatching",
     "HTTPRouteMethodMatching",
@@ -57,7 +64,8 @@ EXTENDED = (
     "HTTPRoute308RedirectStatusCode",
     "GatewayPort8080",
 )
-"""The extended features of GATEWAY-HTTP that openslb claims (README, "The Gateway API")."""
+"""The extended features of GATEWAY-HTTP and GATEWAY-GRPC that openslb claims (README,
+"The Gateway API")."""
 _RESULT = re.compile(r"^\s*--- (PASS|FAIL|SKIP): TestConformance/(\S+)")
 
 
@@ -92,7 +100,7 @@ def run(
     work: Path,
     *,
     tests: Sequence[str] = (),
-    profiles: str = "GATEWAY-HTTP",
+    profiles: str = PROFILES,
     features: Sequence[str] = (*CORE, *EXTENDED),
     timeout_s: float = 3600,
     progress: Callable[[str], None] = lambda _: None,

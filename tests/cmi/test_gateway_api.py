@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cmi.gateway import CONTROLLER_NAME, GROUP, NOT_FOUND_RULE, ROUTE_RESOURCES, instance_name
-from cmi.k8s.client import KubeClient, KubeError
+from cmi.k8s.client import KubeClient
 from cmi.k8s.writer import FINALIZER
 from devbed.l7harness import Bed, channel, http_get, https_get, wait_for_answer, who
 from devbed.process import wait_until
@@ -45,15 +45,11 @@ def eventually(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
 
 
 def apply(admin: KubeClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Create, or replace what is there (the test's own objects)."""
-    try:
-        current = admin.get(f"{path}/{body['metadata']['name']}")
-    except KubeError as exc:
-        if exc.status != 404:
-            raise
-        return admin.request("POST", path, body=body)
-    body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-    return admin.request("PUT", f"{path}/{body['metadata']['name']}", body=body)
+    """Create, or replace the test's own fields (server-side apply: cmi's status writes
+    in between are no conflict)."""
+    query = {"fieldManager": "tests", "force": "true"}
+    return admin.request("PATCH", f"{path}/{body['metadata']['name']}", body=body,
+                         content_type="application/apply-patch+yaml", query=query)  # fmt: skip
 
 
 def gateway_class(admin: KubeClient, name: str, controller: str = CONTROLLER_NAME) -> None:

@@ -1,6 +1,6 @@
-"""The Gateway API conformance suite's core tests of profile GATEWAY-HTTP (v1.6.3) against
-the whole platform: every one must pass (`python -m bench.gateway` runs the whole profile
-and keeps its report)."""
+"""The Gateway API conformance suite's core tests of profiles GATEWAY-HTTP and GATEWAY-GRPC
+(v1.6.3) against the whole platform: every one must pass (`python -m bench.gateway` runs
+the whole profiles and keeps their report)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,17 @@ from slb.model import Listener, OwnerKind
 pytestmark = pytest.mark.timeout(900)
 
 
-def test_the_core_tests_of_gateway_http_pass(platform: DevPlatform, tmp_path: Path) -> None:
+def test_the_core_tests_of_gateway_http_and_grpc_pass(
+    platform: DevPlatform, tmp_path: Path
+) -> None:
+    core = (*conformance.CORE_HTTP_TESTS, *conformance.CORE_GRPC_TESTS)
     run = conformance.run(
-        platform.cluster.kubeconfig, tmp_path, tests=conformance.CORE_HTTP_TESTS,
-        features=conformance.CORE, timeout_s=800,
+        platform.cluster.kubeconfig, tmp_path, tests=core, features=conformance.CORE,
+        timeout_s=800,
     )  # fmt: skip
     top = {name: state for name, state in run.results.items() if "/" not in name}
     assert run.named("FAIL") == [], "\n".join(run.errors())
-    assert sorted(n for n, s in top.items() if s == "PASS") == sorted(
-        conformance.CORE_HTTP_TESTS), run.output[-3000:]  # fmt: skip
+    assert sorted(n for n, s in top.items() if s == "PASS") == sorted(core), run.output[-3000:]
 
     # The suite deleted its namespaces: what their Gateways made leaves the store.
     def from_the_suite() -> list[str]:
