@@ -29,6 +29,7 @@ from cmi import tlssecret
 from cmi.build import VIP_UNAVAILABLE, Built, Defaults, Event, Previous, short_name
 from cmi.tlssecret import TlsPair
 from slb.model import (
+    MAX_ROUTES,
     Listener,
     LoadBalancer,
     ModelError,
@@ -53,7 +54,7 @@ ROUTE_RESOURCES = {HTTPROUTE: "httproutes", GRPCROUTE: "grpcroutes"}
 """The route kinds openslb serves, and their resources in the API."""
 NOT_FOUND_RULE = "no-route-matched"
 """The last rule of every Gateway listener: the specification's 404."""
-MAX_RULES = 999
+MAX_RULES = MAX_ROUTES - 1
 """Rules per port, the model's limit less the 404."""
 
 

@@ -156,6 +156,11 @@ class Reporter:
         """A Gateway's entries in one route's `status.parents`, merged into the route as
         the API server has it now: Gateways write one route's status from threads of their
         own, so a write that lost a race with another's (409) is done again."""
+        cached = self.gateways.route(route_key) if self.gateways is not None else None
+        if cached is not None and not GatewayWriter.changes(
+            cached, {"parents": gateway.route_parents(cached, named, entries)}
+        ):
+            return  # as told already (a change the cache has not seen yet rebuilds the Gateway)
         kind, namespace, name = gateway.split_route_key(route_key)
         resource = gateway.ROUTE_RESOURCES[kind]
         meta = {"namespace": namespace, "name": name}

@@ -133,7 +133,7 @@ class GatewayWriter:
         the API server answers 409 Conflict."""
         meta, current = body["metadata"], body.get("status") or {}
         new = {k: _stamped(v, current.get(k)) for k, v in status.items()}
-        if all(_unstamped(new[k]) == _unstamped(current.get(k)) for k in new):
+        if not self.changes(body, new):
             return False
         patch: dict[str, Any] = {"status": new}
         if if_unchanged:
@@ -145,6 +145,12 @@ class GatewayWriter:
             content_type="application/merge-patch+json",
         )
         return True
+
+    @staticmethod
+    def changes(body: Body, status: Mapping[str, Any]) -> bool:
+        """Would `status` change the object's as `body` has it (transition times aside)?"""
+        current = body.get("status") or {}
+        return any(_unstamped(v) != _unstamped(current.get(k)) for k, v in status.items())
 
     @staticmethod
     def path(plural: str, meta: Mapping[str, Any]) -> str:

@@ -39,7 +39,7 @@ from slb.model.infra import (
     NamespaceSelector,
     NodeGroup,
 )
-from slb.model.listener import Listener
+from slb.model.listener import MAX_ROUTES, Listener
 from slb.model.route import (
     PATH_MATCHES,
     FixedResponse,
@@ -83,6 +83,7 @@ from slb.model.traffic import (
 __all__ = [
     "DEFAULT_EXPECTED_CODES",
     "KINDS",
+    "MAX_ROUTES",
     "PATH_MATCHES",
     "SCHEMA_VERSION",
     "AddressPool",

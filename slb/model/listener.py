@@ -26,6 +26,8 @@ from slb.model.traffic import (
 )
 from slb.selector import LabelSelector
 
+MAX_ROUTES = 10_000
+"""Rules per listener: a Gateway's port takes all its routes' rules (5,000 routes at least)."""
 IDLE_TIMEOUT_S = 900
 """Envoy's idle timeout on an L7 listener's connections and streams unless one is set."""
 
@@ -82,7 +84,7 @@ class Listener(StoredObject):
     """Backend protocol `tls`: verify the backends' certificates, send a server name."""
     selector: LabelSelector | None = None
     target_port: PortRef
-    routes: tuple[Route, ...] = Field(default=(), max_length=1000)
+    routes: tuple[Route, ...] = Field(default=(), max_length=MAX_ROUTES)
     """L7 routing rules, tried in order; none: every request goes to the listener's backends."""
     owner: Owner
     created_at: float = Field(default=0.0, ge=0, description="unix time; older wins conflicts")

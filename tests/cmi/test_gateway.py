@@ -23,7 +23,7 @@ from cmi.gateway import (
     route_parents,
 )
 from devbed.pki import Pair, self_signed
-from slb.model import Listener, OwnerKind, Protocol, Route
+from slb.model import MAX_ROUTES, Listener, OwnerKind, Protocol, Route
 
 CLASS = {"metadata": {"name": "openslb", "generation": 1},
          "spec": {"controllerName": CONTROLLER_NAME}}  # fmt: skip
@@ -301,13 +301,13 @@ def test_a_rule_the_model_refuses_refuses_its_route_alone() -> None:
 
 
 def test_past_the_rules_a_port_holds_the_last_in_precedence_are_left_out_and_said() -> None:
-    matches = [{"path": {"type": "Exact", "value": f"/p{i}"}} for i in range(8)]
+    matches = [{"path": {"type": "Exact", "value": f"/p{i}"}} for i in range(64)]
     routes = [httproute(f"r{i:03}", {"matches": matches, "backendRefs": [to("a")]})
-              for i in range(130)]  # fmt: skip
+              for i in range(160)]  # fmt: skip
     made = build(*routes)
-    assert len(rules_of(made)) == 1000  # 999 and the 404
+    assert len(rules_of(made)) == MAX_ROUTES  # MAX_RULES and the 404
     (event,) = made.built.events
-    assert (event.reason, "1040 rules" in event.message) == ("TooManyRules", True)
+    assert (event.reason, "10240 rules" in event.message) == ("TooManyRules", True)
 
 
 SITE = self_signed("shop.example.test")
