@@ -13,12 +13,16 @@ the routes already there.
   RATE_CAP a second, for as long as the churn lasts), `--churn` HTTPRoutes are applied one
   by one; every answer but a 200 from a pod counts as failed. Then how long until the last
   route answers, and cmi's and `slb xds`'s CPU seconds and RSS at the end.
+- Scale: likewise, more routes until the Gateway has `--routes`; then also the time to
+  translate its listener (all its rules' routes and clusters) once, as `slb xds` does on
+  each change of it.
 - Conformance: the Gateway API conformance suite v1.6.3, profiles GATEWAY-HTTP and
   GATEWAY-GRPC, with the features openslb claims (`devbed.conformance`); its report is copied to
   docs/conformance/. The platform's cmi takes hand-made EndpointSlices in the suite's
   namespace (`cmi.endpoint_slices_from`), as its HTTPRouteServiceTypes test needs.
 
-    .venv/bin/python -m bench.gateway [--trials 50] [--churn 500] [--no-conformance]
+    .venv/bin/python -m bench.gateway [--trials 50] [--churn 1000] [--routes 5000]
+        [--no-conformance]
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ from devbed import conformance, demo
 from devbed.kube import GATEWAY_API_VERSION
 from devbed.platform import DevPlatform
 from devbed.process import wait_until
+from l7.translate.cluster import serialized_clusters
+from l7.translate.route import route_configuration
+from slb.resolve import resolve
 
 VIP_CIDR, SAMPLE_CIDR = "198.18.72.0/24", "198.18.73.0/24"
 PORT = 8090
@@ -115,28 +122,61 @@ class Load:
             self._stop.wait(max(0.0, 1 / RATE_CAP - (time.monotonic() - began)))
 
 
-def churn(platform: DevPlatform, target: str, backend: str, routes: int) -> dict[str, float]:
+def churn(
+    platform: DevPlatform, target: str, backend: str, start: int, stop: int
+) -> dict[str, float]:
+    """HTTPRoutes `churn-START` .. `churn-STOP-1` applied one by one under load on /base:
+    the requests that failed, how long until the last route answered (from the first apply,
+    and from the last), and the control plane's CPU seconds and RSS at the end."""
     kube = platform.kube()
     pids = {name: platform.components()[name].pids for name in ("cmi", "xds")}
     cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
     began = time.monotonic()
     with Load(target, "/base/x") as load:
-        for i in range(routes):
+        for i in range(start, stop):
             demo.apply_objects(kube, [route(f"churn-{i}", f"/churn-{i}", backend).route_manifest()])
-        applied = time.monotonic() - began
-        last = f"/churn-{routes - 1}/x"
-        wait_until(lambda: answered(target, last), 120, "the last route", interval=0.01)
-        live = time.monotonic() - began
+            if (i + 1) % 500 == 0:
+                log(f"  {i + 1} routes applied")
+        applied = time.monotonic()
+        last = f"/churn-{stop - 1}/x"
+        wait_until(lambda: answered(target, last), 300, "the last route", interval=0.01)
+        live = time.monotonic()
     if load.errors:
         log(f"  failed requests by cause: {load.errors}")
     return {
         "requests": load.sent,
         "failed": load.failed,
-        "applied_s": applied,
-        "last_live_s": live,
+        "applied_s": applied - began,
+        "last_live_s": live - began,
+        "last_apply_to_live_s": live - applied,
         **{f"{n}_cpu_s": cpu_seconds(p) - cpu_before[n] for n, p in pids.items()},
         **{f"{n}_rss_mb": _rss_mb(p) for n, p in pids.items()},
     }
+
+
+def run_suite(platform: DevPlatform) -> conformance.Run:
+    log(f"the Gateway API conformance suite, profiles {conformance.PROFILES}")
+    work = Path(tempfile.mkdtemp(prefix="gateway-conformance."))
+    log(f"  its log: {work / 'suite.log'}")
+    suite = conformance.run(platform.cluster.kubeconfig, work, progress=lambda m: log(f"  {m}"))
+    log(f"  failed: {suite.named('FAIL')}")
+    for line in suite.errors():
+        log(f"    {line}")
+    return suite
+
+
+def translate_ms(platform: DevPlatform, gateway: str, trials: int = 5) -> tuple[float, int]:
+    """The median time to translate the Gateway's listener (its RouteConfiguration and
+    clusters, as `slb xds` does for each change of it), and how many rules it has."""
+    state = resolve(platform.store().snapshot())
+    (resolved,) = [r for r in state.listeners if r.listener.owner.name == gateway]
+    times = []
+    for _ in range(trials):
+        began = time.perf_counter()
+        route_configuration(resolved)
+        serialized_clusters(resolved)
+        times.append((time.perf_counter() - began) * 1000)
+    return results_file.median(times), len(resolved.listener.routes)
 
 
 def _rss_mb(pids: list[int]) -> float:
@@ -151,7 +191,13 @@ def _rss_mb(pids: list[int]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--churn", type=int, default=500)
+    parser.add_argument("--churn", type=int, default=1000)
+    parser.add_argument(
+        "--routes",
+        type=int,
+        default=5000,
+        help="then more routes, one by one, until the Gateway has this many",
+    )
     parser.add_argument("--no-conformance", dest="conformance", action="store_false")
     args = parser.parse_args()
     suite: conformance.Run | None = None
@@ -175,19 +221,15 @@ def main() -> None:
             latencies = to_traffic(platform, target, app.name, args.trials)
             log(f"  p50 {results_file.median(latencies):.1f} ms, "
                 f"p99 {results_file.percentile(latencies, 99):.1f} ms")  # fmt: skip
+            if args.conformance:  # before the scale run leaves thousands of routes
+                suite = run_suite(platform)
             log(f"churn: {args.churn} HTTPRoutes one by one under load on /base")
-            churned = churn(platform, target, app.name, args.churn)
+            churned = churn(platform, target, app.name, 0, args.churn)
             log(f"  {churned}")
-            if args.conformance:
-                log(f"the Gateway API conformance suite, profiles {conformance.PROFILES}")
-                work = Path(tempfile.mkdtemp(prefix="gateway-conformance."))
-                log(f"  its log: {work / 'suite.log'}")
-                suite = conformance.run(
-                    platform.cluster.kubeconfig, work, progress=lambda m: log(f"  {m}")
-                )
-                log(f"  failed: {suite.named('FAIL')}")
-                for line in suite.errors():
-                    log(f"    {line}")
+            log(f"scale: to {args.routes} HTTPRoutes on the Gateway, under load on /base")
+            scaled = churn(platform, target, app.name, args.churn, args.routes)
+            scaled["translate_ms"], rules = translate_ms(platform, "demo/bench")
+            log(f"  {scaled}; the Gateway's listener has {rules} rules")
         finally:
             platform.down(lambda m: log(f"  {m}"))
     metrics = {
@@ -197,10 +239,8 @@ def main() -> None:
         ),
         "route_churn_failed_requests": results_file.metric(churned["failed"], "requests", 0),
         "route_churn_requests": results_file.metric(churned["requests"], "requests"),
-        f"routes_{args.churn}_last_live_s": results_file.metric(churned["last_live_s"], "s"),
-        f"routes_{args.churn}_cmi_cpu_s": results_file.metric(churned["cmi_cpu_s"], "s"),
-        f"routes_{args.churn}_xds_cpu_s": results_file.metric(churned["xds_cpu_s"], "s"),
-        f"routes_{args.churn}_cmi_rss_mb": results_file.metric(churned["cmi_rss_mb"], "MiB"),
+        **_scale_metrics(args.churn, churned),
+        **_scale_metrics(args.routes, scaled),
     }
     setup_conformance: dict[str, Any] = {}
     if suite is not None:
@@ -213,11 +253,34 @@ def main() -> None:
             setup_conformance["conformance_error"] = str(exc)[-2000:]
     path = results_file.write("gateway", metrics, setup={
         **setup_conformance,
-        "trials": args.trials, "churn_routes": args.churn, "load_rate_cap": RATE_CAP,
-        "latencies_ms": [round(v, 1) for v in latencies],
+        "trials": args.trials, "churn_routes": args.churn, "routes": args.routes,
+        "load_rate_cap": RATE_CAP, "latencies_ms": [round(v, 1) for v in latencies],
         "churn": {k: round(v, 2) for k, v in churned.items()},
+        "scale": {k: round(v, 2) for k, v in scaled.items()},
     })  # fmt: skip
     log(f"wrote {path}")
+
+
+def _scale_metrics(routes: int, run: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """A churn's figures as `routes_N_*`: the control plane (cmi and `slb xds`) with N
+    HTTPRoutes on one Gateway."""
+    out = {
+        f"routes_{routes}_failed_requests": results_file.metric(run["failed"], "requests", 0),
+        f"routes_{routes}_last_live_s": results_file.metric(run["last_live_s"], "s"),
+        f"routes_{routes}_last_apply_to_live_ms": results_file.metric(
+            run["last_apply_to_live_s"] * 1000, "ms"
+        ),
+        f"routes_{routes}_cmi_cpu_s": results_file.metric(run["cmi_cpu_s"], "s"),
+        f"routes_{routes}_xds_cpu_s": results_file.metric(run["xds_cpu_s"], "s"),
+        f"routes_{routes}_cmi_rss_mb": results_file.metric(run["cmi_rss_mb"], "MiB"),
+        f"routes_{routes}_xds_rss_mb": results_file.metric(run["xds_rss_mb"], "MiB"),
+        f"routes_{routes}_rss_mb": results_file.metric(
+            run["cmi_rss_mb"] + run["xds_rss_mb"], "MiB", 256.0
+        ),
+    }
+    if "translate_ms" in run:
+        out[f"routes_{routes}_translate_ms"] = results_file.metric(run["translate_ms"], "ms")
+    return out
 
 
 def _conformance_metrics(suite: conformance.Run) -> dict[str, dict[str, Any]]:

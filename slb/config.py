@@ -116,8 +116,8 @@ class CmiSettings:
     gateway_api: bool = setting(
         True,
         "Serve the Gateway API's Gateways of GatewayClasses whose controllerName is "
-        "`openslb.io/gateway-controller`, and their HTTPRoutes, where the API server has "
-        "the Gateway API's CRDs",
+        "`openslb.io/gateway-controller`, and their HTTPRoutes and GRPCRoutes, where the API "
+        "server has the Gateway API's CRDs",
     )
     node_group: str = setting("default", "LB node group of the instances that Services get")
     pool: str = setting("default", "Address pool that Services' VIPs come from")
