@@ -663,8 +663,7 @@ def _match(match: Body) -> tuple[dict[str, Any], tuple[Any, ...]]:
     if kind == "Exact":
         fields["path_exact"], rank = value, (0, -len(value))
     elif kind == "PathPrefix":
-        if value != "/":
-            fields["path_segments"] = value
+        fields["path_segments"] = value
         rank = (1, -len(value.rstrip("/") or "/"))
     elif kind == "RegularExpression":
         fields["path_regex"], rank = value, (2, -len(value))
@@ -755,14 +754,14 @@ def _filters(route_kind: str, filters: Iterable[Body]) -> dict[str, Any]:
             fields["response_headers"] = _header_changes(f.get("responseHeaderModifier") or {})
         elif route_kind == HTTPROUTE and kind == "RequestRedirect":
             fields["redirect"] = _redirect(f.get("requestRedirect") or {})
-        elif (
-            route_kind == HTTPROUTE
-            and kind == "URLRewrite"
-            and not ((f.get("urlRewrite") or {}).get("path"))
-        ):
-            host = (f.get("urlRewrite") or {}).get("hostname")
-            if host:
-                fields["rewrite"] = {"host": host}
+        elif route_kind == HTTPROUTE and kind == "URLRewrite":
+            rewrite = f.get("urlRewrite") or {}
+            fields["rewrite"] = {
+                **({"host": rewrite["hostname"]} if rewrite.get("hostname") else {}),
+                **_path_change(rewrite.get("path"), "urlRewrite"),
+            }
+            if not fields["rewrite"]:
+                del fields["rewrite"]
         else:
             raise _UnsupportedError(f"filter {kind!r} is not supported by openslb yet")
     return fields
@@ -827,10 +826,24 @@ def _header_changes(raw: Body) -> dict[str, Any]:
     }
 
 
+def _path_change(raw: Body | None, filter_name: str) -> dict[str, str]:
+    """An HTTPPathModifier -> the model's `path` (ReplaceFullPath) or `path_prefix`
+    (ReplacePrefixMatch) of a rewrite or redirect."""
+    if not raw:
+        return {}
+    kind = raw.get("type")
+    if kind == "ReplaceFullPath":
+        return {"path": raw.get("replaceFullPath") or "/"}
+    if kind == "ReplacePrefixMatch":
+        return {"path_prefix": raw.get("replacePrefixMatch") or "/"}
+    raise _UnsupportedError(f"{filter_name}.path.type {kind!r}")
+
+
 def _redirect(raw: Body) -> dict[str, Any]:
-    if raw.get("path"):
-        raise _UnsupportedError("requestRedirect.path is not supported by openslb yet")
-    out: dict[str, Any] = {"code": raw.get("statusCode", 302)}
+    out: dict[str, Any] = {
+        "code": raw.get("statusCode", 302),
+        **_path_change(raw.get("path"), "requestRedirect"),
+    }
     for ours, theirs in (("scheme", "scheme"), ("host", "hostname"), ("port", "port")):
         if raw.get(theirs) is not None:
             out[ours] = raw[theirs]

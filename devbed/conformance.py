@@ -63,6 +63,8 @@ EXTENDED = (
     "HTTPRoute307RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
     "GatewayPort8080",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePathRedirect",
 )
 """The extended features of GATEWAY-HTTP and GATEWAY-GRPC that openslb claims (README,
 "The Gateway API")."""

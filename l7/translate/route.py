@@ -32,13 +32,13 @@ from slb.model import (
     Persistence,
     PersistenceMode,
     Protocol,
-    Redirect,
     RedirectCode,
     Retry,
     Route,
     Scheme,
     ValueMatch,
     host_covers,
+    segments_pattern,
 )
 from slb.resolve import ResolvedListener
 
@@ -123,7 +123,7 @@ def _route(listener: Listener, r: Route | None) -> route_components_pb2.Route:
         return route
     _match(route.match, r)
     if r.redirect is not None:
-        _redirect(route.redirect, r.redirect, listener)
+        _redirect(route.redirect, r, listener)
     elif r.fixed_response is not None:
         answer = r.fixed_response
         route.direct_response.status = answer.status
@@ -185,13 +185,13 @@ _REDIRECT_CODES = {
 _SCHEME_PORTS = {Scheme.HTTP: 80, Scheme.HTTPS: 443}
 
 
-def _redirect(
-    action: route_components_pb2.RedirectAction, redirect: Redirect, listener: Listener
-) -> None:
+def _redirect(action: route_components_pb2.RedirectAction, r: Route, listener: Listener) -> None:
     """Without a port, the Location has the scheme's own port when the scheme changes, else
     the listener's, written only when not the scheme's own, as the Gateway API asks (the
     connection manager strips the listener's own port from the Host, so Envoy writes none;
     another port the client wrote, it keeps)."""
+    redirect = r.redirect
+    assert redirect is not None
     if redirect.scheme is not None:
         action.scheme_redirect = redirect.scheme.value
     if redirect.host is not None:
@@ -205,7 +205,7 @@ def _redirect(
     if redirect.path is not None:
         action.path_redirect = redirect.path
     elif redirect.path_prefix is not None:
-        action.prefix_rewrite = redirect.path_prefix
+        _replace_prefix(action, r, redirect.path_prefix)
     action.response_code = _REDIRECT_CODES[redirect.code]
 
 
@@ -222,11 +222,32 @@ def _forward(action: route_components_pb2.RouteAction, listener: Listener, r: Ro
             weighted.weight.value = target.weight
     if r.rewrite is not None:
         if r.rewrite.path_prefix is not None:
-            action.prefix_rewrite = r.rewrite.path_prefix
+            _replace_prefix(action, r, r.rewrite.path_prefix)
+        elif r.rewrite.path is not None:
+            whole = action.regex_rewrite  # the path alone: the query is kept
+            whole.pattern.regex, whole.substitution = "^/.*$", r.rewrite.path
         if r.rewrite.host is not None:
             action.host_rewrite_literal = r.rewrite.host
     if r.retry is not None:
         action.retry_policy.CopyFrom(_rule_retry_policy(r.retry))
+
+
+def _replace_prefix(
+    action: route_components_pb2.RouteAction | route_components_pb2.RedirectAction,
+    r: Route,
+    replacement: str,
+) -> None:
+    """The prefix the rule matched becomes `replacement`. Envoy appends what follows the
+    matched prefix; whole segments (the Gateway API's PathPrefix) keep their slash after
+    it, so a replacement ending in `/` replaces them by a regex (`/a` -> `/` makes `/a/b`
+    `/b`, not `//b`), and the root `/` gets one (`/` -> `/x` makes `/b` `/x/b`)."""
+    if r.path_segments is not None and replacement.endswith("/"):
+        action.regex_rewrite.pattern.regex = segments_pattern(r.path_segments)
+        action.regex_rewrite.substitution = replacement
+    elif r.path_segments == "/":
+        action.prefix_rewrite = replacement + "/"
+    else:
+        action.prefix_rewrite = replacement
 
 
 def _set_headers(

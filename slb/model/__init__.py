@@ -60,6 +60,7 @@ from slb.model.route import (
     ValueMatch,
     named_service,
     parse_value_matches,
+    segments_pattern,
     target_fields,
 )
 from slb.model.service import Backend, Conditions, Service, ServicePort
@@ -148,5 +149,6 @@ __all__ = [
     "named_service",
     "parse",
     "parse_value_matches",
+    "segments_pattern",
     "target_fields",
 ]

@@ -66,6 +66,12 @@ def _regex(value: str) -> str:
     return value
 
 
+def segments_pattern(segments: str) -> str:
+    """The RE2 pattern of a whole-segment prefix and the slashes after it: what a
+    replacement ending in `/` replaces, so `/a` -> `/` makes `/a/b` `/b`, not `//b`."""
+    return "^" + re.escape(segments.rstrip("/")) + "/*"
+
+
 Regex = Annotated[str, AfterValidator(_regex)]
 """An RE2 regular expression that Envoy accepts; it must match the whole value."""
 
@@ -236,7 +242,7 @@ class Redirect(Model):
     path: HttpPath | None = None
     """The whole path replaced."""
     path_prefix: HttpPath | None = None
-    """The prefix the rule matched replaced (needs a path_prefix match)."""
+    """The prefix the rule matched replaced (needs a path_prefix or path_segments match)."""
     code: RedirectCode = RedirectCode.FOUND
 
     @model_validator(mode="after")
@@ -258,13 +264,17 @@ class Rewrite(Model):
     """Changes to a forwarded request: the backend sees these, the client never does."""
 
     path_prefix: HttpPath | None = None
-    """Replaces the prefix the rule matched (needs a path_prefix match)."""
+    """Replaces the prefix the rule matched (needs a path_prefix or path_segments match)."""
+    path: HttpPath | None = None
+    """Replaces the whole path (the query is kept)."""
     host: Host | None = None
 
     @model_validator(mode="after")
     def _something(self) -> Self:
-        if self.path_prefix is None and self.host is None:
-            raise CrossFieldError([("", "give path_prefix, host or both")])
+        if self.path_prefix is None and self.path is None and self.host is None:
+            raise CrossFieldError([("", "give path_prefix or path, host, or both")])
+        if self.path_prefix is not None and self.path is not None:
+            raise CrossFieldError([("path", "give path or path_prefix, not both")])
         return self
 
 
@@ -420,13 +430,28 @@ class Route(Model):
             problems.append(("backend_protocol", "gRPC needs HTTP/2 to its backends: h2c or tls"))
         if self.forward_to and not any(t.weight for t in self.forward_to):
             problems.append(("forward_to", "at least one target needs a weight above 0"))
-        prefix_rewrites = [
-            ("rewrite.path_prefix", self.rewrite and self.rewrite.path_prefix),
-            ("redirect.path_prefix", self.redirect and self.redirect.path_prefix),
-        ]
-        for field, value in prefix_rewrites:
-            if value is not None and self.path_prefix is None:
-                problems.append((field, "replaces the matched prefix: the rule needs path_prefix"))
+        return problems + self._prefix_problems()
+
+    def _prefix_problems(self) -> list[tuple[str, str]]:
+        """A rewrite or redirect replacing the matched prefix needs a prefix match."""
+        problems = []
+        replacements = {
+            "rewrite.path_prefix": self.rewrite.path_prefix if self.rewrite else None,
+            "redirect.path_prefix": self.redirect.path_prefix if self.redirect else None,
+        }
+        for field, value in replacements.items():
+            if value is None:
+                continue
+            if self.path_prefix is None and self.path_segments is None:
+                problems.append(
+                    (field, "replaces the matched prefix: the rule needs path_prefix or "
+                     "path_segments")
+                )  # fmt: skip
+            elif self.path_segments is not None and value.endswith("/"):
+                try:  # replaced by a regex Envoy must accept
+                    _regex(segments_pattern(self.path_segments))
+                except ValueError as exc:
+                    problems.append(("path_segments", f"too long to replace: {exc}"))
         return problems
 
     @property

@@ -472,3 +472,41 @@ def test_grpc_routes_need_a_listener_allowing_them_and_a_grant_of_their_own_kind
                 "backendRefs": [to("a")]}  # fmt: skip
     made = build(grpcroute("mirror", mirrored))
     assert accepted(made, "GRPCRoute/shop/mirror") == ("False", "UnsupportedValue")
+
+
+def test_url_rewrites_and_redirects_replace_the_prefix_matched_or_the_whole_path() -> None:
+    def rule(prefix: str, filter_: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+                "filters": [filter_], **extra}  # fmt: skip
+
+    def rewrite(kind: str, value: str) -> dict[str, Any]:
+        field = "replacePrefixMatch" if kind == "ReplacePrefixMatch" else "replaceFullPath"
+        return {"type": "URLRewrite", "urlRewrite": {"path": {"type": kind, field: value}}}
+
+    def redirect(kind: str, value: str) -> dict[str, Any]:
+        field = "replacePrefixMatch" if kind == "ReplacePrefixMatch" else "replaceFullPath"
+        return {"type": "RequestRedirect",
+                "requestRedirect": {"path": {"type": kind, field: value}}}  # fmt: skip
+
+    made = build(httproute(
+        "r",
+        rule("/prefix/one", rewrite("ReplacePrefixMatch", "/one"), backendRefs=[to("a")]),
+        rule("/full/one", rewrite("ReplaceFullPath", "/one"), backendRefs=[to("a")]),
+        rule("/moved", redirect("ReplacePrefixMatch", "/here")),
+        rule("/page", redirect("ReplaceFullPath", "/elsewhere")),
+    ))  # fmt: skip
+    by_path = {r.path_segments: r for r in rules_of(made)[:-1]}
+    assert by_path["/prefix/one"].rewrite is not None
+    assert by_path["/prefix/one"].rewrite.path_prefix == "/one"
+    assert by_path["/full/one"].rewrite is not None
+    assert by_path["/full/one"].rewrite.path == "/one"
+    assert by_path["/moved"].redirect is not None
+    assert by_path["/moved"].redirect.path_prefix == "/here"
+    assert by_path["/page"].redirect is not None
+    assert by_path["/page"].redirect.path == "/elsewhere"
+
+    exact = {"matches": [{"path": {"type": "Exact", "value": "/x"}}],
+             "filters": [rewrite("ReplacePrefixMatch", "/y")],
+             "backendRefs": [to("a")]}  # fmt: skip
+    refused = build(httproute("exact", exact))
+    assert accepted(refused, "HTTPRoute/shop/exact") == ("False", "UnsupportedValue")

@@ -71,6 +71,15 @@ RULES: list[dict[str, Any]] = [
      "forward_to": [to("pair")]},
     {"name": "named", "path_prefix": "/named/", "forward_to": [{"service": "tests/solo"}]},
     {"name": "segments", "path_segments": "/docs/", "forward_to": [to("b")]},
+    {"name": "seg-strip", "path_segments": "/strip", "rewrite": {"path_prefix": "/"},
+     "forward_to": [to("b")]},
+    {"name": "seg-swap", "path_segments": "/swap", "rewrite": {"path_prefix": "/new"},
+     "forward_to": [to("b")]},
+    {"name": "root-under", "path_segments": "/", "hosts": ["root.shop.test"],
+     "rewrite": {"path_prefix": "/under"}, "forward_to": [to("b")]},
+    {"name": "whole", "path_exact": "/whole/one", "rewrite": {"path": "/replaced"},
+     "forward_to": [to("b")]},
+    {"name": "seg-moved", "path_segments": "/gone", "redirect": {"path_prefix": "/here/"}},
 ]  # fmt: skip
 
 
@@ -206,3 +215,25 @@ def test_envoy_stats_reads_every_route_cluster_a_few_at_a_time(
     kept = envoy.stats(r"^cluster\.web\.")
     assert "cluster.web.upstream_cx_total" in kept
     assert not [k for k in kept if re.search(r"\.(upstream_cx_destroy|lb_subsets_active)$", k)]
+
+
+def test_path_rewrites_replace_whole_segments_or_the_whole_path_and_keep_the_query(
+    served: tuple[str, Any],
+) -> None:
+    vip, _ = served
+    seen = {
+        path: _get(vip, path, host=host).seen_path
+        for path, host in [
+            ("/strip/x/y?q=1", "www.shop.test"), ("/strip", "www.shop.test"),
+            ("/strip/", "www.shop.test"), ("/swap/x", "www.shop.test"),
+            ("/swap", "www.shop.test"), ("/b/c?d=1", "root.shop.test"),
+            ("/whole/one?q=2", "www.shop.test"),
+        ]
+    }  # fmt: skip
+    assert seen == {
+        "/strip/x/y?q=1": "/x/y?q=1", "/strip": "/", "/strip/": "/", "/swap/x": "/new/x",
+        "/swap": "/new", "/b/c?d=1": "/under/b/c?d=1", "/whole/one?q=2": "/replaced?q=2",
+    }  # fmt: skip
+    moved = _get(vip, "/gone/a?x=1")
+    assert (moved.status, moved.headers["location"]) == (
+        302, "http://www.shop.test:8080/here/a?x=1")  # fmt: skip
