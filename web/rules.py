@@ -209,7 +209,7 @@ def _forwarding(form: Mapping[str, Any], problems: dict[str, list[str]]) -> dict
             problem(problems, "targets", f"#{n}: {str(exc).splitlines()[0]}")
     _put(part, "forward_to", targets)
     _put(part, "backend_protocol", text(form, "backend_protocol"))
-    _put(part, "rewrite", _fields(form, "rewrite", ("path_prefix", "host")))
+    _put(part, "rewrite", _fields(form, "rewrite", ("path_prefix", "path", "host")))
     _put(part, "request_headers", _header_changes(form, "request_headers", problems))
     _put(part, "timeout_s", text(form, "timeout_s"))
     retry: dict[str, Any] = _fields(form, "retry", ("attempts", "per_try_timeout_s"))

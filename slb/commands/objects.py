@@ -295,6 +295,7 @@ def _rule_fields(name: str, o: dict[str, Any]) -> dict[str, Any]:
     _set(rule, "fixed_response.body", o["body"])
     _set(rule, "fixed_response.content_type", o["content_type"])
     _set(rule, "rewrite.path_prefix", o["rewrite_prefix"])
+    _set(rule, "rewrite.path", o["rewrite_path"])
     _set(rule, "rewrite.host", o["rewrite_host"])
     for side in ("request", "response"):
         prefix = "" if side == "request" else "response_"
@@ -351,6 +352,7 @@ def _port(value: str | None) -> int | str | None:
 @click.option("--body")
 @click.option("--content-type")
 @click.option("--rewrite-prefix", help="Replaces the matched --path-prefix before forwarding.")
+@click.option("--rewrite-path", help="Replaces the whole path (the query is kept).")
 @click.option("--rewrite-host")
 @click.option("--set-header", multiple=True, help="NAME=VALUE on the forwarded request.")
 @click.option("--add-header", multiple=True)

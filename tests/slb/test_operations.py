@@ -295,3 +295,7 @@ def test_the_slb_listener_rule_commands(redis_server: RedisServer, store: Store)
     calls = store.get(Listener, "web").obj.routes[-1]
     assert (calls.grpc_only, calls.grpc_service, calls.backend_protocol) == (
         True, "shop.v1.Cart", "tls")  # fmt: skip
+    code, out = slb("listener", "rule", "add", "web", "page", "--path-exact", "/old",
+                    "--rewrite-path", "/new")  # fmt: skip
+    assert code == 0, out
+    assert store.get(Listener, "web").obj.routes[-1].rewrite.path == "/new"

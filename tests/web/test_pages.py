@@ -816,6 +816,16 @@ def test_a_grpc_rule_with_its_own_backend_protocol_is_added_shown_and_kept_by_th
     saved = auth.post("/listeners/web/rules/calls/edit", {**unchanged, "version": stored.revision})
     assert saved.status_code == 302
     assert store.get(Listener, "web").obj.routes == stored.obj.routes
+    whole = {**unchanged, "match": "exact", "match_value": "/old", "rewrite_path": "/new"}
+    version = store.get(Listener, "web").revision
+    assert (
+        auth.post("/listeners/web/rules/calls/edit", {**whole, "version": version}).status_code
+        == 302
+    )
+    rewrite = store.get(Listener, "web").obj.routes[-1].rewrite
+    assert rewrite is not None
+    assert rewrite.path == "/new"
+    assert "path becomes <code>/new</code>" in client.get("/listeners/web").get_data(as_text=True)
     plain = {**unchanged, "grpc_only": "", "backend_protocol": ""}
     version = store.get(Listener, "web").revision
     assert (
