@@ -15,7 +15,8 @@ Two kinds, both Services of type LoadBalancer labelled `openslb.io/expose=true`:
   in the VM whose real servers are the pods.
 
 And the Gateway API's way (`GatewayApp`): Gateway `demo/web` of GatewayClass `openslb`,
-whose HTTPRoute `shop` sends `/shop` to the Service of `http-pods`.
+whose HTTPRoute `shop` sends `/shop` to the Service of `http-pods` and whose GRPCRoute
+`calls` sends gRPC Echo calls, on the same port, to the Service of `grpc-pods`.
 
 Objects are written with server-side apply, so running the demo again changes nothing.
 """
@@ -188,8 +189,9 @@ class Exposure:
 
 @dataclass(frozen=True)
 class GatewayApp:
-    """A Gateway of openslb's class with one HTTP listener, and an HTTPRoute sending a path
-    prefix to a Service (no label needed)."""
+    """A Gateway of openslb's class with one HTTP listener, an HTTPRoute sending a path
+    prefix to a Service (no label needed), and if `grpc_backend` is given a GRPCRoute
+    sending echo-basic's gRPC Echo calls to that Service, on the same listener."""
 
     name: str = "web"
     route: str = "shop"
@@ -198,10 +200,21 @@ class GatewayApp:
     backend_port: int = 80
     port: int = 8080
     class_name: str = "openslb"
+    grpc_route: str = "calls"
+    grpc_backend: str | None = None
+    grpc_backend_port: int = 80
 
     def manifests(self) -> list[dict[str, Any]]:
         api = f"{GROUP}/v1"
         meta = {"namespace": NAMESPACE}
+        grpc = [] if self.grpc_backend is None else [
+            {"apiVersion": api, "kind": "GRPCRoute",
+             "metadata": {"name": self.grpc_route, **meta},
+             "spec": {"parentRefs": [{"name": self.name}],
+                      "rules": [{"matches": [{"method": {"service": grpcecho.SERVICE}}],
+                                 "backendRefs": [{"name": self.grpc_backend,
+                                                  "port": self.grpc_backend_port}]}]}},
+        ]  # fmt: skip
         return [
             {"apiVersion": api, "kind": "GatewayClass", "metadata": {"name": self.class_name},
              "spec": {"controllerName": CONTROLLER_NAME}},
@@ -213,11 +226,16 @@ class GatewayApp:
                       "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": self.path}}],
                                  "backendRefs": [{"name": self.backend,
                                                   "port": self.backend_port}]}]}},
+            *grpc,
         ]  # fmt: skip
 
     def route_manifest(self) -> dict[str, Any]:
         """The HTTPRoute alone."""
-        return self.manifests()[-1]
+        return next(m for m in self.manifests() if m["kind"] == "HTTPRoute")
+
+    def grpc_who(self, target: str, calls: int, timeout: float = 5.0) -> list[str]:
+        """The pods that answered `calls` gRPC Echo calls on one HTTP/2 connection."""
+        return grpcecho.who(target, calls, timeout)
 
     def address(self, kube: KubeClient) -> str | None:
         """`VIP:port` once the Gateway is Programmed, else None."""
@@ -263,7 +281,8 @@ def _path(body: dict[str, Any]) -> str:
     name, namespace = body["metadata"]["name"], body["metadata"].get("namespace")
     plural = {"Namespace": "namespaces", "Service": "services", "EndpointSlice": "endpointslices",
               "Deployment": "deployments", "GatewayClass": "gatewayclasses",
-              "Gateway": "gateways", "HTTPRoute": "httproutes"}  # fmt: skip
+              "Gateway": "gateways", "HTTPRoute": "httproutes",
+              "GRPCRoute": "grpcroutes"}  # fmt: skip
     base = "/api/v1" if body["apiVersion"] == "v1" else f"/apis/{body['apiVersion']}"
     scope = f"/namespaces/{namespace}" if namespace else ""
     return f"{base}{scope}/{plural[body['kind']]}/{name}"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import grpc
 
-ECHO = "/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo"
+SERVICE = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho"
+ECHO = f"/{SERVICE}/Echo"
 PORT = 3000
 """Where echo-basic serves gRPC (its HTTP_PORT) with GRPC_ECHO_SERVER set."""
 _POD_PATH = (1, 4, 4)  # EchoResponse.assertions -> Assertions.context -> Context.pod

@@ -266,12 +266,14 @@ class DevPlatform:
             report.append(f"    answered by: {' '.join(answers)}")
             report.append(f"    status: {exposed.conditions[demo.PROGRAMMED][2]}")
             ready_pods[app.name] = pods
-        return report + self._gateway_traffic(demo.GatewayApp(), ready_pods, timeout)
+        gateway = demo.GatewayApp(grpc_backend="grpc-pods", grpc_backend_port=SAMPLE_PORT)
+        return report + self._gateway_traffic(gateway, ready_pods, timeout)
 
     def _gateway_traffic(
         self, gateway: demo.GatewayApp, ready_pods: dict[str, list[str] | None], timeout: float
     ) -> list[str]:
-        """The Gateway API's way to the same pods: a Gateway and an HTTPRoute; a report."""
+        """The Gateway API's way to the same pods: a Gateway, an HTTPRoute and a GRPCRoute
+        on one port; a report."""
         kube = self.kube()
         began = time.monotonic()
         demo.apply(kube, [gateway])
@@ -280,12 +282,25 @@ class DevPlatform:
         answers = demo.eventually(lambda: gateway.who(target, 6), lambda a: set(a) == pods, 60)
         if set(answers) != pods:
             raise RuntimeError(f"Gateway {demo.NAMESPACE}/{gateway.name} at {target}: {answers}")
-        return [
+        report = [
             f"{demo.NAMESPACE}/{gateway.name} (Gateway API): address {target}, HTTPRoute "
             f"{gateway.route} sends {gateway.path} to Service {gateway.backend} (HTTP through "
             f"Envoy, 6 requests), answering {time.monotonic() - began:.1f} s after the apply",
             f"    answered by: {' '.join(answers)}",
         ]
+        if gateway.grpc_backend is not None:
+            pods = set(ready_pods.get(gateway.grpc_backend) or ())
+            calls = demo.eventually(
+                lambda: gateway.grpc_who(target, 6), lambda a: set(a) == pods, 60
+            )
+            if set(calls) != pods:
+                raise RuntimeError(f"GRPCRoute {gateway.grpc_route} at {target}: {calls}")
+            report += [
+                f"    GRPCRoute {gateway.grpc_route} sends gRPC Echo calls on the same port to "
+                f"Service {gateway.grpc_backend} (6 calls on one HTTP/2 connection)",
+                f"    answered by: {' '.join(calls)}",
+            ]
+        return report
 
     def _traffic(
         self, app: demo.SampleApp | demo.DeploymentApp, target: str, pods: list[str] | None
