@@ -39,6 +39,7 @@ from slb.model import (
     Route,
     host_covers,
 )
+from slb.readiness import Readiness
 from slb.selector import LabelSelector
 
 if TYPE_CHECKING:  # the name only: loading the client would load urllib3 and kubernetes
@@ -851,11 +852,16 @@ def _redirect(raw: Body) -> dict[str, Any]:
 
 
 def gateway_status(
-    made: GatewayBuilt, vip: str | None, generation: int, built: Built | None = None
+    made: GatewayBuilt,
+    vip: str | None,
+    generation: int,
+    built: Built | None = None,
+    ready: Readiness | None = None,
 ) -> Body:
-    """The Gateway's whole status: its conditions (Programmed once it has its VIP and its
-    listeners are stored), its address, its listeners. `built`: what the controller stored
-    of it, if not `made.built` (a later step refused it: it keeps what it had)."""
+    """The Gateway's whole status: its conditions (Programmed once it has its VIP and the
+    data planes serve its listeners: `ready`, `cmi.readiness`), its address, its listeners.
+    `built`: what the controller stored of it, if not `made.built` (a later step refused
+    it: it keeps what it had)."""
     built = built or made.built
     conditions = made.conditions
     if built.refused and not made.built.refused:
@@ -868,6 +874,10 @@ def gateway_status(
     elif vip is None:
         why = f"instance {built.instance} waits for a VIP"
         programmed = condition("Programmed", False, "AddressNotAssigned", why, generation)
+    elif built.listeners and (ready is None or ready.state != "served"):
+        why = ready.message if ready is not None else "waiting for the data planes"
+        reason = "Invalid" if ready is not None and ready.state == "error" else "Pending"
+        programmed = condition("Programmed", False, reason, why, generation)
     else:
         programmed = condition("Programmed", True, "Programmed", f"served at {vip}", generation)
     return {

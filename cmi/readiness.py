@@ -1,11 +1,12 @@
-"""Is a Service's load balancer programmed? Each of its listeners by the one rule
-(`slb.readiness`), from what the data planes report; the Service is as ready as its least
+"""Is a Service's (or a Gateway's) load balancer programmed? Each of its listeners by the
+one rule (`slb.readiness`), from what the data planes report; it is as ready as its least
 ready port."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from cmi.gateway import is_gateway_key
 from cmi.mirror import Mirror
 from slb.model import Listener, LoadBalancer, NodeGroup, Service
 from slb.readiness import Readiness, combined, readiness
@@ -15,17 +16,25 @@ from slb.storage.status import StatusBoard, TierStatus
 def of_services(
     mirror: Mirror, *, l4: Mapping[str, TierStatus], l7: Mapping[str, TierStatus]
 ) -> dict[str, Readiness]:
-    """Each exposed Service's readiness, from the revision that last changed its objects
-    (listeners, Service, instance); Services with no listener or no instance are left out."""
+    """Each exposed Service's and Gateway's readiness (by its key), from the revision that
+    last changed its objects (listeners, Service, instance); those with no listener or no
+    instance are left out."""
     groups = mirror.of(NodeGroup)
     envoys: dict[str, list[TierStatus]] = {}
     for status in l7.values():
         envoys.setdefault(status.group, []).append(status)
+    instances = {key: service.load_balancer for key, service in mirror.of(Service).items()}
+    for key, owned in mirror.owned.items():
+        if not is_gateway_key(key):
+            continue
+        made = sorted(name for kind, name in owned if kind == LoadBalancer.kind)
+        if made:  # a Gateway owns its instance
+            instances[key] = made[0]
     ready: dict[str, Readiness] = {}
-    for key, service in mirror.of(Service).items():
+    for key, name in instances.items():
         owned = mirror.owned.get(key, set())
         listeners = [obj for ref in owned if isinstance(obj := mirror.objects[ref], Listener)]
-        instance = (LoadBalancer.kind, service.load_balancer)
+        instance = (LoadBalancer.kind, name)
         balancer = mirror.objects.get(instance)
         if not listeners or not isinstance(balancer, LoadBalancer):
             continue

@@ -106,6 +106,8 @@ class Reporter:
         self.gateways = gateways
         self._routes_told: dict[str, set[str]] = {}
         """The routes each Gateway (its dirty key) last wrote its entries into."""
+        self._gateway_builds: dict[str, tuple[gateway.GatewayBuilt, Built]] = {}
+        """Each Gateway's last build and what was stored of it, for its Programmed."""
         self.events = EventRecorder(kube)
         self.services, self.mirror = services, mirror
         self.queue = KeyedQueue(workers=8, name="report")
@@ -120,10 +122,13 @@ class Reporter:
         if gateway.is_gateway_key(key):
             made = self.gateways.built.get(key) if self.gateways is not None else None
             if made is not None:
+                self._gateway_builds[key] = (made, built)
                 report = partial(self._report_gateway, key, made, built, conflicts)
                 self.queue.submit(key, report)
-            elif self._routes_told.get(key):  # gone, or no longer openslb's
-                self.queue.submit(key, partial(self._forget_routes, key, set()))
+            else:  # gone, or no longer openslb's
+                self._gateway_builds.pop(key, None)
+                if self._routes_told.get(key):
+                    self.queue.submit(key, partial(self._forget_routes, key, set()))
             return
         self.queue.submit(key, partial(self._report, key, built, conflicts))
 
@@ -196,12 +201,8 @@ class Reporter:
             return
         for event in (*built.events, *conflict_events(conflicts)):
             self.events.record(body, event.type, event.reason, event.message)
-        balancer = self.mirror.objects.get((LoadBalancer.kind, built.instance or ""))
-        vip = balancer.vip if isinstance(balancer, LoadBalancer) else None
-        generation = body["metadata"].get("generation", 0)
-        status = gateway.gateway_status(made, str(vip) if vip else None, generation, built)
         try:
-            self.gateway_writer.set_status("gateways", body, status)
+            self._write_gateway_status(key, body, made, built)
             if built.refused and not made.built.refused:
                 return
             self._forget_routes(key, set(made.routes))
@@ -210,12 +211,40 @@ class Reporter:
         except KubeError as exc:
             log.warning("status of Gateway %s or its routes not written: %s", name, exc)
 
+    def _report_gateway_status(self, key: str) -> None:
+        """The Gateway's status alone, when the data planes catch up (or fail)."""
+        last = self._gateway_builds.get(key)
+        body = self.gateways.gateways.get(key.removeprefix(gateway.KEY_PREFIX)) if (
+            self.gateways is not None) else None  # fmt: skip
+        if last is None or body is None:
+            return
+        try:
+            self._write_gateway_status(key, body, *last)
+        except KubeError as exc:
+            log.warning("status of Gateway %s not written: %s", key, exc)
+
+    def _write_gateway_status(
+        self, key: str, body: Body, made: gateway.GatewayBuilt, built: Built
+    ) -> None:
+        """From its VIP as the mirror has it now and its readiness as last told."""
+        balancer = self.mirror.objects.get((LoadBalancer.kind, built.instance or ""))
+        vip = balancer.vip if isinstance(balancer, LoadBalancer) else None
+        generation = body["metadata"].get("generation", 0)
+        status = gateway.gateway_status(
+            made, str(vip) if vip else None, generation, built, self.told.get(key)
+        )
+        self.gateway_writer.set_status("gateways", body, status)
+
     def readiness(self, now: Mapping[str, Readiness]) -> None:
-        """Queue the Programmed condition of each Service whose readiness changed."""
+        """Queue the Programmed condition of each Service and Gateway whose readiness
+        changed."""
         changed = {key: ready for key, ready in now.items() if self.told.get(key) != ready}
         self.told.update(changed)
         for key, ready in changed.items():
-            self.queue.submit(f"ready:{key}", partial(self._report_programmed, key, ready))
+            if gateway.is_gateway_key(key):
+                self.queue.submit(key, partial(self._report_gateway_status, key))
+            else:
+                self.queue.submit(f"ready:{key}", partial(self._report_programmed, key, ready))
 
     def held(self, now: Mapping[str, str]) -> None:
         """A Warning Event on each Service a data plane newly keeps its last good state for

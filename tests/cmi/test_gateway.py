@@ -24,6 +24,7 @@ from cmi.gateway import (
 )
 from devbed.pki import Pair, self_signed
 from slb.model import MAX_ROUTES, Listener, OwnerKind, Protocol, Route
+from slb.readiness import Readiness
 
 CLASS = {"metadata": {"name": "openslb", "generation": 1},
          "spec": {"controllerName": CONTROLLER_NAME}}  # fmt: skip
@@ -271,14 +272,29 @@ def test_a_gateway_of_another_class_is_not_openslbs() -> None:
     assert (made.built.exposed, made.built.foreign, made.built.listeners) == (False, True, ())
 
 
-def test_status_programmed_waits_for_the_vip_and_route_parents_keep_other_entries() -> None:
+def test_status_programmed_waits_for_the_vip_and_the_data_planes() -> None:
     made = build(httproute("r", {"backendRefs": [to("a")]}))
     waiting = gateway_status(made, None, 4)
     assert waiting["addresses"] == []
     assert waiting["conditions"][-1]["reason"] == "AddressNotAssigned"
-    served = gateway_status(made, "198.18.0.7", 4)
-    assert served["addresses"] == [{"type": "IPAddress", "value": "198.18.0.7"}]
-    assert served["conditions"][-1]["status"] == "True"
+    vip = "198.18.0.7"
+    programmed = {
+        ready: gateway_status(made, vip, 4, ready=Readiness(ready, f"{ready}!") if ready else None)
+        for ready in (None, "pending", "error", "served")
+    }
+    assert {k: (v["conditions"][-1]["status"], v["conditions"][-1]["reason"],
+                v["conditions"][-1]["message"]) for k, v in programmed.items()} == {
+        None: ("False", "Pending", "waiting for the data planes"),
+        "pending": ("False", "Pending", "pending!"), "error": ("False", "Invalid", "error!"),
+        "served": ("True", "Programmed", f"served at {vip}"),
+    }  # fmt: skip
+    assert programmed["pending"]["addresses"] == [{"type": "IPAddress", "value": vip}]
+    no_listener = build(gateway=gw({"name": "tcp", "port": 9000, "protocol": "TCP"}))
+    assert gateway_status(no_listener, vip, 4)["conditions"][-1]["status"] == "True"
+
+
+def test_route_parents_keep_other_entries() -> None:
+    made = build(httproute("r", {"backendRefs": [to("a")]}))
 
     theirs = {"parentRef": {"name": "edge"}, "controllerName": "example.com/x", "conditions": []}
     ours_elsewhere = {"parentRef": {"name": "other"}, "controllerName": CONTROLLER_NAME,

@@ -15,6 +15,7 @@ from cmi.k8s.writer import FINALIZER
 from devbed.l7harness import Bed, channel, http_get, https_get, wait_for_answer, who
 from devbed.process import wait_until
 from slb.model import Listener, LoadBalancer, OwnerKind, Service
+from slb.storage.status import StatusBoard
 from slb.storage.store import Store
 from tests.cmi.conftest import Running, service_body, slice_body
 from tests.cmi.test_controller import put_slice
@@ -138,8 +139,12 @@ def test_a_gateway_and_its_route_are_served_with_the_status_the_specification_as
     assert balancer is not None
     assert balancer.obj.owner.kind is OwnerKind.GATEWAY
     assert gw["addresses"] == [{"type": "IPAddress", "value": str(balancer.obj.vip)}]
+    # Programmed once the data planes serve it: no Envoy has said so yet.
     assert conditions(gw) == {"Accepted": ("True", "Accepted"),
-                              "Programmed": ("True", "Programmed")}  # fmt: skip
+                              "Programmed": ("False", "Pending")}  # fmt: skip
+    StatusBoard(store).report("l7", "envoy-1", "default", store.revision())
+    gw = eventually(lambda: (now := status(admin, namespace, "gateways", "edge")) and conditions(
+        now)["Programmed"] == ("True", "Programmed") and now, "Programmed")  # fmt: skip
     (listener_status,) = gw["listeners"]
     assert listener_status["attachedRoutes"] == 1
     assert listener_status["supportedKinds"] == [
