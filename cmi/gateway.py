@@ -39,7 +39,6 @@ from slb.model import (
     Route,
     host_covers,
 )
-from slb.readiness import Readiness
 from slb.selector import LabelSelector
 
 if TYPE_CHECKING:  # the name only: loading the client would load urllib3 and kubernetes
@@ -856,10 +855,11 @@ def gateway_status(
     vip: str | None,
     generation: int,
     built: Built | None = None,
-    ready: Readiness | None = None,
+    ready: tuple[str, str] | None = None,
 ) -> Body:
     """The Gateway's whole status: its conditions (Programmed once it has its VIP and the
-    data planes serve its listeners: `ready`, `cmi.readiness`), its address, its listeners.
+    data planes serve its listeners: `ready`, the state and message of its readiness,
+    `cmi.readiness`), its address, its listeners.
     `built`: what the controller stored of it, if not `made.built` (a later step refused
     it: it keeps what it had)."""
     built = built or made.built
@@ -874,9 +874,9 @@ def gateway_status(
     elif vip is None:
         why = f"instance {built.instance} waits for a VIP"
         programmed = condition("Programmed", False, "AddressNotAssigned", why, generation)
-    elif built.listeners and (ready is None or ready.state != "served"):
-        why = ready.message if ready is not None else "waiting for the data planes"
-        reason = "Invalid" if ready is not None and ready.state == "error" else "Pending"
+    elif built.listeners and (ready is None or ready[0] != "served"):
+        state, why = ready or ("pending", "waiting for the data planes")
+        reason = "Invalid" if state == "error" else "Pending"
         programmed = condition("Programmed", False, reason, why, generation)
     else:
         programmed = condition("Programmed", True, "Programmed", f"served at {vip}", generation)

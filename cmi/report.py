@@ -230,8 +230,13 @@ class Reporter:
         balancer = self.mirror.objects.get((LoadBalancer.kind, built.instance or ""))
         vip = balancer.vip if isinstance(balancer, LoadBalancer) else None
         generation = body["metadata"].get("generation", 0)
+        ready = self.told.get(key)
         status = gateway.gateway_status(
-            made, str(vip) if vip else None, generation, built, self.told.get(key)
+            made,
+            str(vip) if vip else None,
+            generation,
+            built,
+            (ready.state, ready.message) if ready is not None else None,
         )
         self.gateway_writer.set_status("gateways", body, status)
 

@@ -24,7 +24,6 @@ from cmi.gateway import (
 )
 from devbed.pki import Pair, self_signed
 from slb.model import MAX_ROUTES, Listener, OwnerKind, Protocol, Route
-from slb.readiness import Readiness
 
 CLASS = {"metadata": {"name": "openslb", "generation": 1},
          "spec": {"controllerName": CONTROLLER_NAME}}  # fmt: skip
@@ -279,7 +278,7 @@ def test_status_programmed_waits_for_the_vip_and_the_data_planes() -> None:
     assert waiting["conditions"][-1]["reason"] == "AddressNotAssigned"
     vip = "198.18.0.7"
     programmed = {
-        ready: gateway_status(made, vip, 4, ready=Readiness(ready, f"{ready}!") if ready else None)
+        ready: gateway_status(made, vip, 4, ready=(ready, f"{ready}!") if ready else None)
         for ready in (None, "pending", "error", "served")
     }
     assert {k: (v["conditions"][-1]["status"], v["conditions"][-1]["reason"],
