@@ -87,6 +87,8 @@ class Gateways:
         """Each route's (`cmi.gateway.route_key`) parent Gateways (their keys)."""
         self._backends: dict[str, set[str]] = {}
         """Each route's Services (`namespace/name`)."""
+        self._generations: dict[str, int | None] = {}
+        """The generation each Gateway and route (by key) was last seen with."""
         self._naming: dict[str, set[str]] = {}
         """The routes naming each Gateway (its key) or Service (`namespace/name`): Services
         change with every endpoint, so who names one is looked up, never scanned for."""
@@ -142,7 +144,19 @@ class Gateways:
     def _gateway_changed(self, key: str, body: Body) -> None:
         """It, and the Services its routes name (stored while it is openslb's)."""
         dirty = gateway_key(key)
-        self.dirty.add([dirty, *self._services_of(dirty)])
+        if self._spec_changed(dirty, self.gateways.get(key)):
+            self.dirty.add([dirty, *self._services_of(dirty)])
+
+    def _spec_changed(self, key: str, now: Body | None) -> bool:
+        """Does a change concern what a build reads: the object came, went, or has a new
+        generation (its spec)? A write of its status, cmi's own above all, does not: each
+        would rebuild its Gateway, and hold up the next route's change."""
+        generation = now["metadata"].get("generation") if now is not None else None
+        with self._lock:
+            before = self._generations.pop(key, None)
+            if now is not None:
+                self._generations[key] = generation
+        return now is None or before is None or generation is None or before != generation
 
     def _services_of(self, gateway_dirty_key: str) -> set[str]:
         with self._lock:
@@ -156,6 +170,8 @@ class Gateways:
         """Its Gateways and Services, before and after, are rebuilt."""
         key = route_key(kind, namespaced)
         now = self.routes[kind].get(namespaced)
+        if not self._spec_changed(key, now):
+            return
         parents = {gateway_key(p) for p in parent_refs(now)} if now else set()
         backends = backend_services(now) if now else set()
         with self._lock:
