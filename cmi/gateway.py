@@ -51,6 +51,8 @@ KEY_PREFIX = "gateway:"
 HTTPROUTE = "HTTPRoute"
 GRPCROUTE = "GRPCRoute"
 ROUTE_RESOURCES = {HTTPROUTE: "httproutes", GRPCROUTE: "grpcroutes"}
+H2C = "kubernetes.io/h2c"
+"""The `appProtocol` of a Service port whose backends speak HTTP/2 without TLS."""
 """The route kinds openslb serves, and their resources in the API."""
 NOT_FOUND_RULE = "no-route-matched"
 """The last rule of every Gateway listener: the specification's 404."""
@@ -734,12 +736,22 @@ def _actions(world: _World, route: Body, rule: Body) -> tuple[dict[str, Any], _B
         })  # fmt: skip
     if targets and any(t["weight"] for t in targets):
         fields["forward_to"] = targets
+        if route_kind(route) == HTTPROUTE and all(
+            _app_protocol(world, t["service"], t["target_port"]) == H2C for t in targets
+        ):  # GEP-1911: the Service port says its backends speak HTTP/2 in the clear
+            fields["backend_protocol"] = "h2c"
         return fields, bad
     # No backend at all, or none that resolves: the specification's 500.
     for forwarded_only in ("request_headers", "rewrite"):
         fields.pop(forwarded_only, None)
     fields["fixed_response"] = {"status": 500, "body": ""}
     return fields, bad
+
+
+def _app_protocol(world: _World, service: str, port: int) -> str | None:
+    """The `appProtocol` of a Service's port (resolved: the Service and port exist)."""
+    ports = (world.services[service].get("spec") or {}).get("ports") or []
+    return next((p.get("appProtocol") for p in ports if p.get("port") == port), None)
 
 
 def _filters(route_kind: str, filters: Iterable[Body]) -> dict[str, Any]:

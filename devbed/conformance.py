@@ -65,6 +65,8 @@ EXTENDED = (
     "GatewayPort8080",
     "HTTPRoutePathRewrite",
     "HTTPRoutePathRedirect",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteNamedRouteRule",
 )
 """The extended features of GATEWAY-HTTP and GATEWAY-GRPC that openslb claims (README,
 "The Gateway API")."""

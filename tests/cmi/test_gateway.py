@@ -23,7 +23,7 @@ from cmi.gateway import (
     route_parents,
 )
 from devbed.pki import Pair, self_signed
-from slb.model import MAX_ROUTES, Listener, OwnerKind, Protocol, Route
+from slb.model import MAX_ROUTES, BackendProtocol, Listener, OwnerKind, Protocol, Route
 
 CLASS = {"metadata": {"name": "openslb", "generation": 1},
          "spec": {"controllerName": CONTROLLER_NAME}}  # fmt: skip
@@ -525,3 +525,20 @@ def test_url_rewrites_and_redirects_replace_the_prefix_matched_or_the_whole_path
              "backendRefs": [to("a")]}  # fmt: skip
     refused = build(httproute("exact", exact))
     assert accepted(refused, "HTTPRoute/shop/exact") == ("False", "UnsupportedValue")
+
+
+def test_backends_whose_service_port_says_h2c_are_reached_over_http2() -> None:
+    ports = [{"port": 80}, {"port": 8081, "appProtocol": "kubernetes.io/h2c"}]
+    h2c = {"metadata": {"namespace": "shop", "name": "h2"}, "spec": {"ports": ports}}
+    services = {**SERVICES, "shop/h2": h2c}
+    made = build(
+        httproute("both-h2c", {"matches": [{"path": {"type": "Exact", "value": "/h2"}}],
+                               "backendRefs": [to("h2", port=8081)]}),
+        httproute("mixed", {"matches": [{"path": {"type": "Exact", "value": "/mixed"}}],
+                            "backendRefs": [to("h2", port=8081), to("a")]}),
+        httproute("plain", {"matches": [{"path": {"type": "Exact", "value": "/plain"}}],
+                            "backendRefs": [to("h2")]}),
+        services=services,
+    )  # fmt: skip
+    upstream = {r.path_exact: r.backend_protocol for r in rules_of(made)[:-1]}
+    assert upstream == {"/h2": BackendProtocol.H2C, "/mixed": None, "/plain": None}
