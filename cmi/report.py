@@ -9,6 +9,7 @@ ingress, and Events for what went wrong. What to say is worked out here as plain
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -106,8 +107,14 @@ class Reporter:
         self.gateways = gateways
         self._routes_told: dict[str, set[str]] = {}
         """The routes each Gateway (its dirty key) last wrote its entries into."""
-        self._gateway_builds: dict[str, tuple[gateway.GatewayBuilt, Built]] = {}
-        """Each Gateway's last build and what was stored of it, for its Programmed."""
+        self._gateway_builds: dict[str, tuple[gateway.GatewayBuilt, Built, Mapping[str, str]]] = {}
+        """Each Gateway's last build, what was stored of it and its conflicts."""
+        self._gateway_due: dict[str, str] = {}
+        """What each Gateway's next report must do: `full` (its status, Events and routes'
+        status), `forget` (take its entries out of its routes') or `status` (Programmed
+        moved). One job per Gateway reads it when it runs: the queue keeps only the last job
+        submitted for a key, which must never drop a full report for a status-only one."""
+        self._gateway_lock = threading.Lock()
         self.events = EventRecorder(kube)
         self.services, self.mirror = services, mirror
         self.queue = KeyedQueue(workers=8, name="report")
@@ -121,14 +128,16 @@ class Reporter:
         its status and its routes')."""
         if gateway.is_gateway_key(key):
             made = self.gateways.built.get(key) if self.gateways is not None else None
-            if made is not None:
-                self._gateway_builds[key] = (made, built)
-                report = partial(self._report_gateway, key, made, built, conflicts)
-                self.queue.submit(key, report)
-            else:  # gone, or no longer openslb's
-                self._gateway_builds.pop(key, None)
-                if self._routes_told.get(key):
-                    self.queue.submit(key, partial(self._forget_routes, key, set()))
+            with self._gateway_lock:
+                if made is not None:
+                    self._gateway_builds[key] = (made, built, conflicts)
+                    self._gateway_due[key] = "full"
+                else:  # gone, or no longer openslb's
+                    self._gateway_builds.pop(key, None)
+                    if not self._routes_told.get(key):
+                        return
+                    self._gateway_due[key] = "forget"
+            self.queue.submit(key, partial(self._report_gateway_due, key))
             return
         self.queue.submit(key, partial(self._report, key, built, conflicts))
 
@@ -211,15 +220,25 @@ class Reporter:
         except KubeError as exc:
             log.warning("status of Gateway %s or its routes not written: %s", name, exc)
 
-    def _report_gateway_status(self, key: str) -> None:
-        """The Gateway's status alone, when the data planes catch up (or fail)."""
-        last = self._gateway_builds.get(key)
+    def _report_gateway_due(self, key: str) -> None:
+        """What the Gateway's report must do now (`_gateway_due`), from its last build."""
+        with self._gateway_lock:
+            due = self._gateway_due.pop(key, "status")
+            last = self._gateway_builds.get(key)
+        if due == "forget":
+            self._forget_routes(key, set())
+            return
+        if last is None:
+            return
+        if due == "full":
+            self._report_gateway(key, *last)
+            return
         body = self.gateways.gateways.get(key.removeprefix(gateway.KEY_PREFIX)) if (
             self.gateways is not None) else None  # fmt: skip
-        if last is None or body is None:
+        if body is None:
             return
-        try:
-            self._write_gateway_status(key, body, *last)
+        try:  # the data planes caught up (or failed): Programmed alone moved
+            self._write_gateway_status(key, body, last[0], last[1])
         except KubeError as exc:
             log.warning("status of Gateway %s not written: %s", key, exc)
 
@@ -247,7 +266,9 @@ class Reporter:
         self.told.update(changed)
         for key, ready in changed.items():
             if gateway.is_gateway_key(key):
-                self.queue.submit(key, partial(self._report_gateway_status, key))
+                with self._gateway_lock:
+                    self._gateway_due.setdefault(key, "status")
+                self.queue.submit(key, partial(self._report_gateway_due, key))
             else:
                 self.queue.submit(f"ready:{key}", partial(self._report_programmed, key, ready))
 

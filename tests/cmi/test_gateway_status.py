@@ -1,12 +1,20 @@
 """The Gateway API status writer (`cmi.k8s.writer.GatewayWriter`): only a change is written,
-and a condition that did not change keeps its transition time."""
+and a condition that did not change keeps its transition time; the reporter never drops a
+Gateway's full report for a status-only one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
+
+from cmi.build import Built
 from cmi.k8s.client import KubeClient
 from cmi.k8s.writer import GatewayWriter
+from cmi.report import Reporter
+from slb.readiness import Readiness
 
 
 class Recorder:
@@ -54,3 +62,43 @@ def test_a_change_is_written_and_the_unchanged_condition_keeps_its_time() -> Non
     assert accepted["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     assert programmed["lastTransitionTime"] != "2026-01-01T00:00:00Z"
     assert body["status"]["addresses"] == new["addresses"]
+
+
+class Jobs:
+    """The report queue's one rule: the last job submitted for a key replaces one waiting."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, Callable[[], None]] = {}
+
+    def submit(self, key: str, job: Callable[[], None]) -> None:
+        self.waiting[key] = job
+
+    def run(self) -> None:
+        jobs, self.waiting = self.waiting, {}
+        for job in jobs.values():
+            job()
+
+
+def test_a_readiness_change_never_drops_a_gateways_waiting_full_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gateways = SimpleNamespace(built={"gateway:shop/edge": object()},
+                               gateways={"shop/edge": BODY})  # fmt: skip
+    reporter = Reporter(cast(KubeClient, Recorder()), cast(Any, None), cast(Any, None),
+                        cast(Any, gateways))  # fmt: skip
+    reporter.queue.close(wait=False)
+    jobs = Jobs()
+    monkeypatch.setattr(reporter, "queue", jobs)
+    done: list[str] = []
+    monkeypatch.setattr(reporter, "_report_gateway", lambda key, *_: done.append(f"full {key}"))
+    monkeypatch.setattr(reporter, "_write_gateway_status",
+                        lambda key, *_: done.append(f"status {key}"))  # fmt: skip
+
+    key = "gateway:shop/edge"
+    reporter.written(key, Built(key, exposed=True), {})
+    reporter.readiness({key: Readiness("served", "live")})  # before the report ran
+    jobs.run()
+    assert done == [f"full {key}"]  # it writes Programmed too, from the readiness told
+    reporter.readiness({key: Readiness("error", "refused")})
+    jobs.run()
+    assert done == [f"full {key}", f"status {key}"]
