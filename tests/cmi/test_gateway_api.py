@@ -104,6 +104,31 @@ def backend(admin: KubeClient, namespace: str, name: str, addresses: list[str]) 
                   body=slice_body(name, f"{name}-1", addresses))  # fmt: skip
 
 
+def bed_backend(admin: KubeClient, namespace: str, name: str, address: str, port: int) -> None:
+    """A ClusterIP Service no label exposes, port 80, whose endpoint is a bed's backend."""
+    admin.request("POST", f"/api/v1/namespaces/{namespace}/services",
+                  body=service_body(name, ports=[{"name": "app", "port": 80}],
+                                    type_="ClusterIP"))  # fmt: skip
+    put_slice(admin, namespace, https_slice(address, port) | {
+        "metadata": {"name": f"{name}-1", "labels": {"kubernetes.io/service-name": name}},
+        "ports": [{"name": "app", "port": port, "protocol": "TCP"}]})  # fmt: skip
+
+
+def start_on_bed(cmi: Start, bed: Bed) -> None:  # noqa: F811
+    """cmi with a VIP pool of the bed's addresses (Envoy binds to the Gateway's VIP, so each
+    is added to the bed first), the xDS server and an Envoy."""
+    for host in range(1, 15):
+        bed.net.address(host)
+    cmi(pool_cidrs=f"198.19.{bed.net.octet}.0/28")
+    bed.xds.start()
+    bed.envoy("n1")
+
+
+def gateway_address(admin: KubeClient, namespace: str, name: str) -> str:
+    return str(eventually(lambda: (status(admin, namespace, "gateways", name).get("addresses")
+                                   or [{}])[0].get("value"), "the Gateway's address"))  # fmt: skip
+
+
 @pytest.fixture
 def class_name(admin: KubeClient, namespace: str) -> str:
     """A GatewayClass of openslb's for this test (classes are cluster-wide)."""
@@ -282,19 +307,9 @@ def test_an_https_listener_serves_its_secrets_certificate_through_envoy_and_foll
     bed: Bed,  # noqa: F811
 ) -> None:
     (web,) = bed.backends(["web1"])
-    pool = f"198.19.{bed.net.octet}.0/28"
-    for host in range(1, 15):  # the Gateway's VIP will be one of these: Envoy binds to it
-        bed.net.address(host)
     put_secret(admin, namespace, secret_body(SITE))
-    admin.request("POST", f"/api/v1/namespaces/{namespace}/services",
-                  body=service_body("web", ports=[{"name": "http", "port": 80}],
-                                    type_="ClusterIP"))  # fmt: skip
-    put_slice(admin, namespace, https_slice(web.address, web.http_port) | {
-        "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
-        "ports": [{"name": "http", "port": web.http_port, "protocol": "TCP"}]})  # fmt: skip
-    cmi(pool_cidrs=pool)
-    bed.xds.start()
-    bed.envoy("n1")
+    bed_backend(admin, namespace, "web", web.address, web.http_port)
+    start_on_bed(cmi, bed)
     listeners = [{"name": "https", "port": 8443, "protocol": "HTTPS", "hostname": HOST,
                   "tls": {"certificateRefs": [{"name": "site"}]}}]  # fmt: skip
     gateway(admin, namespace, "edge", class_name, listeners=listeners)
@@ -302,8 +317,7 @@ def test_an_https_listener_serves_its_secrets_certificate_through_envoy_and_foll
         "parentRefs": [{"name": "edge"}],
         "rules": [{"backendRefs": [{"name": "web", "port": 80}]}],
     })  # fmt: skip
-    address = eventually(lambda: (status(admin, namespace, "gateways", "edge").get("addresses")
-                                  or [{}])[0].get("value"), "the Gateway's address")  # fmt: skip
+    address = gateway_address(admin, namespace, "edge")
 
     eventually(lambda: serves(address, SITE), "Envoy serving the Secret's certificate")
     status_code, body = https_get(address, 8443, HOST)
@@ -348,19 +362,9 @@ def test_a_grpc_route_and_an_http_route_share_a_hostname_through_envoy(
     """A GRPCRoute takes the gRPC calls to its host (over h2c to its backends), an HTTPRoute
     of the same name the other requests; both are told they are accepted."""
     calls, site = bed.backends(["g1", "w1"])
-    pool = f"198.19.{bed.net.octet}.0/28"
-    for host in range(1, 15):  # the Gateway's VIP will be one of these: Envoy binds to it
-        bed.net.address(host)
-    for name, server, port in (("calls", calls, calls.grpc_port), ("web", site, site.http_port)):
-        admin.request("POST", f"/api/v1/namespaces/{namespace}/services",
-                      body=service_body(name, ports=[{"name": "app", "port": 80}],
-                                        type_="ClusterIP"))  # fmt: skip
-        put_slice(admin, namespace, https_slice(server.address, port) | {
-            "metadata": {"name": f"{name}-1", "labels": {"kubernetes.io/service-name": name}},
-            "ports": [{"name": "app", "port": port, "protocol": "TCP"}]})  # fmt: skip
-    cmi(pool_cidrs=pool)
-    bed.xds.start()
-    bed.envoy("n1")
+    bed_backend(admin, namespace, "calls", calls.address, calls.grpc_port)
+    bed_backend(admin, namespace, "web", site.address, site.http_port)
+    start_on_bed(cmi, bed)
     gateway(admin, namespace, "edge", class_name)
     both = {"parentRefs": [{"name": "edge"}], "hostnames": ["shop.example"]}
     route(
@@ -372,8 +376,7 @@ def test_a_grpc_route_and_an_http_route_share_a_hostname_through_envoy(
     route(admin, namespace, "site", {**both, "rules": [{
         "matches": [{"method": {"service": "openslb.test.Echo"}}],
         "backendRefs": [{"name": "calls", "port": 80}]}]}, kind="GRPCRoute")  # fmt: skip
-    address = eventually(lambda: (status(admin, namespace, "gateways", "edge").get("addresses")
-                                  or [{}])[0].get("value"), "the Gateway's address")  # fmt: skip
+    address = gateway_address(admin, namespace, "edge")
     accepted = {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
     eventually(lambda: parent(admin, namespace, "site", "GRPCRoute") == accepted, "GRPCRoute")
     assert parent(admin, namespace, "site") == accepted
