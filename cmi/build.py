@@ -192,13 +192,13 @@ def for_this_service_alone(build: Callable[P, Built]) -> Callable[P, Built]:
 
 
 def refused(key: str, previous: Previous, reason: str, why: str = "Refused") -> Built:
-    """A Service (or a Gateway) cmi cannot serve as it is now keeps what it was served
-    with, if anything; `why`: the Event's and the condition's reason."""
+    """A Service (or a Gateway, or an Ingress) cmi cannot serve as it is now keeps what it
+    was served with, if anything; `why`: the Event's and the condition's reason."""
     balancer = previous.load_balancer
     if previous.service is not None:
         instance: str | None = previous.service.load_balancer
-    elif balancer is not None and balancer.owner.kind is OwnerKind.GATEWAY:
-        instance = balancer.name  # a Gateway's: it owns no Service
+    elif balancer is not None and balancer.owner.kind.by_routes:
+        instance = balancer.name  # a Gateway's or an Ingress's: it owns no Service
     else:
         instance = None
     kept = "keeping what it was served with" if instance else "not exposed"
@@ -277,8 +277,8 @@ def build(
     else:
         instance = expose
         balancer = instances.get(instance)
-        if balancer is not None and balancer.owner.kind is OwnerKind.GATEWAY:
-            balancer = None  # a Gateway's instance serves its listeners alone
+        if balancer is not None and balancer.owner.kind.by_routes:
+            balancer = None  # a Gateway's or an Ingress's instance serves its listeners alone
         if balancer is None or not balancer.admits(meta["namespace"], namespace_labels):
             selects = balancer is not None and balancer.allowed_namespace_selector is not None
             if selects and namespace_labels is None and previous.service is not None:

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cmi import build as builder
-from cmi import gateways, tlssecret
+from cmi import gateways, ingress, ingresses, tlssecret
 from cmi.annotation import EXPOSE_LABEL
 from cmi.build import Built, Defaults, Previous
 from cmi.debounce import Debouncer
@@ -106,6 +106,10 @@ class Cluster:
         self._gateway_api = settings.gateway_api
         self.gateways: gateways.Gateways | None = None
         """The Gateway API's objects, once `discover` found them served."""
+        self.ingresses = (
+            ingresses.Ingresses(kube, dirty, scope, watch_timeout_s) if settings.ingress else None
+        )
+        """The Ingresses and IngressClasses (every API server serves them)."""
 
     def discover(self) -> None:
         """Watch the Gateway API too if it is on and the API server has its CRDs (read
@@ -125,23 +129,32 @@ class Cluster:
         return (
             self.namespaces, self.nodes, self.slices, self.secrets, self.services,
             *(self.gateways.informers if self.gateways is not None else ()),
+            *(self.ingresses.informers if self.ingresses is not None else ()),
         )  # fmt: skip
 
     def gateway_keys(self) -> list[str]:
-        return self.gateways.keys() if self.gateways is not None else []
+        """Every Gateway's and Ingress's dirty key."""
+        return [
+            *(self.gateways.keys() if self.gateways is not None else ()),
+            *(self.ingresses.keys() if self.ingresses is not None else ()),
+        ]
 
     def build(self, key: str, previous: Previous, instances: Mapping[str, LoadBalancer]) -> Built:
         """The build step on the Service's (or the Gateway's) cached state; one that is
         gone is withdrawn."""
         if is_gateway_key(key):  # (without the Gateway API, no Gateway: withdrawn)
             return self._build_gateway(key, previous) if self.gateways else Built(key, False)
+        if ingress.is_ingress_key(key):
+            return self._build_ingress(key, previous) if self.ingresses else Built(key, False)
         body = self.services.get(key)
         if body is None:
             return Built(key, exposed=False)
         built = self._build_service(key, body, previous, instances)
-        if built.exposed or built.refused or self.gateways is None:
+        if built.exposed or built.refused:
             return built
-        instance = self.gateways.serving(key)
+        instance = (self.gateways.serving(key) if self.gateways is not None else None) or (
+            self.ingresses.serving(key) if self.ingresses is not None else None
+        )
         if instance is None:
             return built
         return builder.referenced(
@@ -169,18 +182,14 @@ class Cluster:
                 body,
                 gateway_class=gateway_class,
                 routes=routes,
-                services={k: b for k in names if (b := self.services.get(k)) is not None},
+                services=cached(self.services, names),
                 namespace_labels={
                     n: labels
                     for n in namespaces
                     if (labels := self.namespace_labels(n)) is not None
                 },
                 grants=[grant for _, grant in self.gateways.grants.items()],
-                secrets={
-                    k: b
-                    for k in certificate_secrets(body)
-                    if (b := self.secrets.get(k)) is not None
-                },
+                secrets=cached(self.secrets, certificate_secrets(body)),
                 defaults=self.defaults,
                 previous=previous,
                 now=time.time(),
@@ -189,6 +198,34 @@ class Cluster:
             why = f"cmi cannot read this Gateway or its routes ({exc!r}): please report it"
             return builder.refused(key, previous, why)
         self.gateways.built[key] = made
+        return made.built
+
+    def _build_ingress(self, key: str, previous: Previous) -> Built:
+        """An Ingress of openslb's class; what cmi cannot read of it keeps what it was
+        served with (fail static), never stops the controller."""
+        assert self.ingresses is not None
+        body = self.ingresses.get(key)
+        if body is None:
+            self.ingresses.built.pop(key, None)
+            return Built(key, exposed=False)
+        namespace = str(body["metadata"]["namespace"])
+        canaries = self.ingresses.canaries(namespace)
+        names = {s for i in (body, *canaries) for s in ingress.backend_services(i)}
+        try:
+            made = ingress.build_ingress(
+                body,
+                classes=dict(self.ingresses.classes.items()),
+                canaries=canaries,
+                services=cached(self.services, names),
+                secrets=cached(self.secrets, ingress.tls_secrets(body)),
+                defaults=self.defaults,
+                previous=previous,
+                now=time.time(),
+            )
+        except (ValidationError, ModelError, KeyError, TypeError, ValueError) as exc:
+            why = f"cmi cannot read this Ingress ({exc!r}): please report it"
+            return builder.refused(key, previous, why)
+        self.ingresses.built[key] = made
         return made.built
 
     def _build_service(
@@ -244,6 +281,8 @@ class Cluster:
         self.dirty.add([key])
         if self.gateways is not None:  # their routes' ResolvedRefs
             self.dirty.add(self.gateways.service_changed(key))
+        if self.ingresses is not None:  # their ports, by name
+            self.dirty.add(self.ingresses.changed(key))
 
     def _slice_changed(self, key: str, body: Body) -> None:
         service = slice_service(body)
@@ -277,11 +316,18 @@ class Cluster:
         )
         if self.gateways is not None:  # their HTTPS listeners'
             self.dirty.add(self.gateways.secret_changed(key))
+        if self.ingresses is not None:
+            self.dirty.add(self.ingresses.changed(key))
 
     def _node_changed(self, key: str, body: Body) -> None:
         self.dirty.add(
             k for k, obj in self.mirror.of(Service).items() if obj.backend_mode == "node"
         )
+
+
+def cached(informer: Informer, keys: Iterable[str]) -> dict[str, Body]:
+    """The objects of these keys that the informer has."""
+    return {k: body for k in keys if (body := informer.get(k)) is not None}
 
 
 def slice_service(body: Body) -> str | None:

@@ -84,6 +84,7 @@ class Controller:
         self.dirty = Debouncer(settings.holdoff_ms / 1000, settings.max_holdoff_ms / 1000)
         self.cluster = Cluster(kube, settings, self.dirty, self.mirror, watch_timeout_s)
         self.reporter = Reporter(kube, self.cluster.services, self.mirror)
+        self.reporter.ingresses = self.cluster.ingresses
         self.vip_record = (
             VipRecord(kube, settings.lease_namespace, settings.vip_record)
             if settings.vip_record

@@ -634,7 +634,7 @@ def _rules(
         fields["name"] = short_name(*name_parts)
         fields["hosts"] = hosts
         order = (
-            _host_rank(hosts),
+            host_rank(hosts),
             0 if grpc else 1,
             *precedence,
             rmeta.get("creationTimestamp") or "",
@@ -647,7 +647,7 @@ def _rules(
     return out, bad
 
 
-def _host_rank(hosts: list[str]) -> tuple[int, int]:
+def host_rank(hosts: list[str]) -> tuple[int, int]:
     """Exact hostnames before wildcards before any host; longer wildcards first."""
     if not hosts:
         return (2, 0)

@@ -15,6 +15,7 @@ from typing import TypeVar, cast
 
 from cmi.build import Previous
 from cmi.gateway import gateway_key
+from cmi.ingress import ingress_key
 from slb.model import Certificate, Listener, LoadBalancer, OwnerKind, Service, StoredObject
 from slb.snapshot import Change, Delete, Put, Snapshot, Stored
 
@@ -113,7 +114,8 @@ class Mirror:
 
 
 def service_owner(obj: StoredObject) -> str | None:
-    """The key of the Service (or, prefixed, the Gateway) that owns `obj`, if one does."""
+    """The key of the Service (or, prefixed, the Gateway or Ingress) that owns `obj`, if
+    one does."""
     if isinstance(obj, Service):
         return obj.key
     owner = getattr(obj, "owner", None)
@@ -121,6 +123,8 @@ def service_owner(obj: StoredObject) -> str | None:
         return str(owner.name)
     if owner is not None and owner.kind is OwnerKind.GATEWAY:
         return gateway_key(str(owner.name))
+    if owner is not None and owner.kind is OwnerKind.INGRESS:
+        return ingress_key(str(owner.name))
     return None
 
 

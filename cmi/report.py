@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from cmi import gateway
+from cmi import gateway, ingress
 from cmi.build import Built, service_key
 from cmi.conflicts import conflict_events
 from cmi.gateways import Gateways
+from cmi.ingresses import Ingresses
 from cmi.k8s.client import Body, KubeClient, KubeError
 from cmi.k8s.informer import Informer
 from cmi.k8s.writer import (
@@ -105,6 +106,7 @@ class Reporter:
         self.writer = ServiceWriter(kube)
         self.gateway_writer = GatewayWriter(kube)
         self.gateways = gateways
+        self.ingresses: Ingresses | None = None
         self._routes_told: dict[str, set[str]] = {}
         """The routes each Gateway (its dirty key) last wrote its entries into."""
         self._gateway_builds: dict[str, tuple[gateway.GatewayBuilt, Built, Mapping[str, str]]] = {}
@@ -138,6 +140,10 @@ class Reporter:
                         return
                     self._gateway_due[key] = "forget"
             self.queue.submit(key, partial(self._report_gateway_due, key))
+            return
+        if ingress.is_ingress_key(key):
+            joined = self.ingresses.built.get(key) if self.ingresses is not None else None
+            self.queue.submit(key, partial(self._report_ingress, key, built, joined, conflicts))
             return
         self.queue.submit(key, partial(self._report, key, built, conflicts))
 
@@ -258,6 +264,38 @@ class Reporter:
             (ready.state, ready.message) if ready is not None else None,
         )
         self.gateway_writer.set_status("gateways", body, status)
+
+    def _report_ingress(
+        self,
+        key: str,
+        built: Built,
+        made: ingress.IngressBuilt | None,
+        conflicts: Mapping[str, str],
+    ) -> None:
+        """Its Events, and its VIP (as the mirror has it now) in its status and in that of
+        the canaries that joined it; an Ingress no longer served has it taken back."""
+        if self.ingresses is None or (body := self.ingresses.get(key)) is None:
+            return
+        for event in (*built.events, *conflict_events(conflicts)):
+            self.events.record(body, event.type, event.reason, event.message)
+        if built.foreign or ingress.is_canary(body):
+            return  # another controller's; a canary's is its main Ingress's to write
+        balancer = self.mirror.objects.get((LoadBalancer.kind, built.instance or ""))
+        vip = balancer.vip if isinstance(balancer, LoadBalancer) and built.exposed else None
+        status = {"loadBalancer": ingress.ingress_status(str(vip) if vip else None)}
+        joined = made.canaries if made is not None and built.exposed else ()
+        if built.refused and made is not None and made.built is not built:
+            return  # refused: it keeps what it was served with, and its status
+        for named in (key.removeprefix(ingress.KEY_PREFIX), *joined):
+            target = self.ingresses.ingresses.get(named)
+            if target is None:
+                continue
+            try:
+                self.gateway_writer.set_status(
+                    "ingresses", target, status, api=f"{ingress.GROUP}/v1"
+                )
+            except KubeError as exc:
+                log.warning("status of Ingress %s not written: %s", named, exc)
 
     def readiness(self, now: Mapping[str, Readiness]) -> None:
         """Queue the Programmed condition of each Service and Gateway whose readiness

@@ -119,6 +119,11 @@ class CmiSettings:
         "`openslb.io/gateway-controller`, and their HTTPRoutes and GRPCRoutes, where the API "
         "server has the Gateway API's CRDs",
     )
+    ingress: bool = setting(
+        True,
+        "Serve the Ingresses (networking.k8s.io/v1) of IngressClasses whose controller is "
+        "`openslb.io/ingress-controller`, each on an instance of its own",
+    )
     node_group: str = setting("default", "LB node group of the instances that Services get")
     pool: str = setting("default", "Address pool that Services' VIPs come from")
     pool_cidrs: str = setting(

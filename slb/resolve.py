@@ -292,7 +292,7 @@ def selected_services(
     if listener.owner.kind is OwnerKind.SERVICE:
         own = services.by_key.get(listener.owner.name)
         return [own] if own is not None else []
-    if listener.owner.kind is OwnerKind.GATEWAY:
+    if listener.owner.kind.by_routes:
         return []
     assert listener.selector is not None  # the model requires it for operators' listeners
     return _admitted(balancer, services, services.matching(listener.selector))

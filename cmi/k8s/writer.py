@@ -119,14 +119,21 @@ class ServiceWriter:
 
 
 class GatewayWriter:
-    """The status of the Gateway API's objects, written only when it changes; a condition
+    """The status of the Gateway API's objects (and of Ingresses: `api`), written only when
+    it changes; a condition
     whose status, reason, message and generation are unchanged keeps its transition time."""
 
     def __init__(self, client: KubeClient) -> None:
         self.client = client
 
     def set_status(
-        self, plural: str, body: Body, status: Mapping[str, Any], *, if_unchanged: bool = False
+        self,
+        plural: str,
+        body: Body,
+        status: Mapping[str, Any],
+        *,
+        if_unchanged: bool = False,
+        api: str = "gateway.networking.k8s.io/v1",
     ) -> bool:
         """Merge `status` (each field whole) into the object's; False: nothing changed.
         `if_unchanged`: only onto the object as `body` has it (its resourceVersion), else
@@ -140,7 +147,7 @@ class GatewayWriter:
             patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
         self.client.request(
             "PATCH",
-            f"/apis/gateway.networking.k8s.io/v1/{self.path(plural, meta)}/status",
+            f"/apis/{api}/{self.path(plural, meta)}/status",
             body=patch,
             content_type="application/merge-patch+json",
         )

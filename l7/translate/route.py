@@ -26,6 +26,7 @@ from google.protobuf.internal.containers import (
 from l7.translate import policy
 from l7.translate.common import cluster_name, pack, seconds, wire
 from slb.model import (
+    GROUP_REFERENCE,
     HeaderChanges,
     Listener,
     MatchType,
@@ -226,6 +227,9 @@ def _forward(action: route_components_pb2.RouteAction, listener: Listener, r: Ro
         elif r.rewrite.path is not None:
             whole = action.regex_rewrite  # the path alone: the query is kept
             whole.pattern.regex, whole.substitution = "^/.*$", r.rewrite.path
+            if r.path_regex is not None:  # its groups, $1..$9, are Envoy's \1..\9
+                whole.pattern.regex = f"^(?:{r.path_regex})$"
+                whole.substitution = GROUP_REFERENCE.sub(r"\\\1", r.rewrite.path)
         if r.rewrite.host is not None:
             action.host_rewrite_literal = r.rewrite.host
     if r.retry is not None:

@@ -41,6 +41,7 @@ from slb.model.infra import (
 )
 from slb.model.listener import MAX_ROUTES, Listener
 from slb.model.route import (
+    GROUP_REFERENCE,
     PATH_MATCHES,
     FixedResponse,
     ForwardTarget,
@@ -83,6 +84,7 @@ from slb.model.traffic import (
 
 __all__ = [
     "DEFAULT_EXPECTED_CODES",
+    "GROUP_REFERENCE",
     "KINDS",
     "MAX_ROUTES",
     "PATH_MATCHES",

@@ -66,7 +66,14 @@ class OwnerKind(StrEnum):
     SERVICE = "Service"
     GATEWAY = "Gateway"
     """A Gateway API Gateway (`cmi.gateway`): its instance and listeners."""
+    INGRESS = "Ingress"
+    """A Kubernetes Ingress (`cmi.ingress`): its instance, listeners and certificates."""
     OPERATOR = "Operator"
+
+    @property
+    def by_routes(self) -> bool:
+        """Its listeners forward by their routes alone, each naming its Services."""
+        return self in (OwnerKind.GATEWAY, OwnerKind.INGRESS)
 
     @property
     def from_kubernetes(self) -> bool:

@@ -119,8 +119,8 @@ class Listener(StoredObject):
         kind = self.owner.kind
         if kind is OwnerKind.SERVICE and self.selector is not None:
             problems.append(("selector", "a Service's own listener forwards to that Service only"))
-        if kind is OwnerKind.GATEWAY and self.selector is not None:
-            problems.append(("selector", "a Gateway's listener forwards by its routes only"))
+        if kind.by_routes and self.selector is not None:
+            problems.append(("selector", f"a {kind.value}'s listener forwards by its routes only"))
         if kind is OwnerKind.OPERATOR and self.selector is None:
             problems.append(("selector", "required: which exposed Services to forward to"))
         problems += self._tls_problems()
@@ -194,9 +194,9 @@ class Listener(StoredObject):
                     for field in ("selector", "service")
                     if getattr(target, field) is not None
                 ]
-            if self.owner.kind is OwnerKind.GATEWAY:
+            if self.owner.kind.by_routes:
                 problems += [
-                    (f"routes.{i}.forward_to.{j}.service", "a Gateway's route names its Services")
+                    (f"routes.{i}.forward_to.{j}.service", "each route names its Services")
                     for j, target in enumerate(route.targets)
                     if target.service is None
                 ]

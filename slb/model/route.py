@@ -73,6 +73,8 @@ def segments_pattern(segments: str) -> str:
 
 
 Regex = Annotated[str, AfterValidator(_regex)]
+GROUP_REFERENCE = re.compile(r"\$([1-9])")
+"""`$1`..`$9` in a rewritten path: a group of the rule's path_regex."""
 """An RE2 regular expression that Envoy accepts; it must match the whole value."""
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}\Z")
@@ -266,7 +268,8 @@ class Rewrite(Model):
     path_prefix: HttpPath | None = None
     """Replaces the prefix the rule matched (needs a path_prefix or path_segments match)."""
     path: HttpPath | None = None
-    """Replaces the whole path (the query is kept)."""
+    """Replaces the whole path (the query is kept); on a rule matching by path_regex,
+    `$1`..`$9` in it are that regex's groups (ingress-nginx's rewrite-target)."""
     host: Host | None = None
 
     @model_validator(mode="after")
@@ -439,6 +442,16 @@ class Route(Model):
             "rewrite.path_prefix": self.rewrite.path_prefix if self.rewrite else None,
             "redirect.path_prefix": self.redirect.path_prefix if self.redirect else None,
         }
+        groups = GROUP_REFERENCE.findall(self.rewrite.path or "") if self.rewrite else []
+        if groups and self.path_regex is None:
+            problems.append(("rewrite.path", "$1..$9 name groups of path_regex: give one"))
+        elif groups and self.path_regex is not None:
+            try:
+                have = re.compile(self.path_regex).groups
+            except re.error:  # RE2 syntax Python lacks: Envoy's own check judges it
+                have = 9
+            if missing := sorted({int(g) for g in groups if int(g) > have}):
+                problems.append(("rewrite.path", f"path_regex has no group {missing[0]}"))
         for field, value in replacements.items():
             if value is None:
                 continue

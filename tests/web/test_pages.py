@@ -307,13 +307,20 @@ def test_the_listener_form_sets_tls_both_ways(
     assert 'name="backend_sni" value="api.shop.test"' in form
 
 
-def test_gateway_owned_listeners_and_their_rules_are_read_only(
-    client: FlaskClient, auth: Auth, store: Store
+@pytest.mark.parametrize(
+    ("kind", "source"),
+    [
+        ("Gateway", "the HTTPRoutes and GRPCRoutes attached to Gateway shop/edge"),
+        ("Ingress", "Ingress shop/edge's rules and annotations"),
+    ],
+)
+def test_gateway_and_ingress_owned_listeners_and_their_rules_are_read_only(
+    client: FlaskClient, auth: Auth, store: Store, kind: str, source: str
 ) -> None:
     store.put(
         Listener.model_validate(
             {"name": "shop-edge-port-80", "load_balancer": "public", "protocol": "HTTP",
-             "port": 80, "target_port": 80, "owner": {"kind": "Gateway", "name": "shop/edge"},
+             "port": 80, "target_port": 80, "owner": {"kind": kind, "name": "shop/edge"},
              "routes": [{"name": "cart", "path_segments": "/cart",
                          "forward_to": [{"service": "shop/cart", "target_port": 80}]},
                         {"name": "no-route-matched", "fixed_response": {"status": 404}}]}
@@ -321,13 +328,13 @@ def test_gateway_owned_listeners_and_their_rules_are_read_only(
     )  # fmt: skip
     auth.login("alice")
     detail = client.get("/listeners/shop-edge-port-80").get_data(as_text=True)
-    assert "From Gateway shop/edge: read-only here, change the Gateway instead" in detail
-    assert "the HTTPRoutes and GRPCRoutes attached to Gateway shop/edge" in detail
+    assert f"From {kind} shop/edge: read-only here, change the {kind} instead" in detail
+    assert source in detail
     assert 'id="edit"' not in detail
     assert 'id="add-rule"' not in detail
     edit = client.get("/listeners/shop-edge-port-80/edit", follow_redirects=True)
-    assert "belongs to Gateway shop/edge" in edit.get_data(as_text=True)
-    listed = client.get("/listeners?owner=Gateway").get_data(as_text=True)
+    assert f"belongs to {kind} shop/edge" in edit.get_data(as_text=True)
+    listed = client.get(f"/listeners?owner={kind}").get_data(as_text=True)
     assert "shop-edge-port-80" in listed
 
 

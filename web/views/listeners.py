@@ -361,6 +361,9 @@ def _rules_read_only(listener: Listener) -> str:
     if listener.owner.kind is OwnerKind.GATEWAY:
         return (f"Listener {listener.name} belongs to Gateway {listener.owner.name}: its rules "
                 "are the HTTPRoutes attached to it.")  # fmt: skip
+    if listener.owner.kind is OwnerKind.INGRESS:
+        return (f"Listener {listener.name} belongs to Ingress {listener.owner.name}: its rules "
+                "are the Ingress's.")  # fmt: skip
     if not listener.protocol.is_l7:
         return (f"Listener {listener.name} is {listener.protocol.value}: only HTTP, HTTPS and "
                 "GRPC listeners have rules.")  # fmt: skip
