@@ -16,10 +16,11 @@ the routes already there.
 - Scale: likewise, more routes until the Gateway has `--routes`; then also the time to
   translate its listener (all its rules' routes and clusters) once, as `slb xds` does on
   each change of it.
-- Conformance: the Gateway API conformance suite v1.6.3, profiles GATEWAY-HTTP and
-  GATEWAY-GRPC, with the features openslb claims (`devbed.conformance`); its report is copied to
-  docs/conformance/. The platform's cmi takes hand-made EndpointSlices in the suite's
-  namespace (`cmi.endpoint_slices_from`), as its HTTPRouteServiceTypes test needs.
+- Conformance: the Gateway API conformance suite v1.6.3, profiles GATEWAY-HTTP,
+  GATEWAY-GRPC and GATEWAY-TLS, with the features openslb claims (`devbed.conformance`);
+  its report is copied to docs/conformance/. The platform's cmi takes hand-made
+  EndpointSlices in the suite's namespace (`cmi.endpoint_slices_from`), as its
+  HTTPRouteServiceTypes test needs.
 
     .venv/bin/python -m bench.gateway [--trials 50] [--churn 1000] [--routes 5000]
         [--no-conformance]

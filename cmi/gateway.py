@@ -1,5 +1,5 @@
-"""Pure: one Gateway API Gateway (with its class and the HTTPRoutes and GRPCRoutes that
-name it) -> the desired state and the status the specification asks for.
+"""Pure: one Gateway API Gateway (with its class and the HTTPRoutes, GRPCRoutes and
+TLSRoutes that name it) -> the desired state and the status the specification asks for.
 
 A Gateway of openslb's class becomes an instance (`LoadBalancer`, its VIP from the pool or
 `spec.addresses`) owned by the Gateway; its listeners on one port become one openslb
@@ -7,7 +7,9 @@ listener, and each route rule match attached to them becomes a rule of that list
 in the specification's precedence, forwarding to the Services its backendRefs name. A
 GRPCRoute's rules match gRPC calls only (by content-type), so gRPC and HTTP routes share a
 hostname safely, and reach their backends over HTTP/2. A request no rule matches gets a
-404, as the specification says. What cannot be served is
+404, as the specification says. A TLS listener (mode Passthrough) becomes a TLS
+passthrough listener: each TLSRoute's hostnames go, by the name a client sends (SNI), to
+its backends, which terminate TLS themselves. What cannot be served is
 refused in the status of the object that asked for it (a listener's protocol, a route's
 filter, a backendRef), never by stopping the controller.
 
@@ -50,7 +52,16 @@ KEY_PREFIX = "gateway:"
 """A Gateway's key among the controller's dirty keys (a Service's has none)."""
 HTTPROUTE = "HTTPRoute"
 GRPCROUTE = "GRPCRoute"
-ROUTE_RESOURCES = {HTTPROUTE: "httproutes", GRPCROUTE: "grpcroutes"}
+TLSROUTE = "TLSRoute"
+ROUTE_RESOURCES = {HTTPROUTE: "httproutes", GRPCROUTE: "grpcroutes", TLSROUTE: "tlsroutes"}
+PROTOCOLS = {"HTTP": Protocol.HTTP, "HTTPS": Protocol.HTTPS, "TLS": Protocol.TLS}
+"""The Gateway listener protocols openslb serves (TLS: mode Passthrough)."""
+ROUTE_KINDS = {
+    Protocol.HTTP: (HTTPROUTE, GRPCROUTE),
+    Protocol.HTTPS: (HTTPROUTE, GRPCROUTE),
+    Protocol.TLS: (TLSROUTE,),
+}
+"""The route kinds each listener protocol takes."""
 H2C = "kubernetes.io/h2c"
 """The `appProtocol` of a Service port whose backends speak HTTP/2 without TLS."""
 """The route kinds openslb serves, and their resources in the API."""
@@ -123,14 +134,22 @@ def certificate_secrets(gateway: Body) -> set[str]:
 
 
 def backend_services(route: Body) -> set[str]:
-    """The Services (`namespace/name`) a route's rules name."""
+    """The Services (`namespace/name`) a route's rules name, as backends or mirrors."""
     namespace = route["metadata"]["namespace"]
     return {
         f"{ref.get('namespace') or namespace}/{ref['name']}"
         for rule in (route.get("spec") or {}).get("rules") or []
-        for ref in rule.get("backendRefs") or []
+        for ref in [*(rule.get("backendRefs") or []), *_mirror_refs(rule)]
         if ref.get("group", "") == "" and ref.get("kind", "Service") == "Service"
     }
+
+
+def _mirror_refs(rule: Body) -> list[Body]:
+    return [
+        (f.get("requestMirror") or {}).get("backendRef") or {}
+        for f in rule.get("filters") or []
+        if f.get("type") == "RequestMirror"
+    ]
 
 
 def condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> Body:
@@ -214,7 +233,7 @@ def build_gateway(
     now: float = 0.0,
 ) -> GatewayBuilt:
     """A Gateway of openslb's class -> its instance, listeners and statuses. `routes`: the
-    HTTPRoutes and GRPCRoutes that name it; `services`: the Services they name, by key;
+    HTTPRoutes, GRPCRoutes and TLSRoutes that name it; `services`: the Services they name, by key;
     `grants`: the ReferenceGrants of the namespaces they name; `secrets`: the TLS Secrets
     its listeners name, by key."""
     meta, spec = gateway["metadata"], gateway.get("spec") or {}
@@ -360,14 +379,19 @@ def _gateway_listener(
     """One Gateway listener: it joins its port's openslb listener (with its certificates,
     `pairs` gathers them), its routes attach; its entry in `status.listeners`."""
     generation, name = world.generation, listener["name"]
-    protocol = {"HTTP": Protocol.HTTP, "HTTPS": Protocol.HTTPS}.get(listener.get("protocol", ""))
+    protocol = PROTOCOLS.get(listener.get("protocol", ""))
     accepted, reason, message = True, "Accepted", "openslb serves it"
     resolved, programmed = (True, "ResolvedRefs", ""), True
     group = ports.get(listener["port"])
     certificates: list[TlsPair] = []
     if protocol is None:
         accepted, reason = False, "UnsupportedProtocol"
-        message = f"protocol {listener.get('protocol')}: openslb's Gateways serve HTTP and HTTPS"
+        message = (f"protocol {listener.get('protocol')}: openslb's Gateways serve HTTP, HTTPS "
+                   "and TLS (Passthrough)")  # fmt: skip
+    elif protocol is Protocol.TLS and (listener.get("tls") or {}).get("mode") != "Passthrough":
+        accepted, reason = False, "UnsupportedValue"
+        message = ("TLS listeners pass TLS through to the backends (tls.mode Passthrough); "
+                   "HTTPS listeners terminate it")  # fmt: skip
     elif group is not None and group.protocol is not protocol:
         accepted, reason = False, "ProtocolConflict"
         message = f"port {listener['port']} is {group.protocol.value} for listener(s) {group.names}"
@@ -401,18 +425,21 @@ def _gateway_listener(
     ]  # fmt: skip
     if reason == "ProtocolConflict":
         conditions.append(condition("Conflicted", True, reason, message, generation))
-    return {"name": name, "supportedKinds": _supported_kinds(listener) if protocol else [],
+    serves_kinds = protocol is not None and reason != "UnsupportedValue"  # its mode: none
+    return {"name": name, "supportedKinds": _supported_kinds(listener) if serves_kinds else [],
             "attachedRoutes": count, "conditions": conditions}  # fmt: skip
 
 
 def _route_kinds(listener: Body) -> tuple[list[Body], list[Body]]:
-    """The route kinds a listener allows (`allowedRoutes.kinds`; none given: HTTPRoute and
-    GRPCRoute), split into those openslb serves and those it does not."""
+    """The route kinds a listener allows (`allowedRoutes.kinds`; none given: those of its
+    protocol, `ROUTE_KINDS`), split into those openslb serves on it and those it does not."""
+    protocol = PROTOCOLS.get(listener.get("protocol", ""))
+    served = ROUTE_KINDS.get(protocol, ()) if protocol is not None else ()
     asked = (listener.get("allowedRoutes") or {}).get("kinds")
     if not asked:
-        return [{"group": GROUP, "kind": k} for k in ROUTE_RESOURCES], []
-    ours = [k for k in asked if k.get("group", GROUP) == GROUP and k.get("kind") in ROUTE_RESOURCES]
-    kinds: list[Body] = [{"group": GROUP, "kind": kind} for kind in ROUTE_RESOURCES
+        return [{"group": GROUP, "kind": k} for k in served], []
+    ours = [k for k in asked if k.get("group", GROUP) == GROUP and k.get("kind") in served]
+    kinds: list[Body] = [{"group": GROUP, "kind": kind} for kind in served
              if any(k["kind"] == kind for k in ours)]  # fmt: skip
     return kinds, [k for k in asked if k not in ours]
 
@@ -466,7 +493,8 @@ def _listener(
     now: float,
     events: list[Event],
 ) -> Listener | None:
-    """The openslb listener of one port: its rules in precedence order, then the 404."""
+    """The openslb listener of one port: its rules in precedence order, then the 404 (HTTP
+    and HTTPS)."""
     name = short_name(*owner.name.split("/", 1), "port", str(group.port))
     before = previous.listeners.get(name)
     rules = [fields for _, fields in sorted(group.rules, key=lambda item: item[0])]
@@ -476,7 +504,8 @@ def _listener(
                    f"port, the first in precedence; the other {left} are not")  # fmt: skip
         events.append(Event("Warning", "TooManyRules", message))
         rules = rules[:MAX_RULES]
-    rules.append({"name": NOT_FOUND_RULE, "fixed_response": {"status": 404, "body": ""}})
+    if group.protocol is not Protocol.TLS:  # a connection no TLS rule takes is closed
+        rules.append({"name": NOT_FOUND_RULE, "fixed_response": {"status": 404, "body": ""}})
     try:
         return Listener(
             name=name,
@@ -623,6 +652,8 @@ def _rules(
     specification says). gRPC rules come first among rules of equal hosts: they match
     gRPC calls only, which no HTTP rule needs."""
     rmeta, kind = route["metadata"], route_kind(route)
+    if kind == TLSROUTE:
+        return _tls_rules(world, route, index=index, rule=rule, hosts=hosts, section=section)
     grpc = kind == GRPCROUTE
     actions, bad = _actions(world, route, rule)
     out = []
@@ -645,6 +676,26 @@ def _rules(
         )
         out.append((order, fields))
     return out, bad
+
+
+def _tls_rules(
+    world: _World, route: Body, *, index: int, rule: Body, hosts: list[str], section: str
+) -> tuple[list[tuple[tuple[Any, ...], dict[str, Any]]], _BadRefError | None]:
+    """A TLSRoute rule: its hosts' connections to its backendRefs. One whose backends all
+    fail to resolve is left out: its hosts' connections are closed, or go to a rule of a
+    wider host."""
+    rmeta = route["metadata"]
+    targets, bad = _targets(world, route, rule)
+    if not any(t["weight"] for t in targets):
+        return [], bad
+    fields = {
+        "name": short_name(rmeta["namespace"], rmeta["name"], "tls", section, str(index)),
+        "hosts": hosts,
+        "forward_to": targets,
+    }
+    order = (host_rank(hosts), rmeta.get("creationTimestamp") or "", rmeta["namespace"],
+             rmeta["name"], index)  # fmt: skip
+    return [(order, fields)], bad
 
 
 def host_rank(hosts: list[str]) -> tuple[int, int]:
@@ -718,11 +769,35 @@ def _value_match(raw: Body, what: str) -> dict[str, str]:
 def _actions(world: _World, route: Body, rule: Body) -> tuple[dict[str, Any], _BadRefError | None]:
     """The rule's filters and backendRefs -> the action fields of its openslb rules, and
     the first backendRef that does not resolve."""
-    namespace = route["metadata"]["namespace"]
-    fields = _filters(route_kind(route), rule.get("filters") or [])
+    filters = rule.get("filters") or []
+    fields = _filters(route_kind(route), [f for f in filters if f.get("type") != "RequestMirror"])
     if "redirect" in fields:
         fields.pop("request_headers", None)
         return fields, None
+    mirrors, bad = _mirrors(world, route, filters)
+    if mirrors:
+        fields["mirrors"] = mirrors
+    targets, unresolved = _targets(world, route, rule)
+    bad = bad or unresolved
+    if targets and any(t["weight"] for t in targets):
+        fields["forward_to"] = targets
+        if route_kind(route) == HTTPROUTE and all(
+            _app_protocol(world, t["service"], t["target_port"]) == H2C for t in targets
+        ):  # GEP-1911: the Service port says its backends speak HTTP/2 in the clear
+            fields["backend_protocol"] = "h2c"
+        return fields, bad
+    # No backend at all, or none that resolves: the specification's 500.
+    for forwarded_only in ("request_headers", "rewrite", "mirrors"):
+        fields.pop(forwarded_only, None)
+    fields["fixed_response"] = {"status": 500, "body": ""}
+    return fields, bad
+
+
+def _targets(
+    world: _World, route: Body, rule: Body
+) -> tuple[list[dict[str, Any]], _BadRefError | None]:
+    """A rule's backendRefs that resolve, as forward targets, and the first that does not."""
+    namespace = route["metadata"]["namespace"]
     targets, bad = [], None
     for ref in rule.get("backendRefs") or []:
         problem = _backend_problem(world, route, ref)
@@ -734,18 +809,38 @@ def _actions(world: _World, route: Body, rule: Body) -> tuple[dict[str, Any], _B
             "target_port": ref["port"],
             "weight": ref.get("weight", 1),
         })  # fmt: skip
-    if targets and any(t["weight"] for t in targets):
-        fields["forward_to"] = targets
-        if route_kind(route) == HTTPROUTE and all(
-            _app_protocol(world, t["service"], t["target_port"]) == H2C for t in targets
-        ):  # GEP-1911: the Service port says its backends speak HTTP/2 in the clear
-            fields["backend_protocol"] = "h2c"
-        return fields, bad
-    # No backend at all, or none that resolves: the specification's 500.
-    for forwarded_only in ("request_headers", "rewrite"):
-        fields.pop(forwarded_only, None)
-    fields["fixed_response"] = {"status": 500, "body": ""}
-    return fields, bad
+    return targets, bad
+
+
+def _mirrors(
+    world: _World, route: Body, filters: Iterable[Body]
+) -> tuple[list[dict[str, Any]], _BadRefError | None]:
+    """The RequestMirror filters -> the rule's mirrors (those whose backendRef resolves),
+    and the first that does not (its copies are not sent)."""
+    namespace = route["metadata"]["namespace"]
+    mirrors, bad = [], None
+    for f in filters:
+        if f.get("type") != "RequestMirror":
+            continue
+        raw = f.get("requestMirror") or {}
+        ref = raw.get("backendRef") or {}
+        problem = _backend_problem(world, route, ref)
+        if problem is not None:
+            bad = bad or problem
+            continue
+        if "fraction" in raw:
+            fraction = raw["fraction"]
+            percent = 100 * fraction.get("numerator", 0) / (fraction.get("denominator") or 100)
+        else:
+            percent = raw.get("percent", 100)
+        if percent <= 0:
+            continue
+        mirrors.append({
+            "to": {"service": f"{ref.get('namespace') or namespace}/{ref['name']}",
+                   "target_port": ref["port"]},
+            "percent": min(100, percent),
+        })  # fmt: skip
+    return mirrors, bad
 
 
 def _app_protocol(world: _World, service: str, port: int) -> str | None:

@@ -164,6 +164,7 @@ class Settings:
     """What an Ingress's annotations ask of its listeners and rules."""
 
     ssl_redirect: bool | None = None
+    ssl_passthrough: bool = False
     """None: as ingress-nginx, on for the hosts the Ingress has TLS for."""
     force_ssl_redirect: bool = False
     rewrite_target: str | None = None
@@ -189,6 +190,8 @@ BACKEND_PROTOCOLS = {"HTTP": None, "HTTPS": "tls", "GRPC": "h2c"}
 ANNOTATIONS: dict[str, str] = {
     "ssl-redirect": "HTTP requests for the hosts of spec.tls are redirected to HTTPS (308)",
     "force-ssl-redirect": "every HTTP request is redirected to HTTPS (308)",
+    "ssl-passthrough": "port 443 passes TLS through, by server name (SNI), to the backend of "
+    "each host's / path (else its first), which terminates it",
     "rewrite-target": "the path is replaced; $1..$9 are the groups of the path's regex",
     "use-regex": "paths (but Exact) are RE2 regexes matched at the path's start, case-blind; "
     "rewrite-target implies it",
@@ -219,6 +222,7 @@ def settings(ingress: Body) -> tuple[Settings, list[str]]:
     readers: dict[str, Callable[[str, str], None]] = {
         "ssl-redirect": lambda n, v: fields.update(ssl_redirect=_flag(n, v)),
         "force-ssl-redirect": lambda n, v: fields.update(force_ssl_redirect=_flag(n, v)),
+        "ssl-passthrough": lambda n, v: fields.update(ssl_passthrough=_flag(n, v)),
         "use-regex": lambda n, v: fields.update(use_regex=_flag(n, v)),
         "canary": lambda n, v: fields.update(canary=_flag(n, v)),
         "canary-weight": lambda n, v: fields.update(canary_weight=_count(n, v, 1_000_000)),
@@ -382,7 +386,10 @@ def _build(  # noqa: PLR0917 - build_ingress's inputs, passed on
         for rule in rules
     ]
     listeners = [_listener(ctx, instance, HTTP_PORT, http_rules)]
-    if pairs:
+    if asked.ssl_passthrough:  # as ingress-nginx: 443 is the backends' TLS, not ours
+        pairs = []
+        listeners.append(_listener(ctx, instance, HTTPS_PORT, _passthrough_rules(ingress, ctx)))
+    elif pairs:
         names = tuple(p.certificate.name for p in pairs)
         listeners.append(_listener(ctx, instance, HTTPS_PORT, rules, names))
     built = Built(
@@ -580,6 +587,24 @@ def _named(ingress: Body) -> str:
     return f"{ingress['metadata']['namespace']}/{ingress['metadata']['name']}"
 
 
+def _passthrough_rules(ingress: Body, ctx: _Context) -> list[dict[str, Any]]:
+    """ssl-passthrough: each host's connections to the backend of its `/` path (else its
+    first); the first rule naming a host has it."""
+    out, seen = [], set()
+    for index, rule in enumerate((ingress.get("spec") or {}).get("rules") or []):
+        paths = (rule.get("http") or {}).get("paths") or []
+        host = rule.get("host")
+        if not host or not paths or host in seen:
+            continue
+        seen.add(host)
+        chosen = next((p for p in paths if p.get("path", "/") == "/"), paths[0])
+        forward = _forward(ctx, chosen.get("backend") or {}, Settings())
+        if "forward_to" in forward:
+            name = short_name(*ctx.owner.name.split("/", 1), "passthrough", str(index))
+            out.append({"name": name, "hosts": [host], "forward_to": forward["forward_to"]})
+    return out
+
+
 def _listener(
     ctx: _Context,
     instance: str,
@@ -587,23 +612,26 @@ def _listener(
     rules: list[dict[str, Any]],
     certificates: tuple[str, ...] = (),
 ) -> Listener:
-    """The Ingress's listener on port 80 (HTTP) or 443 (HTTPS, with its certificates)."""
+    """The Ingress's listener on port 80 (HTTP) or 443 (HTTPS, with its certificates; TLS
+    passthrough with ssl-passthrough: what reads requests does not apply)."""
     name = short_name(*ctx.owner.name.split("/", 1), "port", str(port))
     before = ctx.previous.listeners.get(name)
     asked = ctx.asked
+    passthrough = port == HTTPS_PORT and asked.ssl_passthrough
     fields: dict[str, Any] = {}
     if asked.idle_timeout_s is not None:
         fields["idle_timeout_s"] = asked.idle_timeout_s
-    if asked.affinity_cookie is not None:
+    if asked.affinity_cookie is not None and not passthrough:
         fields["persistence"] = {"mode": "cookie", "cookie_name": asked.affinity_cookie,
                                  **({"timeout_s": asked.affinity_max_age_s}
                                     if asked.affinity_max_age_s else {})}  # fmt: skip
-    if asked.requests_per_second is not None:
+    if asked.requests_per_second is not None and not passthrough:
         fields["limits"] = {"requests_per_second": asked.requests_per_second}
+    protocol = Protocol.HTTPS if certificates else Protocol.HTTP
     return Listener.model_validate({
         "name": name,
         "load_balancer": instance,
-        "protocol": Protocol.HTTPS if certificates else Protocol.HTTP,
+        "protocol": Protocol.TLS if passthrough else protocol,
         "port": port,
         "certificates": certificates,
         "target_port": port,

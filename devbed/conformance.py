@@ -24,8 +24,8 @@ from devbed.process import StartError
 CLASS_NAME = "openslb"
 SUITE_NAMESPACE = "gateway-conformance-infra"
 """Where the suite's hand-made EndpointSlices are (`cmi.endpoint_slices_from` must name it)."""
-CORE = ("Gateway", "HTTPRoute", "GRPCRoute", "ReferenceGrant")
-PROFILES = "GATEWAY-HTTP,GATEWAY-GRPC"
+CORE = ("Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "ReferenceGrant")
+PROFILES = "GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS"
 CORE_HTTP_TESTS = (
     "GatewayClassObservedGenerationBump", "GatewayInvalidRouteKind",
     "GatewayInvalidTLSConfiguration", "GatewayListenerUnsupportedProtocol",
@@ -51,6 +51,15 @@ CORE_GRPC_TESTS = (
 )  # fmt: skip
 """The core tests of profile GATEWAY-GRPC (v1.6.3) that are not GATEWAY-HTTP's too (its
 other 10 are the Gateway tests of CORE_HTTP_TESTS)."""
+CORE_TLS_TESTS = (
+    "HTTPRouteDisallowedKind", "TLSRouteHostnameIntersection",
+    "TLSRouteInvalidBackendRefNonexistent", "TLSRouteInvalidBackendRefUnknownKind",
+    "TLSRouteInvalidNoMatchingListener", "TLSRouteInvalidNoMatchingListenerHostname",
+    "TLSRouteInvalidReferenceGrant", "TLSRouteListenerPassthroughSupportedKinds",
+    "TLSRouteListenerTerminateNotSupported", "TLSRouteSimpleSameNamespace",
+)  # fmt: skip
+"""The core tests of profile GATEWAY-TLS (v1.6.3) that are not GATEWAY-HTTP's too: TLS
+passthrough listeners and TLSRoutes."""
 EXTENDED = (
     "HTTPRouteQueryParamMatching",
     "HTTPRouteMethodMatching",
@@ -67,6 +76,9 @@ EXTENDED = (
     "HTTPRoutePathRedirect",
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteNamedRouteRule",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
 )
 """The extended features of GATEWAY-HTTP and GATEWAY-GRPC that openslb claims (README,
 "The Gateway API")."""

@@ -30,6 +30,7 @@ from typing import Generic, NamedTuple, TypeVar
 from slb.model import (
     Backend,
     Certificate,
+    ForwardTarget,
     IPAddress,
     Listener,
     LoadBalancer,
@@ -58,11 +59,14 @@ class ResolvedRoute:
 
     route: Route
     targets: tuple[ResolvedTarget, ...]
+    mirrors: tuple[ResolvedTarget, ...] = ()
+    """Its mirrors' backends, in `route.mirrors`' order (weight: not read)."""
 
     @property
     def services(self) -> tuple[str, ...]:
-        """Every Service the rule forwards to, in its targets' order."""
-        return tuple(dict.fromkeys(s for t in self.targets for s in t.services))
+        """Every Service the rule forwards or mirrors to, in its targets' order."""
+        both = (*self.targets, *self.mirrors)
+        return tuple(dict.fromkeys(s for t in both for s in t.services))
 
 
 @dataclass(frozen=True)
@@ -314,22 +318,24 @@ def _resolve_route(
     chosen: list[Service],
     services: ExposedServices,
 ) -> ResolvedRoute:
-    targets = []
-    for target in route.targets:
+    def resolved(target: ForwardTarget) -> ResolvedTarget:
         picked = chosen
         if target.selector is not None:
             picked = _admitted(balancer, services, services.matching(target.selector))
         elif target.service is not None:
             named = services.by_key.get(target.service)
             picked = _admitted(balancer, services, [named] if named is not None else [])
-        targets.append(
-            ResolvedTarget(
-                services=tuple(s.key for s in picked),
-                backends=backends_for(listener, picked, target_port=target.target_port),
-                weight=target.weight,
-            )
+        return ResolvedTarget(
+            services=tuple(s.key for s in picked),
+            backends=backends_for(listener, picked, target_port=target.target_port),
+            weight=target.weight,
         )
-    return ResolvedRoute(route=route, targets=tuple(targets))
+
+    return ResolvedRoute(
+        route=route,
+        targets=tuple(resolved(t) for t in route.targets),
+        mirrors=tuple(resolved(m.to) for m in route.mirrors) if route.forwards else (),
+    )
 
 
 def backends_for(
@@ -582,7 +588,8 @@ class Resolver:
         used = set(resolved.services)
         for route in resolved.routes:
             used.update(route.services)
-            used.update(t.service for t in route.route.targets if t.service is not None)
+            named = (*route.route.targets, *(m.to for m in route.route.mirrors))
+            used.update(t.service for t in named if t.service is not None)
         if resolved.listener.owner.kind is OwnerKind.SERVICE:
             used.add(resolved.listener.owner.name)
         return used
@@ -618,7 +625,12 @@ def _in_order(by_name: Mapping[str, T], names: list[str]) -> tuple[T, ...]:
 def _selectors(listener: Listener) -> list[LabelSelector]:
     """The selectors that decide which Services a listener (or one of its rules) picks."""
     found = [listener.selector] if listener.selector is not None else []
-    found += [t.selector for route in listener.routes for t in route.targets if t.selector]
+    found += [
+        t.selector
+        for route in listener.routes
+        for t in (*route.targets, *(m.to for m in route.mirrors))
+        if t.selector
+    ]
     return found
 
 

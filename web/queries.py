@@ -17,6 +17,7 @@ from slb.model import (
     Listener,
     LoadBalancer,
     ModelError,
+    Protocol,
     Service,
 )
 from slb.selector import LabelSelector
@@ -35,7 +36,7 @@ from slb.storage.timeseries import (
 from web.db import get_store, read_model
 from web.state import Boards, ListenerState, ListenerStates
 
-PROTOCOLS = ("TCP", "UDP", "HTTP", "HTTPS", "GRPC")
+PROTOCOLS = tuple(p.value for p in Protocol)
 STATES = ("served", "pending", "error")
 
 

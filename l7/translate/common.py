@@ -63,7 +63,16 @@ def cluster_parts(
             (cluster_name(name, r.route.name, i), r.route, t.backends)
             for i, t in enumerate(r.targets)
         ]
+        out += [
+            (mirror_cluster_name(name, r.route.name, i), r.route, m.backends)
+            for i, m in enumerate(r.mirrors)
+        ]
     return out
+
+
+def mirror_cluster_name(listener: str, route: str, mirror: int) -> str:
+    """The cluster of a rule's mirror: `listener/rule/mN` (a target's end in a number)."""
+    return f"{listener}/{route}/m{mirror}"
 
 
 def trust(context: Any, ca_pem: str, dns_names: Iterable[str] = ()) -> None:

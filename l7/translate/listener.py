@@ -12,7 +12,7 @@ send no known name.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2
@@ -33,14 +33,33 @@ from envoy.extensions.filters.network.local_ratelimit.v3 import (
     local_rate_limit_pb2 as network_ratelimit_pb2,
 )
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.v3 import token_bucket_pb2
 from google.protobuf import struct_pb2
 
 from l7.translate import policy
-from l7.translate.common import PREFIX, ads, ip_text, pack, seconds, trust, varint, wire
+from l7.translate.common import (
+    PREFIX,
+    ads,
+    cluster_name,
+    ip_text,
+    pack,
+    seconds,
+    trust,
+    varint,
+    wire,
+)
 from l7.translate.secret import server_names
-from slb.model import Certificate, ClientAuthMode, Limits, Listener, Protocol, TlsPolicy
+from slb.model import (
+    Certificate,
+    ClientAuthMode,
+    ForwardTarget,
+    Limits,
+    Listener,
+    Protocol,
+    TlsPolicy,
+)
 from slb.resolve import ResolvedListener
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -79,6 +98,9 @@ def serialized_listener(
     field order: Listener {name: 1, address: 2 {socket_address: 1 {address: 2, port_value:
     3}}, filter_chains: 3 {filters: 3}, then the shape's other fields (5 and up)}."""
     model = resolved.listener
+    if model.protocol is Protocol.TLS:
+        passthrough: bytes = _passthrough(resolved).SerializeToString(deterministic=True)
+        return passthrough
     filters = _network_filters(model)
     if model.protocol is Protocol.HTTPS:
         raw: bytes = _https(resolved, certificates, filters).SerializeToString(deterministic=True)
@@ -112,9 +134,9 @@ def _shape(protocol: Protocol) -> listener_pb2.Listener:
     return out
 
 
-def _https(
-    resolved: ResolvedListener, certificates: Mapping[str, Certificate], filters: bytes
-) -> listener_pb2.Listener:
+def _inspecting(resolved: ResolvedListener) -> listener_pb2.Listener:
+    """A listener on the VIP and port that reads each client's TLS hello (its server name),
+    for filter chains chosen by it."""
     model = resolved.listener
     out = _shape(model.protocol)
     out.name = model.name
@@ -123,6 +145,14 @@ def _https(
     socket.port_value = model.port
     inspector = out.listener_filters.add(name="envoy.filters.listener.tls_inspector")
     inspector.typed_config.CopyFrom(pack(tls_inspector_pb2.TlsInspector()))
+    return out
+
+
+def _https(
+    resolved: ResolvedListener, certificates: Mapping[str, Certificate], filters: bytes
+) -> listener_pb2.Listener:
+    model = resolved.listener
+    out = _inspecting(resolved)
     claimed: set[str] = set()
     usable = [certificates[name] for name in model.certificates if name in certificates]
     for i, cert in enumerate(usable):
@@ -139,6 +169,53 @@ def _https(
             default.MergeFromString(filters)
             default.transport_socket.CopyFrom(_tls(cert, model))
     return out
+
+
+def _passthrough(resolved: ResolvedListener) -> listener_pb2.Listener:
+    """A TLS passthrough listener: the TLS inspector reads the name the client sends (SNI)
+    and one filter chain per rule, matching its hosts, proxies the connection unopened to
+    the rule's clusters (a host two rules name is the first's). A connection no rule
+    matches goes to the listener's own cluster (a Gateway's has no backends: it is
+    closed). Envoy itself prefers an exact name to a wildcard, as the Gateway API asks."""
+    model = resolved.listener
+    out = _inspecting(resolved)
+    front = _front_filters(model)
+    claimed: set[str] = set()
+    default: list[str] | None = None
+    for r in model.routes:
+        hosts = [h for h in r.hosts if h not in claimed]
+        claimed.update(hosts)
+        names = [cluster_name(model.name, r.name, i) for i in range(len(r.targets))]
+        if not r.hosts:
+            default = default or names
+        elif hosts:
+            chain = out.filter_chains.add(name=r.name)
+            chain.filter_chain_match.server_names.extend(hosts)
+            chain.MergeFromString(front)
+            chain.filters.append(_tcp_proxy(model, names, r.targets))
+    chain = out.default_filter_chain
+    chain.name = "default"
+    chain.MergeFromString(front)
+    if default is None:
+        chain.filters.append(_tcp_proxy(model, [cluster_name(model.name)], (ForwardTarget(),)))
+    else:
+        rule = next(r for r in model.routes if not r.hosts)
+        chain.filters.append(_tcp_proxy(model, default, rule.targets))
+    return out
+
+
+def _tcp_proxy(
+    model: Listener, clusters: list[str], targets: Sequence[ForwardTarget]
+) -> listener_components_pb2.Filter:
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=model.name)
+    proxy.idle_timeout.CopyFrom(seconds(model.idle_timeout_s))
+    if len(clusters) == 1:
+        proxy.cluster = clusters[0]
+    else:
+        for name, target in zip(clusters, targets, strict=True):
+            proxy.weighted_clusters.clusters.add(name=name, weight=target.weight)
+    return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy",
+                                          typed_config=pack(proxy))  # fmt: skip
 
 
 def _tls(cert: Certificate, model: Listener) -> base_pb2.TransportSocket:
@@ -184,23 +261,35 @@ def _network_filters(model: Listener) -> bytes:
     """
     name = model.name.encode()
     limits = model.limits
+    per_request = limits.requests_per_second is not None or limits.request_bandwidth_kib_s
+    rate_prefix = model.name if per_request else None
+    rds_source, hcm_rest = _packed_parts(
+        model.protocol, model.idle_timeout_s, model.access_log, limits, rate_prefix
+    )
+    hcm = wire(2, name) + wire(3, rds_source + wire(2, name)) + hcm_rest  # stat_prefix, rds
+    return _front_filters(model) + wire(3, _HCM_FILTER + wire(4, _HCM_ANY + wire(2, hcm)))
+
+
+def _front_filters(model: Listener) -> bytes:
+    """The filters before the one that proxies: the connection limit, then access control
+    and the connection rate, if any (serialized as a filter chain's field 3)."""
+    limits = model.limits
     # The connection limit comes first: it must see every connection a later filter closes,
     # or its count of open ones goes wrong.
     checks = b"".join(wire(3, f) for f in _source_filters(model))
     if limits.connections_per_second is not None:
         checks += wire(3, _connection_rate_filter(model.name, limits.connections_per_second))
-    per_request = limits.requests_per_second is not None or limits.request_bandwidth_kib_s
-    rate_prefix = model.name if per_request else None
-    limit_rest, rds_source, hcm_rest = _packed_parts(
-        model.protocol, model.idle_timeout_s, model.access_log, limits, rate_prefix
-    )
-    limit = wire(1, name) + limit_rest  # stat_prefix, then max_connections
-    hcm = wire(2, name) + wire(3, rds_source + wire(2, name)) + hcm_rest  # stat_prefix, rds
-    return (
-        wire(3, _LIMIT_FILTER + wire(4, _LIMIT_ANY + wire(2, limit)))
-        + checks
-        + wire(3, _HCM_FILTER + wire(4, _HCM_ANY + wire(2, hcm)))
-    )
+    limit = wire(1, model.name.encode()) + _limit_rest(limits.max_connections)
+    return wire(3, _LIMIT_FILTER + wire(4, _LIMIT_ANY + wire(2, limit))) + checks
+
+
+@functools.lru_cache(maxsize=64)
+def _limit_rest(max_connections: int | None) -> bytes:
+    """The connection limit after its stat_prefix (field 1): max_connections."""
+    limit = connection_limit_pb2.ConnectionLimit()
+    limit.max_connections.value = max_connections or policy.LISTENER_MAX_CONNECTIONS
+    raw: bytes = limit.SerializeToString(deterministic=True)
+    return raw
 
 
 def _connection_rate_filter(name: str, per_second: int) -> bytes:
@@ -260,11 +349,9 @@ _HCM_ANY = wire(1, (PREFIX + HCM_TYPE).encode())
 def _packed_parts(
     protocol: Protocol, idle_timeout_s: int, access_log: bool, limits: Limits,
     rate_prefix: str | None,
-) -> tuple[bytes, bytes, bytes]:  # fmt: skip
-    """For listeners of one shape: the connection limit after its stat_prefix (field 1);
-    the HCM's route discovery source (Rds field 1); the HCM after its rds (fields 4+)."""
-    limit = connection_limit_pb2.ConnectionLimit()
-    limit.max_connections.value = limits.max_connections or policy.LISTENER_MAX_CONNECTIONS
+) -> tuple[bytes, bytes]:  # fmt: skip
+    """For listeners of one shape: the HCM's route discovery source (Rds field 1); the HCM
+    after its rds (fields 4+)."""
     hcm = HCM()
     hcm.CopyFrom(_hcm_prototype(protocol, idle_timeout_s, access_log))
     before_router = []
@@ -284,11 +371,7 @@ def _packed_parts(
         hcm.http_filters.extend([*before_router, *others])
     rds_source = wire(1, hcm.rds.config_source.SerializeToString(deterministic=True))
     hcm.ClearField("rds")
-    return (
-        limit.SerializeToString(deterministic=True),
-        rds_source,
-        hcm.SerializeToString(deterministic=True),
-    )
+    return rds_source, hcm.SerializeToString(deterministic=True)
 
 
 @functools.lru_cache(maxsize=256)

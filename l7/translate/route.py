@@ -24,7 +24,7 @@ from google.protobuf.internal.containers import (
 )
 
 from l7.translate import policy
-from l7.translate.common import cluster_name, pack, seconds, wire
+from l7.translate.common import cluster_name, mirror_cluster_name, pack, seconds, wire
 from slb.model import (
     GROUP_REFERENCE,
     HeaderChanges,
@@ -58,6 +58,8 @@ def serialized_route_configuration(resolved: ResolvedListener) -> bytes:
     RouteConfiguration {name: 1, virtual_hosts: 2 {name: 1, domains: 2, routes: 3 {match: 1,
     route: 2 {cluster: 1, ...}, name: 14}, retry_policy: 16}}."""
     listener = resolved.listener
+    if listener.protocol is Protocol.TLS:  # no requests to route: its chains name clusters
+        return wire(1, listener.name.encode())
     if listener.routes:
         return _serialized_rules(resolved)
     head, action_rest, tail = _catch_all_parts(*_action_key(listener, None))
@@ -221,6 +223,14 @@ def _forward(action: route_components_pb2.RouteAction, listener: Listener, r: Ro
                 name=cluster_name(listener.name, r.name, i)
             )
             weighted.weight.value = target.weight
+    for i, mirror in enumerate(r.mirrors):
+        copy = action.request_mirror_policies.add(
+            cluster=mirror_cluster_name(listener.name, r.name, i)
+        )
+        if mirror.percent < 100:  # in millionths: Envoy's finest fraction
+            share = copy.runtime_fraction.default_value
+            share.numerator = round(mirror.percent * 10_000)
+            share.denominator = share.MILLION
     if r.rewrite is not None:
         if r.rewrite.path_prefix is not None:
             _replace_prefix(action, r, r.rewrite.path_prefix)

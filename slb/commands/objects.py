@@ -16,7 +16,14 @@ from typing import Any
 import click
 
 from slb import config
-from slb.model import PATH_MATCHES, Limits, ModelError, parse_value_matches, target_fields
+from slb.model import (
+    PATH_MATCHES,
+    Limits,
+    ModelError,
+    Protocol,
+    parse_value_matches,
+    target_fields,
+)
 from slb.operations import Operations
 from slb.selector import LabelSelector
 from slb.storage.secrets import load_keyring
@@ -60,7 +67,7 @@ def listener_group() -> None:
 def _listener_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--lb", "load_balancer", help="Instance (load balancer) name."),
-        click.option("--protocol", type=click.Choice(["TCP", "UDP", "HTTP", "HTTPS", "GRPC"])),
+        click.option("--protocol", type=click.Choice([p.value for p in Protocol])),
         click.option("--port", type=int),
         click.option("--selector", help="Which exposed Services, e.g. 'app=cart,env in (prod)'."),
         click.option("--target-port", help="The Services' port, by name or number."),

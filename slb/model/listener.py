@@ -126,6 +126,8 @@ class Listener(StoredObject):
         problems += self._tls_problems()
         if not l7:
             problems += self._l4_problems()
+        if self.protocol is Protocol.TLS:
+            problems += self._passthrough_problems()
         if self.protocol is Protocol.UDP and self.health_check is not None:
             problems.append(("health_check", "UDP listeners cannot be health-checked; use null"))
         if self.protocol is Protocol.GRPC and self.backend_protocol is BackendProtocol.HTTP1:
@@ -177,11 +179,37 @@ class Listener(StoredObject):
             problems.append(("persistence.mode", "'cookie' needs an HTTP, HTTPS or GRPC listener"))
         return problems
 
+    def _passthrough_problems(self) -> list[tuple[str, str]]:
+        """What needs Envoy to read requests, on a listener whose TLS it never opens."""
+        no_http, problems = "TLS passthrough listeners see no requests", []
+        for field in ("backend_protocol", "backend_tls"):
+            if getattr(self, field) is not None:
+                problems.append((field, f"{no_http}: the backends terminate TLS"))
+        if self.request_timeout_s:
+            problems.append(("request_timeout_s", no_http))
+        if self.access_log:
+            problems.append(("access_log", no_http))
+        for per_request in ("requests_per_second", "request_bandwidth_kib_s"):
+            if getattr(self.limits, per_request) is not None:
+                problems.append((f"limits.{per_request}", no_http))
+        if self.persistence.mode is PersistenceMode.COOKIE:
+            problems.append(("persistence.mode", f"'cookie': {no_http}"))
+        if self.health_check is not None and self.health_check.type is not HealthCheckType.TCP:
+            problems.append(("health_check.type", f"tcp only: {no_http}"))
+        allowed = {"name", "hosts", "forward_to"}
+        for i, route in enumerate(self.routes):
+            problems += [
+                (f"routes.{i}.{field}", f"{no_http}: a rule matches hosts (SNI) and forwards")
+                for field in sorted(route.model_fields_set - allowed)
+                if getattr(route, field) != Route.model_fields[field].default
+            ]
+        return problems
+
     def _route_problems(self) -> list[tuple[str, str]]:
         if not self.routes:
             return []
         if not self.protocol.is_l7:
-            return [("routes", "only HTTP, HTTPS and GRPC listeners route requests")]
+            return [("routes", "only HTTP, HTTPS, GRPC and TLS listeners route")]
         problems, seen = [], set()
         for i, route in enumerate(self.routes):
             if route.name in seen:
@@ -194,11 +222,17 @@ class Listener(StoredObject):
                     for field in ("selector", "service")
                     if getattr(target, field) is not None
                 ]
+                if route.mirrors:
+                    problems.append((f"routes.{i}.mirrors", "a Service's listener forwards to it"))
             if self.owner.kind.by_routes:
                 problems += [
                     (f"routes.{i}.forward_to.{j}.service", "each route names its Services")
                     for j, target in enumerate(route.targets)
                     if target.service is None
+                ] + [
+                    (f"routes.{i}.mirrors.{j}.to.service", "each route names its Services")
+                    for j, mirror in enumerate(route.mirrors)
+                    if mirror.to.service is None
                 ]
             grpc = self.protocol is Protocol.GRPC or route.grpc_only
             if grpc and route.forwards and not self.route_upstream_is_http2(route):

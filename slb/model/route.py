@@ -197,6 +197,16 @@ class ForwardTarget(Model):
         return str(self.selector) if self.selector is not None else LISTENER_WORD
 
 
+class Mirror(Model):
+    """A copy of a share of a rule's forwarded requests, sent to other backends whose
+    answers are dropped (the Gateway API's RequestMirror): to try a new version on real
+    traffic without its answers reaching a client."""
+
+    to: ForwardTarget
+    """Its weight is not read."""
+    percent: float = Field(default=100, gt=0, le=100, description="of the rule's requests")
+
+
 LISTENER_WORD = "listener"
 SERVICE_WORD = "service"
 _NAMED_SERVICE = re.compile(rf"^{SERVICE_WORD}\s+([^\s/]+/[^\s/]+)\Z")
@@ -358,6 +368,8 @@ class Route(Model):
     gRPC and other requests to one host can go to different backends."""
 
     forward_to: tuple[ForwardTarget, ...] = Field(default=(), max_length=16)
+    mirrors: tuple[Mirror, ...] = Field(default=(), max_length=4)
+    """Copies of forwarded requests to other backends, their answers dropped."""
     """None given: the listener's Services, on its target port."""
     redirect: Redirect | None = None
     fixed_response: FixedResponse | None = None
@@ -420,7 +432,7 @@ class Route(Model):
         if len(answers) > 1:
             problems.append(("fixed_response", "a rule redirects or answers, not both"))
         if answers:
-            for field in ("forward_to", "rewrite", "timeout_s", "retry"):
+            for field in ("forward_to", "mirrors", "rewrite", "timeout_s", "retry"):
                 if getattr(self, field):
                     problems.append((field, f"only for forwarded requests, not with {answers[0]}"))
             if not self.request_headers.empty:

@@ -20,9 +20,18 @@ class Protocol(StrEnum):
     HTTP = "HTTP"
     HTTPS = "HTTPS"
     GRPC = "GRPC"
+    TLS = "TLS"
+    """TLS passthrough: Envoy routes each connection by the name its client sends (SNI)
+    to backends that terminate TLS themselves."""
 
     @property
     def is_l7(self) -> bool:
+        """Served by the L7 tier (Envoy), not by IPVS alone."""
+        return self in (Protocol.HTTP, Protocol.HTTPS, Protocol.GRPC, Protocol.TLS)
+
+    @property
+    def is_http(self) -> bool:
+        """Envoy reads the requests: HTTP routing, limits, health checks and logs apply."""
         return self in (Protocol.HTTP, Protocol.HTTPS, Protocol.GRPC)
 
     @property

@@ -16,6 +16,7 @@ from cmi.gateway import (
     GROUP,
     NOT_FOUND_RULE,
     GatewayBuilt,
+    backend_services,
     build_gateway,
     gateway_status,
     granted,
@@ -193,12 +194,30 @@ def test_filters_become_header_changes_redirects_and_host_rewrites() -> None:
 
 
 def test_an_unsupported_filter_refuses_the_route_not_the_gateway() -> None:
-    mirror = {"type": "RequestMirror", "requestMirror": {"backendRef": to("b")}}
-    made = build(httproute("bad", {"filters": [mirror], "backendRefs": [to("a")]}),
+    extension = {"type": "ExtensionRef", "extensionRef": {"group": "x", "kind": "Y", "name": "z"}}
+    made = build(httproute("bad", {"filters": [extension], "backendRefs": [to("a")]}),
                  httproute("good", {"backendRefs": [to("a")]}))  # fmt: skip
     assert accepted(made, "HTTPRoute/shop/bad") == ("False", "UnsupportedValue")
     assert accepted(made, "HTTPRoute/shop/good") == ("True", "Accepted")
     assert len(rules_of(made)) == 2  # good's, and the 404
+
+
+def test_request_mirrors_copy_a_share_of_requests_to_their_services() -> None:
+    def mirror(ref: dict[str, Any], **share: Any) -> dict[str, Any]:
+        return {"type": "RequestMirror", "requestMirror": {"backendRef": ref, **share}}
+
+    made = build(httproute("r", {"filters": [
+        mirror(to("b")), mirror(to("c"), percent=25),
+        mirror(to("a"), fraction={"numerator": 1, "denominator": 3}),
+        mirror(to("nope")), mirror(to("b"), percent=0),
+    ], "backendRefs": [to("a")]}))  # fmt: skip
+    (rule, _) = rules_of(made)
+    assert [(m.to.service, m.to.target_port, round(m.percent, 2)) for m in rule.mirrors] == [
+        ("shop/b", 80, 100), ("shop/c", 80, 25), ("shop/a", 80, 33.33)]  # fmt: skip
+    (entry,) = made.routes["HTTPRoute/shop/r"]
+    assert entry["conditions"][0]["status"] == "True"  # served, without the missing mirror
+    assert entry["conditions"][1]["reason"] == "BackendNotFound"
+    assert "shop/nope" in backend_services(httproute("r", {"filters": [mirror(to("nope"))]}))
 
 
 def test_backend_refs_that_do_not_resolve_answer_500_and_say_why() -> None:
@@ -483,10 +502,15 @@ def test_grpc_routes_need_a_listener_allowing_them_and_a_grant_of_their_own_kind
     made = build(routed, services=services, grants=[grant])
     assert made.routes["GRPCRoute/shop/calls"][0]["conditions"][1]["reason"] == "ResolvedRefs"
 
+    rewritten = {"filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "x.example"}}],
+                 "backendRefs": [to("a")]}  # fmt: skip
+    made = build(grpcroute("rewrite", rewritten))  # an HTTPRoute's filter only
+    assert accepted(made, "GRPCRoute/shop/rewrite") == ("False", "UnsupportedValue")
     mirrored = {"filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": to("b")}}],
                 "backendRefs": [to("a")]}  # fmt: skip
     made = build(grpcroute("mirror", mirrored))
-    assert accepted(made, "GRPCRoute/shop/mirror") == ("False", "UnsupportedValue")
+    assert accepted(made, "GRPCRoute/shop/mirror") == ("True", "Accepted")
+    assert [m.to.service for m in rules_of(made)[0].mirrors] == ["shop/b"]
 
 
 def test_url_rewrites_and_redirects_replace_the_prefix_matched_or_the_whole_path() -> None:
@@ -542,3 +566,51 @@ def test_backends_whose_service_port_says_h2c_are_reached_over_http2() -> None:
     )  # fmt: skip
     upstream = {r.path_exact: r.backend_protocol for r in rules_of(made)[:-1]}
     assert upstream == {"/h2": BackendProtocol.H2C, "/mixed": None, "/plain": None}
+
+
+PASSTHROUGH = {"name": "tls", "port": 443, "protocol": "TLS", "hostname": "*.example.com",
+               "tls": {"mode": "Passthrough"}}  # fmt: skip
+
+
+def tlsroute(name: str, hosts: list[str], *refs: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {**httproute(name, {"backendRefs": list(refs)}, hostnames=hosts, **spec),
+            "kind": "TLSRoute"}  # fmt: skip
+
+
+def test_a_tls_passthrough_listener_takes_tlsroutes_by_server_name() -> None:
+    made = build(
+        tlsroute("wide", ["*.example.com"], to("b")),
+        tlsroute("abc", ["abc.example.com"], to("a"), to("c", weight=3)),
+        tlsroute("gone", ["gone.example.com"], to("nope")),
+        tlsroute("other", ["abc.example.org"], to("a")),
+        httproute("web", {"backendRefs": [to("a")]}),
+        gateway=gw(PASSTHROUGH),
+    )
+    (listener,) = made.built.listeners
+    assert listener.protocol is Protocol.TLS
+    assert [(r.hosts, [(t.service, t.weight) for t in r.forward_to]) for r in listener.routes] == [
+        (("abc.example.com",), [("shop/a", 1), ("shop/c", 3)]),
+        (("*.example.com",), [("shop/b", 1)]),
+    ]  # exact before wildcard; no 404 rule: a connection no rule takes is closed
+    assert accepted(made, "TLSRoute/shop/abc") == ("True", "Accepted")
+    assert accepted(made, "TLSRoute/shop/other") == ("False", "NoMatchingListenerHostname")
+    assert accepted(made, "HTTPRoute/shop/web") == ("False", "NotAllowedByListeners")
+    (gone,) = made.routes["TLSRoute/shop/gone"]
+    assert gone["conditions"][1]["reason"] == "BackendNotFound"
+    (entry,) = made.listeners
+    assert entry["supportedKinds"] == [{"group": GROUP, "kind": "TLSRoute"}]
+    assert entry["attachedRoutes"] == 3
+
+
+def test_tls_listeners_that_terminate_and_tlsroutes_on_http_listeners_are_refused() -> None:
+    terminate = {**PASSTHROUGH, "tls": {"mode": "Terminate", "certificateRefs": [{"name": "x"}]}}
+    made = build(tlsroute("abc", ["abc.example.com"], to("a")), gateway=gw(terminate))
+    (entry,) = made.listeners
+    assert (entry["conditions"][0]["status"], entry["conditions"][0]["reason"]) == (
+        "False", "UnsupportedValue")  # fmt: skip
+    assert entry["supportedKinds"] == []  # it takes no route
+    assert made.built.listeners == ()
+    on_http = build(tlsroute("abc", ["abc.example.com"], to("a")))
+    assert accepted(on_http, "TLSRoute/shop/abc") == ("False", "NotAllowedByListeners")
+    (http,) = on_http.listeners
+    assert [k["kind"] for k in http["supportedKinds"]] == ["HTTPRoute", "GRPCRoute"]

@@ -12,7 +12,16 @@ import pytest
 from cmi.gateway import CONTROLLER_NAME, GROUP, NOT_FOUND_RULE, ROUTE_RESOURCES, instance_name
 from cmi.k8s.client import KubeClient
 from cmi.k8s.writer import FINALIZER
-from devbed.l7harness import Bed, channel, http_get, https_get, wait_for_answer, who
+from devbed.l7harness import (
+    Bed,
+    channel,
+    der,
+    http_get,
+    https_get,
+    served_certificate,
+    wait_for_answer,
+    who,
+)
 from devbed.process import wait_until
 from slb.model import Listener, LoadBalancer, OwnerKind, Service
 from slb.storage.status import StatusBoard
@@ -236,13 +245,14 @@ def test_what_openslb_cannot_serve_is_refused_in_the_status_that_asked(
 ) -> None:
     cmi()
     listeners = [{"name": "http", "port": 8080, "protocol": "HTTP"},
+                 {"name": "udp", "port": 5353, "protocol": "UDP"},
                  {"name": "tls", "port": 8443, "protocol": "TLS",
-                  "tls": {"mode": "Passthrough"}}]  # fmt: skip
+                  "tls": {"mode": "Terminate", "certificateRefs": [{"name": "x"}]}}]  # fmt: skip
     gateway(admin, namespace, "edge", class_name, listeners=listeners)
+    extension = {"group": "x.example", "kind": "Y", "name": "z"}
     route(admin, namespace, "mirrored", {
         "parentRefs": [{"name": "edge"}],
-        "rules": [{"filters": [{"type": "RequestMirror",
-                                "requestMirror": {"backendRef": {"name": "x", "port": 80}}}]}],
+        "rules": [{"filters": [{"type": "ExtensionRef", "extensionRef": extension}]}],
     })  # fmt: skip
     route(admin, namespace, "nowhere", {
         "parentRefs": [{"name": "edge", "sectionName": "missing"}],
@@ -255,7 +265,8 @@ def test_what_openslb_cannot_serve_is_refused_in_the_status_that_asked(
     gw = status(admin, namespace, "gateways", "edge")
     by_name = {entry["name"]: conditions(entry) for entry in gw["listeners"]}
     assert by_name["http"]["Accepted"] == ("True", "Accepted")
-    assert by_name["tls"]["Accepted"] == ("False", "UnsupportedProtocol")
+    assert by_name["udp"]["Accepted"] == ("False", "UnsupportedProtocol")
+    assert by_name["tls"]["Accepted"] == ("False", "UnsupportedValue")  # HTTPS terminates
 
 
 def test_another_controllers_gateway_is_left_alone(
@@ -387,4 +398,39 @@ def test_a_grpc_route_and_an_http_route_share_a_hostname_through_envoy(
         assert {who(chan) for _ in range(10)} == {"g1"}
     assert http_get(address, 8080, "shop.example") == (200, "w1")
     (entry,) = status(admin, namespace, "gateways", "edge")["listeners"]
+    assert entry["attachedRoutes"] == 2
+
+
+def test_a_tls_passthrough_listener_sends_each_tlsroutes_connections_to_its_backends(
+    cmi: Start,
+    admin: KubeClient,
+    namespace: str,
+    class_name: str,
+    bed: Bed,  # noqa: F811
+) -> None:
+    """The backends terminate TLS: the client sees the certificate of the backend whose
+    TLSRoute names the server name it sent."""
+    first, second = bed.backends(["s1", "s2"], tls_port=50443)
+    bed_backend(admin, namespace, "first", first.address, 50443)
+    bed_backend(admin, namespace, "second", second.address, 50443)
+    start_on_bed(cmi, bed)
+    listeners = [{"name": "tls", "port": 8443, "protocol": "TLS", "hostname": "*.shop.example",
+                  "tls": {"mode": "Passthrough"}}]  # fmt: skip
+    gateway(admin, namespace, "edge", class_name, listeners=listeners)
+    for name, host in (("first", "one.shop.example"), ("second", "*.shop.example")):
+        route(admin, namespace, name, {
+            "parentRefs": [{"name": "edge"}], "hostnames": [host],
+            "rules": [{"backendRefs": [{"name": name, "port": 80}]}],
+        }, kind="TLSRoute")  # fmt: skip
+    address = gateway_address(admin, namespace, "edge")
+    accepted = {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
+    eventually(lambda: parent(admin, namespace, "first", "TLSRoute") == accepted, "TLSRoute")
+
+    def sees(sni: str) -> bytes:
+        return served_certificate(address, 8443, sni)[0]
+
+    eventually(lambda: sees("one.shop.example") == der(first.tls_certificate()), "passthrough")
+    assert sees("two.shop.example") == der(second.tls_certificate())
+    (entry,) = status(admin, namespace, "gateways", "edge")["listeners"]
+    assert entry["supportedKinds"] == [{"group": GROUP, "kind": "TLSRoute"}]
     assert entry["attachedRoutes"] == 2

@@ -272,3 +272,22 @@ def test_a_canary_joins_its_namespaces_ingress_by_weight_and_by_header() -> None
     assert routes[2][2] == (("shop/web", 80, 80), ("shop/web-next", 80, 20))
     assert routes[0][1] == "/other"
     assert routes[0][2] == (("shop/web", 80, 1),)
+
+
+def test_ssl_passthrough_sends_each_hosts_tls_to_its_root_paths_backend() -> None:
+    made = build(ing(
+        rule("shop.example.test", path("/api", to="api", port="grpc"), path("/", to="web")),
+        rule("api.example.test", path("/v1", to="api", port=50051)),
+        rule(None, path("/", to="web")),  # no host: no server name to route by
+        annotations={"ssl-passthrough": "true", "affinity": "cookie", "limit-rps": "9"},
+        tls=[{"hosts": ["shop.example.test"], "secretName": "unused"}],
+    ))  # fmt: skip
+    tls = port(made, 443)
+    assert tls.protocol is Protocol.TLS
+    assert tls.certificates == ()
+    assert [(r.hosts, [(t.service, t.target_port) for t in r.forward_to]) for r in tls.routes] == [
+        (("shop.example.test",), [("shop/web", 80)]),
+        (("api.example.test",), [("shop/api", 50051)]),
+    ]
+    assert made.built.certificates == ()
+    assert port(made, 80).protocol is Protocol.HTTP  # HTTP is still read on port 80

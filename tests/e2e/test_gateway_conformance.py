@@ -1,5 +1,5 @@
-"""The Gateway API conformance suite's core tests of profiles GATEWAY-HTTP and GATEWAY-GRPC
-(v1.6.3) against the whole platform: every one must pass (`python -m bench.gateway` runs
+"""The Gateway API conformance suite's core tests of profiles GATEWAY-HTTP, GATEWAY-GRPC and
+GATEWAY-TLS (v1.6.3) against the whole platform: every one must pass (`python -m bench.gateway` runs
 the whole profiles and keeps their report)."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from slb.model import Listener, OwnerKind
 pytestmark = pytest.mark.timeout(900)
 
 
-def test_the_core_tests_of_gateway_http_and_grpc_pass(
+def test_the_core_tests_of_gateway_http_grpc_and_tls_pass(
     platform: DevPlatform, tmp_path: Path
 ) -> None:
-    core = (*conformance.CORE_HTTP_TESTS, *conformance.CORE_GRPC_TESTS)
+    core = (*conformance.CORE_HTTP_TESTS, *conformance.CORE_GRPC_TESTS,
+            *conformance.CORE_TLS_TESTS)  # fmt: skip
     run = conformance.run(
         platform.cluster.kubeconfig, tmp_path, tests=core, features=conformance.CORE,
         timeout_s=800,

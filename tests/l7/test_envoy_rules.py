@@ -18,6 +18,7 @@ from devbed.l7harness import (
     Answer,
     BackendServer,
     Bed,
+    host_stats,
     http_request,
     listener,
     load_balancer,
@@ -80,6 +81,8 @@ RULES: list[dict[str, Any]] = [
     {"name": "whole", "path_exact": "/whole/one", "rewrite": {"path": "/replaced"},
      "forward_to": [to("b")]},
     {"name": "seg-moved", "path_segments": "/gone", "redirect": {"path_prefix": "/here/"}},
+    {"name": "mirrored", "path_segments": "/mirrored", "forward_to": [to("b")],
+     "mirrors": [{"to": to("c")}, {"to": to("pair"), "percent": 50}]},
 ]  # fmt: skip
 
 
@@ -237,3 +240,19 @@ def test_path_rewrites_replace_whole_segments_or_the_whole_path_and_keep_the_que
     moved = _get(vip, "/gone/a?x=1")
     assert (moved.status, moved.headers["location"]) == (
         302, "http://www.shop.test:8080/here/a?x=1")  # fmt: skip
+
+
+def test_a_mirror_gets_a_copy_of_its_share_of_requests_and_the_client_the_targets_answer(
+    served: tuple[str, Any], bed: Bed
+) -> None:
+    vip, _ = served
+    envoy = bed.envoys[0]
+    answers = collections.Counter(_get(vip, f"/mirrored/{i}").body.strip() for i in range(40))
+    assert answers == {"b": 40}  # the mirrors' answers are dropped
+
+    def copies(cluster: str) -> int:
+        return sum(host_stats(envoy, cluster, "rq_total").values())
+
+    wait_until(lambda: copies("web/mirrored/m0") == 40, 10, "every request copied to c")
+    halved = copies("web/mirrored/m1")
+    assert 5 <= halved <= 35  # about half (a fixed seed is not Envoy's to give)
