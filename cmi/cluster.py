@@ -112,15 +112,21 @@ class Cluster:
         """The Ingresses and IngressClasses (every API server serves them)."""
 
     def discover(self) -> None:
-        """Watch the Gateway API too if it is on and the API server has its CRDs (read
-        once, when cmi starts to lead). Raises what the API server's answer raises."""
+        """Watch the Gateway API too if it is on and the API server has its CRDs (asked
+        when cmi starts to lead). Raises what the API server's answer raises."""
+        self.gateways = self.gateways or self.gateway_api()
+
+    def gateway_api(self) -> gateways.Gateways | None:
+        """The Gateway API's caches, not yet started, if it is on, not watched yet and the
+        API server has its CRDs. Raises what the API server's answer raises."""
         if not self._gateway_api or self.gateways is not None:
-            return
+            return None
         route_kinds = gateways.served(self._kube)
-        if route_kinds:
-            self.gateways = gateways.Gateways(
-                self._kube, self.dirty, self._scope, self._watch_timeout_s, route_kinds
-            )
+        if not route_kinds:
+            return None
+        return gateways.Gateways(
+            self._kube, self.dirty, self._scope, self._watch_timeout_s, route_kinds
+        )
 
     @property
     def informers(self) -> tuple[Informer, ...]:

@@ -29,6 +29,7 @@ from cmi.gateway import CONTROLLER_NAME
 from cmi.gateways import CLASS_KEY_PREFIX
 from cmi.ipam import IPAM
 from cmi.k8s.client import REQUEST_ERRORS, KubeClient
+from cmi.k8s.informer import Informer
 from cmi.mirror import Mirror, written_by_others
 from cmi.quota import within_quotas
 from cmi.report import ListenerStatus, Reporter
@@ -58,6 +59,9 @@ READINESS_PERIOD_S = 1.0
 """How often the data planes' reports are compared with what each Service needs."""
 RESYNC_SLICE = 100
 """Services rebuilt per step of a periodic resync, changes handled between steps."""
+LATE_SYNC_S = 60
+"""How long the loop waits for the Gateway API's objects to be listed when its CRDs
+appear after cmi began to lead."""
 
 
 class Controller:
@@ -104,6 +108,8 @@ class Controller:
         self._beaten = 0.0
         self.last_sync_s = 0.0
         self._readiness_inputs: object = None
+        self._late_informers: list[Informer] = []
+        """Informers started after the first sync (`_discover_late`), to stop at the end."""
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -117,19 +123,53 @@ class Controller:
         follower = threading.Thread(target=self._follow_store, args=(stop,), daemon=True)
         follower.start()
         try:
-            for informer in informers:
-                while not informer.synced.wait(0.5):
-                    self.last_turn = time.monotonic()
-                    if stop.is_set():
-                        return
+            if not self._synced_all(informers, stop):
+                return
             schedule = {"resync": 0.0, "readiness": 0.0}
             while not stop.is_set():
                 connect.until_done(stop, partial(self._step, stop, schedule))
         finally:
-            for informer in informers:
+            for informer in (*informers, *self._late_informers):
                 informer.stop()
             follower.join(timeout=5)
             self.reporter.close()
+
+    def _synced_all(
+        self, informers: Iterable[Informer], stop: threading.Event, timeout_s: float = 1e9
+    ) -> bool:
+        """Wait until every informer has listed its objects; False: stopped or timed out."""
+        deadline = time.monotonic() + timeout_s
+        for informer in informers:
+            while not informer.synced.wait(0.5):
+                self.last_turn = time.monotonic()
+                if stop.is_set() or self.last_turn > deadline:
+                    return False
+        return True
+
+    def _discover_late(self, stop: threading.Event) -> None:
+        """The Gateway API's CRDs installed after cmi began to lead: watched from the resync
+        that finds them on. Its caches are filled before any Gateway is built (the loop
+        waits), so no Gateway is ever built without its routes."""
+        try:
+            found = self.cluster.gateway_api()
+        except REQUEST_ERRORS as exc:
+            log.warning("cannot ask the API server whether it serves the Gateway API: %s", exc)
+            return
+        if found is None:
+            return
+        for informer in found.informers:
+            informer.start()
+        if not self._synced_all(found.informers, stop, timeout_s=LATE_SYNC_S):
+            for informer in found.informers:
+                informer.stop()
+            log.warning("the Gateway API's objects not listed in %d s; again at the next "
+                        "resync", LATE_SYNC_S)  # fmt: skip
+            return
+        self._late_informers.extend(found.informers)
+        self.cluster.gateways = self.reporter.gateways = found
+        log.info("the Gateway API is installed now: serving the Gateways of controllerName "
+                 "%s", CONTROLLER_NAME)  # fmt: skip
+        self.dirty.add([*found.keys(), *(CLASS_KEY_PREFIX + k for k, _ in found.classes.items())])
 
     def _discover(self, stop: threading.Event) -> bool:
         """Which APIs to watch (`Cluster.discover`), asked until the API server answers;
@@ -194,6 +234,8 @@ class Controller:
         if now >= schedule["resync"] or self._resync_requested.is_set():
             self._resync_requested.clear()
             schedule["resync"] = now + self.settings.resync_s
+            if self._synced and self.cluster.gateways is None:
+                self._discover_late(stop)
             try:
                 if self._synced:
                     self._resync_began, self._resync_keys = now, self._begin_resync()
