@@ -685,7 +685,7 @@ def _tls_rules(
     fail to resolve is left out: its hosts' connections are closed, or go to a rule of a
     wider host."""
     rmeta = route["metadata"]
-    targets, bad = _targets(world, route, rule)
+    targets, bad, _ = _targets(world, route, rule)
     if not any(t["weight"] for t in targets):
         return [], bad
     fields = {
@@ -777,10 +777,12 @@ def _actions(world: _World, route: Body, rule: Body) -> tuple[dict[str, Any], _B
     mirrors, bad = _mirrors(world, route, filters)
     if mirrors:
         fields["mirrors"] = mirrors
-    targets, unresolved = _targets(world, route, rule)
+    targets, unresolved, share = _targets(world, route, rule)
     bad = bad or unresolved
     if targets and any(t["weight"] for t in targets):
         fields["forward_to"] = targets
+        if share:  # the unresolved backends' share is answered 500, as specified
+            fields["unresolved_weight"] = share
         if route_kind(route) == HTTPROUTE and all(
             _app_protocol(world, t["service"], t["target_port"]) == H2C for t in targets
         ):  # GEP-1911: the Service port says its backends speak HTTP/2 in the clear
@@ -795,21 +797,22 @@ def _actions(world: _World, route: Body, rule: Body) -> tuple[dict[str, Any], _B
 
 def _targets(
     world: _World, route: Body, rule: Body
-) -> tuple[list[dict[str, Any]], _BadRefError | None]:
-    """A rule's backendRefs that resolve, as forward targets, and the first that does not."""
+) -> tuple[list[dict[str, Any]], _BadRefError | None, int]:
+    """A rule's backendRefs that resolve, as forward targets; the first that does not, and
+    the weight of those that do not."""
     namespace = route["metadata"]["namespace"]
-    targets, bad = [], None
+    targets, bad, unresolved = [], None, 0
     for ref in rule.get("backendRefs") or []:
         problem = _backend_problem(world, route, ref)
         if problem is not None:
-            bad = bad or problem
+            bad, unresolved = bad or problem, unresolved + int(ref.get("weight", 1))
             continue
         targets.append({
             "service": f"{ref.get('namespace') or namespace}/{ref['name']}",
             "target_port": ref["port"],
             "weight": ref.get("weight", 1),
         })  # fmt: skip
-    return targets, bad
+    return targets, bad, unresolved
 
 
 def _mirrors(

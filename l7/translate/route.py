@@ -212,10 +212,15 @@ def _redirect(action: route_components_pb2.RedirectAction, r: Route, listener: L
     action.response_code = _REDIRECT_CODES[redirect.code]
 
 
+UNRESOLVED_CLUSTER = "openslb.unresolved"
+"""The cluster a rule's unresolved share names: no cluster has that name (a listener's are
+DNS labels), so Envoy answers those requests with the route's cluster_not_found code."""
+
+
 def _forward(action: route_components_pb2.RouteAction, listener: Listener, r: Route) -> None:
     action.CopyFrom(_action(*_action_key(listener, r)))
     targets = r.targets
-    if len(targets) == 1:
+    if len(targets) == 1 and not r.unresolved_weight:
         action.cluster = cluster_name(listener.name, r.name)
     else:
         for i, target in enumerate(targets):
@@ -223,6 +228,10 @@ def _forward(action: route_components_pb2.RouteAction, listener: Listener, r: Ro
                 name=cluster_name(listener.name, r.name, i)
             )
             weighted.weight.value = target.weight
+    if r.unresolved_weight:  # a cluster never defined: Envoy answers its share so
+        unresolved = action.weighted_clusters.clusters.add(name=UNRESOLVED_CLUSTER)
+        unresolved.weight.value = r.unresolved_weight
+        action.cluster_not_found_response_code = action.INTERNAL_SERVER_ERROR
     for i, mirror in enumerate(r.mirrors):
         copy = action.request_mirror_policies.add(
             cluster=mirror_cluster_name(listener.name, r.name, i)

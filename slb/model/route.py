@@ -368,6 +368,13 @@ class Route(Model):
     gRPC and other requests to one host can go to different backends."""
 
     forward_to: tuple[ForwardTarget, ...] = Field(default=(), max_length=16)
+    unresolved_weight: int = Field(
+        default=0,
+        ge=0,
+        le=160_000,
+        description="a share of the forwarded requests, by weight beside forward_to's, "
+        "answered 500: backends the rule names that do not exist (the Gateway API's rule)",
+    )
     mirrors: tuple[Mirror, ...] = Field(default=(), max_length=4)
     """Copies of forwarded requests to other backends, their answers dropped."""
     """None given: the listener's Services, on its target port."""
@@ -432,7 +439,8 @@ class Route(Model):
         if len(answers) > 1:
             problems.append(("fixed_response", "a rule redirects or answers, not both"))
         if answers:
-            for field in ("forward_to", "mirrors", "rewrite", "timeout_s", "retry"):
+            for field in ("forward_to", "unresolved_weight", "mirrors", "rewrite", "timeout_s",
+                          "retry"):  # fmt: skip
                 if getattr(self, field):
                     problems.append((field, f"only for forwarded requests, not with {answers[0]}"))
             if not self.request_headers.empty:

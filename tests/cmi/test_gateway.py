@@ -614,3 +614,23 @@ def test_tls_listeners_that_terminate_and_tlsroutes_on_http_listeners_are_refuse
     assert accepted(on_http, "TLSRoute/shop/abc") == ("False", "NotAllowedByListeners")
     (http,) = on_http.listeners
     assert [k["kind"] for k in http["supportedKinds"]] == ["HTTPRoute", "GRPCRoute"]
+
+
+def test_a_weighted_rules_unresolved_backends_keep_their_share_answered_500() -> None:
+    made = build(
+        httproute(
+            "r",
+            {
+                "backendRefs": [
+                    to("a", weight=3),
+                    to("nope", weight=1),
+                    {"name": "b", "port": 81, "weight": 2},
+                ]
+            },
+        )
+    )
+    (rule, _) = rules_of(made)
+    assert [(t.service, t.weight) for t in rule.forward_to] == [("shop/a", 3)]
+    assert rule.unresolved_weight == 3  # nope's 1 and b's missing port's 2
+    (entry,) = made.routes["HTTPRoute/shop/r"]
+    assert entry["conditions"][1]["reason"] == "BackendNotFound"

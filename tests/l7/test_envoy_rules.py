@@ -81,6 +81,8 @@ RULES: list[dict[str, Any]] = [
     {"name": "whole", "path_exact": "/whole/one", "rewrite": {"path": "/replaced"},
      "forward_to": [to("b")]},
     {"name": "seg-moved", "path_segments": "/gone", "redirect": {"path_prefix": "/here/"}},
+    {"name": "part-broken", "path_segments": "/part-broken", "forward_to": [to("b")],
+     "unresolved_weight": 1},
     {"name": "mirrored", "path_segments": "/mirrored", "forward_to": [to("b")],
      "mirrors": [{"to": to("c")}, {"to": to("pair"), "percent": 50}]},
 ]  # fmt: skip
@@ -256,3 +258,10 @@ def test_a_mirror_gets_a_copy_of_its_share_of_requests_and_the_client_the_target
     wait_until(lambda: copies("web/mirrored/m0") == 40, 10, "every request copied to c")
     halved = copies("web/mirrored/m1")
     assert 5 <= halved <= 35  # about half (a fixed seed is not Envoy's to give)
+
+
+def test_a_rules_unresolved_share_is_answered_500(served: tuple[str, Any]) -> None:
+    vip, _ = served
+    answers = collections.Counter(_get(vip, f"/part-broken/{i}").status for i in range(60))
+    assert set(answers) == {200, 500}
+    assert 10 <= answers[500] <= 50  # about half: weights 1 and 1
