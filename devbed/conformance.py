@@ -75,6 +75,7 @@ EXTENDED = (
     "HTTPRoutePathRewrite",
     "HTTPRoutePathRedirect",
     "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteNamedRouteRule",
     "HTTPRouteRequestMirror",
     "HTTPRouteRequestMultipleMirrors",

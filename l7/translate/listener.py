@@ -12,7 +12,7 @@ send no known name.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2
@@ -54,10 +54,10 @@ from l7.translate.secret import server_names
 from slb.model import (
     Certificate,
     ClientAuthMode,
-    ForwardTarget,
     Limits,
     Listener,
     Protocol,
+    Route,
     TlsPolicy,
 )
 from slb.resolve import ResolvedListener
@@ -181,38 +181,35 @@ def _passthrough(resolved: ResolvedListener) -> listener_pb2.Listener:
     out = _inspecting(resolved)
     front = _front_filters(model)
     claimed: set[str] = set()
-    default: list[str] | None = None
+    default: Route | None = None
     for r in model.routes:
         hosts = [h for h in r.hosts if h not in claimed]
         claimed.update(hosts)
-        names = [cluster_name(model.name, r.name, i) for i in range(len(r.targets))]
         if not r.hosts:
-            default = default or names
+            default = default or r
         elif hosts:
             chain = out.filter_chains.add(name=r.name)
             chain.filter_chain_match.server_names.extend(hosts)
             chain.MergeFromString(front)
-            chain.filters.append(_tcp_proxy(model, names, r.targets))
+            chain.filters.append(_tcp_proxy(model, r))
     chain = out.default_filter_chain
     chain.name = "default"
     chain.MergeFromString(front)
-    if default is None:
-        chain.filters.append(_tcp_proxy(model, [cluster_name(model.name)], (ForwardTarget(),)))
-    else:
-        rule = next(r for r in model.routes if not r.hosts)
-        chain.filters.append(_tcp_proxy(model, default, rule.targets))
+    chain.filters.append(_tcp_proxy(model, default))
     return out
 
 
-def _tcp_proxy(
-    model: Listener, clusters: list[str], targets: Sequence[ForwardTarget]
-) -> listener_components_pb2.Filter:
+def _tcp_proxy(model: Listener, rule: Route | None) -> listener_components_pb2.Filter:
+    """Proxy the connection to a rule's clusters (None: the listener's own), by weight."""
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=model.name)
     proxy.idle_timeout.CopyFrom(seconds(model.idle_timeout_s))
-    if len(clusters) == 1:
-        proxy.cluster = clusters[0]
+    if rule is None:
+        proxy.cluster = cluster_name(model.name)
+    elif len(rule.targets) == 1:
+        proxy.cluster = cluster_name(model.name, rule.name)
     else:
-        for name, target in zip(clusters, targets, strict=True):
+        for i, target in enumerate(rule.targets):
+            name = cluster_name(model.name, rule.name, i)
             proxy.weighted_clusters.clusters.add(name=name, weight=target.weight)
     return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy",
                                           typed_config=pack(proxy))  # fmt: skip
