@@ -64,6 +64,9 @@ ROUTE_KINDS = {
 """The route kinds each listener protocol takes."""
 H2C = "kubernetes.io/h2c"
 """The `appProtocol` of a Service port whose backends speak HTTP/2 without TLS."""
+APP_PROTOCOLS = {H2C: "h2c", "kubernetes.io/wss": "tls"}
+"""The Service port `appProtocol`s (GEP-1911) that change how a rule reaches its backends
+(`kubernetes.io/ws` needs nothing: WebSocket upgrades pass on HTTP/1.1)."""
 """The route kinds openslb serves, and their resources in the API."""
 NOT_FOUND_RULE = "no-route-matched"
 """The last rule of every Gateway listener: the specification's 404."""
@@ -783,10 +786,12 @@ def _actions(world: _World, route: Body, rule: Body) -> tuple[dict[str, Any], _B
         fields["forward_to"] = targets
         if share:  # the unresolved backends' share is answered 500, as specified
             fields["unresolved_weight"] = share
-        if route_kind(route) == HTTPROUTE and all(
-            _app_protocol(world, t["service"], t["target_port"]) == H2C for t in targets
-        ):  # GEP-1911: the Service port says its backends speak HTTP/2 in the clear
-            fields["backend_protocol"] = "h2c"
+        # GEP-1911: the Service ports say their backends speak HTTP/2 in the clear, or
+        # WebSocket over TLS
+        protocols = {_app_protocol(world, t["service"], t["target_port"]) for t in targets}
+        upstream = APP_PROTOCOLS.get(protocols.pop() or "") if len(protocols) == 1 else None
+        if route_kind(route) == HTTPROUTE and upstream is not None:
+            fields["backend_protocol"] = upstream
         return fields, bad
     # No backend at all, or none that resolves: the specification's 500.
     for forwarded_only in ("request_headers", "rewrite", "mirrors"):

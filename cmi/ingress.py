@@ -180,6 +180,8 @@ class Settings:
     canary_weight_total: int = 100
     canary_header: str | None = None
     canary_header_value: str | None = None
+    canary_header_pattern: str | None = None
+    canary_cookie: str | None = None
     caveats: tuple[str, ...] = ()
     """What is served otherwise than ingress-nginx would, for a Normal Event."""
 
@@ -209,6 +211,8 @@ ANNOTATIONS: dict[str, str] = {
     "canary-weight-total": "what canary-weight is a share of (100)",
     "canary-by-header": "requests with this header set to always go to the canary",
     "canary-by-header-value": "the value of canary-by-header that picks the canary",
+    "canary-by-header-pattern": "an RE2 regex the value of canary-by-header must match",
+    "canary-by-cookie": "requests with this cookie set to always go to the canary",
 }
 """The ingress-nginx annotations openslb honours, and how (the README's table)."""
 
@@ -231,6 +235,8 @@ def settings(ingress: Body) -> tuple[Settings, list[str]]:
         ),
         "canary-by-header": lambda n, v: fields.update(canary_header=_header_name(n, v)),
         "canary-by-header-value": lambda n, v: fields.update(canary_header_value=v),
+        "canary-by-header-pattern": lambda n, v: fields.update(canary_header_pattern=v),
+        "canary-by-cookie": lambda n, v: fields.update(canary_cookie=_cookie_name(n, v)),
         "limit-rps": lambda n, v: fields.update(requests_per_second=max(1, _count(n, v, 10**7))),
         "session-cookie-max-age": lambda n, v: fields.update(affinity_max_age_s=_seconds(n, v)),
     }
@@ -269,6 +275,12 @@ def settings(ingress: Body) -> tuple[Settings, list[str]]:
         caveats.append("limit-rps: the rate is the Ingress's per Envoy, not per client address")
     unsupported = sorted(name for name in raw if name not in ANNOTATIONS)
     return Settings(**fields, caveats=tuple(caveats)), unsupported
+
+
+def _cookie_name(name: str, value: str) -> str:
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}", value):
+        raise AnnotationError(name, f"{value!r} is not a cookie name")
+    return value
 
 
 def _header_name(name: str, value: str) -> str:
@@ -444,7 +456,9 @@ def _to_https(rule: dict[str, Any]) -> dict[str, Any]:
     return {**kept, "redirect": {"scheme": "https", "code": 308}}
 
 
-_MATCH_FIELDS = ("name", "hosts", "path_exact", "path_segments", "path_regex", "headers")
+_MATCH_FIELDS = (
+    "name", "hosts", "path_exact", "path_prefix", "path_segments", "path_regex", "headers",
+)  # fmt: skip
 
 
 def _rules(ingress: Body, ctx: _Context, canaries: Sequence[Body]) -> list[dict[str, Any]]:
@@ -563,14 +577,11 @@ def _canary_rules(
                 continue
             if _named(canary) not in ctx.joined:
                 ctx.joined.append(_named(canary))
-            if asked.canary_header:
-                value = asked.canary_header_value or "always"
-                header = {"name": asked.canary_header, "type": "exact", "value": value}
-                canary_fields = {k: v for k, v in main.items() if k in _MATCH_FIELDS}
+            for why, header in _canary_matches(asked):
                 out.append({
                     **main, **forward,
-                    "name": short_name(main["name"], "canary", *_named(canary).split("/")),
-                    "headers": [*canary_fields.get("headers", ()), header],
+                    "name": short_name(main["name"], why, *_named(canary).split("/")),
+                    "headers": [*main.get("headers", ()), header],
                 })  # fmt: skip
             if asked.canary_weight:
                 share = min(asked.canary_weight, asked.canary_weight_total)
@@ -580,6 +591,24 @@ def _canary_rules(
                     *({**t, "weight": share} for t in forward["forward_to"]),
                 ]
             break
+    return out
+
+
+def _canary_matches(asked: Settings) -> list[tuple[str, dict[str, str]]]:
+    """The header matches that pick a canary, in ingress-nginx's order: by header (its
+    value, its pattern, or `always`), then by cookie (`always`)."""
+    out = []
+    if asked.canary_header:
+        if asked.canary_header_value:
+            kind, value = "exact", asked.canary_header_value
+        elif asked.canary_header_pattern:
+            kind, value = "regex", asked.canary_header_pattern
+        else:
+            kind, value = "exact", "always"
+        out.append(("canary", {"name": asked.canary_header, "type": kind, "value": value}))
+    if asked.canary_cookie:
+        cookie = rf"(.*;\s*)?{re.escape(asked.canary_cookie)}=always(;.*)?"
+        out.append(("canary-cookie", {"name": "cookie", "type": "regex", "value": cookie}))
     return out
 
 

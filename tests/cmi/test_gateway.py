@@ -551,8 +551,9 @@ def test_url_rewrites_and_redirects_replace_the_prefix_matched_or_the_whole_path
     assert accepted(refused, "HTTPRoute/shop/exact") == ("False", "UnsupportedValue")
 
 
-def test_backends_whose_service_port_says_h2c_are_reached_over_http2() -> None:
-    ports = [{"port": 80}, {"port": 8081, "appProtocol": "kubernetes.io/h2c"}]
+def test_backends_whose_service_port_says_h2c_or_wss_are_reached_over_http2_or_tls() -> None:
+    ports = [{"port": 80}, {"port": 8081, "appProtocol": "kubernetes.io/h2c"},
+             {"port": 8443, "appProtocol": "kubernetes.io/wss"}]  # fmt: skip
     h2c = {"metadata": {"namespace": "shop", "name": "h2"}, "spec": {"ports": ports}}
     services = {**SERVICES, "shop/h2": h2c}
     made = build(
@@ -562,10 +563,13 @@ def test_backends_whose_service_port_says_h2c_are_reached_over_http2() -> None:
                             "backendRefs": [to("h2", port=8081), to("a")]}),
         httproute("plain", {"matches": [{"path": {"type": "Exact", "value": "/plain"}}],
                             "backendRefs": [to("h2")]}),
+        httproute("wss", {"matches": [{"path": {"type": "Exact", "value": "/wss"}}],
+                          "backendRefs": [to("h2", port=8443)]}),
         services=services,
     )  # fmt: skip
     upstream = {r.path_exact: r.backend_protocol for r in rules_of(made)[:-1]}
-    assert upstream == {"/h2": BackendProtocol.H2C, "/mixed": None, "/plain": None}
+    assert upstream == {"/h2": BackendProtocol.H2C, "/mixed": None, "/plain": None,
+                        "/wss": BackendProtocol.TLS}  # fmt: skip
 
 
 PASSTHROUGH = {"name": "tls", "port": 443, "protocol": "TLS", "hostname": "*.example.com",

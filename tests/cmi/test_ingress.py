@@ -4,6 +4,7 @@ openslb's features, canaries, and every other annotation named."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +292,35 @@ def test_ssl_passthrough_sends_each_hosts_tls_to_its_root_paths_backend() -> Non
     ]
     assert made.built.certificates == ()
     assert port(made, 80).protocol is Protocol.HTTP  # HTTP is still read on port 80
+
+
+def test_canaries_by_header_pattern_and_by_cookie_come_before_the_weight() -> None:
+    canary = ing(
+        rule("shop.example.test", path("/", to="web-next")),
+        name="next",
+        annotations={
+            "canary": "true",
+            "canary-by-header": "X-Beta",
+            "canary-by-header-pattern": "yes|1",
+            "canary-by-cookie": "beta",
+        },
+    )
+    made = build(ing(rule("shop.example.test", path("/"))), canaries=[canary])
+    by_header, by_cookie, main, _ = port(made, 80).routes
+    assert [(h.name, h.type.value, h.value) for h in by_header.headers] == [
+        ("x-beta", "regex", "yes|1")
+    ]
+    ((name, kind, value),) = [(h.name, h.type.value, h.value) for h in by_cookie.headers]
+    assert (name, kind) == ("cookie", "regex")
+    assert re.fullmatch(value, "a=1; beta=always; c=2")
+    assert re.fullmatch(value, "beta=always")
+    assert not re.fullmatch(value, "notbeta=always")
+    assert [t.service for t in by_cookie.forward_to] == ["shop/web-next"]
+    assert [t.service for t in main.forward_to] == ["shop/web"]  # no weight asked
+
+
+def test_an_implementation_specific_path_keeps_its_match_when_redirected_to_https() -> None:
+    made = build(ing(rule("shop.example.test", path("/app", "ImplementationSpecific")),
+                     annotations={"force-ssl-redirect": "true"}))  # fmt: skip
+    first = port(made, 80).routes[0]
+    assert (first.path_prefix, first.redirect is not None) == ("/app", True)
