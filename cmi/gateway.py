@@ -274,6 +274,7 @@ def build_gateway(
                 pairs=pairs,
             )
         )
+    _isolate(spec.get("listeners") or [], ports, owner)
     events: list[Event] = []
     listeners = []
     for group in sorted(ports.values(), key=lambda g: g.port):
@@ -314,6 +315,34 @@ def build_gateway(
     )
     parents = _unmatched_parents(world, routes, attached)
     return GatewayBuilt(built, listener_status, conditions, parents)
+
+
+def _isolate(spec_listeners: Sequence[Body], ports: Mapping[int, _Port], owner: Owner) -> None:
+    """Listener isolation: a request for a hostname a listener names goes to that
+    listener's routes alone, never to those of a wider listener on its port (one with a
+    wildcard covering it, or none). Each listener with a wider one beside it gets a 404
+    for its hostname, tried after its own routes and before any wider host's."""
+    for port, group in ports.items():
+        if group.protocol is Protocol.TLS:  # server names pick filter chains: isolated
+            continue
+        served = [li for li in spec_listeners
+                  if li.get("port") == port and li["name"] in group.names]  # fmt: skip
+        for listener in served:
+            host = listener.get("hostname")
+            if not host:
+                continue
+            wider = any(
+                not other.get("hostname")
+                or (other["hostname"] != host and host_covers(other["hostname"], host))
+                for other in served
+            )
+            if wider:
+                name = short_name(*owner.name.split("/", 1), "isolation", listener["name"])
+                answer = {"status": 404, "body": ""}
+                group.rules.append((
+                    (host_rank([host]), 2),
+                    {"name": name, "hosts": [host], "fixed_response": answer},
+                ))  # fmt: skip
 
 
 def _ref_id(ref: Body) -> str:

@@ -72,6 +72,7 @@ EXTENDED = (
     "HTTPRoute307RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
     "GatewayPort8080",
+    "GatewayHTTPListenerIsolation",
     "HTTPRoutePathRewrite",
     "HTTPRoutePathRedirect",
     "HTTPRouteBackendProtocolH2C",

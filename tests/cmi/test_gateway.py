@@ -638,3 +638,34 @@ def test_a_weighted_rules_unresolved_backends_keep_their_share_answered_500() ->
     assert rule.unresolved_weight == 3  # nope's 1 and b's missing port's 2
     (entry,) = made.routes["HTTPRoute/shop/r"]
     assert entry["conditions"][1]["reason"] == "BackendNotFound"
+
+
+def test_a_hostname_a_listener_names_is_served_by_its_routes_alone() -> None:
+    """Listener isolation: a.example.com's requests never fall through to the routes of
+    the wildcard or hostless listeners on its port."""
+    listeners = [{"name": n, "port": 80, "protocol": "HTTP", **({"hostname": h} if h else {})}
+                 for n, h in (("any", None), ("wild", "*.example.com"),
+                              ("abc", "abc.example.com"))]  # fmt: skip
+
+    def on(section: str, path: str) -> dict[str, Any]:
+        return httproute(
+            section,
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": path}}],
+                "backendRefs": [to("a")],
+            },
+            parents=[{"name": "edge", "namespace": "shop", "sectionName": section}],
+        )
+
+    made = build(on("any", "/any"), on("wild", "/wild"), on("abc", "/abc"),
+                 gateway=gw(*listeners))  # fmt: skip
+    order = [(r.hosts, r.path_segments, r.fixed_response.status if r.fixed_response else None)
+             for r in rules_of(made)]  # fmt: skip
+    assert order == [
+        (("abc.example.com",), "/abc", None),
+        (("abc.example.com",), None, 404),  # isolation: not /wild's nor /any's
+        (("*.example.com",), "/wild", None),
+        (("*.example.com",), None, 404),
+        ((), "/any", None),
+        ((), None, 404),
+    ]
