@@ -577,9 +577,11 @@ def _canary_rules(
                 continue
             if _named(canary) not in ctx.joined:
                 ctx.joined.append(_named(canary))
-            for why, header in _canary_matches(asked):
+            for why, header, to_canary in _canary_matches(asked):
+                if not to_canary and not asked.canary_weight:
+                    continue  # `never` keeps requests off a weighted canary only
                 out.append({
-                    **main, **forward,
+                    **main, **(forward if to_canary else {}),
                     "name": short_name(main["name"], why, *_named(canary).split("/")),
                     "headers": [*main.get("headers", ()), header],
                 })  # fmt: skip
@@ -594,22 +596,31 @@ def _canary_rules(
     return out
 
 
-def _canary_matches(asked: Settings) -> list[tuple[str, dict[str, str]]]:
-    """The header matches that pick a canary, in ingress-nginx's order: by header (its
-    value, its pattern, or `always`), then by cookie (`always`)."""
+def _canary_matches(asked: Settings) -> list[tuple[str, dict[str, str], bool]]:
+    """The header matches that decide for or against a canary, in ingress-nginx's order:
+    by header (its value, its pattern, else `always`; `never` keeps a request off it), then
+    by cookie (`always`, `never`). Each: a name, the match, whether it picks the canary."""
     out = []
     if asked.canary_header:
+        header = asked.canary_header
         if asked.canary_header_value:
-            kind, value = "exact", asked.canary_header_value
+            out.append(("canary", _exact(header, asked.canary_header_value), True))
         elif asked.canary_header_pattern:
-            kind, value = "regex", asked.canary_header_pattern
+            pattern = {"name": header, "type": "regex", "value": asked.canary_header_pattern}
+            out.append(("canary", pattern, True))
         else:
-            kind, value = "exact", "always"
-        out.append(("canary", {"name": asked.canary_header, "type": kind, "value": value}))
+            out.append(("canary", _exact(header, "always"), True))
+            out.append(("not-canary", _exact(header, "never"), False))
     if asked.canary_cookie:
-        cookie = rf"(.*;\s*)?{re.escape(asked.canary_cookie)}=always(;.*)?"
-        out.append(("canary-cookie", {"name": "cookie", "type": "regex", "value": cookie}))
+        for value, to_canary in (("always", True), ("never", False)):
+            cookie = rf"(.*;\s*)?{re.escape(asked.canary_cookie)}={value}(;.*)?"
+            match = {"name": "cookie", "type": "regex", "value": cookie}
+            out.append((f"cookie-{value}", match, to_canary))
     return out
+
+
+def _exact(header: str, value: str) -> dict[str, str]:
+    return {"name": header, "type": "exact", "value": value}
 
 
 def _named(ingress: Body) -> str:

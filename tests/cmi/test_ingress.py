@@ -267,10 +267,12 @@ def test_a_canary_joins_its_namespaces_ingress_by_weight_and_by_header() -> None
     made = build(ing(rule("shop.example.test", path("/"), path("/other"))), canaries=[canary])
     routes = [summary(r) for r in port(made, 80).routes]
     assert made.canaries == ("shop/shop-canary",)
-    header = port(made, 80).routes[1]
+    always, never = port(made, 80).routes[1:3]
     assert routes[1][2] == (("shop/web-next", 80, 1),)
-    assert [(h.name, h.value) for h in header.headers] == [("x-canary", "always")]
-    assert routes[2][2] == (("shop/web", 80, 80), ("shop/web-next", 80, 20))
+    assert [(h.name, h.value) for h in always.headers] == [("x-canary", "always")]
+    assert routes[2][2] == (("shop/web", 80, 1),)  # `never` keeps a request off it
+    assert [(h.name, h.value) for h in never.headers] == [("x-canary", "never")]
+    assert routes[3][2] == (("shop/web", 80, 80), ("shop/web-next", 80, 20))
     assert routes[0][1] == "/other"
     assert routes[0][2] == (("shop/web", 80, 1),)
 
