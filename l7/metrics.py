@@ -45,6 +45,11 @@ class Metrics:
         self.problems = Gauge(
             "openslb_xds_problems", "Listeners that cannot be served as desired", registry=r
         )
+        self.private_keys = Gauge(
+            "openslb_xds_private_keys",
+            "Private keys held in memory: those of the certificates the served listeners use",
+            registry=r,
+        )
         self.store_held = Gauge(
             "openslb_xds_store_held",
             "1 while the server keeps serving its last good state: the store is empty, another "

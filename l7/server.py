@@ -272,13 +272,17 @@ class XdsServer:
         return True
 
     def _keys_for(self, state: DesiredState) -> dict[str, str]:
-        """The keys the certificates in use name; refs are immutable, so each is read once."""
+        """The keys the certificates in use name; refs are immutable, so each is read once,
+        and a key no certificate in use names any more (a renewal's old one) is let go."""
         refs = {c.key_ref for c in _used_certificates(state)}
+        for gone in set(self._keys) - refs:
+            del self._keys[gone]
         missing = refs - set(self._keys)
         if missing:
             self._keys.update(self.secrets.get_keys(missing))
         self._missing_keys = refs - set(self._keys)
-        return {ref: self._keys[ref] for ref in refs if ref in self._keys}
+        self.metrics.private_keys.set(len(self._keys))
+        return dict(self._keys)
 
     def _fetch_missing_keys(self) -> bool:
         """Whether a key missing at the last translation has been stored since."""
@@ -287,6 +291,7 @@ class XdsServer:
         found = self.secrets.get_keys(self._missing_keys)
         self._keys.update(found)
         self._missing_keys -= set(found)
+        self.metrics.private_keys.set(len(self._keys))
         return bool(found)
 
     # -- status -----------------------------------------------------------------------------

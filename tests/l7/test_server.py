@@ -22,7 +22,7 @@ from l7.server import XdsServer
 from l7.translate.common import CLUSTER, ENDPOINT, LISTENER
 from slb.integrity import AppliedRecord
 from slb.model import Certificate
-from slb.snapshot import Put
+from slb.snapshot import Delete, Put
 from slb.storage.secrets import SecretStore
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
@@ -204,6 +204,31 @@ def test_a_key_stored_after_its_certificate_is_picked_up(
         assert names(cds) == ["tls"]
     finally:
         client.close()
+
+
+def test_a_renewed_certificates_old_private_key_is_let_go(
+    store: Store, server: ServerThread
+) -> None:
+    """A renewal (cert-manager's, every few weeks) names a new key: the server holds only
+    the keys of the certificates in use, not every key it ever read."""
+    first, renewed = self_signed("shop.test"), self_signed("shop.test")
+    SecretStore(store).put_key("shop-1", first.key_pem)
+    SecretStore(store).put_key("shop-2", renewed.key_pem)
+    revision = store.apply([
+        Put(load_balancer("a", "198.18.0.1", group="blue")),
+        Put(service("svc-a", [("198.18.1.1", 80)], lb="a")),
+        Put(Certificate(name="shop", chain_pem=first.chain_pem, key_ref="shop-1")),
+        Put(listener("tls", "HTTPS", 443, lb="a", app="svc-a", certificates=["shop"])),
+    ])  # fmt: skip
+    server.wait_revision(revision)
+    held = server.server.metrics.registry.get_sample_value
+    assert held("openslb_xds_private_keys") == 1
+    renewal = store.put(Certificate(name="shop", chain_pem=renewed.chain_pem, key_ref="shop-2"))
+    server.wait_revision(renewal)
+    assert held("openslb_xds_private_keys") == 1  # shop-2's alone
+    removal = store.apply([Delete("Listener", "tls")])
+    server.wait_revision(removal)
+    assert held("openslb_xds_private_keys") == 0
 
 
 def test_an_envoy_that_disconnects_leaves_the_status_board(
