@@ -317,6 +317,18 @@ def build_gateway(
     return GatewayBuilt(built, listener_status, conditions, parents)
 
 
+def _narrower(world: _World, listener: Body) -> list[str]:
+    """The hostnames of the listeners on its port narrower than it (its own hostname covers
+    theirs, or it has none): their requests are theirs alone (isolation)."""
+    mine = listener.get("hostname")
+    return [
+        other["hostname"]
+        for other in (world.gateway.get("spec") or {}).get("listeners") or []
+        if other.get("port") == listener["port"] and other.get("hostname")
+        and other["hostname"] != mine and (not mine or host_covers(mine, other["hostname"]))
+    ]  # fmt: skip
+
+
 def _isolate(spec_listeners: Sequence[Body], ports: Mapping[int, _Port], owner: Owner) -> None:
     """Listener isolation: a request for a hostname a listener names goes to that
     listener's routes alone, never to those of a wider listener on its port (one with a
@@ -643,6 +655,11 @@ def _route_parent(world: _World, listener: Body, route: Body, ref: Body, group: 
     if hosts is None:
         why = "no hostname in common with the listener"
         return answer(False, "NoMatchingListenerHostname", why, resolved)
+    narrower = _narrower(world, listener)
+    kept = [h for h in hosts if not any(host_covers(n, h) for n in narrower)]
+    if hosts and not kept:  # isolation: each of its hosts is a narrower listener's
+        return answer(True, "Accepted", "openslb serves it", resolved)
+    hosts = kept
     made, bad = [], None
     try:
         for index, rule in enumerate((route.get("spec") or {}).get("rules") or [{}]):
@@ -689,24 +706,30 @@ def _rules(
     grpc = kind == GRPCROUTE
     actions, bad = _actions(world, route, rule)
     out = []
+    by_rank: dict[tuple[int, int], list[str]] = {}
+    for host in hosts:  # exact names, then each wildcard, in their own precedence
+        by_rank.setdefault(host_rank([host]), []).append(host)
+    ranked = sorted(by_rank.items()) or [(host_rank([]), [])]
     for m, match in enumerate(rule.get("matches") or [{}]):
-        fields, precedence = _grpc_match(match) if grpc else _match(match)
-        fields.update(actions)
-        parts = (section, str(index), str(m))
-        name_parts = (rmeta["namespace"], rmeta["name"], *(("grpc",) if grpc else ()), *parts)
-        fields["name"] = short_name(*name_parts)
-        fields["hosts"] = hosts
-        order = (
-            host_rank(hosts),
-            0 if grpc else 1,
-            *precedence,
-            rmeta.get("creationTimestamp") or "",
-            rmeta["namespace"],
-            rmeta["name"],
-            index,
-            m,
-        )
-        out.append((order, fields))
+        for g, (rank, group) in enumerate(ranked):
+            fields, precedence = _grpc_match(match) if grpc else _match(match)
+            fields.update(actions)
+            parts = (section, str(index), str(m), *((str(g),) if g else ()))
+            name_parts = (rmeta["namespace"], rmeta["name"], *(("grpc",) if grpc else ()),
+                          *parts)  # fmt: skip
+            fields["name"] = short_name(*name_parts)
+            fields["hosts"] = group
+            order = (
+                rank,
+                0 if grpc else 1,
+                *precedence,
+                rmeta.get("creationTimestamp") or "",
+                rmeta["namespace"],
+                rmeta["name"],
+                index,
+                m,
+            )
+            out.append((order, fields))
     return out, bad
 
 
