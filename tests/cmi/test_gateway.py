@@ -669,3 +669,19 @@ def test_a_hostname_a_listener_names_is_served_by_its_routes_alone() -> None:
         ((), "/any", None),
         ((), None, 404),
     ]
+
+
+def test_a_wider_listeners_routes_leave_out_the_hosts_of_narrower_listeners() -> None:
+    listeners = [
+        {"name": "any", "port": 80, "protocol": "HTTP"},
+        {"name": "wild", "port": 80, "protocol": "HTTP", "hostname": "*.example.com"},
+    ]
+    route = httproute("r", {"backendRefs": [to("a")]}, hostnames=[
+        "bar.com", "*.example.com", "abc.example.com", "*.org"],
+        parents=[{"name": "edge", "namespace": "shop", "sectionName": "any"}])  # fmt: skip
+    made = build(route, gateway=gw(*listeners))
+    hosts = [r.hosts for r in rules_of(made) if r.forward_to]
+    # *.example.com and abc.example.com are the wildcard listener's; the exact name and the
+    # wildcard each take their own place in the precedence
+    assert hosts == [("bar.com",), ("*.org",)]
+    assert accepted(made, "HTTPRoute/shop/r") == ("True", "Accepted")
