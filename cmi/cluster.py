@@ -37,6 +37,10 @@ from cmi.mirror import Mirror
 from slb.config import CmiSettings, comma_list, networks
 from slb.model import LoadBalancer, ModelError, Service
 
+UNREADABLE = (ValidationError, ModelError, KeyError, TypeError, ValueError)
+"""What a Gateway's or an Ingress's build raises on content it cannot read: that object
+keeps what it was served with (fail static); the controller goes on."""
+
 
 class Cluster:
     """The watched caches; `informers` in the order they start and must be synced."""
@@ -200,7 +204,7 @@ class Cluster:
                 previous=previous,
                 now=time.time(),
             )
-        except (ValidationError, ModelError, KeyError, TypeError, ValueError) as exc:
+        except UNREADABLE as exc:
             why = f"cmi cannot read this Gateway or its routes ({exc!r}): please report it"
             return builder.refused(key, previous, why)
         self.gateways.built[key] = made
@@ -228,7 +232,7 @@ class Cluster:
                 previous=previous,
                 now=time.time(),
             )
-        except (ValidationError, ModelError, KeyError, TypeError, ValueError) as exc:
+        except UNREADABLE as exc:
             why = f"cmi cannot read this Ingress ({exc!r}): please report it"
             return builder.refused(key, previous, why)
         self.ingresses.built[key] = made

@@ -109,11 +109,17 @@ def split_route_key(key: str) -> tuple[str, str, str]:
     return kind, namespace, name
 
 
+def named_by(ref: Body, namespace: str) -> str:
+    """The `namespace/name` an object reference names: its own namespace, else `namespace`
+    (that of the object holding the reference)."""
+    return f"{ref.get('namespace') or namespace}/{ref['name']}"
+
+
 def parent_gateway(ref: Body, route_namespace: str) -> str | None:
     """The Gateway (`namespace/name`) a route's parentRef names; None: another kind."""
     if ref.get("group", GROUP) != GROUP or ref.get("kind", "Gateway") != "Gateway":
         return None
-    return f"{ref.get('namespace') or route_namespace}/{ref['name']}"
+    return named_by(ref, route_namespace)
 
 
 def parent_refs(route: Body) -> list[str]:
@@ -129,7 +135,7 @@ def certificate_secrets(gateway: Body) -> set[str]:
     """The Secrets (`namespace/name`) a Gateway's listeners name as certificates."""
     namespace = gateway["metadata"]["namespace"]
     return {
-        f"{ref.get('namespace') or namespace}/{ref['name']}"
+        named_by(ref, namespace)
         for listener in (gateway.get("spec") or {}).get("listeners") or []
         for ref in (listener.get("tls") or {}).get("certificateRefs") or []
         if ref.get("group", "") == "" and ref.get("kind", "Secret") == "Secret"
@@ -140,7 +146,7 @@ def backend_services(route: Body) -> set[str]:
     """The Services (`namespace/name`) a route's rules name, as backends or mirrors."""
     namespace = route["metadata"]["namespace"]
     return {
-        f"{ref.get('namespace') or namespace}/{ref['name']}"
+        named_by(ref, namespace)
         for rule in (route.get("spec") or {}).get("rules") or []
         for ref in [*(rule.get("backendRefs") or []), *_mirror_refs(rule)]
         if ref.get("group", "") == "" and ref.get("kind", "Service") == "Service"
@@ -317,16 +323,22 @@ def build_gateway(
     return GatewayBuilt(built, listener_status, conditions, parents)
 
 
+def _wider(hostname: str | None, than: str | None) -> bool:
+    """Is a listener of `hostname` (None: any) wider than one of `than`: a different
+    hostname it covers? Isolation keeps the narrower one's requests to its own routes."""
+    if not than or than == hostname:
+        return False
+    return not hostname or host_covers(hostname, than)
+
+
 def _narrower(world: _World, listener: Body) -> list[str]:
-    """The hostnames of the listeners on its port narrower than it (its own hostname covers
-    theirs, or it has none): their requests are theirs alone (isolation)."""
-    mine = listener.get("hostname")
+    """The hostnames of the listeners on its port narrower than it."""
     return [
         other["hostname"]
         for other in (world.gateway.get("spec") or {}).get("listeners") or []
-        if other.get("port") == listener["port"] and other.get("hostname")
-        and other["hostname"] != mine and (not mine or host_covers(mine, other["hostname"]))
-    ]  # fmt: skip
+        if other.get("port") == listener["port"]
+        and _wider(listener.get("hostname"), other.get("hostname"))
+    ]
 
 
 def _isolate(spec_listeners: Sequence[Body], ports: Mapping[int, _Port], owner: Owner) -> None:
@@ -341,14 +353,7 @@ def _isolate(spec_listeners: Sequence[Body], ports: Mapping[int, _Port], owner: 
                   if li.get("port") == port and li["name"] in group.names]  # fmt: skip
         for listener in served:
             host = listener.get("hostname")
-            if not host:
-                continue
-            wider = any(
-                not other.get("hostname")
-                or (other["hostname"] != host and host_covers(other["hostname"], host))
-                for other in served
-            )
-            if wider:
+            if host and any(_wider(other.get("hostname"), host) for other in served):
                 name = short_name(*owner.name.split("/", 1), "isolation", listener["name"])
                 answer = {"status": 404, "body": ""}
                 group.rules.append((
@@ -504,8 +509,8 @@ def _certificates(
         return [], (False, "InvalidCertificateRef", "HTTPS listeners terminate TLS")
     pairs, problems = [], []
     for ref in tls.get("certificateRefs") or []:
-        namespace = ref.get("namespace") or meta["namespace"]
-        key = f"{namespace}/{ref['name']}"
+        key = named_by(ref, meta["namespace"])
+        namespace = key.split("/", 1)[0]
         if ref.get("group", "") != "" or ref.get("kind", "Secret") != "Secret":
             problems.append(("InvalidCertificateRef", f"{ref.get('kind')} {key}: only Secrets"))
             continue
@@ -865,7 +870,7 @@ def _targets(
             bad, unresolved = bad or problem, unresolved + int(ref.get("weight", 1))
             continue
         targets.append({
-            "service": f"{ref.get('namespace') or namespace}/{ref['name']}",
+            "service": named_by(ref, namespace),
             "target_port": ref["port"],
             "weight": ref.get("weight", 1),
         })  # fmt: skip
@@ -896,7 +901,7 @@ def _mirrors(
         if percent <= 0:
             continue
         mirrors.append({
-            "to": {"service": f"{ref.get('namespace') or namespace}/{ref['name']}",
+            "to": {"service": named_by(ref, namespace),
                    "target_port": ref["port"]},
             "percent": min(100, percent),
         })  # fmt: skip
@@ -938,8 +943,8 @@ def _backend_problem(world: _World, route: Body, ref: Body) -> _BadRefError | No
     if ref.get("group", "") != "" or ref.get("kind", "Service") != "Service":
         return _BadRefError("InvalidKind", f"backendRef {ref.get('kind')}: only Services")
     namespace = route["metadata"]["namespace"]
-    target_ns = ref.get("namespace") or namespace
-    key = f"{target_ns}/{ref['name']}"
+    key = named_by(ref, namespace)
+    target_ns = key.split("/", 1)[0]
     if target_ns != namespace and not granted(
         namespace, target_ns, ref["name"], world.grants, kind=route_kind(route)
     ):

@@ -38,13 +38,12 @@ class Ingresses:
         )
         self.informers = (self.classes, self.ingresses)
         self._lock = threading.Lock()
-        self._named: dict[str, set[str]] = {}
-        """Each Ingress's (`namespace/name`) Services and TLS Secrets (`namespace/name`)."""
+        self._named: dict[str, tuple[set[str], set[str]]] = {}
+        """Each Ingress's (`namespace/name`) Services and TLS Secrets (`namespace/name`):
+        when it changes, the Services it named before are rebuilt too."""
         self._naming: dict[str, set[str]] = {}
         """The Ingresses naming each Service or Secret: looked up, never scanned for."""
         self._canaries: set[str] = set()
-        self._services_before: dict[str, set[str]] = {}
-        """Each Ingress's Services: when it changes, those it named before are rebuilt too."""
         self.built: dict[str, ingress.IngressBuilt] = {}
         """Each Ingress's last build, for the reporter (the controller's thread only)."""
 
@@ -68,18 +67,26 @@ class Ingresses:
         ]
 
     def serving(self, service: str) -> str | None:
-        """The instance of the first (by key) of openslb's Ingresses naming this Service."""
+        """The instance of the first (by key) of openslb's Ingresses naming this Service (a
+        canary's: the first of its namespace's others)."""
         with self._lock:
             naming = sorted(self._naming.get(service, ()))
         for named in naming:
             body = self.ingresses.get(named)
-            if body is not None and self.ours(body) and not is_canary(body):
-                return ingress.instance_name(*named.split("/", 1))
-            if body is not None and self.ours(body):  # a canary: its main Ingress's
-                for _, main in sorted(self.ingresses.indexed_items(named.split("/", 1)[0])):
-                    if not is_canary(main) and self.ours(main):
-                        meta = main["metadata"]
-                        return ingress.instance_name(meta["namespace"], meta["name"])
+            if body is None or not self.ours(body):
+                continue
+            if is_canary(body):
+                body = self._first_main(named.split("/", 1)[0])
+            if body is not None:
+                meta = body["metadata"]
+                return ingress.instance_name(meta["namespace"], meta["name"])
+        return None
+
+    def _first_main(self, namespace: str) -> Body | None:
+        """The first (by name) of openslb's Ingresses of a namespace that is no canary."""
+        for _, body in sorted(self.ingresses.indexed_items(namespace)):
+            if not is_canary(body) and self.ours(body):
+                return body
         return None
 
     def naming(self, named: str) -> set[str]:
@@ -91,26 +98,24 @@ class Ingresses:
         """It, and the Services it names before and after; a canary: its namespace's."""
         now = self.ingresses.get(key)
         services = backend_services(now) if now is not None else set()
-        named = (services | tls_secrets(now)) if now is not None else set()
+        secrets = tls_secrets(now) if now is not None else set()
         canary = now is not None and is_canary(now)
         with self._lock:
-            before = self._named.pop(key, set())
+            services_before, secrets_before = self._named.pop(key, (set(), set()))
             was_canary = key in self._canaries
-            for name in before:
+            for name in services_before | secrets_before:
                 naming = self._naming.get(name, set())
                 naming.discard(key)
                 if not naming:
                     self._naming.pop(name, None)
             if now is not None:
-                self._named[key] = named
-                for name in named:
+                self._named[key] = (services, secrets)
+                for name in services | secrets:
                     self._naming.setdefault(name, set()).add(key)
             self._canaries.discard(key)
             if canary:
                 self._canaries.add(key)
-        dirty = {ingress_key(key), *services, *self._services_before.pop(key, set())}
-        if now is not None:
-            self._services_before[key] = services
+        dirty = {ingress_key(key), *services, *services_before}
         if canary or was_canary:
             namespace = key.split("/", 1)[0]
             dirty |= {ingress_key(k) for k, _ in self.ingresses.indexed_items(namespace)}

@@ -280,12 +280,12 @@ class Reporter:
             self.events.record(body, event.type, event.reason, event.message)
         if built.foreign or ingress.is_canary(body):
             return  # another controller's; a canary's is its main Ingress's to write
+        if built.refused and made is not None and made.built is not built:
+            return  # refused: it keeps what it was served with, and its status
         balancer = self.mirror.objects.get((LoadBalancer.kind, built.instance or ""))
         vip = balancer.vip if isinstance(balancer, LoadBalancer) and built.exposed else None
         status = {"loadBalancer": ingress.ingress_status(str(vip) if vip else None)}
         joined = made.canaries if made is not None and built.exposed else ()
-        if built.refused and made is not None and made.built is not built:
-            return  # refused: it keeps what it was served with, and its status
         for named in (key.removeprefix(ingress.KEY_PREFIX), *joined):
             target = self.ingresses.ingresses.get(named)
             if target is None:
