@@ -1,5 +1,6 @@
-"""Pure: one Gateway API Gateway (with its class and the HTTPRoutes, GRPCRoutes and
-TLSRoutes that name it) -> the desired state and the status the specification asks for.
+"""Pure: one Gateway API Gateway (with its class and the HTTPRoutes, GRPCRoutes, TLSRoutes,
+TCPRoutes and UDPRoutes that name it) -> the desired state and the status the specification
+asks for.
 
 A Gateway of openslb's class becomes an instance (`LoadBalancer`, its VIP from the pool or
 `spec.addresses`) owned by the Gateway; its listeners on one port become one openslb
@@ -9,7 +10,10 @@ GRPCRoute's rules match gRPC calls only (by content-type), so gRPC and HTTP rout
 hostname safely, and reach their backends over HTTP/2. A request no rule matches gets a
 404, as the specification says. A TLS listener (mode Passthrough) becomes a TLS
 passthrough listener: each TLSRoute's hostnames go, by the name a client sends (SNI), to
-its backends, which terminate TLS themselves. What cannot be served is
+its backends, which terminate TLS themselves. A TCP or UDP listener is served by IPVS:
+the one TCPRoute or UDPRoute it binds (the oldest, if several name it: IPVS matches
+nothing to choose between them) makes its backends' endpoints the real servers, each
+backendRef's share by its weight. What cannot be served is
 refused in the status of the object that asked for it (a listener's protocol, a route's
 filter, a backendRef), never by stopping the controller.
 
@@ -39,6 +43,7 @@ from slb.model import (
     OwnerKind,
     Protocol,
     Route,
+    Scheduler,
     host_covers,
 )
 from slb.selector import LabelSelector
@@ -53,13 +58,20 @@ KEY_PREFIX = "gateway:"
 HTTPROUTE = "HTTPRoute"
 GRPCROUTE = "GRPCRoute"
 TLSROUTE = "TLSRoute"
-ROUTE_RESOURCES = {HTTPROUTE: "httproutes", GRPCROUTE: "grpcroutes", TLSROUTE: "tlsroutes"}
-PROTOCOLS = {"HTTP": Protocol.HTTP, "HTTPS": Protocol.HTTPS, "TLS": Protocol.TLS}
+TCPROUTE = "TCPRoute"
+UDPROUTE = "UDPRoute"
+ROUTE_RESOURCES = {HTTPROUTE: "httproutes", GRPCROUTE: "grpcroutes", TLSROUTE: "tlsroutes",
+                   TCPROUTE: "tcproutes", UDPROUTE: "udproutes"}  # fmt: skip
+"""The route kinds openslb serves, and their resources in the API."""
+PROTOCOLS = {"HTTP": Protocol.HTTP, "HTTPS": Protocol.HTTPS, "TLS": Protocol.TLS,
+             "TCP": Protocol.TCP, "UDP": Protocol.UDP}  # fmt: skip
 """The Gateway listener protocols openslb serves (TLS: mode Passthrough)."""
 ROUTE_KINDS = {
     Protocol.HTTP: (HTTPROUTE, GRPCROUTE),
     Protocol.HTTPS: (HTTPROUTE, GRPCROUTE),
     Protocol.TLS: (TLSROUTE,),
+    Protocol.TCP: (TCPROUTE,),
+    Protocol.UDP: (UDPROUTE,),
 }
 """The route kinds each listener protocol takes."""
 H2C = "kubernetes.io/h2c"
@@ -67,7 +79,6 @@ H2C = "kubernetes.io/h2c"
 APP_PROTOCOLS = {H2C: "h2c", "kubernetes.io/wss": "tls"}
 """The Service port `appProtocol`s (GEP-1911) that change how a rule reaches its backends
 (`kubernetes.io/ws` needs nothing: WebSocket upgrades pass on HTTP/1.1)."""
-"""The route kinds openslb serves, and their resources in the API."""
 NOT_FOUND_RULE = "no-route-matched"
 """The last rule of every Gateway listener: the specification's 404."""
 MAX_RULES = MAX_ROUTES - 1
@@ -226,6 +237,8 @@ class _Port:
     certificates: list[str] = field(default_factory=list)
     rules: list[tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
     """(precedence, route fields)."""
+    holder: str | None = None
+    """TCP and UDP: the route (its key) whose rule the port forwards by."""
 
 
 def build_gateway(
@@ -242,7 +255,7 @@ def build_gateway(
     now: float = 0.0,
 ) -> GatewayBuilt:
     """A Gateway of openslb's class -> its instance, listeners and statuses. `routes`: the
-    HTTPRoutes, GRPCRoutes and TLSRoutes that name it; `services`: the Services they name, by key;
+    routes of every kind that name it; `services`: the Services they name, by key;
     `grants`: the ReferenceGrants of the namespaces they name; `secrets`: the TLS Secrets
     its listeners name, by key."""
     meta, spec = gateway["metadata"], gateway.get("spec") or {}
@@ -265,7 +278,7 @@ def build_gateway(
     )
     world = _World(gateway, services, grants, namespace_labels, secrets or {})
     listener_status: list[Body] = []
-    ports: dict[int, _Port] = {}
+    ports: dict[tuple[int, str], _Port] = {}
     attached: dict[str, dict[str, Body]] = {}
     pairs: dict[str, TlsPair] = {}
     for listener in spec.get("listeners") or []:
@@ -283,7 +296,7 @@ def build_gateway(
     _isolate(spec.get("listeners") or [], ports, owner)
     events: list[Event] = []
     listeners = []
-    for group in sorted(ports.values(), key=lambda g: g.port):
+    for _, group in sorted(ports.items()):
         made = _listener(group, instance, owner=owner, previous=previous, now=now, events=events)
         if made is not None:
             listeners.append(made)
@@ -341,13 +354,15 @@ def _narrower(world: _World, listener: Body) -> list[str]:
     ]
 
 
-def _isolate(spec_listeners: Sequence[Body], ports: Mapping[int, _Port], owner: Owner) -> None:
+def _isolate(
+    spec_listeners: Sequence[Body], ports: Mapping[tuple[int, str], _Port], owner: Owner
+) -> None:
     """Listener isolation: a request for a hostname a listener names goes to that
     listener's routes alone, never to those of a wider listener on its port (one with a
     wildcard covering it, or none). Each listener with a wider one beside it gets a 404
     for its hostname, tried after its own routes and before any wider host's."""
-    for port, group in ports.items():
-        if group.protocol is Protocol.TLS:  # server names pick filter chains: isolated
+    for (port, _), group in ports.items():
+        if not group.protocol.is_http:  # TLS: server names pick filter chains; L4: no hosts
             continue
         served = [li for li in spec_listeners
                   if li.get("port") == port and li["name"] in group.names]  # fmt: skip
@@ -420,7 +435,7 @@ def _gateway_listener(
     listener: Body,
     routes: Sequence[Body],
     *,
-    ports: dict[int, _Port],
+    ports: dict[tuple[int, str], _Port],
     attached: dict[str, dict[str, Body]],
     previous: Previous,
     pairs: dict[str, TlsPair],
@@ -431,12 +446,13 @@ def _gateway_listener(
     protocol = PROTOCOLS.get(listener.get("protocol", ""))
     accepted, reason, message = True, "Accepted", "openslb serves it"
     resolved, programmed = (True, "ResolvedRefs", ""), True
-    group = ports.get(listener["port"])
+    slot = (listener["port"], protocol.transport if protocol is not None else "TCP")
+    group = ports.get(slot)
     certificates: list[TlsPair] = []
     if protocol is None:
         accepted, reason = False, "UnsupportedProtocol"
-        message = (f"protocol {listener.get('protocol')}: openslb's Gateways serve HTTP, HTTPS "
-                   "and TLS (Passthrough)")  # fmt: skip
+        message = (f"protocol {listener.get('protocol')}: openslb's Gateways serve HTTP, HTTPS, "
+                   "TLS (Passthrough), TCP and UDP")  # fmt: skip
     elif protocol is Protocol.TLS and (listener.get("tls") or {}).get("mode") != "Passthrough":
         accepted, reason = False, "UnsupportedValue"
         message = ("TLS listeners pass TLS through to the backends (tls.mode Passthrough); "
@@ -444,6 +460,10 @@ def _gateway_listener(
     elif group is not None and group.protocol is not protocol:
         accepted, reason = False, "ProtocolConflict"
         message = f"port {listener['port']} is {group.protocol.value} for listener(s) {group.names}"
+    elif group is not None and not protocol.is_l7:
+        accepted, reason = False, "HostnameConflict"
+        message = (f"port {listener['port']}/{protocol.transport} is listener(s) {group.names}'s: "
+                   "a TCP or UDP listener has no hostname to share it by")  # fmt: skip
     elif protocol is Protocol.HTTPS:
         certificates, refs = _certificates(world, listener, previous)
         resolved = refs
@@ -456,7 +476,7 @@ def _gateway_listener(
     served = accepted and (protocol is not Protocol.HTTPS or bool(certificates))
     count = 0
     if served and protocol is not None:
-        group = ports.setdefault(listener["port"], _Port(listener["port"], protocol))
+        group = ports.setdefault(slot, _Port(listener["port"], protocol))
         group.names.append(name)
         for pair in certificates:
             pairs[pair.certificate.name] = pair
@@ -472,7 +492,7 @@ def _gateway_listener(
         condition("Programmed", programmed, "Programmed" if programmed else "Invalid",
                   "" if programmed else message, generation),
     ]  # fmt: skip
-    if reason == "ProtocolConflict":
+    if reason in ("ProtocolConflict", "HostnameConflict"):
         conditions.append(condition("Conflicted", True, reason, message, generation))
     serves_kinds = protocol is not None and reason != "UnsupportedValue"  # its mode: none
     return {"name": name, "supportedKinds": _supported_kinds(listener) if serves_kinds else [],
@@ -543,8 +563,10 @@ def _listener(
     events: list[Event],
 ) -> Listener | None:
     """The openslb listener of one port: its rules in precedence order, then the 404 (HTTP
-    and HTTPS)."""
-    name = short_name(*owner.name.split("/", 1), "port", str(group.port))
+    and HTTPS). A TCP or UDP one is IPVS's: its weighted scheduler splits the connections
+    as the rule's weights ask."""
+    udp = ("udp",) if group.protocol is Protocol.UDP else ()  # may share the number with TCP
+    name = short_name(*owner.name.split("/", 1), "port", str(group.port), *udp)
     before = previous.listeners.get(name)
     rules = [fields for _, fields in sorted(group.rules, key=lambda item: item[0])]
     if len(rules) > MAX_RULES:
@@ -553,7 +575,7 @@ def _listener(
                    f"port, the first in precedence; the other {left} are not")  # fmt: skip
         events.append(Event("Warning", "TooManyRules", message))
         rules = rules[:MAX_RULES]
-    if group.protocol is not Protocol.TLS:  # a connection no TLS rule takes is closed
+    if group.protocol.is_http:  # a connection no TLS rule takes is closed; L4: refused
         rules.append({"name": NOT_FOUND_RULE, "fixed_response": {"status": 404, "body": ""}})
     try:
         return Listener(
@@ -566,6 +588,7 @@ def _listener(
             health_check=None,
             owner=owner,
             routes=tuple(rules),
+            scheduler=Scheduler.RR if group.protocol.is_l7 else Scheduler.WRR,
             created_at=before.created_at if before is not None else now,
         )
     except (ValidationError, ModelError) as exc:
@@ -584,6 +607,8 @@ def _attach(
     """Attach to one Gateway listener the routes that may and do name it; their rules join
     its port's. Returns how many attached."""
     count = 0
+    if not group.protocol.is_l7:  # one route holds an L4 port: the oldest
+        routes = sorted(routes, key=_age)
     for route in routes:
         rmeta = route["metadata"]
         rkey = key_of_route(route)
@@ -594,13 +619,25 @@ def _attach(
                 continue
             if ref.get("port") not in (None, listener["port"]):
                 continue
-            status = _route_parent(world, listener, route, ref, group)
+            if not _allowed(world, listener, route):
+                why = "the listener's allowedRoutes do not admit this kind or namespace"
+                status = _entry(ref, route, (False, "NotAllowedByListeners", why))
+            elif group.protocol.is_l7:
+                status = _route_parent(world, listener, route, ref, group)
+            else:
+                status = _l4_route_parent(world, listener, route, ref, group)
             accepted = status["conditions"][0]["status"] == "True"
             entries = attached.setdefault(rkey, {})
             if accepted or _ref_id(ref) not in entries:
                 entries[_ref_id(ref)] = status
             count += accepted
     return count
+
+
+def _age(route: Body) -> tuple[str, str, str]:
+    """Older first (the specification's tie-break between routes), then by name."""
+    meta = route["metadata"]
+    return meta.get("creationTimestamp") or "", meta["namespace"], meta["name"]
 
 
 def _allowed(world: _World, listener: Body, route: Body) -> bool:
@@ -653,9 +690,6 @@ def _route_parent(world: _World, listener: Body, route: Body, ref: Body, group: 
         return _entry(ref, route, (accepted, reason, message), refs)
 
     resolved = (True, "ResolvedRefs", "")
-    if not _allowed(world, listener, route):
-        why = "the listener's allowedRoutes do not admit this kind or namespace"
-        return answer(False, "NotAllowedByListeners", why, resolved)
     hosts = hostnames(listener, route)
     if hosts is None:
         why = "no hostname in common with the listener"
@@ -686,6 +720,29 @@ def _route_parent(world: _World, listener: Body, route: Body, ref: Body, group: 
     return answer(True, "Accepted", "openslb serves it", resolved)
 
 
+def _l4_route_parent(world: _World, listener: Body, route: Body, ref: Body, group: _Port) -> Body:
+    """A TCPRoute or UDPRoute on a listener of its protocol: IPVS matches nothing, so the
+    port forwards by one rule of one route, the oldest (`_attach` offers them so). A newer
+    one is accepted and counted, as the specification's conflict rules say, and bound
+    only once the older is gone."""
+    kind, rkey = route_kind(route), key_of_route(route)
+    rules = (route.get("spec") or {}).get("rules") or [{}]
+    if len(rules) > 1:
+        why = f"a {kind} takes one rule: a {group.protocol.value} listener matches nothing"
+        return _entry(ref, route, (False, "UnsupportedValue", why))
+    if group.holder not in (None, rkey):
+        why = (f"accepted; listener {listener['name']} forwards one route's connections, and "
+               f"an older {kind} holds it")  # fmt: skip
+        return _entry(ref, route, (True, "Accepted", why))
+    made, bad = _forward_rules(world, route, index=0, rule=rules[0], hosts=[],
+                               section=listener["name"])  # fmt: skip
+    if group.holder is None:
+        group.holder = rkey
+        group.rules += made
+    resolved = (True, "ResolvedRefs", "") if bad is None else (False, bad.reason, str(bad))
+    return _entry(ref, route, (True, "Accepted", "openslb serves it"), resolved)
+
+
 class _UnsupportedError(Exception):
     """A route asks for what openslb does not do: it is not accepted."""
 
@@ -707,7 +764,7 @@ def _rules(
     gRPC calls only, which no HTTP rule needs."""
     rmeta, kind = route["metadata"], route_kind(route)
     if kind == TLSROUTE:
-        return _tls_rules(world, route, index=index, rule=rule, hosts=hosts, section=section)
+        return _forward_rules(world, route, index=index, rule=rule, hosts=hosts, section=section)
     grpc = kind == GRPCROUTE
     actions, bad = _actions(world, route, rule)
     out = []
@@ -738,18 +795,20 @@ def _rules(
     return out, bad
 
 
-def _tls_rules(
+def _forward_rules(
     world: _World, route: Body, *, index: int, rule: Body, hosts: list[str], section: str
 ) -> tuple[list[tuple[tuple[Any, ...], dict[str, Any]]], _BadRefError | None]:
-    """A TLSRoute rule: its hosts' connections to its backendRefs. One whose backends all
-    fail to resolve is left out: its hosts' connections are closed, or go to a rule of a
-    wider host."""
+    """A TLSRoute, TCPRoute or UDPRoute rule: its (hosts') connections to its backendRefs,
+    by weight. One whose backends all fail to resolve is left out: its hosts' connections
+    are closed, or go to a rule of a wider host (TCP, UDP: refused); the share of those
+    that do not resolve goes to those that do, as no connection can be answered 500."""
     rmeta = route["metadata"]
     targets, bad, _ = _targets(world, route, rule)
     if not any(t["weight"] for t in targets):
         return [], bad
+    word = route_kind(route).removesuffix("Route").lower()
     fields = {
-        "name": short_name(rmeta["namespace"], rmeta["name"], "tls", section, str(index)),
+        "name": short_name(rmeta["namespace"], rmeta["name"], word, section, str(index)),
         "hosts": hosts,
         "forward_to": targets,
     }

@@ -1,5 +1,5 @@
-"""The Gateway API's objects as cmi sees them, cached: GatewayClasses, Gateways,
-HTTPRoutes, GRPCRoutes and ReferenceGrants.
+"""The Gateway API's objects as cmi sees them, cached: GatewayClasses, Gateways, the
+routes of every kind openslb serves (`cmi.gateway.ROUTE_RESOURCES`) and ReferenceGrants.
 
 Each change marks dirty what it concerns: a Gateway itself; through a route, the Gateways
 it names and the Services it names (they are stored while a route of openslb's names

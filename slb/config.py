@@ -116,8 +116,8 @@ class CmiSettings:
     gateway_api: bool = setting(
         True,
         "Serve the Gateway API's Gateways of GatewayClasses whose controllerName is "
-        "`openslb.io/gateway-controller`, and their HTTPRoutes, GRPCRoutes and TLSRoutes, "
-        "where the API server has the Gateway API's CRDs",
+        "`openslb.io/gateway-controller`, and their HTTPRoutes, GRPCRoutes, TLSRoutes, "
+        "TCPRoutes and UDPRoutes, where the API server has the Gateway API's CRDs",
     )
     ingress: bool = setting(
         True,

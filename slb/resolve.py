@@ -17,7 +17,9 @@ rules, in order:
   picks, or the one it names (default: the listener's), on its target port (default: the
   listener's), resolved by the same rules (a named Service of a namespace the instance does
   not admit is left out, as a selector would leave it); a rule that redirects or answers
-  itself has no targets.
+  itself has no targets;
+- a Gateway's TCP or UDP listener has one rule, and its backends are that rule's targets'
+  endpoints, each weighted by its target's share (`weighted_backends`), as IPVS needs them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from operator import itemgetter
 from typing import Generic, NamedTuple, TypeVar
 
 from slb.model import (
+    MAX_WEIGHT,
     Backend,
     Certificate,
     ForwardTarget,
@@ -149,15 +152,19 @@ def resolved_listener(
 ) -> ResolvedListener:
     """A listener that holds its port, with the Services and backends it forwards to."""
     chosen = selected_services(listener, balancer, services)
+    routes = tuple(
+        _resolve_route(listener, balancer, route, chosen, services) for route in listener.routes
+    )
+    if routes and not listener.protocol.is_l7:  # a Gateway's TCP or UDP listener: its rule's
+        return ResolvedListener(listener, balancer, vip, routes[0].services,
+                                weighted_backends(routes[0].targets), routes)  # fmt: skip
     return ResolvedListener(
         listener=listener,
         load_balancer=balancer,
         vip=vip,
         services=tuple(s.key for s in chosen),
         backends=backends_for(listener, chosen),
-        routes=tuple(
-            _resolve_route(listener, balancer, route, chosen, services) for route in listener.routes
-        ),
+        routes=routes,
     )
 
 
@@ -357,6 +364,32 @@ def backends_for(
             key = (backend.address, backend.port)
             if key not in chosen or backend.weight > chosen[key].weight:
                 chosen[key] = backend
+    return tuple(chosen[k] for k in sorted(chosen, key=_address_order))
+
+
+WEIGHT_SCALE = 10_000
+"""The real servers' weights of an L4 rule's targets add up to about this."""
+
+
+def weighted_backends(targets: Iterable[ResolvedTarget]) -> tuple[Backend, ...]:
+    """One L4 rule's targets as real servers: each target's share of the connections
+    (its weight among those with a serving backend) is split among its serving backends
+    by their own weights, so IPVS's weighted scheduler splits as the rule asks. Draining
+    backends keep weight 0; a backend two targets name adds up both shares."""
+    targets = [t for t in targets if t.weight > 0]
+    serving = [sum(b.weight for b in t.backends) for t in targets]
+    total = sum(t.weight for t, s in zip(targets, serving, strict=True) if s)
+    chosen: dict[tuple[IPAddress, int], Backend] = {}
+    for target, weights in zip(targets, serving, strict=True):
+        for backend in target.backends:
+            share = 0
+            if backend.weight:
+                share = max(1, round(WEIGHT_SCALE * target.weight * backend.weight
+                                     / (total * weights)))  # fmt: skip
+            key = (backend.address, backend.port)
+            if key in chosen:
+                share = min(MAX_WEIGHT, share + chosen[key].weight)
+            chosen[key] = backend.model_copy(update={"weight": share})
     return tuple(chosen[k] for k in sorted(chosen, key=_address_order))
 
 

@@ -65,7 +65,7 @@ from slb.model.route import (
     segments_pattern,
     target_fields,
 )
-from slb.model.service import Backend, Conditions, Service, ServicePort
+from slb.model.service import MAX_WEIGHT, Backend, Conditions, Service, ServicePort
 from slb.model.traffic import (
     DEFAULT_EXPECTED_CODES,
     BackendProtocol,
@@ -88,6 +88,7 @@ __all__ = [
     "GROUP_REFERENCE",
     "KINDS",
     "MAX_ROUTES",
+    "MAX_WEIGHT",
     "PATH_MATCHES",
     "SCHEMA_VERSION",
     "AddressPool",

@@ -209,7 +209,7 @@ class Listener(StoredObject):
         if not self.routes:
             return []
         if not self.protocol.is_l7:
-            return [("routes", "only HTTP, HTTPS, GRPC and TLS listeners route")]
+            return self._l4_route_problems()
         problems, seen = [], set()
         for i, route in enumerate(self.routes):
             if route.name in seen:
@@ -246,6 +246,28 @@ class Listener(StoredObject):
                     for field in ("path_prefix", "path_segments", "path_exact", "redirect")
                     if getattr(route, field) is not None
                 ]
+        return problems
+
+    def _l4_route_problems(self) -> list[tuple[str, str]]:
+        """IPVS matches nothing: a Gateway's TCP or UDP listener takes one rule, which
+        only forwards (its targets' endpoints become the real servers, by weight)."""
+        if not self.owner.kind.by_routes:
+            return [("routes", "only HTTP, HTTPS, GRPC and TLS listeners route")]
+        if len(self.routes) > 1:
+            return [("routes", "a TCP or UDP listener forwards by one rule: IPVS matches nothing")]
+        route, allowed = self.routes[0], {"name", "forward_to"}
+        problems = [
+            (f"routes.0.{field}", "IPVS sees no requests: a TCP or UDP rule only forwards")
+            for field in sorted(route.model_fields_set - allowed)
+            if getattr(route, field) != Route.model_fields[field].default
+        ]
+        if not route.forward_to:
+            problems.append(("routes.0.forward_to", "a TCP or UDP rule forwards to its Services"))
+        problems += [
+            (f"routes.0.forward_to.{j}.service", "each route names its Services")
+            for j, target in enumerate(route.forward_to)
+            if target.service is None
+        ]
         return problems
 
     @property

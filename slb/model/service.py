@@ -19,12 +19,16 @@ class Conditions(Model):
     terminating: bool = False
 
 
+MAX_WEIGHT = 65535
+"""A real server's largest weight (IPVS's, as `ipvsadm` takes it)."""
+
+
 class Backend(Model):
     """One real server: an address and port that receives traffic."""
 
     address: IPAddress
     port: Port
-    weight: int = Field(default=1, ge=0, le=65535, description="0: drain, no new connections")
+    weight: int = Field(default=1, ge=0, le=MAX_WEIGHT, description="0: drain, no new connections")
     node: str | None = Field(default=None, max_length=253)
     zone: str | None = None
     """Any string: the API server does not check an endpoint's zone."""

@@ -24,7 +24,15 @@ from cmi.gateway import (
     route_parents,
 )
 from devbed.pki import Pair, self_signed
-from slb.model import MAX_ROUTES, BackendProtocol, Listener, OwnerKind, Protocol, Route
+from slb.model import (
+    MAX_ROUTES,
+    BackendProtocol,
+    Listener,
+    OwnerKind,
+    Protocol,
+    Route,
+    Scheduler,
+)
 
 CLASS = {"metadata": {"name": "openslb", "generation": 1},
          "spec": {"controllerName": CONTROLLER_NAME}}  # fmt: skip
@@ -267,16 +275,16 @@ def test_listeners_of_one_port_share_an_openslb_listener_and_unknown_protocols_a
         httproute("r", {"backendRefs": [to("a")]}),
         gateway=gw({**HTTP, "hostname": "a.example"},
                    {**HTTP, "name": "b", "hostname": "b.example"},
-                   {"name": "udp", "port": 53, "protocol": "UDP"}),
+                   {"name": "sctp", "port": 53, "protocol": "SCTP"}),
     )  # fmt: skip
     (listener,) = made.built.listeners
     assert isinstance(listener, Listener)
     assert [r.hosts for r in listener.routes[:-1]] == [("a.example",), ("b.example",)]
     by_name = {s["name"]: s for s in made.listeners}
-    assert by_name["udp"]["conditions"][0]["reason"] == "UnsupportedProtocol"
+    assert by_name["sctp"]["conditions"][0]["reason"] == "UnsupportedProtocol"
     gateway_accepted = made.conditions[0]
     assert (gateway_accepted["status"], gateway_accepted["reason"]) == ("True", "ListenersNotValid")
-    only_invalid = build(gateway=gw({"name": "udp", "port": 53, "protocol": "UDP"}))
+    only_invalid = build(gateway=gw({"name": "sctp", "port": 53, "protocol": "SCTP"}))
     assert only_invalid.conditions[0]["status"] == "False"
     assert by_name["http"]["attachedRoutes"] == by_name["b"]["attachedRoutes"] == 1
     assert (
@@ -307,7 +315,7 @@ def test_status_programmed_waits_for_the_vip_and_the_data_planes() -> None:
         "served": ("True", "Programmed", f"served at {vip}"),
     }  # fmt: skip
     assert programmed["pending"]["addresses"] == [{"type": "IPAddress", "value": vip}]
-    no_listener = build(gateway=gw({"name": "tcp", "port": 9000, "protocol": "TCP"}))
+    no_listener = build(gateway=gw({"name": "sctp", "port": 9000, "protocol": "SCTP"}))
     assert gateway_status(no_listener, vip, 4)["conditions"][-1]["status"] == "True"
 
 
@@ -618,6 +626,62 @@ def test_tls_listeners_that_terminate_and_tlsroutes_on_http_listeners_are_refuse
     assert accepted(on_http, "TLSRoute/shop/abc") == ("False", "NotAllowedByListeners")
     (http,) = on_http.listeners
     assert [k["kind"] for k in http["supportedKinds"]] == ["HTTPRoute", "GRPCRoute"]
+
+
+def l4route(kind: str, name: str, *rules: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {**httproute(name, *rules, **spec), "kind": kind}
+
+
+TCP = {"name": "db", "port": 5432, "protocol": "TCP"}
+UDP = {"name": "dns", "port": 53, "protocol": "UDP"}
+DNS_TCP = {"name": "dns-tcp", "port": 53, "protocol": "TCP"}
+
+
+def test_tcp_and_udp_listeners_bind_the_oldest_routes_one_rule_by_weight() -> None:
+    made = build(
+        l4route("TCPRoute", "newer", {"backendRefs": [to("c")]}, created="2026-02-01T00:00:00Z",
+                parents=[{"name": "edge", "sectionName": "db"}]),
+        l4route("TCPRoute", "db", {"backendRefs": [to("a", weight=1), to("b", weight=3),
+                                                   to("nope")]},
+                parents=[{"name": "edge", "sectionName": "db"}]),
+        l4route("UDPRoute", "dns", {"backendRefs": [to("c")]}),
+        l4route("TCPRoute", "two", {"backendRefs": [to("a")]}, {"backendRefs": [to("b")]},
+                parents=[{"name": "edge", "sectionName": "dns-tcp"}]),
+        httproute("web", {"backendRefs": [to("a")]}, parents=[{"name": "edge",
+                                                              "sectionName": "db"}]),
+        gateway=gw(TCP, UDP, DNS_TCP),
+    )  # fmt: skip
+    by_port = {(li.port, li.protocol): li for li in made.built.listeners}
+    db, dns = by_port[5432, Protocol.TCP], by_port[53, Protocol.UDP]
+    assert (db.scheduler, dns.scheduler) == (Scheduler.WRR, Scheduler.WRR)
+    (rule,) = db.routes  # no 404 rule: IPVS answers nothing
+    assert [(t.service, t.weight) for t in rule.forward_to] == [("shop/a", 1), ("shop/b", 3)]
+    assert [t.service for r in dns.routes for t in r.forward_to] == ["shop/c"]
+    assert by_port[53, Protocol.TCP].routes == ()  # its one route has two rules
+    assert dns.name != by_port[53, Protocol.TCP].name  # TCP and UDP share the number
+    assert accepted(made, "TCPRoute/shop/db") == ("True", "Accepted")
+    (db_entry,) = made.routes["TCPRoute/shop/db"]
+    assert db_entry["conditions"][1]["reason"] == "BackendNotFound"
+    newer = made.routes["TCPRoute/shop/newer"][0]["conditions"][0]
+    assert (newer["status"], newer["reason"]) == ("True", "Accepted")  # counted, not bound
+    assert "older" in newer["message"]
+    assert accepted(made, "TCPRoute/shop/two") == ("False", "UnsupportedValue")
+    assert accepted(made, "HTTPRoute/shop/web") == ("False", "NotAllowedByListeners")
+    kinds = {e["name"]: [k["kind"] for k in e["supportedKinds"]] for e in made.listeners}
+    assert kinds == {"db": ["TCPRoute"], "dns": ["UDPRoute"], "dns-tcp": ["TCPRoute"]}
+    attached = {e["name"]: e["attachedRoutes"] for e in made.listeners}
+    assert attached == {"db": 2, "dns": 1, "dns-tcp": 0}
+
+
+def test_a_second_tcp_listener_on_a_port_conflicts() -> None:
+    made = build(gateway=gw(TCP, {**TCP, "name": "db2", "hostname": "db.example.com"}))
+    first, second = (
+        {c["type"]: (c["status"], c["reason"]) for c in e["conditions"]} for e in made.listeners
+    )
+    assert first["Accepted"] == ("True", "Accepted")
+    assert second["Accepted"] == ("False", "HostnameConflict")
+    assert second["Conflicted"] == ("True", "HostnameConflict")
+    assert len(made.built.listeners) == 1
 
 
 def test_a_weighted_rules_unresolved_backends_keep_their_share_answered_500() -> None:

@@ -24,6 +24,7 @@ from devbed.l7harness import (
 )
 from devbed.process import wait_until
 from slb.model import Listener, LoadBalancer, OwnerKind, Service
+from slb.resolve import resolve
 from slb.storage.status import StatusBoard
 from slb.storage.store import Store
 from tests.cmi.conftest import Running, service_body, slice_body
@@ -245,7 +246,7 @@ def test_what_openslb_cannot_serve_is_refused_in_the_status_that_asked(
 ) -> None:
     cmi()
     listeners = [{"name": "http", "port": 8080, "protocol": "HTTP"},
-                 {"name": "udp", "port": 5353, "protocol": "UDP"},
+                 {"name": "sctp", "port": 5353, "protocol": "SCTP"},
                  {"name": "tls", "port": 8443, "protocol": "TLS",
                   "tls": {"mode": "Terminate", "certificateRefs": [{"name": "x"}]}}]  # fmt: skip
     gateway(admin, namespace, "edge", class_name, listeners=listeners)
@@ -265,7 +266,7 @@ def test_what_openslb_cannot_serve_is_refused_in_the_status_that_asked(
     gw = status(admin, namespace, "gateways", "edge")
     by_name = {entry["name"]: conditions(entry) for entry in gw["listeners"]}
     assert by_name["http"]["Accepted"] == ("True", "Accepted")
-    assert by_name["udp"]["Accepted"] == ("False", "UnsupportedProtocol")
+    assert by_name["sctp"]["Accepted"] == ("False", "UnsupportedProtocol")
     assert by_name["tls"]["Accepted"] == ("False", "UnsupportedValue")  # HTTPS terminates
 
 
@@ -434,3 +435,70 @@ def test_a_tls_passthrough_listener_sends_each_tlsroutes_connections_to_its_back
     (entry,) = status(admin, namespace, "gateways", "edge")["listeners"]
     assert entry["supportedKinds"] == [{"group": GROUP, "kind": "TLSRoute"}]
     assert entry["attachedRoutes"] == 2
+
+
+def test_tcp_and_udp_listeners_bind_the_oldest_route_and_ipvs_gets_its_weighted_backends(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store, class_name: str
+) -> None:
+    """A TCP and a UDP listener on one port number; the TCPRoute splits 1:3 between two
+    Services; a newer TCPRoute on the same listener is accepted but gets no connections."""
+    cmi()
+    backend(admin, namespace, "one", ["198.18.5.1", "198.18.5.2"])
+    backend(admin, namespace, "three", ["198.18.5.3"])
+    listeners = [{"name": "db", "port": 5432, "protocol": "TCP"},
+                 {"name": "dns", "port": 5432, "protocol": "UDP"}]  # fmt: skip
+    gateway(admin, namespace, "edge", class_name, listeners=listeners)
+    route(admin, namespace, "db", {
+        "parentRefs": [{"name": "edge", "sectionName": "db"}],
+        "rules": [{"backendRefs": [{"name": "one", "port": 80, "weight": 1},
+                                   {"name": "three", "port": 80, "weight": 3}]}],
+    }, kind="TCPRoute")  # fmt: skip
+    route(admin, namespace, "dns", {
+        "parentRefs": [{"name": "edge"}],
+        "rules": [{"backendRefs": [{"name": "three", "port": 80}]}],
+    }, kind="UDPRoute")  # fmt: skip
+    accepted = {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
+    eventually(lambda: parent(admin, namespace, "db", "TCPRoute") == accepted, "TCPRoute")
+    eventually(lambda: parent(admin, namespace, "dns", "UDPRoute") == accepted, "UDPRoute")
+    route(admin, namespace, "newer", {
+        "parentRefs": [{"name": "edge", "sectionName": "db"}],
+        "rules": [{"backendRefs": [{"name": "one", "port": 80}]}],
+    }, kind="TCPRoute")  # fmt: skip
+    eventually(lambda: parent(admin, namespace, "newer", "TCPRoute") == accepted, "the newer")
+
+    def attached() -> dict[str, tuple[int, list[str]]]:
+        entries = status(admin, namespace, "gateways", "edge").get("listeners") or []
+        return {e["name"]: (e["attachedRoutes"], [k["kind"] for k in e["supportedKinds"]])
+                for e in entries}  # fmt: skip
+
+    expected = {"db": (2, ["TCPRoute"]), "dns": (1, ["UDPRoute"])}
+    eventually(lambda: attached() == expected, "both counted on the TCP listener")
+
+    def served() -> dict[tuple[int, str], list[tuple[str, int]]]:
+        state = resolve(store.snapshot())
+        return {
+            (r.listener.port, r.listener.protocol.transport): [
+                (b.address.compressed, b.weight) for b in r.backends]
+            for r in state.listeners if r.listener.owner.name == f"{namespace}/edge"
+        }  # fmt: skip
+
+    eventually(lambda: len(served()) == 2, "both listeners resolved")
+    assert served() == {
+        (5432, "TCP"): [("198.18.5.1", 1250), ("198.18.5.2", 1250), ("198.18.5.3", 7500)],
+        (5432, "UDP"): [("198.18.5.3", 10000)],
+    }  # the newer route's Service "one" gets nothing more
+    tcp = next(
+        s.obj
+        for s in store.all(Listener).values()
+        if s.obj.owner.name == f"{namespace}/edge" and s.obj.protocol.transport == "TCP"
+    )
+    assert tcp.scheduler.value == "wrr"
+    # Programmed once IPVS serves it: the L4 tier's report, not an Envoy's.
+    StatusBoard(store).report("l4", "lb-1", "default", store.revision())
+    eventually(lambda: conditions(status(admin, namespace, "gateways", "edge")).get(
+        "Programmed") == ("True", "Programmed"), "Programmed")  # fmt: skip
+    admin.request("DELETE", f"{API}/namespaces/{namespace}/tcproutes/db")
+    eventually(
+        lambda: served().get((5432, "TCP")) == [("198.18.5.1", 5000), ("198.18.5.2", 5000)],
+        "the newer route bound once the older went",
+    )

@@ -33,6 +33,7 @@ from l4.drivers import Driver
 from l4.drivers.nft import NftDriver
 from l4.ipvs import ServiceKey
 from slb.config import RedisSettings
+from slb.model import Listener
 from slb.snapshot import Delete
 from slb.storage import connect
 from slb.storage.store import Store
@@ -86,6 +87,31 @@ def test_wrr_honours_weights_1_2_3(
     got = shares(topology.client.call(tally_tcp, VIP, 80, 300), 300)
     for name, weight in zip(SERVERS, (1, 2, 3), strict=True):
         assert abs(got[name] - 100 * weight / 6) <= 5, got
+
+
+def test_a_gateways_tcp_route_splits_connections_by_its_backend_refs_weights(
+    store: Store, topology: Topology, agent_factory: AgentFactory
+) -> None:
+    """What cmi makes of a TCPRoute with backendRefs `a` (weight 1, one pod) and `b` (weight
+    3, two pods): a quarter of the connections to a's pod, three eighths to each of b's."""
+    agent = agent_factory()
+    rule = {"name": "db", "forward_to": [
+        {"service": "lab/a", "target_port": "main", "weight": 1},
+        {"service": "lab/b", "target_port": "main", "weight": 3}]}  # fmt: skip
+    gateway_listener = Listener.model_validate({
+        "name": "gw", "load_balancer": "public", "protocol": "TCP", "port": 5432,
+        "scheduler": "wrr", "target_port": 5432, "health_check": None,
+        "owner": {"kind": "Gateway", "name": "lab/edge"}, "routes": [rule],
+    })  # fmt: skip
+    rs1, rs2, rs3 = backends(topology)
+    revision = serve(
+        store, topology, gateway_listener,
+        service("a", [rs1], app="a"), service("b", [rs2, rs3], app="b"),
+    )  # fmt: skip
+    assert agent.sync_to(revision).errors == []
+    got = shares(topology.client.call(tally_tcp, VIP, 5432, 400), 400)
+    for name, expected in zip(SERVERS, (25.0, 37.5, 37.5), strict=True):
+        assert abs(got[name] - expected) <= 5, got
 
 
 @pytest.mark.parametrize(

@@ -275,3 +275,51 @@ def test_a_gateways_listener_takes_no_selector_and_names_every_target() -> None:
         KINDS["Listener"].model_validate(
             listener("gw", owner=gateway, protocol="HTTP", selector=None, routes=rules)[1]
         )
+
+
+def test_a_gateways_tcp_listener_weighs_each_targets_endpoints_by_its_share() -> None:
+    """IPVS's weighted scheduler splits a rule's connections as its weights ask: a target's
+    share is spread over its serving endpoints; draining ones keep weight 0."""
+    gateway = {"kind": "Gateway", "name": "shop/edge"}
+    rule = {"name": "db", "forward_to": [{"service": "shop/a", "target_port": 80, "weight": 1},
+                                         {"service": "shop/b", "target_port": 80, "weight": 3},
+                                         {"service": "shop/gone", "target_port": 80}]}  # fmt: skip
+    draining = {"conditions": {"ready": False, "serving": True, "terminating": True}}
+    state = resolve(
+        snapshot(
+            lb("edge", owner=gateway, namespace="shop", allowed_namespaces=[]),
+            listener("gw", load_balancer="edge", protocol="TCP", selector=None, target_port=80,
+                     owner=gateway, routes=[rule], scheduler="wrr"),
+            service("a", {}, [ep(1), ep(2), ep(9, **draining)]),
+            service("b", {}, [ep(3)]),
+            service("c", {}, []),
+        )
+    )  # fmt: skip
+    (served,) = state.listeners
+    assert served.services == ("shop/a", "shop/b")
+    assert [(b.address.compressed, b.weight) for b in served.backends] == [
+        ("198.18.1.1", 1250), ("198.18.1.2", 1250), ("198.18.1.3", 7500), ("198.18.1.9", 0),
+    ]  # fmt: skip
+
+
+def test_an_l4_listener_routes_only_as_a_gateways_one_forwarding_rule() -> None:
+    gateway = {"kind": "Gateway", "name": "shop/edge"}
+    forward = {"name": "r", "forward_to": [{"service": "shop/a", "target_port": 80}]}
+
+    def tcp(owner: dict[str, str], *rules: dict[str, Any]) -> dict[str, Any]:
+        fields: dict[str, Any] = {"selector": None} if owner is gateway else {}
+        return listener("gw", owner=owner, routes=list(rules), **fields)[1]
+
+    KINDS["Listener"].model_validate(tcp(gateway, forward))
+    refusals = {
+        "routes: only HTTP, HTTPS, GRPC and TLS listeners route": tcp(
+            OPERATOR, {**forward, "forward_to": [{"target_port": 80}]}
+        ),
+        "a TCP or UDP listener forwards by one rule": tcp(gateway, forward, {**forward,
+                                                                             "name": "s"}),
+        r"routes\.0\.path_prefix": tcp(gateway, {**forward, "path_prefix": "/x"}),
+        "routes.0.forward_to: a TCP or UDP rule forwards": tcp(gateway, {"name": "r"}),
+    }  # fmt: skip
+    for field, data in refusals.items():
+        with pytest.raises(ValidationError, match=field):
+            KINDS["Listener"].model_validate(data)

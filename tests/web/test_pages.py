@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 from dataclasses import asdict
@@ -336,6 +337,28 @@ def test_gateway_and_ingress_owned_listeners_and_their_rules_are_read_only(
     assert f"belongs to {kind} shop/edge" in edit.get_data(as_text=True)
     listed = client.get(f"/listeners?owner={kind}").get_data(as_text=True)
     assert "shop-edge-port-80" in listed
+
+
+def test_a_gateways_tcp_listener_shows_its_one_rules_weighted_targets(
+    client: FlaskClient, auth: Auth, store: Store
+) -> None:
+    store.put(
+        Listener.model_validate(
+            {"name": "shop-edge-port-5432", "load_balancer": "public", "protocol": "TCP",
+             "port": 5432, "target_port": 5432, "scheduler": "wrr", "health_check": None,
+             "owner": {"kind": "Gateway", "name": "shop/edge"},
+             "routes": [{"name": "db", "forward_to": [
+                 {"service": "shop/db", "target_port": 5432, "weight": 1},
+                 {"service": "shop/db-next", "target_port": 5432, "weight": 3}]}]}
+        )
+    )  # fmt: skip
+    auth.login("alice")
+    detail = client.get("/listeners/shop-edge-port-5432").get_data(as_text=True)
+    assert "the TCPRoutes attached to Gateway shop/edge" in detail
+    assert "share the connections by weight" in detail
+    shares = re.findall(r'class="share"[^>]*>([^<]+)<', detail)
+    services = re.findall(r"Service <code>([^<]+)</code>", detail)
+    assert list(zip(services, shares, strict=True)) == [("shop/db", "25%"), ("shop/db-next", "75%")]
 
 
 def test_service_owned_listeners_cannot_be_edited_from_the_form(
