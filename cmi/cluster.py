@@ -26,6 +26,7 @@ from cmi.build import Built, Defaults, Previous
 from cmi.debounce import Debouncer
 from cmi.gateway import (
     KEY_PREFIX,
+    ROUTE_RESOURCES,
     backend_services,
     build_gateway,
     certificate_secrets,
@@ -125,12 +126,21 @@ class Cluster:
         API server has its CRDs. Raises what the API server's answer raises."""
         if not self._gateway_api or self.gateways is not None:
             return None
-        route_kinds = gateways.served(self._kube)
+        route_kinds = gateways.served(self._kube, self._scope)
         if not route_kinds:
             return None
         return gateways.Gateways(
             self._kube, self.dirty, self._scope, self._watch_timeout_s, route_kinds
         )
+
+    def late_route_kinds(self) -> list[Informer]:
+        """Informers, not started, for the route kinds the API server has now and the
+        Gateway API's caches do not watch yet (a CRD installed later than the others).
+        Raises what the API server's answer raises."""
+        if self.gateways is None:
+            return []
+        missing = [kind for kind in ROUTE_RESOURCES if kind not in self.gateways.routes]
+        return self.gateways.watch_kinds(gateways.served(self._kube, self._scope, missing))
 
     @property
     def informers(self) -> tuple[Informer, ...]:

@@ -147,29 +147,37 @@ class Controller:
         return True
 
     def _discover_late(self, stop: threading.Event) -> None:
-        """The Gateway API's CRDs installed after cmi began to lead: watched from the resync
-        that finds them on. Its caches are filled before any Gateway is built (the loop
-        waits), so no Gateway is ever built without its routes."""
+        """The Gateway API's CRDs, or one route kind's, installed after cmi began to lead:
+        watched from the resync that finds them on. The caches are filled before any
+        Gateway is built (the loop waits), so no Gateway is ever built without its routes."""
         try:
             found = self.cluster.gateway_api()
+            late = self.cluster.late_route_kinds() if found is None else []
         except REQUEST_ERRORS as exc:
             log.warning("cannot ask the API server whether it serves the Gateway API: %s", exc)
             return
-        if found is None:
-            return
-        for informer in found.informers:
+        informers = found.informers if found is not None else tuple(late)
+        for informer in informers:
             informer.start()
-        if not self._synced_all(found.informers, stop, timeout_s=LATE_SYNC_S):
-            for informer in found.informers:
+        if not self._synced_all(informers, stop, timeout_s=LATE_SYNC_S):
+            for informer in informers:
                 informer.stop()
+            if self.cluster.gateways is not None:
+                self.cluster.gateways.unwatch_kinds(late)
             log.warning("the Gateway API's objects not listed in %d s; again at the next "
                         "resync", LATE_SYNC_S)  # fmt: skip
             return
-        self._late_informers.extend(found.informers)
-        self.cluster.gateways = self.reporter.gateways = found
-        log.info("the Gateway API is installed now: serving the Gateways of controllerName "
-                 "%s", CONTROLLER_NAME)  # fmt: skip
-        self.dirty.add([*found.keys(), *(CLASS_KEY_PREFIX + k for k, _ in found.classes.items())])
+        self._late_informers.extend(informers)
+        if found is not None:
+            self.cluster.gateways = self.reporter.gateways = found
+            log.info("the Gateway API is installed now: serving the Gateways of "
+                     "controllerName %s", CONTROLLER_NAME)  # fmt: skip
+            classes = (CLASS_KEY_PREFIX + k for k, _ in found.classes.items())
+            self.dirty.add([*found.keys(), *classes])
+        elif late and self.cluster.gateways is not None:
+            kinds = [k for k, i in self.cluster.gateways.routes.items() if i in late]
+            log.info("route kinds installed now: %s", ", ".join(kinds))
+            self.dirty.add(self.cluster.gateways.keys())
 
     def _discover(self, stop: threading.Event) -> bool:
         """Which APIs to watch (`Cluster.discover`), asked until the API server answers;
@@ -234,7 +242,7 @@ class Controller:
         if now >= schedule["resync"] or self._resync_requested.is_set():
             self._resync_requested.clear()
             schedule["resync"] = now + self.settings.resync_s
-            if self._synced and self.cluster.gateways is None:
+            if self._synced:
                 self._discover_late(stop)
             try:
                 if self._synced:

@@ -35,9 +35,15 @@ CLASS_KEY_PREFIX = "gatewayclass:"
 """A GatewayClass's key among the dirty keys: its status is due."""
 
 
-def served(kube: KubeClient) -> list[str]:
-    """The route kinds openslb serves that the API server has (none: no Gateway API, its
-    CRDs not installed; a cluster may have HTTPRoutes without GRPCRoutes)."""
+def served(
+    kube: KubeClient, scope: str = "", among: Collection[str] = tuple(ROUTE_RESOURCES)
+) -> list[str]:
+    """The route kinds openslb serves (`among` them) that the API server has and cmi may
+    list (none: no Gateway API, its CRDs not installed; a cluster may have HTTPRoutes
+    without GRPCRoutes). A kind cmi may not list (its RBAC older than cmi) is left out,
+    with a warning: its informer would never sync, and cmi never be ready."""
+    if not among:
+        return []
     try:
         resources = kube.get(f"/apis/{GROUP}/v1").get("resources") or []
     except KubeError as exc:
@@ -47,7 +53,21 @@ def served(kube: KubeClient) -> list[str]:
     names = {r.get("name") for r in resources}
     if "gateways" not in names:
         return []
-    return [kind for kind, resource in ROUTE_RESOURCES.items() if resource in names]
+    kinds = [kind for kind in among if ROUTE_RESOURCES[kind] in names]
+    return [kind for kind in kinds if _may_list(kube, scope, kind)]
+
+
+def _may_list(kube: KubeClient, scope: str, kind: str) -> bool:
+    resource = ROUTE_RESOURCES[kind]
+    try:
+        kube.get(f"/apis/{GROUP}/v1{scope}/{resource}", limit=1)
+    except KubeError as exc:
+        if exc.status != 403:
+            raise
+        log.warning("cmi may not list %s (its RBAC is older than cmi): %s not served",
+                    resource, kind)  # fmt: skip
+        return False
+    return True
 
 
 class Gateways:
@@ -62,26 +82,19 @@ class Gateways:
         route_kinds: Collection[str] = tuple(ROUTE_RESOURCES),
     ) -> None:
         self.dirty = dirty
+        self._kube, self._scope, self._watch_timeout_s = kube, scope, watch_timeout_s
         base = f"/apis/{GROUP}/v1"
-
-        def informer(path: str, on_change: Callable[[str, Body], None], **kw: Any) -> Informer:
-            return Informer(kube, path, on_change, watch_timeout_s=watch_timeout_s, **kw)
-
-        self.classes = informer(f"{base}/gatewayclasses", self._class_changed)
-        self.gateways = informer(
+        self.classes = self._informer(f"{base}/gatewayclasses", self._class_changed)
+        self.gateways = self._informer(
             f"{base}{scope}/gateways", self._gateway_changed, index=_class_name
         )
-        self.routes = {
-            kind: informer(
-                f"{base}{scope}/{ROUTE_RESOURCES[kind]}", partial(self._route_changed, kind)
-            )
-            for kind in route_kinds
-        }
+        self.routes: dict[str, Informer] = {}
         """Each route kind's informer."""
-        self.grants = informer(
+        self.grants = self._informer(
             f"/apis/{GROUP}/v1beta1{scope}/referencegrants", self._grant_changed, index=_namespace
         )
-        self.informers = (self.classes, self.grants, self.gateways, *self.routes.values())
+        self.informers: tuple[Informer, ...] = (self.classes, self.grants, self.gateways)
+        self.watch_kinds(route_kinds)
         self._lock = threading.Lock()
         self._parents: dict[str, set[str]] = {}
         """Each route's (`cmi.gateway.route_key`) parent Gateways (their keys)."""
@@ -94,6 +107,30 @@ class Gateways:
         change with every endpoint, so who names one is looked up, never scanned for."""
         self.built: dict[str, gateway.GatewayBuilt] = {}
         """Each Gateway's last build, for the reporter (the controller's thread only)."""
+
+    def _informer(self, path: str, on_change: Callable[[str, Body], None], **kw: Any) -> Informer:
+        return Informer(self._kube, path, on_change, watch_timeout_s=self._watch_timeout_s, **kw)
+
+    def watch_kinds(self, kinds: Iterable[str]) -> list[Informer]:
+        """Informers, not started, for route kinds not watched yet (their CRDs came later
+        than the others'): the caller starts them, and waits until they are synced before
+        it builds a Gateway again."""
+        base = f"/apis/{GROUP}/v1{self._scope}"
+        new = {
+            kind: self._informer(
+                f"{base}/{ROUTE_RESOURCES[kind]}", partial(self._route_changed, kind)
+            )
+            for kind in kinds
+            if kind not in self.routes
+        }
+        self.routes.update(new)
+        self.informers = (*self.informers, *new.values())
+        return list(new.values())
+
+    def unwatch_kinds(self, informers: Collection[Informer]) -> None:
+        """Forget informers `watch_kinds` made that did not sync (stopped by the caller)."""
+        self.routes = {k: i for k, i in self.routes.items() if i not in informers}
+        self.informers = tuple(i for i in self.informers if i not in informers)
 
     # -- reading ---------------------------------------------------------------------------
 
