@@ -449,14 +449,18 @@ def _gateway_listener(
     slot = (listener["port"], protocol.transport if protocol is not None else "TCP")
     group = ports.get(slot)
     certificates: list[TlsPair] = []
+    terminates = protocol is Protocol.HTTPS or (
+        protocol is Protocol.TLS and _tls_mode(listener) == "Terminate"
+    )
+    mixed = protocol is Protocol.TLS and _mixed_tls(world, listener["port"])
     if protocol is None:
         accepted, reason = False, "UnsupportedProtocol"
         message = (f"protocol {listener.get('protocol')}: openslb's Gateways serve HTTP, HTTPS, "
-                   "TLS (Passthrough), TCP and UDP")  # fmt: skip
-    elif protocol is Protocol.TLS and (listener.get("tls") or {}).get("mode") != "Passthrough":
-        accepted, reason = False, "UnsupportedValue"
-        message = ("TLS listeners pass TLS through to the backends (tls.mode Passthrough); "
-                   "HTTPS listeners terminate it")  # fmt: skip
+                   "TLS, TCP and UDP")  # fmt: skip
+    elif mixed:
+        accepted, reason = False, "ProtocolConflict"
+        message = (f"port {listener['port']}: its TLS listeners both terminate and pass "
+                   "through TLS; openslb serves one mode per port")  # fmt: skip
     elif group is not None and group.protocol is not protocol:
         accepted, reason = False, "ProtocolConflict"
         message = f"port {listener['port']} is {group.protocol.value} for listener(s) {group.names}"
@@ -464,7 +468,7 @@ def _gateway_listener(
         accepted, reason = False, "HostnameConflict"
         message = (f"port {listener['port']}/{protocol.transport} is listener(s) {group.names}'s: "
                    "a TCP or UDP listener has no hostname to share it by")  # fmt: skip
-    elif protocol is Protocol.HTTPS:
+    elif terminates:
         certificates, refs = _certificates(world, listener, previous)
         resolved = refs
         if not certificates:
@@ -473,7 +477,7 @@ def _gateway_listener(
     if unsupported and resolved[0]:
         kinds = ", ".join(str(k.get("kind")) for k in unsupported)
         resolved = (False, "InvalidRouteKinds", f"route kinds openslb does not serve: {kinds}")
-    served = accepted and (protocol is not Protocol.HTTPS or bool(certificates))
+    served = accepted and (not terminates or bool(certificates))
     count = 0
     if served and protocol is not None:
         group = ports.setdefault(slot, _Port(listener["port"], protocol))
@@ -494,9 +498,25 @@ def _gateway_listener(
     ]  # fmt: skip
     if reason in ("ProtocolConflict", "HostnameConflict"):
         conditions.append(condition("Conflicted", True, reason, message, generation))
-    serves_kinds = protocol is not None and reason != "UnsupportedValue"  # its mode: none
+    serves_kinds = protocol is not None and not mixed  # mixed: no mode, so no kind
     return {"name": name, "supportedKinds": _supported_kinds(listener) if serves_kinds else [],
             "attachedRoutes": count, "conditions": conditions}  # fmt: skip
+
+
+def _tls_mode(listener: Body) -> str:
+    """A listener's `tls.mode`: Terminate unless it says Passthrough."""
+    return str((listener.get("tls") or {}).get("mode") or "Terminate")
+
+
+def _mixed_tls(world: _World, port: int) -> bool:
+    """Do the TLS listeners on `port` both terminate and pass through TLS? One filter
+    chain per name serves either; openslb's listener of a port does one or the other."""
+    modes = {
+        _tls_mode(other)
+        for other in (world.gateway.get("spec") or {}).get("listeners") or []
+        if other.get("port") == port and other.get("protocol") == "TLS"
+    }
+    return len(modes) > 1
 
 
 def _route_kinds(listener: Body) -> tuple[list[Body], list[Body]]:
@@ -520,7 +540,7 @@ def _supported_kinds(listener: Body) -> list[Body]:
 def _certificates(
     world: _World, listener: Body, previous: Previous
 ) -> tuple[list[TlsPair], tuple[bool, str, str]]:
-    """The certificates of an HTTPS listener's `certificateRefs` (TLS Secrets; another
+    """The certificates of a terminating listener's `certificateRefs` (TLS Secrets; another
     namespace's only with a ReferenceGrant), and its ResolvedRefs condition."""
     meta = world.gateway["metadata"]
     owner = Owner(kind=OwnerKind.GATEWAY, name=f"{meta['namespace']}/{meta['name']}")

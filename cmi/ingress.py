@@ -673,7 +673,7 @@ def _listener(
         "load_balancer": instance,
         "protocol": Protocol.TLS if passthrough else protocol,
         "port": port,
-        "certificates": certificates,
+        "certificates": () if passthrough else certificates,  # passthrough: never opened
         "target_port": port,
         "health_check": None,
         "owner": ctx.owner,

@@ -81,9 +81,10 @@ EXTENDED = (
     "HTTPRouteRequestMirror",
     "HTTPRouteRequestMultipleMirrors",
     "HTTPRouteRequestPercentageMirror",
+    "TLSRouteModeTerminate",
 )
-"""The extended features of GATEWAY-HTTP and GATEWAY-GRPC that openslb claims (README,
-"The Gateway API")."""
+"""The extended features of GATEWAY-HTTP, GATEWAY-GRPC and GATEWAY-TLS that openslb claims
+(README, "The Gateway API")."""
 _RESULT = re.compile(r"^\s*--- (PASS|FAIL|SKIP): TestConformance/(\S+)")
 
 

@@ -23,7 +23,7 @@ from l7.translate.endpoint import load_assignments
 from l7.translate.listener import listener
 from l7.translate.route import route_configuration
 from l7.translate.secret import secret
-from slb.model import Certificate, Protocol
+from slb.model import Certificate
 from slb.resolve import DesiredState, ResolvedListener
 
 
@@ -81,7 +81,7 @@ def servable(
             )
         else:
             usable[cert_name] = cert
-    if resolved.listener.protocol is Protocol.HTTPS and not usable:
+    if resolved.listener.terminates_tls and not usable:
         problems.append(f"listener {name!r}: no usable certificate; not served")
         return None, problems
     return usable, problems

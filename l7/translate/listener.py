@@ -12,7 +12,7 @@ send no known name.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2
@@ -59,6 +59,7 @@ from slb.model import (
     Protocol,
     Route,
     TlsPolicy,
+    host_covers,
 )
 from slb.resolve import ResolvedListener
 
@@ -99,8 +100,8 @@ def serialized_listener(
     3}}, filter_chains: 3 {filters: 3}, then the shape's other fields (5 and up)}."""
     model = resolved.listener
     if model.protocol is Protocol.TLS:
-        passthrough: bytes = _passthrough(resolved).SerializeToString(deterministic=True)
-        return passthrough
+        streams: bytes = _tls_streams(resolved, certificates).SerializeToString(deterministic=True)
+        return streams
     filters = _network_filters(model)
     if model.protocol is Protocol.HTTPS:
         raw: bytes = _https(resolved, certificates, filters).SerializeToString(deterministic=True)
@@ -171,17 +172,30 @@ def _https(
     return out
 
 
-def _passthrough(resolved: ResolvedListener) -> listener_pb2.Listener:
-    """A TLS passthrough listener: the TLS inspector reads the name the client sends (SNI)
-    and one filter chain per rule, matching its hosts, proxies the connection unopened to
-    the rule's clusters (a host two rules name is the first's). A connection no rule
-    matches goes to the listener's own cluster (a Gateway's has no backends: it is
-    closed). Envoy itself prefers an exact name to a wildcard, as the Gateway API asks."""
+def _tls_streams(
+    resolved: ResolvedListener, certificates: Mapping[str, Certificate]
+) -> listener_pb2.Listener:
+    """A TLS listener: the TLS inspector reads the name the client sends (SNI) and one
+    filter chain per rule, matching its hosts, proxies the connection to the rule's
+    clusters (a host two rules name is the first's). A connection no rule matches goes to
+    the listener's own cluster (a Gateway's has no backends: it is closed). Envoy itself
+    prefers an exact name to a wildcard, as the Gateway API asks. Passthrough (no
+    certificates) forwards the TLS unopened; terminate ends it first, with the certificate
+    that names the chain's hosts (else the first), and forwards the plain stream."""
     model = resolved.listener
     out = _inspecting(resolved)
     front = _front_filters(model)
+    usable = [certificates[name] for name in model.certificates if name in certificates]
     claimed: set[str] = set()
     default: Route | None = None
+
+    def chain_of(chain: listener_components_pb2.FilterChain, rule: Route | None) -> None:
+        chain.MergeFromString(front)
+        chain.filters.append(_tcp_proxy(model, rule))
+        if usable:
+            cert = _naming(usable, rule.hosts if rule is not None else ())
+            chain.transport_socket.CopyFrom(_tls(cert, model, alpn=()))
+
     for r in model.routes:
         hosts = [h for h in r.hosts if h not in claimed]
         claimed.update(hosts)
@@ -190,13 +204,19 @@ def _passthrough(resolved: ResolvedListener) -> listener_pb2.Listener:
         elif hosts:
             chain = out.filter_chains.add(name=r.name)
             chain.filter_chain_match.server_names.extend(hosts)
-            chain.MergeFromString(front)
-            chain.filters.append(_tcp_proxy(model, r))
-    chain = out.default_filter_chain
-    chain.name = "default"
-    chain.MergeFromString(front)
-    chain.filters.append(_tcp_proxy(model, default))
+            chain_of(chain, r)
+    out.default_filter_chain.name = "default"
+    chain_of(out.default_filter_chain, default)
     return out
+
+
+def _naming(usable: Sequence[Certificate], hosts: Sequence[str]) -> Certificate:
+    """The first certificate whose names cover every host (none given: the first)."""
+    for cert in usable:
+        names = server_names(cert.chain_pem)
+        if hosts and all(any(host_covers(n, h) for n in names) for h in hosts):
+            return cert
+    return usable[0]
 
 
 def _tcp_proxy(model: Listener, rule: Route | None) -> listener_components_pb2.Filter:
@@ -215,10 +235,14 @@ def _tcp_proxy(model: Listener, rule: Route | None) -> listener_components_pb2.F
                                           typed_config=pack(proxy))  # fmt: skip
 
 
-def _tls(cert: Certificate, model: Listener) -> base_pb2.TransportSocket:
+def _tls(
+    cert: Certificate, model: Listener, alpn: Sequence[str] = ("h2", "http/1.1")
+) -> base_pb2.TransportSocket:
+    """Envoy's end of the clients' TLS; `alpn`: the protocols it offers (none for a plain
+    stream: the backend's protocol is not Envoy's to name)."""
     context = tls_pb2.DownstreamTlsContext()
     common = context.common_tls_context
-    common.alpn_protocols.extend(["h2", "http/1.1"])
+    common.alpn_protocols.extend(alpn)
     sds = common.tls_certificate_sds_secret_configs.add(name=cert.name)
     sds.sds_config.CopyFrom(ads())
     _tls_policy(common.tls_params, model.tls_policy)

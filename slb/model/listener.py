@@ -150,11 +150,17 @@ class Listener(StoredObject):
         problems = []
         if self.protocol is Protocol.HTTPS and not self.certificates:
             problems.append(("certificates", "HTTPS listeners need at least one certificate"))
-        if self.protocol is not Protocol.HTTPS:
+        if self.protocol not in (Protocol.HTTPS, Protocol.TLS):
             given = {"certificates": bool(self.certificates),
                      "client_certificates": self.client_certificates is not None,
                      "tls_policy": self.tls_policy is not TlsPolicy.TLS12}  # fmt: skip
-            problems += [(f, "only HTTPS listeners terminate TLS") for f, on in given.items() if on]
+            problems += [(f, "only HTTPS and TLS listeners terminate TLS")
+                         for f, on in given.items() if on]  # fmt: skip
+        elif not self.certificates:  # a TLS listener without: passthrough
+            given = {"client_certificates": self.client_certificates is not None,
+                     "tls_policy": self.tls_policy is not TlsPolicy.TLS12}  # fmt: skip
+            problems += [(f, "a TLS listener terminates TLS only with certificates")
+                         for f, on in given.items() if on]  # fmt: skip
         if self.backend_tls is not None and self.upstream_protocol is not BackendProtocol.TLS:
             problems.append(("backend_tls", "needs backend_protocol tls"))
         return problems
@@ -180,11 +186,11 @@ class Listener(StoredObject):
         return problems
 
     def _passthrough_problems(self) -> list[tuple[str, str]]:
-        """What needs Envoy to read requests, on a listener whose TLS it never opens."""
-        no_http, problems = "TLS passthrough listeners see no requests", []
+        """What needs Envoy to read requests, on a listener that forwards TLS streams."""
+        no_http, problems = "TLS listeners see no requests", []
         for field in ("backend_protocol", "backend_tls"):
             if getattr(self, field) is not None:
-                problems.append((field, f"{no_http}: the backends terminate TLS"))
+                problems.append((field, f"{no_http}: they forward the stream as it comes"))
         if self.request_timeout_s:
             problems.append(("request_timeout_s", no_http))
         if self.access_log:
@@ -269,6 +275,13 @@ class Listener(StoredObject):
             if target.service is None
         ]
         return problems
+
+    @property
+    def terminates_tls(self) -> bool:
+        """Envoy ends the clients' TLS: HTTPS, and TLS given certificates (else passthrough)."""
+        return self.protocol is Protocol.HTTPS or (
+            self.protocol is Protocol.TLS and bool(self.certificates)
+        )
 
     @property
     def tenant(self) -> str | None:

@@ -21,8 +21,9 @@ class Protocol(StrEnum):
     HTTPS = "HTTPS"
     GRPC = "GRPC"
     TLS = "TLS"
-    """TLS passthrough: Envoy routes each connection by the name its client sends (SNI)
-    to backends that terminate TLS themselves."""
+    """TLS streams: Envoy routes each connection by the name its client sends (SNI) to
+    backends that terminate TLS themselves (passthrough), or, given certificates, ends the
+    TLS itself and forwards the plain stream (terminate)."""
 
     @property
     def is_l7(self) -> bool:

@@ -614,18 +614,38 @@ def test_a_tls_passthrough_listener_takes_tlsroutes_by_server_name() -> None:
     assert entry["attachedRoutes"] == 3
 
 
-def test_tls_listeners_that_terminate_and_tlsroutes_on_http_listeners_are_refused() -> None:
+def test_a_tls_listener_that_terminates_serves_its_secret_and_forwards_by_server_name() -> None:
     terminate = {**PASSTHROUGH, "tls": {"mode": "Terminate", "certificateRefs": [{"name": "x"}]}}
-    made = build(tlsroute("abc", ["abc.example.com"], to("a")), gateway=gw(terminate))
+    made = build(tlsroute("abc", ["abc.example.com"], to("a")), gateway=gw(terminate),
+                 secrets={"shop/x": tls_secret("shop", "x")})  # fmt: skip
     (entry,) = made.listeners
-    assert (entry["conditions"][0]["status"], entry["conditions"][0]["reason"]) == (
-        "False", "UnsupportedValue")  # fmt: skip
-    assert entry["supportedKinds"] == []  # it takes no route
-    assert made.built.listeners == ()
+    assert {c["type"]: c["status"] for c in entry["conditions"]} == {
+        "Accepted": "True", "ResolvedRefs": "True", "Programmed": "True"}  # fmt: skip
+    assert entry["supportedKinds"] == [{"group": GROUP, "kind": "TLSRoute"}]
+    (listener,) = made.built.listeners
+    (pair,) = made.built.certificates
+    assert (listener.protocol, listener.terminates_tls) == (Protocol.TLS, True)
+    assert listener.certificates == (pair.certificate.name,)
+    assert [(r.hosts, r.forward_to[0].service) for r in listener.routes] == [
+        (("abc.example.com",), "shop/a")]  # fmt: skip
     on_http = build(tlsroute("abc", ["abc.example.com"], to("a")))
     assert accepted(on_http, "TLSRoute/shop/abc") == ("False", "NotAllowedByListeners")
     (http,) = on_http.listeners
     assert [k["kind"] for k in http["supportedKinds"]] == ["HTTPRoute", "GRPCRoute"]
+
+
+def test_tls_listeners_that_terminate_and_pass_through_on_one_port_both_conflict() -> None:
+    terminate = {**PASSTHROUGH, "name": "term", "hostname": "t.example.com",
+                 "tls": {"mode": "Terminate", "certificateRefs": [{"name": "x"}]}}  # fmt: skip
+    made = build(gateway=gw(PASSTHROUGH, terminate), secrets={"shop/x": tls_secret("shop", "x")})
+    for entry in made.listeners:
+        conditions = {c["type"]: (c["status"], c["reason"]) for c in entry["conditions"]}
+        assert conditions["Accepted"] == ("False", "ProtocolConflict"), entry["name"]
+        assert entry["supportedKinds"] == []
+    assert made.built.listeners == ()
+    apart = build(gateway=gw(PASSTHROUGH, {**terminate, "port": 8443}),
+                  secrets={"shop/x": tls_secret("shop", "x")})  # fmt: skip
+    assert [li.terminates_tls for li in apart.built.listeners] == [False, True]
 
 
 def l4route(kind: str, name: str, *rules: dict[str, Any], **spec: Any) -> dict[str, Any]:

@@ -310,25 +310,29 @@ def test_a_gateway_past_its_namespaces_quota_keeps_what_it_was_served_with(
     assert store.get(LoadBalancer, instance_name(namespace, "edge")) is not None
 
 
-def test_an_https_listener_serves_its_secrets_certificate_through_envoy_and_follows_a_renewal(
+@pytest.mark.parametrize(("protocol", "kind"), [("HTTPS", "HTTPRoute"), ("TLS", "TLSRoute")])
+def test_a_terminating_listener_serves_its_secrets_certificate_through_envoy_and_follows_a_renewal(
     cmi: Start,
     admin: KubeClient,
     namespace: str,
     store: Store,
     class_name: str,
     bed: Bed,  # noqa: F811
+    protocol: str,
+    kind: str,
 ) -> None:
+    """HTTPS, or TLS (mode Terminate: Envoy forwards the plain stream, here HTTP/1.1)."""
     (web,) = bed.backends(["web1"])
     put_secret(admin, namespace, secret_body(SITE))
     bed_backend(admin, namespace, "web", web.address, web.http_port)
     start_on_bed(cmi, bed)
-    listeners = [{"name": "https", "port": 8443, "protocol": "HTTPS", "hostname": HOST,
+    listeners = [{"name": "tls", "port": 8443, "protocol": protocol, "hostname": HOST,
                   "tls": {"certificateRefs": [{"name": "site"}]}}]  # fmt: skip
     gateway(admin, namespace, "edge", class_name, listeners=listeners)
     route(admin, namespace, "site", {
-        "parentRefs": [{"name": "edge"}],
+        "parentRefs": [{"name": "edge"}], "hostnames": [HOST],
         "rules": [{"backendRefs": [{"name": "web", "port": 80}]}],
-    })  # fmt: skip
+    }, kind=kind)  # fmt: skip
     address = gateway_address(admin, namespace, "edge")
 
     eventually(lambda: serves(address, SITE), "Envoy serving the Secret's certificate")

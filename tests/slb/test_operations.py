@@ -149,7 +149,7 @@ def test_the_slb_command(redis_server: RedisServer, store: Store, tmp_path: Path
     backend_tls = store.get(Listener, "web").obj.backend_tls
     assert (backend_tls.sni, backend_tls.ca_pem) == ("cart.backend.test", ca.read_text())
     code, out = slb("listener", "set", "web", "--tls-policy", "tls13")
-    assert (code, "tls_policy: only HTTPS listeners terminate TLS" in out) == (1, True), out
+    assert (code, "tls_policy: only HTTPS and TLS listeners terminate TLS" in out) == (1, True), out
     assert store.get(Listener, "web").obj.limits.requests_per_second is None
     assert store.get(Listener, "web").obj.allowed_sources == ()
     code, out = slb("listener", "show", "web")

@@ -294,7 +294,7 @@ def test_the_listener_form_sets_tls_both_ways(
     ca = self_signed("clients.shop.test").chain_pem
     refused = auth.post("/listeners/new", {**FORM, "client_auth": "required", "client_ca_pem": ca})
     assert refused.status_code == 422
-    assert "client_certificates: only HTTPS listeners terminate TLS" in refused.get_data(
+    assert "client_certificates: only HTTPS and TLS listeners terminate TLS" in refused.get_data(
         as_text=True)  # fmt: skip
     backend = {"backend_protocol": "tls", "backend_ca_pem": ca, "backend_sni": "api.shop.test"}
     made = auth.post("/listeners/new", {**FORM, **backend})
