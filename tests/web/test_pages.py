@@ -355,10 +355,32 @@ def test_a_gateways_tcp_listener_shows_its_one_rules_weighted_targets(
     auth.login("alice")
     detail = client.get("/listeners/shop-edge-port-5432").get_data(as_text=True)
     assert "the TCPRoutes attached to Gateway shop/edge" in detail
+    assert "the Services its rules name" in detail
     assert "share the connections by weight" in detail
     shares = re.findall(r'class="share"[^>]*>([^<]+)<', detail)
     services = re.findall(r"Service <code>([^<]+)</code>", detail)
     assert list(zip(services, shares, strict=True)) == [("shop/db", "25%"), ("shop/db-next", "75%")]
+
+
+def test_a_tls_listener_says_whether_envoy_ends_the_tls(
+    client: FlaskClient, auth: Auth, store: Store
+) -> None:
+    for name, certificates in (("pass", []), ("term", ["site"])):
+        store.put(
+            Listener.model_validate(
+                {"name": name, "load_balancer": "public", "protocol": "TLS", "port": 8443,
+                 "target_port": "tls", "selector": {"match_labels": {"app": "shop"}},
+                 "certificates": certificates, "owner": {"kind": "Operator", "name": "alice"}}
+            )
+        )  # fmt: skip
+    auth.login("alice")
+    modes = {
+        name: re.findall(r'id="tls-mode">([^<]+)<', client.get(f"/listeners/{name}").get_data(
+            as_text=True))
+        for name in ("pass", "term")
+    }  # fmt: skip
+    assert modes == {"pass": ["passed through: the backends end it"],
+                     "term": ["ended by Envoy: the backends get the plain stream"]}  # fmt: skip
 
 
 def test_service_owned_listeners_cannot_be_edited_from_the_form(
