@@ -26,7 +26,11 @@ the lab VM.
   cores, the slowest trials are the ones that wait for a core.
 - And a burst: 1,000 revisions in a row for node lb1; how many applies it costs.
 
-    .venv/bin/python -m bench.pipeline [--trials 50] [--others 1000]
+`--no-lab` (a size other than the default only) measures L7 alone, without the lab VM:
+the emulated VM takes about one of this machine's two cores whatever it does, where a
+real LB node is a machine of its own, and nothing on the L7 path goes through it.
+
+    .venv/bin/python -m bench.pipeline [--trials 50] [--others 1000] [--no-lab]
 """
 
 from __future__ import annotations
@@ -213,9 +217,9 @@ def _fixed_vip(platform: DevPlatform, kind: str) -> str:
     return str(network.network_address + (200 if kind == "l7" else 201))
 
 
-def create_instances(platform: DevPlatform) -> None:
+def create_instances(platform: DevPlatform, lab: bool = True) -> None:
     store = platform.store()
-    for kind, group in (("l7", "default"), ("l4", LAB_GROUP)):
+    for kind, group in (("l7", "default"), ("l4", LAB_GROUP))[: 2 if lab else 1]:
         store.put(parse("LoadBalancer", {"name": f"bench-{kind}", "vip": _fixed_vip(platform, kind),
                                          "node_group": group, "owner": OWNER,
                                          "allowed_namespaces": [demo.NAMESPACE]}))  # fmt: skip
@@ -275,7 +279,7 @@ def expose_l4_others(platform: DevPlatform, count: int, first_port: int) -> None
     log(f"  L4 others: {count} exposed and applied in {time.monotonic() - began:.0f} s")
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--others", type=int, default=DEFAULT_OTHERS)
@@ -288,15 +292,29 @@ def main() -> None:
                         "under this machine's 20,000 open files")  # fmt: skip
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep every component's log after a good run too")  # fmt: skip
+    parser.add_argument("--no-lab", action="store_true",
+                        help="L7 alone, without the lab VM (not with the default --others, "
+                        "whose run owns the L4 figures)")  # fmt: skip
     args = parser.parse_args()
-    l4_others = args.others if args.l4_others is None else args.l4_others
+    if args.no_lab and args.others == DEFAULT_OTHERS:
+        parser.error(f"--no-lab leaves L4 out: only with --others other than {DEFAULT_OTHERS}")
+    return args
+
+
+def main() -> None:
+    args = _arguments()
+    lab = not args.no_lab
+    l4_others = 0 if not lab else args.others if args.l4_others is None else args.l4_others
     with tempfile.TemporaryDirectory(prefix="openslb-bench-") as tmp:
-        platform = DevPlatform(Path(tmp) / "platform", vip_cidr=VIP_CIDR, sample_cidr=SAMPLE_CIDR)
+        platform = DevPlatform(Path(tmp) / "platform", vip_cidr=VIP_CIDR, sample_cidr=SAMPLE_CIDR,
+                               lab=lab)  # fmt: skip
+        l4: list[float] = []
+        burst: scenarios.Burst | None = None
         try:
-            log("bringing the platform up (with the lab VM)")
+            log(f"bringing the platform up ({'with' if lab else 'without'} the lab VM)")
             platform.up(lambda m: log(f"  {m}"))
             platform.show_traffic(lambda m: log(f"  {m}"))
-            create_instances(platform)
+            create_instances(platform, lab)
             log(f"label -> first call, L7, {args.trials} trials")
             splits: dict[str, list[tuple[float, ...]]] = {k: [] for k in SPLIT_PARTS}
             diagnosis: dict[str, list[dict[str, float]]] = {"l7": [], "l7_with_others": []}
@@ -307,12 +325,14 @@ def main() -> None:
             with watches["l7"] as stalls:
                 l7 = trials(platform, "l7", args.trials, 51000, "l7", splits=splits["l7"],
                             diagnosis=diagnosis["l7"], stalls=stalls)  # fmt: skip
-            log(f"label -> first connection, L4 (lab VM), {args.trials} trials")
-            l4 = trials(platform, "l4", args.trials, 31000, "l4", splits=splits["l4"])
-            log(f"burst: 1,000 revisions for {LAB_GROUP}")
-            burst = scenarios.burst_of_revisions(platform, 1000)
-            scenarios.remove_burst(platform)
-            log(f"  {burst.applies} applies, lb1 at the last revision after {burst.seconds:.1f} s")
+            if lab:
+                log(f"label -> first connection, L4 (lab VM), {args.trials} trials")
+                l4 = trials(platform, "l4", args.trials, 31000, "l4", splits=splits["l4"])
+                log(f"burst: 1,000 revisions for {LAB_GROUP}")
+                burst = scenarios.burst_of_revisions(platform, 1000)
+                scenarios.remove_burst(platform)
+                log(f"  {burst.applies} applies, lb1 at the last revision after "
+                    f"{burst.seconds:.1f} s")  # fmt: skip
             with watches["exposing"]:
                 expose_others(platform, args.others, args.others_health_check)
             log(f"label -> first call, L7 with {args.others} others, {args.trials} trials")
@@ -394,7 +414,7 @@ class Sizes:
 class Runs:
     """What `main` measured: each kind of trial's latencies (ms), the trials' parts (ms,
     `SPLIT_PARTS`), each L7 trial's diagnosis (`trials`), the CPU seconds during the
-    trials with others, the burst."""
+    trials with others, the burst (none without the lab VM)."""
 
     l7: list[float]
     l4: list[float]
@@ -404,7 +424,7 @@ class Runs:
     diagnosis: dict[str, list[dict[str, float]]]
     stalls: dict[str, list[tuple[float, float]]]
     cpu: dict[str, dict[str, float]]
-    burst: scenarios.Burst
+    burst: scenarios.Burst | None
 
 
 def write_results(sizes: Sizes, runs: Runs) -> None:
@@ -414,8 +434,14 @@ def write_results(sizes: Sizes, runs: Runs) -> None:
     figures = {  # targets: issue #18's
         "label_to_l7_p50_ms": (results_file.median(runs.l7), None),
         "label_to_l7_p99_ms": (results_file.percentile(runs.l7, 99), 100.0),
-        "label_to_l4_p50_ms": (results_file.median(runs.l4), None),
-        "label_to_l4_p99_ms": (results_file.percentile(runs.l4, 99), 2000.0),
+        **(
+            {
+                "label_to_l4_p50_ms": (results_file.median(runs.l4), None),
+                "label_to_l4_p99_ms": (results_file.percentile(runs.l4, 99), 2000.0),
+            }
+            if runs.l4
+            else {}
+        ),
         f"label_to_l7_p50_ms{crowd}": (results_file.median(runs.l7_crowd), None),
         f"label_to_l7_p99_ms{crowd}": (
             results_file.percentile(runs.l7_crowd, 99),
@@ -432,8 +458,9 @@ def write_results(sizes: Sizes, runs: Runs) -> None:
         name: {"value": round(value, 1), "unit": "ms", "target": target}
         for name, (value, target) in figures.items()
     }
-    metrics["burst_1000_applies"] = {"value": runs.burst.applies, "unit": "applies",
-                                     "target": 50}  # fmt: skip
+    if runs.burst is not None:
+        metrics["burst_1000_applies"] = {"value": runs.burst.applies, "unit": "applies",
+                                         "target": 50}  # fmt: skip
     for name, metric in metrics.items():
         log(f"{name}: {metric['value']} {metric['unit']} (target {metric['target']})")
     default = sizes.others == DEFAULT_OTHERS
@@ -443,7 +470,8 @@ def write_results(sizes: Sizes, runs: Runs) -> None:
         "trials": sizes.trials,
         "others": sizes.others,
         "l4_others": sizes.l4_others,
-        "burst_seconds_to_last_revision": round(runs.burst.seconds, 1),
+        "lab_vm": runs.burst is not None,
+        "burst_seconds_to_last_revision": round(runs.burst.seconds, 1) if runs.burst else None,
         "l7_ms": [round(v, 1) for v in runs.l7],
         "l4_ms": [round(v, 1) for v in runs.l4],
         "l7_with_others_ms": [round(v, 1) for v in runs.l7_crowd],
