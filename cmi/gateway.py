@@ -750,16 +750,16 @@ def _l4_route_parent(world: _World, listener: Body, route: Body, ref: Body, grou
     if len(rules) > 1:
         why = f"a {kind} takes one rule: a {group.protocol.value} listener matches nothing"
         return _entry(ref, route, (False, "UnsupportedValue", why))
+    made, bad = _forward_rules(world, route, index=0, rule=rules[0], hosts=[],
+                               section=listener["name"])  # fmt: skip
+    resolved = (True, "ResolvedRefs", "") if bad is None else (False, bad.reason, str(bad))
     if group.holder not in (None, rkey):
         why = (f"accepted; listener {listener['name']} forwards one route's connections, and "
                f"an older {kind} holds it")  # fmt: skip
-        return _entry(ref, route, (True, "Accepted", why))
-    made, bad = _forward_rules(world, route, index=0, rule=rules[0], hosts=[],
-                               section=listener["name"])  # fmt: skip
+        return _entry(ref, route, (True, "Accepted", why), resolved)
     if group.holder is None:
         group.holder = rkey
         group.rules += made
-    resolved = (True, "ResolvedRefs", "") if bad is None else (False, bad.reason, str(bad))
     return _entry(ref, route, (True, "Accepted", "openslb serves it"), resolved)
 
 

@@ -659,7 +659,7 @@ DNS_TCP = {"name": "dns-tcp", "port": 53, "protocol": "TCP"}
 
 def test_tcp_and_udp_listeners_bind_the_oldest_routes_one_rule_by_weight() -> None:
     made = build(
-        l4route("TCPRoute", "newer", {"backendRefs": [to("c")]}, created="2026-02-01T00:00:00Z",
+        l4route("TCPRoute", "newer", {"backendRefs": [to("gone")]}, created="2026-02-01T00:00:00Z",
                 parents=[{"name": "edge", "sectionName": "db"}]),
         l4route("TCPRoute", "db", {"backendRefs": [to("a", weight=1), to("b", weight=3),
                                                    to("nope")]},
@@ -685,6 +685,7 @@ def test_tcp_and_udp_listeners_bind_the_oldest_routes_one_rule_by_weight() -> No
     newer = made.routes["TCPRoute/shop/newer"][0]["conditions"][0]
     assert (newer["status"], newer["reason"]) == ("True", "Accepted")  # counted, not bound
     assert "older" in newer["message"]
+    assert made.routes["TCPRoute/shop/newer"][0]["conditions"][1]["reason"] == "BackendNotFound"
     assert accepted(made, "TCPRoute/shop/two") == ("False", "UnsupportedValue")
     assert accepted(made, "HTTPRoute/shop/web") == ("False", "NotAllowedByListeners")
     kinds = {e["name"]: [k["kind"] for k in e["supportedKinds"]] for e in made.listeners}
