@@ -151,15 +151,13 @@ def trials(
     then -> answer; for L7 each trial's attempts that timed out, and how long Envoy's main
     thread was stalled (`stalls`) after Redis, to `diagnosis`."""
     kube = platform.kube()
-    grpc_app = platform.apps()[0]
-    tcp_app = platform.apps()[1]
+    base = platform.apps()[0 if kind == "l7" else 1]  # grpc-echo; tcp-echo (the lab VM's)
     vip = _fixed_vip(platform, kind)
     latencies = []
     node = platform.lab_node()
     report_key = platform.store().key("l4", LAB_NODE, "report")
     for i in range(count):
         port = first_port + i
-        base = grpc_app if kind == "l7" else tcp_app
         app = replace(base, name=f"{progress}-{i}", port=port, target_port=base.port,
                       expose=None, node_group=None)  # fmt: skip
         demo.apply(kube, [app])
