@@ -54,12 +54,14 @@ from bench import results_file
 from bench.procstat import cpu_seconds
 from bench.stalls import StallWatch
 from devbed import demo, scenarios
-from devbed.platform import LAB_GROUP, LAB_NODE, DevPlatform
+from devbed.platform import LAB_GROUP, LAB_NODE, SAMPLES, DevPlatform
 from devbed.process import wait_until
 from slb.model import parse
 from slb.storage.status import StatusBoard
 
 VIP_CIDR, SAMPLE_CIDR = "198.18.64.0/18", "198.18.48.0/24"
+SAMPLE_ENDPOINTS = len(SAMPLES)
+"""Each other Service's endpoints unless `--others-endpoints` says otherwise."""
 """16,382 VIPs: room for --others 10000, each with its own."""
 DEFAULT_OTHERS = 1000
 HEALTH_CHECK_ANNOTATION = "openslb.io/health-check-type"
@@ -232,15 +234,23 @@ def create(platform: DevPlatform, apps: list[demo.SampleApp], what: str) -> None
             log(f"  {what}: {i + 1}/{len(apps)} created")
 
 
-def expose_others(platform: DevPlatform, count: int, health_check: str | None = None) -> None:
+def expose_others(
+    platform: DevPlatform, count: int, health_check: str | None = None, endpoints: int = 0
+) -> None:
     """`count` more gRPC Services, each exposed with its own VIP; wait until Envoy serves all.
 
     `health_check` "none": the others' listeners check no endpoint (Envoy holds a health-check
-    connection per listener and endpoint, and a listener socket each)."""
+    connection per listener and endpoint, and a listener socket each). `endpoints`: how many
+    each has (0: the sample backends'; more: then addresses of the sample network no one
+    answers on, from its 101st host: no trial calls the others)."""
     log(f"{count} other exposed Services")
     base = platform.apps()[0]
     if health_check:
         base = replace(base, annotations={HEALTH_CHECK_ANNOTATION: health_check})
+    if endpoints:
+        network = ipaddress.ip_network(SAMPLE_CIDR)
+        silent = [str(network.network_address + 101 + i) for i in range(endpoints)]
+        base = replace(base, endpoints=[*base.endpoints, *silent][:endpoints])
     began = time.monotonic()
     create(platform, [replace(base, name=f"other-{i}") for i in range(count)], "others")
     store = platform.store()
@@ -290,6 +300,10 @@ def _arguments() -> argparse.Namespace:
                         "under this machine's 20,000 open files")  # fmt: skip
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep every component's log after a good run too")  # fmt: skip
+    parser.add_argument("--others-endpoints", type=int, default=0,
+                        help="endpoints each other Service has (default: the 3 sample "
+                        "backends'; more are addresses no one answers on, so give the others "
+                        "no health check too)")  # fmt: skip
     parser.add_argument("--no-lab", action="store_true",
                         help="L7 alone, without the lab VM (not with the default --others, "
                         "whose run owns the L4 figures)")  # fmt: skip
@@ -332,7 +346,8 @@ def main() -> None:
                 log(f"  {burst.applies} applies, lb1 at the last revision after "
                     f"{burst.seconds:.1f} s")  # fmt: skip
             with watches["exposing"]:
-                expose_others(platform, args.others, args.others_health_check)
+                expose_others(platform, args.others, args.others_health_check,
+                              args.others_endpoints)  # fmt: skip
             log(f"label -> first call, L7 with {args.others} others, {args.trials} trials")
             cpu: dict[str, dict[str, float]] = {}
             with cpu_of(platform, cpu, "l7_with_others"), watches["l7_with_others"] as stalls:
@@ -356,7 +371,7 @@ def main() -> None:
         finally:
             platform.down(lambda m: None)
     write_results(
-        Sizes(args.trials, args.others, l4_others),
+        Sizes(args.trials, args.others, l4_others, args.others_endpoints or SAMPLE_ENDPOINTS),
         Runs(
             l7,
             l4,
@@ -406,6 +421,7 @@ class Sizes:
     trials: int
     others: int
     l4_others: int
+    others_endpoints: int
 
 
 @dataclass(frozen=True)
@@ -468,6 +484,7 @@ def write_results(sizes: Sizes, runs: Runs) -> None:
         "trials": sizes.trials,
         "others": sizes.others,
         "l4_others": sizes.l4_others,
+        "others_endpoints": sizes.others_endpoints,
         "lab_vm": runs.burst is not None,
         "burst_seconds_to_last_revision": round(runs.burst.seconds, 1) if runs.burst else None,
         "l7_ms": [round(v, 1) for v in runs.l7],
