@@ -267,7 +267,9 @@ def test_what_openslb_cannot_serve_is_refused_in_the_status_that_asked(
     by_name = {entry["name"]: conditions(entry) for entry in gw["listeners"]}
     assert by_name["http"]["Accepted"] == ("True", "Accepted")
     assert by_name["sctp"]["Accepted"] == ("False", "UnsupportedProtocol")
-    assert by_name["tls"]["Accepted"] == ("False", "UnsupportedValue")  # HTTPS terminates
+    # TLS Terminate is served, but not without the certificate its Secret would hold
+    assert by_name["tls"]["ResolvedRefs"] == ("False", "InvalidCertificateRef")
+    assert by_name["tls"]["Programmed"] == ("False", "Invalid")
 
 
 def test_another_controllers_gateway_is_left_alone(
