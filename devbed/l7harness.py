@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 
 from devbed.envoy import EnvoyProxy
-from devbed.process import Process, connects, free_port, wait_until
+from devbed.process import Process, free_port, wait_until
 from l7.bootstrap import bootstrap
 from l7.stats import read_clusters_page
 from slb.model import (
@@ -172,10 +172,24 @@ class BackendServer:
     grpc_port: int
     http_port: int
     process: Process
+    _log_offset: int = field(default=0, repr=False)  # where this start's output begins
 
     @property
     def grpc_target(self) -> str:
         return f"{self.address}:{self.grpc_port}"
+
+    def start(self) -> None:
+        log = self.process.log_path
+        self._log_offset = log.stat().st_size if log.exists() else 0
+        self.process.start()
+
+    def ready(self) -> bool:
+        """Its "ready" line printed since this start: gRPC listens (and takes connections)
+        as soon as a port is added, before the TLS port's certificate is written."""
+        self.process.check_alive()
+        with self.process.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            return f"ready {self.name}".encode() in log.read()
 
     def tls_certificate(self) -> str:
         """The certificate of its TLS port (started with `tls_port`), PEM."""
@@ -288,13 +302,9 @@ class Bed:
             server = BackendServer(name, address, grpc_port, http_port, process)
             self.servers.append(server)
             servers.append(server)
-            process.start()
+            server.start()
         for server in servers:
-            wait_until(
-                lambda s=server: s.process.check_alive() and connects(s.address, s.grpc_port),  # type: ignore[misc]
-                30,
-                f"backend {server.name}",
-            )
+            wait_until(server.ready, 30, f"backend {server.name}")
         return servers
 
     def envoy(
