@@ -805,9 +805,7 @@ def _rules(
                 rank,
                 0 if grpc else 1,
                 *precedence,
-                rmeta.get("creationTimestamp") or "",
-                rmeta["namespace"],
-                rmeta["name"],
+                *_age(route),
                 index,
                 m,
             )
@@ -832,8 +830,7 @@ def _forward_rules(
         "hosts": hosts,
         "forward_to": targets,
     }
-    order = (host_rank(hosts), rmeta.get("creationTimestamp") or "", rmeta["namespace"],
-             rmeta["name"], index)  # fmt: skip
+    order = (host_rank(hosts), *_age(route), index)
     return [(order, fields)], bad
 
 
