@@ -179,6 +179,11 @@ def stats_matcher() -> dict[str, Any]:
     return {"inclusion_list": {"patterns": patterns}}
 
 
+STATS_LISTENER = "openslb-stats"
+"""The bootstrap's own listener (Prometheus' /stats/prometheus and /ready), and its
+connection manager's statistics prefix."""
+
+
 def _stats_listener(address: str, port: int) -> dict[str, Any]:
     hcm = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
     routes = [
@@ -186,13 +191,13 @@ def _stats_listener(address: str, port: int) -> dict[str, Any]:
         for path in ("/stats/prometheus", "/ready")
     ]
     return {
-        "name": "openslb-stats",
+        "name": STATS_LISTENER,
         "address": _socket(address, port),
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
                 "@type": TYPE + hcm,
-                "stat_prefix": "openslb-stats",
+                "stat_prefix": STATS_LISTENER,
                 "route_config": {"virtual_hosts": [{
                     "name": "stats", "domains": ["*"], "routes": routes,
                 }]},

@@ -33,18 +33,21 @@ from l7.stats import (
     MAX_DUTY,
     MAX_INTERVAL_S,
     EnvoyStats,
+    Hosts,
     Sampler,
     admin_reader,
     clusters_named,
     clusters_paths,
+    listeners_named,
     parse_clusters,
+    parse_stats,
     pause_after,
     worth_telling,
 )
 from slb.snapshot import Put
 from slb.storage.envoyhosts import DEFAULT_MAX_AGE_S, EnvoyHosts
 from slb.storage.store import Store
-from slb.storage.timeseries import CONNECTIONS, TimeSeries
+from slb.storage.timeseries import CONNECTIONS, RESPONSES_5XX_PER_SECOND, TimeSeries
 from tests.web.conftest import CHEAP_HASH, PASSWORD, Auth, make_app
 from web.auth import Accounts, Role
 
@@ -187,9 +190,33 @@ def test_rates_come_from_two_samples_and_a_restart_gives_none() -> None:
     assert rates["requests_per_second"] == 10.0
     after_restart = {p[0] for p in sampler_.sample(20.0, stats(3), hosts).points}
     assert "requests_per_second" not in after_restart
-    # The bootstrap's own clusters (not sent over xDS) name no listener.
+    # The bootstrap's own clusters (not sent over xDS) name no listener, nor do Envoy's
+    # own connection managers (its admin's, the bootstrap's stats listener's).
     xds = parse_clusters(["xds::added_via_api::false\n"])
-    assert Sampler("n1").sample(1.0, stats(1), xds).points == []
+    own = {"stats": [{"name": f"http.{n}.downstream_rq_total", "value": 5}
+                     for n in ("admin", "openslb-stats")]}  # fmt: skip
+    assert Sampler("n1").sample(1.0, own, xds).points == []
+
+
+def test_a_listener_is_charted_by_its_traffic_when_no_cluster_names_it() -> None:
+    """/stats is read `usedonly` (#18: cheaper for Envoy's main thread), so a cluster that
+    never had a host is not named: a listener whose clusters have none is still charted
+    once its connection manager has statistics, and one with neither is not."""
+
+    def doc(scale: int) -> dict[str, Any]:
+        return {"stats": [
+            {"name": "http.empty.downstream_cx_active", "value": 2 * scale},
+            {"name": "http.empty.downstream_rq_total", "value": 40 * scale},
+            {"name": "http.empty.downstream_rq_5xx", "value": 40 * scale},
+        ]}  # fmt: skip
+
+    assert listeners_named(parse_stats(doc(1))[0]) == {"empty"}
+    sampler_ = Sampler("n1")
+    sampler_.sample(10.0, doc(1), Hosts())
+    points = {(p[0], p[1]["listener"]): p[2] for p in sampler_.sample(20.0, doc(2), Hosts()).points}
+    assert points[(CONNECTIONS, "empty")] == 4
+    assert points[(RESPONSES_5XX_PER_SECOND, "empty")] == 4.0
+    assert Sampler("n1").sample(1.0, {"stats": []}, Hosts()).points == []
 
 
 CLUSTERS_PAGE = """\
@@ -238,7 +265,7 @@ def test_clusters_are_asked_for_by_name_a_few_at_a_time() -> None:
     a few by a filter that matches whole names only, whatever characters they hold."""
     doc = {"stats": [
         {"name": "cluster.web.membership_total", "value": 3},
-        {"name": "cluster.web/api.membership_total", "value": 0},  # no hosts yet: still named
+        {"name": "cluster.web/api.membership_total", "value": 0},  # its hosts all gone
         {"name": "cluster.web.upstream_cx_total", "value": 9},
         {"name": "http.web.downstream_rq_total", "value": 1},
         {"histograms": {"supported_quantiles": [50], "computed_quantiles": []}},
