@@ -6,7 +6,8 @@ every few seconds reads two admin pages:
         listener's stat prefix is its name), its limits' refusals, the clusters'
         `upstream_rq_time` histograms (quantiles since the previous read: the bootstrap
         flushes statistics when they are read, `l7.bootstrap`) and their
-        `membership_total`, which names every cluster; one statistic type a read
+        `membership_total`, which names every cluster that has had hosts; one statistic
+        type a read, only those ever set (`STAT_TYPES`)
   /clusters?filter=RE                     those clusters' hosts, with their counters and
         health flags, as text, `CLUSTERS_PER_READ` clusters a read (`clusters_paths`).
         At 10,000 clusters of 10 hosts the whole page as JSON held Envoy's main thread
@@ -23,8 +24,9 @@ and writes:
 
 Rates are counter differences over the time between two samples, so the first sample
 after a start gives gauges only, and a counter that went back (Envoy restarted) gives no
-rate that time. Listeners and backends are those of openslb's clusters: a listener's own
-cluster is named after it, a route's `listener/route` (`l7.translate.common`).
+rate that time. Listeners and backends are those of openslb's clusters (a listener's own
+cluster is named after it, a route's `listener/route`, `l7.translate.common`) and the
+listeners whose connection managers have statistics.
 """
 
 from __future__ import annotations
