@@ -125,9 +125,9 @@ class Built:
     """Not exposed itself, but named by a Gateway's route (`referenced`): stored so that
     its endpoints reach the tiers; nothing of its status is openslb's."""
     remembered_vip: IPAddress | None = None
-    """The VIP the Service had: its stored instance's, else the one its status names. If
-    IPAM has lost its record (the store was lost), IPAM gives it back when it is free, so a
-    rebuilt store moves no VIP."""
+    """The VIP the Service (Gateway, Ingress) had: its stored instance's, else the one its
+    status names. If IPAM has lost its record (the store was lost), IPAM gives it back when
+    it is free, so a rebuilt store moves no VIP."""
 
 
 def service_key(body: Body) -> str:
@@ -273,7 +273,7 @@ def build(
         )
         if vip is None:
             stored = previous.load_balancer.vip if previous.load_balancer else None
-            remembered = stored or _ingress_vip(body)
+            remembered = stored or status_vip(body)
     else:
         instance = expose
         balancer = instances.get(instance)
@@ -493,8 +493,9 @@ def _requested_ip(spec: Body, settings: ServiceSettings, events: list[Event]) ->
     return requested
 
 
-def _ingress_vip(body: Body) -> IPAddress | None:
-    """The first address the Service's `status.loadBalancer.ingress` names, if any."""
+def status_vip(body: Body) -> IPAddress | None:
+    """The first address an object's `status.loadBalancer.ingress` names (a Service's or an
+    Ingress's), if any: where its VIP outlives a lost store."""
     for ingress in ((body.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
         if ip := endpoint_ip(str(ingress.get("ip") or "")):
             return ip

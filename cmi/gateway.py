@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from cmi import tlssecret
-from cmi.build import VIP_UNAVAILABLE, Built, Defaults, Event, Previous, short_name
+from cmi.build import VIP_UNAVAILABLE, Built, Defaults, Event, Previous, endpoint_ip, short_name
 from cmi.tlssecret import TlsPair
 from slb.model import (
     MAX_ROUTES,
+    IPAddress,
     Listener,
     LoadBalancer,
     ModelError,
@@ -331,6 +332,7 @@ def build_gateway(
         certificates=tuple(pairs.values()) if gateway_ok else (),
         events=tuple(events),
         refused=address_problem,
+        remembered_vip=None if balancer.vip else _status_address(gateway),
     )
     parents = _unmatched_parents(world, routes, attached)
     return GatewayBuilt(built, listener_status, conditions, parents)
@@ -428,6 +430,16 @@ def _requested_address(spec: Body) -> tuple[str | None, str | None]:
         return str(ipaddress.ip_address(address.get("value", ""))), None
     except ValueError:
         return None, f"spec.addresses[0].value {address.get('value')!r} is not an IP address"
+
+
+def _status_address(gateway: Body) -> IPAddress | None:
+    """The first IP address the Gateway's `status.addresses` names: where its VIP outlives
+    a lost store."""
+    for address in (gateway.get("status") or {}).get("addresses") or []:
+        ip = endpoint_ip(str(address.get("value") or ""))
+        if address.get("type", "IPAddress") == "IPAddress" and ip is not None:
+            return ip
+    return None
 
 
 def _gateway_listener(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from cmi import tlssecret
-from cmi.build import Built, Defaults, Event, Previous, refused, short_name
+from cmi.build import Built, Defaults, Event, Previous, refused, short_name, status_vip
 from cmi.gateway import host_rank
 from cmi.tlssecret import TlsPair
 from slb.model import FieldError, Listener, LoadBalancer, ModelError, Owner, OwnerKind, Protocol
@@ -413,6 +413,7 @@ def _build(  # noqa: PLR0917 - build_ingress's inputs, passed on
         certificates=tuple(pairs),
         events=tuple(ctx.events),
         caveats=asked.caveats,
+        remembered_vip=None if balancer.vip else status_vip(ingress),
     )
     return IngressBuilt(built, tuple(ctx.joined))
 

@@ -1,6 +1,7 @@
 """Operators' instances' VIPs, recorded in a ConfigMap cmi owns, beyond the store's reach.
 
-A Service's VIP outlives a lost store in the Service's own status (`Built.remembered_vip`).
+A Service's, a Gateway's and an Ingress's VIP outlive a lost store in their own status
+(`Built.remembered_vip`).
 An operator's instance has no Kubernetes object: it is lost with the store, and so is its
 VIP's allocation. cmi therefore keeps `instance -> VIP` of every operator's instance in the
 ConfigMap `cmi.vip_record` (in `cmi.lease_namespace`), and a rebuilt store holds each

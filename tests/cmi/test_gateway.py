@@ -319,6 +319,26 @@ def test_status_programmed_waits_for_the_vip_and_the_data_planes() -> None:
     assert gateway_status(no_listener, vip, 4)["conditions"][-1]["status"] == "True"
 
 
+def test_a_gateway_whose_store_was_lost_asks_for_the_address_its_status_names() -> None:
+    """Its VIP outlives the store in `status.addresses` (the first IP address there); once
+    the store has the instance, or `spec.addresses` asks for one, nothing is remembered."""
+    lost = gw()
+    lost["status"] = {"addresses": [{"type": "Hostname", "value": "edge.example.test"},
+                                    {"type": "IPAddress", "value": "198.18.0.7"}]}  # fmt: skip
+    assert str(build(gateway=lost).built.remembered_vip) == "198.18.0.7"
+    assert build().built.remembered_vip is None
+    balancer = build(gateway=lost).built.dedicated
+    assert balancer is not None
+    kept = balancer.model_copy(update={"vip": "198.18.0.4"})
+    assert build(gateway=lost, previous=Previous(load_balancer=kept)).built.remembered_vip is None
+    pinned = {**gw(addresses=[{"type": "IPAddress", "value": "198.18.0.5"}]),
+              "status": lost["status"]}  # fmt: skip
+    made = build(gateway=pinned).built
+    assert made.remembered_vip is None
+    assert made.dedicated is not None
+    assert str(made.dedicated.vip) == "198.18.0.5"
+
+
 def test_route_parents_keep_other_entries() -> None:
     made = build(httproute("r", {"backendRefs": [to("a")]}))
 

@@ -118,6 +118,22 @@ def test_an_ingress_gets_an_instance_of_its_own_and_its_rules_in_ingress_nginx_o
     assert http.routes[-1].name == NOT_FOUND_RULE
 
 
+def test_an_ingress_whose_store_was_lost_asks_for_the_address_its_status_names() -> None:
+    """Its VIP outlives the store in `status.loadBalancer`; once the store has the instance,
+    the store's VIP is the one served and nothing is remembered."""
+    lost = ing(rule(None, path("/", to="web")))
+    lost["status"] = {"loadBalancer": {"ingress": [{"ip": "198.18.0.9"}]}}
+    assert str(build(lost).built.remembered_vip) == "198.18.0.9"
+    assert build(ing(rule(None, path("/", to="web")))).built.remembered_vip is None
+    stored = build(lost).built.dedicated
+    assert stored is not None
+    kept = stored.model_copy(update={"vip": "198.18.0.4"})
+    made = build(lost, previous=Previous(load_balancer=kept)).built
+    assert made.remembered_vip is None
+    assert made.dedicated is not None
+    assert str(made.dedicated.vip) == "198.18.0.4"
+
+
 def test_only_ingresses_of_openslbs_class_or_the_default_one_are_built() -> None:
     assert build(ing(rule(None, path()), class_name="nginx")).built.foreign
     classless = ing(rule(None, path()))

@@ -7,13 +7,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from cmi.gateway import instance_name as gateway_instance
 from cmi.ingress import CONTROLLER, GROUP, NGINX, instance_name
 from cmi.k8s.client import KubeClient
 from devbed.l7harness import Bed, http_request, https_get
+from devbed.redis import lose
 from slb.model import Listener, LoadBalancer, OwnerKind
 from slb.storage.store import Store
 from tests.cmi.test_controller import events
-from tests.cmi.test_gateway_api import Start, apply, bed_backend, eventually, start_on_bed
+from tests.cmi.test_gateway_api import (
+    Start,
+    apply,
+    bed_backend,
+    eventually,
+    gateway,
+    gateway_address,
+    gateway_class,
+    start_on_bed,
+)
 from tests.cmi.test_tls_secrets import HOST, RENEWED, SITE, put_secret, secret_body, serves
 from tests.l7.conftest import bed, net  # noqa: F401  (the L7 bed's fixtures)
 
@@ -120,3 +131,34 @@ def test_an_ingress_and_its_canary_are_served_through_envoy_as_ingress_nginx_wou
     eventually(lambda: not [s for s in store.all(Listener).values()
                             if s.obj.load_balancer == balancer.obj.name],
                "its listeners withdrawn (its VIP kept for the release grace)")  # fmt: skip
+
+
+def test_a_lost_store_gives_gateways_and_ingresses_back_the_addresses_their_status_names(
+    cmi: Start, admin: KubeClient, namespace: str, store: Store
+) -> None:
+    """Fail static: a Gateway's and an Ingress's VIPs outlive Redis's loss in their status,
+    as a Service's do. Gateways are rebuilt before Ingresses: without their status the
+    Gateway made second would draw the Ingress's lower address, and clients of both would
+    be cut off."""
+    running = cmi()
+    class_name = f"openslb-{namespace}"
+    ingress_class(admin, class_name)
+    ingress(admin, namespace, "shop", {"ingressClassName": class_name,
+                                       "rules": [{"http": {"paths": [to("web")]}}]})  # fmt: skip
+    shop = address(admin, namespace, "shop")
+    gateway_class(admin, class_name)
+    gateway(admin, namespace, "edge", class_name)
+    edge = gateway_address(admin, namespace, "edge")
+    assert shop != edge
+    instances = {instance_name(namespace, "shop"): shop,
+                 gateway_instance(namespace, "edge"): edge}  # fmt: skip
+    assert lose(store)
+
+    def vips() -> dict[str, str]:
+        return {n: str(s.obj.vip) for n in instances if (s := store.get(LoadBalancer, n))}
+
+    eventually(lambda: len(vips()) == 2, "both instances rebuilt")
+    assert vips() == instances
+    assert address(admin, namespace, "shop") == shop
+    assert gateway_address(admin, namespace, "edge") == edge
+    assert running.thread.is_alive()
