@@ -656,12 +656,19 @@ def _tls_context() -> ssl.SSLContext:
     return context
 
 
+def tls_connect(address: str, port: int, sni: str | None) -> ssl.SSLSocket:
+    """A TLS connection, handshake done, sending `sni` (None: no name); no verification."""
+    raw = socket.create_connection((address, port), timeout=5)
+    try:
+        return _tls_context().wrap_socket(raw, server_hostname=sni)
+    except BaseException:
+        raw.close()
+        raise
+
+
 def served_certificate(address: str, port: int, sni: str | None) -> tuple[bytes, str | None]:
     """The DER certificate a TLS listener presents for `sni`, and the ALPN it picked."""
-    with (
-        socket.create_connection((address, port), timeout=5) as raw,
-        _tls_context().wrap_socket(raw, server_hostname=sni) as tls,
-    ):
+    with tls_connect(address, port, sni) as tls:
         der = tls.getpeercert(binary_form=True)
         assert der is not None
         return der, tls.selected_alpn_protocol()

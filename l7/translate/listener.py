@@ -152,6 +152,10 @@ def _inspecting(resolved: ResolvedListener) -> listener_pb2.Listener:
 def _https(
     resolved: ResolvedListener, certificates: Mapping[str, Certificate], filters: bytes
 ) -> listener_pb2.Listener:
+    """One filter chain per certificate, matching the names it holds; the first also
+    serves every other name (the default chain). With one certificate the default chain
+    alone: each chain counts its own connections against `max_connections`, so a second,
+    identical chain would let a client hold twice the limit (with and without SNI)."""
     model = resolved.listener
     out = _inspecting(resolved)
     claimed: set[str] = set()
@@ -159,7 +163,7 @@ def _https(
     for i, cert in enumerate(usable):
         names = [n for n in server_names(cert.chain_pem) if n not in claimed]
         claimed.update(names)
-        if names:
+        if names and len(usable) > 1:
             chain = out.filter_chains.add(name=cert.name)
             chain.MergeFromString(filters)
             chain.filter_chain_match.server_names.extend(names)

@@ -8,6 +8,7 @@ import ssl
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -19,6 +20,7 @@ from devbed.l7harness import (
     load_balancer,
     served_certificate,
     service,
+    tls_connect,
     who,
 )
 from devbed.pki import Chain, Pair, chain, key_pem, self_signed
@@ -35,7 +37,7 @@ def certificate(name: str, pair: Pair, key_ref: str, store: Store) -> Certificat
     return Certificate(name=name, chain_pem=pair.chain_pem, key_ref=key_ref)
 
 
-def https_world(store: Store, bed: Bed, certs: list[Certificate]) -> tuple[str, int]:
+def https_world(store: Store, bed: Bed, certs: list[Certificate], **extra: Any) -> tuple[str, int]:
     backends = bed.backends(["web1", "web2"])
     vip = bed.net.address(2)
     store.apply([
@@ -43,9 +45,39 @@ def https_world(store: Store, bed: Bed, certs: list[Certificate]) -> tuple[str, 
         Put(service("web", [(b.address, b.http_port) for b in backends], port_name="http")),
         *(Put(c) for c in certs),
         Put(listener("web", "HTTPS", 8443, app="web", target_port="http",
-                     certificates=[c.name for c in certs])),
+                     certificates=[c.name for c in certs], **extra)),
     ])  # fmt: skip
     return vip, 8443
+
+
+def _admitted(vip: str, port: int, sni: str | None) -> bool:
+    """Whether a TLS handshake with the listener completes (a refused one is closed)."""
+    try:
+        served_certificate(vip, port, sni)
+    except OSError:  # ssl.SSLError is one
+        return False
+    return True
+
+
+def test_one_certificates_connection_limit_counts_clients_with_and_without_sni(
+    store: Store, bed: Bed
+) -> None:
+    """`max_connections` holds for the whole listener, whatever name a client sends or if
+    it sends none (each filter chain counts its own: one chain, one count)."""
+    pair = self_signed("shop.test")
+    vip, port = https_world(store, bed, [certificate("shop", pair, "shop-1", store)],
+                            limits={"max_connections": 2})  # fmt: skip
+    bed.xds.start()
+    bed.envoy("n1")
+    wait_until(lambda: _admitted(vip, port, "shop.test"), 30, "the listener answers")
+    held = [tls_connect(vip, port, "shop.test"), tls_connect(vip, port, None)]
+    time.sleep(0.5)
+    assert not _admitted(vip, port, "shop.test")
+    assert not _admitted(vip, port, None)
+    held.pop().close()
+    wait_until(lambda: _admitted(vip, port, "shop.test"), 10, "a connection freed")
+    for tls in held:
+        tls.close()
 
 
 def test_sni_picks_the_certificate_and_alpn_offers_h2(store: Store, bed: Bed) -> None:
