@@ -1,7 +1,7 @@
 """The L7 promise side by side: openslb's Envoy, nginx, HAProxy and an L4 balancer, one
 worker each, the same backends and the same client, in one run on one machine.
 
-    .venv/bin/python -m bench.peers [--requests 100000]
+    .venv/bin/python -m bench.peers [--requests 100000] [--rounds 3]
 
 - openslb: the Envoy `slb xds` programs for a GRPC listener (the product's configuration,
   not a hand-written one), `--concurrency 1`;
@@ -17,7 +17,14 @@ p50/p99 request time (h2load's per-request log), the most upstream connections p
 (ESTABLISHED sockets to each backend, sampled every 50 ms), the proxy's CPU seconds per
 10,000 requests and its resident memory. Balance: 3,000 gRPC calls on ONE client connection
 (50 in flight) to the project's grpcio samples, which answer their names: each backend's
-share. Writes bench/results/peers.json and the plots in docs/bench/.
+share. Mixed in: one 30 s server stream (a message every 100 ms) through each proxy,
+opened before its loads and held across them: whether it ends whole, and the longest wait
+between two messages.
+
+Every proxy is measured in each of 3 rounds, the order turned a step each round; each
+figure is the median of its rounds (failures summed; the balance and the long stream:
+the worst round's; every round's figures are written too). Writes
+bench/results/peers.json and the plots in docs/bench/.
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import grpc
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -55,6 +64,7 @@ LOADS = {10: (1, 10), 1000: (100, 10), 5000: (500, 10)}  # streams: (connections
 TPUT_PORT, BALANCE_PORT = 50051, 50061
 BODY = b"x" * 137
 UPSTREAM_STREAMS = 100  # the most streams a backend takes on one connection (RFC 9113's floor)
+STREAM_S, STREAM_EVERY_MS = 30, 100  # the long stream mixed into each proxy's loads
 
 
 def log(message: str) -> None:
@@ -84,6 +94,21 @@ class Balance:
     @property
     def spread_pts(self) -> float:
         return max(self.shares.values()) - min(self.shares.values())
+
+
+@dataclass
+class LongStream:
+    """The 30 s stream held open across one proxy's loads."""
+
+    proxy: str
+    expected: int  # messages the backend sends
+    received: int = 0  # in order, each the next one
+    error: str = ""  # the call's status if it ended badly
+    longest_gap_ms: float = 0.0  # the backend sends one every STREAM_EVERY_MS
+
+    @property
+    def whole(self) -> bool:
+        return not self.error and self.received == self.expected
 
 
 # -- the peers' configurations --------------------------------------------------------------
@@ -287,6 +312,7 @@ class Bed:
 
     access_log = False  # openslb's listeners: the product's default, off
     all_stats = False  # openslb's Envoy keeps the statistics it charts: the default
+    envoy_workers = 1  # openslb's Envoy's --concurrency: one worker, as each peer has
 
     def start(self, name: str) -> Proxy:
         """Start one proxy (the others are stopped, so every upstream connection is its)."""
@@ -309,16 +335,23 @@ class Bed:
             Put(harness.listener("balance", "GRPC", BALANCE_PORT, access_log=self.access_log)),
         ])  # fmt: skip
         self.l7.xds.start()
-        envoy = self.l7.envoy("openslb", concurrency=1, all_stats=self.all_stats)
+        envoy = self.l7.envoy("openslb", concurrency=self.envoy_workers,
+                              all_stats=self.all_stats)  # fmt: skip
         harness.wait_for_answer(f"{vip}:{BALANCE_PORT}")
-        config = "Envoy 1.40 --concurrency 1, programmed by slb xds: two GRPC listeners"
-        return Proxy("openslb", vip, envoy.process.pid, config, envoy.stop)
+        config = (f"Envoy 1.40 --concurrency {self.envoy_workers}, programmed by slb xds: "
+                  "two GRPC listeners")  # fmt: skip
+
+        def stop() -> None:  # the next round starts both afresh
+            envoy.stop()
+            self.l7.xds.stop()
+
+        return Proxy("openslb", vip, envoy.process.pid, config, stop)
 
     def _start_nginx(self) -> Proxy:
         vip = self.net.address(34)
         directory = self.root / "nginx"
-        (directory / "body").mkdir(parents=True)
-        (directory / "proxy").mkdir()
+        (directory / "body").mkdir(parents=True, exist_ok=True)
+        (directory / "proxy").mkdir(exist_ok=True)
         conf = nginx_conf(directory, vip, self.tput, self.balance)
         (directory / "nginx.conf").write_text(conf)
         process = self._process("nginx", ["nginx", "-p", str(directory), "-c",
@@ -367,10 +400,72 @@ def throughput(b: Bed, proxy: Proxy, streams: int, requests: int) -> Run:
     )  # fmt: skip
 
 
+def medians(every: list[Run]) -> list[Run]:
+    """One Run per proxy and load: the median of its rounds' figures (failures summed)."""
+    out = []
+    for key in dict.fromkeys((r.proxy, r.streams) for r in every):
+        mine = [r for r in every if (r.proxy, r.streams) == key]
+
+        def mid(field_: str, rounded: int = 2, runs: list[Run] = mine) -> float:
+            return round(float(statistics.median(getattr(r, field_) for r in runs)), rounded)
+
+        upstream = {b: round(statistics.median(r.upstream_conns[b] for r in mine))
+                    for b in mine[0].upstream_conns}  # fmt: skip
+        out.append(Run(
+            proxy=key[0], streams=key[1], requests=sum(r.requests for r in mine),
+            rps=mid("rps"), failed=sum(r.failed for r in mine),
+            p50_ms=mid("p50_ms"), p99_ms=mid("p99_ms"),
+            upstream_conns_most=round(statistics.median(r.upstream_conns_most for r in mine)),
+            upstream_conns=upstream,
+            cpu_s_per_10k=mid("cpu_s_per_10k", 3), rss_mb=mid("rss_mb", 1),
+        ))  # fmt: skip
+    return out
+
+
 def balance(b: Bed, proxy: Proxy, calls: int = 3000) -> Balance:
     counts = harness.balance(f"{proxy.vip}:{BALANCE_PORT}", calls)
     names = ("b1", "b2", "b3")
     return Balance(proxy.name, {n: round(counts[n] / calls * 100, 2) for n in names})
+
+
+@contextmanager
+def long_stream(proxy: Proxy) -> Iterator[LongStream]:
+    """A server stream through `proxy`'s balance listener for STREAM_S, open (its first
+    message in) when the block starts; it is waited for when the block ends."""
+    result = LongStream(proxy.name, STREAM_S * 1000 // STREAM_EVERY_MS + 1)
+    started = threading.Event()
+
+    def run() -> None:
+        request = f"{result.expected},{STREAM_EVERY_MS}".encode()
+        with harness.channel(f"{proxy.vip}:{BALANCE_PORT}") as chan:
+            call = chan.unary_stream(harness.ECHO + "Stream", **harness.RAW)
+            last = time.monotonic()
+            try:
+                for message in call(request, timeout=STREAM_S + 30):
+                    now = time.monotonic()
+                    if result.received:
+                        gap = (now - last) * 1000
+                        result.longest_gap_ms = round(max(result.longest_gap_ms, gap), 1)
+                    last = now
+                    if not message.endswith(f" {result.received}".encode()):
+                        result.error = f"message {result.received} out of order: {message!r}"
+                        return
+                    result.received += 1
+                    started.set()
+            except grpc.RpcError as e:
+                result.error = f"{e.code().name}: {e.details()}"
+            finally:
+                started.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        yield result
+    finally:
+        thread.join(STREAM_S + 40)
+        if thread.is_alive():
+            result.error = result.error or "still open 40 s after it should have ended"
 
 
 # -- plots --------------------------------------------------------------------------------
@@ -428,6 +523,42 @@ def _save(fig: Figure, name: str) -> Path:
     return path
 
 
+def measure(
+    args: argparse.Namespace, names: list[str]
+) -> tuple[list[Run], list[Balance], list[LongStream], dict[str, str]]:
+    """Each round, each proxy in turn (the order turned a step each round): its loads with
+    the long stream open across them, then its balance."""
+    every: list[Run] = []
+    balances: list[Balance] = []
+    long_streams: list[LongStream] = []
+    configs: dict[str, str] = {}
+    with bed() as b:
+        b.access_log = args.access_log
+        b.all_stats = args.all_stats
+        b.envoy_workers = args.envoy_workers
+        for round_ in range(args.rounds):
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                log(f"round {round_ + 1} of {args.rounds}: {name}")
+                proxy = b.start(name)
+                configs[name] = proxy.config
+                with long_stream(proxy) as stream:
+                    for streams in sorted(LOADS):
+                        requests = args.requests if streams > 10 else args.requests // 5
+                        run = throughput(b, proxy, streams, requests)
+                        every.append(run)
+                        log(f"{name} at {streams:>5} streams: {run.rps:>9,.0f} req/s, "
+                            f"{run.failed} failed, p50 {run.p50_ms} ms, p99 {run.p99_ms} ms, "
+                            f"upstream {run.upstream_conns}, {run.cpu_s_per_10k} CPU s/10k, "
+                            f"{run.rss_mb} MiB")  # fmt: skip
+                    balances.append(balance(b, proxy))
+                    log(f"{name}: one connection's 3,000 calls: {balances[-1].shares}")
+                long_streams.append(stream)
+                log(f"{name}: the {STREAM_S} s stream: {stream.received} of {stream.expected} "
+                    f"messages, longest gap {stream.longest_gap_ms} ms {stream.error}")  # fmt: skip
+                proxy.stop()
+    return every, balances, long_streams, configs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=100_000)
@@ -437,31 +568,25 @@ def main() -> None:
                         help="openslb logs every request (a trial)")  # fmt: skip
     parser.add_argument("--all-stats", action="store_true",
                         help="openslb's Envoy keeps every statistic (a trial)")  # fmt: skip
+    parser.add_argument("--envoy-workers", type=int, default=1,
+                        help="openslb's Envoy runs this many workers (a trial)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="Rounds of every proxy, the order turned each round; the "
+                             "figures are each one's medians")  # fmt: skip
     args = parser.parse_args()
-    runs: list[Run] = []
-    balances: list[Balance] = []
-    configs = {}
-    with bed() as b:
-        b.access_log = args.access_log
-        b.all_stats = args.all_stats
-        for name in args.only or PROXIES:
-            proxy = b.start(name)
-            configs[name] = proxy.config
-            for streams in sorted(LOADS):
-                requests = args.requests if streams > 10 else args.requests // 5
-                run = throughput(b, proxy, streams, requests)
-                runs.append(run)
-                log(f"{name} at {streams:>5} streams: {run.rps:>9,.0f} req/s, "
-                    f"{run.failed} failed, p50 {run.p50_ms} ms, p99 {run.p99_ms} ms, "
-                    f"upstream {run.upstream_conns}, {run.cpu_s_per_10k} CPU s/10k, "
-                    f"{run.rss_mb} MiB")  # fmt: skip
-            balances.append(balance(b, proxy))
-            log(f"{name}: one connection's 3,000 calls: {balances[-1].shares}")
-            proxy.stop()
-    if args.only:
-        return
+    names = list(args.only or PROXIES)
+    every, balances, long_streams, configs = measure(args, names)
+    runs = medians(every)
+    for run in runs:
+        log(f"median: {run.proxy} at {run.streams:>5} streams: {run.rps:>9,.0f} req/s, "
+            f"p99 {run.p99_ms} ms, {run.cpu_s_per_10k} CPU s/10k")  # fmt: skip
+    if args.only or args.access_log or args.all_stats or args.envoy_workers != 1:
+        return  # a trial: the published figures are the product's defaults, every proxy
     by = {(r.proxy, r.streams): r for r in runs}
-    spread = {bal.proxy: bal.spread_pts for bal in balances}
+    # A proxy's balance and long stream: its worst round's.
+    worst = [max((x for x in balances if x.proxy == name), key=lambda x: x.spread_pts)
+             for name in names]  # fmt: skip
+    spread = {bal.proxy: bal.spread_pts for bal in worst}
     # openslb's targets: no failure; upstream connections at most in flight / 100 per
     # backend and no more than HAProxy's; req/s at least nginx's and half HAProxy's
     conns_target = min(-(-1000 // 3 // UPSTREAM_STREAMS), by["haproxy", 1000].upstream_conns_most)
@@ -479,9 +604,17 @@ def main() -> None:
         metrics[f"{name}_rps_at_1000"] = metric(
             by[name, 1000].rps, "req/s", rps_target if ours else None
         )
+    for name in names:
+        mine = [st for st in long_streams if st.proxy == name]
+        metrics[f"{name}_long_stream_failed"] = metric(
+            sum(not st.whole for st in mine), "streams", 0 if name == "openslb" else None
+        )
+        metrics[f"{name}_long_stream_longest_gap_ms"] = metric(
+            max(st.longest_gap_ms for st in mine), "ms"
+        )
     metrics["openslb_share_spread_pts"] = metric(spread["openslb"], "pts", 5.0)
     metrics["l4_share_spread_pts"] = metric(spread["l4"], "pts")
-    plots = plot(runs, balances)
+    plots = plot(runs, worst)
     for name, entry in metrics.items():
         log(f"{name}: {entry['value']} {entry['unit']} (target {entry['target']})")
     path = results_file.write(
@@ -490,11 +623,18 @@ def main() -> None:
         setup={
             "client": "h2load, one thread; connections of 10 streams",
             "backends": "3 nghttpd --no-tls serving 137 bytes; balance: 3 grpcio samples",
+            "rounds": args.rounds,
             "runs": [asdict(r) for r in runs],
+            "every_run": [asdict(r) for r in every],
             "balance": [
                 {"proxy": bal.proxy, "shares": bal.shares, "spread_pts": bal.spread_pts}
                 for bal in balances
             ],
+            "long_stream": {
+                "seconds": STREAM_S,
+                "every_ms": STREAM_EVERY_MS,
+                "by_proxy": [asdict(st) | {"whole": st.whole} for st in long_streams],
+            },
             "configs": configs,
             "plots": [str(p.relative_to(REPO)) for p in plots],
         },
