@@ -1,7 +1,7 @@
 """The L7 promise side by side: openslb's Envoy, nginx, HAProxy and an L4 balancer, one
 worker each, the same backends and the same client, in one run on one machine.
 
-    .venv/bin/python -m bench.peers [--requests 100000] [--rounds 3]
+    .venv/bin/python -m bench.peers [--requests 100000] [--rounds 3] [--replot]
 
 - openslb: the Envoy `slb xds` programs for a GRPC listener (the product's configuration,
   not a hand-written one), `--concurrency 1`;
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -471,27 +472,37 @@ def long_stream(proxy: Proxy) -> Iterator[LongStream]:
 # -- plots --------------------------------------------------------------------------------
 
 
-def plot(runs: list[Run], balances: list[Balance]) -> list[Path]:
-    """Three PNGs drawn from this run's figures."""
+def plot(runs: list[Run], every: list[Run], balances: list[Balance]) -> list[Path]:
+    """Three PNGs drawn from this run's figures: the medians, and for requests/s each
+    round's range as a whisker."""
     PLOTS.mkdir(parents=True, exist_ok=True)
     loads = sorted(LOADS)
     width = 0.2
     paths = []
 
-    def grouped(ax: Axes, value: str, log_scale: bool = False) -> None:
+    def grouped(ax: Axes, value: str, log_scale: bool = False, ranges: bool = False) -> None:
         for i, name in enumerate(PROXIES):
             mine = {r.streams: getattr(r, value) for r in runs if r.proxy == name}
             xs = [j + (i - 1.5) * width for j in range(len(loads))]
-            ax.bar(xs, [mine.get(s, 0) for s in loads], width, label=name)
+            heights = [mine.get(s, 0) for s in loads]
+            ax.bar(xs, heights, width, label=name)
+            if ranges:
+                rounds = [[getattr(r, value) for r in every if (r.proxy, r.streams) == (name, s)]
+                          for s in loads]  # fmt: skip
+                low = [h - min(v, default=h) for h, v in zip(heights, rounds, strict=True)]
+                high = [max(v, default=h) - h for h, v in zip(heights, rounds, strict=True)]
+                ax.errorbar(xs, heights, yerr=[low, high], fmt="none", capsize=3, ecolor="black")
         ax.set_xticks(range(len(loads)), [f"{s:,} streams" for s in loads])
         if log_scale:
             ax.set_yscale("log")
         ax.legend()
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    grouped(top, "rps")
+    grouped(top, "rps", ranges=True)
     top.set_ylabel("requests/s (one worker)")
-    top.set_title("Throughput and failures, h2load against 3 nghttpd backends")
+    rounds = len(every) // max(len(runs), 1)  # each proxy and load has one Run a round
+    top.set_title(f"Throughput (median of {rounds} rounds; whiskers: slowest to fastest) "
+                  "and failures,\nh2load against 3 nghttpd backends")  # fmt: skip
     grouped(bottom, "failed")
     bottom.set_ylim(0, max(10, *(r.failed for r in runs)) * 1.1)
     bottom.set_ylabel("failed requests")
@@ -513,6 +524,20 @@ def plot(runs: list[Run], balances: list[Balance]) -> list[Path]:
     ax.legend()
     paths.append(_save(fig, "peers-share.png"))
     return paths
+
+
+def replot() -> list[Path]:
+    """The plots of the run bench/results/peers.json holds, drawn again (nothing measured)."""
+    setup = json.loads((results_file.RESULTS / "peers.json").read_text())["setup"]
+    balances = worst([Balance(b["proxy"], b["shares"]) for b in setup["balance"]])
+    return plot([Run(**r) for r in setup["runs"]], [Run(**r) for r in setup["every_run"]],
+                balances)  # fmt: skip
+
+
+def worst(balances: list[Balance]) -> list[Balance]:
+    """Each proxy's least even round, in the order the proxies first ran."""
+    names = dict.fromkeys(b.proxy for b in balances)
+    return [max((b for b in balances if b.proxy == n), key=lambda b: b.spread_pts) for n in names]
 
 
 def _save(fig: Figure, name: str) -> Path:
@@ -573,7 +598,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="Rounds of every proxy, the order turned each round; the "
                              "figures are each one's medians")  # fmt: skip
+    parser.add_argument("--replot", action="store_true",
+                        help="Draw the plots again from bench/results/peers.json")  # fmt: skip
     args = parser.parse_args()
+    if args.replot:
+        log(f"drew {[str(p) for p in replot()]}")
+        return
     names = list(args.only or PROXIES)
     every, balances, long_streams, configs = measure(args, names)
     runs = medians(every)
@@ -583,10 +613,8 @@ def main() -> None:
     if args.only or args.access_log or args.all_stats or args.envoy_workers != 1:
         return  # a trial: the published figures are the product's defaults, every proxy
     by = {(r.proxy, r.streams): r for r in runs}
-    # A proxy's balance and long stream: its worst round's.
-    worst = [max((x for x in balances if x.proxy == name), key=lambda x: x.spread_pts)
-             for name in names]  # fmt: skip
-    spread = {bal.proxy: bal.spread_pts for bal in worst}
+    least_even = worst(balances)  # a proxy's balance and long stream: its worst round's
+    spread = {bal.proxy: bal.spread_pts for bal in least_even}
     # openslb's targets: no failure; upstream connections at most in flight / 100 per
     # backend and no more than HAProxy's; req/s at least nginx's and half HAProxy's
     conns_target = min(-(-1000 // 3 // UPSTREAM_STREAMS), by["haproxy", 1000].upstream_conns_most)
@@ -614,7 +642,7 @@ def main() -> None:
         )
     metrics["openslb_share_spread_pts"] = metric(spread["openslb"], "pts", 5.0)
     metrics["l4_share_spread_pts"] = metric(spread["l4"], "pts")
-    plots = plot(runs, worst)
+    plots = plot(runs, every, least_even)
     for name, entry in metrics.items():
         log(f"{name}: {entry['value']} {entry['unit']} (target {entry['target']})")
     path = results_file.write(
