@@ -150,9 +150,11 @@ def ask_tcp(vip: str, port: int, source: str | None = None, timeout: float = 5.0
         return sock.makefile().readline().strip()
 
 
-def ask_udp(vip: str, port: int, timeout: float = 5.0) -> str:
+def ask_udp(vip: str, port: int, source_port: int = 0, timeout: float = 5.0) -> str:
     with socket.socket(_family(vip), socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
+        if source_port:
+            sock.bind(("::" if ":" in vip else "0.0.0.0", source_port))  # noqa: S104 - a test netns
         sock.sendto(b"who", (vip, port))
         return sock.recv(2048).decode()
 
@@ -161,8 +163,12 @@ def tally_tcp(vip: str, port: int, count: int, source: str | None = None) -> Cou
     return Counter(ask_tcp(vip, port, source) for _ in range(count))
 
 
-def tally_udp(vip: str, port: int, count: int) -> Counter[str]:
-    return Counter(ask_udp(vip, port) for _ in range(count))
+def tally_udp(vip: str, port: int, count: int, first_source_port: int) -> Counter[str]:
+    """Ask `count` times, each from the next source port from `first_source_port` on. IPVS
+    keeps a UDP "connection" per client address and port for minutes, so a port the kernel
+    happened to pick twice would go back to the same real server: give each call its own
+    ports, below the kernel's ephemeral range (32768 and up)."""
+    return Counter(ask_udp(vip, port, first_source_port + i) for i in range(count))
 
 
 def open_connection(vip: str, port: int) -> tuple[socket.socket, str]:

@@ -212,7 +212,7 @@ def test_only_the_listeners_ports_are_open_on_the_vips(
 
     assert client.call(reach, VIP, 80) in SERVERS
     assert client.call(reach, VIP6, 80) in SERVERS
-    assert sorted(client.call(tally_udp, VIP, 53, 3)) == sorted(SERVERS)
+    assert sorted(client.call(tally_udp, VIP, 53, 3, 22010)) == sorted(SERVERS)
     assert client.call(reach, VIP, NODE_PORT) == DROPPED, "the node's own server on a VIP"
     assert client.call(reach, VIP6, NODE_PORT) == DROPPED
     assert client.call(reach, NODE_ADDRESS, NODE_PORT) == "node", "management address"
@@ -225,7 +225,7 @@ def test_only_the_listeners_ports_are_open_on_the_vips(
     assert client.call(reach, VIP, 80) == DROPPED, "a removed listener's port closes"
     assert client.call(reach, NODE_ADDRESS, 80) == "node"
     assert client.call(reach, VIP6, 80) in SERVERS
-    assert sorted(client.call(tally_udp, VIP, 53, 3)) == sorted(SERVERS)
+    assert sorted(client.call(tally_udp, VIP, 53, 3, 22020)) == sorted(SERVERS)
     closing = nft.runs[-1][0]
     assert closing == f"delete element inet openslb_guard listeners4 {{ {VIP} . tcp . 80 }}\n", (
         "only what changed, not the table")  # fmt: skip
@@ -256,7 +256,8 @@ def test_a_listeners_allowed_and_denied_networks_decide_who_connects(
     assert nft.runs[-1][0].startswith("delete element"), "only what changed"
     assert client.call(reach, VIP, 80, other) in SERVERS
     assert client.call(reach, VIP, 80, denied) == DROPPED
-    assert sorted(client.call(tally_udp, VIP, 53, 3)) == sorted(SERVERS), "other ports untouched"
+    udp = client.call(tally_udp, VIP, 53, 3, 22030)
+    assert sorted(udp) == sorted(SERVERS), "other ports untouched"
 
 
 def test_a_tcp_listeners_limits_hold_in_ipvs_and_in_the_guard(
@@ -276,7 +277,8 @@ def test_a_tcp_listeners_limits_hold_in_ipvs_and_in_the_guard(
     assert client.call(reach, VIP, 80) in SERVERS  # closed: counted until IPVS forgets it
     assert all(name in SERVERS for _, name in held), "two held open"
     assert client.call(reach, VIP, 80) == "refused", "every real server at its threshold"
-    assert sorted(client.call(tally_udp, VIP, 53, 3)) == sorted(SERVERS), "other ports untouched"
+    udp = client.call(tally_udp, VIP, 53, 3, 22040)
+    assert sorted(udp) == sorted(SERVERS), "other ports untouched"
 
     raised = put(store, listener("web", 80, limits={"max_connections": 6}))
     assert agent.sync_to(raised).errors == []

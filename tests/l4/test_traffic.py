@@ -145,7 +145,7 @@ def test_udp_works(store: Store, topology: Topology, agent_factory: AgentFactory
         service("dns", backends(topology, port=UDP_PORT), app="dns", protocol="UDP"),
     )  # fmt: skip
     agent.sync_to(revision)
-    counts = topology.client.call(tally_udp, VIP, 53, 30)
+    counts = topology.client.call(tally_udp, VIP, 53, 30, 21000)
     assert counts == {"rs1": 10, "rs2": 10, "rs3": 10}
 
 
