@@ -487,10 +487,10 @@ def plot(runs: list[Run], every: list[Run], balances: list[Balance]) -> list[Pat
             heights = [mine.get(s, 0) for s in loads]
             ax.bar(xs, heights, width, label=name)
             if ranges:
-                rounds = [[getattr(r, value) for r in every if (r.proxy, r.streams) == (name, s)]
-                          for s in loads]  # fmt: skip
-                low = [h - min(v, default=h) for h, v in zip(heights, rounds, strict=True)]
-                high = [max(v, default=h) - h for h, v in zip(heights, rounds, strict=True)]
+                each = [[getattr(r, value) for r in every if (r.proxy, r.streams) == (name, s)]
+                        for s in loads]  # fmt: skip
+                low = [h - min(v, default=h) for h, v in zip(heights, each, strict=True)]
+                high = [max(v, default=h) - h for h, v in zip(heights, each, strict=True)]
                 ax.errorbar(xs, heights, yerr=[low, high], fmt="none", capsize=3, ecolor="black")
         ax.set_xticks(range(len(loads)), [f"{s:,} streams" for s in loads])
         if log_scale:
@@ -613,7 +613,7 @@ def main() -> None:
     if args.only or args.access_log or args.all_stats or args.envoy_workers != 1:
         return  # a trial: the published figures are the product's defaults, every proxy
     by = {(r.proxy, r.streams): r for r in runs}
-    least_even = worst(balances)  # a proxy's balance and long stream: its worst round's
+    least_even = worst(balances)
     spread = {bal.proxy: bal.spread_pts for bal in least_even}
     # openslb's targets: no failure; upstream connections at most in flight / 100 per
     # backend and no more than HAProxy's; req/s at least nginx's and half HAProxy's

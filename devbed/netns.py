@@ -154,7 +154,7 @@ def ask_udp(vip: str, port: int, source_port: int = 0, timeout: float = 5.0) -> 
     with socket.socket(_family(vip), socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         if source_port:
-            sock.bind(("::" if ":" in vip else "0.0.0.0", source_port))  # noqa: S104 - a test netns
+            sock.bind(("", source_port))  # any address of the family
         sock.sendto(b"who", (vip, port))
         return sock.recv(2048).decode()
 
